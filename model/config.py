@@ -1,0 +1,336 @@
+"""The trainer's configuration: every hyperparameter defined once (name, symbol, default, range, text).
+
+`ModelConfig` holds the architecture, `TrainConfig` the training run. Each field is declared with
+`hparam(...)`, whose metadata is the single source the tuner's search-space schema derives from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "lars")
+SCHEDULES = ("cosine", "cosine_restarts", "step", "exponential", "plateau", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; `field` names the offending field (or file)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter's definition: what it is called, its default, and its valid range."""
+
+    name: str
+    symbol: str
+    default: Any
+    kind: type
+    description: str
+    group: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low (else >= low)
+    high_open: bool = True  # True: value must be < high (else <= high)
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False  # None is a valid value (e.g. "off" or "derived")
+    when: tuple[str, tuple[str, ...]] | None = None  # (field, values) for which this one is used
+    aliases: tuple[str, ...] = ()
+    log: bool = False  # a log scale is the natural way to search it
+
+    def range_text(self) -> str:
+        """The valid range in the notation of SYMBOLS.md, e.g. '[0, 1)' or '> 0'."""
+        if self.choices is not None:
+            return ", ".join(map(str, self.choices))
+        if self.low is not None and self.high is not None:
+            left = "(" if self.low_open else "["
+            right = ")" if self.high_open else "]"
+            return f"{left}{_num(self.low)}, {_num(self.high)}{right}"
+        if self.low is not None:
+            text = f"{'>' if self.low_open else '≥'} {_num(self.low)}"
+            return text + (" (or off)" if self.optional and self.name == "grad_clip" else "")
+        return "any"
+
+    def check(self, value: Any) -> str | None:
+        """Return why `value` is outside this parameter's valid range, or None if it is valid."""
+        if value is None:
+            return None if self.optional else "is required"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        if self.choices is not None:
+            return None if value in self.choices else (
+                f"must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        if self.kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"must be a number, got {value!r}"
+            if self.kind is int and not float(value).is_integer():
+                return f"must be a whole number, got {value!r}"
+            if not math.isfinite(value):
+                return f"must be finite, got {value!r}"
+            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+                return f"must be in {self.range_text()}, got {value!r}"
+            if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+                return f"must be in {self.range_text()}, got {value!r}"
+            return None
+        if self.kind is str and not isinstance(value, str):
+            return f"must be a string, got {value!r}"
+        return None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def hparam(default: Any, symbol: str, description: str, *, group: str, kind: type | None = None,
+           **spec: Any) -> Any:
+    """Declare a dataclass field together with its hyperparameter definition."""
+    meta = {"hparam": dict(symbol=symbol, default=default, description=description, group=group,
+                           kind=kind or type(default), **spec)}
+    return field(default=default, metadata=meta)
+
+
+def _definitions(cls: type) -> dict[str, HParam]:
+    return {f.name: HParam(name=f.name, **f.metadata["hparam"])
+            for f in dataclasses.fields(cls) if "hparam" in f.metadata}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the Transformer LM (fixed per study unless searched)."""
+
+    vocab_size: int = hparam(10000, "|V|", "vocabulary size (token ids are < vocab_size)",
+                             group="model", low=1)
+    context_length: int = hparam(256, "T_ctx", "longest sequence the model reads (tokens)",
+                                 group="model", low=1)
+    d_model: int = hparam(512, "d_model", "width of the residual stream", group="model", low=1)
+    num_layers: int = hparam(4, "L", "number of Transformer blocks", group="model", low=1)
+    num_heads: int = hparam(16, "h", "attention heads (must divide d_model)", group="model", low=1)
+    d_ff: int | None = hparam(None, "d_ff", "feed-forward width (default ≈ 8/3·d_model, a multiple "
+                              "of 64)", group="model", kind=int, low=1, optional=True)
+    rope_theta: float = hparam(10000.0, "Θ", "RoPE base frequency", group="model", low=0.0,
+                               low_open=True)
+    norm: str = hparam("pre", "norm", "RMSNorm placement: before each sublayer (pre), after the "
+                       "residual add (post), or none", group="model", choices=("pre", "post", "none"))
+    positions: str = hparam("rope", "pos", "positional encoding: rotary (rope) or none (NoPE)",
+                            group="model", choices=("rope", "none"))
+    ffn: str = hparam("swiglu", "ffn", "feed-forward: SwiGLU, or a SiLU MLP of matching size",
+                      group="model", choices=("swiglu", "silu"))
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None:
+            self.d_ff = default_d_ff(self.d_model)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field that cannot work."""
+        _check_fields(self, MODEL_HPARAMS, prefix="model.")
+        if self.d_model % self.num_heads:
+            raise ConfigError("model.num_heads", f"num_heads={self.num_heads} must divide "
+                              f"d_model={self.d_model}")
+        if self.positions == "rope" and (self.d_model // self.num_heads) % 2:
+            raise ConfigError("model.num_heads", "RoPE needs an even head size "
+                              f"(d_model/num_heads = {self.d_model // self.num_heads})")
+
+
+def default_d_ff(d_model: int) -> int:
+    """SwiGLU width ≈ 8/3·d_model rounded to the nearest multiple of 64 (at least 64)."""
+    return max(64, int(round(8 * d_model / 3 / 64)) * 64)
+
+
+@dataclass
+class TrainConfig:
+    """One training run of the trainer: data, model, hyperparameters, budget and runtime."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str = field(default="", metadata={"doc": "prepared dataset folder (train.npy, "
+                                             "valid.npy, meta.json, tokenizer)"})
+
+    # Optimizer
+    optimizer: str = hparam("adamw", "opt", "the update rule", group="optimizer",
+                            choices=OPTIMIZERS)
+    lr_max: float = hparam(1e-3, "α_max", "peak (base) step size: θ ← θ − α·update",
+                           group="optimizer", low=0.0, low_open=True, aliases=("lr", "α"),
+                           log=True)
+    lr_min: float | None = hparam(None, "α_min", "floor of the schedule (default 0.1·α_max)",
+                                  group="schedule", kind=float, low=0.0, optional=True, log=True)
+    beta1: float = hparam(0.9, "β1", "decay of the first-moment (momentum) average",
+                          group="optimizer", low=0.0, high=1.0, when=("optimizer", ("adamw", "adam")))
+    beta2: float = hparam(0.999, "β2", "decay of the second-moment average (RMSProp's smoothing "
+                          "constant)", group="optimizer", low=0.0, high=1.0,
+                          when=("optimizer", ("adamw", "adam", "rmsprop")))
+    eps: float = hparam(1e-8, "ε", "added to √v̂ in the denominator to avoid division by zero",
+                        group="optimizer", low=0.0, low_open=True, log=True,
+                        when=("optimizer", ("adamw", "adam", "rmsprop", "adagrad")))
+    weight_decay: float = hparam(0.0, "λ", "weight decay (decoupled for AdamW and LARS, L2 for the "
+                                 "others)", group="optimizer", low=0.0)
+    momentum: float = hparam(0.9, "γ_momentum", "SGD/LARS/RMSProp momentum: v ← γ·v + g",
+                             group="optimizer", low=0.0, high=1.0,
+                             when=("optimizer", ("sgd", "lars", "rmsprop")))
+    lars_trust: float = hparam(0.001, "η_LARS", "LARS trust coefficient: local lr = η·‖θ‖/‖g‖",
+                               group="optimizer", low=0.0, low_open=True,
+                               when=("optimizer", ("lars",)))
+    decay_all: bool = hparam(False, "decay_all", "apply weight decay to norm gains and embeddings "
+                             "too (default: matrices only)", group="optimizer")
+
+    # Regularization
+    dropout: float = hparam(0.0, "p_drop", "probability of zeroing an activation in training",
+                            group="regularization", low=0.0, high=1.0)
+    label_smoothing: float = hparam(0.0, "ε_ls", "target: 1 − ε_ls + ε_ls/|V| on the true token",
+                                    group="regularization", low=0.0, high=1.0)
+    grad_clip: float | None = hparam(1.0, "τ", "global L2 gradient clipping g ← g·min(1, τ/‖g‖); "
+                                     "null = off", group="regularization", kind=float, low=0.0,
+                                     low_open=True, optional=True)
+
+    # Learning-rate schedule
+    schedule: str = hparam("cosine", "sched", "the shape of the learning rate after warmup",
+                           group="schedule", choices=SCHEDULES)
+    warmup_iters: int = hparam(0, "T_warmup", "linear warmup steps from 0 to α_max",
+                               group="schedule", low=0)
+    cycle_iters: int | None = hparam(None, "T_cycle", "length of the cosine (of one restart "
+                                     "cycle); default T_total", group="schedule", kind=int, low=1,
+                                     optional=True, when=("schedule", ("cosine", "cosine_restarts")))
+    cycle_mult: float = hparam(1.0, "T_mult", "growth of each restart cycle's length",
+                               group="schedule", low=1.0, when=("schedule", ("cosine_restarts",)))
+    step_size: int = hparam(1000, "T_step", "steps between decays of the step schedule",
+                            group="schedule", low=1, when=("schedule", ("step",)))
+    step_gamma: float = hparam(0.1, "γ_step", "factor per decay of the step schedule",
+                               group="schedule", low=0.0, high=1.0, low_open=True,
+                               high_open=False, when=("schedule", ("step",)))
+    exp_rate: float = hparam(0.1, "r", "exponential schedule: α_t = α_0·r^(t/exp_steps)",
+                             group="schedule", low=0.0, high=1.0, low_open=True, high_open=False,
+                             when=("schedule", ("exponential",)))
+    exp_steps: int | None = hparam(None, "T_exp", "exponential schedule's time constant (default "
+                                   "T_total)", group="schedule", kind=int, low=1, optional=True,
+                                   when=("schedule", ("exponential",)))
+    plateau_factor: float = hparam(0.5, "f_plateau", "multiplier when validation loss stalls",
+                                   group="schedule", low=0.0, high=1.0, low_open=True,
+                                   when=("schedule", ("plateau",)))
+    plateau_patience: int = hparam(2, "patience", "evaluations without improvement before a cut",
+                                   group="schedule", low=0, when=("schedule", ("plateau",)))
+    plateau_cooldown: int = hparam(0, "cooldown", "evaluations to wait after a cut",
+                                   group="schedule", low=0, when=("schedule", ("plateau",)))
+
+    # Training configuration and budget
+    batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1)
+    total_iters: int | None = hparam(None, "T_total", "number of updates (or set total_tokens)",
+                                     group="training", kind=int, low=1, optional=True)
+    total_tokens: int | None = hparam(None, "N_tokens", "token budget; T_total = ⌈tokens / "
+                                      "(B·context)⌉", group="training", kind=int, low=1,
+                                      optional=True)
+    eval_interval: int = hparam(100, "k_eval", "steps between validation evaluations",
+                                group="training", low=1)
+    eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
+                               group="training", low=1)
+    seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",
+                       group="training", low=0)
+
+    # Runtime (not searched; they change speed, not the maths)
+    device: str = "auto"
+    fast: bool = True  # SDPA flash kernels, bf16 autocast and TF32 on CUDA, fused optimizer steps
+    compile: bool = False
+    deterministic: bool = False
+    peak_flops: float | None = None  # device peak FLOP/s for MFU; detected when None
+    sample_prompt: str = "Once upon a time"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = model_config_from_dict(self.model)
+
+    @property
+    def steps(self) -> int:
+        """T_total: the number of optimizer steps of the full run."""
+        if self.total_iters is not None:
+            return int(self.total_iters)
+        if self.total_tokens is None:
+            raise ConfigError("total_iters", "set total_iters or total_tokens")
+        return math.ceil(self.total_tokens / (self.batch_size * self.model.context_length))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.model.context_length
+
+    @property
+    def resolved_lr_min(self) -> float:
+        return 0.1 * self.lr_max if self.lr_min is None else self.lr_min
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field that cannot work (data files are checked later)."""
+        self.model.validate()
+        _check_fields(self, TRAIN_HPARAMS)
+        if self.total_iters is None and self.total_tokens is None:
+            raise ConfigError("total_iters", "set total_iters or total_tokens")
+        if self.resolved_lr_min > self.lr_max:
+            raise ConfigError("lr_min", f"α_min={self.lr_min} must not exceed α_max={self.lr_max}")
+        if self.warmup_iters >= self.steps:
+            raise ConfigError("warmup_iters", f"T_warmup={self.warmup_iters} must be below "
+                              f"T_total={self.steps}")
+        if self.cycle_iters is not None and self.cycle_iters <= self.warmup_iters:
+            raise ConfigError("cycle_iters", f"T_cycle={self.cycle_iters} must exceed "
+                              f"T_warmup={self.warmup_iters}")
+        if not self.data:
+            raise ConfigError("data", "name a prepared dataset folder")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (the inverse of `train_config_from_dict`)."""
+        return dataclasses.asdict(self)
+
+
+MODEL_HPARAMS: dict[str, HParam] = _definitions(ModelConfig)
+TRAIN_HPARAMS: dict[str, HParam] = _definitions(TrainConfig)
+HPARAMS: dict[str, HParam] = {**TRAIN_HPARAMS, **MODEL_HPARAMS}
+"""Every hyperparameter the trainer defines, by readable name (the model's too)."""
+
+
+def _check_fields(obj: Any, defs: dict[str, HParam], prefix: str = "") -> None:
+    for name, spec in defs.items():
+        problem = spec.check(getattr(obj, name))
+        if problem:
+            raise ConfigError(prefix + name, f"{spec.symbol} {problem}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", "must be a mapping")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(prefix + key, f"unknown field (known: {', '.join(sorted(known))})")
+    return cls(**data)
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Build a ModelConfig, rejecting unknown keys."""
+    return _from_dict(ModelConfig, data, "model.")
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from a plain mapping (nested `model`), rejecting unknown keys."""
+    data = dict(data)
+    model = model_config_from_dict(data.pop("model", {}) or {})
+    return _from_dict(TrainConfig, {**data, "model": model}, "")
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a YAML or JSON config file; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot read config file ({err.strerror})") from err
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # only needed for YAML configs
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # noqa: BLE001 - any parse error is the file's fault
+        raise ConfigError(str(path), f"not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
+    return train_config_from_dict(data or {})

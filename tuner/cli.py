@@ -1,0 +1,47 @@
+"""The `tuner` command line: one Typer app; each area registers its commands from its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from model.config import ConfigError
+from tuner.errors import UserError
+
+app = typer.Typer(
+    name="tuner",
+    help="Tune the hyperparameters of a Transformer LM: Ray Tune trials, Optuna search, MLflow records.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    # Each module defines its commands on a Typer app of its own and imports heavy libraries lazily.
+    from tuner import cli_data, cli_space
+
+    app.add_typer(cli_data.app, name="data")
+    app.add_typer(cli_space.app, name="space")
+
+
+def main() -> None:
+    """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
+    _register()
+    err = Console(stderr=True, highlight=False)
+    try:
+        result = app(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (UserError, ConfigError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)
