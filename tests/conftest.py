@@ -1,0 +1,34 @@
+"""Shared fixtures: the real corpora in ../shared/data and small prepared datasets built from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: tinystories_2MiB.txt, tinyshakespeare.txt, gpt2/."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the shared corpora must sit beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def byte_dataset(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A prepared dataset folder whose tokens are the raw bytes of Tiny Shakespeare (vocab 256)."""
+    out = tmp_path_factory.mktemp("byte_dataset")
+    raw = np.frombuffer((shared_data / "tinyshakespeare.txt").read_bytes(), dtype=np.uint8)
+    split = int(len(raw) * 0.9)
+    np.save(out / "train.npy", raw[:split].astype(np.uint16))
+    np.save(out / "valid.npy", raw[split:].astype(np.uint16))
+    meta = {"vocab_size": 256, "dtype": "uint16", "train_tokens": split,
+            "valid_tokens": len(raw) - split, "special_tokens": []}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
