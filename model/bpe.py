@@ -1,0 +1,291 @@
+"""Byte-level BPE training: GPT-2 pre-tokenization, parallel pre-token counting, incremental merges.
+
+Vocabulary layout (the CS336 convention): special tokens get ids 0..k-1 in the order given, the 256
+single bytes get ids k..k+255 (byte b is id k+b), and each merge adds the next id.
+Input must be UTF-8: invalid bytes raise ValueError naming the file and the byte offset.
+"""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import regex
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PRETOKEN_RE = regex.compile(GPT2_PATTERN)
+
+CHUNK_BYTES = 4 << 20  # per task: bounds a worker's memory whatever the file size
+PARALLEL_MIN_BYTES = 1 << 20  # below this, starting worker processes costs more than it saves
+_SCAN_BYTES = 1 << 16
+
+Progress = Callable[[int], None]  # called with an amount done (bytes read, merges made)
+
+
+def special_pattern(special_tokens: Sequence[str]) -> regex.Pattern | None:
+    """A regex matching any special token, longest first so overlapping ones prefer the longer."""
+    if not special_tokens:
+        return None
+    ordered = sorted(set(special_tokens), key=len, reverse=True)
+    return regex.compile("|".join(regex.escape(tok) for tok in ordered))
+
+
+def _cut_pattern(special_tokens: Sequence[str]) -> regex.Pattern | None:
+    """Byte offsets where a text can be cut without changing its pre-tokens (see find_cuts)."""
+    specials = [tok.encode() for tok in special_tokens]
+    alternatives = []
+    if specials and _overlap_free(specials):
+        alternatives += [regex.escape(tok) for tok in sorted(specials, key=len, reverse=True)]
+    if not any(b"\n" in tok for tok in specials):
+        # After a newline between two visible ASCII characters no pre-token spans the cut and no
+        # match before it looks past it (the pattern looks at most one character ahead).
+        alternatives.append(rb"(?<=[!-~]\n)(?=[!-~])")
+    return regex.compile(b"|".join(alternatives)) if alternatives else None
+
+
+def _overlap_free(tokens: list[bytes]) -> bool:
+    """True when no token's proper suffix overlaps any token's start: every occurrence is certain."""
+    return not any(t.startswith(s[i:]) or s[i:].startswith(t)
+                   for s in tokens for t in tokens for i in range(1, len(s)))
+
+
+def find_cuts(path: Path, special_tokens: Sequence[str], start: int, end: int,
+              chunk_bytes: int = CHUNK_BYTES) -> list[int]:
+    """Offsets start < ... < end cutting [start, end) into chunks of about chunk_bytes.
+
+    Cuts fall just before a special token or after a line break between two visible characters,
+    so encoding or pre-tokenizing the chunks one by one gives the same result as the whole text.
+    """
+    pattern = _cut_pattern(special_tokens)
+    if pattern is None:
+        return [start, end]
+    # Blocks overlap by enough to see a special token or the newline look-behind across them.
+    overlap = max((len(tok.encode()) for tok in special_tokens), default=0) + 2
+    cuts = [start]
+    with open(path, "rb") as f:
+        guess = start + chunk_bytes
+        while guess < end:
+            cut = _next_cut(f, pattern, guess, end, overlap)
+            if cut is None:
+                break
+            cuts.append(cut)
+            guess = cut + chunk_bytes
+    return cuts + [end] if cuts[-1] < end else cuts
+
+
+def _next_cut(f, pattern: regex.Pattern, pos: int, end: int, overlap: int) -> int | None:
+    """The first cut offset at or after pos (and before end), reading forward in blocks."""
+    base = max(pos - 2, 0)
+    while base < end:
+        f.seek(base)
+        block = f.read(min(_SCAN_BYTES, end - base) + overlap)
+        for match in pattern.finditer(block):
+            cut = base + match.start()
+            if pos <= cut < end:
+                return cut
+        if len(block) <= overlap:
+            return None
+        base += len(block) - overlap
+    return None
+
+
+def read_text(path: Path, start: int, end: int) -> str:
+    """Bytes [start, end) of a UTF-8 file as text; invalid UTF-8 raises ValueError with its offset."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: invalid UTF-8 at byte {start + err.start} ({err.reason}); "
+                         "convert the file to UTF-8 (e.g. iconv -t utf-8)") from None
+
+
+def count_text(text: str, specials: regex.Pattern | None) -> Counter[str]:
+    """Frequency of every pre-token in text; special tokens split it and are never counted."""
+    counts: Counter[str] = Counter()
+    for part in (specials.split(text) if specials else (text,)):
+        counts.update(PRETOKEN_RE.findall(part))
+    return counts
+
+
+def _count_span(path: Path, start: int, end: int, special_tokens: Sequence[str]) -> Counter[str]:
+    return count_text(read_text(path, start, end), special_pattern(special_tokens))
+
+
+def _count_span_args(args: tuple) -> tuple[int, Counter[str]]:
+    path, start, end, special_tokens = args
+    return end - start, _count_span(path, start, end, special_tokens)
+
+
+def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A process pool that is safe to start from a threaded process (forkserver where available)."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return ctx.Pool(workers)
+
+
+def default_workers() -> int:
+    """All the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def count_pretokens(path: Path, special_tokens: Sequence[str] = (), *, start: int = 0,
+                    end: int | None = None, workers: int | None = None,
+                    progress: Progress | None = None) -> Counter[str]:
+    """Pre-token frequencies of bytes [start, end) of a file, counted in parallel over chunks."""
+    path = Path(path)
+    end = path.stat().st_size if end is None else end
+    workers = workers or default_workers()
+    if workers == 1 or end - start < PARALLEL_MIN_BYTES:
+        counts = _count_span(path, start, end, special_tokens)
+        if progress:
+            progress(end - start)
+        return counts
+    cuts = find_cuts(path, special_tokens, start, end, min(CHUNK_BYTES, -(-(end - start) // workers)))
+    tasks = [(path, a, b, tuple(special_tokens)) for a, b in zip(cuts, cuts[1:])]
+    counts = Counter()
+    with worker_pool(min(workers, len(tasks))) as pool:
+        for done, part in pool.imap_unordered(_count_span_args, tasks):
+            counts.update(part)
+            if progress:
+                progress(done)
+    return counts
+
+
+# Tie-break key: a token's bytes mapped so that smaller keys mean lexicographically greater bytes.
+# Each byte b becomes the 2-byte number 256-b and a terminator 257 ends the token, so keys are
+# prefix-free and a pair's key is the concatenation of its tokens' keys.
+_INVERTED = [(256 - b).to_bytes(2, "big") for b in range(256)]
+_END = (257).to_bytes(2, "big")
+
+
+def _key(token: bytes) -> bytes:
+    return b"".join(_INVERTED[b] for b in token) + _END
+
+
+def check_vocab_size(vocab_size: int, special_tokens: Sequence[str]) -> None:
+    """Raise ValueError unless vocab_size leaves room for the 256 bytes and the special tokens."""
+    least = 256 + len(set(special_tokens))
+    if vocab_size < least:
+        raise ValueError(f"vocab_size={vocab_size} is smaller than 256 bytes + "
+                         f"{least - 256} special tokens; use at least {least}")
+
+
+def merge_counts(counts: Counter[str] | dict[str, int], vocab_size: int,
+                 special_tokens: Sequence[str] = (), progress: Progress | None = None
+                 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """BPE merges learned from pre-token frequencies until the vocabulary has vocab_size tokens.
+
+    Each step merges the most frequent adjacent pair (ties: the lexicographically greatest pair of
+    byte strings). Stops early when no pair is left.
+    """
+    specials = list(dict.fromkeys(special_tokens))
+    check_vocab_size(vocab_size, specials)
+    vocab = {i: tok.encode() for i, tok in enumerate(specials)}
+    first = len(vocab)
+    vocab.update({first + b: bytes([b]) for b in range(256)})
+    keys = {i: _key(tok) for i, tok in vocab.items()}
+
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> words that contain (or once contained) it
+    for text, freq in counts.items():
+        word = [first + b for b in text.encode()]
+        if len(word) < 2:
+            continue
+        index = len(words)
+        words.append(word)
+        freqs.append(freq)
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] = pair_counts.get(pair, 0) + freq
+            where.setdefault(pair, set()).add(index)
+    heap = [(-c, keys[a] + keys[b], a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[bytes, bytes]] = []
+    while len(vocab) < vocab_size:
+        pair = _pop_best(heap, pair_counts, keys)
+        if pair is None:
+            break
+        a, b = pair
+        new = len(vocab)
+        vocab[new] = vocab[a] + vocab[b]
+        keys[new] = _key(vocab[new])
+        merges.append((vocab[a], vocab[b]))
+        created: set[tuple[int, int]] = set()
+        for index in where.pop(pair):
+            _merge_word(index, words, freqs[index], a, b, new, pair_counts, where, created)
+        for p in created:
+            heapq.heappush(heap, (-pair_counts[p], keys[p[0]] + keys[p[1]], p[0], p[1]))
+        if progress:
+            progress(1)
+    return vocab, merges
+
+
+def _pop_best(heap: list, pair_counts: dict[tuple[int, int], int],
+              keys: dict[int, bytes]) -> tuple[int, int] | None:
+    """The best pair. Counts only fall after a pair appears, so a stale entry is an upper bound:
+    re-push it with its current count and look again."""
+    while heap:
+        neg, _, a, b = heapq.heappop(heap)
+        count = pair_counts.get((a, b), 0)
+        if count == -neg:
+            return a, b
+        if count > 0:
+            heapq.heappush(heap, (-count, keys[a] + keys[b], a, b))
+    return None
+
+
+def _merge_word(index: int, words: list[list[int]], freq: int, a: int, b: int, new: int,
+                pair_counts: dict[tuple[int, int], int], where: dict[tuple[int, int], set[int]],
+                created: set[tuple[int, int]]) -> None:
+    """Replace (a, b) by new in one word and move its pair counts from the old to the new pairs."""
+    word = words[index]
+    merged: list[int] = []
+    i, n = 0, len(word)
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            merged.append(new)
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    if len(merged) == n:
+        return  # a stale index entry: the word lost this pair to an earlier merge
+    for pair in zip(word, word[1:]):
+        left = pair_counts[pair] - freq
+        if left:
+            pair_counts[pair] = left
+        else:
+            del pair_counts[pair]
+    for pair in zip(merged, merged[1:]):
+        pair_counts[pair] = pair_counts.get(pair, 0) + freq
+        where.setdefault(pair, set()).add(index)
+        if new in pair:
+            created.add(pair)
+    words[index] = merged
+
+
+def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: Sequence[str] = (),
+              *, start: int = 0, end: int | None = None, workers: int | None = None,
+              count_progress: Progress | None = None, merge_progress: Progress | None = None
+              ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train a byte-level BPE tokenizer on bytes [start, end) of a UTF-8 text file.
+
+    Returns (vocab: id -> bytes, merges in creation order). Raises ValueError for an empty text,
+    invalid UTF-8 or a vocab_size below 256 + len(special_tokens).
+    """
+    path = Path(input_path)
+    end = path.stat().st_size if end is None else end
+    check_vocab_size(vocab_size, special_tokens)
+    if end <= start:
+        raise ValueError(f"{path}: the text is empty; nothing to train a tokenizer on")
+    counts = count_pretokens(path, special_tokens, start=start, end=end, workers=workers,
+                             progress=count_progress)
+    return merge_counts(counts, vocab_size, special_tokens, merge_progress)

@@ -1,0 +1,77 @@
+"""Checkpoints: written atomically, read with `weights_only=True` so a file can never run code."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.config import ConfigError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_COMPILE_PREFIX = "_orig_mod."
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without torch.compile's `_orig_mod.` prefix."""
+    return {k.removeprefix(_COMPILE_PREFIX): v for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    iteration: int, out: str | Path, **extra: Any) -> Path:
+    """Write model, optimizer, iteration and `extra` to `out` (a file, or a folder for the default name)."""
+    out = Path(out)
+    if out.is_dir():
+        out = out / CHECKPOINT_NAME
+    state = {"model": model_state(model), "iteration": iteration, **extra}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def checkpoint_path(src: str | Path) -> Path:
+    """Resolve a checkpoint file, or the default-named file inside a folder."""
+    src = Path(src)
+    return src / CHECKPOINT_NAME if src.is_dir() else src
+
+
+def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint's contents safely; a missing, truncated or unsafe file names itself."""
+    path = checkpoint_path(src)
+    if not path.is_file():
+        raise ConfigError(str(path), "checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
+        reason = str(err).splitlines()[0][:200]
+        raise ConfigError(str(path), f"not a loadable checkpoint ({type(err).__name__}: {reason})"
+                          ) from err
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise ConfigError(str(path), "not a trainer checkpoint (no model state or iteration)")
+    return state
+
+
+def load_checkpoint(src: str | Path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Restore model (and optimizer) state from `src`; return the saved iteration."""
+    state = read_checkpoint(src)
+    target = getattr(model, "_orig_mod", model)
+    target.load_state_dict(state["model"])
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    return int(state["iteration"])
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""Token data: memory-mapped arrays, random training batches and a fixed validation set."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.config import ConfigError
+
+_SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids, so a huge file is never read whole
+
+
+def load_tokens(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
+    """Open a 1-D uint16/uint32 `.npy` token file as a read-only memory map, checking its ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "token file not found")
+    try:
+        tokens = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise ConfigError(str(path), f"not a readable .npy token array ({err})") from err
+    if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
+        raise ConfigError(str(path), f"expected a 1-D uint16/uint32 array, got {tokens.dtype} "
+                          f"with shape {tokens.shape}")
+    if vocab_size is not None:
+        for start in range(0, len(tokens), _SCAN_CHUNK):
+            top = int(tokens[start:start + _SCAN_CHUNK].max(initial=0))
+            if top >= vocab_size:
+                raise ConfigError(str(path), f"token id {top} is not below vocab_size={vocab_size}")
+    return tokens
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset folder: train/valid token memmaps and its meta.json."""
+
+    path: Path
+    train: np.ndarray
+    valid: np.ndarray
+    meta: dict
+
+    @classmethod
+    def open(cls, folder: str | Path, vocab_size: int, context_length: int) -> "Dataset":
+        """Open and check a dataset folder against the model's vocabulary and context."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError("data", f"dataset folder {folder} not found")
+        meta_path = folder / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        except json.JSONDecodeError as err:
+            raise ConfigError(str(meta_path), f"not valid JSON ({err})") from err
+        if meta.get("vocab_size", 0) > vocab_size:
+            raise ConfigError("model.vocab_size", f"{vocab_size} is smaller than the dataset's "
+                              f"vocabulary ({meta['vocab_size']} in {meta_path})")
+        train = load_tokens(folder / "train.npy", vocab_size)
+        valid = load_tokens(folder / "valid.npy", vocab_size)
+        for name, tokens in (("train.npy", train), ("valid.npy", valid)):
+            if len(tokens) <= context_length:
+                raise ConfigError("model.context_length", f"{context_length} is longer than the "
+                                  f"data in {folder / name} ({len(tokens)} tokens)")
+        return cls(folder, train, valid, meta)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, context_length: int,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = np.stack([np.asarray(tokens[s:s + context_length + 1], dtype=np.int64) for s in starts])
+    batch = torch.from_numpy(rows)
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    else:
+        batch = batch.to(device)
+    return batch[:, :-1], batch[:, 1:]
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, context_length: int,
+              device: str | torch.device, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample `batch_size` windows uniformly; y is x shifted by one token. Unknown devices raise."""
+    dev = _device(device)
+    high = len(tokens) - context_length
+    if high < 1:
+        raise ValueError(f"context_length={context_length} needs more than {len(tokens)} tokens")
+    starts = torch.randint(0, high, (batch_size,), generator=generator).numpy()
+    return _windows(tokens, starts, context_length, dev)
+
+
+def validation_windows(tokens: np.ndarray, context_length: int, count: int,
+                       device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, seed-independent set of `count` evenly spaced windows: every trial sees the same."""
+    high = len(tokens) - context_length - 1
+    starts = np.unique(np.linspace(0, max(high, 0), count).astype(np.int64))
+    return _windows(tokens, starts, context_length, _device(device))

@@ -1,0 +1,47 @@
+"""Text generation: temperature and nucleus (top-p) sampling, greedy at temperature 0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from model.layers import TransformerLM
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator | None = None) -> int:
+    """Pick the next token id from 1-D logits."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the top one
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(model: TransformerLM, tokenizer: Any, prompt: str, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, eos_token: str | None = EOS_TOKEN,
+             generator: torch.Generator | None = None) -> str:
+    """Continue `prompt` by up to `max_new_tokens` tokens, stopping at the end-of-text token."""
+    device = next(model.parameters()).device
+    eos_id = tokenizer.encode(eos_token)[0] if eos_token and eos_token in (
+        tokenizer.special_tokens or []) else None
+    ids = tokenizer.encode(prompt)
+    new: list[int] = []
+    was_training = model.training
+    model.eval()
+    for _ in range(max_new_tokens):
+        context = (ids + new)[-model.config.context_length:]
+        logits = model(torch.tensor([context], device=device))[0, -1]
+        token = sample_next(logits, temperature, top_p, generator)
+        if token == eos_id:
+            break
+        new.append(token)
+    model.train(was_training)
+    return tokenizer.decode(new)

@@ -1,0 +1,293 @@
+"""The training loop: one call of `train(config)` is one trial. Also `python -m model.train --config F`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from model.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
+from model.config import ConfigError, TrainConfig, load_train_config
+from model.data import Dataset, get_batch, validation_windows
+from model.layers import TransformerLM
+from model.loss import cross_entropy, perplexity
+from model.optim import build_optimizer, clip_grad_norm
+from model.schedules import LRSchedule, set_lr
+
+DIVERGENCE_FACTOR = 2.0  # a train loss above 2·ln|V| (twice a uniform guess) counts as diverged
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+              "A10": 125e12, "4090": 165e12}  # dense bf16 FLOP/s by device-name fragment
+
+
+@dataclass
+class EvalRecord:
+    """The metrics of one evaluation, handed to `on_eval`."""
+
+    step: int
+    tokens: int
+    train_loss: float
+    val_loss: float
+    val_ppl: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    mfu: float
+    elapsed_s: float
+    sample: str | None = None
+
+    def as_metrics(self) -> dict[str, float]:
+        """The numeric fields, for trackers."""
+        return {k: v for k, v in asdict(self).items() if k != "sample"}
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and what it measured."""
+
+    status: str  # completed | stopped | diverged
+    records: list[EvalRecord] = field(default_factory=list)
+    steps: int = 0
+    tokens: int = 0
+    num_params: int = 0
+    checkpoint: Path | None = None
+
+    @property
+    def best_val_loss(self) -> float:
+        return min((r.val_loss for r in self.records), default=math.inf)
+
+    @property
+    def final(self) -> EvalRecord | None:
+        return self.records[-1] if self.records else None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; anything else must be a device torch knows."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError("device", f"unknown device {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available")
+    return device
+
+
+def flops_per_token(model: TransformerLM) -> float:
+    """Training FLOPs per token: 6·N (embedding lookup excluded) + 12·layers·d_model·context."""
+    cfg = model.config
+    n = model.num_params() - model.token_embeddings.weight.numel()
+    return 6 * n + 12 * cfg.num_layers * cfg.d_model * cfg.context_length
+
+
+def peak_flops(config: TrainConfig, device: torch.device) -> float | None:
+    """The device's peak FLOP/s for MFU: the config's, else a known GPU's, else unknown."""
+    if config.peak_flops:
+        return config.peak_flops
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _load_tokenizer(dataset: Dataset):
+    if not (dataset.path / "vocab.json").exists():
+        return None
+    from model.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(dataset.path)
+
+
+def _rng_state(batch_gen: torch.Generator, sample_gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "batches": batch_gen.get_state(),
+             "samples": sample_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, batch_gen: torch.Generator, sample_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    batch_gen.set_state(state["batches"])
+    sample_gen.set_state(state["samples"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _configure_backends(config: TrainConfig, device: torch.device) -> None:
+    if device.type == "cuda" and config.fast:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if config.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: tuple[torch.Tensor, torch.Tensor], batch_size: int,
+             autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
+    """Mean cross-entropy over the fixed validation windows."""
+    was_training = model.training
+    model.eval()
+    x_all, y_all = windows
+    total = torch.zeros((), device=x_all.device)
+    for start in range(0, len(x_all), batch_size):
+        x, y = x_all[start:start + batch_size], y_all[start:start + batch_size]
+        with autocast():
+            total += cross_entropy(model(x), y) * len(x)
+    model.train(was_training)
+    return float(total) / len(x_all)
+
+
+def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | None = None,
+          checkpoint_dir: str | Path | None = None,
+          resume_from: str | Path | None = None) -> TrainResult:
+    """Train to T_total steps, evaluating every `eval_interval`; `on_eval` returning True stops.
+
+    With `checkpoint_dir`, a checkpoint is written at each evaluation before `on_eval` sees it;
+    `resume_from` continues such a checkpoint exactly where it left off.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    dataset = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
+    resume_state = read_checkpoint(resume_from) if resume_from is not None else None
+    _configure_backends(config, device)
+
+    torch.manual_seed(config.seed)
+    model = TransformerLM(config.model, dropout=config.dropout, fast=config.fast).to(device)
+    optimizer = build_optimizer(model, config)
+    schedule = LRSchedule.from_config(config)
+    batch_gen = torch.Generator().manual_seed(config.seed + 1)
+    sample_gen = torch.Generator().manual_seed(config.seed + 2)
+    result = TrainResult(status="completed", num_params=model.num_params())
+    step = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["schedule"])
+        _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
+        result.records = [EvalRecord(**r) for r in resume_state["records"]]
+        step = int(resume_state["iteration"])
+
+    runner = torch.compile(model) if config.compile else model
+    use_bf16 = config.fast and device.type == "cuda"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    tokenizer = _load_tokenizer(dataset) if config.sample_tokens > 0 else None
+    windows = validation_windows(dataset.valid, config.model.context_length, config.eval_windows,
+                                 device)
+    total_steps, per_step = config.steps, config.tokens_per_step
+    flops, peak = flops_per_token(model), peak_flops(config, device)
+    elapsed_before = result.records[-1].elapsed_s if result.records else 0.0
+    run_start = interval_start = time.perf_counter()
+    train_time = 0.0
+    loss_sum, loss_count, lr, grad_norm = 0.0, 0, 0.0, 0.0
+    model.train()
+
+    while step < total_steps:
+        lr = schedule.lr(step)
+        set_lr(optimizer, lr)
+        x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
+                         batch_gen)
+        with autocast():
+            loss = cross_entropy(runner(x), y, config.label_smoothing)
+        loss.backward()
+        grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_value = float(loss.detach())
+        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+        diverged = (not math.isfinite(loss_value)
+                    or loss_value > DIVERGENCE_FACTOR * math.log(config.model.vocab_size))
+        if not (diverged or step % config.eval_interval == 0 or step == total_steps):
+            continue
+
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        train_time = now - interval_start
+        tokens_per_s = loss_count * per_step / train_time if train_time > 0 else 0.0
+        val_loss = math.inf if diverged else evaluate(runner, windows, config.batch_size, autocast)
+        sample = None
+        if tokenizer is not None and not diverged:
+            from model.generate import generate
+
+            sample = generate(model, tokenizer, config.sample_prompt, config.sample_tokens,
+                              temperature=0.8, top_p=0.95, generator=sample_gen)
+        record = EvalRecord(
+            step=step, tokens=step * per_step, train_loss=loss_sum / loss_count,
+            val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=grad_norm,
+            tokens_per_s=tokens_per_s,
+            mfu=flops * tokens_per_s / peak if peak else math.nan,
+            elapsed_s=elapsed_before + time.perf_counter() - run_start, sample=sample)
+        result.records.append(record)
+        loss_sum, loss_count = 0.0, 0
+        if not diverged:
+            schedule.observe(val_loss)
+        if checkpoint_dir is not None and not diverged:
+            result.checkpoint = save_checkpoint(
+                model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
+                rng=_rng_state(batch_gen, sample_gen), records=[asdict(r) for r in result.records],
+                tokens=step * per_step, config=config.to_dict())
+        stop = on_eval(record) if on_eval is not None else False
+        if diverged:
+            result.status = "diverged"
+            break
+        if stop:
+            result.status = "stopped"
+            break
+        interval_start = time.perf_counter()
+
+    result.steps, result.tokens = step, step * per_step
+    return result
+
+
+def _progress_line(record: EvalRecord, total_steps: int) -> str:
+    mfu = "" if math.isnan(record.mfu) else f" mfu {record.mfu:.1%}"
+    return (f"step {record.step:>6}/{total_steps} tokens {record.tokens:>11,} "
+            f"train {record.train_loss:.4f} val {record.val_loss:.4f} ppl {record.val_ppl:8.2f} "
+            f"lr {record.lr:.2e} |g| {record.grad_norm:.3f} {record.tokens_per_s:,.0f} tok/s{mfu}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m model.train --config FILE [--out DIR] [--resume CKPT] [--device D]`."""
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML or JSON trainer config")
+    parser.add_argument("--out", default="runs/train", help="folder for checkpoints")
+    parser.add_argument("--resume", help="checkpoint file or folder to continue from")
+    parser.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_train_config(args.config)
+        if args.device:
+            config.device = args.device
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        total = config.steps
+        result = train(config, on_eval=lambda r: print(_progress_line(r, total), flush=True),
+                       checkpoint_dir=out, resume_from=args.resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    final = result.final
+    print(f"{result.status}: {result.steps} steps, {result.tokens:,} tokens, "
+          f"{result.num_params:,} parameters; best val_loss {result.best_val_loss:.4f}"
+          + (f"; final val_loss {final.val_loss:.4f} (ppl {final.val_ppl:.2f})" if final else "")
+          + (f"; checkpoint {checkpoint_path(out)}" if result.checkpoint else ""))
+    return 0 if result.status == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

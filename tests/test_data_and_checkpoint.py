@@ -1,0 +1,111 @@
+"""Batches from memory-mapped tokens, the fixed validation set, and safe atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, model_state, read_checkpoint, save_checkpoint
+from model.config import ConfigError
+from model.data import get_batch, load_tokens, validation_windows
+
+
+def test_batches_are_shifted_windows_of_the_memmap(byte_dataset: Path) -> None:
+    tokens = load_tokens(byte_dataset / "train.npy", 256)
+    assert isinstance(tokens, np.memmap)
+    gen = torch.Generator().manual_seed(0)
+    x, y = get_batch(tokens, 16, 24, "cpu", gen)
+    assert x.shape == y.shape == (16, 24) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    row = np.asarray(tokens, dtype=np.int64)
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        start = next(i for i in range(len(row)) if row[i:i + 24].tolist() == xi)
+        assert row[start + 1:start + 25].tolist() == yi
+
+
+def test_batches_follow_the_generator_and_cover_the_data() -> None:
+    tokens = np.arange(1000, dtype=np.uint16)
+    first = get_batch(tokens, 8, 10, "cpu", torch.Generator().manual_seed(7))[0]
+    again = get_batch(tokens, 8, 10, "cpu", torch.Generator().manual_seed(7))[0]
+    assert torch.equal(first, again)
+    starts = get_batch(tokens, 4000, 10, "cpu", torch.Generator().manual_seed(1))[0][:, 0]
+    assert starts.min() < 20 and starts.max() > 970  # uniform over every valid start
+
+
+def test_unknown_device_raises() -> None:
+    with pytest.raises(ValueError, match="unknown device"):
+        get_batch(np.arange(100, dtype=np.uint16), 2, 4, "tpu:9")
+
+
+def test_validation_windows_are_fixed() -> None:
+    tokens = np.arange(500, dtype=np.uint16)
+    x, y = validation_windows(tokens, 16, 10, "cpu")
+    x2, _ = validation_windows(tokens, 16, 10, "cpu")
+    assert torch.equal(x, x2) and x.shape == (10, 16) and int(x[0, 0]) == 0
+    assert int(y[-1, -1]) <= 499
+
+
+def test_token_files_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_tokens(tmp_path / "missing.npy")
+    np.save(tmp_path / "f.npy", np.arange(10, dtype=np.float32))
+    with pytest.raises(ConfigError, match="uint16/uint32"):
+        load_tokens(tmp_path / "f.npy")
+    np.save(tmp_path / "t.npy", np.array([1, 2, 300], dtype=np.uint16))
+    with pytest.raises(ConfigError, match="300 is not below vocab_size=256"):
+        load_tokens(tmp_path / "t.npy", 256)
+
+
+class _Compiled(torch.nn.Module):
+    """Shaped like torch.compile's wrapper: the real module lives under `_orig_mod`."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self._orig_mod = inner
+
+
+def test_checkpoint_round_trip_is_atomic_and_unprefixed(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = save_checkpoint(_Compiled(model), opt, 7, tmp_path / "c.pt", note="hi")
+    assert os.listdir(tmp_path) == ["c.pt"]
+    state = read_checkpoint(path)
+    assert set(state["model"]) == {"weight", "bias"} and state["note"] == "hi"
+
+    fresh = torch.nn.Linear(4, 3)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    assert load_checkpoint(path, fresh, fresh_opt) == 7
+    assert all(torch.equal(a, b) for a, b in zip(model_state(model).values(),
+                                                 model_state(fresh).values()))
+    assert fresh_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": _Exploit(marker), "iteration": 1}, bad)
+    with pytest.raises(ConfigError, match="not a loadable checkpoint"):
+        read_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
+    path = save_checkpoint(torch.nn.Linear(8, 8), None, 1, tmp_path / "c.pt")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ConfigError) as err:
+        read_checkpoint(path)
+    assert err.value.field == str(path)

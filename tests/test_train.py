@@ -1,0 +1,119 @@
+"""The training loop: learning, determinism, exact resume, divergence and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from model.config import ConfigError, ModelConfig, TrainConfig
+from model.train import EvalRecord, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(dataset: Path, **overrides) -> TrainConfig:
+    model = ModelConfig(vocab_size=256, context_length=32, d_model=32, num_layers=2, num_heads=4)
+    base = dict(model=model, data=str(dataset), lr_max=3e-3, warmup_iters=5, total_iters=40,
+                batch_size=8, eval_interval=10, eval_windows=8, device="cpu", seed=3)
+    return TrainConfig(**{**base, **overrides})
+
+
+def losses(records: list[EvalRecord]) -> list[tuple[float, float]]:
+    return [(r.train_loss, r.val_loss) for r in records]
+
+
+def test_validation_loss_falls(byte_dataset: Path) -> None:
+    result = train(tiny_config(byte_dataset, total_iters=60, lr_max=1e-2))
+    assert result.status == "completed"
+    assert result.steps == 60 and result.tokens == 60 * 8 * 32
+    assert [r.step for r in result.records] == [10, 20, 30, 40, 50, 60]
+    assert result.records[-1].val_loss < result.records[0].val_loss - 0.5
+    assert result.records[-1].val_ppl == pytest.approx(math.exp(result.records[-1].val_loss))
+
+
+def test_same_seed_gives_identical_losses(byte_dataset: Path) -> None:
+    config = tiny_config(byte_dataset, dropout=0.1)
+    first, second = train(config), train(replace(config))
+    assert losses(first.records) == losses(second.records)
+    other = train(replace(config, seed=4))
+    assert losses(other.records) != losses(first.records)
+
+
+def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> None:
+    config = tiny_config(byte_dataset, dropout=0.1, schedule="plateau", plateau_patience=0)
+    full = train(config)
+    stopped = train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
+    assert stopped.status == "stopped" and stopped.steps == 20
+    resumed = train(config, resume_from=tmp_path)
+    assert resumed.status == "completed"
+    assert losses(resumed.records) == losses(full.records)
+    assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
+
+
+def test_callback_can_stop_and_sees_every_evaluation(byte_dataset: Path) -> None:
+    seen: list[int] = []
+    result = train(tiny_config(byte_dataset), on_eval=lambda r: seen.append(r.step) or r.step == 30)
+    assert seen == [10, 20, 30] and result.status == "stopped" and result.steps == 30
+
+
+def test_runaway_loss_stops_as_diverged(byte_dataset: Path) -> None:
+    seen: list[EvalRecord] = []
+    result = train(tiny_config(byte_dataset, optimizer="sgd", lr_max=1e4, warmup_iters=0,
+                               grad_clip=None), on_eval=seen.append)
+    assert result.status == "diverged"
+    assert result.steps < 40 and seen[-1].val_loss == math.inf
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"model": ModelConfig(vocab_size=256, d_model=30, num_heads=4, context_length=32)},
+     "model.num_heads"),
+    ({"lr_max": 0.0}, "lr_max"),
+    ({"beta2": 1.0}, "beta2"),
+    ({"beta1": -0.1}, "beta1"),
+    ({"warmup_iters": 40}, "warmup_iters"),
+    ({"model": ModelConfig(vocab_size=256, d_model=32, num_heads=4, num_layers=1,
+                           context_length=200_000)}, "model.context_length"),
+    ({"model": ModelConfig(vocab_size=100, d_model=32, num_heads=4, context_length=32)},
+     "model.vocab_size"),
+    ({"data": "/nonexistent/dataset"}, "data"),
+])
+def test_bad_config_names_the_field_before_any_step(byte_dataset: Path, overrides: dict,
+                                                    field: str) -> None:
+    seen: list[EvalRecord] = []
+    with pytest.raises(ConfigError) as err:
+        train(tiny_config(byte_dataset, **overrides), on_eval=seen.append)
+    assert err.value.field == field and not seen
+
+
+def test_token_ids_beyond_vocab_name_the_file(byte_dataset: Path, tmp_path: Path) -> None:
+    for name in ("train.npy", "valid.npy", "meta.json"):
+        (tmp_path / name).write_bytes((byte_dataset / name).read_bytes())
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "vocab_size": 100}))
+    with pytest.raises(ConfigError) as err:
+        train(tiny_config(tmp_path, model=ModelConfig(vocab_size=100, d_model=32, num_heads=4,
+                                                      context_length=32)))
+    assert err.value.field.endswith("train.npy") and "not below vocab_size=100" in str(err.value)
+
+
+def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path: Path) -> None:
+    config = tiny_config(byte_dataset, total_iters=20).to_dict()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path), "--out",
+                          str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("step ") == 2 and "completed: 20 steps" in run.stdout
+    assert (out / "checkpoint.pt").is_file()
+
+    path.write_text(json.dumps({**config, "beta2": 1.5}))
+    bad = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1

@@ -1,0 +1,105 @@
+"""The study's search algorithm and trial scheduler, built from its `search` section.
+
+Searchers are Optuna samplers behind Ray's OptunaSearch with the schema's define-by-run space;
+PBT cannot share a searcher with Tune, so its population is drawn by Tune from the same space.
+Every scheduler measures time in tokens seen, so trials of different batch sizes compare fairly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from tuner.search.trainable import TIME_ATTR
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
+SCHEDULERS = ("asha", "hyperband", "median", "pbt", "none")
+
+
+def optuna_sampler(algorithm: str, seed: int) -> Any:
+    """The seeded Optuna sampler for a searcher name (grid points are enqueued, sampled at random)."""
+    import optuna
+
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed),
+    }
+    return samplers[algorithm]()
+
+
+def build_searcher(study: Any) -> Any:
+    """Ray's OptunaSearch over the define-by-run space (None for PBT, whose population Tune draws)."""
+    if study.search.scheduler == "pbt":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = study.search
+    points = study.grid_points() if search.algorithm == "grid" else None
+    return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
+                        sampler=optuna_sampler(search.algorithm, search.seed),
+                        points_to_evaluate=points, study_name=study.name)
+
+
+def build_scheduler(study: Any, max_t: int) -> Any:
+    """The trial scheduler; `max_t` is a trial's full budget in tokens."""
+    from ray.tune import schedulers
+
+    search = study.search
+    common = {"time_attr": TIME_ATTR, "metric": search.metric, "mode": search.mode}
+    if search.scheduler == "asha":
+        return schedulers.ASHAScheduler(
+            **common, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
+            reduction_factor=search.asha.reduction_factor, brackets=search.asha.brackets)
+    if search.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(
+            **common, max_t=max_t, reduction_factor=search.asha.reduction_factor)
+    if search.scheduler == "median":
+        return schedulers.MedianStoppingRule(**common, grace_period=search.median.grace_period)
+    if search.scheduler == "pbt":
+        mutations = {name: dist for name, dist in tune_space(study).items()
+                     if name in search.pbt.params}
+        return schedulers.PopulationBasedTraining(
+            **common, perturbation_interval=search.pbt.perturbation_interval,
+            quantile_fraction=search.pbt.quantile_fraction, hyperparam_mutations=mutations,
+            custom_explore_fn=functools.partial(clip_to_space, bounds=_bounds(study)))
+    return schedulers.FIFOScheduler()
+
+
+def tune_space(study: Any) -> dict[str, Any]:
+    """The searched space as Tune domains (PBT draws its population and resamples from these)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, dist in study.searched().items():
+        if isinstance(dist, CategoricalDistribution):
+            space[name] = tune.choice(list(dist.choices))
+        elif isinstance(dist, IntDistribution):
+            sampler = tune.lograndint if dist.log else tune.randint
+            space[name] = sampler(dist.low, dist.high + 1)
+        elif isinstance(dist, FloatDistribution):
+            if dist.step:
+                space[name] = tune.quniform(dist.low, dist.high, dist.step)
+            else:
+                space[name] = (tune.loguniform if dist.log else tune.uniform)(dist.low, dist.high)
+    return space
+
+
+def _bounds(study: Any) -> dict[str, tuple[float, float]]:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return {name: (dist.low, dist.high) for name, dist in study.searched().items()
+            if isinstance(dist, (FloatDistribution, IntDistribution))}
+
+
+def clip_to_space(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Keep PBT's perturbed values (×1.2, ×0.8) inside the searched ranges (β2 must stay below 1)."""
+    for name, (low, high) in bounds.items():
+        if name in config:
+            value = min(max(config[name], low), high)
+            config[name] = type(config[name])(value)
+    return config

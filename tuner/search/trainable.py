@@ -1,0 +1,67 @@
+"""The Tune function trainable: one trial is one call of the trainer, reporting after every evaluation.
+
+Each report carries the evaluation's metrics with `tokens` (Tune's time attribute) and a Tune
+checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial continues from it.
+A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
+errors are recorded, not retried; Tune's retries are left to processes the OS killed.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+TIME_ATTR = "tokens"
+WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
+
+
+def trial_metrics(record: Any, budget_tokens: int) -> dict[str, Any]:
+    """What one evaluation reports to Tune: the record's numbers, the budget, divergence, sample."""
+    metrics: dict[str, Any] = {**record.as_metrics(), "budget_tokens": budget_tokens,
+                               "diverged": float(not math.isfinite(record.val_loss))}
+    if record.sample is not None:
+        metrics["sample"] = record.sample
+    return metrics
+
+
+def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int) -> None:
+    """Train one trial of `study` with the sampled `params`, reporting to Tune at each evaluation."""
+    import torch
+    from ray import tune
+
+    from model.train import train
+
+    torch.set_num_threads(threads)
+    scratch = Path(tempfile.mkdtemp(prefix="tuner-trial-"))
+    ckpt_dir = scratch / "checkpoint"
+    ckpt_dir.mkdir()
+    reported = {"tokens": 0, "budget_tokens": 0}
+    try:
+        resume_from = _restore(tune.get_checkpoint(), ckpt_dir)
+        config = study.trial_config(params, Path(data_dir))
+        reported["budget_tokens"] = config.steps * config.tokens_per_step
+
+        def on_eval(record: Any) -> None:
+            metrics = trial_metrics(record, reported["budget_tokens"])
+            reported["tokens"] = record.tokens
+            checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
+            tune.report(metrics, checkpoint=checkpoint)
+
+        train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir, resume_from=resume_from)
+    except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
+        tune.report({**reported, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
+                     "traceback": traceback.format_exc(limit=20)})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _restore(checkpoint: Any, ckpt_dir: Path) -> Path | None:
+    """Copy Tune's checkpoint (a retry, a resume or a PBT clone) into the trial's scratch folder."""
+    if checkpoint is None:
+        return None
+    checkpoint.to_directory(str(ckpt_dir))
+    return ckpt_dir
