@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import regex
@@ -34,15 +35,16 @@ def special_pattern(special_tokens: Sequence[str]) -> regex.Pattern | None:
     return regex.compile("|".join(regex.escape(tok) for tok in ordered))
 
 
-def _cut_pattern(special_tokens: Sequence[str]) -> regex.Pattern | None:
-    """Byte offsets where a text can be cut without changing its pre-tokens (see find_cuts)."""
+@lru_cache(maxsize=8)
+def _cut_pattern(special_tokens: tuple[str, ...]) -> regex.Pattern | None:
+    """Matches (empty or a special token) at byte offsets where a text can be cut (see next_cut)."""
     specials = [tok.encode() for tok in special_tokens]
     alternatives = []
     if specials and _overlap_free(specials):
         alternatives += [regex.escape(tok) for tok in sorted(specials, key=len, reverse=True)]
     if not any(b"\n" in tok for tok in specials):
-        # After a newline between two visible ASCII characters no pre-token spans the cut and no
-        # match before it looks past it (the pattern looks at most one character ahead).
+        # After a newline between two visible ASCII characters: no pre-token spans the cut, and
+        # none before it depends on the text after it.
         alternatives.append(rb"(?<=[!-~]\n)(?=[!-~])")
     return regex.compile(b"|".join(alternatives)) if alternatives else None
 
@@ -57,39 +59,36 @@ def find_cuts(path: Path, special_tokens: Sequence[str], start: int, end: int,
               chunk_bytes: int = CHUNK_BYTES) -> list[int]:
     """Offsets start < ... < end cutting [start, end) into chunks of about chunk_bytes.
 
-    Cuts fall just before a special token or after a line break between two visible characters,
-    so encoding or pre-tokenizing the chunks one by one gives the same result as the whole text.
+    Each cut is a next_cut, so the chunks pre-tokenize and encode exactly as the whole text does.
     """
-    pattern = _cut_pattern(special_tokens)
+    cuts = [start]
+    while cuts[-1] + chunk_bytes < end:
+        cut = next_cut(path, special_tokens, cuts[-1] + chunk_bytes, end)
+        if cut is None:
+            break
+        cuts.append(cut)
+    return cuts + [end]
+
+
+def next_cut(path: Path, special_tokens: Sequence[str], pos: int, end: int) -> int | None:
+    """The first offset in [pos, end) where the text can be cut without changing its tokens:
+    just before a special token, or after a line break between two visible characters."""
+    pattern = _cut_pattern(tuple(special_tokens))
     if pattern is None:
-        return [start, end]
+        return None
     # Blocks overlap by enough to see a special token or the newline look-behind across them.
     overlap = max((len(tok.encode()) for tok in special_tokens), default=0) + 2
-    cuts = [start]
-    with open(path, "rb") as f:
-        guess = start + chunk_bytes
-        while guess < end:
-            cut = _next_cut(f, pattern, guess, end, overlap)
-            if cut is None:
-                break
-            cuts.append(cut)
-            guess = cut + chunk_bytes
-    return cuts + [end] if cuts[-1] < end else cuts
-
-
-def _next_cut(f, pattern: regex.Pattern, pos: int, end: int, overlap: int) -> int | None:
-    """The first cut offset at or after pos (and before end), reading forward in blocks."""
     base = max(pos - 2, 0)
-    while base < end:
-        f.seek(base)
-        block = f.read(min(_SCAN_BYTES, end - base) + overlap)
-        for match in pattern.finditer(block):
-            cut = base + match.start()
-            if pos <= cut < end:
-                return cut
-        if len(block) <= overlap:
-            return None
-        base += len(block) - overlap
+    with open(path, "rb") as f:
+        while base < end:
+            f.seek(base)
+            block = f.read(min(_SCAN_BYTES, end - base) + overlap)
+            for match in pattern.finditer(block):
+                if pos <= base + match.start() < end:
+                    return base + match.start()
+            if len(block) <= overlap:
+                return None
+            base += len(block) - overlap
     return None
 
 
@@ -122,11 +121,12 @@ def _count_span_args(args: tuple) -> tuple[int, Counter[str]]:
     return end - start, _count_span(path, start, end, special_tokens)
 
 
-def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+def worker_pool(workers: int, initializer: Callable | None = None,
+                initargs: tuple = ()) -> multiprocessing.pool.Pool:
     """A process pool that is safe to start from a threaded process (forkserver where available)."""
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ctx.Pool(workers)
+    return ctx.Pool(workers, initializer, initargs)
 
 
 def default_workers() -> int:

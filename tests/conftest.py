@@ -32,3 +32,14 @@ def byte_dataset(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) ->
             "valid_tokens": len(raw) - split, "special_tokens": []}
     (out / "meta.json").write_text(json.dumps(meta))
     return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store with every migration applied: copy it instead of creating a
+    store per test (creating one runs migrations for several seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    return path

@@ -23,10 +23,15 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module defines its commands on a Typer app of its own and imports heavy libraries lazily.
-    from tuner import cli_data, cli_space
+    from tuner import cli_data, cli_search, cli_space
 
     app.add_typer(cli_data.app, name="data")
     app.add_typer(cli_space.app, name="space")
+    app.command("search")(cli_search.search)
+    from tuner import cli_inspect
+
+    for name in ("replay", "best", "report", "generate"):
+        app.command(name)(getattr(cli_inspect, name))
 
 
 def main() -> None:

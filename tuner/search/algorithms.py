@@ -35,13 +35,28 @@ def build_searcher(study: Any) -> Any:
     """Ray's OptunaSearch over the define-by-run space (None for PBT, whose population Tune draws)."""
     if study.search.scheduler == "pbt":
         return None
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = study.search
     points = study.grid_points() if search.algorithm == "grid" else None
+    storage = optuna_storage(search.storage) if search.storage else None
     return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                         sampler=optuna_sampler(search.algorithm, search.seed),
-                        points_to_evaluate=points, study_name=study.name)
+                        points_to_evaluate=points, study_name=study.name, storage=storage)
+
+
+def optuna_storage(url: str) -> Any:
+    """The Optuna storage at `url` (e.g. sqlite:///optuna.db), checked before any trial starts."""
+    import optuna
+
+    from tuner.errors import UserError
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # noqa: BLE001 - any failure means the storage is unusable
+        raise UserError(f"search.storage {url} cannot be used: {err}") from None
 
 
 def build_scheduler(study: Any, max_t: int) -> Any:
@@ -49,21 +64,21 @@ def build_scheduler(study: Any, max_t: int) -> Any:
     from ray.tune import schedulers
 
     search = study.search
-    common = {"time_attr": TIME_ATTR, "metric": search.metric, "mode": search.mode}
+    timed = {"metric": search.metric, "mode": search.mode, "time_attr": TIME_ATTR}
     if search.scheduler == "asha":
         return schedulers.ASHAScheduler(
-            **common, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
+            **timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
             reduction_factor=search.asha.reduction_factor, brackets=search.asha.brackets)
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
-            **common, max_t=max_t, reduction_factor=search.asha.reduction_factor)
+            **timed, max_t=max_t, reduction_factor=search.asha.reduction_factor)
     if search.scheduler == "median":
-        return schedulers.MedianStoppingRule(**common, grace_period=search.median.grace_period)
+        return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
     if search.scheduler == "pbt":
         mutations = {name: dist for name, dist in tune_space(study).items()
-                     if name in search.pbt.params}
+                     if name in search.pbt.perturb}
         return schedulers.PopulationBasedTraining(
-            **common, perturbation_interval=search.pbt.perturbation_interval,
+            **timed, perturbation_interval=search.pbt.perturbation_interval,
             quantile_fraction=search.pbt.quantile_fraction, hyperparam_mutations=mutations,
             custom_explore_fn=functools.partial(clip_to_space, bounds=_bounds(study)))
     return schedulers.FIFOScheduler()
@@ -71,35 +86,31 @@ def build_scheduler(study: Any, max_t: int) -> Any:
 
 def tune_space(study: Any) -> dict[str, Any]:
     """The searched space as Tune domains (PBT draws its population and resamples from these)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     from ray import tune
 
     space: dict[str, Any] = {}
     for name, dist in study.searched().items():
-        if isinstance(dist, CategoricalDistribution):
-            space[name] = tune.choice(list(dist.choices))
-        elif isinstance(dist, IntDistribution):
-            sampler = tune.lograndint if dist.log else tune.randint
-            space[name] = sampler(dist.low, dist.high + 1)
-        elif isinstance(dist, FloatDistribution):
-            if dist.step:
-                space[name] = tune.quniform(dist.low, dist.high, dist.step)
-            else:
-                space[name] = (tune.loguniform if dist.log else tune.uniform)(dist.low, dist.high)
+        if dist.key == "loguniform":
+            space[name] = tune.loguniform(dist.lo, dist.hi)
+        elif dist.key == "uniform":
+            space[name] = tune.uniform(dist.lo, dist.hi)
+        elif dist.key == "int" and dist.step > 1:
+            space[name] = tune.qrandint(dist.lo, dist.hi, dist.step)
+        elif dist.key == "int":
+            space[name] = (tune.lograndint if dist.log else tune.randint)(dist.lo, dist.hi + 1)
+        else:
+            space[name] = tune.choice(dist.options())
     return space
 
 
 def _bounds(study: Any) -> dict[str, tuple[float, float]]:
-    from optuna.distributions import FloatDistribution, IntDistribution
-
-    return {name: (dist.low, dist.high) for name, dist in study.searched().items()
-            if isinstance(dist, (FloatDistribution, IntDistribution))}
+    return {name: dist.span() for name, dist in study.searched().items()
+            if dist.key in ("loguniform", "uniform", "int")}
 
 
 def clip_to_space(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> dict[str, Any]:
     """Keep PBT's perturbed values (×1.2, ×0.8) inside the searched ranges (β2 must stay below 1)."""
     for name, (low, high) in bounds.items():
         if name in config:
-            value = min(max(config[name], low), high)
-            config[name] = type(config[name])(value)
+            config[name] = type(config[name])(min(max(config[name], low), high))
     return config

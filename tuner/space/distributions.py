@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
 Scalar = bool | int | float | str | None
+MAX_OPTIONS = 4096  # an int range with more values is treated as continuous by the checks
 
 
 def fmt(value: Any) -> str:
@@ -122,7 +123,8 @@ class IntRange(_Range):
         return self
 
     def options(self) -> list[int] | None:
-        return list(range(self.lo, self.hi + 1, self.step))
+        values = range(self.lo, self.hi + 1, self.step)
+        return list(values) if len(values) <= MAX_OPTIONS else None
 
     def suggest(self, trial: BaseTrial, name: str) -> int:
         return trial.suggest_int(name, self.lo, self.hi, step=self.step, log=self.log)
@@ -184,10 +186,13 @@ def parse_distribution(raw: dict[Any, Any]) -> Distribution:
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            if e["type"] in ("too_short", "too_long"):
-                text = "needs [lo, hi]" if issubclass(cls, _Range) else "needs at least one value"
+            where = ".".join(map(str, e["loc"][1:] if e["loc"][:1] == (key,) else e["loc"]))
+            if e["type"] in ("too_short", "too_long", "missing") and e["loc"][:1] == (key,):
+                where, text = "", ("needs [lo, hi]" if issubclass(cls, _Range)
+                                   else "needs at least one value")
+            elif e["type"] == "extra_forbidden":
+                where, text = "", f"has no setting {where!r}"
             else:
                 text = e["msg"].removeprefix("Value error, ")
-            where = ".".join(map(str, e["loc"][1:] if e["loc"][:1] == (key,) else e["loc"]))
             problems.append(f"{where}: {text}" if where else text)
         raise ValueError(f"{key} {'; '.join(problems)}") from None

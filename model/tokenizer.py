@@ -1,0 +1,229 @@
+"""Byte-level BPE tokenizer: encode/decode, lazy streaming encode, GPT-2 vocab.json/merges.txt files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from model.bpe import PRETOKEN_RE, special_pattern
+
+_CACHE_LIMIT = 1 << 20  # pre-tokens remembered; cleared when full so memory stays bounded
+_BATCH_CHARS = 1 << 16  # encode_iterable gathers this much text before encoding it
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 bytes to printable characters (used in its files)."""
+    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+    chars = visible[:]
+    n = 0
+    for b in range(256):
+        if b not in visible:
+            visible.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(visible, map(chr, chars)))
+
+
+class Tokenizer:
+    """Encode text to token ids and back with a byte-level BPE vocabulary and its ranked merges."""
+
+    def __init__(self, vocab: dict[int, bytes], merges: Sequence[tuple[bytes, bytes]],
+                 special_tokens: Iterable[str] | None = None):
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        self.special_tokens = list(dict.fromkeys(special_tokens or ()))
+        self._ids = {token: i for i, token in self.vocab.items()}
+        for token in self.special_tokens:
+            if token.encode() not in self._ids:  # appended after the largest id
+                new = max(self.vocab, default=-1) + 1
+                self.vocab[new] = token.encode()
+                self._ids[token.encode()] = new
+        self._special_ids = {token: self._ids[token.encode()] for token in self.special_tokens}
+        self._special_re = special_pattern(self.special_tokens)
+        self._longest_special = max(map(len, self.special_tokens), default=0)
+        missing = [b for b in range(256) if bytes([b]) not in self._ids]
+        if missing:
+            raise ValueError(f"the vocabulary lacks {len(missing)} of the 256 single bytes "
+                             f"(first: 0x{missing[0]:02x}); byte-level BPE needs all of them")
+        self._byte_ids = [self._ids[bytes([b])] for b in range(256)]
+        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (rank, merged id)
+        for rank, (a, b) in enumerate(self.merges):
+            for part in (a, b, a + b):
+                if part not in self._ids:
+                    raise ValueError(f"merge {rank + 1} ({_show(a)} {_show(b)}): "
+                                     f"{_show(part)} is not in the vocabulary")
+            self._ranks.setdefault((self._ids[a], self._ids[b]), (rank, self._ids[a + b]))
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (the vocabulary, special tokens included)."""
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text; special tokens (longest first) map to their own ids."""
+        if self._special_re is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        pos = 0
+        for match in self._special_re.finditer(text):
+            ids += self._encode_ordinary(text[pos:match.start()])
+            ids.append(self._special_ids[match.group()])
+            pos = match.end()
+        ids += self._encode_ordinary(text[pos:])
+        return ids
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Token ids of the concatenated strings, lazily and in bounded memory (same ids as encode)."""
+        pending = ""
+        for batch in _batches(iterable, _BATCH_CHARS):
+            text = pending + batch
+            base, end = self._final_region(text)
+            yield from self.encode(text[:base])
+            pieces = PRETOKEN_RE.findall(text, base, end)[:-2]
+            yield from self._encode_pieces(pieces)
+            pending = text[base + sum(map(len, pieces)):]
+        yield from self.encode(pending)
+
+    def _final_region(self, text: str) -> tuple[int, int]:
+        """(base, end): text[:base] ends with a special token no appended text can change, and
+        text[base:end] is ordinary text whatever follows (a special token may be completing after).
+
+        A GPT-2 pre-token depends on at most two characters past its end, so all pre-tokens of
+        text[base:end] but the last two are final.
+        """
+        if self._special_re is None:
+            return 0, len(text)
+        end = max(len(text) - self._longest_special + 1, 0)
+        base = 0
+        for match in self._special_re.finditer(text):
+            if match.start() >= end:
+                break
+            base = match.end()
+        return base, max(base, end)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._encode_pieces(PRETOKEN_RE.findall(text))
+
+    def _encode_pieces(self, pieces: list[str]) -> list[int]:
+        cache = self._cache
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        ids: list[int] = []
+        extend = ids.extend
+        for piece in pieces:
+            cached = cache.get(piece)
+            if cached is None:
+                cached = cache[piece] = self._bpe(piece)
+            extend(cached)
+        return ids
+
+    def _bpe(self, piece: str) -> list[int]:
+        """Apply the merges to one pre-token: repeatedly merge its best-ranked adjacent pair."""
+        ids = [self._byte_ids[b] for b in piece.encode()]
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = None
+            for pair in zip(ids, ids[1:]):
+                found = ranks.get(pair)
+                if found is not None and (best is None or found[0] < best[0]):
+                    best, best_pair = found, pair
+            if best is None:
+                break
+            a, b = best_pair
+            merged: list[int] = []
+            i, n = 0, len(ids)
+            while i < n:
+                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+                    merged.append(best[1])
+                    i += 2
+                else:
+                    merged.append(ids[i])
+                    i += 1
+            ids = merged
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids; byte sequences that are not valid UTF-8 become U+FFFD."""
+        try:
+            data = b"".join(self.vocab[i] for i in ids)
+        except KeyError as err:
+            raise ValueError(f"token id {err.args[0]} is not in the vocabulary "
+                             f"(0..{max(self.vocab)})") from None
+        return data.decode("utf-8", errors="replace")
+
+    def save(self, directory: str | Path) -> None:
+        """Write vocab.json and merges.txt (GPT-2 format: bytes shown through bytes_to_unicode)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        show = bytes_to_unicode()
+        text = {i: "".join(show[b] for b in token) for i, token in self.vocab.items()}
+        vocab = {text[i]: i for i in sorted(text)}
+        (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False),
+                                              encoding="utf-8")
+        lines = ["#version: 0.2"] + [
+            "".join(show[x] for x in a) + " " + "".join(show[x] for x in b) for a, b in self.merges]
+        (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_files(cls, vocab_path: str | Path, merges_path: str | Path,
+                   special_tokens: Iterable[str] | None = None) -> Tokenizer:
+        """Load GPT-2-format vocab.json and merges.txt; ValueError or OSError names the bad file."""
+        raw = {ch: b for b, ch in bytes_to_unicode().items()}
+
+        def to_bytes(token: str) -> bytes:
+            if all(ch in raw for ch in token):
+                return bytes(raw[ch] for ch in token)
+            return token.encode()  # an added token written literally (not through the byte map)
+
+        try:
+            entries = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{vocab_path}: not a JSON vocabulary ({err})") from None
+        if not isinstance(entries, dict) or not all(isinstance(i, int) for i in entries.values()):
+            raise ValueError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
+        vocab = {i: to_bytes(token) for token, i in entries.items()}
+        merges = []
+        for number, line in enumerate(Path(merges_path).read_text(encoding="utf-8").splitlines(), 1):
+            if not line or line.startswith("#version"):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"{merges_path} line {number}: expected two tokens separated "
+                                 f"by one space, got {line!r}")
+            merges.append((to_bytes(parts[0]), to_bytes(parts[1])))
+        try:
+            return cls(vocab, merges, special_tokens)
+        except ValueError as err:
+            raise ValueError(f"{merges_path}: {err}") from None
+
+    @classmethod
+    def from_dir(cls, dataset_dir: str | Path) -> Tokenizer:
+        """Load a prepared dataset folder's tokenizer, with the special tokens its meta.json lists."""
+        folder = Path(dataset_dir)
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return cls.from_files(folder / "vocab.json", folder / "merges.txt",
+                              meta.get("special_tokens", []))
+
+
+def _batches(iterable: Iterable[str], size: int) -> Iterator[str]:
+    """The strings joined into pieces of at least size characters (the last may be shorter)."""
+    batch: list[str] = []
+    total = 0
+    for text in iterable:
+        batch.append(text)
+        total += len(text)
+        if total >= size:
+            yield "".join(batch)
+            batch, total = [], 0
+    if batch:
+        yield "".join(batch)
+
+
+def _show(token: bytes) -> str:
+    return repr(token.decode("utf-8", errors="backslashreplace"))

@@ -1,0 +1,373 @@
+"""`tuner search` end to end: real Ray (a local instance per study), real MLflow (sqlite, a server).
+
+One small grid study is shared by most assertions: it has trials that complete, trials ASHA
+stops, one that diverges (α_max = 50) and some that fail (a model vocabulary smaller than the
+dataset's). Other tests kill a driver with SIGKILL and resume it, and run against `mlflow server`
+and a `ray start --head` cluster. Input errors are checked to fail before Ray starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from services import ServiceUnavailable, free_port, mlflow_server, ray_head  # noqa: E402
+
+TUNER = Path(sys.executable).with_name("tuner")
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def run_tuner(args: list[str], cwd: Path, timeout: float = 420,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the `tuner` command in `cwd` and return it finished (output captured as text)."""
+    return subprocess.run([str(TUNER), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env or ENV)
+
+
+def fresh_store(folder: Path, template: Path) -> str:
+    """A migrated, empty sqlite tracking store in `folder`: its URI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def write_space(folder: Path, name: str, data_dir: Path, *, model: dict | None = None,
+                hparams: dict | None = None, budget: dict | None = None,
+                search: dict | None = None, tracking: dict | None = None) -> Path:
+    """A study file of a tiny model (d_model 32, one layer, context 32) on `data_dir`."""
+    study = {
+        "name": name,
+        "data": {"path": str(data_dir)},
+        "model": {"vocab_size": 300, "context_length": 32, "d_model": 32, "num_layers": 1,
+                  "num_heads": 2, "d_ff": 64, **(model or {})},
+        "hparams": {"B": 16, **(hparams or {})},
+        "budget": {"tokens": 40960, "eval_interval": 10, "eval_windows": 8, "seed": 0,
+                   **(budget or {})},
+        "search": {"max_concurrent": 2, **(search or {})},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "device": "cpu"},
+        "tracking": {"log_checkpoints": "completed", **(tracking or {})},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def mlflow_runs(uri: str, study: str) -> tuple[Any, Any, list[Any]]:
+    """The client, the study's parent run and its child runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("tuner.role") == "study"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return client, parents[0], children
+
+
+def by_status(children: list[Any]) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = {}
+    for run in children:
+        grouped.setdefault(run.data.tags["tuner.status"], []).append(run)
+    return grouped
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic-text dataset with a trained BPE tokenizer (vocabulary 300), so trials sample."""
+    from tuner.datasets import prepare_dataset
+
+    cache = tmp_path_factory.mktemp("search_data")
+    return prepare_dataset(source="synthetic", vocab_size=300, synthetic_bytes=200_000,
+                           cache_dir=cache, progress=False)
+
+
+@pytest.fixture(scope="module")
+def faults_study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
+                 mlflow_store_template: Path) -> dict[str, Any]:
+    """One grid study of 8 trials (ASHA, rungs every 5,120 tokens): vocabulary 256 fails on the
+    300-token dataset; α_max 1e-2 trains well, 1e-3 and 1e-4 worse (ASHA's prey), 50 diverges."""
+    folder = tmp_path_factory.mktemp("faults")
+    uri = fresh_store(folder, mlflow_store_template)
+    space = write_space(folder, "faults", dataset, model={"vocab_size": {"grid": [256, 300]}},
+                        hparams={"lr_max": {"grid": [1e-2, 50.0, 1e-3, 1e-4]}},
+                        search={"algorithm": "grid", "scheduler": "asha",
+                                "asha": {"grace_period": 5120, "reduction_factor": 2}})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri,
+                      "--storage", str(folder / "ray")], cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"proc": proc, "uri": uri, "folder": folder, "space": space}
+
+
+@pytest.mark.slow
+def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset: Path) -> None:
+    client, parent, children = mlflow_runs(faults_study["uri"], "faults")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["tuner.study"] == "faults"
+    assert len(parent.data.tags["tuner.git_commit"]) >= 40
+    assert parent.data.tags["tuner.version.torch"]
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"space.yaml", "study.json", "dataset_meta.json", "versions.json"} <= parent_files
+    meta = json.loads(Path(client.download_artifacts(parent.info.run_id, "dataset_meta.json"))
+                      .read_text())
+    assert meta == json.loads((dataset / "meta.json").read_text())
+    assert parent.data.metrics["trials_finished"] == 8
+    assert parent.data.metrics["tokens_trained"] > 40960
+
+    assert len(children) == 8
+    assert len({r.data.tags["tuner.trial_id"] for r in children}) == 8
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["tuner.study"] == "faults"
+        assert tags["tuner.seed"] == "0"
+        assert tags["tuner.dataset_sha256"] == parent.data.tags["tuner.dataset_sha256"]
+        assert tags["tuner.symbol.lr_max"] == "α_max"
+        assert tags["tuner.symbol.beta2"] == "β2"
+        assert {"lr_max", "vocab_size", "beta2", "weight_decay", "batch_size"} <= set(params)
+        config = json.loads(Path(client.download_artifacts(run.info.run_id, "trial_config.json"))
+                            .read_text())
+        assert float(params["lr_max"]) == config["lr_max"]
+        assert config["total_tokens"] == 40960  # the cosine horizon is the full budget
+
+
+@pytest.mark.slow
+def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
+    client, _, children = mlflow_runs(faults_study["uri"], "faults")
+    completed = by_status(children)["completed"]
+    assert completed
+    for run in completed:
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.step for m in history] == [5120 * k for k in range(1, 9)]  # step = tokens
+        for key in ("train_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 8, key
+        sample = Path(client.download_artifacts(run.info.run_id, "sample.txt")).read_text()
+        assert sample.startswith("# step 80")
+        checkpoint = Path(client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt"))
+        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        assert digest == run.data.tags["tuner.checkpoint_sha256"]
+        import torch
+
+        assert torch.load(checkpoint, weights_only=True)["iteration"] == 80  # the final one
+    stopped = by_status(children)["stopped"]
+    for run in stopped:  # not every intermediate checkpoint: none for trials ASHA stopped
+        assert not client.list_artifacts(run.info.run_id, "checkpoint")
+
+
+@pytest.mark.slow
+def test_asha_stops_trials(faults_study: dict[str, Any]) -> None:
+    client, _, children = mlflow_runs(faults_study["uri"], "faults")
+    stopped = by_status(children).get("stopped", [])
+    assert stopped, [r.data.tags["tuner.status_detail"] for r in children]
+    for run in stopped:
+        assert run.info.status == "FINISHED"
+        assert "stopped by ASHA at rung" in run.data.tags["tuner.status_detail"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps and max(steps) < 40960
+
+
+@pytest.mark.slow
+def test_failed_and_diverged_trials(faults_study: dict[str, Any]) -> None:
+    client, parent, children = mlflow_runs(faults_study["uri"], "faults")
+    grouped = by_status(children)
+    failed = grouped["failed"]
+    assert len(failed) == 4 and {r.data.params["vocab_size"] for r in failed} == {"256"}
+    for run in failed:
+        assert run.info.status == "FAILED"
+        assert "vocab" in run.data.tags["tuner.status_detail"]
+        assert "ConfigError" in run.data.tags["tuner.error"]
+    [diverged] = grouped["diverged"]
+    assert float(diverged.data.params["lr_max"]) == 50.0
+    assert diverged.info.status == "FINISHED"
+    history = client.get_metric_history(diverged.info.run_id, "val_loss")
+    assert history[-1].value > 1e300  # inf, the worst value, as MLflow stores it
+    assert max(m.step for m in history) < 40960  # stopped early
+    assert parent.data.metrics["trials_failed"] == 4
+    assert parent.data.metrics["trials_diverged"] == 1
+
+
+@pytest.mark.slow
+def test_summary_names_best_trial(faults_study: dict[str, Any]) -> None:
+    _, parent, children = mlflow_runs(faults_study["uri"], "faults")
+    best = min(children, key=lambda r: r.data.metrics.get("best_val_loss", math.inf))
+    out = faults_study["proc"].stdout
+    assert f"best trial {best.data.tags['tuner.trial_id']}: MLflow run {best.info.run_id}" in out
+    assert f"val_loss {best.data.metrics['best_val_loss']:.4f}" in out
+    assert f"tuner replay {best.info.run_id} --tracking-uri {faults_study['uri']}" in out
+    assert parent.data.tags["tuner.best_run_id"] == best.info.run_id
+
+
+@pytest.mark.slow
+def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
+    proc = run_tuner(["search", "--space", str(faults_study["space"]), "--tracking-uri",
+                      faults_study["uri"], "--storage", str(faults_study["folder"] / "ray")],
+                     cwd=faults_study["folder"], timeout=120)
+    assert proc.returncode == 2
+    assert "--resume --name faults" in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "killed", dataset, hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        budget={"tokens": 163840, "eval_interval": 20},
+                        search={"algorithm": "tpe", "scheduler": "none", "num_samples": 4})
+    storage = tmp_path / "ray"
+    args = ["search", "--space", str(space), "--tracking-uri", uri, "--storage", str(storage)]
+    driver = subprocess.Popen([str(TUNER), *args], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_progress(uri, "killed", driver)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    _, _, before = mlflow_runs(uri, "killed")
+    finished_before = {r.info.run_id: r for r in before if r.info.status == "FINISHED"}
+    assert finished_before and len(finished_before) < 4
+
+    proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client, parent, after = mlflow_runs(uri, "killed")
+    assert parent.info.status == "FINISHED"
+    assert len(after) == 4 and len({r.data.tags["tuner.trial_id"] for r in after}) == 4
+    assert {r.info.status for r in after} == {"FINISHED"}
+    assert {r.data.tags["tuner.status"] for r in after} == {"completed"}
+    assert set(finished_before) <= {r.info.run_id for r in after}  # the same runs, not new ones
+    for run in after:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps == [10240 * k for k in range(1, 17)], steps  # no gap, no repeat
+        if run.info.run_id in finished_before:  # finished trials are not rerun
+            assert run.info.end_time == finished_before[run.info.run_id].info.end_time
+
+
+def _wait_for_progress(uri: str, study: str, driver: subprocess.Popen, timeout: float = 240
+                       ) -> None:
+    """Wait until a trial of the study has finished while another has trained 40,960 tokens."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        experiment = client.get_experiment_by_name(study)
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        trials = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
+        running = [r for r in trials if r.info.status == "RUNNING"]
+        if any(r.info.status == "FINISHED" for r in trials) and any(
+                _tokens(client, r) >= 40960 for r in running):
+            return
+        time.sleep(0.5)
+    pytest.fail("the study made no progress to kill it in")
+
+
+def _tokens(client: Any, run: Any) -> int:
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    return max((m.step for m in history), default=0)
+
+
+@pytest.mark.slow
+def test_study_on_mlflow_server(tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    backend = fresh_store(tmp_path / "server", mlflow_store_template)
+    space = write_space(tmp_path, "served", dataset, hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2},
+                        tracking={"log_checkpoints": "best"})
+    with mlflow_server(backend, tmp_path / "server" / "artifacts") as uri:
+        proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                          str(tmp_path / "ray")], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        client, parent, children = mlflow_runs(uri, "served")
+        assert parent.info.status == "FINISHED" and len(children) == 2
+        assert {r.data.tags["tuner.status"] for r in children} == {"completed"}
+        best = parent.data.tags["tuner.best_run_id"]
+        assert [a.path for a in client.list_artifacts(best, "checkpoint")] == [
+            "checkpoint/checkpoint.pt"]
+        others = [r for r in children if r.info.run_id != best]
+        assert not client.list_artifacts(others[0].info.run_id, "checkpoint")  # best only
+    assert not (tmp_path / "mlruns").exists()  # artifacts went to the server
+
+
+@pytest.mark.slow
+def test_study_on_ray_cluster(tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "clustered", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
+    try:
+        head_cm = ray_head(num_cpus=2)
+        head = head_cm.__enter__()
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                          str(tmp_path / "ray"), "--address", head.address], cwd=tmp_path,
+                         env={**ENV, **head.env})
+    finally:
+        head_cm.__exit__(None, None, None)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, children = mlflow_runs(uri, "clustered")
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["tuner.status"] for r in children} == {"completed"} and len(children) == 2
+
+
+# Bad input fails before Ray starts ----------------------------------------------------------
+
+
+def test_bad_space_fails_before_ray(tmp_path: Path, dataset: Path) -> None:
+    space = write_space(tmp_path, "bad", dataset, hparams={"lr_max": {"loguniform": [0.1, 0.01]}})
+    proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "lr_max" in proc.stderr or "α_max" in proc.stderr
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_dataset_fails_before_ray(tmp_path: Path) -> None:
+    space = write_space(tmp_path, "nodata", tmp_path / "missing")
+    proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "missing" in proc.stderr
+    assert not (tmp_path / "ray").exists()
+
+
+def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
+    space = write_space(tmp_path, "offline", dataset)
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and uri in proc.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "ray").exists()
+
+
+def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
+    proc = run_tuner(["search", "--resume", "--name", "nothing", "--storage", str(tmp_path)],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "no study 'nothing'" in proc.stderr
+
+
+# Pure helpers ------------------------------------------------------------------------------
+
+
+def test_asha_rung_and_pbt_clipping() -> None:
+    from tuner.search.algorithms import clip_to_space
+    from tuner.search.outcome import asha_rung
+
+    assert [asha_rung(t, 5120, 2) for t in (5120, 10239, 10240, 40960)] == [0, 0, 1, 3]
+    clipped = clip_to_space({"beta2": 1.1988, "batch_size": 40, "lr_max": 0.01},
+                            {"beta2": (0.9, 0.999), "batch_size": (8, 32)})
+    assert clipped == {"beta2": 0.999, "batch_size": 32, "lr_max": 0.01}

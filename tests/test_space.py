@@ -1,0 +1,343 @@
+"""The search-space schema: study files, validation with YAML paths and lines, Optuna sampling,
+grids and the conversion of a sample into a trainer config."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+
+from model.config import HPARAMS, TrainConfig
+from tuner.errors import UserError
+from tuner.space import SpaceError, Study, load_study, study_json_schema
+from tuner.space.distributions import Choice, Grid, LogUniform, Uniform
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SHIPPED = sorted(SPACES.glob("*.yaml"))
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def study_text(hparams: str = "", *, model: str = "", budget: str = "", search: str = "",
+               extra: str = "") -> str:
+    """A small valid study with extra YAML lines (each already indented) in its sections."""
+    return ("data:\n  source: synthetic\n"
+            "model:\n  vocab_size: 512\n  context_length: 32\n  d_model: 32\n  num_layers: 1\n"
+            f"  num_heads: 2\n{model}"
+            f"hparams:\n  lr_max: 0.001\n{hparams}"
+            f"budget:\n  {budget or 'total_iters: 200'}\n  eval_interval: 20\n"
+            f"search:\n  num_samples: 4\n{search}{extra}")
+
+
+def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing `needle`."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def issues_of(tmp_path: Path, text: str) -> list[tuple[str, int | None, str]]:
+    with pytest.raises(SpaceError) as caught:
+        load_study(write(tmp_path, text))
+    return caught.value.issues
+
+
+def active(name: str, params: dict) -> bool:
+    """Whether the trainer uses `name` given the sampled optimizer and schedule (its `when`)."""
+    when = HPARAMS[name].when if name in HPARAMS else None  # lr_min_ratio, warmup_fraction: always
+    return when is None or params.get(when[0], HPARAMS[when[0]].default) in when[1]
+
+
+# --- the shipped studies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_study_samples_into_valid_trainer_configs(path: Path, tmp_path: Path) -> None:
+    study = load_study(path)
+    assert study.name == path.stem and study.source_path == path
+    assert study.source_text == path.read_text()
+    optuna_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(5):
+        trial = optuna_study.ask()
+        config = study.trial_config(study.sample(trial), tmp_path)
+        assert isinstance(config, TrainConfig) and config.data == str(tmp_path)
+        optuna_study.tell(trial, config.lr_max)
+
+
+def test_shipped_studies_are_the_ones_promised() -> None:
+    assert {p.stem for p in SHIPPED} >= {"lm", "quickstart", "optimizers", "ablations"}
+    lm = load_study(SPACES / "lm.yaml")
+    m = lm.model
+    assert (m.vocab_size, m.d_model, m.num_layers, m.num_heads, m.d_ff, m.context_length,
+            m.rope_theta) == (10000, 512, 4, 16, 1344, 256, 10000.0)
+    assert lm.budget.tokens == 327_680_000 and lm.data.source == "tinystories"
+    assert set(lm.searched()) == {"lr_max", "lr_min_ratio", "warmup_fraction", "beta2",
+                                  "weight_decay", "grad_clip", "batch_size"}
+    assert isinstance(lm.hparams.lr_max, LogUniform)
+    assert (lm.search.algorithm, lm.search.scheduler) == ("tpe", "asha")
+    assert 0 < lm.resources.gpus_per_trial < 1
+
+    quick = load_study(SPACES / "quickstart.yaml")
+    assert quick.data.source == "synthetic" and 8 <= quick.search.num_samples <= 12
+    assert quick.search.max_concurrent == 2 and quick.resources.cpus_per_trial == 1
+    assert quick.resources.gpus_per_trial == 0 and isinstance(quick.hparams.batch_size, Choice)
+
+    optimizers = load_study(SPACES / "optimizers.yaml")
+    assert set(optimizers.hparams.optimizer.options()) == set(HPARAMS["optimizer"].choices)
+    ablations = load_study(SPACES / "ablations.yaml")
+    assert {"norm", "positions", "ffn"} <= set(ablations.searched())
+
+
+# --- keys, values and errors ------------------------------------------------------------------
+
+
+def test_keys_accept_the_name_the_symbol_or_an_alias(tmp_path: Path) -> None:
+    by_name = load_study(write(tmp_path, study_text(
+        "  beta2: 0.95\n  grad_clip: 0.5\n  batch_size: {choice: [8, 16]}\n"
+        "  warmup_fraction: 0.1\n")))
+    by_symbol = load_study(write(tmp_path, study_text(
+        "  β2: 0.95\n  τ: 0.5\n  B: {choice: [8, 16]}\n  T_warmup/T_total: 0.1\n"
+    ).replace("num_heads:", "h:").replace("lr_max:", "lr:")))
+    assert by_symbol.hparams.given() == by_name.hparams.given()
+    assert by_symbol.model.num_heads == 2 and by_symbol.hparams.lr_max == 0.001
+
+
+def test_a_parameter_given_twice_is_an_error(tmp_path: Path) -> None:
+    text = study_text("  α_max: 0.002\n")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert path == "hparams" and line == line_of(text, "hparams:")
+    assert "lr_max is given twice" in message
+
+
+def test_an_issue_names_the_file_the_yaml_path_and_the_line(tmp_path: Path) -> None:
+    text = study_text("  beta2: 1.0\n")
+    with pytest.raises(SpaceError) as caught:
+        load_study(write(tmp_path, text))
+    err = caught.value
+    assert isinstance(err, UserError)
+    line = line_of(text, "beta2")
+    assert err.issues == [("hparams.beta2", line, "β2 must be in [0, 1), got 1.0")]
+    assert str(err) == f"{tmp_path / 'study.yaml'}:{line}: hparams.beta2: β2 must be in [0, 1), got 1.0"
+
+
+def test_every_error_of_a_file_is_listed_in_file_order(tmp_path: Path) -> None:
+    text = study_text("  beta2: 1.0\n  grad_clip: -1\n  betta1: 0.9\n",
+                      search="  num_samples: many\n").replace("  num_samples: 4\n", "")
+    issues = issues_of(tmp_path, text)
+    assert [(p, line) for p, line, _ in issues] == [
+        ("hparams.beta2", line_of(text, "beta2")), ("hparams.grad_clip", line_of(text, "grad_clip")),
+        ("hparams.betta1", line_of(text, "betta1")), ("search.num_samples", line_of(text, "many"))]
+    assert "did you mean 'beta1'" in issues[2].message
+
+
+@pytest.mark.parametrize("hparams, key, fragment", [
+    ("  lr_min: {loguniform: [1.0e-5, 1.0e-2]}\n", "lr_min", "every sample needs α_min ≤ α_max"),
+    ("  lr_min: 0.0001\n  lr_min_ratio: 0.1\n", "lr_min_ratio", "not both"),
+    ("  warmup_iters: 200\n", "warmup_iters", "T_warmup=200 must be below T_total=200"),
+    ("  warmup_iters: {int: [0, 250]}\n", "warmup_iters", "T_warmup can be 250"),
+    ("  warmup_iters: 50\n  cycle_iters: 40\n", "cycle_iters", "must exceed T_warmup"),
+    ("  momentum: 0.9\n", "momentum", "used only when optimizer is sgd, lars or rmsprop"),
+    ("  schedule: step\n  cycle_iters: 100\n", "cycle_iters", "but schedule is step"),
+    ("  optimizer: {choice: [adamw, adam]}\n  lars_trust: 0.01\n", "lars_trust",
+     "but optimizer is adamw or adam"),
+    ("  beta2: {grid: [0.9, 0.99]}\n", "beta2", "search.algorithm grid only"),
+])
+def test_cross_field_errors_name_the_parameter(tmp_path: Path, hparams: str, key: str,
+                                               fragment: str) -> None:
+    text = study_text(hparams)
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert (path, line) == (f"hparams.{key}", line_of(text, f"  {key}:"))
+    assert fragment in message
+
+
+def test_the_grid_searcher_needs_grid_values(tmp_path: Path) -> None:
+    text = study_text("  B: {int: [1, 64]}\n", search="  algorithm: grid\n")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert (path, line) == ("hparams.batch_size", line_of(text, "B:"))
+    assert "int cannot be enumerated" in message
+
+
+def test_model_shape_is_checked_for_every_searched_combination(tmp_path: Path) -> None:
+    text = study_text(model="  norm: {choice: [pre, post]}\n").replace(
+        "num_heads: 2", "num_heads: {choice: [2, 3]}")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert (path, line) == ("model.num_heads", line_of(text, "num_heads"))
+    assert "num_heads=3 must divide d_model=32" in message
+
+
+def test_a_condition_can_hold_for_some_samples(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text(
+        "  optimizer: {choice: [adamw, sgd]}\n  momentum: {uniform: [0.8, 0.99]}\n")))
+    assert list(study.searched()) == ["optimizer", "momentum"]
+
+
+def test_yaml_1_1_spellings_are_read_as_meant(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text(
+        "  eps: 1e-8\n  grad_clip: off\n  weight_decay: {loguniform: [1e-4, 1e-1]}\n")))
+    assert study.hparams.eps == 1e-8 and study.hparams.grad_clip is None
+    assert study.hparams.weight_decay.span() == (1e-4, 1e-1)
+
+
+def test_sections_other_than_parameters_are_checked(tmp_path: Path) -> None:
+    text = study_text(extra="resources:\n  gpus_per_trial: 1.5\ntracking:\n  log_checkpoints: all\n")
+    issues = issues_of(tmp_path, text)
+    assert [p for p, _, _ in issues] == ["resources.gpus_per_trial", "tracking.log_checkpoints"]
+    text = study_text(search="  scheduler: pbt\n  pbt:\n    params: [beta2]\n",
+                      extra="data:\n  path: /nonexistent/dataset\n").replace(
+        "data:\n  source: synthetic\n", "", 1)
+    issues = issues_of(tmp_path, text)
+    assert {(p, line) for p, line, _ in issues} == {
+        ("data.path", line_of(text, "path:")), ("search.pbt.params[0]", line_of(text, "    params:"))}
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def conditional_study(tmp_path: Path) -> Study:
+    return load_study(write(tmp_path, study_text(
+        "  optimizer: {choice: [adamw, sgd, lars]}\n"
+        "  lr_max: {loguniform: [1.0e-4, 1.0e-1]}\n"
+        "  lr_min_ratio: {uniform: [0.0, 0.5]}\n"
+        "  beta2: {uniform: [0.9, 0.999]}\n"
+        "  momentum: {uniform: [0.5, 0.99]}\n"
+        "  lars_trust: {loguniform: [1.0e-4, 1.0e-2]}\n"
+        "  warmup_fraction: {uniform: [0.0, 0.2]}\n"
+        "  B: {int: [4, 32], step: 4}\n").replace("  lr_max: 0.001\n", "")))
+
+
+SAMPLERS = {
+    "tpe": lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=3),
+    "random": lambda: optuna.samplers.RandomSampler(seed=0),
+    "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=0, n_startup_trials=3),
+    "qmc": lambda: optuna.samplers.QMCSampler(seed=0, warn_independent_sampling=False),
+    "gp": lambda: optuna.samplers.GPSampler(seed=0, n_startup_trials=4),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_optuna_sampler_draws_valid_conditional_samples(name: str, tmp_path: Path) -> None:
+    if name == "cmaes":
+        pytest.importorskip("cmaes")
+    study = conditional_study(tmp_path)
+    space = study.searched()
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        params = study.sample(trial)
+        assert set(params) == {n for n in space if active(n, params)}
+        for n, v in params.items():
+            if isinstance(space[n], (LogUniform, Uniform)):
+                assert space[n].lo <= v <= space[n].hi
+        config = study.trial_config(params, tmp_path)
+        assert config.batch_size % 4 == 0 and config.lr_min <= config.lr_max
+        return config.lr_max * config.batch_size
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental-sampler and independent-sampling notices
+        optuna_study = optuna.create_study(sampler=SAMPLERS[name]())
+        optuna_study.optimize(objective, n_trials=5)
+    assert len(optuna_study.trials) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in optuna_study.trials)
+
+
+def test_conditional_parameters_follow_their_parent(tmp_path: Path) -> None:
+    study = conditional_study(tmp_path)
+    optuna_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(40):
+        trial = optuna_study.ask()
+        params = study.sample(trial)
+        seen.add(params["optimizer"])
+        assert ("momentum" in params) == (params["optimizer"] in ("sgd", "lars"))
+        assert ("lars_trust" in params) == (params["optimizer"] == "lars")
+        assert ("beta2" in params) == (params["optimizer"] == "adamw")
+        optuna_study.tell(trial, 0.0)
+    assert seen == {"adamw", "sgd", "lars"}
+
+
+def test_grid_enumerates_conditional_points_for_the_grid_searcher(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text(
+        "  optimizer: {grid: [adamw, sgd]}\n  momentum: {grid: [0.8, 0.9, 0.95]}\n"
+        "  beta2: {grid: [0.95, 0.99]}\n", search="  algorithm: grid\n").replace(
+        "  num_samples: 4\n", "")))
+    points = study.grid_points()
+    assert len(points) == 2 + 3 and study.search.num_samples == 5
+    assert {"optimizer": "sgd", "momentum": 0.9} in points
+    assert {"optimizer": "adamw", "beta2": 0.99} in points
+
+    space = {name: dist.options() for name, dist in study.searched().items()}
+    optuna_study = optuna.create_study(sampler=optuna.samplers.GridSampler(space, seed=0))
+    optuna_study.optimize(lambda t: study.trial_config(study.sample(t), tmp_path).lr_max,
+                          n_trials=2 * 3 * 2)
+    sampled = [t.params for t in optuna_study.trials]
+    assert all(p in sampled for p in points)
+
+
+# --- conversion -------------------------------------------------------------------------------
+
+
+def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text(
+        "  lr_min_ratio: 0.2\n  warmup_fraction: {uniform: [0.0, 0.5]}\n  B: {choice: [8, 16]}\n",
+        budget="tokens: 40960", extra="resources:\n  device: cpu\n")))
+    config = study.trial_config({"warmup_fraction": 0.25, "batch_size": 16}, tmp_path / "data")
+    assert config.total_tokens == 40960 and config.steps == 40960 // (16 * 32)
+    assert config.warmup_iters == int(0.25 * config.steps)
+    assert config.lr_min == pytest.approx(0.2 * 0.001)
+    assert (config.batch_size, config.model.d_model, config.eval_interval) == (16, 32, 20)
+    assert config.device == "cpu" and config.data == str(tmp_path / "data")
+
+
+def test_an_invalid_sample_is_rejected_naming_the_parameter(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text(
+        "  beta2: {uniform: [0.9, 0.999]}\n  warmup_iters: {int: [0, 100]}\n")))
+    with pytest.raises(UserError, match="beta2"):
+        study.trial_config({"beta2": 1.02}, tmp_path)  # e.g. a PBT perturbation
+    with pytest.raises(UserError, match="warmup_iters"):
+        study.trial_config({"warmup_iters": 300}, tmp_path)
+    with pytest.raises(UserError, match="eps"):
+        study.trial_config({"eps": 1e-6}, tmp_path)
+
+
+def test_overrides_revalidate_and_resolved_is_plain_json(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text("  B: {choice: [8, 16]}\n")))
+    other = study.with_overrides(name="other", num_samples=7, seed=None, tracking_uri="file:/tmp/x")
+    assert (other.name, other.tracking.experiment, other.search.num_samples) == ("other", "other", 7)
+    assert other.tracking.uri == "file:/tmp/x" and other.source_text == study.source_text
+    assert study.name == "study" and study.search.num_samples == 4
+    with pytest.raises(SpaceError) as caught:
+        study.with_overrides(max_concurrent=0)
+    assert [(p, line) for p, line, _ in caught.value.issues] == [("search.max_concurrent", None)]
+
+    resolved = json.loads(json.dumps(study.resolved()))
+    assert resolved["hparams"]["batch_size"] == {"choice": [8, 16]}
+    assert resolved["tracking"]["experiment"] == "study"
+    assert resolved["search"]["asha"]["grace_period"] == study.full_trial_tokens() // 9
+
+
+def test_data_section_maps_onto_prepare_dataset(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, study_text().replace(
+        "  source: synthetic\n", "  source: synthetic\n  synthetic_bytes: 100000\n  seed: 3\n")))
+    assert study.data.prepare_kwargs() == {"source": "synthetic", "synthetic_bytes": 100000,
+                                           "seed": 3, "vocab_size": 512}
+
+
+def test_json_schema_checks_study_files() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    schema = study_json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in SHIPPED:
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+    bad = yaml.safe_load(study_text("  β2: 1.0\n  betta1: 0.9\n  B: {choice: []}\n"))
+    assert {tuple(e.path) for e in validator.iter_errors(bad)} == {
+        ("hparams",), ("hparams", "β2"), ("hparams", "B")}
+    described = schema["$defs"]["HParamsSection"]["properties"]
+    assert all(described[name].get("description") for name in ("beta2", "β2", "lr", "batch_size"))

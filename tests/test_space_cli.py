@@ -1,0 +1,127 @@
+"""`tuner space validate | show | schema` through `python -m tuner`: exit codes and messages.
+
+Each bad study file exits 2 with `FILE:LINE: yaml.path: message` and starts nothing: the working
+folder holds nothing but the study file afterwards (no MLflow store, no Ray results)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+GOOD = """\
+data:
+  source: synthetic
+model:
+  vocab_size: 512
+  context_length: 32
+  d_model: 32
+  num_layers: 1
+  num_heads: 2
+hparams:
+  lr_max: {loguniform: [1.0e-4, 1.0e-2]}
+  B: {choice: [8, 16]}
+budget:
+  total_iters: 200
+  eval_interval: 20
+"""
+
+
+def tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+# (id, the study's text, the line the error is on, the YAML path, a fragment of the message)
+BAD = [
+    ("malformed-yaml", GOOD.replace("  B: {choice: [8, 16]}", "  B: {choice: [8, 16]"), 12, "",
+     "not valid YAML"),
+    ("unknown-key", GOOD + "search:\n  schedular: asha\n", 16, "search.schedular",
+     "unknown key 'schedular' (did you mean 'scheduler'?)"),
+    ("wrong-type", GOOD.replace("total_iters: 200", "total_iters: many"), 13, "budget.total_iters",
+     "T_total must be a number, got 'many'"),
+    ("lo-not-below-hi", GOOD.replace("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]"), 10, "hparams.lr_max",
+     "loguniform needs lo < hi, got [0.01, 0.0001]"),
+    ("loguniform-lo-not-positive", GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"), 10,
+     "hparams.lr_max", "loguniform needs lo > 0"),
+    ("beta2-is-1", GOOD.replace("  B:", "  β2: 1\n  B:"), 11, "hparams.beta2",
+     "β2 must be in [0, 1), got 1.0"),
+    ("negative-clip", GOOD.replace("  B:", "  τ: -0.5\n  B:"), 11, "hparams.grad_clip",
+     "τ must be in > 0 (or off), got -0.5"),
+    ("empty-choice", GOOD.replace("[8, 16]", "[]"), 11, "hparams.batch_size",
+     "choice needs at least one value"),
+    ("momentum-for-adamw", GOOD.replace("  B:", "  optimizer: adamw\n  momentum: 0.9\n  B:"), 12,
+     "hparams.momentum", "γ_momentum is used only when optimizer is sgd, lars or rmsprop"),
+    ("warmup-fraction-1", GOOD.replace("  B:", "  warmup_fraction: 1.0\n  B:"), 11,
+     "hparams.warmup_fraction", "T_warmup/T_total must be in [0, 1), got 1.0"),
+    ("heads-do-not-divide", GOOD.replace("num_heads: 2", "num_heads: 3"), 8, "model.num_heads",
+     "num_heads=3 must divide d_model=32"),
+]
+
+
+@pytest.mark.parametrize("text, line, path, fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_a_bad_study_exits_2_naming_file_line_and_path(tmp_path: Path, text: str, line: int,
+                                                       path: str, fragment: str) -> None:
+    (tmp_path / "study.yaml").write_text(text)
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    where = f"study.yaml:{line}: {path}: " if path else f"study.yaml:{line}: "
+    assert f"error: {where}{fragment}" in result.stderr
+    assert result.stdout == "" and os.listdir(tmp_path) == ["study.yaml"]  # nothing started
+
+
+def test_a_missing_study_file_exits_2(tmp_path: Path) -> None:
+    result = tuner("space", "show", "absent.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "absent.yaml: cannot read the study file" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_validate_lists_every_error_of_every_file(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "bad.yaml").write_text(GOOD.replace("  B:", "  β2: 1\n  betta1: 0.9\n  B:"))
+    result = tuner("space", "validate", "good.yaml", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "good.yaml: ok: study good searches lr_max, batch_size" in result.stdout
+    errors = result.stderr.splitlines()
+    assert errors == ["error: bad.yaml:11: hparams.beta2: β2 must be in [0, 1), got 1.0",
+                      "error: bad.yaml:12: hparams.betta1: unknown key 'betta1' "
+                      "(did you mean 'beta1'?)"]
+
+
+def test_the_shipped_studies_validate(tmp_path: Path) -> None:
+    result = tuner("space", "validate", *map(str, SHIPPED), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok: ") == len(SHIPPED)
+
+
+def test_show_tabulates_symbol_name_value_range_and_description(tmp_path: Path) -> None:
+    result = tuner("space", "show", str(REPO / "search_spaces" / "lm.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for column in ("symbol", "name", "value or distribution", "valid range", "description"):
+        assert column in out
+    assert "α_max" in out and "lr_max" in out and "loguniform(0.0001, 0.01)" in out
+    assert "β2" in out and "[0, 1)" in out and "decay of the second-moment average" in out
+    assert "γ_momentum" not in out  # adamw never uses it
+    assert "tpe + asha, 64 trials" in out
+
+
+def test_schema_prints_the_json_schema(tmp_path: Path) -> None:
+    result = tuner("space", "schema", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    hparams = schema["$defs"]["HParamsSection"]
+    assert hparams["additionalProperties"] is False
+    assert {"beta2", "β2", "grad_clip", "τ", "lr", "α_max"} <= set(hparams["properties"])
+    assert set(schema["required"]) == {"data", "budget"}

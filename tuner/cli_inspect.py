@@ -1,0 +1,163 @@
+"""`tuner replay`, `tuner best`, `tuner report`, `tuner generate`: reproduce and inspect a study."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import UserError
+
+TrackingUri = Annotated[str, typer.Option(
+    envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI of the study")]
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def _num(value: float) -> str:
+    return repr(value) if math.isfinite(value) else ("diverged" if value > 0 else "–")
+
+
+def replay(
+    run_id: Annotated[str | None, typer.Argument(
+        help="trial run id (default: the best trial of --study)", show_default=False)] = None,
+    study: Annotated[str | None, typer.Option(help="study whose best trial to replay")] = None,
+    tracking_uri: TrackingUri = DEFAULT_URI,
+    from_checkpoint: Annotated[bool, typer.Option(
+        "--from-checkpoint", help="start from the trial's mid-trial checkpoint")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="torch device (default: the trial's)")] = None,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic", help="deterministic kernels: a GPU replay of a deterministic trial "
+        "is exact")] = False,
+    tolerance: Annotated[float | None, typer.Option(
+        min=0.0, help="largest relative val_loss difference accepted [default: 0 on CPU or "
+        "with --deterministic, 0.01 on a GPU]", show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="the dataset folder, if it moved since the study (its hash must match)",
+        file_okay=False)] = None,
+) -> int:
+    """Train a trial again from its MLflow record and compare val_loss at every logged point."""
+    from tuner.inspect import replay as replay_mod
+    from tuner.inspect import runs
+
+    if (run_id is None) == (study is None):
+        raise UserError("name a trial run id, or --study NAME to replay its best trial (not both)")
+    console, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    client = runs.connect(tracking_uri)
+    run = runs.trial_run(client, run_id) if run_id else runs.best_trial(client, study)
+    with tempfile.TemporaryDirectory(prefix="tuner-replay-") as tmp:
+        plan = replay_mod.prepare(client, run, Path(tmp), device=device, data=data,
+                                  deterministic=deterministic, from_checkpoint=from_checkpoint,
+                                  tolerance=tolerance)
+        for warning in plan.warnings:
+            err.print(f"[yellow]warning:[/] {warning}")
+        start = f"its mid-trial checkpoint ({plan.resume_tokens:,} tokens)" if plan.resume_from \
+            else "scratch"
+        console.print(f"replaying run {run.info.run_id} ({run.info.run_name}) from {start} on "
+                      f"{plan.config.device} …")
+        result = replay_mod.execute(client, plan)
+    table = Table("tokens", "original val_loss", "replayed val_loss", "|difference|")
+    for p in result.points:
+        table.add_row(f"{p.tokens:,}", _num(p.original), _num(p.replayed), repr(p.abs_diff),
+                      style=None if p.within(result.tolerance) else "red")
+    console.print(table)
+    verdict = "within" if result.ok else "[red]exceeds[/]"
+    console.print(f"largest absolute difference: {result.max_abs_diff!r} ({verdict} the "
+                  f"tolerance {result.tolerance:g}, relative)")
+    console.print(f"replay recorded as run {result.replay_run_id} (tag tuner.replay_of = "
+                  f"{result.run_id})")
+    return 0 if result.ok else 1
+
+
+def best(
+    study: Annotated[str, typer.Option(help="study name", show_default=False)],
+    top: Annotated[int, typer.Option(min=1, help="how many trials to list")] = 5,
+    export: Annotated[Path | None, typer.Option(
+        help="write the best trial as a fixed study file (runs as one trial of `tuner search`)",
+        dir_okay=False)] = None,
+    tracking_uri: TrackingUri = DEFAULT_URI,
+) -> int:
+    """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status."""
+    from tuner.inspect import best as best_mod
+    from tuner.inspect import runs
+
+    console = Console(highlight=False)
+    client = runs.connect(tracking_uri)
+    rows = best_mod.top_trials(client, study, top)
+    names = list(dict.fromkeys(n for r in rows for n in r.params))
+    table = Table("#", "trial", *map(best_mod.symbol, names), "val_loss", "perplexity", "tokens",
+                  "status", "run id", title=f"study {study}: {len(rows)} best trials")
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), r.trial_id, *[r.params.get(n, "–") for n in names],
+                      f"{r.val_loss:.4f}", f"{r.perplexity:.2f}", f"{r.tokens:,}", r.status,
+                      r.run_id)
+    console.print(table)
+    if export is not None:
+        with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
+            row = best_mod.export_best(client, study, export, Path(tmp))
+        console.print(f"wrote trial {row.trial_id} to {export}: uv run tuner search --space "
+                      f"{export}   or   uv run python -m model.train --config {export}")
+    return 0
+
+
+def report(
+    study: Annotated[str, typer.Option(help="study name", show_default=False)],
+    out: Annotated[Path | None, typer.Option(
+        help="folder for the files [default: reports/STUDY]", file_okay=False,
+        show_default=False)] = None,
+    tracking_uri: TrackingUri = DEFAULT_URI,
+) -> int:
+    """Plots of a study (val_loss curves, lr schedule, importance, parallel coordinates) and a
+    markdown summary, written to --out and logged to the study's parent run."""
+    from tuner.inspect import runs
+    from tuner.inspect.report import write_report
+
+    client = runs.connect(tracking_uri)
+    folder = out or Path("reports") / study
+    with tempfile.TemporaryDirectory(prefix="tuner-report-") as tmp:
+        files = write_report(client, study, folder, tracking_uri, Path(tmp))
+    console = Console(highlight=False)
+    console.print(f"wrote {len(files)} files to {folder} (also under report/ of the study's "
+                  "parent run):")
+    for path in files:
+        console.print(f"  {path}")
+    return 0
+
+
+def generate(
+    prompt: Annotated[str, typer.Option(help="text to continue", show_default=False)],
+    run: Annotated[str | None, typer.Option(help="trial run id whose checkpoint to use")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="checkpoint file or folder", exists=False)] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="most tokens to add")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the likeliest token")] = 0.8,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, min_open=True,
+                                         help="nucleus sampling mass")] = 0.95,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the sampler")] = 0,
+    data: Annotated[Path | None, typer.Option(
+        help="dataset folder with the tokenizer [default: the one the model trained on]",
+        file_okay=False)] = None,
+    device: Annotated[str, typer.Option(help="torch device")] = "auto",
+    tracking_uri: TrackingUri = DEFAULT_URI,
+) -> int:
+    """Continue a prompt with a trained model: a trial run's checkpoint or a checkpoint file."""
+    from tuner.inspect.generate import generate_text
+
+    if (run is None) == (checkpoint is None):
+        raise UserError("give one of --run RUN_ID or --checkpoint PATH")
+    with tempfile.TemporaryDirectory(prefix="tuner-generate-") as tmp:
+        if run is not None:
+            from tuner.inspect import runs
+
+            client = runs.connect(tracking_uri)
+            checkpoint = runs.checkpoint_file(client, runs.trial_run(client, run), "final",
+                                              Path(tmp))
+        text = generate_text(checkpoint, prompt, data=data, max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_p=top_p, seed=seed, device=device)
+    typer.echo(prompt + text)
+    return 0

@@ -1,0 +1,137 @@
+"""`tuner search`: run a Ray Tune study of the trainer, recorded in MLflow; `--resume` continues one.
+
+Everything that can be wrong with the input (the space, the dataset, the tracking store, the study
+name) is checked before Ray starts, and reported as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tuner.errors import UserError
+
+STATE_FILE = "tuner_study.json"  # in STORAGE/NAME: how to rebuild the study on --resume
+
+
+def search(
+    space: Annotated[Path | None, typer.Option(
+        "--space", help="study file (YAML); optional with --resume", dir_okay=False)] = None,
+    name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
+    num_samples: Annotated[int | None, typer.Option(min=1, help="trials to run")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="seed of the searcher")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the file's, else sqlite:///mlflow.db)")] = None,
+    storage: Annotated[Path, typer.Option(
+        help="folder for Ray Tune's trial state and checkpoints", file_okay=False)] = Path("ray_results"),
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to run on (default: a local Ray on this machine)")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="continue the study NAME after its driver stopped")] = False,
+) -> int:
+    """Run a study: Ray Tune schedules trials of the trainer and MLflow records every run."""
+    console = Console(highlight=False)
+    storage = storage.expanduser().resolve()
+    overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,
+                                       max_concurrent=max_concurrent,
+                                       tracking_uri=_absolute_uri(tracking_uri)).items()
+                 if v is not None}
+    study = _resumed_study(storage, name, space) if resume else _new_study(storage, space, overrides)
+    _check_searcher(study)
+    data_dir, meta = _dataset(study)
+
+    from tuner.search.provenance import provenance
+    from tuner.search.tracking import connect, find_parent
+
+    exists = find_parent(connect(study.tracking.uri), study.tracking.experiment, study.name)
+    if exists and not resume:
+        raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
+                        f"already holds a study {study.name!r}: resume it with --resume --name "
+                        f"{study.name}, or pick another --name")
+    if not resume:
+        _save_state(storage / study.name, study, overrides)
+
+    from tuner.search.console import print_summary
+    from tuner.search.runner import run_study
+
+    summary = run_study(study, data_dir, storage, address=address, resume=resume,
+                        provenance=provenance(data_dir, meta))
+    print_summary(console, summary)
+    if summary.interrupted:
+        console.print(f"continue it with: tuner search --resume --name {study.name} "
+                      f"--storage {storage}", soft_wrap=True)
+        return 130
+    return 0
+
+
+def _absolute_uri(uri: str | None) -> str | None:
+    """A sqlite URI with a relative path made absolute, so a resumed study finds the same file."""
+    prefix = "sqlite:///"
+    if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    return prefix + str(Path(uri[len(prefix):]).resolve())
+
+
+def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> Any:
+    from tuner.space import load_study
+
+    if space is None:
+        raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
+    study = load_study(space)
+    study = study.with_overrides(**overrides)
+    study = study.with_overrides(tracking_uri=_absolute_uri(study.tracking.uri))
+    if (storage / study.name / STATE_FILE).exists():
+        raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
+                        f"--resume --name {study.name}, or pick another --name")
+    return study
+
+
+def _save_state(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"space": str(Path(study.source_path).resolve()),
+             "overrides": {**overrides, "tracking_uri": study.tracking.uri},
+             "resolved": study.resolved()}
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+
+
+def _resumed_study(storage: Path, name: str | None, space: Path | None) -> Any:
+    """The study as it started, rebuilt from its saved state; the space file must be unchanged."""
+    from tuner.space import load_study
+
+    if not name:
+        raise UserError("--resume needs --name NAME: the study to continue")
+    path = storage / name / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"no study {name!r} to resume in {storage} (no {path.name}); "
+                        "pass the --storage it ran with")
+    state = json.loads(path.read_text())
+    study = load_study(space or state["space"]).with_overrides(**state["overrides"])
+    if json.loads(json.dumps(study.resolved(), default=str)) != state["resolved"]:
+        raise UserError(f"the space {space or state['space']} changed since study {name!r} "
+                        "started; restore it, or start a new study with another --name")
+    return study
+
+
+def _check_searcher(study: Any) -> None:
+    """Searchers whose Optuna sampler needs a package that is not installed fail here."""
+    needs = {"cmaes": "cmaes", "gp": "scipy"}.get(study.search.algorithm)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise UserError(f"search.algorithm {study.search.algorithm} needs the {needs!r} package, "
+                        "which is not installed")
+
+
+def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
+    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
+    from tuner.datasets import check_dataset, prepare_dataset
+
+    if study.data.path:
+        data_dir = Path(study.data.path).expanduser().resolve()
+    else:
+        data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
+    return data_dir, check_dataset(data_dir)

@@ -1,0 +1,117 @@
+"""`tuner space`: check a study file, show its search space, print the study file's JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tuner.space import SpaceError, Study, load_study, study_json_schema
+from tuner.space.convert import candidates
+from tuner.space.distributions import Distribution, fmt
+
+app = typer.Typer(help="Check and show study files (search spaces).", no_args_is_help=True)
+StudyPath = Annotated[Path, typer.Argument(help="study file (YAML)", show_default=False)]
+
+
+def _print_errors(err: SpaceError) -> None:
+    console = Console(stderr=True, highlight=False)
+    for line in str(err).splitlines():  # escaped: messages contain [lo, hi]
+        console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+
+
+def _load(path: Path) -> Study:
+    try:
+        return load_study(path)
+    except SpaceError as err:
+        _print_errors(err)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML)",
+                                                         show_default=False)]) -> None:
+    """Check study files; exit 2 listing every problem with its YAML path and line."""
+    failed = False
+    for path in paths:
+        try:
+            study = load_study(path)
+        except SpaceError as err:
+            _print_errors(err)
+            failed = True
+            continue
+        typer.echo(f"{path}: ok: study {study.name} searches {', '.join(study.searched()) or 'nothing'}"
+                   f" with {study.search.algorithm} and {study.search.scheduler}, "
+                   f"{study.search.num_samples} trials")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def show(path: StudyPath) -> None:
+    """Show a study's parameters: symbol, name, value or distribution, valid range, description."""
+    study = _load(path)
+    table = Table(title=f"study {study.name}", caption=escape(study.description) or None)
+    table.add_column("symbol", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("value or distribution", overflow="fold")
+    table.add_column("valid range")
+    table.add_column("description", ratio=1)
+    for section in ("model", "hparams", "budget"):
+        table.add_row(f"[bold]{section}[/]", end_section=False)
+        for row in _rows(study, section):
+            table.add_row(*row)
+        table.add_section()
+    console = Console(highlight=False)
+    console.print(table)
+    search, res = study.search, study.resources
+    console.print(escape(
+        f"data: {study.data.path or 'source ' + str(study.data.source)}\n"
+        f"search: {search.algorithm} + {search.scheduler}, {search.num_samples} trials, "
+        f"{search.mode} {search.metric}, at most {search.max_concurrent or 'any'} at once\n"
+        f"resources: {fmt(res.cpus_per_trial)} CPU and {fmt(res.gpus_per_trial)} GPU per trial, "
+        f"device {res.device}\n"
+        f"tracking: {study.tracking.uri}, experiment {study.tracking.experiment}"))
+
+
+def _rows(study: Study, name: str) -> list[tuple[str, ...]]:
+    section = getattr(study, name)
+    given = section.model_fields_set
+    twins = {"lr_min_ratio": "lr_min", "warmup_fraction": "warmup_iters"}  # show one of each pair
+    rows = []
+    for field, hp in type(section).defs.items():
+        twin = twins.get(field) or next((k for k, v in twins.items() if v == field), None)
+        if twin in given and field not in given:
+            continue
+        if hp.when and not set(candidates(study, hp.when[0]) or []) & set(hp.when[1]):
+            continue  # the study's optimizer or schedule never uses it
+        rows.append((escape(hp.symbol), field,
+                     _value(getattr(section, field), field in given), escape(hp.range_text()),
+                     escape(_about(hp))))
+    return rows
+
+
+def _value(value: Any, given: bool) -> str:
+    if isinstance(value, Distribution):
+        return f"[bold cyan]{escape(str(value))}[/]"
+    return escape(fmt(value)) if given else f"[dim]{escape(fmt(value))} (default)[/]"
+
+
+def _about(hp: Any) -> str:
+    return hp.description + (f" (if {hp.when[0]}: {', '.join(hp.when[1])})" if hp.when else "")
+
+
+@app.command()
+def schema(out: Annotated[Path | None, typer.Option("--out", "-o", help="write it to this file "
+                                                     "instead of stdout")] = None) -> None:
+    """Print the JSON Schema of a study file (for editors that check YAML as it is typed)."""
+    text = json.dumps(study_json_schema(), indent=2, ensure_ascii=False)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")

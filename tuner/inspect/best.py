@@ -1,0 +1,103 @@
+"""The top trials of a study, and the best one written as a fixed study file (no distributions)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.config import HPARAMS, TrainConfig
+from model.loss import perplexity
+from tuner.errors import UserError
+from tuner.inspect import runs
+
+TRAINER_TWIN = {"lr_min_ratio": "lr_min", "warmup_fraction": "warmup_iters"}  # searched → trained
+
+
+@dataclass
+class TrialRow:
+    """One trial as the `best` table shows it."""
+
+    trial_id: str
+    run_id: str
+    params: dict[str, str]  # trainer parameter name → its value as logged
+    val_loss: float  # the best of the trial's evaluations
+    tokens: int
+    status: str
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.val_loss)
+
+
+def searched_names(run: Any) -> list[str]:
+    """The trainer parameters the searcher chose for this trial (derived ones by their twin)."""
+    names = [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
+    return list(dict.fromkeys(TRAINER_TWIN.get(n, n) for n in names))
+
+
+def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
+    """The `k` best trial runs of a study, best first."""
+    from tuner.search.tracking import STATUS_TAG, TRIAL_TAG
+
+    rows = []
+    for run in runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))[:k]:
+        points = runs.metric_points(client, run.info.run_id, "val_loss")
+        rows.append(TrialRow(
+            trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id,
+            params={n: run.data.params.get(n, "–") for n in searched_names(run)},
+            val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
+            status=run.data.tags.get(STATUS_TAG, "?")))
+    return rows
+
+
+def symbol(name: str) -> str:
+    """The symbol of a trainer parameter (SYMBOLS.md)."""
+    return HPARAMS[name].symbol if name in HPARAMS else name
+
+
+def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str,
+                description: str) -> dict[str, Any]:
+    """A study file that runs exactly `config` as its one trial: every parameter a constant, the
+    resources and tracking of the recorded (resolved) study, no scheduler to stop it early."""
+    from tuner.space.params import BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
+
+    values = config.to_dict()
+    model = values.pop("model")
+
+    def active(name: str, section: dict[str, Any]) -> bool:
+        when = HPARAMS[name].when
+        return when is None or section[when[0]] in when[1]
+
+    return {
+        "name": name,
+        "description": description,
+        "data": {"path": config.data},
+        "model": {n: model[n] for n in MODEL_DEFS if active(n, model)},
+        "hparams": {n: values[n] for n in HPARAM_DEFS if n in values and active(n, values)},
+        "budget": {field: values[trainer] for field, trainer in BUDGET_NAMES.items()
+                   if values[trainer] is not None},
+        "search": {"algorithm": "random", "scheduler": "none", "num_samples": 1},
+        "resources": recorded.get("resources", {}),
+        "tracking": {"uri": recorded.get("tracking", {}).get("uri", "sqlite:///mlflow.db")},
+    }
+
+
+def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
+    """Write the study's best trial to `path` as a fixed study file; return that trial's row."""
+    import yaml
+
+    best = top_trials(client, study, 1)
+    if not best or not math.isfinite(best[0].val_loss):
+        raise UserError(f"study {study!r} has no trial with a finite val_loss to export")
+    row = best[0]
+    run = runs.get_run(client, row.run_id)
+    config = runs.trial_config(client, run, workdir)
+    parent = runs.study_parent(client, study)
+    recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)
+    description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
+                   f"val_loss {row.val_loss:.4f} after {row.tokens:,} tokens.")
+    data = fixed_study(config, recorded, f"{study}-best", description)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return row

@@ -1,0 +1,63 @@
+"""`tuner generate`: continue a prompt with a trained checkpoint (a file, or a trial run's artifact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from model.config import ConfigError, TrainConfig, train_config_from_dict
+from tuner.errors import UserError
+
+
+def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
+    """The model a checkpoint holds (read with weights_only: a file cannot run code) and its config."""
+    from model.checkpoint import read_checkpoint
+    from model.layers import TransformerLM
+    from model.train import resolve_device
+
+    target = resolve_device(device)
+    state = read_checkpoint(checkpoint)
+    if not isinstance(state.get("config"), dict):
+        raise UserError(f"{checkpoint}: the checkpoint holds no trainer config")
+    try:
+        config = train_config_from_dict(state["config"])
+        model = TransformerLM(config.model)
+        model.load_state_dict(state["model"])
+    except (ConfigError, TypeError, RuntimeError) as err:
+        reason = str(err).splitlines()[0][:200]
+        raise UserError(f"{checkpoint}: its weights do not fit its config ({reason})") from None
+    return model.to(target).eval(), config
+
+
+def load_tokenizer(dataset: Path) -> Any:
+    """The tokenizer of a prepared dataset folder (vocab.json, merges.txt, meta.json)."""
+    from model.tokenizer import Tokenizer
+
+    if not (dataset / "vocab.json").is_file():
+        raise UserError(f"no tokenizer (vocab.json) in {dataset}: pass --data, the prepared dataset "
+                        "folder the model was trained on")
+    try:
+        return Tokenizer.from_dir(dataset)
+    except (OSError, ValueError) as err:
+        raise UserError(f"tokenizer in {dataset} cannot be read ({err})") from None
+
+
+def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
+                  max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
+                  seed: int = 0, device: str = "auto") -> str:
+    """The continuation of `prompt` (without the prompt), sampled with a seeded generator."""
+    import torch
+
+    from model.generate import generate
+
+    if not prompt:
+        raise UserError("--prompt must not be empty")
+    model, config = load_model(checkpoint, device)
+    tokenizer = load_tokenizer(data or Path(config.data))
+    unknown = [i for i in tokenizer.encode(prompt) if i >= config.model.vocab_size]
+    if unknown:
+        raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) beyond "
+                        f"the model's vocabulary of {config.model.vocab_size}: not its tokenizer")
+    generator = torch.Generator().manual_seed(seed)
+    return generate(model, tokenizer, prompt, max_new_tokens, temperature=temperature,
+                    top_p=top_p, generator=generator)

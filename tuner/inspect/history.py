@@ -1,0 +1,79 @@
+"""A finished study's trials as (searched parameters, objective) pairs, and those pairs as Optuna
+trials of a define-by-run space: to warm-start a new search, or to rate parameter importance."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from tuner.errors import UserError
+from tuner.inspect import runs
+
+USABLE = ("completed", "stopped", "diverged")  # trials the searcher was told a value of
+
+
+def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any], float]]:
+    """(the searcher's parameters, the last reported objective) of every completed, stopped or
+    diverged trial of `study`, as its searcher saw them (diverged ones score inf)."""
+    client = runs.connect(tracking_uri)
+    parent = runs.study_parent(client, study)
+    with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
+        search = runs.json_artifact(client, parent.info.run_id, "study.json", Path(tmp))["search"]
+        return trial_points(client, runs.trial_runs(client, parent), search["metric"], Path(tmp))
+
+
+def trial_points(client: Any, trial_runs: list[Any], metric: str,
+                 workdir: Path) -> list[tuple[dict[str, Any], float]]:
+    """(searched.json, last value of `metric`) of each usable trial run, oldest first."""
+    from tuner.search.tracking import STATUS_TAG
+
+    usable = sorted((r for r in trial_runs if r.data.tags.get(STATUS_TAG) in USABLE),
+                    key=lambda r: r.info.start_time)
+    return [(runs.json_artifact(client, r.info.run_id, "searched.json", workdir / r.info.run_id),
+             runs.metric(r, metric)) for r in usable]
+
+
+def optuna_trials(sample: Callable[[Any], Any], points: list[tuple[dict[str, Any], float]]
+                  ) -> list[Any]:
+    """Each point as a COMPLETE Optuna trial of the define-by-run space `sample`; UserError when a
+    point does not fit the space (a parameter it lacks, a value outside a range or the choices)."""
+    import warnings
+
+    import optuna
+
+    trials = []
+    for params, value in points:
+        fixed = optuna.trial.FixedTrial(params)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # out-of-range values: create_trial raises below
+                sample(fixed)
+            extra = sorted(set(params) - set(fixed.params))
+            if extra:
+                raise ValueError(f"parameters {', '.join(extra)} are not searched here")
+            trials.append(optuna.trial.create_trial(params=fixed.params, value=value,
+                                                    distributions=fixed.distributions))
+        except ValueError as err:
+            raise UserError(f"an earlier trial ({_show(params)}) does not fit this space: "
+                            f"{err}") from None
+    return trials
+
+
+def warm_start(storage: Any, study_name: str, mode: str, sample: Callable[[Any], Any],
+               points: list[tuple[dict[str, Any], float]]) -> int:
+    """Add `points` as finished trials to the Optuna study `study_name` in `storage` (created when
+    missing), so a searcher that loads that study starts from them; return how many were added."""
+    import optuna
+
+    trials = optuna_trials(sample, points)
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                direction="minimize" if mode == "min" else "maximize")
+    study.add_trials(trials)
+    return len(trials)
+
+
+def _show(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
+                     for k, v in params.items())

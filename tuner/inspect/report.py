@@ -1,0 +1,232 @@
+"""`tuner report`: a study as pictures: val_loss curves of every trial, the best trial's learning
+rate, fANOVA parameter importance, a parallel-coordinates plot and a short markdown summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.config import TrainConfig
+from tuner.errors import UserError
+from tuner.inspect import best as best_mod
+from tuner.inspect import history, runs
+
+LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
+PARALLEL_HTML, SUMMARY_MD = "parallel_coordinates.html", "summary.md"
+STYLE = {"completed": dict(alpha=0.8, lw=1.2), "stopped": dict(alpha=0.3, lw=1.0),
+         "diverged": dict(alpha=0.6, lw=1.0, color="tab:red"),
+         "failed": dict(alpha=0.4, lw=1.0, ls=":", color="gray")}
+
+
+@dataclass
+class Curve:
+    """One trial's val_loss against tokens."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    points: list[tuple[int, float]]
+
+
+def curves(client: Any, trial_runs: list[Any]) -> list[Curve]:
+    """The val_loss history of every trial run."""
+    from tuner.search.tracking import STATUS_TAG, TRIAL_TAG
+
+    return [Curve(r.data.tags.get(TRIAL_TAG, r.info.run_id), r.info.run_id,
+                  r.data.tags.get(STATUS_TAG, "?"),
+                  runs.metric_points(client, r.info.run_id, "val_loss")) for r in trial_runs]
+
+
+def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
+    """val_loss against tokens, one line per trial: best highlighted, stopped faded, divergence
+    marked with a red x at the last finite value."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    for c in trial_curves:
+        finite = [(t, v) for t, v in c.points if math.isfinite(v)]
+        if not finite:
+            continue
+        style = dict(color="black", lw=2.6, alpha=1.0, zorder=3) if c.run_id == best_run_id else \
+            STYLE.get(c.status, STYLE["completed"])
+        ax.plot(*zip(*finite), gid=f"trial:{c.trial_id}", **style)
+        if c.status == "diverged":
+            ax.plot(*finite[-1], marker="x", ms=10, mew=2.5, color="tab:red", gid="diverged")
+    handles = [Line2D([], [], color="black", lw=2.6, label="best"),
+               Line2D([], [], color="tab:blue", **STYLE["completed"], label="completed"),
+               Line2D([], [], color="tab:blue", **STYLE["stopped"], label="stopped early"),
+               Line2D([], [], color="tab:red", marker="x", ls="", mew=2.5, label="diverged")]
+    ax.legend(handles=handles, loc="upper right")
+    ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
+           title=f"val_loss of {len(trial_curves)} trials")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def lr_points(config: TrainConfig, val_points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(tokens, α) at every step the trial took; plateau cuts follow its logged val_loss."""
+    from model.schedules import LRSchedule
+
+    schedule, per_step = LRSchedule.from_config(config), config.tokens_per_step
+    val = dict(val_points)
+    steps = (val_points[-1][0] // per_step) if val_points else config.steps
+    out = []
+    for t in range(steps):
+        out.append((t * per_step, schedule.lr(t)))
+        if (t + 1) * per_step in val and math.isfinite(val[(t + 1) * per_step]):
+            schedule.observe(val[(t + 1) * per_step])
+    return out
+
+
+def lr_figure(config: TrainConfig, schedule: list[tuple[int, float]],
+              logged: list[tuple[int, float]], title: str) -> Any:
+    """The best trial's learning rate: the schedule at every step, and the values it logged."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(*zip(*schedule), lw=1.8, gid="schedule", label=f"{config.schedule} schedule")
+    if logged:
+        ax.plot(*zip(*logged), "o", ms=4, gid="logged", label="α at each evaluation")
+    ax.set(xlabel="tokens seen", ylabel="learning rate α", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def importances(sample: Any, points: list[tuple[dict[str, Any], float]], mode: str
+                ) -> tuple[Any, dict[str, float]]:
+    """An Optuna study of the finite points, and fANOVA importance of each searched parameter
+    ({} when fewer than two trials or nothing varies)."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    study.add_trials(history.optuna_trials(sample, [p for p in points if math.isfinite(p[1])]))
+    if len(study.trials) < 2:
+        return study, {}
+    try:
+        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError):  # no parameter varies across the trials
+        return study, {}
+    return study, dict(scores)
+
+
+def importance_figure(scores: dict[str, float]) -> Any:
+    """fANOVA importance as horizontal bars, most important on top."""
+    from matplotlib.figure import Figure
+
+    from tuner.space.params import ALL_DEFS
+
+    names = list(scores)[::-1]
+    fig = Figure(figsize=(7, 1.2 + 0.45 * len(names)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh([ALL_DEFS[n].symbol if n in ALL_DEFS else n for n in names],
+            [scores[n] for n in names], color="tab:blue", gid="importance")
+    ax.set(xlabel="share of val_loss variance explained (fANOVA)", xlim=(0, 1),
+           title="hyperparameter importance")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def parallel_html(study: Any) -> str:
+    """Optuna's parallel-coordinates plot of the trials, as a self-contained HTML page."""
+    from optuna.visualization import plot_parallel_coordinate
+
+    return plot_parallel_coordinate(study).to_html(include_plotlyjs=True, full_html=True)
+
+
+def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
+    """The study as its space.yaml artifact defines it (the data section swapped for one that
+    needs no files: only the space is used)."""
+    import yaml
+
+    from tuner.space import SpaceError, build_study
+
+    text = runs.download(client, parent.info.run_id, "space.yaml", workdir).read_text()
+    raw = yaml.safe_load(text)
+    raw.update(name=parent.data.tags.get("tuner.study", "study"), data={"source": "synthetic"})
+    try:
+        return build_study(raw)
+    except SpaceError as err:
+        raise RuntimeError(f"its space.yaml no longer validates ({err})") from None
+
+
+def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow,
+                     scores: dict[str, float], note: str, files: list[str], replay_cmd: str) -> str:
+    """A few lines a person reads first: counts, the best trial, what mattered, the files."""
+    from tuner.space.params import ALL_DEFS
+
+    counts: dict[str, int] = {}
+    for c in trial_curves:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    tokens = sum(c.points[-1][0] for c in trial_curves if c.points)
+    lines = [f"# Study {study}", "",
+             f"{len(trial_curves)} trials (" + ", ".join(f"{n} {s}" for s, n in
+                                                        sorted(counts.items())) + f"), "
+             f"{tokens:,} tokens trained in all.", "",
+             f"## Best trial: {row.trial_id}", "",
+             f"val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}) after "
+             f"{row.tokens:,} tokens; MLflow run `{row.run_id}`.", "",
+             "| parameter | value |", "|---|---|",
+             *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
+             f"Reproduce it: `{replay_cmd}`", "", "## What mattered (fANOVA)", ""]
+    if scores:
+        lines += ["| parameter | importance |", "|---|---|",
+                  *[f"| {ALL_DEFS[n].symbol if n in ALL_DEFS else n} | {v:.2f} |"
+                    for n, v in scores.items()]]
+    else:
+        lines.append(f"Not computed: {note}.")
+    lines += ["", "## Files", "", *[f"- [{f}]({f})" for f in files], ""]
+    return "\n".join(lines)
+
+
+def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir: Path
+                 ) -> list[Path]:
+    """Write every plot and the summary to `out`, log them under report/ of the study's parent
+    run, and return the files written."""
+    parent = runs.study_parent(client, study)
+    trial_runs = runs.trial_runs(client, parent)
+    rows = best_mod.top_trials(client, study, 1)
+    if not rows or not math.isfinite(rows[0].val_loss):
+        raise UserError(f"study {study!r} has no trial with a finite val_loss to report on")
+    row = rows[0]
+    best_run = runs.get_run(client, row.run_id)
+    config = runs.trial_config(client, best_run, workdir)
+    recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)["search"]
+    trial_curves = curves(client, trial_runs)
+    try:
+        space = recorded_space(client, parent, workdir)
+        points = history.trial_points(client, trial_runs, recorded["metric"], workdir)
+        opt_study, scores = importances(space.sample, points, recorded["mode"])
+        note = "fewer than two finished trials, or no searched parameter varies"
+    except (UserError, RuntimeError) as err:  # the other plots are still worth having
+        opt_study, scores, note = None, {}, str(err)
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {LOSS_PNG: loss_figure(trial_curves, row.run_id),
+               LR_PNG: lr_figure(config, lr_points(config, next(
+                   c.points for c in trial_curves if c.run_id == row.run_id)),
+                   runs.metric_points(client, row.run_id, "lr"),
+                   f"learning rate of the best trial ({row.trial_id})")}
+    if scores:
+        figures[IMPORTANCE_PNG] = importance_figure(scores)
+    written = []
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=110)
+        written.append(out / name)
+    if opt_study is not None and opt_study.trials:
+        (out / PARALLEL_HTML).write_text(parallel_html(opt_study), encoding="utf-8")
+        written.append(out / PARALLEL_HTML)
+    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {tracking_uri}"
+    (out / SUMMARY_MD).write_text(summary_markdown(
+        study, trial_curves, row, scores, note, [p.name for p in written], replay_cmd))
+    written.append(out / SUMMARY_MD)
+    for path in written:
+        client.log_artifact(parent.info.run_id, str(path), "report")
+    return written

@@ -1,0 +1,154 @@
+"""A study's runs in MLflow: its parent and trial runs, a trial's config, metrics and checkpoints.
+
+Every lookup that fails (unknown study or run, missing or altered artifact) raises UserError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from model.config import ConfigError, TrainConfig, train_config_from_dict
+from tuner.errors import UserError
+
+SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
+               "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
+
+
+def connect(uri: str) -> Any:
+    """An MlflowClient that has answered once; UserError when the store is down or unusable."""
+    from tuner.search.tracking import connect as connect_store
+
+    return connect_store(uri)
+
+
+def study_parent(client: Any, study: str) -> Any:
+    """The parent run of study `study`, looked up in every experiment of the store."""
+    from tuner.search.tracking import ROLE_TAG, STUDY_TAG
+
+    if STUDY_NAME.match(study):
+        runs = client.search_runs(_experiments(client), max_results=1, filter_string=(
+            f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
+        if runs:
+            return runs[0]
+    known = sorted({r.data.tags[STUDY_TAG] for r in client.search_runs(
+        _experiments(client), filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1000)})
+    raise UserError(f"no study {study!r} in {client.tracking_uri}"
+                    + (f" (studies there: {', '.join(known)})" if known else " (it holds no study)"))
+
+
+def _experiments(client: Any) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments(max_results=None)]
+
+
+def trial_runs(client: Any, parent: Any) -> list[Any]:
+    """The trial runs of a study (replays and other runs excluded)."""
+    from tuner.search.tracking import ROLE_TAG, child_runs
+
+    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    return [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+
+
+def get_run(client: Any, run_id: str) -> Any:
+    """The run with this id; UserError when the store has none."""
+    from mlflow.exceptions import MlflowException
+
+    if not RUN_ID.match(run_id):
+        raise UserError(f"{run_id!r} is not an MLflow run id (32 hex digits)")
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"no run {run_id} in {client.tracking_uri}") from None
+
+
+def trial_run(client: Any, run_id: str) -> Any:
+    """The trial run with this id; UserError for another kind of run (a study, a replay)."""
+    from tuner.search.tracking import ROLE_TAG
+
+    run = get_run(client, run_id)
+    role = run.data.tags.get(ROLE_TAG)
+    if role != "trial":
+        raise UserError(f"run {run_id} is not a trial of a study (its role is {role or 'unset'})")
+    return run
+
+
+def finite_or_inf(value: float) -> float:
+    """A stored metric value with ±inf restored."""
+    return math.copysign(math.inf, value) if abs(value) >= SQL_MAX else value
+
+
+def metric(run: Any, key: str) -> float:
+    """The latest value of a run's metric (inf when it never logged one)."""
+    return finite_or_inf(run.data.metrics.get(key, math.inf))
+
+
+def metric_points(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every logged (step, value) of a metric, by step; step is tokens seen for a trial."""
+    history = client.get_metric_history(run_id, key)
+    return sorted((int(m.step), finite_or_inf(m.value)) for m in history)
+
+
+def ranked(runs: list[Any]) -> list[Any]:
+    """Trial runs best first: by their best val_loss (runs that never evaluated last)."""
+    return sorted(runs, key=lambda r: (metric(r, "best_val_loss"), r.info.start_time))
+
+
+def best_trial(client: Any, study: str) -> Any:
+    """The study's trial run with the lowest val_loss."""
+    runs = ranked(trial_runs(client, study_parent(client, study)))
+    if not runs or not math.isfinite(metric(runs[0], "best_val_loss")):
+        raise UserError(f"study {study!r} has no trial with a finite val_loss")
+    return runs[0]
+
+
+def json_artifact(client: Any, run_id: str, path: str, dst: Path) -> Any:
+    """A JSON artifact of a run, downloaded to `dst` and parsed."""
+    local = download(client, run_id, path, dst)
+    try:
+        return json.loads(local.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"artifact {path} of run {run_id} is not valid JSON ({err})") from None
+
+
+def download(client: Any, run_id: str, path: str, dst: Path) -> Path:
+    """Download one artifact of a run into `dst`; UserError when it is missing."""
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except Exception as err:  # noqa: BLE001 - missing files surface as several exception types
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"run {run_id} has no readable artifact {path} ({reason})") from None
+
+
+def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
+    """The trainer config the trial ran with (its trial_config.json artifact)."""
+    data = json_artifact(client, run.info.run_id, "trial_config.json", dst)
+    try:
+        return train_config_from_dict(data)
+    except (ConfigError, TypeError) as err:
+        raise UserError(f"trial_config.json of run {run.info.run_id} is not a trainer config "
+                        f"({err})") from None
+
+
+def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
+    """A trial's checkpoint artifact ("final" or "mid"), checked against the sha256 recorded when
+    it was logged: a missing, truncated or replaced file raises UserError."""
+    from model.checkpoint import CHECKPOINT_NAME, file_sha256
+
+    folder, tag = CHECKPOINTS[which]
+    run_id = run.info.run_id
+    expected = run.data.tags.get(tag)
+    if expected is None:
+        what = "mid-trial checkpoint" if which == "mid" else "checkpoint"
+        raise UserError(f"run {run_id} has no {what} recorded (no {tag} tag)")
+    path = download(client, run_id, f"{folder}/{CHECKPOINT_NAME}", dst)
+    actual = file_sha256(path)
+    if actual != expected:
+        raise UserError(f"checkpoint {folder}/{CHECKPOINT_NAME} of run {run_id} is truncated or "
+                        f"altered: its sha256 is {actual[:12]}…, {expected[:12]}… was recorded")
+    return path

@@ -1,0 +1,154 @@
+"""The console while a study runs (a live table of trials, the best so far, tokens and ETA) and after."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ray import tune
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tuner.search.outcome import FINISHED, RUNNING, outcome
+
+MAX_ROWS = 12
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LiveView(tune.Callback):
+    """Tune callback that redraws the study's progress on the driver's console."""
+
+    def __init__(self, study: Any):
+        self.study, self.trial_tokens = study, study.full_trial_tokens()
+        self._live: Live | None = None
+
+    def setup(self, **info: Any) -> None:
+        self._start = time.monotonic()
+        self._tokens_at_start: int | None = None
+        self._best: dict[str, float] = {}
+        self._live = Live(Text(f"study {self.study.name}: starting trials…"),
+                          console=Console(stderr=True), refresh_per_second=2, transient=False)
+        self._live.start()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        loss = float(result.get("val_loss", math.inf))
+        self._best[trial.trial_id] = min(loss, self._best.get(trial.trial_id, math.inf))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._live is not None and iteration % 5 == 0:
+            self._live.update(self.render(trials))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._live is not None:
+            self._live.update(self.render(trials))
+            self._live.stop()
+            self._live = None
+
+    def _status(self, trial: Any) -> str:
+        if trial.status in ("TERMINATED", "ERROR"):
+            return outcome(trial, self.study.search).status
+        return RUNNING if trial.status == "RUNNING" else trial.status.lower()
+
+    def render(self, trials: list) -> Group:
+        """The frame: a headline, the best trial so far and a table of the most telling trials."""
+        statuses = {t.trial_id: self._status(t) for t in trials}
+        tokens = {t.trial_id: int((t.last_result or {}).get("tokens", 0)) for t in trials}
+        done = sum(tokens.values())
+        self._tokens_at_start = done if self._tokens_at_start is None else self._tokens_at_start
+        left = sum(self.trial_tokens - tokens[t.trial_id] for t in trials
+                   if statuses[t.trial_id] not in FINISHED)
+        left += max(self.study.search.num_samples - len(trials), 0) * self.trial_tokens
+        elapsed = time.monotonic() - self._start
+        rate = (done - self._tokens_at_start) / elapsed if elapsed > 0 else 0.0
+        eta = left / rate if rate > 0 else math.inf
+        counts = {s: sum(1 for v in statuses.values() if v == s)
+                  for s in (RUNNING, *FINISHED, "pending")}
+        head = Text.assemble(
+            (f"study {self.study.name}", "bold"),
+            f"  {self.study.search.algorithm} + {self.study.search.scheduler}   ",
+            "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
+            f"tokens {done:,} of ≤ {done + left:,}   elapsed {_duration(elapsed)}   "
+            f"ETA {_duration(eta)}")
+        best_id = min(self._best, key=self._best.get, default=None)
+        by_id = {t.trial_id: t for t in trials}
+        parts: list[Any] = [head]
+        if best_id is not None and math.isfinite(self._best[best_id]):
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(by_id[best_id].config.items()))
+            parts.append(Text(f"best val_loss {self._best[best_id]:.4f} "
+                              f"(trial {best_id}): {params}", style="green"))
+        parts.append(self._table(trials, statuses, tokens))
+        return Group(*parts)
+
+    def _table(self, trials: list, statuses: dict, tokens: dict) -> Table:
+        table = Table(box=None, pad_edge=False)
+        for column in ("trial", "status", "tokens", "val_loss", "best"):
+            table.add_column(column, justify="left" if column in ("trial", "status") else "right",
+                             no_wrap=True)
+        table.add_column("hyperparameters", overflow="fold", ratio=1)
+        order = sorted(trials, key=lambda t: (statuses[t.trial_id] != RUNNING,
+                                              self._best.get(t.trial_id, math.inf)))
+        for trial in order[:MAX_ROWS]:
+            last = (trial.last_result or {}).get("val_loss")
+            best = self._best.get(trial.trial_id)
+            table.add_row(trial.trial_id, statuses[trial.trial_id],
+                          f"{tokens[trial.trial_id]:,}",
+                          "" if last is None else f"{last:.4f}",
+                          "" if best is None else f"{best:.4f}",
+                          ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items())))
+        return table
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks: keep the settings, not the live display."""
+        return {"study": self.study, "trial_tokens": self.trial_tokens, "_live": None}
+
+
+@dataclass
+class Summary:
+    """The end of a study as MLflow records it."""
+
+    study: str
+    parent_run_id: str
+    counts: dict[str, int]
+    best_trial: str | None = None
+    best_run_id: str | None = None
+    best_val_loss: float = math.inf
+    best_params: dict[str, str] | None = None
+    tracking_uri: str = ""
+    interrupted: bool = False
+
+
+def print_summary(console: Console, summary: Summary) -> None:
+    """The closing lines: what ran, the best trial with its run id, and how to reproduce it."""
+    counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n) or "no trials"
+    state = "interrupted" if summary.interrupted else "finished"
+    console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
+    console.print(f"MLflow parent run {summary.parent_run_id} ({summary.tracking_uri})")
+    if summary.best_run_id is None or not math.isfinite(summary.best_val_loss):
+        console.print("[yellow]no trial reached a finite validation loss[/]")
+        return
+    params = ", ".join(f"{k}={v}" for k, v in sorted((summary.best_params or {}).items()))
+    console.print(f"best trial {summary.best_trial}: MLflow run {summary.best_run_id}")
+    console.print(f"  val_loss {summary.best_val_loss:.4f}, perplexity "
+                  f"{math.exp(min(summary.best_val_loss, 700)):.2f}")
+    console.print(f"  {params}")
+    console.print("reproduce it with:")
+    console.print(f"  tuner replay {summary.best_run_id} --tracking-uri {summary.tracking_uri}",
+                  highlight=False, soft_wrap=True)
+

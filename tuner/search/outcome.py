@@ -1,0 +1,59 @@
+"""How a trial ended, read from Tune's trial and its last result: one status and a sentence."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED = "running", "completed", "stopped", "diverged", "failed"
+FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
+SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
+                   "pbt": "PBT", "none": "the scheduler"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished trial's status (completed, stopped, diverged, failed) and what happened."""
+
+    status: str
+    detail: str
+
+
+def asha_rung(tokens: float, grace_period: int, reduction_factor: float) -> int:
+    """The ASHA rung a trial reached: rung r sits at grace_period·reduction_factor^r tokens."""
+    rung = 0
+    while grace_period * reduction_factor ** (rung + 1) <= tokens:
+        rung += 1
+    return rung
+
+
+def outcome(trial: Any, search: Any) -> Outcome:
+    """Classify a trial Tune has finished (TERMINATED or ERROR) using its last reported result."""
+    result = trial.last_result or {}
+    tokens = int(result.get("tokens", 0))
+    if trial.status == "ERROR":
+        return Outcome(FAILED, f"failed: {tune_error(trial)}")
+    if result.get("error"):
+        return Outcome(FAILED, f"failed: {result['error']}")
+    if result.get("diverged"):
+        loss = result.get("train_loss", math.nan)
+        return Outcome(DIVERGED, f"diverged at step {int(result.get('step', 0))} "
+                                 f"(train_loss {loss:.4g}); val_loss recorded as inf")
+    if tokens >= int(result.get("budget_tokens", 0)) > 0:
+        return Outcome(COMPLETED, f"completed ({tokens:,} tokens)")
+    name = SCHEDULER_NAMES.get(search.scheduler, search.scheduler)
+    if search.scheduler == "asha":
+        rung = asha_rung(tokens, search.asha.grace_period, search.asha.reduction_factor)
+        return Outcome(STOPPED, f"stopped by {name} at rung {rung} ({tokens:,} tokens)")
+    return Outcome(STOPPED, f"stopped by {name} at {tokens:,} tokens")
+
+
+def tune_error(trial: Any) -> str:
+    """The last lines of the error Tune recorded for a trial whose process kept failing."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(lines[-3:])[-1000:]
+    return "the trial's process failed"

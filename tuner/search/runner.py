@@ -1,0 +1,118 @@
+"""Run (or resume) a study on Ray Tune: Ray start-up, the Tuner, and the summary MLflow holds after."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from tuner.search.console import Summary
+from tuner.search.outcome import FINISHED
+
+# Tune's settings for a study: its experiment state saved every few seconds (so a killed driver
+# loses little), no per-trial CSV/JSON/TensorBoard loggers (MLflow records everything) and no
+# console output of its own (the live view is ours).
+TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "3", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+            "TUNE_WARN_THRESHOLD_S": "60", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+def start_ray(address: str | None) -> None:
+    """Connect to the cluster at `address`, or start a local Ray using every core."""
+    import ray
+
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR,
+                              "include_dashboard": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)  # never a running cluster
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def tune_config(study: Any) -> Any:
+    """Searcher, scheduler and concurrency of a new study (built before Ray starts: bad input fails early)."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuner.search.algorithms import build_scheduler, build_searcher
+
+    search = study.search
+    searcher = (BasicVariantGenerator(random_state=search.seed) if search.scheduler == "pbt"
+                else build_searcher(study))
+    return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
+        num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent,
+        search_alg=searcher, scheduler=build_scheduler(study, study.full_trial_tokens()),
+        reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
+
+
+def build_tuner(study: Any, data_dir: Path, storage: Path, callbacks: list,
+                config: Any | None) -> Any:
+    """A new Tuner for the study, or (config None) the one restored from `storage/name`."""
+    from ray import tune
+
+    from tuner.search.algorithms import tune_space
+    from tuner.search.trainable import run_trial
+
+    res = study.resources
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
+                             threads=max(1, int(res.cpus_per_trial))),
+        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    if config is None:
+        return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
+    run_config = tune.RunConfig(
+        name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
+    space = tune_space(study) if study.search.scheduler == "pbt" else {}
+    return tune.Tuner(trainable, param_space=space, tune_config=config, run_config=run_config)
+
+
+def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, resume: bool,
+              provenance: dict[str, Any]) -> Summary:
+    """Run the study to its end (or an interrupt) and summarise what MLflow recorded."""
+    import numpy as np
+
+    from tuner.search.console import LiveView
+    from tuner.search.tracking import MlflowRecorder
+
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
+    np.random.seed(study.search.seed)
+    config = None if resume else tune_config(study)
+    callbacks = [MlflowRecorder(study, str(data_dir), provenance, str(storage)),
+                 LiveView(study)]
+    start_ray(address)
+    import ray
+
+    try:
+        build_tuner(study, data_dir, storage, callbacks, config).fit()
+    finally:
+        ray.shutdown()
+    return summarise(study)
+
+
+def summarise(study: Any) -> Summary:
+    """The study's outcome as MLflow records it: counts by status and the best trial."""
+    from tuner.search.tracking import STATUS_TAG, child_runs, connect, find_parent
+
+    client = connect(study.tracking.uri)
+    parent = find_parent(client, study.tracking.experiment, study.name)
+    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    counts = {s: sum(1 for r in runs if r.data.tags.get(STATUS_TAG) == s) for s in FINISHED}
+    summary = Summary(study.name, parent.info.run_id, counts, tracking_uri=study.tracking.uri,
+                      interrupted=parent.info.status != "FINISHED")
+    scored = [r for r in runs if math.isfinite(r.data.metrics.get("best_val_loss", math.inf))]
+    if scored:
+        best = min(scored, key=lambda r: r.data.metrics["best_val_loss"])
+        searched = best.data.tags.get("tuner.searched", "")
+        summary.best_trial = best.data.tags.get("tuner.trial_id")
+        summary.best_run_id = best.info.run_id
+        summary.best_val_loss = best.data.metrics["best_val_loss"]
+        summary.best_params = {k: best.data.params[k] for k in searched.split(",")
+                               if k in best.data.params}
+    return summary

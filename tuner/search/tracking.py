@@ -1,0 +1,329 @@
+"""The MLflow record of a study, written from the driver by a Tune callback (layout: docs/mlflow_layout.md).
+
+One parent run per study and one nested child run per trial. Runs are found again by their tags
+(`tuner.study`, `tuner.trial_id`), so a resumed study reopens the same runs instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tuner.errors import UserError
+from tuner.search.outcome import COMPLETED, DIVERGED, FAILED, FINISHED, RUNNING, STOPPED, outcome
+
+METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s")
+STUDY_TAG, TRIAL_TAG, ROLE_TAG, STATUS_TAG = "tuner.study", "tuner.trial_id", "tuner.role", "tuner.status"
+RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
+CHECKPOINT_ARTIFACT = "checkpoint"
+_BATCH = 100  # MLflow's limit on params or tags per log_batch call
+
+
+def connect(uri: str) -> Any:
+    """An MlflowClient for `uri` that has answered once; UserError if the store cannot be reached."""
+    from mlflow import MlflowClient
+
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise UserError(f"tracking store {uri} cannot be used: {reason}") from None
+    return client
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast on an unreachable `mlflow server` (the client would retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(f"tracking server {uri} is not reachable ({getattr(err, 'reason', err)})"
+                        ) from None
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment `name`, created when missing."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def find_parent(client: Any, experiment: str, study: str) -> Any | None:
+    """The parent run of study `study` in `experiment`, or None."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+        f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
+    return runs[0] if runs else None
+
+
+def child_runs(client: Any, experiment_id_: str, parent_id: str) -> list[Any]:
+    """Every trial run under a parent."""
+    from mlflow.entities import ViewType
+
+    return client.search_runs([experiment_id_], run_view_type=ViewType.ACTIVE_ONLY,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                              max_results=50000)
+
+
+@dataclass
+class _Child:
+    """What the driver remembers of one trial's run."""
+
+    run_id: str
+    last_step: int = -1
+    best: float = math.inf
+    sample: tuple[int, str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class MlflowRecorder(tune.Callback):
+    """Tune callback that writes the study's parent run and one child run per trial."""
+
+    def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str):
+        self.study, self.data_dir, self.provenance, self.storage = study, data_dir, provenance, storage
+        self._client: Any = None
+
+    # -- study (parent run) -------------------------------------------------------------------
+
+    def setup(self, **info: Any) -> None:
+        from mlflow import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.study.tracking.uri)
+        self._exp = experiment_id(self._client, self.study.tracking.experiment)
+        parent = find_parent(self._client, self.study.tracking.experiment, self.study.name)
+        self._parent = parent.info.run_id if parent else self._create_parent()
+        self._client.update_run(self._parent, status="RUNNING")
+        self._children: dict[str, _Child] = {}
+        self._finished: dict[str, str] = {}  # trial id -> status
+        self._tokens: dict[str, int] = {}
+        self._best: tuple[float, str] = (math.inf, "")
+        for run in child_runs(self._client, self._exp, self._parent):
+            self._adopt(run)
+
+    def _create_parent(self) -> str:
+        study, prov = self.study, self.provenance
+        tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "mlflow.runName": study.name,
+                "tuner.git_commit": prov["git_commit"], "tuner.dataset_sha256": prov["dataset_sha256"],
+                "tuner.storage": self.storage, "tuner.algorithm": study.search.algorithm,
+                "tuner.scheduler": study.search.scheduler,
+                **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
+        run_id = self._client.create_run(self._exp, tags=tags, run_name=study.name).info.run_id
+        self._client.log_text(run_id, study.source_text, "space.yaml")
+        self._client.log_dict(run_id, study.resolved(), "study.json")
+        self._client.log_dict(run_id, prov["dataset_meta"], "dataset_meta.json")
+        self._client.log_dict(run_id, {"git_commit": prov["git_commit"], **prov["versions"]},
+                              "versions.json")
+        return run_id
+
+    def _adopt(self, run: Any) -> None:
+        """Take over a trial run written before a resume: where it got to and how it ended."""
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        if not trial_id:
+            return
+        history = self._client.get_metric_history(run.info.run_id, "val_loss")
+        child = _Child(run.info.run_id, max((m.step for m in history), default=-1),
+                       min((m.value for m in history), default=math.inf))
+        self._children[trial_id] = child
+        self._tokens[trial_id] = max(child.last_step, 0)
+        status = run.data.tags.get(STATUS_TAG)
+        if status in FINISHED:
+            self._finished[trial_id] = status
+        self._note_best(trial_id, child.best)
+
+    def _note_best(self, trial_id: str, value: float) -> bool:
+        if value < self._best[0]:
+            self._best = (value, trial_id)
+            return True
+        return False
+
+    def _log_study(self) -> None:
+        counts = {s: sum(1 for v in self._finished.values() if v == s)
+                  for s in (COMPLETED, STOPPED, DIVERGED, FAILED)}
+        step = sum(self._tokens.values())
+        values = {"trials_finished": len(self._finished), "tokens_trained": step,
+                  **{f"trials_{s}": n for s, n in counts.items()}}
+        if math.isfinite(self._best[0]):
+            values["best_val_loss"] = self._best[0]
+        self._log_metrics(self._parent, values, step)
+        best = self._children.get(self._best[1])
+        if best is not None:
+            self._client.set_tag(self._parent, "tuner.best_trial_id", self._best[1])
+            self._client.set_tag(self._parent, "tuner.best_run_id", best.run_id)
+
+    # -- trials (child runs) ------------------------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        child = self._children.get(trial.trial_id)
+        if child is None:
+            self._children[trial.trial_id] = self._create_child(trial)
+        else:
+            self._client.update_run(child.run_id, status="RUNNING")
+            self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
+            self._finished.pop(trial.trial_id, None)
+        self._note_config(trial)
+
+    def _create_child(self, trial: Any) -> _Child:
+        from model.config import HPARAMS
+        from tuner.space.params import ALL_DEFS
+
+        try:
+            config = self.study.trial_config(dict(trial.config), Path(self.data_dir)).to_dict()
+        except UserError:
+            config = None  # an invalid sample: the trial fails and says why
+        values = {**config, **config["model"]} if config else {}
+        params = {**{name: values[name] for name in HPARAMS if name in values}, **trial.config}
+        symbols = {name: (HPARAMS.get(name) or ALL_DEFS[name]).symbol for name in params}
+        prov = self.provenance
+        index = trial.trial_id.rsplit("_", 1)[-1]
+        tags = {"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name, ROLE_TAG: "trial",
+                TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING,
+                "tuner.seed": str(self.study.budget.seed),
+                "tuner.dataset_sha256": prov["dataset_sha256"], "tuner.git_commit": prov["git_commit"],
+                "tuner.searched": ",".join(sorted(trial.config)),
+                **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
+        run_id = self._client.create_run(self._exp, tags=tags,
+                                         run_name=f"{self.study.name}-{index}").info.run_id
+        self._log_params_tags(run_id, params, {})
+        if config:
+            self._client.log_dict(run_id, config, "trial_config.json")
+        return _Child(run_id, config=dict(trial.config))
+
+    def _note_config(self, trial: Any) -> None:
+        """PBT changes a trial's hyperparameters as it goes: record each change as metrics."""
+        child = self._children[trial.trial_id]
+        if child.config and child.config != dict(trial.config):
+            numeric = {f"hp.{k}": float(v) for k, v in trial.config.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._log_metrics(child.run_id, numeric, max(child.last_step, 0))
+            self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(dict(trial.config)))
+        child.config = dict(trial.config)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._children:
+            self._note_config(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        child = self._children.get(trial.trial_id)
+        tokens = int(result.get("tokens", 0))
+        if child is None or "error" in result:
+            return
+        if tokens <= child.last_step and self.study.search.scheduler != "pbt":
+            return  # already logged before the driver was restarted
+        child.last_step = max(child.last_step, tokens)
+        self._tokens[trial.trial_id] = tokens
+        values = {k: float(result[k]) for k in METRICS if k in result}
+        val_loss = values.get("val_loss", math.inf)
+        if val_loss < child.best:
+            child.best = val_loss
+            values["best_val_loss"] = val_loss
+        self._log_metrics(child.run_id, values, tokens)
+        if result.get("sample") is not None:
+            child.sample = (int(result.get("step", 0)), str(result["sample"]))
+        if self._note_best(trial.trial_id, val_loss):
+            self._log_study()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        child = self._children.get(trial.trial_id)
+        if child is not None:
+            self._client.set_tag(child.run_id, "tuner.retries",
+                                 str(trial.run_metadata.num_failures))
+
+    def _finish(self, trial: Any) -> None:
+        child = self._children.get(trial.trial_id)
+        if child is None:
+            return
+        end = outcome(trial, self.study.search)
+        result = trial.last_result or {}
+        tags = {STATUS_TAG: end.status, "tuner.status_detail": end.detail[:5000]}
+        if end.status == FAILED:
+            tags["tuner.error"] = str(result.get("traceback") or end.detail)[-5000:]
+        self._log_params_tags(child.run_id, {}, tags)
+        if child.sample is not None:
+            step, text = child.sample
+            self._client.log_text(child.run_id, f"# step {step}\n{text}\n", "sample.txt")
+        if end.status == COMPLETED and self.study.tracking.log_checkpoints == "completed":
+            self._log_checkpoint(trial, child)
+        self._client.set_terminated(child.run_id, RUN_STATUS[end.status])
+        self._finished[trial.trial_id] = end.status
+        self._log_study()
+
+    def _log_checkpoint(self, trial: Any, child: _Child) -> None:
+        from model.checkpoint import CHECKPOINT_NAME, file_sha256
+
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_NAME
+            if path.is_file():
+                self._client.set_tag(child.run_id, "tuner.checkpoint_sha256", file_sha256(path))
+                self._client.log_artifact(child.run_id, str(path), CHECKPOINT_ARTIFACT)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        by_id = {t.trial_id: t for t in trials}
+        for trial_id, child in self._children.items():
+            if trial_id not in by_id:  # started before a kill, never saved in Tune's state
+                self._client.set_tag(child.run_id, STATUS_TAG, "lost")
+                self._client.set_terminated(child.run_id, "KILLED")
+                self._client.delete_run(child.run_id)
+        best = by_id.get(self._best[1])
+        if best is not None and self.study.tracking.log_checkpoints != "none":
+            run = self._client.get_run(self._children[self._best[1]].run_id)
+            if "tuner.checkpoint_sha256" not in run.data.tags:
+                self._log_checkpoint(best, self._children[self._best[1]])
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        for trial in unfinished:
+            child = self._children.get(trial.trial_id)
+            if child is not None:
+                self._client.set_tag(child.run_id, STATUS_TAG, "interrupted")
+                self._client.set_terminated(child.run_id, "KILLED")
+        self._log_study()
+        self._client.set_terminated(self._parent, "KILLED" if unfinished else "FINISHED")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _log_metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step))
+                                                for k, v in values.items()])
+
+    def _log_params_tags(self, run_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        from mlflow.entities import Param, RunTag
+
+        param_list = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+        for start in range(0, max(len(param_list), len(tag_list)), _BATCH):
+            self._client.log_batch(run_id, params=param_list[start:start + _BATCH],
+                                   tags=tag_list[start:start + _BATCH])
+
+    @property
+    def parent_run_id(self) -> str:
+        return self._parent
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the study: keep the settings, not the live client."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {"_client": None}

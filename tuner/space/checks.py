@@ -1,0 +1,205 @@
+"""The checks that span fields or sections of a study (conditions, α_min ≤ α_max, warmup < total,
+the model's shape, grid vs searcher, scheduler settings, resources, data), each naming a YAML path."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
+
+from model.bpe import check_vocab_size
+from model.config import ConfigError, ModelConfig
+from tuner.space.convert import candidates, searched, span, steps_range, tokens_range, value
+from tuner.space.distributions import Distribution, Grid, fmt
+from tuner.space.params import ALL_DEFS, MODEL_DEFS
+
+if TYPE_CHECKING:
+    from tuner.space.schema import Study
+
+Loc = tuple[str | int, ...]
+MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
+SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
+PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
+
+
+def study_issues(study: Study) -> list[tuple[Loc, str]]:
+    """Every cross-field problem of a study whose fields are each valid on their own."""
+    return [*_data(study), *_exclusive(study), *_conditions(study), *_model_shape(study),
+            *_lr_floor(study), *_budget(study), *_search(study), *_resources(study)]
+
+
+def _either(values: Any) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    texts = [fmt(v) for v in values]
+    return " or ".join(filter(None, [", ".join(texts[:-1]), texts[-1]]))
+
+
+def _section(name: str) -> str:
+    return "model" if name in MODEL_DEFS else "hparams"
+
+
+def _data(study: Study) -> list[tuple[Loc, str]]:
+    data = study.data
+    given = data.model_fields_set - {"path"}
+    if (data.path is None) == (data.source is None):
+        return [(("data",), "give either path (a prepared dataset folder) or source, not "
+                 + ("both" if data.path else "neither"))]
+    if data.path is not None:
+        issues = [(("data", key), "only used with source, not with path") for key in sorted(given)]
+        if not data.path.is_dir():
+            issues.append((("data", "path"), f"no dataset folder at {data.path}"))
+        return issues
+    issues = []
+    if data.source == "files" and data.input is None:
+        issues.append((("data", "source"), "source files needs input: a training text file"))
+    for key in ("input", "valid"):
+        file = getattr(data, key)
+        if file is not None and data.source != "files":
+            issues.append((("data", key), "only used with source files"))
+        elif file is not None and not file.is_file():
+            issues.append((("data", key), f"no file at {file}"))
+    if data.synthetic_bytes is not None and data.source != "synthetic":
+        issues.append((("data", "synthetic_bytes"), "only used with source synthetic"))
+    model_vocab = int(span(study, "vocab_size")[0])
+    where = ("data", "vocab_size") if data.vocab_size is not None else ("model", "vocab_size")
+    if data.tokenizer is None:  # a BPE tokenizer of this size is trained
+        try:
+            check_vocab_size(data.vocab_size or model_vocab, data.special_tokens or ())
+        except ValueError as err:
+            issues.append((where, str(err)))
+    if data.vocab_size is not None and data.vocab_size > model_vocab:
+        issues.append((where, f"a tokenizer of {data.vocab_size} tokens needs model.vocab_size ≥ "
+                       f"{data.vocab_size}, got {model_vocab}"))
+    return issues
+
+
+def _exclusive(study: Study) -> list[tuple[Loc, str]]:
+    given = study.hparams.model_fields_set
+    pairs = (("lr_min", "lr_min_ratio"), ("warmup_iters", "warmup_fraction"))
+    return [(("hparams", b), f"give {a} or {b}, not both") for a, b in pairs
+            if a in given and b in given]
+
+
+def _conditions(study: Study) -> list[tuple[Loc, str]]:
+    issues = []
+    for section in (study.model, study.hparams):
+        for name in section.given():
+            hp = ALL_DEFS[name]
+            if hp.when is None:
+                continue
+            parent, values = hp.when
+            possible = candidates(study, parent)
+            if possible is not None and not set(possible) & set(values):
+                issues.append(((_section(name), name), f"{hp.symbol} is used only when {parent} is "
+                               f"{_either(values)}, but {parent} is {_either(possible)}: remove it"))
+    return issues
+
+
+def _model_shape(study: Study) -> list[tuple[Loc, str]]:
+    options = {}
+    for name in MODEL_DEFS:
+        v = value(study, name)
+        found = v.options() if isinstance(v, Distribution) else [v]
+        options[name] = found if found is not None else list(v.span())
+    if math.prod(len(o) for o in options.values()) > MAX_MODEL_COMBINATIONS:
+        return []
+    searched_names = [n for n, o in options.items() if isinstance(value(study, n), Distribution)]
+    problems: dict[str, str] = {}
+    for combo in itertools.product(*options.values()):
+        shape = dict(zip(options, combo))
+        try:
+            ModelConfig(**shape).validate()
+        except ConfigError as err:
+            unsaid = [f"{n}={fmt(shape[n])}" for n in searched_names if f"{n}=" not in err.message]
+            problems.setdefault(err.field, err.message + (f" (when {', '.join(unsaid)})" if unsaid
+                                                          else ""))
+    return [(tuple(field.split(".")), message) for field, message in problems.items()]
+
+
+def _lr_floor(study: Study) -> list[tuple[Loc, str]]:
+    floor, peak = span(study, "lr_min"), span(study, "lr_max")
+    if floor is None or floor[1] <= peak[0]:
+        return []
+    if floor[0] == floor[1] and peak[0] == peak[1]:
+        message = f"α_min={fmt(floor[1])} must not exceed α_max={fmt(peak[0])}"
+    else:
+        message = (f"α_min can be {fmt(floor[1])} while α_max can be {fmt(peak[0])}: every sample "
+                   "needs α_min ≤ α_max (search lr_min_ratio instead)")
+    return [(("hparams", "lr_min"), message)]
+
+
+def _budget(study: Study) -> list[tuple[Loc, str]]:
+    budget, hparams = study.budget, study.hparams
+    if (budget.tokens is None) == (budget.total_iters is None):
+        return [(("budget",), "give tokens or total_iters (T_total) for a full trial, not "
+                 + ("both" if budget.tokens else "neither"))]
+    fewest, most = steps_range(study)
+    issues = []
+    warmup = span(study, "warmup_iters")[1]
+    if "warmup_iters" in hparams.model_fields_set and warmup >= fewest:
+        fixed = not isinstance(hparams.warmup_iters, Distribution) and fewest == most
+        issues.append((("hparams", "warmup_iters"), f"T_warmup={warmup} must be below T_total="
+                       f"{fewest}" if fixed else f"T_warmup can be {fmt(warmup)} but T_total can "
+                       f"be {fewest}: warmup must end before training does"))
+    if "warmup_fraction" in hparams.model_fields_set:
+        warmup = int(span(study, "warmup_fraction")[1] * most)
+    cycle = span(study, "cycle_iters")
+    if cycle is not None and "cycle_iters" in hparams.model_fields_set and cycle[0] <= warmup:
+        issues.append((("hparams", "cycle_iters"), f"T_cycle can be {fmt(cycle[0])}, but it must "
+                       f"exceed T_warmup, which can be {fmt(warmup)}"))
+    if study.search.scheduler != "none" and budget.eval_interval >= fewest:
+        issues.append((("budget", "eval_interval"), f"a trial of {fewest} steps would not report "
+                       f"before it ends (eval_interval {budget.eval_interval}), so the "
+                       f"{study.search.scheduler} scheduler could not compare trials"))
+    return issues
+
+
+def _search(study: Study) -> list[tuple[Loc, str]]:
+    search, space = study.search, searched(study)
+    issues = []
+    for name, dist in space.items():
+        loc = (_section(name), name)
+        if isinstance(dist, Grid) and search.algorithm != "grid":
+            issues.append((loc, "{grid: [...]} is enumerated by search.algorithm grid only, and "
+                           f"this study uses {search.algorithm}: write {{choice: [...]}}"))
+        elif search.algorithm == "grid" and not isinstance(dist, Grid):
+            issues.append((loc, f"search.algorithm grid enumerates {{grid: [...]}} values; "
+                           f"{dist.key} cannot be enumerated"))
+    if search.algorithm == "grid" and not space:
+        issues.append((("search", "algorithm"), "grid has nothing to enumerate: no parameter "
+                       "is {grid: [...]}"))
+    for key, users in SCHEDULER_SETTINGS.items():
+        if key in search.model_fields_set and search.scheduler not in users:
+            issues.append((("search", key), f"settings of the {' and '.join(users)} scheduler, but "
+                           f"the scheduler is {search.scheduler}"))
+    if search.scheduler == "pbt":
+        issues += _pbt(study, space)
+    fewest = tokens_range(study)[0]
+    for key, setting in (("asha", "grace_period"), ("median", "grace_period"),
+                         ("pbt", "perturbation_interval")):
+        tokens = getattr(getattr(search, key), setting)
+        if tokens is not None and tokens >= fewest:
+            issues.append((("search", key, setting), f"{tokens} tokens must be below a full "
+                           f"trial's {fewest}"))
+    return issues
+
+
+def _pbt(study: Study, space: dict[str, Distribution]) -> list[tuple[Loc, str]]:
+    names = study.search.pbt.params
+    if names is None:
+        if any(name in space for name in PBT_DEFAULT_PERTURB):
+            return []
+        return [(("search", "scheduler"), "pbt perturbs searched parameters, by default α_max, β2 "
+                 "and λ, and none of them is searched: list them in search.pbt.params")]
+    return [(("search", "pbt", "params", i), f"{name} is not searched, so PBT cannot perturb it")
+            for i, name in enumerate(names) if name not in space]
+
+
+def _resources(study: Study) -> list[tuple[Loc, str]]:
+    res = study.resources
+    if res.device == "cpu" and res.gpus_per_trial > 0:
+        return [(("resources", "gpus_per_trial"), "device cpu uses no GPU: set 0")]
+    if res.device == "cuda" and res.gpus_per_trial == 0:
+        return [(("resources", "device"), "device cuda needs gpus_per_trial > 0 (a trial with no "
+                 "GPU sees none)")]
+    return []

@@ -1,0 +1,130 @@
+"""From a validated study to trials: the searched parameters in sampling order, Optuna
+define-by-run sampling, grid enumeration, and one sample → a concrete `TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.config import ConfigError, ModelConfig, TrainConfig
+from tuner.errors import UserError
+from tuner.space.distributions import Distribution, Grid, fmt
+from tuner.space.params import (ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, LR_MIN_RATIO, MODEL_DEFS,
+                                WARMUP_FRACTION)
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
+
+    from tuner.space.schema import Study
+
+
+def value(study: Study, name: str) -> Any:
+    """A parameter's value in the study (given or default): a constant or a Distribution."""
+    return getattr(study.model if name in MODEL_DEFS else study.hparams, name)
+
+
+def candidates(study: Study, name: str) -> list[Any] | None:
+    """Every value the parameter can take when finite, else None."""
+    v = value(study, name)
+    return v.options() if isinstance(v, Distribution) else [v]
+
+
+def span(study: Study, name: str) -> tuple[float, float] | None:
+    """Smallest and largest numeric value of the parameter (None: it is not a number, e.g. off)."""
+    v = value(study, name)
+    if isinstance(v, Distribution):
+        return v.span()
+    return None if v is None else (v, v)
+
+
+def searched(study: Study) -> dict[str, Distribution]:
+    """Readable name → distribution, ordered so that each condition's parent comes first."""
+    space = {**study.model.searched(), **study.hparams.searched()}
+    return dict(sorted(space.items(), key=lambda item: _depth(item[0])))
+
+
+def _depth(name: str) -> int:
+    when = ALL_DEFS[name].when
+    return 0 if when is None else 1 + _depth(when[0])
+
+
+def is_active(study: Study, name: str, assignment: dict[str, Any]) -> bool:
+    """Whether the parameter is used, given the values sampled so far (its `when` condition)."""
+    when = ALL_DEFS[name].when
+    if when is None:
+        return True
+    parent, values = when
+    return assignment.get(parent, value(study, parent)) in values
+
+
+def sample(study: Study, trial: BaseTrial) -> dict[str, Any]:
+    """Suggest every searched parameter whose condition holds; return the suggested values."""
+    params: dict[str, Any] = {}
+    for name, dist in searched(study).items():
+        if is_active(study, name, params):
+            params[name] = dist.suggest(trial, name)
+    return params
+
+
+def grid_points(study: Study) -> list[dict[str, Any]]:
+    """Every combination of the grid values, a conditional parameter only where its parent allows."""
+    space = searched(study)
+    others = [name for name, dist in space.items() if not isinstance(dist, Grid)]
+    if others:
+        raise UserError("a grid needs every searched parameter as {grid: [...]}; not: "
+                        + ", ".join(others))
+    points: list[dict[str, Any]] = [{}]
+    for name, dist in space.items():
+        expanded: list[dict[str, Any]] = []
+        for p in points:
+            expanded += [{**p, name: v} for v in dist.options()] if is_active(study, name, p) else [p]
+        points = expanded
+    return points
+
+
+def steps_range(study: Study) -> tuple[int, int]:
+    """Fewest and most optimizer steps (T_total) a full trial can have."""
+    if study.budget.total_iters is not None:
+        return study.budget.total_iters, study.budget.total_iters
+    (b_lo, b_hi), (c_lo, c_hi) = span(study, "batch_size"), span(study, "context_length")
+    tokens = study.budget.tokens
+    return math.ceil(tokens / (b_hi * c_hi)), math.ceil(tokens / (b_lo * c_lo))
+
+
+def tokens_range(study: Study) -> tuple[int, int]:
+    """Fewest and most tokens a full trial trains on."""
+    if study.budget.tokens is not None:
+        return study.budget.tokens, study.budget.tokens
+    (b_lo, b_hi), (c_lo, c_hi) = span(study, "batch_size"), span(study, "context_length")
+    steps = study.budget.total_iters
+    return int(steps * b_lo * c_lo), int(steps * b_hi * c_hi)
+
+
+def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> TrainConfig:
+    """The study's constants with `params` applied, as a validated TrainConfig."""
+    unknown = sorted(set(params) - set(searched(study)))
+    if unknown:
+        raise UserError(f"trial parameters {', '.join(unknown)} are not searched by study "
+                        f"{study.name}")
+    model = {**_constants(study.model), **{k: v for k, v in params.items() if k in MODEL_DEFS}}
+    train = {**_constants(study.hparams), **{k: v for k, v in params.items() if k in HPARAM_DEFS}}
+    ratio = train.pop(LR_MIN_RATIO.name, LR_MIN_RATIO.default)
+    fraction = train.pop(WARMUP_FRACTION.name, None)
+    if "lr_min" not in train:
+        train["lr_min"] = ratio * train.get("lr_max", HPARAM_DEFS["lr_max"].default)
+    budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
+    try:
+        config = TrainConfig(model=ModelConfig(**model), data=str(data_dir),
+                             device=study.resources.device, **budget, **train)
+        if fraction is not None:
+            config.warmup_iters = int(fraction * config.steps)
+        config.validate()
+    except ConfigError as err:
+        shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
+        raise UserError(f"trial ({shown}) is invalid: {err}") from None
+    return config
+
+
+def _constants(section: Any) -> dict[str, Any]:
+    return {k: v for k, v in section.given().items() if not isinstance(v, Distribution)}

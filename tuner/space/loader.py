@@ -1,0 +1,75 @@
+"""Reading a study file: YAML with safe_load semantics, keeping each node's line for error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.space.errors import Issue, SpaceError
+from tuner.space.schema import Study, build_study
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file; SpaceError lists every problem with its path and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise SpaceError(path, [Issue("", None, f"cannot read the study file: {reason}")]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpaceError(path, [Issue("", mark.line + 1 if mark else None,
+                                      f"not valid YAML: {problem}")]) from None
+    if not isinstance(data, dict):
+        found = "empty" if data is None else f"a {type(data).__name__}"
+        raise SpaceError(path, [Issue("", 1, f"a study file is a mapping of sections (data, "
+                                             f"model, hparams, budget, …); this one is {found}")])
+    duplicates = list(_duplicate_keys(root))
+    if duplicates:
+        raise SpaceError(path, duplicates)
+    data.setdefault("name", path.stem)
+    return build_study(data, source_path=path, source_text=text,
+                       locate=lambda loc: _line(root, loc))
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "") -> Any:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, child in node.value:
+            here = f"{path}.{key.value}".lstrip(".")
+            if key.value in seen:
+                yield Issue(here, key.start_mark.line + 1,
+                            f"given twice (first on line {seen[key.value]})")
+            seen.setdefault(key.value, key.start_mark.line + 1)
+            yield from _duplicate_keys(child, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            yield from _duplicate_keys(child, f"{path}[{i}]")
+
+
+def _line(root: yaml.Node, loc: tuple[str | int, ...]) -> int | None:
+    """1-based line of the deepest node `loc` reaches (a key's own line for a mapping entry)."""
+    node, line, cls = root, root.start_mark.line + 1, Study  # cls: the section model at node
+    for part in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            break
+        aliases = getattr(cls, "aliases", {})
+        entry = next(((k, v) for k, v in node.value
+                      if k.value == str(part) or aliases.get(k.value) == part), None)
+        if entry is None:
+            break
+        node, line = entry[1], entry[0].start_mark.line + 1
+        field = getattr(cls, "model_fields", {}).get(part) if isinstance(part, str) else None
+        cls = field.annotation if field else None
+    return line

@@ -1,0 +1,203 @@
+"""The parameter tables of a study file, derived from the trainer's `HParam` definitions, and the
+parsing of one parameter's YAML value: a constant in range, or a distribution whose values are."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+from model.config import MODEL_HPARAMS, TRAIN_HPARAMS, HParam
+from tuner.space.distributions import (DISTRIBUTIONS, Distribution, IntRange, LogUniform, Uniform,
+                                       fmt, parse_distribution)
+
+# Tuner-side forms of two trainer parameters: converted to lr_min and warmup_iters per trial.
+LR_MIN_RATIO = HParam(
+    name="lr_min_ratio", symbol="α_min/α_max", default=0.1, kind=float, group="schedule",
+    description="floor of the schedule as a fraction of α_max: α_min = ratio·α_max "
+                "(instead of lr_min)", low=0.0, high=1.0, high_open=False)
+WARMUP_FRACTION = HParam(
+    name="warmup_fraction", symbol="T_warmup/T_total", default=0.0, kind=float, group="schedule",
+    description="linear warmup as a fraction of T_total: T_warmup = ⌊fraction·T_total⌋ "
+                "(instead of warmup_iters)", low=0.0, high=1.0)
+
+# budget field → trainer parameter; the budget is fixed per study, never searched
+BUDGET_NAMES = {"tokens": "total_tokens", "total_iters": "total_iters",
+                "eval_interval": "eval_interval", "eval_windows": "eval_windows", "seed": "seed"}
+BUDGET_DEFS: dict[str, HParam] = {field: TRAIN_HPARAMS[name] for field, name in BUDGET_NAMES.items()}
+MODEL_DEFS: dict[str, HParam] = dict(MODEL_HPARAMS)
+
+
+def _hparam_defs() -> dict[str, HParam]:
+    derived = {"lr_min": LR_MIN_RATIO, "warmup_iters": WARMUP_FRACTION}  # listed after their twin
+    defs: dict[str, HParam] = {}
+    for name, hp in TRAIN_HPARAMS.items():
+        if name not in BUDGET_NAMES.values():
+            defs[name] = hp
+            if name in derived:
+                defs[derived[name].name] = derived[name]
+    return defs
+
+
+HPARAM_DEFS: dict[str, HParam] = _hparam_defs()
+ALL_DEFS: dict[str, HParam] = {**MODEL_DEFS, **HPARAM_DEFS}
+"""Every parameter a study can search, by readable name (the Optuna parameter names)."""
+
+
+def parse_value(raw: Any, hp: HParam, searchable: bool = True) -> Any:
+    """A YAML value of `hp` → a constant of its kind or a Distribution; ValueError says why not."""
+    if isinstance(raw, dict):
+        if not searchable:
+            raise ValueError(f"{hp.symbol} is fixed per study: give a constant, not a distribution")
+        return _check_distribution(parse_distribution(raw), hp)
+    if isinstance(raw, list):
+        raise ValueError(f"{hp.symbol} is one value, got a list; to search it write "
+                         "{choice: [...]}" + (" or {grid: [...]}" if searchable else ""))
+    return _constant(raw, hp)
+
+
+def _constant(raw: Any, hp: HParam, role: str = "") -> Any:
+    value = _coerce(raw, hp)
+    problem = hp.check(value)
+    if problem:
+        raise ValueError(f"{hp.symbol} {problem}" + (f" ({role})" if role else ""))
+    return value
+
+
+def _coerce(raw: Any, hp: HParam) -> Any:
+    if raw is False and hp.optional and hp.kind is not bool:
+        return None  # YAML 1.1 reads `off` as false; for an optional parameter it means null
+    if hp.kind is float and isinstance(raw, str):
+        try:
+            return float(raw)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            return raw
+    if hp.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if hp.kind is int and isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    return raw
+
+
+def _check_distribution(dist: Distribution, hp: HParam) -> Distribution:
+    if isinstance(dist, (LogUniform, Uniform)) and hp.kind is not float:
+        hint = "{int: [lo, hi]} or {choice: [...]}" if hp.kind is int else "{choice: [...]}"
+        raise ValueError(f"{hp.symbol} takes {_kind_text(hp)}: search it with {hint}, "
+                         f"not {dist.key}")
+    if isinstance(dist, IntRange) and hp.kind not in (int, float):
+        raise ValueError(f"{hp.symbol} takes {_kind_text(hp)}: search it with {{choice: [...]}}")
+    options = dist.options() if dist.key in ("choice", "grid") else None
+    if options is None:
+        _constant(dist.lo, hp, f"the lower bound of {dist.key}")
+        _constant(dist.hi, hp, f"the upper bound of {dist.key}")
+        return dist
+    values = [_constant(v, hp, f"in the {dist.key}") for v in options]
+    return type(dist).model_validate({dist.key: values})
+
+
+def _kind_text(hp: HParam) -> str:
+    if hp.choices is not None:
+        return "one of " + ", ".join(map(fmt, hp.choices))
+    return {int: "whole numbers", float: "numbers", bool: "true or false"}.get(hp.kind, "text")
+
+
+def describe(hp: HParam) -> str:
+    """One sentence for schema tooltips: what it does, its valid range, default and condition."""
+    text = f"{hp.symbol}: {hp.description}. Valid: {hp.range_text()}. Default: {fmt(hp.default)}."
+    if hp.when:
+        parent, values = hp.when
+        text += f" Used only when {parent} is {' or '.join(values)}."
+    return text
+
+
+def constant_schema(hp: HParam) -> dict[str, Any]:
+    """JSON Schema of one constant value of `hp`, bounds included."""
+    if hp.choices is not None:
+        schema: dict[str, Any] = {"enum": list(hp.choices)}
+    elif hp.kind in (int, float):
+        schema = {"type": "integer" if hp.kind is int else "number"}
+        if hp.low is not None:
+            schema["exclusiveMinimum" if hp.low_open else "minimum"] = hp.low
+        if hp.high is not None:
+            schema["exclusiveMaximum" if hp.high_open else "maximum"] = hp.high
+    else:
+        schema = {"type": {bool: "boolean"}.get(hp.kind, "string")}
+    return {"anyOf": [schema, {"type": "null"}]} if hp.optional else schema
+
+
+def value_schema(hp: HParam, searchable: bool) -> dict[str, Any]:
+    """JSON Schema of a YAML value of `hp`: the constant, or each distribution that fits its kind."""
+    const = constant_schema(hp)
+    if not searchable:
+        return const
+    pair = {"type": "array", "items": const, "minItems": 2, "maxItems": 2}
+    listed = {"type": "array", "items": const, "minItems": 1, "uniqueItems": True}
+    forms = {"choice": listed, "grid": listed}
+    if hp.kind in (int, float):
+        forms["int"] = {**pair, "items": {**const, "type": "integer"}} if "type" in const else pair
+    if hp.kind is float:
+        forms["loguniform"] = {**pair, "items": {**const, "exclusiveMinimum": 0}}
+        forms["uniform"] = pair
+    options = []
+    for key in DISTRIBUTIONS:
+        if key in forms:
+            props = {key: forms[key]}
+            if key == "int":
+                props |= {"log": {"type": "boolean"}, "step": {"type": "integer", "minimum": 1}}
+            options.append({"type": "object", "properties": props, "required": [key],
+                            "additionalProperties": False})
+    return {"anyOf": [const, *options]}
+
+
+class Section(BaseModel):
+    """A study-file section: unknown keys are errors; `aliases` maps other accepted keys to fields."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s, cls: cls._alias_schema(s))
+    aliases: ClassVar[dict[str, str]] = {}
+    defs: ClassVar[dict[str, HParam]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.aliases:
+            return data
+        out: dict[Any, Any] = {}
+        written: dict[Any, Any] = {}
+        for key, value in data.items():
+            name = cls.aliases.get(key, key)
+            if name in out:
+                raise PydanticCustomError("space", "{message}", {
+                    "message": f"{name} is given twice (as {written[name]} and as {key})"})
+            out[name], written[name] = value, key
+        return out
+
+    @classmethod
+    def _alias_schema(cls, schema: dict[str, Any]) -> None:
+        props = schema.get("properties", {})
+        for alias, name in cls.aliases.items():
+            props[alias] = {**props[name], "description": f"Same as {name}. "
+                            + props[name].get("description", "")}
+
+    def given(self) -> dict[str, Any]:
+        """The values the study file sets (not defaulted), by field name in field order."""
+        return {n: getattr(self, n) for n in type(self).model_fields if n in self.model_fields_set}
+
+    def searched(self) -> dict[str, Distribution]:
+        """The fields whose value is a distribution."""
+        return {n: v for n, v in self.given().items() if isinstance(v, Distribution)}
+
+
+def section_fields(defs: dict[str, HParam], searchable: bool) -> dict[str, Any]:
+    """`create_model` field definitions for a section whose keys are the parameters in `defs`."""
+    return {name: (Annotated[Any, BeforeValidator(partial(parse_value, hp=hp, searchable=searchable)),
+                             WithJsonSchema(value_schema(hp, searchable))],
+                   Field(hp.default, title=hp.symbol, description=describe(hp)))
+            for name, hp in defs.items()}
+
+
+def section_aliases(defs: dict[str, HParam]) -> dict[str, str]:
+    """Each parameter's other keys (trainer name, symbol, aliases) → its field name."""
+    return {key: field for field, hp in defs.items()
+            for key in (hp.name, hp.symbol, *hp.aliases) if key != field}

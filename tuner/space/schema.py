@@ -1,0 +1,324 @@
+"""A study file as pydantic models: data, model, hparams, budget, search, resources, tracking.
+
+The model, hparams and budget sections are generated from the trainer's `HParam` definitions.
+`build_study` validates a mapping and turns every problem into an `Issue` with its YAML path.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
+                      field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from model.config import HParam, TrainConfig
+from tuner.space import checks, convert
+from tuner.space.distributions import Distribution
+from tuner.space.errors import Issue, SpaceError
+from tuner.space.params import (ALL_DEFS, BUDGET_DEFS, HPARAM_DEFS, MODEL_DEFS, Section,
+                                section_aliases, section_fields)
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
+
+Locate = Callable[[tuple[str | int, ...]], "int | None"]
+
+
+def _param_section(name: str, doc: str, defs: dict[str, HParam], searchable: bool) -> type[Section]:
+    cls = create_model(name, __base__=Section, __doc__=doc, **section_fields(defs, searchable))
+    cls.defs, cls.aliases = defs, section_aliases(defs)
+    return cls
+
+
+ModelSection = _param_section(
+    "ModelSection", "Architecture of the Transformer LM and its ablation switches; each value a "
+    "constant or a distribution. Keys: name or symbol.", MODEL_DEFS, searchable=True)
+HParamsSection = _param_section(
+    "HParamsSection", "The symbol table: each training hyperparameter a constant or a "
+    "distribution. Keys: name, symbol or alias (lr_max, α_max, lr).", HPARAM_DEFS, searchable=True)
+BudgetSection = _param_section(
+    "BudgetSection", "The length of a full trial (tokens or T_total), its evaluations and seed; "
+    "fixed for the study.", BUDGET_DEFS, searchable=False)
+
+
+class DataSection(Section):
+    """The training text: a prepared dataset folder, or a source `tuner data prepare` builds one from."""
+
+    path: Path | None = Field(None, description="a prepared dataset folder (train.npy, valid.npy, "
+                             "meta.json, tokenizer); give this or source")
+    source: Literal["files", "synthetic", "tinystories"] | None = Field(
+        None, description="build the dataset from text files (input, valid), the built-in "
+        "synthetic corpus, or TinyStories")
+    input: Path | None = Field(None, description="training text file (source files)")
+    valid: Path | None = Field(None, description="validation text file (default: valid_fraction of "
+                              "the input is held out)")
+    valid_fraction: float | None = Field(None, gt=0, lt=1, description="share of the text held "
+                                         "out for validation when no valid file is given")
+    vocab_size: int | None = Field(None, ge=1, description="tokenizer vocabulary size (default: "
+                                   "model.vocab_size)")
+    special_tokens: list[str] | None = Field(None, description="tokens the tokenizer keeps whole, "
+                                             "e.g. <|endoftext|>")
+    tokenizer: Path | None = Field(None, description="tokenizer to use instead of training one "
+                                  "(see `tuner data prepare --help`)")
+    synthetic_bytes: int | None = Field(None, ge=1, description="size of the synthetic corpus in "
+                                        "bytes (source synthetic)")
+    seed: int | None = Field(None, ge=0, description="seed of the synthetic corpus and the split")
+    cache_dir: Path | None = Field(None, description="where prepared datasets are cached")
+
+    def prepare_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `tuner.datasets.prepare_dataset`; unset ones keep its defaults."""
+        return {k: v for k, v in self.model_dump(exclude={"path"}).items() if v is not None}
+
+
+class AshaSettings(Section):
+    """ASHA and HyperBand: trials are compared at rungs of grace_period·reduction_factor^k tokens."""
+
+    grace_period: int | None = Field(None, ge=1, description="tokens every trial trains before it "
+                                     "can be stopped (default: a full trial / reduction_factor²)")
+    reduction_factor: float = Field(3.0, gt=1, description="keep the best 1/reduction_factor of "
+                                    "the trials at each rung")
+    brackets: int = Field(1, ge=1, description="number of ASHA brackets (grace periods)")
+
+
+class MedianSettings(Section):
+    """Median stopping: stop a trial whose best result is below the median of the others so far."""
+
+    grace_period: int | None = Field(None, ge=1, description="tokens before a trial can be "
+                                     "stopped (default: a full trial / 9)")
+
+
+class PbtSettings(Section):
+    """Population-based training: bad trials copy good ones' weights and perturb their parameters."""
+
+    perturbation_interval: int | None = Field(None, ge=1, description="tokens between exploit and "
+                                              "explore steps (default: a full trial / 8)")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="the bottom fraction of "
+                                     "trials copies the top fraction")
+    params: list[str] | None = Field(None, description="searched parameters PBT perturbs, by name "
+                                     "or symbol (default: those of α_max, β2, λ that are searched)")
+
+    @field_validator("params")
+    @classmethod
+    def _names(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        keys = {**{n: n for n in ALL_DEFS}, **section_aliases(ALL_DEFS)}
+        unknown = [n for n in names if n not in keys]
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r}{_suggest(unknown[0], keys)}")
+        return [keys[n] for n in names]
+
+
+class SearchSection(Section):
+    """How trials are proposed (Optuna sampler) and stopped early (Ray Tune scheduler)."""
+
+    algorithm: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = Field(
+        "tpe", description="Optuna sampler: TPE, random, grid (enumerates the {grid: [...]} "
+        "values), CMA-ES, Gaussian process, or quasi-Monte Carlo")
+    scheduler: Literal["asha", "hyperband", "median", "pbt", "none"] = Field(
+        "asha", description="Ray Tune scheduler that stops (or, for pbt, perturbs) trials early")
+    metric: str = Field("val_loss", description="the reported metric to optimise")
+    mode: Literal["min", "max"] = Field("min", description="minimise or maximise the metric")
+    num_samples: int | None = Field(None, ge=1, description="trials to run (default: every grid "
+                                    "point for grid, else 16)")
+    max_concurrent: int | None = Field(None, ge=1, description="most trials at once (default: "
+                                       "as many as the resources allow)")
+    seed: int = Field(0, ge=0, description="seed of the searcher")
+    max_failures: int = Field(2, ge=0, description="retries of a trial killed by the OS (out of "
+                              "memory, preempted)")
+    storage: str | None = Field(None, description="Optuna storage URL that keeps the search state "
+                                "(default: in memory)")
+    asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha "
+                               "and hyperband schedulers")
+    median: MedianSettings = Field(default_factory=MedianSettings, description="settings of the "
+                                   "median scheduler")
+    pbt: PbtSettings = Field(default_factory=PbtSettings, description="settings of the pbt "
+                             "scheduler")
+
+
+class ResourcesSection(Section):
+    """What each trial gets from Ray: CPUs, a GPU or a fraction of one, and the torch device."""
+
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; a fraction such as 0.25 "
+                                  "runs 4 trials on one GPU")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device of a trial "
+                                                    "(auto: cuda when the trial has a GPU)")
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        if gpus > 1 and not gpus.is_integer():
+            raise ValueError(f"more than one GPU must be a whole number, got {gpus}")
+        return gpus
+
+
+class TrackingSection(Section):
+    """Where MLflow records the study's runs."""
+
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the study name)")
+    log_checkpoints: Literal["best", "completed", "none"] = Field(
+        "best", description="which trials' checkpoints are logged as MLflow artifacts")
+
+
+OVERRIDES = {"name": ("name",), "num_samples": ("search", "num_samples"),
+             "max_concurrent": ("search", "max_concurrent"), "seed": ("search", "seed"),
+             "storage": ("search", "storage"), "algorithm": ("search", "algorithm"),
+             "scheduler": ("search", "scheduler"), "tracking_uri": ("tracking", "uri"),
+             "experiment": ("tracking", "experiment"), "device": ("resources", "device"),
+             "cpus_per_trial": ("resources", "cpus_per_trial"),
+             "gpus_per_trial": ("resources", "gpus_per_trial")}
+
+
+class Study(BaseModel):
+    """A tuning study: what to train, what to search, how long, how, on what, recorded where."""
+
+    model_config = ConfigDict(extra="forbid", title="tuner study")
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="study name, "
+                      "used for the MLflow experiment and run folders (default: the file's name)")
+    description: str = Field("", description="what the study is for")
+    data: DataSection = Field(description="the training text")
+    model: ModelSection = Field(default_factory=ModelSection,  # type: ignore[valid-type]
+                                description=ModelSection.__doc__)
+    hparams: HParamsSection = Field(default_factory=HParamsSection,  # type: ignore[valid-type]
+                                    description=HParamsSection.__doc__)
+    budget: BudgetSection = Field(description=BudgetSection.__doc__)  # type: ignore[valid-type]
+    search: SearchSection = Field(default_factory=SearchSection, description=SearchSection.__doc__)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection,
+                                        description=ResourcesSection.__doc__)
+    tracking: TrackingSection = Field(default_factory=TrackingSection,
+                                      description=TrackingSection.__doc__)
+
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _source_path: Path | None = PrivateAttr(None)
+    _source_text: str | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Study:
+        issues = checks.study_issues(self)
+        if issues:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("space", "{message}", {"message": msg}),
+                                 loc=loc, input=None) for loc, msg in issues])
+        self._resolve()
+        return self
+
+    def _resolve(self) -> None:
+        search, full = self.search, convert.tokens_range(self)[1]
+        if self.tracking.experiment is None:
+            self.tracking.experiment = self.name
+        if self.data.source is not None and self.data.vocab_size is None:
+            self.data.vocab_size = int(convert.span(self, "vocab_size")[0])  # the smallest model's
+        if search.num_samples is None:
+            search.num_samples = len(self.grid_points()) if search.algorithm == "grid" else 16
+        if search.scheduler in ("asha", "hyperband") and search.asha.grace_period is None:
+            search.asha.grace_period = max(1, int(full / search.asha.reduction_factor ** 2))
+        if search.scheduler == "median" and search.median.grace_period is None:
+            search.median.grace_period = max(1, full // 9)
+        if search.scheduler == "pbt":
+            if search.pbt.perturbation_interval is None:
+                search.pbt.perturbation_interval = max(1, full // 8)
+            if search.pbt.params is None:
+                search.pbt.params = [n for n in checks.PBT_DEFAULT_PERTURB if n in self.searched()]
+
+    @property
+    def source_path(self) -> Path | None:
+        """The YAML file the study was read from."""
+        return self._source_path
+
+    @property
+    def source_text(self) -> str | None:
+        """The YAML text as written (logged as an artifact)."""
+        return self._source_text
+
+    def searched(self) -> dict[str, Distribution]:
+        """Readable name → distribution of every searched parameter, condition parents first."""
+        return convert.searched(self)
+
+    def sample(self, trial: BaseTrial) -> dict[str, Any]:
+        """Define-by-run: suggest each searched parameter whose condition holds; return them."""
+        return convert.sample(self, trial)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every point of the grid when each searched parameter is a {grid: [...]}."""
+        return convert.grid_points(self)
+
+    def trial_config(self, params: dict[str, Any], data_dir: Path | str) -> TrainConfig:
+        """The concrete, validated trainer config of one sample; UserError if the sample is invalid."""
+        return convert.trial_config(self, params, data_dir)
+
+    def full_trial_tokens(self) -> int:
+        """Tokens of the longest full trial (the scheduler's max_t)."""
+        return convert.tokens_range(self)[1]
+
+    def with_overrides(self, **overrides: Any) -> Study:
+        """A re-validated copy with command-line overrides (None values are ignored)."""
+        raw = copy.deepcopy(self._raw)
+        for key, value in overrides.items():
+            if key not in OVERRIDES:
+                raise TypeError(f"unknown override {key!r} (known: {', '.join(OVERRIDES)})")
+            if value is not None:
+                *sections, field = OVERRIDES[key]
+                target = raw
+                for section in sections:
+                    target = target.setdefault(section, {})
+                target[field] = value
+        return build_study(raw, source_path=self._source_path, source_text=self._source_text)
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved study, defaults filled, as plain JSON-ready data."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def build_study(data: Any, *, source_path: Path | None = None, source_text: str | None = None,
+                locate: Locate | None = None) -> Study:
+    """Validate a parsed study mapping; SpaceError lists every problem with its path and line."""
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as err:
+        raise SpaceError(source_path, [_issue(e, locate) for e in err.errors()]) from None
+    study._raw = copy.deepcopy(data)
+    study._source_path, study._source_text = source_path, source_text
+    return study
+
+
+def _issue(error: Any, locate: Locate | None) -> Issue:
+    loc = error["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _keys_at(loc[:-1]))}"
+    elif kind == "missing":
+        message = "is required"
+    elif kind in ("model_type", "dict_type"):
+        message = f"must be a mapping of keys to values, got {error['input']!r}"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind != "space":
+        message = f"{message[0].lower()}{message[1:]}, got {error['input']!r}"
+    return Issue(path, locate(loc) if locate else None, message)
+
+
+def _keys_at(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys accepted at a YAML path: field names and aliases of the section found there."""
+    cls: Any = Study
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        models = [t for t in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if not models:
+            return []
+        cls = models[0]
+    return [*cls.model_fields, *getattr(cls, "aliases", {})]
+
+
+def _suggest(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
