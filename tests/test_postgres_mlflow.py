@@ -106,7 +106,7 @@ RAY_DRIVER = textwrap.dedent("""
     import ray
 
     address, tracking_uri = sys.argv[1], sys.argv[2]
-    ray.init(address=address, logging_level="ERROR")
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 
     @ray.remote(num_cpus=1)
     def trial(lr):
@@ -122,7 +122,7 @@ RAY_DRIVER = textwrap.dedent("""
 
     from mlflow.tracking import MlflowClient
     MlflowClient(tracking_uri=tracking_uri).create_experiment("ray-trials")
-    print(json.dumps(ray.get([trial.remote(lr) for lr in (0.5, 0.25)])))
+    print("RUN_IDS=" + json.dumps(ray.get([trial.remote(lr) for lr in (0.5, 0.25)])))
     ray.shutdown()
 """)
 
@@ -138,7 +138,9 @@ def test_ray_head_tasks_log_to_the_server(tracking: Tracking) -> None:
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    run_ids = json.loads(proc.stdout.strip().splitlines()[-1])
+    marked = [line for line in proc.stdout.splitlines() if line.startswith("RUN_IDS=")]
+    assert len(marked) == 1, proc.stdout + proc.stderr
+    run_ids = json.loads(marked[0].removeprefix("RUN_IDS="))
     assert len(set(run_ids)) == 2
 
     client = MlflowClient(tracking_uri=tracking.uri)

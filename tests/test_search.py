@@ -216,7 +216,7 @@ def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
                       faults_study["uri"], "--storage", str(faults_study["folder"] / "ray")],
                      cwd=faults_study["folder"], timeout=120)
     assert proc.returncode == 2
-    assert "--resume --name faults" in proc.stderr
+    assert "--resume --name faults" in " ".join(proc.stderr.split())
 
 
 @pytest.mark.slow
@@ -357,7 +357,7 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
 def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
     proc = run_tuner(["search", "--resume", "--name", "nothing", "--storage", str(tmp_path)],
                      cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "no study 'nothing'" in proc.stderr
+    assert proc.returncode == 2 and "no study 'nothing'" in " ".join(proc.stderr.split())
 
 
 # Pure helpers ------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("text, line, path, fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+@pytest.mark.parametrize("text, line, path, fragment", [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
 def test_a_bad_study_exits_2_naming_file_line_and_path(tmp_path: Path, text: str, line: int,
                                                        path: str, fragment: str) -> None:
     (tmp_path / "study.yaml").write_text(text)

@@ -136,8 +136,7 @@ def generate(
         help="checkpoint file or folder", exists=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="most tokens to add")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the likeliest token")] = 0.8,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, min_open=True,
-                                         help="nucleus sampling mass")] = 0.95,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling mass")] = 0.95,
     seed: Annotated[int, typer.Option(min=0, help="seed of the sampler")] = 0,
     data: Annotated[Path | None, typer.Option(
         help="dataset folder with the tokenizer [default: the one the model trained on]",

@@ -36,7 +36,7 @@ def search(
         "--resume", help="continue the study NAME after its driver stopped")] = False,
 ) -> int:
     """Run a study: Ray Tune schedules trials of the trainer and MLflow records every run."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     storage = storage.expanduser().resolve()
     overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,
                                        max_concurrent=max_concurrent,

@@ -45,8 +45,9 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
             _print_errors(err)
             failed = True
             continue
-        typer.echo(f"{path}: ok: study {study.name} searches {', '.join(study.searched()) or 'nothing'}"
-                   f" with {study.search.algorithm} and {study.search.scheduler}, "
+        searched = ", ".join(study.searched()) or "nothing"
+        typer.echo(f"{path}: ok: study {study.name} searches {searched} with "
+                   f"{study.search.algorithm} and {study.search.scheduler}, "
                    f"{study.search.num_samples} trials")
     if failed:
         raise typer.Exit(2)

@@ -44,7 +44,13 @@ def study_parent(client: Any, study: str) -> Any:
 
 
 def _experiments(client: Any) -> list[str]:
-    return [e.experiment_id for e in client.search_experiments(max_results=None)]
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
 
 
 def trial_runs(client: Any, parent: Any) -> list[Any]:

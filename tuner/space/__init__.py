@@ -4,8 +4,7 @@
 enumerates grids and turns each sample into a concrete `TrainConfig`.
 """
 
-from tuner.space.distributions import (Choice, Distribution, Grid, IntRange, LogUniform,
-                                       Uniform)
+from tuner.space.distributions import Choice, Distribution, Grid, IntRange, LogUniform, Uniform
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.loader import load_study
 from tuner.space.schema import Study, build_study

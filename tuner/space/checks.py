@@ -1,16 +1,16 @@
-"""The checks that span fields or sections of a study (conditions, α_min ≤ α_max, warmup < total,
-the model's shape, grid vs searcher, scheduler settings, resources, data), each naming a YAML path."""
+"""The checks that span fields or sections of a study, each naming a YAML path: conditions,
+α_min ≤ α_max, warmup < total, the model's shape, grid vs searcher, scheduler, resources, data."""
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model.bpe import check_vocab_size
 from model.config import ConfigError, ModelConfig
 from tuner.space.convert import candidates, searched, span, steps_range, tokens_range, value
-from tuner.space.distributions import Distribution, Grid, fmt
+from tuner.space.distributions import Distribution, Grid, either, fmt
 from tuner.space.params import ALL_DEFS, MODEL_DEFS
 
 if TYPE_CHECKING:
@@ -24,14 +24,14 @@ PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
 
 def study_issues(study: Study) -> list[tuple[Loc, str]]:
     """Every cross-field problem of a study whose fields are each valid on their own."""
-    return [*_data(study), *_exclusive(study), *_conditions(study), *_model_shape(study),
-            *_lr_floor(study), *_budget(study), *_search(study), *_resources(study)]
-
-
-def _either(values: Any) -> str:
-    """'a', 'a or b', 'a, b or c'."""
-    texts = [fmt(v) for v in values]
-    return " or ".join(filter(None, [", ".join(texts[:-1]), texts[-1]]))
+    issues = [*_data(study), *_exclusive(study), *_conditions(study), *_model_shape(study),
+              *_lr_floor(study), *_search(study), *_resources(study)]
+    budget = study.budget
+    if (budget.tokens is None) == (budget.total_iters is None):
+        return [*issues, (("budget",), "give tokens or total_iters (T_total), not both"
+                          if budget.tokens else "set tokens or total_iters (T_total): how long a "
+                          "full trial trains")]
+    return [*issues, *_steps(study), *_scheduler_tokens(study)]
 
 
 def _section(name: str) -> str:
@@ -42,8 +42,8 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
     data = study.data
     given = data.model_fields_set - {"path"}
     if (data.path is None) == (data.source is None):
-        return [(("data",), "give either path (a prepared dataset folder) or source, not "
-                 + ("both" if data.path else "neither"))]
+        return [(("data",), "give path or source, not both" if data.path else "set path (a "
+                 "prepared dataset folder) or source (files, synthetic or tinystories)")]
     if data.path is not None:
         issues = [(("data", key), "only used with source, not with path") for key in sorted(given)]
         if not data.path.is_dir():
@@ -90,8 +90,9 @@ def _conditions(study: Study) -> list[tuple[Loc, str]]:
             parent, values = hp.when
             possible = candidates(study, parent)
             if possible is not None and not set(possible) & set(values):
-                issues.append(((_section(name), name), f"{hp.symbol} is used only when {parent} is "
-                               f"{_either(values)}, but {parent} is {_either(possible)}: remove it"))
+                issues.append(((_section(name), name), f"{hp.symbol} is used only when {parent} "
+                               f"is {either(values)}, but {parent} is {either(possible)}: "
+                               "remove it"))
     return issues
 
 
@@ -106,7 +107,7 @@ def _model_shape(study: Study) -> list[tuple[Loc, str]]:
     searched_names = [n for n, o in options.items() if isinstance(value(study, n), Distribution)]
     problems: dict[str, str] = {}
     for combo in itertools.product(*options.values()):
-        shape = dict(zip(options, combo))
+        shape = dict(zip(options, combo, strict=True))
         try:
             ModelConfig(**shape).validate()
         except ConfigError as err:
@@ -128,11 +129,8 @@ def _lr_floor(study: Study) -> list[tuple[Loc, str]]:
     return [(("hparams", "lr_min"), message)]
 
 
-def _budget(study: Study) -> list[tuple[Loc, str]]:
+def _steps(study: Study) -> list[tuple[Loc, str]]:
     budget, hparams = study.budget, study.hparams
-    if (budget.tokens is None) == (budget.total_iters is None):
-        return [(("budget",), "give tokens or total_iters (T_total) for a full trial, not "
-                 + ("both" if budget.tokens else "neither"))]
     fewest, most = steps_range(study)
     issues = []
     warmup = span(study, "warmup_iters")[1]
@@ -174,10 +172,14 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
                            f"the scheduler is {search.scheduler}"))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
-    fewest = tokens_range(study)[0]
+    return issues
+
+
+def _scheduler_tokens(study: Study) -> list[tuple[Loc, str]]:
+    fewest, issues = tokens_range(study)[0], []
     for key, setting in (("asha", "grace_period"), ("median", "grace_period"),
                          ("pbt", "perturbation_interval")):
-        tokens = getattr(getattr(search, key), setting)
+        tokens = getattr(getattr(study.search, key), setting)
         if tokens is not None and tokens >= fewest:
             issues.append((("search", key, setting), f"{tokens} tokens must be below a full "
                            f"trial's {fewest}"))

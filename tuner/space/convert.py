@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING, Any
 from model.config import ConfigError, ModelConfig, TrainConfig
 from tuner.errors import UserError
 from tuner.space.distributions import Distribution, Grid, fmt
-from tuner.space.params import (ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, LR_MIN_RATIO, MODEL_DEFS,
-                                WARMUP_FRACTION)
+from tuner.space.params import (
+    ALL_DEFS,
+    BUDGET_NAMES,
+    HPARAM_DEFS,
+    LR_MIN_RATIO,
+    MODEL_DEFS,
+    WARMUP_FRACTION,
+)
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -68,7 +74,7 @@ def sample(study: Study, trial: BaseTrial) -> dict[str, Any]:
 
 
 def grid_points(study: Study) -> list[dict[str, Any]]:
-    """Every combination of the grid values, a conditional parameter only where its parent allows."""
+    """Every combination of grid values; a conditional parameter only where its parent allows."""
     space = searched(study)
     others = [name for name, dist in space.items() if not isinstance(dist, Grid)]
     if others:
@@ -78,7 +84,8 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
     for name, dist in space.items():
         expanded: list[dict[str, Any]] = []
         for p in points:
-            expanded += [{**p, name: v} for v in dist.options()] if is_active(study, name, p) else [p]
+            used = is_active(study, name, p)
+            expanded += [{**p, name: v} for v in dist.options()] if used else [p]
         points = expanded
     return points
 

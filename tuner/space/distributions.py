@@ -26,10 +26,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def either(values: Any) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    texts = [fmt(v) for v in values]
+    return " or ".join(filter(None, [", ".join(texts[:-1]), texts[-1]]))
+
+
 class Distribution(BaseModel):
     """A searched value; subclasses are keyed by the one YAML key that names them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     key: ClassVar[str]
 
     def suggest(self, trial: BaseTrial, name: str) -> Any:
@@ -74,7 +80,7 @@ class _Range(Distribution):
 
 class LogUniform(_Range):
     key: ClassVar[str] = "loguniform"
-    loguniform: tuple[float, float] = Field(description="[lo, hi], 0 < lo < hi: searched on a log scale")
+    loguniform: tuple[float, float] = Field(description="[lo, hi], 0 < lo < hi: on a log scale")
 
     @model_validator(mode="after")
     def _positive(self) -> LogUniform:
@@ -91,7 +97,7 @@ class LogUniform(_Range):
 
 class Uniform(_Range):
     key: ClassVar[str] = "uniform"
-    uniform: tuple[float, float] = Field(description="[lo, hi], lo < hi: searched on a linear scale")
+    uniform: tuple[float, float] = Field(description="[lo, hi], lo < hi: on a linear scale")
 
     def suggest(self, trial: BaseTrial, name: str) -> float:
         return trial.suggest_float(name, self.lo, self.hi)
@@ -119,7 +125,8 @@ class IntRange(_Range):
         if self.log and (self.lo < 1 or self.step != 1):
             raise ValueError("log: true needs lo ≥ 1 and step 1")
         if (self.hi - self.lo) % self.step:
-            raise ValueError(f"hi − lo = {self.hi - self.lo} must be a multiple of step {self.step}")
+            raise ValueError(f"hi − lo = {self.hi - self.lo} must be a multiple of step "
+                             f"{self.step}")
         return self
 
     def options(self) -> list[int] | None:
@@ -141,7 +148,8 @@ class _Options(Distribution):
         return list(getattr(self, self.key))
 
     def span(self) -> tuple[float, float] | None:
-        numbers = [v for v in self.options() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numbers = [v for v in self.options()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         return (min(numbers), max(numbers)) if numbers else None
 
     @model_validator(mode="after")
@@ -178,7 +186,8 @@ def parse_distribution(raw: dict[Any, Any]) -> Distribution:
     keys = [k for k in raw if k in DISTRIBUTIONS]
     if len(keys) != 1:
         forms = ", ".join(f"{{{k}: …}}" for k in DISTRIBUTIONS)
-        raise ValueError(f"a distribution is exactly one of {forms}; got keys {', '.join(map(str, raw))}")
+        raise ValueError(f"a distribution is exactly one of {forms}; got keys "
+                         f"{', '.join(map(str, raw))}")
     key = keys[0]
     cls = DISTRIBUTIONS[key]
     try:

@@ -1,4 +1,4 @@
-"""Reading a study file: YAML with safe_load semantics, keeping each node's line for error messages."""
+"""Reading a study file: YAML with safe_load semantics, keeping each node's line for messages."""
 
 from __future__ import annotations
 

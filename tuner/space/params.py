@@ -10,8 +10,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from pydantic_core import PydanticCustomError
 
 from model.config import MODEL_HPARAMS, TRAIN_HPARAMS, HParam
-from tuner.space.distributions import (DISTRIBUTIONS, Distribution, IntRange, LogUniform, Uniform,
-                                       fmt, parse_distribution)
+from tuner.space.distributions import (
+    DISTRIBUTIONS,
+    Distribution,
+    IntRange,
+    LogUniform,
+    Uniform,
+    either,
+    fmt,
+    parse_distribution,
+)
 
 # Tuner-side forms of two trainer parameters: converted to lr_min and warmup_iters per trial.
 LR_MIN_RATIO = HParam(
@@ -26,7 +34,7 @@ WARMUP_FRACTION = HParam(
 # budget field → trainer parameter; the budget is fixed per study, never searched
 BUDGET_NAMES = {"tokens": "total_tokens", "total_iters": "total_iters",
                 "eval_interval": "eval_interval", "eval_windows": "eval_windows", "seed": "seed"}
-BUDGET_DEFS: dict[str, HParam] = {field: TRAIN_HPARAMS[name] for field, name in BUDGET_NAMES.items()}
+BUDGET_DEFS: dict[str, HParam] = {key: TRAIN_HPARAMS[name] for key, name in BUDGET_NAMES.items()}
 MODEL_DEFS: dict[str, HParam] = dict(MODEL_HPARAMS)
 
 
@@ -108,7 +116,7 @@ def describe(hp: HParam) -> str:
     text = f"{hp.symbol}: {hp.description}. Valid: {hp.range_text()}. Default: {fmt(hp.default)}."
     if hp.when:
         parent, values = hp.when
-        text += f" Used only when {parent} is {' or '.join(values)}."
+        text += f" Used only when {parent} is {either(values)}."
     return text
 
 
@@ -128,7 +136,7 @@ def constant_schema(hp: HParam) -> dict[str, Any]:
 
 
 def value_schema(hp: HParam, searchable: bool) -> dict[str, Any]:
-    """JSON Schema of a YAML value of `hp`: the constant, or each distribution that fits its kind."""
+    """JSON Schema of a YAML value of `hp`: a constant, or each distribution that fits its kind."""
     const = constant_schema(hp)
     if not searchable:
         return const
@@ -152,7 +160,7 @@ def value_schema(hp: HParam, searchable: bool) -> dict[str, Any]:
 
 
 class Section(BaseModel):
-    """A study-file section: unknown keys are errors; `aliases` maps other accepted keys to fields."""
+    """A study-file section: unknown keys are errors; `aliases` maps other keys to field names."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s, cls: cls._alias_schema(s))
     aliases: ClassVar[dict[str, str]] = {}
@@ -191,7 +199,8 @@ class Section(BaseModel):
 
 def section_fields(defs: dict[str, HParam], searchable: bool) -> dict[str, Any]:
     """`create_model` field definitions for a section whose keys are the parameters in `defs`."""
-    return {name: (Annotated[Any, BeforeValidator(partial(parse_value, hp=hp, searchable=searchable)),
+    return {name: (Annotated[Any,
+                             BeforeValidator(partial(parse_value, hp=hp, searchable=searchable)),
                              WithJsonSchema(value_schema(hp, searchable))],
                    Field(hp.default, title=hp.symbol, description=describe(hp)))
             for name, hp in defs.items()}

@@ -8,20 +8,37 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from model.config import HParam, TrainConfig
 from tuner.space import checks, convert
 from tuner.space.distributions import Distribution
 from tuner.space.errors import Issue, SpaceError
-from tuner.space.params import (ALL_DEFS, BUDGET_DEFS, HPARAM_DEFS, MODEL_DEFS, Section,
-                                section_aliases, section_fields)
+from tuner.space.params import (
+    ALL_DEFS,
+    BUDGET_DEFS,
+    HPARAM_DEFS,
+    MODEL_DEFS,
+    Section,
+    section_aliases,
+    section_fields,
+)
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -47,7 +64,7 @@ BudgetSection = _param_section(
 
 
 class DataSection(Section):
-    """The training text: a prepared dataset folder, or a source `tuner data prepare` builds one from."""
+    """The training text: a prepared dataset folder, or a source that `tuner data prepare` reads."""
 
     path: Path | None = Field(None, description="a prepared dataset folder (train.npy, valid.npy, "
                              "meta.json, tokenizer); give this or source")
@@ -76,7 +93,7 @@ class DataSection(Section):
 
 
 class AshaSettings(Section):
-    """ASHA and HyperBand: trials are compared at rungs of grace_period·reduction_factor^k tokens."""
+    """ASHA and HyperBand: trials compete at rungs of grace_period·reduction_factor^k tokens."""
 
     grace_period: int | None = Field(None, ge=1, description="tokens every trial trains before it "
                                      "can be stopped (default: a full trial / reduction_factor²)")
@@ -93,7 +110,7 @@ class MedianSettings(Section):
 
 
 class PbtSettings(Section):
-    """Population-based training: bad trials copy good ones' weights and perturb their parameters."""
+    """Population-based training: bad trials copy good ones' weights and perturb the copies."""
 
     perturbation_interval: int | None = Field(None, ge=1, description="tokens between exploit and "
                                               "explore steps (default: a full trial / 8)")
@@ -181,24 +198,34 @@ class Study(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="tuner study")
 
-    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="study name, "
-                      "used for the MLflow experiment and run folders (default: the file's name)")
+    name: str = Field("study", description="study name, used for the MLflow experiment and run "
+                      "folders (default: the file's name)")
     description: str = Field("", description="what the study is for")
     data: DataSection = Field(description="the training text")
     model: ModelSection = Field(default_factory=ModelSection,  # type: ignore[valid-type]
-                                description=ModelSection.__doc__)
+                                description="the architecture, each value fixed or searched")
     hparams: HParamsSection = Field(default_factory=HParamsSection,  # type: ignore[valid-type]
-                                    description=HParamsSection.__doc__)
-    budget: BudgetSection = Field(description=BudgetSection.__doc__)  # type: ignore[valid-type]
-    search: SearchSection = Field(default_factory=SearchSection, description=SearchSection.__doc__)
+                                    description="the hyperparameters, each fixed or searched")
+    budget: BudgetSection = Field(  # type: ignore[valid-type]
+        description="how long a full trial trains, how often it is evaluated, its seed")
+    search: SearchSection = Field(default_factory=SearchSection,
+                                  description="the search algorithm, scheduler and trial count")
     resources: ResourcesSection = Field(default_factory=ResourcesSection,
-                                        description=ResourcesSection.__doc__)
+                                        description="CPUs, GPUs and device per trial")
     tracking: TrackingSection = Field(default_factory=TrackingSection,
-                                      description=TrackingSection.__doc__)
+                                      description="the MLflow store and experiment")
 
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     _source_path: Path | None = PrivateAttr(None)
     _source_text: str | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"{name!r} must start with a letter or digit and hold only letters, "
+                             "digits, _ . and - (it names folders)")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
@@ -251,7 +278,7 @@ class Study(BaseModel):
         return convert.grid_points(self)
 
     def trial_config(self, params: dict[str, Any], data_dir: Path | str) -> TrainConfig:
-        """The concrete, validated trainer config of one sample; UserError if the sample is invalid."""
+        """The concrete, validated trainer config of a sample; UserError if it is invalid."""
         return convert.trial_config(self, params, data_dir)
 
     def full_trial_tokens(self) -> int:
