@@ -21,7 +21,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 
 CHUNK_BYTES = 4 << 20  # per task: bounds a worker's memory whatever the file size
-PARALLEL_MIN_BYTES = 1 << 20  # below this, starting worker processes costs more than it saves
+PARALLEL_MIN_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
 _SCAN_BYTES = 1 << 16
 
 Progress = Callable[[int], None]  # called with an amount done (bytes read, merges made)
@@ -124,8 +124,11 @@ def _count_span_args(args: tuple) -> tuple[int, Counter[str]]:
 def worker_pool(workers: int, initializer: Callable | None = None,
                 initargs: tuple = ()) -> multiprocessing.pool.Pool:
     """A process pool that is safe to start from a threaded process (forkserver where available)."""
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn").Pool(workers, initializer, initargs)
+    ctx = multiprocessing.get_context("forkserver")
+    # Workers fork from a server that has already imported these, so each starts fast.
+    ctx.set_forkserver_preload(["__main__", "model.tokenizer"])
     return ctx.Pool(workers, initializer, initargs)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import os
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from model.bpe import PRETOKEN_RE, special_pattern
+from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, PRETOKEN_RE, default_workers, find_cuts,
+                       read_text, special_pattern, worker_pool)
 
 _CACHE_LIMIT = 1 << 20  # pre-tokens remembered; cleared when full so memory stays bounded
 _BATCH_CHARS = 1 << 16  # encode_iterable gathers this much text before encoding it
@@ -88,6 +91,30 @@ class Tokenizer:
             yield from self._encode_pieces(pieces)
             pending = text[base + sum(map(len, pieces)):]
         yield from self.encode(pending)
+
+    def encode_file(self, path: str | os.PathLike, start: int = 0, end: int | None = None, *,
+                    workers: int | None = None, progress: Callable[[int], None] | None = None
+                    ) -> Iterator[array]:
+        """Ids of bytes [start, end) of a UTF-8 file, in order, one array("q") per chunk.
+
+        The chunks are cut where they encode as the whole text does and encoded on all cores.
+        Invalid UTF-8 raises ValueError naming the file and the byte offset.
+        """
+        path = Path(path)
+        end = path.stat().st_size if end is None else end
+        workers = workers or default_workers()
+        chunk = min(-(-(end - start) // workers), CHUNK_BYTES)
+        cuts = find_cuts(path, self.special_tokens, start, end, chunk)
+        spans = list(zip(cuts, cuts[1:]))
+        if workers == 1 or end - start < PARALLEL_MIN_BYTES or len(spans) == 1:
+            results: Iterable[array] = (array("q", self.encode(read_text(path, a, b)))
+                                        for a, b in spans)
+            yield from _report(spans, results, progress)
+            return
+        state = (self.vocab, self.merges, self.special_tokens)
+        with worker_pool(min(workers, len(spans)), _init_worker, state) as pool:
+            results = pool.imap(_encode_span, [(path, a, b) for a, b in spans])
+            yield from _report(spans, results, progress)
 
     def _final_region(self, text: str) -> tuple[int, int]:
         """(base, end): text[:base] ends with a special token no appended text can change, and
@@ -209,6 +236,27 @@ class Tokenizer:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         return cls.from_files(folder / "vocab.json", folder / "merges.txt",
                               meta.get("special_tokens", []))
+
+
+_worker_tokenizer: Tokenizer  # set in each worker process by _init_worker
+
+
+def _init_worker(vocab: dict[int, bytes], merges: list, special_tokens: list[str]) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer(vocab, merges, special_tokens)
+
+
+def _encode_span(args: tuple[Path, int, int]) -> array:
+    path, start, end = args
+    return array("q", _worker_tokenizer.encode(read_text(path, start, end)))
+
+
+def _report(spans: list[tuple[int, int]], results: Iterable[array],
+            progress: Callable[[int], None] | None) -> Iterator[array]:
+    for (a, b), ids in zip(spans, results):
+        yield ids
+        if progress:
+            progress(b - a)
 
 
 def _batches(iterable: Iterable[str], size: int) -> Iterator[str]:

@@ -196,7 +196,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 @contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str,
-                  timeout: float = 120) -> Iterator[str]:
+                  timeout: float = 180) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 (a free port) on `backend_store_uri`, serving artifacts from
     `artifacts_dir`; yields its http:// tracking URI once /health answers."""
     artifacts = Path(artifacts_dir)
@@ -229,7 +229,7 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2, timeout: float = 90) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 2, timeout: float = 120) -> Iterator[RayHead]:
     """`ray start --head --block` on 127.0.0.1 (a free GCS port, no dashboard, its own temp
     folder, token authentication with a fresh token); yields its address and the environment a
     driver needs: `subprocess.run(..., env={**os.environ, **head.env})`.

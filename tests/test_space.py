@@ -187,6 +187,15 @@ def test_yaml_1_1_spellings_are_read_as_meant(tmp_path: Path) -> None:
     assert study.hparams.weight_decay.span() == (1e-4, 1e-1)
 
 
+def test_a_budget_is_tokens_or_total_iters(tmp_path: Path) -> None:
+    text = study_text().replace("  total_iters: 200\n", "")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert (path, line) == ("budget", line_of(text, "budget:"))
+    assert message.startswith("set tokens or total_iters")
+    [(path, _, message)] = issues_of(tmp_path, study_text(budget="tokens: 4096\n  T_total: 9"))
+    assert (path, message) == ("budget", "give tokens or total_iters (T_total), not both")
+
+
 def test_sections_other_than_parameters_are_checked(tmp_path: Path) -> None:
     text = study_text(
         extra="resources:\n  gpus_per_trial: 1.5\ntracking:\n  log_checkpoints: all\n")

@@ -117,3 +117,15 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     bad = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
+    config = tiny_config(byte_dataset, beta2=0.99, weight_decay=0.1)
+    train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
+    perturbed = replace(config, beta2=0.9, weight_decay=0.3)
+    train(perturbed, checkpoint_dir=tmp_path, resume_from=tmp_path)
+    from model.checkpoint import read_checkpoint
+
+    groups = read_checkpoint(tmp_path)["optimizer"]["param_groups"]
+    assert {g["betas"][1] for g in groups} == {0.9}
+    assert max(g["weight_decay"] for g in groups) == 0.3

@@ -7,6 +7,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from model.config import ConfigError
 from tuner.errors import UserError
@@ -47,6 +48,6 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (UserError, ConfigError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

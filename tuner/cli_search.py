@@ -7,7 +7,6 @@ name) is checked before Ray starts, and reported as one line with exit code 2.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,9 +14,6 @@ import typer
 from rich.console import Console
 
 from tuner.errors import UserError
-
-STATE_FILE = "tuner_study.json"  # in STORAGE/NAME: how to rebuild the study on --resume
-
 
 def search(
     space: Annotated[Path | None, typer.Option(
@@ -29,20 +25,27 @@ def search(
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: the file's, else sqlite:///mlflow.db)")] = None,
     storage: Annotated[Path, typer.Option(
-        help="folder for Ray Tune's trial state and checkpoints", file_okay=False)] = Path("ray_results"),
+        help="folder for Ray Tune's trial state and checkpoints", file_okay=False,
+    )] = Path("ray_results"),
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to run on (default: a local Ray on this machine)")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="continue the study NAME after its driver stopped")] = False,
 ) -> int:
     """Run a study: Ray Tune schedules trials of the trainer and MLflow records every run."""
+    from tuner.search import environment, state
+
+    environment.configure()
     console = Console(highlight=False, soft_wrap=True)
     storage = storage.expanduser().resolve()
     overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,
                                        max_concurrent=max_concurrent,
                                        tracking_uri=_absolute_uri(tracking_uri)).items()
                  if v is not None}
-    study = _resumed_study(storage, name, space) if resume else _new_study(storage, space, overrides)
+    if resume and not name:
+        raise UserError("--resume needs --name NAME: the study to continue")
+    study = (state.load(storage / name, space) if resume
+             else _new_study(storage, space, overrides))
     _check_searcher(study)
     data_dir, meta = _dataset(study)
 
@@ -54,18 +57,15 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
                         f"{study.name}, or pick another --name")
-    if not resume:
-        _save_state(storage / study.name, study, overrides)
-
     from tuner.search.console import print_summary
     from tuner.search.runner import run_study
 
     summary = run_study(study, data_dir, storage, address=address, resume=resume,
-                        provenance=provenance(data_dir, meta))
+                        provenance=provenance(data_dir, meta), overrides=overrides)
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: tuner search --resume --name {study.name} "
-                      f"--storage {storage}", soft_wrap=True)
+                      f"--storage {storage}")
         return 130
     return 0
 
@@ -79,42 +79,16 @@ def _absolute_uri(uri: str | None) -> str | None:
 
 
 def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> Any:
+    from tuner.search import state
     from tuner.space import load_study
 
     if space is None:
         raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
-    study = load_study(space)
-    study = study.with_overrides(**overrides)
+    study = load_study(space).with_overrides(**overrides)
     study = study.with_overrides(tracking_uri=_absolute_uri(study.tracking.uri))
-    if (storage / study.name / STATE_FILE).exists():
+    if state.started(storage / study.name):
         raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
                         f"--resume --name {study.name}, or pick another --name")
-    return study
-
-
-def _save_state(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {"space": str(Path(study.source_path).resolve()),
-             "overrides": {**overrides, "tracking_uri": study.tracking.uri},
-             "resolved": study.resolved()}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
-
-
-def _resumed_study(storage: Path, name: str | None, space: Path | None) -> Any:
-    """The study as it started, rebuilt from its saved state; the space file must be unchanged."""
-    from tuner.space import load_study
-
-    if not name:
-        raise UserError("--resume needs --name NAME: the study to continue")
-    path = storage / name / STATE_FILE
-    if not path.is_file():
-        raise UserError(f"no study {name!r} to resume in {storage} (no {path.name}); "
-                        "pass the --storage it ran with")
-    state = json.loads(path.read_text())
-    study = load_study(space or state["space"]).with_overrides(**state["overrides"])
-    if json.loads(json.dumps(study.resolved(), default=str)) != state["resolved"]:
-        raise UserError(f"the space {space or state['space']} changed since study {name!r} "
-                        "started; restore it, or start a new study with another --name")
     return study
 
 

@@ -12,13 +12,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, check_vocab_size, default_workers,
-                       find_cuts, next_cut, read_text, train_bpe, worker_pool)
+from model.bpe import check_vocab_size, next_cut, train_bpe
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
 from tuner.errors import UserError
@@ -113,45 +113,6 @@ def check_dataset(path: Path) -> dict:
     return meta
 
 
-def encode_file(tokenizer: Tokenizer, path: Path, start: int = 0, end: int | None = None, *,
-                workers: int | None = None, progress: Advance | None = None
-                ) -> Iterator[np.ndarray]:
-    """Token ids of bytes [start, end) of a UTF-8 file, in order, as int64 arrays per chunk.
-
-    Chunks are cut where they encode as the whole text does and encoded on all cores.
-    """
-    end = Path(path).stat().st_size if end is None else end
-    workers = workers or default_workers()
-    chunk = min(-(-(end - start) // workers), CHUNK_BYTES)
-    cuts = find_cuts(path, tokenizer.special_tokens, start, end, chunk)
-    spans = list(zip(cuts, cuts[1:]))
-    if workers == 1 or end - start < PARALLEL_MIN_BYTES or len(spans) == 1:
-        for a, b in spans:
-            yield np.asarray(tokenizer.encode(read_text(path, a, b)), dtype=np.int64)
-            if progress:
-                progress(b - a)
-        return
-    state = (tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
-    with worker_pool(min(workers, len(spans)), _init_worker, state) as pool:
-        for (a, b), ids in zip(spans, pool.imap(_encode_span, [(path, a, b) for a, b in spans])):
-            yield ids
-            if progress:
-                progress(b - a)
-
-
-_worker_tokenizer: Tokenizer  # set in each worker process by _init_worker
-
-
-def _init_worker(vocab: dict[int, bytes], merges: list, special_tokens: list[str]) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = Tokenizer(vocab, merges, special_tokens)
-
-
-def _encode_span(args: tuple[Path, int, int]) -> np.ndarray:
-    path, start, end = args
-    return np.asarray(_worker_tokenizer.encode(read_text(path, start, end)), dtype=np.int64)
-
-
 def _check_options(source: str, input: Path | None, valid: Path | None, valid_fraction: float,
                    vocab_size: int, specials: list[str], tokenizer: Path | None) -> None:
     if source not in SOURCES:
@@ -228,7 +189,7 @@ def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: P
                                   ("valid", valid_path, valid_span)):
             start, end = span or (0, path.stat().st_size)
             advance = step(f"encoding {split} ({path.name})", end - start)
-            chunks = encode_file(tokenizer, path, start, end, progress=advance)
+            chunks = tokenizer.encode_file(path, start, end, progress=advance)
             counts[split] = _write_npy(stage / f"{split}.npy", chunks, dtype)
     except ValueError as err:  # invalid UTF-8 and the like: the message names the file
         raise UserError(str(err)) from None
@@ -276,7 +237,7 @@ def _split_point(path: Path, specials: list[str], size: int, fraction: float) ->
     return cut
 
 
-def _write_npy(dest: Path, chunks: Iterator[np.ndarray], dtype: str) -> int:
+def _write_npy(dest: Path, chunks: Iterable[array], dtype: str) -> int:
     """Stream id arrays into a 1-D .npy file; the number of ids."""
     def header(n: int) -> dict:
         return {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n,)}
@@ -285,7 +246,8 @@ def _write_npy(dest: Path, chunks: Iterator[np.ndarray], dtype: str) -> int:
     count = 0
     with open(dest, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header(0))
-        for ids in chunks:
+        for chunk in chunks:
+            ids = np.frombuffer(chunk, dtype=np.int64)
             if len(ids) and int(ids.max()) > limit:
                 raise ValueError(f"token id {int(ids.max())} does not fit {dtype}")
             f.write(ids.astype(dtype).tobytes())

@@ -76,7 +76,7 @@ def build_scheduler(study: Any, max_t: int) -> Any:
         return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
     if search.scheduler == "pbt":
         mutations = {name: dist for name, dist in tune_space(study).items()
-                     if name in search.pbt.perturb}
+                     if name in search.pbt.params}
         return schedulers.PopulationBasedTraining(
             **timed, perturbation_interval=search.pbt.perturbation_interval,
             quantile_fraction=search.pbt.quantile_fraction, hyperparam_mutations=mutations,

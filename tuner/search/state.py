@@ -1,0 +1,43 @@
+"""The study's own state beside Tune's (STORAGE/NAME): what `--resume` needs to rebuild the study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import UserError
+
+STATE_FILE = "tuner_study.json"
+TUNE_STATE = "tuner.pkl"  # written by Tune when the study's Tuner is created
+
+
+def started(folder: Path) -> bool:
+    """Whether a study ran in `folder` (Tune created its state there)."""
+    return (folder / TUNE_STATE).is_file()
+
+
+def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
+    """Record the space file, the command-line overrides and the resolved study."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"space": str(Path(study.source_path).resolve()),
+             "overrides": {**overrides, "tracking_uri": study.tracking.uri},
+             "resolved": study.resolved()}
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+
+
+def load(folder: Path, space: Path | None) -> Any:
+    """The study as it started, rebuilt from its space file, which must not have changed since."""
+    from tuner.space import load_study
+
+    path = folder / STATE_FILE
+    if not (path.is_file() and started(folder)):
+        raise UserError(f"no study {folder.name!r} to resume in {folder.parent}; "
+                        "pass the --storage it ran with")
+    state = json.loads(path.read_text())
+    study = load_study(space or state["space"]).with_overrides(**state["overrides"])
+    if json.loads(json.dumps(study.resolved(), default=str)) != state["resolved"]:
+        raise UserError(f"the space {space or state['space']} changed since study "
+                        f"{folder.name!r} started; restore it, or start a new study with another "
+                        "--name")
+    return study
