@@ -70,8 +70,8 @@ def test_dockerfile_is_multi_stage_pinned_and_non_root(dockerfile: list) -> None
         image = args.split()[0]
         assert _image_pinned(image), f"FROM {image} is not pinned to a tag or digest"
     final = froms[-1].split()[0]
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]+-ubuntu\d\d\.\d\d(@sha256:[0-9a-f]{64})?",
-                        final), f"the runtime stage should be a pinned nvidia/cuda image: {final}"
+    cuda = r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]+-ubuntu\d\d\.\d\d(@sha256:[0-9a-f]{64})?"
+    assert re.fullmatch(cuda, final), f"the runtime stage is not a pinned nvidia/cuda: {final}"
     users = [args for ins, args in dockerfile if ins == "USER"]
     assert users, "the image must switch to an unprivileged user"
     user = users[-1].split(":")[0]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from services import Postgres, ServiceUnavailable, mlflow_server, postgres_server, ray_head
 
 pytestmark = pytest.mark.slow
@@ -131,7 +130,7 @@ def test_ray_head_tasks_log_to_the_server(tracking: Tracking) -> None:
     from mlflow.tracking import MlflowClient
 
     try:
-        with ray_head(num_cpus=2) as head:
+        with ray_head(num_cpus=1) as head:  # one worker process: both tasks reuse it
             proc = subprocess.run([sys.executable, "-c", RAY_DRIVER, head.address, tracking.uri],
                                   capture_output=True, text=True, timeout=180,
                                   env={**os.environ, **head.env})

@@ -42,6 +42,8 @@ class LiveView(tune.Callback):
         self._start = time.monotonic()
         self._tokens_at_start: int | None = None
         self._best: dict[str, float] = {}
+        self._done: dict[str, str] = {}  # trial id -> how it finished
+        self._first_step = True
         self._live = Live(Text(f"study {self.study.name}: starting trials…"),
                           console=Console(stderr=True), refresh_per_second=2, transient=False)
         self._live.start()
@@ -50,6 +52,19 @@ class LiveView(tune.Callback):
                         **info: Any) -> None:
         loss = float(result.get("val_loss", math.inf))
         self._best[trial.trial_id] = min(loss, self._best.get(trial.trial_id, math.inf))
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._first_step:  # a resumed study: trials that had finished before
+            self._first_step = False
+            for trial in trials:
+                if trial.status in ("TERMINATED", "ERROR"):
+                    self.on_trial_complete(iteration, trials, trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._done[trial.trial_id] = outcome(trial, self.study.search).status
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.on_trial_complete(iteration, trials, trial)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self._live is not None and iteration % 5 == 0:
@@ -62,8 +77,10 @@ class LiveView(tune.Callback):
             self._live = None
 
     def _status(self, trial: Any) -> str:
-        if trial.status in ("TERMINATED", "ERROR"):
-            return outcome(trial, self.study.search).status
+        if trial.trial_id in self._done:
+            return self._done[trial.trial_id]
+        if trial.status in ("TERMINATED", "ERROR"):  # how Tune leaves trials it was interrupted in
+            return "interrupted"
         return RUNNING if trial.status == "RUNNING" else trial.status.lower()
 
     def render(self, trials: list) -> Group:

@@ -61,12 +61,13 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, callbacks: list,
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
-    run_config = tune.RunConfig(
+    pbt = study.search.scheduler == "pbt"
+    run_config = tune.RunConfig(  # a trial resumes from its latest checkpoint; PBT clones others'
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 1),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
-    space = tune_space(study) if study.search.scheduler == "pbt" else {}
-    return tune.Tuner(trainable, param_space=space, tune_config=config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=tune_space(study) if pbt else {},
+                      tune_config=config, run_config=run_config)
 
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, resume: bool,

@@ -110,13 +110,13 @@ class MlflowRecorder(tune.Callback):
         self._finished: dict[str, str] = {}  # trial id -> status
         self._tokens: dict[str, int] = {}
         self._best: tuple[float, str] = (math.inf, "")
+        self._best_tagged = ""
         for run in child_runs(self._client, self._exp, self._parent):
             self._adopt(run)
 
     def _create_parent(self) -> str:
         study, prov = self.study, self.provenance
-        tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "mlflow.runName": study.name,
-                "tuner.git_commit": prov["git_commit"], "tuner.dataset_sha256": prov["dataset_sha256"],
+        tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"], "tuner.dataset_sha256": prov["dataset_sha256"],
                 "tuner.storage": self.storage, "tuner.algorithm": study.search.algorithm,
                 "tuner.scheduler": study.search.scheduler,
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
@@ -159,9 +159,10 @@ class MlflowRecorder(tune.Callback):
             values["best_val_loss"] = self._best[0]
         self._log_metrics(self._parent, values, step)
         best = self._children.get(self._best[1])
-        if best is not None:
-            self._client.set_tag(self._parent, "tuner.best_trial_id", self._best[1])
-            self._client.set_tag(self._parent, "tuner.best_run_id", best.run_id)
+        if best is not None and self._best[1] != self._best_tagged:
+            self._log_params_tags(self._parent, {}, {"tuner.best_trial_id": self._best[1],
+                                                     "tuner.best_run_id": best.run_id})
+            self._best_tagged = self._best[1]
 
     # -- trials (child runs) ------------------------------------------------------------------
 
@@ -187,7 +188,6 @@ class MlflowRecorder(tune.Callback):
         params = {**{name: values[name] for name in HPARAMS if name in values}, **trial.config}
         symbols = {name: (HPARAMS.get(name) or ALL_DEFS[name]).symbol for name in params}
         prov = self.provenance
-        index = trial.trial_id.rsplit("_", 1)[-1]
         tags = {"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name, ROLE_TAG: "trial",
                 TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING,
                 "tuner.seed": str(self.study.budget.seed),
@@ -195,7 +195,8 @@ class MlflowRecorder(tune.Callback):
                 "tuner.searched": ",".join(sorted(trial.config)),
                 **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
         run_id = self._client.create_run(self._exp, tags=tags,
-                                         run_name=f"{self.study.name}-{index}").info.run_id
+                                         run_name=f"{self.study.name}-{len(self._children):03d}",
+                                         ).info.run_id
         self._log_params_tags(run_id, params, {})
         if config:
             self._client.log_dict(run_id, config, "trial_config.json")
@@ -293,14 +294,16 @@ class MlflowRecorder(tune.Callback):
             run = self._client.get_run(self._children[self._best[1]].run_id)
             if "tuner.checkpoint_sha256" not in run.data.tags:
                 self._log_checkpoint(best, self._children[self._best[1]])
-        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        # Tune marks the trials of an interrupted study TERMINATED without completing them.
+        unfinished = [t for t in trials if t.trial_id not in self._finished]
         for trial in unfinished:
             child = self._children.get(trial.trial_id)
             if child is not None:
                 self._client.set_tag(child.run_id, STATUS_TAG, "interrupted")
                 self._client.set_terminated(child.run_id, "KILLED")
         self._log_study()
-        self._client.set_terminated(self._parent, "KILLED" if unfinished else "FINISHED")
+        complete = not unfinished and len(trials) >= self.study.search.num_samples
+        self._client.set_terminated(self._parent, "FINISHED" if complete else "KILLED")
 
     # -- helpers ------------------------------------------------------------------------------
 
