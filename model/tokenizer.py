@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer: encode/decode, lazy streaming encode, GPT-2 vocab.json/merges.txt files."""
+"""Byte-level BPE tokenizer: encode/decode, lazy and parallel encoding, GPT-2 format files."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
-from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, PRETOKEN_RE, default_workers, find_cuts,
+from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, default_workers, find_cuts, pretokenize,
                        read_text, special_pattern, worker_pool)
 
-_CACHE_LIMIT = 1 << 20  # pre-tokens remembered; cleared when full so memory stays bounded
+_CACHE_LIMIT = 1 << 18  # pre-tokens remembered; cleared when full so memory stays bounded
 _BATCH_CHARS = 1 << 16  # encode_iterable gathers this much text before encoding it
 
 
@@ -81,13 +82,13 @@ class Tokenizer:
         return ids
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
-        """Token ids of the concatenated strings, lazily and in bounded memory (same ids as encode)."""
+        """Ids of the concatenated strings, lazily in bounded memory (the same ids as encode)."""
         pending = ""
         for batch in _batches(iterable, _BATCH_CHARS):
             text = pending + batch
             base, end = self._final_region(text)
             yield from self.encode(text[:base])
-            pieces = PRETOKEN_RE.findall(text, base, end)[:-2]
+            pieces = pretokenize(text[base:end])[:-2]
             yield from self._encode_pieces(pieces)
             pending = text[base + sum(map(len, pieces)):]
         yield from self.encode(pending)
@@ -103,18 +104,23 @@ class Tokenizer:
         path = Path(path)
         end = path.stat().st_size if end is None else end
         workers = workers or default_workers()
-        chunk = min(-(-(end - start) // workers), CHUNK_BYTES)
-        cuts = find_cuts(path, self.special_tokens, start, end, chunk)
-        spans = list(zip(cuts, cuts[1:]))
-        if workers == 1 or end - start < PARALLEL_MIN_BYTES or len(spans) == 1:
-            results: Iterable[array] = (array("q", self.encode(read_text(path, a, b)))
-                                        for a, b in spans)
-            yield from _report(spans, results, progress)
+        cuts = [start, end]
+        if end - start >= PARALLEL_MIN_BYTES:
+            cuts = find_cuts(path, self.special_tokens, start, end,
+                             min(CHUNK_BYTES, -(-(end - start) // workers)))
+        tasks = [(path, a, b) for a, b in zip(cuts, cuts[1:])]
+        if workers == 1 or len(tasks) == 1:
+            for _, a, b in tasks:
+                yield array("q", self.encode(read_text(path, a, b)))
+                if progress:
+                    progress(b - a)
             return
         state = (self.vocab, self.merges, self.special_tokens)
-        with worker_pool(min(workers, len(spans)), _init_worker, state) as pool:
-            results = pool.imap(_encode_span, [(path, a, b) for a, b in spans])
-            yield from _report(spans, results, progress)
+        with worker_pool(min(workers, len(tasks)), _init_worker, state) as pool:
+            for (_, a, b), ids in zip(tasks, pool.imap(_encode_span, tasks)):
+                yield ids
+                if progress:
+                    progress(b - a)
 
     def _final_region(self, text: str) -> tuple[int, int]:
         """(base, end): text[:base] ends with a special token no appended text can change, and
@@ -134,20 +140,18 @@ class Tokenizer:
         return base, max(base, end)
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        return self._encode_pieces(PRETOKEN_RE.findall(text))
+        return self._encode_pieces(pretokenize(text))
 
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        ids: list[int] = []
-        extend = ids.extend
-        for piece in pieces:
-            cached = cache.get(piece)
-            if cached is None:
-                cached = cache[piece] = self._bpe(piece)
-            extend(cached)
-        return ids
+        try:  # the common case, all pieces seen before, runs at C speed
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        except KeyError:
+            for piece in set(pieces).difference(cache):
+                cache[piece] = self._bpe(piece)
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def _bpe(self, piece: str) -> list[int]:
         """Apply the merges to one pre-token: repeatedly merge its best-ranked adjacent pair."""
@@ -215,7 +219,8 @@ class Tokenizer:
             raise ValueError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
         vocab = {i: to_bytes(token) for token, i in entries.items()}
         merges = []
-        for number, line in enumerate(Path(merges_path).read_text(encoding="utf-8").splitlines(), 1):
+        lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
             if not line or line.startswith("#version"):
                 continue
             parts = line.split(" ")
@@ -226,14 +231,17 @@ class Tokenizer:
         try:
             return cls(vocab, merges, special_tokens)
         except ValueError as err:
-            raise ValueError(f"{merges_path}: {err}") from None
+            raise ValueError(f"{vocab_path}, {merges_path}: {err}") from None
 
     @classmethod
     def from_dir(cls, dataset_dir: str | Path) -> Tokenizer:
-        """Load a prepared dataset folder's tokenizer, with the special tokens its meta.json lists."""
+        """Load a dataset folder's tokenizer, with the special tokens its meta.json lists."""
         folder = Path(dataset_dir)
         meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
         return cls.from_files(folder / "vocab.json", folder / "merges.txt",
                               meta.get("special_tokens", []))
 
@@ -249,14 +257,6 @@ def _init_worker(vocab: dict[int, bytes], merges: list, special_tokens: list[str
 def _encode_span(args: tuple[Path, int, int]) -> array:
     path, start, end = args
     return array("q", _worker_tokenizer.encode(read_text(path, start, end)))
-
-
-def _report(spans: list[tuple[int, int]], results: Iterable[array],
-            progress: Callable[[int], None] | None) -> Iterator[array]:
-    for (a, b), ids in zip(spans, results):
-        yield ids
-        if progress:
-            progress(b - a)
 
 
 def _batches(iterable: Iterable[str], size: int) -> Iterator[str]:

@@ -13,20 +13,25 @@ app = typer.Typer(help="Prepare and check tokenized datasets.", no_args_is_help=
 
 @app.command()
 def prepare(
-    input: Path | None = typer.Option(None, "--input", help="Training text (UTF-8) for --source files."),
-    valid: Path | None = typer.Option(None, "--valid", help="Validation text; else a fraction of --input."),
+    input: Path | None = typer.Option(
+        None, "--input", help="Training text (UTF-8) for --source files."),
+    valid: Path | None = typer.Option(
+        None, "--valid", help="Validation text; else a fraction of --input."),
     valid_fraction: float | None = typer.Option(
         None, "--valid-fraction", help="Share of --input kept for validation (default 0.05)."),
     vocab_size: int = typer.Option(..., "--vocab-size", help="Tokens, special tokens included."),
     special_token: list[str] = typer.Option(
         ["<|endoftext|>"], "--special-token", help="A special token (repeat for several)."),
     tokenizer: Path | None = typer.Option(
-        None, "--tokenizer", help="Folder with vocab.json and merges.txt to use instead of training."),
-    out: Path | None = typer.Option(None, "--out", help="Dataset folder (default: in --cache-dir)."),
+        None, "--tokenizer", help="Folder with vocab.json and merges.txt to use, not train."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Dataset folder (default: one in --cache-dir named by a hash)."),
     source: str = typer.Option("files", "--source", help="files, synthetic or tinystories."),
-    synthetic_bytes: int = typer.Option(2_000_000, "--synthetic-bytes", help="Size of synthetic text."),
+    synthetic_bytes: int = typer.Option(
+        2_000_000, "--synthetic-bytes", help="Size of the synthetic text."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic stories."),
-    cache_dir: Path = typer.Option(Path(".tuner/data"), "--cache-dir", help="Downloads and datasets."),
+    cache_dir: Path = typer.Option(
+        Path(".tuner/data"), "--cache-dir", help="Downloads and prepared datasets."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Tokenize text into train.npy/valid.npy with a BPE tokenizer; reuse a matching earlier run."""

@@ -1,4 +1,4 @@
-"""`tuner search`: run a Ray Tune study of the trainer, recorded in MLflow; `--resume` continues one.
+"""`tuner search`: a Ray Tune study of the trainer, recorded in MLflow; `--resume` continues one.
 
 Everything that can be wrong with the input (the space, the dataset, the tracking store, the study
 name) is checked before Ray starts, and reported as one line with exit code 2.

@@ -1,4 +1,4 @@
-"""Prepared dataset folders: tokenize text once into train.npy/valid.npy plus tokenizer and meta.json.
+"""Prepared dataset folders: text tokenized once into train.npy/valid.npy, tokenizer, meta.json.
 
 A folder is built in a temporary sibling and renamed into place, so it is complete or absent; a
 later request with the same inputs (by sha256) and options reuses it.
@@ -69,19 +69,9 @@ def prepare_dataset(*, source: str = "files", input: Path | None = None, valid: 
                 request.update(synthetic_bytes=synthetic_bytes, seed=seed)
             key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
             out = Path(out) if out is not None else cache_dir / f"{source}-{key}"
-            if _reusable(out, request):
-                return out
-            _check_target(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-            try:
-                meta = _build(stage, inputs, request, tokenizer, specials, step)
-                meta["sha256"] = {**hashes, "tokenizer": _tokenizer_sha256(stage)}
-                (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-                _replace(stage, out)
-            except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
+            if not _reusable(out, request):
+                _publish(out, lambda stage: _build(stage, inputs, request, tokenizer, specials,
+                                                   step))
     return out
 
 
@@ -167,9 +157,23 @@ def _resolve_inputs(source: str, input: Path | None, valid: Path | None, synthet
     return {"input": text}
 
 
+def _publish(out: Path, build: Callable[[Path], None]) -> None:
+    """Run build on an empty sibling folder of out, then rename it to out; on failure, remove it."""
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; the dataset is not
+    try:
+        build(stage)
+        _replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: Path | None,
-           specials: list[str], step: Callable[[str, int], Advance]) -> dict:
-    """Write the tokenizer and the token arrays into stage; the meta.json fields that describe them."""
+           specials: list[str], step: Callable[[str, int], Advance]) -> None:
+    """Write the tokenizer, the token arrays and meta.json into stage."""
     train_path = inputs["input"]
     size = train_path.stat().st_size
     if "valid" in inputs:
@@ -195,14 +199,17 @@ def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: P
         raise UserError(str(err)) from None
     except OSError as err:
         raise UserError(f"{err.filename}: {err.strerror}") from None
-    return {
+    meta = {
         "format": FORMAT, "source": request["source"], "vocab_size": tokenizer.vocab_size,
         "dtype": dtype, "train_tokens": counts["train"], "valid_tokens": counts["valid"],
         "special_tokens": specials, "tokenizer": str(tokenizer_dir) if tokenizer_dir else "trained",
-        "inputs": {} if request["source"] == "synthetic" else {r: str(p) for r, p in inputs.items()},
+        "inputs": {} if request["source"] == "synthetic" else {
+            role: str(path.resolve()) for role, path in inputs.items()},
         "valid_fraction": request["valid_fraction"], "request": request,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "sha256": {**request["inputs"], "tokenizer": _tokenizer_sha256(stage)},
     }
+    (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _train(path: Path, span: tuple[int, int], vocab_size: int, specials: list[str],

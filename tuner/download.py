@@ -19,7 +19,8 @@ from pathlib import Path
 from tuner.errors import UserError
 
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
-TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "valid": "TinyStoriesV2-GPT4-valid.txt"}
+TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt",
+                     "valid": "TinyStoriesV2-GPT4-valid.txt"}
 
 _BLOCK = 1 << 20
 _SHA256 = re.compile(r'^(?:w/)?"?([0-9a-f]{64})"?$')  # matched against the lower-cased header

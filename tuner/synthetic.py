@@ -132,7 +132,8 @@ def _sharing(rng: random.Random) -> list[str]:
     toy = f"{rng.choice(COLORS)} {rng.choice(TOYS)}"
     helper = rng.choice(HELPERS)
     return [
-        _intro(rng, kid), f"{kid.name} and {friend.name} were playing in the {rng.choice(PLACES)[0]}.",
+        _intro(rng, kid),
+        f"{kid.name} and {friend.name} were playing in the {rng.choice(PLACES)[0]}.",
         f"They both saw a {toy}. They both wanted it.",
         f'"It is mine!" said {kid.name}. "No, it is mine!" said {friend.name}.',
         f"They pulled and pulled. Soon they were both {rng.choice(FEELINGS_BAD)}.",
@@ -209,7 +210,7 @@ def generate_story(rng: random.Random) -> str:
 
 
 def generate_stories(num_bytes: int, seed: int) -> str:
-    """Whole stories separated by <|endoftext|> lines until the text has at least num_bytes bytes."""
+    """Whole stories, each followed by an <|endoftext|> line, until there are num_bytes or more."""
     rng = random.Random(seed)
     stories: list[str] = []
     total = 0

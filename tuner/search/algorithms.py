@@ -17,7 +17,7 @@ SCHEDULERS = ("asha", "hyperband", "median", "pbt", "none")
 
 
 def optuna_sampler(algorithm: str, seed: int) -> Any:
-    """The seeded Optuna sampler for a searcher name (grid points are enqueued, sampled at random)."""
+    """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random)."""
     import optuna
 
     samplers = {
@@ -32,7 +32,7 @@ def optuna_sampler(algorithm: str, seed: int) -> Any:
 
 
 def build_searcher(study: Any) -> Any:
-    """Ray's OptunaSearch over the define-by-run space (None for PBT, whose population Tune draws)."""
+    """Ray's OptunaSearch over the define-by-run space (None for PBT: Tune draws its population)."""
     if study.search.scheduler == "pbt":
         return None
     import optuna
@@ -109,7 +109,7 @@ def _bounds(study: Any) -> dict[str, tuple[float, float]]:
 
 
 def clip_to_space(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    """Keep PBT's perturbed values (×1.2, ×0.8) inside the searched ranges (β2 must stay below 1)."""
+    """Keep PBT's perturbed values (×1.2, ×0.8) inside the searched ranges (β2 must stay < 1)."""
     for name, (low, high) in bounds.items():
         if name in config:
             config[name] = type(config[name])(min(max(config[name], low), high))

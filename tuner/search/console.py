@@ -1,4 +1,4 @@
-"""The console while a study runs (a live table of trials, the best so far, tokens and ETA) and after."""
+"""A live view while a study runs (trials, best so far, tokens, ETA) and the summary after it."""
 
 from __future__ import annotations
 

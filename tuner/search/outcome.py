@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED = "running", "completed", "stopped", "diverged", "failed"
+RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
+DIVERGED, FAILED = "diverged", "failed"
 FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
 SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
                    "pbt": "PBT", "none": "the scheduler"}

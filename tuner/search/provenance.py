@@ -15,7 +15,7 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def git_commit(repo: Path = _REPO) -> str:
-    """HEAD's commit hash, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -54,5 +54,6 @@ def dataset_sha256(data_dir: Path) -> str:
 def provenance(data_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Everything the MLflow records name about where a study's numbers came from."""
     return {"git_commit": git_commit(), "versions": package_versions(),
-            "dataset_meta": json.loads(json.dumps(meta)), "dataset_sha256": dataset_sha256(data_dir),
+            "dataset_meta": json.loads(json.dumps(meta)),
+            "dataset_sha256": dataset_sha256(data_dir),
             "data_dir": str(data_dir)}

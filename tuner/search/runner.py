@@ -31,7 +31,7 @@ def start_ray(address: str | None) -> None:
 
 
 def tune_config(study: Any) -> Any:
-    """Searcher, scheduler and concurrency of a new study (built before Ray starts: bad input fails early)."""
+    """Searcher, scheduler and concurrency of a new study (built before Ray starts: fail early)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -52,12 +52,12 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, callbacks: list,
     from ray import tune
 
     from tuner.search.algorithms import tune_space
-    from tuner.search.trainable import run_trial
+    from tuner.search.trainable import run_trial, trial_threads
 
     res = study.resources
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
-                             threads=max(1, int(res.cpus_per_trial))),
+                             threads=trial_threads(study)),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)

@@ -1,4 +1,4 @@
-"""The study's own state beside Tune's (STORAGE/NAME): what `--resume` needs to rebuild the study."""
+"""The study's own state beside Tune's (STORAGE/NAME): what `--resume` needs to rebuild it."""
 
 from __future__ import annotations
 

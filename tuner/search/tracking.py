@@ -1,13 +1,15 @@
-"""The MLflow record of a study, written from the driver by a Tune callback (layout: docs/mlflow_layout.md).
+"""The MLflow record of a study (docs/mlflow_layout.md), written from the driver by a Tune callback.
 
 One parent run per study and one nested child run per trial. Runs are found again by their tags
-(`tuner.study`, `tuner.trial_id`), so a resumed study reopens the same runs instead of adding new ones.
+(`tuner.study`, `tuner.trial_id`), so a resumed study reopens the same runs instead of adding
+new ones.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +19,22 @@ from ray import tune
 
 from tuner.errors import UserError
 from tuner.search.outcome import COMPLETED, DIVERGED, FAILED, FINISHED, RUNNING, STOPPED, outcome
+from tuner.search.trainable import trial_threads
 
-METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s")
-STUDY_TAG, TRIAL_TAG, ROLE_TAG, STATUS_TAG = "tuner.study", "tuner.trial_id", "tuner.role", "tuner.status"
+METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
+           "elapsed_s")
+STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
+ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
-CHECKPOINT_ARTIFACT = "checkpoint"
+# which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
+CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
+               "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
+MID_FOLDER = "mid_checkpoints"  # in STORAGE/NAME, one folder per trial
 _BATCH = 100  # MLflow's limit on params or tags per log_batch call
 
 
 def connect(uri: str) -> Any:
-    """An MlflowClient for `uri` that has answered once; UserError if the store cannot be reached."""
+    """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
     from mlflow import MlflowClient
 
     if uri.startswith(("http://", "https://")):
@@ -93,7 +101,8 @@ class MlflowRecorder(tune.Callback):
     """Tune callback that writes the study's parent run and one child run per trial."""
 
     def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str):
-        self.study, self.data_dir, self.provenance, self.storage = study, data_dir, provenance, storage
+        self.study, self.data_dir = study, data_dir
+        self.provenance, self.storage = provenance, storage
         self._client: Any = None
 
     # -- study (parent run) -------------------------------------------------------------------
@@ -116,7 +125,8 @@ class MlflowRecorder(tune.Callback):
 
     def _create_parent(self) -> str:
         study, prov = self.study, self.provenance
-        tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"], "tuner.dataset_sha256": prov["dataset_sha256"],
+        tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"],
+                "tuner.dataset_sha256": prov["dataset_sha256"],
                 "tuner.storage": self.storage, "tuner.algorithm": study.search.algorithm,
                 "tuner.scheduler": study.search.scheduler,
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
@@ -191,13 +201,16 @@ class MlflowRecorder(tune.Callback):
         tags = {"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name, ROLE_TAG: "trial",
                 TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING,
                 "tuner.seed": str(self.study.budget.seed),
-                "tuner.dataset_sha256": prov["dataset_sha256"], "tuner.git_commit": prov["git_commit"],
+                "tuner.threads": str(trial_threads(self.study)),
+                "tuner.dataset_sha256": prov["dataset_sha256"],
+                "tuner.git_commit": prov["git_commit"],
                 "tuner.searched": ",".join(sorted(trial.config)),
                 **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
         run_id = self._client.create_run(self._exp, tags=tags,
                                          run_name=f"{self.study.name}-{len(self._children):03d}",
                                          ).info.run_id
         self._log_params_tags(run_id, params, {})
+        self._client.log_dict(run_id, dict(trial.config), "searched.json")
         if config:
             self._client.log_dict(run_id, config, "trial_config.json")
         return _Child(run_id, config=dict(trial.config))
@@ -268,17 +281,42 @@ class MlflowRecorder(tune.Callback):
         self._finished[trial.trial_id] = end.status
         self._log_study()
 
-    def _log_checkpoint(self, trial: Any, child: _Child) -> None:
-        from model.checkpoint import CHECKPOINT_NAME, file_sha256
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        """Keep (on the driver) the first checkpoint past half a trial: a replay can start there."""
+        from model.checkpoint import CHECKPOINT_NAME
 
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
+        result, mid = trial.last_result or {}, self._mid_checkpoint(trial)
+        tokens, budget = result.get("tokens", 0), result.get("budget_tokens", 0)
+        if mid.exists() or not budget <= 2 * tokens < 2 * budget:
             return
         with checkpoint.as_directory() as folder:
-            path = Path(folder) / CHECKPOINT_NAME
-            if path.is_file():
-                self._client.set_tag(child.run_id, "tuner.checkpoint_sha256", file_sha256(path))
-                self._client.log_artifact(child.run_id, str(path), CHECKPOINT_ARTIFACT)
+            if (Path(folder) / CHECKPOINT_NAME).is_file():
+                mid.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(folder) / CHECKPOINT_NAME, mid)
+
+    def _mid_checkpoint(self, trial: Any) -> Path:
+        from model.checkpoint import CHECKPOINT_NAME
+
+        return Path(self.storage) / self.study.name / MID_FOLDER / trial.trial_id / CHECKPOINT_NAME
+
+    def _log_checkpoint(self, trial: Any, child: _Child) -> None:
+        """Log the trial's final checkpoint, and its mid-trial one when kept, with their sha256."""
+        from model.checkpoint import CHECKPOINT_NAME
+
+        if trial.checkpoint is None:
+            return
+        with trial.checkpoint.as_directory() as folder:
+            self._log_file(child, Path(folder) / CHECKPOINT_NAME, "final")
+        self._log_file(child, self._mid_checkpoint(trial), "mid")
+
+    def _log_file(self, child: _Child, path: Path, which: str) -> None:
+        from model.checkpoint import file_sha256
+
+        artifact, tag = CHECKPOINTS[which]
+        if path.is_file():
+            self._client.set_tag(child.run_id, tag, file_sha256(path))
+            self._client.log_artifact(child.run_id, str(path), artifact)
 
     # -- the end ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The Tune function trainable: one trial is one call of the trainer, reporting after every evaluation.
+"""The Tune function trainable: a trial is one call of the trainer, reporting at every evaluation.
 
 Each report carries the evaluation's metrics with `tokens` (Tune's time attribute) and a Tune
 checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial continues from it.
@@ -28,8 +28,13 @@ def trial_metrics(record: Any, budget_tokens: int) -> dict[str, Any]:
     return metrics
 
 
+def trial_threads(study: Any) -> int:
+    """Torch threads of a trial: its whole CPUs (replays need the same count to be exact)."""
+    return max(1, int(study.resources.cpus_per_trial))
+
+
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int) -> None:
-    """Train one trial of `study` with the sampled `params`, reporting to Tune at each evaluation."""
+    """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval."""
     import torch
     from ray import tune
 

@@ -1,0 +1,178 @@
+"""Study efficiency on the quickstart problem: ASHA + TPE against random search without early
+stopping, and what the orchestration costs.
+
+    uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--work DIR]
+
+For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml: random search with
+no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples` trials). From
+MLflow it rebuilds each study's best val_loss against the tokens trained by all its trials so far,
+and prints markdown: how much of random search's compute ASHA + TPE needs to reach random search's
+final best (goal: at most a third), the share of each study's wall time spent inside training
+steps (goal: at least 90%), and the start-up cost of a trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+TUNER = Path(sys.executable).with_name("tuner")
+
+
+@dataclass
+class Study:
+    """One finished study as the benchmark measures it."""
+
+    name: str
+    wall_s: float  # the whole `tuner search` command
+    driver_s: float  # the parent run: from the first callback to the last
+    curve: list[tuple[int, float]]  # (tokens trained by all trials so far, best val_loss so far)
+    train_s: float  # time inside training steps, summed over trials
+    startups: list[tuple[int, float]]  # per trial (start time, seconds from its run's creation
+    # to its trainer's first step)
+    trials: int
+    concurrency: int
+
+
+def run_study(work: Path, name: str, overrides: dict[str, Any]) -> float:
+    """Run quickstart with `overrides` to its `search` section; return the command's wall time."""
+    space = yaml.safe_load(QUICKSTART.read_text())
+    space["name"] = name
+    space["search"].update(overrides)
+    if overrides.get("scheduler") != "asha":
+        space["search"].pop("asha", None)
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
+    start = time.monotonic()
+    proc = subprocess.run([str(TUNER), "search", "--space", str(path), "--tracking-uri",
+                           f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "ray")],
+                          cwd=work, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
+    return time.monotonic() - start
+
+
+def measure(work: Path, name: str, wall_s: float, concurrency: int) -> Study:
+    """Rebuild a study's curve, training time and trial start-ups from its MLflow runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("tuner.role") == "study")
+    trials = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
+    events, train_s, startups = [], 0.0, []
+    for run in trials:
+        history = {key: sorted(client.get_metric_history(run.info.run_id, key),
+                               key=lambda m: m.step)
+                   for key in ("val_loss", "tokens_per_s", "elapsed_s")}
+        previous = 0
+        for loss, speed in zip(history["val_loss"], history["tokens_per_s"]):
+            events.append((loss.timestamp, run.info.run_id, loss.step, loss.value))
+            train_s += (loss.step - previous) / speed.value if speed.value > 0 else 0.0
+            previous = loss.step
+        if history["val_loss"]:
+            first = history["val_loss"][0]
+            startups.append((run.info.start_time, (first.timestamp - run.info.start_time) / 1000
+                             - history["elapsed_s"][0].value))
+    tokens: dict[str, int] = {}
+    best, curve = math.inf, []
+    for _, run_id, step, value in sorted(events):
+        tokens[run_id] = step
+        best = min(best, value)
+        curve.append((sum(tokens.values()), best))
+    driver_s = (parent.info.end_time - parent.info.start_time) / 1000
+    return Study(name, wall_s, driver_s, curve, train_s, startups, len(trials), concurrency)
+
+
+def best_at(curve: list[tuple[int, float]], tokens: float) -> float:
+    """The best val_loss once `tokens` tokens had been trained."""
+    return min((loss for spent, loss in curve if spent <= tokens), default=math.inf)
+
+
+def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float:
+    """Tokens trained before the best val_loss first reached `target` (inf: never)."""
+    return next((spent for spent, loss in curve if loss <= target), math.inf)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else math.nan
+
+
+def report(pairs: list[tuple[int, Study, Study]]) -> str:
+    """The markdown for docs/benchmarks.md."""
+    lines = ["| seed | random: trials, tokens | random: final best | ASHA+TPE: trials, tokens "
+             "| ASHA+TPE best at ⅓ of random's tokens | ASHA+TPE tokens to reach random's best |",
+             "|---|---|---|---|---|---|"]
+    ratios = []
+    for seed, rnd, asha in pairs:
+        spent, final = rnd.curve[-1]
+        reach = tokens_to_reach(asha.curve, final)
+        ratios.append(reach / spent)
+        lines.append(f"| {seed} | {rnd.trials}, {spent:,} | {final:.4f} | {asha.trials}, "
+                     f"{asha.curve[-1][0]:,} | {best_at(asha.curve, spent / 3):.4f} | "
+                     + (f"{reach:,.0f} ({reach / spent:.0%} of random's)" if math.isfinite(reach)
+                        else "not reached") + " |")
+    met = sum(r <= 1 / 3 for r in ratios)
+    median = sorted(ratios)[len(ratios) // 2]
+    lines += ["", f"ASHA + TPE reached random search's final best within a third of its compute "
+                  f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute).", "",
+              "| study | wall (command) | wall (driver) | inside training steps | share of driver "
+              "wall × concurrency | trial start-up (median): new actor / reused |",
+              "|---|---|---|---|---|---|"]
+    for _, *studies in pairs:
+        for s in studies:
+            ups = [up for _, up in sorted(s.startups)]
+            cold, warm = ups[:s.concurrency], ups[s.concurrency:]
+            share = s.train_s / (s.driver_s * s.concurrency)
+            lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.driver_s:.0f} s | {s.train_s:.0f} s "
+                         f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--random-samples", type=int, default=6)
+    parser.add_argument("--asha-samples", type=int, default=16)
+    parser.add_argument("--work", type=Path, default=Path("runs/study_efficiency"))
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    concurrency = yaml.safe_load(QUICKSTART.read_text())["search"]["max_concurrent"]
+    pairs = []
+    for seed in args.seeds:
+        studies = []
+        for method, overrides in (
+                ("random", {"algorithm": "random", "scheduler": "none",
+                            "num_samples": args.random_samples}),
+                ("asha-tpe", {"algorithm": "tpe", "scheduler": "asha",
+                              "num_samples": args.asha_samples})):
+            name = f"{method}-s{seed}-{int(time.time())}"
+            wall = run_study(work, name, {**overrides, "seed": seed})
+            studies.append(measure(work, name, wall, concurrency))
+            print(f"{name}: {wall:.0f} s", file=sys.stderr, flush=True)
+        pairs.append((seed, *studies))
+    (work / "curves.json").write_text(json.dumps({s.name: s.curve for _, *ss in pairs
+                                                  for s in ss}))
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("ray", "optuna", "mlflow", "torch"))
+    print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+          f"Python {platform.python_version()}, {versions}\n")
+    print(report(pairs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Prepared datasets, the synthetic corpus, the downloader (against a local server) and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.tokenizer import Tokenizer
+from tuner import download as download_module
+from tuner.datasets import check_dataset, prepare_dataset
+from tuner.download import download, tinystories
+from tuner.errors import UserError
+from tuner.synthetic import BOYS, GIRLS, generate_stories
+
+EOT = "<|endoftext|>"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stories(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    path = tmp_path_factory.mktemp("text") / "stories.txt"
+    path.write_bytes((shared_data / "tinystories_2MiB.txt").read_bytes()[:200_000])
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare_dataset(source="synthetic", vocab_size=400, synthetic_bytes=150_000,
+                           cache_dir=cache, progress=False)
+
+
+def decoded(folder: Path, split: str) -> str:
+    return Tokenizer.from_dir(folder).decode(np.load(folder / f"{split}.npy").tolist())
+
+
+# --- synthetic stories -------------------------------------------------------------------------
+
+def test_synthetic_stories_are_seeded_sized_and_separated() -> None:
+    text = generate_stories(50_000, seed=3)
+    assert text == generate_stories(50_000, seed=3) != generate_stories(50_000, seed=4)
+    assert 50_000 <= len(text.encode()) < 52_000 and text.isascii()
+    stories = text.split(f"\n{EOT}\n")
+    assert stories[-1] == "" and all(s.strip() for s in stories[:-1])
+
+
+def test_synthetic_stories_are_regular() -> None:
+    text = generate_stories(500_000, seed=0)
+    words = Counter(re.findall(r"[A-Za-z]+", text))
+    assert 150 <= len(words) <= 600  # a small vocabulary ...
+    assert all(words[name] > 100 for name in GIRLS + BOYS)  # ... and a recurring cast
+    stories = text.split(f"\n{EOT}\n")[:-1]
+    assert len(set(stories)) > 0.95 * len(stories)  # yet the stories vary
+
+
+# --- prepare_dataset ---------------------------------------------------------------------------
+
+def test_synthetic_dataset_folder_follows_the_contract(synthetic: Path) -> None:
+    meta = check_dataset(synthetic)
+    assert {p.name for p in synthetic.iterdir()} == {"train.npy", "valid.npy", "vocab.json",
+                                                     "merges.txt", "meta.json"}
+    train, valid = np.load(synthetic / "train.npy"), np.load(synthetic / "valid.npy")
+    assert train.dtype == valid.dtype == np.uint16 and meta["dtype"] == "uint16"
+    assert (meta["train_tokens"], meta["valid_tokens"]) == (len(train), len(valid))
+    assert meta["vocab_size"] <= 400 and meta["special_tokens"] == [EOT]
+    assert meta["source"] == "synthetic" and set(meta["sha256"]) == {"input", "tokenizer"}
+    assert 0.03 < len(valid) / (len(train) + len(valid)) < 0.07
+    # the split falls between stories and the ids decode back to the generated text exactly
+    assert decoded(synthetic, "valid").startswith(EOT)
+    assert decoded(synthetic, "train") + decoded(synthetic, "valid") == generate_stories(150_000, 0)
+
+
+def test_second_run_reuses_the_folder(synthetic: Path) -> None:
+    stamp = (synthetic / "train.npy").stat().st_mtime_ns
+    again = prepare_dataset(source="synthetic", vocab_size=400, synthetic_bytes=150_000,
+                            cache_dir=synthetic.parent, progress=False)
+    assert again == synthetic and (synthetic / "train.npy").stat().st_mtime_ns == stamp
+    other = prepare_dataset(source="synthetic", vocab_size=400, synthetic_bytes=150_000, seed=1,
+                            cache_dir=synthetic.parent, progress=False)
+    assert other != synthetic
+
+
+def test_files_with_a_separate_validation_file(stories: Path, shared_data: Path,
+                                               tmp_path: Path) -> None:
+    valid = tmp_path / "valid.txt"
+    valid.write_bytes((shared_data / "tinyshakespeare.txt").read_bytes()[:20_000])
+    out = prepare_dataset(input=stories, valid=valid, vocab_size=500, out=tmp_path / "ds",
+                          progress=False)
+    assert decoded(out, "valid") == valid.read_text()
+    assert decoded(out, "train") == stories.read_text()
+    meta = check_dataset(out)
+    assert meta["sha256"]["valid"] == hashlib.sha256(valid.read_bytes()).hexdigest()
+    # a changed input is a new request: the folder is rebuilt in place
+    valid.write_text("Some other validation text.\n")
+    prepare_dataset(input=stories, valid=valid, vocab_size=500, out=out, progress=False)
+    assert decoded(out, "valid") == "Some other validation text.\n"
+
+
+def test_given_tokenizer_and_uint32_for_large_vocabularies(stories: Path, tmp_path: Path) -> None:
+    vocab = {i: bytes([i]) for i in range(256)}
+    vocab.update({256 + i: b"\x00\x01" + i.to_bytes(3, "big") for i in range(65_400)})
+    Tokenizer(vocab, [], [EOT]).save(tmp_path / "tok")
+    out = prepare_dataset(input=stories, vocab_size=65_657, tokenizer=tmp_path / "tok",
+                          out=tmp_path / "ds", progress=False)
+    meta = check_dataset(out)
+    assert meta["dtype"] == "uint32" and np.load(out / "train.npy").dtype == np.uint32
+    assert "tokenizer_input" in meta["sha256"]
+    with pytest.raises(UserError, match="has 65657 tokens"):
+        prepare_dataset(input=stories, vocab_size=1000, tokenizer=tmp_path / "tok",
+                        out=tmp_path / "ds2", progress=False)
+
+
+def test_tinystories_source_uses_the_download_cache(stories: Path, tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    text = stories.read_bytes()
+    (downloads / "TinyStoriesV2-GPT4-train.txt").write_bytes(text[:150_000])
+    (downloads / "TinyStoriesV2-GPT4-valid.txt").write_bytes(text[150_000:])
+    out = prepare_dataset(source="tinystories", vocab_size=400, cache_dir=tmp_path, progress=False)
+    assert out.parent == tmp_path and out.name.startswith("tinystories-")
+    assert decoded(out, "valid") == text[150_000:].decode()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the file is empty"),
+    (b"fine text\n" * 100 + b"caf\xe9 latin-1\n", r"invalid UTF-8 at byte 1003"),
+])
+def test_bad_input_file_leaves_nothing(tmp_path: Path, content: bytes, message: str) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match=rf"bad.txt: .*{message}"):
+        prepare_dataset(input=bad, valid=bad, vocab_size=300, out=tmp_path / "ds", progress=False)
+    assert not (tmp_path / "ds").exists() and not _leftovers(tmp_path)
+
+
+def test_invalid_utf8_in_the_validation_file_leaves_nothing(stories: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "valid.txt"
+    bad.write_bytes(b"ok\n\xff\n")
+    with pytest.raises(UserError, match=r"valid.txt: invalid UTF-8 at byte 3"):
+        prepare_dataset(input=stories, valid=bad, vocab_size=300, out=tmp_path / "ds",
+                        progress=False)
+    assert not (tmp_path / "ds").exists() and not _leftovers(tmp_path)
+
+
+def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
+    cases = [
+        (dict(input=tmp_path / "missing.txt", vocab_size=300), "missing.txt: no such file"),
+        (dict(input=tmp_path, vocab_size=300), "not a regular file"),
+        (dict(input=stories, vocab_size=200), "at least 257"),
+        (dict(input=stories, vocab_size=300, special_tokens=[f"<{i}>" for i in range(50)]),
+         "at least 306"),
+        (dict(vocab_size=300), "--input: required"),
+        (dict(source="web", vocab_size=300), "unknown"),
+        (dict(input=stories, vocab_size=300, valid_fraction=1.5), "between 0 and 1"),
+        (dict(input=stories, vocab_size=300, tokenizer=tmp_path / "none"), "vocab.json"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(UserError, match=message):
+            prepare_dataset(out=tmp_path / "ds", progress=False, **kwargs)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="not a dataset folder"):
+        prepare_dataset(input=stories, vocab_size=300, out=tmp_path / "mine", progress=False)
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("no line breaks and no special tokens " * 20)
+    with pytest.raises(UserError, match="no story boundary"):
+        prepare_dataset(input=one_line, vocab_size=300, out=tmp_path / "ds", progress=False)
+
+
+def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Path,
+                                                   tmp_path: Path) -> None:
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "vocab.json").write_bytes((synthetic / "vocab.json").read_bytes())
+    (tok / "merges.txt").write_text((synthetic / "merges.txt").read_text() + "Ġqq Ġzz\n")
+    with pytest.raises(UserError, match=r"merges.txt: merge \d+ .*not in the vocabulary"):
+        prepare_dataset(input=stories, vocab_size=400, tokenizer=tok, out=tmp_path / "ds",
+                        progress=False)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d, m: m.update(train_tokens=m["train_tokens"] + 1), "train.npy: .* meta.json says"),
+    (lambda d, m: m.update(dtype="uint32"), "train.npy: a 1-D uint16 array, but meta.json says"),
+    (lambda d, m: m.update(vocab_size=10), "train.npy: token id .* not below vocab_size=10"),
+    (lambda d, m: (d / "valid.npy").unlink(), "valid.npy: missing"),
+    (lambda d, m: (d / "meta.json").write_text("{"), "meta.json: unreadable"),
+    (lambda d, m: m.pop("valid_tokens"), "meta.json: lacks valid_tokens"),
+    (lambda d, m: (d / "merges.txt").write_text("#version: 0.2\n"), "tokenizer files do not match"),
+])
+def test_check_dataset_names_the_inconsistent_file(synthetic: Path, tmp_path: Path, damage,
+                                                   message: str) -> None:
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for f in synthetic.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((folder / "meta.json").read_text())
+    damage(folder, meta)
+    if (folder / "meta.json").read_text() != "{":
+        (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=message):
+        check_dataset(folder)
+
+
+# --- downloader against a local HTTP server -----------------------------------------------------
+
+class Server:
+    """Serves one file on 127.0.0.1 with Range support; can cut a response short or lie."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.requests = data, []
+        self.cut_next: int | None = None  # bytes to send before dropping the next response
+        self.ranges = True
+        self.etag = self.linked_etag = '"%s"' % hashlib.sha256(data).hexdigest()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if not self.path.endswith(".txt"):
+                    self.send_error(404)
+                    return
+                if self.path.startswith("/redirect/"):  # like the hub: sha256 in the redirect
+                    self.send_response(302)
+                    self.send_header("Location", self.path.removeprefix("/redirect"))
+                    self.send_header("X-Linked-Etag", server.linked_etag)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                server.requests.append(self.headers.get("Range"))
+                start = 0
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                if match and server.ranges:
+                    start = int(match.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(server.data) - 1}/{len(server.data)}")
+                else:
+                    self.send_response(200)
+                body = server.data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", server.etag)
+                self.end_headers()
+                if server.cut_next is not None:
+                    body, server.cut_next = body[:server.cut_next], None
+                    self.close_connection = True
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/dir/TinyStoriesV2-GPT4-valid.txt"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = Server(os.urandom(3_000_000))
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download_module.time, "sleep", lambda _s: None)
+
+
+def test_download_resumes_an_interrupted_transfer(server: Server, tmp_path: Path) -> None:
+    server.cut_next = 1_000_000
+    path = download(server.url, tmp_path, progress=False)
+    assert path.read_bytes() == server.data and path.name == "TinyStoriesV2-GPT4-valid.txt"
+    assert server.requests == [None, "bytes=1000000-"]
+    assert download(server.url, tmp_path, progress=False) == path  # cached: no new request
+    assert len(server.requests) == 2
+
+
+def test_download_continues_a_part_file_from_an_earlier_run(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "TinyStoriesV2-GPT4-valid.txt.part").write_bytes(server.data[:123])
+    assert download(server.url, tmp_path, progress=False).read_bytes() == server.data
+    assert server.requests == ["bytes=123-"]
+
+
+def test_download_starts_over_when_the_server_ignores_ranges(server: Server,
+                                                            tmp_path: Path) -> None:
+    server.ranges = False
+    (tmp_path / "TinyStoriesV2-GPT4-valid.txt.part").write_bytes(b"stale bytes")
+    assert download(server.url, tmp_path, progress=False).read_bytes() == server.data
+
+
+def test_download_checks_checksum_and_size(server: Server, tmp_path: Path) -> None:
+    server.etag = '"%s"' % ("0" * 64)  # the published sha256 disagrees with the bytes
+    with pytest.raises(UserError, match="sha256 .* is not the expected 0000"):
+        download(server.url, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    server.etag = '"not-a-sha"'
+    with pytest.raises(UserError, match="expected 5"):
+        download(server.url, tmp_path, size=5, progress=False)
+    with pytest.raises(UserError, match="is not the expected"):
+        download(server.url, tmp_path, sha256="1" * 64, progress=False)
+    assert download(server.url, tmp_path, sha256=hashlib.sha256(server.data).hexdigest(),
+                    size=len(server.data), progress=False).read_bytes() == server.data
+
+
+def test_download_checks_the_sha256_published_with_a_redirect(server: Server,
+                                                              tmp_path: Path) -> None:
+    server.etag = '"not-a-sha"'
+    server.linked_etag = '"%s"' % ("0" * 64)
+    url = server.url.replace("/dir/", "/redirect/dir/")
+    with pytest.raises(UserError, match="is not the expected 0000"):
+        download(url, tmp_path, progress=False)
+    server.linked_etag = '"%s"' % hashlib.sha256(server.data).hexdigest()
+    assert download(url, tmp_path, progress=False).read_bytes() == server.data
+
+
+def test_download_gives_up_with_a_user_error(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="HTTP 404"):
+        download(server.url + ".missing", tmp_path, progress=False)
+    port = server.httpd.server_port
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    with pytest.raises(UserError, match="failed after 2 attempts"):
+        download(f"http://127.0.0.1:{port}/x.txt", tmp_path, attempts=2, progress=False)
+
+
+def test_tinystories_downloads_both_splits(server: Server, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download_module, "TINYSTORIES_URL", server.url.rsplit("/", 1)[0] + "/")
+    files = tinystories(tmp_path, progress=False)
+    assert sorted(files) == ["train", "valid"]
+    assert all(p.read_bytes() == server.data for p in files.values())
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "tuner", "data", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_prepares_and_checks(tmp_path: Path) -> None:
+    done = run_cli("prepare", "--source", "synthetic", "--synthetic-bytes", "100000",
+                   "--vocab-size", "300", "--out", "ds", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "train" in done.stdout and check_dataset(tmp_path / "ds")["vocab_size"] <= 300
+    checked = run_cli("check", "ds", cwd=tmp_path)
+    assert checked.returncode == 0 and "valid tokens" in checked.stdout
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
+    done = run_cli("prepare", "--input", "nope.txt", "--vocab-size", "300", "--out", "ds",
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    assert "nope.txt: no such file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    both = run_cli("prepare", "--input", "a", "--valid", "b", "--valid-fraction", "0.1",
+                   "--vocab-size", "300", cwd=tmp_path)
+    assert both.returncode == 2 and "exclude each other" in both.stderr

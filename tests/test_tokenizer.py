@@ -1,0 +1,176 @@
+"""Tokenizer: GPT-2 ids as tiktoken gives them, round trips, streaming, special tokens, files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from model import tokenizer as tokenizer_module
+from model.bpe import GPT2_PATTERN, train_bpe
+from model.tokenizer import Tokenizer
+
+EOT = "<|endoftext|>"
+TRICKY = [
+    "", " ", "  \n\n  \t", "Hello, world!", "I'm you're they'll we've he'd it's 'LL",
+    "x  y   z    \n", "numbers 12345 and 3.14159", "héllo wörld — ünïcödé", "日本語のテキスト",
+    "emoji 🙂👍🏽 and \u200b zero width", "tabs\tand\r\nwindows\r\nlines", "a<|endoftext|>b",
+    "<|endoftext|><|endoftext|>", "<|endoftext", "'s's's", "  leading and trailing  ",
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2(shared_data: Path) -> Tokenizer:
+    return Tokenizer.from_files(shared_data / "gpt2/vocab.json", shared_data / "gpt2/merges.txt",
+                                [EOT])
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2(shared_data: Path):
+    tiktoken = pytest.importorskip("tiktoken")
+    with pytest.MonkeyPatch.context() as patch:  # the cached GPT-2 files: no network
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(shared_data / "gpt2/tiktoken_cache"))
+        return tiktoken.get_encoding("gpt2")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Tokenizer:
+    path = tmp_path_factory.mktemp("tok") / "stories.txt"
+    path.write_bytes((shared_data / "tinystories_2MiB.txt").read_bytes()[:200_000])
+    vocab, merges = train_bpe(path, 1000, [EOT])
+    return Tokenizer(vocab, merges, [EOT])
+
+
+@pytest.mark.parametrize("name", ["tinystories_2MiB.txt", "tinyshakespeare.txt"])
+def test_gpt2_ids_equal_tiktoken_on_the_corpora(gpt2: Tokenizer, tiktoken_gpt2, shared_data: Path,
+                                                name: str) -> None:
+    text = (shared_data / name).read_text()
+    assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+def test_gpt2_ids_equal_tiktoken_on_tricky_text(gpt2: Tokenizer, tiktoken_gpt2) -> None:
+    for text in TRICKY:
+        assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all"), text
+
+
+def test_trained_ids_equal_tiktoken_built_with_the_same_merges(trained: Tokenizer,
+                                                               shared_data: Path) -> None:
+    tiktoken = pytest.importorskip("tiktoken")
+    ranks = {token: i for i, token in trained.vocab.items() if i != 0}
+    enc = tiktoken.Encoding("trained", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={EOT: 0})
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:100_000] + "".join(TRICKY)
+    assert trained.encode(text) == enc.encode(text, allowed_special="all")
+
+
+def test_round_trip(trained: Tokenizer, gpt2: Tokenizer, shared_data: Path) -> None:
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:50_000]
+    for tok in (trained, gpt2):
+        for sample in [text, *TRICKY]:
+            assert tok.decode(tok.encode(sample)) == sample
+
+
+def test_decode_replaces_invalid_utf8(trained: Tokenizer) -> None:
+    byte = {token: i for i, token in trained.vocab.items()}
+    assert trained.decode([byte[b"\xff"], byte[b"a"]]) == "\ufffda"
+    assert trained.decode([byte["é".encode()[0:1]]]) == "\ufffd"  # half a character
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        trained.decode([10**6])
+
+
+def test_special_tokens_longest_first_and_appended_when_missing(gpt2: Tokenizer) -> None:
+    double = EOT + EOT
+    tok = Tokenizer(gpt2.vocab, gpt2.merges, [EOT, double])
+    ids = tok.encode(f"a{double}b{EOT}")
+    assert ids[1] == 50257 and ids[3] == 50256  # the double token was appended after the last id
+    assert tok.vocab_size == 50258
+    assert tok.decode(ids) == f"a{double}b{EOT}"
+    assert gpt2.encode("<|endoftext") == gpt2.encode("<|") + gpt2.encode("endoftext")
+
+
+def test_encode_iterable_equals_encode_whole(trained: Tokenizer, gpt2: Tokenizer,
+                                             shared_data: Path) -> None:
+    for name in ("tinyshakespeare.txt", "tinystories_2MiB.txt"):
+        whole = gpt2.encode((shared_data / name).read_text())
+        with open(shared_data / name) as lines:
+            assert list(gpt2.encode_iterable(lines)) == whole
+
+
+def test_encode_iterable_whatever_the_pieces(trained: Tokenizer, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    monkeypatch.setattr(tokenizer_module, "_BATCH_CHARS", 7)  # decide a cut after every few chars
+    tok = Tokenizer(trained.vocab, trained.merges, [EOT, EOT + EOT])
+    rng = random.Random(0)
+    text = "".join(rng.choice(TRICKY + ["Once upon a time", "\n\n", "   ", "'ll", "'"])
+                   for _ in range(400))
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(len(text)), 60))
+        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+        assert list(tok.encode_iterable(pieces)) == tok.encode(text)
+    assert list(tok.encode_iterable(iter(text))) == tok.encode(text)  # one character at a time
+
+
+def test_encode_file_in_parallel_equals_encode(gpt2: Tokenizer, shared_data: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokenizer_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(tokenizer_module, "CHUNK_BYTES", 50_000)
+    path = shared_data / "tinystories_2MiB.txt"
+    done = []
+    chunks = list(gpt2.encode_file(path, 1000, 400_000, workers=2, progress=done.append))
+    assert len(chunks) > 4 and sum(done) == 399_000
+    text = path.read_bytes()[1000:400_000].decode()
+    assert [i for chunk in chunks for i in chunk] == gpt2.encode(text)
+
+
+def test_encode_iterable_is_lazy(trained: Tokenizer) -> None:
+    endless = itertools.cycle(["Once upon a time there was a cat.\n", EOT, "\n"])
+    assert len(list(itertools.islice(trained.encode_iterable(endless), 10_000))) == 10_000
+
+
+def test_save_and_load_gpt2_format(trained: Tokenizer, gpt2: Tokenizer, tmp_path: Path) -> None:
+    for tok in (trained, gpt2):
+        tok.save(tmp_path)
+        loaded = Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt", [EOT])
+        assert loaded.vocab == tok.vocab and loaded.merges == tok.merges
+    trained.save(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab["Ġthe"] == trained.encode(" the")[0]  # bytes written through GPT-2's byte map
+    lines = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "#version: 0.2" and len(lines) == 1 + len(trained.merges)
+    assert all(len(line.split(" ")) == 2 for line in lines[1:])
+
+
+def test_other_tools_read_the_files(trained: Tokenizer, tmp_path: Path, shared_data: Path) -> None:
+    tokenizers = pytest.importorskip("tokenizers", reason="in the bench dependency group")
+    trained.save(tmp_path)
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(tmp_path / "vocab.json"),
+                                                              str(tmp_path / "merges.txt")))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = (shared_data / "tinystories_2MiB.txt").read_text()[:20_000].replace(EOT, "")
+    assert hf.encode(text).ids == trained.encode(text)
+
+
+def test_from_dir_uses_the_special_tokens_of_meta_json(trained: Tokenizer, tmp_path: Path) -> None:
+    trained.save(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"special_tokens": [EOT]}))
+    tok = Tokenizer.from_dir(tmp_path)
+    assert tok.special_tokens == [EOT] and tok.encode(EOT) == [0]
+
+
+def test_bad_files_name_the_file(trained: Tokenizer, tmp_path: Path) -> None:
+    trained.save(tmp_path)
+    merges = tmp_path / "merges.txt"
+    merges.write_text(merges.read_text() + "Ġzzzq Ġxxxq\n")
+    with pytest.raises(ValueError, match=r"merges.txt: merge \d+ .* is not in the vocabulary"):
+        Tokenizer.from_files(tmp_path / "vocab.json", merges)
+    merges.write_text("#version: 0.2\nonlyone\n")
+    with pytest.raises(ValueError, match="merges.txt line 2: expected two tokens"):
+        Tokenizer.from_files(tmp_path / "vocab.json", merges)
+    (tmp_path / "vocab.json").write_text("{not json")
+    with pytest.raises(ValueError, match="vocab.json: not a JSON vocabulary"):
+        Tokenizer.from_files(tmp_path / "vocab.json", merges)
+    with pytest.raises(ValueError, match="lacks 1 of the 256 single bytes"):
+        Tokenizer({i: bytes([i]) for i in range(255)}, [])
