@@ -22,9 +22,10 @@ import regex
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 # The same pattern for ASCII-only text, where \p{L} is [A-Za-z], \p{N} is [0-9] and \s is
-# [\t\n\v\f\r ]; the standard library's engine runs it about twice as fast.
+# [\t\n\v\f\r ]; the standard library's engine runs it about twice as fast. Letters and digits
+# come first (no other alternative matches where they do), which saves the engine a few tries.
 _WS = r"\t\n\x0b\x0c\r "
-ASCII_PRETOKEN_RE = re.compile(rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+"""
+ASCII_PRETOKEN_RE = re.compile(rf""" ?[A-Za-z]+| ?[0-9]+|'(?:[sdmt]|ll|ve|re)"""
                                rf"""| ?[^{_WS}A-Za-z0-9]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+""")
 
 CHUNK_BYTES = 4 << 20  # per task: bounds a worker's memory whatever the file size

@@ -7,14 +7,16 @@ import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
+
+import numpy as np
 
 from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, default_workers, find_cuts, pretokenize,
                        read_text, special_pattern, worker_pool)
 
 _CACHE_LIMIT = 1 << 18  # pre-tokens remembered; cleared when full so memory stays bounded
 _BATCH_CHARS = 1 << 16  # encode_iterable gathers this much text before encoding it
+_NO_MERGE = np.iinfo(np.int64).max  # the rank of a pair that no merge joins
 
 
 @lru_cache(maxsize=1)
@@ -46,22 +48,26 @@ class Tokenizer:
                 new = max(self.vocab, default=-1) + 1
                 self.vocab[new] = token.encode()
                 self._ids[token.encode()] = new
-        self._special_ids = {token: self._ids[token.encode()] for token in self.special_tokens}
         self._special_re = special_pattern(self.special_tokens)
         self._longest_special = max(map(len, self.special_tokens), default=0)
         missing = [b for b in range(256) if bytes([b]) not in self._ids]
         if missing:
             raise ValueError(f"the vocabulary lacks {len(missing)} of the 256 single bytes "
                              f"(first: 0x{missing[0]:02x}); byte-level BPE needs all of them")
-        self._byte_ids = [self._ids[bytes([b])] for b in range(256)]
-        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (rank, merged id)
+        self._byte_ids = np.array([self._ids[bytes([b])] for b in range(256)], np.int64)
+        self._id_span = max(self.vocab) + 1
+        ranks: dict[int, tuple[int, int]] = {}  # pair (a * span + b) -> (rank, merged id)
         for rank, (a, b) in enumerate(self.merges):
             for part in (a, b, a + b):
                 if part not in self._ids:
                     raise ValueError(f"merge {rank + 1} ({_show(a)} {_show(b)}): "
                                      f"{_show(part)} is not in the vocabulary")
-            self._ranks.setdefault((self._ids[a], self._ids[b]), (rank, self._ids[a + b]))
-        self._cache: dict[str, list[int]] = {}
+            ranks.setdefault(self._ids[a] * self._id_span + self._ids[b], (rank, self._ids[a + b]))
+        pairs = sorted(ranks)  # for np.searchsorted; the _NO_MERGE sentinel ends each array
+        self._pair_keys = np.array([*pairs, _NO_MERGE], np.int64)
+        self._pair_ranks = np.array([*(ranks[k][0] for k in pairs), _NO_MERGE], np.int64)
+        self._pair_merged = np.array([*(ranks[k][1] for k in pairs), -1], np.int64)
+        self._cache: dict[str, bytes] = {}  # the ids of each pre-token met, as array("q") bytes
 
     @property
     def vocab_size(self) -> int:
@@ -70,16 +76,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text; special tokens (longest first) map to their own ids."""
-        if self._special_re is None:
-            return self._encode_ordinary(text)
-        ids: list[int] = []
-        pos = 0
-        for match in self._special_re.finditer(text):
-            ids += self._encode_ordinary(text[pos:match.start()])
-            ids.append(self._special_ids[match.group()])
-            pos = match.end()
-        ids += self._encode_ordinary(text[pos:])
-        return ids
+        return array("q", self._encode_packed(text)).tolist()
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Ids of the concatenated strings, lazily in bounded memory (the same ids as encode)."""
@@ -89,9 +86,22 @@ class Tokenizer:
             base, end = self._final_region(text)
             yield from self.encode(text[:base])
             pieces = pretokenize(text[base:end])[:-2]
-            yield from self._encode_pieces(pieces)
+            yield from array("q", self._encode_pieces(pieces))
             pending = text[base + sum(map(len, pieces)):]
         yield from self.encode(pending)
+
+    def _encode_packed(self, text: str) -> bytes:
+        """encode's ids as array("q") bytes."""
+        if self._special_re is None:
+            return self._encode_pieces(pretokenize(text))
+        pieces: list[str] = []
+        pos = 0
+        for match in self._special_re.finditer(text):
+            pieces += pretokenize(text[pos:match.start()])
+            pieces.append(match.group())  # a token, and no pre-token of the text around it
+            pos = match.end()
+        pieces += pretokenize(text[pos:])
+        return self._encode_pieces(pieces)
 
     def encode_file(self, path: str | os.PathLike, start: int = 0, end: int | None = None, *,
                     workers: int | None = None, progress: Callable[[int], None] | None = None
@@ -111,7 +121,7 @@ class Tokenizer:
         tasks = [(path, a, b) for a, b in zip(cuts, cuts[1:])]
         if workers == 1 or len(tasks) == 1:
             for _, a, b in tasks:
-                yield array("q", self.encode(read_text(path, a, b)))
+                yield array("q", self._encode_packed(read_text(path, a, b)))
                 if progress:
                     progress(b - a)
             return
@@ -139,44 +149,61 @@ class Tokenizer:
             base = match.end()
         return base, max(base, end)
 
-    def _encode_ordinary(self, text: str) -> list[int]:
-        return self._encode_pieces(pretokenize(text))
-
-    def _encode_pieces(self, pieces: list[str]) -> list[int]:
+    def _encode_pieces(self, pieces: list[str]) -> bytes:
         cache = self._cache
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
         try:  # the common case, all pieces seen before, runs at C speed
-            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+            return b"".join(map(cache.__getitem__, pieces))
         except KeyError:
+            if len(cache) > _CACHE_LIMIT:
+                cache.clear()
+            rest = []
             for piece in set(pieces).difference(cache):
-                cache[piece] = self._bpe(piece)
-            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+                token = self._ids.get(piece.encode())
+                if token is None:
+                    rest.append(piece)
+                else:  # a pre-token that is a token stays whole, as in tiktoken
+                    cache[piece] = array("q", [token]).tobytes()
+            if rest:
+                cache.update(zip(rest, self._bpe([piece.encode() for piece in rest])))
+            return b"".join(map(cache.__getitem__, pieces))
 
-    def _bpe(self, piece: str) -> list[int]:
-        """Apply the merges to one pre-token: repeatedly merge its best-ranked adjacent pair."""
-        ids = [self._byte_ids[b] for b in piece.encode()]
-        ranks = self._ranks
-        while len(ids) > 1:
-            best = None
-            for pair in zip(ids, ids[1:]):
-                found = ranks.get(pair)
-                if found is not None and (best is None or found[0] < best[0]):
-                    best, best_pair = found, pair
-            if best is None:
-                break
-            a, b = best_pair
-            merged: list[int] = []
-            i, n = 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-                    merged.append(best[1])
-                    i += 2
-                else:
-                    merged.append(ids[i])
-                    i += 1
-            ids = merged
-        return ids
+    def _bpe(self, pieces: list[bytes]) -> list[bytes]:
+        """Apply the merges to many pre-tokens at once: each round, every pre-token merges its
+        leftmost best-ranked adjacent pair, and leaves once it has none."""
+        ids = self._byte_ids[np.frombuffer(b"".join(pieces), np.uint8)]
+        owner = np.repeat(np.arange(len(pieces)), list(map(len, pieces)))  # pre-token of each id
+        ranks, found = self._pairs_at(ids, owner, np.arange(len(ids)))
+        done_ids, done_owner = [], []
+        while len(ids):
+            starts = np.r_[True, owner[1:] != owner[:-1]]  # where each pre-token begins
+            segment = np.cumsum(starts) - 1
+            best = np.minimum.reduceat(ranks, np.flatnonzero(starts))[segment]
+            done = best == _NO_MERGE
+            done_ids.append(ids[done])
+            done_owner.append(owner[done])
+            at = np.flatnonzero((ranks == best) & ~done)
+            at = at[np.unique(segment[at], return_index=True)[1]]  # the leftmost in each
+            ids[at] = self._pair_merged[found[at]]
+            keep = ~done
+            keep[at + 1] = False
+            at = (np.cumsum(keep) - 1)[at]
+            ids, owner, ranks, found = ids[keep], owner[keep], ranks[keep], found[keep]
+            changed = np.r_[at[at > 0] - 1, at]  # the pairs that now hold a merged id
+            ranks[changed], found[changed] = self._pairs_at(ids, owner, changed)
+        owner = np.concatenate(done_owner)
+        flat = np.concatenate(done_ids)[np.argsort(owner, kind="stable")].tobytes()
+        ends = (np.bincount(owner, minlength=len(pieces)).cumsum() * 8).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends], ends)]  # as array("q") bytes
+
+    def _pairs_at(self, ids: np.ndarray, owner: np.ndarray, at: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(rank, index in the _pair arrays) of each pair ids[at], ids[at + 1]; _NO_MERGE for a
+        pair that no merge joins, across two pre-tokens or past the last id."""
+        after = np.minimum(at + 1, len(ids) - 1)
+        keys = ids[at] * self._id_span + ids[after]
+        found = np.searchsorted(self._pair_keys, keys)
+        ok = (self._pair_keys[found] == keys) & (owner[after] == owner[at]) & (after > at)
+        return np.where(ok, self._pair_ranks[found], _NO_MERGE), found
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; byte sequences that are not valid UTF-8 become U+FFFD."""
@@ -256,7 +283,7 @@ def _init_worker(vocab: dict[int, bytes], merges: list, special_tokens: list[str
 
 def _encode_span(args: tuple[Path, int, int]) -> array:
     path, start, end = args
-    return array("q", _worker_tokenizer.encode(read_text(path, start, end)))
+    return array("q", _worker_tokenizer._encode_packed(read_text(path, start, end)))
 
 
 def _batches(iterable: Iterable[str], size: int) -> Iterator[str]:

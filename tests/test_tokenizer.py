@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model import tokenizer as tokenizer_module
-from model.bpe import GPT2_PATTERN, train_bpe
+from model.bpe import GPT2_PATTERN, PRETOKEN_RE, train_bpe
 from model.tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
@@ -128,6 +128,25 @@ def test_encode_file_in_parallel_equals_encode(gpt2: Tokenizer, shared_data: Pat
 def test_encode_iterable_is_lazy(trained: Tokenizer) -> None:
     endless = itertools.cycle(["Once upon a time there was a cat.\n", EOT, "\n"])
     assert len(list(itertools.islice(trained.encode_iterable(endless), 10_000))) == 10_000
+
+
+def test_ids_do_not_depend_on_what_the_cache_holds(trained: Tokenizer, shared_data: Path) -> None:
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:30_000] + "".join(TRICKY)
+    whole = Tokenizer(trained.vocab, trained.merges, [EOT]).encode(text)
+    tok = Tokenizer(trained.vocab, trained.merges, [EOT])  # pre-tokens one at a time, then warm
+    parts = [part for segment in text.split(EOT) for part in [*PRETOKEN_RE.findall(segment), EOT]]
+    assert [i for part in parts[:-1] for i in tok.encode(part)] == whole
+    assert tok.encode(text) == whole
+
+
+def test_special_tokens_survive_a_full_cache(trained: Tokenizer,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = Tokenizer(trained.vocab, trained.merges, [EOT]).encode(f"a cat{EOT}a dog{EOT}")
+    monkeypatch.setattr(tokenizer_module, "_CACHE_LIMIT", 3)
+    tok = Tokenizer(trained.vocab, trained.merges, [EOT])
+    for _ in range(3):
+        tok.encode(" ".join(TRICKY))  # fills the cache past its limit
+        assert tok.encode(f"a cat{EOT}a dog{EOT}") == expected
 
 
 def test_save_and_load_gpt2_format(trained: Tokenizer, gpt2: Tokenizer, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ name) is checked before Ray starts, and reported as one line with exit code 2.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,7 +45,6 @@ def search(
         raise UserError("--resume needs --name NAME: the study to continue")
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
-    _check_searcher(study)
     data_dir, meta = _dataset(study)
 
     from tuner.search.provenance import provenance
@@ -90,14 +88,6 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
         raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
                         f"--resume --name {study.name}, or pick another --name")
     return study
-
-
-def _check_searcher(study: Any) -> None:
-    """Searchers whose Optuna sampler needs a package that is not installed fail here."""
-    needs = {"cmaes": "cmaes", "gp": "scipy"}.get(study.search.algorithm)
-    if needs and importlib.util.find_spec(needs) is None:
-        raise UserError(f"search.algorithm {study.search.algorithm} needs the {needs!r} package, "
-                        "which is not installed")
 
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:

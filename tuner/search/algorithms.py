@@ -8,6 +8,7 @@ Every scheduler measures time in tokens seen, so trials of different batch sizes
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 from tuner.search.trainable import TIME_ATTR
@@ -20,13 +21,14 @@ def optuna_sampler(algorithm: str, seed: int) -> Any:
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random)."""
     import optuna
 
-    samplers = {
+    quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
+    samplers = {  # parameters fall back to independent sampling, as intended
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet),
+        "gp": lambda: optuna.samplers.GPSampler(**quiet),
+        "qmc": lambda: optuna.samplers.QMCSampler(**quiet, warn_asynchronous_seeding=False),
     }
     return samplers[algorithm]()
 
@@ -39,6 +41,8 @@ def build_searcher(study: Any) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Define-by-run function")  # GP's sampling is slow
     search = study.search
     points = study.grid_points() if search.algorithm == "grid" else None
     storage = optuna_storage(search.storage) if search.storage else None

@@ -46,12 +46,15 @@ def tune_config(study: Any) -> Any:
         reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 
 
-def build_tuner(study: Any, data_dir: Path, storage: Path, callbacks: list,
-                config: Any | None) -> Any:
-    """A new Tuner for the study, or (config None) the one restored from `storage/name`."""
+def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
+                provenance: dict[str, Any]) -> Any:
+    """A new Tuner for the study, or (config None) the one restored from `storage/name`: Tune
+    restores its searcher, scheduler, trials and callbacks (ours keep only their settings)."""
     from ray import tune
 
     from tuner.search.algorithms import tune_space
+    from tuner.search.console import LiveView
+    from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
 
     res = study.resources
@@ -62,6 +65,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, callbacks: list,
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
+    callbacks = [MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study)]
     run_config = tune.RunConfig(  # a trial resumes from its latest checkpoint; PBT clones others'
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 1),
@@ -78,21 +82,16 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     """
     import numpy as np
 
-    from tuner.search.console import LiveView
-    from tuner.search.tracking import MlflowRecorder
-
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if resume else tune_config(study)
     if config is not None:
         state.save(storage / study.name, study, overrides)
-    callbacks = [MlflowRecorder(study, str(data_dir), provenance, str(storage)),
-                 LiveView(study)]
     start_ray(address)
     import ray
 
     try:
-        build_tuner(study, data_dir, storage, callbacks, config).fit()
+        build_tuner(study, data_dir, storage, config, provenance).fit()
     finally:
         ray.shutdown()
     return summarise(study)

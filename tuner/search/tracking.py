@@ -361,10 +361,6 @@ class MlflowRecorder(tune.Callback):
             self._client.log_batch(run_id, params=param_list[start:start + _BATCH],
                                    tags=tag_list[start:start + _BATCH])
 
-    @property
-    def parent_run_id(self) -> str:
-        return self._parent
-
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the study: keep the settings, not the live client."""
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {"_client": None}
