@@ -11,7 +11,7 @@ import functools
 import warnings
 from typing import Any
 
-from tuner.search.trainable import TIME_ATTR
+from tuner.search.trainable import HYPERBAND_TIME, TIME_ATTR
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "none")
@@ -75,7 +75,9 @@ def build_scheduler(study: Any, max_t: int) -> Any:
             reduction_factor=search.asha.reduction_factor, brackets=search.asha.brackets)
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
-            **timed, max_t=max_t, reduction_factor=search.asha.reduction_factor)
+            metric=search.metric, mode=search.mode, time_attr=HYPERBAND_TIME,
+            max_t=max(1, round(max_t / search.asha.grace_period)),
+            reduction_factor=search.asha.reduction_factor)
     if search.scheduler == "median":
         return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
     if search.scheduler == "pbt":
@@ -86,6 +88,11 @@ def build_scheduler(study: Any, max_t: int) -> Any:
             quantile_fraction=search.pbt.quantile_fraction, hyperparam_mutations=mutations,
             custom_explore_fn=functools.partial(clip_to_space, bounds=_bounds(study)))
     return schedulers.FIFOScheduler()
+
+
+def time_unit(study: Any) -> int | None:
+    """Tokens per HyperBand time unit (its grace period); None for the other schedulers."""
+    return study.search.asha.grace_period if study.search.scheduler == "hyperband" else None
 
 
 def tune_space(study: Any) -> dict[str, Any]:

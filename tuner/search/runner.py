@@ -40,8 +40,11 @@ def tune_config(study: Any) -> Any:
     search = study.search
     searcher = (BasicVariantGenerator(random_state=search.seed) if search.scheduler == "pbt"
                 else build_searcher(study))
+    # HyperBand pauses trials at each milestone until the rest of their bracket gets there: a
+    # limit on unfinished trials would keep the bracket from filling, so resources bound it alone.
+    limit = None if search.scheduler == "hyperband" else search.max_concurrent
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
-        num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent,
+        num_samples=search.num_samples, max_concurrent_trials=limit,
         search_alg=searcher, scheduler=build_scheduler(study, study.full_trial_tokens()),
         reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 
@@ -52,7 +55,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     restores its searcher, scheduler, trials and callbacks (ours keep only their settings)."""
     from ray import tune
 
-    from tuner.search.algorithms import tune_space
+    from tuner.search.algorithms import time_unit, tune_space
     from tuner.search.console import LiveView
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
@@ -60,7 +63,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     res = study.resources
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
-                             threads=trial_threads(study)),
+                             threads=trial_threads(study), time_unit=time_unit(study)),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)

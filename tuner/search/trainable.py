@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 TIME_ATTR = "tokens"
+HYPERBAND_TIME = "grace_periods"  # HyperBand sizes its brackets for few time units: not tokens
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
 
-def trial_metrics(record: Any, budget_tokens: int) -> dict[str, Any]:
-    """What one evaluation reports to Tune: the record's numbers, the budget, divergence, sample."""
+def trial_metrics(record: Any, budget_tokens: int, time_unit: int | None) -> dict[str, Any]:
+    """What an evaluation reports to Tune: the record's numbers, the budget, divergence, sample
+    and, for HyperBand, the tokens in `time_unit`s."""
     metrics: dict[str, Any] = {**record.as_metrics(), "budget_tokens": budget_tokens,
                                "diverged": float(not math.isfinite(record.val_loss))}
+    if time_unit:
+        metrics[HYPERBAND_TIME] = record.tokens / time_unit
     if record.sample is not None:
         metrics["sample"] = record.sample
     return metrics
@@ -33,7 +37,8 @@ def trial_threads(study: Any) -> int:
     return max(1, int(study.resources.cpus_per_trial))
 
 
-def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int) -> None:
+def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
+              time_unit: int | None) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval."""
     import torch
     from ray import tune
@@ -44,21 +49,21 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     scratch = Path(tempfile.mkdtemp(prefix="tuner-trial-"))
     ckpt_dir = scratch / "checkpoint"
     ckpt_dir.mkdir()
-    reported = {"tokens": 0, "budget_tokens": 0}
+    progress = {"tokens": 0, "budget_tokens": 0, **({HYPERBAND_TIME: 0.0} if time_unit else {})}
     try:
         resume_from = _restore(tune.get_checkpoint(), ckpt_dir)
         config = study.trial_config(params, Path(data_dir))
-        reported["budget_tokens"] = config.steps * config.tokens_per_step
+        progress["budget_tokens"] = config.steps * config.tokens_per_step
 
         def on_eval(record: Any) -> None:
-            metrics = trial_metrics(record, reported["budget_tokens"])
-            reported["tokens"] = record.tokens
+            metrics = trial_metrics(record, progress["budget_tokens"], time_unit)
+            progress.update({key: metrics[key] for key in progress})
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
             tune.report(metrics, checkpoint=checkpoint)
 
         train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir, resume_from=resume_from)
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
-        tune.report({**reported, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
+        tune.report({**progress, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
                      "traceback": traceback.format_exc(limit=20)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
