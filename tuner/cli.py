@@ -38,7 +38,7 @@ def _register() -> None:
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
     _register()
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         result = app(standalone_mode=False)
     except click.exceptions.Abort:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from tuner.errors import UserError
 
+
 def search(
     space: Annotated[Path | None, typer.Option(
         "--space", help="study file (YAML); optional with --resume", dir_okay=False)] = None,

@@ -2,7 +2,8 @@
 
 Searchers are Optuna samplers behind Ray's OptunaSearch with the schema's define-by-run space;
 PBT cannot share a searcher with Tune, so its population is drawn by Tune from the same space.
-Every scheduler measures time in tokens seen, so trials of different batch sizes compare fairly.
+Schedulers measure time in tokens seen, so trials of different batch sizes compare fairly
+(HyperBand counts grace periods of tokens: its brackets assume a few time units).
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ import warnings
 from typing import Any
 
 from tuner.search.trainable import HYPERBAND_TIME, TIME_ATTR
-
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
-SCHEDULERS = ("asha", "hyperband", "median", "pbt", "none")
-
 
 def optuna_sampler(algorithm: str, seed: int) -> Any:
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random)."""
@@ -34,9 +31,7 @@ def optuna_sampler(algorithm: str, seed: int) -> Any:
 
 
 def build_searcher(study: Any) -> Any:
-    """Ray's OptunaSearch over the define-by-run space (None for PBT: Tune draws its population)."""
-    if study.search.scheduler == "pbt":
-        return None
+    """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -63,11 +58,11 @@ def optuna_storage(url: str) -> Any:
         raise UserError(f"search.storage {url} cannot be used: {err}") from None
 
 
-def build_scheduler(study: Any, max_t: int) -> Any:
-    """The trial scheduler; `max_t` is a trial's full budget in tokens."""
+def build_scheduler(study: Any) -> Any:
+    """The trial scheduler; its max_t is a full trial's budget."""
     from ray.tune import schedulers
 
-    search = study.search
+    search, max_t = study.search, study.full_trial_tokens()
     timed = {"metric": search.metric, "mode": search.mode, "time_attr": TIME_ATTR}
     if search.scheduler == "asha":
         return schedulers.ASHAScheduler(

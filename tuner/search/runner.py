@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ def start_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)  # never a running cluster
+        ray.init(address="local", **kwargs)  # a new instance, never a cluster already running
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
@@ -45,7 +44,7 @@ def tune_config(study: Any) -> Any:
     limit = None if search.scheduler == "hyperband" else search.max_concurrent
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
         num_samples=search.num_samples, max_concurrent_trials=limit,
-        search_alg=searcher, scheduler=build_scheduler(study, study.full_trial_tokens()),
+        search_alg=searcher, scheduler=build_scheduler(study),
         reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 
 
