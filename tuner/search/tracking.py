@@ -264,7 +264,9 @@ class MlflowRecorder(tune.Callback):
 
     def _finish(self, trial: Any) -> None:
         child = self._children.get(trial.trial_id)
-        if child is None:
+        # A trial MLflow already holds as finished (Tune's snapshot before a SIGKILL can lag the
+        # tracking store) keeps its record: a resume must not rewrite how and when it ended.
+        if child is None or trial.trial_id in self._finished:
             return
         end = outcome(trial, self.study.search)
         result = trial.last_result or {}
