@@ -14,16 +14,13 @@ from typing import Any
 
 from tuner.search.trainable import HYPERBAND_TIME, TIME_ATTR
 
-def optuna_sampler(algorithm: str, seed: int, num_samples: int) -> Any:
+def optuna_sampler(algorithm: str, seed: int) -> Any:
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random)."""
     import optuna
 
-    # Optuna's default of 10 random start-up trials would make a small study pure random search.
-    startup = min(10, max(3, num_samples // 4))
-
     quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
     samplers = {  # parameters fall back to independent sampling, as intended
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet),
@@ -45,7 +42,7 @@ def build_searcher(study: Any) -> Any:
     points = study.grid_points() if search.algorithm == "grid" else None
     storage = optuna_storage(search.storage) if search.storage else None
     return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
-                        sampler=optuna_sampler(search.algorithm, search.seed, search.num_samples),
+                        sampler=optuna_sampler(search.algorithm, search.seed),
                         points_to_evaluate=points, study_name=study.name, storage=storage)
 
 
