@@ -15,7 +15,8 @@ from tuner.inspect import history, runs
 
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
 PARALLEL_HTML, SUMMARY_MD = "parallel_coordinates.html", "summary.md"
-STYLE = {"completed": dict(alpha=0.8, lw=1.2), "stopped": dict(alpha=0.3, lw=1.0),
+STYLE = {"completed": dict(alpha=0.8, lw=1.2, color="tab:blue"),
+         "stopped": dict(alpha=0.3, lw=1.0, color="tab:blue"),
          "diverged": dict(alpha=0.6, lw=1.0, color="tab:red"),
          "failed": dict(alpha=0.4, lw=1.0, ls=":", color="gray")}
 
@@ -57,8 +58,8 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
         if c.status == "diverged":
             ax.plot(*finite[-1], marker="x", ms=10, mew=2.5, color="tab:red", gid="diverged")
     handles = [Line2D([], [], color="black", lw=2.6, label="best"),
-               Line2D([], [], color="tab:blue", **STYLE["completed"], label="completed"),
-               Line2D([], [], color="tab:blue", **STYLE["stopped"], label="stopped early"),
+               Line2D([], [], **STYLE["completed"], label="completed"),
+               Line2D([], [], **STYLE["stopped"], label="stopped early"),
                Line2D([], [], color="tab:red", marker="x", ls="", mew=2.5, label="diverged")]
     ax.legend(handles=handles, loc="upper right")
     ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
@@ -68,7 +69,8 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
 
 
 def lr_points(config: TrainConfig, val_points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """(tokens, α) at every step the trial took; plateau cuts follow its logged val_loss."""
+    """(tokens seen after the step, the step's α) for every step the trial took, as the trainer
+    logs α at an evaluation; plateau cuts follow the trial's logged val_loss."""
     from model.schedules import LRSchedule
 
     schedule, per_step = LRSchedule.from_config(config), config.tokens_per_step
@@ -76,7 +78,7 @@ def lr_points(config: TrainConfig, val_points: list[tuple[int, float]]) -> list[
     steps = (val_points[-1][0] // per_step) if val_points else config.steps
     out = []
     for t in range(steps):
-        out.append((t * per_step, schedule.lr(t)))
+        out.append(((t + 1) * per_step, schedule.lr(t)))
         if (t + 1) * per_step in val and math.isfinite(val[(t + 1) * per_step]):
             schedule.observe(val[(t + 1) * per_step])
     return out

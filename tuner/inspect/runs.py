@@ -23,7 +23,11 @@ CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
 
 def connect(uri: str) -> Any:
     """An MlflowClient that has answered once; UserError when the store is down or unusable."""
+    import os
+
     from tuner.search.tracking import connect as connect_store
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
 
     return connect_store(uri)
 
