@@ -54,12 +54,15 @@ class RecordedStudy:
     best_run_id: str = ""
 
 
-def log_study(uri: str, name: str, data: Path, work: Path, trials: list = TRIALS,
+def log_study(work: Path, name: str, data: Path, template: Path, trials: list = TRIALS,
               val_offset: float = 0.0) -> RecordedStudy:
-    """Train and log `trials` of the SPACE study as `tuner search` would; return the record.
-    `val_offset` is added to every logged val_loss (a record a replay cannot match)."""
+    """Train and log `trials` of the SPACE study as `tuner search` would, to a store in `work`
+    copied from the migrated `template`; return the record. `val_offset` is added to every
+    logged val_loss (a record no replay can match)."""
     from mlflow import MlflowClient
+    from test_search import fresh_store
 
+    uri = fresh_store(work, template)
     client = MlflowClient(tracking_uri=uri)
     text = SPACE.format(data=data, uri=uri)
     study = build_study({**yaml.safe_load(text), "name": name}, source_text=text)
@@ -178,7 +181,8 @@ def tuner(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="session")
-def recorded(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path) -> RecordedStudy:
+def recorded(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path,
+             mlflow_store_template: Path) -> RecordedStudy:
     """The TRIALS study, logged once per test session to a sqlite store of its own."""
-    root = tmp_path_factory.mktemp("inspect_study")
-    return log_study(f"sqlite:///{root}/mlflow.db", "tiny", byte_dataset, root)
+    return log_study(tmp_path_factory.mktemp("inspect_study"), "tiny", byte_dataset,
+                     mlflow_store_template)

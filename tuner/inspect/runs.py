@@ -17,8 +17,6 @@ from tuner.errors import UserError
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
-               "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
 
 
 def connect(uri: str) -> Any:
@@ -149,6 +147,7 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     """A trial's checkpoint artifact ("final" or "mid"), checked against the sha256 recorded when
     it was logged: a missing, truncated or replaced file raises UserError."""
     from model.checkpoint import CHECKPOINT_NAME, file_sha256
+    from tuner.search.tracking import CHECKPOINTS
 
     folder, tag = CHECKPOINTS[which]
     run_id = run.info.run_id

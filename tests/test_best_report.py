@@ -1,0 +1,142 @@
+"""`tuner best`, `tuner report` and the warm-start history, on a real recorded study."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from inspect_study import SPACE, TRIALS, recorded, tuner  # noqa: F401
+from mlflow import MlflowClient
+
+from model.train import train
+from tuner.errors import UserError
+from tuner.inspect import history, report, runs
+from tuner.space import build_study, load_study
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_lists_top_trials_by_symbol(recorded):
+    code, out = tuner("best", "--study", recorded.name, "--top", "3", "--tracking-uri",
+                      recorded.uri)
+    assert code == 0, out
+    header = next(line for line in out.splitlines() if "val_loss" in line)
+    for column in ("α_max", "B", "T_warmup", "perplexity", "tokens", "status", "run id"):
+        assert column in header
+    rows = [line for line in out.splitlines() if re.search(r"[0-9a-f]{32}", line)]
+    assert len(rows) == 3
+    assert recorded.best_run_id in rows[0] and "completed" in rows[0]
+
+
+def test_export_then_train_gives_the_trial_result(recorded, tmp_path):
+    export = tmp_path / "best.yaml"
+    code, out = tuner("best", "--study", recorded.name, "--export", str(export),
+                      "--tracking-uri", recorded.uri)
+    assert code == 0, out
+    study = load_study(export)
+    assert study.searched() == {} and study.search.num_samples == 1
+    config = study.trial_config({}, recorded.data)  # what `tuner search` runs as its one trial
+    client = MlflowClient(tracking_uri=recorded.uri)
+    original = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)
+    assert config == original
+    result = train(config)
+    logged = runs.metric_points(client, recorded.best_run_id, "val_loss")
+    assert [(r.tokens, r.val_loss) for r in result.records] == logged
+
+
+def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
+    out = tmp_path / "report"
+    code, text = tuner("report", "--study", recorded.name, "--out", str(out),
+                       "--tracking-uri", recorded.uri)
+    assert code == 0, text
+    for name in (report.LOSS_PNG, report.LR_PNG, report.IMPORTANCE_PNG):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        import matplotlib.image
+
+        assert matplotlib.image.imread(out / name).shape[2] in (3, 4)
+    html = (out / report.PARALLEL_HTML).read_text()
+    figure = json.loads(re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', html,
+                                  re.S).group(1))
+    lines = [trace for trace in figure if trace.get("mode") == "lines"]  # one per trial
+    assert len(lines) == len(TRIALS)
+    assert all(len(trace["x"]) == 1 + 3 for trace in lines)  # objective + 3 searched parameters
+    summary = (out / report.SUMMARY_MD).read_text()
+    assert recorded.best_run_id in summary and "α_max" in summary
+    logged = {Path(f.path).name for f in MlflowClient(tracking_uri=recorded.uri).list_artifacts(
+        recorded.parent_id, "report")}
+    assert logged == {p.name for p in out.iterdir()}
+
+
+def test_report_figures_have_one_series_per_trial(recorded):
+    client = MlflowClient(tracking_uri=recorded.uri)
+    trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))
+    curves = report.curves(client, trial_runs)
+    ax = report.loss_figure(curves, recorded.best_run_id).axes[0]
+    trials = [line for line in ax.lines if (line.get_gid() or "").startswith("trial:")]
+    assert len(trials) == len(TRIALS)
+    best = next(line for line in trials if line.get_gid() == "trial:trial00000")
+    assert best.get_linewidth() > max(line.get_linewidth() for line in trials if line is not best)
+    stopped = [line for line in trials if line.get_alpha() == report.STYLE["stopped"]["alpha"]]
+    assert len(stopped) == sum(1 for _, stop in TRIALS if stop)
+
+
+def test_diverged_trial_is_marked():
+    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
+              report.Curve("b", "r2", "diverged", [(10, 4.0), (20, math.inf)])]
+    ax = report.loss_figure(curves, "r1").axes[0]
+    marks = [line for line in ax.lines if line.get_gid() == "diverged"]
+    assert len(marks) == 1 and list(marks[0].get_xydata()[0]) == [10, 4.0]
+
+
+def test_lr_points_follow_the_trainer(recorded, tmp_path):
+    client = MlflowClient(tracking_uri=recorded.uri)
+    config = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)
+    schedule = dict(report.lr_points(config, runs.metric_points(
+        client, recorded.best_run_id, "val_loss")))
+    for tokens, lr in runs.metric_points(client, recorded.best_run_id, "lr"):
+        assert schedule[tokens] == lr  # the α each evaluation logged is on the curve
+
+
+@pytest.mark.parametrize("command", ["best", "report"])
+def test_unknown_study_exits_2(recorded, command, tmp_path):
+    code, out = tuner(command, "--study", "nosuch", "--tracking-uri", recorded.uri,
+                      *(["--out", str(tmp_path / "r")] if command == "report" else []))
+    assert code == 2 and "no study 'nosuch'" in out and "tiny" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_finished_trials_warm_start_an_optuna_searcher(recorded):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    points = history.finished_trials(recorded.name, recorded.uri)
+    assert [p for p, _ in points] == [params for params, _ in TRIALS]
+    assert all(math.isfinite(v) for _, v in points)
+    study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri)),
+                         "name": "next"})
+    storage = optuna.storages.InMemoryStorage()
+    assert history.warm_start(storage, "next", "min", study.sample, points) == len(TRIALS)
+    searcher = OptunaSearch(space=study.sample, metric="val_loss", mode="min", storage=storage,
+                            study_name="next", sampler=optuna.samplers.TPESampler(seed=0))
+    suggested = searcher.suggest("t1")
+    assert set(suggested) == {"lr_max", "warmup_fraction", "batch_size"}
+    trials = optuna.load_study(study_name="next", storage=storage).trials
+    assert len(trials) == len(TRIALS) + 1
+    assert [t.value for t in trials[:len(TRIALS)]] == [v for _, v in points]
+
+
+def test_warm_start_refuses_another_space(recorded):
+    points = history.finished_trials(recorded.name, recorded.uri)
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["hparams"]["α_max"] = {"loguniform": [1.0e-4, 1.0e-2]}  # 0.02 no longer fits
+    narrower = build_study({**raw, "name": "narrow"})
+    import optuna
+
+    with pytest.raises(UserError, match="does not fit this space"):
+        history.warm_start(optuna.storages.InMemoryStorage(), "narrow", "min", narrower.sample,
+                           points)

@@ -1,0 +1,103 @@
+"""`tuner generate`: text from a trained checkpoint (a file or a trial run's verified artifact);
+a checkpoint crafted to run code on load, or a truncated one, is refused with exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from inspect_study import artifact_path, recorded, tuner  # noqa: F401
+
+from model.config import ModelConfig, TrainConfig
+from model.tokenizer import Tokenizer
+from model.train import train
+
+
+class _Payload:
+    """Unpickling this calls Path.touch(marker): the kind of code a checkpoint must never run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_malicious_checkpoint(path: Path, marker: Path) -> None:
+    """A checkpoint-shaped file whose unpickling runs code (creates `marker`)."""
+    torch.save({"model": _Payload(marker), "iteration": 0, "config": {}}, path)
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path) -> Path:
+    """byte_dataset with a byte-level tokenizer (256 single-byte tokens, no merges) beside it."""
+    folder = tmp_path_factory.mktemp("tokenized")
+    for name in ("train.npy", "valid.npy", "meta.json"):
+        shutil.copy(byte_dataset / name, folder / name)
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenized: Path) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    config = TrainConfig(model=ModelConfig(vocab_size=256, context_length=32, d_model=32,
+                                           num_layers=1, num_heads=2, d_ff=64),
+                         data=str(tokenized), lr_max=0.02, batch_size=8, total_iters=30,
+                         eval_interval=30, eval_windows=4, sample_tokens=0, device="cpu")
+    train(config, checkpoint_dir=out)
+    return out / "checkpoint.pt"
+
+
+def test_generate_from_checkpoint_is_seeded_text(checkpoint):
+    args = ("generate", "--checkpoint", str(checkpoint), "--prompt", "ROMEO:",
+            "--max-new-tokens", "24", "--seed", "3")
+    code, out = tuner(*args)
+    assert code == 0, out
+    assert out.startswith("ROMEO:") and len(out.rstrip("\n")) > len("ROMEO:")
+    assert tuner(*args) == (0, out)  # same seed, same text
+    code, greedy = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "ROMEO:",
+                         "--temperature", "0", "--max-new-tokens", "24")
+    assert code == 0 and greedy.startswith("ROMEO:")
+
+
+def test_generate_from_trial_run(recorded, tokenized):
+    code, out = tuner("generate", "--run", recorded.best_run_id, "--prompt", "The ",
+                      "--data", str(tokenized), "--tracking-uri", recorded.uri)
+    assert code == 0, out
+    assert out.startswith("The ")
+
+
+def test_trial_without_checkpoint_or_tokenizer_exits_2(recorded):
+    code, out = tuner("generate", "--run", recorded.run_ids[1], "--prompt", "x",
+                      "--tracking-uri", recorded.uri)  # stopped early: no checkpoint logged
+    assert code == 2 and "has no checkpoint recorded" in out
+    code, out = tuner("generate", "--run", recorded.best_run_id, "--prompt", "x",
+                      "--tracking-uri", recorded.uri)  # byte_dataset has no vocab.json
+    assert code == 2 and "no tokenizer" in out
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    write_malicious_checkpoint(evil, marker)
+    torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+    code, out = tuner("generate", "--checkpoint", str(evil), "--prompt", "x")
+    assert code == 2
+    assert "not a loadable checkpoint" in out
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(checkpoint.read_bytes()[:4096])
+    code, out = tuner("generate", "--checkpoint", str(cut), "--prompt", "x")
+    assert code == 2 and "not a loadable checkpoint" in out
+
+
+def test_run_and_checkpoint_are_exclusive(checkpoint):
+    code, out = tuner("generate", "--prompt", "x")
+    assert code == 2 and "one of --run" in out

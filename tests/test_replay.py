@@ -1,0 +1,168 @@
+"""`tuner replay`: a recorded trial trained again is bit-exact on CPU, from scratch and from its
+mid-trial checkpoint; bad input (unknown run or study, another dataset, an altered checkpoint,
+a store that is down) exits 2 and writes nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inspect_study import TRIALS, artifact_path, log_study, recorded, tuner  # noqa: F401
+from mlflow import MlflowClient
+
+from services import free_port
+
+
+def _runs(uri: str) -> int:
+    client = MlflowClient(tracking_uri=uri)
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
+def _replay_of(uri: str, original: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_run(original).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`tuner.replay_of` = '{original}'",
+                              order_by=["attributes.start_time DESC"])
+
+
+def test_replay_from_scratch_is_bit_exact(recorded):
+    run_id = recorded.best_run_id
+    code, out = tuner("replay", run_id, "--tracking-uri", recorded.uri)
+    assert code == 0, out
+    assert "largest absolute difference: 0.0 " in out
+    replay = _replay_of(recorded.uri, run_id)[0]
+    assert replay.data.tags["tuner.role"] == "replay"
+    assert replay.data.tags["mlflow.parentRunId"] == run_id
+    assert replay.data.tags["tuner.replay.ok"] == "true"
+    client = MlflowClient(tracking_uri=recorded.uri)
+    original = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
+    replayed = [(m.step, m.value) for m in client.get_metric_history(replay.info.run_id, "val_loss")]
+    assert sorted(replayed) == sorted(original) and len(original) == 4
+    assert replay.data.metrics["replay_max_abs_diff"] == 0.0
+
+
+def test_replay_of_study_best_from_mid_trial_checkpoint_is_bit_exact(recorded):
+    code, out = tuner("replay", "--study", recorded.name, "--from-checkpoint",
+                      "--tracking-uri", recorded.uri)
+    assert code == 0, out
+    assert f"replaying run {recorded.best_run_id}" in out
+    assert "mid-trial checkpoint (5,120 tokens)" in out
+    assert "largest absolute difference: 0.0 " in out
+    replay = _replay_of(recorded.uri, recorded.best_run_id)[0]
+    steps = [m.step for m in MlflowClient(tracking_uri=recorded.uri).get_metric_history(
+        replay.info.run_id, "val_loss")]
+    assert sorted(steps) == [7680, 10240]  # only what it trained again
+
+
+def test_replay_of_a_stopped_trial_goes_as_far_as_it_went(recorded):
+    stopped = recorded.run_ids[1]  # ASHA stopped it after two evaluations
+    code, out = tuner("replay", stopped, "--tracking-uri", recorded.uri)
+    assert code == 0, out
+    replay = _replay_of(recorded.uri, stopped)[0]
+    steps = [m.step for m in MlflowClient(tracking_uri=recorded.uri).get_metric_history(
+        replay.info.run_id, "val_loss")]
+    assert sorted(steps) == [1280, 2560]
+
+
+def test_difference_beyond_tolerance_exits_nonzero(tmp_path, byte_dataset, mlflow_store_template):
+    # A record whose val_loss is 1e-3 off what the config gives: no replay can match it.
+    study = log_study(tmp_path, "off", byte_dataset, mlflow_store_template,
+                      trials=[TRIALS[1]], val_offset=1e-3)
+    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri)
+    assert code == 1, out
+    assert "exceeds the tolerance 0" in out
+    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri, "--tolerance", "0.01")
+    assert code == 0, out
+
+
+def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):
+    changed = tmp_path / "data"
+    shutil.copytree(recorded.data, changed)
+    valid = np.load(changed / "valid.npy")
+    valid[0] = (valid[0] + 1) % 256
+    np.save(changed / "valid.npy", valid)
+    before = _runs(recorded.uri)
+    code, out = tuner("replay", recorded.best_run_id, "--data", str(changed),
+                      "--tracking-uri", recorded.uri)
+    assert code == 2
+    assert "is not the one run" in out and "sha256" in out
+    assert _runs(recorded.uri) == before
+
+
+def test_truncated_mid_checkpoint_is_refused(tmp_path, byte_dataset, mlflow_store_template):
+    study = log_study(tmp_path, "cut", byte_dataset, mlflow_store_template,
+                      trials=[TRIALS[0]])
+    path = artifact_path(study.uri, study.run_ids[0], "checkpoint_mid/checkpoint.pt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = _runs(study.uri)
+    code, out = tuner("replay", study.run_ids[0], "--from-checkpoint", "--tracking-uri", study.uri)
+    assert code == 2
+    assert "truncated or altered" in out
+    assert _runs(study.uri) == before
+
+
+def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, byte_dataset, mlflow_store_template):
+    from model.checkpoint import file_sha256
+    from test_generate_cmd import write_malicious_checkpoint
+
+    study = log_study(tmp_path, "evil", byte_dataset, mlflow_store_template,
+                      trials=[TRIALS[0]])
+    run_id = study.run_ids[0]
+    path = artifact_path(study.uri, run_id, "checkpoint_mid/checkpoint.pt")
+    marker = tmp_path / "pwned"
+    write_malicious_checkpoint(path, marker)
+    # Even with a matching hash recorded, loading must not run the payload.
+    MlflowClient(tracking_uri=study.uri).set_tag(run_id, "tuner.checkpoint_mid_sha256",
+                                                 file_sha256(path))
+    code, out = tuner("replay", run_id, "--from-checkpoint", "--tracking-uri", study.uri)
+    assert code == 2
+    assert "not a loadable checkpoint" in out
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("0123456789abcdef0123456789abcdef",), "no run 0123456789abcdef0123456789abcdef"),
+    (("not-a-run",), "is not an MLflow run id"),
+    (("--study", "nosuch"), "no study 'nosuch'"),
+    ((), "name a trial run id"),
+])
+def test_unknown_run_or_study_exits_2(recorded, args, message):
+    before = _runs(recorded.uri)
+    code, out = tuner("replay", *args, "--tracking-uri", recorded.uri)
+    assert code == 2
+    assert message in " ".join(out.split())
+    assert _runs(recorded.uri) == before
+
+
+def test_parent_run_is_not_a_trial(recorded):
+    code, out = tuner("replay", recorded.parent_id, "--tracking-uri", recorded.uri)
+    assert code == 2
+    assert "is not a trial" in out
+
+
+def test_tracking_server_down_exits_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = tuner("replay", "--study", "any", "--tracking-uri",
+                      f"http://127.0.0.1:{free_port()}")
+    assert code == 2
+    assert "not reachable" in out
+    assert list(Path(tmp_path).iterdir()) == []
+
+
+@pytest.mark.slow
+def test_replay_of_a_real_search_is_bit_exact(tmp_path, byte_dataset, mlflow_store_template):
+    from test_search import fresh_store, run_tuner, write_space
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "e2e", byte_dataset,
+                        hparams={"lr_max": {"loguniform": [3e-3, 3e-2]}},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri,
+                      "--storage", str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for how in ((), ("--from-checkpoint",)):
+        code, out = tuner("replay", "--study", "e2e", "--tracking-uri", uri, *how)
+        assert code == 0, out
+        assert "largest absolute difference: 0.0 " in out
