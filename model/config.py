@@ -318,8 +318,36 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _from_dict(TrainConfig, {**data, "model": model}, "")
 
 
+STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
+                     "eval_interval": "eval_interval", "eval_windows": "eval_windows",
+                     "seed": "seed"}
+"""A study file's `budget` keys and the trainer fields they set."""
+
+
+def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
+    """A study file whose values are all fixed (`tuner best --export`) as a trainer config mapping."""
+    by_key = {key: name for name, spec in TRAIN_HPARAMS.items()
+              for key in (name, spec.symbol, *spec.aliases)}
+    flat: dict[str, Any] = {"model": study.get("model") or {}}
+    for key, value in (study.get("hparams") or {}).items():
+        if isinstance(value, dict):
+            raise ConfigError(f"hparams.{key}", "is a distribution; the trainer needs one value "
+                              "(run the study with `tuner search`)")
+        flat[by_key.get(key, key)] = value
+    path = (study.get("data") or {}).get("path")
+    if not path:
+        raise ConfigError("data.path", "the trainer needs a prepared dataset folder")
+    flat["data"] = path
+    for key, value in (study.get("budget") or {}).items():
+        flat[STUDY_BUDGET_KEYS.get(key, key)] = value
+    device = (study.get("resources") or {}).get("device")
+    if device:
+        flat["device"] = device
+    return flat
+
+
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a YAML or JSON config file; errors name the file."""
+    """Read a YAML or JSON trainer config, or a fixed study file; errors name the file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -334,4 +362,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
             data = yaml.safe_load(text)
     except Exception as err:  # noqa: BLE001 - any parse error is the file's fault
         raise ConfigError(str(path), f"not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
-    return train_config_from_dict(data or {})
+    data = data or {}
+    if isinstance(data, dict) and ("hparams" in data or "budget" in data):
+        data = fixed_study_to_config(data)
+    return train_config_from_dict(data)

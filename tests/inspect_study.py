@@ -1,7 +1,8 @@
 """A small real study in the MLflow layout `tuner search` writes (tuner/search/tracking.py), made
 without Ray: each trial is a real `train()` of a tiny model, logged by MlflowClient to a real store.
 
-Used by the replay, best/report and generate tests, which need finished trials quickly.
+Used by the replay, best/report and generate tests, which need finished trials quickly; also
+their in-process `tuner` runner and a checkpoint crafted to run code when unpickled.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from model.checkpoint import CHECKPOINT_NAME, file_sha256
@@ -98,7 +100,8 @@ def _log_trial(client: Any, where: tuple[str, str], study: Any, prov: dict, inde
     exp, parent = where
     run_id = client.create_run(exp, run_name=f"{study.name}-{index}", tags={
         "mlflow.parentRunId": parent, STUDY_TAG: study.name,
-        ROLE_TAG: "trial", TRIAL_TAG: trial_id, STATUS_TAG: "running", "tuner.seed": str(config.seed),
+        ROLE_TAG: "trial", TRIAL_TAG: trial_id, STATUS_TAG: "running",
+        "tuner.seed": str(config.seed),
         "tuner.dataset_sha256": prov["dataset_sha256"], "tuner.git_commit": prov["git_commit"],
         "tuner.searched": ",".join(sorted(params)), "tuner.threads": "1",
         **{f"tuner.symbol.{n}": spec.symbol for n, spec in HPARAMS.items()}}).info.run_id
@@ -125,11 +128,10 @@ def _log_trial(client: Any, where: tuple[str, str], study: Any, prov: dict, inde
             mid = work / "mid"
             mid.mkdir()
             shutil.copy(ckpt / CHECKPOINT_NAME, mid / CHECKPOINT_NAME)
-            client.set_tag(run_id, "tuner.checkpoint_mid_sha256", file_sha256(mid / CHECKPOINT_NAME))
+            client.set_tag(run_id, "tuner.checkpoint_mid_sha256",
+                           file_sha256(mid / CHECKPOINT_NAME))
             client.log_artifact(run_id, str(mid / CHECKPOINT_NAME), "checkpoint_mid")
         return stop_after is not None and evals >= stop_after
-
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -186,3 +188,18 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path,
     """The TRIALS study, logged once per test session to a sqlite store of its own."""
     return log_study(tmp_path_factory.mktemp("inspect_study"), "tiny", byte_dataset,
                      mlflow_store_template)
+
+
+class _Payload:
+    """Unpickling this calls Path.touch(marker): the kind of code a checkpoint must never run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_malicious_checkpoint(path: Path, marker: Path) -> None:
+    """A checkpoint-shaped file whose unpickling runs code (creates `marker`)."""
+    torch.save({"model": _Payload(marker), "iteration": 0, "config": {}}, path)

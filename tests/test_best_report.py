@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from inspect_study import SPACE, TRIALS, recorded, tuner  # noqa: F401
+from inspect_study import SPACE, TRIALS, tuner
 from mlflow import MlflowClient
 
+from model.config import load_train_config
 from model.train import train
 from tuner.errors import UserError
 from tuner.inspect import history, report, runs
 from tuner.space import build_study, load_study
+
+pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,6 +46,7 @@ def test_export_then_train_gives_the_trial_result(recorded, tmp_path):
     client = MlflowClient(tracking_uri=recorded.uri)
     original = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)
     assert config == original
+    assert load_train_config(export) == config  # what `python -m model.train --config` runs
     result = train(config)
     logged = runs.metric_points(client, recorded.best_run_id, "val_loss")
     assert [(r.tokens, r.val_loss) for r in result.records] == logged
@@ -61,7 +64,7 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
         assert matplotlib.image.imread(out / name).shape[2] in (3, 4)
     html = (out / report.PARALLEL_HTML).read_text()
     figure = json.loads(re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', html,
-                                  re.S).group(1))
+                                  re.DOTALL).group(1))
     lines = [trace for trace in figure if trace.get("mode") == "lines"]  # one per trial
     assert len(lines) == len(TRIALS)
     assert all(len(trace["x"]) == 1 + 3 for trace in lines)  # objective + 3 searched parameters

@@ -8,26 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from inspect_study import artifact_path, recorded, tuner  # noqa: F401
+from inspect_study import tuner, write_malicious_checkpoint
 
 from model.config import ModelConfig, TrainConfig
 from model.tokenizer import Tokenizer
 from model.train import train
 
-
-class _Payload:
-    """Unpickling this calls Path.touch(marker): the kind of code a checkpoint must never run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def write_malicious_checkpoint(path: Path, marker: Path) -> None:
-    """A checkpoint-shaped file whose unpickling runs code (creates `marker`)."""
-    torch.save({"model": _Payload(marker), "iteration": 0, "config": {}}, path)
+pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 
 
 @pytest.fixture(scope="module")

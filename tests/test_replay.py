@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inspect_study import TRIALS, artifact_path, log_study, recorded, tuner  # noqa: F401
+from inspect_study import TRIALS, artifact_path, log_study, tuner, write_malicious_checkpoint
 from mlflow import MlflowClient
-
 from services import free_port
+
+pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 
 
 def _runs(uri: str) -> int:
@@ -38,7 +39,8 @@ def test_replay_from_scratch_is_bit_exact(recorded):
     assert replay.data.tags["tuner.replay.ok"] == "true"
     client = MlflowClient(tracking_uri=recorded.uri)
     original = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
-    replayed = [(m.step, m.value) for m in client.get_metric_history(replay.info.run_id, "val_loss")]
+    history = client.get_metric_history(replay.info.run_id, "val_loss")
+    replayed = [(m.step, m.value) for m in history]
     assert sorted(replayed) == sorted(original) and len(original) == 4
     assert replay.data.metrics["replay_max_abs_diff"] == 0.0
 
@@ -73,7 +75,8 @@ def test_difference_beyond_tolerance_exits_nonzero(tmp_path, byte_dataset, mlflo
     code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri)
     assert code == 1, out
     assert "exceeds the tolerance 0" in out
-    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri, "--tolerance", "0.01")
+    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri,
+                      "--tolerance", "0.01")
     assert code == 0, out
 
 
@@ -103,9 +106,10 @@ def test_truncated_mid_checkpoint_is_refused(tmp_path, byte_dataset, mlflow_stor
     assert _runs(study.uri) == before
 
 
-def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, byte_dataset, mlflow_store_template):
+def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, byte_dataset,
+                                                      mlflow_store_template):
+
     from model.checkpoint import file_sha256
-    from test_generate_cmd import write_malicious_checkpoint
 
     study = log_study(tmp_path, "evil", byte_dataset, mlflow_store_template,
                       trials=[TRIALS[0]])

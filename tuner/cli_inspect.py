@@ -35,8 +35,8 @@ def replay(
         "--deterministic", help="deterministic kernels: a GPU replay of a deterministic trial "
         "is exact")] = False,
     tolerance: Annotated[float | None, typer.Option(
-        min=0.0, help="largest relative val_loss difference accepted [default: 0 on CPU or "
-        "with --deterministic, 0.01 on a GPU]", show_default=False)] = None,
+        min=0.0, help="largest relative val_loss difference accepted (default: 0 on CPU or "
+        "with --deterministic, 0.01 on a GPU)", show_default=False)] = None,
     data: Annotated[Path | None, typer.Option(
         help="the dataset folder, if it moved since the study (its hash must match)",
         file_okay=False)] = None,
@@ -108,7 +108,7 @@ def best(
 def report(
     study: Annotated[str, typer.Option(help="study name", show_default=False)],
     out: Annotated[Path | None, typer.Option(
-        help="folder for the files [default: reports/STUDY]", file_okay=False,
+        help="folder for the files (default: reports/STUDY)", file_okay=False,
         show_default=False)] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
 ) -> int:
@@ -139,7 +139,7 @@ def generate(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling mass")] = 0.95,
     seed: Annotated[int, typer.Option(min=0, help="seed of the sampler")] = 0,
     data: Annotated[Path | None, typer.Option(
-        help="dataset folder with the tokenizer [default: the one the model trained on]",
+        help="dataset folder with the tokenizer (default: the one the model trained on)",
         file_okay=False)] = None,
     device: Annotated[str, typer.Option(help="torch device")] = "auto",
     tracking_uri: TrackingUri = DEFAULT_URI,

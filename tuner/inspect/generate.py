@@ -1,4 +1,5 @@
-"""`tuner generate`: continue a prompt with a trained checkpoint (a file, or a trial run's artifact)."""
+"""`tuner generate`: continue a prompt with a trained checkpoint (a file or a trial run's
+artifact)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from tuner.errors import UserError
 
 
 def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
-    """The model a checkpoint holds (read with weights_only: a file cannot run code) and its config."""
+    """The model a checkpoint holds and its config; read with weights_only, so a file cannot run
+    code."""
     from model.checkpoint import read_checkpoint
     from model.layers import TransformerLM
     from model.train import resolve_device
@@ -34,8 +36,8 @@ def load_tokenizer(dataset: Path) -> Any:
     from model.tokenizer import Tokenizer
 
     if not (dataset / "vocab.json").is_file():
-        raise UserError(f"no tokenizer (vocab.json) in {dataset}: pass --data, the prepared dataset "
-                        "folder the model was trained on")
+        raise UserError(f"no tokenizer (vocab.json) in {dataset}: pass --data, the prepared "
+                        "dataset folder the model was trained on")
     try:
         return Tokenizer.from_dir(dataset)
     except (OSError, ValueError) as err:
@@ -56,8 +58,9 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     tokenizer = load_tokenizer(data or Path(config.data))
     unknown = [i for i in tokenizer.encode(prompt) if i >= config.model.vocab_size]
     if unknown:
-        raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) beyond "
-                        f"the model's vocabulary of {config.model.vocab_size}: not its tokenizer")
+        raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) "
+                        f"beyond the model's vocabulary of {config.model.vocab_size}: not its "
+                        "tokenizer")
     generator = torch.Generator().manual_seed(seed)
     return generate(model, tokenizer, prompt, max_new_tokens, temperature=temperature,
                     top_p=top_p, generator=generator)

@@ -133,7 +133,8 @@ def _resume_point(client: Any, plan: Plan, workdir: Path) -> None:
     try:
         state = read_checkpoint(path)
     except ConfigError as err:
-        raise UserError(f"mid-trial checkpoint of run {plan.run.info.run_id}: {err.message}") from None
+        raise UserError(f"mid-trial checkpoint of run {plan.run.info.run_id}: "
+                        f"{err.message}") from None
     mine, saved = plan.config.to_dict(), dict(state.get("config") or {})
     for key in (*RUNTIME_FIELDS, "data"):
         mine.pop(key, None)
@@ -201,4 +202,5 @@ def _log_metrics(client: Any, run_id: str, values: dict[str, float], step: int) 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step)) for k, v in values.items()])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step))
+                                      for k, v in values.items()])

@@ -15,10 +15,11 @@ from tuner.inspect import history, runs
 
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
 PARALLEL_HTML, SUMMARY_MD = "parallel_coordinates.html", "summary.md"
-STYLE = {"completed": dict(alpha=0.8, lw=1.2, color="tab:blue"),
-         "stopped": dict(alpha=0.3, lw=1.0, color="tab:blue"),
-         "diverged": dict(alpha=0.6, lw=1.0, color="tab:red"),
-         "failed": dict(alpha=0.4, lw=1.0, ls=":", color="gray")}
+STYLE = {"best": {"color": "black", "lw": 2.6, "alpha": 1.0, "zorder": 3},
+         "completed": {"alpha": 0.8, "lw": 1.2, "color": "tab:blue"},
+         "stopped": {"alpha": 0.3, "lw": 1.0, "color": "tab:blue"},
+         "diverged": {"alpha": 0.6, "lw": 1.0, "color": "tab:red"},
+         "failed": {"alpha": 0.4, "lw": 1.0, "ls": ":", "color": "gray"}}
 
 
 @dataclass
@@ -52,12 +53,11 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
         finite = [(t, v) for t, v in c.points if math.isfinite(v)]
         if not finite:
             continue
-        style = dict(color="black", lw=2.6, alpha=1.0, zorder=3) if c.run_id == best_run_id else \
-            STYLE.get(c.status, STYLE["completed"])
-        ax.plot(*zip(*finite), gid=f"trial:{c.trial_id}", **style)
+        status = "best" if c.run_id == best_run_id else c.status
+        ax.plot(*zip(*finite), gid=f"trial:{c.trial_id}", **STYLE.get(status, STYLE["completed"]))
         if c.status == "diverged":
             ax.plot(*finite[-1], marker="x", ms=10, mew=2.5, color="tab:red", gid="diverged")
-    handles = [Line2D([], [], color="black", lw=2.6, label="best"),
+    handles = [Line2D([], [], **STYLE["best"], label="best"),
                Line2D([], [], **STYLE["completed"], label="completed"),
                Line2D([], [], **STYLE["stopped"], label="stopped early"),
                Line2D([], [], color="tab:red", marker="x", ls="", mew=2.5, label="diverged")]
@@ -173,8 +173,8 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
                                                         sorted(counts.items())) + f"), "
              f"{tokens:,} tokens trained in all.", "",
              f"## Best trial: {row.trial_id}", "",
-             f"val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}) after "
-             f"{row.tokens:,} tokens; MLflow run `{row.run_id}`.", "",
+             (f"val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}) after "
+              f"{row.tokens:,} tokens; MLflow run `{row.run_id}`."), "",
              "| parameter | value |", "|---|---|",
              *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
              f"Reproduce it: `{replay_cmd}`", "", "## What mattered (fANOVA)", ""]

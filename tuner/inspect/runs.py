@@ -41,8 +41,8 @@ def study_parent(client: Any, study: str) -> Any:
             return runs[0]
     known = sorted({r.data.tags[STUDY_TAG] for r in client.search_runs(
         _experiments(client), filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1000)})
-    raise UserError(f"no study {study!r} in {client.tracking_uri}"
-                    + (f" (studies there: {', '.join(known)})" if known else " (it holds no study)"))
+    there = f"studies there: {', '.join(known)}" if known else "it holds no study"
+    raise UserError(f"no study {study!r} in {client.tracking_uri} ({there})")
 
 
 def _experiments(client: Any) -> list[str]:

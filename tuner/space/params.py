@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from model.config import MODEL_HPARAMS, TRAIN_HPARAMS, HParam
+from model.config import MODEL_HPARAMS, STUDY_BUDGET_KEYS, TRAIN_HPARAMS, HParam
 from tuner.space.distributions import (
     DISTRIBUTIONS,
     Distribution,
@@ -32,8 +32,7 @@ WARMUP_FRACTION = HParam(
                 "(instead of warmup_iters)", low=0.0, high=1.0)
 
 # budget field → trainer parameter; the budget is fixed per study, never searched
-BUDGET_NAMES = {"tokens": "total_tokens", "total_iters": "total_iters",
-                "eval_interval": "eval_interval", "eval_windows": "eval_windows", "seed": "seed"}
+BUDGET_NAMES = STUDY_BUDGET_KEYS
 BUDGET_DEFS: dict[str, HParam] = {key: TRAIN_HPARAMS[name] for key, name in BUDGET_NAMES.items()}
 MODEL_DEFS: dict[str, HParam] = dict(MODEL_HPARAMS)
 
