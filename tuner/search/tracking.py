@@ -180,10 +180,9 @@ class MlflowRecorder(tune.Callback):
         child = self._children.get(trial.trial_id)
         if child is None:
             self._children[trial.trial_id] = self._create_child(trial)
-        else:
+        elif trial.trial_id not in self._finished:
             self._client.update_run(child.run_id, status="RUNNING")
             self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
-            self._finished.pop(trial.trial_id, None)
         self._note_config(trial)
 
     def _create_child(self, trial: Any) -> _Child:
@@ -264,8 +263,8 @@ class MlflowRecorder(tune.Callback):
 
     def _finish(self, trial: Any) -> None:
         child = self._children.get(trial.trial_id)
-        # A trial MLflow already holds as finished (Tune's snapshot before a SIGKILL can lag the
-        # tracking store) keeps its record: a resume must not rewrite how and when it ended.
+        # A trial MLflow already holds as finished keeps its record: Tune's snapshot before a
+        # SIGKILL can lag the tracking store and restart it, but it must not end a second time.
         if child is None or trial.trial_id in self._finished:
             return
         end = outcome(trial, self.study.search)
