@@ -340,9 +340,8 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
     flat["data"] = path
     for key, value in (study.get("budget") or {}).items():
         flat[STUDY_BUDGET_KEYS.get(key, key)] = value
-    device = (study.get("resources") or {}).get("device")
-    if device:
-        flat["device"] = device
+    resources = study.get("resources") or {}
+    flat.update({key: resources[key] for key in ("device", "deterministic") if key in resources})
     return flat
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from inspect_study import SPACE, TRIALS, tuner
+from inspect_study import SPACE, TRIALS, log_study, tuner
 from mlflow import MlflowClient
 
 from model.config import load_train_config
 from model.train import train
 from tuner.errors import UserError
 from tuner.inspect import history, report, runs
+from tuner.search.algorithms import seed_study
 from tuner.space import build_study, load_study
 
 pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
@@ -123,7 +124,7 @@ def test_finished_trials_warm_start_an_optuna_searcher(recorded):
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri)),
                          "name": "next"})
     storage = optuna.storages.InMemoryStorage()
-    assert history.warm_start(storage, "next", "min", study.sample, points) == len(TRIALS)
+    seed_study(storage, "next", "min", history.optuna_trials(study.sample, points))
     searcher = OptunaSearch(space=study.sample, metric="val_loss", mode="min", storage=storage,
                             study_name="next", sampler=optuna.samplers.TPESampler(seed=0))
     suggested = searcher.suggest("t1")
@@ -138,8 +139,64 @@ def test_warm_start_refuses_another_space(recorded):
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
     raw["hparams"]["α_max"] = {"loguniform": [1.0e-4, 1.0e-2]}  # 0.02 no longer fits
     narrower = build_study({**raw, "name": "narrow"})
-    import optuna
-
     with pytest.raises(UserError, match="does not fit this space"):
-        history.warm_start(optuna.storages.InMemoryStorage(), "narrow", "min", narrower.sample,
-                           points)
+        history.optuna_trials(narrower.sample, points)
+
+
+def _space_file(folder: Path, recorded, name: str, **search) -> Path:
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["search"].update(search)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**raw, "name": name}, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize(("search", "flags", "message"), [
+    ({}, ["--warm-start", "nosuch"], "no study 'nosuch'"),
+    ({"warm_start": "tiny", "scheduler": "pbt"}, [], "search.warm_start"),
+    ({}, ["--resume", "--warm-start", "tiny"], "--warm-start starts a new study"),
+])
+def test_bad_warm_start_exits_2_before_anything_starts(recorded, tmp_path, search, flags,
+                                                       message):
+    space = _space_file(tmp_path, recorded, "again", **search)
+    code, out = tuner("search", "--space", str(space), "--name", "again", "--storage",
+                      str(tmp_path / "ray"), *flags)
+    assert code == 2 and message in " ".join(out.split()), out
+    assert not (tmp_path / "ray").exists()
+
+
+def test_warm_start_outside_the_space_exits_2(recorded, tmp_path):
+    space = _space_file(tmp_path, recorded, "narrow")
+    raw = yaml.safe_load(space.read_text())
+    raw["hparams"]["α_max"] = {"loguniform": [1.0e-4, 1.0e-2]}
+    space.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    code, out = tuner("search", "--space", str(space), "--warm-start", "tiny", "--storage",
+                      str(tmp_path / "ray"))
+    assert code == 2 and "does not fit this space" in out and "lr_max=0.02" in out, out
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.slow
+def test_search_warm_started_from_an_earlier_study(tmp_path, byte_dataset, mlflow_store_template):
+    """`tuner search --warm-start` on real Ray: the searcher's Optuna study (kept in a sqlite
+    storage here) holds the earlier study's finished trials before its own."""
+    import optuna
+    from test_search import run_tuner
+
+    earlier = log_study(tmp_path, "earlier", byte_dataset, mlflow_store_template)
+    space = _space_file(tmp_path, earlier, "warmed", algorithm="tpe", scheduler="none",
+                        num_samples=2, max_concurrent=1,
+                        storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    proc = run_tuner(["search", "--space", str(space), "--warm-start", "earlier", "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warm start: 4 finished trials of study 'earlier'" in proc.stdout
+    trials = optuna.load_study(study_name="warmed",
+                               storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    points = history.finished_trials("earlier", earlier.uri)
+    assert [(t.params, t.value) for t in trials[:4]] == points
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    client = MlflowClient(tracking_uri=earlier.uri)
+    parent = runs.study_parent(client, "warmed")
+    assert parent.data.tags["tuner.warm_start"] == "earlier"
+    assert len(runs.trial_runs(client, parent)) == 2

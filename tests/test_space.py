@@ -305,6 +305,10 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert config.lr_min == pytest.approx(0.2 * 0.001)
     assert (config.batch_size, config.model.d_model, config.eval_interval) == (16, 32, 20)
     assert config.device == "cpu" and config.data == str(tmp_path / "data")
+    assert not config.deterministic
+    exact = load_study(write(tmp_path, study_text(extra="resources:\n  deterministic: true\n"),
+                             "exact.yaml"))
+    assert exact.trial_config({}, tmp_path).deterministic
 
 
 def test_an_invalid_sample_is_rejected_naming_the_parameter(tmp_path: Path) -> None:

@@ -31,6 +31,9 @@ def search(
         help="Ray cluster to run on (default: a local Ray on this machine)")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="continue the study NAME after its driver stopped")] = False,
+    warm_start: Annotated[str | None, typer.Option(
+        "--warm-start", metavar="STUDY", help="start the searcher from the finished trials of "
+        "an earlier study with the same space, in the same tracking store")] = None,
 ) -> int:
     """Run a study: Ray Tune schedules trials of the trainer and MLflow records every run."""
     from tuner.search import environment, state
@@ -39,11 +42,14 @@ def search(
     console = Console(highlight=False, soft_wrap=True)
     storage = storage.expanduser().resolve()
     overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,
-                                       max_concurrent=max_concurrent,
+                                       max_concurrent=max_concurrent, warm_start=warm_start,
                                        tracking_uri=_absolute_uri(tracking_uri)).items()
                  if v is not None}
     if resume and not name:
         raise UserError("--resume needs --name NAME: the study to continue")
+    if resume and warm_start:
+        raise UserError("--warm-start starts a new study: a resumed one keeps its searcher's "
+                        "state, warm start included")
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
     data_dir, meta = _dataset(study)
@@ -56,11 +62,16 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
                         f"{study.name}, or pick another --name")
+    warm_trials = None if resume else _warm_trials(study)
+    if warm_trials:
+        console.print(f"warm start: {len(warm_trials)} finished trials of study "
+                      f"{study.search.warm_start!r}")
     from tuner.search.console import print_summary
     from tuner.search.runner import run_study
 
     summary = run_study(study, data_dir, storage, address=address, resume=resume,
-                        provenance=provenance(data_dir, meta), overrides=overrides)
+                        provenance=provenance(data_dir, meta), overrides=overrides,
+                        warm_trials=warm_trials)
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: tuner search --resume --name {study.name} "
@@ -89,6 +100,22 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
         raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
                         f"--resume --name {study.name}, or pick another --name")
     return study
+
+
+def _warm_trials(study: Any) -> list[Any] | None:
+    """The finished trials of the study named by search.warm_start, as Optuna trials of this
+    study's space; UserError when it has none or one does not fit the space."""
+    earlier = study.search.warm_start
+    if earlier is None:
+        return None
+    from tuner.inspect import history
+
+    if earlier == study.name:
+        raise UserError(f"--warm-start {earlier} names this study: give an earlier one")
+    points = history.finished_trials(earlier, study.tracking.uri)
+    if not points:
+        raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
+    return history.optuna_trials(study.sample, points)
 
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:

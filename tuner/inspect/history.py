@@ -62,19 +62,6 @@ def optuna_trials(sample: Callable[[Any], Any], points: list[tuple[dict[str, Any
     return trials
 
 
-def warm_start(storage: Any, study_name: str, mode: str, sample: Callable[[Any], Any],
-               points: list[tuple[dict[str, Any], float]]) -> int:
-    """Add `points` as finished trials to the Optuna study `study_name` in `storage` (created when
-    missing), so a searcher that loads that study starts from them; return how many were added."""
-    import optuna
-
-    trials = optuna_trials(sample, points)
-    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                direction="minimize" if mode == "min" else "maximize")
-    study.add_trials(trials)
-    return len(trials)
-
-
 def _show(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
                      for k, v in params.items())

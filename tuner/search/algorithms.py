@@ -30,8 +30,9 @@ def optuna_sampler(algorithm: str, seed: int) -> Any:
     return samplers[algorithm]()
 
 
-def build_searcher(study: Any) -> Any:
-    """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT)."""
+def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
+    """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
+    from `warm_trials` (finished Optuna trials of an earlier study) when given."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -41,6 +42,9 @@ def build_searcher(study: Any) -> Any:
     search = study.search
     points = study.grid_points() if search.algorithm == "grid" else None
     storage = optuna_storage(search.storage) if search.storage else None
+    if warm_trials:
+        storage = storage or optuna.storages.InMemoryStorage()
+        seed_study(storage, study.name, search.mode, warm_trials)
     return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                         sampler=optuna_sampler(search.algorithm, search.seed),
                         points_to_evaluate=points, study_name=study.name, storage=storage)
@@ -56,6 +60,16 @@ def optuna_storage(url: str) -> Any:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - any failure means the storage is unusable
         raise UserError(f"search.storage {url} cannot be used: {err}") from None
+
+
+def seed_study(storage: Any, study_name: str, mode: str, trials: list[Any]) -> None:
+    """Add finished `trials` to the Optuna study `study_name` in `storage` (created when missing):
+    OptunaSearch loads that study, so its sampler models them before its first suggestion."""
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                direction="minimize" if mode == "min" else "maximize")
+    study.add_trials(trials)
 
 
 def build_scheduler(study: Any) -> Any:

@@ -29,8 +29,9 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
-def tune_config(study: Any) -> Any:
-    """Searcher, scheduler and concurrency of a new study (built before Ray starts: fail early)."""
+def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
+    """Searcher, scheduler and concurrency of a new study (built before Ray starts: fail early);
+    the searcher starts from `warm_trials` when given."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -38,7 +39,7 @@ def tune_config(study: Any) -> Any:
 
     search = study.search
     searcher = (BasicVariantGenerator(random_state=search.seed) if search.scheduler == "pbt"
-                else build_searcher(study))
+                else build_searcher(study, warm_trials))
     # HyperBand pauses trials at each milestone until the rest of their bracket gets there: a
     # limit on unfinished trials would keep the bracket from filling, so resources bound it alone.
     limit = None if search.scheduler == "hyperband" else search.max_concurrent
@@ -77,16 +78,18 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, resume: bool,
-              provenance: dict[str, Any], overrides: dict[str, Any]) -> Summary:
+              provenance: dict[str, Any], overrides: dict[str, Any],
+              warm_trials: list[Any] | None = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
-    `overrides` (the command line's) are saved with a new study, for `--resume` to rebuild it.
+    `overrides` (the command line's) are saved with a new study, for `--resume` to rebuild it;
+    `warm_trials` (Optuna trials of an earlier study) seed a new study's searcher.
     """
     import numpy as np
 
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
-    config = None if resume else tune_config(study)
+    config = None if resume else tune_config(study, warm_trials)
     if config is not None:
         state.save(storage / study.name, study, overrides)
     start_ray(address)

@@ -123,7 +123,8 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
     budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
     try:
         config = TrainConfig(model=ModelConfig(**model), data=str(data_dir),
-                             device=study.resources.device, **budget, **train)
+                             device=study.resources.device,
+                             deterministic=study.resources.deterministic, **budget, **train)
         if fraction is not None:
             config.warmup_iters = int(fraction * config.steps)
         config.validate()

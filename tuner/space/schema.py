@@ -150,6 +150,8 @@ class SearchSection(Section):
                               "memory, preempted)")
     storage: str | None = Field(None, description="Optuna storage URL that keeps the search state "
                                 "(default: in memory)")
+    warm_start: str | None = Field(None, description="an earlier study in the same tracking store, "
+                                   "with this space: the searcher starts from its finished trials")
     asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha "
                                "and hyperband schedulers")
     median: MedianSettings = Field(default_factory=MedianSettings, description="settings of the "
@@ -166,6 +168,8 @@ class ResourcesSection(Section):
                                   "runs 4 trials on one GPU")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device of a trial "
                                                     "(auto: cuda when the trial has a GPU)")
+    deterministic: bool = Field(False, description="deterministic GPU kernels: slower trials "
+                                "whose GPU replays are bit-exact (CPU trials always are)")
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -187,6 +191,7 @@ class TrackingSection(Section):
 OVERRIDES = {"name": ("name",), "num_samples": ("search", "num_samples"),
              "max_concurrent": ("search", "max_concurrent"), "seed": ("search", "seed"),
              "storage": ("search", "storage"), "algorithm": ("search", "algorithm"),
+             "warm_start": ("search", "warm_start"),
              "scheduler": ("search", "scheduler"), "tracking_uri": ("tracking", "uri"),
              "experiment": ("tracking", "experiment"), "device": ("resources", "device"),
              "cpus_per_trial": ("resources", "cpus_per_trial"),
