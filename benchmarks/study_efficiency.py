@@ -1,14 +1,14 @@
 """Study efficiency on the quickstart problem: ASHA + TPE against random search without early
 stopping, and what the orchestration costs.
 
-    uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--work DIR]
+    uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--space FILE] [--work DIR]
 
-For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml: random search with
-no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples` trials). From
-MLflow it rebuilds each study's best val_loss against the tokens trained by all its trials so far,
-and prints markdown: how much of random search's compute ASHA + TPE needs to reach random search's
-final best (goal: at most a third), the share of each study's wall time spent inside training
-steps (goal: at least 90%), and the start-up cost of a trial.
+For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or `--space`):
+random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
+trials). From MLflow it rebuilds each study's best val_loss against the tokens trained by all its
+trials so far, and prints markdown: how much of random search's compute ASHA + TPE needs to
+reach random search's final best (goal: at most a third), the share of each study's wall time
+spent inside training steps (goal: at least 90%), and the start-up cost of a trial.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ class Study:
     concurrency: int
 
 
-def run_study(work: Path, name: str, overrides: dict[str, Any]) -> float:
-    """Run quickstart with `overrides` to its `search` section; return the command's wall time."""
-    space = yaml.safe_load(QUICKSTART.read_text())
+def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUICKSTART) -> float:
+    """Run `base` with `overrides` to its `search` section; return the command's wall time."""
+    space = yaml.safe_load(base.read_text())
     space["name"] = name
     space["search"].update(overrides)
     if overrides.get("scheduler") != "asha":
@@ -149,10 +149,11 @@ def main() -> None:
     parser.add_argument("--random-samples", type=int, default=6)
     parser.add_argument("--asha-samples", type=int, default=16)
     parser.add_argument("--work", type=Path, default=Path("runs/study_efficiency"))
+    parser.add_argument("--space", type=Path, default=QUICKSTART, help="the study to run")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    concurrency = yaml.safe_load(QUICKSTART.read_text())["search"]["max_concurrent"]
+    concurrency = yaml.safe_load(args.space.read_text())["search"]["max_concurrent"]
     pairs = []
     for seed in args.seeds:
         studies = []
@@ -162,7 +163,7 @@ def main() -> None:
                 ("asha-tpe", {"algorithm": "tpe", "scheduler": "asha",
                               "num_samples": args.asha_samples})):
             name = f"{method}-s{seed}-{int(time.time())}"
-            wall = run_study(work, name, {**overrides, "seed": seed})
+            wall = run_study(work, name, {**overrides, "seed": seed}, args.space.resolve())
             studies.append(measure(work, name, wall, concurrency))
             print(f"{name}: {wall:.0f} s", file=sys.stderr, flush=True)
         pairs.append((seed, *studies))
