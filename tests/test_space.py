@@ -166,6 +166,14 @@ def test_the_grid_searcher_needs_grid_values(tmp_path: Path) -> None:
     assert "int cannot be enumerated" in message
 
 
+def test_a_warm_start_needs_a_searcher_and_a_searched_space(tmp_path: Path) -> None:
+    text = study_text(search="  warm_start: earlier\n")  # every value fixed
+    [(path, _, message)] = issues_of(tmp_path, text)
+    assert path == "search.warm_start" and "nothing is searched" in message
+    assert load_study(write(tmp_path, study_text("  B: {choice: [8, 16]}\n",
+                                                 search="  warm_start: earlier\n"))).searched()
+
+
 def test_model_shape_is_checked_for_every_searched_combination(tmp_path: Path) -> None:
     text = study_text(model="  norm: {choice: [pre, post]}\n").replace(
         "num_heads: 2", "num_heads: {choice: [2, 3]}")

@@ -110,8 +110,6 @@ def _warm_trials(study: Any) -> list[Any] | None:
         return None
     from tuner.inspect import history
 
-    if earlier == study.name:
-        raise UserError(f"--warm-start {earlier} names this study: give an earlier one")
     points = history.finished_trials(earlier, study.tracking.uri)
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")

@@ -129,8 +129,9 @@ class MlflowRecorder(tune.Callback):
                 "tuner.dataset_sha256": prov["dataset_sha256"],
                 "tuner.storage": self.storage, "tuner.algorithm": study.search.algorithm,
                 "tuner.scheduler": study.search.scheduler,
-                **({"tuner.warm_start": study.search.warm_start} if study.search.warm_start else {}),
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
+        if study.search.warm_start:
+            tags["tuner.warm_start"] = study.search.warm_start
         run_id = self._client.create_run(self._exp, tags=tags, run_name=study.name).info.run_id
         self._client.log_text(run_id, study.source_text, "space.yaml")
         self._client.log_dict(run_id, study.resolved(), "study.json")

@@ -172,12 +172,9 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
                            f"the scheduler is {search.scheduler}"))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
-        if search.warm_start is not None:
-            issues.append((("search", "warm_start"), "pbt draws its population without a "
-                           "searcher: there is nothing to warm-start"))
-    if search.warm_start is not None and not space:
-        issues.append((("search", "warm_start"), "nothing is searched: there is nothing to "
-                       "warm-start"))
+    if search.warm_start is not None and (search.scheduler == "pbt" or not space):
+        why = "pbt draws its population without a searcher" if space else "nothing is searched"
+        issues.append((("search", "warm_start"), f"{why}: there is nothing to warm-start"))
     return issues
 
 
