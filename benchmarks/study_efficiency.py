@@ -5,10 +5,11 @@ stopping, and what the orchestration costs.
 
 For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or `--space`):
 random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
-trials). From MLflow it rebuilds each study's best val_loss against the tokens trained by all its
-trials so far, and prints markdown: how much of random search's compute ASHA + TPE needs to
-reach random search's final best (goal: at most a third), the share of each study's wall time
-spent inside training steps (goal: at least 90%), and the start-up cost of a trial.
+trials, by default about the same compute). From MLflow it rebuilds each study's best val_loss
+against the tokens trained by all its trials so far, and prints markdown: how much of random
+search's compute ASHA + TPE needs to reach random search's final best (goal: at most a third),
+and at smaller compute, the share of each study's wall time spent inside training steps (goal: at
+least 90%), and the start-up cost of a trial.
 """
 
 from __future__ import annotations
@@ -112,6 +113,24 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2] if values else math.nan
 
 
+def by_compute(pairs: list[tuple[int, Study, Study]]) -> list[str]:
+    """The goal at every even number of random search's full trials: ASHA + TPE's tokens to reach
+    random search's best at that compute, as a share of it (the curves' prefixes)."""
+    seeds = [seed for seed, _, _ in pairs]
+    lines = ["ASHA + TPE's tokens to reach random search's best at a given compute, as a share "
+             "of that compute:", "",
+             "| random search's compute (full trials) | " + " | ".join(
+                 f"seed {seed}" for seed in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    full = pairs[0][1].curve[-1][0] / pairs[0][1].trials
+    for trials in range(2, pairs[0][1].trials + 1, 2):
+        cells = []
+        for _, rnd, asha in pairs:
+            reach = tokens_to_reach(asha.curve, best_at(rnd.curve, trials * full))
+            cells.append(f"{reach / (trials * full):.0%}" if math.isfinite(reach) else "not reached")
+        lines.append(f"| {trials} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(pairs: list[tuple[int, Study, Study]]) -> str:
     """The markdown for docs/benchmarks.md."""
     lines = ["| seed | random: trials, tokens | random: final best | ASHA+TPE: trials, tokens "
@@ -130,6 +149,7 @@ def report(pairs: list[tuple[int, Study, Study]]) -> str:
     median = sorted(ratios)[len(ratios) // 2]
     lines += ["", f"ASHA + TPE reached random search's final best within a third of its compute "
                   f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute).", "",
+              *by_compute(pairs), "",
               "| study | wall (command) | wall (driver) | inside training steps | share of driver "
               "wall × concurrency | trial start-up (median): new actor / reused |",
               "|---|---|---|---|---|---|"]
@@ -146,8 +166,8 @@ def report(pairs: list[tuple[int, Study, Study]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--random-samples", type=int, default=6)
-    parser.add_argument("--asha-samples", type=int, default=16)
+    parser.add_argument("--random-samples", type=int, default=12)
+    parser.add_argument("--asha-samples", type=int, default=24)
     parser.add_argument("--work", type=Path, default=Path("runs/study_efficiency"))
     parser.add_argument("--space", type=Path, default=QUICKSTART, help="the study to run")
     args = parser.parse_args()

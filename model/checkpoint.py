@@ -1,15 +1,20 @@
-"""Checkpoints: written atomically, read with `weights_only=True` so a file can never run code."""
+"""Checkpoints: written atomically, read with `weights_only=True` so a file can never run code.
+
+torch is imported only to write or read one: the tuning driver names and hashes checkpoint files
+without paying for torch while its trials wait on it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from model.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _COMPILE_PREFIX = "_orig_mod."
@@ -23,6 +28,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     iteration: int, out: str | Path, **extra: Any) -> Path:
     """Write model, optimizer, iteration and `extra` to `out` (a file, or a folder for the default name)."""
+    import torch
+
     out = Path(out)
     if out.is_dir():
         out = out / CHECKPOINT_NAME
@@ -43,6 +50,8 @@ def checkpoint_path(src: str | Path) -> Path:
 
 def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint's contents safely; a missing, truncated or unsafe file names itself."""
+    import torch
+
     path = checkpoint_path(src)
     if not path.is_file():
         raise ConfigError(str(path), "checkpoint not found")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,17 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         read_checkpoint(path)
     assert err.value.field == str(path)
+
+
+def test_the_study_driver_never_imports_torch(tmp_path: Path) -> None:
+    # The driver names and hashes checkpoint files while trials wait on each report: importing
+    # torch there stalled every trial's first report by seconds.
+    script = ("import sys\n"
+              "from tuner.search import runner, tracking\n"
+              "from model.checkpoint import CHECKPOINT_NAME, checkpoint_path, file_sha256\n"
+              f"open({str(tmp_path / 'f')!r}, 'wb').write(b'x')\n"
+              f"file_sha256({str(tmp_path / 'f')!r}), checkpoint_path({str(tmp_path)!r})\n"
+              "sys.exit('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr or "the driver's modules imported torch"
