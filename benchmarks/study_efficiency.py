@@ -7,9 +7,9 @@ For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or
 random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
 trials, by default about the same compute). From MLflow it rebuilds each study's best val_loss
 against the tokens trained by all its trials so far, and prints markdown: how much of random
-search's compute ASHA + TPE needs to reach random search's final best (goal: at most a third),
-and at smaller compute, the share of each study's wall time spent inside training steps (goal: at
-least 90%), and the start-up cost of a trial.
+search's compute ASHA + TPE needs to reach random search's best, at the end and at every smaller
+even number of full trials (goal: at most a third), the share of each study's wall time spent
+inside training steps (goal: at least 90%), and the start-up cost of a trial.
 """
 
 from __future__ import annotations
@@ -121,12 +121,12 @@ def by_compute(pairs: list[tuple[int, Study, Study]]) -> list[str]:
              "of that compute:", "",
              "| random search's compute (full trials) | " + " | ".join(
                  f"seed {seed}" for seed in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    full = pairs[0][1].curve[-1][0] / pairs[0][1].trials
     for trials in range(2, pairs[0][1].trials + 1, 2):
         cells = []
         for _, rnd, asha in pairs:
-            reach = tokens_to_reach(asha.curve, best_at(rnd.curve, trials * full))
-            cells.append(f"{reach / (trials * full):.0%}" if math.isfinite(reach) else "not reached")
+            spent = trials * rnd.curve[-1][0] / rnd.trials
+            reach = tokens_to_reach(asha.curve, best_at(rnd.curve, spent))
+            cells.append(f"{reach / spent:.0%}" if math.isfinite(reach) else "not reached")
         lines.append(f"| {trials} | " + " | ".join(cells) + " |")
     return lines
 

@@ -116,12 +116,13 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
 def test_the_study_driver_never_imports_torch(tmp_path: Path) -> None:
     # The driver names and hashes checkpoint files while trials wait on each report: importing
     # torch there stalled every trial's first report by seconds.
+    (tmp_path / "f").write_bytes(b"x")
     script = ("import sys\n"
+              "import tuner.cli\n"
               "from tuner.search import runner, tracking\n"
-              "from model.checkpoint import CHECKPOINT_NAME, checkpoint_path, file_sha256\n"
-              f"open({str(tmp_path / 'f')!r}, 'wb').write(b'x')\n"
-              f"file_sha256({str(tmp_path / 'f')!r}), checkpoint_path({str(tmp_path)!r})\n"
+              "from model.checkpoint import checkpoint_path, file_sha256\n"
+              "file_sha256(sys.argv[1] + '/f'), checkpoint_path(sys.argv[1])\n"
               "sys.exit('torch' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr or "the driver's modules imported torch"
