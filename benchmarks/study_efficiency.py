@@ -2,6 +2,7 @@
 stopping, and what the orchestration costs.
 
     uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--space FILE] [--work DIR]
+    uv run python benchmarks/study_efficiency.py --as-is 3
 
 For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or `--space`):
 random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
@@ -9,7 +10,8 @@ trials, by default about the same compute). From MLflow it rebuilds each study's
 against the tokens trained by all its trials so far, and prints markdown: how much of random
 search's compute ASHA + TPE needs to reach random search's best, at the end and at every smaller
 even number of full trials (goal: at most a third), the share of each study's wall time spent
-inside training steps (goal: at least 90%), and the start-up cost of a trial.
+inside training steps (goal: at least 90%) with where the rest went, and the start-up cost of a
+trial. `--as-is N` runs the study file unchanged N times and reports only the orchestration.
 """
 
 from __future__ import annotations
@@ -42,10 +44,21 @@ class Study:
     driver_s: float  # the parent run: from the first callback to the last
     curve: list[tuple[int, float]]  # (tokens trained by all trials so far, best val_loss so far)
     train_s: float  # time inside training steps, summed over trials
+    in_trial_s: float  # from each trainer's first step to its last report, summed over trials
     startups: list[tuple[int, float]]  # per trial (start time, seconds from its run's creation
     # to its trainer's first step)
     trials: int
     concurrency: int
+    losses: list[dict[int, float]]  # per trial: val_loss by tokens seen
+
+    def slot_time(self) -> dict[str, float]:
+        """The trial slots' time (driver wall × concurrency), split by what filled it."""
+        total = self.driver_s * self.concurrency
+        startup = sum(up for _, up in self.startups)
+        parts = {"training steps": self.train_s,
+                 "in trials, outside steps": self.in_trial_s - self.train_s,
+                 "trial start-up": startup}
+        return {**parts, "idle": total - sum(parts.values())}
 
 
 def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUICKSTART) -> float:
@@ -53,7 +66,7 @@ def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUI
     space = yaml.safe_load(base.read_text())
     space["name"] = name
     space["search"].update(overrides)
-    if overrides.get("scheduler") != "asha":
+    if overrides.get("scheduler", "asha") != "asha":
         space["search"].pop("asha", None)
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
@@ -75,20 +88,22 @@ def measure(work: Path, name: str, wall_s: float, concurrency: int) -> Study:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parent = next(r for r in runs if r.data.tags.get("tuner.role") == "study")
     trials = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
-    events, train_s, startups = [], 0.0, []
+    events, train_s, in_trial_s, startups, losses = [], 0.0, 0.0, [], []
     for run in trials:
         history = {key: sorted(client.get_metric_history(run.info.run_id, key),
                                key=lambda m: m.step)
                    for key in ("val_loss", "tokens_per_s", "elapsed_s")}
+        losses.append({m.step: m.value for m in history["val_loss"]})
         previous = 0
         for loss, speed in zip(history["val_loss"], history["tokens_per_s"]):
             events.append((loss.timestamp, run.info.run_id, loss.step, loss.value))
             train_s += (loss.step - previous) / speed.value if speed.value > 0 else 0.0
             previous = loss.step
         if history["val_loss"]:
-            first = history["val_loss"][0]
-            startups.append((run.info.start_time, (first.timestamp - run.info.start_time) / 1000
-                             - history["elapsed_s"][0].value))
+            first, last = history["val_loss"][0], history["val_loss"][-1]
+            first_step = first.timestamp / 1000 - history["elapsed_s"][0].value
+            startups.append((run.info.start_time, first_step - run.info.start_time / 1000))
+            in_trial_s += last.timestamp / 1000 - first_step
     tokens: dict[str, int] = {}
     best, curve = math.inf, []
     for _, run_id, step, value in sorted(events):
@@ -96,7 +111,8 @@ def measure(work: Path, name: str, wall_s: float, concurrency: int) -> Study:
         best = min(best, value)
         curve.append((sum(tokens.values()), best))
     driver_s = (parent.info.end_time - parent.info.start_time) / 1000
-    return Study(name, wall_s, driver_s, curve, train_s, startups, len(trials), concurrency)
+    return Study(name, wall_s, driver_s, curve, train_s, in_trial_s, startups, len(trials),
+                 concurrency, losses)
 
 
 def best_at(curve: list[tuple[int, float]], tokens: float) -> float:
@@ -131,8 +147,39 @@ def by_compute(pairs: list[tuple[int, Study, Study]]) -> list[str]:
     return lines
 
 
-def report(pairs: list[tuple[int, Study, Study]]) -> str:
-    """The markdown for docs/benchmarks.md."""
+def asha_rungs(space: dict[str, Any]) -> list[int]:
+    """The tokens at which the study file's ASHA decides (Ray's rule: grace·rf^k below max_t)."""
+    asha, max_t = space["search"]["asha"], space["budget"]["tokens"]
+    grace, factor = asha["grace_period"], asha["reduction_factor"]
+    return [grace * factor ** k
+            for k in range(int(math.log(max_t / grace) / math.log(factor) + 1))]
+
+
+def loss_at(losses: dict[int, float], tokens: int) -> float:
+    """A trial's val_loss at its first evaluation at or past `tokens` (inf: it ended before)."""
+    return next((losses[step] for step in sorted(losses) if step >= tokens), math.inf)
+
+
+def rung_ranks(pairs: list[tuple[int, Study, Study]], rungs: list[int], factor: int,
+               top: int = 4) -> list[str]:
+    """How well each rung predicts the end: where random search's best full trials ranked (by
+    val_loss at the first evaluation at or past the rung) among all its trials."""
+    lines = [(f"Rank at each ASHA rung ({' / '.join(f'{r:,}' for r in rungs)} tokens) of random "
+              f"search's {top} best full trials; ASHA keeps the best 1/{factor} at a rung:"), "",
+             "| seed | " + " | ".join(f"final #{i + 1}" for i in range(top)) + " |",
+             "|---|" + "---|" * top]
+    for seed, rnd, _ in pairs:
+        full = [h for h in rnd.losses if h]
+        ranked = {rung: sorted(full, key=lambda h, r=rung: loss_at(h, r)) for rung in rungs}
+        best = sorted(full, key=lambda h: h[max(h)])[:top]
+        cells = [" / ".join(f"{ranked[r].index(h) + 1}" for r in rungs) + f" of {len(full)}"
+                 for h in best]
+        lines.append(f"| {seed} | " + " | ".join(cells + [""] * (top - len(cells))) + " |")
+    return lines
+
+
+def report(pairs: list[tuple[int, Study, Study]], space: dict[str, Any]) -> str:
+    """The markdown for docs/benchmarks.md: the compute comparison, then the orchestration."""
     lines = ["| seed | random: trials, tokens | random: final best | ASHA+TPE: trials, tokens "
              "| ASHA+TPE best at ⅓ of random's tokens | ASHA+TPE tokens to reach random's best |",
              "|---|---|---|---|---|---|"]
@@ -150,17 +197,36 @@ def report(pairs: list[tuple[int, Study, Study]]) -> str:
     lines += ["", f"ASHA + TPE reached random search's final best within a third of its compute "
                   f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute).", "",
               *by_compute(pairs), "",
-              "| study | wall (command) | wall (driver) | inside training steps | share of driver "
-              "wall × concurrency | trial start-up (median): new actor / reused |",
-              "|---|---|---|---|---|---|"]
-    for _, *studies in pairs:
-        for s in studies:
-            ups = [up for _, up in sorted(s.startups)]
-            cold, warm = ups[:s.concurrency], ups[s.concurrency:]
-            share = s.train_s / (s.driver_s * s.concurrency)
-            lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.driver_s:.0f} s | {s.train_s:.0f} s "
-                         f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s |")
+              *rung_ranks(pairs, asha_rungs(space), space["search"]["asha"]["reduction_factor"]),
+              "", orchestration([s for _, *ss in pairs for s in ss])]
     return "\n".join(lines)
+
+
+def orchestration(studies: list[Study]) -> str:
+    """Each study's walls, share of slot time inside training steps and trial start-ups, then
+    where its slot time went."""
+    lines = ["| study | wall (command) | wall (driver) | inside training steps | share of driver "
+             "wall × concurrency | trial start-up (median): new actor / reused |",
+             "|---|---|---|---|---|---|"]
+    for s in studies:
+        ups = [up for _, up in sorted(s.startups)]
+        cold, warm = ups[:s.concurrency], ups[s.concurrency:]
+        share = s.train_s / (s.driver_s * s.concurrency)
+        lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.driver_s:.0f} s | {s.train_s:.0f} s "
+                     f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s |")
+    return "\n".join(lines + ["", *slot_time_table(studies)])
+
+
+def slot_time_table(studies: list[Study]) -> list[str]:
+    """Where each study's slot time (driver wall × concurrency) went, as shares of it."""
+    heads = list(studies[0].slot_time())
+    lines = ["| study | slot time | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    for s in studies:
+        parts = s.slot_time()
+        total = s.driver_s * s.concurrency
+        lines.append(f"| {s.name} | {total:.0f} s | " + " | ".join(
+            f"{parts[h]:.1f} s ({parts[h] / total:.0%})" for h in heads) + " |")
+    return lines
 
 
 def main() -> None:
@@ -170,29 +236,44 @@ def main() -> None:
     parser.add_argument("--asha-samples", type=int, default=24)
     parser.add_argument("--work", type=Path, default=Path("runs/study_efficiency"))
     parser.add_argument("--space", type=Path, default=QUICKSTART, help="the study to run")
+    parser.add_argument("--as-is", type=int, default=0, metavar="N",
+                        help="instead of the comparison, run the study file unchanged N times "
+                             "and report only its orchestration")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    concurrency = yaml.safe_load(args.space.read_text())["search"]["max_concurrent"]
+    space = yaml.safe_load(args.space.read_text())
+    concurrency = space["search"]["max_concurrent"]
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("ray", "optuna", "mlflow", "torch"))
+    header = (f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+              f"Python {platform.python_version()}, {versions}\n")
+    if args.as_is:
+        studies = [_run_and_measure(work, f"as-is-{i}-{int(time.time())}", {}, args.space,
+                                    concurrency) for i in range(args.as_is)]
+        print(header)
+        print(orchestration(studies))
+        return
     pairs = []
     for seed in args.seeds:
-        studies = []
-        for method, overrides in (
-                ("random", {"algorithm": "random", "scheduler": "none",
-                            "num_samples": args.random_samples}),
-                ("asha-tpe", {"algorithm": "tpe", "scheduler": "asha",
-                              "num_samples": args.asha_samples})):
-            name = f"{method}-s{seed}-{int(time.time())}"
-            wall = run_study(work, name, {**overrides, "seed": seed}, args.space.resolve())
-            studies.append(measure(work, name, wall, concurrency))
-            print(f"{name}: {wall:.0f} s", file=sys.stderr, flush=True)
+        studies = [_run_and_measure(work, f"{method}-s{seed}-{int(time.time())}",
+                                    {**overrides, "seed": seed}, args.space, concurrency)
+                   for method, overrides in (
+                       ("random", {"algorithm": "random", "scheduler": "none",
+                                   "num_samples": args.random_samples}),
+                       ("asha-tpe", {"algorithm": "tpe", "scheduler": "asha",
+                                     "num_samples": args.asha_samples}))]
         pairs.append((seed, *studies))
     (work / "curves.json").write_text(json.dumps({s.name: s.curve for _, *ss in pairs
                                                   for s in ss}))
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("ray", "optuna", "mlflow", "torch"))
-    print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, {versions}\n")
-    print(report(pairs))
+    print(header)
+    print(report(pairs, space))
+
+
+def _run_and_measure(work: Path, name: str, overrides: dict[str, Any], space: Path,
+                     concurrency: int) -> Study:
+    wall = run_study(work, name, overrides, space.resolve())
+    print(f"{name}: {wall:.0f} s", file=sys.stderr, flush=True)
+    return measure(work, name, wall, concurrency)
 
 
 if __name__ == "__main__":
