@@ -47,18 +47,24 @@ class Study:
     in_trial_s: float  # from each trainer's first step to its last report, summed over trials
     startups: list[tuple[int, float]]  # per trial (start time, seconds from its run's creation
     # to its trainer's first step)
-    trials: int
     concurrency: int
     losses: list[dict[int, float]]  # per trial: val_loss by tokens seen
 
+    @property
+    def trials(self) -> int:
+        return len(self.losses)
+
+    @property
+    def slot_s(self) -> float:
+        """The trial slots' time: driver wall × concurrency."""
+        return self.driver_s * self.concurrency
+
     def slot_time(self) -> dict[str, float]:
-        """The trial slots' time (driver wall × concurrency), split by what filled it."""
-        total = self.driver_s * self.concurrency
-        startup = sum(up for _, up in self.startups)
+        """The slot time split by what filled it."""
         parts = {"training steps": self.train_s,
                  "in trials, outside steps": self.in_trial_s - self.train_s,
-                 "trial start-up": startup}
-        return {**parts, "idle": total - sum(parts.values())}
+                 "trial start-up": sum(up for _, up in self.startups)}
+        return {**parts, "idle": self.slot_s - sum(parts.values())}
 
 
 def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUICKSTART) -> float:
@@ -111,8 +117,7 @@ def measure(work: Path, name: str, wall_s: float, concurrency: int) -> Study:
         best = min(best, value)
         curve.append((sum(tokens.values()), best))
     driver_s = (parent.info.end_time - parent.info.start_time) / 1000
-    return Study(name, wall_s, driver_s, curve, train_s, in_trial_s, startups, len(trials),
-                 concurrency, losses)
+    return Study(name, wall_s, driver_s, curve, train_s, in_trial_s, startups, concurrency, losses)
 
 
 def best_at(curve: list[tuple[int, float]], tokens: float) -> float:
@@ -147,12 +152,11 @@ def by_compute(pairs: list[tuple[int, Study, Study]]) -> list[str]:
     return lines
 
 
-def asha_rungs(space: dict[str, Any]) -> list[int]:
-    """The tokens at which the study file's ASHA decides (Ray's rule: grace·rf^k below max_t)."""
-    asha, max_t = space["search"]["asha"], space["budget"]["tokens"]
-    grace, factor = asha["grace_period"], asha["reduction_factor"]
-    return [grace * factor ** k
-            for k in range(int(math.log(max_t / grace) / math.log(factor) + 1))]
+def asha_rungs(study: Any) -> list[int]:
+    """The tokens at which the study's ASHA decides (Ray's rule: grace·rf^k below max_t)."""
+    grace, factor = study.search.asha.grace_period, study.search.asha.reduction_factor
+    count = int(math.log(study.full_trial_tokens() / grace) / math.log(factor) + 1)
+    return [int(grace * factor ** k) for k in range(count)]
 
 
 def loss_at(losses: dict[int, float], tokens: int) -> float:
@@ -160,25 +164,30 @@ def loss_at(losses: dict[int, float], tokens: int) -> float:
     return next((losses[step] for step in sorted(losses) if step >= tokens), math.inf)
 
 
-def rung_ranks(pairs: list[tuple[int, Study, Study]], rungs: list[int], factor: int,
+def _ranks(values: list[float]) -> list[int]:
+    """Each value's rank (1 = lowest) among `values`."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    return [order.index(i) + 1 for i in range(len(values))]
+
+
+def rung_ranks(pairs: list[tuple[int, Study, Study]], rungs: list[int], factor: float,
                top: int = 4) -> list[str]:
     """How well each rung predicts the end: where random search's best full trials ranked (by
     val_loss at the first evaluation at or past the rung) among all its trials."""
     lines = [(f"Rank at each ASHA rung ({' / '.join(f'{r:,}' for r in rungs)} tokens) of random "
-              f"search's {top} best full trials; ASHA keeps the best 1/{factor} at a rung:"), "",
+              f"search's {top} best full trials; ASHA keeps the best 1/{factor:g} at a rung:"), "",
              "| seed | " + " | ".join(f"final #{i + 1}" for i in range(top)) + " |",
              "|---|" + "---|" * top]
     for seed, rnd, _ in pairs:
         full = [h for h in rnd.losses if h]
-        ranked = {rung: sorted(full, key=lambda h, r=rung: loss_at(h, r)) for rung in rungs}
-        best = sorted(full, key=lambda h: h[max(h)])[:top]
-        cells = [" / ".join(f"{ranked[r].index(h) + 1}" for r in rungs) + f" of {len(full)}"
-                 for h in best]
+        rank = {rung: _ranks([loss_at(h, rung) for h in full]) for rung in rungs}
+        best = sorted(range(len(full)), key=lambda i: full[i][max(full[i])])[:top]
+        cells = [" / ".join(str(rank[r][i]) for r in rungs) + f" of {len(full)}" for i in best]
         lines.append(f"| {seed} | " + " | ".join(cells + [""] * (top - len(cells))) + " |")
     return lines
 
 
-def report(pairs: list[tuple[int, Study, Study]], space: dict[str, Any]) -> str:
+def report(pairs: list[tuple[int, Study, Study]], study: Any) -> str:
     """The markdown for docs/benchmarks.md: the compute comparison, then the orchestration."""
     lines = ["| seed | random: trials, tokens | random: final best | ASHA+TPE: trials, tokens "
              "| ASHA+TPE best at ⅓ of random's tokens | ASHA+TPE tokens to reach random's best |",
@@ -197,7 +206,7 @@ def report(pairs: list[tuple[int, Study, Study]], space: dict[str, Any]) -> str:
     lines += ["", f"ASHA + TPE reached random search's final best within a third of its compute "
                   f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute).", "",
               *by_compute(pairs), "",
-              *rung_ranks(pairs, asha_rungs(space), space["search"]["asha"]["reduction_factor"]),
+              *rung_ranks(pairs, asha_rungs(study), study.search.asha.reduction_factor),
               "", orchestration([s for _, *ss in pairs for s in ss])]
     return "\n".join(lines)
 
@@ -211,7 +220,7 @@ def orchestration(studies: list[Study]) -> str:
     for s in studies:
         ups = [up for _, up in sorted(s.startups)]
         cold, warm = ups[:s.concurrency], ups[s.concurrency:]
-        share = s.train_s / (s.driver_s * s.concurrency)
+        share = s.train_s / s.slot_s
         lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.driver_s:.0f} s | {s.train_s:.0f} s "
                      f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s |")
     return "\n".join(lines + ["", *slot_time_table(studies)])
@@ -223,9 +232,8 @@ def slot_time_table(studies: list[Study]) -> list[str]:
     lines = ["| study | slot time | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for s in studies:
         parts = s.slot_time()
-        total = s.driver_s * s.concurrency
-        lines.append(f"| {s.name} | {total:.0f} s | " + " | ".join(
-            f"{parts[h]:.1f} s ({parts[h] / total:.0%})" for h in heads) + " |")
+        lines.append(f"| {s.name} | {s.slot_s:.0f} s | " + " | ".join(
+            f"{parts[h]:.1f} s ({parts[h] / s.slot_s:.0%})" for h in heads) + " |")
     return lines
 
 
@@ -242,8 +250,10 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    space = yaml.safe_load(args.space.read_text())
-    concurrency = space["search"]["max_concurrent"]
+    from tuner.space import load_study
+
+    study = load_study(args.space)  # the schema's defaults resolved (grace period, concurrency)
+    concurrency = study.search.max_concurrent
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("ray", "optuna", "mlflow", "torch"))
     header = (f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
               f"Python {platform.python_version()}, {versions}\n")
@@ -266,7 +276,7 @@ def main() -> None:
     (work / "curves.json").write_text(json.dumps({s.name: s.curve for _, *ss in pairs
                                                   for s in ss}))
     print(header)
-    print(report(pairs, space))
+    print(report(pairs, study))
 
 
 def _run_and_measure(work: Path, name: str, overrides: dict[str, Any], space: Path,
