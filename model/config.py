@@ -226,6 +226,10 @@ class TrainConfig:
                                       optional=True)
     eval_interval: int = hparam(100, "k_eval", "steps between validation evaluations",
                                 group="training", low=1)
+    eval_tokens: int | None = hparam(None, "k_eval_tok", "tokens between validation evaluations "
+                                     "(instead of eval_interval): every batch size evaluates at the "
+                                     "same token counts", group="training", kind=int, low=1,
+                                     optional=True)
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
                                group="training", low=1)
     seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",
@@ -256,6 +260,16 @@ class TrainConfig:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.context_length
+
+    def evaluates_after(self, step: int) -> bool:
+        """Whether step `step` (counted from 1) ends with a validation evaluation: every
+        eval_interval steps, or at the first step that reaches each multiple of eval_tokens."""
+        if step == self.steps:
+            return True
+        if self.eval_tokens is None:
+            return step % self.eval_interval == 0
+        per_step = self.tokens_per_step
+        return step * per_step // self.eval_tokens > (step - 1) * per_step // self.eval_tokens
 
     @property
     def resolved_lr_min(self) -> float:
@@ -319,8 +333,8 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
-                     "eval_interval": "eval_interval", "eval_windows": "eval_windows",
-                     "seed": "seed"}
+                     "eval_interval": "eval_interval", "eval_tokens": "eval_tokens",
+                     "eval_windows": "eval_windows", "seed": "seed"}
 """A study file's `budget` keys and the trainer fields they set."""
 
 

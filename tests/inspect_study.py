@@ -32,7 +32,7 @@ hparams:
   α_max: {{loguniform: [1.0e-3, 3.0e-2]}}
   warmup_fraction: {{uniform: [0.0, 0.2]}}
   B: {{choice: [4, 8]}}
-budget: {{total_iters: 40, eval_interval: 10, eval_windows: 8, seed: 0}}
+budget: {{total_iters: 40, eval_tokens: 1280, eval_windows: 8, seed: 0}}
 search: {{algorithm: random, scheduler: asha, num_samples: 4}}
 resources: {{device: cpu}}
 tracking: {{uri: {uri}}}

@@ -28,7 +28,7 @@ def study_text(hparams: str = "", *, model: str = "", budget: str = "", search: 
             "model:\n  vocab_size: 512\n  context_length: 32\n  d_model: 32\n  num_layers: 1\n"
             f"  num_heads: 2\n{model}"
             f"hparams:\n  lr_max: 0.001\n{hparams}"
-            f"budget:\n  {budget or 'total_iters: 200'}\n  eval_interval: 20\n"
+            f"budget:\n  {budget or 'total_iters: 200'}\n  eval_tokens: 5120\n"
             f"search:\n  num_samples: 4\n{search}{extra}")
 
 
@@ -311,7 +311,7 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert config.total_tokens == 40960 and config.steps == 40960 // (16 * 32)
     assert config.warmup_iters == int(0.25 * config.steps)
     assert config.lr_min == pytest.approx(0.2 * 0.001)
-    assert (config.batch_size, config.model.d_model, config.eval_interval) == (16, 32, 20)
+    assert (config.batch_size, config.model.d_model, config.eval_tokens) == (16, 32, 5120)
     assert config.device == "cpu" and config.data == str(tmp_path / "data")
     assert not config.deterministic
     exact = load_study(write(tmp_path, study_text(extra="resources:\n  deterministic: true\n"),

@@ -30,7 +30,7 @@ hparams:
   B: {choice: [8, 16]}
 budget:
   total_iters: 200
-  eval_interval: 20
+  eval_tokens: 5120
 """
 
 
@@ -63,6 +63,14 @@ BAD = [
      "hparams.momentum", "γ_momentum is used only when optimizer is sgd, lars or rmsprop"),
     ("warmup-fraction-1", GOOD.replace("  B:", "  warmup_fraction: 1.0\n  B:"), 11,
      "hparams.warmup_fraction", "T_warmup/T_total must be in [0, 1), got 1.0"),
+    ("steps-apart-with-searched-batch", GOOD.replace("eval_tokens: 5120", "eval_interval: 20"),
+     14, "budget.eval_interval", "batch_size searched: every 20 steps is a different number of "
+     "tokens for each trial, so the asha scheduler would compare trials at unequal tokens; set "
+     "budget.eval_tokens instead (e.g. 10240, every 20 steps at the largest batch)"),
+    ("steps-and-tokens", GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  eval_interval: 20"),
+     14, "budget.eval_tokens", "give eval_interval (steps) or eval_tokens, not both"),
+    ("no-report-before-the-end", GOOD.replace("eval_tokens: 5120", "eval_tokens: 51200"), 14,
+     "budget.eval_tokens", "a trial of 51200 tokens would not report before it ends"),
     ("heads-do-not-divide", GOOD.replace("num_heads: 2", "num_heads: 3"), 8, "model.num_heads",
      "num_heads=3 must divide d_model=32"),
 ]

@@ -37,6 +37,16 @@ def test_validation_loss_falls(byte_dataset: Path) -> None:
     assert result.records[-1].val_ppl == pytest.approx(math.exp(result.records[-1].val_loss))
 
 
+def test_eval_tokens_evaluates_every_batch_size_at_the_same_token_counts(byte_dataset: Path) -> None:
+    tokens = {b: [r.tokens for r in train(tiny_config(
+        byte_dataset, batch_size=b, total_iters=None, total_tokens=7680, eval_tokens=1536)).records]
+              for b in (2, 4, 6)}
+    assert tokens[2] == tokens[4] == tokens[6] == [1536, 3072, 4608, 6144, 7680]
+    # 1000 tokens is 5.2 steps of B = 6: each evaluation at the first step that reaches a multiple
+    uneven = train(tiny_config(byte_dataset, batch_size=6, total_iters=30, eval_tokens=1000))
+    assert [r.step for r in uneven.records] == [6, 11, 16, 21, 27, 30]
+
+
 def test_same_seed_gives_identical_losses(byte_dataset: Path) -> None:
     config = tiny_config(byte_dataset, dropout=0.1)
     first, second = train(config), train(replace(config))

@@ -77,7 +77,8 @@ def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str,
         "model": {n: model[n] for n in MODEL_DEFS if active(n, model)},
         "hparams": {n: values[n] for n in HPARAM_DEFS if n in values and active(n, values)},
         "budget": {field: values[trainer] for field, trainer in BUDGET_NAMES.items()
-                   if values[trainer] is not None},
+                   if values[trainer] is not None
+                   and not (trainer == "eval_interval" and values["eval_tokens"] is not None)},
         "search": {"algorithm": "random", "scheduler": "none", "num_samples": 1},
         "resources": recorded.get("resources", {}),
         "tracking": {"uri": recorded.get("tracking", {}).get("uri", "sqlite:///mlflow.db")},

@@ -31,7 +31,7 @@ def study_issues(study: Study) -> list[tuple[Loc, str]]:
         return [*issues, (("budget",), "give tokens or total_iters (T_total), not both"
                           if budget.tokens else "set tokens or total_iters (T_total): how long a "
                           "full trial trains")]
-    return [*issues, *_steps(study), *_scheduler_tokens(study)]
+    return [*issues, *_steps(study), *_evaluations(study), *_scheduler_tokens(study)]
 
 
 def _section(name: str) -> str:
@@ -130,7 +130,7 @@ def _lr_floor(study: Study) -> list[tuple[Loc, str]]:
 
 
 def _steps(study: Study) -> list[tuple[Loc, str]]:
-    budget, hparams = study.budget, study.hparams
+    hparams = study.hparams
     fewest, most = steps_range(study)
     issues = []
     warmup = span(study, "warmup_iters")[1]
@@ -145,11 +145,36 @@ def _steps(study: Study) -> list[tuple[Loc, str]]:
     if cycle is not None and "cycle_iters" in hparams.model_fields_set and cycle[0] <= warmup:
         issues.append((("hparams", "cycle_iters"), f"T_cycle can be {fmt(cycle[0])}, but it must "
                        f"exceed T_warmup, which can be {fmt(warmup)}"))
-    if study.search.scheduler != "none" and budget.eval_interval >= fewest:
-        issues.append((("budget", "eval_interval"), f"a trial of {fewest} steps would not report "
-                       f"before it ends (eval_interval {budget.eval_interval}), so the "
-                       f"{study.search.scheduler} scheduler could not compare trials"))
     return issues
+
+
+def _evaluations(study: Study) -> list[tuple[Loc, str]]:
+    """Evaluations in steps or tokens; a scheduler needs reports before the end, at the same
+    token counts for every trial (a searched batch size or context needs eval_tokens)."""
+    budget, scheduler = study.budget, study.search.scheduler
+    if budget.eval_tokens is not None and "eval_interval" in budget.model_fields_set:
+        return [(("budget", "eval_tokens"), "give eval_interval (steps) or eval_tokens, not both")]
+    if scheduler == "none":
+        return []
+    if budget.eval_tokens is not None:
+        fewest = tokens_range(study)[0]
+        return [(("budget", "eval_tokens"), f"a trial of {fewest} tokens would not report before "
+                 f"it ends (eval_tokens {budget.eval_tokens}), so the {scheduler} scheduler "
+                 "could not compare trials")] if budget.eval_tokens >= fewest else []
+    fewest = steps_range(study)[0]
+    if budget.eval_interval >= fewest:
+        return [(("budget", "eval_interval"), f"a trial of {fewest} steps would not report before "
+                 f"it ends (eval_interval {budget.eval_interval}), so the {scheduler} scheduler "
+                 "could not compare trials")]
+    varied = [name for name in ("batch_size", "context_length") if name in searched(study)]
+    if varied:
+        (_, b_hi), (_, c_hi) = span(study, "batch_size"), span(study, "context_length")
+        return [(("budget", "eval_interval"), f"{' and '.join(varied)} searched: every "
+                 f"{budget.eval_interval} steps is a different number of tokens for each trial, so "
+                 f"the {scheduler} scheduler would compare trials at unequal tokens; set "
+                 f"budget.eval_tokens instead (e.g. {int(budget.eval_interval * b_hi * c_hi)}, "
+                 f"every {budget.eval_interval} steps at the largest batch)")]
+    return []
 
 
 def _search(study: Study) -> list[tuple[Loc, str]]:
