@@ -74,6 +74,8 @@ def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUI
     space["search"].update(overrides)
     if overrides.get("scheduler", "asha") != "asha":
         space["search"].pop("asha", None)
+    if overrides.get("algorithm", "tpe") not in ("tpe", "gp"):
+        space["search"].pop("startup_trials", None)
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
     start = time.monotonic()

@@ -12,6 +12,7 @@ import pytest
 
 from model.config import HPARAMS, TrainConfig
 from tuner.errors import UserError
+from tuner.search.algorithms import optuna_sampler
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.distributions import Choice, LogUniform, Uniform
 
@@ -240,6 +241,17 @@ SAMPLERS = {
     "qmc": lambda: optuna.samplers.QMCSampler(seed=0, warn_independent_sampling=False),
     "gp": lambda: optuna.samplers.GPSampler(seed=0, n_startup_trials=4),
 }
+
+
+def test_startup_trials_sets_when_tpe_starts_modelling() -> None:
+    def suggestions(startup_trials: int | None) -> list[float]:
+        study = optuna.create_study(sampler=optuna_sampler("tpe", 0, startup_trials))
+        study.optimize(lambda t: (t.suggest_float("x", 0.0, 1.0) - 0.3) ** 2, n_trials=6)
+        return [t.params["x"] for t in study.trials]
+
+    default, early = suggestions(None), suggestions(3)
+    assert early[:3] == default[:3]  # the same seeded random start-up
+    assert all(a != b for a, b in zip(early[3:], default[3:]))  # then TPE's, not random, draws
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

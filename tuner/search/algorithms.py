@@ -14,17 +14,19 @@ from typing import Any
 
 from tuner.search.trainable import HYPERBAND_TIME, TIME_ATTR
 
-def optuna_sampler(algorithm: str, seed: int) -> Any:
-    """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random)."""
+def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None) -> Any:
+    """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random);
+    TPE and GP sample `startup_trials` at random before modelling (default: Optuna's)."""
     import optuna
 
     quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
+    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     samplers = {  # parameters fall back to independent sampling, as intended
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet),
-        "gp": lambda: optuna.samplers.GPSampler(**quiet),
+        "gp": lambda: optuna.samplers.GPSampler(**quiet, **startup),
         "qmc": lambda: optuna.samplers.QMCSampler(**quiet, warn_asynchronous_seeding=False),
     }
     return samplers[algorithm]()
@@ -45,8 +47,8 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     if warm_trials:
         storage = storage or optuna.storages.InMemoryStorage()
         seed_study(storage, study.name, search.mode, warm_trials)
-    return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
-                        sampler=optuna_sampler(search.algorithm, search.seed),
+    sampler = optuna_sampler(search.algorithm, search.seed, search.startup_trials)
+    return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode, sampler=sampler,
                         points_to_evaluate=points, study_name=study.name, storage=storage)
 
 

@@ -188,6 +188,9 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
         elif search.algorithm == "grid" and not isinstance(dist, Grid):
             issues.append((loc, f"search.algorithm grid enumerates {{grid: [...]}} values; "
                            f"{dist.key} cannot be enumerated"))
+    if search.startup_trials is not None and search.algorithm not in ("tpe", "gp"):
+        issues.append((("search", "startup_trials"), "used by the tpe and gp searchers only, and "
+                       f"this study uses {search.algorithm}"))
     if search.algorithm == "grid" and not space:
         issues.append((("search", "algorithm"), "grid has nothing to enumerate: no parameter "
                        "is {grid: [...]}"))

@@ -146,6 +146,9 @@ class SearchSection(Section):
     max_concurrent: int | None = Field(None, ge=1, description="most trials at once (default: "
                                        "as many as the resources allow)")
     seed: int = Field(0, ge=0, description="seed of the searcher")
+    startup_trials: int | None = Field(None, ge=1, description="random trials before the tpe or gp "
+                                       "searcher starts modelling the results (default: Optuna's, "
+                                       "10)")
     max_failures: int = Field(2, ge=0, description="retries of a trial killed by the OS (out of "
                               "memory, preempted)")
     storage: str | None = Field(None, description="Optuna storage URL that keeps the search state "
