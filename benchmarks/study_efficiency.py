@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from tuner.space.checks import STARTUP_SEARCHERS
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 TUNER = Path(sys.executable).with_name("tuner")
@@ -74,7 +76,7 @@ def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUI
     space["search"].update(overrides)
     if overrides.get("scheduler", "asha") != "asha":
         space["search"].pop("asha", None)
-    if overrides.get("algorithm", "tpe") not in ("tpe", "gp"):
+    if overrides.get("algorithm", "tpe") not in STARTUP_SEARCHERS:
         space["search"].pop("startup_trials", None)
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))

@@ -67,12 +67,14 @@ BAD = [
      14, "budget.eval_interval", "batch_size searched: every 20 steps is a different number of "
      "tokens for each trial, so the asha scheduler would compare trials at unequal tokens; set "
      "budget.eval_tokens instead (e.g. 10240, every 20 steps at the largest batch)"),
-    ("steps-and-tokens", GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  eval_interval: 20"),
-     14, "budget.eval_tokens", "give eval_interval (steps) or eval_tokens, not both"),
+    ("steps-and-tokens",
+     GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  eval_interval: 20"), 14,
+     "budget.eval_tokens", "give eval_interval (steps) or eval_tokens, not both"),
     ("no-report-before-the-end", GOOD.replace("eval_tokens: 5120", "eval_tokens: 51200"), 14,
      "budget.eval_tokens", "a trial of 51200 tokens would not report before it ends"),
-    ("startup-trials-of-random-search", GOOD + "search:\n  algorithm: random\n  startup_trials: 5\n",
-     17, "search.startup_trials", "used by the tpe and gp searchers only, and this study uses random"),
+    ("startup-trials-of-random-search",
+     GOOD + "search:\n  algorithm: random\n  startup_trials: 5\n", 17, "search.startup_trials",
+     "used by the tpe and gp searchers only, and this study uses random"),
     ("heads-do-not-divide", GOOD.replace("num_heads: 2", "num_heads: 3"), 8, "model.num_heads",
      "num_heads=3 must divide d_model=32"),
 ]

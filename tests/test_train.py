@@ -37,7 +37,7 @@ def test_validation_loss_falls(byte_dataset: Path) -> None:
     assert result.records[-1].val_ppl == pytest.approx(math.exp(result.records[-1].val_loss))
 
 
-def test_eval_tokens_evaluates_every_batch_size_at_the_same_token_counts(byte_dataset: Path) -> None:
+def test_eval_tokens_evaluates_every_batch_size_at_equal_token_counts(byte_dataset: Path) -> None:
     tokens = {b: [r.tokens for r in train(tiny_config(
         byte_dataset, batch_size=b, total_iters=None, total_tokens=7680, eval_tokens=1536)).records]
               for b in (2, 4, 6)}

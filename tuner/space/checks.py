@@ -20,6 +20,7 @@ Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
 SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
+STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_trials at random
 
 
 def study_issues(study: Study) -> list[tuple[Loc, str]]:
@@ -157,15 +158,16 @@ def _evaluations(study: Study) -> list[tuple[Loc, str]]:
     if scheduler == "none":
         return []
     if budget.eval_tokens is not None:
+        key, every, unit = "eval_tokens", budget.eval_tokens, "tokens"
         fewest = tokens_range(study)[0]
-        return [(("budget", "eval_tokens"), f"a trial of {fewest} tokens would not report before "
-                 f"it ends (eval_tokens {budget.eval_tokens}), so the {scheduler} scheduler "
-                 "could not compare trials")] if budget.eval_tokens >= fewest else []
-    fewest = steps_range(study)[0]
-    if budget.eval_interval >= fewest:
-        return [(("budget", "eval_interval"), f"a trial of {fewest} steps would not report before "
-                 f"it ends (eval_interval {budget.eval_interval}), so the {scheduler} scheduler "
-                 "could not compare trials")]
+    else:
+        key, every, unit = "eval_interval", budget.eval_interval, "steps"
+        fewest = steps_range(study)[0]
+    if every >= fewest:
+        return [(("budget", key), f"a trial of {fewest} {unit} would not report before it ends "
+                 f"({key} {every}), so the {scheduler} scheduler could not compare trials")]
+    if key == "eval_tokens":
+        return []
     varied = [name for name in ("batch_size", "context_length") if name in searched(study)]
     if varied:
         (_, b_hi), (_, c_hi) = span(study, "batch_size"), span(study, "context_length")
@@ -188,7 +190,7 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
         elif search.algorithm == "grid" and not isinstance(dist, Grid):
             issues.append((loc, f"search.algorithm grid enumerates {{grid: [...]}} values; "
                            f"{dist.key} cannot be enumerated"))
-    if search.startup_trials is not None and search.algorithm not in ("tpe", "gp"):
+    if search.startup_trials is not None and search.algorithm not in STARTUP_SEARCHERS:
         issues.append((("search", "startup_trials"), "used by the tpe and gp searchers only, and "
                        f"this study uses {search.algorithm}"))
     if search.algorithm == "grid" and not space:
