@@ -262,10 +262,9 @@ class TrainConfig:
         return self.batch_size * self.model.context_length
 
     def evaluates_after(self, step: int) -> bool:
-        """Whether step `step` (counted from 1) ends with a validation evaluation: every
-        eval_interval steps, or at the first step that reaches each multiple of eval_tokens."""
-        if step == self.steps:
-            return True
+        """Whether step `step` (counted from 1) ends with a periodic evaluation: every eval_interval
+        steps, or at the first step that reaches each multiple of eval_tokens (the last step
+        always evaluates)."""
         if self.eval_tokens is None:
             return step % self.eval_interval == 0
         per_step = self.tokens_per_step

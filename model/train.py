@@ -151,8 +151,8 @@ def evaluate(model: torch.nn.Module, windows: tuple[torch.Tensor, torch.Tensor],
 def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | None = None,
           checkpoint_dir: str | Path | None = None,
           resume_from: str | Path | None = None) -> TrainResult:
-    """Train to T_total steps, evaluating as `config.evaluates_after` says; `on_eval` returning
-    True stops.
+    """Train to T_total steps, evaluating as `config.evaluates_after` says and at the end;
+    `on_eval` returning True stops.
 
     With `checkpoint_dir`, a checkpoint is written at each evaluation before `on_eval` sees it;
     `resume_from` continues such a checkpoint exactly where it left off.
@@ -216,7 +216,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
         diverged = (not math.isfinite(loss_value)
                     or loss_value > DIVERGENCE_FACTOR * math.log(config.model.vocab_size))
-        if not (diverged or config.evaluates_after(step)):
+        if not (diverged or step == total_steps or config.evaluates_after(step)):
             continue
 
         if device.type == "cuda":
