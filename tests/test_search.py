@@ -252,13 +252,19 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
             r.info.status == "FINISHED" for r in runs) and any(
             r.info.status == "RUNNING" and tokens[r.info.run_id] >= 30720 for r in runs))
     finally:
+        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
+                           if cmd.startswith("ray::ImplicitFunc")]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
+    _wait_exited(trial_processes)  # they outlive the driver by a second or two, checkpointing
     client, _, before = mlflow_runs(uri, "killed")
     finished_before = {r.info.run_id: r for r in before if r.info.status == "FINISHED"}
     assert finished_before and len(finished_before) < 4
     retried = [r for r in before if r.data.tags.get("tuner.retries") == "1"]
     assert len(retried) == len(workers)
+    unfinished = max((r for r in before if r.info.status == "RUNNING"),
+                     key=lambda r: _tokens(client, r))
+    _lose_named_checkpoint(storage / "killed" / f"trial_{unfinished.data.tags['tuner.trial_id']}")
 
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
@@ -274,6 +280,32 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
         assert steps == [10240 * k for k in range(1, 13)], steps  # no gap, no repeat
         if run.info.run_id in finished_before:  # finished trials are not rerun
             assert run.info.end_time == finished_before[run.info.run_id].info.end_time
+
+
+def _wait_exited(pids: list[int], timeout: float = 60) -> None:
+    """Wait until none of `pids` runs any more (gone, or a zombie left to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                running.append(pid)
+        if not running:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"trial processes {running} outlived their driver by {timeout:.0f} s")
+
+
+def _lose_named_checkpoint(trial_dir: Path) -> None:
+    """What a driver killed between Tune registering a checkpoint and saving its state leaves:
+    the checkpoint the state names deleted (`num_to_keep`), the next one kept. Each folder moves
+    up one number, so whichever one the state names is gone and its content comes next."""
+    for folder in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        folder.rename(trial_dir / f"checkpoint_{int(folder.name.split('_')[1]) + 1:06d}")
 
 
 def _wait_until(uri: str, driver: subprocess.Popen, ready: Any, timeout: float = 300) -> None:
@@ -324,6 +356,24 @@ def _descendants(root: int) -> list[tuple[int, str]]:
                     continue
                 found.append((child, cmd.replace(b"\0", b" ").decode(errors="replace").strip()))
     return found
+
+
+def test_repair_puts_back_a_deleted_checkpoint_from_the_next(tmp_path: Path) -> None:
+    """A checkpoint Tune's state names but `num_to_keep` deleted comes back as the next one."""
+    from pyarrow import fs
+
+    from tuner.search.recovery import repair
+
+    local = fs.LocalFileSystem()
+    for index, content in ((3, b"fourth report"), (4, b"fifth, never registered")):
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+        (tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt").write_bytes(content)
+    named = tmp_path / "checkpoint_000002"
+    assert repair(local, str(named))
+    assert (named / "checkpoint.pt").read_bytes() == b"fourth report"
+    assert not repair(local, str(named))  # present: left alone
+    assert not repair(local, str(tmp_path / "checkpoint_000009"))  # nothing after it
+    assert not (tmp_path / "checkpoint_000009").exists()
 
 
 @pytest.mark.slow

@@ -57,6 +57,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
     from tuner.search.algorithms import time_unit, tune_space
     from tuner.search.console import LiveView
+    from tuner.search.recovery import CheckpointRepair
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
 
@@ -68,7 +69,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
-    callbacks = [MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study)]
+    callbacks = [CheckpointRepair(), MlflowRecorder(study, str(data_dir), provenance, str(storage)),
+                 LiveView(study)]
     run_config = tune.RunConfig(  # a trial resumes from its latest checkpoint; PBT clones others'
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 1),
