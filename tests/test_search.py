@@ -231,7 +231,8 @@ def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
 def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Path,
                                                     mlflow_store_template: Path) -> None:
     """A trial process killed by the OS is retried from its checkpoint; a study whose driver is
-    killed with SIGKILL resumes with the same runs, rerunning nothing that had finished."""
+    killed with SIGKILL resumes with the same runs, rerunning nothing that had finished. Its
+    local Ray listens on 127.0.0.1 only."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "killed", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
@@ -243,8 +244,10 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480)
-        workers = [pid for pid, cmd in _descendants(driver.pid)
-                   if cmd.startswith("ray::ImplicitFunc")]
+        local_ray = _descendants(driver.pid)
+        listening = _listen_addresses({driver.pid, *(pid for pid, _ in local_ray)})
+        assert listening and listening <= LOOPBACK, listening  # servers bind 127.0.0.1 only
+        workers = [pid for pid, cmd in local_ray if cmd.startswith("ray::ImplicitFunc")]
         assert workers
         for pid in workers:  # what the OS's OOM killer would do
             os.kill(pid, signal.SIGKILL)
@@ -280,6 +283,28 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
         assert steps == [10240 * k for k in range(1, 13)], steps  # no gap, no repeat
         if run.info.run_id in finished_before:  # finished trials are not rerun
             assert run.info.end_time == finished_before[run.info.run_id].info.end_time
+
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def _listen_addresses(pids: set[int]) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp* spells them) of the TCP sockets `pids` listen
+    on: 127.0.0.1, ::ffff:127.0.0.1 and ::1 are LOOPBACK."""
+    sockets = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        sockets |= {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    addresses = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in sockets:  # state 0A is LISTEN
+                addresses.add(fields[1].rsplit(":", 1)[0])
+    return addresses
 
 
 def _wait_exited(pids: list[int], timeout: float = 60) -> None:

@@ -38,7 +38,7 @@ def search(
     """Run a study: Ray Tune schedules trials of the trainer and MLflow records every run."""
     from tuner.search import environment, state
 
-    environment.configure()
+    environment.configure(local=address is None)
     console = Console(highlight=False, soft_wrap=True)
     storage = storage.expanduser().resolve()
     overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,

@@ -19,7 +19,13 @@ RAY_ENV = {
 }
 
 
-def configure() -> None:
-    """Apply RAY_ENV where the user has not set a value."""
-    for key, value in RAY_ENV.items():
+# A local Ray's servers (GCS, raylet, workers, agents) listen on 127.0.0.1 only. Ray takes this
+# flag, meant for clusters on Windows and macOS, as "no cluster" and then uses the loopback
+# address as the node's; otherwise it advertises and binds the machine's network address.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def configure(local: bool) -> None:
+    """Apply RAY_ENV, and LOCAL_RAY_ENV for a `local` Ray, where the user has not set a value."""
+    for key, value in {**RAY_ENV, **(LOCAL_RAY_ENV if local else {})}.items():
         os.environ.setdefault(key, value)

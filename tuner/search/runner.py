@@ -1,6 +1,6 @@
 """Run (or resume) a study on Ray Tune: Ray start-up, the Tuner, and the summary MLflow holds after.
 
-Call `tuner.search.environment.configure()` before anything imports Ray.
+Call `tuner.search.environment.configure(local=...)` before anything imports Ray.
 """
 
 from __future__ import annotations
