@@ -383,6 +383,32 @@ def _descendants(root: int) -> list[tuple[int, str]]:
     return found
 
 
+@pytest.mark.slow
+def test_study_of_one_trial_at_a_time_repeats_exactly(tmp_path: Path, dataset: Path,
+                                                       mlflow_store_template: Path) -> None:
+    """Trials run one at a time reach ASHA and TPE in one order: the same study twice gives the
+    same trials, stops and losses."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    outcomes = []
+    for name in ("first", "second"):
+        space = write_space(tmp_path, name, dataset,
+                            hparams={"lr_max": {"loguniform": [1e-4, 3e-2]}},
+                            search={"algorithm": "tpe", "scheduler": "asha", "num_samples": 6,
+                                    "max_concurrent": 1, "startup_trials": 3,
+                                    "asha": {"grace_period": 5120, "reduction_factor": 2}})
+        proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri,
+                          "--storage", str(tmp_path / "ray")], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        client, _, children = mlflow_runs(uri, name)
+        outcomes.append([(run.data.params["lr_max"], run.data.tags["tuner.status"],
+                          [(m.step, m.value) for m in sorted(
+                              client.get_metric_history(run.info.run_id, "val_loss"),
+                              key=lambda m: m.step)])
+                         for run in sorted(children, key=lambda r: r.info.start_time)])
+    assert outcomes[0] == outcomes[1]
+    assert {status for _, status, _ in outcomes[0]} == {"completed", "stopped"}
+
+
 def test_repair_puts_back_a_deleted_checkpoint_from_the_next(tmp_path: Path) -> None:
     """A checkpoint Tune's state names but `num_to_keep` deleted comes back as the next one."""
     from pyarrow import fs
