@@ -311,14 +311,7 @@ def _wait_exited(pids: list[int], timeout: float = 60) -> None:
     """Wait until none of `pids` runs any more (gone, or a zombie left to be reaped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = []
-        for pid in pids:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                running.append(pid)
+        running = [pid for pid in pids if _stat(pid)[:1] not in ([], ["Z"])]
         if not running:
             return
         time.sleep(0.2)
@@ -359,16 +352,20 @@ def _trial_runs(client: Any, study: str) -> list[Any]:
     return [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, parent, ...); [] if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _descendants(root: int) -> list[tuple[int, str]]:
     """(pid, command line) of every process below `root`, read from /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            parents[int(entry.name)] = int(stat[1])
     found, frontier = [], [root]
     while frontier:
         pid = frontier.pop()
