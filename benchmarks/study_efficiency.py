@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from tuner.search.algorithms import stopping_points
 from tuner.space.checks import STARTUP_SEARCHERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,13 +157,6 @@ def by_compute(pairs: list[tuple[int, Study, Study]]) -> list[str]:
     return lines
 
 
-def asha_rungs(study: Any) -> list[int]:
-    """The tokens at which the study's ASHA decides (Ray's rule: grace·rf^k below max_t)."""
-    grace, factor = study.search.asha.grace_period, study.search.asha.reduction_factor
-    count = int(math.log(study.full_trial_tokens() / grace) / math.log(factor) + 1)
-    return [int(grace * factor ** k) for k in range(count)]
-
-
 def loss_at(losses: dict[int, float], tokens: int) -> float:
     """A trial's val_loss at its first evaluation at or past `tokens` (inf: it ended before)."""
     return next((losses[step] for step in sorted(losses) if step >= tokens), math.inf)
@@ -210,7 +204,8 @@ def report(pairs: list[tuple[int, Study, Study]], study: Any) -> str:
     lines += ["", f"ASHA + TPE reached random search's final best within a third of its compute "
                   f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute).", "",
               *by_compute(pairs), "",
-              *rung_ranks(pairs, asha_rungs(study), study.search.asha.reduction_factor),
+              *rung_ranks(pairs, [int(rung) for rung in stopping_points(study) or ()],
+                          study.search.asha.reduction_factor),
               "", orchestration([s for _, *ss in pairs for s in ss])]
     return "\n".join(lines)
 

@@ -241,7 +241,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     peak_flops: float | None = None  # device peak FLOP/s for MFU; detected when None
-    sample_prompt: str = "Once upon a time"  # text generated at each evaluation (needs a tokenizer)
+    sample_prompt: str = "Once upon a time"  # generated at evaluations (needs a tokenizer)
     sample_tokens: int = 32
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -149,13 +149,15 @@ def evaluate(model: torch.nn.Module, windows: tuple[torch.Tensor, torch.Tensor],
 
 
 def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | None = None,
-          checkpoint_dir: str | Path | None = None,
-          resume_from: str | Path | None = None) -> TrainResult:
+          checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
+          sample_at: Sequence[float] | None = None) -> TrainResult:
     """Train to T_total steps, evaluating as `config.evaluates_after` says and at the end;
     `on_eval` returning True stops.
 
     With `checkpoint_dir`, a checkpoint is written at each evaluation before `on_eval` sees it;
-    `resume_from` continues such a checkpoint exactly where it left off.
+    `resume_from` continues such a checkpoint exactly where it left off. A text sample comes with
+    every evaluation, or with `sample_at` (token counts where the caller may stop the run) only
+    with the last one and the first at or past each count.
     """
     config.validate()
     device = resolve_device(config.device)
@@ -225,14 +227,17 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         train_time = now - interval_start
         tokens_per_s = loss_count * per_step / train_time if train_time > 0 else 0.0
         val_loss = math.inf if diverged else evaluate(runner, windows, config.batch_size, autocast)
+        tokens, previous = step * per_step, result.records[-1].tokens if result.records else 0
+        may_end_here = (sample_at is None or step == total_steps
+                        or any(previous < mark <= tokens for mark in sample_at))
         sample = None
-        if tokenizer is not None and not diverged:
+        if tokenizer is not None and not diverged and may_end_here:
             from model.generate import generate
 
             sample = generate(model, tokenizer, config.sample_prompt, config.sample_tokens,
                               temperature=0.8, top_p=0.95, generator=sample_gen)
         record = EvalRecord(
-            step=step, tokens=step * per_step, train_loss=loss_sum / loss_count,
+            step=step, tokens=tokens, train_loss=loss_sum / loss_count,
             val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=grad_norm,
             tokens_per_s=tokens_per_s,
             mfu=flops * tokens_per_s / peak if peak else math.nan,
@@ -245,7 +250,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             result.checkpoint = save_checkpoint(
                 model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
                 rng=_rng_state(batch_gen, sample_gen), records=[asdict(r) for r in result.records],
-                tokens=step * per_step, config=config.to_dict())
+                tokens=tokens, config=config.to_dict())
         stop = on_eval(record) if on_eval is not None else False
         if diverged:
             result.status = "diverged"

@@ -173,6 +173,9 @@ def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
     stopped = by_status(children)["stopped"]
     for run in stopped:  # not every intermediate checkpoint: none for trials ASHA stopped
         assert not client.list_artifacts(run.info.run_id, "checkpoint")
+        last = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        sample = Path(client.download_artifacts(run.info.run_id, "sample.txt")).read_text()
+        assert sample.startswith(f"# step {last // 512}\n")  # its last evaluation's, 512 a step
 
 
 @pytest.mark.slow
@@ -491,6 +494,26 @@ def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
 
 
 # Pure helpers ------------------------------------------------------------------------------
+
+
+def test_stopping_points_are_where_the_scheduler_decides(tmp_path: Path, dataset: Path) -> None:
+    from tuner.search.algorithms import build_scheduler, stopping_points
+    from tuner.space import load_study
+
+    def study(**search: Any) -> Any:
+        return load_study(write_space(tmp_path, "points", dataset, search=search))
+
+    for asha in ({"grace_period": 5120, "reduction_factor": 2},
+                 {"grace_period": 4096, "reduction_factor": 3, "brackets": 2}):
+        asha_study = study(scheduler="asha", asha=asha)
+        milestones = {milestone for bracket in build_scheduler(asha_study)._brackets
+                      for milestone, _ in bracket._rungs}  # Ray's own rungs, every bracket
+        assert set(stopping_points(asha_study)) == milestones
+    assert stopping_points(study(scheduler="asha", asha={"grace_period": 4096,
+                                                         "reduction_factor": 3})) == (
+        4096, 12288, 36864)
+    assert stopping_points(study(scheduler="none")) == ()
+    assert stopping_points(study(scheduler="median")) is None
 
 
 def test_asha_rung_and_pbt_clipping() -> None:

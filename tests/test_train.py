@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from model.config import ConfigError, ModelConfig, TrainConfig
+from model.tokenizer import Tokenizer
 from model.train import EvalRecord, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,25 @@ def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> 
     assert resumed.status == "completed"
     assert losses(resumed.records) == losses(full.records)
     assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
+
+
+def test_samples_come_only_where_the_caller_may_stop(byte_dataset: Path, tmp_path: Path) -> None:
+    for name in ("train.npy", "valid.npy", "meta.json"):
+        shutil.copy(byte_dataset / name, tmp_path / name)
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(tmp_path)
+    config = tiny_config(tmp_path, eval_interval=5, sample_tokens=4)  # 256 tokens a step
+
+    def sampled(**kwargs) -> list[int]:
+        return [r.step for r in train(config, **kwargs).records if r.sample is not None]
+
+    assert sampled() == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert sampled(sample_at=()) == [40]  # the last evaluation only
+    # the first evaluation at or past each count: 1,280 (step 5) → 5; 3,500 (step 13.7) → 15
+    assert sampled(sample_at=(1280, 3500)) == [5, 15, 40]
+    stopped = train(config, on_eval=lambda r: r.step == 15, sample_at=(3500,))
+    assert [r.step for r in stopped.records if r.sample] == [15]
+    # a sample draws from its own generator: the losses do not change
+    assert losses(train(config, sample_at=()).records) == losses(train(config).records)
 
 
 def test_callback_can_stop_and_sees_every_evaluation(byte_dataset: Path) -> None:

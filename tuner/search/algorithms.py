@@ -9,6 +9,7 @@ Schedulers measure time in tokens seen, so trials of different batch sizes compa
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any
 
@@ -99,6 +100,20 @@ def build_scheduler(study: Any) -> Any:
             quantile_fraction=search.pbt.quantile_fraction, hyperparam_mutations=mutations,
             custom_explore_fn=functools.partial(clip_to_space, bounds=_bounds(study)))
     return schedulers.FIFOScheduler()
+
+
+def stopping_points(study: Any) -> tuple[float, ...] | None:
+    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's rungs (Ray's
+    rule, all brackets); none for `none` and PBT; None when any evaluation may (median, HyperBand)."""
+    search = study.search
+    if search.scheduler in ("none", "pbt"):
+        return ()
+    if search.scheduler != "asha":
+        return None
+    max_t = study.full_trial_tokens()
+    grace, factor = min(search.asha.grace_period, max_t), search.asha.reduction_factor
+    count = int(math.log(max_t / grace) / math.log(factor) + 1)
+    return tuple(grace * factor ** k for k in range(count))
 
 
 def time_unit(study: Any) -> int | None:

@@ -55,7 +55,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     restores its searcher, scheduler, trials and callbacks (ours keep only their settings)."""
     from ray import tune
 
-    from tuner.search.algorithms import time_unit, tune_space
+    from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
     from tuner.search.recovery import CheckpointRepair
     from tuner.search.tracking import MlflowRecorder
@@ -64,7 +64,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     res = study.resources
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
-                             threads=trial_threads(study), time_unit=time_unit(study)),
+                             threads=trial_threads(study), time_unit=time_unit(study),
+                             stopping_points=stopping_points(study)),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)

@@ -38,8 +38,9 @@ def trial_threads(study: Any) -> int:
 
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
-              time_unit: int | None) -> None:
-    """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval."""
+              time_unit: int | None, stopping_points: tuple[float, ...] | None) -> None:
+    """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval; a
+    text sample comes with the evaluations where the scheduler may end it, and the last."""
     import torch
     from ray import tune
 
@@ -61,7 +62,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
             tune.report(metrics, checkpoint=checkpoint)
 
-        train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir, resume_from=resume_from)
+        train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir, resume_from=resume_from,
+              sample_at=stopping_points)
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
         tune.report({**progress, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
                      "traceback": traceback.format_exc(limit=20)})
