@@ -227,7 +227,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         train_time = now - interval_start
         tokens_per_s = loss_count * per_step / train_time if train_time > 0 else 0.0
         val_loss = math.inf if diverged else evaluate(runner, windows, config.batch_size, autocast)
-        tokens, previous = step * per_step, result.records[-1].tokens if result.records else 0
+        tokens = step * per_step
+        previous = result.records[-1].tokens if result.records else 0
         may_end_here = (sample_at is None or step == total_steps
                         or any(previous < mark <= tokens for mark in sample_at))
         sample = None

@@ -104,7 +104,7 @@ def build_scheduler(study: Any) -> Any:
 
 def stopping_points(study: Any) -> tuple[float, ...] | None:
     """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's rungs (Ray's
-    rule, all brackets); none for `none` and PBT; None when any evaluation may (median, HyperBand)."""
+    rule, all brackets); () for `none` and PBT, which never do; None when any evaluation may."""
     search = study.search
     if search.scheduler in ("none", "pbt"):
         return ()
