@@ -222,6 +222,21 @@ def test_summary_names_best_trial(faults_study: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_log_has_a_line_per_finished_trial(faults_study: dict[str, Any]) -> None:
+    """Where stderr is a file, not a terminal, each trial's end is a line of its own (how it
+    ended, as MLflow records it) and the last frame follows, ending its line."""
+    _, _, children = mlflow_runs(faults_study["uri"], "faults")
+    log = faults_study["proc"].stderr
+    lines = [line for line in log.splitlines() if "; best val_loss " in line]
+    assert len(lines) == len(children) == 8
+    for run in children:
+        start = f"trial {run.data.tags['tuner.trial_id']} {run.data.tags['tuner.status_detail']};"
+        assert sum(line.startswith(start) for line in lines) == 1, start
+    assert "; 8 of 8 finished; tokens " in lines[-1]
+    assert log.index("study faults  grid + asha") > log.index(lines[-1]) and log.endswith("\n")
+
+
+@pytest.mark.slow
 def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
     proc = run_tuner(["search", "--space", str(faults_study["space"]), "--tracking-uri",
                       faults_study["uri"], "--storage", str(faults_study["folder"] / "ray")],

@@ -24,6 +24,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _tokens(trial: Any) -> int:
+    """Tokens the trial has trained, as its last result reports them."""
+    return int((trial.last_result or {}).get("tokens", 0))
+
+
+def _params(trial: Any) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items()))
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -32,7 +41,8 @@ def _duration(seconds: float) -> str:
 
 
 class LiveView(tune.Callback):
-    """Tune callback that redraws the study's progress on the driver's console."""
+    """Tune callback that redraws the study's progress on the driver's console; where stderr is
+    not a terminal (a log file), it writes a line per finished trial and the last frame instead."""
 
     def __init__(self, study: Any):
         self.study, self.trial_tokens = study, study.full_trial_tokens()
@@ -40,13 +50,18 @@ class LiveView(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self._start = time.monotonic()
-        self._tokens_at_start: int | None = None
+        self._tokens_at_start = 0  # tokens trained before this driver (a resumed study)
         self._best: dict[str, float] = {}
         self._done: dict[str, str] = {}  # trial id -> how it finished
         self._first_step = True
-        self._live = Live(Text(f"study {self.study.name}: starting trials…"),
-                          console=Console(stderr=True), refresh_per_second=2, transient=False)
-        self._live.start()
+        self._console = Console(stderr=True)
+        starting = Text(f"study {self.study.name}: starting trials…")
+        if self._console.is_terminal:
+            self._live = Live(starting, console=self._console, refresh_per_second=2,
+                              transient=False)
+            self._live.start()
+        else:
+            self._console.print(starting)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -56,12 +71,17 @@ class LiveView(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self._first_step:  # a resumed study: trials that had finished before
             self._first_step = False
+            self._tokens_at_start = sum(_tokens(trial) for trial in trials)
             for trial in trials:
                 if trial.status in ("TERMINATED", "ERROR"):
-                    self.on_trial_complete(iteration, trials, trial)
+                    self._done[trial.trial_id] = outcome(trial, self.study.search).status
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._done[trial.trial_id] = outcome(trial, self.study.search).status
+        ended = outcome(trial, self.study.search)
+        self._done[trial.trial_id] = ended.status
+        if self._live is None:
+            self._console.print(self._finished_line(trials, trial, ended.detail), markup=False,
+                                highlight=False, soft_wrap=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.on_trial_complete(iteration, trials, trial)
@@ -75,6 +95,8 @@ class LiveView(tune.Callback):
             self._live.update(self.render(trials))
             self._live.stop()
             self._live = None
+        else:
+            self._console.print(self.render(trials))
 
     def _status(self, trial: Any) -> str:
         if trial.trial_id in self._done:
@@ -83,37 +105,46 @@ class LiveView(tune.Callback):
             return "interrupted"
         return RUNNING if trial.status == "RUNNING" else trial.status.lower()
 
-    def render(self, trials: list) -> Group:
-        """The frame: a headline, the best trial so far and a table of the most telling trials."""
-        statuses = {t.trial_id: self._status(t) for t in trials}
-        tokens = {t.trial_id: int((t.last_result or {}).get("tokens", 0)) for t in trials}
-        done = sum(tokens.values())
-        self._tokens_at_start = done if self._tokens_at_start is None else self._tokens_at_start
-        left = sum(self.trial_tokens - tokens[t.trial_id] for t in trials
+    def _progress(self, trials: list, statuses: dict[str, str]) -> str:
+        """Tokens trained against the most the study can still train, elapsed time and ETA."""
+        done = sum(_tokens(t) for t in trials)
+        left = sum(self.trial_tokens - _tokens(t) for t in trials
                    if statuses[t.trial_id] not in FINISHED)
         left += max(self.study.search.num_samples - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start
         rate = (done - self._tokens_at_start) / elapsed if elapsed > 0 else 0.0
         eta = left / rate if rate > 0 else math.inf
+        return (f"tokens {done:,} of ≤ {done + left:,}   elapsed {_duration(elapsed)}   "
+                f"ETA {_duration(eta)}")
+
+    def _finished_line(self, trials: list, trial: Any, detail: str) -> str:
+        """A log's line for a trial that just finished: how, its best loss and the progress."""
+        statuses = {t.trial_id: self._status(t) for t in trials}
+        finished = sum(1 for v in statuses.values() if v in FINISHED)
+        return (f"trial {trial.trial_id} {detail}; best val_loss "
+                f"{self._best.get(trial.trial_id, math.inf):.4f} ({_params(trial)}); {finished} of "
+                f"{self.study.search.num_samples} finished; {self._progress(trials, statuses)}")
+
+    def render(self, trials: list) -> Group:
+        """The frame: a headline, the best trial so far and a table of the most telling trials."""
+        statuses = {t.trial_id: self._status(t) for t in trials}
         counts = {s: sum(1 for v in statuses.values() if v == s)
                   for s in (RUNNING, *FINISHED, "pending")}
         head = Text.assemble(
             (f"study {self.study.name}", "bold"),
             f"  {self.study.search.algorithm} + {self.study.search.scheduler}   ",
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
-            f"tokens {done:,} of ≤ {done + left:,}   elapsed {_duration(elapsed)}   "
-            f"ETA {_duration(eta)}")
+            self._progress(trials, statuses))
         best_id = min(self._best, key=self._best.get, default=None)
         by_id = {t.trial_id: t for t in trials}
         parts: list[Any] = [head]
         if best_id is not None and math.isfinite(self._best[best_id]):
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(by_id[best_id].config.items()))
             parts.append(Text(f"best val_loss {self._best[best_id]:.4f} "
-                              f"(trial {best_id}): {params}", style="green"))
-        parts.append(self._table(trials, statuses, tokens))
+                              f"(trial {best_id}): {_params(by_id[best_id])}", style="green"))
+        parts.append(self._table(trials, statuses))
         return Group(*parts)
 
-    def _table(self, trials: list, statuses: dict, tokens: dict) -> Table:
+    def _table(self, trials: list, statuses: dict) -> Table:
         table = Table(box=None, pad_edge=False)
         for column in ("trial", "status", "tokens", "val_loss", "best"):
             table.add_column(column, justify="left" if column in ("trial", "status") else "right",
@@ -124,11 +155,9 @@ class LiveView(tune.Callback):
         for trial in order[:MAX_ROWS]:
             last = (trial.last_result or {}).get("val_loss")
             best = self._best.get(trial.trial_id)
-            table.add_row(trial.trial_id, statuses[trial.trial_id],
-                          f"{tokens[trial.trial_id]:,}",
+            table.add_row(trial.trial_id, statuses[trial.trial_id], f"{_tokens(trial):,}",
                           "" if last is None else f"{last:.4f}",
-                          "" if best is None else f"{best:.4f}",
-                          ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items())))
+                          "" if best is None else f"{best:.4f}", _params(trial))
         return table
 
     def __getstate__(self) -> dict[str, Any]:
