@@ -12,11 +12,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,31 @@ def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
                      cwd=faults_study["folder"], timeout=120)
     assert proc.returncode == 2
     assert "--resume --name faults" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) -> None:
+    """`--resume` of a study that has ended trains nothing, leaves its trial runs as they were,
+    and shows every trial as it ended (none "interrupted")."""
+    folder = faults_study["folder"]
+    _, _, before = mlflow_runs(faults_study["uri"], "faults")
+    proc = run_tuner(["search", "--resume", "--name", "faults", "--storage", str(folder / "ray")],
+                     cwd=folder, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, after = mlflow_runs(faults_study["uri"], "faults")
+    assert parent.info.status == "FINISHED"
+    ended = {(r.info.run_id, r.info.status, r.data.tags["tuner.status"], r.info.end_time)
+             for r in after}
+    assert ended == {(r.info.run_id, r.info.status, r.data.tags["tuner.status"], r.info.end_time)
+                     for r in before}
+    frame = proc.stderr[proc.stderr.index("study faults  grid + asha"):]
+    headline, progress = frame.splitlines()[:2]
+    for status, count in Counter(r.data.tags["tuner.status"] for r in after).items():
+        assert f"{count} {status}" in headline
+    assert progress.endswith("ETA 0:00:00") and "interrupted" not in frame
+    for run in after:
+        row = rf"^{run.data.tags['tuner.trial_id']} +{run.data.tags['tuner.status']} "
+        assert re.search(row, frame, re.MULTILINE), row
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from rich.text import Text
 from tuner.search.outcome import FINISHED, RUNNING, outcome
 
 MAX_ROWS = 12
+LOG_WIDTH = 160  # a log file's frame: rows of several hyperparameters on one line each
 
 
 def _fmt(value: Any) -> str:
@@ -27,6 +28,11 @@ def _fmt(value: Any) -> str:
 def _tokens(trial: Any) -> int:
     """Tokens the trial has trained, as its last result reports them."""
     return int((trial.last_result or {}).get("tokens", 0))
+
+
+def _best_loss(trial: Any) -> float:
+    """The trial's lowest val_loss so far, from Tune's record (kept across a resume)."""
+    return float((trial.metric_analysis.get("val_loss") or {}).get("min", math.inf))
 
 
 def _params(trial: Any) -> str:
@@ -51,9 +57,8 @@ class LiveView(tune.Callback):
     def setup(self, **info: Any) -> None:
         self._start = time.monotonic()
         self._tokens_at_start = 0  # tokens trained before this driver (a resumed study)
-        self._best: dict[str, float] = {}
         self._done: dict[str, str] = {}  # trial id -> how it finished
-        self._first_step = True
+        self._caught_up = False
         self._console = Console(stderr=True)
         starting = Text(f"study {self.study.name}: starting trials…")
         if self._console.is_terminal:
@@ -61,20 +66,22 @@ class LiveView(tune.Callback):
                               transient=False)
             self._live.start()
         else:
+            self._console.width = LOG_WIDTH
             self._console.print(starting)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        loss = float(result.get("val_loss", math.inf))
-        self._best[trial.trial_id] = min(loss, self._best.get(trial.trial_id, math.inf))
+    def _catch_up(self, trials: list) -> None:
+        """Once, before the first step (or at the end, for a resumed study with nothing left to
+        run): the tokens trained and the trials finished before this driver started."""
+        if self._caught_up:
+            return
+        self._caught_up = True
+        self._tokens_at_start = sum(_tokens(trial) for trial in trials)
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR"):
+                self._done[trial.trial_id] = outcome(trial, self.study.search).status
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        if self._first_step:  # a resumed study: trials that had finished before
-            self._first_step = False
-            self._tokens_at_start = sum(_tokens(trial) for trial in trials)
-            for trial in trials:
-                if trial.status in ("TERMINATED", "ERROR"):
-                    self._done[trial.trial_id] = outcome(trial, self.study.search).status
+        self._catch_up(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         ended = outcome(trial, self.study.search)
@@ -91,6 +98,7 @@ class LiveView(tune.Callback):
             self._live.update(self.render(trials))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._catch_up(trials)
         if self._live is not None:
             self._live.update(self.render(trials))
             self._live.stop()
@@ -113,7 +121,7 @@ class LiveView(tune.Callback):
         left += max(self.study.search.num_samples - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start
         rate = (done - self._tokens_at_start) / elapsed if elapsed > 0 else 0.0
-        eta = left / rate if rate > 0 else math.inf
+        eta = 0.0 if left == 0 else left / rate if rate > 0 else math.inf
         return (f"tokens {done:,} of ≤ {done + left:,}   elapsed {_duration(elapsed)}   "
                 f"ETA {_duration(eta)}")
 
@@ -122,7 +130,7 @@ class LiveView(tune.Callback):
         statuses = {t.trial_id: self._status(t) for t in trials}
         finished = sum(1 for v in statuses.values() if v in FINISHED)
         return (f"trial {trial.trial_id} {detail}; best val_loss "
-                f"{self._best.get(trial.trial_id, math.inf):.4f} ({_params(trial)}); {finished} of "
+                f"{_best_loss(trial):.4f} ({_params(trial)}); {finished} of "
                 f"{self.study.search.num_samples} finished; {self._progress(trials, statuses)}")
 
     def render(self, trials: list) -> Group:
@@ -135,12 +143,11 @@ class LiveView(tune.Callback):
             f"  {self.study.search.algorithm} + {self.study.search.scheduler}   ",
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
             self._progress(trials, statuses))
-        best_id = min(self._best, key=self._best.get, default=None)
-        by_id = {t.trial_id: t for t in trials}
+        best = min(trials, key=_best_loss, default=None)
         parts: list[Any] = [head]
-        if best_id is not None and math.isfinite(self._best[best_id]):
-            parts.append(Text(f"best val_loss {self._best[best_id]:.4f} "
-                              f"(trial {best_id}): {_params(by_id[best_id])}", style="green"))
+        if best is not None and math.isfinite(_best_loss(best)):
+            parts.append(Text(f"best val_loss {_best_loss(best):.4f} "
+                              f"(trial {best.trial_id}): {_params(best)}", style="green"))
         parts.append(self._table(trials, statuses))
         return Group(*parts)
 
@@ -150,14 +157,12 @@ class LiveView(tune.Callback):
             table.add_column(column, justify="left" if column in ("trial", "status") else "right",
                              no_wrap=True)
         table.add_column("hyperparameters", overflow="fold", ratio=1)
-        order = sorted(trials, key=lambda t: (statuses[t.trial_id] != RUNNING,
-                                              self._best.get(t.trial_id, math.inf)))
+        order = sorted(trials, key=lambda t: (statuses[t.trial_id] != RUNNING, _best_loss(t)))
         for trial in order[:MAX_ROWS]:
             last = (trial.last_result or {}).get("val_loss")
-            best = self._best.get(trial.trial_id)
             table.add_row(trial.trial_id, statuses[trial.trial_id], f"{_tokens(trial):,}",
                           "" if last is None else f"{last:.4f}",
-                          "" if best is None else f"{best:.4f}", _params(trial))
+                          "" if last is None else f"{_best_loss(trial):.4f}", _params(trial))
         return table
 
     def __getstate__(self) -> dict[str, Any]:
