@@ -161,8 +161,8 @@ def artifact_path(uri: str, run_id: str, path: str) -> Path:
     return Path(urlparse(root).path) / path
 
 
-def tuner(*args: str) -> tuple[int, str]:
-    """Run the `tuner` CLI in this process: (exit code, stdout and stderr together)."""
+def tuner(*args: str, columns: int = 250) -> tuple[int, str]:
+    """Run the `tuner` CLI in this process, `columns` wide: (exit code, stdout and stderr)."""
     import io
     import os
     import sys
@@ -173,7 +173,7 @@ def tuner(*args: str) -> tuple[int, str]:
 
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(out), patch.object(sys, "argv", ["tuner", *args]), \
-            patch.dict(os.environ, {"COLUMNS": "250"}):
+            patch.dict(os.environ, {"COLUMNS": str(columns)}):
         try:
             main()
             code = 0

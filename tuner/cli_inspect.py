@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuner import output
 from tuner.errors import UserError
 
 TrackingUri = Annotated[str, typer.Option(
@@ -47,7 +48,7 @@ def replay(
 
     if (run_id is None) == (study is None):
         raise UserError("name a trial run id, or --study NAME to replay its best trial (not both)")
-    console, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    console, err = output.console(), Console(stderr=True, highlight=False)
     client = runs.connect(tracking_uri)
     run = runs.trial_run(client, run_id) if run_id else runs.best_trial(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-replay-") as tmp:
@@ -86,14 +87,18 @@ def best(
     from tuner.inspect import best as best_mod
     from tuner.inspect import runs
 
-    console = Console(highlight=False)
+    console = output.console()
     client = runs.connect(tracking_uri)
     rows = best_mod.top_trials(client, study, top)
     names = list(dict.fromkeys(n for r in rows for n in r.params))
-    table = Table("#", "trial", *map(best_mod.symbol, names), "val_loss", "perplexity", "tokens",
-                  "status", "run id", title=f"study {study}: {len(rows)} best trials")
+    table = Table(title=f"study {study}: {len(rows)} best trials", box=None,
+                  pad_edge=False, collapse_padding=True)  # 80 columns fit the quickstart's table
+    for column in ("#", "trial", *map(best_mod.symbol, names), "val_loss", "perplexity", "tokens",
+                   "status"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("run id", overflow="fold")  # a narrow terminal folds it rather than cut it
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r.trial_id, *[r.params.get(n, "–") for n in names],
+        table.add_row(str(i), r.trial_id, *[best_mod.short(r.params.get(n, "–")) for n in names],
                       f"{r.val_loss:.4f}", f"{r.perplexity:.2f}", f"{r.tokens:,}", r.status,
                       r.run_id)
     console.print(table)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuner import output
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.convert import candidates
 from tuner.space.distributions import Distribution, fmt
@@ -68,7 +69,7 @@ def show(path: StudyPath) -> None:
         for row in _rows(study, section):
             table.add_row(*row)
         table.add_section()
-    console = Console(highlight=False)
+    console = output.console()
     console.print(table)
     search, res = study.search, study.resources
     console.print(escape(

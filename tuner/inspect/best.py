@@ -52,6 +52,16 @@ def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     return rows
 
 
+def short(value: str) -> str:
+    """A logged value as a table shows it: integers and words as they are, other numbers to four
+    significant digits (the exported study keeps every digit)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if value.lstrip("-").isdigit() else f"{number:.4g}"
+
+
 def symbol(name: str) -> str:
     """The symbol of a trainer parameter (SYMBOLS.md)."""
     return HPARAMS[name].symbol if name in HPARAMS else name

@@ -13,10 +13,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tuner import output
 from tuner.search.outcome import FINISHED, RUNNING, outcome
 
 MAX_ROWS = 12
-LOG_WIDTH = 160  # a log file's frame: rows of several hyperparameters on one line each
 
 
 def _fmt(value: Any) -> str:
@@ -59,14 +59,13 @@ class LiveView(tune.Callback):
         self._tokens_at_start = 0  # tokens trained before this driver (a resumed study)
         self._done: dict[str, str] = {}  # trial id -> how it finished
         self._caught_up = False
-        self._console = Console(stderr=True)
+        self._console = output.console(stderr=True, highlight=True)
         starting = Text(f"study {self.study.name}: starting trials…")
         if self._console.is_terminal:
             self._live = Live(starting, console=self._console, refresh_per_second=2,
                               transient=False)
             self._live.start()
         else:
-            self._console.width = LOG_WIDTH
             self._console.print(starting)
 
     def _catch_up(self, trials: list) -> None:
