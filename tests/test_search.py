@@ -29,14 +29,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from services import ServiceUnavailable, free_port, mlflow_server, ray_head  # noqa: E402
 
 TUNER = Path(sys.executable).with_name("tuner")
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+       "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
 
 
 def run_tuner(args: list[str], cwd: Path, timeout: float = 420,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the `tuner` command in `cwd` and return it finished (output captured as text)."""
-    return subprocess.run([str(TUNER), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env or ENV)
+    """Run the `tuner` command in `cwd` and return it finished (output captured as text); one
+    that outlives `timeout` is aborted and the test fails with the stacks it was stuck in."""
+    proc = subprocess.Popen([str(TUNER), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env or ENV)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"tuner {' '.join(args)} still ran after {timeout} s; its output:\n"
+                    f"{out[-4000:]}\n{err[-20000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def fresh_store(folder: Path, template: Path) -> str:
@@ -313,6 +323,8 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     unfinished = max((r for r in before if r.info.status == "RUNNING"),
                      key=lambda r: _tokens(client, r))
     _lose_named_checkpoint(storage / "killed" / f"trial_{unfinished.data.tags['tuner.trial_id']}")
+    # A driver killed inside a trial's end leaves its status tag written and its run RUNNING.
+    client.set_tag(unfinished.info.run_id, "tuner.status", "completed")
 
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
@@ -323,6 +335,11 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     assert {r.info.status for r in after} == {"FINISHED"}
     assert {r.data.tags["tuner.status"] for r in after} == {"completed"}
     assert set(finished_before) <= {r.info.run_id for r in after}  # the same runs, not new ones
+    frame = proc.stderr[proc.stderr.index("study killed  tpe + none"):]
+    assert "4 completed" in frame.splitlines()[0] and "interrupted" not in frame
+    for run in after:  # its last and its best val_loss, for trials finished before the resume too
+        row = rf"^{run.data.tags['tuner.trial_id']} +completed +122,880 +\d\.\d{{4}} +\d\.\d{{4}} "
+        assert re.search(row, frame, re.MULTILINE), row
     for run in after:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert steps == [10240 * k for k in range(1, 13)], steps  # no gap, no repeat

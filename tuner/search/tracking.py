@@ -151,7 +151,7 @@ class MlflowRecorder(tune.Callback):
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
         status = run.data.tags.get(STATUS_TAG)
-        if status in FINISHED:
+        if status in FINISHED and run.info.status != "RUNNING":  # else killed inside `_finish`
             self._finished[trial_id] = status
         self._note_best(trial_id, child.best)
 
@@ -271,15 +271,17 @@ class MlflowRecorder(tune.Callback):
             return
         end = outcome(trial, self.study.search)
         result = trial.last_result or {}
-        tags = {STATUS_TAG: end.status, "tuner.status_detail": end.detail[:5000]}
-        if end.status == FAILED:
-            tags["tuner.error"] = str(result.get("traceback") or end.detail)[-5000:]
-        self._log_params_tags(child.run_id, {}, tags)
         if child.sample is not None:
             step, text = child.sample
             self._client.log_text(child.run_id, f"# step {step}\n{text}\n", "sample.txt")
         if end.status == COMPLETED and self.study.tracking.log_checkpoints == "completed":
             self._log_checkpoint(trial, child)
+        # The status last: a driver killed before `set_terminated` leaves a RUNNING run, which a
+        # resume finishes again (`_adopt`), so no run stays RUNNING.
+        tags = {STATUS_TAG: end.status, "tuner.status_detail": end.detail[:5000]}
+        if end.status == FAILED:
+            tags["tuner.error"] = str(result.get("traceback") or end.detail)[-5000:]
+        self._log_params_tags(child.run_id, {}, tags)
         self._client.set_terminated(child.run_id, RUN_STATUS[end.status])
         self._finished[trial.trial_id] = end.status
         self._log_study()
