@@ -92,7 +92,7 @@ def best(
     rows = best_mod.top_trials(client, study, top)
     names = list(dict.fromkeys(n for r in rows for n in r.params))
     table = Table(title=f"study {study}: {len(rows)} best trials", box=None,
-                  pad_edge=False, collapse_padding=True)  # 80 columns fit the quickstart's table
+                  pad_edge=False, collapse_padding=True)  # one space between columns
     for column in ("#", "trial", *map(best_mod.symbol, names), "val_loss", "perplexity", "tokens",
                    "status"):
         table.add_column(column, no_wrap=True)

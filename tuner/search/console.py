@@ -143,9 +143,10 @@ class LiveView(tune.Callback):
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
             self._progress(trials, statuses))
         best = min(trials, key=_best_loss, default=None)
+        best_loss = math.inf if best is None else _best_loss(best)
         parts: list[Any] = [head]
-        if best is not None and math.isfinite(_best_loss(best)):
-            parts.append(Text(f"best val_loss {_best_loss(best):.4f} "
+        if math.isfinite(best_loss):
+            parts.append(Text(f"best val_loss {best_loss:.4f} "
                               f"(trial {best.trial_id}): {_params(best)}", style="green"))
         parts.append(self._table(trials, statuses))
         return Group(*parts)
