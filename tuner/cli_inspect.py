@@ -91,17 +91,24 @@ def best(
     client = runs.connect(tracking_uri)
     rows = best_mod.top_trials(client, study, top)
     names = list(dict.fromkeys(n for r in rows for n in r.params))
-    table = Table(title=f"study {study}: {len(rows)} best trials", box=None,
-                  pad_edge=False, collapse_padding=True)  # one space between columns
-    for column in ("#", "trial", *map(best_mod.symbol, names), "val_loss", "perplexity", "tokens",
-                   "status"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("run id", overflow="fold")  # a narrow terminal folds it rather than cut it
-    for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r.trial_id, *[best_mod.short(r.params.get(n, "–")) for n in names],
-                      f"{r.val_loss:.4f}", f"{r.perplexity:.2f}", f"{r.tokens:,}", r.status,
-                      r.run_id)
-    console.print(table)
+    symbols = [best_mod.symbol(n) for n in names]
+    values = [[best_mod.short(r.params.get(n, "–")) for n in names] for r in rows]
+    title = f"study {study}: {len(rows)} best trial{'' if len(rows) == 1 else 's'}"
+    table = Table("#", "trial", *symbols, "val_loss", "perplexity", "tokens", "status", "run id",
+                  title=title)
+    for i, (r, shown) in enumerate(zip(rows, values), 1):
+        table.add_row(str(i), r.trial_id, *shown, f"{r.val_loss:.4f}", f"{r.perplexity:.2f}",
+                      f"{r.tokens:,}", r.status, r.run_id)
+    if console.measure(table, options=console.options.update_width(10_000)).maximum \
+            <= console.width:
+        console.print(table)
+    else:  # a table squeezed into a narrow terminal would cut its values: one block per trial
+        console.print(title, markup=False)
+        for i, (r, shown) in enumerate(zip(rows, values), 1):
+            params = "  ".join(f"{symbol}={value}" for symbol, value in zip(symbols, shown))
+            console.print(f"{i}. trial {r.trial_id}  {r.status}  val_loss {r.val_loss:.4f}  "
+                          f"perplexity {r.perplexity:.2f}  tokens {r.tokens:,}\n   {params}\n"
+                          f"   run id {r.run_id}", markup=False)
     if export is not None:
         with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
             row = best_mod.export_best(client, study, export, Path(tmp))
