@@ -268,10 +268,11 @@ def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, parent, after = mlflow_runs(faults_study["uri"], "faults")
     assert parent.info.status == "FINISHED"
-    ended = {(r.info.run_id, r.info.status, r.data.tags["tuner.status"], r.info.end_time)
-             for r in after}
-    assert ended == {(r.info.run_id, r.info.status, r.data.tags["tuner.status"], r.info.end_time)
-                     for r in before}
+    def ended(runs: list[Any]) -> set[tuple[Any, ...]]:
+        return {(r.info.run_id, r.info.status, r.data.tags["tuner.status"], r.info.end_time)
+                for r in runs}
+
+    assert ended(after) == ended(before)
     frame = proc.stderr[proc.stderr.index("study faults  grid + asha"):]
     headline, progress = frame.splitlines()[:2]
     for status, count in Counter(r.data.tags["tuner.status"] for r in after).items():
