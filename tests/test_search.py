@@ -547,10 +547,41 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
     assert not (tmp_path / "ray").exists()
 
 
+def test_unreachable_ray_address_fails_before_anything(tmp_path: Path, dataset: Path) -> None:
+    """Nothing listens at the address: one line naming it, instead of ray.init's minutes of retries."""
+    space = write_space(tmp_path, "nowhere", dataset)
+    address = f"127.0.0.1:{free_port()}"
+    proc = run_tuner(["search", "--space", str(space), "--address", address, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--address {address}: no Ray cluster answers there" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
     proc = run_tuner(["search", "--resume", "--name", "nothing", "--storage", str(tmp_path)],
                      cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "no study 'nothing'" in " ".join(proc.stderr.split())
+
+
+def test_trial_larger_than_the_local_ray_fails_before_any_trial(tmp_path: Path, dataset: Path,
+                                                                 mlflow_store_template: Path) -> None:
+    """Tune would wait for ever for a node that fits: the local Ray's size is checked instead."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "huge", dataset)
+    study = yaml.safe_load(space.read_text())
+    study["resources"]["cpus_per_trial"] = 4096
+    space.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs" in message
+    assert "but Ray counts" in message and "GPUs on this machine" in message
+    assert not (tmp_path / "ray" / "huge").exists()  # no study to resume
+    from mlflow import MlflowClient
+
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("huge") is None
 
 
 # Pure helpers ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`tuner search`: a Ray Tune study of the trainer, recorded in MLflow; `--resume` continues one.
 
 Everything that can be wrong with the input (the space, the dataset, the tracking store, the study
-name) is checked before Ray starts, and reported as one line with exit code 2.
+name, the Ray address) is checked before Ray starts, and the trial's resources against the Ray it starts before the
+study is saved or any trial runs; each is reported as one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tuner.errors import UserError
 
@@ -52,6 +54,10 @@ def search(
                         "state, warm start included")
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
+    from tuner.search.runner import check_address, run_study
+
+    if address:
+        check_address(address)
     data_dir, meta = _dataset(study)
 
     from tuner.search.provenance import provenance
@@ -67,11 +73,11 @@ def search(
         console.print(f"warm start: {len(warm_trials)} finished trials of study "
                       f"{study.search.warm_start!r}")
     from tuner.search.console import print_summary
-    from tuner.search.runner import run_study
 
     summary = run_study(study, data_dir, storage, address=address, resume=resume,
                         provenance=provenance(data_dir, meta), overrides=overrides,
-                        warm_trials=warm_trials)
+                        warm_trials=warm_trials,
+                        warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: tuner search --resume --name {study.name} "

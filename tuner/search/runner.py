@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import UserError
 from tuner.search import state
 from tuner.search.console import Summary
 from tuner.search.outcome import FINISHED
@@ -23,10 +25,48 @@ def start_ray(address: str | None) -> None:
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR,
                               "include_dashboard": False}
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as err:
+            raise UserError(f"--address {address}: {err}") from None
     else:
         ray.init(address="local", **kwargs)  # a new instance, never a cluster already running
     logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def check_address(address: str) -> None:
+    """Fail fast when nothing listens at an `--address` of the form [ray://]HOST:PORT (ray.init
+    would retry for minutes); other forms, such as `auto`, are Ray's to resolve."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as err:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})"
+                        "; start one with `ray start --head`, or leave --address out to run on "
+                        "a local Ray") from None
+
+
+def capacity_shortage(resources: Any, address: str | None) -> str | None:
+    """Why no node of the running Ray can hold one trial (None when one can): Tune would wait."""
+    import ray
+
+    need = {"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if any(all(node.get(kind, 0.0) >= amount for kind, amount in need.items()) for node in nodes):
+        return None
+    most = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in need}
+    field = ("gpus_per_trial" if most["GPU"] < need["GPU"] else
+             "cpus_per_trial" if most["CPU"] < need["CPU"] else "cpus_per_trial and gpus_per_trial")
+    have = f"{most['CPU']:g} CPUs and {most['GPU']:g} GPUs"
+    where = (f"no node of the cluster at {address} has both (at most {have} on a node)" if address
+             else f"Ray counts {have} on this machine")
+    hint = "; to train on the CPU, set device: cpu and gpus_per_trial: 0" if most["GPU"] == 0 else ""
+    return (f"resources.{field}: a trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, "
+            f"but {where}{hint}")
 
 
 def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
@@ -82,23 +122,29 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, resume: bool,
               provenance: dict[str, Any], overrides: dict[str, Any],
-              warm_trials: list[Any] | None = None) -> Summary:
+              warn: Callable[[str], None], warm_trials: list[Any] | None = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
     `overrides` (the command line's) are saved with a new study, for `--resume` to rebuild it;
-    `warm_trials` (Optuna trials of an earlier study) seed a new study's searcher.
+    `warm_trials` (Optuna trials of an earlier study) seed a new study's searcher. A local Ray
+    too small for one trial is a UserError; a cluster's shortage is only `warn`ed (it may scale).
     """
     import numpy as np
 
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if resume else tune_config(study, warm_trials)
-    if config is not None:
-        state.save(storage / study.name, study, overrides)
     start_ray(address)
     import ray
 
     try:
+        shortage = capacity_shortage(study.resources, address)
+        if shortage and not address:
+            raise UserError(shortage)
+        if shortage:
+            warn(f"{shortage}; trials wait until such a node joins")
+        if config is not None:
+            state.save(storage / study.name, study, overrides)
         build_tuner(study, data_dir, storage, config, provenance).fit()
     finally:
         ray.shutdown()
