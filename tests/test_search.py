@@ -257,6 +257,23 @@ def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
     assert "--resume --name faults" in " ".join(proc.stderr.split())
 
 
+def test_resume_without_the_tracking_store_it_ran_with_fails(faults_study: dict[str, Any]) -> None:
+    """A study whose trials ran is not resumed into a store that lacks it (a new, empty parent
+    run would follow); the command names the store and starts nothing."""
+    folder = faults_study["folder"]
+    store = Path(faults_study["uri"].removeprefix("sqlite:///"))
+    store.rename(store.with_suffix(".moved"))
+    try:
+        proc = run_tuner(["search", "--resume", "--name", "faults", "--storage",
+                          str(folder / "ray")], cwd=folder, timeout=120)
+    finally:
+        store.unlink(missing_ok=True)  # the empty store the command found there
+        store.with_suffix(".moved").rename(store)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"at {faults_study['uri']} no longer holds study 'faults'" in " ".join(
+        proc.stderr.split())
+
+
 @pytest.mark.slow
 def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) -> None:
     """`--resume` of a study that has ended trains nothing, leaves its trial runs as they were,

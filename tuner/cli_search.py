@@ -68,6 +68,10 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
                         f"{study.name}, or pick another --name")
+    if resume and not exists and state.ran_trials(storage / study.name):
+        raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
+                        f"no longer holds study {study.name!r}, whose trials ran: put back the "
+                        "tracking store it ran with, or start a new study with another --name")
     warm_trials = None if resume else _warm_trials(study)
     if warm_trials:
         console.print(f"warm start: {len(warm_trials)} finished trials of study "

@@ -15,6 +15,7 @@ from typing import Any
 
 from tuner.search.trainable import HYPERBAND_TIME, TIME_ATTR
 
+
 def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None) -> Any:
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random);
     TPE and GP sample `startup_trials` at random before modelling (default: Optuna's)."""

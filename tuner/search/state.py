@@ -17,6 +17,11 @@ def started(folder: Path) -> bool:
     return (folder / TUNE_STATE).is_file()
 
 
+def ran_trials(folder: Path) -> bool:
+    """Whether Tune started any trial of the study in `folder` (each gets a trial_ID folder)."""
+    return any(path.is_dir() for path in folder.glob("trial_*"))
+
+
 def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
     """Record the space file, the command-line overrides and the resolved study."""
     folder.mkdir(parents=True, exist_ok=True)
