@@ -107,6 +107,16 @@ def test_diverged_trial_is_marked():
     assert len(marks) == 1 and list(marks[0].get_xydata()[0]) == [10, 4.0]
 
 
+def test_trial_stopped_at_its_first_evaluation_is_drawn():
+    """A one-point curve (ASHA's first rung) draws no line: its dot is what shows it."""
+    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
+              report.Curve("b", "r2", "stopped", [(10, 4.0)])]
+    ax = report.loss_figure(curves, "r1").axes[0]
+    stopped = next(line for line in ax.lines if line.get_gid() == "trial:b")
+    assert stopped.get_marker() == "o" and stopped.get_markersize() > 0
+    assert list(stopped.get_xydata()[stopped.get_markevery()[0]]) == [10, 4.0]
+
+
 def test_lr_points_follow_the_trainer(recorded, tmp_path):
     client = MlflowClient(tracking_uri=recorded.uri)
     config = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)

@@ -42,8 +42,8 @@ def curves(client: Any, trial_runs: list[Any]) -> list[Curve]:
 
 
 def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
-    """val_loss against tokens, one line per trial: best highlighted, stopped faded, divergence
-    marked with a red x at the last finite value."""
+    """val_loss against tokens, one line per trial ending in a dot: best highlighted, stopped
+    faded, divergence marked with a red x at the last finite value."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -54,7 +54,9 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
         if not finite:
             continue
         status = "best" if c.run_id == best_run_id else c.status
-        ax.plot(*zip(*finite), gid=f"trial:{c.trial_id}", **STYLE.get(status, STYLE["completed"]))
+        end = {} if c.status == "diverged" else {"marker": "o", "ms": 4, "markevery": [-1]}
+        ax.plot(*zip(*finite), gid=f"trial:{c.trial_id}", **end,  # a one-point trial shows too
+                **STYLE.get(status, STYLE["completed"]))
         if c.status == "diverged":
             ax.plot(*finite[-1], marker="x", ms=10, mew=2.5, color="tab:red", gid="diverged")
     handles = [Line2D([], [], **STYLE["best"], label="best"),
