@@ -365,6 +365,41 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
             assert run.info.end_time == finished_before[run.info.run_id].info.end_time
 
 
+@pytest.mark.slow
+def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
+                                                mlflow_store_template: Path) -> None:
+    """`kill` and `docker stop` send SIGTERM: the driver stops the study as Ctrl-C does (exit
+    130, runs ended, the --resume command printed) rather than dying in Ray's handler."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "termed", dataset, budget={"tokens": 122880},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
+    storage = tmp_path / "ray"
+    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
+                               "--storage", str(storage)], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480,
+                    study="termed")
+    finally:
+        driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out + err
+    assert "SIGTERM received" not in err  # Ray's stack dump
+    assert f"continue it with: tuner search --resume --name termed --storage {storage}" in out
+    _, parent, before = mlflow_runs(uri, "termed")
+    assert parent.info.status == "KILLED" and before
+    assert "RUNNING" not in {r.info.status for r in before}
+    assert "interrupted" in {r.data.tags["tuner.status"] for r in before}
+
+    proc = run_tuner(["search", "--resume", "--name", "termed", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, after = mlflow_runs(uri, "termed")
+    assert parent.info.status == "FINISHED" and len(after) == 3
+    assert {r.data.tags["tuner.status"] for r in after} == {"completed"}
+    assert {r.info.run_id for r in before} <= {r.info.run_id for r in after}
+
+
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
 
@@ -406,15 +441,16 @@ def _lose_named_checkpoint(trial_dir: Path) -> None:
         folder.rename(trial_dir / f"checkpoint_{int(folder.name.split('_')[1]) + 1:06d}")
 
 
-def _wait_until(uri: str, driver: subprocess.Popen, ready: Any, timeout: float = 300) -> None:
-    """Poll the study's trial runs until `ready(runs, tokens by run id)` holds."""
+def _wait_until(uri: str, driver: subprocess.Popen, ready: Any, timeout: float = 300,
+                study: str = "killed") -> None:
+    """Poll the trial runs of `study` until `ready(runs, tokens by run id)` holds."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert driver.poll() is None, "the driver ended before it could be killed"
-        runs = _trial_runs(client, "killed")
+        runs = _trial_runs(client, study)
         if ready(runs, {r.info.run_id: _tokens(client, r) for r in runs}):
             return
         time.sleep(0.5)

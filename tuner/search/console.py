@@ -187,7 +187,7 @@ class Summary:
 
 def print_summary(console: Console, summary: Summary) -> None:
     """The closing lines: what ran, the best trial with its run id, and how to reproduce it."""
-    counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n) or "no trials"
+    counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n) or "no trial finished"
     state = "interrupted" if summary.interrupted else "finished"
     console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
     console.print(f"MLflow parent run {summary.parent_run_id} ({summary.tracking_uri})")

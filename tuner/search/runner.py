@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     start_ray(address)
     import ray
 
+    # `kill` and `docker stop` send SIGTERM: stop as Ctrl-C does (Tune saves the study for
+    # --resume), not through Ray's handler, which dumps a stack and exits on the spot.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         shortage = capacity_shortage(study.resources, address)
         if shortage and not address:
