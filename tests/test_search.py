@@ -496,6 +496,21 @@ def _descendants(root: int) -> list[tuple[int, str]]:
     return found
 
 
+def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
+                                             mlflow_store_template: Path) -> None:
+    """Every trial diverges: the study is recorded, but the command fails (nothing to replay)."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "blowup", dataset, hparams={"lr_max": 50.0},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no trial reached a finite validation loss" in proc.stdout
+    _, parent, children = mlflow_runs(uri, "blowup")
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["tuner.status"] for r in children} == {"diverged"}
+
+
 @pytest.mark.slow
 def test_study_of_one_trial_at_a_time_repeats_exactly(tmp_path: Path, dataset: Path,
                                                        mlflow_store_template: Path) -> None:
@@ -578,6 +593,17 @@ def test_bad_space_fails_before_ray(tmp_path: Path, dataset: Path) -> None:
                      cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "lr_max" in proc.stderr or "α_max" in proc.stderr
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_model_too_small_for_the_dataset_fails_before_ray(tmp_path: Path, dataset: Path) -> None:
+    """Every trial would fail on the 300-token dataset: one line now, not one failed run each."""
+    space = write_space(tmp_path, "small", dataset, model={"vocab_size": {"choice": [256, 280]}})
+    proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "model.vocab_size: 280 is smaller than the vocabulary of the dataset (300 in" in message
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 

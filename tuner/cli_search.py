@@ -87,7 +87,7 @@ def search(
         console.print(f"continue it with: tuner search --resume --name {study.name} "
                       f"--storage {storage}")
         return 130
-    return 0
+    return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
 
 
 def _absolute_uri(uri: str | None) -> str | None:
@@ -127,11 +127,23 @@ def _warm_trials(study: Any) -> list[Any] | None:
 
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
-    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
+    """The dataset folder (data.path, or prepared now from data.source) and its meta.json;
+    UserError when no trial of the study could train on it."""
     from tuner.datasets import check_dataset, prepare_dataset
+    from tuner.space.convert import span
 
     if study.data.path:
         data_dir = Path(study.data.path).expanduser().resolve()
     else:
         data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
-    return data_dir, check_dataset(data_dir)
+    meta = check_dataset(data_dir)
+    largest_vocab = span(study, "vocab_size")[1]
+    if largest_vocab < meta["vocab_size"]:
+        raise UserError(f"model.vocab_size: {largest_vocab:g} is smaller than the vocabulary of the "
+                        f"dataset ({meta['vocab_size']} in {data_dir / 'meta.json'})")
+    shortest_context, split = span(study, "context_length")[0], min(
+        ("train", "valid"), key=lambda name: meta[f"{name}_tokens"])
+    if shortest_context >= meta[f"{split}_tokens"]:
+        raise UserError(f"model.context_length: {shortest_context:g} is as long as the "
+                        f"{meta[f'{split}_tokens']} tokens of {data_dir / f'{split}.npy'}")
+    return data_dir, meta
