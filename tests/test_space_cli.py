@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,9 @@ budget:
 """
 
 
-def tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def tuner(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -127,6 +128,19 @@ def test_show_tabulates_symbol_name_value_range_and_description(tmp_path: Path) 
     assert "β2" in out and "[0, 1)" in out and "decay of the second-moment average" in out
     assert "γ_momentum" not in out  # adamw never uses it
     assert "tpe + asha, 64 trials" in out
+
+
+def test_show_in_80_columns_cuts_no_value(tmp_path: Path) -> None:
+    """Symbol and name share a column; long values and descriptions wrap instead of ending in …"""
+    result = tuner("space", "show", str(REPO / "search_spaces" / "lm.yaml"), cwd=tmp_path,
+                   columns=80)
+    assert result.returncode == 0, result.stderr
+    from rich.cells import cell_len  # terminal cells: "v̂" is two code points in one cell
+
+    assert max(map(cell_len, result.stdout.splitlines())) <= 80 and "…" not in result.stdout
+    assert "symbol / name" in result.stdout
+    for name in ("warmup_fraction", "lr_min_ratio", "weight_decay", "context_length"):
+        assert re.search(rf"^│ {name} +│", result.stdout, re.MULTILINE), name
 
 
 def test_schema_prints_the_json_schema(tmp_path: Path) -> None:

@@ -58,18 +58,20 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
 def show(path: StudyPath) -> None:
     """Show a study's parameters: symbol, name, value or distribution, valid range, description."""
     study = _load(path)
+    console = output.console()
+    narrow = console.width < 120  # symbol and name share a column, one above the other
     table = Table(title=f"study {study.name}", caption=escape(study.description) or None)
-    table.add_column("symbol", no_wrap=True)
-    table.add_column("name", no_wrap=True)
+    for heading in (["symbol / name"] if narrow else ["symbol", "name"]):
+        table.add_column(heading, no_wrap=True)
     table.add_column("value or distribution", overflow="fold")
     table.add_column("valid range")
-    table.add_column("description", ratio=1)
+    table.add_column("description", ratio=1, overflow="fold")
     for section in ("model", "hparams", "budget"):
         table.add_row(f"[bold]{section}[/]", end_section=False)
-        for row in _rows(study, section):
-            table.add_row(*row)
+        for symbol, *rest in _rows(study, section):
+            table.add_row(*([f"{symbol}\n[dim]{rest[0]}[/]", *rest[1:]] if narrow
+                            else [symbol, *rest]))
         table.add_section()
-    console = output.console()
     console.print(table)
     search, res = study.search, study.resources
     console.print(escape(
