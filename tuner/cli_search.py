@@ -1,8 +1,8 @@
 """`tuner search`: a Ray Tune study of the trainer, recorded in MLflow; `--resume` continues one.
 
 Everything that can be wrong with the input (the space, the dataset, the tracking store, the study
-name, the Ray address) is checked before Ray starts, and the trial's resources against the Ray it starts before the
-study is saved or any trial runs; each is reported as one line with exit code 2.
+name, the Ray address) is checked before Ray starts, and a trial's resources against the Ray it
+starts before the study is saved; each is reported as one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -127,23 +127,29 @@ def _warm_trials(study: Any) -> list[Any] | None:
 
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
-    """The dataset folder (data.path, or prepared now from data.source) and its meta.json;
-    UserError when no trial of the study could train on it."""
+    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
     from tuner.datasets import check_dataset, prepare_dataset
-    from tuner.space.convert import span
 
     if study.data.path:
         data_dir = Path(study.data.path).expanduser().resolve()
     else:
         data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
     meta = check_dataset(data_dir)
+    _check_model_fits(study, data_dir, meta)
+    return data_dir, meta
+
+
+def _check_model_fits(study: Any, data_dir: Path, meta: dict[str, Any]) -> None:
+    """UserError when no trial's model fits the dataset (each would fail): every vocabulary too
+    small for its token ids, or every context as long as one of its splits."""
+    from tuner.space.convert import span
+
     largest_vocab = span(study, "vocab_size")[1]
     if largest_vocab < meta["vocab_size"]:
         raise UserError(f"model.vocab_size: {largest_vocab:g} is smaller than the vocabulary of the "
                         f"dataset ({meta['vocab_size']} in {data_dir / 'meta.json'})")
-    shortest_context, split = span(study, "context_length")[0], min(
-        ("train", "valid"), key=lambda name: meta[f"{name}_tokens"])
-    if shortest_context >= meta[f"{split}_tokens"]:
-        raise UserError(f"model.context_length: {shortest_context:g} is as long as the "
-                        f"{meta[f'{split}_tokens']} tokens of {data_dir / f'{split}.npy'}")
-    return data_dir, meta
+    shortest_context = span(study, "context_length")[0]
+    for split in ("train", "valid"):
+        if shortest_context >= meta[f"{split}_tokens"]:
+            raise UserError(f"model.context_length: {shortest_context:g} is not shorter than the "
+                            f"{meta[f'{split}_tokens']} tokens of {data_dir / f'{split}.npy'}")
