@@ -2,8 +2,9 @@
 
 One small grid study is shared by most assertions: it has trials that complete, trials ASHA
 stops, one that diverges (α_max = 50) and some that fail (a model vocabulary smaller than the
-dataset's). Other tests kill a driver with SIGKILL and resume it, and run against `mlflow server`
-and a `ray start --head` cluster. Input errors are checked to fail before Ray starts.
+dataset's). Other tests stop a driver with SIGKILL or SIGTERM and resume it, and run against
+`mlflow server` and a `ray start --head` cluster. Input errors are checked to fail before Ray
+starts, or, for a trial larger than the local Ray, before any trial does.
 """
 
 from __future__ import annotations
