@@ -59,7 +59,8 @@ def fresh_store(folder: Path, template: Path) -> str:
 
 def write_space(folder: Path, name: str, data_dir: Path, *, model: dict | None = None,
                 hparams: dict | None = None, budget: dict | None = None,
-                search: dict | None = None, tracking: dict | None = None) -> Path:
+                search: dict | None = None, tracking: dict | None = None,
+                resources: dict | None = None) -> Path:
     """A study file of a tiny model (d_model 32, one layer, context 32) on `data_dir`."""
     study = {
         "name": name,
@@ -70,7 +71,8 @@ def write_space(folder: Path, name: str, data_dir: Path, *, model: dict | None =
         "budget": {"tokens": 40960, "eval_interval": 10, "eval_windows": 8, "seed": 0,
                    **(budget or {})},
         "search": {"max_concurrent": 2, **(search or {})},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "device": "cpu"},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "device": "cpu",
+                      **(resources or {})},
         "tracking": {"log_checkpoints": "completed", **(tracking or {})},
     }
     path = folder / f"{name}.yaml"
@@ -585,6 +587,36 @@ def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
     assert not (tmp_path / "mlruns").exists()  # the artifacts went to the server
 
 
+@pytest.mark.slow
+def test_trial_larger_than_every_cluster_node_is_a_warning(tmp_path: Path, dataset: Path,
+                                                           mlflow_store_template: Path) -> None:
+    """A cluster may grow (an autoscaler adds nodes), so the study waits, saying why; SIGTERM
+    then stops it as a study that can be resumed."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "waits", dataset, resources={"cpus_per_trial": 4})
+    log = tmp_path / "stdout.txt"
+    try:
+        with ray_head(num_cpus=2) as head, open(log, "w") as out:
+            driver = subprocess.Popen(
+                [str(TUNER), "search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                 str(tmp_path / "ray"), "--address", head.address], cwd=tmp_path,
+                env={**ENV, **head.env}, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 180
+            while "trials wait" not in log.read_text() and driver.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.5)
+            driver.send_signal(signal.SIGTERM)
+            driver.wait(timeout=120)
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    said = " ".join(log.read_text().split())
+    assert driver.returncode == 130, said
+    assert (f"warning: resources.cpus_per_trial: a trial needs 4 CPUs and 0 GPUs, but no node of "
+            f"the cluster at {head.address} has both (at most 2 CPUs and 0 GPUs on a node); "
+            "trials wait until such a node joins") in said, said
+    assert "continue it with: tuner search --resume --name waits" in said
+
+
 # Bad input fails before Ray starts ----------------------------------------------------------
 
 
@@ -644,19 +676,21 @@ def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no study 'nothing'" in " ".join(proc.stderr.split())
 
 
-def test_trial_larger_than_the_local_ray_fails_before_any_trial(tmp_path: Path, dataset: Path,
-                                                                 mlflow_store_template: Path) -> None:
+@pytest.mark.parametrize(("resources", "needs"), [
+    ({"cpus_per_trial": 4096}, "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs"),
+    ({"gpus_per_trial": 64, "device": "cuda"},
+     "resources.gpus_per_trial: a trial needs 1 CPU and 64 GPUs")])
+def test_trial_larger_than_the_local_ray_fails_before_any_trial(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path, resources: dict,
+        needs: str) -> None:
     """Tune would wait for ever for a node that fits: the local Ray's size is checked instead."""
     uri = fresh_store(tmp_path, mlflow_store_template)
-    space = write_space(tmp_path, "huge", dataset)
-    study = yaml.safe_load(space.read_text())
-    study["resources"]["cpus_per_trial"] = 4096
-    space.write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
+    space = write_space(tmp_path, "huge", dataset, resources=resources)
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
                       str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
-    assert "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs" in message
+    assert needs in message
     assert "but Ray counts" in message and "GPUs on this machine" in message
     assert not (tmp_path / "ray" / "huge").exists()  # no study to resume
     from mlflow import MlflowClient
