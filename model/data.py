@@ -54,16 +54,26 @@ class Dataset:
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         except json.JSONDecodeError as err:
             raise ConfigError(str(meta_path), f"not valid JSON ({err})") from err
-        if meta.get("vocab_size", 0) > vocab_size:
-            raise ConfigError("model.vocab_size", f"{vocab_size} is smaller than the dataset's "
-                              f"vocabulary ({meta['vocab_size']} in {meta_path})")
+        check_vocab(meta, vocab_size, meta_path)
         train = load_tokens(folder / "train.npy", vocab_size)
         valid = load_tokens(folder / "valid.npy", vocab_size)
         for name, tokens in (("train.npy", train), ("valid.npy", valid)):
-            if len(tokens) <= context_length:
-                raise ConfigError("model.context_length", f"{context_length} is longer than the "
-                                  f"data in {folder / name} ({len(tokens)} tokens)")
+            check_context(len(tokens), context_length, folder / name)
         return cls(folder, train, valid, meta)
+
+
+def check_vocab(meta: dict, vocab_size: int, meta_path: Path) -> None:
+    """ConfigError when the dataset's vocabulary (its meta.json) is larger than the model's."""
+    if meta.get("vocab_size", 0) > vocab_size:
+        raise ConfigError("model.vocab_size", f"{vocab_size} is smaller than the dataset's "
+                          f"vocabulary ({meta['vocab_size']} in {meta_path})")
+
+
+def check_context(tokens: int, context_length: int, path: Path) -> None:
+    """ConfigError when a token file holds no more tokens than the model's context."""
+    if tokens <= context_length:
+        raise ConfigError("model.context_length", f"{context_length} is longer than the data in "
+                          f"{path} ({tokens} tokens)")
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -636,7 +636,7 @@ def test_model_too_small_for_the_dataset_fails_before_ray(tmp_path: Path, datase
                      cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
-    assert "model.vocab_size: 280 is smaller than the vocabulary of the dataset (300 in" in message
+    assert "model.vocab_size: 280 is smaller than the dataset's vocabulary (300 in" in message
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 

@@ -140,16 +140,12 @@ def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
 
 
 def _check_model_fits(study: Any, data_dir: Path, meta: dict[str, Any]) -> None:
-    """UserError when no trial's model fits the dataset (each would fail): every vocabulary too
-    small for its token ids, or every context as long as one of its splits."""
+    """ConfigError when no trial's model fits the dataset (each would fail): the trainer's own
+    checks, on the largest vocabulary and the shortest context the study can sample."""
+    from model.data import check_context, check_vocab
     from tuner.space.convert import span
 
-    largest_vocab = span(study, "vocab_size")[1]
-    if largest_vocab < meta["vocab_size"]:
-        raise UserError(f"model.vocab_size: {largest_vocab:g} is smaller than the vocabulary of the "
-                        f"dataset ({meta['vocab_size']} in {data_dir / 'meta.json'})")
-    shortest_context = span(study, "context_length")[0]
+    check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
     for split in ("train", "valid"):
-        if shortest_context >= meta[f"{split}_tokens"]:
-            raise UserError(f"model.context_length: {shortest_context:g} is not shorter than the "
-                            f"{meta[f'{split}_tokens']} tokens of {data_dir / f'{split}.npy'}")
+        check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
+                      data_dir / f"{split}.npy")
