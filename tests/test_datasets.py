@@ -7,9 +7,11 @@ import http.server
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -360,6 +362,23 @@ def test_cli_prepares_and_checks(tmp_path: Path) -> None:
     assert "train" in done.stdout and check_dataset(tmp_path / "ds")["vocab_size"] <= 300
     checked = run_cli("check", "ds", cwd=tmp_path)
     assert checked.returncode == 0 and "valid tokens" in checked.stdout
+
+
+def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C while the dataset is built: "aborted", exit 130, and no folder, not even a partial
+    one (Typer on its own would exit 130 without a word)."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "data", "prepare", "--source", "synthetic",
+         "--synthetic-bytes", "30000000", "--vocab-size", "300", "--out", "ds"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    while not list(tmp_path.glob(".ds.partial-*")) and cli.poll() is None:
+        time.sleep(0.01)
+    cli.send_signal(signal.SIGINT)
+    out, err = cli.communicate(timeout=120)
+    assert cli.returncode == 130, out + err
+    assert err.splitlines()[-1] == "aborted"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -403,6 +403,65 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert {r.info.run_id for r in before} <= {r.info.run_id for r in after}
 
 
+@pytest.mark.slow
+def test_stop_before_the_first_trial_then_resume(tmp_path: Path, dataset: Path,
+                                                 mlflow_store_template: Path) -> None:
+    """SIGTERM while the study is set up, before Tune listens: held until Tune takes it, so the
+    study stops resumable; its resume (Tune cannot restore a state without trials) starts it."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "early", dataset,
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
+    storage = tmp_path / "ray"
+    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
+                               "--storage", str(storage)], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (storage / "early").exists() and driver.poll() is None:  # the study's state, saved
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out + err
+    assert "study early interrupted: no trial finished" in out
+    assert f"continue it with: tuner search --resume --name early --storage {storage}" in out
+    assert not list((storage / "early").glob("trial_*"))
+
+    proc = run_tuner(["search", "--resume", "--name", "early", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, runs = mlflow_runs(uri, "early")
+    assert parent.info.status == "FINISHED"
+    assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_ray_starts_aborts_and_leaves_no_ray_process(tmp_path: Path, dataset: Path,
+                                                                 mlflow_store_template: Path
+                                                                 ) -> None:
+    """Ctrl-C while the local Ray starts is held until Ray is up (a start cut short left Ray's
+    agents running for ever); nothing is saved yet, so the command then aborts."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "cut", dataset)
+    storage = tmp_path / "ray"
+    with open(tmp_path / "stderr.txt", "w") as err:
+        driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri",
+                                   uri, "--storage", str(storage)], cwd=tmp_path, env=ENV,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 120
+        ray_processes: set[int] = set()
+        while not any("raylet" in cmd for _, cmd in _descendants(driver.pid)):
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        driver.send_signal(signal.SIGINT)
+        while driver.poll() is None:
+            ray_processes |= {pid for pid, _ in _descendants(driver.pid)}
+            time.sleep(0.01)
+    said = (tmp_path / "stderr.txt").read_text()
+    assert driver.returncode == 130 and said.splitlines()[-1] == "aborted", said
+    assert not storage.exists()
+    _wait_exited(sorted(ray_processes))
+
+
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
 
@@ -433,7 +492,7 @@ def _wait_exited(pids: list[int], timeout: float = 60) -> None:
         if not running:
             return
         time.sleep(0.2)
-    pytest.fail(f"trial processes {running} outlived their driver by {timeout:.0f} s")
+    pytest.fail(f"processes {running} outlived their driver by {timeout:.0f} s")
 
 
 def _lose_named_checkpoint(trial_dir: Path) -> None:

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from model.config import ConfigError
 from tuner.errors import UserError
 
+
+class _Group(TyperGroup):
+    """Typer's group, but Ctrl-C (outside a study's loop) ends in "aborted", not a silent 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Abort() from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="tuner",
     help="Tune the hyperparameters of a Transformer LM: Ray Tune trials, Optuna search, MLflow records.",
     no_args_is_help=True,

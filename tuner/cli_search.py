@@ -63,23 +63,26 @@ def search(
     from tuner.search.provenance import provenance
     from tuner.search.tracking import connect, find_parent
 
+    # Tune fails to restore a study stopped before any trial started: that one starts again
+    restore = resume and state.ran_trials(storage / study.name)
     exists = find_parent(connect(study.tracking.uri), study.tracking.experiment, study.name)
     if exists and not resume:
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
                         f"{study.name}, or pick another --name")
-    if resume and not exists and state.ran_trials(storage / study.name):
+    if restore and not exists:
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
                         "tracking store it ran with, or start a new study with another --name")
-    warm_trials = None if resume else _warm_trials(study)
-    if warm_trials:
+    warm_trials = None if restore else _warm_trials(study)
+    if warm_trials and not resume:
         console.print(f"warm start: {len(warm_trials)} finished trials of study "
                       f"{study.search.warm_start!r}")
     from tuner.search.console import print_summary
 
-    summary = run_study(study, data_dir, storage, address=address, resume=resume,
-                        provenance=provenance(data_dir, meta), overrides=overrides,
+    summary = run_study(study, data_dir, storage, address=address, restore=restore,
+                        provenance=provenance(data_dir, meta),
+                        overrides=None if resume else overrides,
                         warm_trials=warm_trials,
                         warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
     print_summary(console, summary)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +103,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
     from tuner.search.recovery import CheckpointRepair
+    from tuner.search.stopping import StopRelay
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
 
@@ -117,7 +117,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
     callbacks = [CheckpointRepair(), MlflowRecorder(study, str(data_dir), provenance, str(storage)),
-                 LiveView(study)]
+                 LiveView(study), StopRelay()]  # the relay last: a held stop finds the study set up
     run_config = tune.RunConfig(  # a trial resumes from its latest checkpoint; PBT clones others'
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 1),
@@ -126,37 +126,40 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                       tune_config=config, run_config=run_config)
 
 
-def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, resume: bool,
-              provenance: dict[str, Any], overrides: dict[str, Any],
+def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, restore: bool,
+              provenance: dict[str, Any], overrides: dict[str, Any] | None,
               warn: Callable[[str], None], warm_trials: list[Any] | None = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
-    `overrides` (the command line's) are saved with a new study, for `--resume` to rebuild it;
-    `warm_trials` (Optuna trials of an earlier study) seed a new study's searcher. A local Ray
-    too small for one trial is a UserError; a cluster's shortage is only `warn`ed (it may scale).
+    `restore` continues the study from Tune's state; otherwise it starts (again), its searcher
+    seeded by `warm_trials` (Optuna trials of an earlier study). `overrides` (the command line's)
+    are saved with the study, for `--resume` to rebuild it; None when they are saved already.
+    A local Ray too small for one trial is a UserError; a cluster's shortage is only `warn`ed.
     """
     import numpy as np
 
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
-    config = None if resume else tune_config(study, warm_trials)
-    start_ray(address)
-    import ray
+    config = None if restore else tune_config(study, warm_trials)
+    from tuner.search.stopping import abort_if_stopped, relay_sigterm, stops_held
 
-    # `kill` and `docker stop` send SIGTERM: stop as Ctrl-C does (Tune saves the study for
-    # --resume), not through Ray's handler, which dumps a stack and exits on the spot.
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    try:
-        shortage = capacity_shortage(study.resources, address)
-        if shortage and not address:
-            raise UserError(shortage)
-        if shortage:
-            warn(f"{shortage}; trials wait until such a node joins")
-        if config is not None:
-            state.save(storage / study.name, study, overrides)
-        build_tuner(study, data_dir, storage, config, provenance).fit()
-    finally:
-        ray.shutdown()
+    with stops_held():
+        start_ray(address)
+        import ray
+
+        try:
+            relay_sigterm()
+            shortage = capacity_shortage(study.resources, address)
+            if shortage and not address:
+                raise UserError(shortage)
+            abort_if_stopped()
+            if shortage:
+                warn(f"{shortage}; trials wait until such a node joins")
+            if overrides is not None:
+                state.save(storage / study.name, study, overrides)
+            build_tuner(study, data_dir, storage, config, provenance).fit()
+        finally:
+            ray.shutdown()
     return summarise(study)
 
 

@@ -1,0 +1,56 @@
+"""Stop requests during a study (Ctrl-C; SIGTERM from `kill` or `docker stop`). Ray never sees
+one while it starts (an interrupted start leaves Ray's agents running); one that comes before
+the study is saved aborts the command; after that, Tune's own handler takes it and saves the
+study for `--resume`, even when it came before Tune was listening."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ray import tune
+
+_held = {"stop": False, "tune_listens": False}
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    _held.update(stop=False, tune_listens=False)
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def relay_sigterm() -> None:
+    """From now on SIGTERM acts as SIGINT. Call it after ray.init: Ray sets a handler that exits
+    on the spot with a stack dump."""
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+
+def abort_if_stopped() -> None:
+    """KeyboardInterrupt when a stop came while Ray started (nothing is saved yet)."""
+    if _held["stop"]:
+        raise KeyboardInterrupt
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    # Tune hands SIGINT back to this handler once it has taken a stop: a second one is "now".
+    if _held["tune_listens"]:
+        raise KeyboardInterrupt
+    _held["stop"] = True
+
+
+class StopRelay(tune.Callback):
+    """Tune callback: hands a held stop on as the study's loop starts, Tune's handler in place."""
+
+    def setup(self, **info: Any) -> None:
+        _held["tune_listens"] = True
+        if _held["stop"]:
+            signal.raise_signal(signal.SIGINT)
