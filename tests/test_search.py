@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -401,6 +402,35 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert parent.info.status == "FINISHED" and len(after) == 3
     assert {r.data.tags["tuner.status"] for r in after} == {"completed"}
     assert {r.info.run_id for r in before} <= {r.info.run_id for r in after}
+
+
+@pytest.mark.slow
+def test_a_second_driver_of_a_running_study_is_refused(tmp_path: Path, dataset: Path,
+                                                       mlflow_store_template: Path) -> None:
+    """`--resume` while the study's driver still runs would run its trials twice into the same
+    runs: exit 2, naming the running driver, and the study goes on untouched."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "busy", dataset, budget={"tokens": 983040},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 4})
+    storage = tmp_path / "ray"
+    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
+                               "--storage", str(storage)], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(uri, driver, lambda runs, tokens: any(tokens.values()), study="busy")
+        second = run_tuner(["search", "--resume", "--name", "busy", "--storage", str(storage)],
+                           cwd=tmp_path)
+        assert driver.poll() is None
+        _, parent, runs = mlflow_runs(uri, "busy")
+    finally:
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert (f"error: study 'busy' is running: another `tuner search` (pid {driver.pid} on "
+            f"{socket.gethostname()}) drives it") in " ".join(second.stderr.split())
+    assert parent.info.status == "RUNNING"
+    trials = [r.data.tags["tuner.trial_id"] for r in runs]
+    assert len(trials) == len(set(trials)) <= 4
 
 
 @pytest.mark.slow

@@ -155,9 +155,10 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             abort_if_stopped()
             if shortage:
                 warn(f"{shortage}; trials wait until such a node joins")
-            if overrides is not None:
-                state.save(storage / study.name, study, overrides)
-            build_tuner(study, data_dir, storage, config, provenance).fit()
+            with state.driven(storage / study.name):
+                if overrides is not None:
+                    state.save(storage / study.name, study, overrides)
+                build_tuner(study, data_dir, storage, config, provenance).fit()
         finally:
             ray.shutdown()
     return summarise(study)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +15,7 @@ from tuner.errors import UserError
 
 STATE_FILE = "tuner_study.json"
 TUNE_STATE = "tuner.pkl"  # written by Tune when the study's Tuner is created
+LOCK_FILE = "driver.lock"  # locked by the driver running the study (the OS unlocks it on death)
 
 
 def started(folder: Path) -> bool:
@@ -20,6 +26,25 @@ def started(folder: Path) -> bool:
 def ran_trials(folder: Path) -> bool:
     """Whether Tune started any trial of the study in `folder` (each gets a trial_ID folder)."""
     return any(path.is_dir() for path in folder.glob("trial_*"))
+
+
+@contextmanager
+def driven(folder: Path) -> Iterator[None]:
+    """Hold the study in `folder` for this driver; UserError while another driver runs it (two
+    drivers would run its trials twice into the same MLflow runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise UserError(f"study {folder.name!r} is running: another `tuner search` (pid "
+                            f"{lock.read().strip() or '?'}) drives it; stop that one first, or "
+                            "let it finish") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
