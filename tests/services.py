@@ -195,13 +195,13 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str,
-                  timeout: float = 180) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 (a free port) on `backend_store_uri`, serving artifacts from
-    `artifacts_dir`; yields its http:// tracking URI once /health answers."""
+def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str, timeout: float = 180,
+                  port: int | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 (`port`, else a free one) on `backend_store_uri`, serving
+    artifacts from `artifacts_dir`; yields its http:// tracking URI once /health answers."""
     artifacts = Path(artifacts_dir)
     artifacts.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = artifacts.parent / f"mlflow-server-{port}.log"
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
            "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -405,6 +405,43 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
 
 
 @pytest.mark.slow
+def test_tracking_server_lost_mid_study_stops_it(tmp_path: Path, dataset: Path) -> None:
+    """The `mlflow server` dies mid-study: once MLflow's retries are spent (none here) the study
+    stops, saying which store failed and how to continue, instead of hanging on every record;
+    with the server back, --resume finishes it in the same runs."""
+    backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts"
+    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 122880},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
+    storage = tmp_path / "ray"
+    env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        with mlflow_server(backend, artifacts) as uri:
+            driver = subprocess.Popen(
+                [str(TUNER), "search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                 str(storage)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) > 0,
+                        study="lost")
+        out, err = driver.communicate(timeout=300)
+        assert driver.returncode == 1, out + err
+        said = " ".join(out.split())
+        assert f"error: tracking store {uri} failed: " in said and "; the study stopped" in said
+        assert ("once the store answers again, continue it with: tuner search --resume --name "
+                f"lost --storage {storage}") in said
+
+        with mlflow_server(backend, artifacts, port=int(uri.rsplit(":", 1)[1])):
+            proc = run_tuner(["search", "--resume", "--name", "lost", "--storage", str(storage)],
+                             cwd=tmp_path, env=env)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "View run" not in proc.stdout  # MLflow's line per ended run: the summary names it
+            _, parent, runs = mlflow_runs(uri, "lost")
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    assert parent.info.status == "FINISHED"
+    assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * 3
+
+
+@pytest.mark.slow
 def test_a_second_driver_of_a_running_study_is_refused(tmp_path: Path, dataset: Path,
                                                        mlflow_store_template: Path) -> None:
     """`--resume` while the study's driver still runs would run its trials twice into the same

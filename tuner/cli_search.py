@@ -61,7 +61,7 @@ def search(
     data_dir, meta = _dataset(study)
 
     from tuner.search.provenance import provenance
-    from tuner.search.tracking import connect, find_parent
+    from tuner.search.tracking import TrackingLost, connect, find_parent
 
     # Tune fails to restore a study stopped before any trial started: that one starts again
     restore = resume and state.ran_trials(storage / study.name)
@@ -80,15 +80,19 @@ def search(
                       f"{study.search.warm_start!r}")
     from tuner.search.console import print_summary
 
-    summary = run_study(study, data_dir, storage, address=address, restore=restore,
-                        provenance=provenance(data_dir, meta),
-                        overrides=None if resume else overrides,
-                        warm_trials=warm_trials,
-                        warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
+    resume_hint = f"tuner search --resume --name {study.name} --storage {storage}"
+    try:
+        summary = run_study(study, data_dir, storage, address=address, restore=restore,
+                            provenance=provenance(data_dir, meta),
+                            overrides=None if resume else overrides, warm_trials=warm_trials,
+                            warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
+    except TrackingLost as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
+        console.print(f"once the store answers again, continue it with: {resume_hint}")
+        return 1
     print_summary(console, summary)
     if summary.interrupted:
-        console.print(f"continue it with: tuner search --resume --name {study.name} "
-                      f"--storage {storage}")
+        console.print(f"continue it with: {resume_hint}")
         return 130
     return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
 

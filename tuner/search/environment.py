@@ -1,10 +1,11 @@
-"""Settings Ray and Tune read from the environment, set before Ray is imported (user values win)."""
+"""Settings Ray, Tune and MLflow read from the environment, set before Ray is imported (user
+values win)."""
 
 from __future__ import annotations
 
 import os
 
-RAY_ENV = {
+STUDY_ENV = {
     # Workers run this interpreter; Ray's `uv run` hook would instead re-resolve the environment
     # for every worker and upload the working directory (datasets, mlruns) to the cluster.
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
@@ -16,6 +17,8 @@ RAY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_THRESHOLD_S": "60",
+    # MLflow prints "View run … at: URL" for every run it ends on a server; the summary names them.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
 }
 
 
@@ -26,6 +29,6 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def configure(local: bool) -> None:
-    """Apply RAY_ENV, and LOCAL_RAY_ENV for a `local` Ray, where the user has not set a value."""
-    for key, value in {**RAY_ENV, **(LOCAL_RAY_ENV if local else {})}.items():
+    """Apply STUDY_ENV, and LOCAL_RAY_ENV for a `local` Ray, where the user has not set a value."""
+    for key, value in {**STUDY_ENV, **(LOCAL_RAY_ENV if local else {})}.items():
         os.environ.setdefault(key, value)

@@ -158,10 +158,25 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             with state.driven(storage / study.name):
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
-                build_tuner(study, data_dir, storage, config, provenance).fit()
+                _fit(build_tuner(study, data_dir, storage, config, provenance))
         finally:
             ray.shutdown()
     return summarise(study)
+
+
+def _fit(tuner: Any) -> None:
+    """Tuner.fit, raising the recorder's TrackingLost itself rather than as Tune's TuneError."""
+    from tuner.search.tracking import TrackingLost
+
+    try:
+        tuner.fit()
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, TrackingLost):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def summarise(study: Any) -> Summary:

@@ -7,10 +7,12 @@ new ones.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,36 @@ def connect(uri: str) -> Any:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise UserError(f"tracking store {uri} cannot be used: {reason}") from None
+        raise UserError(f"tracking store {uri} cannot be used: {_reason(err)}") from None
     return client
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of an error, short enough for one line of output."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+class TrackingLost(Exception):
+    """The tracking store failed mid-study (an `mlflow server` after MLflow's own retries)."""
+
+
+def _guarded(hook: Callable[..., None]) -> Callable[..., None]:
+    """A recorder hook that turns a tracking failure into TrackingLost, which ends the study,
+    and does nothing once the store has failed (Tune's clean-up calls more hooks)."""
+    @functools.wraps(hook)
+    def guarded(self: MlflowRecorder, *args: Any, **kwargs: Any) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.__dict__.get("_lost"):
+            return
+        try:
+            hook(self, *args, **kwargs)
+        except (MlflowException, OSError) as err:
+            self._lost = True
+            raise TrackingLost(f"tracking store {self.study.tracking.uri} failed: "
+                               f"{_reason(err)}") from err
+    return guarded
 
 
 def _check_server(uri: str) -> None:
@@ -107,6 +136,7 @@ class MlflowRecorder(tune.Callback):
 
     # -- study (parent run) -------------------------------------------------------------------
 
+    @_guarded
     def setup(self, **info: Any) -> None:
         from mlflow import MlflowClient
 
@@ -178,6 +208,7 @@ class MlflowRecorder(tune.Callback):
 
     # -- trials (child runs) ------------------------------------------------------------------
 
+    @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is None:
@@ -226,10 +257,12 @@ class MlflowRecorder(tune.Callback):
             self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(dict(trial.config)))
         child.config = dict(trial.config)
 
+    @_guarded
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self._children:
             self._note_config(trial)
 
+    @_guarded
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         child = self._children.get(trial.trial_id)
@@ -251,12 +284,15 @@ class MlflowRecorder(tune.Callback):
         if self._note_best(trial.trial_id, val_loss):
             self._log_study()
 
+    @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial)
 
+    @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial)
 
+    @_guarded
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is not None:
@@ -325,6 +361,7 @@ class MlflowRecorder(tune.Callback):
 
     # -- the end ------------------------------------------------------------------------------
 
+    @_guarded
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         by_id = {t.trial_id: t for t in trials}
         for trial_id, child in self._children.items():
