@@ -51,6 +51,15 @@ def run_tuner(args: list[str], cwd: Path, timeout: float = 420,
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def start_search(space: Path, uri: str, storage: Path, cwd: Path, *extra: str,
+                 env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE,
+                 stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+    """`tuner search --space space` on `uri` and `storage`, started in the background in `cwd`."""
+    return subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
+                             "--storage", str(storage), *extra], cwd=cwd, env=env or ENV,
+                            stdout=stdout, stderr=stderr, text=True)
+
+
 def fresh_store(folder: Path, template: Path) -> str:
     """A migrated, empty sqlite tracking store in `folder`: its URI."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -316,9 +325,8 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
                         budget={"tokens": 122880, "eval_interval": 20},
                         search={"algorithm": "tpe", "scheduler": "none", "num_samples": 4})
     storage = tmp_path / "ray"
-    args = ["search", "--space", str(space), "--tracking-uri", uri, "--storage", str(storage)]
-    driver = subprocess.Popen([str(TUNER), *args], cwd=tmp_path, env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
     try:
         _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480)
         local_ray = _descendants(driver.pid)
@@ -378,9 +386,7 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     space = write_space(tmp_path, "termed", dataset, budget={"tokens": 122880},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
     storage = tmp_path / "ray"
-    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
-                               "--storage", str(storage)], cwd=tmp_path, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = start_search(space, uri, storage, tmp_path)
     try:
         _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480,
                     study="termed")
@@ -416,10 +422,7 @@ def test_tracking_server_lost_mid_study_stops_it(tmp_path: Path, dataset: Path) 
     env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     try:
         with mlflow_server(backend, artifacts) as uri:
-            driver = subprocess.Popen(
-                [str(TUNER), "search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                 str(storage)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
+            driver = start_search(space, uri, storage, tmp_path, env=env)
             _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) > 0,
                         study="lost")
         out, err = driver.communicate(timeout=300)
@@ -450,9 +453,8 @@ def test_a_second_driver_of_a_running_study_is_refused(tmp_path: Path, dataset: 
     space = write_space(tmp_path, "busy", dataset, budget={"tokens": 983040},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 4})
     storage = tmp_path / "ray"
-    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
-                               "--storage", str(storage)], cwd=tmp_path, env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
     try:
         _wait_until(uri, driver, lambda runs, tokens: any(tokens.values()), study="busy")
         second = run_tuner(["search", "--resume", "--name", "busy", "--storage", str(storage)],
@@ -479,9 +481,7 @@ def test_stop_before_the_first_trial_then_resume(tmp_path: Path, dataset: Path,
     space = write_space(tmp_path, "early", dataset,
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
     storage = tmp_path / "ray"
-    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
-                               "--storage", str(storage)], cwd=tmp_path, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = start_search(space, uri, storage, tmp_path)
     deadline = time.monotonic() + 120
     while not (storage / "early").exists() and driver.poll() is None:  # the study's state, saved
         assert time.monotonic() < deadline
@@ -511,9 +511,8 @@ def test_ctrl_c_while_ray_starts_aborts_and_leaves_no_ray_process(tmp_path: Path
     space = write_space(tmp_path, "cut", dataset)
     storage = tmp_path / "ray"
     with open(tmp_path / "stderr.txt", "w") as err:
-        driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri",
-                                   uri, "--storage", str(storage)], cwd=tmp_path, env=ENV,
-                                  stdout=subprocess.DEVNULL, stderr=err)
+        driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=err)
         deadline = time.monotonic() + 120
         ray_processes: set[int] = set()
         while not any("raylet" in cmd for _, cmd in _descendants(driver.pid)):
@@ -723,10 +722,9 @@ def test_trial_larger_than_every_cluster_node_is_a_warning(tmp_path: Path, datas
     log = tmp_path / "stdout.txt"
     try:
         with ray_head(num_cpus=2) as head, open(log, "w") as out:
-            driver = subprocess.Popen(
-                [str(TUNER), "search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                 str(tmp_path / "ray"), "--address", head.address], cwd=tmp_path,
-                env={**ENV, **head.env}, stdout=out, stderr=subprocess.STDOUT)
+            driver = start_search(space, uri, tmp_path / "ray", tmp_path, "--address",
+                                  head.address, env={**ENV, **head.env}, stdout=out,
+                                  stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 180
             while "trials wait" not in log.read_text() and driver.poll() is None:
                 assert time.monotonic() < deadline, log.read_text()
