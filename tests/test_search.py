@@ -783,14 +783,19 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
     assert not (tmp_path / "ray").exists()
 
 
-def test_unreachable_ray_address_fails_before_anything(tmp_path: Path, dataset: Path) -> None:
-    """Nothing listens at the address: one line naming it, instead of ray.init's minutes of retries."""
+@pytest.mark.parametrize(("address", "message"), [
+    ("127.0.0.1:{port}", "no Ray cluster answers there"),
+    ("headnode", "expected HOST:PORT (of `ray start --head`), ray://HOST:PORT or auto")])
+def test_bad_ray_address_fails_before_anything(tmp_path: Path, dataset: Path, address: str,
+                                               message: str) -> None:
+    """Nothing listens at the address, or it is no address Ray takes: one line naming it, instead
+    of ray.init's minutes of retries or its traceback."""
     space = write_space(tmp_path, "nowhere", dataset)
-    address = f"127.0.0.1:{free_port()}"
+    address = address.format(port=free_port())
     proc = run_tuner(["search", "--space", str(space), "--address", address, "--storage",
                       str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"--address {address}: no Ray cluster answers there" in " ".join(proc.stderr.split())
+    assert f"--address {address}: {message}" in " ".join(proc.stderr.split())
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 

@@ -1,7 +1,8 @@
 """`tuner space validate | show | schema` through `python -m tuner`: exit codes and messages.
 
 Each bad study file exits 2 with `FILE:LINE: yaml.path: message` and starts nothing: the working
-folder holds nothing but the study file afterwards (no MLflow store, no Ray results)."""
+folder holds nothing but the study file afterwards (no MLflow store, no Ray results). So does a bad
+command-line option of any command."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ def test_a_bad_study_exits_2_naming_file_line_and_path(tmp_path: Path, text: str
     where = f"study.yaml:{line}: {path}: " if path else f"study.yaml:{line}: "
     assert f"error: {where}{fragment}" in result.stderr
     assert result.stdout == "" and os.listdir(tmp_path) == ["study.yaml"]  # nothing started
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["search", "--space", "study.yaml", "--num-samples", "0"],
+     "Invalid value for '--num-samples': Input should be greater than or equal to 1"),
+    (["search", "--space", "study.yaml", "--storage", "study.yaml"],
+     "Invalid value for '--storage'"),
+    (["search", "--space", "study.yaml", "--sead", "1"], "No such option: --sead"),
+    (["space", "show"], "Missing argument 'path'"),
+    (["serach"], "No such command 'serach'")], ids=lambda v: "-".join(v) if isinstance(v, list)
+    else None)
+def test_a_bad_option_exits_2_naming_it(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "study.yaml").write_text(GOOD)
+    result = tuner(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"Error: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == ["study.yaml"]
 
 
 def test_a_missing_study_file_exits_2(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -18,11 +17,11 @@ from tuner.errors import UserError
 class _Group(TyperGroup):
     """Typer's group, but Ctrl-C (outside a study's loop) ends in "aborted", not a silent 130."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            raise click.exceptions.Abort() from None
+            raise typer.Abort() from None
 
 
 app = typer.Typer(
@@ -55,11 +54,14 @@ def main() -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         result = app(standalone_mode=False)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # a usage error: Typer's own message names the option
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            err.print(f"error: {escape(str(exc))}")
         sys.exit(exc.exit_code)
     except (UserError, ConfigError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")

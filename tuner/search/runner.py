@@ -35,13 +35,16 @@ def start_ray(address: str | None) -> None:
 
 
 def check_address(address: str) -> None:
-    """Fail fast when nothing listens at an `--address` of the form [ray://]HOST:PORT (ray.init
-    would retry for minutes); other forms, such as `auto`, are Ray's to resolve."""
+    """Fail fast on an `--address` that is neither `auto` nor [ray://]HOST:PORT, or where nothing
+    listens (ray.init would retry for minutes)."""
     import socket
 
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    if address == "auto":  # Ray finds the cluster this machine belongs to
         return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and sep and port.isdigit()):
+        raise UserError(f"--address {address}: expected HOST:PORT (of `ray start --head`), "
+                        "ray://HOST:PORT or auto; leave --address out to run on a local Ray")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except OSError as err:
