@@ -48,6 +48,17 @@ def checkpoint_path(src: str | Path) -> Path:
     return src / CHECKPOINT_NAME if src.is_dir() else src
 
 
+def _load_failure(err: Exception) -> str:
+    """What torch.load found wrong, without its advice to load the file unsafely."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+    # torch's header advises weights_only=False; the line before its documentation link says why
+    details = [line for line in lines[1:] if not line.startswith("Check the documentation")]
+    why = details[-1].rpartition("WeightsUnpickler error:")[2].split(". Please use")[0].strip()
+    return f"refused by torch.load(weights_only=True): {why or 'not a safe checkpoint'}"
+
+
 def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint's contents safely; a missing, truncated or unsafe file names itself."""
     import torch
@@ -58,9 +69,7 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
-        reason = str(err).splitlines()[0][:200]
-        raise ConfigError(str(path), f"not a loadable checkpoint ({type(err).__name__}: {reason})"
-                          ) from err
+        raise ConfigError(str(path), f"not a loadable checkpoint ({_load_failure(err)})") from err
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ConfigError(str(path), "not a trainer checkpoint (no model state or iteration)")
     return state

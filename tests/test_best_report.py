@@ -134,6 +134,16 @@ def test_unknown_study_exits_2(recorded, command, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("command", [["best", "--study", "tiny"], ["report", "--study", "tiny"],
+                                     ["replay", "--study", "tiny"]], ids=lambda c: c[0])
+def test_missing_sqlite_store_exits_2_without_creating_it(command, tmp_path):
+    """A mistyped store path names the file, rather than creating an empty store there."""
+    store = tmp_path / "mlfow.db"
+    code, out = tuner(*command, "--tracking-uri", f"sqlite:///{store}")
+    assert code == 2 and f"no such file {store}" in " ".join(out.split())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_finished_trials_warm_start_an_optuna_searcher(recorded):
     import optuna
     from ray.tune.search.optuna import OptunaSearch

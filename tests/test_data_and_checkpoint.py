@@ -100,9 +100,13 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pt"
     torch.save({"model": _Exploit(marker), "iteration": 1}, bad)
-    with pytest.raises(ConfigError, match="not a loadable checkpoint"):
+    with pytest.raises(ConfigError) as raised:
         read_checkpoint(bad)
     assert not marker.exists()
+    message = str(raised.value)
+    assert message.startswith(f"{bad}: not a loadable checkpoint (refused by torch.load("
+                              "weights_only=True): ") and "posix" in message  # what it calls
+    assert "False" not in message  # torch's advice to load it with weights_only=False: not passed on
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:

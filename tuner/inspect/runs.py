@@ -20,11 +20,16 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def connect(uri: str) -> Any:
-    """An MlflowClient that has answered once; UserError when the store is down or unusable."""
+    """An MlflowClient of an existing store that has answered once; UserError when the store is
+    missing, down or unusable (a missing sqlite file is not created: nothing here writes one)."""
     import os
 
     from tuner.search.tracking import connect as connect_store
 
+    sqlite_file = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    if uri.startswith("sqlite:///") and not sqlite_file.is_file():
+        raise UserError(f"tracking store {uri}: no such file {sqlite_file} (`tuner search` "
+                        "creates it; or pass the study's store with --tracking-uri)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
 
     return connect_store(uri)
