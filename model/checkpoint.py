@@ -68,7 +68,7 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -
         raise ConfigError(str(path), "checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated, corrupt and unsafe files all land here
+    except Exception as err:  # truncated, corrupt and unsafe files all land here
         raise ConfigError(str(path), f"not a loadable checkpoint ({_load_failure(err)})") from err
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ConfigError(str(path), "not a trainer checkpoint (no model state or iteration)")
