@@ -772,6 +772,17 @@ def test_missing_dataset_fails_before_ray(tmp_path: Path) -> None:
     assert not (tmp_path / "ray").exists()
 
 
+def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Path) -> None:
+    """MLflow creates a new sqlite store's tables without a lock: drivers starting together on one
+    new file used to fail in its migrations (`tuner search` exit 2) but the first."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = "import sys; from tuner.search.tracking import connect; connect(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+
+
 def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
     space = write_space(tmp_path, "offline", dataset)
     uri = f"http://127.0.0.1:{free_port()}"

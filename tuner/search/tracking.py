@@ -7,12 +7,16 @@ new ones.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +46,26 @@ def connect(uri: str) -> Any:
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
+        with _creation_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"tracking store {uri} cannot be used: {_reason(err)}") from None
     return client
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Held while a sqlite store is opened: MLflow's tracking store creates a new file's tables
+    without a lock, so two studies starting together on one new file failed in its migrations."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///").partition("?")[0]).resolve()
+    key = hashlib.sha256(str(path).encode()).hexdigest()
+    with open(Path(tempfile.gettempdir()) / f"tuner-sqlite-{key[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _reason(err: BaseException) -> str:
