@@ -184,7 +184,8 @@ def _space_file(folder: Path, recorded, name: str, **search) -> Path:
 @pytest.mark.parametrize(("search", "flags", "message"), [
     ({}, ["--warm-start", "nosuch"], "no study 'nosuch'"),
     ({"warm_start": "tiny", "scheduler": "pbt"}, [], "search.warm_start"),
-    ({}, ["--resume", "--warm-start", "tiny"], "--warm-start starts a new study"),
+    ({}, ["--resume", "--warm-start", "tiny"],
+     "--warm-start: a resumed study keeps the settings it started with"),
 ])
 def test_bad_warm_start_exits_2_before_anything_starts(recorded, tmp_path, search, flags,
                                                        message):

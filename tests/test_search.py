@@ -810,6 +810,16 @@ def test_bad_ray_address_fails_before_anything(tmp_path: Path, dataset: Path, ad
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_resume_refuses_flags_that_change_the_study(tmp_path: Path) -> None:
+    """A resumed study keeps its settings: a flag that would change them is refused, not ignored."""
+    proc = run_tuner(["search", "--resume", "--name", "s", "--num-samples", "20", "--tracking-uri",
+                      "sqlite:///other.db", "--storage", str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert ("error: --num-samples, --tracking-uri: a resumed study keeps the settings it started "
+            "with") in " ".join(proc.stderr.split())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
     proc = run_tuner(["search", "--resume", "--name", "nothing", "--storage", str(tmp_path)],
                      cwd=tmp_path, timeout=120)

@@ -49,9 +49,11 @@ def search(
                  if v is not None}
     if resume and not name:
         raise UserError("--resume needs --name NAME: the study to continue")
-    if resume and warm_start:
-        raise UserError("--warm-start starts a new study: a resumed one keeps its searcher's "
-                        "state, warm start included")
+    changed = [f"--{key.replace('_', '-')}" for key in overrides if key != "name"]
+    if resume and changed:
+        raise UserError(f"{', '.join(changed)}: a resumed study keeps the settings it started "
+                        "with (its searcher's state depends on them); to build on it, start a new "
+                        f"study with --warm-start {name}")
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
     from tuner.search.runner import check_address, run_study
