@@ -687,7 +687,8 @@ def test_repair_puts_back_a_deleted_checkpoint_from_the_next(tmp_path: Path) -> 
 def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
                                                 mlflow_store_template: Path) -> None:
     """`mlflow server` and `ray start --head`, both on 127.0.0.1: `--tracking-uri http://…` and
-    `--address` work as the embedded defaults do (one study for both: each costs a start-up)."""
+    `--address` work as the embedded defaults do (one study for both: each costs a start-up). A
+    password in the URI reaches neither the output nor anything MLflow stores."""
     backend = fresh_store(tmp_path / "server", mlflow_store_template)
     space = write_space(tmp_path, "served", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
@@ -695,9 +696,10 @@ def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
                         tracking={"log_checkpoints": "best"})
     try:
         with mlflow_server(backend, tmp_path / "server" / "artifacts") as uri, ray_head() as head:
-            proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                              str(tmp_path / "ray"), "--address", head.address], cwd=tmp_path,
-                             env={**ENV, **head.env})
+            secret_uri = uri.replace("http://", "http://tuner:s3cret-pw@")
+            proc = run_tuner(["search", "--space", str(space), "--tracking-uri", secret_uri,
+                              "--storage", str(tmp_path / "ray"), "--address", head.address],
+                             cwd=tmp_path, env={**ENV, **head.env})
             assert proc.returncode == 0, proc.stdout + proc.stderr
             client, parent, children = mlflow_runs(uri, "served")
             best = parent.data.tags["tuner.best_run_id"]
@@ -710,6 +712,9 @@ def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
     assert checkpoints.pop(best) == ["checkpoint/checkpoint.pt"]
     assert list(checkpoints.values()) == [[]]  # log_checkpoints: best
     assert not (tmp_path / "mlruns").exists()  # the artifacts went to the server
+    assert "tuner:***@127.0.0.1" in proc.stdout and "s3cret-pw" not in proc.stdout + proc.stderr
+    stored = [p for p in (tmp_path / "server").rglob("*") if p.is_file()]  # runs and artifacts
+    assert len(stored) > 5 and not [p for p in stored if b"s3cret-pw" in p.read_bytes()]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from model.config import ConfigError
 from tuner.errors import UserError
+from tuner.redact import redact
 
 
 class _Group(TyperGroup):
@@ -64,6 +65,6 @@ def main() -> None:
             err.print(f"error: {escape(str(exc))}")
         sys.exit(exc.exit_code)
     except (UserError, ConfigError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}")
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

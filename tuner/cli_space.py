@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuner import output
+from tuner.redact import redact
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.convert import candidates
 from tuner.space.distributions import Distribution, fmt
@@ -80,7 +81,7 @@ def show(path: StudyPath) -> None:
         f"{search.mode} {search.metric}, at most {search.max_concurrent or 'any'} at once\n"
         f"resources: {fmt(res.cpus_per_trial)} CPU and {fmt(res.gpus_per_trial)} GPU per trial, "
         f"device {res.device}\n"
-        f"tracking: {study.tracking.uri}, experiment {study.tracking.experiment}"))
+        f"tracking: {redact(study.tracking.uri)}, experiment {study.tracking.experiment}"))
 
 
 def _rows(study: Study, name: str) -> list[tuple[str, ...]]:

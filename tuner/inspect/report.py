@@ -12,6 +12,7 @@ from model.config import TrainConfig
 from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, runs
+from tuner.redact import redact
 
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
 PARALLEL_HTML, SUMMARY_MD = "parallel_coordinates.html", "summary.md"
@@ -227,7 +228,7 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     if opt_study is not None and opt_study.trials:
         (out / PARALLEL_HTML).write_text(parallel_html(opt_study), encoding="utf-8")
         written.append(out / PARALLEL_HTML)
-    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {tracking_uri}"
+    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(tracking_uri)}"
     (out / SUMMARY_MD).write_text(summary_markdown(
         study, trial_curves, row, scores, note, [p.name for p in written], replay_cmd))
     written.append(out / SUMMARY_MD)

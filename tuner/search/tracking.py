@@ -24,6 +24,7 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError
+from tuner.redact import redact
 from tuner.search.outcome import COMPLETED, DIVERGED, FAILED, FINISHED, RUNNING, STOPPED, outcome
 from tuner.search.trainable import trial_threads
 
@@ -99,10 +100,13 @@ def _guarded(hook: Callable[..., None]) -> Callable[..., None]:
 def _check_server(uri: str) -> None:
     """Fail fast on an unreachable `mlflow server` (the client would retry for minutes)."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    parts = urllib.parse.urlsplit(uri.rstrip("/"))
+    health = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() + "/health"  # public
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+        with urllib.request.urlopen(health, timeout=10) as response:
             response.read()
     except (urllib.error.URLError, OSError) as err:
         raise UserError(f"tracking server {uri} is not reachable ({getattr(err, 'reason', err)})"
@@ -182,8 +186,10 @@ class MlflowRecorder(tune.Callback):
         if study.search.warm_start:
             tags["tuner.warm_start"] = study.search.warm_start
         run_id = self._client.create_run(self._exp, tags=tags, run_name=study.name).info.run_id
-        self._client.log_text(run_id, study.source_text, "space.yaml")
-        self._client.log_dict(run_id, study.resolved(), "study.json")
+        resolved = study.resolved()
+        resolved["tracking"]["uri"] = redact(resolved["tracking"]["uri"])
+        self._client.log_text(run_id, redact(study.source_text), "space.yaml")
+        self._client.log_dict(run_id, resolved, "study.json")
         self._client.log_dict(run_id, prov["dataset_meta"], "dataset_meta.json")
         self._client.log_dict(run_id, {"git_commit": prov["git_commit"], **prov["versions"]},
                               "versions.json")
