@@ -154,7 +154,8 @@ def test_finished_trials_warm_start_an_optuna_searcher(recorded):
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri)),
                          "name": "next"})
     storage = optuna.storages.InMemoryStorage()
-    seed_study(storage, "next", "min", history.optuna_trials(study.sample, points))
+    for _ in range(2):  # a study stopped before its first trial is seeded again as it restarts
+        seed_study(storage, "next", "min", history.optuna_trials(study.sample, points))
     searcher = OptunaSearch(space=study.sample, metric="val_loss", mode="min", storage=storage,
                             study_name="next", sampler=optuna.samplers.TPESampler(seed=0))
     suggested = searcher.suggest("t1")

@@ -60,6 +60,19 @@ def start_search(space: Path, uri: str, storage: Path, cwd: Path, *extra: str,
                             stdout=stdout, stderr=stderr, text=True)
 
 
+def resume_to_the_end(name: str, storage: Path, cwd: Path, uri: str, completed: int,
+                      env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list]:
+    """`tuner search --resume` of study `name`, which must finish with `completed` completed
+    trials: the command and the study's trial runs."""
+    proc = run_tuner(["search", "--resume", "--name", name, "--storage", str(storage)], cwd=cwd,
+                     env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, runs = mlflow_runs(uri, name)
+    assert parent.info.status == "FINISHED"
+    assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * completed
+    return proc, runs
+
+
 def fresh_store(folder: Path, template: Path) -> str:
     """A migrated, empty sqlite tracking store in `folder`: its URI."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -433,15 +446,36 @@ def test_tracking_server_lost_mid_study_stops_it(tmp_path: Path, dataset: Path) 
                 f"lost --storage {storage}") in said
 
         with mlflow_server(backend, artifacts, port=int(uri.rsplit(":", 1)[1])):
-            proc = run_tuner(["search", "--resume", "--name", "lost", "--storage", str(storage)],
-                             cwd=tmp_path, env=env)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            assert "View run" not in proc.stdout  # MLflow's line per ended run: the summary names it
-            _, parent, runs = mlflow_runs(uri, "lost")
+            proc, _ = resume_to_the_end("lost", storage, tmp_path, uri, completed=3, env=env)
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
-    assert parent.info.status == "FINISHED"
-    assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * 3
+    assert "View run" not in proc.stdout  # MLflow's line per ended run: the summary names it
+
+
+@pytest.mark.slow
+def test_tracking_failure_as_a_trial_ends_stops_the_study(tmp_path: Path, dataset: Path,
+                                                          mlflow_store_template: Path) -> None:
+    """Tune catches the errors of a trial's end (and would retry the finished trial): a store that
+    fails there still stops the study, and once it is back --resume finishes it in the same runs."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "ends", dataset, budget={"tokens": 122880},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3,
+                                "max_concurrent": 1})
+    storage, artifacts, aside = tmp_path / "ray", tmp_path / "mlruns", tmp_path / "mlruns.aside"
+    driver = start_search(space, uri, storage, tmp_path)
+    _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) > 0,
+                study="ends")
+    artifacts.rename(aside)
+    artifacts.write_text("")  # a file: the first trial's sample.txt, at its end, cannot be written
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, out + err
+    said = " ".join(out.split())
+    assert f"error: tracking store {uri} failed: " in said and "; the study stopped" in said
+
+    artifacts.unlink()
+    aside.rename(artifacts)
+    _, runs = resume_to_the_end("ends", storage, tmp_path, uri, completed=3)
+    assert not [r for r in runs if "tuner.retries" in r.data.tags]  # none was run twice
 
 
 @pytest.mark.slow
@@ -493,12 +527,7 @@ def test_stop_before_the_first_trial_then_resume(tmp_path: Path, dataset: Path,
     assert f"continue it with: tuner search --resume --name early --storage {storage}" in out
     assert not list((storage / "early").glob("trial_*"))
 
-    proc = run_tuner(["search", "--resume", "--name", "early", "--storage", str(storage)],
-                     cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    _, parent, runs = mlflow_runs(uri, "early")
-    assert parent.info.status == "FINISHED"
-    assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * 3
+    resume_to_the_end("early", storage, tmp_path, uri, completed=3)
 
 
 @pytest.mark.slow
@@ -788,6 +817,23 @@ def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pat
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
 
 
+def test_deleted_experiment_fails_before_ray(tmp_path: Path, dataset: Path,
+                                             mlflow_store_template: Path) -> None:
+    """MLflow keeps a deleted experiment's name and refuses runs in it: said before Ray starts."""
+    from mlflow import MlflowClient
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    space = write_space(tmp_path, "gone", dataset)
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"MLflow experiment 'gone' at {uri} is deleted: restore it" in " ".join(
+        proc.stderr.split())
+    assert not (tmp_path / "ray").exists()
+
+
 def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
     space = write_space(tmp_path, "offline", dataset)
     uri = f"http://127.0.0.1:{free_port()}"
@@ -801,7 +847,8 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
 
 @pytest.mark.parametrize(("address", "message"), [
     ("127.0.0.1:{port}", "no Ray cluster answers there"),
-    ("headnode", "expected HOST:PORT (of `ray start --head`), ray://HOST:PORT or auto")])
+    ("headnode", "expected HOST:PORT (of `ray start --head`) or auto"),
+    ("ray://127.0.0.1:10001", "Ray Client is not supported")])
 def test_bad_ray_address_fails_before_anything(tmp_path: Path, dataset: Path, address: str,
                                                message: str) -> None:
     """Nothing listens at the address, or it is no address Ray takes: one line naming it, instead

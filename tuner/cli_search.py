@@ -1,8 +1,9 @@
 """`tuner search`: a Ray Tune study of the trainer, recorded in MLflow; `--resume` continues one.
 
 Everything that can be wrong with the input (the space, the dataset, the tracking store, the study
-name, the Ray address) is checked before Ray starts, and a trial's resources against the Ray it
-starts before the study is saved; each is reported as one line with exit code 2.
+name, the Ray address) is checked before Ray starts; a trial's resources against the Ray it
+starts, and whether another driver runs the study, before the study is saved. Each is reported as
+one line with exit code 2.
 """
 
 from __future__ import annotations

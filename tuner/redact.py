@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+# A database URI's password may hold "/" unescaped (SQLAlchemy takes everything up to the "@")
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^\s@]+@")
 
 
 def redact(text: str) -> str:

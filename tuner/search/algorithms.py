@@ -68,12 +68,14 @@ def optuna_storage(url: str) -> Any:
 
 def seed_study(storage: Any, study_name: str, mode: str, trials: list[Any]) -> None:
     """Add finished `trials` to the Optuna study `study_name` in `storage` (created when missing):
-    OptunaSearch loads that study, so its sampler models them before its first suggestion."""
+    OptunaSearch loads that study, so its sampler models them before its first suggestion. One
+    that holds trials already got them when the study first started (a persistent storage)."""
     import optuna
 
     study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                 direction="minimize" if mode == "min" else "maximize")
-    study.add_trials(trials)
+    if not study.trials:
+        study.add_trials(trials)
 
 
 def build_scheduler(study: Any) -> Any:

@@ -35,16 +35,19 @@ def start_ray(address: str | None) -> None:
 
 
 def check_address(address: str) -> None:
-    """Fail fast on an `--address` that is neither `auto` nor [ray://]HOST:PORT, or where nothing
-    listens (ray.init would retry for minutes)."""
+    """Fail fast on an `--address` that is neither `auto` nor HOST:PORT, or where nothing listens
+    (ray.init would retry for minutes)."""
     import socket
 
     if address == "auto":  # Ray finds the cluster this machine belongs to
         return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address.startswith("ray://"):  # Tune would run the study's loop, and its callbacks, remotely
+        raise UserError(f"--address {address}: Ray Client is not supported; run `tuner search` on "
+                        "a node of the cluster with --address HOST:PORT (of `ray start --head`)")
+    host, sep, port = address.rpartition(":")
     if not (host and sep and port.isdigit()):
-        raise UserError(f"--address {address}: expected HOST:PORT (of `ray start --head`), "
-                        "ray://HOST:PORT or auto; leave --address out to run on a local Ray")
+        raise UserError(f"--address {address}: expected HOST:PORT (of `ray start --head`) or "
+                        "auto; leave --address out to run on a local Ray")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except OSError as err:

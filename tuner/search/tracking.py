@@ -79,22 +79,29 @@ class TrackingLost(Exception):
     """The tracking store failed mid-study (an `mlflow server` after MLflow's own retries)."""
 
 
-def _guarded(hook: Callable[..., None]) -> Callable[..., None]:
-    """A recorder hook that turns a tracking failure into TrackingLost, which ends the study,
-    and does nothing once the store has failed (Tune's clean-up calls more hooks)."""
-    @functools.wraps(hook)
-    def guarded(self: MlflowRecorder, *args: Any, **kwargs: Any) -> None:
-        from mlflow.exceptions import MlflowException
+def _guarded(at_once: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A recorder hook whose tracking failure ends the study as TrackingLost: raised `at_once`,
+    else from the next `on_step_end`, because Tune catches a trial hook's error and would retry
+    the trial. Once the store has failed, trial hooks do nothing (Tune's clean-up calls more)."""
+    def decorate(hook: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(hook)
+        def guarded(self: MlflowRecorder, *args: Any, **kwargs: Any) -> None:
+            from mlflow.exceptions import MlflowException
 
-        if self.__dict__.get("_lost"):
-            return
-        try:
-            hook(self, *args, **kwargs)
-        except (MlflowException, OSError) as err:
-            self._lost = True
-            raise TrackingLost(f"tracking store {self.study.tracking.uri} failed: "
-                               f"{_reason(err)}") from err
-    return guarded
+            if self.lost is not None:
+                if at_once:
+                    raise self.lost
+                return
+            try:
+                hook(self, *args, **kwargs)
+            except (MlflowException, OSError) as err:
+                self.lost = TrackingLost(redact(f"tracking store {self.study.tracking.uri} "
+                                                f"failed: {_reason(err)}"))
+                self.lost.__cause__ = err
+                if at_once:
+                    raise self.lost from err
+        return guarded
+    return decorate
 
 
 def _check_server(uri: str) -> None:
@@ -120,10 +127,16 @@ def experiment_id(client: Any, name: str) -> str:
 
 
 def find_parent(client: Any, experiment: str, study: str) -> Any | None:
-    """The parent run of study `study` in `experiment`, or None."""
+    """The parent run of study `study` in `experiment`, or None; UserError when the experiment is
+    deleted (MLflow keeps its name, and refuses new runs in it)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
+    if exp.lifecycle_stage == "deleted":
+        raise UserError(f"MLflow experiment {experiment!r} at {client.tracking_uri} is deleted: "
+                        f"restore it (`mlflow experiments restore --experiment-id "
+                        f"{exp.experiment_id}`), remove it for good (`mlflow gc`), or record the "
+                        "study in another (--name, or tracking.experiment in the study file)")
     runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
         f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
     return runs[0] if runs else None
@@ -156,10 +169,11 @@ class MlflowRecorder(tune.Callback):
         self.study, self.data_dir = study, data_dir
         self.provenance, self.storage = provenance, storage
         self._client: Any = None
+        self.lost: TrackingLost | None = None  # the store's failure, once it failed
 
     # -- study (parent run) -------------------------------------------------------------------
 
-    @_guarded
+    @_guarded(at_once=True)
     def setup(self, **info: Any) -> None:
         from mlflow import MlflowClient
 
@@ -186,10 +200,9 @@ class MlflowRecorder(tune.Callback):
         if study.search.warm_start:
             tags["tuner.warm_start"] = study.search.warm_start
         run_id = self._client.create_run(self._exp, tags=tags, run_name=study.name).info.run_id
-        resolved = study.resolved()
-        resolved["tracking"]["uri"] = redact(resolved["tracking"]["uri"])
         self._client.log_text(run_id, redact(study.source_text), "space.yaml")
-        self._client.log_dict(run_id, resolved, "study.json")
+        self._client.log_dict(run_id, json.loads(redact(json.dumps(study.resolved()))),
+                              "study.json")  # the tracking URI and search.storage, say
         self._client.log_dict(run_id, prov["dataset_meta"], "dataset_meta.json")
         self._client.log_dict(run_id, {"git_commit": prov["git_commit"], **prov["versions"]},
                               "versions.json")
@@ -233,7 +246,7 @@ class MlflowRecorder(tune.Callback):
 
     # -- trials (child runs) ------------------------------------------------------------------
 
-    @_guarded
+    @_guarded()
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is None:
@@ -282,12 +295,12 @@ class MlflowRecorder(tune.Callback):
             self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(dict(trial.config)))
         child.config = dict(trial.config)
 
-    @_guarded
+    @_guarded()
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self._children:
             self._note_config(trial)
 
-    @_guarded
+    @_guarded()
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         child = self._children.get(trial.trial_id)
@@ -309,15 +322,15 @@ class MlflowRecorder(tune.Callback):
         if self._note_best(trial.trial_id, val_loss):
             self._log_study()
 
-    @_guarded
+    @_guarded()
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial)
 
-    @_guarded
+    @_guarded()
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial)
 
-    @_guarded
+    @_guarded()
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is not None:
@@ -386,7 +399,11 @@ class MlflowRecorder(tune.Callback):
 
     # -- the end ------------------------------------------------------------------------------
 
-    @_guarded
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+    @_guarded(at_once=True)
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         by_id = {t.trial_id: t for t in trials}
         for trial_id, child in self._children.items():
