@@ -125,8 +125,9 @@ class ModelConfig:
                       group="model", choices=("swiglu", "silu"))
 
     def __post_init__(self) -> None:
-        if self.d_ff is None:
-            self.d_ff = default_d_ff(self.d_model)
+        usable = isinstance(self.d_model, (int, float)) and math.isfinite(self.d_model)
+        if self.d_ff is None and usable:  # otherwise validate() says what is wrong with d_model
+            self.d_ff = default_d_ff(int(self.d_model))
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that cannot work."""
@@ -168,8 +169,8 @@ class TrainConfig:
     eps: float = hparam(1e-8, "ε", "added to √v̂ in the denominator to avoid division by zero",
                         group="optimizer", low=0.0, low_open=True, log=True,
                         when=("optimizer", ("adamw", "adam", "rmsprop", "adagrad")))
-    weight_decay: float = hparam(0.0, "λ", "weight decay (decoupled for AdamW and LARS, L2 for the "
-                                 "others)", group="optimizer", low=0.0)
+    weight_decay: float = hparam(0.0, "λ", "weight decay (decoupled for AdamW; in LARS, "
+                                 "added to the gradient before its trust ratio; L2 for the others)", group="optimizer", low=0.0)
     momentum: float = hparam(0.9, "γ_momentum", "SGD/LARS/RMSProp momentum: v ← γ·v + g",
                              group="optimizer", low=0.0, high=1.0,
                              when=("optimizer", ("sgd", "lars", "rmsprop")))
@@ -278,8 +279,8 @@ class TrainConfig:
         """Raise ConfigError naming the first field that cannot work (data files are checked later)."""
         self.model.validate()
         _check_fields(self, TRAIN_HPARAMS)
-        if self.total_iters is None and self.total_tokens is None:
-            raise ConfigError("total_iters", "set total_iters or total_tokens")
+        if (self.total_iters is None) == (self.total_tokens is None):
+            raise ConfigError("total_iters", "set total_iters or total_tokens, not both")
         if self.resolved_lr_min > self.lr_max:
             raise ConfigError("lr_min", f"α_min={self.lr_min} must not exceed α_max={self.lr_max}")
         if self.warmup_iters >= self.steps:
@@ -304,9 +305,12 @@ HPARAMS: dict[str, HParam] = {**TRAIN_HPARAMS, **MODEL_HPARAMS}
 
 def _check_fields(obj: Any, defs: dict[str, HParam], prefix: str = "") -> None:
     for name, spec in defs.items():
-        problem = spec.check(getattr(obj, name))
+        value = getattr(obj, name)
+        problem = spec.check(value)
         if problem:
             raise ConfigError(prefix + name, f"{spec.symbol} {problem}")
+        if spec.kind is int and isinstance(value, float):  # 16.0 from JSON or a float range
+            setattr(obj, name, int(value))
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:

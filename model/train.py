@@ -122,14 +122,14 @@ def _set_rng_state(state: dict, batch_gen: torch.Generator, sample_gen: torch.Ge
 
 
 def _configure_backends(config: TrainConfig, device: torch.device) -> None:
-    if device.type == "cuda" and config.fast:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # Set both ways: a reused process (a Ray actor's next trial, a replay) keeps torch's globals
+    tf32 = device.type == "cuda" and config.fast
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     if config.deterministic:
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(config.deterministic)
 
 
 @torch.no_grad()
@@ -163,6 +163,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     device = resolve_device(config.device)
     dataset = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
     resume_state = read_checkpoint(resume_from) if resume_from is not None else None
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     _configure_backends(config, device)
 
     torch.manual_seed(config.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def test_export_then_train_gives_the_trial_result(recorded, tmp_path):
     assert code == 0, out
     study = load_study(export)
     assert study.searched() == {} and study.search.num_samples == 1
+    assert study.tracking.uri == recorded.uri
     config = study.trial_config({}, recorded.data)  # what `tuner search` runs as its one trial
     client = MlflowClient(tracking_uri=recorded.uri)
     original = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)
@@ -132,6 +134,20 @@ def test_unknown_study_exits_2(recorded, command, tmp_path):
                       *(["--out", str(tmp_path / "r")] if command == "report" else []))
     assert code == 2 and "no study 'nosuch'" in out and "tiny" in out
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["best", "replay"])
+def test_a_pbt_trial_is_neither_exported_nor_replayed(recorded, tmp_path, command):
+    """PBT changed such a trial's hyperparameters as it ran: no one config produced its result."""
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    MlflowClient(tracking_uri=uri).set_tag(recorded.best_run_id, "tuner.pbt_config", "{}")
+    args = (["best", "--study", recorded.name, "--export", str(tmp_path / "best.yaml")]
+            if command == "best" else ["replay", recorded.best_run_id])
+    code, out = tuner(*args, "--tracking-uri", uri)
+    assert code == 2 and "changed by PBT while it ran" in " ".join(out.split())
+    assert not (tmp_path / "best.yaml").exists()
 
 
 @pytest.mark.parametrize("command", [["best", "--study", "tiny"], ["report", "--study", "tiny"],

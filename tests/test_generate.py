@@ -54,3 +54,27 @@ def test_prompt_longer_than_the_context_is_cropped() -> None:
     model, tok = tiny_model(), byte_tokenizer()
     text = generate(model, tok, "x" * 100, max_new_tokens=5, temperature=0)
     assert 0 < len(text) <= 5
+
+
+def test_a_model_vocab_larger_than_the_tokenizer_draws_only_decodable_ids() -> None:
+    """A padded model vocab (vocab_size above the tokenizer's) never samples an id the tokenizer
+    cannot decode: such an id ended the trial at its first sample."""
+    torch.manual_seed(0)
+    model, tok = TransformerLM(ModelConfig(vocab_size=320, context_length=16, d_model=32,
+                                           num_layers=1, num_heads=4)), byte_tokenizer()
+    model.lm_head.register_forward_hook(lambda _m, _i, out: out.index_fill(
+        -1, torch.arange(257, 320), 1e4))  # the padding ids are by far the likeliest
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 0.0):  # a padding id would raise: the tokenizer cannot decode it
+        assert generate(model, tok, "a", 20, temperature=temperature, generator=gen)
+
+
+def test_an_empty_prompt_starts_from_end_of_text() -> None:
+    model, tok = tiny_model(), byte_tokenizer()
+    assert generate(model, tok, "", 8, temperature=0) == generate(model, tok, EOS_TOKEN, 8,
+                                                                  temperature=0)
+
+
+def test_top_p_zero_keeps_the_likeliest_token() -> None:
+    logits = torch.tensor([0.1, 3.0, 0.2])
+    assert sample_next(logits, 1.0, 0.0, torch.Generator().manual_seed(0)) == 1

@@ -170,3 +170,15 @@ def test_replay_of_a_real_search_is_bit_exact(tmp_path, byte_dataset, mlflow_sto
         code, out = tuner("replay", "--study", "e2e", "--tracking-uri", uri, *how)
         assert code == 0, out
         assert "largest absolute difference: 0.0 " in out
+
+
+@pytest.mark.parametrize(("original", "replayed", "matches"), [
+    (3.2, 3.2, True), (3.2, 3.21, True), (3.2, 3.3, False),
+    (float("inf"), float("inf"), True),  # both diverged at this point
+    (float("inf"), 3.2, False), (3.2, float("inf"), False),  # one diverged: never within tolerance
+    (3.2, float("nan"), False),  # the replay has no evaluation here
+])
+def test_a_point_is_within_tolerance_only_if_both_runs_agree(original, replayed, matches):
+    from tuner.inspect.replay import Point
+
+    assert Point(100, original, replayed).within(0.01) is matches

@@ -111,6 +111,20 @@ def test_a_bad_option_exits_2_naming_it(tmp_path: Path, args: list[str], message
     assert os.listdir(tmp_path) == ["study.yaml"]
 
 
+def test_an_error_quoting_a_uri_masks_its_password(tmp_path: Path) -> None:
+    (tmp_path / "study.yaml").write_text(GOOD + 'tracking: "postgresql://u:s3cret@db/mlflow"\n')
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "postgresql://u:***@db/mlflow" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_an_output_path_that_cannot_be_written_exits_2_naming_it(tmp_path: Path) -> None:
+    result = tuner("space", "schema", "--out", "missing/schema.json", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: missing/schema.json: No such file or directory" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_missing_study_file_exits_2(tmp_path: Path) -> None:
     result = tuner("space", "show", "absent.yaml", cwd=tmp_path)
     assert result.returncode == 2

@@ -113,6 +113,9 @@ def test_runaway_loss_stops_as_diverged(byte_dataset: Path) -> None:
     ({"model": ModelConfig(vocab_size=100, d_model=32, num_heads=4, context_length=32)},
      "model.vocab_size"),
     ({"data": "/nonexistent/dataset"}, "data"),
+    ({"total_tokens": 10240}, "total_iters"),  # and total_iters: which one would be the budget?
+    ({"model": {"vocab_size": 256, "d_model": None, "num_heads": 4}}, "model.d_model"),
+    ({"batch_size": 8.5}, "batch_size"),
 ])
 def test_bad_config_names_the_field_before_any_step(byte_dataset: Path, overrides: dict,
                                                     field: str) -> None:
@@ -120,6 +123,17 @@ def test_bad_config_names_the_field_before_any_step(byte_dataset: Path, override
     with pytest.raises(ConfigError) as err:
         train(tiny_config(byte_dataset, **overrides), on_eval=seen.append)
     assert err.value.field == field and not seen
+
+
+def test_whole_number_floats_train_as_ints(byte_dataset: Path, tmp_path: Path) -> None:
+    """16.0 (JSON, a float search range) is accepted where a count is due, and trains exactly as
+    16 does; a checkpoint folder that does not exist yet is made."""
+    floats = tiny_config(byte_dataset, batch_size=8.0, seed=3.0, eval_windows=8.0,
+                         model=ModelConfig(vocab_size=256, context_length=32.0, d_model=32.0,
+                                           num_layers=2, num_heads=4))
+    result = train(floats, checkpoint_dir=tmp_path / "new" / "ckpt")
+    assert losses(result.records) == losses(train(tiny_config(byte_dataset)).records)
+    assert (tmp_path / "new" / "ckpt").is_dir()
 
 
 def test_token_ids_beyond_vocab_name_the_file(byte_dataset: Path, tmp_path: Path) -> None:

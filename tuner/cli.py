@@ -67,4 +67,8 @@ def main() -> None:
     except (UserError, ConfigError) as exc:
         err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}")
         sys.exit(2)
+    except OSError as exc:  # a path given that cannot be written or read (an --out, say)
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {escape(redact(where + (exc.strerror or str(exc))))}")
+        sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

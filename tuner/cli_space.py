@@ -23,7 +23,7 @@ StudyPath = Annotated[Path, typer.Argument(help="study file (YAML)", show_defaul
 
 def _print_errors(err: SpaceError) -> None:
     console = Console(stderr=True, highlight=False)
-    for line in str(err).splitlines():  # escaped: messages contain [lo, hi]
+    for line in redact(str(err)).splitlines():  # escaped: messages contain [lo, hi]
         console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
 
 

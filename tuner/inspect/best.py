@@ -67,10 +67,11 @@ def symbol(name: str) -> str:
     return HPARAMS[name].symbol if name in HPARAMS else name
 
 
-def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str,
-                description: str) -> dict[str, Any]:
+def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, description: str,
+                tracking_uri: str) -> dict[str, Any]:
     """A study file that runs exactly `config` as its one trial: every parameter a constant, the
-    resources and tracking of the recorded (resolved) study, no scheduler to stop it early."""
+    resources of the recorded (resolved) study, recorded at `tracking_uri` (the store it was read
+    from: the recorded URI has its password masked), no scheduler to stop it early."""
     from tuner.space.params import BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
 
     values = config.to_dict()
@@ -91,7 +92,7 @@ def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str,
                    and not (trainer == "eval_interval" and values["eval_tokens"] is not None)},
         "search": {"algorithm": "random", "scheduler": "none", "num_samples": 1},
         "resources": recorded.get("resources", {}),
-        "tracking": {"uri": recorded.get("tracking", {}).get("uri", "sqlite:///mlflow.db")},
+        "tracking": {"uri": tracking_uri},
     }
 
 
@@ -104,11 +105,11 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
         raise UserError(f"study {study!r} has no trial with a finite val_loss to export")
     row = best[0]
     run = runs.get_run(client, row.run_id)
-    config = runs.trial_config(client, run, workdir)
+    config = runs.reproducible_config(client, run, workdir, "exported")
     parent = runs.study_parent(client, study)
     recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
                    f"val_loss {row.val_loss:.4f} after {row.tokens:,} tokens.")
-    data = fixed_study(config, recorded, f"{study}-best", description)
+    data = fixed_study(config, recorded, f"{study}-best", description, client.tracking_uri)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return row

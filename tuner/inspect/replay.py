@@ -36,7 +36,9 @@ class Point:
         return math.inf if math.isnan(diff) else diff
 
     def within(self, tolerance: float) -> bool:
-        return self.abs_diff == 0.0 or self.abs_diff <= tolerance * abs(self.original)
+        """Equal, or apart by at most `tolerance` of the original (never where one diverged)."""
+        diff = self.abs_diff
+        return diff == 0.0 or (math.isfinite(diff) and diff <= tolerance * abs(self.original))
 
 
 @dataclass
@@ -81,10 +83,7 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
     from tuner.search.provenance import git_commit
 
     run_id, tags = run.info.run_id, run.data.tags
-    if "tuner.pbt_config" in tags:
-        raise UserError(f"trial run {run_id} had its hyperparameters changed by PBT while it ran: "
-                        "it is not one config and cannot be replayed")
-    config = runs.trial_config(client, run, workdir)
+    config = runs.reproducible_config(client, run, workdir, "replayed")
     if str(config.seed) != tags.get("tuner.seed", str(config.seed)):
         raise UserError(f"run {run_id}: tuner.seed tag {tags['tuner.seed']} differs from the "
                         f"seed {config.seed} in its trial_config.json")

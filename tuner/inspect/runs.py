@@ -148,6 +148,15 @@ def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
                         f"({err})") from None
 
 
+def reproducible_config(client: Any, run: Any, dst: Path, purpose: str) -> TrainConfig:
+    """The trial's config, for `purpose` ("replayed", "exported"): UserError for a PBT trial,
+    whose hyperparameters changed while it ran, so that no one config produced its results."""
+    if "tuner.pbt_config" in run.data.tags:
+        raise UserError(f"trial run {run.info.run_id} had its hyperparameters changed by PBT while "
+                        f"it ran: it is not one config and cannot be {purpose}")
+    return trial_config(client, run, dst)
+
+
 def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     """A trial's checkpoint artifact ("final" or "mid"), checked against the sha256 recorded when
     it was logged: a missing, truncated or replaced file raises UserError."""
