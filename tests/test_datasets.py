@@ -201,7 +201,9 @@ def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Pa
     (lambda d, m: m.update(vocab_size=10), "train.npy: token id .* not below vocab_size=10"),
     (lambda d, m: (d / "valid.npy").unlink(), "valid.npy: missing"),
     (lambda d, m: (d / "meta.json").write_text("{"), "meta.json: unreadable"),
-    (lambda d, m: m.pop("valid_tokens"), "meta.json: lacks valid_tokens"),
+    (lambda d, m: m.pop("valid_tokens"), "meta.json: valid_tokens missing or of the wrong type"),
+    (lambda d, m: m.update(vocab_size="512", sha256=5),
+     "meta.json: vocab_size, sha256 missing or of the wrong type"),
     (lambda d, m: (d / "merges.txt").write_text("#version: 0.2\n"), "tokenizer files do not match"),
 ])
 def test_check_dataset_names_the_inconsistent_file(synthetic: Path, tmp_path: Path, damage,

@@ -25,7 +25,7 @@ from tuner.errors import UserError
 
 SOURCES = ("files", "synthetic", "tinystories")
 FORMAT = 1  # bump when the folder layout or the tokenization changes: old folders are rebuilt
-REQUIRED_META = ("vocab_size", "dtype", "train_tokens", "valid_tokens")
+REQUIRED_META = {"vocab_size": int, "dtype": str, "train_tokens": int, "valid_tokens": int}
 _SCAN = 1 << 24  # tokens per step when scanning an array for its largest id
 
 Advance = Callable[[int], None]
@@ -87,9 +87,12 @@ def check_dataset(path: Path) -> dict:
         raise UserError(f"{meta_path}: missing; prepare the folder again") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{meta_path}: unreadable ({err}); prepare the folder again") from None
-    missing = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise UserError(f"{meta_path}: lacks {', '.join(missing)}; prepare the folder again")
+    meta = meta if isinstance(meta, dict) else {}
+    wrong = [k for k, kind in REQUIRED_META.items() if type(meta.get(k)) is not kind]
+    wrong += [] if isinstance(meta.get("sha256", {}), dict) else ["sha256"]
+    if wrong:
+        raise UserError(f"{meta_path}: {', '.join(wrong)} missing or of the wrong type; prepare "
+                        "the folder again")
     for split in ("train", "valid"):
         _check_array(path / f"{split}.npy", meta, meta[f"{split}_tokens"])
     if "tokenizer" in meta.get("sha256", {}):
