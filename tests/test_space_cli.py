@@ -125,6 +125,15 @@ def test_an_output_path_that_cannot_be_written_exits_2_naming_it(tmp_path: Path)
     assert os.listdir(tmp_path) == []
 
 
+def test_aliases_used_a_billion_times_over_are_checked_once(tmp_path: Path) -> None:
+    """A YAML alias is one node: walking it at every use (10^9 here) would never finish."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp_path / "study.yaml").write_text(GOOD + "\n".join(lines) + "\n")
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "a8: unknown key 'a8'" in result.stderr
+
+
 def test_a_missing_study_file_exits_2(tmp_path: Path) -> None:
     result = tuner("space", "show", "absent.yaml", cwd=tmp_path)
     assert result.returncode == 2

@@ -39,7 +39,11 @@ def load_study(path: str | Path) -> Study:
                        locate=lambda loc: _line(root, loc))
 
 
-def _duplicate_keys(node: yaml.Node, path: str = "") -> Any:
+def _duplicate_keys(node: yaml.Node, path: str = "", walked: set[int] | None = None) -> Any:
+    walked = set() if walked is None else walked
+    if id(node) in walked:  # an alias: walking it again at every use can take for ever
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key, child in node.value:
@@ -48,10 +52,10 @@ def _duplicate_keys(node: yaml.Node, path: str = "") -> Any:
                 yield Issue(here, key.start_mark.line + 1,
                             f"given twice (first on line {seen[key.value]})")
             seen.setdefault(key.value, key.start_mark.line + 1)
-            yield from _duplicate_keys(child, here)
+            yield from _duplicate_keys(child, here, walked)
     elif isinstance(node, yaml.SequenceNode):
         for i, child in enumerate(node.value):
-            yield from _duplicate_keys(child, f"{path}[{i}]")
+            yield from _duplicate_keys(child, f"{path}[{i}]", walked)
 
 
 def _line(root: yaml.Node, loc: tuple[str | int, ...]) -> int | None:
