@@ -62,7 +62,7 @@ def main() -> None:
         if hasattr(exc, "show"):
             exc.show()
         else:
-            err.print(f"error: {escape(str(exc))}")
+            err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}")
         sys.exit(exc.exit_code)
     except (UserError, ConfigError) as exc:
         err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}")
