@@ -165,11 +165,14 @@ class _Child:
 class MlflowRecorder(tune.Callback):
     """Tune callback that writes the study's parent run and one child run per trial."""
 
+    # The store's failure, once it failed. A class default: Tune.restore unpickles the recorder
+    # saved when the study started, maybe by a version of tuner without this attribute.
+    lost: TrackingLost | None = None
+
     def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str):
         self.study, self.data_dir = study, data_dir
         self.provenance, self.storage = provenance, storage
         self._client: Any = None
-        self.lost: TrackingLost | None = None  # the store's failure, once it failed
 
     # -- study (parent run) -------------------------------------------------------------------
 
