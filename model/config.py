@@ -169,8 +169,9 @@ class TrainConfig:
     eps: float = hparam(1e-8, "ε", "added to √v̂ in the denominator to avoid division by zero",
                         group="optimizer", low=0.0, low_open=True, log=True,
                         when=("optimizer", ("adamw", "adam", "rmsprop", "adagrad")))
-    weight_decay: float = hparam(0.0, "λ", "weight decay (decoupled for AdamW; in LARS, "
-                                 "added to the gradient before its trust ratio; L2 for the others)", group="optimizer", low=0.0)
+    weight_decay: float = hparam(0.0, "λ", "weight decay (decoupled for AdamW; in LARS, added to "
+                                 "the gradient before its trust ratio; L2 for the others)",
+                                 group="optimizer", low=0.0)
     momentum: float = hparam(0.9, "γ_momentum", "SGD/LARS/RMSProp momentum: v ← γ·v + g",
                              group="optimizer", low=0.0, high=1.0,
                              when=("optimizer", ("sgd", "lars", "rmsprop")))

@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from tuner.errors import UserError
-from tuner.redact import redact
 
 
 def search(
@@ -91,7 +90,7 @@ def search(
                             overrides=None if resume else overrides, warm_trials=warm_trials,
                             warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
     except TrackingLost as err:
-        console.print(f"[bold red]error:[/] {escape(redact(str(err)))}; the study stopped")
+        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
         console.print(f"once the store answers again, continue it with: {resume_hint}")
         return 1
     print_summary(console, summary)

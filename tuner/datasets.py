@@ -89,7 +89,8 @@ def check_dataset(path: Path) -> dict:
         raise UserError(f"{meta_path}: unreadable ({err}); prepare the folder again") from None
     meta = meta if isinstance(meta, dict) else {}
     wrong = [k for k, kind in REQUIRED_META.items() if type(meta.get(k)) is not kind]
-    wrong += [] if isinstance(meta.get("sha256", {}), dict) else ["sha256"]
+    if not isinstance(meta.get("sha256", {}), dict):
+        wrong.append("sha256")
     if wrong:
         raise UserError(f"{meta_path}: {', '.join(wrong)} missing or of the wrong type; prepare "
                         "the folder again")

@@ -25,11 +25,12 @@ def connect(uri: str) -> Any:
     import os
 
     from tuner.search.tracking import connect as connect_store
+    from tuner.search.tracking import sqlite_file
 
-    sqlite_file = Path(uri.removeprefix("sqlite:///").partition("?")[0])
-    if uri.startswith("sqlite:///") and not sqlite_file.is_file():
-        raise UserError(f"tracking store {uri}: no such file {sqlite_file} (`tuner search` "
-                        "creates it; or pass the study's store with --tracking-uri)")
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise UserError(f"tracking store {uri}: no such file {path} (`tuner search` creates it; "
+                        "or pass the study's store with --tracking-uri)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
 
     return connect_store(uri)

