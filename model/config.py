@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "lars")
 SCHEDULES = ("cosine", "cosine_restarts", "step", "exponential", "plateau", "constant")
+FLOOR_SCHEDULES = ("cosine", "cosine_restarts", "plateau")  # the schedules that use α_min
 
 
 class ConfigError(ValueError):
@@ -75,10 +77,12 @@ class HParam:
                 return f"must be a whole number, got {value!r}"
             if not math.isfinite(value):
                 return f"must be finite, got {value!r}"
-            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-                return f"must be in {self.range_text()}, got {value!r}"
-            if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-                return f"must be in {self.range_text()}, got {value!r}"
+            below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+            above = self.high is not None and (value >= self.high if self.high_open
+                                               else value > self.high)
+            if below or above:
+                bound = self.range_text()
+                return f"must be {'' if bound[0] in '≥>' else 'in '}{bound}, got {value!r}"
             return None
         if self.kind is str and not isinstance(value, str):
             return f"must be a string, got {value!r}"
@@ -160,7 +164,8 @@ class TrainConfig:
                            group="optimizer", low=0.0, low_open=True, aliases=("lr", "α"),
                            log=True)
     lr_min: float | None = hparam(None, "α_min", "floor of the schedule (default 0.1·α_max)",
-                                  group="schedule", kind=float, low=0.0, optional=True, log=True)
+                                  group="schedule", kind=float, low=0.0, optional=True, log=True,
+                                  when=("schedule", FLOOR_SCHEDULES))
     beta1: float = hparam(0.9, "β1", "decay of the first-moment (momentum) average",
                           group="optimizer", low=0.0, high=1.0, when=("optimizer", ("adamw", "adam")))
     beta2: float = hparam(0.999, "β2", "decay of the second-moment average (RMSProp's smoothing "
@@ -237,6 +242,10 @@ class TrainConfig:
     seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",
                        group="training", low=0)
 
+    # Relative forms of lr_min and warmup_iters (RELATIVE_HPARAMS): resolved here, not stored
+    lr_min_ratio: InitVar[float | None] = None
+    warmup_fraction: InitVar[float | None] = None
+
     # Runtime (not searched; they change speed, not the maths)
     device: str = "auto"
     fast: bool = True  # SDPA flash kernels, bf16 autocast and TF32 on CUDA, fused optimizer steps
@@ -246,9 +255,27 @@ class TrainConfig:
     sample_prompt: str = "Once upon a time"  # generated at evaluations (needs a tokenizer)
     sample_tokens: int = 32
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, lr_min_ratio: float | None, warmup_fraction: float | None) -> None:
         if isinstance(self.model, dict):
             self.model = model_config_from_dict(self.model)
+        if lr_min_ratio is not None:
+            self._check_relative("lr_min", lr_min_ratio, uses=("lr_max",))
+            self.lr_min = lr_min_ratio * self.lr_max
+        if warmup_fraction is not None:
+            self._check_relative("warmup_iters", warmup_fraction,
+                                 uses=("batch_size", "total_iters", "total_tokens"))
+            _check_fields(self.model, {"context_length": MODEL_HPARAMS["context_length"]}, "model.")
+            self.warmup_iters = int(warmup_fraction * self.steps)
+
+    def _check_relative(self, name: str, value: float, uses: tuple[str, ...]) -> None:
+        """The relative form of `name` is in range, `name` itself is unset, and `uses` are valid."""
+        spec = RELATIVE_HPARAMS[name]
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(spec.name, f"{spec.symbol} {problem}")
+        if getattr(self, name) != TRAIN_HPARAMS[name].default:
+            raise ConfigError(spec.name, f"set {name} or {spec.name}, not both")
+        _check_fields(self, {k: TRAIN_HPARAMS[k] for k in uses})
 
     @property
     def steps(self) -> int:
@@ -262,6 +289,10 @@ class TrainConfig:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.context_length
+
+    def epochs(self, train_tokens: int) -> int:
+        """N_epoch: the passes over `train_tokens` that the full run makes, rounded up."""
+        return math.ceil(self.steps * self.tokens_per_step / train_tokens)
 
     def evaluates_after(self, step: int) -> bool:
         """Whether step `step` (counted from 1) ends with a periodic evaluation: every eval_interval
@@ -303,6 +334,25 @@ TRAIN_HPARAMS: dict[str, HParam] = _definitions(TrainConfig)
 HPARAMS: dict[str, HParam] = {**TRAIN_HPARAMS, **MODEL_HPARAMS}
 """Every hyperparameter the trainer defines, by readable name (the model's too)."""
 
+RELATIVE_HPARAMS: dict[str, HParam] = {
+    "lr_min": HParam(
+        name="lr_min_ratio", symbol="α_min/α_max", default=0.1, kind=float, group="schedule",
+        description="floor of the schedule as a fraction of α_max: α_min = ratio·α_max "
+                    "(instead of lr_min)", low=0.0, high=1.0, high_open=False,
+        when=("schedule", FLOOR_SCHEDULES)),
+    "warmup_iters": HParam(
+        name="warmup_fraction", symbol="T_warmup/T_total", default=0.0, kind=float,
+        group="schedule", description="linear warmup as a fraction of T_total: T_warmup = "
+        "⌊fraction·T_total⌋ (instead of warmup_iters)", low=0.0, high=1.0),
+}
+"""Relative forms a config may give instead of two parameters, by the parameter each one sets."""
+RELATIVE_FORMS: dict[str, str] = {spec.name: name for name, spec in RELATIVE_HPARAMS.items()}
+"""Each relative form (lr_min_ratio, warmup_fraction) → the parameter it sets."""
+EPOCHS = HParam(name="epochs", symbol="N_epoch", default=None, kind=int, group="training",
+                description="passes over the training tokens in the full run: ⌈T_total·B·context "
+                "/ train tokens⌉ (reported, not set)", low=1, optional=True)
+"""N_epoch, derived from the config and the dataset: `TrainConfig.epochs`."""
+
 
 def _check_fields(obj: Any, defs: dict[str, HParam], prefix: str = "") -> None:
     for name, spec in defs.items():
@@ -317,7 +367,7 @@ def _check_fields(obj: Any, defs: dict[str, HParam], prefix: str = "") -> None:
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "config", "must be a mapping")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = set(inspect.signature(cls).parameters)  # the fields and the relative forms
     for key in data:
         if key not in known:
             raise ConfigError(prefix + key, f"unknown field (known: {', '.join(sorted(known))})")
@@ -344,8 +394,8 @@ STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
 
 def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
     """A study file whose values are all fixed (`tuner best --export`) as a trainer config mapping."""
-    by_key = {key: name for name, spec in TRAIN_HPARAMS.items()
-              for key in (name, spec.symbol, *spec.aliases)}
+    specs = {**TRAIN_HPARAMS, **{spec.name: spec for spec in RELATIVE_HPARAMS.values()}}
+    by_key = {key: name for name, spec in specs.items() for key in (name, spec.symbol, *spec.aliases)}
     flat: dict[str, Any] = {"model": study.get("model") or {}}
     for key, value in (study.get("hparams") or {}).items():
         if isinstance(value, dict):

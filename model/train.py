@@ -55,6 +55,7 @@ class TrainResult:
     records: list[EvalRecord] = field(default_factory=list)
     steps: int = 0
     tokens: int = 0
+    epochs: int = 0  # N_epoch of the full run
     num_params: int = 0
     checkpoint: Path | None = None
 
@@ -78,6 +79,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"{name!r} requested but CUDA is not available")
     return device
+
+
+def device_label(device: torch.device) -> str:
+    """`cpu`, or the device type with the GPU's model (`cuda (NVIDIA H100 80GB HBM3)`)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 def flops_per_token(model: TransformerLM) -> float:
@@ -173,7 +181,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     schedule = LRSchedule.from_config(config)
     batch_gen = torch.Generator().manual_seed(config.seed + 1)
     sample_gen = torch.Generator().manual_seed(config.seed + 2)
-    result = TrainResult(status="completed", num_params=model.num_params())
+    result = TrainResult(status="completed", num_params=model.num_params(),
+                         epochs=config.epochs(len(dataset.train)))
     step = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -295,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     final = result.final
-    print(f"{result.status}: {result.steps} steps, {result.tokens:,} tokens, "
-          f"{result.num_params:,} parameters; best val_loss {result.best_val_loss:.4f}"
+    print(f"{result.status}: {result.steps} steps, {result.tokens:,} tokens (N_epoch "
+          f"{result.epochs}), {result.num_params:,} parameters; best val_loss "
+          f"{result.best_val_loss:.4f}"
           + (f"; final val_loss {final.val_loss:.4f} (ppl {final.val_ppl:.2f})" if final else "")
           + (f"; checkpoint {checkpoint_path(out)}" if result.checkpoint else ""))
     return 0 if result.status == "completed" else 1

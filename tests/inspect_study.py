@@ -103,7 +103,7 @@ def _log_trial(client: Any, where: tuple[str, str], study: Any, prov: dict, inde
         ROLE_TAG: "trial", TRIAL_TAG: trial_id, STATUS_TAG: "running",
         "tuner.seed": str(config.seed),
         "tuner.dataset_sha256": prov["dataset_sha256"], "tuner.git_commit": prov["git_commit"],
-        "tuner.searched": ",".join(sorted(params)), "tuner.threads": "1",
+        "tuner.searched": ",".join(sorted(params)), "tuner.threads": "1", "tuner.device": "cpu",
         **{f"tuner.symbol.{n}": spec.symbol for n, spec in HPARAMS.items()}}).info.run_id
     client.log_batch(run_id, params=[Param(n, "None" if values[n] is None else str(values[n]))
                                      for n in HPARAMS])

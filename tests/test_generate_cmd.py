@@ -50,6 +50,9 @@ def test_generate_from_checkpoint_is_seeded_text(checkpoint):
     code, greedy = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "ROMEO:",
                          "--temperature", "0", "--max-new-tokens", "24")
     assert code == 0 and greedy.startswith("ROMEO:")
+    # An empty prompt starts from <|endoftext|>, which this byte-level tokenizer lacks
+    code, out = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "")
+    assert code == 2 and "no end-of-text token to start from" in out, out
 
 
 def test_generate_from_trial_run(recorded, tokenized):

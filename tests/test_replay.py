@@ -78,6 +78,11 @@ def test_difference_beyond_tolerance_exits_nonzero(tmp_path, byte_dataset, mlflo
     code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri,
                       "--tolerance", "0.01")
     assert code == 0, out
+    # A GPU trial replayed on the CPU cannot be exact: its default tolerance is the GPU's
+    MlflowClient(tracking_uri=study.uri).set_tag(study.run_ids[0], "tuner.device",
+                                                 "cuda (NVIDIA H100 80GB HBM3)")
+    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri)
+    assert code == 0 and "tolerance 0.01" in out, out
 
 
 def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):

@@ -27,11 +27,15 @@ from typing import Any
 import pytest
 import yaml
 
+from model.config import train_config_from_dict
+from model.schedules import LRSchedule
+
 sys.path.insert(0, str(Path(__file__).parent))
 from services import ServiceUnavailable, free_port, mlflow_server, ray_head  # noqa: E402
 
 TUNER = Path(sys.executable).with_name("tuner")
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+ENV = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},  # the tests' store
+       "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
        "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
 
 
@@ -180,6 +184,11 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
                             .read_text())
         assert float(params["lr_max"]) == config["lr_max"]
         assert config["total_tokens"] == 40960  # the cosine horizon is the full budget
+        per_step = config["batch_size"] * config["model"]["context_length"]
+        epochs = math.ceil(math.ceil(40960 / per_step) * per_step / meta["train_tokens"])
+        assert (params["epochs"], tags["tuner.symbol.epochs"]) == (str(epochs), "N_epoch")
+        trained = tags["tuner.status"] != "failed"  # the failed ones never reached a step
+        assert tags.get("tuner.device") == ("cpu" if trained else None)
 
 
 @pytest.mark.slow
@@ -226,6 +235,12 @@ def test_asha_stops_trials(faults_study: dict[str, Any]) -> None:
         assert "stopped by ASHA at rung" in run.data.tags["tuner.status_detail"]
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert steps and max(steps) < 40960
+        # its learning rate followed the cosine of the full budget, not of where it stopped
+        config = train_config_from_dict(json.loads(Path(client.download_artifacts(
+            run.info.run_id, "trial_config.json")).read_text()))
+        last = client.get_metric_history(run.info.run_id, "lr")[-1]
+        full = LRSchedule.from_config(config)
+        assert last.value == full.lr(last.step // config.tokens_per_step - 1) > config.lr_min
 
 
 @pytest.mark.slow
@@ -246,6 +261,62 @@ def test_failed_and_diverged_trials(faults_study: dict[str, Any]) -> None:
     assert max(m.step for m in history) < 40960  # stopped early
     assert parent.data.metrics["trials_failed"] == 4
     assert parent.data.metrics["trials_diverged"] == 1
+
+
+def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, list[Any]]:
+    """Run the study in `space` to its end; its store's URI, parent run and child runs."""
+    uri = fresh_store(tmp_path, template)
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, children = mlflow_runs(uri, yaml.safe_load(space.read_text())["name"])
+    assert parent.info.status == "FINISHED"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    return uri, parent, children
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scheduler", "name"), [("hyperband", "HyperBand"),
+                                                 ("median", "the median rule")])
+def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_store_template: Path,
+                                      scheduler: str, name: str) -> None:
+    settings = {"median": {"grace_period": 10240}} if scheduler == "median" else {}
+    space = write_space(tmp_path, scheduler, dataset,
+                        hparams={"lr_max": {"loguniform": [1e-4, 0.1]}},
+                        search={"scheduler": scheduler, "num_samples": 4, "max_concurrent": None,
+                                "algorithm": "random", **settings})
+    _, parent, children = _run_study(tmp_path, space, mlflow_store_template)
+    assert parent.data.tags["tuner.scheduler"] == scheduler and len(children) == 4
+    grouped = by_status(children)
+    assert set(grouped) <= {"completed", "stopped"} and grouped.get("completed")
+    for run in grouped.get("stopped", []):
+        assert run.data.tags["tuner.status_detail"].startswith(f"stopped by {name} at ")
+
+
+@pytest.mark.slow
+def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
+                                             mlflow_store_template: Path) -> None:
+    """PBT (random population; α_max and β2 perturbed every 10240 tokens): the trial that is
+    behind takes the other's weights and perturbed values, recorded as hp.* metrics and the
+    tuner.pbt_config tag, and β2 stays inside its range."""
+    space = write_space(tmp_path, "pbt", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-4, 3e-2]},
+                                 "beta2": {"uniform": [0.9, 0.99]}},
+                        search={"scheduler": "pbt", "num_samples": 2,
+                                "pbt": {"perturbation_interval": 10240, "quantile_fraction": 0.5}})
+    uri, parent, children = _run_study(tmp_path, space, mlflow_store_template)
+    assert parent.data.tags["tuner.algorithm"] == "random" and len(children) == 2
+    assert {r.data.tags["tuner.status"] for r in children} == {"completed"}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exploited = [r for r in children if "tuner.pbt_config" in r.data.tags]
+    assert exploited
+    for run in exploited:
+        beta2 = client.get_metric_history(run.info.run_id, "hp.beta2")
+        lr = client.get_metric_history(run.info.run_id, "hp.lr_max")
+        assert beta2 and lr and all(0.9 <= m.value <= 0.99 for m in beta2)
+        assert json.loads(run.data.tags["tuner.pbt_config"])["beta2"] == beta2[-1].value
 
 
 @pytest.mark.slow
@@ -413,6 +484,8 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert parent.info.status == "KILLED" and before
     assert "RUNNING" not in {r.info.status for r in before}
     assert "interrupted" in {r.data.tags["tuner.status"] for r in before}
+    halfway = [r for r in before if r.data.tags["tuner.status"] == "interrupted"]
+    assert not [r for r in halfway if "tuner.checkpoint_sha256" in r.data.tags]  # not final
 
     proc = run_tuner(["search", "--resume", "--name", "termed", "--storage", str(storage)],
                      cwd=tmp_path)
@@ -843,6 +916,16 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
     assert proc.returncode == 2 and uri in proc.stderr
     assert time.monotonic() - started < 60
     assert not (tmp_path / "ray").exists()
+    space.write_text(space.read_text().replace(f"path: {dataset}", "source: synthetic"))
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
+                     timeout=120)
+    assert proc.returncode == 2 and uri in proc.stderr
+    assert not (tmp_path / ".tuner").exists()  # no corpus prepared for a study that cannot run
+    # A study file without tracking.uri goes where MLFLOW_TRACKING_URI points, as MLflow does
+    proc = run_tuner(["search", "--space", str(space)], cwd=tmp_path, timeout=120,
+                     env={**ENV, "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 2 and uri in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize(("address", "message"), [

@@ -15,6 +15,7 @@ from tuner.errors import UserError
 from tuner.search.algorithms import optuna_sampler
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.distributions import Choice, LogUniform, Uniform
+from tuner.space.params import ALL_DEFS
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 SHIPPED = sorted(SPACES.glob("*.yaml"))
@@ -52,7 +53,7 @@ def issues_of(tmp_path: Path, text: str) -> list[tuple[str, int | None, str]]:
 
 def active(name: str, params: dict) -> bool:
     """Whether the trainer uses `name` given the sampled optimizer and schedule (its `when`)."""
-    when = HPARAMS[name].when if name in HPARAMS else None  # lr_min_ratio, warmup_fraction: always
+    when = ALL_DEFS[name].when
     return when is None or params.get(when[0], HPARAMS[when[0]].default) in when[1]
 
 
@@ -217,6 +218,31 @@ def test_sections_other_than_parameters_are_checked(tmp_path: Path) -> None:
     assert {(p, line) for p, line, _ in issues} == {
         ("data.path", line_of(text, "path:")),
         ("search.pbt.params[0]", line_of(text, "    params:"))}
+
+
+def test_pbt_samples_at_random_and_perturbs_only_what_can_change_mid_run(tmp_path: Path) -> None:
+    searched = ("  beta2: {uniform: [0.9, 0.99]}\n  batch_size: {choice: [8, 16]}\n"
+                "  optimizer: {choice: [adamw, adam]}\n")
+    text = study_text(searched, search="  algorithm: tpe\n  scheduler: pbt\n  pbt:\n"
+                      "    params: [beta2, batch_size, optimizer]\n")
+    issues = issues_of(tmp_path, text)
+    assert [p for p, _, _ in issues] == ["search.algorithm", "search.pbt.params[1]",
+                                         "search.pbt.params[2]"]
+    assert "cannot change mid-run" in issues[1][2]
+    study = load_study(write(tmp_path, study_text(searched, search="  scheduler: pbt\n")))
+    assert study.search.searcher == "random" and study.search.pbt.params == ["beta2"]
+
+
+def test_hyperband_takes_no_concurrency_limit(tmp_path: Path) -> None:
+    """HyperBand pauses trials until their bracket catches up: a limit would starve it."""
+    issues = issues_of(tmp_path, study_text(search="  scheduler: hyperband\n  max_concurrent: 2\n"))
+    assert [p for p, _, _ in issues] == ["search.max_concurrent"]
+
+
+def test_trials_are_ranked_by_val_loss_only(tmp_path: Path) -> None:
+    """Stopping, searching, divergence and the best trial all minimise val_loss."""
+    issues = issues_of(tmp_path, study_text(search="  metric: val_ppl\n  mode: max\n"))
+    assert [p for p, _, _ in issues] == ["search.metric", "search.mode"]
 
 
 # --- sampling ---------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from model.config import ConfigError, ModelConfig, TrainConfig
+from model.config import ConfigError, ModelConfig, TrainConfig, load_train_config
 from model.tokenizer import Tokenizer
 from model.train import EvalRecord, train
 
@@ -136,6 +137,36 @@ def test_whole_number_floats_train_as_ints(byte_dataset: Path, tmp_path: Path) -
     assert (tmp_path / "new" / "ckpt").is_dir()
 
 
+def test_relative_forms_set_warmup_and_floor(byte_dataset: Path, tmp_path: Path) -> None:
+    """warmup_fraction and lr_min_ratio (SYMBOLS.md: T_warmup as a fraction of T_total) resolve to
+    warmup_iters and lr_min, in a config file too, and train exactly as the absolute values do."""
+    relative = tiny_config(byte_dataset, warmup_iters=0, warmup_fraction=0.25, lr_min_ratio=0.5)
+    assert (relative.warmup_iters, relative.lr_min) == (10, 1.5e-3)
+    assert "warmup_fraction" not in relative.to_dict()
+    study = tmp_path / "fixed.yaml"
+    study.write_text(f"data: {{path: {byte_dataset}}}\nbudget: {{total_iters: 40}}\n"
+                     "hparams: {T_warmup/T_total: 0.25, lr_min_ratio: 0.5, lr: 3.0e-3}\n")
+    loaded = load_train_config(study)
+    assert (loaded.warmup_iters, loaded.lr_min) == (10, 1.5e-3)
+    absolute = tiny_config(byte_dataset, warmup_iters=10, lr_min=1.5e-3)
+    assert losses(train(relative).records) == losses(train(absolute).records)
+
+
+@pytest.mark.parametrize("overrides, field, message", [
+    ({"warmup_fraction": 0.1}, "warmup_fraction", "set warmup_iters or warmup_fraction, not both"),
+    ({"warmup_iters": 0, "warmup_fraction": 1.0}, "warmup_fraction", "must be in [0, 1), got 1.0"),
+    ({"lr_min": 1e-4, "lr_min_ratio": 0.1}, "lr_min_ratio", "not both"),
+    ({"lr_min_ratio": 1.5}, "lr_min_ratio", "α_min/α_max must be in [0, 1], got 1.5"),
+    ({"lr_max": "fast", "lr_min_ratio": 0.1}, "lr_max", "must be a number"),
+    ({"warmup_iters": 0, "warmup_fraction": 0.1, "batch_size": 0}, "batch_size", "B must be ≥ 1"),
+])
+def test_bad_relative_form_names_the_field(byte_dataset: Path, overrides: dict, field: str,
+                                           message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny_config(byte_dataset, **overrides)
+    assert err.value.field == field and message in str(err.value)
+
+
 def test_token_ids_beyond_vocab_name_the_file(byte_dataset: Path, tmp_path: Path) -> None:
     for name in ("train.npy", "valid.npy", "meta.json"):
         (tmp_path / name).write_bytes((byte_dataset / name).read_bytes())
@@ -156,6 +187,8 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("step ") == 2 and "completed: 20 steps" in run.stdout
+    epochs = math.ceil(20 * 8 * 32 / len(np.load(byte_dataset / "train.npy", mmap_mode="r")))
+    assert f"5,120 tokens (N_epoch {epochs})" in run.stdout
     assert (out / "checkpoint.pt").is_file()
 
     path.write_text(json.dumps({**config, "beta2": 1.5}))

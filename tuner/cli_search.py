@@ -8,6 +8,7 @@ one line with exit code 2.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +27,8 @@ def search(
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed of the searcher")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI (default: the file's, else sqlite:///mlflow.db)")] = None,
+        help="MLflow tracking URI (default: the file's, else $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db)")] = None,
     storage: Annotated[Path, typer.Option(
         help="folder for Ray Tune's trial state and checkpoints", file_okay=False,
     )] = Path("ray_results"),
@@ -61,7 +63,7 @@ def search(
 
     if address:
         check_address(address)
-    data_dir, meta = _dataset(study)
+    checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.search.provenance import provenance
     from tuner.search.tracking import TrackingLost, connect, find_parent
@@ -77,6 +79,7 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
                         "tracking store it ran with, or start a new study with another --name")
+    data_dir, meta = checked or _dataset(study)  # preparing one takes minutes: once the store answers
     warm_trials = None if restore else _warm_trials(study)
     if warm_trials and not resume:
         console.print(f"warm start: {len(warm_trials)} finished trials of study "
@@ -115,7 +118,10 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
     if space is None:
         raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
     study = load_study(space).with_overrides(**overrides)
-    study = study.with_overrides(tracking_uri=_absolute_uri(study.tracking.uri))
+    uri = study.tracking.uri
+    if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
+    study = study.with_overrides(tracking_uri=_absolute_uri(uri))
     if state.started(storage / study.name):
         raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
                         f"--resume --name {study.name}, or pick another --name")

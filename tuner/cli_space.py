@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from model.config import RELATIVE_FORMS
 from tuner import output
 from tuner.redact import redact
 from tuner.space import SpaceError, Study, load_study, study_json_schema
@@ -49,7 +50,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
             continue
         searched = ", ".join(study.searched()) or "nothing"
         typer.echo(f"{path}: ok: study {study.name} searches {searched} with "
-                   f"{study.search.algorithm} and {study.search.scheduler}, "
+                   f"{study.search.searcher} and {study.search.scheduler}, "
                    f"{study.search.num_samples} trials")
     if failed:
         raise typer.Exit(2)
@@ -77,7 +78,7 @@ def show(path: StudyPath) -> None:
     search, res = study.search, study.resources
     console.print(escape(
         f"data: {study.data.path or 'source ' + str(study.data.source)}\n"
-        f"search: {search.algorithm} + {search.scheduler}, {search.num_samples} trials, "
+        f"search: {search.searcher} + {search.scheduler}, {search.num_samples} trials, "
         f"{search.mode} {search.metric}, at most {search.max_concurrent or 'any'} at once\n"
         f"resources: {fmt(res.cpus_per_trial)} CPU and {fmt(res.gpus_per_trial)} GPU per trial, "
         f"device {res.device}\n"
@@ -87,10 +88,10 @@ def show(path: StudyPath) -> None:
 def _rows(study: Study, name: str) -> list[tuple[str, ...]]:
     section = getattr(study, name)
     given = section.model_fields_set
-    twins = {"lr_min_ratio": "lr_min", "warmup_fraction": "warmup_iters"}  # show one of each pair
+    twins = {**RELATIVE_FORMS, **{name: form for form, name in RELATIVE_FORMS.items()}}
     rows = []
     for field, hp in type(section).defs.items():
-        twin = twins.get(field) or next((k for k, v in twins.items() if v == field), None)
+        twin = twins.get(field)  # show one of each pair
         if twin in given and field not in given:
             continue
         if hp.when and not set(candidates(study, hp.when[0]) or []) & set(hp.when[1]):

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import HPARAMS, TrainConfig
+from model.config import HPARAMS, RELATIVE_FORMS, TrainConfig
 from model.loss import perplexity
 from tuner.errors import UserError
 from tuner.inspect import runs
-
-TRAINER_TWIN = {"lr_min_ratio": "lr_min", "warmup_fraction": "warmup_iters"}  # searched → trained
 
 
 @dataclass
@@ -34,7 +32,7 @@ class TrialRow:
 def searched_names(run: Any) -> list[str]:
     """The trainer parameters the searcher chose for this trial (derived ones by their twin)."""
     names = [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
-    return list(dict.fromkeys(TRAINER_TWIN.get(n, n) for n in names))
+    return list(dict.fromkeys(RELATIVE_FORMS.get(n, n) for n in names))
 
 
 def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:

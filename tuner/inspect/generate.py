@@ -52,8 +52,6 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
 
     from model.generate import generate
 
-    if not prompt:
-        raise UserError("--prompt must not be empty")
     model, config = load_model(checkpoint, device)
     tokenizer = load_tokenizer(data or Path(config.data))
     unknown = [i for i in tokenizer.encode(prompt) if i >= config.model.vocab_size]

@@ -81,6 +81,7 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
     """Read the trial's config, seed, dataset and code version and check they can be replayed."""
     from model.train import resolve_device
     from tuner.search.provenance import git_commit
+    from tuner.search.tracking import DEVICE_TAG
 
     run_id, tags = run.info.run_id, run.data.tags
     config = runs.reproducible_config(client, run, workdir, "replayed")
@@ -90,6 +91,8 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
     if data is not None:
         config.data = str(data)
     _check_dataset(Path(config.data), tags.get("tuner.dataset_sha256"), run_id)
+    trained_on = _device_type(tags.get(DEVICE_TAG, config.device))
+    trained_exactly = config.deterministic
     if device is not None:
         config.device = device
     config.deterministic = config.deterministic or deterministic
@@ -97,8 +100,10 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
     original = runs.metric_points(client, run_id, "val_loss")
     if not original:
         raise UserError(f"run {run_id} logged no val_loss: there is nothing to compare with")
-    if tolerance is None:
-        tolerance = 0.0 if kind == "cpu" or config.deterministic else GPU_TOLERANCE
+    if tolerance is None:  # exact only on the trial's kind of device, with its kernels
+        same_device = trained_on in (kind, "auto")  # auto: a run recorded without the tag
+        exact = same_device and (kind == "cpu" or trained_exactly)
+        tolerance = 0.0 if exact else GPU_TOLERANCE
     plan = Plan(run, config, original, tolerance, git_commit(),
                 threads=int(tags["tuner.threads"]) if "tuner.threads" in tags else None)
     recorded = tags.get("tuner.git_commit", "unknown")
@@ -108,6 +113,11 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
     if from_checkpoint:
         _resume_point(client, plan, workdir)
     return plan
+
+
+def _device_type(device: str) -> str:
+    """`cpu`, `cuda` or `auto` from a device as tagged (`cuda (NVIDIA H100 …)`) or configured."""
+    return device.split()[0].split(":")[0] if device.strip() else "auto"
 
 
 def _check_dataset(folder: Path, recorded: str | None, run_id: str) -> None:

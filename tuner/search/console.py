@@ -139,7 +139,7 @@ class LiveView(tune.Callback):
                   for s in (RUNNING, *FINISHED, "pending")}
         head = Text.assemble(
             (f"study {self.study.name}", "bold"),
-            f"  {self.study.search.algorithm} + {self.study.search.scheduler}   ",
+            f"  {self.study.search.searcher} + {self.study.search.scheduler}   ",
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
             self._progress(trials, statuses))
         best = min(trials, key=_best_loss, default=None)

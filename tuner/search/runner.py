@@ -92,11 +92,8 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     search = study.search
     searcher = (BasicVariantGenerator(random_state=search.seed) if search.scheduler == "pbt"
                 else build_searcher(study, warm_trials))
-    # HyperBand pauses trials at each milestone until the rest of their bracket gets there: a
-    # limit on unfinished trials would keep the bracket from filling, so resources bound it alone.
-    limit = None if search.scheduler == "hyperband" else search.max_concurrent
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
-        num_samples=search.num_samples, max_concurrent_trials=limit,
+        num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent,
         search_alg=searcher, scheduler=build_scheduler(study),
         reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 

@@ -32,6 +32,7 @@ METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s
            "elapsed_s")
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
+DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
 # which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
 CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
@@ -196,6 +197,7 @@ class MlflowRecorder(tune.Callback):
         self._tokens: dict[str, int] = {}
         self._best: tuple[float, str] = (math.inf, "")
         self._best_tagged = ""
+        self._device_noted: set[str] = set()
         for run in child_runs(self._client, self._exp, self._parent):
             self._adopt(run)
 
@@ -203,7 +205,7 @@ class MlflowRecorder(tune.Callback):
         study, prov = self.study, self.provenance
         tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"],
                 "tuner.dataset_sha256": prov["dataset_sha256"],
-                "tuner.storage": self.storage, "tuner.algorithm": study.search.algorithm,
+                "tuner.storage": self.storage, "tuner.algorithm": study.search.searcher,
                 "tuner.scheduler": study.search.scheduler,
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
         if study.search.warm_start:
@@ -227,6 +229,8 @@ class MlflowRecorder(tune.Callback):
                        min((m.value for m in history), default=math.inf))
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
+        if DEVICE_TAG in run.data.tags:
+            self._device_noted.add(trial_id)
         status = run.data.tags.get(STATUS_TAG)
         if status in FINISHED and run.info.status != "RUNNING":  # else killed inside `_finish`
             self._finished[trial_id] = status
@@ -266,16 +270,20 @@ class MlflowRecorder(tune.Callback):
         self._note_config(trial)
 
     def _create_child(self, trial: Any) -> _Child:
-        from model.config import HPARAMS
+        from model.config import EPOCHS, HPARAMS
         from tuner.space.params import ALL_DEFS
 
         try:
-            config = self.study.trial_config(dict(trial.config), Path(self.data_dir)).to_dict()
+            trial_config = self.study.trial_config(dict(trial.config), Path(self.data_dir))
         except UserError:
-            config = None  # an invalid sample: the trial fails and says why
+            trial_config = None  # an invalid sample: the trial fails and says why
+        config = trial_config.to_dict() if trial_config else None
         values = {**config, **config["model"]} if config else {}
         params = {**{name: values[name] for name in HPARAMS if name in values}, **trial.config}
-        symbols = {name: (HPARAMS.get(name) or ALL_DEFS[name]).symbol for name in params}
+        if trial_config:
+            params[EPOCHS.name] = trial_config.epochs(self.provenance["dataset_meta"]["train_tokens"])
+        defs = {**ALL_DEFS, **HPARAMS, EPOCHS.name: EPOCHS}
+        symbols = {name: defs[name].symbol for name in params}
         prov = self.provenance
         tags = {"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name, ROLE_TAG: "trial",
                 TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING,
@@ -316,6 +324,9 @@ class MlflowRecorder(tune.Callback):
         tokens = int(result.get("tokens", 0))
         if child is None or "error" in result:
             return
+        if "device" in result and trial.trial_id not in self._device_noted:
+            self._client.set_tag(child.run_id, DEVICE_TAG, str(result["device"]))
+            self._device_noted.add(trial.trial_id)
         if tokens <= child.last_step and self.study.search.scheduler != "pbt":
             return  # already logged before the driver was restarted
         child.last_step = max(child.last_step, tokens)
@@ -421,7 +432,8 @@ class MlflowRecorder(tune.Callback):
                 self._client.set_terminated(child.run_id, "KILLED")
                 self._client.delete_run(child.run_id)
         best = by_id.get(self._best[1])
-        if best is not None and self.study.tracking.log_checkpoints != "none":
+        finished = self._best[1] in self._finished  # an interrupted trial's would be mid-way
+        if best is not None and finished and self.study.tracking.log_checkpoints != "none":
             run = self._client.get_run(self._children[self._best[1]].run_id)
             if "tuner.checkpoint_sha256" not in run.data.tags:
                 self._log_checkpoint(best, self._children[self._best[1]])

@@ -44,7 +44,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     import torch
     from ray import tune
 
-    from model.train import train
+    from model.train import device_label, resolve_device, train
 
     torch.set_num_threads(threads)
     scratch = Path(tempfile.mkdtemp(prefix="tuner-trial-"))
@@ -55,9 +55,11 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         resume_from = _restore(tune.get_checkpoint(), ckpt_dir)
         config = study.trial_config(params, Path(data_dir))
         progress["budget_tokens"] = config.steps * config.tokens_per_step
+        device = device_label(resolve_device(config.device))
 
         def on_eval(record: Any) -> None:
-            metrics = trial_metrics(record, progress["budget_tokens"], time_unit)
+            metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit),
+                       "device": device}
             progress.update({key: metrics[key] for key in progress})
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
             tune.report(metrics, checkpoint=checkpoint)

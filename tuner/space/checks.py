@@ -8,7 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from model.bpe import check_vocab_size
-from model.config import ConfigError, ModelConfig
+from model.config import RELATIVE_FORMS, ConfigError, ModelConfig
 from tuner.space.convert import candidates, searched, span, steps_range, tokens_range, value
 from tuner.space.distributions import Distribution, Grid, either, fmt
 from tuner.space.params import ALL_DEFS, MODEL_DEFS
@@ -20,6 +20,7 @@ Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
 SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
+PBT_GROUPS = ("optimizer", "regularization", "schedule")  # what can change as a trial trains
 STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_trials at random
 
 
@@ -76,9 +77,8 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
 
 def _exclusive(study: Study) -> list[tuple[Loc, str]]:
     given = study.hparams.model_fields_set
-    pairs = (("lr_min", "lr_min_ratio"), ("warmup_iters", "warmup_fraction"))
-    return [(("hparams", b), f"give {a} or {b}, not both") for a, b in pairs
-            if a in given and b in given]
+    return [(("hparams", form), f"give {name} or {form}, not both")
+            for form, name in RELATIVE_FORMS.items() if name in given and form in given]
 
 
 def _conditions(study: Study) -> list[tuple[Loc, str]]:
@@ -200,6 +200,10 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
         if key in search.model_fields_set and search.scheduler not in users:
             issues.append((("search", key), f"settings of the {' and '.join(users)} scheduler, but "
                            f"the scheduler is {search.scheduler}"))
+    if search.scheduler == "hyperband" and search.max_concurrent is not None:
+        issues.append((("search", "max_concurrent"), "hyperband pauses trials until their bracket "
+                       "catches up, so only the resources may bound how many run at once: "
+                       "remove max_concurrent"))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
     if search.warm_start is not None and (search.scheduler == "pbt" or not space):
@@ -220,14 +224,27 @@ def _scheduler_tokens(study: Study) -> list[tuple[Loc, str]]:
 
 
 def _pbt(study: Study, space: dict[str, Distribution]) -> list[tuple[Loc, str]]:
-    names = study.search.pbt.params
+    search, issues = study.search, []
+    if "algorithm" in search.model_fields_set and search.algorithm != "random":
+        issues.append((("search", "algorithm"), f"pbt draws its population at random, not with "
+                       f"{search.algorithm}: remove search.algorithm or set it to random"))
+    names = search.pbt.params
     if names is None:
         if any(name in space for name in PBT_DEFAULT_PERTURB):
-            return []
-        return [(("search", "scheduler"), "pbt perturbs searched parameters, by default α_max, β2 "
-                 "and λ, and none of them is searched: list them in search.pbt.params")]
-    return [(("search", "pbt", "params", i), f"{name} is not searched, so PBT cannot perturb it")
-            for i, name in enumerate(names) if name not in space]
+            return issues
+        return issues + [(("search", "scheduler"), "pbt perturbs searched parameters, by default "
+                          "α_max, β2 and λ, and none of them is searched: list them in "
+                          "search.pbt.params")]
+    for i, name in enumerate(names):
+        hp = ALL_DEFS.get(name)
+        if name not in space:
+            issues.append((("search", "pbt", "params", i), f"{name} is not searched, so PBT "
+                           "cannot perturb it"))
+        elif hp.kind is not float or hp.group not in PBT_GROUPS:
+            issues.append((("search", "pbt", "params", i), f"PBT changes a trial's "
+                           f"hyperparameters as it trains: {name} cannot change mid-run (PBT "
+                           "perturbs numeric optimizer, regularization and schedule settings)"))
+    return issues
 
 
 def _resources(study: Study) -> list[tuple[Loc, str]]:

@@ -10,14 +10,7 @@ from typing import TYPE_CHECKING, Any
 from model.config import ConfigError, ModelConfig, TrainConfig
 from tuner.errors import UserError
 from tuner.space.distributions import Distribution, Grid, fmt
-from tuner.space.params import (
-    ALL_DEFS,
-    BUDGET_NAMES,
-    HPARAM_DEFS,
-    LR_MIN_RATIO,
-    MODEL_DEFS,
-    WARMUP_FRACTION,
-)
+from tuner.space.params import ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -116,17 +109,13 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
                         f"{study.name}")
     model = {**_constants(study.model), **{k: v for k, v in params.items() if k in MODEL_DEFS}}
     train = {**_constants(study.hparams), **{k: v for k, v in params.items() if k in HPARAM_DEFS}}
-    ratio = train.pop(LR_MIN_RATIO.name, LR_MIN_RATIO.default)
-    fraction = train.pop(WARMUP_FRACTION.name, None)
-    if "lr_min" not in train:
-        train["lr_min"] = ratio * train.get("lr_max", HPARAM_DEFS["lr_max"].default)
+    if "lr_min" not in train:  # record α_min as a number, not as "0.1·α_max by default"
+        train.setdefault("lr_min_ratio", HPARAM_DEFS["lr_min_ratio"].default)
     budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
     try:
         config = TrainConfig(model=ModelConfig(**model), data=str(data_dir),
                              device=study.resources.device,
                              deterministic=study.resources.deterministic, **budget, **train)
-        if fraction is not None:
-            config.warmup_iters = int(fraction * config.steps)
         config.validate()
     except ConfigError as err:
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())

@@ -9,7 +9,13 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from model.config import MODEL_HPARAMS, STUDY_BUDGET_KEYS, TRAIN_HPARAMS, HParam
+from model.config import (
+    MODEL_HPARAMS,
+    RELATIVE_HPARAMS,
+    STUDY_BUDGET_KEYS,
+    TRAIN_HPARAMS,
+    HParam,
+)
 from tuner.space.distributions import (
     DISTRIBUTIONS,
     Distribution,
@@ -21,16 +27,6 @@ from tuner.space.distributions import (
     parse_distribution,
 )
 
-# Tuner-side forms of two trainer parameters: converted to lr_min and warmup_iters per trial.
-LR_MIN_RATIO = HParam(
-    name="lr_min_ratio", symbol="α_min/α_max", default=0.1, kind=float, group="schedule",
-    description="floor of the schedule as a fraction of α_max: α_min = ratio·α_max "
-                "(instead of lr_min)", low=0.0, high=1.0, high_open=False)
-WARMUP_FRACTION = HParam(
-    name="warmup_fraction", symbol="T_warmup/T_total", default=0.0, kind=float, group="schedule",
-    description="linear warmup as a fraction of T_total: T_warmup = ⌊fraction·T_total⌋ "
-                "(instead of warmup_iters)", low=0.0, high=1.0)
-
 # budget field → trainer parameter; the budget is fixed per study, never searched
 BUDGET_NAMES = STUDY_BUDGET_KEYS
 BUDGET_DEFS: dict[str, HParam] = {key: TRAIN_HPARAMS[name] for key, name in BUDGET_NAMES.items()}
@@ -38,13 +34,12 @@ MODEL_DEFS: dict[str, HParam] = dict(MODEL_HPARAMS)
 
 
 def _hparam_defs() -> dict[str, HParam]:
-    derived = {"lr_min": LR_MIN_RATIO, "warmup_iters": WARMUP_FRACTION}  # listed after their twin
     defs: dict[str, HParam] = {}
     for name, hp in TRAIN_HPARAMS.items():
         if name not in BUDGET_NAMES.values():
             defs[name] = hp
-            if name in derived:
-                defs[derived[name].name] = derived[name]
+            if name in RELATIVE_HPARAMS:  # listed after the parameter it sets
+                defs[RELATIVE_HPARAMS[name].name] = RELATIVE_HPARAMS[name]
     return defs
 
 

@@ -139,8 +139,9 @@ class SearchSection(Section):
         "values), CMA-ES, Gaussian process, or quasi-Monte Carlo")
     scheduler: Literal["asha", "hyperband", "median", "pbt", "none"] = Field(
         "asha", description="Ray Tune scheduler that stops (or, for pbt, perturbs) trials early")
-    metric: str = Field("val_loss", description="the reported metric to optimise")
-    mode: Literal["min", "max"] = Field("min", description="minimise or maximise the metric")
+    # Every part of tuner (ASHA, the searcher, the best trial, divergence) ranks by val_loss
+    metric: Literal["val_loss"] = Field("val_loss", description="the metric trials are ranked by")
+    mode: Literal["min"] = Field("min", description="the metric is minimised")
     num_samples: int | None = Field(None, ge=1, description="trials to run (default: every grid "
                                     "point for grid, else 16)")
     max_concurrent: int | None = Field(None, ge=1, description="most trials at once (default: "
@@ -161,6 +162,11 @@ class SearchSection(Section):
                                    "median scheduler")
     pbt: PbtSettings = Field(default_factory=PbtSettings, description="settings of the pbt "
                              "scheduler")
+
+    @property
+    def searcher(self) -> str:
+        """The sampler that proposes the trials: PBT draws its population at random."""
+        return "random" if self.scheduler == "pbt" else self.algorithm
 
 
 class ResourcesSection(Section):
@@ -188,7 +194,8 @@ class TrackingSection(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
     experiment: str | None = Field(None, description="MLflow experiment (default: the study name)")
     log_checkpoints: Literal["best", "completed", "none"] = Field(
-        "best", description="which trials' checkpoints are logged as MLflow artifacts")
+        "completed", description="which trials' final checkpoints are logged as MLflow "
+        "artifacts: every completed trial's and the best's (completed), the best's only, or none")
 
 
 OVERRIDES = {"name": ("name",), "num_samples": ("search", "num_samples"),
