@@ -305,7 +305,8 @@ class TrainConfig:
 
     @property
     def resolved_lr_min(self) -> float:
-        return 0.1 * self.lr_max if self.lr_min is None else self.lr_min
+        default = RELATIVE_HPARAMS["lr_min"].default * self.lr_max
+        return default if self.lr_min is None else self.lr_min
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that cannot work (data files are checked later)."""

@@ -171,7 +171,7 @@ def test_finished_trials_warm_start_an_optuna_searcher(recorded):
                          "name": "next"})
     storage = optuna.storages.InMemoryStorage()
     for _ in range(2):  # a study stopped before its first trial is seeded again as it restarts
-        seed_study(storage, "next", "min", history.optuna_trials(study.sample, points))
+        seed_study(storage, "next", "min", history.optuna_trials(study, points))
     searcher = OptunaSearch(space=study.sample, metric="val_loss", mode="min", storage=storage,
                             study_name="next", sampler=optuna.samplers.TPESampler(seed=0))
     suggested = searcher.suggest("t1")
@@ -187,7 +187,20 @@ def test_warm_start_refuses_another_space(recorded):
     raw["hparams"]["α_max"] = {"loguniform": [1.0e-4, 1.0e-2]}  # 0.02 no longer fits
     narrower = build_study({**raw, "name": "narrow"})
     with pytest.raises(UserError, match="does not fit this space"):
-        history.optuna_trials(narrower.sample, points)
+        history.optuna_trials(narrower, points)
+
+
+def test_warm_start_leaves_out_values_the_conditions_do_not_use(recorded):
+    """An earlier trial on the step schedule holds lr_min_ratio (tuner sampled it for every
+    schedule before α_min was tied to the schedules that use it): the value is left out."""
+    points = history.finished_trials(recorded.name, recorded.uri)
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["hparams"] |= {"schedule": {"choice": ["cosine", "step"]},
+                       "lr_min_ratio": {"uniform": [0.0, 0.5]}}
+    study = build_study({**raw, "name": "floors"})
+    earlier = [({**p, "schedule": "step", "lr_min_ratio": 0.2}, v) for p, v in points]
+    trials = history.optuna_trials(study, earlier)
+    assert [t.params for t in trials] == [{**p, "schedule": "step"} for p, _ in points]
 
 
 def _space_file(folder: Path, recorded, name: str, **search) -> Path:

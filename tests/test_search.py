@@ -319,6 +319,38 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
         assert json.loads(run.data.tags["tuner.pbt_config"])["beta2"] == beta2[-1].value
 
 
+@pytest.mark.parametrize("algorithm", ["tpe", "random", "grid", "cmaes", "gp", "qmc"])
+def test_every_searcher_suggests_seeded_trials_in_the_space(tmp_path: Path, dataset: Path,
+                                                            algorithm: str) -> None:
+    """Each algorithm, built as a study builds it (Optuna's sampler behind Ray's OptunaSearch),
+    suggests values from the space, and the same seed suggests the same trials."""
+    if algorithm == "cmaes":
+        pytest.importorskip("cmaes")
+    from tuner.search.algorithms import build_searcher
+    from tuner.space import load_study
+
+    grid = algorithm == "grid"
+    hparams = ({"lr_max": {"grid": [1e-3, 3e-3, 1e-2]}} if grid else
+               {"lr_max": {"loguniform": [1e-4, 1e-2]}, "beta2": {"uniform": [0.9, 0.99]}})
+    study = load_study(write_space(tmp_path, algorithm, dataset, hparams=hparams,
+                                   search={"algorithm": algorithm, "num_samples": 3}))
+
+    def suggestions() -> list[dict[str, Any]]:
+        searcher, suggested = build_searcher(study), []
+        for i in range(3):
+            suggested.append(searcher.suggest(f"t{i}"))
+            searcher.on_trial_complete(f"t{i}", {"val_loss": 5.0 - i, "tokens": 40960})
+        return suggested
+
+    first = suggestions()
+    assert first == suggestions()
+    if grid:
+        assert sorted(s["lr_max"] for s in first) == [1e-3, 3e-3, 1e-2]
+    else:
+        assert all(1e-4 <= s["lr_max"] <= 1e-2 and 0.9 <= s["beta2"] <= 0.99 for s in first)
+        assert len({s["lr_max"] for s in first}) == 3
+
+
 @pytest.mark.slow
 def test_summary_names_best_trial(faults_study: dict[str, Any]) -> None:
     _, parent, children = mlflow_runs(faults_study["uri"], "faults")

@@ -222,13 +222,16 @@ def test_sections_other_than_parameters_are_checked(tmp_path: Path) -> None:
 
 def test_pbt_samples_at_random_and_perturbs_only_what_can_change_mid_run(tmp_path: Path) -> None:
     searched = ("  beta2: {uniform: [0.9, 0.99]}\n  batch_size: {choice: [8, 16]}\n"
-                "  optimizer: {choice: [adamw, adam]}\n")
-    text = study_text(searched, search="  algorithm: tpe\n  scheduler: pbt\n  pbt:\n"
-                      "    params: [beta2, batch_size, optimizer]\n")
+                "  optimizer: {choice: [adamw, adam]}\n  warmup_iters: {int: [0, 20]}\n")
+    text = study_text(searched, search="  algorithm: tpe\n  scheduler: pbt\n  startup_trials: 3\n"
+                      "  pbt:\n    params: [beta2, batch_size, optimizer, warmup_iters]\n")
     issues = issues_of(tmp_path, text)
-    assert [p for p, _, _ in issues] == ["search.algorithm", "search.pbt.params[1]",
-                                         "search.pbt.params[2]"]
-    assert "cannot change mid-run" in issues[1][2]
+    assert [p for p, _, _ in issues] == ["search.algorithm", "search.startup_trials",
+                                         "search.pbt.params[1]", "search.pbt.params[2]",
+                                         "search.pbt.params[3]"]
+    assert "this study uses random" in issues[1][2]
+    assert "cannot change mid-run" in issues[2][2] and "cannot change mid-run" in issues[3][2]
+    assert "warmup_iters takes whole numbers" in issues[4][2]
     study = load_study(write(tmp_path, study_text(searched, search="  scheduler: pbt\n")))
     assert study.search.searcher == "random" and study.search.pbt.params == ["beta2"]
 
@@ -260,14 +263,7 @@ def conditional_study(tmp_path: Path) -> Study:
         "  B: {int: [4, 32], step: 4}\n").replace("  lr_max: 0.001\n", "")))
 
 
-SAMPLERS = {
-    "tpe": lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=3),
-    "random": lambda: optuna.samplers.RandomSampler(seed=0),
-    "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=0, n_startup_trials=3),
-    "qmc": lambda: optuna.samplers.QMCSampler(seed=0, warn_independent_sampling=False),
-    "gp": lambda: optuna.samplers.GPSampler(seed=0, n_startup_trials=4),
-}
-
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")  # grid: tests/test_search.py
 
 def test_startup_trials_sets_when_tpe_starts_modelling() -> None:
     def suggestions(startup_trials: int | None) -> list[float]:
@@ -299,7 +295,7 @@ def test_every_optuna_sampler_draws_valid_conditional_samples(name: str, tmp_pat
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-sampler and independent-sampling notices
-        optuna_study = optuna.create_study(sampler=SAMPLERS[name]())
+        optuna_study = optuna.create_study(sampler=optuna_sampler(name, 0, startup_trials=3))
         optuna_study.optimize(objective, n_trials=5)
     assert len(optuna_study.trials) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in optuna_study.trials)

@@ -139,7 +139,7 @@ def _warm_trials(study: Any) -> list[Any] | None:
     points = history.finished_trials(earlier, study.tracking.uri)
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
-    return history.optuna_trials(study.sample, points)
+    return history.optuna_trials(study, points)
 
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:

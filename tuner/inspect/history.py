@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,10 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
              runs.metric(r, metric)) for r in usable]
 
 
-def optuna_trials(sample: Callable[[Any], Any], points: list[tuple[dict[str, Any], float]]
-                  ) -> list[Any]:
-    """Each point as a COMPLETE Optuna trial of the define-by-run space `sample`; UserError when a
-    point does not fit the space (a parameter it lacks, a value outside a range or the choices)."""
+def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> list[Any]:
+    """Each point as a COMPLETE Optuna trial of the study's define-by-run space; UserError when a
+    point does not fit it (a parameter it does not search, a value outside a range or the
+    choices). A value the space searches, but not under the point's conditions, is left out."""
     import warnings
 
     import optuna
@@ -50,8 +49,8 @@ def optuna_trials(sample: Callable[[Any], Any], points: list[tuple[dict[str, Any
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # out-of-range values: create_trial raises below
-                sample(fixed)
-            extra = sorted(set(params) - set(fixed.params))
+                study.sample(fixed)
+            extra = sorted(set(params) - set(fixed.params) - set(study.searched()))
             if extra:
                 raise ValueError(f"parameters {', '.join(extra)} are not searched here")
             trials.append(optuna.trial.create_trial(params=fixed.params, value=value,

@@ -79,7 +79,7 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
             deterministic: bool = False, from_checkpoint: bool = False, data: Path | None = None,
             tolerance: float | None = None) -> Plan:
     """Read the trial's config, seed, dataset and code version and check they can be replayed."""
-    from model.train import resolve_device
+    from model.train import device_label, resolve_device
     from tuner.search.provenance import git_commit
     from tuner.search.tracking import DEVICE_TAG
 
@@ -91,18 +91,20 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
     if data is not None:
         config.data = str(data)
     _check_dataset(Path(config.data), tags.get("tuner.dataset_sha256"), run_id)
-    trained_on = _device_type(tags.get(DEVICE_TAG, config.device))
+    # a run recorded before the tag existed names its device only if its config did
+    trained_on = tags.get(DEVICE_TAG) or (None if config.device == "auto" else config.device)
     trained_exactly = config.deterministic
     if device is not None:
         config.device = device
     config.deterministic = config.deterministic or deterministic
-    kind = resolve_device(config.device).type
+    replay_on = device_label(resolve_device(config.device))
     original = runs.metric_points(client, run_id, "val_loss")
     if not original:
         raise UserError(f"run {run_id} logged no val_loss: there is nothing to compare with")
-    if tolerance is None:  # exact only on the trial's kind of device, with its kernels
-        same_device = trained_on in (kind, "auto")  # auto: a run recorded without the tag
-        exact = same_device and (kind == "cpu" or trained_exactly)
+    if tolerance is None:  # exact on CPUs, and with deterministic kernels on the same GPU model
+        exact = trained_on is not None and (
+            _device_type(trained_on) == "cpu" == _device_type(replay_on)
+            or (trained_exactly and trained_on == replay_on))
         tolerance = 0.0 if exact else GPU_TOLERANCE
     plan = Plan(run, config, original, tolerance, git_commit(),
                 threads=int(tags["tuner.threads"]) if "tuner.threads" in tags else None)
@@ -116,8 +118,8 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
 
 
 def _device_type(device: str) -> str:
-    """`cpu`, `cuda` or `auto` from a device as tagged (`cuda (NVIDIA H100 …)`) or configured."""
-    return device.split()[0].split(":")[0] if device.strip() else "auto"
+    """`cpu` or `cuda` from a device as tagged (`cuda (NVIDIA H100 …)`) or configured (`cuda:1`)."""
+    return device.split(" ")[0].split(":")[0]
 
 
 def _check_dataset(folder: Path, recorded: str | None, run_id: str) -> None:

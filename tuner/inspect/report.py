@@ -103,7 +103,7 @@ def lr_figure(config: TrainConfig, schedule: list[tuple[int, float]],
     return fig
 
 
-def importances(sample: Any, points: list[tuple[dict[str, Any], float]], mode: str
+def importances(space: Any, points: list[tuple[dict[str, Any], float]], mode: str
                 ) -> tuple[Any, dict[str, float]]:
     """An Optuna study of the finite points, and fANOVA importance of each searched parameter
     ({} when fewer than two trials or nothing varies)."""
@@ -112,7 +112,7 @@ def importances(sample: Any, points: list[tuple[dict[str, Any], float]], mode: s
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
-    study.add_trials(history.optuna_trials(sample, [p for p in points if math.isfinite(p[1])]))
+    study.add_trials(history.optuna_trials(space, [p for p in points if math.isfinite(p[1])]))
     if len(study.trials) < 2:
         return study, {}
     try:
@@ -208,7 +208,7 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     try:
         space = recorded_space(client, parent, workdir)
         points = history.trial_points(client, trial_runs, recorded["metric"], workdir)
-        opt_study, scores = importances(space.sample, points, recorded["mode"])
+        opt_study, scores = importances(space, points, recorded["mode"])
         note = "fewer than two finished trials, or no searched parameter varies"
     except (UserError, RuntimeError) as err:  # the other plots are still worth having
         opt_study, scores, note = None, {}, str(err)

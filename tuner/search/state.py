@@ -66,8 +66,30 @@ def load(folder: Path, space: Path | None) -> Any:
                         "pass the --storage it ran with")
     state = json.loads(path.read_text())
     study = load_study(space or state["space"]).with_overrides(**state["overrides"])
-    if json.loads(json.dumps(study.resolved(), default=str)) != state["resolved"]:
+    changed = _differences(_plain(study.resolved()), state["resolved"])
+    # A default that a later version of tuner changed: the study keeps the one it started with
+    pinned = {where: value for where, value in changed.items() if study.defaulted(where)}
+    if pinned:
+        study = study.with_settings(pinned)
+    if changed.keys() - pinned.keys() or _differences(_plain(study.resolved()), state["resolved"]):
         raise UserError(f"the space {space or state['space']} changed since study "
                         f"{folder.name!r} started; restore it, or start a new study with another "
                         "--name")
     return study
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
+
+
+def _differences(now: Any, saved: Any, where: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Path → saved value of every value in `saved` that `now` does not hold (new keys aside)."""
+    if isinstance(now, dict) and isinstance(saved, dict):
+        found: dict[tuple[str, ...], Any] = {}
+        for key, value in saved.items():
+            found |= _differences(now.get(key, _MISSING), value, (*where, key))
+        return found
+    return {} if now == saved else {where: saved}
+
+
+_MISSING = object()

@@ -184,16 +184,16 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
     issues = []
     for name, dist in space.items():
         loc = (_section(name), name)
-        if isinstance(dist, Grid) and search.algorithm != "grid":
+        if isinstance(dist, Grid) and search.searcher != "grid":
             issues.append((loc, "{grid: [...]} is enumerated by search.algorithm grid only, and "
-                           f"this study uses {search.algorithm}: write {{choice: [...]}}"))
-        elif search.algorithm == "grid" and not isinstance(dist, Grid):
+                           f"this study uses {search.searcher}: write {{choice: [...]}}"))
+        elif search.searcher == "grid" and not isinstance(dist, Grid):
             issues.append((loc, f"search.algorithm grid enumerates {{grid: [...]}} values; "
                            f"{dist.key} cannot be enumerated"))
-    if search.startup_trials is not None and search.algorithm not in STARTUP_SEARCHERS:
+    if search.startup_trials is not None and search.searcher not in STARTUP_SEARCHERS:
         issues.append((("search", "startup_trials"), "used by the tpe and gp searchers only, and "
-                       f"this study uses {search.algorithm}"))
-    if search.algorithm == "grid" and not space:
+                       f"this study uses {search.searcher}"))
+    if search.searcher == "grid" and not space:
         issues.append((("search", "algorithm"), "grid has nothing to enumerate: no parameter "
                        "is {grid: [...]}"))
     for key, users in SCHEDULER_SETTINGS.items():
@@ -240,10 +240,14 @@ def _pbt(study: Study, space: dict[str, Distribution]) -> list[tuple[Loc, str]]:
         if name not in space:
             issues.append((("search", "pbt", "params", i), f"{name} is not searched, so PBT "
                            "cannot perturb it"))
-        elif hp.kind is not float or hp.group not in PBT_GROUPS:
+        elif hp.group not in PBT_GROUPS or hp.choices is not None or hp.kind is bool:
             issues.append((("search", "pbt", "params", i), f"PBT changes a trial's "
                            f"hyperparameters as it trains: {name} cannot change mid-run (PBT "
-                           "perturbs numeric optimizer, regularization and schedule settings)"))
+                           "perturbs optimizer, regularization and schedule numbers)"))
+        elif hp.kind is not float:
+            issues.append((("search", "pbt", "params", i), f"PBT scales a value by 0.8 or 1.2, "
+                           f"and {name} takes whole numbers: perturb a real-valued setting "
+                           "(warmup_fraction, say, rather than warmup_iters)"))
     return issues
 
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.config import ConfigError, ModelConfig, TrainConfig
+from model.config import RELATIVE_HPARAMS, ConfigError, ModelConfig, TrainConfig
 from tuner.errors import UserError
 from tuner.space.distributions import Distribution, Grid, fmt
 from tuner.space.params import ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
@@ -109,8 +109,9 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
                         f"{study.name}")
     model = {**_constants(study.model), **{k: v for k, v in params.items() if k in MODEL_DEFS}}
     train = {**_constants(study.hparams), **{k: v for k, v in params.items() if k in HPARAM_DEFS}}
+    floor = RELATIVE_HPARAMS["lr_min"]
     if "lr_min" not in train:  # record α_min as a number, not as "0.1·α_max by default"
-        train.setdefault("lr_min_ratio", HPARAM_DEFS["lr_min_ratio"].default)
+        train.setdefault(floor.name, floor.default)
     budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
     try:
         config = TrainConfig(model=ModelConfig(**model), data=str(data_dir),
