@@ -517,6 +517,7 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert "RUNNING" not in {r.info.status for r in before}
     assert "interrupted" in {r.data.tags["tuner.status"] for r in before}
     halfway = [r for r in before if r.data.tags["tuner.status"] == "interrupted"]
+    assert parent.data.tags["tuner.best_run_id"] in {r.info.run_id for r in halfway}
     assert not [r for r in halfway if "tuner.checkpoint_sha256" in r.data.tags]  # not final
 
     proc = run_tuner(["search", "--resume", "--name", "termed", "--storage", str(storage)],

@@ -33,11 +33,12 @@ def replay(
     device: Annotated[str | None, typer.Option(
         help="torch device (default: the trial's)")] = None,
     deterministic: Annotated[bool, typer.Option(
-        "--deterministic", help="deterministic kernels: a GPU replay of a deterministic trial "
-        "is exact")] = False,
+        "--deterministic", help="deterministic kernels, so that this replay repeats exactly")
+    ] = False,
     tolerance: Annotated[float | None, typer.Option(
-        min=0.0, help="largest relative val_loss difference accepted (default: 0 on CPU or "
-        "with --deterministic, 0.01 on a GPU)", show_default=False)] = None,
+        min=0.0, help="largest relative val_loss difference accepted (default: 0 for a CPU trial "
+        "on a CPU and a deterministic GPU trial on the same GPU model, else 0.01)",
+        show_default=False)] = None,
     data: Annotated[Path | None, typer.Option(
         help="the dataset folder, if it moved since the study (its hash must match)",
         file_okay=False)] = None,

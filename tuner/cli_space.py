@@ -88,7 +88,7 @@ def show(path: StudyPath) -> None:
 def _rows(study: Study, name: str) -> list[tuple[str, ...]]:
     section = getattr(study, name)
     given = section.model_fields_set
-    twins = {**RELATIVE_FORMS, **{name: form for form, name in RELATIVE_FORMS.items()}}
+    twins = {**RELATIVE_FORMS, **{param: form for form, param in RELATIVE_FORMS.items()}}
     rows = []
     for field, hp in type(section).defs.items():
         twin = twins.get(field)  # show one of each pair

@@ -57,7 +57,7 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
 
 
 def load(folder: Path, space: Path | None) -> Any:
-    """The study as it started, rebuilt from its space file, which must not have changed since."""
+    """The study as it started, rebuilt from its space file: every setting must be as it was."""
     from tuner.space import load_study
 
     path = folder / STATE_FILE
@@ -65,31 +65,26 @@ def load(folder: Path, space: Path | None) -> Any:
         raise UserError(f"no study {folder.name!r} to resume in {folder.parent}; "
                         "pass the --storage it ran with")
     state = json.loads(path.read_text())
-    study = load_study(space or state["space"]).with_overrides(**state["overrides"])
-    changed = _differences(_plain(study.resolved()), state["resolved"])
-    # A default that a later version of tuner changed: the study keeps the one it started with
-    pinned = {where: value for where, value in changed.items() if study.defaulted(where)}
-    if pinned:
-        study = study.with_settings(pinned)
-    if changed.keys() - pinned.keys() or _differences(_plain(study.resolved()), state["resolved"]):
-        raise UserError(f"the space {space or state['space']} changed since study "
-                        f"{folder.name!r} started; restore it, or start a new study with another "
-                        "--name")
+    space = space or state["space"]
+    study = load_study(space).with_overrides(**state["overrides"])
+    changed = _differences(json.loads(json.dumps(study.resolved(), default=str)),
+                           state["resolved"])
+    if changed:
+        shown = "; ".join(f"{'.'.join(where)}: {was!r} then, {now!r} now"
+                          for where, (was, now) in list(changed.items())[:5])
+        raise UserError(f"study {folder.name!r} would not resume as it started ({shown}). If "
+                        f"{space} was edited, restore it; if not, a newer tuner changed these "
+                        "defaults: write the first values into the file. Or start a new study "
+                        f"with another --name and --warm-start {folder.name}")
     return study
 
 
-def _plain(data: Any) -> Any:
-    return json.loads(json.dumps(data, default=str))
-
-
-def _differences(now: Any, saved: Any, where: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Path → saved value of every value in `saved` that `now` does not hold (new keys aside)."""
+def _differences(now: Any, saved: Any, where: tuple[str, ...] = ()
+                 ) -> dict[tuple[str, ...], tuple[Any, Any]]:
+    """Path → (saved, now) of every setting whose value differs (settings new since, aside)."""
     if isinstance(now, dict) and isinstance(saved, dict):
-        found: dict[tuple[str, ...], Any] = {}
+        found: dict[tuple[str, ...], tuple[Any, Any]] = {}
         for key, value in saved.items():
-            found |= _differences(now.get(key, _MISSING), value, (*where, key))
+            found |= _differences(now.get(key), value, (*where, key))
         return found
-    return {} if now == saved else {where: saved}
-
-
-_MISSING = object()
+    return {} if now == saved else {where: (saved, now)}

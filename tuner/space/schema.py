@@ -302,32 +302,17 @@ class Study(BaseModel):
 
     def with_overrides(self, **overrides: Any) -> Study:
         """A re-validated copy with command-line overrides (None values are ignored)."""
-        unknown = [key for key in overrides if key not in OVERRIDES]
-        if unknown:
-            raise TypeError(f"unknown override {unknown[0]!r} (known: {', '.join(OVERRIDES)})")
-        return self.with_settings({OVERRIDES[key]: value for key, value in overrides.items()
-                                   if value is not None})
-
-    def with_settings(self, settings: dict[tuple[str, ...], Any]) -> Study:
-        """A re-validated copy with each value set at its path, e.g. ("search", "seed")."""
         raw = copy.deepcopy(self._raw)
-        for (*sections, field), value in settings.items():
-            target = raw
-            for section in sections:
-                target = target.setdefault(section, {})
-            target[field] = value
+        for key, value in overrides.items():
+            if key not in OVERRIDES:
+                raise TypeError(f"unknown override {key!r} (known: {', '.join(OVERRIDES)})")
+            if value is not None:
+                *sections, field = OVERRIDES[key]
+                target = raw
+                for section in sections:
+                    target = target.setdefault(section, {})
+                target[field] = value
         return build_study(raw, source_path=self._source_path, source_text=self._source_text)
-
-    def defaulted(self, path: tuple[str, ...]) -> bool:
-        """Whether the value at `path` is a default: the file (or an override) does not give it."""
-        node: Any = self
-        for key in path:
-            if not isinstance(node, BaseModel) or key not in type(node).model_fields:
-                return False  # no such setting (any more): nothing to default
-            if key not in node.model_fields_set:
-                return True
-            node = getattr(node, key)
-        return False
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved study, defaults filled, as plain JSON-ready data."""
