@@ -77,7 +77,8 @@ class HParam:
                 return f"must be a whole number, got {value!r}"
             if not math.isfinite(value):
                 return f"must be finite, got {value!r}"
-            below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+            below = self.low is not None and (value <= self.low if self.low_open
+                                              else value < self.low)
             above = self.high is not None and (value >= self.high if self.high_open
                                                else value > self.high)
             if below or above:
@@ -396,7 +397,8 @@ STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
 def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
     """A study file whose values are all fixed (`tuner best --export`) as a trainer config mapping."""
     specs = {**TRAIN_HPARAMS, **{spec.name: spec for spec in RELATIVE_HPARAMS.values()}}
-    by_key = {key: name for name, spec in specs.items() for key in (name, spec.symbol, *spec.aliases)}
+    by_key = {key: name for name, spec in specs.items()
+              for key in (name, spec.symbol, *spec.aliases)}
     flat: dict[str, Any] = {"model": study.get("model") or {}}
     for key, value in (study.get("hparams") or {}).items():
         if isinstance(value, dict):

@@ -79,7 +79,7 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
                         "tracking store it ran with, or start a new study with another --name")
-    data_dir, meta = checked or _dataset(study)  # preparing one takes minutes: once the store answers
+    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the store answers
     warm_trials = None if restore else _warm_trials(study)
     if warm_trials and not resume:
         console.print(f"warm start: {len(warm_trials)} finished trials of study "

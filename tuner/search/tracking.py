@@ -281,7 +281,8 @@ class MlflowRecorder(tune.Callback):
         values = {**config, **config["model"]} if config else {}
         params = {**{name: values[name] for name in HPARAMS if name in values}, **trial.config}
         if trial_config:
-            params[EPOCHS.name] = trial_config.epochs(self.provenance["dataset_meta"]["train_tokens"])
+            train_tokens = self.provenance["dataset_meta"]["train_tokens"]
+            params[EPOCHS.name] = trial_config.epochs(train_tokens)
         defs = {**ALL_DEFS, **HPARAMS, EPOCHS.name: EPOCHS}
         symbols = {name: defs[name].symbol for name in params}
         prov = self.provenance
