@@ -47,7 +47,7 @@ def test_a_default_changed_since_the_study_started_is_named(tmp_path: Path) -> N
     rewrite_saved(folder, "tracking", "log_checkpoints", "best")
     with pytest.raises(UserError) as refused:
         state.load(folder, None)
-    assert "tracking.log_checkpoints: 'best' then, 'completed' now" in str(refused.value)
+    assert 'tracking.log_checkpoints was "best", is "completed" now' in str(refused.value)
     space.write_text(SPACE + "tracking: {log_checkpoints: best}\n")
     assert state.load(folder, None).tracking.log_checkpoints == "best"
 
@@ -57,5 +57,15 @@ def test_an_edited_study_file_is_refused(tmp_path: Path) -> None:
     space.write_text(SPACE.replace("1.0e-2]", "3.0e-2]"))
     with pytest.raises(UserError) as refused:
         state.load(folder, None)
-    assert "hparams.lr_max.loguniform: [0.0001, 0.01] then, [0.0001, 0.03] now" in str(
+    assert "hparams.lr_max.loguniform was [0.0001, 0.01], is [0.0001, 0.03] now" in str(
         refused.value)
+
+
+def test_every_difference_is_counted_and_a_retired_setting_named(tmp_path: Path) -> None:
+    _, folder = saved_study(tmp_path)
+    for key in ("retired", "a", "b", "c", "d", "e"):
+        rewrite_saved(folder, "tracking", key, None)
+    with pytest.raises(UserError) as refused:
+        state.load(folder, None)
+    assert "tracking.retired was null, is no longer a setting;" in str(refused.value)
+    assert "(and 1 more)" in str(refused.value)

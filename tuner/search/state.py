@@ -70,13 +70,23 @@ def load(folder: Path, space: Path | None) -> Any:
     changed = _differences(json.loads(json.dumps(study.resolved(), default=str)),
                            state["resolved"])
     if changed:
-        shown = "; ".join(f"{'.'.join(where)}: {was!r} then, {now!r} now"
-                          for where, (was, now) in list(changed.items())[:5])
-        raise UserError(f"study {folder.name!r} would not resume as it started ({shown}). If "
-                        f"{space} was edited, restore it; if not, a newer tuner changed these "
-                        "defaults: write the first values into the file. Or start a new study "
-                        f"with another --name and --warm-start {folder.name}")
+        shown = "; ".join(_change(where, *values) for where, values in list(changed.items())[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise UserError(f"study {folder.name!r} would not resume as it started: {shown}{more}. "
+                        f"Restore {space} if it was edited. If not, this tuner's defaults differ "
+                        "from those the study started with: give the first values in the file "
+                        "where it takes them, or finish the study with the tuner that started it, "
+                        "or start a new study with another --name")
     return study
+
+
+_GONE = object()  # a setting this version of tuner no longer has
+
+
+def _change(where: tuple[str, ...], was: Any, now: Any) -> str:
+    gone = now is _GONE
+    return (f"{'.'.join(where)} was {json.dumps(was)}, "
+            + ("is no longer a setting" if gone else f"is {json.dumps(now)} now"))
 
 
 def _differences(now: Any, saved: Any, where: tuple[str, ...] = ()
@@ -85,6 +95,6 @@ def _differences(now: Any, saved: Any, where: tuple[str, ...] = ()
     if isinstance(now, dict) and isinstance(saved, dict):
         found: dict[tuple[str, ...], tuple[Any, Any]] = {}
         for key, value in saved.items():
-            found |= _differences(now.get(key), value, (*where, key))
+            found |= _differences(now.get(key, _GONE), value, (*where, key))
         return found
     return {} if now == saved else {where: (saved, now)}
