@@ -117,11 +117,11 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
 
     if space is None:
         raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
-    study = load_study(space).with_overrides(**overrides)
-    uri = study.tracking.uri
+    study = load_study(space)
+    uri = overrides.get("tracking_uri") or study.tracking.uri
     if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
-    study = study.with_overrides(tracking_uri=_absolute_uri(uri))
+    study = study.with_overrides(**{**overrides, "tracking_uri": _absolute_uri(uri)})
     if state.started(storage / study.name):
         raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
                         f"--resume --name {study.name}, or pick another --name")
