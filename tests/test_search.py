@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from model.config import train_config_from_dict
+from model.config import HPARAMS, train_config_from_dict
 from model.schedules import LRSchedule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -298,10 +298,13 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
                                              mlflow_store_template: Path) -> None:
     """PBT (random population; α_max and β2 perturbed every 10240 tokens): the trial that is
     behind takes the other's weights and perturbed values, recorded as hp.* metrics and the
-    tuner.pbt_config tag, and β2 stays inside its range."""
+    tuner.pbt_config tag, and β2 stays inside its range. PBT draws γ_step for every trial; only
+    a trial on the step schedule uses and records it."""
     space = write_space(tmp_path, "pbt", dataset,
                         hparams={"lr_max": {"loguniform": [1e-4, 3e-2]},
-                                 "beta2": {"uniform": [0.9, 0.99]}},
+                                 "beta2": {"uniform": [0.9, 0.99]},
+                                 "schedule": {"choice": ["cosine", "step"]},
+                                 "step_gamma": {"uniform": [0.2, 0.8]}},
                         search={"scheduler": "pbt", "num_samples": 2,
                                 "pbt": {"perturbation_interval": 10240, "quantile_fraction": 0.5}})
     uri, parent, children = _run_study(tmp_path, space, mlflow_store_template)
@@ -310,13 +313,21 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
+    schedules = {run.data.params["schedule"] for run in children}
+    assert "cosine" in schedules
+    for run in children:
+        on_step = run.data.params["schedule"] == "step"
+        assert ("step_gamma" in run.data.tags["tuner.searched"].split(",")) == on_step
+        assert on_step or run.data.params["step_gamma"] == str(HPARAMS["step_gamma"].default)
     exploited = [r for r in children if "tuner.pbt_config" in r.data.tags]
     assert exploited
     for run in exploited:
         beta2 = client.get_metric_history(run.info.run_id, "hp.beta2")
         lr = client.get_metric_history(run.info.run_id, "hp.lr_max")
         assert beta2 and lr and all(0.9 <= m.value <= 0.99 for m in beta2)
-        assert json.loads(run.data.tags["tuner.pbt_config"])["beta2"] == beta2[-1].value
+        config = json.loads(run.data.tags["tuner.pbt_config"])
+        assert config["beta2"] == beta2[-1].value
+        assert ("step_gamma" in config) == (config["schedule"] == "step")
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random", "grid", "cmaes", "gp", "qmc"])

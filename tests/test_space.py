@@ -353,6 +353,17 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert exact.trial_config({}, tmp_path).deterministic
 
 
+def test_a_value_whose_condition_fails_is_dropped_from_the_trial(tmp_path: Path) -> None:
+    """PBT draws every searched parameter; β2 drawn for an SGD trial is not used or recorded."""
+    study = load_study(write(tmp_path, study_text(
+        "  optimizer: {choice: [adamw, sgd]}\n  beta2: {uniform: [0.9, 0.99]}\n")))
+    assert study.used({"optimizer": "sgd", "beta2": 0.95}) == {"optimizer": "sgd"}
+    assert study.used({"optimizer": "adamw", "beta2": 0.95}) == {"optimizer": "adamw",
+                                                                 "beta2": 0.95}
+    assert study.trial_config({"optimizer": "sgd", "beta2": 0.95}, tmp_path).beta2 == \
+        HPARAMS["beta2"].default
+
+
 def test_an_invalid_sample_is_rejected_naming_the_parameter(tmp_path: Path) -> None:
     study = load_study(write(tmp_path, study_text(
         "  beta2: {uniform: [0.9, 0.999]}\n  warmup_iters: {int: [0, 100]}\n")))

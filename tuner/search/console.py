@@ -35,8 +35,8 @@ def _best_loss(trial: Any) -> float:
     return float((trial.metric_analysis.get("val_loss") or {}).get("min", math.inf))
 
 
-def _params(trial: Any) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items()))
+def _params(study: Any, trial: Any) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(study.used(dict(trial.config)).items()))
 
 
 def _duration(seconds: float) -> str:
@@ -129,7 +129,7 @@ class LiveView(tune.Callback):
         statuses = {t.trial_id: self._status(t) for t in trials}
         finished = sum(1 for v in statuses.values() if v in FINISHED)
         return (f"trial {trial.trial_id} {detail}; best val_loss "
-                f"{_best_loss(trial):.4f} ({_params(trial)}); {finished} of "
+                f"{_best_loss(trial):.4f} ({_params(self.study, trial)}); {finished} of "
                 f"{self.study.search.num_samples} finished; {self._progress(trials, statuses)}")
 
     def render(self, trials: list) -> Group:
@@ -147,7 +147,7 @@ class LiveView(tune.Callback):
         parts: list[Any] = [head]
         if math.isfinite(best_loss):
             parts.append(Text(f"best val_loss {best_loss:.4f} "
-                              f"(trial {best.trial_id}): {_params(best)}", style="green"))
+                              f"(trial {best.trial_id}): {_params(self.study, best)}", style="green"))
         parts.append(self._table(trials, statuses))
         return Group(*parts)
 
@@ -162,7 +162,7 @@ class LiveView(tune.Callback):
             last = (trial.last_result or {}).get("val_loss")
             table.add_row(trial.trial_id, statuses[trial.trial_id], f"{_tokens(trial):,}",
                           "" if last is None else f"{last:.4f}",
-                          "" if last is None else f"{_best_loss(trial):.4f}", _params(trial))
+                          "" if last is None else f"{_best_loss(trial):.4f}", _params(self.study, trial))
         return table
 
     def __getstate__(self) -> dict[str, Any]:

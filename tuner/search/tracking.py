@@ -273,13 +273,14 @@ class MlflowRecorder(tune.Callback):
         from model.config import EPOCHS, HPARAMS
         from tuner.space.params import ALL_DEFS
 
+        searched = self.study.used(dict(trial.config))
         try:
-            trial_config = self.study.trial_config(dict(trial.config), Path(self.data_dir))
+            trial_config = self.study.trial_config(searched, Path(self.data_dir))
         except UserError:
             trial_config = None  # an invalid sample: the trial fails and says why
         config = trial_config.to_dict() if trial_config else None
         values = {**config, **config["model"]} if config else {}
-        params = {**{name: values[name] for name in HPARAMS if name in values}, **trial.config}
+        params = {**{name: values[name] for name in HPARAMS if name in values}, **searched}
         if trial_config:
             train_tokens = self.provenance["dataset_meta"]["train_tokens"]
             params[EPOCHS.name] = trial_config.epochs(train_tokens)
@@ -292,26 +293,26 @@ class MlflowRecorder(tune.Callback):
                 "tuner.threads": str(trial_threads(self.study)),
                 "tuner.dataset_sha256": prov["dataset_sha256"],
                 "tuner.git_commit": prov["git_commit"],
-                "tuner.searched": ",".join(sorted(trial.config)),
+                "tuner.searched": ",".join(sorted(searched)),
                 **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
         run_id = self._client.create_run(self._exp, tags=tags,
                                          run_name=f"{self.study.name}-{len(self._children):03d}",
                                          ).info.run_id
         self._log_params_tags(run_id, params, {})
-        self._client.log_dict(run_id, dict(trial.config), "searched.json")
+        self._client.log_dict(run_id, searched, "searched.json")
         if config:
             self._client.log_dict(run_id, config, "trial_config.json")
-        return _Child(run_id, config=dict(trial.config))
+        return _Child(run_id, config=searched)
 
     def _note_config(self, trial: Any) -> None:
         """PBT changes a trial's hyperparameters as it goes: record each change as metrics."""
-        child = self._children[trial.trial_id]
-        if child.config and child.config != dict(trial.config):
-            numeric = {f"hp.{k}": float(v) for k, v in trial.config.items()
+        child, searched = self._children[trial.trial_id], self.study.used(dict(trial.config))
+        if child.config and child.config != searched:
+            numeric = {f"hp.{k}": float(v) for k, v in searched.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self._log_metrics(child.run_id, numeric, max(child.last_step, 0))
-            self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(dict(trial.config)))
-        child.config = dict(trial.config)
+            self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(searched))
+        child.config = searched
 
     @_guarded()
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -57,6 +57,12 @@ def is_active(study: Study, name: str, assignment: dict[str, Any]) -> bool:
     return assignment.get(parent, value(study, parent)) in values
 
 
+def used(study: Study, params: dict[str, Any]) -> dict[str, Any]:
+    """The sampled values the trainer uses: those whose condition holds (PBT draws them all)."""
+    return {name: v for name, v in params.items()
+            if name not in ALL_DEFS or is_active(study, name, params)}
+
+
 def sample(study: Study, trial: BaseTrial) -> dict[str, Any]:
     """Suggest every searched parameter whose condition holds; return the suggested values."""
     params: dict[str, Any] = {}
@@ -107,6 +113,7 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
     if unknown:
         raise UserError(f"trial parameters {', '.join(unknown)} are not searched by study "
                         f"{study.name}")
+    params = used(study, params)
     model = {**_constants(study.model), **{k: v for k, v in params.items() if k in MODEL_DEFS}}
     train = {**_constants(study.hparams), **{k: v for k, v in params.items() if k in HPARAM_DEFS}}
     floor = RELATIVE_HPARAMS["lr_min"]

@@ -288,6 +288,10 @@ class Study(BaseModel):
         """Define-by-run: suggest each searched parameter whose condition holds; return them."""
         return convert.sample(self, trial)
 
+    def used(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The sampled values whose condition holds: those the trainer uses and runs record."""
+        return convert.used(self, params)
+
     def grid_points(self) -> list[dict[str, Any]]:
         """Every point of the grid when each searched parameter is a {grid: [...]}."""
         return convert.grid_points(self)
