@@ -275,7 +275,7 @@ class TrainConfig:
         if problem:
             raise ConfigError(spec.name, f"{spec.symbol} {problem}")
         if getattr(self, name) != TRAIN_HPARAMS[name].default:
-            raise ConfigError(spec.name, f"set {name} or {spec.name}, not both")
+            raise _both_set(spec.name)
         _check_fields(self, {k: TRAIN_HPARAMS[k] for k in uses})
 
     @property
@@ -376,6 +376,10 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**data)
 
 
+def _both_set(form: str) -> ConfigError:
+    return ConfigError(form, f"set {RELATIVE_FORMS[form]} or {form}, not both")
+
+
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Build a ModelConfig, rejecting unknown keys."""
     return _from_dict(ModelConfig, data, "model.")
@@ -384,6 +388,9 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from a plain mapping (nested `model`), rejecting unknown keys."""
     data = dict(data)
+    for form, name in RELATIVE_FORMS.items():  # given at its default, the parameter is still given
+        if form in data and name in data:
+            raise _both_set(form)
     model = model_config_from_dict(data.pop("model", {}) or {})
     return _from_dict(TrainConfig, {**data, "model": model}, "")
 

@@ -167,6 +167,17 @@ def test_bad_relative_form_names_the_field(byte_dataset: Path, overrides: dict, 
     assert err.value.field == field and message in str(err.value)
 
 
+def test_a_config_file_giving_both_forms_is_refused(byte_dataset: Path, tmp_path: Path) -> None:
+    """warmup_iters given at its default (0) is still given: a file may not pair it with a
+    fraction, as a study file may not."""
+    path = tmp_path / "both.json"
+    path.write_text(json.dumps({"data": str(byte_dataset), "total_iters": 40, "warmup_iters": 0,
+                                "warmup_fraction": 0.1}))
+    with pytest.raises(ConfigError) as err:
+        load_train_config(path)
+    assert (err.value.field, "not both" in str(err.value)) == ("warmup_fraction", True)
+
+
 def test_token_ids_beyond_vocab_name_the_file(byte_dataset: Path, tmp_path: Path) -> None:
     for name in ("train.npy", "valid.npy", "meta.json"):
         (tmp_path / name).write_bytes((byte_dataset / name).read_bytes())
