@@ -52,6 +52,19 @@ def test_a_default_changed_since_the_study_started_is_named(tmp_path: Path) -> N
     assert state.load(folder, None).tracking.log_checkpoints == "best"
 
 
+def test_a_changed_default_the_study_does_not_use_is_ignored(tmp_path: Path) -> None:
+    """Momentum under AdamW and the PBT section under ASHA cannot be given in the file, so a
+    change of their defaults since the study started does not stop it; β2's does."""
+    _, folder = saved_study(tmp_path)
+    rewrite_saved(folder, "hparams", "momentum", 0.5)
+    rewrite_saved(folder, "search", "pbt", {"quantile_fraction": 0.5})
+    assert state.load(folder, None).hparams.momentum != 0.5
+    rewrite_saved(folder, "hparams", "beta2", 0.5)
+    with pytest.raises(UserError) as refused:
+        state.load(folder, None)
+    assert "hparams.beta2 was 0.5" in str(refused.value) and "momentum" not in str(refused.value)
+
+
 def test_an_edited_study_file_is_refused(tmp_path: Path) -> None:
     space, folder = saved_study(tmp_path)
     space.write_text(SPACE.replace("1.0e-2]", "3.0e-2]"))

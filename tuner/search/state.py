@@ -58,7 +58,7 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
 
 def load(folder: Path, space: Path | None) -> Any:
     """The study as it started, rebuilt from its space file: every setting must be as it was."""
-    from tuner.space import load_study
+    from tuner.space import checks, load_study
 
     path = folder / STATE_FILE
     if not (path.is_file() and started(folder)):
@@ -67,8 +67,10 @@ def load(folder: Path, space: Path | None) -> Any:
     state = json.loads(path.read_text())
     space = space or state["space"]
     study = load_study(space).with_overrides(**state["overrides"])
-    changed = _differences(json.loads(json.dumps(study.resolved(), default=str)),
-                           state["resolved"])
+    unused = checks.unused(study)  # the file may not give these, so may not pin their values
+    changed = {where: values for where, values in _differences(
+        json.loads(json.dumps(study.resolved(), default=str)), state["resolved"]).items()
+        if where[:2] not in unused}
     if changed:
         shown = "; ".join(_change(where, *values) for where, values in list(changed.items())[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""

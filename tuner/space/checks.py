@@ -81,17 +81,33 @@ def _exclusive(study: Study) -> list[tuple[Loc, str]]:
             for form, name in RELATIVE_FORMS.items() if name in given and form in given]
 
 
+def unused(study: Study) -> set[Loc]:
+    """The settings this study never uses, which its file may not give: another scheduler's
+    section, startup_trials of a searcher without a start-up phase, and every parameter whose
+    condition no value of its parent meets (momentum under AdamW)."""
+    search = study.search
+    found: set[Loc] = {("search", key) for key, users in SCHEDULER_SETTINGS.items()
+                       if search.scheduler not in users}
+    if search.searcher not in STARTUP_SEARCHERS:
+        found.add(("search", "startup_trials"))
+    return found | {(_section(name), name) for name in ALL_DEFS if _unmet(study, name)}
+
+
+def _unmet(study: Study, name: str) -> list[object] | None:
+    """The values the parameter's parent can take when none meets its condition, else None."""
+    when = ALL_DEFS[name].when
+    possible = None if when is None else candidates(study, when[0])
+    return possible if possible is not None and not set(possible) & set(when[1]) else None
+
+
 def _conditions(study: Study) -> list[tuple[Loc, str]]:
     issues = []
     for section in (study.model, study.hparams):
         for name in section.given():
-            hp = ALL_DEFS[name]
-            if hp.when is None:
-                continue
-            parent, values = hp.when
-            possible = candidates(study, parent)
-            if possible is not None and not set(possible) & set(values):
-                issues.append(((_section(name), name), f"{hp.symbol} is used only when {parent} "
+            possible = _unmet(study, name)
+            if possible is not None:
+                (parent, values), symbol = ALL_DEFS[name].when, ALL_DEFS[name].symbol
+                issues.append(((_section(name), name), f"{symbol} is used only when {parent} "
                                f"is {either(values)}, but {parent} is {either(possible)}: "
                                "remove it"))
     return issues
