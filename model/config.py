@@ -181,7 +181,8 @@ class TrainConfig:
     momentum: float = hparam(0.9, "γ_momentum", "SGD/LARS/RMSProp momentum: v ← γ·v + g",
                              group="optimizer", low=0.0, high=1.0,
                              when=("optimizer", ("sgd", "lars", "rmsprop")))
-    lars_trust: float = hparam(0.001, "η_LARS", "LARS trust coefficient: local lr = η·‖θ‖/‖g‖",
+    lars_trust: float = hparam(0.001, "η_LARS", "LARS trust coefficient: local lr = η·‖θ‖/‖g‖ for "
+                               "each matrix (not gains or biases)",
                                group="optimizer", low=0.0, low_open=True,
                                when=("optimizer", ("lars",)))
     decay_all: bool = hparam(False, "decay_all", "apply weight decay to norm gains and embeddings "

@@ -23,17 +23,21 @@ def _split(model: torch.nn.Module, decay_all: bool) -> tuple[list[Tensor], list[
     return decay, keep
 
 
-def _groups(model: torch.nn.Module, decay_all: bool, decay: dict[str, Any],
-            keep: dict[str, Any]) -> list[dict]:
-    """`_split`'s two halves as param groups with options `decay` / `keep`; empty ones dropped."""
-    halves = _split(model, decay_all)
-    return [{"params": ps, **opts} for ps, opts in zip(halves, (decay, keep), strict=True) if ps]
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float,
                  decay_all: bool = False) -> list[dict]:
     """Weight decay on matrices except embeddings (on everything if decay_all); no empty groups."""
-    return _groups(model, decay_all, {"weight_decay": weight_decay}, {"weight_decay": 0.0})
+    halves = zip(_split(model, decay_all), (weight_decay, 0.0), strict=True)
+    return [{"params": ps, "weight_decay": wd} for ps, wd in halves if ps]
+
+
+def _lars_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool = False
+                ) -> list[dict]:
+    """`param_groups` split again for LARS: the trust ratio scales every matrix, embeddings
+    included, and no gain or bias (1-D tensors); no empty groups."""
+    groups = [{**group, "params": [p for p in group["params"] if (p.ndim >= 2) == trust],
+               "trust_ratio": trust}
+              for group in param_groups(model, weight_decay, decay_all) for trust in (True, False)]
+    return [group for group in groups if group["params"]]
 
 
 class LARS(torch.optim.Optimizer):
@@ -42,8 +46,8 @@ class LARS(torch.optim.Optimizer):
     g ← g + λθ; local_lr = η·‖θ‖/(‖g‖ + ε), or 1 if either norm is 0; v ← γ·v + local_lr·g;
     θ ← θ − lr·v.
     Groups with `trust_ratio=False` use local_lr = 1: standard LARS practice for norm gains and
-    biases; `build_optimizer` sets it on the group that does not decay (the trust ratio is kept
-    even when λ = 0, where LARS would otherwise be plain momentum SGD).
+    biases, which `_lars_groups` puts there (the trust ratio is kept even when λ = 0, where LARS
+    would otherwise be plain momentum SGD).
     """
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9,
@@ -81,8 +85,7 @@ class LARS(torch.optim.Optimizer):
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer `cfg.optimizer` over `param_groups(model, λ, decay_all)`, lr = cfg.lr_max."""
     if cfg.optimizer == "lars":
-        groups = _groups(model, cfg.decay_all, {"weight_decay": cfg.weight_decay},
-                         {"weight_decay": 0.0, "trust_ratio": False})
+        groups = _lars_groups(model, cfg.weight_decay, cfg.decay_all)
         return LARS(groups, lr=cfg.lr_max, momentum=cfg.momentum, trust_coefficient=cfg.lars_trust)
     groups = param_groups(model, cfg.weight_decay, cfg.decay_all)
     adam = {"betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}

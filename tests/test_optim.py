@@ -101,15 +101,21 @@ def test_optimizers_get_the_config_hyperparameters() -> None:
     assert build("adagrad").param_groups[0]["eps"] == 1e-6
     lars = build("lars")
     assert [(g["weight_decay"], g["trust_ratio"]) for g in lars.param_groups] == [
-        (0.05, True), (0.0, False)]
+        (0.05, True), (0.0, True), (0.0, False)]
     assert lars.param_groups[0]["momentum"] == 0.7
     assert lars.param_groups[0]["trust_coefficient"] == 0.02
 
 
-def test_lars_keeps_the_trust_ratio_without_weight_decay() -> None:
-    cfg = TrainConfig(data="x", total_iters=100, optimizer="lars", weight_decay=0.0)
-    groups = build_optimizer(Tiny(), cfg).param_groups
-    assert [(g["weight_decay"], g["trust_ratio"]) for g in groups] == [(0.0, True), (0.0, False)]
+def test_lars_trusts_every_matrix_and_no_gain_or_bias() -> None:
+    """The trust ratio scales the embeddings too (undecayed, they would otherwise take steps
+    about 1/η larger than the other matrices), with or without λ and decay_all."""
+    model = Tiny()
+    for weight_decay, decay_all in ((0.0, False), (0.1, False), (0.1, True)):
+        cfg = TrainConfig(data="x", total_iters=100, optimizer="lars", weight_decay=weight_decay,
+                          decay_all=decay_all)
+        groups = build_optimizer(model, cfg).param_groups
+        trusted = {n for g in groups if g["trust_ratio"] for n in names(model, g["params"])}
+        assert trusted == {"token_embeddings.weight", "proj.weight", "lm_head.weight"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
