@@ -53,6 +53,7 @@ class LRSchedule:
     plateau_patience: int = 2
     plateau_cooldown: int = 0
     plateau_lr: float = field(init=False)
+    cuts: int = field(init=False, default=0)
     best: float = field(init=False, default=math.inf)
     bad_evals: int = field(init=False, default=0)
     cooldown_left: int = field(init=False, default=0)
@@ -104,17 +105,28 @@ class LRSchedule:
             self.cooldown_left -= 1
             self.bad_evals = 0
         if self.bad_evals > self.plateau_patience:
-            self.plateau_lr = max(self.plateau_lr * self.plateau_factor, self.lr_min)
+            self._cut()
             self.cooldown_left, self.bad_evals = self.plateau_cooldown, 0
+
+    def _cut(self) -> None:
+        self.cuts += 1
+        self.plateau_lr = max(self.plateau_lr * self.plateau_factor, self.lr_min)
 
     def state_dict(self) -> dict[str, float | int]:
         """The state `observe` changes, as plain python numbers (safe for weights_only loading)."""
-        return {"plateau_lr": self.plateau_lr, "best": self.best, "bad_evals": self.bad_evals,
+        return {"cuts": self.cuts, "best": self.best, "bad_evals": self.bad_evals,
                 "cooldown_left": self.cooldown_left}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
-        self.plateau_lr = float(state["plateau_lr"])
+        """Restore what `state_dict` returned; the cuts apply to this schedule's α_max and α_min,
+        which a resume may change (PBT)."""
+        self.plateau_lr, self.cuts = self.lr_max, 0
+        if "cuts" in state:
+            for _ in range(int(state["cuts"])):
+                self._cut()
+        else:  # a checkpoint written before cuts were counted holds its lr: count them from it
+            while self.plateau_lr > max(float(state["plateau_lr"]), self.lr_min):
+                self._cut()
         self.best = float(state["best"])
         self.bad_evals = int(state["bad_evals"])
         self.cooldown_left = int(state["cooldown_left"])

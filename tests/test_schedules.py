@@ -177,3 +177,19 @@ def test_set_lr_writes_every_group() -> None:
     opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 3.0}], lr=1.0)
     set_lr(opt, 0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]
+
+
+def test_plateau_cuts_apply_to_the_resumed_config() -> None:
+    """A resume with another α_max (a PBT perturbation) keeps the cuts, not the old lr; from a
+    checkpoint written before cuts were counted, they are counted from its lr."""
+    a = schedule("plateau", plateau_patience=0, plateau_factor=0.5, lr_min=0.01)
+    for _ in range(3):
+        a.observe(1.0)  # best, then two cuts
+    assert a.lr(50) == 0.25
+    b = LRSchedule.from_config(TrainConfig(data="x", total_iters=100, lr_max=0.4, lr_min=0.01,
+                                           schedule="plateau", plateau_patience=0))
+    b.load_state_dict(a.state_dict())
+    assert b.lr(50) == 0.1 and b.state_dict() == a.state_dict()
+    old = {"plateau_lr": 0.1, "best": 1.0, "bad_evals": 0, "cooldown_left": 0}
+    b.load_state_dict(old)
+    assert (b.lr(50), b.state_dict()["cuts"]) == (0.1, 2)
