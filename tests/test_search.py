@@ -510,7 +510,9 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
 def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
                                                 mlflow_store_template: Path) -> None:
     """`kill` and `docker stop` send SIGTERM: the driver stops the study as Ctrl-C does (exit
-    130, runs ended, the --resume command printed) rather than dying in Ray's handler."""
+    130, runs ended, the --resume command printed) rather than dying in Ray's handler; a SIGINT
+    right after is the same stop again (`uv run` passes on a signal sent to its process group),
+    not a second one."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "termed", dataset, budget={"tokens": 122880},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
@@ -521,6 +523,8 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
                     study="termed")
     finally:
         driver.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, out + err
     assert "SIGTERM received" not in err  # Ray's stack dump

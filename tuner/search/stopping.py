@@ -1,25 +1,29 @@
 """Stop requests during a study (Ctrl-C; SIGTERM from `kill` or `docker stop`). Ray never sees
 one while it starts (an interrupted start leaves Ray's agents running); one that comes before
 the study is saved aborts the command; after that, Tune's own handler takes it and saves the
-study for `--resume`, even when it came before Tune was listening."""
+study for `--resume`, even when it came before Tune was listening. A second stop ends the driver
+at once, unless it is the first one delivered again (`uv run` passes on a signal that a
+supervisor also sent to its whole process group)."""
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ray import tune
 
-_held = {"stop": False, "tune_listens": False}
+_held = {"stop": False, "tune_listens": False, "taken_at": -float("inf")}
+ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not a second
 
 
 @contextmanager
 def stops_held() -> Iterator[None]:
     """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`."""
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _held.update(stop=False, tune_listens=False)
+    _held.update(stop=False, tune_listens=False, taken_at=-float("inf"))
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
         yield
@@ -43,7 +47,9 @@ def abort_if_stopped() -> None:
 def _on_interrupt(signum: int, frame: Any) -> None:
     # Tune hands SIGINT back to this handler once it has taken a stop: a second one is "now".
     if _held["tune_listens"]:
-        raise KeyboardInterrupt
+        if time.monotonic() - _held["taken_at"] > ECHO_S:
+            raise KeyboardInterrupt
+        return
     _held["stop"] = True
 
 
@@ -52,5 +58,12 @@ class StopRelay(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         _held["tune_listens"] = True
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def note_taken(signum: int, frame: Any) -> None:
+            _held["taken_at"] = time.monotonic()
+            tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, note_taken)
         if _held["stop"]:
             signal.raise_signal(signal.SIGINT)
