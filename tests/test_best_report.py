@@ -30,7 +30,7 @@ def test_best_lists_top_trials_by_symbol(recorded):
                       recorded.uri)
     assert code == 0, out
     header = next(line for line in out.splitlines() if "val_loss" in line)
-    for column in ("α_max", "B", "T_warmup", "perplexity", "tokens", "status", "run id"):
+    for column in ("α_max", "B", "T_warmup/T_total", "perplexity", "tokens", "status", "run id"):
         assert column in header
     rows = [line for line in out.splitlines() if re.search(r"[0-9a-f]{32}", line)]
     assert len(rows) == 3

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import HPARAMS, RELATIVE_FORMS, TrainConfig
+from model.config import HPARAMS, RELATIVE_FORMS, RELATIVE_HPARAMS, TrainConfig
 from model.loss import perplexity
 from tuner.errors import UserError
 from tuner.inspect import runs
@@ -30,9 +30,8 @@ class TrialRow:
 
 
 def searched_names(run: Any) -> list[str]:
-    """The trainer parameters the searcher chose for this trial (derived ones by their twin)."""
-    names = [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
-    return list(dict.fromkeys(RELATIVE_FORMS.get(n, n) for n in names))
+    """The parameters the searcher chose for this trial, as the study file names them."""
+    return [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
 
 
 def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
@@ -61,8 +60,9 @@ def short(value: str) -> str:
 
 
 def symbol(name: str) -> str:
-    """The symbol of a trainer parameter (SYMBOLS.md)."""
-    return HPARAMS[name].symbol if name in HPARAMS else name
+    """The symbol of a trainer parameter or relative form (SYMBOLS.md: α_max, T_warmup/T_total)."""
+    spec = HPARAMS.get(name) or RELATIVE_HPARAMS.get(RELATIVE_FORMS.get(name, ""))
+    return spec.symbol if spec else name
 
 
 def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, description: str,
