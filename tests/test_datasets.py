@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from time import sleep  # the real one: no_retry_pause makes time.sleep return at once
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from tuner import download as download_module
 from tuner.datasets import check_dataset, prepare_dataset
 from tuner.download import download, tinystories
 from tuner.errors import UserError
+from tuner.search.provenance import dataset_sha256
 from tuner.synthetic import BOYS, GIRLS, generate_stories
 
 EOT = "<|endoftext|>"
@@ -91,6 +93,15 @@ def test_second_run_reuses_the_folder(synthetic: Path) -> None:
     other = prepare_dataset(source="synthetic", vocab_size=400, synthetic_bytes=150_000, seed=1,
                             cache_dir=synthetic.parent, progress=False)
     assert other != synthetic
+
+
+def test_preparing_again_elsewhere_gives_the_same_dataset(synthetic: Path, tmp_path: Path) -> None:
+    """The same request prepared again is the same dataset, byte for byte (meta.json too), so a
+    replay given it with `--data` accepts it."""
+    sleep(1.1)  # a timestamp (seconds) in meta.json would differ
+    again = prepare_dataset(source="synthetic", vocab_size=400, synthetic_bytes=150_000,
+                            cache_dir=tmp_path, progress=False)
+    assert again != synthetic and dataset_sha256(again) == dataset_sha256(synthetic)
 
 
 def test_files_with_a_separate_validation_file(stories: Path, shared_data: Path,

@@ -6,7 +6,6 @@ later request with the same inputs (by sha256) and options reuses it.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -210,7 +209,6 @@ def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: P
         "inputs": {} if request["source"] == "synthetic" else {
             role: str(path.resolve()) for role, path in inputs.items()},
         "valid_fraction": request["valid_fraction"], "request": request,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sha256": {**request["inputs"], "tokenizer": _tokenizer_sha256(stage)},
     }
     (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
