@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.config import ConfigError
+from model.config import ConfigError, TrainConfig, train_config_from_dict
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +73,15 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ConfigError(str(path), "not a trainer checkpoint (no model state or iteration)")
     return state
+
+
+def checkpoint_config(src: str | Path) -> TrainConfig:
+    """The trainer config a checkpoint was written with (the trainer saves it at each one)."""
+    path = checkpoint_path(src)
+    saved = read_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(str(path), "holds no trainer config: give --config")
+    return train_config_from_dict(saved)
 
 
 def load_checkpoint(src: str | Path, model: torch.nn.Module,

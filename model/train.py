@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from model.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
+from model.checkpoint import checkpoint_config, checkpoint_path, read_checkpoint, save_checkpoint
 from model.config import ConfigError, TrainConfig, load_train_config
 from model.data import Dataset, get_batch, validation_windows
 from model.layers import TransformerLM
@@ -284,18 +284,24 @@ def _progress_line(record: EvalRecord, total_steps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m model.train --config FILE [--out DIR] [--resume CKPT] [--device D]`."""
+    """`python -m model.train (--config FILE | --resume CKPT) [--out DIR] [--device D]`."""
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML or JSON trainer config")
-    parser.add_argument("--out", default="runs/train", help="folder for checkpoints")
+    parser.add_argument("--config", help="YAML or JSON trainer config (default with --resume: "
+                        "the checkpoint's own)")
+    parser.add_argument("--out", help="folder for checkpoints (default: the --resume folder, "
+                        "else runs/train)")
     parser.add_argument("--resume", help="checkpoint file or folder to continue from")
     parser.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")
     args = parser.parse_args(argv)
+    if args.config is None and args.resume is None:
+        parser.error("give --config FILE, or --resume CHECKPOINT to continue a run")
     try:
-        config = load_train_config(args.config)
+        config = (load_train_config(args.config) if args.config
+                  else checkpoint_config(args.resume))
         if args.device:
             config.device = args.device
-        out = Path(args.out)
+        out = Path(args.out or (checkpoint_path(args.resume).parent if args.resume
+                                else "runs/train"))
         out.mkdir(parents=True, exist_ok=True)
         total = config.steps
         result = train(config, on_eval=lambda r: print(_progress_line(r, total), flush=True),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.checkpoint import read_checkpoint
 from model.config import ConfigError, ModelConfig, TrainConfig, load_train_config
 from model.tokenizer import Tokenizer
 from model.train import EvalRecord, train
@@ -206,6 +207,24 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     bad = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    """`--resume DIR` alone: the config saved in the checkpoint, new checkpoints in DIR, and the
+    run ends as the uninterrupted one does."""
+    config = tiny_config(byte_dataset, total_iters=20)
+    whole = train(config)
+    part = tmp_path / "part"
+    train(config, on_eval=lambda r: r.step >= 10, checkpoint_dir=part)
+    run = subprocess.run([sys.executable, "-m", "model.train", "--resume", str(part)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"final val_loss {whole.final.val_loss:.4f}" in run.stdout
+    assert read_checkpoint(part)["iteration"] == 20
+    bare = subprocess.run([sys.executable, "-m", "model.train"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert bare.returncode == 2 and "--config FILE, or --resume" in bare.stderr
 
 
 def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
