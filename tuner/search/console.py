@@ -128,8 +128,9 @@ class LiveView(tune.Callback):
         """A log's line for a trial that just finished: how, its best loss and the progress."""
         statuses = {t.trial_id: self._status(t) for t in trials}
         finished = sum(1 for v in statuses.values() if v in FINISHED)
-        return (f"trial {trial.trial_id} {detail}; best val_loss "
-                f"{_best_loss(trial):.4f} ({_params(self.study, trial)}); {finished} of "
+        params = _params(self.study, trial)
+        return (f"trial {trial.trial_id} {detail}; best val_loss {_best_loss(trial):.4f}"
+                f"{f' ({params})' if params else ''}; {finished} of "
                 f"{self.study.search.num_samples} finished; {self._progress(trials, statuses)}")
 
     def render(self, trials: list) -> Group:
@@ -198,7 +199,8 @@ def print_summary(console: Console, summary: Summary) -> None:
     console.print(f"best trial {summary.best_trial}: MLflow run {summary.best_run_id}")
     console.print(f"  val_loss {summary.best_val_loss:.4f}, perplexity "
                   f"{math.exp(min(summary.best_val_loss, 700)):.2f}")
-    console.print(f"  {params}")
+    if params:
+        console.print(f"  {params}")
     console.print("reproduce it with:")
     console.print(f"  tuner replay {summary.best_run_id} --tracking-uri {summary.tracking_uri}",
                   highlight=False, soft_wrap=True)

@@ -185,6 +185,7 @@ def _fit(tuner: Any) -> None:
 
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial."""
+    from tuner.inspect.runs import ranked
     from tuner.search.tracking import STATUS_TAG, child_runs, connect, find_parent
 
     client = connect(study.tracking.uri)
@@ -196,7 +197,7 @@ def summarise(study: Any) -> Summary:
                       interrupted=parent.info.status != "FINISHED")
     scored = [r for r in runs if math.isfinite(r.data.metrics.get("best_val_loss", math.inf))]
     if scored:
-        best = min(scored, key=lambda r: r.data.metrics["best_val_loss"])
+        best = ranked(scored)[0]  # ties: the earliest trial, as the live view and `tuner best`
         searched = best.data.tags.get("tuner.searched", "")
         summary.best_trial = best.data.tags.get("tuner.trial_id")
         summary.best_run_id = best.info.run_id
