@@ -185,16 +185,21 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                          epochs=config.epochs(len(dataset.train)))
     step = 0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        # The config's hyperparameters win over the checkpoint's (PBT resumes with perturbed ones).
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        optimizer.load_state_dict(resume_state["optimizer"])
-        for group, values in zip(optimizer.param_groups, hyper):
-            group.update(values)
-        schedule.load_state_dict(resume_state["schedule"])
-        _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
-        result.records = [EvalRecord(**r) for r in resume_state["records"]]
-        step = int(resume_state["iteration"])
+        try:
+            model.load_state_dict(resume_state["model"])
+            # The config's hyperparameters win over the checkpoint's (PBT resumes with new ones).
+            hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+            optimizer.load_state_dict(resume_state["optimizer"])
+            for group, values in zip(optimizer.param_groups, hyper):
+                group.update(values)
+            schedule.load_state_dict(resume_state["schedule"])
+            _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
+            result.records = [EvalRecord(**r) for r in resume_state["records"]]
+            step = int(resume_state["iteration"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # another model or optimizer
+            reason = " ".join(str(err).split())
+            raise ConfigError(str(checkpoint_path(resume_from)), "does not fit this config: "
+                              f"{reason[:300]}") from None
 
     runner = torch.compile(model) if config.compile else model
     use_bf16 = config.fast and device.type == "cuda"

@@ -227,6 +227,20 @@ def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Pat
     assert bare.returncode == 2 and "--config FILE, or --resume" in bare.stderr
 
 
+@pytest.mark.parametrize("other", [{"model": ModelConfig(vocab_size=256, context_length=32,
+                                                         d_model=64, num_layers=2, num_heads=4)},
+                                   {"optimizer": "lars"}])
+def test_a_checkpoint_of_another_run_is_refused_naming_it(byte_dataset: Path, tmp_path: Path,
+                                                         other: dict) -> None:
+    """Resuming a checkpoint written by another model shape or optimizer: one ConfigError that
+    names the file, not a torch traceback."""
+    train(tiny_config(byte_dataset, total_iters=10), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        train(tiny_config(byte_dataset, total_iters=20, **other), resume_from=tmp_path)
+    assert err.value.field == str(tmp_path / "checkpoint.pt")
+    assert "does not fit this config" in str(err.value)
+
+
 def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
     config = tiny_config(byte_dataset, beta2=0.99, weight_decay=0.1)
     train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
