@@ -147,8 +147,8 @@ class LiveView(tune.Callback):
         best_loss = math.inf if best is None else _best_loss(best)
         parts: list[Any] = [head]
         if math.isfinite(best_loss):
-            parts.append(Text(f"best val_loss {best_loss:.4f} "
-                              f"(trial {best.trial_id}): {_params(self.study, best)}", style="green"))
+            parts.append(Text(f"best val_loss {best_loss:.4f} (trial {best.trial_id}): "
+                              f"{_params(self.study, best)}", style="green"))
         parts.append(self._table(trials, statuses))
         return Group(*parts)
 
@@ -163,7 +163,8 @@ class LiveView(tune.Callback):
             last = (trial.last_result or {}).get("val_loss")
             table.add_row(trial.trial_id, statuses[trial.trial_id], f"{_tokens(trial):,}",
                           "" if last is None else f"{last:.4f}",
-                          "" if last is None else f"{_best_loss(trial):.4f}", _params(self.study, trial))
+                          "" if last is None else f"{_best_loss(trial):.4f}",
+                          _params(self.study, trial))
         return table
 
     def __getstate__(self) -> dict[str, Any]:
