@@ -185,21 +185,21 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                          epochs=config.epochs(len(dataset.train)))
     step = 0
     if resume_state is not None:
+        # The config's hyperparameters win over the checkpoint's (PBT resumes with new ones).
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             model.load_state_dict(resume_state["model"])
-            # The config's hyperparameters win over the checkpoint's (PBT resumes with new ones).
-            hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
             optimizer.load_state_dict(resume_state["optimizer"])
-            for group, values in zip(optimizer.param_groups, hyper):
-                group.update(values)
-            schedule.load_state_dict(resume_state["schedule"])
-            _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
-            result.records = [EvalRecord(**r) for r in resume_state["records"]]
-            step = int(resume_state["iteration"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # another model or optimizer
+        except (KeyError, RuntimeError, ValueError) as err:  # another model shape or optimizer
             reason = " ".join(str(err).split())
             raise ConfigError(str(checkpoint_path(resume_from)), "does not fit this config: "
                               f"{reason[:300]}") from None
+        for group, values in zip(optimizer.param_groups, hyper):
+            group.update(values)
+        schedule.load_state_dict(resume_state["schedule"])
+        _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
+        result.records = [EvalRecord(**r) for r in resume_state["records"]]
+        step = int(resume_state["iteration"])
 
     runner = torch.compile(model) if config.compile else model
     use_bf16 = config.fast and device.type == "cuda"
@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
     parser.add_argument("--config", help="YAML or JSON trainer config (default with --resume: "
                         "the checkpoint's own)")
-    parser.add_argument("--out", help="folder for checkpoints (default: the --resume folder, "
-                        "else runs/train)")
+    parser.add_argument("--out", help="folder for checkpoints (default: the --resume folder "
+                        "when resuming with its own config, else runs/train)")
     parser.add_argument("--resume", help="checkpoint file or folder to continue from")
     parser.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")
     args = parser.parse_args(argv)
@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                   else checkpoint_config(args.resume))
         if args.device:
             config.device = args.device
-        out = Path(args.out or (checkpoint_path(args.resume).parent if args.resume
-                                else "runs/train"))
+        own = args.resume and not args.config  # another config branches off: keep the original
+        out = Path(args.out or (checkpoint_path(args.resume).parent if own else "runs/train"))
         out.mkdir(parents=True, exist_ok=True)
         total = config.steps
         result = train(config, on_eval=lambda r: print(_progress_line(r, total), flush=True),

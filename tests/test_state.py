@@ -18,6 +18,7 @@ data: {source: synthetic}
 model: {vocab_size: 512, context_length: 32, d_model: 32, num_layers: 1, num_heads: 2}
 hparams:
   lr_max: {loguniform: [1.0e-4, 1.0e-2]}
+  lr_min_ratio: 0.1
 budget: {total_iters: 200, eval_tokens: 5120}
 search: {num_samples: 4}
 """
@@ -53,11 +54,13 @@ def test_a_default_changed_since_the_study_started_is_named(tmp_path: Path) -> N
 
 
 def test_a_changed_default_the_study_does_not_use_is_ignored(tmp_path: Path) -> None:
-    """Momentum under AdamW and the PBT section under ASHA cannot be given in the file, so a
-    change of their defaults since the study started does not stop it; β2's does."""
+    """Momentum under AdamW, the PBT section under ASHA and lr_min beside lr_min_ratio cannot be
+    given in the file, so a change of their defaults since the study started does not stop it;
+    β2's does."""
     _, folder = saved_study(tmp_path)
     rewrite_saved(folder, "hparams", "momentum", 0.5)
     rewrite_saved(folder, "search", "pbt", {"quantile_fraction": 0.5})
+    rewrite_saved(folder, "hparams", "lr_min", 0.5)  # the file gives lr_min_ratio instead
     assert state.load(folder, None).hparams.momentum != 0.5
     rewrite_saved(folder, "hparams", "beta2", 0.5)
     with pytest.raises(UserError) as refused:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
 def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Path,
                                                                tmp_path: Path) -> None:
     """`--resume DIR` alone: the config saved in the checkpoint, new checkpoints in DIR, and the
-    run ends as the uninterrupted one does."""
+    run ends as the uninterrupted one does; with `--config`, DIR is left as it was."""
     config = tiny_config(byte_dataset, total_iters=20)
     whole = train(config)
     part = tmp_path / "part"
@@ -222,6 +223,14 @@ def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Pat
     assert run.returncode == 0, run.stderr
     assert f"final val_loss {whole.final.val_loss:.4f}" in run.stdout
     assert read_checkpoint(part)["iteration"] == 20
+    branch = tmp_path / "branch.json"  # another config branches off: the original is kept
+    branch.write_text(json.dumps(tiny_config(byte_dataset, total_iters=30).to_dict()))
+    run = subprocess.run([sys.executable, "-m", "model.train", "--config", str(branch),
+                          "--resume", str(part)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert read_checkpoint(part)["iteration"] == 20
+    assert read_checkpoint(tmp_path / "runs" / "train")["iteration"] == 30
     bare = subprocess.run([sys.executable, "-m", "model.train"], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert bare.returncode == 2 and "--config FILE, or --resume" in bare.stderr

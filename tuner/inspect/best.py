@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import HPARAMS, RELATIVE_FORMS, RELATIVE_HPARAMS, TrainConfig
+from model.config import HPARAMS, TrainConfig
 from model.loss import perplexity
 from tuner.errors import UserError
 from tuner.inspect import runs
@@ -19,7 +19,7 @@ class TrialRow:
 
     trial_id: str
     run_id: str
-    params: dict[str, str]  # trainer parameter name → its value as logged
+    params: dict[str, str]  # searched parameter, as the study file names it → its logged value
     val_loss: float  # the best of the trial's evaluations
     tokens: int
     status: str
@@ -60,9 +60,10 @@ def short(value: str) -> str:
 
 
 def symbol(name: str) -> str:
-    """The symbol of a trainer parameter or relative form (SYMBOLS.md: α_max, T_warmup/T_total)."""
-    spec = HPARAMS.get(name) or RELATIVE_HPARAMS.get(RELATIVE_FORMS.get(name, ""))
-    return spec.symbol if spec else name
+    """The symbol of a study parameter (SYMBOLS.md: α_max, T_warmup/T_total), else its name."""
+    from tuner.space.params import ALL_DEFS
+
+    return ALL_DEFS[name].symbol if name in ALL_DEFS else name
 
 
 def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, description: str,

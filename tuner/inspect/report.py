@@ -126,12 +126,10 @@ def importance_figure(scores: dict[str, float]) -> Any:
     """fANOVA importance as horizontal bars, most important on top."""
     from matplotlib.figure import Figure
 
-    from tuner.space.params import ALL_DEFS
-
     names = list(scores)[::-1]
     fig = Figure(figsize=(7, 1.2 + 0.45 * len(names)), layout="constrained")
     ax = fig.add_subplot()
-    ax.barh([ALL_DEFS[n].symbol if n in ALL_DEFS else n for n in names],
+    ax.barh([best_mod.symbol(n) for n in names],
             [scores[n] for n in names], color="tab:blue", gid="importance")
     ax.set(xlabel="share of val_loss variance explained (fANOVA)", xlim=(0, 1),
            title="hyperparameter importance")
@@ -165,8 +163,6 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
 def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow,
                      scores: dict[str, float], note: str, files: list[str], replay_cmd: str) -> str:
     """A few lines a person reads first: counts, the best trial, what mattered, the files."""
-    from tuner.space.params import ALL_DEFS
-
     counts: dict[str, int] = {}
     for c in trial_curves:
         counts[c.status] = counts.get(c.status, 0) + 1
@@ -183,8 +179,7 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
              f"Reproduce it: `{replay_cmd}`", "", "## What mattered (fANOVA)", ""]
     if scores:
         lines += ["| parameter | importance |", "|---|---|",
-                  *[f"| {ALL_DEFS[n].symbol if n in ALL_DEFS else n} | {v:.2f} |"
-                    for n, v in scores.items()]]
+                  *[f"| {best_mod.symbol(n)} | {v:.2f} |" for n, v in scores.items()]]
     else:
         lines.append(f"Not computed: {note}.")
     lines += ["", "## Files", "", *[f"- [{f}]({f})" for f in files], ""]

@@ -147,8 +147,9 @@ class LiveView(tune.Callback):
         best_loss = math.inf if best is None else _best_loss(best)
         parts: list[Any] = [head]
         if math.isfinite(best_loss):
-            parts.append(Text(f"best val_loss {best_loss:.4f} (trial {best.trial_id}): "
-                              f"{_params(self.study, best)}", style="green"))
+            params = _params(self.study, best)
+            parts.append(Text(f"best val_loss {best_loss:.4f} (trial {best.trial_id})"
+                              + (f": {params}" if params else ""), style="green"))
         parts.append(self._table(trials, statuses))
         return Group(*parts)
 

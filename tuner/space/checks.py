@@ -83,13 +83,17 @@ def _exclusive(study: Study) -> list[tuple[Loc, str]]:
 
 def unused(study: Study) -> set[Loc]:
     """The settings this study never uses, which its file may not give: another scheduler's
-    section, startup_trials of a searcher without a start-up phase, and every parameter whose
-    condition no value of its parent meets (momentum under AdamW)."""
+    section, startup_trials of a searcher without a start-up phase, the twin of a relative form
+    given (warmup_iters beside warmup_fraction), and every parameter whose condition no value of
+    its parent meets (momentum under AdamW)."""
     search = study.search
     found: set[Loc] = {("search", key) for key, users in SCHEDULER_SETTINGS.items()
                        if search.scheduler not in users}
     if search.searcher not in STARTUP_SEARCHERS:
         found.add(("search", "startup_trials"))
+    given = study.hparams.model_fields_set
+    for form, name in RELATIVE_FORMS.items():  # one of a pair given: the other is not used
+        found |= {("hparams", other) for one, other in ((form, name), (name, form)) if one in given}
     return found | {(_section(name), name) for name in ALL_DEFS if _unmet(study, name)}
 
 
