@@ -59,15 +59,17 @@ def _load_failure(err: Exception) -> str:
     return f"refused by torch.load(weights_only=True): {why or 'not a safe checkpoint'}"
 
 
-def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint's contents safely; a missing, truncated or unsafe file names itself."""
+def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint's contents safely; a missing, truncated or unsafe file names itself.
+    With `mmap`, tensors stay on disk until touched (to read only its small entries)."""
     import torch
 
     path = checkpoint_path(src)
     if not path.is_file():
         raise ConfigError(str(path), "checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, corrupt and unsafe files all land here
         raise ConfigError(str(path), f"not a loadable checkpoint ({_load_failure(err)})") from err
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
@@ -78,7 +80,7 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu") -
 def checkpoint_config(src: str | Path) -> TrainConfig:
     """The trainer config a checkpoint was written with (the trainer saves it at each one)."""
     path = checkpoint_path(src)
-    saved = read_checkpoint(path).get("config")
+    saved = read_checkpoint(path, mmap=True).get("config")  # train() reads the tensors
     if not isinstance(saved, dict):
         raise ConfigError(str(path), "holds no trainer config: give --config")
     return train_config_from_dict(saved)
