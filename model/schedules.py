@@ -92,10 +92,11 @@ class LRSchedule:
             return self.plateau_lr
         raise ValueError(f"unknown schedule {self.kind!r}")
 
-    def observe(self, val_loss: float) -> None:
-        """Feed one validation loss; plateau cuts its lr after more than `patience` evaluations
-        without improvement, then ignores `cooldown` evaluations (ReduceLROnPlateau's rule)."""
-        if self.kind != "plateau":
+    def observe(self, val_loss: float, t: int) -> None:
+        """Feed the validation loss after t steps; plateau cuts its lr after more than `patience`
+        evaluations without improvement, then ignores `cooldown` evaluations (ReduceLROnPlateau's
+        rule). Evaluations inside the warmup do not count."""
+        if self.kind != "plateau" or t < self.warmup_iters:
             return
         if val_loss < self.best:
             self.best, self.bad_evals = float(val_loss), 0

@@ -262,7 +262,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         result.records.append(record)
         loss_sum, loss_count = 0.0, 0
         if not diverged:
-            schedule.observe(val_loss)
+            schedule.observe(val_loss, step)
         if checkpoint_dir is not None and not diverged:
             result.checkpoint = save_checkpoint(
                 model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),

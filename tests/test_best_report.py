@@ -13,7 +13,7 @@ import yaml
 from inspect_study import SPACE, TRIALS, log_study, tuner
 from mlflow import MlflowClient
 
-from model.config import load_train_config
+from model.config import ModelConfig, TrainConfig, load_train_config
 from model.train import train
 from tuner.errors import UserError
 from tuner.inspect import history, report, runs
@@ -126,6 +126,19 @@ def test_lr_points_follow_the_trainer(recorded, tmp_path):
         client, recorded.best_run_id, "val_loss")))
     for tokens, lr in runs.metric_points(client, recorded.best_run_id, "lr"):
         assert schedule[tokens] == lr  # the α each evaluation logged is on the curve
+
+
+def test_lr_points_follow_a_plateau_trial_through_its_warmup(byte_dataset):
+    """Plateau cuts depend on the logged val_loss; the evaluations inside the warmup count for
+    neither the trainer nor the figure."""
+    model = ModelConfig(vocab_size=256, context_length=32, d_model=32, num_layers=2, num_heads=4)
+    config = TrainConfig(model=model, data=str(byte_dataset), lr_max=3e-2, warmup_iters=20,
+                         total_iters=60, batch_size=8, eval_interval=4, eval_windows=8,
+                         device="cpu", seed=3, schedule="plateau", plateau_patience=0)
+    records = train(config).records
+    schedule = dict(report.lr_points(config, [(r.tokens, r.val_loss) for r in records]))
+    assert [schedule[r.tokens] for r in records] == [r.lr for r in records]
+    assert len({r.lr for r in records if r.step > config.warmup_iters}) > 1  # it did cut
 
 
 @pytest.mark.parametrize("command", ["best", "report"])

@@ -103,29 +103,41 @@ def test_exponential_schedule_values() -> None:
 def test_non_plateau_schedules_ignore_observe() -> None:
     s = schedule("step", step_size=10)
     for _ in range(10):
-        s.observe(5.0)
+        s.observe(5.0, 50)
     assert s.lr(50) == pytest.approx(1e-5)
 
 
 def test_plateau_cuts_after_patience() -> None:
     s = schedule("plateau", plateau_patience=2, plateau_factor=0.5)
     for loss in (3.0, 2.0, 2.5, 2.1):  # improvement, then two evaluations without: tolerated
-        s.observe(loss)
+        s.observe(loss, 50)
         assert s.lr(50) == 1.0
-    s.observe(2.0)  # equal is not an improvement: the third bad evaluation cuts
+    s.observe(2.0, 50)  # equal is not an improvement: the third bad evaluation cuts
     assert s.lr(50) == 0.5
-    s.observe(1.0)
-    s.observe(1.5)
-    s.observe(1.5)
+    s.observe(1.0, 50)
+    s.observe(1.5, 50)
+    s.observe(1.5, 50)
     assert s.lr(50) == 0.5
-    s.observe(1.5)
+    s.observe(1.5, 50)
     assert s.lr(50) == 0.25
+
+
+def test_plateau_ignores_evaluations_inside_the_warmup() -> None:
+    """A stall while α still ramps up is no plateau: counting starts at the warmup's end."""
+    s = schedule("plateau", plateau_patience=0, plateau_factor=0.5, warmup_iters=10)
+    for t in (2, 4, 6, 8):
+        s.observe(3.0, t)
+    assert s.lr(10) == 1.0 and s.state_dict()["bad_evals"] == 0
+    s.observe(3.0, 10)  # the first evaluation that counts sets the best
+    assert s.lr(12) == 1.0
+    s.observe(3.0, 12)
+    assert s.lr(14) == 0.5
 
 
 def test_plateau_patience_zero_cuts_on_every_stall() -> None:
     s = schedule("plateau", plateau_patience=0, plateau_factor=0.5)
     for loss, lr in ((3.0, 1.0), (3.0, 0.5), (2.0, 0.5), (2.5, 0.25)):
-        s.observe(loss)
+        s.observe(loss, 50)
         assert s.lr(50) == lr
 
 
@@ -133,7 +145,7 @@ def test_plateau_cooldown_ignores_evaluations_after_a_cut() -> None:
     s = schedule("plateau", plateau_patience=1, plateau_factor=0.5, plateau_cooldown=2)
     lrs = []
     for _ in range(9):
-        s.observe(1.0)
+        s.observe(1.0, 50)
         lrs.append(s.lr(50))
     # eval 1 sets best; evals 2, 3 are bad → cut; evals 4, 5 are cooldown; 6, 7 bad → cut; ...
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
@@ -142,14 +154,14 @@ def test_plateau_cooldown_ignores_evaluations_after_a_cut() -> None:
 def test_plateau_never_goes_below_lr_min() -> None:
     s = schedule("plateau", plateau_patience=0, plateau_factor=0.5, lr_min=0.3)
     for _ in range(10):
-        s.observe(1.0)
+        s.observe(1.0, 50)
     assert s.lr(50) == 0.3
 
 
 def test_state_dict_round_trip_through_weights_only_checkpoint() -> None:
     a = schedule("plateau", plateau_patience=1, plateau_cooldown=1)
     for loss in (2.0, 2.0, 2.0, 1.5, 1.6):
-        a.observe(loss)
+        a.observe(loss, 50)
     state = a.state_dict()
     assert all(type(v) in (int, float) for v in state.values())
     buffer = io.BytesIO()
@@ -159,8 +171,8 @@ def test_state_dict_round_trip_through_weights_only_checkpoint() -> None:
     b.load_state_dict(torch.load(buffer, weights_only=True)["schedule"])
     assert b.state_dict() == state
     for loss in (1.6, 1.7, 1.7, 1.2, 1.3, 1.3, 1.3):
-        a.observe(loss)
-        b.observe(loss)
+        a.observe(loss, 50)
+        b.observe(loss, 50)
         assert a.lr(50) == b.lr(50)
     assert a.lr(50) < 0.5
 
@@ -184,7 +196,7 @@ def test_plateau_cuts_apply_to_the_resumed_config() -> None:
     checkpoint written before cuts were counted, they are counted from its lr."""
     a = schedule("plateau", plateau_patience=0, plateau_factor=0.5, lr_min=0.01)
     for _ in range(3):
-        a.observe(1.0)  # best, then two cuts
+        a.observe(1.0, 50)  # best, then two cuts
     assert a.lr(50) == 0.25
     b = LRSchedule.from_config(TrainConfig(data="x", total_iters=100, lr_max=0.4, lr_min=0.01,
                                            schedule="plateau", plateau_patience=0))

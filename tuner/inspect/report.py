@@ -83,7 +83,7 @@ def lr_points(config: TrainConfig, val_points: list[tuple[int, float]]) -> list[
     for t in range(steps):
         out.append(((t + 1) * per_step, schedule.lr(t)))
         if (t + 1) * per_step in val and math.isfinite(val[(t + 1) * per_step]):
-            schedule.observe(val[(t + 1) * per_step])
+            schedule.observe(val[(t + 1) * per_step], t + 1)
     return out
 
 
