@@ -793,6 +793,31 @@ def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
 
 
 @pytest.mark.slow
+def test_trials_that_tie_name_the_earliest_as_best(tmp_path: Path, dataset: Path,
+                                                   mlflow_store_template: Path) -> None:
+    """Nothing searched: every trial trains the same and ties, two at a time. The parent's tag,
+    the summary and `tuner best` all name the earliest trial, and no empty values print."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "ties", dataset,
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, children = mlflow_runs(uri, "ties")
+    assert len(children) == 3 and len({r.data.metrics["best_val_loss"] for r in children}) == 1
+    earliest = min(children, key=lambda r: r.info.start_time)
+    assert parent.data.tags["tuner.best_run_id"] == earliest.info.run_id
+    trial = earliest.data.tags["tuner.trial_id"]
+    assert f"best trial {trial}: MLflow run {earliest.info.run_id}\n" in proc.stdout
+    assert re.search(r"perplexity [0-9.]+\nreproduce it with:", proc.stdout)
+    assert re.search(rf"best val_loss [0-9.]+ \(trial {trial}\)\n", proc.stderr), proc.stderr
+    best = run_tuner(["best", "--study", "ties", "--tracking-uri", uri], cwd=tmp_path)
+    assert best.returncode == 0
+    assert re.findall(r"[0-9a-f]{32}", best.stdout)[0] == earliest.info.run_id
+    assert "()" not in proc.stdout + proc.stderr + best.stdout
+
+
+@pytest.mark.slow
 def test_study_of_one_trial_at_a_time_repeats_exactly(tmp_path: Path, dataset: Path,
                                                        mlflow_store_template: Path) -> None:
     """Trials run one at a time reach ASHA and TPE in one order: the same study twice gives the

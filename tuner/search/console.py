@@ -35,6 +35,12 @@ def _best_loss(trial: Any) -> float:
     return float((trial.metric_analysis.get("val_loss") or {}).get("min", math.inf))
 
 
+def _rank(trial: Any) -> tuple[float, float]:
+    """Best first; a tie goes to the trial that started first, as `tuner best` ranks them."""
+    started = trial.run_metadata.start_time  # kept across a resume
+    return _best_loss(trial), math.inf if started is None else started
+
+
 def _params(study: Any, trial: Any) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(study.used(dict(trial.config)).items()))
 
@@ -143,7 +149,7 @@ class LiveView(tune.Callback):
             f"  {self.study.search.searcher} + {self.study.search.scheduler}   ",
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
             self._progress(trials, statuses))
-        best = min(trials, key=_best_loss, default=None)
+        best = min(trials, key=_rank, default=None)
         best_loss = math.inf if best is None else _best_loss(best)
         parts: list[Any] = [head]
         if math.isfinite(best_loss):
@@ -159,7 +165,7 @@ class LiveView(tune.Callback):
             table.add_column(column, justify="left" if column in ("trial", "status") else "right",
                              no_wrap=True)
         table.add_column("hyperparameters", overflow="fold", ratio=1)
-        order = sorted(trials, key=lambda t: (statuses[t.trial_id] != RUNNING, _best_loss(t)))
+        order = sorted(trials, key=lambda t: (statuses[t.trial_id] != RUNNING, *_rank(t)))
         for trial in order[:MAX_ROWS]:
             last = (trial.last_result or {}).get("val_loss")
             table.add_row(trial.trial_id, statuses[trial.trial_id], f"{_tokens(trial):,}",

@@ -163,6 +163,7 @@ class _Child:
     """What the driver remembers of one trial's run."""
 
     run_id: str
+    started: int = 0  # the run's start time (ms): a tie in val_loss goes to the earlier trial
     last_step: int = -1
     best: float = math.inf
     sample: tuple[int, str] | None = None
@@ -195,7 +196,7 @@ class MlflowRecorder(tune.Callback):
         self._children: dict[str, _Child] = {}
         self._finished: dict[str, str] = {}  # trial id -> status
         self._tokens: dict[str, int] = {}
-        self._best: tuple[float, str] = (math.inf, "")
+        self._best: tuple[float, int, str] = (math.inf, 0, "")
         self._best_tagged = ""
         self._device_noted: set[str] = set()
         for run in child_runs(self._client, self._exp, self._parent):
@@ -225,7 +226,8 @@ class MlflowRecorder(tune.Callback):
         if not trial_id:
             return
         history = self._client.get_metric_history(run.info.run_id, "val_loss")
-        child = _Child(run.info.run_id, max((m.step for m in history), default=-1),
+        child = _Child(run.info.run_id, run.info.start_time,
+                       max((m.step for m in history), default=-1),
                        min((m.value for m in history), default=math.inf))
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
@@ -237,8 +239,10 @@ class MlflowRecorder(tune.Callback):
         self._note_best(trial_id, child.best)
 
     def _note_best(self, trial_id: str, value: float) -> bool:
-        if value < self._best[0]:
-            self._best = (value, trial_id)
+        """Keep the lowest val_loss; a tie goes to the earlier trial, as `tuner best` ranks."""
+        started = self._children[trial_id].started
+        if (value, started) < self._best[:2]:
+            self._best = (value, started, trial_id)
             return True
         return False
 
@@ -251,11 +255,11 @@ class MlflowRecorder(tune.Callback):
         if math.isfinite(self._best[0]):
             values["best_val_loss"] = self._best[0]
         self._log_metrics(self._parent, values, step)
-        best = self._children.get(self._best[1])
-        if best is not None and self._best[1] != self._best_tagged:
-            self._log_params_tags(self._parent, {}, {"tuner.best_trial_id": self._best[1],
+        best = self._children.get(self._best[2])
+        if best is not None and self._best[2] != self._best_tagged:
+            self._log_params_tags(self._parent, {}, {"tuner.best_trial_id": self._best[2],
                                                      "tuner.best_run_id": best.run_id})
-            self._best_tagged = self._best[1]
+            self._best_tagged = self._best[2]
 
     # -- trials (child runs) ------------------------------------------------------------------
 
@@ -295,14 +299,14 @@ class MlflowRecorder(tune.Callback):
                 "tuner.git_commit": prov["git_commit"],
                 "tuner.searched": ",".join(sorted(searched)),
                 **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
-        run_id = self._client.create_run(self._exp, tags=tags,
-                                         run_name=f"{self.study.name}-{len(self._children):03d}",
-                                         ).info.run_id
+        run = self._client.create_run(self._exp, tags=tags,
+                                      run_name=f"{self.study.name}-{len(self._children):03d}")
+        run_id = run.info.run_id
         self._log_params_tags(run_id, params, {})
         self._client.log_dict(run_id, searched, "searched.json")
         if config:
             self._client.log_dict(run_id, config, "trial_config.json")
-        return _Child(run_id, config=searched)
+        return _Child(run_id, run.info.start_time, config=searched)
 
     def _note_config(self, trial: Any) -> None:
         """PBT changes a trial's hyperparameters as it goes: record each change as metrics."""
@@ -433,12 +437,12 @@ class MlflowRecorder(tune.Callback):
                 self._client.set_tag(child.run_id, STATUS_TAG, "lost")
                 self._client.set_terminated(child.run_id, "KILLED")
                 self._client.delete_run(child.run_id)
-        best = by_id.get(self._best[1])
-        finished = self._best[1] in self._finished  # an interrupted trial's would be mid-way
+        best = by_id.get(self._best[2])
+        finished = self._best[2] in self._finished  # an interrupted trial's would be mid-way
         if best is not None and finished and self.study.tracking.log_checkpoints != "none":
-            run = self._client.get_run(self._children[self._best[1]].run_id)
+            run = self._client.get_run(self._children[self._best[2]].run_id)
             if "tuner.checkpoint_sha256" not in run.data.tags:
-                self._log_checkpoint(best, self._children[self._best[1]])
+                self._log_checkpoint(best, self._children[self._best[2]])
         # Tune marks the trials of an interrupted study TERMINATED without completing them.
         unfinished = [t for t in trials if t.trial_id not in self._finished]
         for trial in unfinished:
