@@ -39,6 +39,8 @@ def special_pattern(special_tokens: Sequence[str]) -> regex.Pattern | None:
     """A regex matching any special token, longest first so overlapping ones prefer the longer."""
     if not special_tokens:
         return None
+    if "" in special_tokens:
+        raise ValueError("a special token is empty; give each one at least one character")
     ordered = sorted(set(special_tokens), key=len, reverse=True)
     return regex.compile("|".join(regex.escape(tok) for tok in ordered))
 

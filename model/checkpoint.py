@@ -37,8 +37,11 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no partial file
     return out
 
 

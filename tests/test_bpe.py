@@ -152,3 +152,5 @@ def test_bad_input_raises_clear_errors(tmp_path: Path) -> None:
         train_bpe(bad, 300, [])
     with pytest.raises(FileNotFoundError):
         train_bpe(tmp_path / "missing.txt", 300, [])
+    with pytest.raises(ValueError, match="a special token is empty"):
+        train_bpe(text, 300, ["<|a|>", ""])

@@ -88,6 +88,15 @@ def test_checkpoint_round_trip_is_atomic_and_unprefixed(tmp_path: Path) -> None:
     assert fresh_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
 
 
+def test_a_failed_save_keeps_the_last_checkpoint_and_leaves_no_partial_file(
+        tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 3)
+    path = save_checkpoint(model, None, 1, tmp_path / "c.pt")
+    with pytest.raises(Exception):  # noqa: B017 (torch raises a pickling error of its own)
+        save_checkpoint(model, None, 2, path, unsaveable=lambda: 0)
+    assert os.listdir(tmp_path) == ["c.pt"] and read_checkpoint(path)["iteration"] == 1
+
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker

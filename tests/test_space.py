@@ -161,6 +161,14 @@ def test_cross_field_errors_name_the_parameter(tmp_path: Path, hparams: str, key
     assert fragment in message
 
 
+def test_an_empty_special_token_is_an_error(tmp_path: Path) -> None:
+    text = study_text().replace("  source: synthetic\n",
+                                "  source: synthetic\n  special_tokens: ['<|eot|>', '']\n")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert path == "data.special_tokens[1]" and line == line_of(text, "special_tokens")
+    assert "at least 1 character" in message
+
+
 def test_the_grid_searcher_needs_grid_values(tmp_path: Path) -> None:
     text = study_text("  B: {int: [1, 64]}\n", search="  algorithm: grid\n")
     [(path, line, message)] = issues_of(tmp_path, text)

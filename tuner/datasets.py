@@ -117,6 +117,8 @@ def _check_options(source: str, input: Path | None, valid: Path | None, valid_fr
     if valid is None and not 0 < valid_fraction < 1:
         raise UserError(f"--valid-fraction {valid_fraction}: must be between 0 and 1 "
                         "(or pass --valid FILE)")
+    if "" in specials:
+        raise UserError("--special-token: empty; give each special token at least one character")
     if tokenizer is None:
         try:
             check_vocab_size(vocab_size, specials)

@@ -12,7 +12,7 @@ import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -78,7 +78,7 @@ class DataSection(Section):
                                          "out for validation when no valid file is given")
     vocab_size: int | None = Field(None, ge=1, description="tokenizer vocabulary size (default: "
                                    "model.vocab_size)")
-    special_tokens: list[str] | None = Field(None, description="tokens the tokenizer keeps whole, "
+    special_tokens: list[Annotated[str, Field(min_length=1)]] | None = Field(None, description="tokens the tokenizer keeps whole, "
                                              "e.g. <|endoftext|>")
     tokenizer: Path | None = Field(None, description="tokenizer to use instead of training one "
                                   "(see `tuner data prepare --help`)")
