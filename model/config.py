@@ -102,9 +102,16 @@ def hparam(default: Any, symbol: str, description: str, *, group: str, kind: typ
     return field(default=default, metadata=meta)
 
 
-def _definitions(cls: type) -> dict[str, HParam]:
-    return {f.name: HParam(name=f.name, **f.metadata["hparam"])
-            for f in dataclasses.fields(cls) if "hparam" in f.metadata}
+def runtime(default: Any, description: str, *, kind: type | None = None, **spec: Any) -> Any:
+    """Declare a runtime field (it changes speed or output, not the maths) with its valid values."""
+    meta = {"runtime": dict(symbol="", default=default, description=description, group="runtime",
+                            kind=kind or type(default), **spec)}
+    return field(default=default, metadata=meta)
+
+
+def _definitions(cls: type, key: str = "hparam") -> dict[str, HParam]:
+    return {f.name: HParam(name=f.name, **f.metadata[key])
+            for f in dataclasses.fields(cls) if key in f.metadata}
 
 
 @dataclass
@@ -249,13 +256,16 @@ class TrainConfig:
     warmup_fraction: InitVar[float | None] = None
 
     # Runtime (not searched; they change speed, not the maths)
-    device: str = "auto"
-    fast: bool = True  # SDPA flash kernels, bf16 autocast and TF32 on CUDA, fused optimizer steps
-    compile: bool = False
-    deterministic: bool = False
-    peak_flops: float | None = None  # device peak FLOP/s for MFU; detected when None
-    sample_prompt: str = "Once upon a time"  # generated at evaluations (needs a tokenizer)
-    sample_tokens: int = 32
+    device: str = runtime("auto", "auto, cpu, cuda or cuda:N")
+    fast: bool = runtime(True, "SDPA flash kernels, bf16 autocast and TF32 on CUDA, fused "
+                         "optimizer steps")
+    compile: bool = runtime(False, "torch.compile the model")
+    deterministic: bool = runtime(False, "deterministic torch kernels")
+    peak_flops: float | None = runtime(None, "device peak FLOP/s for MFU (detected when None)",
+                                       kind=float, low=0.0, low_open=True, optional=True)
+    sample_prompt: str = runtime("Once upon a time", "generated from at evaluations (needs a "
+                                 "tokenizer)")
+    sample_tokens: int = runtime(32, "tokens generated per sample", low=0)
 
     def __post_init__(self, lr_min_ratio: float | None, warmup_fraction: float | None) -> None:
         if isinstance(self.model, dict):
@@ -314,7 +324,10 @@ class TrainConfig:
         """Raise ConfigError naming the first field that cannot work (data files are checked later)."""
         self.model.validate()
         _check_fields(self, TRAIN_HPARAMS)
-        if (self.total_iters is None) == (self.total_tokens is None):
+        _check_fields(self, RUNTIME_FIELDS)
+        if self.total_iters is None and self.total_tokens is None:
+            raise ConfigError("total_iters", "set total_iters or total_tokens")
+        if self.total_iters is not None and self.total_tokens is not None:
             raise ConfigError("total_iters", "set total_iters or total_tokens, not both")
         if self.resolved_lr_min > self.lr_max:
             raise ConfigError("lr_min", f"α_min={self.lr_min} must not exceed α_max={self.lr_max}")
@@ -334,6 +347,7 @@ class TrainConfig:
 
 MODEL_HPARAMS: dict[str, HParam] = _definitions(ModelConfig)
 TRAIN_HPARAMS: dict[str, HParam] = _definitions(TrainConfig)
+RUNTIME_FIELDS: dict[str, HParam] = _definitions(TrainConfig, "runtime")
 HPARAMS: dict[str, HParam] = {**TRAIN_HPARAMS, **MODEL_HPARAMS}
 """Every hyperparameter the trainer defines, by readable name (the model's too)."""
 
@@ -362,7 +376,7 @@ def _check_fields(obj: Any, defs: dict[str, HParam], prefix: str = "") -> None:
         value = getattr(obj, name)
         problem = spec.check(value)
         if problem:
-            raise ConfigError(prefix + name, f"{spec.symbol} {problem}")
+            raise ConfigError(prefix + name, f"{spec.symbol} {problem}".lstrip())
         if spec.kind is int and isinstance(value, float):  # 16.0 from JSON or a float range
             setattr(obj, name, int(value))
 
@@ -372,6 +386,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(prefix.rstrip(".") or "config", "must be a mapping")
     known = set(inspect.signature(cls).parameters)  # the fields and the relative forms
     for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{prefix}{key!r}", "a field name must be a string")
         if key not in known:
             raise ConfigError(prefix + key, f"unknown field (known: {', '.join(sorted(known))})")
     return cls(**data)
@@ -407,40 +423,73 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
     specs = {**TRAIN_HPARAMS, **{spec.name: spec for spec in RELATIVE_HPARAMS.values()}}
     by_key = {key: name for name, spec in specs.items()
               for key in (name, spec.symbol, *spec.aliases)}
-    flat: dict[str, Any] = {"model": study.get("model") or {}}
-    for key, value in (study.get("hparams") or {}).items():
+    sections = {}
+    for section in ("model", "hparams", "data", "budget", "resources"):
+        sections[section] = study.get(section) or {}
+        if not isinstance(sections[section], dict):
+            raise ConfigError(section, "must be a mapping")
+    flat: dict[str, Any] = {"model": sections["model"]}
+    given: dict[str, Any] = {}  # readable name -> the key that gave it
+    for key, value in sections["hparams"].items():
         if isinstance(value, dict):
             raise ConfigError(f"hparams.{key}", "is a distribution; the trainer needs one value "
                               "(run the study with `tuner search`)")
-        flat[by_key.get(key, key)] = value
-    path = (study.get("data") or {}).get("path")
+        name = by_key.get(key, key)
+        if name in given:
+            raise ConfigError(f"hparams.{key}", f"{name} is given twice (also as {given[name]})")
+        given[name], flat[name] = key, value
+    path = sections["data"].get("path")
     if not path:
         raise ConfigError("data.path", "the trainer needs a prepared dataset folder")
     flat["data"] = path
-    for key, value in (study.get("budget") or {}).items():
+    for key, value in sections["budget"].items():
         flat[STUDY_BUDGET_KEYS.get(key, key)] = value
-    resources = study.get("resources") or {}
+    resources = sections["resources"]
     flat.update({key: resources[key] for key in ("device", "deterministic") if key in resources})
     return flat
+
+
+def _unique(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping from key-value pairs, refusing a key given twice (it would silently win)."""
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"{key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in a mapping."""
+    import yaml  # only needed for YAML configs
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            self.flatten_mapping(node)
+            pairs = [(self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
+                     for k, v in node.value]
+            return _unique(pairs)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a YAML or JSON trainer config, or a fixed study file; errors name the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(str(path), f"cannot read config file ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {err.start})") from None
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml  # only needed for YAML configs
-
-            data = yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique) if path.suffix == ".json" else (
+            _load_yaml(text))
     except Exception as err:  # noqa: BLE001 - any parse error is the file's fault
         raise ConfigError(str(path), f"not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
     data = data or {}
-    if isinstance(data, dict) and ("hparams" in data or "budget" in data):
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"must be a mapping of fields, not a {type(data).__name__}")
+    if "hparams" in data or "budget" in data:
         data = fixed_study_to_config(data)
     return train_config_from_dict(data)

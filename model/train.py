@@ -172,7 +172,11 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     dataset = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
     resume_state = read_checkpoint(resume_from) if resume_from is not None else None
     if checkpoint_dir is not None:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        try:  # the last check: nothing is written before the config and its files are sound
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(str(checkpoint_dir), f"cannot be the checkpoint folder "
+                              f"({err.strerror})") from None
     _configure_backends(config, device)
 
     torch.manual_seed(config.seed)
@@ -307,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             config.device = args.device
         own = args.resume and not args.config  # another config branches off: keep the original
         out = Path(args.out or (checkpoint_path(args.resume).parent if own else "runs/train"))
-        out.mkdir(parents=True, exist_ok=True)
-        total = config.steps
-        result = train(config, on_eval=lambda r: print(_progress_line(r, total), flush=True),
+        result = train(config, on_eval=lambda r: print(_progress_line(r, config.steps), flush=True),
                        checkpoint_dir=out, resume_from=args.resume)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -210,6 +210,65 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
 
 
+BASE = ("data: /nowhere\nmodel: {vocab_size: 256, context_length: 32, d_model: 32, num_layers: 1, "
+        "num_heads: 2}\ntotal_iters: 10\n")
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("- a\n- b\n", "config.yaml"),
+    ("42\n", "config.yaml"),
+    (BASE + "lr_max: 0.1\nlr_max: 0.2\n", "config.yaml"),  # the later value would silently win
+    (BASE + "1: 2\n", "1"),
+    (BASE.replace("model: {", "model: [") .replace("2}", "2]"), "model"),
+    (BASE.replace("total_iters: 10", "total_tokens: 1000\nbatch_size: 0"), "batch_size"),
+    (BASE.replace("total_iters: 10", "total_iters: .inf"), "total_iters"),
+    (BASE + "sample_tokens: abc\n", "sample_tokens"),
+    (BASE + "fast: maybe\n", "fast"),
+    ("hparams: [1]\ndata: {path: /x}\nbudget: {total_iters: 10}\n", "hparams"),
+    ("hparams: {lr: 0.01, lr_max: 0.02}\ndata: {path: /x}\nbudget: {total_iters: 10}\n",
+     "hparams.lr_max"),
+])
+def test_a_malformed_config_file_names_the_field_or_file(tmp_path: Path, text: str,
+                                                         field: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_train_config(path).validate()
+    assert Path(err.value.field).name == field
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"lr_max: 0.1\nseed: \"\xff\"\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text") as err:
+        load_train_config(path)
+    assert err.value.field == str(path)
+
+
+def test_command_line_writes_nothing_for_a_bad_config_or_out(byte_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """A config that fails validation, or an --out that is a file, exits 2 in one line and leaves
+    the working folder as it was (no runs/train)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**tiny_config(byte_dataset).to_dict(), "batch_size": 0,
+                                "total_iters": None, "total_tokens": 1000}))
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for args in (["--config", str(path)],
+                 ["--config", str(path).replace("config", "none"), "--out", str(taken)]):
+        run = subprocess.run([sys.executable, "-m", "model.train", *args], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert sorted(os.listdir(tmp_path)) == ["config.json", "taken"]
+    path.write_text(json.dumps(tiny_config(byte_dataset).to_dict()))
+    run = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path), "--out",
+                          str(taken)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 2 and run.stderr == f"error: {taken}: cannot be the checkpoint " \
+        "folder (File exists)\n", run.stderr
+
+
 def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Path,
                                                                tmp_path: Path) -> None:
     """`--resume DIR` alone: the config saved in the checkpoint, new checkpoints in DIR, and the
