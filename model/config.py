@@ -470,7 +470,7 @@ def _load_yaml(text: str) -> Any:
                      for k, v in node.value]
             return _unique(pairs)
 
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no python objects
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

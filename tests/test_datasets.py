@@ -180,7 +180,7 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
         (dict(vocab_size=300), "--input: required"),
         (dict(source="web", vocab_size=300), "unknown"),
         (dict(input=stories, vocab_size=300, valid_fraction=1.5), "between 0 and 1"),
-        (dict(input=stories, vocab_size=300, special_tokens=["<|eot|>", ""]),
+        ({"input": stories, "vocab_size": 300, "special_tokens": ["<|eot|>", ""]},
          "--special-token: empty"),
         (dict(input=stories, vocab_size=300, tokenizer=tmp_path / "none"), "vocab.json"),
     ]

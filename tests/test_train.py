@@ -257,14 +257,14 @@ def test_command_line_writes_nothing_for_a_bad_config_or_out(byte_dataset: Path,
     for args in (["--config", str(path)],
                  ["--config", str(path).replace("config", "none"), "--out", str(taken)]):
         run = subprocess.run([sys.executable, "-m", "model.train", *args], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300,
+                             capture_output=True, text=True, timeout=300, check=False,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert sorted(os.listdir(tmp_path)) == ["config.json", "taken"]
     path.write_text(json.dumps(tiny_config(byte_dataset).to_dict()))
     run = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path), "--out",
                           str(taken)], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 2 and run.stderr == f"error: {taken}: cannot be the checkpoint " \
         "folder (File exists)\n", run.stderr
 
