@@ -1004,6 +1004,26 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_bad_corpus_or_warm_start_writes_no_store_and_no_corpus(tmp_path: Path,
+                                                                 dataset: Path) -> None:
+    """Inputs found bad after the space (a corpus that cannot be prepared, an earlier study that
+    is not there) leave the working folder as it was: no new sqlite store, no dataset cache."""
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("no story boundary here")
+    space = write_space(tmp_path, "nothing", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}})
+    text = space.read_text()
+    cases = [(text.replace(f"path: {dataset}", f"source: files\n  input: {one_line}"),
+              "no story boundary"),
+             (text.replace(f"path: {dataset}", "source: synthetic\n  synthetic_bytes: 20000")
+              .replace("search:\n", "search:\n  warm_start: earlier\n"), "no such file")]
+    for study, message in cases:
+        space.write_text(study)
+        proc = run_tuner(["search", "--space", str(space)], cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stdout + proc.stderr
+        assert sorted(os.listdir(tmp_path)) == ["nothing.yaml", "one.txt"]
+
+
 @pytest.mark.parametrize(("address", "message"), [
     ("127.0.0.1:{port}", "no Ray cluster answers there"),
     ("headnode", "expected HOST:PORT (of `ray start --head`) or auto"),

@@ -70,7 +70,9 @@ def search(
 
     # Tune fails to restore a study stopped before any trial started: that one starts again
     restore = resume and state.ran_trials(storage / study.name)
-    exists = find_parent(connect(study.tracking.uri), study.tracking.experiment, study.name)
+    new_store = _new_sqlite_store(study.tracking.uri)  # made once every input is known sound
+    exists = None if new_store else find_parent(connect(study.tracking.uri),
+                                                study.tracking.experiment, study.name)
     if exists and not resume:
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
@@ -79,8 +81,10 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
                         "tracking store it ran with, or start a new study with another --name")
-    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the store answers
     warm_trials = None if restore else _warm_trials(study)
+    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
+    if new_store:
+        connect(study.tracking.uri)
     if warm_trials and not resume:
         console.print(f"warm start: {len(warm_trials)} finished trials of study "
                       f"{study.search.warm_start!r}")
@@ -109,6 +113,19 @@ def _absolute_uri(uri: str | None) -> str | None:
     if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
         return uri
     return prefix + str(Path(uri[len(prefix):]).resolve())
+
+
+def _new_sqlite_store(uri: str) -> bool:
+    """Whether `uri` is a sqlite file that does not exist yet; UserError if it cannot be made."""
+    from tuner.search.tracking import sqlite_file
+
+    path = sqlite_file(uri)
+    if path is None or path.exists():
+        return False
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"tracking store {uri} cannot be used: {path.parent} is not a folder "
+                        "this user can write to")
+    return True
 
 
 def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> Any:

@@ -6,6 +6,7 @@ later request with the same inputs (by sha256) and options reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -165,6 +166,7 @@ def _resolve_inputs(source: str, input: Path | None, valid: Path | None, synthet
 def _publish(out: Path, build: Callable[[Path], None]) -> None:
     """Run build on an empty sibling folder of out, then rename it to out; on failure, remove it."""
     _check_target(out)
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     stage.chmod(0o755)  # mkdtemp makes it private; the dataset is not
@@ -173,6 +175,9 @@ def _publish(out: Path, build: Callable[[Path], None]) -> None:
         _replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:  # deepest first; one another process uses now is not empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 
