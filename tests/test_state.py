@@ -85,3 +85,21 @@ def test_every_difference_is_counted_and_a_retired_setting_named(tmp_path: Path)
         state.load(folder, None)
     assert "tracking.retired was null, is no longer a setting;" in str(refused.value)
     assert "(and 1 more)" in str(refused.value)
+
+
+@pytest.mark.parametrize("then", ["warmup_fraction: {uniform: [0.0, 0.2]}", "warmup_fraction: 0.1"])
+def test_a_relative_form_swapped_for_its_twin_is_refused(tmp_path: Path, then: str) -> None:
+    """The file gave warmup_fraction when the study started and gives warmup_iters now: the
+    warmup changed, though warmup_iters is at the value the study resolved it to."""
+    space, folder = saved_study(tmp_path, SPACE.replace("  lr_min_ratio: 0.1\n",
+                                                        f"  lr_min_ratio: 0.1\n  {then}\n"))
+    space.write_text(SPACE.replace("  lr_min_ratio: 0.1\n", "  lr_min_ratio: 0.1\n"
+                                   "  warmup_iters: 0\n"))
+    with pytest.raises(UserError, match="hparams.warmup_fraction was"):
+        state.load(folder, None)
+    if "uniform" in then:  # a state saved before the given forms were recorded
+        saved = json.loads((folder / state.STATE_FILE).read_text())
+        del saved["relative_forms"]
+        (folder / state.STATE_FILE).write_text(json.dumps(saved))
+        with pytest.raises(UserError, match="hparams.warmup_fraction was"):
+            state.load(folder, None)

@@ -52,7 +52,7 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {"space": str(Path(study.source_path).resolve()),
              "overrides": {**overrides, "tracking_uri": study.tracking.uri},
-             "resolved": study.resolved()}
+             "resolved": study.resolved(), "relative_forms": _given_forms(study)}
     (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
 
 
@@ -67,7 +67,7 @@ def load(folder: Path, space: Path | None) -> Any:
     state = json.loads(path.read_text())
     space = space or state["space"]
     study = load_study(space).with_overrides(**state["overrides"])
-    unused = checks.unused(study)  # the file may not give these, so may not pin their values
+    unused = checks.unused(study) - _twins_given_then(study, state)  # the file may not give
     changed = {where: values for where, values in _differences(
         json.loads(json.dumps(study.resolved(), default=str)), state["resolved"]).items()
         if where[:2] not in unused}
@@ -80,6 +80,28 @@ def load(folder: Path, space: Path | None) -> Any:
                         "where it takes them, or finish the study with the tuner that started it, "
                         "or start a new study with another --name")
     return study
+
+
+def _given_forms(study: Any) -> list[str]:
+    """Which of each relative pair (warmup_iters or warmup_fraction, ...) the file gives."""
+    from model.config import RELATIVE_FORMS
+
+    given = study.hparams.model_fields_set
+    return sorted(name for pair in RELATIVE_FORMS.items() for name in pair if name in given)
+
+
+def _twins_given_then(study: Any, state: dict[str, Any]) -> set[tuple[str, str]]:
+    """The parameters of a relative pair the study started with but the file now leaves to the
+    other: those must still compare. A state saved before the forms were recorded shows it for a
+    searched one only."""
+    from model.config import RELATIVE_FORMS
+
+    now = set(_given_forms(study))
+    then = state.get("relative_forms")
+    pairs = [*RELATIVE_FORMS.items(), *((n, f) for f, n in RELATIVE_FORMS.items())]
+    return {("hparams", one) for one, other in pairs if other in now and one not in now and (
+        one in then if then is not None else isinstance(state["resolved"]["hparams"].get(one),
+                                                        dict))}
 
 
 _GONE = object()  # a setting this version of tuner no longer has
