@@ -320,6 +320,9 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
         on_step = run.data.params["schedule"] == "step"
         assert ("step_gamma" in run.data.tags["tuner.searched"].split(",")) == on_step
         assert on_step or run.data.params["step_gamma"] == str(HPARAMS["step_gamma"].default)
+        # the latest best_val_loss (what `tuner best` ranks by) is the best, clone or not
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert run.data.metrics["best_val_loss"] == min(m.value for m in history)
     exploited = [r for r in children if "tuner.pbt_config" in r.data.tags]
     assert exploited
     for run in exploited:
@@ -790,6 +793,13 @@ def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
     _, parent, children = mlflow_runs(uri, "blowup")
     assert parent.info.status == "FINISHED"
     assert {r.data.tags["tuner.status"] for r in children} == {"diverged"}
+    # resumed, the diverged losses (inf, stored as the largest float) are still no best
+    proc = run_tuner(["search", "--resume", "--name", "blowup", "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _, parent, _ = mlflow_runs(uri, "blowup")
+    assert "tuner.best_run_id" not in parent.data.tags and "best_val_loss" not in (
+        parent.data.metrics)
 
 
 @pytest.mark.slow

@@ -225,10 +225,12 @@ class MlflowRecorder(tune.Callback):
         trial_id = run.data.tags.get(TRIAL_TAG)
         if not trial_id:
             return
+        from tuner.inspect.runs import finite_or_inf
+
         history = self._client.get_metric_history(run.info.run_id, "val_loss")
         child = _Child(run.info.run_id, run.info.start_time,
                        max((m.step for m in history), default=-1),
-                       min((m.value for m in history), default=math.inf))
+                       min((finite_or_inf(m.value) for m in history), default=math.inf))
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
         if DEVICE_TAG in run.data.tags:
@@ -330,21 +332,23 @@ class MlflowRecorder(tune.Callback):
         tokens = int(result.get("tokens", 0))
         if child is None or "error" in result:
             return
+        if trial.trial_id in self._finished:
+            return  # ended in MLflow before a kill that Tune's last snapshot did not see
         if "device" in result and trial.trial_id not in self._device_noted:
             self._client.set_tag(child.run_id, DEVICE_TAG, str(result["device"]))
             self._device_noted.add(trial.trial_id)
+        if result.get("sample") is not None:
+            child.sample = (int(result.get("step", 0)), str(result["sample"]))
         if tokens <= child.last_step and self.study.search.scheduler != "pbt":
             return  # already logged before the driver was restarted
-        child.last_step = max(child.last_step, tokens)
+        furthest = child.last_step = max(child.last_step, tokens)
         self._tokens[trial.trial_id] = tokens
         values = {k: float(result[k]) for k in METRICS if k in result}
         val_loss = values.get("val_loss", math.inf)
-        if val_loss < child.best:
-            child.best = val_loss
-            values["best_val_loss"] = val_loss
         self._log_metrics(child.run_id, values, tokens)
-        if result.get("sample") is not None:
-            child.sample = (int(result.get("step", 0)), str(result["sample"]))
+        if val_loss < child.best:  # at the furthest step: a PBT clone steps back, the best not
+            child.best = val_loss
+            self._log_metrics(child.run_id, {"best_val_loss": val_loss}, furthest)
         if self._note_best(trial.trial_id, val_loss):
             self._log_study()
 
@@ -398,7 +402,9 @@ class MlflowRecorder(tune.Callback):
         with checkpoint.as_directory() as folder:
             if (Path(folder) / CHECKPOINT_NAME).is_file():
                 mid.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(folder) / CHECKPOINT_NAME, mid)
+                partial = mid.with_name(f".{mid.name}.partial")  # a kill mid-copy leaves no `mid`
+                shutil.copyfile(Path(folder) / CHECKPOINT_NAME, partial)
+                partial.replace(mid)
 
     def _mid_checkpoint(self, trial: Any) -> Path:
         from model.checkpoint import CHECKPOINT_NAME
@@ -419,9 +425,10 @@ class MlflowRecorder(tune.Callback):
         from model.checkpoint import file_sha256
 
         artifact, tag = CHECKPOINTS[which]
-        if path.is_file():
-            self._client.set_tag(child.run_id, tag, file_sha256(path))
+        if path.is_file():  # the tag last: it says the upload is done (a resume skips it then)
+            sha256 = file_sha256(path)
             self._client.log_artifact(child.run_id, str(path), artifact)
+            self._client.set_tag(child.run_id, tag, sha256)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -432,11 +439,17 @@ class MlflowRecorder(tune.Callback):
     @_guarded(at_once=True)
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         by_id = {t.trial_id: t for t in trials}
-        for trial_id, child in self._children.items():
-            if trial_id not in by_id:  # started before a kill, never saved in Tune's state
-                self._client.set_tag(child.run_id, STATUS_TAG, "lost")
-                self._client.set_terminated(child.run_id, "KILLED")
-                self._client.delete_run(child.run_id)
+        lost = [trial_id for trial_id in self._children if trial_id not in by_id]
+        for trial_id in lost:  # started before a kill, never saved in Tune's state
+            child = self._children.pop(trial_id)
+            self._tokens.pop(trial_id, None)
+            self._client.set_tag(child.run_id, STATUS_TAG, "lost")
+            self._client.set_terminated(child.run_id, "KILLED")
+            self._client.delete_run(child.run_id)
+        if self._best[2] in lost:  # the study's best is among the runs that still count
+            self._best = (math.inf, 0, "")
+            for trial_id, child in self._children.items():
+                self._note_best(trial_id, child.best)
         best = by_id.get(self._best[2])
         finished = self._best[2] in self._finished  # an interrupted trial's would be mid-way
         if best is not None and finished and self.study.tracking.log_checkpoints != "none":
