@@ -273,6 +273,52 @@ def conditional_study(tmp_path: Path) -> Study:
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")  # grid: tests/test_search.py
 
+@pytest.mark.parametrize("name", ["random", "qmc", "tpe"])
+def test_another_seed_draws_other_trials(name: str) -> None:
+    """QMC's seed scrambles its sequence: unscrambled, every seed draws the same points."""
+    def draws(seed: int) -> list[float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # QMC is experimental
+            study = optuna.create_study(sampler=optuna_sampler(name, seed))
+            study.optimize(lambda t: t.suggest_float("x", 1e-4, 1e-2, log=True), n_trials=5)
+        return [t.params["x"] for t in study.trials]
+
+    assert draws(0) == draws(0)
+    assert all(a != b for a, b in zip(draws(0)[1:], draws(1)[1:]))
+
+
+def test_pbt_population_draws_stepped_ints_from_the_space(tmp_path: Path) -> None:
+    """PBT's population comes from Tune's domains: a stepped int keeps the space's values
+    lo + k·step (Tune's qrandint would round to multiples of step instead)."""
+    import numpy as np
+
+    from tuner.search.algorithms import tune_space
+
+    study = load_study(write(tmp_path, study_text("  warmup_iters: {int: [12, 36], step: 8}\n")))
+    domain = tune_space(study)["warmup_iters"]
+    drawn = {domain.sample(random_state=np.random.RandomState(seed)) for seed in range(40)}
+    assert drawn == {12, 20, 28, 36}
+
+
+def test_hyperband_runs_to_the_full_budget(tmp_path: Path) -> None:
+    """HyperBand counts grace periods; a budget of 2.3 of them must not end trials at 2."""
+    from tuner.search.algorithms import build_scheduler, time_unit
+
+    study = load_study(write(tmp_path, study_text(
+        budget="tokens: 409600", search="  scheduler: hyperband\n  asha: {grace_period: 180000}\n")
+        .replace("  eval_tokens: 5120\n", "  eval_tokens: 40960\n")))
+    scheduler = build_scheduler(study)
+    assert scheduler._max_t_attr * time_unit(study) >= study.full_trial_tokens()
+
+
+def test_a_grid_runs_each_point_once(tmp_path: Path) -> None:
+    text = study_text("  B: {grid: [8, 16]}\n", search="  algorithm: grid\n")
+    assert load_study(write(tmp_path, text.replace("  num_samples: 4\n", ""))
+                      ).search.num_samples == 2
+    [(path, _, message)] = issues_of(tmp_path, text)
+    assert path == "search.num_samples" and "4 trials, but the grid has 2 points" in message
+
+
 def test_startup_trials_sets_when_tpe_starts_modelling() -> None:
     def suggestions(startup_trials: int | None) -> list[float]:
         study = optuna.create_study(sampler=optuna_sampler("tpe", 0, startup_trials))

@@ -29,7 +29,8 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet),
         "gp": lambda: optuna.samplers.GPSampler(**quiet, **startup),
-        "qmc": lambda: optuna.samplers.QMCSampler(**quiet, warn_asynchronous_seeding=False),
+        "qmc": lambda: optuna.samplers.QMCSampler(**quiet, scramble=True,  # else seed is unused
+                                                  warn_asynchronous_seeding=False),
     }
     return samplers[algorithm]()
 
@@ -91,7 +92,7 @@ def build_scheduler(study: Any) -> Any:
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
             metric=search.metric, mode=search.mode, time_attr=HYPERBAND_TIME,
-            max_t=max(1, round(max_t / search.asha.grace_period)),
+            max_t=math.ceil(max_t / search.asha.grace_period),  # never short of the budget
             reduction_factor=search.asha.reduction_factor)
     if search.scheduler == "median":
         return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
@@ -134,8 +135,8 @@ def tune_space(study: Any) -> dict[str, Any]:
             space[name] = tune.loguniform(dist.lo, dist.hi)
         elif dist.key == "uniform":
             space[name] = tune.uniform(dist.lo, dist.hi)
-        elif dist.key == "int" and dist.step > 1:
-            space[name] = tune.qrandint(dist.lo, dist.hi, dist.step)
+        elif dist.key == "int" and dist.step > 1:  # qrandint rounds to multiples of step
+            space[name] = tune.choice(list(range(dist.lo, dist.hi + 1, dist.step)))
         elif dist.key == "int":
             space[name] = (tune.lograndint if dist.log else tune.randint)(dist.lo, dist.hi + 1)
         else:
