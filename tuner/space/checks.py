@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 from model.bpe import check_vocab_size
 from model.config import RELATIVE_FORMS, ConfigError, ModelConfig
 from tuner.space.convert import (
-    candidates, grid_points, searched, span, steps_range, tokens_range, value)
+    candidates,
+    grid_points,
+    searched,
+    span,
+    steps_range,
+    tokens_range,
+    value,
+)
 from tuner.space.distributions import Distribution, Grid, either, fmt
 from tuner.space.params import ALL_DEFS, MODEL_DEFS
 
@@ -220,9 +227,9 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
     elif search.searcher == "grid" and not issues and search.num_samples is not None:
         size = len(grid_points(study))
         if search.num_samples > size:
-            issues.append((("search", "num_samples"), f"{search.num_samples} trials, but the grid "
-                           f"has {size} points and runs each once: set at most {size}, or leave "
-                           "num_samples out"))
+            issues.append((("search", "num_samples"), (
+                f"{search.num_samples} trials, but the grid has {size} points and runs each once: "
+                f"set at most {size}, or leave num_samples out")))
     for key, users in SCHEDULER_SETTINGS.items():
         if key in search.model_fields_set and search.scheduler not in users:
             issues.append((("search", key), f"settings of the {' and '.join(users)} scheduler, but "
