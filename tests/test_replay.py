@@ -96,6 +96,9 @@ def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):
                       "--tracking-uri", recorded.uri)
     assert code == 2
     assert "is not the one run" in out and "sha256" in out
+    code, out = tuner("replay", recorded.best_run_id, "--data", str(tmp_path / "nowhere"),
+                      "--tracking-uri", recorded.uri)
+    assert code == 2 and f"--data {tmp_path / 'nowhere'}: no such folder" in out
     assert _runs(recorded.uri) == before
 
 

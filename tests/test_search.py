@@ -332,6 +332,27 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
         config = json.loads(run.data.tags["tuner.pbt_config"])
         assert config["beta2"] == beta2[-1].value
         assert ("step_gamma" in config) == (config["schedule"] == "step")
+    _pbt_study_inspected(client, uri, children, tmp_path)
+
+
+def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: Path) -> None:
+    """`tuner best` and the report show the values a PBT trial ended with, and say it cannot be
+    replayed; a warm start, which pairs values with a loss, refuses the study."""
+    from tuner.errors import UserError
+    from tuner.inspect import best, history, report
+
+    rows = best.top_trials(client, "pbt", 2)
+    for row in rows:
+        run = next(r for r in children if r.info.run_id == row.run_id)
+        final = json.loads(run.data.tags.get("tuner.pbt_config", "null"))
+        assert row.pbt == (final is not None) and row.status.endswith("(PBT)") == row.pbt
+        assert row.params["lr_max"] == str(final["lr_max"] if final else run.data.params["lr_max"])
+    with pytest.raises(UserError, match="ran PBT"):
+        history.finished_trials("pbt", uri)
+    report.write_report(client, "pbt", tmp_path / "report", uri, tmp_path)
+    summary = (tmp_path / "report" / report.SUMMARY_MD).read_text()
+    assert ("no one config reproduces it" in summary) == rows[0].pbt
+    assert ("tuner replay" in summary) != rows[0].pbt and "Not computed: PBT changed" in summary
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random", "grid", "cmaes", "gp", "qmc"])

@@ -21,8 +21,9 @@ class TrialRow:
     run_id: str
     params: dict[str, str]  # searched parameter, as the study file names it → its logged value
     val_loss: float  # the best of the trial's evaluations
-    tokens: int
+    tokens: int  # trained
     status: str
+    pbt: bool = False  # PBT changed its values as it ran: `params` are those it ended with
 
     @property
     def perplexity(self) -> float:
@@ -41,11 +42,14 @@ def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     rows = []
     for run in runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))[:k]:
         points = runs.metric_points(client, run.info.run_id, "val_loss")
+        final = runs.pbt_values(run) or {}
         rows.append(TrialRow(
             trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id,
-            params={n: run.data.params.get(n, "–") for n in searched_names(run)},
+            params={n: str(final[n]) if n in final else run.data.params.get(n, "–")
+                    for n in searched_names(run)},
             val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
-            status=run.data.tags.get(STATUS_TAG, "?")))
+            status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if final else ""),
+            pbt=bool(final)))
     return rows
 
 
@@ -108,7 +112,7 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     parent = runs.study_parent(client, study)
     recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
-                   f"val_loss {row.val_loss:.4f} after {row.tokens:,} tokens.")
+                   f"best val_loss {row.val_loss:.4f}, {row.tokens:,} tokens trained.")
     data = fixed_study(config, recorded, f"{study}-best", description, client.tracking_uri)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return row

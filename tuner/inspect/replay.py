@@ -90,7 +90,7 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
                         f"seed {config.seed} in its trial_config.json")
     if data is not None:
         config.data = str(data)
-    _check_dataset(Path(config.data), tags.get("tuner.dataset_sha256"), run_id)
+    _check_dataset(Path(config.data), tags.get("tuner.dataset_sha256"), run_id, data is None)
     # a run recorded before the tag existed names its device only if its config did
     trained_on = tags.get(DEVICE_TAG) or (None if config.device == "auto" else config.device)
     trained_exactly = config.deterministic
@@ -122,11 +122,13 @@ def _device_type(device: str) -> str:
     return device.split(" ")[0].split(":")[0]
 
 
-def _check_dataset(folder: Path, recorded: str | None, run_id: str) -> None:
+def _check_dataset(folder: Path, recorded: str | None, run_id: str, recorded_path: bool) -> None:
     from tuner.search.provenance import dataset_sha256
 
-    if not folder.is_dir():
+    if not folder.is_dir() and recorded_path:
         raise UserError(f"dataset folder {folder} of run {run_id} not found: pass --data DIR")
+    if not folder.is_dir():
+        raise UserError(f"--data {folder}: no such folder")
     if recorded is None:
         raise UserError(f"run {run_id} recorded no dataset hash (tuner.dataset_sha256)")
     actual = dataset_sha256(folder)

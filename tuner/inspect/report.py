@@ -172,11 +172,13 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
                                                         sorted(counts.items())) + f"), "
              f"{tokens:,} tokens trained in all.", "",
              f"## Best trial: {row.trial_id}", "",
-             (f"val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}) after "
-              f"{row.tokens:,} tokens; MLflow run `{row.run_id}`."), "",
+             (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
+              f"{row.tokens:,} tokens trained; MLflow run `{row.run_id}`."), "",
              "| parameter | value |", "|---|---|",
              *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
-             f"Reproduce it: `{replay_cmd}`", "", "## What mattered (fANOVA)", ""]
+             ("PBT changed its values as it ran (those it ended with are shown): no one config "
+              "reproduces it." if row.pbt else f"Reproduce it: `{replay_cmd}`"), "",
+             "## What mattered (fANOVA)", ""]
     if scores:
         lines += ["| parameter | importance |", "|---|---|",
                   *[f"| {best_mod.symbol(n)} | {v:.2f} |" for n, v in scores.items()]]
@@ -201,6 +203,8 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)["search"]
     trial_curves = curves(client, trial_runs)
     try:
+        if recorded["scheduler"] == "pbt":
+            raise UserError("PBT changed trials' values as they ran, so no values go with a loss")
         space = recorded_space(client, parent, workdir)
         points = history.trial_points(client, trial_runs, recorded["metric"], workdir)
         opt_study, scores = importances(space, points, recorded["mode"])
@@ -209,11 +213,12 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
         opt_study, scores, note = None, {}, str(err)
 
     out.mkdir(parents=True, exist_ok=True)
+    logged_lr = runs.metric_points(client, row.run_id, "lr")
+    schedule = logged_lr if row.pbt else lr_points(config, next(  # PBT: α_max changed
+        c.points for c in trial_curves if c.run_id == row.run_id))
     figures = {LOSS_PNG: loss_figure(trial_curves, row.run_id),
-               LR_PNG: lr_figure(config, lr_points(config, next(
-                   c.points for c in trial_curves if c.run_id == row.run_id)),
-                   runs.metric_points(client, row.run_id, "lr"),
-                   f"learning rate of the best trial ({row.trial_id})")}
+               LR_PNG: lr_figure(config, schedule, logged_lr,
+                                 f"learning rate of the best trial ({row.trial_id})")}
     if scores:
         figures[IMPORTANCE_PNG] = importance_figure(scores)
     written = []

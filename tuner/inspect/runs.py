@@ -29,8 +29,8 @@ def connect(uri: str) -> Any:
 
     path = sqlite_file(uri)
     if path is not None and not path.is_file():
-        raise UserError(f"tracking store {uri}: no such file {path} (`tuner search` creates it; "
-                        "or pass the study's store with --tracking-uri)")
+        raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
+                        "was recorded in with --tracking-uri")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
 
     return connect_store(uri)
@@ -149,10 +149,17 @@ def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
                         f"({err})") from None
 
 
+def pbt_values(run: Any) -> dict[str, Any] | None:
+    """The searched values a PBT trial ended with (its params hold those it started with); None
+    for a trial whose values never changed."""
+    changed = run.data.tags.get("tuner.pbt_config")
+    return None if changed is None else json.loads(changed)
+
+
 def reproducible_config(client: Any, run: Any, dst: Path, purpose: str) -> TrainConfig:
     """The trial's config, for `purpose` ("replayed", "exported"): UserError for a PBT trial,
     whose hyperparameters changed while it ran, so that no one config produced its results."""
-    if "tuner.pbt_config" in run.data.tags:
+    if pbt_values(run) is not None:
         raise UserError(f"trial run {run.info.run_id} had its hyperparameters changed by PBT while "
                         f"it ran: it is not one config and cannot be {purpose}")
     return trial_config(client, run, dst)
