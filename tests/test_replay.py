@@ -30,13 +30,14 @@ def _replay_of(uri: str, original: str) -> list:
 
 def test_replay_from_scratch_is_bit_exact(recorded):
     run_id = recorded.best_run_id
-    code, out = tuner("replay", run_id, "--tracking-uri", recorded.uri)
+    code, out = tuner("replay", run_id, "--device", "auto", "--tracking-uri", recorded.uri)
     assert code == 0, out
     assert "largest absolute difference: 0.0 " in out
     replay = _replay_of(recorded.uri, run_id)[0]
     assert replay.data.tags["tuner.role"] == "replay"
     assert replay.data.tags["mlflow.parentRunId"] == run_id
     assert replay.data.tags["tuner.replay.ok"] == "true"
+    assert replay.data.tags["tuner.device"] == "cpu"  # what it ran on, as a trial's tag says
     client = MlflowClient(tracking_uri=recorded.uri)
     original = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
     history = client.get_metric_history(replay.info.run_id, "val_loss")

@@ -166,7 +166,7 @@ def execute(client: Any, plan: Plan) -> Replay:
     """Train the plan's config again, log it as a replay run, and compare with the original."""
     import torch
 
-    from model.train import EvalRecord, train
+    from model.train import EvalRecord, device_label, resolve_device, train
     from tuner.search.tracking import METRICS, ROLE_TAG, STUDY_TAG
 
     original_id, tags = plan.run.info.run_id, plan.run.data.tags
@@ -176,7 +176,8 @@ def execute(client: Any, plan: Plan) -> Replay:
         "mlflow.parentRunId": original_id, ROLE_TAG: "replay", "tuner.replay_of": original_id,
         STUDY_TAG: tags.get(STUDY_TAG, ""), "tuner.seed": str(plan.config.seed),
         "tuner.dataset_sha256": tags.get("tuner.dataset_sha256", ""),
-        "tuner.git_commit": plan.commit, "tuner.device": plan.config.device,
+        "tuner.git_commit": plan.commit,
+        "tuner.device": device_label(resolve_device(plan.config.device)),
         "tuner.replay.from_checkpoint": str(plan.resume_from is not None).lower()}).info.run_id
     client.log_dict(replay_id, plan.config.to_dict(), "trial_config.json")
     replayed: dict[int, float] = {}
