@@ -952,7 +952,8 @@ def test_trial_larger_than_every_cluster_node_is_a_warning(tmp_path: Path, datas
     assert (f"warning: resources.cpus_per_trial: a trial needs 4 CPUs and 0 GPUs, but no node of "
             f"the cluster at {head.address} has both (at most 2 CPUs and 0 GPUs on a node); "
             "trials wait until such a node joins") in said, said
-    assert "continue it with: tuner search --resume --name waits" in said
+    assert (f"continue it with: tuner search --resume --name waits --storage {tmp_path / 'ray'} "
+            f"--address {head.address}") in said  # a resume that forgot it would start a local Ray
 
 
 # Bad input fails before Ray starts ----------------------------------------------------------

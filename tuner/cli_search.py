@@ -90,7 +90,8 @@ def search(
                       f"{study.search.warm_start!r}")
     from tuner.search.console import print_summary
 
-    resume_hint = f"tuner search --resume --name {study.name} --storage {storage}"
+    resume_hint = (f"tuner search --resume --name {study.name} --storage {storage}"
+                   + (f" --address {address}" if address else ""))  # not saved: the cluster may move
     try:
         summary = run_study(study, data_dir, storage, address=address, restore=restore,
                             provenance=provenance(data_dir, meta),
