@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -459,18 +460,38 @@ def _unique(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return out
 
 
+def duplicate_keys(node: Any, path: str = "", walked: set[int] | None = None
+                   ) -> Iterator[tuple[str, int, int]]:
+    """(dotted key, its line, the line it was first given on) for each key that a mapping of
+    the YAML tree `node` (from yaml.compose) gives twice: yaml.safe_load keeps the last."""
+    import yaml
+
+    walked = set() if walked is None else walked
+    if id(node) in walked:  # an alias: walking it again at every use can take for ever
+        return
+    walked.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, child in node.value:
+            here = f"{path}.{key.value}".lstrip(".")
+            if key.value in seen:
+                yield here, key.start_mark.line + 1, seen[key.value]
+            seen.setdefault(key.value, key.start_mark.line + 1)
+            yield from duplicate_keys(child, here, walked)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            yield from duplicate_keys(child, f"{path}[{i}]", walked)
+
+
 def _load_yaml(text: str) -> Any:
     """yaml.safe_load, refusing a key given twice in a mapping."""
     import yaml  # only needed for YAML configs
 
-    class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-            self.flatten_mapping(node)
-            pairs = [(self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
-                     for k, v in node.value]
-            return _unique(pairs)
-
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no python objects
+    twice = next(duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)), None)
+    if twice is not None:
+        key, line, first = twice
+        raise ValueError(f"{key!r} is given twice (lines {first} and {line})")
+    return yaml.safe_load(text)
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

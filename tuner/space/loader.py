@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from model.config import duplicate_keys
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
@@ -31,31 +31,13 @@ def load_study(path: str | Path) -> Study:
         found = "empty" if data is None else f"a {type(data).__name__}"
         raise SpaceError(path, [Issue("", 1, f"a study file is a mapping of sections (data, "
                                              f"model, hparams, budget, …); this one is {found}")])
-    duplicates = list(_duplicate_keys(root))
+    duplicates = [Issue(key, line, f"given twice (first on line {first})")
+                  for key, line, first in duplicate_keys(root)]
     if duplicates:
         raise SpaceError(path, duplicates)
     data.setdefault("name", path.stem)
     return build_study(data, source_path=path, source_text=text,
                        locate=lambda loc: _line(root, loc))
-
-
-def _duplicate_keys(node: yaml.Node, path: str = "", walked: set[int] | None = None) -> Any:
-    walked = set() if walked is None else walked
-    if id(node) in walked:  # an alias: walking it again at every use can take for ever
-        return
-    walked.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key, child in node.value:
-            here = f"{path}.{key.value}".lstrip(".")
-            if key.value in seen:
-                yield Issue(here, key.start_mark.line + 1,
-                            f"given twice (first on line {seen[key.value]})")
-            seen.setdefault(key.value, key.start_mark.line + 1)
-            yield from _duplicate_keys(child, here, walked)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, child in enumerate(node.value):
-            yield from _duplicate_keys(child, f"{path}[{i}]", walked)
 
 
 def _line(root: yaml.Node, loc: tuple[str | int, ...]) -> int | None:
