@@ -125,10 +125,9 @@ def _device_type(device: str) -> str:
 def _check_dataset(folder: Path, recorded: str | None, run_id: str, recorded_path: bool) -> None:
     from tuner.search.provenance import dataset_sha256
 
-    if not folder.is_dir() and recorded_path:
-        raise UserError(f"dataset folder {folder} of run {run_id} not found: pass --data DIR")
     if not folder.is_dir():
-        raise UserError(f"--data {folder}: no such folder")
+        raise UserError(f"dataset folder {folder} of run {run_id} not found: pass --data DIR"
+                        if recorded_path else f"--data {folder}: no such folder")
     if recorded is None:
         raise UserError(f"run {run_id} recorded no dataset hash (tuner.dataset_sha256)")
     actual = dataset_sha256(folder)

@@ -202,15 +202,17 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     config = runs.trial_config(client, best_run, workdir)
     recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)["search"]
     trial_curves = curves(client, trial_runs)
-    try:
-        if recorded["scheduler"] == "pbt":
-            raise UserError("PBT changed trials' values as they ran, so no values go with a loss")
-        space = recorded_space(client, parent, workdir)
-        points = history.trial_points(client, trial_runs, recorded["metric"], workdir)
-        opt_study, scores = importances(space, points, recorded["mode"])
-        note = "fewer than two finished trials, or no searched parameter varies"
-    except (UserError, RuntimeError) as err:  # the other plots are still worth having
-        opt_study, scores, note = None, {}, str(err)
+    opt_study, scores = None, {}
+    if recorded["scheduler"] == "pbt":
+        note = "PBT changed trials' values as they ran, so no values go with a loss"
+    else:
+        try:
+            space = recorded_space(client, parent, workdir)
+            points = history.trial_points(client, trial_runs, recorded["metric"], workdir)
+            opt_study, scores = importances(space, points, recorded["mode"])
+            note = "fewer than two finished trials, or no searched parameter varies"
+        except (UserError, RuntimeError) as err:  # the other plots are still worth having
+            note = str(err)
 
     out.mkdir(parents=True, exist_ok=True)
     logged_lr = runs.metric_points(client, row.run_id, "lr")
