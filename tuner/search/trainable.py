@@ -67,9 +67,9 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         result = train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
                        resume_from=resume_from, sample_at=stopping_points)
         if progress["tokens"] == 0 and result.records:
-            # Restored at its end (a PBT clone of a finished trial, a final checkpoint put back
-            # after a kill): it trained nothing, so say again where it ended, or Tune keeps the
-            # result it restored, which may be from before.
+            # Restored at its end (a PBT clone of a trial at its last step, a final checkpoint
+            # put back after a kill): it trained nothing, so say again where it ended, or Tune
+            # keeps the result it restored, which may be from before.
             on_eval(result.records[-1])
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
         tune.report({**progress, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
