@@ -197,8 +197,11 @@ class MlflowRecorder(tune.Callback):
         self._finished: dict[str, str] = {}  # trial id -> status
         self._tokens: dict[str, int] = {}
         self._best: tuple[float, int, str] = (math.inf, 0, "")
-        self._best_tagged = ""
+        self._best_tagged = parent.data.tags.get("tuner.best_trial_id", "") if parent else ""
         self._device_noted: set[str] = set()
+        # MLflow shows a metric's value at its highest step: never log the study's below it
+        self._study_step = max((m.step for m in self._client.get_metric_history(
+            self._parent, "tokens_trained")), default=0)
         for run in child_runs(self._client, self._exp, self._parent):
             self._adopt(run)
 
@@ -251,17 +254,22 @@ class MlflowRecorder(tune.Callback):
     def _log_study(self) -> None:
         counts = {s: sum(1 for v in self._finished.values() if v == s)
                   for s in (COMPLETED, STOPPED, DIVERGED, FAILED)}
-        step = sum(self._tokens.values())
-        values = {"trials_finished": len(self._finished), "tokens_trained": step,
+        tokens = sum(self._tokens.values())
+        self._study_step = max(self._study_step, tokens)  # lower after a lost run is dropped
+        values = {"trials_finished": len(self._finished), "tokens_trained": tokens,
                   **{f"trials_{s}": n for s, n in counts.items()}}
         if math.isfinite(self._best[0]):
             values["best_val_loss"] = self._best[0]
-        self._log_metrics(self._parent, values, step)
+        self._log_metrics(self._parent, values, self._study_step)
         best = self._children.get(self._best[2])
         if best is not None and self._best[2] != self._best_tagged:
             self._log_params_tags(self._parent, {}, {"tuner.best_trial_id": self._best[2],
                                                      "tuner.best_run_id": best.run_id})
             self._best_tagged = self._best[2]
+        elif best is None and self._best_tagged:  # the best was a lost run: no other has a loss
+            for tag in ("tuner.best_trial_id", "tuner.best_run_id"):
+                self._client.delete_tag(self._parent, tag)
+            self._best_tagged = ""
 
     # -- trials (child runs) ------------------------------------------------------------------
 
@@ -443,6 +451,7 @@ class MlflowRecorder(tune.Callback):
         for trial_id in lost:  # started before a kill, never saved in Tune's state
             child = self._children.pop(trial_id)
             self._tokens.pop(trial_id, None)
+            self._finished.pop(trial_id, None)
             self._client.set_tag(child.run_id, STATUS_TAG, "lost")
             self._client.set_terminated(child.run_id, "KILLED")
             self._client.delete_run(child.run_id)
