@@ -508,7 +508,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
             _load_yaml(text))
     except Exception as err:  # noqa: BLE001 - any parse error is the file's fault
         raise ConfigError(str(path), f"not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
-    data = data or {}
+    data = {} if data is None else data  # an empty file: every field at its default
     if not isinstance(data, dict):
         raise ConfigError(str(path), f"must be a mapping of fields, not a {type(data).__name__}")
     if "hparams" in data or "budget" in data:

@@ -171,12 +171,6 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     device = resolve_device(config.device)
     dataset = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
     resume_state = read_checkpoint(resume_from) if resume_from is not None else None
-    if checkpoint_dir is not None:
-        try:  # the last check: nothing is written before the config and its files are sound
-            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(str(checkpoint_dir), f"cannot be the checkpoint folder "
-                              f"({err.strerror})") from None
     _configure_backends(config, device)
 
     torch.manual_seed(config.seed)
@@ -214,6 +208,12 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     tokenizer = _load_tokenizer(dataset) if config.sample_tokens > 0 else None
     windows = validation_windows(dataset.valid, config.model.context_length, config.eval_windows,
                                  device)
+    if checkpoint_dir is not None:
+        try:  # the last check: nothing is written before the config and its files are sound
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(str(checkpoint_dir), f"cannot be the checkpoint folder "
+                              f"({err.strerror})") from None
     total_steps, per_step = config.steps, config.tokens_per_step
     flops, peak = flops_per_token(model), peak_flops(config, device)
     elapsed_before = result.records[-1].elapsed_s if result.records else 0.0

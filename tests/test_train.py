@@ -217,6 +217,7 @@ BASE = ("data: /nowhere\nmodel: {vocab_size: 256, context_length: 32, d_model: 3
 @pytest.mark.parametrize(("text", "field"), [
     ("- a\n- b\n", "config.yaml"),
     ("42\n", "config.yaml"),
+    ("[]\n", "config.yaml"),
     (BASE + "lr_max: 0.1\nlr_max: 0.2\n", "config.yaml"),  # the later value would silently win
     (BASE + "1: 2\n", "1"),
     (BASE.replace("model: {", "model: [") .replace("2}", "2]"), "model"),
@@ -304,9 +305,11 @@ def test_a_checkpoint_of_another_run_is_refused_naming_it(byte_dataset: Path, tm
     names the file, not a torch traceback."""
     train(tiny_config(byte_dataset, total_iters=10), checkpoint_dir=tmp_path)
     with pytest.raises(ConfigError) as err:
-        train(tiny_config(byte_dataset, total_iters=20, **other), resume_from=tmp_path)
+        train(tiny_config(byte_dataset, total_iters=20, **other), resume_from=tmp_path,
+              checkpoint_dir=tmp_path / "branch")
     assert err.value.field == str(tmp_path / "checkpoint.pt")
     assert "does not fit this config" in str(err.value)
+    assert not (tmp_path / "branch").exists()  # nothing written for a run that cannot start
 
 
 def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
