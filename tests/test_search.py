@@ -263,8 +263,8 @@ def test_failed_and_diverged_trials(faults_study: dict[str, Any]) -> None:
     assert parent.data.metrics["trials_diverged"] == 1
 
 
-def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, list[Any]]:
-    """Run the study in `space` to its end; its store's URI, parent run and child runs."""
+def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, list[Any], str]:
+    """Run the study in `space` to its end; its store's URI, parent run, child runs and output."""
     uri = fresh_store(tmp_path, template)
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
                       str(tmp_path / "ray")], cwd=tmp_path)
@@ -273,7 +273,7 @@ def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, l
     _, parent, children = mlflow_runs(uri, yaml.safe_load(space.read_text())["name"])
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]
-    return uri, parent, children
+    return uri, parent, children, proc.stdout
 
 
 @pytest.mark.slow
@@ -286,7 +286,7 @@ def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_stor
                         hparams={"lr_max": {"loguniform": [1e-4, 0.1]}},
                         search={"scheduler": scheduler, "num_samples": 4, "max_concurrent": None,
                                 "algorithm": "random", **settings})
-    _, parent, children = _run_study(tmp_path, space, mlflow_store_template)
+    _, parent, children, _ = _run_study(tmp_path, space, mlflow_store_template)
     assert parent.data.tags["tuner.scheduler"] == scheduler and len(children) == 4
     grouped = by_status(children)
     assert set(grouped) <= {"completed", "stopped"} and grouped.get("completed")
@@ -308,7 +308,7 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
                                  "step_gamma": {"uniform": [0.2, 0.8]}},
                         search={"scheduler": "pbt", "num_samples": 2,
                                 "pbt": {"perturbation_interval": 5120, "quantile_fraction": 0.5}})
-    uri, parent, children = _run_study(tmp_path, space, mlflow_store_template)
+    uri, parent, children, out = _run_study(tmp_path, space, mlflow_store_template)
     assert parent.data.tags["tuner.algorithm"] == "random" and len(children) == 2
     assert {r.data.tags["tuner.status"] for r in children} == {"completed"}
     from mlflow import MlflowClient
@@ -332,12 +332,13 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
         config = json.loads(run.data.tags["tuner.pbt_config"])
         assert config["beta2"] == beta2[-1].value
         assert ("step_gamma" in config) == (config["schedule"] == "step")
-    _pbt_study_inspected(client, uri, children, tmp_path)
+    _pbt_study_inspected(client, uri, children, tmp_path, out)
 
 
-def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: Path) -> None:
-    """`tuner best` and the report show the values a PBT trial ended with, and say it cannot be
-    replayed; a warm start, which pairs values with a loss, refuses the study."""
+def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: Path,
+                         out: str) -> None:
+    """The summary, `tuner best` and the report show the values a PBT trial ended with, and say
+    it cannot be replayed; a warm start, which pairs values with a loss, refuses the study."""
     from tuner.errors import UserError
     from tuner.inspect import best, history, report
 
@@ -353,6 +354,8 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     summary = (tmp_path / "report" / report.SUMMARY_MD).read_text()
     assert ("no one config reproduces it" in summary) == rows[0].pbt
     assert ("tuner replay" in summary) != rows[0].pbt and "Not computed: PBT changed" in summary
+    assert ("no one config reproduces it" in out) == rows[0].pbt != ("tuner replay" in out)
+    assert f"lr_max={rows[0].params['lr_max']}" in out
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random", "grid", "cmaes", "gp", "qmc"])

@@ -190,6 +190,7 @@ class Summary:
     best_run_id: str | None = None
     best_val_loss: float = math.inf
     best_params: dict[str, str] | None = None
+    best_by_pbt: bool = False  # PBT changed its values as it ran: no one config reproduces it
     tracking_uri: str = ""  # as shown: a password in it masked
     interrupted: bool = False
 
@@ -208,7 +209,10 @@ def print_summary(console: Console, summary: Summary) -> None:
     console.print(f"  val_loss {summary.best_val_loss:.4f}, perplexity "
                   f"{math.exp(min(summary.best_val_loss, 700)):.2f}")
     if params:
-        console.print(f"  {params}")
+        console.print(f"  {params}" + (" (as PBT left them)" if summary.best_by_pbt else ""))
+    if summary.best_by_pbt:
+        console.print("PBT changed its values as it ran: no one config reproduces it")
+        return
     console.print("reproduce it with:")
     console.print(f"  tuner replay {summary.best_run_id} --tracking-uri {summary.tracking_uri}",
                   highlight=False, soft_wrap=True)

@@ -188,7 +188,7 @@ def _fit(tuner: Any) -> None:
 
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial."""
-    from tuner.inspect.runs import ranked
+    from tuner.inspect.runs import pbt_values, ranked
     from tuner.search.tracking import STATUS_TAG, child_runs, connect, find_parent
 
     client = connect(study.tracking.uri)
@@ -205,6 +205,8 @@ def summarise(study: Any) -> Summary:
         summary.best_trial = best.data.tags.get("tuner.trial_id")
         summary.best_run_id = best.info.run_id
         summary.best_val_loss = best.data.metrics["best_val_loss"]
-        summary.best_params = {k: best.data.params[k] for k in searched.split(",")
-                               if k in best.data.params}
+        final = pbt_values(best) or {}
+        summary.best_params = {k: str(final[k]) if k in final else best.data.params[k]
+                               for k in searched.split(",") if k in best.data.params}
+        summary.best_by_pbt = bool(final)
     return summary
