@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -129,16 +130,19 @@ def test_lr_points_follow_the_trainer(recorded, tmp_path):
 
 
 def test_lr_points_follow_a_plateau_trial_through_its_warmup(byte_dataset):
-    """Plateau cuts depend on the logged val_loss; the evaluations inside the warmup count for
-    neither the trainer nor the figure."""
+    """Plateau cuts depend on the logged val_loss; the stalls inside the warmup count for neither
+    the trainer nor the figure, so α reaches α_max, and the stalls after it cut."""
     model = ModelConfig(vocab_size=256, context_length=32, d_model=32, num_layers=2, num_heads=4)
-    config = TrainConfig(model=model, data=str(byte_dataset), lr_max=3e-2, warmup_iters=20,
-                         total_iters=60, batch_size=8, eval_interval=4, eval_windows=8,
+    config = TrainConfig(model=model, data=str(byte_dataset), lr_max=0.1, warmup_iters=30,
+                         total_iters=60, batch_size=8, eval_interval=2, eval_windows=8,
                          device="cpu", seed=3, schedule="plateau", plateau_patience=0)
     records = train(config).records
+    inside = [r.val_loss for r in records if r.step < config.warmup_iters]
+    assert any(b >= a for a, b in itertools.pairwise(inside))  # a stall while α ramps up
     schedule = dict(report.lr_points(config, [(r.tokens, r.val_loss) for r in records]))
     assert [schedule[r.tokens] for r in records] == [r.lr for r in records]
-    assert len({r.lr for r in records if r.step > config.warmup_iters}) > 1  # it did cut
+    after = [r.lr for r in records if r.step > config.warmup_iters]
+    assert after[0] == config.lr_max and min(after) < config.lr_max
 
 
 @pytest.mark.parametrize("command", ["best", "report"])
