@@ -30,11 +30,6 @@ class TrialRow:
         return perplexity(self.val_loss)
 
 
-def searched_names(run: Any) -> list[str]:
-    """The parameters the searcher chose for this trial, as the study file names them."""
-    return [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
-
-
 def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     """The `k` best trial runs of a study, best first."""
     from tuner.search.tracking import STATUS_TAG, TRIAL_TAG
@@ -42,14 +37,12 @@ def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     rows = []
     for run in runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))[:k]:
         points = runs.metric_points(client, run.info.run_id, "val_loss")
-        final = runs.pbt_values(run) or {}
+        params, by_pbt = runs.searched_values(run)
         rows.append(TrialRow(
-            trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id,
-            params={n: str(final[n]) if n in final else run.data.params.get(n, "–")
-                    for n in searched_names(run)},
+            trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
             val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
-            status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if final else ""),
-            pbt=bool(final)))
+            status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""),
+            pbt=by_pbt))
     return rows
 
 

@@ -156,6 +156,15 @@ def pbt_values(run: Any) -> dict[str, Any] | None:
     return None if changed is None else json.loads(changed)
 
 
+def searched_values(run: Any) -> tuple[dict[str, str], bool]:
+    """The values the searcher chose for a trial, by study-file name as logged, and whether PBT
+    changed them (then they are those it ended with)."""
+    final = pbt_values(run) or {}
+    names = [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
+    return ({n: str(final[n]) if n in final else run.data.params.get(n, "–") for n in names},
+            bool(final))
+
+
 def reproducible_config(client: Any, run: Any, dst: Path, purpose: str) -> TrainConfig:
     """The trial's config, for `purpose` ("replayed", "exported"): UserError for a PBT trial,
     whose hyperparameters changed while it ran, so that no one config produced its results."""

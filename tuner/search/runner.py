@@ -188,7 +188,7 @@ def _fit(tuner: Any) -> None:
 
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial."""
-    from tuner.inspect.runs import pbt_values, ranked
+    from tuner.inspect.runs import ranked, searched_values
     from tuner.search.tracking import STATUS_TAG, child_runs, connect, find_parent
 
     client = connect(study.tracking.uri)
@@ -201,12 +201,8 @@ def summarise(study: Any) -> Summary:
     scored = [r for r in runs if math.isfinite(r.data.metrics.get("best_val_loss", math.inf))]
     if scored:
         best = ranked(scored)[0]  # ties: the earliest trial, as the live view and `tuner best`
-        searched = best.data.tags.get("tuner.searched", "")
         summary.best_trial = best.data.tags.get("tuner.trial_id")
         summary.best_run_id = best.info.run_id
         summary.best_val_loss = best.data.metrics["best_val_loss"]
-        final = pbt_values(best) or {}
-        summary.best_params = {k: str(final[k]) if k in final else best.data.params[k]
-                               for k in searched.split(",") if k in best.data.params}
-        summary.best_by_pbt = bool(final)
+        summary.best_params, summary.best_by_pbt = searched_values(best)
     return summary
