@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from array import array
@@ -167,10 +168,12 @@ def _publish(out: Path, build: Callable[[Path], None]) -> None:
     """Run build on an empty sibling folder of out, then rename it to out; on failure, remove it."""
     _check_target(out)
     made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    stage.chmod(0o755)  # mkdtemp makes it private; the dataset is not
+    # named before it is made, so a Ctrl-C at any point after finds it to remove
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
+        stage.chmod(0o755)
         build(stage)
         _replace(stage, out)
     except BaseException:
