@@ -535,6 +535,40 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
 
 
 @pytest.mark.slow
+def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, dataset: Path,
+                                                               mlflow_store_template: Path) -> None:
+    """A PBT study whose driver is killed with SIGKILL resumes from Tune's last snapshot, which
+    lags what MLflow holds: the evaluations trained again are not logged a second time."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "killed", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        budget={"tokens": 122880, "eval_interval": 5},
+                        search={"scheduler": "pbt", "num_samples": 2,
+                                "pbt": {"perturbation_interval": 20480}})
+    storage = tmp_path / "ray"
+    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(uri, driver, lambda runs, tokens: min(tokens.values(), default=0) >= 40960
+                    and len(runs) == 2)
+    finally:
+        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
+                           if cmd.startswith("ray::ImplicitFunc")]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    _wait_exited(trial_processes)
+    client, _, before = mlflow_runs(uri, "killed")
+    logged = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss"))
+              for r in before}
+    resume_to_the_end("killed", storage, tmp_path, uri, completed=2)
+    for run in before:
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        pairs = Counter((m.step, m.value) for m in history)
+        assert len(history) > logged[run.info.run_id]
+        assert max(pairs.values()) == 1, [pair for pair, n in pairs.items() if n > 1]
+
+
+@pytest.mark.slow
 def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
                                                 mlflow_store_template: Path) -> None:
     """`kill` and `docker stop` send SIGTERM: the driver stops the study as Ctrl-C does (exit

@@ -165,6 +165,8 @@ class _Child:
     run_id: str
     started: int = 0  # the run's start time (ms): a tie in val_loss goes to the earlier trial
     last_step: int = -1
+    replay_to: int = -1  # logged before a restart from an older checkpoint: not logged again
+    logged: set[tuple[int, float]] = field(default_factory=set)  # (tokens, val_loss) pairs
     best: float = math.inf
     sample: tuple[int, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -231,8 +233,9 @@ class MlflowRecorder(tune.Callback):
         from tuner.inspect.runs import finite_or_inf
 
         history = self._client.get_metric_history(run.info.run_id, "val_loss")
-        child = _Child(run.info.run_id, run.info.start_time,
-                       max((m.step for m in history), default=-1),
+        last_step = max((m.step for m in history), default=-1)
+        child = _Child(run.info.run_id, run.info.start_time, last_step, last_step,
+                       {(m.step, m.value) for m in history},
                        min((finite_or_inf(m.value) for m in history), default=math.inf))
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
@@ -326,6 +329,7 @@ class MlflowRecorder(tune.Callback):
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self._log_metrics(child.run_id, numeric, max(child.last_step, 0))
             self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(searched))
+            child.replay_to = -1  # exploited: from here on it trains what it never did
         child.config = searched
 
     @_guarded()
@@ -347,12 +351,18 @@ class MlflowRecorder(tune.Callback):
             self._device_noted.add(trial.trial_id)
         if result.get("sample") is not None:
             child.sample = (int(result.get("step", 0)), str(result["sample"]))
-        if tokens <= child.last_step and self.study.search.scheduler != "pbt":
-            return  # already logged before the driver was restarted
-        furthest = child.last_step = max(child.last_step, tokens)
-        self._tokens[trial.trial_id] = tokens
         values = {k: float(result[k]) for k in METRICS if k in result}
         val_loss = values.get("val_loss", math.inf)
+        # A PBT clone stepping back trains anew. Anything else at or below its furthest step,
+        # a PBT trial inside its replay, or a result logged already (a PBT trial restored where
+        # it was, or replaying an exploit it made before a restart) was logged before.
+        pbt = self.study.search.scheduler == "pbt"
+        if tokens <= (child.replay_to if pbt else child.last_step) or (
+                tokens, val_loss) in child.logged:
+            return
+        child.logged.add((tokens, val_loss))
+        furthest = child.last_step = max(child.last_step, tokens)
+        self._tokens[trial.trial_id] = tokens
         self._log_metrics(child.run_id, values, tokens)
         if val_loss < child.best:  # at the furthest step: a PBT clone steps back, the best not
             child.best = val_loss
@@ -372,6 +382,7 @@ class MlflowRecorder(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is not None:
+            child.replay_to = child.last_step  # it goes on from its last checkpoint
             self._client.set_tag(child.run_id, "tuner.retries",
                                  str(trial.run_metadata.num_failures))
 
