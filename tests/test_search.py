@@ -538,7 +538,8 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
 def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, dataset: Path,
                                                                mlflow_store_template: Path) -> None:
     """A PBT study whose driver is killed with SIGKILL resumes from Tune's last snapshot, which
-    lags what MLflow holds: the evaluations trained again are not logged a second time."""
+    lags what MLflow holds: the evaluations trained again are not logged a second time. A trial
+    run the kill left bare (killed just after making it) gets its params and artifacts."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "killed", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
@@ -557,10 +558,23 @@ def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, d
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     _wait_exited(trial_processes)
-    client, _, before = mlflow_runs(uri, "killed")
+    client, _, (bare, *before) = mlflow_runs(uri, "killed")
     logged = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss"))
               for r in before}
-    resume_to_the_end("killed", storage, tmp_path, uri, completed=2)
+    keep = ("mlflow.parentRunId", "tuner.study", "tuner.role", "tuner.trial_id", "tuner.status")
+    client.create_run(bare.info.experiment_id, run_name=bare.info.run_name,
+                      tags={k: bare.data.tags[k] for k in keep})
+    client.delete_run(bare.info.run_id)
+    _, runs = resume_to_the_end("killed", storage, tmp_path, uri, completed=2)
+    remade = next(r for r in runs if r.data.tags["tuner.trial_id"] == bare.data.tags[
+        "tuner.trial_id"])
+    def unperturbed(params: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in params.items() if k != "lr_max"}  # PBT may have changed α_max
+
+    assert "lr_max" in remade.data.params and remade.data.tags["tuner.searched"] == "lr_max"
+    assert unperturbed(remade.data.params) == unperturbed(bare.data.params)
+    assert {a.path for a in client.list_artifacts(remade.info.run_id)} >= {
+        "searched.json", "trial_config.json"}
     for run in before:
         history = client.get_metric_history(run.info.run_id, "val_loss")
         pairs = Counter((m.step, m.value) for m in history)

@@ -32,6 +32,7 @@ METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s
            "elapsed_s")
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
+SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
 # which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
@@ -170,6 +171,7 @@ class _Child:
     best: float = math.inf
     sample: tuple[int, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    described: bool = False  # params, tags and artifacts logged (a kill can cut that short)
 
 
 class MlflowRecorder(tune.Callback):
@@ -237,6 +239,7 @@ class MlflowRecorder(tune.Callback):
         child = _Child(run.info.run_id, run.info.start_time, last_step, last_step,
                        {(m.step, m.value) for m in history},
                        min((finite_or_inf(m.value) for m in history), default=math.inf))
+        child.described = SEARCHED_TAG in run.data.tags
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
         if DEVICE_TAG in run.data.tags:
@@ -280,13 +283,21 @@ class MlflowRecorder(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is None:
-            self._children[trial.trial_id] = self._create_child(trial)
+            run = self._client.create_run(
+                self._exp, run_name=f"{self.study.name}-{len(self._children):03d}",
+                tags={"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name,
+                      ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING})
+            child = self._children[trial.trial_id] = _Child(run.info.run_id, run.info.start_time)
         elif trial.trial_id not in self._finished:
             self._client.update_run(child.run_id, status="RUNNING")
             self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
+        if not child.described:  # new, or a kill cut `_describe` short before it trained
+            self._describe(child, trial)
         self._note_config(trial)
 
-    def _create_child(self, trial: Any) -> _Child:
+    def _describe(self, child: _Child, trial: Any) -> None:
+        """Log a trial run's params, tags and config artifacts; its `tuner.searched` tag last,
+        which says the rest is there."""
         from model.config import EPOCHS, HPARAMS
         from tuner.space.params import ALL_DEFS
 
@@ -304,22 +315,17 @@ class MlflowRecorder(tune.Callback):
         defs = {**ALL_DEFS, **HPARAMS, EPOCHS.name: EPOCHS}
         symbols = {name: defs[name].symbol for name in params}
         prov = self.provenance
-        tags = {"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name, ROLE_TAG: "trial",
-                TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING,
-                "tuner.seed": str(self.study.budget.seed),
+        tags = {"tuner.seed": str(self.study.budget.seed),
                 "tuner.threads": str(trial_threads(self.study)),
                 "tuner.dataset_sha256": prov["dataset_sha256"],
                 "tuner.git_commit": prov["git_commit"],
-                "tuner.searched": ",".join(sorted(searched)),
                 **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
-        run = self._client.create_run(self._exp, tags=tags,
-                                      run_name=f"{self.study.name}-{len(self._children):03d}")
-        run_id = run.info.run_id
-        self._log_params_tags(run_id, params, {})
-        self._client.log_dict(run_id, searched, "searched.json")
+        self._log_params_tags(child.run_id, params, tags)
+        self._client.log_dict(child.run_id, searched, "searched.json")
         if config:
-            self._client.log_dict(run_id, config, "trial_config.json")
-        return _Child(run_id, run.info.start_time, config=searched)
+            self._client.log_dict(child.run_id, config, "trial_config.json")
+        self._client.set_tag(child.run_id, SEARCHED_TAG, ",".join(sorted(searched)))
+        child.described, child.config = True, searched
 
     def _note_config(self, trial: Any) -> None:
         """PBT changes a trial's hyperparameters as it goes: record each change as metrics."""
