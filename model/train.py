@@ -21,6 +21,7 @@ from model.loss import cross_entropy, perplexity
 from model.optim import build_optimizer, clip_grad_norm
 from model.schedules import LRSchedule, set_lr
 
+RESUME_KEYS = ("optimizer", "schedule", "rng", "records")  # what train() saves besides the model
 DIVERGENCE_FACTOR = 2.0  # a train loss above 2·ln|V| (twice a uniform guess) counts as diverged
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
               "A10": 125e12, "4090": 165e12}  # dense bf16 FLOP/s by device-name fragment
@@ -183,6 +184,10 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                          epochs=config.epochs(len(dataset.train)))
     step = 0
     if resume_state is not None:
+        missing = [key for key in RESUME_KEYS if key not in resume_state]
+        if missing:
+            raise ConfigError(str(checkpoint_path(resume_from)), "holds no "
+                              f"{', '.join(missing)}: not a checkpoint train() can resume")
         # The config's hyperparameters win over the checkpoint's (PBT resumes with new ones).
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.checkpoint import read_checkpoint
+from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import ConfigError, ModelConfig, TrainConfig, load_train_config
+from model.layers import TransformerLM
+from model.optim import build_optimizer
 from model.tokenizer import Tokenizer
 from model.train import EvalRecord, train
 
@@ -312,12 +314,24 @@ def test_a_checkpoint_of_another_run_is_refused_naming_it(byte_dataset: Path, tm
     assert not (tmp_path / "branch").exists()  # nothing written for a run that cannot start
 
 
+def test_a_checkpoint_without_the_trainers_state_is_refused_naming_it(byte_dataset: Path,
+                                                                     tmp_path: Path) -> None:
+    """A checkpoint of the model and optimizer alone (save_checkpoint's) cannot resume a run."""
+    config = tiny_config(byte_dataset, total_iters=10)
+    model = TransformerLM(config.model)
+    save_checkpoint(model, build_optimizer(model, config), 5, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config, resume_from=tmp_path)
+    assert err.value.field == str(tmp_path / "checkpoint.pt")
+    assert "holds no schedule, rng, records" in str(err.value)
+
+
 def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
     config = tiny_config(byte_dataset, beta2=0.99, weight_decay=0.1)
     train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
     perturbed = replace(config, beta2=0.9, weight_decay=0.3)
     train(perturbed, checkpoint_dir=tmp_path, resume_from=tmp_path)
-    from model.checkpoint import read_checkpoint
+    from model.checkpoint import read_checkpoint, save_checkpoint
 
     groups = read_checkpoint(tmp_path)["optimizer"]["param_groups"]
     assert {g["betas"][1] for g in groups} == {0.9}
