@@ -331,8 +331,6 @@ def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_pa
     train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
     perturbed = replace(config, beta2=0.9, weight_decay=0.3)
     train(perturbed, checkpoint_dir=tmp_path, resume_from=tmp_path)
-    from model.checkpoint import read_checkpoint, save_checkpoint
-
     groups = read_checkpoint(tmp_path)["optimizer"]["param_groups"]
     assert {g["betas"][1] for g in groups} == {0.9}
     assert max(g["weight_decay"] for g in groups) == 0.3
