@@ -177,6 +177,20 @@ def test_missing_sqlite_store_exits_2_without_creating_it(command, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_store_failing_mid_command_is_one_line_exit_1(recorded, tmp_path):
+    """A store that answers, then fails (here its runs table is gone): MLflow's error on one line
+    (masked as every line tuner prints), not a traceback."""
+    import sqlite3
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    with sqlite3.connect(store) as db:
+        db.execute("DROP TABLE runs")
+    code, out = tuner("best", "--study", recorded.name, "--tracking-uri", f"sqlite:///{store}")
+    assert code == 1 and out.strip().splitlines()[-1].startswith("error: MLflow failed: ")
+    assert "runs" in out.strip().splitlines()[-1]  # SQLite names what it missed
+
+
 def test_finished_trials_warm_start_an_optuna_searcher(recorded):
     import optuna
     from ray.tune.search.optuna import OptunaSearch

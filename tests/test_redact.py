@@ -1,4 +1,4 @@
-"""Passwords in URIs are masked wherever tuner prints or records a URI."""
+"""Credentials in URIs are masked wherever tuner prints or records a URI."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ from tuner.redact import redact
     ("postgresql://tuner:pa/ss@db/optuna", "postgresql://tuner:***@db/optuna"),
     ("error: tracking store http://u:pw@127.0.0.1:5000 failed: http://u:pw@127.0.0.1:5000/api",
      "error: tracking store http://u:***@127.0.0.1:5000 failed: http://u:***@127.0.0.1:5000/api"),
-    ("http://u@host:5000", "http://u@host:5000"),  # a user alone is no secret
+    ("http://alice:p@ss@host/x?email=a@b.org", "http://alice:***@host/x?email=a@b.org"),
+    ("https://ghp_T0KEN@host/", "https://***@host/"),  # a user alone may be a token
+    ("postgresql://mlflow@db/mlflow?sslmode=require&password=s3cret",
+     "postgresql://***@db/mlflow?sslmode=require&password=***"),
+    ("http://mlflow:5000/?token=abc123#x", "http://mlflow:5000/?token=***#x"),
+    ("s3://b/k?X-Amz-Credential=AKIA1%2F2&X-Amz-Signature=f00",
+     "s3://b/k?X-Amz-Credential=***&X-Amz-Signature=***"),
+    ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
     ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),  # a path, not a password
     ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
 ])
-def test_redact_masks_only_passwords(text: str, shown: str) -> None:
+def test_redact_masks_only_credentials(text: str, shown: str) -> None:
     assert redact(text) == shown

@@ -1140,6 +1140,20 @@ def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no study 'nothing'" in " ".join(proc.stderr.split())
 
 
+def test_resume_reads_no_study_outside_its_storage(tmp_path: Path) -> None:
+    """--name names a folder under --storage: a path that leaves it is refused, not read."""
+    outside, storage = tmp_path / "outside", tmp_path / "runs"
+    outside.mkdir()
+    storage.mkdir()
+    (outside / "tuner.pkl").write_bytes(b"")
+    (outside / "tuner_study.json").write_text(json.dumps({"space": str(tmp_path / "read.yaml")}))
+    for name in ("../outside", str(outside)):
+        proc = run_tuner(["search", "--resume", "--name", name, "--storage", str(storage)],
+                         cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and f"--name {name!r} must start with a letter" in " ".join(
+            proc.stderr.split()), proc.stderr
+
+
 @pytest.mark.parametrize(("resources", "needs"), [
     ({"cpus_per_trial": 4096}, "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs"),
     ({"gpus_per_trial": 64, "device": "cuda"},

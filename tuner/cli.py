@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Any
 
 import typer
@@ -11,7 +12,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from model.config import ConfigError
-from tuner.errors import UserError
+from tuner.errors import UserError, reason
 from tuner.redact import redact
 
 
@@ -71,4 +72,11 @@ def main() -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"[bold red]error:[/] {escape(redact(where + (exc.strerror or str(exc))))}")
         sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - a store failing mid-command, or a bug: no secrets
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors and isinstance(exc, mlflow_errors.MlflowException):
+            err.print(f"[bold red]error:[/] MLflow failed: {escape(redact(reason(exc)))}")
+        else:  # MLflow's errors quote the URI they used; others may hold a URI too
+            sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

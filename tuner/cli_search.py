@@ -52,6 +52,10 @@ def search(
                  if v is not None}
     if resume and not name:
         raise UserError("--resume needs --name NAME: the study to continue")
+    from tuner.space.schema import NAME_RULE, STUDY_NAME
+
+    if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
+        raise UserError(f"--name {name!r} {NAME_RULE}")
     changed = [f"--{key.replace('_', '-')}" for key in overrides if key != "name"]
     if resume and changed:
         raise UserError(f"{', '.join(changed)}: a resumed study keeps the settings it started "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, TrainConfig, train_config_from_dict
-from tuner.errors import UserError
+from tuner.errors import UserError, reason
 
 
 def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
@@ -26,8 +26,8 @@ def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
         model = TransformerLM(config.model)
         model.load_state_dict(state["model"])
     except (ConfigError, TypeError, RuntimeError) as err:
-        reason = str(err).splitlines()[0][:200]
-        raise UserError(f"{checkpoint}: its weights do not fit its config ({reason})") from None
+        raise UserError(f"{checkpoint}: its weights do not fit its config ({reason(err)})"
+                        ) from None
     return model.to(target).eval(), config
 
 

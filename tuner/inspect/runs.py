@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, TrainConfig, train_config_from_dict
-from tuner.errors import UserError
+from tuner.errors import UserError, reason
 
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -39,8 +38,9 @@ def connect(uri: str) -> Any:
 def study_parent(client: Any, study: str) -> Any:
     """The parent run of study `study`, looked up in every experiment of the store."""
     from tuner.search.tracking import ROLE_TAG, STUDY_TAG
+    from tuner.space.schema import STUDY_NAME
 
-    if STUDY_NAME.match(study):
+    if STUDY_NAME.fullmatch(study):
         runs = client.search_runs(_experiments(client), max_results=1, filter_string=(
             f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
         if runs:
@@ -135,8 +135,8 @@ def download(client: Any, run_id: str, path: str, dst: Path) -> Path:
     try:
         return Path(client.download_artifacts(run_id, path, str(dst)))
     except Exception as err:  # noqa: BLE001 - missing files surface as several exception types
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"run {run_id} has no readable artifact {path} ({reason})") from None
+        raise UserError(f"run {run_id} has no readable artifact {path} ({reason(err)})"
+                        ) from None
 
 
 def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:

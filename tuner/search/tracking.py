@@ -23,7 +23,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner.errors import UserError
+from tuner.errors import UserError, reason
 from tuner.redact import redact
 from tuner.search.outcome import COMPLETED, DIVERGED, FAILED, FINISHED, RUNNING, STOPPED, outcome
 from tuner.search.trainable import trial_threads
@@ -53,7 +53,7 @@ def connect(uri: str) -> Any:
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"tracking store {uri} cannot be used: {_reason(err)}") from None
+        raise UserError(f"tracking store {uri} cannot be used: {reason(err)}") from None
     return client
 
 
@@ -77,12 +77,6 @@ def _creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def _reason(err: BaseException) -> str:
-    """The first line of an error, short enough for one line of output."""
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
 class TrackingLost(Exception):
     """The tracking store failed mid-study (an `mlflow server` after MLflow's own retries)."""
 
@@ -104,7 +98,7 @@ def _guarded(at_once: bool = False) -> Callable[[Callable[..., None]], Callable[
                 hook(self, *args, **kwargs)
             except (MlflowException, OSError) as err:
                 self.lost = TrackingLost(redact(f"tracking store {self.study.tracking.uri} "
-                                                f"failed: {_reason(err)}"))
+                                                f"failed: {reason(err)}"))
                 self.lost.__cause__ = err
                 if at_once:
                     raise self.lost from err

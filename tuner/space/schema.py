@@ -198,6 +198,9 @@ class TrackingSection(Section):
         "artifacts: every completed trial's and the best's (completed), the best's only, or none")
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # use fullmatch
+NAME_RULE = ("must start with a letter or digit and hold only letters, digits, _ . and - "
+             "(it names folders)")
 OVERRIDES = {"name": ("name",), "num_samples": ("search", "num_samples"),
              "max_concurrent": ("search", "max_concurrent"), "seed": ("search", "seed"),
              "storage": ("search", "storage"), "algorithm": ("search", "algorithm"),
@@ -237,9 +240,8 @@ class Study(BaseModel):
     @field_validator("name")
     @classmethod
     def _folder_name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"{name!r} must start with a letter or digit and hold only letters, "
-                             "digits, _ . and - (it names folders)")
+        if not STUDY_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} {NAME_RULE}")
         return name
 
     @model_validator(mode="after")
