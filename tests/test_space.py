@@ -244,10 +244,22 @@ def test_pbt_samples_at_random_and_perturbs_only_what_can_change_mid_run(tmp_pat
     assert study.search.searcher == "random" and study.search.pbt.params == ["beta2"]
 
 
-def test_hyperband_takes_no_concurrency_limit(tmp_path: Path) -> None:
-    """HyperBand pauses trials until their bracket catches up: a limit would starve it."""
-    issues = issues_of(tmp_path, study_text(search="  scheduler: hyperband\n  max_concurrent: 2\n"))
-    assert [p for p, _, _ in issues] == ["search.max_concurrent"]
+def test_hyperband_takes_no_concurrency_limit_nor_brackets(tmp_path: Path) -> None:
+    """HyperBand pauses trials until their bracket catches up: a limit would starve it. It sizes
+    its own brackets: ASHA's count would do nothing."""
+    issues = issues_of(tmp_path, study_text(search="  scheduler: hyperband\n  max_concurrent: 2\n"
+                                                   "  asha:\n    brackets: 4\n"))
+    assert [p for p, _, _ in issues] == ["search.max_concurrent", "search.asha.brackets"]
+
+
+def test_data_settings_another_source_ignores_are_errors(tmp_path: Path) -> None:
+    """A seed only seeds the synthetic corpus; a validation share needs no validation text."""
+    text = study_text().replace("  source: synthetic\n", f"  source: files\n  input: {__file__}\n"
+                                f"  valid: {__file__}\n  valid_fraction: 0.1\n  seed: 3\n")
+    assert [p for p, _, _ in issues_of(tmp_path, text)] == ["data.valid_fraction", "data.seed"]
+    text = study_text().replace("synthetic\n", "tinystories\n  valid_fraction: 0.1\n")
+    assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
+        ("data.valid_fraction", "not used: the validation text is TinyStories' own")]
 
 
 def test_trials_are_ranked_by_val_loss_only(tmp_path: Path) -> None:
@@ -438,7 +450,8 @@ def test_overrides_revalidate_and_resolved_is_plain_json(tmp_path: Path) -> None
     assert study.name == "study" and study.search.num_samples == 4
     with pytest.raises(SpaceError) as caught:
         study.with_overrides(max_concurrent=0)
-    assert [(p, line) for p, line, _ in caught.value.issues] == [("search.max_concurrent", None)]
+    assert [(p, line) for p, line, _ in caught.value.issues] == [("--max-concurrent", None)]
+    assert str(caught.value).startswith("--max-concurrent: ")  # the flag gave it, not the file
 
     resolved = json.loads(json.dumps(study.resolved()))
     assert resolved["hparams"]["batch_size"] == {"choice": [8, 16]}

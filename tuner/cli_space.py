@@ -39,7 +39,8 @@ def _load(path: Path) -> Study:
 @app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML)",
                                                          show_default=False)]) -> None:
-    """Check study files; exit 2 listing every problem with its YAML path and line."""
+    """Check study files; exit 2 listing the problems with their YAML paths and lines (checks
+    across fields run once every field is valid on its own)."""
     failed = False
     for path in paths:
         try:

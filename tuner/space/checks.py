@@ -68,8 +68,12 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
             issues.append((("data", key), "only used with source files"))
         elif file is not None and not file.is_file():
             issues.append((("data", key), f"no file at {file}"))
-    if data.synthetic_bytes is not None and data.source != "synthetic":
-        issues.append((("data", "synthetic_bytes"), "only used with source synthetic"))
+    for key in ("synthetic_bytes", "seed"):
+        if getattr(data, key) is not None and data.source != "synthetic":
+            issues.append((("data", key), "only used with source synthetic"))
+    if data.valid_fraction is not None and (data.valid is not None or data.source == "tinystories"):
+        issues.append((("data", "valid_fraction"), "not used: the validation text is "
+                       + ("the valid file" if data.valid is not None else "TinyStories' own")))
     model_vocab = int(span(study, "vocab_size")[0])
     where = ("data", "vocab_size") if data.vocab_size is not None else ("model", "vocab_size")
     if data.tokenizer is None:  # a BPE tokenizer of this size is trained
@@ -238,6 +242,9 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
         issues.append((("search", "max_concurrent"), "hyperband pauses trials until their bracket "
                        "catches up, so only the resources may bound how many run at once: "
                        "remove max_concurrent"))
+    if search.scheduler == "hyperband" and "brackets" in search.asha.model_fields_set:
+        issues.append((("search", "asha", "brackets"), "only used by the asha scheduler: "
+                       "hyperband sizes its brackets itself"))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
     if search.warm_start is not None and (search.scheduler == "pbt" or not space):

@@ -84,7 +84,8 @@ class DataSection(Section):
                                   "(see `tuner data prepare --help`)")
     synthetic_bytes: int | None = Field(None, ge=1, description="size of the synthetic corpus in "
                                         "bytes (source synthetic)")
-    seed: int | None = Field(None, ge=0, description="seed of the synthetic corpus and the split")
+    seed: int | None = Field(None, ge=0, description="seed of the synthetic corpus (source "
+                             "synthetic)")
     cache_dir: Path | None = Field(None, description="where prepared datasets are cached")
 
     def prepare_kwargs(self) -> dict[str, Any]:
@@ -99,7 +100,8 @@ class AshaSettings(Section):
                                      "can be stopped (default: a full trial / reduction_factor²)")
     reduction_factor: float = Field(3.0, gt=1, description="keep the best 1/reduction_factor of "
                                     "the trials at each rung")
-    brackets: int = Field(1, ge=1, description="number of ASHA brackets (grace periods)")
+    brackets: int = Field(1, ge=1, description="number of ASHA brackets (grace periods); asha "
+                          "only")
 
 
 class MedianSettings(Section):
@@ -318,7 +320,15 @@ class Study(BaseModel):
                 for section in sections:
                     target = target.setdefault(section, {})
                 target[field] = value
-        return build_study(raw, source_path=self._source_path, source_text=self._source_text)
+        try:
+            return build_study(raw, source_path=self._source_path, source_text=self._source_text)
+        except SpaceError as err:  # name the flag that gave a value, not the file
+            flags = {".".join(OVERRIDES[k]): f"--{k.replace('_', '-')}" for k, v in
+                     overrides.items() if v is not None}
+            issues = [i._replace(path=flags[i.path], line=None) if i.path in flags else i
+                      for i in err.issues]
+            by_file = any(i.path not in flags for i in err.issues)
+            raise SpaceError(self._source_path if by_file else None, issues) from None
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved study, defaults filled, as plain JSON-ready data."""
