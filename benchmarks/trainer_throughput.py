@@ -1,16 +1,19 @@
 """Training throughput, MFU and peak memory of the trainer's real loop, fast path on and off.
 
     uv run python benchmarks/trainer_throughput.py --preset cpu
-    python benchmarks/trainer_throughput.py --preset cs336 --batch-sizes 32 64 128 --compile
+    python3 benchmarks/trainer_throughput.py --preset cs336 --batch-sizes 32 64 128 256 \
+        --compile --steps 50
 
 Runs `model.train.train` itself on random tokens (so data loading, clipping and the optimizer step
 are included) and reports the steady-state interval, after a warm-up interval that absorbs
-compilation and allocator growth. Prints a markdown table.
+compilation and allocator growth. Prints a markdown table, a row as each finishes (a batch size
+that runs out of GPU memory is a row that says so).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import resource
@@ -24,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
+from model.layers import TransformerLM  # noqa: E402
 from model.train import resolve_device, train  # noqa: E402
 
 PRESETS = {
@@ -50,16 +54,30 @@ def measure(model: ModelConfig, data: Path, batch_size: int, steps: int, fast: b
                          eval_interval=steps, eval_windows=4, device=device, fast=fast,
                          compile=compile_model, sample_tokens=0, warmup_iters=1)
     dev = resolve_device(device)
+    torch._dynamo.reset()  # each row compiles its own static-shape graph, as one trial would
+    gc.collect()
+    row = {"batch_size": batch_size, "fast": fast, "compile": compile_model}
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
-    result = train(config)
-    steady = result.records[-1]
+    try:
+        steady = train(config).records[-1]
+    except torch.cuda.OutOfMemoryError:
+        return {**row, "oom": True}
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"batch_size": batch_size, "fast": fast, "compile": compile_model,
-            "tokens_per_s": steady.tokens_per_s, "mfu": steady.mfu, "peak_gib": peak / 2**30,
-            "params": result.num_params}
+    return {**row, "tokens_per_s": steady.tokens_per_s, "mfu": steady.mfu,
+            "peak_gib": peak / 2**30}
+
+
+def table_row(r: dict) -> str:
+    """One markdown row of a measurement."""
+    switches = f"| {r['batch_size']} | {'on' if r['fast'] else 'off'} | " \
+               f"{'on' if r['compile'] else 'off'} |"
+    if r.get("oom"):
+        return f"{switches} out of memory | | |"
+    mfu = "n/a" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
+    return f"{switches} {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_gib']:.2f} |"
 
 
 def main() -> None:
@@ -76,23 +94,19 @@ def main() -> None:
     dev = resolve_device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     variants = [(False, False), (True, False)] + ([(True, True)] if args.compile else [])
+    print(f"preset {args.preset} ({TransformerLM(model).num_params():,} parameters) on {name}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| batch | fast path | compile | tokens/s | MFU | peak memory (GiB) |")
+    print("|---:|---|---|---:|---:|---:|", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = random_dataset(Path(tmp), model.vocab_size)
         for batch in args.batch_sizes:
             for fast, compiled in variants:
                 rows.append(measure(model, data, batch, args.steps, fast, compiled, args.device))
-    print(f"preset {args.preset} ({rows[0]['params']:,} parameters) on {name}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| batch | fast path | compile | tokens/s | MFU | peak memory (GiB) |")
-    print("|---:|---|---|---:|---:|---:|")
-    for r in rows:
-        mfu = "n/a" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
-        print(f"| {r['batch_size']} | {'on' if r['fast'] else 'off'} | "
-              f"{'on' if r['compile'] else 'off'} | {r['tokens_per_s']:,.0f} | {mfu} | "
-              f"{r['peak_gib']:.2f} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+                print(table_row(rows[-1]), flush=True)
+                if args.json:  # after every row: a run cut short keeps what it measured
+                    args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
