@@ -281,17 +281,25 @@ def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, l
                                                  ("median", "the median rule")])
 def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_store_template: Path,
                                       scheduler: str, name: str) -> None:
-    settings = {"median": {"grace_period": 10240}} if scheduler == "median" else {}
+    """Each scheduler stops trials. HyperBand (max_t 8 grace periods, η 3) fills its brackets
+    from the least aggressive: 3 trials of the full budget, then a bracket of up to 5 that keeps
+    2 at 2 grace periods, so its 3 trials there lose one."""
+    settings = ({"median": {"grace_period": 10240}} if scheduler == "median"
+                else {"asha": {"grace_period": 5120}})
+    trials = 4 if scheduler == "median" else 6
     space = write_space(tmp_path, scheduler, dataset,
                         hparams={"lr_max": {"loguniform": [1e-4, 0.1]}},
-                        search={"scheduler": scheduler, "num_samples": 4, "max_concurrent": None,
-                                "algorithm": "random", **settings})
-    _, parent, children, _ = _run_study(tmp_path, space, mlflow_store_template)
-    assert parent.data.tags["tuner.scheduler"] == scheduler and len(children) == 4
+                        search={"scheduler": scheduler, "num_samples": trials,
+                                "max_concurrent": None, "algorithm": "random", **settings})
+    uri, parent, children, _ = _run_study(tmp_path, space, mlflow_store_template)
+    assert parent.data.tags["tuner.scheduler"] == scheduler and len(children) == trials
     grouped = by_status(children)
-    assert set(grouped) <= {"completed", "stopped"} and grouped.get("completed")
-    for run in grouped.get("stopped", []):
+    assert set(grouped) == {"completed", "stopped"}, grouped  # the scheduler stopped some
+    from mlflow import MlflowClient
+
+    for run in grouped["stopped"]:
         assert run.data.tags["tuner.status_detail"].startswith(f"stopped by {name} at ")
+        assert _tokens(MlflowClient(tracking_uri=uri), run) < 40960  # before the budget's end
 
 
 @pytest.mark.slow
@@ -425,6 +433,7 @@ def test_existing_study_needs_resume(faults_study: dict[str, Any]) -> None:
     assert "--resume --name faults" in " ".join(proc.stderr.split())
 
 
+@pytest.mark.slow
 def test_resume_without_the_tracking_store_it_ran_with_fails(faults_study: dict[str, Any]) -> None:
     """A study whose trials ran is not resumed into a store that lacks it (a new, empty parent
     run would follow); the command names the store and starts nothing."""
@@ -852,6 +861,7 @@ def _descendants(root: int) -> list[tuple[int, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
                                              mlflow_store_template: Path) -> None:
     """Every trial diverges: the study is recorded, but the command fails (nothing to replay)."""
@@ -1069,11 +1079,9 @@ def test_deleted_experiment_fails_before_ray(tmp_path: Path, dataset: Path,
 def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
     space = write_space(tmp_path, "offline", dataset)
     uri = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)  # not MLflow's retries
     assert proc.returncode == 2 and uri in proc.stderr
-    assert time.monotonic() - started < 60
     assert not (tmp_path / "ray").exists()
     space.write_text(space.read_text().replace(f"path: {dataset}", "source: synthetic"))
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
