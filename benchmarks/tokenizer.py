@@ -1,6 +1,5 @@
 """Tokenizer benchmark: BPE training and encoding speed and memory, beside HF tokenizers, tiktoken.
 
-    uv sync --group bench   # Hugging Face tokenizers, the training reference
     uv run python benchmarks/tokenizer.py [--data ../shared/data] [--repeats 3] [--stream-mb 100]
 
 Each measurement runs in a fresh process (peak memory is that process's ru_maxrss) and the median

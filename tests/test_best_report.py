@@ -125,7 +125,9 @@ def test_lr_points_follow_the_trainer(recorded, tmp_path):
     config = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)
     schedule = dict(report.lr_points(config, runs.metric_points(
         client, recorded.best_run_id, "val_loss")))
-    for tokens, lr in runs.metric_points(client, recorded.best_run_id, "lr"):
+    logged = runs.metric_points(client, recorded.best_run_id, "lr")
+    assert len(logged) == 8 and len(schedule) == 40  # an evaluation every 5 of 40 steps
+    for tokens, lr in logged:
         assert schedule[tokens] == lr  # the α each evaluation logged is on the curve
 
 

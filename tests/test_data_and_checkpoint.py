@@ -47,8 +47,9 @@ def test_validation_windows_are_fixed() -> None:
     tokens = np.arange(500, dtype=np.uint16)
     x, y = validation_windows(tokens, 16, 10, "cpu")
     x2, _ = validation_windows(tokens, 16, 10, "cpu")
-    assert torch.equal(x, x2) and x.shape == (10, 16) and int(x[0, 0]) == 0
-    assert int(y[-1, -1]) <= 499
+    assert torch.equal(x, x2) and x.shape == (10, 16) and torch.equal(y[:, :-1], x[:, 1:])
+    assert x[:, 0].tolist() == np.linspace(0, 483, 10).astype(int).tolist()  # evenly spaced
+    assert int(y[-1, -1]) == 499  # the last window reaches the end of the tokens
 
 
 def test_token_files_are_checked(tmp_path: Path) -> None:

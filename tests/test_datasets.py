@@ -389,7 +389,7 @@ def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     while not list(tmp_path.glob(".ds.partial-*")) and cli.poll() is None:
-        time.sleep(0.01)
+        sleep(0.01)  # the real one (no_retry_pause stubs time.sleep)
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=120)
     assert cli.returncode == 130, out + err

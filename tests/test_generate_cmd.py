@@ -47,19 +47,28 @@ def test_generate_from_checkpoint_is_seeded_text(checkpoint):
     assert code == 0, out
     assert out.startswith("ROMEO:") and len(out.rstrip("\n")) > len("ROMEO:")
     assert tuner(*args) == (0, out)  # same seed, same text
-    code, greedy = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "ROMEO:",
-                         "--temperature", "0", "--max-new-tokens", "24")
-    assert code == 0 and greedy.startswith("ROMEO:")
+    greedy = [tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "ROMEO:",
+                    "--temperature", "0", "--max-new-tokens", "24", "--seed", seed)
+              for seed in ("1", "2")]
+    assert greedy[0] == greedy[1] and greedy[0][0] == 0  # the likeliest tokens: no sampling
+    assert len(greedy[0][1].rstrip("\n")) > len("ROMEO:")
     # An empty prompt starts from <|endoftext|>, which this byte-level tokenizer lacks
     code, out = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "")
     assert code == 2 and "no end-of-text token to start from" in out, out
 
 
-def test_generate_from_trial_run(recorded, tokenized):
-    code, out = tuner("generate", "--run", recorded.best_run_id, "--prompt", "The ",
-                      "--data", str(tokenized), "--tracking-uri", recorded.uri)
+def test_generate_from_trial_run(recorded, tokenized, tmp_path):
+    """The run's verified checkpoint artifact generates what that file does."""
+    from mlflow import MlflowClient
+
+    args = ("--prompt", "The ", "--data", str(tokenized), "--max-new-tokens", "16")
+    code, out = tuner("generate", "--run", recorded.best_run_id, *args,
+                      "--tracking-uri", recorded.uri)
     assert code == 0, out
-    assert out.startswith("The ")
+    assert out.startswith("The ") and len(out.rstrip("\n")) > len("The ")
+    artifact = MlflowClient(tracking_uri=recorded.uri).download_artifacts(
+        recorded.best_run_id, "checkpoint/checkpoint.pt", str(tmp_path))
+    assert tuner("generate", "--checkpoint", artifact, *args) == (0, out)
 
 
 def test_trial_without_checkpoint_or_tokenizer_exits_2(recorded):
@@ -92,4 +101,7 @@ def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
 
 def test_run_and_checkpoint_are_exclusive(checkpoint):
     code, out = tuner("generate", "--prompt", "x")
+    assert code == 2 and "one of --run" in out
+    code, out = tuner("generate", "--prompt", "x", "--checkpoint", str(checkpoint), "--run",
+                      "0" * 32)
     assert code == 2 and "one of --run" in out

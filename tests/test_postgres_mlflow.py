@@ -149,3 +149,14 @@ def test_ray_head_tasks_log_to_the_server(tracking: Tracking) -> None:
     assert sorted((r.data.params["lr"], r.data.metrics["val_loss"]) for r in runs) == [
         ("0.25", 4.0), ("0.5", 2.0)]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_tuner_reads_the_postgres_store_and_masks_its_password(tracking: Tracking) -> None:
+    """`tuner best` straight on the PostgreSQL store: the URI it names shows no password."""
+    pg = tracking.postgres
+    proc = subprocess.run([str(Path(sys.executable).with_name("tuner")), "best", "--study",
+                           "nosuch", "--tracking-uri", pg.uri], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "250"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "no study 'nosuch'" in out and "it holds no study" in out
+    assert f"{pg.user}:***@{pg.host}:{pg.port}" in out and pg.password not in out
