@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from time import sleep  # the real one: no_retry_pause makes time.sleep return at once

@@ -3,13 +3,11 @@ a checkpoint crafted to run code on load, or a truncated one, is refused with ex
 
 from __future__ import annotations
 
-import zipfile
-
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 from inspect_study import tuner, write_malicious_checkpoint
 
 from model.config import ModelConfig, TrainConfig
