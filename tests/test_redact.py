@@ -21,8 +21,24 @@ from tuner.redact import redact
     ("s3://b/k?X-Amz-Credential=AKIA1%2F2&X-Amz-Signature=f00",
      "s3://b/k?X-Amz-Credential=***&X-Amz-Signature=***"),
     ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
+    ("postgresql://:pw@db/x", "postgresql://:***@db/x"),  # a password without a user
+    ("http://127.0.0.1:5000/x?email=a@b.org", "http://127.0.0.1:5000/x?email=a@b.org"),
+    ("http://h/api/get-history?run_id=1&metric_key=val_loss&tokens=5",
+     "http://h/api/get-history?run_id=1&metric_key=val_loss&tokens=5"),
+    ("store 'http://h/?access_token=abc' (timeout)", "store 'http://h/?access_token=***' (timeout)"),
     ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),  # a path, not a password
     ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
 ])
 def test_redact_masks_only_credentials(text: str, shown: str) -> None:
     assert redact(text) == shown
+
+
+def test_redacted_json_stays_json() -> None:
+    """A study's resolved JSON is redacted as text before MLflow gets it: it must still parse."""
+    import json
+
+    study = {"tracking": {"uri": "postgresql://u@db/m?sslmode=require&password=s3cret"},
+             "search": {"storage": "s3://b/k?token=abc"}, "name": "x"}
+    shown = json.loads(redact(json.dumps(study)))
+    assert shown == {"tracking": {"uri": "postgresql://***@db/m?sslmode=require&password=***"},
+                     "search": {"storage": "s3://b/k?token=***"}, "name": "x"}

@@ -9,14 +9,17 @@ import re
 # The userinfo of a URI: a password may hold "/" and "@" unescaped (SQLAlchemy and requests read
 # up to the last "@" before the host), so it ends at the "@" whose host runs to a "/", "?", "#",
 # blank or the end without another "@". A user alone may be a token (https://TOKEN@host).
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)([^/\s:@]+)(:\S*?)?"
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)([^/\s:@]*)(:[^\s?#]*?)?"
                        r"@(?=[^\s@/?#]*(?:[\s/?#]|$))")
-# A query parameter that carries a secret: ?password=, &token=, &X-Amz-Signature=, &api_key=...
-_SECRET_QUERY = re.compile(r"([?&][\w.-]*(?:pass|pwd|token|secret|key|sig|credential)[\w.-]*=)"
-                           r"[^&\s#]+", re.IGNORECASE)
-
+# A query parameter whose name ends in a secret's word: ?password=, &access_token=,
+# &X-Amz-Signature=, &api_key=, &sig= (not &metric_key= or &tokens=). The value ends where a
+# quote, bracket or separator of the text around the URI begins.
+_SECRET_QUERY = re.compile(
+    r"([?&](?:[\w.-]*[_.-])?(?:password|passwd|pwd|token|secret|signature|sig|credential|"
+    r"(?:api|access|secret|private|account)[_.-]?key)=)[^&\s#\"'<>,;)\]}]+", re.IGNORECASE)
 
 def redact(text: str) -> str:
     """`text` with the credentials of every URI in it replaced by ***."""
-    text = _USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@" if m[3] else f"{m[1]}***@", text)
+    text = _USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@" if m[3] is not None else f"{m[1]}***@",
+                         text)
     return _SECRET_QUERY.sub(r"\1***", text)
