@@ -144,11 +144,13 @@ def find_parent(client: Any, experiment: str, study: str) -> Any | None:
     return runs[0] if runs else None
 
 
-def child_runs(client: Any, experiment_id_: str, parent_id: str) -> list[Any]:
-    """Every trial run under a parent."""
+def child_runs(client: Any, experiment_id_: str, parent_id: str,
+               deleted: bool = False) -> list[Any]:
+    """Every trial run under a parent (with `deleted`, the deleted ones too)."""
     from mlflow.entities import ViewType
 
-    return client.search_runs([experiment_id_], run_view_type=ViewType.ACTIVE_ONLY,
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    return client.search_runs([experiment_id_], run_view_type=view,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
                               max_results=50000)
 
@@ -159,7 +161,8 @@ class _Child:
 
     run_id: str
     started: int = 0  # the run's start time (ms): a tie in val_loss goes to the earlier trial
-    last_step: int = -1
+    last_step: int = -1  # the furthest step logged
+    latest: int = -1  # the step logged last: a PBT clone's can be below its furthest
     replay_to: int = -1  # logged before a restart from an older checkpoint: not logged again
     logged: set[tuple[int, float]] = field(default_factory=set)  # (tokens, val_loss) pairs
     best: float = math.inf
@@ -200,8 +203,11 @@ class MlflowRecorder(tune.Callback):
         # MLflow shows a metric's value at its highest step: never log the study's below it
         self._study_step = max((m.step for m in self._client.get_metric_history(
             self._parent, "tokens_trained")), default=0)
-        for run in child_runs(self._client, self._exp, self._parent):
-            self._adopt(run)
+        runs = child_runs(self._client, self._exp, self._parent, deleted=True)
+        self._numbered = len(runs)  # run names go on after every run made, lost ones included
+        for run in runs:
+            if run.info.lifecycle_stage == "active":
+                self._adopt(run)
 
     def _create_parent(self) -> str:
         study, prov = self.study, self.provenance
@@ -229,10 +235,11 @@ class MlflowRecorder(tune.Callback):
         from tuner.inspect.runs import finite_or_inf
 
         history = self._client.get_metric_history(run.info.run_id, "val_loss")
-        last_step = max((m.step for m in history), default=-1)
-        child = _Child(run.info.run_id, run.info.start_time, last_step, last_step,
-                       {(m.step, m.value) for m in history},
-                       min((finite_or_inf(m.value) for m in history), default=math.inf))
+        latest = max(history, key=lambda m: (m.timestamp, m.step)).step if history else -1
+        child = _Child(run.info.run_id, run.info.start_time,
+                       last_step=max((m.step for m in history), default=-1), latest=latest,
+                       replay_to=latest, logged={(m.step, finite_or_inf(m.value)) for m in history},
+                       best=min((finite_or_inf(m.value) for m in history), default=math.inf))
         child.described = SEARCHED_TAG in run.data.tags
         self._children[trial_id] = child
         self._tokens[trial_id] = max(child.last_step, 0)
@@ -278,10 +285,11 @@ class MlflowRecorder(tune.Callback):
         child = self._children.get(trial.trial_id)
         if child is None:
             run = self._client.create_run(
-                self._exp, run_name=f"{self.study.name}-{len(self._children):03d}",
+                self._exp, run_name=f"{self.study.name}-{self._numbered:03d}",
                 tags={"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name,
                       ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING})
             child = self._children[trial.trial_id] = _Child(run.info.run_id, run.info.start_time)
+            self._numbered += 1
         elif trial.trial_id not in self._finished:
             self._client.update_run(child.run_id, status="RUNNING")
             self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
@@ -361,7 +369,8 @@ class MlflowRecorder(tune.Callback):
                 tokens, val_loss) in child.logged:
             return
         child.logged.add((tokens, val_loss))
-        furthest = child.last_step = max(child.last_step, tokens)
+        child.latest, furthest = tokens, max(child.last_step, tokens)
+        child.last_step = furthest
         self._tokens[trial.trial_id] = tokens
         self._log_metrics(child.run_id, values, tokens)
         if val_loss < child.best:  # at the furthest step: a PBT clone steps back, the best not
@@ -382,7 +391,7 @@ class MlflowRecorder(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
         if child is not None:
-            child.replay_to = child.last_step  # it goes on from its last checkpoint
+            child.replay_to = child.latest  # it goes on from its last checkpoint
             self._client.set_tag(child.run_id, "tuner.retries",
                                  str(trial.run_metadata.num_failures))
 
