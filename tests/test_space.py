@@ -452,6 +452,15 @@ def test_overrides_revalidate_and_resolved_is_plain_json(tmp_path: Path) -> None
         study.with_overrides(max_concurrent=0)
     assert [(p, line) for p, line, _ in caught.value.issues] == [("--max-concurrent", None)]
     assert str(caught.value).startswith("--max-concurrent: ")  # the flag gave it, not the file
+    bracketed = load_study(write(tmp_path, study_text(search="  asha:\n    brackets: 2\n"),
+                                 "bracketed.yaml"))
+    with pytest.raises(SpaceError) as caught:  # a flag's issue beside one of the file's
+        bracketed.with_overrides(scheduler="hyperband", max_concurrent=2)
+    assert sorted(str(caught.value).splitlines()) == [
+        "--max-concurrent: hyperband pauses trials until their bracket catches up, so only the "
+        "resources may bound how many run at once: remove max_concurrent",
+        f"{tmp_path / 'bracketed.yaml'}: search.asha.brackets: only used by the asha "
+        "scheduler: hyperband sizes its brackets itself"]
 
     resolved = json.loads(json.dumps(study.resolved()))
     assert resolved["hparams"]["batch_size"] == {"choice": [8, 16]}

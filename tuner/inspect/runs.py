@@ -15,7 +15,7 @@ from model.config import ConfigError, TrainConfig, train_config_from_dict
 from tuner.errors import UserError, reason
 
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # use fullmatch
 
 
 def connect(uri: str) -> Any:
@@ -73,7 +73,7 @@ def get_run(client: Any, run_id: str) -> Any:
     """The run with this id; UserError when the store has none."""
     from mlflow.exceptions import MlflowException
 
-    if not RUN_ID.match(run_id):
+    if not RUN_ID.fullmatch(run_id):
         raise UserError(f"{run_id!r} is not an MLflow run id (32 hex digits)")
     try:
         return client.get_run(run_id)

@@ -25,6 +25,7 @@ class SpaceError(UserError):
         super().__init__("\n".join(self._format(i) for i in self.issues))
 
     def _format(self, issue: Issue) -> str:
-        where = ":".join(str(p) for p in (self.file, issue.line) if p is not None)
+        file = None if issue.path.startswith("--") else self.file  # a flag's value, not the file's
+        where = ":".join(str(p) for p in (file, issue.line) if p is not None)
         text = f"{issue.path}: {issue.message}" if issue.path else issue.message
         return f"{where}: {text}" if where else text

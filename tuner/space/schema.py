@@ -327,8 +327,7 @@ class Study(BaseModel):
                      overrides.items() if v is not None}
             issues = [i._replace(path=flags[i.path], line=None) if i.path in flags else i
                       for i in err.issues]
-            by_file = any(i.path not in flags for i in err.issues)
-            raise SpaceError(self._source_path if by_file else None, issues) from None
+            raise SpaceError(self._source_path, issues) from None
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved study, defaults filled, as plain JSON-ready data."""
