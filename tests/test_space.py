@@ -457,10 +457,10 @@ def test_overrides_revalidate_and_resolved_is_plain_json(tmp_path: Path) -> None
     with pytest.raises(SpaceError) as caught:  # a flag's issue beside one of the file's
         bracketed.with_overrides(scheduler="hyperband", max_concurrent=2)
     assert sorted(str(caught.value).splitlines()) == [
-        "--max-concurrent: hyperband pauses trials until their bracket catches up, so only the "
-        "resources may bound how many run at once: remove max_concurrent",
-        f"{tmp_path / 'bracketed.yaml'}: search.asha.brackets: only used by the asha "
-        "scheduler: hyperband sizes its brackets itself"]
+        ("--max-concurrent: hyperband pauses trials until their bracket catches up, so only the "
+         "resources may bound how many run at once: remove max_concurrent"),
+        (f"{tmp_path / 'bracketed.yaml'}: search.asha.brackets: only used by the asha "
+         "scheduler: hyperband sizes its brackets itself")]
 
     resolved = json.loads(json.dumps(study.resolved()))
     assert resolved["hparams"]["batch_size"] == {"choice": [8, 16]}
