@@ -369,8 +369,8 @@ class MlflowRecorder(tune.Callback):
                 tokens, val_loss) in child.logged:
             return
         child.logged.add((tokens, val_loss))
-        child.latest, furthest = tokens, max(child.last_step, tokens)
-        child.last_step = furthest
+        child.latest = tokens
+        child.last_step = furthest = max(child.last_step, tokens)
         self._tokens[trial.trial_id] = tokens
         self._log_metrics(child.run_id, values, tokens)
         if val_loss < child.best:  # at the furthest step: a PBT clone steps back, the best not
