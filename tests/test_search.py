@@ -471,7 +471,7 @@ def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) 
     headline, progress = frame.splitlines()[:2]
     for status, count in Counter(r.data.tags["tuner.status"] for r in after).items():
         assert f"{count} {status}" in headline
-    assert progress.endswith("ETA 0:00:00") and "interrupted" not in frame
+    assert progress.endswith("ETA ≤ 0:00:00") and "interrupted" not in frame
     for run in after:
         row = rf"^{run.data.tags['tuner.trial_id']} +{run.data.tags['tuner.status']} "
         assert re.search(row, frame, re.MULTILINE), row
@@ -933,6 +933,27 @@ def test_study_of_one_trial_at_a_time_repeats_exactly(tmp_path: Path, dataset: P
                          for run in sorted(children, key=lambda r: r.info.start_time)])
     assert outcomes[0] == outcomes[1]
     assert {status for _, status, _ in outcomes[0]} == {"completed", "stopped"}
+
+
+def test_summary_commands_survive_spaces_and_brackets_in_paths() -> None:
+    """The printed `tuner replay` is one shell word per argument and Rich markup is not applied
+    to a store's path (`[/x]` raised, `[exp]` vanished)."""
+    import io
+    import shlex
+
+    from rich.console import Console
+
+    from tuner.search.console import Summary, print_summary
+
+    uri = "sqlite:////home/u/My Projects/[exp]/[/x]/mlflow.db"
+    out = io.StringIO()
+    print_summary(Console(file=out, width=300), Summary(
+        "s", "p" * 32, {"completed": 1}, best_trial="t1", best_run_id="r" * 32,
+        best_val_loss=1.0, tracking_uri=uri))
+    text = out.getvalue()
+    assert f"MLflow parent run {'p' * 32} ({uri})" in text
+    command = next(line for line in text.splitlines() if "tuner replay" in line)
+    assert shlex.split(command) == ["tuner", "replay", "r" * 32, "--tracking-uri", uri]
 
 
 def test_repair_puts_back_a_deleted_checkpoint_from_the_next(tmp_path: Path) -> None:

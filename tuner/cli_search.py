@@ -9,6 +9,7 @@ one line with exit code 2.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,8 +95,9 @@ def search(
                       f"{study.search.warm_start!r}")
     from tuner.search.console import print_summary
 
-    resume_hint = (f"tuner search --resume --name {study.name} --storage {storage}"
-                   + (f" --address {address}" if address else ""))  # not saved: the cluster may move
+    resume_hint = shlex.join(["tuner", "search", "--resume", "--name", study.name, "--storage",
+                              str(storage), *(["--address", address] if address else [])])
+    # (the address is not saved: the cluster may move)
     try:
         summary = run_study(study, data_dir, storage, address=address, restore=restore,
                             provenance=provenance(data_dir, meta),
@@ -103,11 +105,12 @@ def search(
                             warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
     except TrackingLost as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
-        console.print(f"once the store answers again, continue it with: {resume_hint}")
+        console.print(f"once the store answers again, continue it with: {resume_hint}",
+                      markup=False)
         return 1
     print_summary(console, summary)
     if summary.interrupted:
-        console.print(f"continue it with: {resume_hint}")
+        console.print(f"continue it with: {resume_hint}", markup=False)
         return 130
     return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
 

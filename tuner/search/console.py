@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from ray import tune
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -17,6 +19,15 @@ from tuner import output
 from tuner.search.outcome import FINISHED, RUNNING, outcome
 
 MAX_ROWS = 12
+_SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
+
+
+def stop_live_views() -> None:
+    """Stop every live view still drawing: a study that ended by an error or a second stop
+    never reached the view's `on_experiment_end`, which would leave the cursor hidden."""
+    for live in list(_SHOWING):
+        live.stop()
+    _SHOWING.clear()
 
 
 def _fmt(value: Any) -> str:
@@ -71,6 +82,7 @@ class LiveView(tune.Callback):
             self._live = Live(starting, console=self._console, refresh_per_second=2,
                               transient=False)
             self._live.start()
+            _SHOWING.add(self._live)
         else:
             self._console.print(starting)
 
@@ -107,6 +119,7 @@ class LiveView(tune.Callback):
         if self._live is not None:
             self._live.update(self.render(trials))
             self._live.stop()
+            _SHOWING.discard(self._live)
             self._live = None
         else:
             self._console.print(self.render(trials))
@@ -121,14 +134,14 @@ class LiveView(tune.Callback):
     def _progress(self, trials: list, statuses: dict[str, str]) -> str:
         """Tokens trained against the most the study can still train, elapsed time and ETA."""
         done = sum(_tokens(t) for t in trials)
-        left = sum(self.trial_tokens - _tokens(t) for t in trials
+        left = sum(max(self.trial_tokens - _tokens(t), 0) for t in trials
                    if statuses[t.trial_id] not in FINISHED)
         left += max(self.study.search.num_samples - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start
         rate = (done - self._tokens_at_start) / elapsed if elapsed > 0 else 0.0
         eta = 0.0 if left == 0 else left / rate if rate > 0 else math.inf
         return (f"tokens {done:,} of ≤ {done + left:,}   elapsed {_duration(elapsed)}   "
-                f"ETA {_duration(eta)}")
+                f"ETA ≤ {_duration(eta)}")  # as if no trial left stopped early
 
     def _finished_line(self, trials: list, trial: Any, detail: str) -> str:
         """A log's line for a trial that just finished: how, its best loss and the progress."""
@@ -200,7 +213,7 @@ def print_summary(console: Console, summary: Summary) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n) or "no trial finished"
     state = "interrupted" if summary.interrupted else "finished"
     console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
-    console.print(f"MLflow parent run {summary.parent_run_id} ({summary.tracking_uri})")
+    console.print(f"MLflow parent run {summary.parent_run_id} ({escape(summary.tracking_uri)})")
     if summary.best_run_id is None or not math.isfinite(summary.best_val_loss):
         console.print("[yellow]no trial reached a finite validation loss[/]")
         return
@@ -214,6 +227,7 @@ def print_summary(console: Console, summary: Summary) -> None:
         console.print("PBT changed its values as it ran: no one config reproduces it")
         return
     console.print("reproduce it with:")
-    console.print(f"  tuner replay {summary.best_run_id} --tracking-uri {summary.tracking_uri}",
-                  highlight=False, soft_wrap=True)
+    console.print(f"  tuner replay {summary.best_run_id} --tracking-uri "
+                  f"{shlex.quote(summary.tracking_uri)}", highlight=False, soft_wrap=True,
+                  markup=False)
 

@@ -148,6 +148,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
+    from tuner.search.console import stop_live_views
     from tuner.search.stopping import abort_if_stopped, relay_sigterm, stops_held
 
     with stops_held():
@@ -167,6 +168,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                     state.save(storage / study.name, study, overrides)
                 _fit(build_tuner(study, data_dir, storage, config, provenance))
         finally:
+            stop_live_views()
             ray.shutdown()
     return summarise(study)
 
@@ -189,9 +191,12 @@ def _fit(tuner: Any) -> None:
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial."""
     from tuner.inspect.runs import ranked, searched_values
-    from tuner.search.tracking import STATUS_TAG, child_runs, connect, find_parent
+    from tuner.search.tracking import STATUS_TAG, TrackingLost, child_runs, connect, find_parent
 
-    client = connect(study.tracking.uri)
+    try:
+        client = connect(study.tracking.uri)
+    except UserError as err:  # it answered as the study began: it failed since (exit 1, not 2)
+        raise TrackingLost(redact(str(err))) from None
     parent = find_parent(client, study.tracking.experiment, study.name)
     runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     counts = {s: sum(1 for r in runs if r.data.tags.get(STATUS_TAG) == s) for s in FINISHED}
