@@ -152,15 +152,19 @@ def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
 def pbt_values(run: Any) -> dict[str, Any] | None:
     """The searched values a PBT trial ended with (its params hold those it started with); None
     for a trial whose values never changed."""
-    changed = run.data.tags.get("tuner.pbt_config")
+    from tuner.search.tracking import PBT_TAG
+
+    changed = run.data.tags.get(PBT_TAG)
     return None if changed is None else json.loads(changed)
 
 
 def searched_values(run: Any) -> tuple[dict[str, str], bool]:
     """The values the searcher chose for a trial, by study-file name as logged, and whether PBT
     changed them (then they are those it ended with)."""
+    from tuner.search.tracking import SEARCHED_TAG
+
     final = pbt_values(run) or {}
-    names = [n for n in run.data.tags.get("tuner.searched", "").split(",") if n]
+    names = [n for n in run.data.tags.get(SEARCHED_TAG, "").split(",") if n]
     return ({n: str(final[n]) if n in final else run.data.params.get(n, "–") for n in names},
             bool(final))
 

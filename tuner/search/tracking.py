@@ -33,6 +33,7 @@ METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
+PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
 # which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
@@ -336,7 +337,7 @@ class MlflowRecorder(tune.Callback):
             numeric = {f"hp.{k}": float(v) for k, v in searched.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self._log_metrics(child.run_id, numeric, max(child.last_step, 0))
-            self._client.set_tag(child.run_id, "tuner.pbt_config", json.dumps(searched))
+            self._client.set_tag(child.run_id, PBT_TAG, json.dumps(searched))
             child.replay_to = -1  # exploited: from here on it trains what it never did
         child.config = searched
 
@@ -361,12 +362,10 @@ class MlflowRecorder(tune.Callback):
             child.sample = (int(result.get("step", 0)), str(result["sample"]))
         values = {k: float(result[k]) for k in METRICS if k in result}
         val_loss = values.get("val_loss", math.inf)
-        # A PBT clone stepping back trains anew. Anything else at or below its furthest step,
-        # a PBT trial inside its replay, or a result logged already (a PBT trial restored where
-        # it was, or replaying an exploit it made before a restart) was logged before.
-        pbt = self.study.search.scheduler == "pbt"
-        if tokens <= (child.replay_to if pbt else child.last_step) or (
-                tokens, val_loss) in child.logged:
+        # Logged before: a result inside the replay after a restart, or one identical to a
+        # logged one (a trial restored where it was; a PBT exploit replayed after a restart).
+        # A PBT clone that steps back trains anew: its new results are logged.
+        if tokens <= child.replay_to or (tokens, val_loss) in child.logged:
             return
         child.logged.add((tokens, val_loss))
         child.latest = tokens
