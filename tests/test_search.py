@@ -341,6 +341,23 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
         assert config["beta2"] == beta2[-1].value
         assert ("step_gamma" in config) == (config["schedule"] == "step")
     _pbt_study_inspected(client, uri, children, tmp_path, out)
+    _assert_tokens_counted_once(client, parent, children, interval=5120)
+
+
+def _assert_tokens_counted_once(client: Any, parent: Any, children: list[Any],
+                                interval: int) -> None:
+    """Each trial's tokens_trained counts the evaluation intervals it trained itself, each
+    once: one per logged evaluation, less one where a PBT clone took a finished trial's end;
+    not the donor's tokens a clone starts from. The study's is their sum."""
+    counts = []
+    for run in children:
+        logged = len(client.get_metric_history(run.info.run_id, "val_loss"))
+        history = client.get_metric_history(run.info.run_id, "tokens_trained")
+        count = int(max(m.value for m in history))
+        assert count == int(run.data.metrics["tokens_trained"])  # the latest, at its highest step
+        assert count % interval == 0 and logged - 1 <= count // interval <= logged, (count, logged)
+        counts.append(count)
+    assert parent.data.metrics["tokens_trained"] == sum(counts)
 
 
 def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: Path,
@@ -589,6 +606,8 @@ def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, d
         pairs = Counter((m.step, m.value) for m in history)
         assert len(history) > logged[run.info.run_id]
         assert max(pairs.values()) == 1, [pair for pair, n in pairs.items() if n > 1]
+    _, parent, runs = mlflow_runs(uri, "killed")
+    _assert_tokens_counted_once(client, parent, runs, interval=2560)
 
 
 @pytest.mark.slow
@@ -1236,3 +1255,20 @@ def test_asha_rung_and_pbt_clipping() -> None:
     clipped = clip_to_space({"beta2": 1.1988, "batch_size": 40, "lr_max": 0.01},
                             {"beta2": (0.9, 0.999), "batch_size": (8, 32)})
     assert clipped == {"beta2": 0.999, "batch_size": 32, "lr_max": 0.01}
+
+
+def test_trained_tokens_count_each_trial_from_its_restore() -> None:
+    """Tokens trained per trial from its reports: a restore (Tune's iterations_since_restore back
+    at 1) starts the trainable's count again, from a checkpoint behind or ahead of where it was."""
+    from tuner.search.trainable import SINCE_RESTORE, TrainedTokens
+
+    counter = TrainedTokens()
+
+    def report(trial: str, iteration: int, since_restore: int) -> int:
+        return counter.add(trial, {"iterations_since_restore": iteration,
+                                   SINCE_RESTORE: since_restore})
+
+    assert [report("a", 1, 100), report("a", 2, 200), report("b", 1, 100)] == [100, 100, 100]
+    assert report("a", 1, 100) == 100  # a PBT clone: from its donor's checkpoint, 100 more
+    assert report("a", 1, 0) == 0  # restored at its end: trained nothing
+    assert [report("b", 2, 300), report("b", 3, 300)] == [200, 0]

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from tuner import output
 from tuner.search.outcome import FINISHED, RUNNING, outcome
+from tuner.search.trainable import TrainedTokens
 
 MAX_ROWS = 12
 _SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
@@ -73,7 +74,7 @@ class LiveView(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self._start = time.monotonic()
-        self._tokens_at_start = 0  # tokens trained before this driver (a resumed study)
+        self._counter, self._trained = TrainedTokens(), 0  # tokens trained by this driver's trials
         self._done: dict[str, str] = {}  # trial id -> how it finished
         self._caught_up = False
         self._console = output.console(stderr=True, highlight=True)
@@ -88,17 +89,20 @@ class LiveView(tune.Callback):
 
     def _catch_up(self, trials: list) -> None:
         """Once, before the first step (or at the end, for a resumed study with nothing left to
-        run): the tokens trained and the trials finished before this driver started."""
+        run): the trials finished before this driver started."""
         if self._caught_up:
             return
         self._caught_up = True
-        self._tokens_at_start = sum(_tokens(trial) for trial in trials)
         for trial in trials:
             if trial.status in ("TERMINATED", "ERROR"):
                 self._done[trial.trial_id] = outcome(trial, self.study.search).status
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         self._catch_up(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._trained += self._counter.add(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         ended = outcome(trial, self.study.search)
@@ -132,13 +136,14 @@ class LiveView(tune.Callback):
         return RUNNING if trial.status == "RUNNING" else trial.status.lower()
 
     def _progress(self, trials: list, statuses: dict[str, str]) -> str:
-        """Tokens trained against the most the study can still train, elapsed time and ETA."""
+        """Where the trials are (tokens) against the most the study can reach, elapsed time and
+        an ETA at the rate its trials train."""
         done = sum(_tokens(t) for t in trials)
         left = sum(max(self.trial_tokens - _tokens(t), 0) for t in trials
                    if statuses[t.trial_id] not in FINISHED)
         left += max(self.study.search.num_samples - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start
-        rate = (done - self._tokens_at_start) / elapsed if elapsed > 0 else 0.0
+        rate = self._trained / elapsed if elapsed > 0 else 0.0  # not lowered by a PBT clone
         eta = 0.0 if left == 0 else left / rate if rate > 0 else math.inf
         return (f"tokens {done:,} of ≤ {done + left:,}   elapsed {_duration(elapsed)}   "
                 f"ETA ≤ {_duration(eta)}")  # as if no trial left stopped early

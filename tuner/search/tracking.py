@@ -26,7 +26,7 @@ from ray import tune
 from tuner.errors import UserError, reason
 from tuner.redact import redact
 from tuner.search.outcome import COMPLETED, DIVERGED, FAILED, FINISHED, RUNNING, STOPPED, outcome
-from tuner.search.trainable import trial_threads
+from tuner.search.trainable import TrainedTokens, trial_threads
 
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
            "elapsed_s")
@@ -165,6 +165,7 @@ class _Child:
     last_step: int = -1  # the furthest step logged
     latest: int = -1  # the step logged last: a PBT clone's can be below its furthest
     replay_to: int = -1  # logged before a restart from an older checkpoint: not logged again
+    trained: int = 0  # tokens trained to the results logged (a PBT clone's own, not its donor's)
     logged: set[tuple[int, float]] = field(default_factory=set)  # (tokens, val_loss) pairs
     best: float = math.inf
     sample: tuple[int, str] | None = None
@@ -197,7 +198,8 @@ class MlflowRecorder(tune.Callback):
         self._client.update_run(self._parent, status="RUNNING")
         self._children: dict[str, _Child] = {}
         self._finished: dict[str, str] = {}  # trial id -> status
-        self._tokens: dict[str, int] = {}
+        self._tokens: dict[str, int] = {}  # trial id -> tokens trained
+        self._counter = TrainedTokens()
         self._best: tuple[float, int, str] = (math.inf, 0, "")
         self._best_tagged = parent.data.tags.get("tuner.best_trial_id", "") if parent else ""
         self._device_noted: set[str] = set()
@@ -242,8 +244,10 @@ class MlflowRecorder(tune.Callback):
                        replay_to=latest, logged={(m.step, finite_or_inf(m.value)) for m in history},
                        best=min((finite_or_inf(m.value) for m in history), default=math.inf))
         child.described = SEARCHED_TAG in run.data.tags
+        trained = self._client.get_metric_history(run.info.run_id, "tokens_trained")
+        child.trained = max((int(m.value) for m in trained), default=max(child.last_step, 0))
         self._children[trial_id] = child
-        self._tokens[trial_id] = max(child.last_step, 0)
+        self._tokens[trial_id] = child.trained
         if DEVICE_TAG in run.data.tags:
             self._device_noted.add(trial_id)
         status = run.data.tags.get(STATUS_TAG)
@@ -350,7 +354,7 @@ class MlflowRecorder(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         child = self._children.get(trial.trial_id)
-        tokens = int(result.get("tokens", 0))
+        tokens, trained = int(result.get("tokens", 0)), self._counter.add(trial.trial_id, result)
         if child is None or "error" in result:
             return
         if trial.trial_id in self._finished:
@@ -370,8 +374,11 @@ class MlflowRecorder(tune.Callback):
         child.logged.add((tokens, val_loss))
         child.latest = tokens
         child.last_step = furthest = max(child.last_step, tokens)
-        self._tokens[trial.trial_id] = tokens
+        child.trained += trained
+        self._tokens[trial.trial_id] = child.trained
         self._log_metrics(child.run_id, values, tokens)
+        # at its own step, so that MLflow shows the latest count when a PBT clone steps back
+        self._log_metrics(child.run_id, {"tokens_trained": child.trained}, child.trained)
         if val_loss < child.best:  # at the furthest step: a PBT clone steps back, the best not
             child.best = val_loss
             self._log_metrics(child.run_id, {"best_val_loss": val_loss}, furthest)

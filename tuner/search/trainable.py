@@ -17,6 +17,7 @@ from typing import Any
 
 TIME_ATTR = "tokens"
 HYPERBAND_TIME = "grace_periods"  # HyperBand sizes its brackets for few time units: not tokens
+SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable, from its checkpoint
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
 
@@ -50,16 +51,18 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     scratch = Path(tempfile.mkdtemp(prefix="tuner-trial-"))
     ckpt_dir = scratch / "checkpoint"
     ckpt_dir.mkdir()
-    progress = {"tokens": 0, "budget_tokens": 0, **({HYPERBAND_TIME: 0.0} if time_unit else {})}
+    progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0,
+                **({HYPERBAND_TIME: 0.0} if time_unit else {})}
     try:
         resume_from = _restore(tune.get_checkpoint(), ckpt_dir)
         config = study.trial_config(params, Path(data_dir))
+        start = _steps_at(resume_from) * config.tokens_per_step
         progress["budget_tokens"] = config.steps * config.tokens_per_step
         device = device_label(resolve_device(config.device))
 
         def on_eval(record: Any) -> None:
             metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit),
-                       "device": device}
+                       SINCE_RESTORE: record.tokens - start, "device": device}
             progress.update({key: metrics[key] for key in progress})
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
             tune.report(metrics, checkpoint=checkpoint)
@@ -84,3 +87,26 @@ def _restore(checkpoint: Any, ckpt_dir: Path) -> Path | None:
         return None
     checkpoint.to_directory(str(ckpt_dir))
     return ckpt_dir
+
+
+def _steps_at(checkpoint: Path | None) -> int:
+    """The steps a trainer checkpoint had trained (0: none), read without its tensors."""
+    from model.checkpoint import read_checkpoint
+
+    return 0 if checkpoint is None else int(read_checkpoint(checkpoint, mmap=True)["iteration"])
+
+
+class TrainedTokens:
+    """The tokens each trial trained, from its reports; a restore (a retry, a resume, a PBT
+    exploit) starts the trainable's count again."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}  # trial id -> SINCE_RESTORE at its last report
+
+    def add(self, trial_id: str, result: dict[str, Any]) -> int:
+        """The tokens the trial trained since its previous report."""
+        count = int(result.get(SINCE_RESTORE, 0))
+        same_call = result.get("iterations_since_restore", 1) > 1  # Tune's count, reset on restore
+        before = self._counts.get(trial_id, 0) if same_call else 0
+        self._counts[trial_id] = count
+        return max(count - before, 0)
