@@ -419,6 +419,15 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert exact.trial_config({}, tmp_path).deterministic
 
 
+@pytest.mark.parametrize(("gpus", "device"), [(0, "cpu"), (0.25, "auto")])
+def test_auto_device_takes_cuda_only_with_a_gpu_reserved(tmp_path: Path, gpus: float,
+                                                         device: str) -> None:
+    """Ray lets a trial without GPUs see its node's: `auto` trains such a trial on the CPU."""
+    study = load_study(write(tmp_path, study_text(
+        extra=f"resources:\n  device: auto\n  gpus_per_trial: {gpus}\n")))
+    assert study.trial_config({}, tmp_path).device == device
+
+
 def test_a_value_whose_condition_fails_is_dropped_from_the_trial(tmp_path: Path) -> None:
     """PBT draws every searched parameter; β2 drawn for an SGD trial is not used or recorded."""
     study = load_study(write(tmp_path, study_text(

@@ -120,10 +120,12 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
     if "lr_min" not in train:  # record α_min as a number, not as "0.1·α_max by default"
         train.setdefault(floor.name, floor.default)
     budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
+    res = study.resources
+    # Ray shows a trial without GPUs every GPU of its node: auto must not take one it never got
+    device = "cpu" if res.device == "auto" and res.gpus_per_trial == 0 else res.device
     try:
-        config = TrainConfig(model=ModelConfig(**model), data=str(data_dir),
-                             device=study.resources.device,
-                             deterministic=study.resources.deterministic, **budget, **train)
+        config = TrainConfig(model=ModelConfig(**model), data=str(data_dir), device=device,
+                             deterministic=res.deterministic, **budget, **train)
         config.validate()
     except ConfigError as err:
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
