@@ -169,6 +169,29 @@ def test_a_pbt_trial_is_neither_exported_nor_replayed(recorded, tmp_path, comman
     assert not (tmp_path / "best.yaml").exists()
 
 
+def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
+    """Whatever loss it reached before, a trial that diverged or failed ranks after the others:
+    its config does not train, so it is not the best that is exported, replayed or reported."""
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(recorded.best_run_id, "tuner.status", "diverged")
+    code, out = tuner("best", "--study", recorded.name, "--top", "4", "--tracking-uri", uri)
+    rows = [line for line in out.splitlines() if re.search(r"[0-9a-f]{32}", line)]
+    assert code == 0 and len(rows) == 4, out
+    assert recorded.best_run_id in rows[-1] and "diverged" in rows[-1]
+    assert runs.best_trial(client, recorded.name).info.run_id in rows[0]
+    for run_id in recorded.run_ids:
+        client.set_tag(run_id, "tuner.status", "failed" if run_id != recorded.best_run_id
+                       else "diverged")
+    for command in (["best", "--export", str(tmp_path / "best.yaml")], ["report"],
+                    ["replay"]):
+        code, out = tuner(*command, "--study", recorded.name, "--tracking-uri", uri)
+        assert code == 2 and "neither diverged nor failed" in " ".join(out.split()), out
+    assert not (tmp_path / "best.yaml").exists()
+
+
 @pytest.mark.parametrize("command", [["best", "--study", "tiny"], ["report", "--study", "tiny"],
                                      ["replay", "--study", "tiny"]], ids=lambda c: c[0])
 def test_missing_sqlite_store_exits_2_without_creating_it(command, tmp_path):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model.config import HPARAMS, TrainConfig
 from model.loss import perplexity
-from tuner.errors import UserError
 from tuner.inspect import runs
 
 
@@ -32,18 +30,20 @@ class TrialRow:
 
 def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     """The `k` best trial runs of a study, best first."""
+    ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))
+    return [trial_row(client, run) for run in ranked[:k]]
+
+
+def trial_row(client: Any, run: Any) -> TrialRow:
+    """What the tables show of one trial run."""
     from tuner.search.tracking import STATUS_TAG, TRIAL_TAG
 
-    rows = []
-    for run in runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))[:k]:
-        points = runs.metric_points(client, run.info.run_id, "val_loss")
-        params, by_pbt = runs.searched_values(run)
-        rows.append(TrialRow(
-            trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
-            val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
-            status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""),
-            pbt=by_pbt))
-    return rows
+    points = runs.metric_points(client, run.info.run_id, "val_loss")
+    params, by_pbt = runs.searched_values(run)
+    return TrialRow(
+        trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
+        val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
+        status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""), pbt=by_pbt)
 
 
 def short(value: str) -> str:
@@ -96,11 +96,8 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     """Write the study's best trial to `path` as a fixed study file; return that trial's row."""
     import yaml
 
-    best = top_trials(client, study, 1)
-    if not best or not math.isfinite(best[0].val_loss):
-        raise UserError(f"study {study!r} has no trial with a finite val_loss to export")
-    row = best[0]
-    run = runs.get_run(client, row.run_id)
+    run = runs.best_trial(client, study)
+    row = trial_row(client, run)
     config = runs.reproducible_config(client, run, workdir, "exported")
     parent = runs.study_parent(client, study)
     recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)

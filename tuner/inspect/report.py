@@ -194,11 +194,8 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     run, and return the files written."""
     parent = runs.study_parent(client, study)
     trial_runs = runs.trial_runs(client, parent)
-    rows = best_mod.top_trials(client, study, 1)
-    if not rows or not math.isfinite(rows[0].val_loss):
-        raise UserError(f"study {study!r} has no trial with a finite val_loss to report on")
-    row = rows[0]
-    best_run = runs.get_run(client, row.run_id)
+    best_run = runs.best_trial(client, study)
+    row = best_mod.trial_row(client, best_run)
     config = runs.trial_config(client, best_run, workdir)
     recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)["search"]
     trial_curves = curves(client, trial_runs)

@@ -109,15 +109,29 @@ def metric_points(client: Any, run_id: str, key: str) -> list[tuple[int, float]]
 
 
 def ranked(runs: list[Any]) -> list[Any]:
-    """Trial runs best first: by their best val_loss (runs that never evaluated last)."""
-    return sorted(runs, key=lambda r: (metric(r, "best_val_loss"), r.info.start_time))
+    """Trial runs best first, by their best val_loss: diverged and failed trials after the rest,
+    and runs that never evaluated last."""
+    return sorted(runs, key=lambda r: (not math.isfinite(metric(r, "best_val_loss")),
+                                       not counts_as_best(r), metric(r, "best_val_loss"),
+                                       r.info.start_time))
+
+
+def counts_as_best(run: Any) -> bool:
+    """Whether a trial run can be the study's best: it evaluated and neither diverged nor failed
+    (a loss it reached before diverging does not make its config a good one)."""
+    from tuner.search.outcome import UNRANKED
+    from tuner.search.tracking import STATUS_TAG
+
+    return (math.isfinite(metric(run, "best_val_loss"))
+            and run.data.tags.get(STATUS_TAG) not in UNRANKED)
 
 
 def best_trial(client: Any, study: str) -> Any:
-    """The study's trial run with the lowest val_loss."""
+    """The study's trial run with the lowest val_loss, of those that can be the best."""
     runs = ranked(trial_runs(client, study_parent(client, study)))
-    if not runs or not math.isfinite(metric(runs[0], "best_val_loss")):
-        raise UserError(f"study {study!r} has no trial with a finite val_loss")
+    if not runs or not counts_as_best(runs[0]):
+        raise UserError(f"study {study!r} has no trial with a finite val_loss that neither "
+                        "diverged nor failed")
     return runs[0]
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tuner import output
-from tuner.search.outcome import FINISHED, RUNNING, outcome
+from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome
 from tuner.search.trainable import TrainedTokens
 
 MAX_ROWS = 12
@@ -167,8 +167,10 @@ class LiveView(tune.Callback):
             f"  {self.study.search.searcher} + {self.study.search.scheduler}   ",
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
             self._progress(trials, statuses))
-        best = min(trials, key=_rank, default=None)
-        best_loss = math.inf if best is None else _best_loss(best)
+        best = min(trials, key=lambda t: (statuses[t.trial_id] in UNRANKED, *_rank(t)),
+                   default=None)
+        unranked = best is None or statuses[best.trial_id] in UNRANKED
+        best_loss = math.inf if unranked else _best_loss(best)
         parts: list[Any] = [head]
         if math.isfinite(best_loss):
             params = _params(self.study, best)
@@ -220,7 +222,8 @@ def print_summary(console: Console, summary: Summary) -> None:
     console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
     console.print(f"MLflow parent run {summary.parent_run_id} ({escape(summary.tracking_uri)})")
     if summary.best_run_id is None or not math.isfinite(summary.best_val_loss):
-        console.print("[yellow]no trial reached a finite validation loss[/]")
+        console.print("[yellow]no trial reached a finite validation loss without diverging or "
+                      "failing[/]")
         return
     params = ", ".join(f"{k}={v}" for k, v in sorted((summary.best_params or {}).items()))
     console.print(f"best trial {summary.best_trial}: MLflow run {summary.best_run_id}")

@@ -10,6 +10,7 @@ from typing import Any
 RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
 DIVERGED, FAILED = "diverged", "failed"
 FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
+UNRANKED = (DIVERGED, FAILED)  # a low loss before the end does not make such a config the best
 SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
                    "pbt": "PBT", "none": "the scheduler"}
 

@@ -6,7 +6,6 @@ Call `tuner.search.environment.configure(local=...)` before anything imports Ray
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -190,7 +189,7 @@ def _fit(tuner: Any) -> None:
 
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial."""
-    from tuner.inspect.runs import ranked, searched_values
+    from tuner.inspect.runs import counts_as_best, ranked, searched_values
     from tuner.search.tracking import STATUS_TAG, TrackingLost, child_runs, connect, find_parent
 
     try:
@@ -203,9 +202,8 @@ def summarise(study: Any) -> Summary:
     summary = Summary(study.name, parent.info.run_id, counts,
                       tracking_uri=redact(study.tracking.uri),
                       interrupted=parent.info.status != "FINISHED")
-    scored = [r for r in runs if math.isfinite(r.data.metrics.get("best_val_loss", math.inf))]
-    if scored:
-        best = ranked(scored)[0]  # ties: the earliest trial, as the live view and `tuner best`
+    best = next(iter(ranked(runs)), None)  # ties: the earliest, as the live view and `tuner best`
+    if best is not None and counts_as_best(best):
         summary.best_trial = best.data.tags.get("tuner.trial_id")
         summary.best_run_id = best.info.run_id
         summary.best_val_loss = best.data.metrics["best_val_loss"]

@@ -25,7 +25,16 @@ from ray import tune
 
 from tuner.errors import UserError, reason
 from tuner.redact import redact
-from tuner.search.outcome import COMPLETED, DIVERGED, FAILED, FINISHED, RUNNING, STOPPED, outcome
+from tuner.search.outcome import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    STOPPED,
+    UNRANKED,
+    outcome,
+)
 from tuner.search.trainable import TrainedTokens, trial_threads
 
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
@@ -256,7 +265,10 @@ class MlflowRecorder(tune.Callback):
         self._note_best(trial_id, child.best)
 
     def _note_best(self, trial_id: str, value: float) -> bool:
-        """Keep the lowest val_loss; a tie goes to the earlier trial, as `tuner best` ranks."""
+        """Keep the lowest val_loss of a trial that has not diverged or failed; a tie goes to the
+        earlier trial, as `tuner best` ranks."""
+        if self._finished.get(trial_id) in UNRANKED:
+            return False
         started = self._children[trial_id].started
         if (value, started) < self._best[:2]:
             self._best = (value, started, trial_id)
@@ -422,7 +434,15 @@ class MlflowRecorder(tune.Callback):
         self._log_params_tags(child.run_id, {}, tags)
         self._client.set_terminated(child.run_id, RUN_STATUS[end.status])
         self._finished[trial.trial_id] = end.status
+        if end.status in UNRANKED and self._best[2] == trial.trial_id:
+            self._note_best_again()
         self._log_study()
+
+    def _note_best_again(self) -> None:
+        """The study's best among the trials that still count (the last one diverged, say)."""
+        self._best = (math.inf, 0, "")
+        for trial_id, child in self._children.items():
+            self._note_best(trial_id, child.best)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
@@ -481,10 +501,8 @@ class MlflowRecorder(tune.Callback):
             self._client.set_tag(child.run_id, STATUS_TAG, "lost")
             self._client.set_terminated(child.run_id, "KILLED")
             self._client.delete_run(child.run_id)
-        if self._best[2] in lost:  # the study's best is among the runs that still count
-            self._best = (math.inf, 0, "")
-            for trial_id, child in self._children.items():
-                self._note_best(trial_id, child.best)
+        if self._best[2] in lost:
+            self._note_best_again()
         best = by_id.get(self._best[2])
         finished = self._best[2] in self._finished  # an interrupted trial's would be mid-way
         if best is not None and finished and self.study.tracking.log_checkpoints != "none":
