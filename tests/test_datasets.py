@@ -191,6 +191,10 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
     (tmp_path / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(UserError, match="not a dataset folder"):
         prepare_dataset(input=stories, vocab_size=300, out=tmp_path / "mine", progress=False)
+    (tmp_path / "mine" / "meta.json").write_text("{}")  # a project's meta.json, not a dataset's
+    with pytest.raises(UserError, match="not a dataset folder"):
+        prepare_dataset(input=stories, vocab_size=300, out=tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
     one_line = tmp_path / "one.txt"
     one_line.write_text("no line breaks and no special tokens " * 20)
     with pytest.raises(UserError, match="no story boundary"):

@@ -27,6 +27,7 @@ from tuner.errors import UserError
 SOURCES = ("files", "synthetic", "tinystories")
 FORMAT = 1  # bump when the folder layout or the tokenization changes: old folders are rebuilt
 REQUIRED_META = {"vocab_size": int, "dtype": str, "train_tokens": int, "valid_tokens": int}
+DATASET_FILES = {"meta.json", "vocab.json", "merges.txt", "train.npy", "valid.npy"}
 _SCAN = 1 << 24  # tokens per step when scanning an array for its largest id
 
 Advance = Callable[[int], None]
@@ -314,9 +315,12 @@ def _reusable(out: Path, request: dict) -> bool:
 
 
 def _check_target(out: Path) -> None:
-    """Refuse to replace a folder that is not a dataset folder (it may hold someone's files)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "meta.json").exists())):
+    """Refuse to replace a folder that is not a dataset folder (it may hold someone's files):
+    one with anything but a dataset's files, or those without their meta.json."""
+    if not out.exists():
+        return
+    names = {entry.name for entry in out.iterdir()} if out.is_dir() else {""}
+    if names and ("meta.json" not in names or not names <= DATASET_FILES):
         raise UserError(f"{out}: exists and is not a dataset folder; choose another --out")
 
 
