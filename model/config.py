@@ -338,8 +338,8 @@ class TrainConfig:
         if self.cycle_iters is not None and self.cycle_iters <= self.warmup_iters:
             raise ConfigError("cycle_iters", f"T_cycle={self.cycle_iters} must exceed "
                               f"T_warmup={self.warmup_iters}")
-        if not self.data:
-            raise ConfigError("data", "name a prepared dataset folder")
+        if not self.data or not isinstance(self.data, str):
+            raise ConfigError("data", "name a prepared dataset folder (a path)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (the inverse of `train_config_from_dict`)."""

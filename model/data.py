@@ -50,10 +50,7 @@ class Dataset:
         if not folder.is_dir():
             raise ConfigError("data", f"dataset folder {folder} not found")
         meta_path = folder / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        except json.JSONDecodeError as err:
-            raise ConfigError(str(meta_path), f"not valid JSON ({err})") from err
+        meta = read_meta(meta_path)
         check_vocab(meta, vocab_size, meta_path)
         train = load_tokens(folder / "train.npy", vocab_size)
         valid = load_tokens(folder / "valid.npy", vocab_size)
@@ -62,9 +59,26 @@ class Dataset:
         return cls(folder, train, valid, meta)
 
 
+def read_meta(meta_path: Path) -> dict:
+    """A dataset folder's meta.json ({} when there is none); ConfigError naming the file when it
+    is not a readable JSON object."""
+    if not meta_path.exists():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(str(meta_path), f"not a readable JSON file ({err})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(str(meta_path), "expected a JSON object")
+    return meta
+
+
 def check_vocab(meta: dict, vocab_size: int, meta_path: Path) -> None:
     """ConfigError when the dataset's vocabulary (its meta.json) is larger than the model's."""
-    if meta.get("vocab_size", 0) > vocab_size:
+    size = meta.get("vocab_size", 0)
+    if type(size) is not int:
+        raise ConfigError(str(meta_path), f"vocab_size {size!r} is not a whole number")
+    if size > vocab_size:
         raise ConfigError("model.vocab_size", f"{vocab_size} is smaller than the dataset's "
                           f"vocabulary ({meta['vocab_size']} in {meta_path})")
 

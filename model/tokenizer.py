@@ -246,7 +246,10 @@ class Tokenizer:
             raise ValueError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
         vocab = {i: to_bytes(token) for token, i in entries.items()}
         merges = []
-        lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        try:
+            lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{merges_path}: not UTF-8 text ({err})") from None
         for number, line in enumerate(lines, 1):
             if not line or line.startswith("#version"):
                 continue
@@ -266,11 +269,14 @@ class Tokenizer:
         folder = Path(dataset_dir)
         meta_path = folder / "meta.json"
         try:
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        except json.JSONDecodeError as err:
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
-        return cls.from_files(folder / "vocab.json", folder / "merges.txt",
-                              meta.get("special_tokens", []))
+        specials = meta.get("special_tokens", []) if isinstance(meta, dict) else None
+        if not isinstance(specials, list) or not all(isinstance(t, str) for t in specials):
+            raise ValueError(f"{meta_path}: expected a JSON object whose special_tokens is a list "
+                             "of strings")
+        return cls.from_files(folder / "vocab.json", folder / "merges.txt", specials)
 
 
 _worker_tokenizer: Tokenizer  # set in each worker process by _init_worker

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, model_state, read_checkpoint, save_checkpoint
-from model.config import ConfigError
-from model.data import get_batch, load_tokens, validation_windows
+from model.config import ConfigError, TrainConfig
+from model.data import Dataset, get_batch, load_tokens, validation_windows
 
 
 def test_batches_are_shifted_windows_of_the_memmap(byte_dataset: Path) -> None:
@@ -61,6 +61,24 @@ def test_token_files_are_checked(tmp_path: Path) -> None:
     np.save(tmp_path / "t.npy", np.array([1, 2, 300], dtype=np.uint16))
     with pytest.raises(ConfigError, match="300 is not below vocab_size=256"):
         load_tokens(tmp_path / "t.npy", 256)
+
+
+@pytest.mark.parametrize(("meta", "message"), [
+    (b"[1]", "meta.json: expected a JSON object"),
+    (b"\xff{}", "meta.json: not a readable JSON file"),
+    (b'{"vocab_size": "x"}', "meta.json: vocab_size 'x' is not a whole number"),
+])
+def test_a_bad_meta_json_names_the_file(tmp_path: Path, meta: bytes, message: str) -> None:
+    for split in ("train", "valid"):
+        np.save(tmp_path / f"{split}.npy", np.arange(100, dtype=np.uint16))
+    (tmp_path / "meta.json").write_bytes(meta)
+    with pytest.raises(ConfigError, match=message):
+        Dataset.open(tmp_path, vocab_size=256, context_length=8)
+
+
+def test_a_data_value_that_is_not_a_path_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="data: name a prepared dataset folder"):
+        TrainConfig(data=5, total_iters=10).validate()  # type: ignore[arg-type]
 
 
 class _Compiled(torch.nn.Module):

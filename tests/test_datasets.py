@@ -222,6 +222,14 @@ def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Pa
     (lambda d, m: m.update(vocab_size="512", sha256=5),
      "meta.json: vocab_size, sha256 missing or of the wrong type"),
     (lambda d, m: (d / "merges.txt").write_text("#version: 0.2\n"), "tokenizer files do not match"),
+    (lambda d, m: _as_int64(d, m), "meta.json: dtype int64, but the trainer reads uint16 or uint32"),
+    # a folder whose meta.json predates the tokenizer's sha256: the files are still read
+    (lambda d, m: (m["sha256"].pop("tokenizer"), (d / "merges.txt").write_text("one\n")),
+     "merges.txt line 1: expected two tokens"),
+    (lambda d, m: (m["sha256"].pop("tokenizer"), (d / "merges.txt").write_bytes(b"\xaa\n")),
+     "merges.txt: not UTF-8"),
+    (lambda d, m: (m["sha256"].pop("tokenizer"), m.update(special_tokens=5)),
+     "meta.json: expected a JSON object whose special_tokens is a list"),
 ])
 def test_check_dataset_names_the_inconsistent_file(synthetic: Path, tmp_path: Path, damage,
                                                    message: str) -> None:
@@ -235,6 +243,13 @@ def test_check_dataset_names_the_inconsistent_file(synthetic: Path, tmp_path: Pa
         (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=message):
         check_dataset(folder)
+
+
+def _as_int64(folder: Path, meta: dict) -> None:
+    """Token arrays of a dtype the trainer does not read, consistent with meta.json."""
+    for split in ("train", "valid"):
+        np.save(folder / f"{split}.npy", np.load(folder / f"{split}.npy").astype(np.int64))
+    meta["dtype"] = "int64"
 
 
 # --- downloader against a local HTTP server -----------------------------------------------------

@@ -28,6 +28,7 @@ SOURCES = ("files", "synthetic", "tinystories")
 FORMAT = 1  # bump when the folder layout or the tokenization changes: old folders are rebuilt
 REQUIRED_META = {"vocab_size": int, "dtype": str, "train_tokens": int, "valid_tokens": int}
 DATASET_FILES = {"meta.json", "vocab.json", "merges.txt", "train.npy", "valid.npy"}
+TOKEN_DTYPES = ("uint16", "uint32")  # what model.data reads
 _SCAN = 1 << 24  # tokens per step when scanning an array for its largest id
 
 Advance = Callable[[int], None]
@@ -96,8 +97,16 @@ def check_dataset(path: Path) -> dict:
     if wrong:
         raise UserError(f"{meta_path}: {', '.join(wrong)} missing or of the wrong type; prepare "
                         "the folder again")
+    if meta["dtype"] not in TOKEN_DTYPES:
+        raise UserError(f"{meta_path}: dtype {meta['dtype']}, but the trainer reads "
+                        f"{' or '.join(TOKEN_DTYPES)} token ids; prepare the folder again")
     for split in ("train", "valid"):
         _check_array(path / f"{split}.npy", meta, meta[f"{split}_tokens"])
+    if (path / "vocab.json").exists():  # the trainer loads it to write its text samples
+        try:
+            Tokenizer.from_dir(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{err}; prepare the folder again") from None
     if "tokenizer" in meta.get("sha256", {}):
         try:
             digest = _tokenizer_sha256(path)
