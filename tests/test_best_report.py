@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -200,6 +201,23 @@ def test_missing_sqlite_store_exits_2_without_creating_it(command, tmp_path):
     code, out = tuner(*command, "--tracking-uri", f"sqlite:///{store}")
     assert code == 2 and f"no such file {store}" in " ".join(out.split())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("store", ["", "sqlite:///{empty}", "sqlite:///{other}"])
+def test_a_read_command_never_makes_a_store(store, tmp_path, monkeypatch):
+    """An empty URI, an empty file or another sqlite database: exit 2 naming it, and no store
+    is made or migrated into the file."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.db").touch()
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as db:
+        db.execute("CREATE TABLE notes (text)")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    uri = store.format(empty=tmp_path / "empty.db", other=tmp_path / "other.db")
+    code, out = tuner("best", "--study", "tiny", "--tracking-uri", uri)
+    assert code == 2 and ("is empty" in out if not uri else "is not an MLflow store" in out), out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_a_store_failing_mid_command_is_one_line_exit_1(recorded, tmp_path):

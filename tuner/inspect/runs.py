@@ -5,6 +5,7 @@ Every lookup that fails (unknown study or run, missing or altered artifact) rais
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -26,13 +27,33 @@ def connect(uri: str) -> Any:
     from tuner.search.tracking import connect as connect_store
     from tuner.search.tracking import sqlite_file
 
+    if not uri.strip():
+        raise UserError("the tracking URI is empty: pass the store the study was recorded in "
+                        "with --tracking-uri")
     path = sqlite_file(uri)
     if path is not None and not path.is_file():
         raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
                         "was recorded in with --tracking-uri")
+    if path is not None and not _holds_mlflow_tables(path):
+        raise UserError(f"tracking store {uri}: {path} is not an MLflow store (an empty file or "
+                        "another database); pass the store the study was recorded in")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
 
     return connect_store(uri)
+
+
+def _holds_mlflow_tables(path: Path) -> bool:
+    """Whether a sqlite file holds MLflow's tables (MLflow would create them in any other)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                               "name IN ('experiments', 'runs')").fetchall()
+    except sqlite3.DatabaseError:
+        return False
+    return len(found) == 2
 
 
 def study_parent(client: Any, study: str) -> Any:
