@@ -1080,6 +1080,16 @@ def test_model_too_small_for_the_dataset_fails_before_ray(tmp_path: Path, datase
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_unusable_storage_fails_before_ray(tmp_path: Path, dataset: Path) -> None:
+    """A --storage under a file: one line naming it, before a store or Ray is started."""
+    space = write_space(tmp_path, "nowhere", dataset)
+    proc = run_tuner(["search", "--space", str(space), "--storage", str(space / "ray")],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--storage {space / 'ray'}: {space} is not a folder" in " ".join(proc.stderr.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere.yaml"]
+
+
 def test_missing_dataset_fails_before_ray(tmp_path: Path) -> None:
     space = write_space(tmp_path, "nodata", tmp_path / "missing")
     proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],

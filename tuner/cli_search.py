@@ -64,6 +64,7 @@ def search(
                         f"study with --warm-start {name}")
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
+    _check_storage(storage)
     from tuner.search.runner import check_address, run_study
 
     if address:
@@ -121,6 +122,13 @@ def _absolute_uri(uri: str | None) -> str | None:
     if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
         return uri
     return prefix + str(Path(uri[len(prefix):]).resolve())
+
+
+def _check_storage(storage: Path) -> None:
+    """UserError unless `storage` is, or can be made as, a folder this user can write to."""
+    existing = next(folder for folder in (storage, *storage.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--storage {storage}: {existing} is not a folder this user can write to")
 
 
 def _new_sqlite_store(uri: str) -> bool:
