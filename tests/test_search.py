@@ -904,6 +904,31 @@ def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
 
 
 @pytest.mark.slow
+def test_resume_on_a_changed_dataset_fails_before_ray(tmp_path: Path, dataset: Path,
+                                                      mlflow_store_template: Path) -> None:
+    """The study's data folder was prepared again with other inputs: its trials would go on
+    with other data under the recorded sha256, so --resume refuses, naming the folder."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "moved", data,
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 1})
+    storage = tmp_path / "ray"
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(storage)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "valid_fraction": 0.2}))
+    proc = run_tuner(["search", "--resume", "--name", "moved", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{data}: the dataset changed since study 'moved' started" in " ".join(
+        proc.stderr.split())
+    _, parent, _ = mlflow_runs(uri, "moved")
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_trials_that_tie_name_the_earliest_as_best(tmp_path: Path, dataset: Path,
                                                    mlflow_store_template: Path) -> None:
     """Nothing searched: every trial trains the same and ties, two at a time. The parent's tag,

@@ -89,6 +89,10 @@ def search(
                         "tracking store it ran with, or start a new study with another --name")
     warm_trials = None if restore else _warm_trials(study)
     data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
+    made_of = provenance(data_dir, meta)
+    changed_code = _check_same_inputs(exists, made_of, data_dir) if exists else None
+    if changed_code:
+        console.print(f"[yellow]warning:[/] {changed_code}")
     if new_store:
         connect(study.tracking.uri)
     if warm_trials and not resume:
@@ -101,7 +105,7 @@ def search(
     # (the address is not saved: the cluster may move)
     try:
         summary = run_study(study, data_dir, storage, address=address, restore=restore,
-                            provenance=provenance(data_dir, meta),
+                            provenance=made_of,
                             overrides=None if resume else overrides, warm_trials=warm_trials,
                             warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
     except TrackingLost as err:
@@ -122,6 +126,21 @@ def _absolute_uri(uri: str | None) -> str | None:
     if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
         return uri
     return prefix + str(Path(uri[len(prefix):]).resolve())
+
+
+def _check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> str | None:
+    """A resumed study trains on the data it started with (UserError otherwise); other code is
+    only warned of (returned) and recorded (tuner.git_commit_resumed)."""
+    started_on = parent.data.tags.get("tuner.dataset_sha256")
+    if started_on and started_on != made_of["dataset_sha256"]:
+        raise UserError(f"{data_dir}: the dataset changed since study {parent.info.run_name!r} "
+                        f"started (sha256 {made_of['dataset_sha256'][:12]}…, it recorded "
+                        f"{started_on[:12]}…): put that dataset back, or start a new study")
+    started_with = parent.data.tags.get("tuner.git_commit")
+    if started_with and started_with != made_of["git_commit"]:
+        return (f"the code is at {made_of['git_commit'][:12]}, the study started at "
+                f"{started_with[:12]}: its trials go on with this code")
+    return None
 
 
 def _check_storage(storage: Path) -> None:

@@ -205,6 +205,13 @@ class MlflowRecorder(tune.Callback):
         parent = find_parent(self._client, self.study.tracking.experiment, self.study.name)
         self._parent = parent.info.run_id if parent else self._create_parent()
         self._client.update_run(self._parent, status="RUNNING")
+        if parent is not None:  # resumed, maybe by other code: its trials are tagged with that
+            from tuner.search.provenance import git_commit
+
+            self.provenance = {**self.provenance, "git_commit": git_commit()}
+            if self.provenance["git_commit"] != parent.data.tags.get("tuner.git_commit"):
+                self._client.set_tag(self._parent, "tuner.git_commit_resumed",
+                                     self.provenance["git_commit"])
         self._children: dict[str, _Child] = {}
         self._finished: dict[str, str] = {}  # trial id -> status
         self._tokens: dict[str, int] = {}  # trial id -> tokens trained
