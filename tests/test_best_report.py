@@ -220,6 +220,22 @@ def test_a_read_command_never_makes_a_store(store, tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_study_name_in_two_experiments_is_refused_as_ambiguous(recorded, tmp_path):
+    """Two experiments each hold a study of the name: which one is meant is unknown, so the
+    commands say so rather than read the later one."""
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    client = MlflowClient(tracking_uri=uri)
+    other = client.create_experiment("elsewhere", artifact_location=(tmp_path / "a").as_uri())
+    client.create_run(other, tags={"tuner.study": recorded.name, "tuner.role": "study"})
+    for command in (["best"], ["report"], ["replay"]):
+        code, out = tuner(*command, "--study", recorded.name, "--tracking-uri", uri)
+        message = " ".join(out.split())
+        assert code == 2 and f"holds a study {recorded.name!r} in each of the MLflow" in message
+        assert "'elsewhere'" in message
+
+
 def test_a_store_failing_mid_command_is_one_line_exit_1(recorded, tmp_path):
     """A store that answers, then fails (here its runs table is gone): MLflow's error on one line
     (masked as every line tuner prints), not a traceback."""

@@ -1115,6 +1115,24 @@ def test_unusable_storage_fails_before_ray(tmp_path: Path, dataset: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere.yaml"]
 
 
+def test_a_study_name_taken_in_another_experiment_fails_before_ray(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """The read commands find a study by name alone: a second study of one name, recorded in
+    another experiment, is refused before anything starts."""
+    from mlflow import MlflowClient
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    first = client.create_experiment("first", artifact_location=(tmp_path / "a").as_uri())
+    client.create_run(first, tags={"tuner.study": "twice", "tuner.role": "study"})
+    space = write_space(tmp_path, "twice", dataset, tracking={"experiment": "second"})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "MLflow experiment 'first' at" in proc.stderr and "pick another --name" in proc.stderr
+    assert client.get_experiment_by_name("second") is None and not (tmp_path / "ray").exists()
+
+
 def test_missing_dataset_fails_before_ray(tmp_path: Path) -> None:
     space = write_space(tmp_path, "nodata", tmp_path / "missing")
     proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],

@@ -77,12 +77,15 @@ def search(
     # Tune fails to restore a study stopped before any trial started: that one starts again
     restore = resume and state.ran_trials(storage / study.name)
     new_store = _new_sqlite_store(study.tracking.uri)  # made once every input is known sound
-    exists = None if new_store else find_parent(connect(study.tracking.uri),
-                                                study.tracking.experiment, study.name)
+    client = None if new_store else connect(study.tracking.uri)
+    exists = None if client is None else find_parent(client, study.tracking.experiment,
+                                                     study.name)
     if exists and not resume:
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
                         f"{study.name}, or pick another --name")
+    if client is not None and not resume:
+        _check_name_free(client, study)
     if restore and not exists:
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
@@ -141,6 +144,19 @@ def _check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> 
         return (f"the code is at {made_of['git_commit'][:12]}, the study started at "
                 f"{started_with[:12]}: its trials go on with this code")
     return None
+
+
+def _check_name_free(client: Any, study: Any) -> None:
+    """UserError when another experiment of the store holds a study of this name: `tuner best`,
+    `report` and `replay --study` find a study by its name alone."""
+    from tuner.inspect.runs import study_parents
+
+    taken = study_parents(client, study.name)
+    if taken:
+        experiment = client.get_experiment(taken[0].info.experiment_id).name
+        raise UserError(f"MLflow experiment {experiment!r} at {study.tracking.uri} already holds "
+                        f"a study {study.name!r} (the tuner's commands find a study by its name): "
+                        "pick another --name")
 
 
 def _check_storage(storage: Path) -> None:

@@ -56,16 +56,30 @@ def _holds_mlflow_tables(path: Path) -> bool:
     return len(found) == 2
 
 
-def study_parent(client: Any, study: str) -> Any:
-    """The parent run of study `study`, looked up in every experiment of the store."""
+def study_parents(client: Any, study: str) -> list[Any]:
+    """The parent runs of studies named `study`, in every experiment of the store."""
     from tuner.search.tracking import ROLE_TAG, STUDY_TAG
     from tuner.space.schema import STUDY_NAME
 
-    if STUDY_NAME.fullmatch(study):
-        runs = client.search_runs(_experiments(client), max_results=1, filter_string=(
-            f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
-        if runs:
-            return runs[0]
+    if not STUDY_NAME.fullmatch(study):
+        return []
+    return client.search_runs(_experiments(client), max_results=100, filter_string=(
+        f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
+
+
+def study_parent(client: Any, study: str) -> Any:
+    """The parent run of study `study`, looked up in every experiment of the store; UserError
+    when there is none, or one in each of several experiments (which is meant is unknown)."""
+    from tuner.search.tracking import ROLE_TAG, STUDY_TAG
+
+    runs = study_parents(client, study)
+    if len(runs) > 1:
+        names = sorted(client.get_experiment(r.info.experiment_id).name for r in runs)
+        raise UserError(f"{client.tracking_uri} holds a study {study!r} in each of the MLflow "
+                        f"experiments {', '.join(map(repr, names))}: rename the runs' "
+                        f"{STUDY_TAG} tag in all but one (or delete those runs)")
+    if runs:
+        return runs[0]
     known = sorted({r.data.tags[STUDY_TAG] for r in client.search_runs(
         _experiments(client), filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1000)})
     there = f"studies there: {', '.join(known)}" if known else "it holds no study"
