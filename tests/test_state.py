@@ -103,3 +103,17 @@ def test_a_relative_form_swapped_for_its_twin_is_refused(tmp_path: Path, then: s
         (folder / state.STATE_FILE).write_text(json.dumps(saved))
         with pytest.raises(UserError, match="hparams.warmup_fraction was"):
             state.load(folder, None)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\x00garbage", "not readable JSON"), (b"[1]", "not a study state"),
+    (b"{}", "not a study state"),
+    (b'{"space": "s.yaml", "overrides": {"colour": 1}, "resolved": {}}',
+     "its overrides do not fit this tuner"),
+])
+def test_a_damaged_state_file_is_named(tmp_path: Path, content: bytes, message: str) -> None:
+    space, folder = saved_study(tmp_path)
+    (folder / state.STATE_FILE).write_bytes(content.replace(b"s.yaml", str(space).encode()))
+    with pytest.raises(UserError, match=f"{state.STATE_FILE}: {message}"):
+        state.load(folder, None)
+

@@ -53,7 +53,9 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
     state = {"space": str(Path(study.source_path).resolve()),
              "overrides": {**overrides, "tracking_uri": study.tracking.uri},
              "resolved": study.resolved(), "relative_forms": _given_forms(study)}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+    path, partial = folder / STATE_FILE, folder / f".{STATE_FILE}.partial"
+    partial.write_text(json.dumps(state, indent=2, default=str))
+    partial.replace(path)  # a driver killed while writing leaves the last whole file
 
 
 def load(folder: Path, space: Path | None) -> Any:
@@ -64,9 +66,12 @@ def load(folder: Path, space: Path | None) -> Any:
     if not (path.is_file() and started(folder)):
         raise UserError(f"no study {folder.name!r} to resume in {folder.parent}; "
                         "pass the --storage it ran with")
-    state = json.loads(path.read_text())
+    state = _read_state(path)
     space = space or state["space"]
-    study = load_study(space).with_overrides(**state["overrides"])
+    try:
+        study = load_study(space).with_overrides(**state["overrides"])
+    except TypeError as err:  # an override this tuner does not know
+        raise UserError(f"{path}: its overrides do not fit this tuner ({err})") from None
     unused = checks.unused(study) - _twins_given_then(study, state)  # the file may not give
     changed = {where: values for where, values in _differences(
         json.loads(json.dumps(study.resolved(), default=str)), state["resolved"]).items()
@@ -80,6 +85,20 @@ def load(folder: Path, space: Path | None) -> Any:
                         "where it takes them, or finish the study with the tuner that started it, "
                         "or start a new study with another --name")
     return study
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The saved state; UserError naming the file when it is damaged."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not readable JSON ({err}); the study cannot be resumed from "
+                        "it") from None
+    kinds = {"space": str, "overrides": dict, "resolved": dict}
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in kinds.items()):
+        raise UserError(f"{path}: not a study state (it needs space, overrides and resolved); "
+                        "the study cannot be resumed from it")
+    return state
 
 
 def _given_forms(study: Any) -> list[str]:
@@ -99,9 +118,9 @@ def _twins_given_then(study: Any, state: dict[str, Any]) -> set[tuple[str, str]]
     now = set(_given_forms(study))
     then = state.get("relative_forms")
     pairs = [*RELATIVE_FORMS.items(), *((n, f) for f, n in RELATIVE_FORMS.items())]
+    hparams = state["resolved"].get("hparams", {})
     return {("hparams", one) for one, other in pairs if other in now and one not in now and (
-        one in then if then is not None else isinstance(state["resolved"]["hparams"].get(one),
-                                                        dict))}
+        one in then if then is not None else isinstance(hparams.get(one), dict))}
 
 
 _GONE = object()  # a setting this version of tuner no longer has
