@@ -236,6 +236,31 @@ def test_a_study_name_in_two_experiments_is_refused_as_ambiguous(recorded, tmp_p
         assert "'elsewhere'" in message
 
 
+def test_damaged_study_records_are_named(tmp_path, mlflow_store_template):
+    """A trial's PBT tag that is not JSON, a study.json that is no study: exit 2 naming them."""
+    from test_search import fresh_store
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("hurt", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp, tags={"tuner.study": "hurt", "tuner.role": "study"})
+    client.log_dict(parent.info.run_id, {}, "study.json")
+    trial = client.create_run(exp, tags={
+        "mlflow.parentRunId": parent.info.run_id, "tuner.study": "hurt", "tuner.role": "trial",
+        "tuner.status": "completed", "tuner.searched": "lr_max", "tuner.pbt_config": "{oops"})
+    run_id = trial.info.run_id
+    client.log_metric(run_id, "best_val_loss", 1.0, step=100)
+    client.log_dict(run_id, TrainConfig(data="d", total_iters=10).to_dict(), "trial_config.json")
+    code, out = tuner("best", "--study", "hurt", "--tracking-uri", uri)
+    assert code == 2 and f"run {run_id}: its tuner.pbt_config tag is not a JSON object" in out
+    client.delete_tag(run_id, "tuner.pbt_config")
+    code, out = tuner("report", "--study", "hurt", "--out", str(tmp_path / "r"),
+                      "--tracking-uri", uri)
+    message = " ".join(out.split())
+    assert code == 2 and f"study.json of run {parent.info.run_id} is not a resolved study" in message
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_store_failing_mid_command_is_one_line_exit_1(recorded, tmp_path):
     """A store that answers, then fails (here its runs table is gone): MLflow's error on one line
     (masked as every line tuner prints), not a traceback."""

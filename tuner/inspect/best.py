@@ -100,7 +100,7 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     row = trial_row(client, run)
     config = runs.reproducible_config(client, run, workdir, "exported")
     parent = runs.study_parent(client, study)
-    recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)
+    recorded = runs.recorded_study(client, parent, workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
                    f"best val_loss {row.val_loss:.4f}, {row.tokens:,} tokens trained.")
     data = fixed_study(config, recorded, f"{study}-best", description, client.tracking_uri)

@@ -20,7 +20,7 @@ def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any],
     client = runs.connect(tracking_uri)
     parent = runs.study_parent(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
-        search = runs.json_artifact(client, parent.info.run_id, "study.json", Path(tmp))["search"]
+        search = runs.recorded_study(client, parent, Path(tmp))["search"]
         if search["scheduler"] == "pbt":
             raise UserError(f"study {study!r} ran PBT, which changed its trials' values as they "
                             "ran: no values go with a loss to warm-start from; use a study with "

@@ -152,7 +152,12 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
     from tuner.space import SpaceError, build_study
 
     text = runs.download(client, parent.info.run_id, "space.yaml", workdir).read_text()
-    raw = yaml.safe_load(text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RuntimeError(f"its space.yaml is not YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise RuntimeError("its space.yaml is not a study")
     raw.update(name=parent.data.tags.get("tuner.study", "study"), data={"source": "synthetic"})
     try:
         return build_study(raw)
@@ -197,7 +202,7 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     best_run = runs.best_trial(client, study)
     row = best_mod.trial_row(client, best_run)
     config = runs.trial_config(client, best_run, workdir)
-    recorded = runs.json_artifact(client, parent.info.run_id, "study.json", workdir)["search"]
+    recorded = runs.recorded_study(client, parent, workdir)["search"]
     trial_curves = curves(client, trial_runs)
     opt_study, scores = None, {}
     if recorded["scheduler"] == "pbt":

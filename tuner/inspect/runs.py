@@ -179,6 +179,18 @@ def json_artifact(client: Any, run_id: str, path: str, dst: Path) -> Any:
         raise UserError(f"artifact {path} of run {run_id} is not valid JSON ({err})") from None
 
 
+def recorded_study(client: Any, parent: Any, dst: Path) -> dict[str, Any]:
+    """The resolved study its parent run recorded (study.json); UserError when it is damaged."""
+    data = json_artifact(client, parent.info.run_id, "study.json", dst)
+    search = data.get("search") if isinstance(data, dict) else None
+    if not (isinstance(search, dict) and all(isinstance(search.get(key), str) for key in
+                                             ("scheduler", "metric", "mode"))
+            and isinstance(data.get("resources", {}), dict)):
+        raise UserError(f"artifact study.json of run {parent.info.run_id} is not a resolved study "
+                        "(its search section names no scheduler, metric and mode)")
+    return data
+
+
 def download(client: Any, run_id: str, path: str, dst: Path) -> Path:
     """Download one artifact of a run into `dst`; UserError when it is missing."""
     try:
@@ -204,7 +216,15 @@ def pbt_values(run: Any) -> dict[str, Any] | None:
     from tuner.search.tracking import PBT_TAG
 
     changed = run.data.tags.get(PBT_TAG)
-    return None if changed is None else json.loads(changed)
+    if changed is None:
+        return None
+    try:
+        values = json.loads(changed)
+    except json.JSONDecodeError:
+        values = None
+    if not isinstance(values, dict):
+        raise UserError(f"run {run.info.run_id}: its {PBT_TAG} tag is not a JSON object")
+    return values
 
 
 def searched_values(run: Any) -> tuple[dict[str, str], bool]:
