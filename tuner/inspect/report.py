@@ -157,7 +157,7 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
     except yaml.YAMLError as err:
         raise RuntimeError(f"its space.yaml is not YAML ({err})") from None
     if not isinstance(raw, dict):
-        raise RuntimeError("its space.yaml is not a study")
+        raise RuntimeError("its space.yaml is not a study")  # noqa: TRY004 - shown as a note
     raw.update(name=parent.data.tags.get("tuner.study", "study"), data={"source": "synthetic"})
     try:
         return build_study(raw)

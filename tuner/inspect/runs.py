@@ -50,10 +50,10 @@ def _holds_mlflow_tables(path: Path) -> bool:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
                                                 uri=True)) as db:
             found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
-                               "name IN ('experiments', 'runs')").fetchall()
+                               "name = 'experiments'").fetchall()
     except sqlite3.DatabaseError:
         return False
-    return len(found) == 2
+    return bool(found)
 
 
 def study_parents(client: Any, study: str) -> list[Any]:
