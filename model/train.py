@@ -199,10 +199,14 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                               f"{reason[:300]}") from None
         for group, values in zip(optimizer.param_groups, hyper):
             group.update(values)
-        schedule.load_state_dict(resume_state["schedule"])
-        _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
-        result.records = [EvalRecord(**r) for r in resume_state["records"]]
-        step = int(resume_state["iteration"])
+        try:
+            schedule.load_state_dict(resume_state["schedule"])
+            _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
+            result.records = [EvalRecord(**r) for r in resume_state["records"]]
+            step = int(resume_state["iteration"])
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
+            raise ConfigError(str(checkpoint_path(resume_from)), "holds a damaged schedule, RNG "
+                              f"state or records ({type(err).__name__}: {err})"[:400]) from None
 
     runner = torch.compile(model) if config.compile else model
     use_bf16 = config.fast and device.type == "cuda"

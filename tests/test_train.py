@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import ConfigError, ModelConfig, TrainConfig, load_train_config
@@ -324,6 +325,20 @@ def test_a_checkpoint_without_the_trainers_state_is_refused_naming_it(byte_datas
         train(config, resume_from=tmp_path)
     assert err.value.field == str(tmp_path / "checkpoint.pt")
     assert "holds no schedule, rng, records" in str(err.value)
+
+
+@pytest.mark.parametrize(("key", "value"), [("rng", {}), ("records", [5]),
+                                            ("schedule", {"cuts": "x"}), ("iteration", "x")])
+def test_a_checkpoint_with_a_damaged_trainer_state_is_refused_naming_it(
+        byte_dataset: Path, tmp_path: Path, key: str, value: object) -> None:
+    config = tiny_config(byte_dataset, total_iters=10)
+    train(config, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save({**state, key: value}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config, resume_from=tmp_path)
+    assert err.value.field == str(tmp_path / "checkpoint.pt")
+    assert "holds a damaged schedule, RNG state or records" in str(err.value)
 
 
 def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
