@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -350,6 +351,17 @@ def test_download_checks_checksum_and_size(server: Server, tmp_path: Path) -> No
         download(server.url, tmp_path, sha256="1" * 64, progress=False)
     assert download(server.url, tmp_path, sha256=hashlib.sha256(server.data).hexdigest(),
                     size=len(server.data), progress=False).read_bytes() == server.data
+
+
+def test_a_download_that_never_starts_leaves_nothing(tmp_path: Path) -> None:
+    """Nothing listens there: no part file to resume, so no folder is left and none is named."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserError, match="after 1 attempts .*; run again to retry$"):
+        download(f"http://127.0.0.1:{port}/f.txt", tmp_path / "cache" / "downloads", attempts=1,
+                 timeout=5, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_download_checks_the_sha256_published_with_a_redirect(server: Server,

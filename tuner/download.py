@@ -6,6 +6,7 @@ interrupted download stays as NAME.part and the next attempt (or run) continues 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import re
@@ -51,26 +52,39 @@ def download(url: str, cache_dir: Path, *, size: int | None = None, sha256: str 
             raise UserError(f"{dest}: the cached file is not the expected one (size {size}, "
                             f"sha256 {sha256}); delete it to download it again")
         return dest
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    try:
+        total, published = _fetch_with_retries(url, part, attempts, timeout, progress)
+    except UserError:
+        if not part.exists():  # nothing received: leave no folders behind either
+            for folder in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+    _verify(url, part, size if size is not None else total, (sha256 or published or "").lower())
+    part.rename(dest)
+    return dest
+
+
+def _fetch_with_retries(url: str, part: Path, attempts: int, timeout: float,
+                        progress: bool) -> tuple[int | None, str | None]:
+    """`_fetch`, tried again after a server error or a broken connection; UserError when it fails."""
     for attempt in range(attempts):
         if attempt:
             time.sleep(min(2 ** attempt, 30))
         try:
-            total, published = _fetch(url, part, timeout, progress)
-            break
+            return _fetch(url, part, timeout, progress)
         except urllib.error.HTTPError as err:
             if err.code < 500:
                 raise UserError(f"{url}: HTTP {err.code} {err.reason}; check the address") from None
             failure: Exception = err
         except (urllib.error.URLError, OSError, http.client.HTTPException, _Interrupted) as err:
             failure = err
-    else:
-        raise UserError(f"{url}: download failed after {attempts} attempts ({failure}); run again "
-                        f"to resume from {part}") from None
-    _verify(url, part, size if size is not None else total, (sha256 or published or "").lower())
-    part.rename(dest)
-    return dest
+    hint = f"resume from {part}" if part.exists() else "retry"
+    raise UserError(f"{url}: download failed after {attempts} attempts ({failure}); run again "
+                    f"to {hint}") from None
 
 
 def _fetch(url: str, part: Path, timeout: float, progress: bool) -> tuple[int | None, str | None]:
