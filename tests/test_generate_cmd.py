@@ -103,3 +103,26 @@ def test_run_and_checkpoint_are_exclusive(checkpoint):
     code, out = tuner("generate", "--prompt", "x", "--checkpoint", str(checkpoint), "--run",
                       "0" * 32)
     assert code == 2 and "one of --run" in out
+
+
+def test_an_unusable_run_checkpoint_names_the_run(tmp_path, mlflow_store_template):
+    """A verified artifact that is no trainer checkpoint: the error names the run's artifact, not
+    the temporary file it was downloaded to."""
+    import torch
+    from mlflow import MlflowClient
+    from test_search import fresh_store
+
+    from model.checkpoint import file_sha256
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(exp, tags={"tuner.role": "trial"}).info.run_id
+    foreign = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "iteration": 1}, foreign)
+    client.log_artifact(run_id, str(foreign), "checkpoint")
+    client.set_tag(run_id, "tuner.checkpoint_sha256", file_sha256(foreign))
+    code, out = tuner("generate", "--run", run_id, "--prompt", "x", "--tracking-uri", uri)
+    message = " ".join(out.split())
+    assert code == 2 and f"the checkpoint artifact of run {run_id}" in message, out
+    assert "tuner-generate-" not in message

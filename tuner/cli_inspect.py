@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from model.config import ConfigError
 from tuner import output
 from tuner.errors import UserError
 
@@ -169,7 +170,13 @@ def generate(
             client = runs.connect(tracking_uri)
             checkpoint = runs.checkpoint_file(client, runs.trial_run(client, run), "final",
                                               Path(tmp))
-        text = generate_text(checkpoint, prompt, data=data, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_p=top_p, seed=seed, device=device)
+        try:
+            text = generate_text(checkpoint, prompt, data=data, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, seed=seed, device=device)
+        except (UserError, ConfigError) as err:  # name the run's artifact, not its download
+            if run is None:
+                raise
+            raise UserError(str(err).replace(str(checkpoint),
+                                             f"the checkpoint artifact of run {run}")) from None
     typer.echo(prompt + text)
     return 0
