@@ -257,7 +257,8 @@ def test_damaged_study_records_are_named(tmp_path, mlflow_store_template):
     code, out = tuner("report", "--study", "hurt", "--out", str(tmp_path / "r"),
                       "--tracking-uri", uri)
     message = " ".join(out.split())
-    assert code == 2 and f"study.json of run {parent.info.run_id} is not a resolved study" in message
+    assert code == 2
+    assert f"study.json of run {parent.info.run_id} is not a resolved study" in message
     assert not (tmp_path / "r").exists()
 
 

@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -202,6 +203,24 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
         prepare_dataset(input=one_line, vocab_size=300, out=tmp_path / "ds", progress=False)
 
 
+def test_a_dataset_prepared_again_elsewhere_hashes_the_same(stories: Path,
+                                                            tmp_path: Path) -> None:
+    """The same inputs at other paths make a folder of the same content: its hash (replay's and
+    --resume's check) leaves out where they lay; the earlier hash, of meta.json whole, did not."""
+    from tuner.search.provenance import dataset_digests, dataset_sha256
+
+    folders = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        shutil.copy(stories, tmp_path / name / "stories.txt")
+        folders.append(prepare_dataset(input=tmp_path / name / "stories.txt", vocab_size=300,
+                                       out=tmp_path / f"{name}-ds", progress=False))
+    metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
+    assert metas[0]["inputs"] != metas[1]["inputs"]
+    assert dataset_sha256(folders[0]) == dataset_sha256(folders[1])
+    assert dataset_digests(folders[0])[1] != dataset_digests(folders[1])[1]
+
+
 def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Path,
                                                    tmp_path: Path) -> None:
     tok = tmp_path / "tok"
@@ -223,7 +242,7 @@ def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Pa
     (lambda d, m: m.update(vocab_size="512", sha256=5),
      "meta.json: vocab_size, sha256 missing or of the wrong type"),
     (lambda d, m: (d / "merges.txt").write_text("#version: 0.2\n"), "tokenizer files do not match"),
-    (lambda d, m: _as_int64(d, m), "meta.json: dtype int64, but the trainer reads uint16 or uint32"),
+    (lambda d, m: _as_int64(d, m), "meta.json: dtype int64, but the trainer reads uint16 or"),
     # a folder whose meta.json predates the tokenizer's sha256: the files are still read
     (lambda d, m: (m["sha256"].pop("tokenizer"), (d / "merges.txt").write_text("one\n")),
      "merges.txt line 1: expected two tokens"),

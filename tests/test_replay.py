@@ -103,6 +103,20 @@ def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):
     assert _runs(recorded.uri) == before
 
 
+def test_a_run_recorded_with_the_earlier_dataset_hash_still_replays(recorded, tmp_path):
+    """Earlier versions hashed meta.json whole: their runs' tag still matches their folder."""
+    from tuner.search.provenance import dataset_digests
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    content, legacy = dataset_digests(recorded.data)
+    assert content != legacy
+    MlflowClient(tracking_uri=uri).set_tag(recorded.best_run_id, "tuner.dataset_sha256", legacy)
+    code, out = tuner("replay", recorded.best_run_id, "--tracking-uri", uri)
+    assert code == 0 and "largest absolute difference: 0.0 " in out, out
+
+
 def test_truncated_mid_checkpoint_is_refused(tmp_path, byte_dataset, mlflow_store_template):
     study = log_study(tmp_path, "cut", byte_dataset, mlflow_store_template,
                       trials=[TRIALS[0]])

@@ -377,6 +377,8 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
         history.finished_trials("pbt", uri)
     report.write_report(client, "pbt", tmp_path / "report", uri, tmp_path)
     summary = (tmp_path / "report" / report.SUMMARY_MD).read_text()
+    _, parent, _ = mlflow_runs(uri, "pbt")
+    assert f"{int(parent.data.metrics['tokens_trained']):,} tokens trained in all" in summary
     assert ("no one config reproduces it" in summary) == rows[0].pbt
     assert ("tuner replay" in summary) != rows[0].pbt and "Not computed: PBT changed" in summary
     assert ("no one config reproduces it" in out) == rows[0].pbt != ("tuner replay" in out)

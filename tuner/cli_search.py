@@ -134,15 +134,17 @@ def _absolute_uri(uri: str | None) -> str | None:
 def _check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> str | None:
     """A resumed study trains on the data it started with (UserError otherwise); other code is
     only warned of (returned) and recorded (tuner.git_commit_resumed)."""
+    from tuner.search.provenance import dataset_digests
+
     started_on = parent.data.tags.get("tuner.dataset_sha256")
-    if started_on and started_on != made_of["dataset_sha256"]:
+    if started_on and started_on not in dataset_digests(data_dir):
         raise UserError(f"{data_dir}: the dataset changed since study {parent.info.run_name!r} "
                         f"started (sha256 {made_of['dataset_sha256'][:12]}…, it recorded "
                         f"{started_on[:12]}…): put that dataset back, or start a new study")
     started_with = parent.data.tags.get("tuner.git_commit")
     if started_with and started_with != made_of["git_commit"]:
-        return (f"the code is at {made_of['git_commit'][:12]}, the study started at "
-                f"{started_with[:12]}: its trials go on with this code")
+        return (f"the code is at {made_of['git_commit']}, the study started at {started_with}: "
+                "the trials it starts from now run this code")
     return None
 
 

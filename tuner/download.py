@@ -70,7 +70,7 @@ def download(url: str, cache_dir: Path, *, size: int | None = None, sha256: str 
 
 def _fetch_with_retries(url: str, part: Path, attempts: int, timeout: float,
                         progress: bool) -> tuple[int | None, str | None]:
-    """`_fetch`, tried again after a server error or a broken connection; UserError when it fails."""
+    """`_fetch`, again after a server error or a broken connection; UserError when it fails."""
     for attempt in range(attempts):
         if attempt:
             time.sleep(min(2 ** attempt, 30))

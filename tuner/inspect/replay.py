@@ -123,17 +123,17 @@ def _device_type(device: str) -> str:
 
 
 def _check_dataset(folder: Path, recorded: str | None, run_id: str, recorded_path: bool) -> None:
-    from tuner.search.provenance import dataset_sha256
+    from tuner.search.provenance import dataset_digests
 
     if not folder.is_dir():
         raise UserError(f"dataset folder {folder} of run {run_id} not found: pass --data DIR"
                         if recorded_path else f"--data {folder}: no such folder")
     if recorded is None:
         raise UserError(f"run {run_id} recorded no dataset hash (tuner.dataset_sha256)")
-    actual = dataset_sha256(folder)
-    if actual != recorded:
+    actual = dataset_digests(folder)
+    if recorded not in actual:
         raise UserError(f"dataset {folder} is not the one run {run_id} trained on: its sha256 is "
-                        f"{actual[:12]}…, the run recorded {recorded[:12]}…")
+                        f"{actual[0][:12]}…, the run recorded {recorded[:12]}…")
 
 
 def _resume_point(client: Any, plan: Plan, workdir: Path) -> None:

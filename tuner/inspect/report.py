@@ -166,19 +166,19 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
 
 
 def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow,
-                     scores: dict[str, float], note: str, files: list[str], replay_cmd: str) -> str:
+                     scores: dict[str, float], note: str, files: list[str], replay_cmd: str,
+                     tokens: int) -> str:
     """A few lines a person reads first: counts, the best trial, what mattered, the files."""
     counts: dict[str, int] = {}
     for c in trial_curves:
         counts[c.status] = counts.get(c.status, 0) + 1
-    tokens = sum(c.points[-1][0] for c in trial_curves if c.points)
     lines = [f"# Study {study}", "",
              f"{len(trial_curves)} trials (" + ", ".join(f"{n} {s}" for s, n in
                                                         sorted(counts.items())) + f"), "
              f"{tokens:,} tokens trained in all.", "",
              f"## Best trial: {row.trial_id}", "",
              (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
-              f"{row.tokens:,} tokens trained; MLflow run `{row.run_id}`."), "",
+              f"at {row.tokens:,} tokens; MLflow run `{row.run_id}`."), "",
              "| parameter | value |", "|---|---|",
              *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
              ("PBT changed its values as it ran (those it ended with are shown): no one config "
@@ -233,8 +233,12 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
         (out / PARALLEL_HTML).write_text(parallel_html(opt_study), encoding="utf-8")
         written.append(out / PARALLEL_HTML)
     replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(tracking_uri)}"
+    # the study's own count: a PBT clone's curve starts at its donor's tokens, not trained by it
+    tokens = parent.data.metrics.get("tokens_trained",
+                                     sum(c.points[-1][0] for c in trial_curves if c.points))
     (out / SUMMARY_MD).write_text(summary_markdown(
-        study, trial_curves, row, scores, note, [p.name for p in written], replay_cmd))
+        study, trial_curves, row, scores, note, [p.name for p in written], replay_cmd,
+        int(tokens)))
     written.append(out / SUMMARY_MD)
     for path in written:
         client.log_artifact(parent.info.run_id, str(path), "report")

@@ -34,7 +34,7 @@ def connect(uri: str) -> Any:
     if path is not None and not path.is_file():
         raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
                         "was recorded in with --tracking-uri")
-    if path is not None and not _holds_mlflow_tables(path):
+    if path is not None and not _holds_mlflow_tables(path, uri):
         raise UserError(f"tracking store {uri}: {path} is not an MLflow store (an empty file or "
                         "another database); pass the store the study was recorded in")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
@@ -42,8 +42,9 @@ def connect(uri: str) -> Any:
     return connect_store(uri)
 
 
-def _holds_mlflow_tables(path: Path) -> bool:
-    """Whether a sqlite file holds MLflow's tables (MLflow would create them in any other)."""
+def _holds_mlflow_tables(path: Path, uri: str) -> bool:
+    """Whether a sqlite file holds MLflow's tables (MLflow would create them in any other);
+    UserError when it cannot be read at all."""
     import sqlite3
 
     try:
@@ -51,7 +52,9 @@ def _holds_mlflow_tables(path: Path) -> bool:
                                                 uri=True)) as db:
             found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
                                "name = 'experiments'").fetchall()
-    except sqlite3.DatabaseError:
+    except sqlite3.OperationalError as err:  # unreadable, locked: not a question of content
+        raise UserError(f"tracking store {uri} cannot be used: {err}") from None
+    except sqlite3.DatabaseError:  # not a database
         return False
     return bool(found)
 

@@ -38,17 +38,48 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+PREPARED_WHERE = ("created", "inputs", "tokenizer")  # meta.json's when and from which paths
+
+
 def dataset_sha256(data_dir: Path) -> str:
-    """One hash of the dataset's token files and meta.json (the tokenizer is named by meta.json)."""
-    digest = hashlib.sha256()
+    """One hash of the dataset's token files and meta.json but for when and from which paths it
+    was prepared (the tokenizer and inputs count by their sha256 there): a folder prepared again
+    from the same inputs, anywhere, hashes the same."""
+    return dataset_digests(data_dir)[0]
+
+
+def dataset_digests(data_dir: Path) -> tuple[str, str]:
+    """`dataset_sha256`, and the hash of tuner versions before it (meta.json whole), which the
+    runs they recorded carry."""
+    digests = hashlib.sha256(), hashlib.sha256()
     for name in ("meta.json", "train.npy", "valid.npy"):
         path = data_dir / name
-        if path.is_file():
+        if not path.is_file():
+            continue
+        for digest in digests:
             digest.update(name.encode())
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
+        if name == "meta.json":
+            raw = path.read_bytes()
+            digests[0].update(_content(raw))
+            digests[1].update(raw)
+            continue
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                for digest in digests:
                     digest.update(chunk)
-    return digest.hexdigest()
+    return digests[0].hexdigest(), digests[1].hexdigest()
+
+
+def _content(meta_json: bytes) -> bytes:
+    """meta.json without when and where it was prepared, in one canonical form."""
+    try:
+        meta = json.loads(meta_json)
+    except ValueError:
+        return meta_json
+    if not isinstance(meta, dict):
+        return meta_json
+    kept = {k: v for k, v in meta.items() if k not in PREPARED_WHERE}
+    return json.dumps(kept, sort_keys=True).encode()
 
 
 def provenance(data_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:

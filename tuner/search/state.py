@@ -95,7 +95,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not readable JSON ({err}); the study cannot be resumed from "
                         "it") from None
     kinds = {"space": str, "overrides": dict, "resolved": dict}
-    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in kinds.items()):
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), kind)
+                                          for k, kind in kinds.items()):
         raise UserError(f"{path}: not a study state (it needs space, overrides and resolved); "
                         "the study cannot be resumed from it")
     return state

@@ -40,6 +40,7 @@ from tuner.search.trainable import TrainedTokens, trial_threads
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
            "elapsed_s")
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
+RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
@@ -205,13 +206,15 @@ class MlflowRecorder(tune.Callback):
         parent = find_parent(self._client, self.study.tracking.experiment, self.study.name)
         self._parent = parent.info.run_id if parent else self._create_parent()
         self._client.update_run(self._parent, status="RUNNING")
-        if parent is not None:  # resumed, maybe by other code: its trials are tagged with that
+        if parent is not None:  # resumed, maybe by other code: trials started now say so
             from tuner.search.provenance import git_commit
 
             self.provenance = {**self.provenance, "git_commit": git_commit()}
             if self.provenance["git_commit"] != parent.data.tags.get("tuner.git_commit"):
-                self._client.set_tag(self._parent, "tuner.git_commit_resumed",
+                self._client.set_tag(self._parent, RESUMED_COMMIT_TAG,
                                      self.provenance["git_commit"])
+            elif RESUMED_COMMIT_TAG in parent.data.tags:
+                self._client.delete_tag(self._parent, RESUMED_COMMIT_TAG)
         self._children: dict[str, _Child] = {}
         self._finished: dict[str, str] = {}  # trial id -> status
         self._tokens: dict[str, int] = {}  # trial id -> tokens trained
@@ -291,6 +294,8 @@ class MlflowRecorder(tune.Callback):
                   **{f"trials_{s}": n for s, n in counts.items()}}
         if math.isfinite(self._best[0]):
             values["best_val_loss"] = self._best[0]
+        elif self._best_tagged:  # the only best diverged, failed or was lost: none is left
+            values["best_val_loss"] = math.nan
         self._log_metrics(self._parent, values, self._study_step)
         best = self._children.get(self._best[2])
         if best is not None and self._best[2] != self._best_tagged:
@@ -395,12 +400,14 @@ class MlflowRecorder(tune.Callback):
         child.last_step = furthest = max(child.last_step, tokens)
         child.trained += trained
         self._tokens[trial.trial_id] = child.trained
-        self._log_metrics(child.run_id, values, tokens)
-        # at its own step, so that MLflow shows the latest count when a PBT clone steps back
-        self._log_metrics(child.run_id, {"tokens_trained": child.trained}, child.trained)
-        if val_loss < child.best:  # at the furthest step: a PBT clone steps back, the best not
-            child.best = val_loss
-            self._log_metrics(child.run_id, {"best_val_loss": val_loss}, furthest)
+        # Each at a step of its own, so that MLflow shows its latest value where a PBT clone
+        # steps back: the count at itself, the best at the furthest step.
+        own_steps = {"tokens_trained": child.trained}
+        values["tokens_trained"] = child.trained
+        if val_loss < child.best:
+            child.best = values["best_val_loss"] = val_loss
+            own_steps["best_val_loss"] = furthest
+        self._log_metrics(child.run_id, values, tokens, own_steps)
         if self._note_best(trial.trial_id, val_loss):
             self._log_study()
 
@@ -529,11 +536,13 @@ class MlflowRecorder(tune.Callback):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _log_metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+    def _log_metrics(self, run_id: str, values: dict[str, float], step: int,
+                     own_steps: dict[str, int] | None = None) -> None:
+        """Log `values` in one call, at `step` but for those given a step of their own."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step))
+        now, steps = int(time.time() * 1000), own_steps or {}
+        self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(steps.get(k, step)))
                                                 for k, v in values.items()])
 
     def _log_params_tags(self, run_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
