@@ -64,7 +64,8 @@ def measure(model: ModelConfig, data: Path, batch_size: int, steps: int, fast: b
         steady = train(config).records[-1]
     except torch.cuda.OutOfMemoryError:
         return {**row, "oom": True}
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+    # on a GPU what torch held from it (its cache too: what a co-located trial cannot have)
+    peak = (torch.cuda.max_memory_reserved(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {**row, "tokens_per_s": steady.tokens_per_s, "mfu": steady.mfu,
             "peak_gib": peak / 2**30}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,8 +24,11 @@ from model.schedules import LRSchedule, set_lr
 
 RESUME_KEYS = ("optimizer", "schedule", "rng", "records")  # what train() saves besides the model
 DIVERGENCE_FACTOR = 2.0  # a train loss above 2·ln|V| (twice a uniform guess) counts as diverged
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
-              "A10": 125e12, "4090": 165e12}  # dense bf16 FLOP/s by device-name fragment
+# Dense bf16 FLOP/s by a word of the device's name, the first match winning (variants first).
+PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),
+              ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+              ("4090", 165e12))
 
 
 @dataclass
@@ -102,8 +106,13 @@ def peak_flops(config: TrainConfig, device: torch.device) -> float | None:
         return config.peak_flops
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(gpu_name: str) -> float | None:
+    """The dense bf16 FLOP/s of a GPU by its name (`NVIDIA H100 80GB HBM3`), None if unknown."""
+    return next((flops for words, flops in PEAK_FLOPS
+                 if re.search(rf"\b{re.escape(words)}\b", gpu_name)), None)
 
 
 def _load_tokenizer(dataset: Dataset):
@@ -114,20 +123,28 @@ def _load_tokenizer(dataset: Dataset):
     return Tokenizer.from_dir(dataset.path)
 
 
-def _rng_state(batch_gen: torch.Generator, sample_gen: torch.Generator) -> dict:
+def _rng_state(batch_gen: torch.Generator, sample_gen: torch.Generator,
+               device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "batches": batch_gen.get_state(),
              "samples": sample_gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # the training GPU's alone: a resume may see other GPUs, or fewer
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict, batch_gen: torch.Generator, sample_gen: torch.Generator) -> None:
+def _set_rng_state(state: dict, batch_gen: torch.Generator, sample_gen: torch.Generator,
+                   device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     batch_gen.set_state(state["batches"])
     sample_gen.set_state(state["samples"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type != "cuda":
+        return
+    saved = state.get("cuda_device")
+    if saved is None and "cuda" in state:  # written before: one state per GPU it could see
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = state["cuda"][index] if index < len(state["cuda"]) else None
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, device)
 
 
 def _configure_backends(config: TrainConfig, device: torch.device) -> None:
@@ -201,7 +218,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             group.update(values)
         try:
             schedule.load_state_dict(resume_state["schedule"])
-            _set_rng_state(resume_state["rng"], batch_gen, sample_gen)
+            _set_rng_state(resume_state["rng"], batch_gen, sample_gen, device)
             result.records = [EvalRecord(**r) for r in resume_state["records"]]
             step = int(resume_state["iteration"])
         except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
@@ -279,7 +296,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         if checkpoint_dir is not None and not diverged:
             result.checkpoint = save_checkpoint(
                 model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
-                rng=_rng_state(batch_gen, sample_gen), records=[asdict(r) for r in result.records],
+                rng=_rng_state(batch_gen, sample_gen, device),
+                records=[asdict(r) for r in result.records],
                 tokens=tokens, config=config.to_dict())
         stop = on_eval(record) if on_eval is not None else False
         if diverged:

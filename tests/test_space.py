@@ -219,6 +219,9 @@ def test_sections_other_than_parameters_are_checked(tmp_path: Path) -> None:
         extra="resources:\n  gpus_per_trial: 1.5\ntracking:\n  log_checkpoints: all\n")
     issues = issues_of(tmp_path, text)
     assert [p for p, _, _ in issues] == ["resources.gpus_per_trial", "tracking.log_checkpoints"]
+    two = issues_of(tmp_path, study_text(extra="resources:\n  gpus_per_trial: 2\n"))
+    message = "2: a trial trains on one GPU, so give at most 1 (a fraction such as 0.25 shares one)"
+    assert [(p, m) for p, _, m in two] == [("resources.gpus_per_trial", message)]
     text = study_text(search="  scheduler: pbt\n  pbt:\n    params: [beta2]\n",
                       extra="data:\n  path: /nonexistent/dataset\n").replace(
         "data:\n  source: synthetic\n", "", 1)

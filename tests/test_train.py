@@ -20,7 +20,7 @@ from model.config import ConfigError, ModelConfig, TrainConfig, load_train_confi
 from model.layers import TransformerLM
 from model.optim import build_optimizer
 from model.tokenizer import Tokenizer
-from model.train import EvalRecord, train
+from model.train import EvalRecord, peak_flops_of, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -349,3 +349,14 @@ def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_pa
     groups = read_checkpoint(tmp_path)["optimizer"]["param_groups"]
     assert {g["betas"][1] for g in groups} == {0.9}
     assert max(g["weight_decay"] for g in groups) == 0.3
+
+
+@pytest.mark.parametrize(("name", "flops"), [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40", 181e12),
+    ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("NVIDIA A10G", 70e12),
+    ("NVIDIA RTX A1000", None), ("Tesla T4", None)])
+def test_mfu_peak_is_looked_up_by_whole_words_of_the_gpu_name(name: str, flops: float) -> None:
+    """A variant is not taken for its family (H100 PCIe), nor one GPU for another whose name
+    starts alike (L40 for L4, RTX A1000 for A100)."""
+    assert peak_flops_of(name) == flops

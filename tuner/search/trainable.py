@@ -8,6 +8,7 @@ errors are recorded, not retried; Tune's retries are left to processes the OS ki
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 import tempfile
@@ -74,11 +75,24 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             # put back after a kill): it trained nothing, so say again where it ended, or Tune
             # keeps the result it restored, which may be from before.
             on_eval(result.records[-1])
+    except torch.OutOfMemoryError:
+        # Maybe the GPU's other trials' memory, not this config's: Tune retries it from its
+        # checkpoint (search.max_failures) and fails it after, as for a process the OS killed.
+        raise
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
         tune.report({**progress, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
                      "traceback": traceback.format_exc(limit=20)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        _free_gpu_memory(torch)
+
+
+def _free_gpu_memory(torch: Any) -> None:
+    """Hand the trial's cached GPU memory back: a reused actor keeps its process, and torch's
+    cache would otherwise hold the largest trial's peak against the trials sharing the GPU."""
+    gc.collect()  # the model and optimizer of the trial that ended (an exception holds frames)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _restore(checkpoint: Any, ckpt_dir: Path) -> Path | None:

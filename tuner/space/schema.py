@@ -152,8 +152,9 @@ class SearchSection(Section):
     startup_trials: int | None = Field(None, ge=1, description="random trials before the tpe or gp "
                                        "searcher starts modelling the results (default: Optuna's, "
                                        "10)")
-    max_failures: int = Field(2, ge=0, description="retries of a trial killed by the OS (out of "
-                              "memory, preempted)")
+    max_failures: int = Field(2, ge=0, description="retries, from its checkpoint, of a trial "
+                              "whose process died (out of memory, preempted) or whose GPU ran "
+                              "out of memory")
     storage: str | None = Field(None, description="Optuna storage URL that keeps the search state "
                                 "(default: in memory)")
     warm_start: str | None = Field(None, description="an earlier study in the same tracking store, "
@@ -184,9 +185,10 @@ class ResourcesSection(Section):
 
     @field_validator("gpus_per_trial")
     @classmethod
-    def _whole_above_one(cls, gpus: float) -> float:
-        if gpus > 1 and not gpus.is_integer():
-            raise ValueError(f"more than one GPU must be a whole number, got {gpus}")
+    def _at_most_one(cls, gpus: float) -> float:
+        if gpus > 1:  # Ray would reserve them all for a trainer that uses one
+            raise ValueError(f"{gpus:g}: a trial trains on one GPU, so give at most 1 (a fraction "
+                             "such as 0.25 shares one)")
         return gpus
 
 
