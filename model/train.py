@@ -147,6 +147,17 @@ def _set_rng_state(state: dict, batch_gen: torch.Generator, sample_gen: torch.Ge
         torch.cuda.set_rng_state(saved, device)
 
 
+def _steps_beside_params(optimizer: torch.optim.Optimizer) -> None:
+    """A fused optimizer wants each `step` on its parameter's device: torch moves them there on
+    load only if the checkpoint's run was fused too (one written on the CPU, resumed on a GPU)."""
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(dtype=torch.float32, device=param.device)
+
+
 def _configure_backends(config: TrainConfig, device: torch.device) -> None:
     # Set both ways: a reused process (a Ray actor's next trial, a replay) keeps torch's globals
     tf32 = device.type == "cuda" and config.fast
@@ -216,6 +227,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                               f"{reason[:300]}") from None
         for group, values in zip(optimizer.param_groups, hyper):
             group.update(values)
+        _steps_beside_params(optimizer)
         try:
             schedule.load_state_dict(resume_state["schedule"])
             _set_rng_state(resume_state["rng"], batch_gen, sample_gen, device)
