@@ -1302,6 +1302,37 @@ def test_stopping_points_are_where_the_scheduler_decides(tmp_path: Path, dataset
     assert stopping_points(study(scheduler="median")) is None
 
 
+def test_pbt_moves_a_choice_to_another_of_its_values(tmp_path: Path, dataset: Path) -> None:
+    """A searched choice that PBT perturbs goes to a neighbouring value (or a fresh draw), never
+    to 1.2 times itself: β2 of 1.188 failed the trial, and None × 1.2 the study."""
+    from ray.tune.schedulers.pbt import _explore
+
+    from tuner.search.algorithms import pbt_mutations
+    from tuner.space import load_study
+
+    study = load_study(write_space(tmp_path, "pbtchoice", dataset, hparams={
+        "lr_max": {"loguniform": [1e-4, 1e-2]}, "beta2": {"choice": [0.99, 0.999]},
+        "grad_clip": {"choice": [0.5, 1.0, None]}},
+        search={"scheduler": "pbt", "pbt": {"params": ["lr_max", "beta2", "grad_clip"]}}))
+    mutations = pbt_mutations(study)
+    assert mutations["beta2"] == [0.99, 0.999] and mutations["grad_clip"] == [0.5, 1.0, None]
+    for _ in range(50):
+        config, _ = _explore({"lr_max": 1e-3, "beta2": 0.99, "grad_clip": None}, mutations,
+                             0.25, (1.2, 0.8), None)
+        assert config["beta2"] in (0.99, 0.999) and config["grad_clip"] in (0.5, 1.0, None)
+
+
+def test_pbt_runs_at_most_max_concurrent_trials(tmp_path: Path, dataset: Path) -> None:
+    """Tune ignores max_concurrent_trials beside PBT's generator: the generator holds it."""
+    from tuner.search.runner import tune_config
+    from tuner.space import load_study
+
+    study = load_study(write_space(tmp_path, "pbtone", dataset,
+                                   hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
+                                   search={"scheduler": "pbt", "max_concurrent": 1}))
+    assert tune_config(study).search_alg.max_concurrent == 1
+
+
 def test_asha_rung_and_pbt_clipping() -> None:
     from tuner.search.algorithms import clip_to_space
     from tuner.search.outcome import asha_rung

@@ -97,13 +97,21 @@ def build_scheduler(study: Any) -> Any:
     if search.scheduler == "median":
         return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
     if search.scheduler == "pbt":
-        mutations = {name: dist for name, dist in tune_space(study).items()
-                     if name in search.pbt.params}
         return schedulers.PopulationBasedTraining(
             **timed, perturbation_interval=search.pbt.perturbation_interval,
-            quantile_fraction=search.pbt.quantile_fraction, hyperparam_mutations=mutations,
+            quantile_fraction=search.pbt.quantile_fraction,
+            hyperparam_mutations=pbt_mutations(study),
             custom_explore_fn=functools.partial(clip_to_space, bounds=_bounds(study)))
     return schedulers.FIFOScheduler()
+
+
+def pbt_mutations(study: Any) -> dict[str, Any]:
+    """What PBT perturbs: a range as a Tune domain (×0.8 or ×1.2, then clipped to it), a choice
+    as its list (PBT moves to a neighbour or draws again; a domain it would multiply)."""
+    from ray.tune.search.sample import Categorical
+
+    return {name: list(dist.categories) if isinstance(dist, Categorical) else dist
+            for name, dist in tune_space(study).items() if name in study.search.pbt.params}
 
 
 def stopping_points(study: Any) -> tuple[float, ...] | None:

@@ -89,8 +89,11 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     from tuner.search.algorithms import build_scheduler, build_searcher
 
     search = study.search
-    searcher = (BasicVariantGenerator(random_state=search.seed) if search.scheduler == "pbt"
-                else build_searcher(study, warm_trials))
+    if search.scheduler == "pbt":  # Tune's max_concurrent_trials is lost on this generator
+        searcher = BasicVariantGenerator(max_concurrent=search.max_concurrent or 0,
+                                         random_state=search.seed)
+    else:
+        searcher = build_searcher(study, warm_trials)
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
         num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent,
         search_alg=searcher, scheduler=build_scheduler(study),
