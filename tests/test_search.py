@@ -1135,6 +1135,28 @@ def test_a_study_name_taken_in_another_experiment_fails_before_ray(
     assert client.get_experiment_by_name("second") is None and not (tmp_path / "ray").exists()
 
 
+def test_a_new_study_on_a_taken_optuna_study_fails_before_ray(tmp_path: Path, dataset: Path,
+                                                              mlflow_store_template: Path) -> None:
+    """search.storage already holds an Optuna study of the name (an earlier study's): the new
+    one would go on from its trials, so it is refused, naming the storage."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="taken", storage=storage).add_trial(
+        optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "taken", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
+                        search={"algorithm": "tpe", "storage": storage})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"search.storage {storage} already holds an Optuna study 'taken'" in " ".join(
+        proc.stderr.split())
+    assert not (tmp_path / "ray").exists()
+    assert len(optuna.load_study(study_name="taken", storage=storage).trials) == 1
+
+
 def test_missing_dataset_fails_before_ray(tmp_path: Path) -> None:
     space = write_space(tmp_path, "nodata", tmp_path / "missing")
     proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],

@@ -67,6 +67,22 @@ def optuna_storage(url: str) -> Any:
         raise UserError(f"search.storage {url} cannot be used: {err}") from None
 
 
+def check_storage_is_free(study: Any) -> None:
+    """UserError when search.storage holds an Optuna study of this study's name already: a new
+    study would take over its trials (and a space of other kinds would fail on them)."""
+    from tuner.errors import UserError
+    from tuner.redact import redact
+
+    try:
+        optuna_storage(study.search.storage).get_study_id_from_name(study.name)
+    except KeyError:
+        return
+    raise UserError(f"search.storage {redact(study.search.storage)} already holds an Optuna study "
+                    f"{study.name!r}: a new study would go on from its trials; pick another "
+                    f"--name, or delete that one (optuna delete-study --study-name {study.name} "
+                    "--storage URL)")
+
+
 def seed_study(storage: Any, study_name: str, mode: str, trials: list[Any]) -> None:
     """Add finished `trials` to the Optuna study `study_name` in `storage` (created when missing):
     OptunaSearch loads that study, so its sampler models them before its first suggestion. One
