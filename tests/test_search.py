@@ -1088,6 +1088,15 @@ def test_trial_larger_than_every_cluster_node_is_a_warning(tmp_path: Path, datas
 # Bad input fails before Ray starts ----------------------------------------------------------
 
 
+def search_refused(tmp_path: Path, space: Path, uri: str) -> str:
+    """`tuner search` of `space` recording to `uri`: exit 2 before Ray starts; stderr on a line."""
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert not (tmp_path / "ray").exists()
+    return " ".join(proc.stderr.split())
+
+
 def test_bad_space_fails_before_ray(tmp_path: Path, dataset: Path) -> None:
     space = write_space(tmp_path, "bad", dataset, hparams={"lr_max": {"loguniform": [0.1, 0.01]}})
     proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],
@@ -1129,11 +1138,9 @@ def test_a_study_name_taken_in_another_experiment_fails_before_ray(
     first = client.create_experiment("first", artifact_location=(tmp_path / "a").as_uri())
     client.create_run(first, tags={"tuner.study": "twice", "tuner.role": "study"})
     space = write_space(tmp_path, "twice", dataset, tracking={"experiment": "second"})
-    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "MLflow experiment 'first' at" in proc.stderr and "pick another --name" in proc.stderr
-    assert client.get_experiment_by_name("second") is None and not (tmp_path / "ray").exists()
+    message = search_refused(tmp_path, space, uri)
+    assert "MLflow experiment 'first' at" in message and "pick another --name" in message
+    assert client.get_experiment_by_name("second") is None
 
 
 def test_a_new_study_on_a_taken_optuna_study_fails_before_ray(tmp_path: Path, dataset: Path,
@@ -1149,12 +1156,8 @@ def test_a_new_study_on_a_taken_optuna_study_fails_before_ray(tmp_path: Path, da
     space = write_space(tmp_path, "taken", dataset,
                         hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
                         search={"algorithm": "tpe", "storage": storage})
-    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"search.storage {storage} already holds an Optuna study 'taken'" in " ".join(
-        proc.stderr.split())
-    assert not (tmp_path / "ray").exists()
+    message = search_refused(tmp_path, space, uri)
+    assert f"search.storage {storage} already holds an Optuna study 'taken'" in message
     assert len(optuna.load_study(study_name="taken", storage=storage).trials) == 1
 
 
@@ -1186,12 +1189,8 @@ def test_deleted_experiment_fails_before_ray(tmp_path: Path, dataset: Path,
     client = MlflowClient(tracking_uri=uri)
     client.delete_experiment(client.create_experiment("gone"))
     space = write_space(tmp_path, "gone", dataset)
-    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"MLflow experiment 'gone' at {uri} is deleted: restore it" in " ".join(
-        proc.stderr.split())
-    assert not (tmp_path / "ray").exists()
+    message = search_refused(tmp_path, space, uri)
+    assert f"MLflow experiment 'gone' at {uri} is deleted: restore it" in message
 
 
 def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
