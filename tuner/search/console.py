@@ -38,7 +38,7 @@ def _fmt(value: Any) -> str:
 
 
 def _tokens(trial: Any) -> int:
-    """Tokens the trial has trained, as its last result reports them."""
+    """Tokens the trial has reached (a PBT clone: from its donor's), as its last result says."""
     return int((trial.last_result or {}).get("tokens", 0))
 
 
