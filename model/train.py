@@ -26,9 +26,9 @@ RESUME_KEYS = ("optimizer", "schedule", "rng", "records")  # what train() saves 
 DIVERGENCE_FACTOR = 2.0  # a train loss above 2·ln|V| (twice a uniform guess) counts as diverged
 # Dense bf16 FLOP/s by a word of the device's name, the first match winning (variants first).
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),
-              ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12),
-              ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
-              ("4090", 165e12))
+              ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
+              ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12),
+              ("A10", 125e12), ("4090", 165e12))
 
 
 @dataclass
@@ -221,6 +221,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         try:
             model.load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
+        except torch.OutOfMemoryError:  # a full GPU, not a bad checkpoint
+            raise
         except (KeyError, RuntimeError, ValueError) as err:  # another model shape or optimizer
             reason = " ".join(str(err).split())
             raise ConfigError(str(checkpoint_path(resume_from)), "does not fit this config: "
@@ -233,6 +235,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             _set_rng_state(resume_state["rng"], batch_gen, sample_gen, device)
             result.records = [EvalRecord(**r) for r in resume_state["records"]]
             step = int(resume_state["iteration"])
+        except torch.OutOfMemoryError:
+            raise
         except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
             raise ConfigError(str(checkpoint_path(resume_from)), "holds a damaged schedule, RNG "
                               f"state or records ({type(err).__name__}: {err})"[:400]) from None

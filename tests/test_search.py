@@ -1161,6 +1161,31 @@ def test_a_new_study_on_a_taken_optuna_study_fails_before_ray(tmp_path: Path, da
     assert len(optuna.load_study(study_name="taken", storage=storage).trials) == 1
 
 
+def test_an_optuna_study_left_before_any_trial_is_taken_up_again(tmp_path: Path,
+                                                                 dataset: Path) -> None:
+    """search.storage holding the study's name with warm-start trials alone (an attempt that
+    stopped before its first trial) is no reason to refuse; a missing file is not made."""
+    import optuna
+
+    from tuner.errors import UserError
+    from tuner.search.algorithms import WARM_START_ATTR, check_storage_is_free
+    from tuner.space import load_study
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = load_study(write_space(tmp_path, "again", dataset,
+                                   hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
+                                   search={"algorithm": "tpe", "storage": storage}))
+    check_storage_is_free(study)
+    assert not (tmp_path / "optuna.db").exists()
+    left = optuna.create_study(study_name="again", storage=storage)
+    left.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0,
+                                             user_attrs={WARM_START_ATTR: True}))
+    check_storage_is_free(study)
+    left.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=2.0))
+    with pytest.raises(UserError, match="already holds an Optuna study 'again'"):
+        check_storage_is_free(study)
+
+
 def test_missing_dataset_fails_before_ray(tmp_path: Path) -> None:
     space = write_space(tmp_path, "nodata", tmp_path / "missing")
     proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],

@@ -353,7 +353,8 @@ def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_pa
 
 @pytest.mark.parametrize(("name", "flops"), [
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
-    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40", 181e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA GH200 480GB", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40", 181e12),
     ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("NVIDIA A10G", 70e12),
     ("NVIDIA RTX A1000", None), ("Tesla T4", None)])
 def test_mfu_peak_is_looked_up_by_whole_words_of_the_gpu_name(name: str, flops: float) -> None:

@@ -91,13 +91,13 @@ def search(
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
                         "tracking store it ran with, or start a new study with another --name")
     warm_trials = None if restore else _warm_trials(study)
-    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
-    made_of = provenance(data_dir, meta)
-    changed_code = _check_same_inputs(exists, made_of, data_dir) if exists else None
     if study.search.storage and not resume:
         from tuner.search.algorithms import check_storage_is_free
 
         check_storage_is_free(study)
+    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
+    made_of = provenance(data_dir, meta)
+    changed_code = _check_same_inputs(exists, made_of, data_dir) if exists else None
     if changed_code:
         console.print(f"[yellow]warning:[/] {changed_code}")
     if new_store:

@@ -47,6 +47,8 @@ def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> lis
 
     import optuna
 
+    from tuner.search.algorithms import WARM_START_ATTR
+
     trials = []
     for params, value in points:
         fixed = optuna.trial.FixedTrial(params)
@@ -57,8 +59,9 @@ def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> lis
             extra = sorted(set(params) - set(fixed.params) - set(study.searched()))
             if extra:
                 raise ValueError(f"parameters {', '.join(extra)} are not searched here")
-            trials.append(optuna.trial.create_trial(params=fixed.params, value=value,
-                                                    distributions=fixed.distributions))
+            trials.append(optuna.trial.create_trial(
+                params=fixed.params, value=value, distributions=fixed.distributions,
+                user_attrs={WARM_START_ATTR: True}))
         except ValueError as err:
             raise UserError(f"an earlier trial ({_show(params)}) does not fit this space: "
                             f"{err}") from None

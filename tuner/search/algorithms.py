@@ -68,19 +68,31 @@ def optuna_storage(url: str) -> Any:
 
 
 def check_storage_is_free(study: Any) -> None:
-    """UserError when search.storage holds an Optuna study of this study's name already: a new
-    study would take over its trials (and a space of other kinds would fail on them)."""
+    """UserError when search.storage holds an Optuna study of this study's name with trials of
+    its own already: a new study would take over its trials (and a space of other kinds would
+    fail on them). One an attempt stopped before its first trial left (warm-start trials at
+    most) is taken up again."""
     from tuner.errors import UserError
     from tuner.redact import redact
+    from tuner.search.tracking import sqlite_file
 
+    path = sqlite_file(study.search.storage)
+    if path is not None and not path.exists():
+        return  # a new file: nothing is made before the study's other inputs are checked
+    storage = optuna_storage(study.search.storage)
     try:
-        optuna_storage(study.search.storage).get_study_id_from_name(study.name)
+        trials = storage.get_all_trials(storage.get_study_id_from_name(study.name))
     except KeyError:
+        return
+    if all(WARM_START_ATTR in trial.user_attrs for trial in trials):
         return
     raise UserError(f"search.storage {redact(study.search.storage)} already holds an Optuna study "
                     f"{study.name!r}: a new study would go on from its trials; pick another "
                     f"--name, or delete that one (optuna delete-study --study-name {study.name} "
                     "--storage URL)")
+
+
+WARM_START_ATTR = "tuner.warm_start"  # an Optuna trial's user attr: from an earlier study
 
 
 def seed_study(storage: Any, study_name: str, mode: str, trials: list[Any]) -> None:

@@ -3,7 +3,8 @@
 Each report carries the evaluation's metrics with `tokens` (Tune's time attribute) and a Tune
 checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial continues from it.
 A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
-errors are recorded, not retried; Tune's retries are left to processes the OS killed.
+errors are recorded, not retried; Tune's retries are left to processes the OS killed and to a GPU
+out of memory (maybe the other trials' on it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 TIME_ATTR = "tokens"
 HYPERBAND_TIME = "grace_periods"  # HyperBand sizes its brackets for few time units: not tokens
+OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder
 SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable, from its checkpoint
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
@@ -75,16 +77,40 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             # put back after a kill): it trained nothing, so say again where it ended, or Tune
             # keeps the result it restored, which may be from before.
             on_eval(result.records[-1])
-    except torch.OutOfMemoryError:
-        # Maybe the GPU's other trials' memory, not this config's: Tune retries it from its
-        # checkpoint (search.max_failures) and fails it after, as for a process the OS killed.
-        raise
+    except torch.OutOfMemoryError as err:
+        # Maybe the other trials' memory on the GPU: Tune retries it from its checkpoint, as a
+        # process the OS killed; the last time it fails as a config that does not fit, so that
+        # the searcher learns of it (a trial Tune fails is left out of its model).
+        if _retry_out_of_memory(study.search.max_failures):
+            traceback.clear_frames(err.__traceback__)  # they hold the model: free it first
+            raise
+        _report_error(tune, progress, err)
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
-        tune.report({**progress, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
-                     "traceback": traceback.format_exc(limit=20)})
+        _report_error(tune, progress, err)
+    except BaseException as err:  # Tune ending the trial (a scheduler's stop) within a report
+        traceback.clear_frames(err.__traceback__)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _free_gpu_memory(torch)
+
+
+def _report_error(tune: Any, progress: dict[str, Any], err: Exception) -> None:
+    tune.report({**progress, "val_loss": WORST, "error": f"{type(err).__name__}: {err}",
+                 "traceback": traceback.format_exc(limit=20)})
+
+
+def _retry_out_of_memory(max_failures: int) -> bool:
+    """Whether Tune should run this trial again after a GPU out-of-memory error: counted in the
+    trial's folder, which its restarts share."""
+    from ray import tune
+
+    marker = Path(tune.get_context().get_trial_dir()) / OUT_OF_MEMORY_FILE
+    count = int(marker.read_text()) if marker.is_file() else 0
+    if count >= max_failures:
+        return False
+    marker.write_text(str(count + 1))
+    return True
 
 
 def _free_gpu_memory(torch: Any) -> None:
