@@ -141,7 +141,10 @@ def _check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> 
     from tuner.search.provenance import dataset_digests
 
     started_on = parent.data.tags.get("tuner.dataset_sha256")
-    if started_on and started_on not in dataset_digests(data_dir):
+    # an older tuner recorded the hash of meta.json whole: only then is the folder hashed again
+    same = (not started_on or started_on == made_of["dataset_sha256"]
+            or started_on in dataset_digests(data_dir))
+    if not same:
         raise UserError(f"{data_dir}: the dataset changed since study {parent.info.run_name!r} "
                         f"started (sha256 {made_of['dataset_sha256'][:12]}…, it recorded "
                         f"{started_on[:12]}…): put that dataset back, or start a new study")
