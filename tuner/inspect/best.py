@@ -96,10 +96,10 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     """Write the study's best trial to `path` as a fixed study file; return that trial's row."""
     import yaml
 
-    run = runs.best_trial(client, study)
+    parent = runs.study_parent(client, study)
+    run = runs.best_of(runs.trial_runs(client, parent), study)
     row = trial_row(client, run)
     config = runs.reproducible_config(client, run, workdir, "exported")
-    parent = runs.study_parent(client, study)
     recorded = runs.recorded_study(client, parent, workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
                    f"best val_loss {row.val_loss:.4f}, {row.tokens:,} tokens trained.")

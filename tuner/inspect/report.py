@@ -199,7 +199,7 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     run, and return the files written."""
     parent = runs.study_parent(client, study)
     trial_runs = runs.trial_runs(client, parent)
-    best_run = runs.best_trial(client, study)
+    best_run = runs.best_of(trial_runs, study)
     row = best_mod.trial_row(client, best_run)
     config = runs.trial_config(client, best_run, workdir)
     recorded = runs.recorded_study(client, parent, workdir)["search"]

@@ -166,7 +166,12 @@ def counts_as_best(run: Any) -> bool:
 
 def best_trial(client: Any, study: str) -> Any:
     """The study's trial run with the lowest val_loss, of those that can be the best."""
-    runs = ranked(trial_runs(client, study_parent(client, study)))
+    return best_of(trial_runs(client, study_parent(client, study)), study)
+
+
+def best_of(trials: list[Any], study: str) -> Any:
+    """The best of study `study`'s trial runs `trials`; UserError when none can be the best."""
+    runs = ranked(trials)
     if not runs or not counts_as_best(runs[0]):
         raise UserError(f"study {study!r} has no trial with a finite val_loss that neither "
                         "diverged nor failed")

@@ -217,7 +217,6 @@ class MlflowRecorder(tune.Callback):
                 self._client.delete_tag(self._parent, RESUMED_COMMIT_TAG)
         self._children: dict[str, _Child] = {}
         self._finished: dict[str, str] = {}  # trial id -> status
-        self._tokens: dict[str, int] = {}  # trial id -> tokens trained
         self._counter = TrainedTokens()
         self._best: tuple[float, int, str] = (math.inf, 0, "")
         self._best_tagged = parent.data.tags.get("tuner.best_trial_id", "") if parent else ""
@@ -266,7 +265,6 @@ class MlflowRecorder(tune.Callback):
         trained = self._client.get_metric_history(run.info.run_id, "tokens_trained")
         child.trained = max((int(m.value) for m in trained), default=max(child.last_step, 0))
         self._children[trial_id] = child
-        self._tokens[trial_id] = child.trained
         if DEVICE_TAG in run.data.tags:
             self._device_noted.add(trial_id)
         status = run.data.tags.get(STATUS_TAG)
@@ -288,7 +286,7 @@ class MlflowRecorder(tune.Callback):
     def _log_study(self) -> None:
         counts = {s: sum(1 for v in self._finished.values() if v == s)
                   for s in (COMPLETED, STOPPED, DIVERGED, FAILED)}
-        tokens = sum(self._tokens.values())
+        tokens = sum(child.trained for child in self._children.values())
         self._study_step = max(self._study_step, tokens)  # lower after a lost run is dropped
         values = {"trials_finished": len(self._finished), "tokens_trained": tokens,
                   **{f"trials_{s}": n for s, n in counts.items()}}
@@ -399,7 +397,6 @@ class MlflowRecorder(tune.Callback):
         child.latest = tokens
         child.last_step = furthest = max(child.last_step, tokens)
         child.trained += trained
-        self._tokens[trial.trial_id] = child.trained
         # Each at a step of its own, so that MLflow shows its latest value where a PBT clone
         # steps back: the count at itself, the best at the furthest step.
         own_steps = {"tokens_trained": child.trained}
@@ -510,7 +507,6 @@ class MlflowRecorder(tune.Callback):
         lost = [trial_id for trial_id in self._children if trial_id not in by_id]
         for trial_id in lost:  # started before a kill, never saved in Tune's state
             child = self._children.pop(trial_id)
-            self._tokens.pop(trial_id, None)
             self._finished.pop(trial_id, None)
             self._client.set_tag(child.run_id, STATUS_TAG, "lost")
             self._client.set_terminated(child.run_id, "KILLED")
