@@ -103,6 +103,27 @@ def test_report_figures_have_one_series_per_trial(recorded):
     assert len(stopped) == sum(1 for _, stop in TRIALS if stop)
 
 
+def test_importance_compares_trials_where_all_trained_alike(recorded, tmp_path):
+    """fANOVA rates the values by every trial's val_loss at the same tokens: the stopped
+    trials' last evaluation, not the completed trials' final loss beside the stopped ones'."""
+    client = MlflowClient(tracking_uri=recorded.uri)
+    trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))
+    curves = report.curves(client, trial_runs)
+    points, at = report.equal_token_points(client, trial_runs, curves, tmp_path)
+    stopped_at = {c.points[-1][0] for c in curves if c.status == "stopped"}
+    assert stopped_at == {at} and at < max(c.points[-1][0] for c in curves)
+    by_run = {c.run_id: dict(c.points) for c in curves}
+    expected = [(params, by_run[run_id][at]) for (params, _), run_id
+                in zip(TRIALS, recorded.run_ids, strict=True)]
+    assert sorted(points, key=lambda p: p[0]["lr_max"]) == sorted(
+        expected, key=lambda p: p[0]["lr_max"])
+    code, text = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
+                       "--tracking-uri", recorded.uri)
+    assert code == 0, text
+    assert f"{len(TRIALS)} completed and stopped trials at {at:,} tokens" in (
+        tmp_path / "r" / report.SUMMARY_MD).read_text()
+
+
 def test_diverged_trial_is_marked():
     curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
               report.Curve("b", "r2", "diverged", [(10, 4.0), (20, math.inf)])]

@@ -35,8 +35,12 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
 
     usable = sorted((r for r in trial_runs if r.data.tags.get(STATUS_TAG) in USABLE),
                     key=lambda r: r.info.start_time)
-    return [(runs.json_artifact(client, r.info.run_id, "searched.json", workdir / r.info.run_id),
-             runs.metric(r, metric)) for r in usable]
+    return [(searched(client, r, workdir), runs.metric(r, metric)) for r in usable]
+
+
+def searched(client: Any, run: Any, workdir: Path) -> dict[str, Any]:
+    """The values the searcher gave a trial run (its searched.json)."""
+    return runs.json_artifact(client, run.info.run_id, "searched.json", workdir / run.info.run_id)
 
 
 def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> list[Any]:

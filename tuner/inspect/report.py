@@ -122,6 +122,26 @@ def importances(space: Any, points: list[tuple[dict[str, Any], float]], mode: st
     return study, dict(scores)
 
 
+def equal_token_points(client: Any, trial_runs: list[Any], trial_curves: list[Curve],
+                       workdir: Path) -> tuple[list[tuple[dict[str, Any], float]], int]:
+    """(searched values, val_loss at T) of each completed or stopped trial, and T: the furthest
+    tokens all of them trained. A stopped trial's last loss is from shorter training than a
+    completed one's: compared as they are, they rate the scheduler's stops, not the values."""
+    from tuner.search.outcome import COMPLETED, STOPPED
+
+    run_of = {r.info.run_id: r for r in trial_runs}
+    compared = []  # (run id, finite val_loss points)
+    for c in trial_curves:
+        finite = [(t, v) for t, v in c.points if math.isfinite(v)]
+        if c.status in (COMPLETED, STOPPED) and finite:
+            compared.append((c.run_id, finite))
+    if not compared:
+        return [], 0
+    at = min(finite[-1][0] for _, finite in compared)
+    return [(history.searched(client, run_of[run_id], workdir),
+             [v for t, v in finite if t <= at][-1]) for run_id, finite in compared], at
+
+
 def importance_figure(scores: dict[str, float]) -> Any:
     """fANOVA importance as horizontal bars, most important on top."""
     from matplotlib.figure import Figure
@@ -185,7 +205,7 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
               "reproduces it." if row.pbt else f"Reproduce it: `{replay_cmd}`"), "",
              "## What mattered (fANOVA)", ""]
     if scores:
-        lines += ["| parameter | importance |", "|---|---|",
+        lines += [f"Over the {note}.", "", "| parameter | importance |", "|---|---|",
                   *[f"| {best_mod.symbol(n)} | {v:.2f} |" for n, v in scores.items()]]
     else:
         lines.append(f"Not computed: {note}.")
@@ -210,9 +230,11 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     else:
         try:
             space = recorded_space(client, parent, workdir)
-            points = history.trial_points(client, trial_runs, recorded["metric"], workdir)
+            points, at = equal_token_points(client, trial_runs, trial_curves, workdir)
             opt_study, scores = importances(space, points, recorded["mode"])
-            note = "fewer than two finished trials, or no searched parameter varies"
+            note = (f"val_loss of the {len(points)} completed and stopped trials at {at:,} "
+                    "tokens, the furthest all of them trained" if scores else
+                    "fewer than two finished trials, or no searched parameter varies")
         except (UserError, RuntimeError) as err:  # the other plots are still worth having
             note = str(err)
 
