@@ -318,6 +318,27 @@ def test_finished_trials_warm_start_an_optuna_searcher(recorded):
     assert [t.value for t in trials[:len(TRIALS)]] == [v for _, v in points]
 
 
+def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_path):
+    """A trial whose trainer raised told its searcher the worst val_loss, so a warm start is told
+    the same; one whose process Tune failed told it nothing, so it is left out."""
+    import optuna
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, where in zip(recorded.run_ids[:2], ("trainer", "process"), strict=True):
+        client.set_tag(run_id, "tuner.status", "failed")
+        client.set_tag(run_id, "tuner.failed_in", where)
+    points = history.finished_trials(recorded.name, uri)
+    assert [p for p, _ in points] == [TRIALS[0][0], *[params for params, _ in TRIALS[2:]]]
+    assert points[0][1] == math.inf and all(math.isfinite(v) for _, v in points[1:])
+    study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=uri)),
+                         "name": "next"})
+    trials = history.optuna_trials(study, points)
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE and trials[0].value == math.inf
+
+
 def test_warm_start_refuses_another_space(recorded):
     points = history.finished_trials(recorded.name, recorded.uri)
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))

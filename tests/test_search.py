@@ -253,6 +253,7 @@ def test_failed_and_diverged_trials(faults_study: dict[str, Any]) -> None:
         assert run.info.status == "FAILED"
         assert "vocab" in run.data.tags["tuner.status_detail"]
         assert "ConfigError" in run.data.tags["tuner.error"]
+        assert run.data.tags["tuner.failed_in"] == "trainer"  # the searcher was told inf
     [diverged] = grouped["diverged"]
     assert float(diverged.data.params["lr_max"]) == 50.0
     assert diverged.info.status == "FINISHED"

@@ -15,8 +15,8 @@ USABLE = ("completed", "stopped", "diverged")  # trials the searcher was told a 
 
 
 def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any], float]]:
-    """(the searcher's parameters, the last reported objective) of every completed, stopped or
-    diverged trial of `study`, as its searcher saw them (diverged ones score inf)."""
+    """(the searcher's parameters, the last reported objective) of every trial of `study` its
+    searcher was told a value of, as it saw them: diverged ones and failed ones score inf."""
     client = runs.connect(tracking_uri)
     parent = runs.study_parent(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
@@ -30,12 +30,20 @@ def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any],
 
 def trial_points(client: Any, trial_runs: list[Any], metric: str,
                  workdir: Path) -> list[tuple[dict[str, Any], float]]:
-    """(searched.json, last value of `metric`) of each usable trial run, oldest first."""
-    from tuner.search.tracking import STATUS_TAG
+    """(searched.json, last value of `metric`) of each trial run the searcher was told a value
+    of, oldest first: a trial that failed in the trainer reported the worst value."""
+    from tuner.search.outcome import FAILED
+    from tuner.search.tracking import FAILED_IN_TAG, STATUS_TAG
+    from tuner.search.trainable import WORST
 
-    usable = sorted((r for r in trial_runs if r.data.tags.get(STATUS_TAG) in USABLE),
-                    key=lambda r: r.info.start_time)
-    return [(searched(client, r, workdir), runs.metric(r, metric)) for r in usable]
+    def told(run: Any) -> bool:
+        status = run.data.tags.get(STATUS_TAG)
+        return status in USABLE or (status == FAILED
+                                    and run.data.tags.get(FAILED_IN_TAG) == "trainer")
+
+    usable = sorted(filter(told, trial_runs), key=lambda r: r.info.start_time)
+    return [(searched(client, r, workdir), WORST if r.data.tags.get(STATUS_TAG) == FAILED
+             else runs.metric(r, metric)) for r in usable]
 
 
 def searched(client: Any, run: Any, workdir: Path) -> dict[str, Any]:

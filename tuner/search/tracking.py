@@ -45,6 +45,9 @@ ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
+# A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
+# (its process kept failing and Tune failed it: the searcher left it out)
+FAILED_IN_TAG = "tuner.failed_in"
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
 # which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
 CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
@@ -442,6 +445,7 @@ class MlflowRecorder(tune.Callback):
         tags = {STATUS_TAG: end.status, "tuner.status_detail": end.detail[:5000]}
         if end.status == FAILED:
             tags["tuner.error"] = str(result.get("traceback") or end.detail)[-5000:]
+            tags[FAILED_IN_TAG] = "process" if trial.status == "ERROR" else "trainer"
         self._log_params_tags(child.run_id, {}, tags)
         self._client.set_terminated(child.run_id, RUN_STATUS[end.status])
         self._finished[trial.trial_id] = end.status
