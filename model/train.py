@@ -216,6 +216,12 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         if missing:
             raise ConfigError(str(checkpoint_path(resume_from)), "holds no "
                               f"{', '.join(missing)}: not a checkpoint train() can resume")
+        saved = resume_state.get("config")
+        written_by = saved.get("optimizer", config.optimizer) if isinstance(saved, dict) else \
+            config.optimizer
+        if written_by != config.optimizer:  # torch loads another optimizer's state unchecked
+            raise ConfigError(str(checkpoint_path(resume_from)), "does not fit this config: it "
+                              f"holds the state of optimizer {written_by}, not {config.optimizer}")
         # The config's hyperparameters win over the checkpoint's (PBT resumes with new ones).
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:

@@ -301,7 +301,8 @@ def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Pat
 
 @pytest.mark.parametrize("other", [{"model": ModelConfig(vocab_size=256, context_length=32,
                                                          d_model=64, num_layers=2, num_heads=4)},
-                                   {"optimizer": "lars"}])
+                                   *({"optimizer": name} for name in
+                                     ("lars", "sgd", "adam", "rmsprop", "adagrad"))])
 def test_a_checkpoint_of_another_run_is_refused_naming_it(byte_dataset: Path, tmp_path: Path,
                                                          other: dict) -> None:
     """Resuming a checkpoint written by another model shape or optimizer: one ConfigError that
