@@ -1305,28 +1305,37 @@ def test_resume_reads_no_study_outside_its_storage(tmp_path: Path) -> None:
             proc.stderr.split()), proc.stderr
 
 
-@pytest.mark.parametrize(("resources", "needs"), [
-    ({"cpus_per_trial": 4096}, "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs"),
-    pytest.param({"gpus_per_trial": 1, "device": "cuda"},
-                 "resources.gpus_per_trial: a trial needs 1 CPU and 1 GPU",
-                 marks=pytest.mark.skipif(shutil.which("nvidia-smi") is not None,
-                                          reason="this machine may have the GPU"))])
 def test_trial_larger_than_the_local_ray_fails_before_any_trial(
-        tmp_path: Path, dataset: Path, mlflow_store_template: Path, resources: dict,
-        needs: str) -> None:
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """Tune would wait for ever for a node that fits: the local Ray's size is checked instead."""
     uri = fresh_store(tmp_path, mlflow_store_template)
-    space = write_space(tmp_path, "huge", dataset, resources=resources)
+    space = write_space(tmp_path, "huge", dataset, resources={"cpus_per_trial": 4096})
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
                       str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
-    assert needs in message
+    assert "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs" in message
     assert "but Ray counts" in message and "GPUs on this machine" in message
     assert not (tmp_path / "ray" / "huge").exists()  # no study to resume
     from mlflow import MlflowClient
 
     assert MlflowClient(tracking_uri=uri).get_experiment_by_name("huge") is None
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine may have a GPU")
+def test_a_gpu_study_on_a_machine_without_one_fails_before_preparing_its_corpus(
+        tmp_path: Path) -> None:
+    """lm.yaml's trials take a GPU: without one, nothing is downloaded, prepared or recorded."""
+    space = tmp_path / "gpu.yaml"
+    quickstart = (Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml").read_text()
+    space.write_text(quickstart.replace("gpus_per_trial: 0\n", "gpus_per_trial: 0.25\n")
+                     .replace("device: cpu", "device: cuda"))
+    proc = run_tuner(["search", "--space", str(space), "--storage", str(tmp_path / "ray")],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "resources.gpus_per_trial: a trial needs 0.25 GPU, but torch sees no GPU" in " ".join(
+        proc.stderr.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.yaml"]  # no corpus, store, study
 
 
 # Pure helpers ------------------------------------------------------------------------------

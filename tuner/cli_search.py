@@ -69,6 +69,8 @@ def search(
 
     if address:
         check_address(address)
+    else:
+        _check_local_gpus(study)
     checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.search.provenance import provenance
@@ -166,6 +168,19 @@ def _check_name_free(client: Any, study: Any) -> None:
         raise UserError(f"MLflow experiment {experiment!r} at {study.tracking.uri} already holds "
                         f"a study {study.name!r} (the tuner's commands find a study by its name): "
                         "pick another --name")
+
+
+def _check_local_gpus(study: Any) -> None:
+    """UserError when trials need a GPU and this machine has none: before a corpus is prepared
+    (Ray's own count is checked again once it has started)."""
+    need = study.resources.gpus_per_trial
+    if need > 0:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise UserError(f"resources.gpus_per_trial: a trial needs {need:g} GPU, but torch "
+                            "sees no GPU on this machine; to train on the CPU, set device: cpu "
+                            "and gpus_per_trial: 0")
 
 
 def _check_storage(storage: Path) -> None:
