@@ -417,9 +417,11 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert (config.batch_size, config.model.d_model, config.eval_tokens) == (16, 32, 5120)
     assert config.device == "cpu" and config.data == str(tmp_path / "data")
     assert not config.deterministic
-    exact = load_study(write(tmp_path, study_text(extra="resources:\n  deterministic: true\n"),
-                             "exact.yaml"))
+    assert config.peak_flops is None  # the GPU's own peak, looked up by its name
+    exact = load_study(write(tmp_path, study_text(
+        extra="resources:\n  deterministic: true\n  peak_flops: 1.25e14\n"), "exact.yaml"))
     assert exact.trial_config({}, tmp_path).deterministic
+    assert exact.trial_config({}, tmp_path).peak_flops == 1.25e14  # a GPU it does not know
 
 
 @pytest.mark.parametrize(("gpus", "device"), [(0, "cpu"), (0.25, "auto")])

@@ -125,7 +125,8 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
     device = "cpu" if res.device == "auto" and res.gpus_per_trial == 0 else res.device
     try:
         config = TrainConfig(model=ModelConfig(**model), data=str(data_dir), device=device,
-                             deterministic=res.deterministic, **budget, **train)
+                             deterministic=res.deterministic, peak_flops=res.peak_flops,
+                             **budget, **train)
         config.validate()
     except ConfigError as err:
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())

@@ -182,6 +182,8 @@ class ResourcesSection(Section):
                                                     "(auto: cuda when the trial has a GPU)")
     deterministic: bool = Field(False, description="deterministic GPU kernels: slower trials "
                                 "whose GPU replays are bit-exact (CPU trials always are)")
+    peak_flops: float | None = Field(None, gt=0, description="the GPU's peak FLOP/s, for mfu "
+                                     "(default: its dense bf16 peak, looked up by its name)")
 
     @field_validator("gpus_per_trial")
     @classmethod
