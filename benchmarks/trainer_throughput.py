@@ -6,8 +6,9 @@
 
 Runs `model.train.train` itself on random tokens (so data loading, clipping and the optimizer step
 are included) and reports the steady-state interval, after a warm-up interval that absorbs
-compilation and allocator growth. Prints a markdown table, a row as each finishes (a batch size
-that runs out of GPU memory is a row that says so).
+compilation and allocator growth. Prints the machine and versions, then a markdown table, a row
+as each finishes (a batch size that runs out of GPU memory, or fails to compile, is a row that
+says so, and the others still run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import platform
 import resource
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
 from model.layers import TransformerLM  # noqa: E402
-from model.train import resolve_device, train  # noqa: E402
+from model.train import peak_flops_of, resolve_device, train  # noqa: E402
 
 PRESETS = {
     "cs336": ModelConfig(vocab_size=10000, context_length=256, d_model=512, num_layers=4,
@@ -61,9 +63,14 @@ def measure(model: ModelConfig, data: Path, batch_size: int, steps: int, fast: b
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     try:
-        steady = train(config).records[-1]
-    except torch.cuda.OutOfMemoryError:
-        return {**row, "oom": True}
+        result = train(config)
+    except Exception as err:  # noqa: BLE001 - one row's failure (OOM, a compile error) is its row
+        oom = isinstance(err, torch.cuda.OutOfMemoryError) or \
+            isinstance(err.__cause__, torch.cuda.OutOfMemoryError)  # raised inside compilation
+        return {**row, "error": "out of memory" if oom else f"{type(err).__name__}: {err}"[:200]}
+    if result.status != "completed" or len(result.records) != 2:
+        return {**row, "error": f"the run {result.status} after {result.steps} steps"}
+    steady = result.records[-1]
     # on a GPU what torch held from it (its cache too: what a co-located trial cannot have)
     peak = (torch.cuda.max_memory_reserved(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -75,10 +82,22 @@ def table_row(r: dict) -> str:
     """One markdown row of a measurement."""
     switches = f"| {r['batch_size']} | {'on' if r['fast'] else 'off'} | " \
                f"{'on' if r['compile'] else 'off'} |"
-    if r.get("oom"):
-        return f"{switches} out of memory | | |"
+    if r.get("error"):
+        return f"{switches} {r['error']} | | |"
     mfu = "n/a" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
     return f"{switches} {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_gib']:.2f} |"
+
+
+def machine(dev: torch.device) -> dict:
+    """What a recorded figure needs beside it: date, device, versions and the command."""
+    gpu = dev.type == "cuda"
+    name = torch.cuda.get_device_name(dev) if gpu else platform.processor() or "cpu"
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": name,
+            "gpu_memory_gib": torch.cuda.get_device_properties(dev).total_memory / 2**30
+            if gpu else None, "peak_flops": peak_flops_of(name) if gpu else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "numpy": np.__version__,
+            "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
 
 
 def main() -> None:
@@ -92,11 +111,10 @@ def main() -> None:
     args = parser.parse_args()
 
     model = PRESETS[args.preset]
-    dev = resolve_device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    about = {"preset": args.preset, "parameters": TransformerLM(model).num_params(),
+             **machine(resolve_device(args.device))}
     variants = [(False, False), (True, False)] + ([(True, True)] if args.compile else [])
-    print(f"preset {args.preset} ({TransformerLM(model).num_params():,} parameters) on {name}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("\n".join(f"{key}: {value}" for key, value in about.items()) + "\n")
     print("| batch | fast path | compile | tokens/s | MFU | peak memory (GiB) |")
     print("|---:|---|---|---:|---:|---:|", flush=True)
     rows = []
@@ -107,7 +125,7 @@ def main() -> None:
                 rows.append(measure(model, data, batch, args.steps, fast, compiled, args.device))
                 print(table_row(rows[-1]), flush=True)
                 if args.json:  # after every row: a run cut short keeps what it measured
-                    args.json.write_text(json.dumps(rows, indent=2))
+                    args.json.write_text(json.dumps({**about, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
