@@ -192,6 +192,30 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
 
 
 @pytest.mark.slow
+def test_a_trial_that_diverges_after_the_best_loss_so_far_is_not_the_best(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """α_max 5 reaches the study's lowest val_loss early in its warmup, then diverges: the
+    study's best goes back to the trial that barely learned, in MLflow and in the summary."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "relapse", dataset,
+                        hparams={"lr_max": {"grid": [1e-9, 5.0]}, "warmup_iters": 70},
+                        search={"algorithm": "grid", "scheduler": "none", "max_concurrent": 1})
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client, parent, children = mlflow_runs(uri, "relapse")
+    [slow], [relapse] = by_status(children)["completed"], by_status(children)["diverged"]
+    early = min(m.value for m in client.get_metric_history(relapse.info.run_id, "val_loss"))
+    assert early < slow.data.metrics["best_val_loss"]  # it was the best while it trained
+    study_best = [m.value for m in client.get_metric_history(parent.info.run_id, "best_val_loss")]
+    assert early in study_best
+    assert parent.data.metrics["best_val_loss"] == slow.data.metrics["best_val_loss"]
+    assert parent.data.tags["tuner.best_run_id"] == slow.info.run_id
+    assert f"MLflow run {slow.info.run_id}" in proc.stdout
+    assert relapse.info.run_id not in proc.stdout.split("best trial")[-1]
+
+
+@pytest.mark.slow
 def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
     client, _, children = mlflow_runs(faults_study["uri"], "faults")
     completed = by_status(children)["completed"]
