@@ -498,13 +498,23 @@ def test_resume_without_the_tracking_store_it_ran_with_fails(faults_study: dict[
 @pytest.mark.slow
 def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) -> None:
     """`--resume` of a study that has ended trains nothing, leaves its trial runs as they were,
-    and shows every trial as it ended (none "interrupted")."""
+    and shows every trial as it ended (none "interrupted"); the other code it runs on now is
+    warned of and tagged."""
     folder = faults_study["folder"]
-    _, _, before = mlflow_runs(faults_study["uri"], "faults")
-    proc = run_tuner(["search", "--resume", "--name", "faults", "--storage", str(folder / "ray")],
-                     cwd=folder, timeout=180)
+    client, parent, before = mlflow_runs(faults_study["uri"], "faults")
+    commit = parent.data.tags["tuner.git_commit"]
+    client.set_tag(parent.info.run_id, "tuner.git_commit", "0" * 40)  # started by other code
+    try:
+        proc = run_tuner(["search", "--resume", "--name", "faults", "--storage",
+                          str(folder / "ray")], cwd=folder, timeout=180)
+    finally:
+        client.set_tag(parent.info.run_id, "tuner.git_commit", commit)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, parent, after = mlflow_runs(faults_study["uri"], "faults")
+    client.delete_tag(parent.info.run_id, "tuner.git_commit_resumed")
+    assert parent.data.tags["tuner.git_commit_resumed"] == commit
+    assert f"the code is at {commit}, the study started at {'0' * 40}" in " ".join(
+        (proc.stdout + proc.stderr).split())
     assert parent.info.status == "FINISHED"
     def ended(runs: list[Any]) -> set[tuple[Any, ...]]:
         return {(r.info.run_id, r.info.status, r.data.tags["tuner.status"], r.info.end_time)
