@@ -65,17 +65,26 @@ def measure(model: ModelConfig, data: Path, batch_size: int, steps: int, fast: b
     try:
         result = train(config)
     except Exception as err:  # noqa: BLE001 - one row's failure (OOM, a compile error) is its row
-        oom = isinstance(err, torch.cuda.OutOfMemoryError) or \
-            isinstance(err.__cause__, torch.cuda.OutOfMemoryError)  # raised inside compilation
-        return {**row, "error": "out of memory" if oom else f"{type(err).__name__}: {err}"[:200]}
+        return {**row, "error": "out of memory" if _out_of_memory(err)
+                else f"{type(err).__name__}: {err}"[:200]}
     if result.status != "completed" or len(result.records) != 2:
         return {**row, "error": f"the run {result.status} after {result.steps} steps"}
     steady = result.records[-1]
     # on a GPU what torch held from it (its cache too: what a co-located trial cannot have)
     peak = (torch.cuda.max_memory_reserved(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {**row, "tokens_per_s": steady.tokens_per_s, "mfu": steady.mfu,
+    return {**row, "tokens_per_s": steady.tokens_per_s,
+            "mfu": None if steady.mfu != steady.mfu else steady.mfu,  # unknown peak: JSON null
             "peak_gib": peak / 2**30}
+
+
+def _out_of_memory(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from (inside compilation, say), is a GPU OOM."""
+    while err is not None:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def table_row(r: dict) -> str:
@@ -84,7 +93,7 @@ def table_row(r: dict) -> str:
                f"{'on' if r['compile'] else 'off'} |"
     if r.get("error"):
         return f"{switches} {r['error']} | | |"
-    mfu = "n/a" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
     return f"{switches} {r['tokens_per_s']:,.0f} | {mfu} | {r['peak_gib']:.2f} |"
 
 

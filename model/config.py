@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -447,7 +448,8 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
     for key, value in sections["budget"].items():
         flat[STUDY_BUDGET_KEYS.get(key, key)] = value
     resources = sections["resources"]
-    flat.update({key: resources[key] for key in ("device", "deterministic") if key in resources})
+    flat.update({key: resources[key] for key in ("device", "deterministic", "peak_flops")
+                 if key in resources})
     return flat
 
 
@@ -484,15 +486,31 @@ def duplicate_keys(node: Any, path: str = "", walked: set[int] | None = None
             yield from duplicate_keys(child, f"{path}[{i}]", walked)
 
 
-def _load_yaml(text: str) -> Any:
-    """yaml.safe_load, refusing a key given twice in a mapping."""
+@functools.cache
+def yaml_loader() -> type:
+    """yaml.SafeLoader that also reads 3e-4 and 1.25e14 as numbers, as YAML 1.2 does (PyYAML
+    keeps YAML 1.1's rule, a dot and a signed exponent, and reads them as strings)."""
+    import re
+
     import yaml  # only needed for YAML configs
 
-    twice = next(duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)), None)
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
+def _load_yaml(text: str) -> Any:
+    """Safe YAML (`yaml_loader`), refusing a key given twice in a mapping."""
+    import yaml
+
+    twice = next(duplicate_keys(yaml.compose(text, Loader=yaml_loader())), None)
     if twice is not None:
         key, line, first = twice
         raise ValueError(f"{key!r} is given twice (lines {first} and {line})")
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=yaml_loader())  # noqa: S506 - a SafeLoader
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

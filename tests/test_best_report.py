@@ -120,8 +120,21 @@ def test_importance_compares_trials_where_all_trained_alike(recorded, tmp_path):
     code, text = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
                        "--tracking-uri", recorded.uri)
     assert code == 0, text
-    assert f"{len(TRIALS)} completed and stopped trials at {at:,} tokens" in (
-        tmp_path / "r" / report.SUMMARY_MD).read_text()
+    assert (f"{len(TRIALS)} completed and stopped trials at their first evaluation from {at:,} "
+            "tokens") in " ".join((tmp_path / "r" / report.SUMMARY_MD).read_text().split())
+
+
+def test_importance_takes_each_trial_where_it_first_reached_the_common_tokens():
+    """A batch size whose steps do not divide the evaluation interval evaluates a step later,
+    and ends a step past the budget: it is rated there, not an interval earlier (or not at all)."""
+    stopped = report.Curve("a", "r1", "stopped", [(40960, 6.0)])
+    uneven = report.Curve("b", "r2", "completed", [(41472, 5.5), (82944, 5.0), (410112, 4.0)])
+    even = report.Curve("c", "r3", "completed", [(40960, 5.8), (409600, 4.2)])
+    diverged = report.Curve("d", "r4", "diverged", [(20480, 3.0), (30720, math.inf)])
+    assert report.values_at_equal_tokens([stopped, uneven, even, diverged]) == (
+        {"r1": 6.0, "r2": 5.5, "r3": 5.8}, 40960)
+    assert report.values_at_equal_tokens([uneven, even]) == ({"r2": 4.0, "r3": 4.2}, 409600)
+    assert report.values_at_equal_tokens([diverged]) == ({}, 0)
 
 
 def test_diverged_trial_is_marked():
@@ -330,9 +343,15 @@ def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_p
     for run_id, where in zip(recorded.run_ids[:2], ("trainer", "process"), strict=True):
         client.set_tag(run_id, "tuner.status", "failed")
         client.set_tag(run_id, "tuner.failed_in", where)
+    # recorded before the tag: the trainer's traceback, or Tune's detail again
+    for run_id, error in zip(recorded.run_ids[2:], ("Traceback (most recent call last): …",
+                                                    "failed: the trial's process failed"),
+                             strict=True):
+        client.set_tag(run_id, "tuner.status", "failed")
+        client.set_tag(run_id, "tuner.status_detail", "failed: the trial's process failed")
+        client.set_tag(run_id, "tuner.error", error)
     points = history.finished_trials(recorded.name, uri)
-    assert [p for p, _ in points] == [TRIALS[0][0], *[params for params, _ in TRIALS[2:]]]
-    assert points[0][1] == math.inf and all(math.isfinite(v) for _, v in points[1:])
+    assert points == [(TRIALS[0][0], math.inf), (TRIALS[2][0], math.inf)]
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=uri)),
                          "name": "next"})
     trials = history.optuna_trials(study, points)

@@ -157,6 +157,20 @@ def test_relative_forms_set_warmup_and_floor(byte_dataset: Path, tmp_path: Path)
     assert losses(train(relative).records) == losses(train(absolute).records)
 
 
+def test_a_fixed_study_file_runs_as_its_one_trial(byte_dataset: Path, tmp_path: Path) -> None:
+    """`python -m model.train --config` reads a study file as `tuner search` does: its resources
+    (the file `tuner best --export` writes), and 3e-3 as a number (YAML 1.2; PyYAML: a string)."""
+    from tuner.space import load_study
+
+    study = tmp_path / "fixed.yaml"
+    study.write_text(f"data: {{path: {byte_dataset}}}\nhparams: {{lr: 3e-3, λ: 1E-2}}\n"
+                     "budget: {total_iters: 40, eval_interval: 10}\n"
+                     "resources: {device: cpu, deterministic: true, peak_flops: 1.25e14}\n")
+    for config in (load_train_config(study), load_study(study).trial_config({}, byte_dataset)):
+        assert (config.device, config.deterministic, config.peak_flops) == ("cpu", True, 1.25e14)
+        assert (config.lr_max, config.weight_decay) == (3e-3, 1e-2)
+
+
 @pytest.mark.parametrize("overrides, field, message", [
     ({"warmup_fraction": 0.1}, "warmup_fraction", "set warmup_iters or warmup_fraction, not both"),
     ({"warmup_iters": 0, "warmup_fraction": 1.0}, "warmup_fraction", "must be in [0, 1), got 1.0"),

@@ -178,9 +178,9 @@ def _check_local_gpus(study: Any) -> None:
         import torch
 
         if torch.cuda.device_count() == 0:
+            why = "is a CPU build" if torch.version.cuda is None else "sees no GPU on this machine"
             raise UserError(f"resources.gpus_per_trial: a trial needs {need:g} GPU, but torch "
-                            "sees no GPU on this machine; to train on the CPU, set device: cpu "
-                            "and gpus_per_trial: 0")
+                            f"{why}; to train on the CPU, set device: cpu and gpus_per_trial: 0")
 
 
 def _check_storage(storage: Path) -> None:

@@ -1,5 +1,6 @@
-"""A finished study's trials as (searched parameters, objective) pairs, and those pairs as Optuna
-trials of a define-by-run space: to warm-start a new search, or to rate parameter importance."""
+"""A finished study's trials as (searched parameters, objective) pairs, as its searcher saw them
+(to warm-start a new search), and such pairs as Optuna trials of a define-by-run space (also to
+rate parameter importance)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from tuner.errors import UserError
 from tuner.inspect import runs
 
-USABLE = ("completed", "stopped", "diverged")  # trials the searcher was told a value of
+USABLE = ("completed", "stopped", "diverged")  # and a failure in the trainer: scored
 
 
 def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any], float]]:
@@ -37,9 +38,12 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
     from tuner.search.trainable import WORST
 
     def told(run: Any) -> bool:
-        status = run.data.tags.get(STATUS_TAG)
-        return status in USABLE or (status == FAILED
-                                    and run.data.tags.get(FAILED_IN_TAG) == "trainer")
+        tags = run.data.tags
+        # before the tag: a trainer's error was recorded as its traceback, Tune's as its detail
+        where = tags.get(FAILED_IN_TAG) or (
+            "process" if tags.get("tuner.error") == tags.get("tuner.status_detail") else "trainer")
+        return tags.get(STATUS_TAG) in USABLE or (tags.get(STATUS_TAG) == FAILED
+                                                  and where == "trainer")
 
     usable = sorted(filter(told, trial_runs), key=lambda r: r.info.start_time)
     return [(searched(client, r, workdir), WORST if r.data.tags.get(STATUS_TAG) == FAILED

@@ -17,7 +17,7 @@ from tuner.errors import UserError
 from tuner.inspect import runs
 
 GPU_TOLERANCE = 1e-2  # relative; a CPU or deterministic replay must match exactly
-RUNTIME_FIELDS = ("device", "deterministic")  # a replay may change these, nothing else
+RUNTIME_FIELDS = ("device", "deterministic", "peak_flops")  # a replay may change these alone
 
 
 @dataclass
@@ -98,6 +98,8 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
         config.device = device
     config.deterministic = config.deterministic or deterministic
     replay_on = device_label(resolve_device(config.device))
+    if replay_on != trained_on:
+        config.peak_flops = None  # the trial's GPU's peak: mfu on another is against its own
     original = runs.metric_points(client, run_id, "val_loss")
     if not original:
         raise UserError(f"run {run_id} logged no val_loss: there is nothing to compare with")

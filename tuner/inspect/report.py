@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import TrainConfig
+from model.config import TrainConfig, yaml_loader
 from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, runs
@@ -124,22 +124,32 @@ def importances(space: Any, points: list[tuple[dict[str, Any], float]], mode: st
 
 def equal_token_points(client: Any, trial_runs: list[Any], trial_curves: list[Curve],
                        workdir: Path) -> tuple[list[tuple[dict[str, Any], float]], int]:
-    """(searched values, val_loss at T) of each completed or stopped trial, and T: the furthest
-    tokens all of them trained. A stopped trial's last loss is from shorter training than a
-    completed one's: compared as they are, they rate the scheduler's stops, not the values."""
+    """(searched values, val_loss at T) of each completed or stopped trial, and T (see
+    `values_at_equal_tokens`)."""
+    values, at = values_at_equal_tokens(trial_curves)
+    run_of = {r.info.run_id: r for r in trial_runs}
+    return [(history.searched(client, run_of[run_id], workdir), value)
+            for run_id, value in values.items()], at
+
+
+def values_at_equal_tokens(trial_curves: list[Curve]) -> tuple[dict[str, float], int]:
+    """Each completed or stopped trial's val_loss at its first evaluation at or past T, the
+    furthest tokens all of them trained, by run id; and T. A stopped trial's last loss is from
+    shorter training than a completed one's: compared as they are, they rate the scheduler's
+    stops, not the values. (A batch size whose steps do not divide the evaluation interval
+    evaluates a step past T, or ends a step past the budget.)"""
     from tuner.search.outcome import COMPLETED, STOPPED
 
-    run_of = {r.info.run_id: r for r in trial_runs}
-    compared = []  # (run id, finite val_loss points)
+    compared = {}  # run id -> finite val_loss points
     for c in trial_curves:
         finite = [(t, v) for t, v in c.points if math.isfinite(v)]
         if c.status in (COMPLETED, STOPPED) and finite:
-            compared.append((c.run_id, finite))
+            compared[c.run_id] = finite
     if not compared:
-        return [], 0
-    at = min(finite[-1][0] for _, finite in compared)
-    return [(history.searched(client, run_of[run_id], workdir),
-             [v for t, v in finite if t <= at][-1]) for run_id, finite in compared], at
+        return {}, 0
+    at = min(finite[-1][0] for finite in compared.values())
+    return {run_id: next(v for t, v in finite if t >= at)
+            for run_id, finite in compared.items()}, at
 
 
 def importance_figure(scores: dict[str, float]) -> Any:
@@ -173,7 +183,7 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
 
     text = runs.download(client, parent.info.run_id, "space.yaml", workdir).read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=yaml_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise RuntimeError(f"its space.yaml is not YAML ({err})") from None
     if not isinstance(raw, dict):
@@ -232,8 +242,9 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
             space = recorded_space(client, parent, workdir)
             points, at = equal_token_points(client, trial_runs, trial_curves, workdir)
             opt_study, scores = importances(space, points, recorded["mode"])
-            note = (f"val_loss of the {len(points)} completed and stopped trials at {at:,} "
-                    "tokens, the furthest all of them trained" if scores else
+            note = (f"val_loss of the {len(points)} completed and stopped trials at their "
+                    f"first evaluation from {at:,} tokens, the furthest all of them trained"
+                    if scores else
                     "fewer than two finished trials, or no searched parameter varies")
         except (UserError, RuntimeError) as err:  # the other plots are still worth having
             note = str(err)
