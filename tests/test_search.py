@@ -533,6 +533,36 @@ def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) 
 
 
 @pytest.mark.slow
+def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """With no retries left, Tune fails a trial whose process was killed: its run is failed in
+    the process, which its searcher was never told a value of, so a warm start leaves it out."""
+    from tuner.inspect import history
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 122880, "eval_interval": 20},
+                        hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        search={"algorithm": "tpe", "scheduler": "none", "num_samples": 1,
+                                "max_failures": 0})
+    driver = start_search(space, uri, tmp_path / "ray", tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480,
+                    study="lost")
+        for pid, cmd in _descendants(driver.pid):
+            if cmd.startswith("ray::ImplicitFunc"):
+                os.kill(pid, signal.SIGKILL)
+        assert driver.wait(timeout=120) == 1  # no trial to replay
+    finally:
+        driver.kill()
+    _, parent, [run] = mlflow_runs(uri, "lost")
+    assert (run.info.status, run.data.tags["tuner.status"]) == ("FAILED", "failed")
+    assert run.data.tags["tuner.failed_in"] == "process"
+    assert parent.data.metrics["trials_failed"] == 1
+    assert history.finished_trials("lost", uri) == []
+
+
+@pytest.mark.slow
 def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Path,
                                                     mlflow_store_template: Path) -> None:
     """A trial process killed by the OS is retried from its checkpoint; a study whose driver is
