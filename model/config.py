@@ -510,7 +510,7 @@ def _load_yaml(text: str) -> Any:
     if twice is not None:
         key, line, first = twice
         raise ValueError(f"{key!r} is given twice (lines {first} and {line})")
-    return yaml.load(text, Loader=yaml_loader())  # noqa: S506 - a SafeLoader
+    return yaml.load(text, Loader=yaml_loader())  # a SafeLoader
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

@@ -183,7 +183,7 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
 
     text = runs.download(client, parent.info.run_id, "space.yaml", workdir).read_text()
     try:
-        raw = yaml.load(text, Loader=yaml_loader())  # noqa: S506 - a SafeLoader
+        raw = yaml.load(text, Loader=yaml_loader())  # a SafeLoader
     except yaml.YAMLError as err:
         raise RuntimeError(f"its space.yaml is not YAML ({err})") from None
     if not isinstance(raw, dict):

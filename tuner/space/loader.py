@@ -22,7 +22,7 @@ def load_study(path: str | Path) -> Study:
         raise SpaceError(path, [Issue("", None, f"cannot read the study file: {reason}")]) from None
     try:
         root = yaml.compose(text, Loader=yaml_loader())
-        data = yaml.load(text, Loader=yaml_loader())  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=yaml_loader())  # a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
