@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -486,31 +486,33 @@ def duplicate_keys(node: Any, path: str = "", walked: set[int] | None = None
             yield from duplicate_keys(child, f"{path}[{i}]", walked)
 
 
-@functools.cache
-def yaml_loader() -> type:
-    """yaml.SafeLoader that also reads 3e-4 and 1.25e14 as numbers, as YAML 1.2 does (PyYAML
-    keeps YAML 1.1's rule, a dot and a signed exponent, and reads them as strings)."""
-    import re
-
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in a mapping."""
     import yaml  # only needed for YAML configs
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-        r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-    return Loader
-
-
-def _load_yaml(text: str) -> Any:
-    """Safe YAML (`yaml_loader`), refusing a key given twice in a mapping."""
-    import yaml
-
-    twice = next(duplicate_keys(yaml.compose(text, Loader=yaml_loader())), None)
+    twice = next(duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)), None)
     if twice is not None:
         key, line, first = twice
         raise ValueError(f"{key!r} is given twice (lines {first} and {line})")
-    return yaml.load(text, Loader=yaml_loader())  # a SafeLoader
+    return yaml.safe_load(text)
+
+
+_EXPONENT = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+")
+
+
+def _yaml_numbers(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the numbers PyYAML reads as strings (3e-4, 1E5: YAML 1.1 wants a dot and a
+    signed exponent) as numbers, in the fields that hold numbers, as the tuner's schema does."""
+    def numbers(values: dict[str, Any], defs: dict[str, HParam]) -> dict[str, Any]:
+        return {key: float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value)
+                and key in defs and defs[key].kind in (int, float) else value
+                for key, value in values.items()}
+
+    relative = {spec.name: spec for spec in RELATIVE_HPARAMS.values()}
+    out = numbers(data, {**TRAIN_HPARAMS, **RUNTIME_FIELDS, **relative})
+    if isinstance(out.get("model"), dict):
+        out["model"] = numbers(out["model"], MODEL_HPARAMS)
+    return out
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -532,4 +534,4 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(str(path), f"must be a mapping of fields, not a {type(data).__name__}")
     if "hparams" in data or "budget" in data:
         data = fixed_study_to_config(data)
-    return train_config_from_dict(data)
+    return train_config_from_dict(data if path.suffix == ".json" else _yaml_numbers(data))

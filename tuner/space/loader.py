@@ -1,5 +1,4 @@
-"""Reading a study file: safe YAML (3e-4 a number, as in YAML 1.2), keeping each node's line for
-messages."""
+"""Reading a study file: YAML with safe_load semantics, keeping each node's line for messages."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from model.config import duplicate_keys, yaml_loader
+from model.config import duplicate_keys
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
@@ -21,8 +20,8 @@ def load_study(path: str | Path) -> Study:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise SpaceError(path, [Issue("", None, f"cannot read the study file: {reason}")]) from None
     try:
-        root = yaml.compose(text, Loader=yaml_loader())
-        data = yaml.load(text, Loader=yaml_loader())  # a SafeLoader
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
