@@ -12,7 +12,7 @@ from typing import Any
 from tuner.errors import UserError
 from tuner.inspect import runs
 
-USABLE = ("completed", "stopped", "diverged")  # and a failure in the trainer: scored
+USABLE = ("completed", "stopped", "diverged")  # scored, as a failure in the trainer is (inf)
 
 
 def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any], float]]:
@@ -39,11 +39,12 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
 
     def told(run: Any) -> bool:
         tags = run.data.tags
+        if tags.get(STATUS_TAG) != FAILED:
+            return tags.get(STATUS_TAG) in USABLE
         # before the tag: a trainer's error was recorded as its traceback, Tune's as its detail
-        where = tags.get(FAILED_IN_TAG) or (
-            "process" if tags.get("tuner.error") == tags.get("tuner.status_detail") else "trainer")
-        return tags.get(STATUS_TAG) in USABLE or (tags.get(STATUS_TAG) == FAILED
-                                                  and where == "trainer")
+        before = "process" if tags.get("tuner.error") == tags.get("tuner.status_detail") else \
+            "trainer"
+        return tags.get(FAILED_IN_TAG, before) == "trainer"
 
     usable = sorted(filter(told, trial_runs), key=lambda r: r.info.start_time)
     return [(searched(client, r, workdir), WORST if r.data.tags.get(STATUS_TAG) == FAILED
