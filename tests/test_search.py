@@ -1350,10 +1350,23 @@ def test_resume_refuses_flags_that_change_the_study(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_resume_of_unknown_study_fails(tmp_path: Path) -> None:
-    proc = run_tuner(["search", "--resume", "--name", "nothing", "--storage", str(tmp_path)],
-                     cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "no study 'nothing'" in " ".join(proc.stderr.split())
+def test_resume_of_unknown_study_fails_naming_those_there(tmp_path: Path, dataset: Path) -> None:
+    """A mistyped name is refused with the studies its storage holds; the name defaults to the
+    --space file's, as for a new study."""
+    from tuner.search.state import STATE_FILE, TUNE_STATE
+
+    storage = tmp_path / "ray"
+    for started in ("known", "other"):
+        (storage / started).mkdir(parents=True)
+        (storage / started / STATE_FILE).write_text("{}")
+        (storage / started / TUNE_STATE).write_text("{}")
+    space = write_space(tmp_path, "nothing", dataset)
+    for name in (["--name", "nothing"], ["--space", str(space)]):
+        proc = run_tuner(["search", "--resume", *name, "--storage", str(storage)],
+                         cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2
+        assert (f"no study 'nothing' to resume in {storage} (studies there: known, other)"
+                in " ".join(proc.stderr.split())), proc.stderr
 
 
 def test_resume_reads_no_study_outside_its_storage(tmp_path: Path) -> None:

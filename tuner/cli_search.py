@@ -23,7 +23,8 @@ from tuner.errors import UserError
 def search(
     space: Annotated[Path | None, typer.Option(
         "--space", help="study file (YAML); optional with --resume", dir_okay=False)] = None,
-    name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="study name (default: the --space file's)")] = None,
     num_samples: Annotated[int | None, typer.Option(min=1, help="trials to run")] = None,
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed of the searcher")] = None,
@@ -52,7 +53,12 @@ def search(
                                        tracking_uri=_absolute_uri(tracking_uri)).items()
                  if v is not None}
     if resume and not name:
-        raise UserError("--resume needs --name NAME: the study to continue")
+        if space is None:
+            raise UserError("--resume needs --name NAME, or the --space file it ran: the study "
+                            "to continue")
+        from tuner.space import load_study
+
+        name = load_study(space).name  # the file's name, else its stem, as a new study takes
     from tuner.space.schema import NAME_RULE, STUDY_NAME
 
     if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage

@@ -64,8 +64,10 @@ def load(folder: Path, space: Path | None) -> Any:
 
     path = folder / STATE_FILE
     if not (path.is_file() and started(folder)):
-        raise UserError(f"no study {folder.name!r} to resume in {folder.parent}; "
-                        "pass the --storage it ran with")
+        there = sorted(f.parent.name for f in folder.parent.glob(f"*/{STATE_FILE}")
+                       if started(f.parent))
+        raise UserError(f"no study {folder.name!r} to resume in {folder.parent} (studies there: "
+                        f"{', '.join(there) or 'none'}); pass the --storage it ran with")
     state = _read_state(path)
     space = space or state["space"]
     try:
