@@ -156,6 +156,25 @@ def test_validate_lists_every_error_of_every_file(tmp_path: Path) -> None:
                       "(did you mean 'beta1'?)"]
 
 
+def test_validate_checks_the_dataset_folder_as_search_does(tmp_path: Path,
+                                                            byte_dataset: Path) -> None:
+    """A model too small for the folder's vocabulary, or a folder that is no dataset, fails
+    `validate` as it would fail `tuner search`."""
+    (tmp_path / "fits.yaml").write_text(GOOD.replace(
+        "source: synthetic", f"path: {byte_dataset}").replace("vocab_size: 512", "vocab_size: 256"))
+    (tmp_path / "small.yaml").write_text(GOOD.replace(
+        "source: synthetic", f"path: {byte_dataset}").replace("vocab_size: 512", "vocab_size: 200"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.yaml").write_text(GOOD.replace("source: synthetic", "path: empty"))
+    result = tuner("space", "validate", "fits.yaml", "small.yaml", "empty.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "fits.yaml: ok: study fits" in result.stdout
+    errors = " ".join(result.stderr.split())
+    assert (f"error: small.yaml: model.vocab_size: 200 is smaller than the dataset's vocabulary "
+            f"(256 in {byte_dataset / 'meta.json'})") in errors
+    assert f"error: empty.yaml: {tmp_path / 'empty' / 'meta.json'}: missing" in errors
+
+
 def test_the_shipped_studies_validate(tmp_path: Path) -> None:
     result = tuner("space", "validate", *map(str, SHIPPED), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

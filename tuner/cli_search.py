@@ -242,24 +242,12 @@ def _warm_trials(study: Any) -> list[Any] | None:
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
     """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
-    from tuner.datasets import check_dataset, prepare_dataset
+    from tuner.datasets import check_dataset, check_model_fits, prepare_dataset
 
     if study.data.path:
         data_dir = Path(study.data.path).expanduser().resolve()
     else:
         data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
     meta = check_dataset(data_dir)
-    _check_model_fits(study, data_dir, meta)
+    check_model_fits(study, data_dir, meta)
     return data_dir, meta
-
-
-def _check_model_fits(study: Any, data_dir: Path, meta: dict[str, Any]) -> None:
-    """ConfigError when no trial's model fits the dataset (each would fail): the trainer's own
-    checks, on the largest vocabulary and the shortest context the study can sample."""
-    from model.data import check_context, check_vocab
-    from tuner.space.convert import span
-
-    check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
-    for split in ("train", "valid"):
-        check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
-                      data_dir / f"{split}.npy")

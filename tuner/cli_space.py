@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from model.config import RELATIVE_FORMS
+from model.config import RELATIVE_FORMS, ConfigError
 from tuner import output
+from tuner.errors import UserError
 from tuner.redact import redact
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.convert import candidates
@@ -45,8 +46,14 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
     for path in paths:
         try:
             study = load_study(path)
+            _check_dataset(study)
         except SpaceError as err:
             _print_errors(err)
+            failed = True
+            continue
+        except (UserError, ConfigError) as err:
+            Console(stderr=True, highlight=False).print(
+                f"[bold red]error:[/] {escape(redact(f'{path}: {err}'))}", soft_wrap=True)
             failed = True
             continue
         searched = ", ".join(study.searched()) or "nothing"
@@ -55,6 +62,16 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
                    f"{study.search.num_samples} trials")
     if failed:
         raise typer.Exit(2)
+
+
+def _check_dataset(study: Study) -> None:
+    """The checks `tuner search` makes of a prepared dataset folder (a source is prepared, and
+    checked, when the study starts)."""
+    from tuner.datasets import check_dataset, check_model_fits
+
+    if study.data.path:
+        data_dir = Path(study.data.path).expanduser().resolve()
+        check_model_fits(study, data_dir, check_dataset(data_dir))
 
 
 @app.command()

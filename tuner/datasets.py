@@ -16,6 +16,7 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +117,18 @@ def check_dataset(path: Path) -> dict:
             raise UserError(f"{path / 'vocab.json'}: the tokenizer files do not match the sha256 "
                             f"in {meta_path}; prepare the folder again")
     return meta
+
+
+def check_model_fits(study: Any, data_dir: Path, meta: dict[str, Any]) -> None:
+    """ConfigError when no trial's model fits the dataset (each would fail): the trainer's own
+    checks, on the largest vocabulary and the shortest context the study can sample."""
+    from model.data import check_context, check_vocab
+    from tuner.space.convert import span
+
+    check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
+    for split in ("train", "valid"):
+        check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
+                      data_dir / f"{split}.npy")
 
 
 def _check_options(source: str, input: Path | None, valid: Path | None, valid_fraction: float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.bpe import check_vocab_size
@@ -57,7 +58,9 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
     if data.path is not None:
         issues = [(("data", key), "only used with source, not with path") for key in sorted(given)]
         if not data.path.is_dir():
-            issues.append((("data", "path"), f"no dataset folder at {data.path}"))
+            where = "" if data.path.is_absolute() else \
+                f" (read from the current folder, {Path.cwd()})"
+            issues.append((("data", "path"), f"no dataset folder at {data.path}{where}"))
         return issues
     issues = []
     if data.source == "files" and data.input is None:
