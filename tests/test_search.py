@@ -1284,6 +1284,27 @@ def test_deleted_experiment_fails_before_ray(tmp_path: Path, dataset: Path,
     assert f"MLflow experiment 'gone' at {uri} is deleted: restore it" in message
 
 
+def test_a_server_that_is_not_mlflow_is_named_as_such(tmp_path: Path, dataset: Path) -> None:
+    """A tracking URI where some other web server answers: exit 2 saying what answered."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = run_tuner(["search", "--space", str(write_space(tmp_path, "web", dataset)),
+                          "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
+                         cwd=tmp_path, timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2
+    message = " ".join(proc.stderr.split())
+    assert f"tracking server {uri} answered HTTP 501" in message, proc.stderr
+    assert "at /health: is it an MLflow tracking server" in message
+    assert not (tmp_path / "ray").exists()
+
+
 def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
     space = write_space(tmp_path, "offline", dataset)
     uri = f"http://127.0.0.1:{free_port()}"

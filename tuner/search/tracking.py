@@ -131,6 +131,9 @@ def _check_server(uri: str) -> None:
     try:
         with urllib.request.urlopen(health, timeout=10) as response:
             response.read()
+    except urllib.error.HTTPError as err:  # something answered: not an MLflow server, maybe
+        raise UserError(f"tracking server {uri} answered HTTP {err.code} ({err.reason}) at "
+                        "/health: is it an MLflow tracking server (`mlflow server`)?") from None
     except (urllib.error.URLError, OSError) as err:
         raise UserError(f"tracking server {uri} is not reachable ({getattr(err, 'reason', err)})"
                         ) from None
