@@ -90,6 +90,22 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     assert logged == {p.name for p in out.iterdir()}
 
 
+def test_files_written_for_later_name_the_store_absolutely(recorded, tmp_path, monkeypatch):
+    """A store given relative to the working folder (the default sqlite:///mlflow.db) is named by
+    its whole path in the exported study and the report's replay line: they work from anywhere."""
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    whole = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = tuner("best", "--study", recorded.name, "--export", "best.yaml",
+                      "--tracking-uri", "sqlite:///mlflow.db")
+    assert code == 0, out
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["tracking"]["uri"] == whole
+    code, out = tuner("report", "--study", recorded.name, "--out", "r",
+                      "--tracking-uri", "sqlite:///mlflow.db")
+    assert code == 0, out
+    assert f"--tracking-uri {whole}`" in (tmp_path / "r" / report.SUMMARY_MD).read_text()
+
+
 def test_report_figures_have_one_series_per_trial(recorded):
     client = MlflowClient(tracking_uri=recorded.uri)
     trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))

@@ -401,7 +401,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
         assert row.params["lr_max"] == str(final["lr_max"] if final else run.data.params["lr_max"])
     with pytest.raises(UserError, match="ran PBT"):
         history.finished_trials("pbt", uri)
-    report.write_report(client, "pbt", tmp_path / "report", uri, tmp_path)
+    report.write_report(client, "pbt", tmp_path / "report", tmp_path)
     summary = (tmp_path / "report" / report.SUMMARY_MD).read_text()
     _, parent, _ = mlflow_runs(uri, "pbt")
     assert f"{int(parent.data.metrics['tokens_trained']):,} tokens trained in all" in summary

@@ -134,7 +134,7 @@ def report(
     client = runs.connect(tracking_uri)
     folder = out or Path("reports") / study
     with tempfile.TemporaryDirectory(prefix="tuner-report-") as tmp:
-        files = write_report(client, study, folder, tracking_uri, Path(tmp))
+        files = write_report(client, study, folder, Path(tmp))
     console = Console(highlight=False)
     console.print(f"wrote {len(files)} files to {folder} (also under report/ of the study's "
                   "parent run):")

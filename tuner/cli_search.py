@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tuner.errors import UserError
+from tuner.store_uri import absolute_uri
 
 
 def search(
@@ -50,7 +51,7 @@ def search(
     storage = storage.expanduser().resolve()
     overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,
                                        max_concurrent=max_concurrent, warm_start=warm_start,
-                                       tracking_uri=_absolute_uri(tracking_uri)).items()
+                                       tracking_uri=absolute_uri(tracking_uri)).items()
                  if v is not None}
     if resume and not name:
         if space is None:
@@ -135,14 +136,6 @@ def search(
     return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
 
 
-def _absolute_uri(uri: str | None) -> str | None:
-    """A sqlite URI with a relative path made absolute, so a resumed study finds the same file."""
-    prefix = "sqlite:///"
-    if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
-        return uri
-    return prefix + str(Path(uri[len(prefix):]).resolve())
-
-
 def _check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> str | None:
     """A resumed study trains on the data it started with (UserError otherwise); other code is
     only warned of (returned) and recorded (tuner.git_commit_resumed)."""
@@ -198,7 +191,7 @@ def _check_storage(storage: Path) -> None:
 
 def _new_sqlite_store(uri: str) -> bool:
     """Whether `uri` is a sqlite file that does not exist yet; UserError if it cannot be made."""
-    from tuner.search.tracking import sqlite_file
+    from tuner.store_uri import sqlite_file
 
     path = sqlite_file(uri)
     if path is None or path.exists():
@@ -219,7 +212,7 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
     uri = overrides.get("tracking_uri") or study.tracking.uri
     if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
-    study = study.with_overrides(**{**overrides, "tracking_uri": _absolute_uri(uri)})
+    study = study.with_overrides(**{**overrides, "tracking_uri": absolute_uri(uri)})
     if state.started(storage / study.name):
         raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
                         f"--resume --name {study.name}, or pick another --name")

@@ -223,8 +223,7 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
     return "\n".join(lines)
 
 
-def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir: Path
-                 ) -> list[Path]:
+def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path]:
     """Write every plot and the summary to `out`, log them under report/ of the study's parent
     run, and return the files written."""
     parent = runs.study_parent(client, study)
@@ -265,7 +264,7 @@ def write_report(client: Any, study: str, out: Path, tracking_uri: str, workdir:
     if opt_study is not None and opt_study.trials:
         (out / PARALLEL_HTML).write_text(parallel_html(opt_study), encoding="utf-8")
         written.append(out / PARALLEL_HTML)
-    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(tracking_uri)}"
+    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(client.tracking_uri)}"
     # the study's own count: a PBT clone's curve starts at its donor's tokens, not trained by it
     tokens = parent.data.metrics.get("tokens_trained",
                                      sum(c.points[-1][0] for c in trial_curves if c.points))

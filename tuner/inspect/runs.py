@@ -25,11 +25,12 @@ def connect(uri: str) -> Any:
     import os
 
     from tuner.search.tracking import connect as connect_store
-    from tuner.search.tracking import sqlite_file
+    from tuner.store_uri import absolute_uri, sqlite_file
 
     if not uri.strip():
         raise UserError("the tracking URI is empty: pass the store the study was recorded in "
                         "with --tracking-uri")
+    uri = absolute_uri(uri)  # as the commands and files it writes name it, for later use
     path = sqlite_file(uri)
     if path is not None and not path.is_file():
         raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "

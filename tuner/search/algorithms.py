@@ -74,7 +74,7 @@ def check_storage_is_free(study: Any) -> None:
     most) is taken up again."""
     from tuner.errors import UserError
     from tuner.redact import redact
-    from tuner.search.tracking import sqlite_file
+    from tuner.store_uri import sqlite_file
 
     path = sqlite_file(study.search.storage)
     if path is not None and not path.exists():

@@ -36,6 +36,7 @@ from tuner.search.outcome import (
     outcome,
 )
 from tuner.search.trainable import TrainedTokens, trial_threads
+from tuner.store_uri import sqlite_file
 
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
            "elapsed_s")
@@ -69,12 +70,6 @@ def connect(uri: str) -> Any:
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"tracking store {uri} cannot be used: {reason(err)}") from None
     return client
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI, or None for another kind of store."""
-    return Path(uri.removeprefix("sqlite:///").partition("?")[0]) if uri.startswith(
-        "sqlite:///") else None
 
 
 @contextlib.contextmanager

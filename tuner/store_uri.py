@@ -1,0 +1,20 @@
+"""Tracking-store URIs: the file of a `sqlite:///` URI, and such a URI made absolute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, or None for another kind of store."""
+    return Path(uri.removeprefix(SQLITE).partition("?")[0]) if uri.startswith(SQLITE) else None
+
+
+def absolute_uri(uri: str | None) -> str | None:
+    """A sqlite URI with a relative path made absolute: a resumed study, or a command written
+    for later (an exported study, a report's replay line), finds the same file from anywhere."""
+    if uri is None or not uri.startswith(SQLITE) or uri.startswith(SQLITE + "/"):
+        return uri
+    return SQLITE + str(Path(uri[len(SQLITE):]).resolve())
