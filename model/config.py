@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
 import math
@@ -237,7 +238,7 @@ class TrainConfig:
 
     # Training configuration and budget
     batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1)
-    total_iters: int | None = hparam(None, "T_total", "number of updates (or set total_tokens)",
+    total_iters: int | None = hparam(None, "T_total", "number of updates (or set a token budget)",
                                      group="training", kind=int, low=1, optional=True)
     total_tokens: int | None = hparam(None, "N_tokens", "token budget; T_total = ⌈tokens / "
                                       "(B·context)⌉", group="training", kind=int, low=1,
@@ -392,7 +393,9 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if not isinstance(key, str):
             raise ConfigError(f"{prefix}{key!r}", "a field name must be a string")
         if key not in known:
-            raise ConfigError(prefix + key, f"unknown field (known: {', '.join(sorted(known))})")
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(prefix + key, f"unknown field (did you mean {close[0]!r}?)" if close
+                              else f"unknown field (known: {', '.join(sorted(known))})")
     return cls(**data)
 
 

@@ -171,6 +171,16 @@ def test_a_fixed_study_file_runs_as_its_one_trial(byte_dataset: Path, tmp_path: 
         assert (config.lr_max, config.weight_decay) == (3e-3, 1e-2)
 
 
+def test_an_unknown_field_is_named_with_the_one_meant(byte_dataset: Path, tmp_path: Path) -> None:
+    """A typo gets the field it is closest to; a name like none gets the list of fields."""
+    path = tmp_path / "typo.yaml"
+    for key, hint in (("lr_mx", "did you mean 'lr_max'?"), ("zzz", "known: batch_size")):
+        path.write_text(f"data: {byte_dataset}\ntotal_iters: 10\n{key}: 0.01\n")
+        with pytest.raises(ConfigError) as err:
+            load_train_config(path)
+        assert err.value.field == key and hint in str(err.value)
+
+
 @pytest.mark.parametrize("overrides, field, message", [
     ({"warmup_fraction": 0.1}, "warmup_fraction", "set warmup_iters or warmup_fraction, not both"),
     ({"warmup_iters": 0, "warmup_fraction": 1.0}, "warmup_fraction", "must be in [0, 1), got 1.0"),

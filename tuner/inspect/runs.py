@@ -266,8 +266,11 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     run_id = run.info.run_id
     expected = run.data.tags.get(tag)
     if expected is None:
-        what = "mid-trial checkpoint" if which == "mid" else "checkpoint"
-        raise UserError(f"run {run_id} has no {what} recorded (no {tag} tag)")
+        what, why = (("mid-trial checkpoint", "a trial keeps one once past half its budget")
+                     if which == "mid" else
+                     ("checkpoint", "a study keeps its completed trials' and its best trial's "
+                      "(tracking.log_checkpoints), not a stopped or failed trial's"))
+        raise UserError(f"run {run_id} has no {what} recorded (no {tag} tag): {why}")
     path = download(client, run_id, f"{folder}/{CHECKPOINT_NAME}", dst)
     actual = file_sha256(path)
     if actual != expected:

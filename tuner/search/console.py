@@ -78,7 +78,7 @@ class LiveView(tune.Callback):
         self._done: dict[str, str] = {}  # trial id -> how it finished
         self._caught_up = False
         self._console = output.console(stderr=True, highlight=True)
-        starting = Text(f"study {self.study.name}: starting trials…")
+        starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
         if self._console.is_terminal:
             self._live = Live(starting, console=self._console, refresh_per_second=2,
                               transient=False)
