@@ -268,8 +268,9 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     if expected is None:
         what, why = (("mid-trial checkpoint", "a trial keeps one once past half its budget")
                      if which == "mid" else
-                     ("checkpoint", "a study keeps its completed trials' and its best trial's "
-                      "(tracking.log_checkpoints), not a stopped or failed trial's"))
+                     ("checkpoint", ("a study keeps its completed trials' and its best "
+                                     "trial's (tracking.log_checkpoints), not a stopped or "
+                                     "failed trial's")))
         raise UserError(f"run {run_id} has no {what} recorded (no {tag} tag): {why}")
     path = download(client, run_id, f"{folder}/{CHECKPOINT_NAME}", dst)
     actual = file_sha256(path)
