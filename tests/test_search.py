@@ -1441,6 +1441,20 @@ def test_a_gpu_study_on_a_machine_without_one_fails_before_preparing_its_corpus(
 # Pure helpers ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("given", "seen"), [(None, "60"), ("5", "5")])
+def test_a_reused_actor_waits_for_its_last_trial_to_unwind(given: str | None, seen: str) -> None:
+    """Tune's 2 s for a stopped trial's thread to end was too short on a busy machine (the next
+    trial failed unrecorded, holding a slot): a study sets 60 s, unless the user set a value."""
+    env = {k: v for k, v in ENV.items() if k != "TUNE_FUNCTION_THREAD_TIMEOUT_S"}
+    if given is not None:
+        env["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = given
+    out = subprocess.run([sys.executable, "-c", "import os; from tuner.search import environment;"
+                          " environment.configure(local=True);"
+                          " print(os.environ['TUNE_FUNCTION_THREAD_TIMEOUT_S'])"],
+                         env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == seen
+
+
 def test_stopping_points_are_where_the_scheduler_decides(tmp_path: Path, dataset: Path) -> None:
     from tuner.search.algorithms import build_scheduler, stopping_points
     from tuner.space import load_study

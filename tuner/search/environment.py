@@ -17,6 +17,10 @@ STUDY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_THRESHOLD_S": "60",
+    # How long a reused actor waits for its last trial's thread to end (Tune: 2 s). A busy machine
+    # can take longer to unwind a stopped trial; Tune then failed the next trial unrecorded and
+    # kept its concurrency slot, so the study hung or stopped as interrupted.
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
     # MLflow prints "View run … at: URL" for every run it ends on a server; the summary names them.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
 }
