@@ -1448,9 +1448,9 @@ def test_a_reused_actor_waits_for_its_last_trial_to_unwind(given: str | None, se
     env = {k: v for k, v in ENV.items() if k != "TUNE_FUNCTION_THREAD_TIMEOUT_S"}
     if given is not None:
         env["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = given
-    out = subprocess.run([sys.executable, "-c", "import os; from tuner.search import environment;"
-                          " environment.configure(local=True);"
-                          " print(os.environ['TUNE_FUNCTION_THREAD_TIMEOUT_S'])"],
+    code = ("import os; from tuner.search import environment; environment.configure(local=True);"
+            " print(os.environ['TUNE_FUNCTION_THREAD_TIMEOUT_S'])")
+    out = subprocess.run([sys.executable, "-c", code],
                          env=env, capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == seen
 
