@@ -235,12 +235,10 @@ def _warm_trials(study: Any) -> list[Any] | None:
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
     """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
-    from tuner.datasets import check_dataset, check_model_fits, prepare_dataset
+    from tuner.datasets import check_study_dataset, prepare_dataset
 
     if study.data.path:
         data_dir = Path(study.data.path).expanduser().resolve()
     else:
         data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
-    meta = check_dataset(data_dir)
-    check_model_fits(study, data_dir, meta)
-    return data_dir, meta
+    return data_dir, check_study_dataset(study, data_dir)

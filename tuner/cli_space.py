@@ -67,11 +67,10 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
 def _check_dataset(study: Study) -> None:
     """The checks `tuner search` makes of a prepared dataset folder (a source is prepared, and
     checked, when the study starts)."""
-    from tuner.datasets import check_dataset, check_model_fits
+    from tuner.datasets import check_study_dataset
 
     if study.data.path:
-        data_dir = Path(study.data.path).expanduser().resolve()
-        check_model_fits(study, data_dir, check_dataset(data_dir))
+        check_study_dataset(study, Path(study.data.path).expanduser().resolve())
 
 
 @app.command()

@@ -119,16 +119,19 @@ def check_dataset(path: Path) -> dict:
     return meta
 
 
-def check_model_fits(study: Any, data_dir: Path, meta: dict[str, Any]) -> None:
-    """ConfigError when no trial's model fits the dataset (each would fail): the trainer's own
-    checks, on the largest vocabulary and the shortest context the study can sample."""
+def check_study_dataset(study: Any, data_dir: Path) -> dict:
+    """`check_dataset`, then ConfigError when no trial's model fits it (each would fail): the
+    trainer's own checks, on the largest vocabulary and the shortest context the study can
+    sample. The folder's meta.json."""
     from model.data import check_context, check_vocab
     from tuner.space.convert import span
 
+    meta = check_dataset(data_dir)
     check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
     for split in ("train", "valid"):
         check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
                       data_dir / f"{split}.npy")
+    return meta
 
 
 def _check_options(source: str, input: Path | None, valid: Path | None, valid_fraction: float,
