@@ -446,6 +446,38 @@ def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _prepare_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tuner", "data", "prepare", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_preparation_waits_for_the_first_and_reuses_its_folder(tmp_path: Path) -> None:
+    """Two studies preparing one corpus at once: the second waits while the first builds (held
+    there with SIGSTOP), then reuses its folder, so no reader ever sees it half replaced."""
+    args = ("--source", "synthetic", "--synthetic-bytes", "3000000", "--vocab-size", "300",
+            "--out", "ds", "--no-progress")
+    first = _prepare_cli(*args, cwd=tmp_path)
+    while not list(tmp_path.glob(".ds.partial-*")) and first.poll() is None:
+        sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    second = _prepare_cli(*args, cwd=tmp_path)
+    try:
+        said = second.stderr.readline()  # "" had it not waited: it ended instead
+        folder = tmp_path.resolve()
+        assert said == f"waiting for another process preparing a dataset in {folder}\n"
+        assert second.poll() is None
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out_first, err_first = first.communicate(timeout=120)
+    out_second, err_second = second.communicate(timeout=120)
+    assert (first.returncode, second.returncode) == (0, 0), err_first + err_second
+    assert out_first == out_second and "train" in out_first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    built = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    assert check_dataset(tmp_path / "ds") == built
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     done = run_cli("prepare", "--input", "nope.txt", "--vocab-size", "300", "--out", "ds",
                    cwd=tmp_path)

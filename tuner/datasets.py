@@ -7,6 +7,7 @@ later request with the same inputs (by sha256) and options reuses it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,12 @@ def prepare_dataset(*, source: str = "files", input: Path | None = None, valid: 
             key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
             out = Path(out) if out is not None else cache_dir / f"{source}-{key}"
             if not _reusable(out, request):
-                _publish(out, lambda stage: _build(stage, inputs, request, tokenizer, specials,
-                                                   step))
+                folder = out.parent.resolve()
+                _publish(out, request, lambda stage: _build(stage, inputs, request, tokenizer,
+                                                            specials, step),
+                         on_wait=lambda: bar.console.print(
+                             f"waiting for another process preparing a dataset in {folder}",
+                             markup=False, highlight=False, soft_wrap=True))
     return out
 
 
@@ -190,24 +195,45 @@ def _resolve_inputs(source: str, input: Path | None, valid: Path | None, synthet
     return {"input": text}
 
 
-def _publish(out: Path, build: Callable[[Path], None]) -> None:
-    """Run build on an empty sibling folder of out, then rename it to out; on failure, remove it."""
+def _publish(out: Path, request: dict, build: Callable[[Path], None],
+             on_wait: Callable[[], None]) -> None:
+    """Run build on an empty sibling folder of out, then rename it to out; on failure, remove it.
+    One process at a time builds in out's folder: one that waited reuses what the other built."""
     _check_target(out)
     made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
     # named before it is made, so a Ctrl-C at any point after finds it to remove
     stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage.mkdir()
-        stage.chmod(0o755)
-        build(stage)
-        _replace(stage, out)
+        with _folder_lock(out.parent, on_wait):
+            if _reusable(out, request):
+                return
+            stage.mkdir()
+            stage.chmod(0o755)
+            build(stage)
+            _replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in made:  # deepest first; one another process uses now is not empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` itself (no lock file to leave behind), calling on_wait
+    first when another process holds it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: Path | None,
