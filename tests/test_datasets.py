@@ -281,6 +281,8 @@ class Server:
         self.data, self.requests = data, []
         self.cut_next: int | None = None  # bytes to send before dropping the next response
         self.ranges = True
+        self.hold_after: int | None = None  # bytes to send before waiting for `release`
+        self.release = threading.Event()
         self.etag = self.linked_etag = '"%s"' % hashlib.sha256(data).hexdigest()
         server = self
 
@@ -313,6 +315,12 @@ class Server:
                 if server.cut_next is not None:
                     body, server.cut_next = body[:server.cut_next], None
                     self.close_connection = True
+                if server.hold_after is not None:
+                    held, server.hold_after = server.hold_after, None
+                    self.wfile.write(body[:held])
+                    self.wfile.flush()
+                    server.release.wait(timeout=120)
+                    body = body[held:]
                 self.wfile.write(body)
 
             def log_message(self, *args) -> None:
@@ -402,6 +410,35 @@ def test_download_gives_up_with_a_user_error(server: Server, tmp_path: Path) -> 
     server.httpd.server_close()
     with pytest.raises(UserError, match="failed after 2 attempts"):
         download(f"http://127.0.0.1:{port}/x.txt", tmp_path, attempts=2, progress=False)
+
+
+def test_a_second_download_waits_for_the_first_and_reuses_its_file(server: Server,
+                                                                  tmp_path: Path) -> None:
+    """Two studies downloading one file at once: the second waits (the first is held mid-way by
+    the server), then takes the first's file, not appending to its part file."""
+    fetch = ("import sys; from pathlib import Path; from tuner.download import download; "
+             "print(download(sys.argv[1], Path(sys.argv[2]), progress=False))")
+    server.hold_after = 1_000_000
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", fetch, server.url, str(tmp_path)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    while not (tmp_path / "TinyStoriesV2-GPT4-valid.txt.part").exists() and first.poll() is None:
+        sleep(0.01)
+    second = start()
+    try:
+        said = second.stderr.readline()  # "" had it not waited: it ended instead
+        assert said == f"waiting for another process downloading into {tmp_path.resolve()}\n"
+    finally:
+        server.release.set()
+    for process in (first, second):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert out.strip() == str(tmp_path / "TinyStoriesV2-GPT4-valid.txt")
+    assert (tmp_path / "TinyStoriesV2-GPT4-valid.txt").read_bytes() == server.data
+    assert server.requests == [None] and os.listdir(tmp_path) == ["TinyStoriesV2-GPT4-valid.txt"]
 
 
 def test_tinystories_downloads_both_splits(server: Server, tmp_path: Path,

@@ -7,7 +7,6 @@ later request with the same inputs (by sha256) and options reuses it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -15,7 +14,7 @@ import secrets
 import shutil
 import tempfile
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from model.bpe import check_vocab_size, next_cut, train_bpe
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
 from tuner.errors import UserError
+from tuner.folder_lock import folder_lock
 
 SOURCES = ("files", "synthetic", "tinystories")
 FORMAT = 1  # bump when the folder layout or the tokenization changes: old folders are rebuilt
@@ -205,7 +205,7 @@ def _publish(out: Path, request: dict, build: Callable[[Path], None],
     stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(out.parent, on_wait):
+        with folder_lock(out.parent, on_wait):
             if _reusable(out, request):
                 return
             stage.mkdir()
@@ -218,22 +218,6 @@ def _publish(out: Path, request: dict, build: Callable[[Path], None],
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path, on_wait: Callable[[], None]) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` itself (no lock file to leave behind), calling on_wait
-    first when another process holds it."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: Path | None,

@@ -18,6 +18,7 @@ from email.message import Message
 from pathlib import Path
 
 from tuner.errors import UserError
+from tuner.folder_lock import folder_lock
 
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt",
@@ -47,25 +48,41 @@ def download(url: str, cache_dir: Path, *, size: int | None = None, sha256: str 
     """
     dest = Path(cache_dir) / url.rstrip("/").rsplit("/", 1)[-1]
     if dest.exists():
-        if (size is not None and dest.stat().st_size != size) or (
-                sha256 and file_sha256(dest) != sha256.lower()):
-            raise UserError(f"{dest}: the cached file is not the expected one (size {size}, "
-                            f"sha256 {sha256}); delete it to download it again")
-        return dest
+        return _cached(dest, size, sha256)
     made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        total, published = _fetch_with_retries(url, part, attempts, timeout, progress)
-    except UserError:
-        if not part.exists():  # nothing received: leave no folders behind either
-            for folder in made:  # deepest first
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-        raise
-    _verify(url, part, size if size is not None else total, (sha256 or published or "").lower())
-    part.rename(dest)
+    with folder_lock(dest.parent, lambda: _say_waiting(dest.parent)):
+        if dest.exists():  # another process downloaded it while this one waited
+            return _cached(dest, size, sha256)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            total, published = _fetch_with_retries(url, part, attempts, timeout, progress)
+        except UserError:
+            if not part.exists():  # nothing received: leave no folders behind either
+                for folder in made:  # deepest first
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
+        _verify(url, part, size if size is not None else total,
+                (sha256 or published or "").lower())
+        part.rename(dest)
     return dest
+
+
+def _cached(dest: Path, size: int | None, sha256: str | None) -> Path:
+    """dest, a downloaded file, once checked against the expected size and sha256."""
+    if (size is not None and dest.stat().st_size != size) or (
+            sha256 and file_sha256(dest) != sha256.lower()):
+        raise UserError(f"{dest}: the cached file is not the expected one (size {size}, "
+                        f"sha256 {sha256}); delete it to download it again")
+    return dest
+
+
+def _say_waiting(folder: Path) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"waiting for another process downloading into {folder.resolve()}",
+                               markup=False, highlight=False, soft_wrap=True)
 
 
 def _fetch_with_retries(url: str, part: Path, attempts: int, timeout: float,
