@@ -28,6 +28,11 @@ from tuner.redact import redact
     ("store 'http://h/?access_token=abc' (timeout)", "store 'http://h/?access_token=***' (timeout)"),
     ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),  # a path, not a password
     ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+    ("postgresql://user:pa#ss@127.0.0.1:1/db", "postgresql://user:***@127.0.0.1:1/db"),
+    ("tracking: postgresql://alice:Pa#ssw0rd?x@db.example/mlflow",
+     "tracking: postgresql://alice:***@db.example/mlflow"),
+    ("http://u:12/34@host:5000/api", "http://u:***@host:5000/api"),
+    ("http://127.0.0.1:5000/x?u=a:b@c.org", "http://127.0.0.1:5000/x?u=a:b@c.org"),
 ])
 def test_redact_masks_only_credentials(text: str, shown: str) -> None:
     assert redact(text) == shown

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 
-# The userinfo of a URI: a password may hold "/" and "@" unescaped (SQLAlchemy and requests read
-# up to the last "@" before the host), so it ends at the "@" whose host runs to a "/", "?", "#",
-# blank or the end without another "@". A user alone may be a token (https://TOKEN@host).
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)([^/\s:@]*)(:[^\s?#]*?)?"
-                       r"@(?=[^\s@/?#]*(?:[\s/?#]|$))")
+# The userinfo of a URI: a password may hold "/", "@", "?" and "#" unescaped (SQLAlchemy and
+# requests read up to the last "@" before the host), so it ends at the "@" whose host runs to a
+# "/", "?", "#", blank or the end without another "@"; but after a port and a path ("host:5000/x"),
+# a "?" or "#" starts a query. A user alone may be a token (https://TOKEN@host).
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)([^/\s:@]*)"
+                       r"(:(?:(?!\d+/)\S*?|[^\s?#]*?))?@(?=[^\s@/?#]*(?:[\s/?#]|$))")
 # A query parameter whose name ends in a secret's word: ?password=, &access_token=,
 # &X-Amz-Signature=, &api_key=, &sig= (not &metric_key= or &tokens=). The value ends where a
 # quote, bracket or separator of the text around the URI begins.
