@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from inspect_study import TRIALS, artifact_path, log_study, tuner, write_malicious_checkpoint
 from mlflow import MlflowClient
-from services import free_port
+from services import ServiceUnavailable, free_port, mlflow_server
 
 pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 
@@ -179,6 +179,20 @@ def test_tracking_server_down_exits_2(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_replay_against_a_server_prints_no_credentials(recorded, tmp_path):
+    """MLflow prints "View run … at: URI" for each run it ends on a server: not with a password."""
+    store = tmp_path / "mlflow.db"
+    shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
+    try:
+        with mlflow_server(f"sqlite:///{store}", tmp_path / "artifacts") as uri:
+            secret_uri = uri.replace("http://", "http://alice:S3cretPW@")
+            code, out = tuner("replay", "--study", recorded.name, "--tracking-uri", secret_uri)
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    assert code == 0, out
+    assert "S3cretPW" not in out and "View run" not in out
+
+
 def test_replay_of_a_real_search_is_bit_exact(tmp_path, byte_dataset, mlflow_store_template):
     from test_search import fresh_store, run_tuner, write_space
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Any
@@ -53,6 +54,8 @@ def _register() -> None:
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
     _register()
+    # MLflow prints "View run … at: URL" for every run it ends on a server, credentials and all.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         result = app(standalone_mode=False)

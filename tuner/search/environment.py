@@ -21,8 +21,6 @@ STUDY_ENV = {
     # can take longer to unwind a stopped trial; Tune then failed the next trial unrecorded and
     # kept its concurrency slot, so the study hung or stopped as interrupted.
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
-    # MLflow prints "View run … at: URL" for every run it ends on a server; the summary names them.
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
 }
 
 
