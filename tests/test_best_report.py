@@ -67,6 +67,16 @@ def test_export_then_train_gives_the_trial_result(recorded, tmp_path):
     assert [(r.tokens, r.val_loss) for r in result.records] == logged
 
 
+def test_an_exported_study_masks_the_store_credentials(recorded, tmp_path):
+    """best.yaml is a file to share: the store's password is written as ***, as MLflow records it."""
+    from tuner.inspect.best import fixed_study
+
+    client = MlflowClient(tracking_uri=recorded.uri)
+    config = runs.trial_config(client, client.get_run(recorded.best_run_id), tmp_path)
+    data = fixed_study(config, {}, "tiny-best", "", "postgresql://alice:S3cret@db/mlflow")
+    assert data["tracking"] == {"uri": "postgresql://alice:***@db/mlflow"}
+
+
 def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     out = tmp_path / "report"
     code, text = tuner("report", "--study", recorded.name, "--out", str(out),

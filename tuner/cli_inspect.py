@@ -14,6 +14,7 @@ from rich.table import Table
 from model.config import ConfigError
 from tuner import output
 from tuner.errors import UserError
+from tuner.redact import redact
 
 TrackingUri = Annotated[str, typer.Option(
     envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI of the study")]
@@ -116,6 +117,10 @@ def best(
             row = best_mod.export_best(client, study, export, Path(tmp))
         console.print(f"wrote trial {row.trial_id} to {export}: uv run tuner search --space "
                       f"{export}   or   uv run python -m model.train --config {export}")
+        if redact(client.tracking_uri) != client.tracking_uri:
+            console.print(f"{export} names the tracking store with its credentials as ***: put "
+                          "them back, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+                          markup=False)
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from model.config import HPARAMS, TrainConfig
 from model.loss import perplexity
 from tuner.inspect import runs
+from tuner.redact import redact
 
 
 @dataclass
@@ -67,7 +68,7 @@ def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, descri
                 tracking_uri: str) -> dict[str, Any]:
     """A study file that runs exactly `config` as its one trial: every parameter a constant, the
     resources of the recorded (resolved) study, recorded at `tracking_uri` (the store it was read
-    from: the recorded URI has its password masked), no scheduler to stop it early."""
+    from; its credentials masked, as everywhere), no scheduler to stop it early."""
     from tuner.space.params import BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
 
     values = config.to_dict()
@@ -88,7 +89,7 @@ def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, descri
                    and not (trainer == "eval_interval" and values["eval_tokens"] is not None)},
         "search": {"algorithm": "random", "scheduler": "none", "num_samples": 1},
         "resources": recorded.get("resources", {}),
-        "tracking": {"uri": tracking_uri},
+        "tracking": {"uri": redact(tracking_uri)},
     }
 
 
