@@ -21,7 +21,7 @@ def load_tokens(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
         raise ConfigError(str(path), "token file not found")
     try:
         tokens = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, EOFError) as err:  # EOFError: an empty file
         raise ConfigError(str(path), f"not a readable .npy token array ({err})") from err
     if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
         raise ConfigError(str(path), f"expected a 1-D uint16/uint32 array, got {tokens.dtype} "

@@ -55,6 +55,9 @@ def test_validation_windows_are_fixed() -> None:
 def test_token_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_tokens(tmp_path / "missing.npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ConfigError, match="empty.npy: not a readable .npy token array"):
+        load_tokens(tmp_path / "empty.npy")
     np.save(tmp_path / "f.npy", np.arange(10, dtype=np.float32))
     with pytest.raises(ConfigError, match="uint16/uint32"):
         load_tokens(tmp_path / "f.npy")

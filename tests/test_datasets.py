@@ -237,6 +237,7 @@ def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Pa
     (lambda d, m: m.update(dtype="uint32"), "train.npy: a 1-D uint16 array, but meta.json says"),
     (lambda d, m: m.update(vocab_size=10), "train.npy: token id .* not below vocab_size=10"),
     (lambda d, m: (d / "valid.npy").unlink(), "valid.npy: missing"),
+    (lambda d, m: (d / "train.npy").write_bytes(b""), "train.npy: not a readable .npy array"),
     (lambda d, m: (d / "meta.json").write_text("{"), "meta.json: unreadable"),
     (lambda d, m: m.pop("valid_tokens"), "meta.json: valid_tokens missing or of the wrong type"),
     (lambda d, m: m.update(vocab_size="512", sha256=5),

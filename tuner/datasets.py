@@ -318,7 +318,7 @@ def _check_array(path: Path, meta: dict, length: int) -> None:
         tokens = np.load(path, mmap_mode="r")
     except FileNotFoundError:
         raise UserError(f"{path}: missing; prepare the folder again") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         raise UserError(f"{path}: not a readable .npy array ({err}); prepare the folder again"
                         ) from None
     if tokens.ndim != 1 or tokens.dtype.name != meta["dtype"]:
