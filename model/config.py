@@ -252,7 +252,7 @@ class TrainConfig:
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
                                group="training", low=1)
     seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",
-                       group="training", low=0)
+                       group="training", low=0, high=2**32 - 1, high_open=False)
 
     # Relative forms of lr_min and warmup_iters (RELATIVE_HPARAMS): resolved here, not stored
     lr_min_ratio: InitVar[float | None] = None

@@ -82,6 +82,11 @@ BAD = [
      "used by the tpe and gp searchers only, and this study uses random"),
     ("heads-do-not-divide", GOOD.replace("num_heads: 2", "num_heads: 3"), 8, "model.num_heads",
      "num_heads=3 must divide d_model=32"),
+    ("trainer-seed-past-32-bits",
+     GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  seed: 1.0e+23"), 15, "budget.seed",
+     "seed must be in [0, 4294967295]"),
+    ("searcher-seed-past-32-bits", GOOD + "search:\n  seed: 4294967296\n", 16, "search.seed",
+     "input should be less than or equal to 4294967295"),
 ]
 
 
@@ -112,6 +117,13 @@ def test_a_bad_option_exits_2_naming_it(tmp_path: Path, args: list[str], message
     assert result.returncode == 2, result.stderr
     assert f"Error: {message}" in result.stderr and "Traceback" not in result.stderr
     assert os.listdir(tmp_path) == ["study.yaml"]
+
+
+def test_yaml_nested_too_deeply_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "study.yaml").write_text(GOOD + "description: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "error: study.yaml: not valid YAML: nested too deeply\n"
 
 
 def test_an_error_quoting_a_uri_masks_its_password(tmp_path: Path) -> None:

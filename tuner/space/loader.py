@@ -27,6 +27,8 @@ def load_study(path: str | Path) -> Study:
         problem = getattr(err, "problem", None) or str(err)
         raise SpaceError(path, [Issue("", mark.line + 1 if mark else None,
                                       f"not valid YAML: {problem}")]) from None
+    except RecursionError:
+        raise SpaceError(path, [Issue("", None, "not valid YAML: nested too deeply")]) from None
     if not isinstance(data, dict):
         found = "empty" if data is None else f"a {type(data).__name__}"
         raise SpaceError(path, [Issue("", 1, f"a study file is a mapping of sections (data, "

@@ -148,7 +148,7 @@ class SearchSection(Section):
                                     "point for grid, else 16)")
     max_concurrent: int | None = Field(None, ge=1, description="most trials at once (default: "
                                        "as many as the resources allow)")
-    seed: int = Field(0, ge=0, description="seed of the searcher")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the searcher")
     startup_trials: int | None = Field(None, ge=1, description="random trials before the tpe or gp "
                                        "searcher starts modelling the results (default: Optuna's, "
                                        "10)")
