@@ -120,7 +120,10 @@ def _load_tokenizer(dataset: Dataset):
         return None
     from model.tokenizer import Tokenizer
 
-    return Tokenizer.from_dir(dataset.path)
+    try:
+        return Tokenizer.from_dir(dataset.path)
+    except (OSError, ValueError) as err:  # a damaged vocab.json or merges.txt
+        raise ConfigError(str(dataset.path), f"its tokenizer cannot be read ({err})") from None
 
 
 def _rng_state(batch_gen: torch.Generator, sample_gen: torch.Generator,

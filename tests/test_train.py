@@ -74,6 +74,18 @@ def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> 
     assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
 
 
+@pytest.mark.parametrize(("name", "content"), [("vocab.json", b"[1, 2]"),
+                                              ("merges.txt", b"\xff\xfe")])
+def test_a_damaged_tokenizer_is_a_config_error_naming_the_folder(byte_dataset: Path, tmp_path: Path,
+                                                                name: str, content: bytes) -> None:
+    for split in ("train.npy", "valid.npy", "meta.json"):
+        shutil.copy(byte_dataset / split, tmp_path / split)
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: its tokenizer cannot be read .*{name}"):
+        train(tiny_config(tmp_path, sample_tokens=4))
+
+
 def test_samples_come_only_where_the_caller_may_stop(byte_dataset: Path, tmp_path: Path) -> None:
     for name in ("train.npy", "valid.npy", "meta.json"):
         shutil.copy(byte_dataset / name, tmp_path / name)
