@@ -178,6 +178,15 @@ def test_tracking_server_down_exits_2(tmp_path, monkeypatch):
     assert list(Path(tmp_path).iterdir()) == []
 
 
+def test_a_malformed_tracking_uri_exits_2_quoting_none_of_its_password(tmp_path, monkeypatch):
+    """A '#' in a password makes urllib read a port of its first letters: that is not shown."""
+    monkeypatch.chdir(tmp_path)
+    code, out = tuner("replay", "--study", "any", "--tracking-uri", "http://user:pa#ss@127.0.0.1:1")
+    assert code == 2 and "not a valid URL" in out, out
+    assert "pa#ss" not in out and "'pa'" not in out and "Traceback" not in out
+    assert list(Path(tmp_path).iterdir()) == []
+
+
 @pytest.mark.slow
 def test_replay_against_a_server_prints_no_credentials(recorded, tmp_path):
     """MLflow prints "View run … at: URI" for each run it ends on a server: not with a password."""

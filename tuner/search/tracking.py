@@ -117,13 +117,15 @@ def _guarded(at_once: bool = False) -> Callable[[Callable[..., None]], Callable[
 
 def _check_server(uri: str) -> None:
     """Fail fast on an unreachable `mlflow server` (the client would retry for minutes)."""
+    import http.client
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    parts = urllib.parse.urlsplit(uri.rstrip("/"))
-    health = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() + "/health"  # public
     try:
+        parts = urllib.parse.urlsplit(uri.rstrip("/"))
+        public = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # no credentials
+        health = public.geturl() + "/health"
         with urllib.request.urlopen(health, timeout=10) as response:
             response.read()
     except urllib.error.HTTPError as err:  # something answered: not an MLflow server, maybe
@@ -132,6 +134,9 @@ def _check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as err:
         raise UserError(f"tracking server {uri} is not reachable ({getattr(err, 'reason', err)})"
                         ) from None
+    except (ValueError, http.client.InvalidURL):  # their text may quote part of a password
+        raise UserError(f"tracking URI {uri}: not a valid URL; check its host and port, and "
+                        "percent-encode a '#', '?' or '/' in its user or password") from None
 
 
 def experiment_id(client: Any, name: str) -> str:
