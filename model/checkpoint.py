@@ -71,6 +71,8 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
     path = checkpoint_path(src)
     if not path.is_file():
         raise ConfigError(str(path), "checkpoint not found")
+    if path.stat().st_size == 0:  # torch's own message blames mmap or the zip format
+        raise ConfigError(str(path), "not a loadable checkpoint (the file is empty)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, corrupt and unsafe files all land here
@@ -86,7 +88,13 @@ def checkpoint_config(src: str | Path) -> TrainConfig:
     saved = read_checkpoint(path, mmap=True).get("config")  # train() reads the tensors
     if not isinstance(saved, dict):
         raise ConfigError(str(path), "holds no trainer config: give --config")
-    return train_config_from_dict(saved)
+    try:
+        config = train_config_from_dict(saved)
+        config.validate()
+    except ConfigError as err:
+        raise ConfigError(str(path), f"holds a config that is not valid ({err}): give --config"
+                          ) from None
+    return config
 
 
 def load_checkpoint(src: str | Path, model: torch.nn.Module,

@@ -249,6 +249,9 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
             raise ConfigError(str(checkpoint_path(resume_from)), "holds a damaged schedule, RNG "
                               f"state or records ({type(err).__name__}: {err})"[:400]) from None
+        if not 0 <= step <= config.steps:
+            raise ConfigError(str(checkpoint_path(resume_from)), f"holds iteration {step}, outside "
+                              f"the 0..{config.steps} steps of this config")
 
     runner = torch.compile(model) if config.compile else model
     use_bf16 = config.fast and device.type == "cuda"

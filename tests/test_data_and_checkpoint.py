@@ -147,6 +147,9 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         read_checkpoint(path)
     assert err.value.field == str(path)
+    path.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a loadable checkpoint \\(the file is empty\\)"):
+        read_checkpoint(path, mmap=True)
 
 
 def test_the_study_driver_never_imports_torch(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import read_checkpoint, save_checkpoint
+from model.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint
 from model.config import ConfigError, ModelConfig, TrainConfig, load_train_config
 from model.layers import TransformerLM
 from model.optim import build_optimizer
@@ -376,6 +376,33 @@ def test_a_checkpoint_with_a_damaged_trainer_state_is_refused_naming_it(
         train(config, resume_from=tmp_path)
     assert err.value.field == str(tmp_path / "checkpoint.pt")
     assert "holds a damaged schedule, RNG state or records" in str(err.value)
+
+
+@pytest.mark.parametrize("iteration", [-5, 11, 10**30])
+def test_a_checkpoint_past_the_configs_steps_is_refused_naming_it(
+        byte_dataset: Path, tmp_path: Path, iteration: int) -> None:
+    """An iteration below 0 divided by zero in the schedule; one past the end "completed"."""
+    config = tiny_config(byte_dataset, total_iters=10)
+    train(config, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "iteration": iteration}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config, resume_from=tmp_path)
+    assert err.value.field == str(tmp_path / "checkpoint.pt")
+    assert f"holds iteration {iteration}, outside the 0..10 steps of this config" in str(err.value)
+
+
+def test_a_checkpoint_whose_saved_config_is_invalid_is_named(byte_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    train(tiny_config(byte_dataset, total_iters=10), checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    saved = {k: v for k, v in state["config"].items() if k != "total_iters"}
+    torch.save({**state, "config": saved}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError) as err:
+        checkpoint_config(tmp_path)
+    assert err.value.field == str(tmp_path / "checkpoint.pt")
+    assert "holds a config that is not valid (total_iters: set total_iters or total_tokens)" in \
+        str(err.value)
 
 
 def test_resume_takes_hyperparameters_from_the_config(byte_dataset: Path, tmp_path: Path) -> None:
