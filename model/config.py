@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterator
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -69,28 +70,36 @@ class HParam:
         if value is None:
             return None if self.optional else "is required"
         if self.kind is bool:
-            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+            return None if isinstance(value, bool) else f"must be true or false, got {shown(value)}"
         if self.choices is not None:
             return None if value in self.choices else (
-                f"must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+                f"must be one of {', '.join(map(str, self.choices))}; got {shown(value)}")
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"must be a number, got {value!r}"
+                return f"must be a number, got {shown(value)}"
             if self.kind is int and not float(value).is_integer():
-                return f"must be a whole number, got {value!r}"
+                return f"must be a whole number, got {shown(value)}"
             if not math.isfinite(value):
-                return f"must be finite, got {value!r}"
+                return f"must be finite, got {shown(value)}"
             below = self.low is not None and (value <= self.low if self.low_open
                                               else value < self.low)
             above = self.high is not None and (value >= self.high if self.high_open
                                                else value > self.high)
             if below or above:
                 bound = self.range_text()
-                return f"must be {'' if bound[0] in '≥>' else 'in '}{bound}, got {value!r}"
+                return f"must be {'' if bound[0] in '≥>' else 'in '}{bound}, got {shown(value)}"
             return None
         if self.kind is str and not isinstance(value, str):
-            return f"must be a string, got {value!r}"
+            return f"must be a string, got {shown(value)}"
         return None
+
+
+def shown(value: Any) -> str:
+    """A value as a message quotes it: its repr, shortened (YAML aliases can nest a huge one)."""
+    shorten = reprlib.Repr()
+    shorten.maxlevel, shorten.maxlist, shorten.maxdict = 2, 6, 6
+    shorten.maxstring = shorten.maxother = shorten.maxlong = 80
+    return shorten.repr(value)
 
 
 def _num(x: float) -> str:

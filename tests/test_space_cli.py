@@ -126,6 +126,26 @@ def test_yaml_nested_too_deeply_exits_2(tmp_path: Path) -> None:
     assert result.stderr == "error: study.yaml: not valid YAML: nested too deeply\n"
 
 
+BOMB = ("&i [&h [&g [&f [&e [&d [&c [&b [&a [x, x, x, x, x, x, x, x, x]"
+        + "".join(f", *{n}, *{n}, *{n}, *{n}, *{n}, *{n}, *{n}, *{n}]" for n in "abcdefgh"))
+"""A YAML alias "billion laughs": 9**9 strings when expanded, a few hundred bytes as written."""
+
+
+def test_a_yaml_alias_bomb_is_quoted_short(tmp_path: Path) -> None:
+    """Its repr in the message would take minutes and gigabytes: the message quotes it shortened."""
+    (tmp_path / "study.yaml").write_text(GOOD + f"search:\n  num_samples: {BOMB}\n")
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "search.num_samples: input should be a valid integer, got [[[...]" in result.stderr
+    assert len(result.stderr) < 1000
+    (tmp_path / "train.yaml").write_text(f"data: {tmp_path}\ntotal_iters: 10\nbeta2: {BOMB}\n")
+    trainer = subprocess.run([sys.executable, "-m", "model.train", "--config", "train.yaml"],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=60)
+    assert trainer.returncode == 2
+    assert trainer.stderr.startswith("error: beta2: β2 must be a number, got [[[...]")
+
+
 def test_an_error_quoting_a_uri_masks_its_password(tmp_path: Path) -> None:
     (tmp_path / "study.yaml").write_text(GOOD + 'tracking: "postgresql://u:s3cret@db/mlflow"\n')
     result = tuner("space", "validate", "study.yaml", cwd=tmp_path)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from model.config import HParam, TrainConfig
+from model.config import HParam, TrainConfig, shown
 from tuner.space import checks, convert
 from tuner.space.distributions import Distribution
 from tuner.space.errors import Issue, SpaceError
@@ -359,11 +359,11 @@ def _issue(error: Any, locate: Locate | None) -> Issue:
     elif kind == "missing":
         message = "is required"
     elif kind in ("model_type", "dict_type"):
-        message = f"must be a mapping of keys to values, got {error['input']!r}"
+        message = f"must be a mapping of keys to values, got {shown(error['input'])}"
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
     elif kind != "space":
-        message = f"{message[0].lower()}{message[1:]}, got {error['input']!r}"
+        message = f"{message[0].lower()}{message[1:]}, got {shown(error['input'])}"
     return Issue(path, locate(loc) if locate else None, message)
 
 
