@@ -329,6 +329,29 @@ def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_stor
 
 
 @pytest.mark.slow
+def test_an_unfinished_hyperband_study_is_not_resumed(tmp_path: Path, dataset: Path,
+                                                      mlflow_store_template: Path) -> None:
+    """Ray Tune saves no HyperBand brackets: a resumed study waited for ever on trials they had
+    paused. `--resume` refuses it before Ray starts (exit 2) and names --warm-start."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "killed", dataset,
+                        search={"scheduler": "hyperband", "num_samples": 6, "max_concurrent": None,
+                                "algorithm": "random", "asha": {"grace_period": 5120}})
+    storage = tmp_path / "ray"
+    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    _wait_until(uri, driver, lambda runs, tokens: any(tokens.values()))
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130
+    saved = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*"))
+    proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "uses HyperBand" in proc.stderr and "--warm-start killed" in proc.stderr
+    assert sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*")) == saved
+
+
+@pytest.mark.slow
 def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
                                              mlflow_store_template: Path) -> None:
     """PBT (random population; α_max and β2 perturbed every 10240 tokens): the trial that is

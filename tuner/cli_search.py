@@ -89,6 +89,11 @@ def search(
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
                                                      study.name)
+    if restore and exists and exists.info.status != "FINISHED" and \
+            study.search.scheduler == "hyperband":
+        raise UserError(f"study {study.name!r} uses HyperBand, whose brackets Ray Tune does not "
+                        "save: resumed, it would wait for ever on the trials they paused. Start a "
+                        f"new study with --warm-start {study.name} to build on its trials")
     if exists and not resume:
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"already holds a study {study.name!r}: resume it with --resume --name "
