@@ -48,7 +48,8 @@ class Dataset:
         """Open and check a dataset folder against the model's vocabulary and context."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise ConfigError("data", f"dataset folder {folder} not found")
+            found = "is a file, not a dataset folder" if folder.exists() else "not found"
+            raise ConfigError("data", f"dataset folder {folder} {found}")
         meta_path = folder / "meta.json"
         meta = read_meta(meta_path)
         check_vocab(meta, vocab_size, meta_path)

@@ -79,6 +79,12 @@ def test_a_bad_meta_json_names_the_file(tmp_path: Path, meta: bytes, message: st
         Dataset.open(tmp_path, vocab_size=256, context_length=8)
 
 
+def test_a_data_path_that_is_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "train.npy").write_bytes(b"")
+    with pytest.raises(ConfigError, match="train.npy is a file, not a dataset folder"):
+        Dataset.open(tmp_path / "train.npy", vocab_size=256, context_length=8)
+
+
 def test_a_data_value_that_is_not_a_path_names_the_field() -> None:
     with pytest.raises(ConfigError, match="data: name a prepared dataset folder"):
         TrainConfig(data=5, total_iters=10).validate()  # type: ignore[arg-type]
