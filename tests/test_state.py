@@ -41,6 +41,15 @@ def rewrite_saved(folder: Path, section: str, key: str, value: object) -> None:
     path.write_text(json.dumps(saved))
 
 
+def test_the_saved_state_keeping_the_store_credentials_is_the_owners_only(tmp_path: Path) -> None:
+    _, folder = saved_study(tmp_path, SPACE + 'tracking: {uri: "postgresql://u:s3cret@db/m"}\n')
+    saved = folder / state.STATE_FILE
+    assert "s3cret" in saved.read_text()  # for --resume to reconnect
+    assert saved.stat().st_mode & 0o777 == 0o600
+    state.save(folder, load_study(tmp_path / "space.yaml"), {})  # saved again: still
+    assert saved.stat().st_mode & 0o777 == 0o600
+
+
 def test_a_default_changed_since_the_study_started_is_named(tmp_path: Path) -> None:
     """A study started when checkpoints were logged for the best trial only: refused, naming the
     setting, and resumed once the file writes the value it started with."""

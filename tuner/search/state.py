@@ -54,7 +54,10 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
              "overrides": {**overrides, "tracking_uri": study.tracking.uri},
              "resolved": study.resolved(), "relative_forms": _given_forms(study)}
     path, partial = folder / STATE_FILE, folder / f".{STATE_FILE}.partial"
-    partial.write_text(json.dumps(state, indent=2, default=str))
+    partial.unlink(missing_ok=True)
+    # Owner-only: it keeps the tracking URI's credentials, which --resume reconnects with.
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(json.dumps(state, indent=2, default=str))
     partial.replace(path)  # a driver killed while writing leaves the last whole file
 
 
