@@ -76,7 +76,7 @@ class LiveView(tune.Callback):
         self._start = time.monotonic()
         self._counter, self._trained = TrainedTokens(), 0  # tokens trained by this driver's trials
         self._done: dict[str, str] = {}  # trial id -> how it finished
-        self._caught_up = False
+        self._caught_up = self._ended = False
         self._console = output.console(stderr=True, highlight=True)
         starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
         if self._console.is_terminal:
@@ -120,6 +120,7 @@ class LiveView(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._catch_up(trials)
+        self._ended = True  # a trial still running or paused (by HyperBand) is interrupted
         if self._live is not None:
             self._live.update(self.render(trials))
             self._live.stop()
@@ -131,7 +132,8 @@ class LiveView(tune.Callback):
     def _status(self, trial: Any) -> str:
         if trial.trial_id in self._done:
             return self._done[trial.trial_id]
-        if trial.status in ("TERMINATED", "ERROR"):  # how Tune leaves trials it was interrupted in
+        stopped_in = ("TERMINATED", "ERROR", *(("RUNNING", "PAUSED") if self._ended else ()))
+        if trial.status in stopped_in:  # how Tune leaves the trials of an interrupted study
             return "interrupted"
         return RUNNING if trial.status == "RUNNING" else trial.status.lower()
 
@@ -161,7 +163,7 @@ class LiveView(tune.Callback):
         """The frame: a headline, the best trial so far and a table of the most telling trials."""
         statuses = {t.trial_id: self._status(t) for t in trials}
         counts = {s: sum(1 for v in statuses.values() if v == s)
-                  for s in (RUNNING, *FINISHED, "pending")}
+                  for s in (RUNNING, "paused", "pending", *FINISHED, "interrupted")}
         head = Text.assemble(
             (f"study {self.study.name}", "bold"),
             f"  {self.study.search.searcher} + {self.study.search.scheduler}   ",
