@@ -307,9 +307,10 @@ def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, l
                                                  ("median", "the median rule")])
 def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_store_template: Path,
                                       scheduler: str, name: str) -> None:
-    """Each scheduler stops trials. HyperBand (max_t 8 grace periods, η 3) fills its brackets
-    from the least aggressive: 3 trials of the full budget, then a bracket of up to 5 that keeps
-    2 at 2 grace periods, so its 3 trials there lose one."""
+    """Each scheduler stops trials. HyperBand (a budget of 8 grace periods: max_t 9 units of a
+    ninth of it, η 3) fills its brackets from the least aggressive: 3 trials of the full budget,
+    then a bracket of up to 5 that keeps 2 at 3 units, so its 3 trials there lose one, and the 2
+    it keeps train the full budget (they stopped at 6 of 8 grace periods before)."""
     settings = ({"median": {"grace_period": 10240}} if scheduler == "median"
                 else {"asha": {"grace_period": 5120}})
     trials = 4 if scheduler == "median" else 6
@@ -323,9 +324,13 @@ def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_stor
     assert set(grouped) == {"completed", "stopped"}, grouped  # the scheduler stopped some
     from mlflow import MlflowClient
 
+    client = MlflowClient(tracking_uri=uri)
     for run in grouped["stopped"]:
         assert run.data.tags["tuner.status_detail"].startswith(f"stopped by {name} at ")
-        assert _tokens(MlflowClient(tracking_uri=uri), run) < 40960  # before the budget's end
+        assert _tokens(client, run) < 40960  # before the budget's end
+    assert all(_tokens(client, run) == 40960 for run in grouped["completed"])
+    if scheduler == "hyperband":
+        assert (len(grouped["completed"]), len(grouped["stopped"])) == (5, 1)
 
 
 @pytest.mark.slow
@@ -338,11 +343,15 @@ def test_an_unfinished_hyperband_study_is_not_resumed(tmp_path: Path, dataset: P
                         search={"scheduler": "hyperband", "num_samples": 6, "max_concurrent": None,
                                 "algorithm": "random", "asha": {"grace_period": 5120}})
     storage = tmp_path / "ray"
-    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL)
     _wait_until(uri, driver, lambda runs, tokens: any(tokens.values()))
     driver.send_signal(signal.SIGINT)
-    assert driver.wait(timeout=120) == 130
+    _, said = driver.communicate(timeout=120)
+    assert driver.returncode == 130
+    # the last frame, as MLflow records them: no trial left "paused" or "running"
+    headline = next(line for line in reversed(said.splitlines()) if "random + hyperband" in line)
+    assert re.search(r"\b\d+ interrupted\b", headline), said
+    assert not re.search(r"\b\d+ (paused|running)\b", headline), said
     saved = sorted((p, p.stat().st_mtime_ns) for p in storage.rglob("*"))
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)

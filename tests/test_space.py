@@ -315,15 +315,18 @@ def test_pbt_population_draws_stepped_ints_from_the_space(tmp_path: Path) -> Non
     assert drawn == {12, 20, 28, 36}
 
 
-def test_hyperband_runs_to_the_full_budget(tmp_path: Path) -> None:
-    """HyperBand counts grace periods; a budget of 2.3 of them must not end trials at 2."""
+@pytest.mark.parametrize(("grace", "max_t"), [(300000, 1), (180000, 3), (40960, 9), (45511, 9)])
+def test_hyperband_runs_to_the_full_budget(tmp_path: Path, grace: int, max_t: int) -> None:
+    """HyperBand's max_t is a power of η (3) units, the budget: Ray truncates max_t·η^-s to set a
+    bracket's rungs, so a budget of 10 grace periods stopped its survivors at 9."""
     from tuner.search.algorithms import build_scheduler, time_unit
 
     study = load_study(write(tmp_path, study_text(
-        budget="tokens: 409600", search="  scheduler: hyperband\n  asha: {grace_period: 180000}\n")
+        budget="tokens: 409600", search=f"  scheduler: hyperband\n  asha: {{grace_period: {grace}}}\n")
         .replace("  eval_tokens: 5120\n", "  eval_tokens: 40960\n")))
     scheduler = build_scheduler(study)
-    assert scheduler._max_t_attr * time_unit(study) >= study.full_trial_tokens()
+    assert scheduler._max_t_attr == max_t
+    assert scheduler._max_t_attr * time_unit(study) == pytest.approx(study.full_trial_tokens())
 
 
 def test_a_grid_runs_each_point_once(tmp_path: Path) -> None:

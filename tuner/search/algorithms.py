@@ -120,7 +120,7 @@ def build_scheduler(study: Any) -> Any:
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
             metric=search.metric, mode=search.mode, time_attr=HYPERBAND_TIME,
-            max_t=math.ceil(max_t / search.asha.grace_period),  # never short of the budget
+            max_t=search.asha.reduction_factor ** _hyperband_levels(study),
             reduction_factor=search.asha.reduction_factor)
     if search.scheduler == "median":
         return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
@@ -156,9 +156,19 @@ def stopping_points(study: Any) -> tuple[float, ...] | None:
     return tuple(grace * factor ** k for k in range(count))
 
 
-def time_unit(study: Any) -> int | None:
-    """Tokens per HyperBand time unit (its grace period); None for the other schedulers."""
-    return study.search.asha.grace_period if study.search.scheduler == "hyperband" else None
+def time_unit(study: Any) -> float | None:
+    """Tokens per HyperBand time unit, None for the other schedulers: the budget over η^k, the
+    power of η nearest the budget in grace periods. max_t is η^k units, so that every bracket's
+    rungs (Ray truncates max_t·η^-s) end at the budget, not short of it."""
+    if study.search.scheduler != "hyperband":
+        return None
+    return study.full_trial_tokens() / study.search.asha.reduction_factor ** _hyperband_levels(study)
+
+
+def _hyperband_levels(study: Any) -> int:
+    asha = study.search.asha
+    return max(round(math.log(study.full_trial_tokens() / asha.grace_period,
+                              asha.reduction_factor)), 0)
 
 
 def tune_space(study: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable,
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
 
-def trial_metrics(record: Any, budget_tokens: int, time_unit: int | None) -> dict[str, Any]:
+def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None) -> dict[str, Any]:
     """What an evaluation reports to Tune: the record's numbers, the budget, divergence, sample
     and, for HyperBand, the tokens in `time_unit`s."""
     metrics: dict[str, Any] = {**record.as_metrics(), "budget_tokens": budget_tokens,
@@ -42,7 +42,7 @@ def trial_threads(study: Any) -> int:
 
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
-              time_unit: int | None, stopping_points: tuple[float, ...] | None) -> None:
+              time_unit: float | None, stopping_points: tuple[float, ...] | None) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval; a
     text sample comes with the evaluations where the scheduler may end it, and the last."""
     import torch
