@@ -25,6 +25,7 @@ from tuner import download as download_module
 from tuner.datasets import check_dataset, prepare_dataset
 from tuner.download import download, tinystories
 from tuner.errors import UserError
+from tuner.folder_lock import folder_lock
 from tuner.search.provenance import dataset_sha256
 from tuner.synthetic import BOYS, GIRLS, generate_stories
 
@@ -411,6 +412,33 @@ def test_download_gives_up_with_a_user_error(server: Server, tmp_path: Path) -> 
     server.httpd.server_close()
     with pytest.raises(UserError, match="failed after 2 attempts"):
         download(f"http://127.0.0.1:{port}/x.txt", tmp_path, attempts=2, progress=False)
+
+
+def test_a_waiter_locks_the_folder_made_again_when_the_holder_removed_its_own(
+        tmp_path: Path) -> None:
+    """The holder failed and removed the folders it had made: the waiter makes them again and
+    locks those, not the removed folder (where it could write nothing)."""
+    import fcntl
+
+    folder = tmp_path / "made" / "data"
+    folder.mkdir(parents=True)
+    held = os.open(folder, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    said: list[str] = []
+
+    def waiter() -> None:
+        with folder_lock(folder, lambda: said.append("waiting")):
+            (folder / "built").write_text("ok")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    while not said:
+        sleep(0.01)
+    folder.rmdir()
+    folder.parent.rmdir()
+    os.close(held)
+    thread.join(timeout=30)
+    assert said == ["waiting"] and (folder / "built").read_text() == "ok"
 
 
 def test_a_second_download_waits_for_the_first_and_reuses_its_file(server: Server,
