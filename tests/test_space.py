@@ -251,8 +251,10 @@ def test_hyperband_takes_no_concurrency_limit_nor_brackets(tmp_path: Path) -> No
     """HyperBand pauses trials until their bracket catches up: a limit would starve it. It sizes
     its own brackets: ASHA's count would do nothing."""
     issues = issues_of(tmp_path, study_text(search="  scheduler: hyperband\n  max_concurrent: 2\n"
-                                                   "  asha:\n    brackets: 4\n"))
-    assert [p for p, _, _ in issues] == ["search.max_concurrent", "search.asha.brackets"]
+                                                   "  asha:\n    brackets: 4\n"
+                                                   "    reduction_factor: 2.5\n"))
+    assert [p for p, _, _ in issues] == ["search.max_concurrent", "search.asha.brackets",
+                                         "search.asha.reduction_factor"]
 
 
 def test_data_settings_another_source_ignores_are_errors(tmp_path: Path) -> None:
@@ -315,7 +317,8 @@ def test_pbt_population_draws_stepped_ints_from_the_space(tmp_path: Path) -> Non
     assert drawn == {12, 20, 28, 36}
 
 
-@pytest.mark.parametrize(("grace", "max_t"), [(300000, 1), (180000, 3), (40960, 9), (45511, 9)])
+@pytest.mark.parametrize(("grace", "max_t"), [(300000, 1), (180000, 1), (136534, 1), (136533, 3),
+                                              (40960, 9), (45511, 9), (45512, 3)])
 def test_hyperband_runs_to_the_full_budget(tmp_path: Path, grace: int, max_t: int) -> None:
     """HyperBand's max_t is a power of η (3) units, the budget: Ray truncates max_t·η^-s to set a
     bracket's rungs, so a budget of 10 grace periods stopped its survivors at 9."""
@@ -327,6 +330,7 @@ def test_hyperband_runs_to_the_full_budget(tmp_path: Path, grace: int, max_t: in
     scheduler = build_scheduler(study)
     assert scheduler._max_t_attr == max_t
     assert scheduler._max_t_attr * time_unit(study) == pytest.approx(study.full_trial_tokens())
+    assert time_unit(study) >= grace  # no trial stops before its grace period
 
 
 def test_a_grid_runs_each_point_once(tmp_path: Path) -> None:

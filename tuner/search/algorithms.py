@@ -3,7 +3,7 @@
 Searchers are Optuna samplers behind Ray's OptunaSearch with the schema's define-by-run space;
 PBT cannot share a searcher with Tune, so its population is drawn by Tune from the same space.
 Schedulers measure time in tokens seen, so trials of different batch sizes compare fairly
-(HyperBand counts grace periods of tokens: its brackets assume a few time units).
+(HyperBand counts units of about a grace period: its brackets assume a few time units).
 """
 
 from __future__ import annotations
@@ -158,8 +158,9 @@ def stopping_points(study: Any) -> tuple[float, ...] | None:
 
 def time_unit(study: Any) -> float | None:
     """Tokens per HyperBand time unit, None for the other schedulers: the budget over η^k, the
-    power of η nearest the budget in grace periods. max_t is η^k units, so that every bracket's
-    rungs (Ray truncates max_t·η^-s) end at the budget, not short of it."""
+    largest power of η in the budget's grace periods (so a unit is at least a grace period).
+    max_t is η^k units, so that every bracket's rungs (Ray truncates max_t·η^-s) end at the
+    budget, not short of it."""
     if study.search.scheduler != "hyperband":
         return None
     return study.full_trial_tokens() / study.search.asha.reduction_factor ** _hyperband_levels(study)
@@ -167,8 +168,9 @@ def time_unit(study: Any) -> float | None:
 
 def _hyperband_levels(study: Any) -> int:
     asha = study.search.asha
-    return max(round(math.log(study.full_trial_tokens() / asha.grace_period,
-                              asha.reduction_factor)), 0)
+    # the epsilon: log(9, 3) is 1.9999999999999998
+    return max(math.floor(math.log(study.full_trial_tokens() / asha.grace_period,
+                                   asha.reduction_factor) + 1e-9), 0)
 
 
 def tune_space(study: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 TIME_ATTR = "tokens"
-HYPERBAND_TIME = "grace_periods"  # HyperBand sizes its brackets for few time units: not tokens
+HYPERBAND_TIME = "hyperband_units"  # HyperBand sizes its brackets for few time units: not tokens
 OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder
 SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable, from its checkpoint
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)

@@ -248,6 +248,9 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
     if search.scheduler == "hyperband" and "brackets" in search.asha.model_fields_set:
         issues.append((("search", "asha", "brackets"), "only used by the asha scheduler: "
                        "hyperband sizes its brackets itself"))
+    if search.scheduler == "hyperband" and not float(search.asha.reduction_factor).is_integer():
+        why = "hyperband needs a whole number: Ray rounds its rungs down, short of the budget"
+        issues.append((("search", "asha", "reduction_factor"), why))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
     if search.warm_start is not None and (search.scheduler == "pbt" or not space):
