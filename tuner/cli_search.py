@@ -124,6 +124,9 @@ def search(
     resume_hint = shlex.join(["tuner", "search", "--resume", "--name", study.name, "--storage",
                               str(storage), *(["--address", address] if address else [])])
     # (the address is not saved: the cluster may move)
+    if study.search.scheduler == "hyperband":  # not resumable: see above
+        resume_hint = (f"tuner search --space FILE --name NEW --warm-start {study.name} (a "
+                       "HyperBand study cannot be resumed)")
     try:
         summary = run_study(study, data_dir, storage, address=address, restore=restore,
                             provenance=made_of,
@@ -219,8 +222,10 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
     study = study.with_overrides(**{**overrides, "tracking_uri": absolute_uri(uri)})
     if state.started(storage / study.name):
-        raise UserError(f"study {study.name!r} already exists in {storage}: continue it with "
-                        f"--resume --name {study.name}, or pick another --name")
+        carry_on = (f"build on it with --warm-start {study.name}" if study.search.scheduler ==
+                    "hyperband" else f"continue it with --resume --name {study.name}")
+        raise UserError(f"study {study.name!r} already exists in {storage}: {carry_on}, or pick "
+                        "another --name")
     return study
 
 
