@@ -33,6 +33,9 @@ def driven(folder: Path) -> Iterator[None]:
     """Hold the study in `folder` for this driver; UserError while another driver runs it (two
     drivers would run its trials twice into the same MLflow runs)."""
     folder.mkdir(parents=True, exist_ok=True)
+    # Owner-only: its files (this state, Tune's pickles of the study) keep the tracking URI's
+    # credentials, which --resume reconnects with.
+    folder.chmod(0o700)
     with open(folder / LOCK_FILE, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,10 +57,7 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
              "overrides": {**overrides, "tracking_uri": study.tracking.uri},
              "resolved": study.resolved(), "relative_forms": _given_forms(study)}
     path, partial = folder / STATE_FILE, folder / f".{STATE_FILE}.partial"
-    partial.unlink(missing_ok=True)
-    # Owner-only: it keeps the tracking URI's credentials, which --resume reconnects with.
-    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(json.dumps(state, indent=2, default=str))
+    partial.write_text(json.dumps(state, indent=2, default=str))
     partial.replace(path)  # a driver killed while writing leaves the last whole file
 
 
