@@ -254,8 +254,8 @@ def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
     client.update_run(recorded.run_ids[0], "RUNNING")  # mid-study: say so, not just "none"
     code, out = tuner("best", "--export", str(tmp_path / "best.yaml"), "--study", recorded.name,
                       "--tracking-uri", uri)
-    assert code == 2 and ("1 of its trials is running: ask again after their first evaluation"
-                          in " ".join(out.split())), out
+    assert code == 2 and ("1 of its trials is marked running: if the study is still going, ask "
+                          "again after their first evaluation" in " ".join(out.split())), out
 
 
 @pytest.mark.parametrize("command", [["best", "--study", "tiny"], ["report", "--study", "tiny"],

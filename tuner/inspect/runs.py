@@ -176,8 +176,8 @@ def best_of(trials: list[Any], study: str) -> Any:
     if not runs or not counts_as_best(runs[0]):
         running = sum(run.info.status == "RUNNING" for run in runs)
         are = "is" if running == 1 else "are"
-        wait = (f"; {running} of its trials {are} running: ask again after their first evaluation"
-                if running else "")
+        wait = (f"; {running} of its trials {are} marked running: if the study is still going, "
+                "ask again after their first evaluation" if running else "")
         raise UserError(f"study {study!r} has no trial with a finite val_loss that neither "
                         f"diverged nor failed{wait}")
     return runs[0]
