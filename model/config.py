@@ -130,15 +130,19 @@ def _definitions(cls: type, key: str = "hparam") -> dict[str, HParam]:
 class ModelConfig:
     """Architecture of the Transformer LM (fixed per study unless searched)."""
 
+    # The upper bounds catch typos (a width of 3.2e9) before anything is allocated or started.
     vocab_size: int = hparam(10000, "|V|", "vocabulary size (token ids are < vocab_size)",
-                             group="model", low=1)
+                             group="model", low=1, high=2**32, high_open=False)
     context_length: int = hparam(256, "T_ctx", "longest sequence the model reads (tokens)",
-                                 group="model", low=1)
-    d_model: int = hparam(512, "d_model", "width of the residual stream", group="model", low=1)
-    num_layers: int = hparam(4, "L", "number of Transformer blocks", group="model", low=1)
+                                 group="model", low=1, high=2**20, high_open=False)
+    d_model: int = hparam(512, "d_model", "width of the residual stream", group="model", low=1,
+                          high=2**16, high_open=False)
+    num_layers: int = hparam(4, "L", "number of Transformer blocks", group="model", low=1,
+                             high=2**12, high_open=False)
     num_heads: int = hparam(16, "h", "attention heads (must divide d_model)", group="model", low=1)
     d_ff: int | None = hparam(None, "d_ff", "feed-forward width (default ≈ 8/3·d_model, a multiple "
-                              "of 64)", group="model", kind=int, low=1, optional=True)
+                              "of 64)", group="model", kind=int, low=1, high=2**18,
+                              high_open=False, optional=True)
     rope_theta: float = hparam(10000.0, "Θ", "RoPE base frequency", group="model", low=0.0,
                                low_open=True)
     norm: str = hparam("pre", "norm", "RMSNorm placement: before each sublayer (pre), after the "
@@ -246,7 +250,8 @@ class TrainConfig:
                                    group="schedule", low=0, when=("schedule", ("plateau",)))
 
     # Training configuration and budget
-    batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1)
+    batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1, high=2**20,
+                             high_open=False)
     total_iters: int | None = hparam(None, "T_total", "number of updates (or set a token budget)",
                                      group="training", kind=int, low=1, optional=True)
     total_tokens: int | None = hparam(None, "N_tokens", "token budget; T_total = ⌈tokens / "
@@ -259,7 +264,7 @@ class TrainConfig:
                                      "same token counts", group="training", kind=int, low=1,
                                      optional=True)
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
-                               group="training", low=1)
+                               group="training", low=1, high=2**20, high_open=False)
     seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",
                        group="training", low=0, high=2**32 - 1, high_open=False)
 

@@ -87,6 +87,11 @@ BAD = [
      "seed must be in [0, 4294967295]"),
     ("searcher-seed-past-32-bits", GOOD + "search:\n  seed: 4294967296\n", 16, "search.seed",
      "input should be less than or equal to 4294967295"),
+    ("width-typo", GOOD.replace("d_model: 32", "d_model: 6400000000"), 6, "model.d_model",
+     "d_model must be in [1, 65536], got 6400000000"),
+    ("batch-range-past-its-bound", GOOD.replace("{choice: [8, 16]}", "{int: [8, 100000000000]}"),
+     11, "hparams.batch_size",
+     "B must be in [1, 1048576], got 100000000000 (the upper bound of int)"),
 ]
 
 
