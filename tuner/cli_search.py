@@ -89,8 +89,7 @@ def search(
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
                                                      study.name)
-    if restore and exists and exists.info.status != "FINISHED" and \
-            study.search.scheduler == "hyperband":
+    if restore and exists and exists.info.status != "FINISHED" and _not_resumable(study):
         raise UserError(f"study {study.name!r} uses HyperBand, whose brackets Ray Tune does not "
                         "save: resumed, it would wait for ever on the trials they paused. Start a "
                         f"new study with --warm-start {study.name} to build on its trials")
@@ -124,7 +123,7 @@ def search(
     resume_hint = shlex.join(["tuner", "search", "--resume", "--name", study.name, "--storage",
                               str(storage), *(["--address", address] if address else [])])
     # (the address is not saved: the cluster may move)
-    if study.search.scheduler == "hyperband":  # not resumable: see above
+    if _not_resumable(study):
         resume_hint = (f"tuner search --space FILE --name NEW --warm-start {study.name} (a "
                        "HyperBand study cannot be resumed)")
     try:
@@ -222,11 +221,17 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
     study = study.with_overrides(**{**overrides, "tracking_uri": absolute_uri(uri)})
     if state.started(storage / study.name):
-        carry_on = (f"build on it with --warm-start {study.name}" if study.search.scheduler ==
-                    "hyperband" else f"continue it with --resume --name {study.name}")
+        carry_on = (f"build on it with --warm-start {study.name}" if _not_resumable(study)
+                    else f"continue it with --resume --name {study.name}")
         raise UserError(f"study {study.name!r} already exists in {storage}: {carry_on}, or pick "
                         "another --name")
     return study
+
+
+def _not_resumable(study: Any) -> bool:
+    """HyperBand's brackets are not in Tune's saved state: a resumed study would wait for ever on
+    the trials they paused, so such a study is built on with --warm-start instead."""
+    return study.search.scheduler == "hyperband"
 
 
 def _warm_trials(study: Any) -> list[Any] | None:

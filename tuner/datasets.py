@@ -204,7 +204,6 @@ def _publish(out: Path, request: dict, build: Callable[[Path], None],
     # named before it is made, so a Ctrl-C at any point after finds it to remove
     stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with folder_lock(out.parent, on_wait):
             if _reusable(out, request):
                 return

@@ -50,7 +50,6 @@ def download(url: str, cache_dir: Path, *, size: int | None = None, sha256: str 
     if dest.exists():
         return _cached(dest, size, sha256)
     made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(dest.parent, lambda: _say_waiting(dest.parent)):
         if dest.exists():  # another process downloaded it while this one waited
             return _cached(dest, size, sha256)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, on_wait: Callable[[], None]) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` itself (no lock file to leave behind), calling on_wait
-    first when another process holds it; made again if that process removed it."""
+    """Make `folder` (with its parents) and hold an exclusive lock on it (no lock file to leave
+    behind), calling on_wait first when another process holds it; made again if that process
+    removed it."""
     while True:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY)
