@@ -6,6 +6,7 @@ Call `tuner.search.environment.configure(local=...)` before anything imports Ray
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,13 @@ def start_ray(address: str | None) -> None:
         except ConnectionError as err:
             raise UserError(f"--address {address}: {err}") from None
     else:
-        ray.init(address="local", **kwargs)  # a new instance, never a cluster already running
+        # Ray's processes, started here, create their files (logs, under /tmp/ray) private to the
+        # user: its runtime-env agent logs the environment Tune forwards, AWS keys among them.
+        umask = os.umask(0o077)
+        try:
+            ray.init(address="local", **kwargs)  # a new instance, never a cluster already running
+        finally:
+            os.umask(umask)
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
