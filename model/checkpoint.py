@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +65,9 @@ def _load_failure(err: Exception) -> str:
 
 def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
                     mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint's contents safely; a missing, truncated or unsafe file names itself.
-    With `mmap`, tensors stay on disk until touched (to read only its small entries)."""
+    """Load a checkpoint's contents safely; a missing, truncated, damaged or unsafe file names
+    itself. With `mmap`, tensors stay on disk until touched (to read only its small entries), and
+    their checksums are not read."""
     import torch
 
     path = checkpoint_path(src)
@@ -77,9 +79,26 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, corrupt and unsafe files all land here
         raise ConfigError(str(path), f"not a loadable checkpoint ({_load_failure(err)})") from err
+    damaged = None if mmap else _failed_checksum(path)
+    if damaged:
+        raise ConfigError(str(path), f"is damaged: its entry {damaged} fails its checksum")
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ConfigError(str(path), "not a trainer checkpoint (no model state or iteration)")
     return state
+
+
+def _failed_checksum(path: Path) -> str | None:
+    """The first entry of a torch.save zip whose bytes fail its CRC-32 (torch.load does not check
+    them, so a flipped tensor byte would load as a silently different weight)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if not any(entry.CRC for entry in archive.infolist()):  # saved with compute_crc32 off
+            return None
+        damaged = archive.testzip()
+    if damaged is None:
+        return None
+    return damaged.partition("/")[2] or damaged  # not its folder, named after the temporary file
 
 
 def checkpoint_config(src: str | Path) -> TrainConfig:

@@ -123,8 +123,12 @@ class LRSchedule:
         which a resume may change (PBT)."""
         self.plateau_lr, self.cuts = self.lr_max, 0
         if "cuts" in state:
-            for _ in range(int(state["cuts"])):
-                self._cut()
+            cuts = int(state["cuts"])
+            if cuts < 0:
+                raise ValueError(f"cuts {cuts} is below 0")
+            while self.cuts < cuts and self.plateau_lr > self.lr_min:  # at α_min a cut changes
+                self._cut()  # nothing: a damaged count must not loop for ever
+            self.cuts = cuts
         else:  # a checkpoint written before cuts were counted holds its lr: count them from it
             while self.plateau_lr > max(float(state["plateau_lr"]), self.lr_min):
                 self._cut()

@@ -150,6 +150,18 @@ def _set_rng_state(state: dict, batch_gen: torch.Generator, sample_gen: torch.Ge
         torch.cuda.set_rng_state(saved, device)
 
 
+def _optimizer_state_misfit(optimizer: torch.optim.Optimizer) -> str | None:
+    """What in a loaded optimizer state does not match its parameter's shape (torch loads it
+    unchecked, and the first step would fail on it); None when all does."""
+    names = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                return (f"the optimizer's {key} of parameter {names.get(id(param), '?')} has shape "
+                        f"{tuple(value.shape)}, not {tuple(param.shape)}")
+    return None
+
+
 def _steps_beside_params(optimizer: torch.optim.Optimizer) -> None:
     """A fused optimizer wants each `step` on its parameter's device: torch moves them there on
     load only if the checkpoint's run was fused too (one written on the CPU, resumed on a GPU)."""
@@ -232,10 +244,14 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             optimizer.load_state_dict(resume_state["optimizer"])
         except torch.OutOfMemoryError:  # a full GPU, not a bad checkpoint
             raise
-        except (KeyError, RuntimeError, ValueError) as err:  # another model shape or optimizer
-            reason = " ".join(str(err).split())
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # another model shape
+            reason = " ".join(str(err).split())  # or optimizer, or not a state dict at all
             raise ConfigError(str(checkpoint_path(resume_from)), "does not fit this config: "
                               f"{reason[:300]}") from None
+        misfit = _optimizer_state_misfit(optimizer)
+        if misfit:
+            raise ConfigError(str(checkpoint_path(resume_from)),
+                              f"does not fit this config: {misfit}")
         for group, values in zip(optimizer.param_groups, hyper):
             group.update(values)
         _steps_beside_params(optimizer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,42 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(ConfigError, match="not a loadable checkpoint \\(the file is empty\\)"):
         read_checkpoint(path, mmap=True)
+
+
+def _tensor_bytes_at(path: Path) -> int:
+    """Where the first tensor's bytes start in a torch.save zip."""
+    with zipfile.ZipFile(path) as archive:
+        entry = next(e for e in archive.infolist() if "/data/" in e.filename)
+    with open(path, "rb") as fh:
+        fh.seek(entry.header_offset + 26)
+        name_len, extra_len = int.from_bytes(fh.read(2), "little"), int.from_bytes(fh.read(2),
+                                                                                   "little")
+    return entry.header_offset + 30 + name_len + extra_len
+
+
+def test_a_checkpoint_with_damaged_tensor_bytes_names_the_file(tmp_path: Path) -> None:
+    """torch.load reads a flipped weight as it is: the zip's checksums name the damage."""
+    path = save_checkpoint(torch.nn.Linear(8, 8), None, 1, tmp_path / "c.pt")
+    data = bytearray(path.read_bytes())
+    at = _tensor_bytes_at(path)
+    data[at:at + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    assert not torch.isfinite(read_checkpoint(path, mmap=True)["model"]["weight"]).all()
+    with pytest.raises(ConfigError) as err:
+        read_checkpoint(path)
+    assert err.value.field == str(path)
+    assert "is damaged: its entry data/0 fails its checksum" in str(err.value)
+
+
+def test_a_checkpoint_saved_without_checksums_loads(tmp_path: Path) -> None:
+    from torch.utils.serialization import config
+
+    config.save.compute_crc32 = False
+    try:
+        path = save_checkpoint(torch.nn.Linear(8, 8), None, 1, tmp_path / "c.pt")
+    finally:
+        config.save.compute_crc32 = True
+    assert read_checkpoint(path)["iteration"] == 1
 
 
 def test_the_study_driver_never_imports_torch(tmp_path: Path) -> None:

@@ -158,6 +158,16 @@ def test_plateau_never_goes_below_lr_min() -> None:
     assert s.lr(50) == 0.3
 
 
+def test_a_damaged_count_of_cuts_loads_at_the_floor_or_fails() -> None:
+    """A huge count (a damaged checkpoint) stops cutting at α_min instead of looping for ever; a
+    negative one is refused."""
+    s = schedule("plateau", plateau_factor=0.5, lr_min=0.3)
+    s.load_state_dict({"cuts": 10**30, "best": 1.0, "bad_evals": 0, "cooldown_left": 0})
+    assert (s.lr(50), s.cuts) == (0.3, 10**30)
+    with pytest.raises(ValueError, match="cuts -1 is below 0"):
+        s.load_state_dict({"cuts": -1, "best": 1.0, "bad_evals": 0, "cooldown_left": 0})
+
+
 def test_state_dict_round_trip_through_weights_only_checkpoint() -> None:
     a = schedule("plateau", plateau_patience=1, plateau_cooldown=1)
     for loss in (2.0, 2.0, 2.0, 1.5, 1.6):

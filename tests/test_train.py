@@ -352,6 +352,41 @@ def test_a_checkpoint_of_another_run_is_refused_naming_it(byte_dataset: Path, tm
     assert not (tmp_path / "branch").exists()  # nothing written for a run that cannot start
 
 
+def _bad_model(state: dict) -> dict:
+    return {**state, "model": [0]}
+
+
+def _bad_optimizer(state: dict) -> dict:
+    return {**state, "optimizer": ["state"]}
+
+
+def _misshapen_moment(state: dict) -> dict:
+    moments = {0: {**state["optimizer"]["state"][0], "exp_avg": torch.zeros(3)}}
+    return {**state, "optimizer": {**state["optimizer"],
+                                   "state": {**state["optimizer"]["state"], **moments}}}
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_bad_model, "Expected state_dict to be dict-like"),
+    (_bad_optimizer, "list indices must be integers"),
+    (_misshapen_moment, "the optimizer's exp_avg of parameter 0 has shape (3,), not (32, 32)")])
+def test_a_checkpoint_whose_model_or_optimizer_state_is_malformed_is_refused_naming_it(
+        byte_dataset: Path, tmp_path: Path, damage: object, reason: str) -> None:
+    """Not a state dict, or an optimizer moment of another shape (torch loads it unchecked and
+    fails in the first step): one ConfigError naming the file, before anything is written."""
+    config = tiny_config(byte_dataset, total_iters=10)
+    train(config, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save(damage(state), tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError) as err:
+        train(tiny_config(byte_dataset, total_iters=20), resume_from=tmp_path,
+              checkpoint_dir=tmp_path / "branch")
+    assert err.value.field == str(tmp_path / "checkpoint.pt")
+    assert "does not fit this config" in str(err.value)
+    assert reason in str(err.value)
+    assert not (tmp_path / "branch").exists()
+
+
 def test_a_checkpoint_without_the_trainers_state_is_refused_naming_it(byte_dataset: Path,
                                                                      tmp_path: Path) -> None:
     """A checkpoint of the model and optimizer alone (save_checkpoint's) cannot resume a run."""
