@@ -15,6 +15,7 @@ import re
 import reprlib
 from collections.abc import Iterator
 from dataclasses import InitVar, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,12 @@ def default_d_ff(d_model: int) -> int:
     return max(64, int(round(8 * d_model / 3 / 64)) * 64)
 
 
+def fraction_of(fraction: float, total: int) -> int:
+    """⌊fraction·total⌋ of the fraction as written: 0.29 of 100 is 29 (the float product,
+    28.99…, floors to 28)."""
+    return math.floor(Fraction(repr(float(fraction))) * total)
+
+
 @dataclass
 class TrainConfig:
     """One training run of the trainer: data, model, hyperparameters, budget and runtime."""
@@ -295,7 +302,7 @@ class TrainConfig:
             self._check_relative("warmup_iters", warmup_fraction,
                                  uses=("batch_size", "total_iters", "total_tokens"))
             _check_fields(self.model, {"context_length": MODEL_HPARAMS["context_length"]}, "model.")
-            self.warmup_iters = int(warmup_fraction * self.steps)
+            self.warmup_iters = fraction_of(warmup_fraction, self.steps)
 
     def _check_relative(self, name: str, value: float, uses: tuple[str, ...]) -> None:
         """The relative form of `name` is in range, `name` itself is unset, and `uses` are valid."""

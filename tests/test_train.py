@@ -169,6 +169,14 @@ def test_relative_forms_set_warmup_and_floor(byte_dataset: Path, tmp_path: Path)
     assert losses(train(relative).records) == losses(train(absolute).records)
 
 
+@pytest.mark.parametrize(("fraction", "steps"), [(0.29, 29), (0.57, 57), (0.58, 58), (0.1, 10)])
+def test_warmup_fraction_floors_the_fraction_as_written(byte_dataset: Path, fraction: float,
+                                                       steps: int) -> None:
+    """T_warmup = ⌊fraction·T_total⌋ of the decimal given: 0.29·100 is 28.999… in floats."""
+    config = tiny_config(byte_dataset, warmup_iters=0, total_iters=100, warmup_fraction=fraction)
+    assert config.warmup_iters == steps
+
+
 def test_a_fixed_study_file_runs_as_its_one_trial(byte_dataset: Path, tmp_path: Path) -> None:
     """`python -m model.train --config` reads a study file as `tuner search` does: its resources
     (the file `tuner best --export` writes), and 3e-3 as a number (YAML 1.2; PyYAML: a string)."""

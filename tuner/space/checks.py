@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.bpe import check_vocab_size
-from model.config import RELATIVE_FORMS, ConfigError, ModelConfig
+from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
 from tuner.space.convert import (
     candidates,
     grid_points,
@@ -176,7 +176,7 @@ def _steps(study: Study) -> list[tuple[Loc, str]]:
                        f"{fewest}" if fixed else f"T_warmup can be {fmt(warmup)} but T_total can "
                        f"be {fewest}: warmup must end before training does"))
     if "warmup_fraction" in hparams.model_fields_set:
-        warmup = int(span(study, "warmup_fraction")[1] * most)
+        warmup = fraction_of(span(study, "warmup_fraction")[1], most)
     cycle = span(study, "cycle_iters")
     if cycle is not None and "cycle_iters" in hparams.model_fields_set and cycle[0] <= warmup:
         issues.append((("hparams", "cycle_iters"), f"T_cycle can be {fmt(cycle[0])}, but it must "
