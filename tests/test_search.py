@@ -199,16 +199,26 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
         assert tags.get("tuner.device") == ("cpu" if trained else None)
 
 
+def _readable_by_others(path: Path, root: Path) -> bool:
+    """Whether users other than the owner can read `path`: it is o+r, and every folder from
+    `root` (Ray's temporary folder, /tmp/ray, which Ray opens to all) down to it is o+x."""
+    folders = [folder for folder in path.parents if folder.is_relative_to(root) and folder != root]
+    return bool(path.stat().st_mode & 0o004) and all(f.stat().st_mode & 0o001 for f in folders)
+
+
 @pytest.mark.slow
-def test_rays_files_that_hold_the_aws_key_are_private(faults_study: dict[str, Any]) -> None:
-    """Ray's runtime-env agent logs the AWS keys Tune forwards to trials: only the user may read
-    the files a local Ray wrote (its folders Ray opens to every user on purpose)."""
-    holding = [path for path in faults_study["ray_tmp"].rglob("*")
-               if path.is_file() and not path.is_symlink()
-               and AWS_SECRET.encode() in path.read_bytes()]
-    assert holding  # the key reached Ray's logs: what this test is about
-    assert [(str(p), oct(p.stat().st_mode & 0o777)) for p in holding
-            if p.stat().st_mode & 0o077] == []
+@pytest.mark.parametrize("secret", ["aws key", "tracking uri"])
+def test_rays_files_that_hold_secrets_are_private(faults_study: dict[str, Any],
+                                                  secret: str) -> None:
+    """Ray's runtime-env agent logs the AWS keys Tune forwards to trials, and Tune stages the
+    study (its searcher, with the tracking URI) in Ray's session folder: only the user may read
+    the files of the local Ray a study started."""
+    text = AWS_SECRET if secret == "aws key" else faults_study["uri"]
+    root = faults_study["ray_tmp"]
+    holding = [path for path in root.rglob("*") if path.is_file() and not path.is_symlink()
+               and text.encode() in path.read_bytes()]
+    assert holding  # the secret reached Ray's folder: what this test is about
+    assert [str(path) for path in holding if _readable_by_others(path, root)] == []
 
 
 @pytest.mark.slow

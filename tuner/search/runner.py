@@ -31,13 +31,19 @@ def start_ray(address: str | None) -> None:
         except ConnectionError as err:
             raise UserError(f"--address {address}: {err}") from None
     else:
-        # Ray's processes, started here, create their files (logs, under /tmp/ray) private to the
-        # user: its runtime-env agent logs the environment Tune forwards, AWS keys among them.
-        umask = os.umask(0o077)
+        # What Ray's processes write under /tmp/ray, private to the user: its runtime-env agent
+        # logs the environment Tune forwards (AWS keys among them), and Tune stages the study's
+        # state there (its searcher holds the tracking URI). Ray opens its own folders to all.
+        umask = os.umask(0o077)  # the processes started here, and the workers they start
         try:
             ray.init(address="local", **kwargs)  # a new instance, never a cluster already running
         finally:
             os.umask(umask)
+        from ray.train.constants import _get_ray_train_session_dir
+
+        staging = Path(_get_ray_train_session_dir())
+        staging.mkdir(exist_ok=True)
+        staging.chmod(0o700)
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
