@@ -27,6 +27,22 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+def _eos_id(tokenizer: Any, eos_token: str | None) -> int | None:
+    return tokenizer.encode(eos_token)[0] if eos_token and eos_token in (
+        tokenizer.special_tokens or []) else None
+
+
+def prompt_ids(tokenizer: Any, prompt: str, eos_token: str | None = EOS_TOKEN) -> list[int]:
+    """The ids generation starts from: the prompt's, or for an empty prompt the end-of-text
+    token's (ConfigError when the tokenizer has none)."""
+    eos_id = _eos_id(tokenizer, eos_token)
+    ids = tokenizer.encode(prompt) or ([eos_id] if eos_id is not None else [])
+    if not ids:
+        raise ConfigError("prompt", "is empty, and the tokenizer has no end-of-text token to "
+                          "start from")
+    return ids
+
+
 @torch.no_grad()
 def generate(model: TransformerLM, tokenizer: Any, prompt: str, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, eos_token: str | None = EOS_TOKEN,
@@ -34,12 +50,8 @@ def generate(model: TransformerLM, tokenizer: Any, prompt: str, max_new_tokens: 
     """Continue `prompt` (an empty one: from the end-of-text token) by up to `max_new_tokens`
     tokens, stopping at the end-of-text token; only ids the tokenizer can decode are drawn."""
     device = next(model.parameters()).device
-    eos_id = tokenizer.encode(eos_token)[0] if eos_token and eos_token in (
-        tokenizer.special_tokens or []) else None
-    ids = tokenizer.encode(prompt) or ([eos_id] if eos_id is not None else [])
-    if not ids:
-        raise ConfigError("prompt", "is empty, and the tokenizer has no end-of-text token to "
-                          "start from")
+    eos_id = _eos_id(tokenizer, eos_token)
+    ids = prompt_ids(tokenizer, prompt, eos_token)
     undecodable = torch.ones(model.config.vocab_size, dtype=torch.bool, device=device)
     undecodable[[i for i in tokenizer.vocab if i < model.config.vocab_size]] = False  # padded vocab
     new: list[int] = []

@@ -3,6 +3,7 @@ a checkpoint crafted to run code on load, or a truncated one, is refused with ex
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -53,6 +54,17 @@ def test_generate_from_checkpoint_is_seeded_text(checkpoint):
     # An empty prompt starts from <|endoftext|>, which this byte-level tokenizer lacks
     code, out = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "")
     assert code == 2 and "no end-of-text token to start from" in out, out
+
+
+def test_an_empty_prompt_with_an_end_of_text_id_beyond_the_model_exits_2(checkpoint, tmp_path):
+    """The tokenizer's <|endoftext|> (id 256) is past the 256-token model's vocabulary: not its
+    tokenizer, named as for a prompt's ids, not an IndexError."""
+    Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"<|endoftext|>"}, []).save(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"special_tokens": ["<|endoftext|>"]}))
+    code, out = tuner("generate", "--checkpoint", str(checkpoint), "--data", str(tmp_path),
+                      "--prompt", "")
+    assert code == 2, out
+    assert "has ids (e.g. 256) beyond the model's vocabulary of 256: not its tokenizer" in out
 
 
 def test_generate_from_trial_run(recorded, tokenized, tmp_path):

@@ -50,11 +50,11 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     """The continuation of `prompt` (without the prompt), sampled with a seeded generator."""
     import torch
 
-    from model.generate import generate
+    from model.generate import generate, prompt_ids
 
     model, config = load_model(checkpoint, device)
     tokenizer = load_tokenizer(data or Path(config.data))
-    unknown = [i for i in tokenizer.encode(prompt) if i >= config.model.vocab_size]
+    unknown = [i for i in prompt_ids(tokenizer, prompt) if i >= config.model.vocab_size]
     if unknown:
         raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) "
                         f"beyond the model's vocabulary of {config.model.vocab_size}: not its "
