@@ -74,15 +74,20 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; anything else must be a device torch knows."""
+    """`auto` picks CUDA when present; otherwise cpu, cuda or cuda:N, which must be here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError("device", f"unknown device {name!r}") from err
+    if device.type not in ("cpu", "cuda"):  # torch names more (mps, meta, xpu) than this trains on
+        raise ConfigError("device", f"{name!r} is not one of auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"{name!r} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError("device", f"{name!r} requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

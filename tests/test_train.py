@@ -134,6 +134,9 @@ def test_runaway_loss_stops_as_diverged(byte_dataset: Path) -> None:
     ({"total_tokens": 10240}, "total_iters"),  # and total_iters: which one would be the budget?
     ({"model": {"vocab_size": 256, "d_model": None, "num_heads": 4}}, "model.d_model"),
     ({"batch_size": 8.5}, "batch_size"),
+    ({"device": "mps"}, "device"),  # a device torch knows, but not one this trains on
+    ({"device": "meta"}, "device"),
+    ({"device": "cuda:99"}, "device"),
 ])
 def test_bad_config_names_the_field_before_any_step(byte_dataset: Path, overrides: dict,
                                                     field: str) -> None:
