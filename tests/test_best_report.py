@@ -171,6 +171,24 @@ def test_diverged_trial_is_marked():
     assert len(marks) == 1 and list(marks[0].get_xydata()[0]) == [10, 4.0]
 
 
+def test_a_trial_with_no_finite_value_is_counted_apart_in_the_title():
+    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
+              report.Curve("b", "r2", "diverged", [(10, math.inf)])]
+    ax = report.loss_figure(curves, "r1").axes[0]
+    assert ax.get_title() == "val_loss of 1 trials (1 more with no finite value, not drawn)"
+
+
+def test_summary_names_the_tokens_where_the_best_was_reached(recorded):
+    """A trial whose last evaluation is worse than its best: the best is where it was reached."""
+    from tuner.inspect.best import TrialRow
+
+    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5), (30, 2.7)])]
+    row = TrialRow(trial_id="a", run_id="r1", params={}, val_loss=2.5, tokens=30,
+                   status="completed")
+    text = report.summary_markdown("s", curves, row, {}, "", [], "tuner replay r1", 30)
+    assert "reached at 20 of the 30 tokens it trained" in text
+
+
 def test_trial_stopped_at_its_first_evaluation_is_drawn():
     """A one-point curve (ASHA's first rung) draws no line: its dot is what shows it."""
     curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
@@ -325,6 +343,53 @@ def test_damaged_study_records_are_named(tmp_path, mlflow_store_template):
     assert code == 2
     assert f"study.json of run {parent.info.run_id} is not a resolved study" in message
     assert not (tmp_path / "r").exists()
+
+
+def _lone_trial(tmp_path, mlflow_store_template, config: dict) -> tuple[str, MlflowClient, str]:
+    """A store holding one study of one completed trial run that logged `config`: its URI, a
+    client and the trial's run id."""
+    from test_search import fresh_store
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("lone", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp, tags={"tuner.study": "lone", "tuner.role": "study"})
+    trial = client.create_run(exp, tags={
+        "mlflow.parentRunId": parent.info.run_id, "tuner.study": "lone", "tuner.role": "trial",
+        "tuner.status": "completed"})
+    client.log_dict(trial.info.run_id, config, "trial_config.json")
+    return uri, client, trial.info.run_id
+
+
+def test_a_trial_config_with_a_bad_value_is_named_before_a_replay_run(tmp_path,
+                                                                      mlflow_store_template):
+    config = {**TrainConfig(data=str(tmp_path), total_iters=10).to_dict(), "lr_max": "x"}
+    uri, client, run_id = _lone_trial(tmp_path, mlflow_store_template, config)
+    code, out = tuner("replay", run_id, "--tracking-uri", uri)
+    assert code == 2, out
+    assert f"trial_config.json of run {run_id} is not a trainer config (lr_max: α_max must be " \
+           "a number" in " ".join(out.split())
+    assert len(client.search_runs([client.get_experiment_by_name("lone").experiment_id])) == 2
+
+
+@pytest.mark.parametrize("deleted", ["run", "experiment"])
+def test_a_deleted_run_is_not_replayed_or_generated_from(tmp_path, mlflow_store_template,
+                                                         deleted):
+    """MLflow keeps a deleted run (or its experiment) until garbage-collected: `best` leaves it
+    out, and so do the commands that take a run id."""
+    uri, client, run_id = _lone_trial(tmp_path, mlflow_store_template,
+                                      TrainConfig(data=str(tmp_path), total_iters=10).to_dict())
+    if deleted == "run":
+        client.delete_run(run_id)
+    else:
+        client.delete_experiment(client.get_run(run_id).info.experiment_id)
+    for command in (["replay", run_id], ["generate", "--run", run_id, "--prompt", "x"]):
+        code, out = tuner(*command, "--tracking-uri", uri)
+        assert code == 2, out
+        assert f"run {run_id} is deleted in" in out
+        assert ("(its run)" if deleted == "run" else "(its experiment 'lone')") in out
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id], run_view_type=3)
+    assert len(runs) == 2  # no replay run
 
 
 def test_a_store_failing_mid_command_is_one_line_exit_1(recorded, tmp_path):

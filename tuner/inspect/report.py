@@ -50,9 +50,11 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
 
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.add_subplot()
+    unplotted = 0
     for c in trial_curves:
         finite = [(t, v) for t, v in c.points if math.isfinite(v)]
-        if not finite:
+        if not finite:  # diverged or failed at its first evaluation: no value to draw
+            unplotted += 1
             continue
         status = "best" if c.run_id == best_run_id else c.status
         end = {} if c.status == "diverged" else {"marker": "o", "ms": 4, "markevery": [-1]}
@@ -66,7 +68,8 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
                Line2D([], [], color="tab:red", marker="x", ls="", mew=2.5, label="diverged")]
     ax.legend(handles=handles, loc="upper right")
     ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
-           title=f"val_loss of {len(trial_curves)} trials")
+           title=f"val_loss of {len(trial_curves) - unplotted} trials" + (
+               f" ({unplotted} more with no finite value, not drawn)" if unplotted else ""))
     ax.grid(alpha=0.3)
     return fig
 
@@ -195,6 +198,12 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
         raise RuntimeError(f"its space.yaml no longer validates ({err})") from None
 
 
+def _reached_at(trial_curves: list[Curve], row: best_mod.TrialRow) -> int:
+    """The tokens at which the best trial first reached its best val_loss."""
+    points = next((c.points for c in trial_curves if c.run_id == row.run_id), [])
+    return min(points, key=lambda point: point[1])[0] if points else row.tokens
+
+
 def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow,
                      scores: dict[str, float], note: str, files: list[str], replay_cmd: str,
                      tokens: int) -> str:
@@ -208,7 +217,8 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
              f"{tokens:,} tokens trained in all.", "",
              f"## Best trial: {row.trial_id}", "",
              (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
-              f"at {row.tokens:,} tokens; MLflow run `{row.run_id}`."), "",
+              f"reached at {_reached_at(trial_curves, row):,} of the {row.tokens:,} tokens it "
+              f"trained; MLflow run `{row.run_id}`."), "",
              "| parameter | value |", "|---|---|",
              *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
              ("PBT changed its values as it ran (those it ended with are shown): no one config "

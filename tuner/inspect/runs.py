@@ -115,9 +115,16 @@ def get_run(client: Any, run_id: str) -> Any:
     if not RUN_ID.fullmatch(run_id):
         raise UserError(f"{run_id!r} is not an MLflow run id (32 hex digits)")
     try:
-        return client.get_run(run_id)
+        run = client.get_run(run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
     except MlflowException:
         raise UserError(f"no run {run_id} in {client.tracking_uri}") from None
+    if "deleted" in (run.info.lifecycle_stage, experiment.lifecycle_stage):
+        gone = experiment.lifecycle_stage == "deleted"  # its runs read as deleted too
+        what = f"experiment {experiment.name!r}" if gone else "run"
+        raise UserError(f"run {run_id} is deleted in {client.tracking_uri} (its {what}); "
+                        "`mlflow runs restore` or `mlflow experiments restore` brings it back")
+    return run
 
 
 def trial_run(client: Any, run_id: str) -> Any:
@@ -217,10 +224,14 @@ def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
     """The trainer config the trial ran with (its trial_config.json artifact)."""
     data = json_artifact(client, run.info.run_id, "trial_config.json", dst)
     try:
-        return train_config_from_dict(data)
+        if not isinstance(data, dict) or "data" not in data:
+            raise ConfigError("data", "not given")  # "." otherwise: the folder it is run in
+        config = train_config_from_dict(data)
+        config.validate()
     except (ConfigError, TypeError) as err:
         raise UserError(f"trial_config.json of run {run.info.run_id} is not a trainer config "
                         f"({err})") from None
+    return config
 
 
 def pbt_values(run: Any) -> dict[str, Any] | None:
@@ -270,7 +281,9 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     run_id = run.info.run_id
     expected = run.data.tags.get(tag)
     if expected is None:
-        what, why = (("mid-trial checkpoint", "a trial keeps one once past half its budget")
+        what, why = (("mid-trial checkpoint", "a trial keeps one once past half its budget, "
+                      "logged with its final checkpoint (tracking.log_checkpoints: completed "
+                      "trials' and the best trial's)")
                      if which == "mid" else
                      ("checkpoint", ("a study keeps its completed trials' and its best "
                                      "trial's (tracking.log_checkpoints), not a stopped or "
