@@ -21,6 +21,7 @@ import regex
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
+DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>",)  # the story separator of TinyStories and OWT
 # The same pattern for ASCII-only text, where \p{L} is [A-Za-z], \p{N} is [0-9] and \s is
 # [\t\n\v\f\r ]; the standard library's engine runs it about twice as fast. Letters and digits
 # come first (no other alternative matches where they do), which saves the engine a few tries.

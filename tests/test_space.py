@@ -267,6 +267,35 @@ def test_data_settings_another_source_ignores_are_errors(tmp_path: Path) -> None
         ("data.valid_fraction", "not used: the validation text is TinyStories' own")]
 
 
+def test_a_trained_tokenizer_counts_the_default_special_token(tmp_path: Path) -> None:
+    """prepare keeps <|endoftext|> unless data.special_tokens says otherwise: 256 tokens leave no
+    room for it (found by validation, not by `tuner search` naming a flag it lacks)."""
+    text = study_text().replace("vocab_size: 512", "vocab_size: 256")
+    assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
+        ("model.vocab_size", "vocab_size=256 is smaller than 256 bytes + 1 special tokens; use "
+                             "at least 257")]
+    load_study(write(tmp_path, text.replace("  source: synthetic\n",
+                                            "  source: synthetic\n  special_tokens: []\n")))
+
+
+def test_a_given_tokenizer_must_have_the_datasets_vocabulary_size(tmp_path: Path) -> None:
+    """A tokenizer of 257 tokens (bytes and <|endoftext|>) for a model of 512: the dataset's
+    size is the tokenizer's, which data.vocab_size gives (the model may be padded past it)."""
+    from model.tokenizer import Tokenizer
+
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(tmp_path / "tok")
+    text = study_text().replace("  source: synthetic\n",
+                                f"  source: synthetic\n  tokenizer: {tmp_path / 'tok'}\n")
+    assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
+        ("model.vocab_size", f"the tokenizer in {tmp_path / 'tok'} has 257 tokens (special tokens "
+                             "included), not 512: set data.vocab_size: 257 (model.vocab_size may "
+                             "be larger)")]
+    load_study(write(tmp_path, text.replace("  source: synthetic\n",
+                                            "  source: synthetic\n  vocab_size: 257\n")))
+    missing = text.replace(str(tmp_path / "tok"), str(tmp_path / "none"))
+    assert [p for p, _, _ in issues_of(tmp_path, missing)] == ["data.tokenizer"]
+
+
 def test_trials_are_ranked_by_val_loss_only(tmp_path: Path) -> None:
     """Stopping, searching, divergence and the best trial all minimise val_loss."""
     issues = issues_of(tmp_path, study_text(search="  metric: val_ppl\n  mode: max\n"))

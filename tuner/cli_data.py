@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from model.bpe import DEFAULT_SPECIAL_TOKENS
 from tuner.errors import UserError
 
 app = typer.Typer(help="Prepare and check tokenized datasets.", no_args_is_help=True)
@@ -21,7 +22,8 @@ def prepare(
         None, "--valid-fraction", help="Share of --input kept for validation (default 0.05)."),
     vocab_size: int = typer.Option(..., "--vocab-size", help="Tokens, special tokens included."),
     special_token: list[str] = typer.Option(
-        ["<|endoftext|>"], "--special-token", help="A special token (repeat for several)."),
+        list(DEFAULT_SPECIAL_TOKENS), "--special-token",
+        help="A special token (repeat for several)."),
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="Folder with vocab.json and merges.txt to use, not train."),
     out: Path | None = typer.Option(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model.bpe import check_vocab_size, next_cut, train_bpe
+from model.bpe import DEFAULT_SPECIAL_TOKENS, check_vocab_size, next_cut, train_bpe
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
 from tuner.errors import UserError
@@ -38,7 +38,7 @@ Advance = Callable[[int], None]
 
 def prepare_dataset(*, source: str = "files", input: Path | None = None, valid: Path | None = None,
                     valid_fraction: float = 0.05, vocab_size: int,
-                    special_tokens: Sequence[str] = ("<|endoftext|>",),
+                    special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
                     tokenizer: Path | None = None, out: Path | None = None,
                     synthetic_bytes: int = 2_000_000, seed: int = 0,
                     cache_dir: Path = Path(".tuner/data"), progress: bool = True) -> Path:

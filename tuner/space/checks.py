@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.bpe import check_vocab_size
+from model.bpe import DEFAULT_SPECIAL_TOKENS, check_vocab_size
 from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
 from tuner.space.convert import (
     candidates,
@@ -79,15 +79,36 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
                        + ("the valid file" if data.valid is not None else "TinyStories' own")))
     model_vocab = int(span(study, "vocab_size")[0])
     where = ("data", "vocab_size") if data.vocab_size is not None else ("model", "vocab_size")
+    specials = DEFAULT_SPECIAL_TOKENS if data.special_tokens is None else data.special_tokens
     if data.tokenizer is None:  # a BPE tokenizer of this size is trained
         try:
-            check_vocab_size(data.vocab_size or model_vocab, data.special_tokens or ())
+            check_vocab_size(data.vocab_size or model_vocab, specials)
         except ValueError as err:
             issues.append((where, str(err)))
+    else:
+        issues += _tokenizer_size(data.tokenizer, specials, data.vocab_size or model_vocab, where)
     if data.vocab_size is not None and data.vocab_size > model_vocab:
         issues.append((where, f"a tokenizer of {data.vocab_size} tokens needs model.vocab_size ≥ "
                        f"{data.vocab_size}, got {model_vocab}"))
     return issues
+
+
+def _tokenizer_size(folder: Path, specials: list[str] | tuple[str, ...], vocab_size: int,
+                    where: Loc) -> list[tuple[Loc, str]]:
+    """The tokenizer the data section names must have the vocabulary size the dataset is given
+    (data.vocab_size, or model.vocab_size, which may be larger: padded)."""
+    from model.tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", specials)
+    except (OSError, ValueError) as err:
+        return [(("data", "tokenizer"), f"no readable tokenizer (vocab.json and merges.txt) in "
+                 f"{folder}: {err}")]
+    size = tokenizer.vocab_size
+    if size == vocab_size:
+        return []
+    return [(where, f"the tokenizer in {folder} has {size} tokens (special tokens included), not "
+             f"{vocab_size}: set data.vocab_size: {size} (model.vocab_size may be larger)")]
 
 
 def _exclusive(study: Study) -> list[tuple[Loc, str]]:
