@@ -55,8 +55,9 @@ def _cut_pattern(special_tokens: tuple[str, ...]) -> regex.Pattern | None:
         alternatives += [regex.escape(tok) for tok in sorted(specials, key=len, reverse=True)]
     if not any(b"\n" in tok for tok in specials):
         # After a newline between two visible ASCII characters: no pre-token spans the cut, and
-        # none before it depends on the text after it.
-        alternatives.append(rb"(?<=[!-~]\n)(?=[!-~])")
+        # none before it depends on the text after it. A CRLF is cut between its CR and LF: the
+        # whitespace rule splits "\r\nX" as \r, \n, and would keep a final "\r\n" whole.
+        alternatives += [rb"(?<=[!-~]\n)(?=[!-~])", rb"(?<=[!-~]\r)(?=\n[!-~])"]
     return regex.compile(b"|".join(alternatives)) if alternatives else None
 
 

@@ -106,11 +106,16 @@ def test_parallel_counting_equals_one_process(monkeypatch: pytest.MonkeyPatch,
     assert count_pretokens(path, [EOT], end=600_000, workers=2) == single
 
 
-@pytest.mark.parametrize("name,specials", [("tinystories_2MiB.txt", [EOT]),
-                                           ("tinyshakespeare.txt", [])])
-def test_chunks_cut_where_pre_tokens_do_not_change(shared_data: Path, name: str,
-                                                   specials: list[str]) -> None:
+@pytest.mark.parametrize("name,specials,crlf", [("tinystories_2MiB.txt", [EOT], False),
+                                                ("tinyshakespeare.txt", [], False),
+                                                ("tinyshakespeare.txt", [], True)])
+def test_chunks_cut_where_pre_tokens_do_not_change(shared_data: Path, tmp_path: Path, name: str,
+                                                   specials: list[str], crlf: bool) -> None:
+    """Line breaks (LF or CRLF: cut between its CR and LF) are cut points without specials."""
     path = shared_data / name
+    if crlf:
+        path = tmp_path / name
+        path.write_bytes((shared_data / name).read_bytes().replace(b"\n", b"\r\n"))
     cuts = find_cuts(path, specials, 0, 300_000, chunk_bytes=7_000)
     assert len(cuts) > 30 and cuts[0] == 0 and cuts[-1] == 300_000
     data = path.read_bytes()
