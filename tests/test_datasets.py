@@ -151,6 +151,17 @@ def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".partial-" in p.name]
 
 
+def test_a_build_killed_midway_leaves_nothing_once_the_next_runs(stories: Path,
+                                                                 tmp_path: Path) -> None:
+    """SIGKILL leaves a builder's partial folder (no handler runs): the next build in that folder,
+    holding its lock, removes it (for TinyStories, about a GB each)."""
+    left = tmp_path / ".other.partial-99999999-deadbeef"
+    left.mkdir()
+    (left / "train.npy").write_bytes(b"x" * 1000)
+    prepare_dataset(input=stories, vocab_size=300, out=tmp_path / "ds", progress=False)
+    assert not _leftovers(tmp_path)
+
+
 @pytest.mark.parametrize("content,message", [
     (b"", "the file is empty"),
     (b"fine text\n" * 100 + b"caf\xe9 latin-1\n", r"invalid UTF-8 at byte 1003"),

@@ -27,6 +27,7 @@ from tuner.errors import UserError
 from tuner.folder_lock import folder_lock
 
 SOURCES = ("files", "synthetic", "tinystories")
+STAGE_MARK = ".partial-"  # a folder being built: .NAME.partial-PID-RANDOM beside NAME
 FORMAT = 1  # bump when the folder layout or the tokenization changes: old folders are rebuilt
 REQUIRED_META = {"vocab_size": int, "dtype": str, "train_tokens": int, "valid_tokens": int}
 DATASET_FILES = {"meta.json", "vocab.json", "merges.txt", "train.npy", "valid.npy"}
@@ -202,9 +203,12 @@ def _publish(out: Path, request: dict, build: Callable[[Path], None],
     _check_target(out)
     made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
     # named before it is made, so a Ctrl-C at any point after finds it to remove
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    stage = out.parent / f".{out.name}{STAGE_MARK}{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        with folder_lock(out.parent, on_wait):
+        with folder_lock(out.parent, on_wait) as locked:
+            if locked:  # builders hold the lock: these were left by one killed (SIGKILL)
+                for left in out.parent.glob(f".*{STAGE_MARK}*"):
+                    shutil.rmtree(left, ignore_errors=True)
             if _reusable(out, request):
                 return
             stage.mkdir()

@@ -10,18 +10,19 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+def folder_lock(folder: Path, on_wait: Callable[[], None]) -> Iterator[bool]:
     """Make `folder` (with its parents) and hold an exclusive lock on it (no lock file to leave
     behind), calling on_wait first when another process holds it; made again if that process
-    removed it."""
+    removed it. Yields whether it holds the lock (not where the file system has none)."""
     while True:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY)
         try:
-            if _flock(fd, on_wait) and not _same_folder(fd, folder):
+            locked = _flock(fd, on_wait)
+            if locked and not _same_folder(fd, folder):
                 on_wait = _quiet  # said once; the holder removed the folder it had made
                 continue
-            yield
+            yield locked
             return
         finally:
             os.close(fd)  # releases the lock
