@@ -184,6 +184,15 @@ def _key(token: bytes) -> bytes:
     return b"".join(_INVERTED[b] for b in token) + _END
 
 
+def check_special_tokens(special_tokens: Sequence[str]) -> None:
+    """Raise ValueError for a special token of one byte: that byte has its own id already, and a
+    vocabulary holding the same bytes twice cannot be saved or decoded."""
+    for token in special_tokens:
+        if len(token.encode()) == 1:
+            raise ValueError(f"{token!r} is a single byte, a token already; a special token "
+                             "needs two bytes or more")
+
+
 def check_vocab_size(vocab_size: int, special_tokens: Sequence[str]) -> None:
     """Raise ValueError unless vocab_size leaves room for the 256 bytes and the special tokens."""
     least = 256 + len(set(special_tokens))

@@ -196,6 +196,8 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
         (dict(input=stories, vocab_size=300, valid_fraction=1.5), "between 0 and 1"),
         ({"input": stories, "vocab_size": 300, "special_tokens": ["<|eot|>", ""]},
          "--special-token: empty"),
+        ({"input": stories, "vocab_size": 300, "special_tokens": ["$"]},  # its byte has an id
+         r"--special-token '\$' is a single byte, a token already"),
         (dict(input=stories, vocab_size=300, tokenizer=tmp_path / "none"), "vocab.json"),
     ]
     for kwargs, message in cases:

@@ -278,6 +278,14 @@ def test_a_trained_tokenizer_counts_the_default_special_token(tmp_path: Path) ->
                                             "  source: synthetic\n  special_tokens: []\n")))
 
 
+def test_a_special_token_of_one_byte_is_refused(tmp_path: Path) -> None:
+    text = study_text().replace("  source: synthetic\n",
+                                "  source: synthetic\n  special_tokens: ['$']\n")
+    assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
+        ("data.special_tokens", "'$' is a single byte, a token already; a special token needs "
+                                "two bytes or more")]
+
+
 def test_a_given_tokenizer_must_have_the_datasets_vocabulary_size(tmp_path: Path) -> None:
     """A tokenizer of 257 tokens (bytes and <|endoftext|>) for a model of 512: the dataset's
     size is the tokenizer's, which data.vocab_size gives (the model may be padded past it)."""

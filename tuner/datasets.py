@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from model.bpe import DEFAULT_SPECIAL_TOKENS, check_vocab_size, next_cut, train_bpe
+from model.bpe import (
+    DEFAULT_SPECIAL_TOKENS,
+    check_special_tokens,
+    check_vocab_size,
+    next_cut,
+    train_bpe,
+)
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
 from tuner.errors import UserError
@@ -153,6 +159,10 @@ def _check_options(source: str, input: Path | None, valid: Path | None, valid_fr
                         "(or pass --valid FILE)")
     if "" in specials:
         raise UserError("--special-token: empty; give each special token at least one character")
+    try:
+        check_special_tokens(specials)
+    except ValueError as err:
+        raise UserError(f"--special-token {err}") from None
     if tokenizer is None:
         try:
             check_vocab_size(vocab_size, specials)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.bpe import DEFAULT_SPECIAL_TOKENS, check_vocab_size
+from model.bpe import DEFAULT_SPECIAL_TOKENS, check_special_tokens, check_vocab_size
 from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
 from tuner.space.convert import (
     candidates,
@@ -80,6 +80,10 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
     model_vocab = int(span(study, "vocab_size")[0])
     where = ("data", "vocab_size") if data.vocab_size is not None else ("model", "vocab_size")
     specials = DEFAULT_SPECIAL_TOKENS if data.special_tokens is None else data.special_tokens
+    try:
+        check_special_tokens(specials)
+    except ValueError as err:
+        issues.append((("data", "special_tokens"), str(err)))
     if data.tokenizer is None:  # a BPE tokenizer of this size is trained
         try:
             check_vocab_size(data.vocab_size or model_vocab, specials)
