@@ -211,6 +211,15 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a dataset folder"):
         prepare_dataset(input=stories, vocab_size=300, out=tmp_path / "mine", progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile is a file, not a folder; choose another --out"):
+        prepare_dataset(input=stories, vocab_size=300, out=tmp_path / "afile" / "sub",
+                        progress=False)
+    short = tmp_path / "short.txt"
+    short.write_text("<|endoftext|>hello world. This is text\n")
+    with pytest.raises(UserError, match="--valid-fraction 0.99 leaves no training text"):
+        prepare_dataset(input=short, vocab_size=300, valid_fraction=0.99, out=tmp_path / "ds",
+                        progress=False)
     one_line = tmp_path / "one.txt"
     one_line.write_text("no line breaks and no special tokens " * 20)
     with pytest.raises(UserError, match="no story boundary"):

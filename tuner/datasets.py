@@ -299,6 +299,10 @@ def _load_tokenizer(folder: Path, specials: list[str], vocab_size: int) -> Token
 def _split_point(path: Path, specials: list[str], size: int, fraction: float) -> int:
     """Where validation text starts: the first safe cut after (1 - fraction) of the file."""
     cut = next_cut(path, specials, int(size * (1 - fraction)), size)
+    if cut == 0:
+        raise UserError(f"{path}: --valid-fraction {fraction} leaves no training text (the first "
+                        "story boundary in its last part is its start); lower it, or pass "
+                        "--valid FILE")
     if cut is None:
         raise UserError(f"{path}: no story boundary (a special token or a line break) in its "
                         f"last {fraction:.0%} to split validation text at; pass --valid FILE")
@@ -365,6 +369,9 @@ def _reusable(out: Path, request: dict) -> bool:
 def _check_target(out: Path) -> None:
     """Refuse to replace a folder that is not a dataset folder (it may hold someone's files):
     one with anything but a dataset's files, or those without their meta.json."""
+    blocking = next((folder for folder in out.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UserError(f"{out}: {blocking} is a file, not a folder; choose another --out")
     if not out.exists():
         return
     names = {entry.name for entry in out.iterdir()} if out.is_dir() else {""}
