@@ -272,8 +272,8 @@ def test_a_trained_tokenizer_counts_the_default_special_token(tmp_path: Path) ->
     room for it (found by validation, not by `tuner search` naming a flag it lacks)."""
     text = study_text().replace("vocab_size: 512", "vocab_size: 256")
     assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
-        ("model.vocab_size", "vocab_size=256 is smaller than 256 bytes + 1 special tokens; use "
-                             "at least 257")]
+        ("model.vocab_size", ("vocab_size=256 is smaller than 256 bytes + 1 special tokens; "
+                              "use at least 257"))]
     load_study(write(tmp_path, text.replace("  source: synthetic\n",
                                             "  source: synthetic\n  special_tokens: []\n")))
 
@@ -282,8 +282,8 @@ def test_a_special_token_of_one_byte_is_refused(tmp_path: Path) -> None:
     text = study_text().replace("  source: synthetic\n",
                                 "  source: synthetic\n  special_tokens: ['$']\n")
     assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
-        ("data.special_tokens", "'$' is a single byte, a token already; a special token needs "
-                                "two bytes or more")]
+        ("data.special_tokens", ("'$' is a single byte, a token already; a special token "
+                                 "needs two bytes or more"))]
 
 
 def test_a_given_tokenizer_must_have_the_datasets_vocabulary_size(tmp_path: Path) -> None:
@@ -295,9 +295,9 @@ def test_a_given_tokenizer_must_have_the_datasets_vocabulary_size(tmp_path: Path
     text = study_text().replace("  source: synthetic\n",
                                 f"  source: synthetic\n  tokenizer: {tmp_path / 'tok'}\n")
     assert [(p, m) for p, _, m in issues_of(tmp_path, text)] == [
-        ("model.vocab_size", f"the tokenizer in {tmp_path / 'tok'} has 257 tokens (special tokens "
-                             "included), not 512: set data.vocab_size: 257 (model.vocab_size may "
-                             "be larger)")]
+        ("model.vocab_size", (f"the tokenizer in {tmp_path / 'tok'} has 257 tokens (special "
+                              "tokens included), not 512: set data.vocab_size: 257 "
+                              "(model.vocab_size may be larger)"))]
     load_study(write(tmp_path, text.replace("  source: synthetic\n",
                                             "  source: synthetic\n  vocab_size: 257\n")))
     missing = text.replace(str(tmp_path / "tok"), str(tmp_path / "none"))

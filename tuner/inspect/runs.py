@@ -281,9 +281,10 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     run_id = run.info.run_id
     expected = run.data.tags.get(tag)
     if expected is None:
-        what, why = (("mid-trial checkpoint", "a trial keeps one once past half its budget, "
-                      "logged with its final checkpoint (tracking.log_checkpoints: completed "
-                      "trials' and the best trial's)")
+        what, why = (("mid-trial checkpoint", ("a trial keeps one once past half its budget, "
+                                               "logged with its final checkpoint "
+                                               "(tracking.log_checkpoints: completed trials' "
+                                               "and the best trial's)"))
                      if which == "mid" else
                      ("checkpoint", ("a study keeps its completed trials' and its best "
                                      "trial's (tracking.log_checkpoints), not a stopped or "

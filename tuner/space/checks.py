@@ -106,13 +106,14 @@ def _tokenizer_size(folder: Path, specials: list[str] | tuple[str, ...], vocab_s
     try:
         tokenizer = Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", specials)
     except (OSError, ValueError) as err:
-        return [(("data", "tokenizer"), f"no readable tokenizer (vocab.json and merges.txt) in "
-                 f"{folder}: {err}")]
+        return [(("data", "tokenizer"), (f"no readable tokenizer (vocab.json and merges.txt) in "
+                                          f"{folder}: {err}"))]
     size = tokenizer.vocab_size
     if size == vocab_size:
         return []
-    return [(where, f"the tokenizer in {folder} has {size} tokens (special tokens included), not "
-             f"{vocab_size}: set data.vocab_size: {size} (model.vocab_size may be larger)")]
+    return [(where, (f"the tokenizer in {folder} has {size} tokens (special tokens included), "
+                     f"not {vocab_size}: set data.vocab_size: {size} (model.vocab_size may be "
+                     "larger)"))]
 
 
 def _exclusive(study: Study) -> list[tuple[Loc, str]]:
