@@ -56,8 +56,11 @@ def _cut_pattern(special_tokens: tuple[str, ...]) -> regex.Pattern | None:
     if not any(b"\n" in tok for tok in specials):
         # After a newline between two visible ASCII characters: no pre-token spans the cut, and
         # none before it depends on the text after it. A CRLF is cut between its CR and LF: the
-        # whitespace rule splits "\r\nX" as \r, \n, and would keep a final "\r\n" whole.
-        alternatives += [rb"(?<=[!-~]\n)(?=[!-~])", rb"(?<=[!-~]\r)(?=\n[!-~])"]
+        # whitespace rule splits "\r\nX" as \r, \n, but keeps "\r\n" whole at a text's end,
+        # which a special token after it makes (the text is split at special tokens first).
+        not_special = b"".join(rb"(?!" + regex.escape(tok) + rb")" for tok in specials)
+        alternatives += [rb"(?<=[!-~]\n)(?=[!-~])",
+                         rb"(?<=[!-~]\r)(?=\n" + not_special + rb"[!-~])"]
     return regex.compile(b"|".join(alternatives)) if alternatives else None
 
 

@@ -107,6 +107,7 @@ def test_parallel_counting_equals_one_process(monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.mark.parametrize("name,specials,crlf", [("tinystories_2MiB.txt", [EOT], False),
+                                                ("tinystories_2MiB.txt", [EOT], True),
                                                 ("tinyshakespeare.txt", [], False),
                                                 ("tinyshakespeare.txt", [], True)])
 def test_chunks_cut_where_pre_tokens_do_not_change(shared_data: Path, tmp_path: Path, name: str,
