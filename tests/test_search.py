@@ -222,6 +222,19 @@ def test_rays_files_that_hold_secrets_are_private(faults_study: dict[str, Any],
 
 
 @pytest.mark.slow
+def test_trials_write_their_checkpoints_under_the_users_umask(faults_study: dict[str, Any]
+                                                              ) -> None:
+    """Ray's processes run under umask 077 (their logs hold secrets); a trial's files do not:
+    its checkpoints, and the MLflow artifacts copied from them, are as the user's umask makes
+    them (a group-shared store stays readable)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    checkpoints = list(faults_study["folder"].rglob("checkpoint.pt"))
+    assert any("artifacts" in path.parts for path in checkpoints)  # MLflow's copies among them
+    assert {oct(path.stat().st_mode & 0o777) for path in checkpoints} == {oct(0o666 & ~umask)}
+
+
+@pytest.mark.slow
 def test_a_trial_that_diverges_after_the_best_loss_so_far_is_not_the_best(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """α_max 5 reaches the study's lowest val_loss early in its warmup, then diverges: the

@@ -34,8 +34,8 @@ def start_ray(address: str | None) -> None:
         # What Ray's processes write under /tmp/ray, private to the user: its runtime-env agent
         # logs the environment Tune forwards (AWS keys among them), and Tune stages the study's
         # state there (its searcher holds the tracking URI). Ray opens its own folders to all.
-        umask = os.umask(0o077)  # the processes started here, and the workers they start
-        try:
+        umask = os.umask(0o077)  # the processes started here, and the workers they start (a
+        try:  # trial puts the user's back for the files it writes: see run_trial)
             ray.init(address="local", **kwargs)  # a new instance, never a cluster already running
         finally:
             os.umask(umask)
@@ -45,6 +45,13 @@ def start_ray(address: str | None) -> None:
         staging.mkdir(exist_ok=True)
         staging.chmod(0o700)
     logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def current_umask() -> int:
+    """This process's umask (read by setting it, so set back at once)."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def check_address(address: str) -> None:
@@ -130,7 +137,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
                              threads=trial_threads(study), time_unit=time_unit(study),
-                             stopping_points=stopping_points(study)),
+                             stopping_points=stopping_points(study), umask=current_umask()),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import shutil
 import tempfile
 import traceback
@@ -42,14 +43,17 @@ def trial_threads(study: Any) -> int:
 
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
-              time_unit: float | None, stopping_points: tuple[float, ...] | None) -> None:
+              time_unit: float | None, stopping_points: tuple[float, ...] | None,
+              umask: int) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval; a
-    text sample comes with the evaluations where the scheduler may end it, and the last."""
+    text sample comes with the evaluations where the scheduler may end it, and the last. Its
+    files (checkpoints) are made under the driver's `umask`, not the one of Ray's processes."""
     import torch
     from ray import tune
 
     from model.train import device_label, resolve_device, train
 
+    os.umask(umask)
     torch.set_num_threads(threads)
     scratch = Path(tempfile.mkdtemp(prefix="tuner-trial-"))
     ckpt_dir = scratch / "checkpoint"
