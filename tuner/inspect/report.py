@@ -191,7 +191,9 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
         raise RuntimeError(f"its space.yaml is not YAML ({err})") from None
     if not isinstance(raw, dict):
         raise RuntimeError("its space.yaml is not a study")  # noqa: TRY004 - shown as a note
-    raw.update(name=parent.data.tags.get("tuner.study", "study"), data={"source": "synthetic"})
+    # a prepared folder's section is checked for nothing but the folder (not the vocabulary a
+    # source would need): any folder will do
+    raw.update(name=parent.data.tags.get("tuner.study", "study"), data={"path": str(workdir)})
     try:
         return build_study(raw)
     except SpaceError as err:
