@@ -282,14 +282,20 @@ def _train(path: Path, span: tuple[int, int], vocab_size: int, specials: list[st
     return Tokenizer(vocab, merges, specials)
 
 
-def _load_tokenizer(folder: Path, specials: list[str], vocab_size: int) -> Tokenizer:
+def read_tokenizer(folder: Path, specials: Sequence[str]) -> Tokenizer:
+    """The tokenizer in `folder` (vocab.json, merges.txt) with `specials`; UserError naming the
+    file that is missing or unreadable."""
     try:
-        tokenizer = Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", specials)
+        return Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", specials)
     except FileNotFoundError as err:
-        raise UserError(f"{err.filename}: no such file; --tokenizer needs a folder with "
-                        "vocab.json and merges.txt") from None
+        raise UserError(f"{err.filename}: no such file; a tokenizer folder holds vocab.json and "
+                        "merges.txt") from None
     except (OSError, ValueError) as err:
         raise UserError(str(err)) from None
+
+
+def _load_tokenizer(folder: Path, specials: list[str], vocab_size: int) -> Tokenizer:
+    tokenizer = read_tokenizer(folder, specials)
     if tokenizer.vocab_size != vocab_size:
         raise UserError(f"--vocab-size {vocab_size}: the tokenizer in {folder} has "
                         f"{tokenizer.vocab_size} tokens (special tokens included); pass that")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from model.bpe import DEFAULT_SPECIAL_TOKENS, check_special_tokens, check_vocab_size
 from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
+from tuner.errors import UserError
 from tuner.space.convert import (
     candidates,
     grid_points,
@@ -101,14 +102,12 @@ def _tokenizer_size(folder: Path, specials: list[str] | tuple[str, ...], vocab_s
                     where: Loc) -> list[tuple[Loc, str]]:
     """The tokenizer the data section names must have the vocabulary size the dataset is given
     (data.vocab_size, or model.vocab_size, which may be larger: padded)."""
-    from model.tokenizer import Tokenizer
+    from tuner.datasets import read_tokenizer  # numpy and the tokenizer: only when named
 
     try:
-        tokenizer = Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", specials)
-    except (OSError, ValueError) as err:
-        return [(("data", "tokenizer"), (f"no readable tokenizer (vocab.json and merges.txt) in "
-                                          f"{folder}: {err}"))]
-    size = tokenizer.vocab_size
+        size = read_tokenizer(folder, specials).vocab_size
+    except UserError as err:
+        return [(("data", "tokenizer"), str(err))]
     if size == vocab_size:
         return []
     return [(where, (f"the tokenizer in {folder} has {size} tokens (special tokens included), "
