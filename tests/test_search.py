@@ -573,6 +573,28 @@ def test_resume_without_the_tracking_store_it_ran_with_fails(faults_study: dict[
 
 
 @pytest.mark.slow
+def test_resume_from_state_cut_short_without_a_copy_fails(faults_study: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    """Tune's state cut short, and no whole copy kept (a study started before tuner kept one):
+    --resume names the file, exits 2 and changes nothing."""
+    storage = tmp_path / "ray"
+    shutil.copytree(faults_study["folder"] / "ray", storage, symlinks=True)
+    (storage / "faults" / "tune_state.zip").unlink()
+    _cut_short_as_tune_copies_it(storage / "faults")
+    def files() -> dict[Path, bytes]:  # but the driver's lock, which names the last to take it
+        return {path: path.read_bytes() for path in (storage / "faults").iterdir()
+                if path.is_file() and path.name != "driver.lock"}
+
+    before = files()
+    proc = run_tuner(["search", "--resume", "--name", "faults", "--storage", str(storage)],
+                     cwd=faults_study["folder"], timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    damaged = max((storage / "faults").glob("experiment_state-*.json"))
+    assert f"{damaged}: cut short" in " ".join(proc.stderr.split())
+    assert files() == before
+
+
+@pytest.mark.slow
 def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) -> None:
     """`--resume` of a study that has ended trains nothing, leaves its trial runs as they were,
     and shows every trial as it ended (none "interrupted"); the other code it runs on now is
@@ -642,8 +664,8 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
 def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Path,
                                                     mlflow_store_template: Path) -> None:
     """A trial process killed by the OS is retried from its checkpoint; a study whose driver is
-    killed with SIGKILL resumes with the same runs, rerunning nothing that had finished. Its
-    local Ray listens on 127.0.0.1 only."""
+    killed with SIGKILL resumes with the same runs, rerunning nothing that had finished, even when
+    the kill cut Tune's state short. Its local Ray listens on 127.0.0.1 only."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "killed", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
@@ -680,10 +702,13 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     _lose_named_checkpoint(storage / "killed" / f"trial_{unfinished.data.tags['tuner.trial_id']}")
     # A driver killed inside a trial's end leaves its status tag written and its run RUNNING.
     client.set_tag(unfinished.info.run_id, "tuner.status", "completed")
+    _cut_short_as_tune_copies_it(storage / "killed")
 
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "was cut short (its driver was killed while writing it)" in " ".join(
+        (proc.stdout + proc.stderr).split())
     client, parent, after = mlflow_runs(uri, "killed")
     assert parent.info.status == "FINISHED"
     assert len(after) == 6 and len({r.data.tags["tuner.trial_id"] for r in after}) == 6
@@ -960,6 +985,14 @@ def _wait_exited(pids: list[int], timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"processes {running} outlived their driver by {timeout:.0f} s")
+
+
+def _cut_short_as_tune_copies_it(folder: Path) -> None:
+    """What a driver killed while Tune copies its state into the study's folder leaves: the
+    experiment state emptied, the searcher's state half written."""
+    max(folder.glob("experiment_state-*.json")).write_bytes(b"")
+    searcher = max(folder.glob("searcher-state-*.pkl"))
+    searcher.write_bytes(searcher.read_bytes()[:searcher.stat().st_size // 2])
 
 
 def _lose_named_checkpoint(trial_dir: Path) -> None:

@@ -128,7 +128,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
-    from tuner.search.recovery import CheckpointRepair
+    from tuner.search.recovery import CheckpointRepair, StateBackup
     from tuner.search.stopping import StopRelay
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
@@ -142,8 +142,9 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
-    callbacks = [CheckpointRepair(), MlflowRecorder(study, str(data_dir), provenance, str(storage)),
-                 LiveView(study), StopRelay()]  # the relay last: a held stop finds the study set up
+    callbacks = [CheckpointRepair(), StateBackup(str(storage / study.name)),
+                 MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study),
+                 StopRelay()]  # the relay last: a held stop finds the study set up
     # A trial resumes from its latest checkpoint. PBT clones others' and keeps them all: its save
     # of a function trainable registers the latest checkpoint again, and pruning one of the two
     # deletes the files of the other, which it may still clone from.
@@ -171,6 +172,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search.console import stop_live_views
+    from tuner.search.recovery import restore_whole_state
     from tuner.search.stopping import abort_if_stopped, relay_sigterm, stops_held
 
     with stops_held():
@@ -186,6 +188,9 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             if shortage:
                 warn(f"{shortage}; trials wait until such a node joins")
             with state.driven(storage / study.name):
+                if restore and restore_whole_state(storage / study.name):
+                    warn(f"Tune's state in {storage / study.name} was cut short (its driver was "
+                         "killed while writing it): the study goes on from the last whole copy")
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
                 _fit(build_tuner(study, data_dir, storage, config, provenance))
