@@ -707,7 +707,7 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "was cut short (its driver was killed while writing it)" in " ".join(
+    assert "was part-written (its driver was killed while Tune copied it)" in " ".join(
         (proc.stdout + proc.stderr).split())
     client, parent, after = mlflow_runs(uri, "killed")
     assert parent.info.status == "FINISHED"
@@ -1194,6 +1194,50 @@ def test_repair_puts_back_a_deleted_checkpoint_from_the_next(tmp_path: Path) -> 
     assert not repair(local, str(named))  # present: left alone
     assert not repair(local, str(tmp_path / "checkpoint_000009"))  # nothing after it
     assert not (tmp_path / "checkpoint_000009").exists()
+    # a kill inside Tune's deletion leaves a folder without its checkpoint: gone as well, and no
+    # folder without one is taken for the next
+    (tmp_path / "checkpoint_000000").mkdir()
+    (tmp_path / "checkpoint_000001").mkdir()
+    assert repair(local, str(tmp_path / "checkpoint_000000"))
+    assert (tmp_path / "checkpoint_000000" / "checkpoint.pt").read_bytes() == b"fourth report"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        f"checkpoint_{index:06d}" for index in range(5)]
+
+
+def test_resume_puts_back_tunes_state_kept_whole(tmp_path: Path) -> None:
+    """Tune's state as a killed driver may leave it (a file cut short, or whole files from two
+    saves, or a newer session's files) is replaced by the copy kept whole; a state equal to the
+    copy is left alone; a file cut short with no copy kept is a UserError naming it."""
+    import pickle
+    import zipfile
+
+    from tuner.errors import UserError
+    from tuner.search.recovery import BACKUP, restore_whole_state
+
+    old, new = pickle.dumps({"trials": 1}), pickle.dumps({"trials": 2})
+    kept = {"experiment_state-2026-01-01_00-00-00.json": b'{"trial_data": [1, 2]}',
+            "searcher-state-2026-01-01_00-00-00.pkl": new}
+    with zipfile.ZipFile(tmp_path / BACKUP, "w") as bundle:
+        for name, data in kept.items():
+            bundle.writestr(name, data)
+
+    def state() -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name != BACKUP}
+
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    assert not restore_whole_state(tmp_path) and state() == kept
+    (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(old)  # two saves
+    (tmp_path / "experiment_state-2026-01-02_00-00-00.json").write_text("{}")  # a later session
+    assert restore_whole_state(tmp_path) and state() == kept
+    (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(new[:5])  # cut short
+    assert restore_whole_state(tmp_path) and state() == kept
+
+    (tmp_path / BACKUP).unlink()
+    assert not restore_whole_state(tmp_path) and state() == kept  # whole: Tune reads it
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_bytes(b'{"trial_da')
+    with pytest.raises(UserError, match=r"experiment_state-2026-01-01_00-00-00\.json: cut short"):
+        restore_whole_state(tmp_path)
 
 
 @pytest.mark.slow

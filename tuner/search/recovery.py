@@ -5,9 +5,10 @@ experiment state just after: a driver killed in between resumes naming the delet
 and Tune would fail the trial. The next checkpoint survives, and MLflow already holds its metrics
 (results reach callbacks before their checkpoint is registered), so the trial goes on from it.
 
-Tune copies its experiment state into the study's folder in place, from a background thread: a
-driver killed during a copy leaves a file cut short, and Tune then restarts the whole study. So
-the driver also keeps the last whole state beside it, to put back on --resume.
+Tune copies its state files into the study's folder in place, from background threads: a driver
+killed during a copy leaves a file cut short (Tune then restarts the whole study), or whole files
+from two saves (the searcher then fails on a trial it never suggested). So the driver also keeps
+the last whole state beside them, to put back on --resume.
 """
 
 from __future__ import annotations
@@ -41,68 +42,97 @@ class CheckpointRepair(tune.Callback):
 
 
 def repair(files: fs.FileSystem, path: str) -> bool:
-    """Copy the next checkpoint folder beside `path` to it if `path` is missing; whether it did."""
+    """Copy the next whole checkpoint folder beside `path` to it if `path` holds no checkpoint
+    (deleted, or emptied by a kill inside Tune's deletion); whether it did."""
     path = path.rstrip("/")
-    if files.get_file_info(path).type != fs.FileType.NotFound:
+    if _holds_checkpoint(files, path):
         return False
     folder, name = path.rsplit("/", 1)
     later = sorted(info.path for info in files.get_file_info(fs.FileSelector(folder))
-                   if info.type == fs.FileType.Directory
-                   and info.base_name.startswith(CHECKPOINT_PREFIX) and info.base_name > name)
+                   if info.type == fs.FileType.Directory and info.base_name > name
+                   and info.base_name.startswith(CHECKPOINT_PREFIX)
+                   and _holds_checkpoint(files, info.path))
     if not later:
         return False  # nothing to go on from: Tune fails the trial, naming its missing checkpoint
+    partial = f"{folder}/.partial-{name}"  # a kill while copying leaves `path` as it was
     try:
-        files.create_dir(path)
-        fs.copy_files(later[0], path, source_filesystem=files, destination_filesystem=files)
+        for stale in (partial, path):
+            if files.get_file_info(stale).type != fs.FileType.NotFound:
+                files.delete_dir(stale)
+        files.create_dir(partial)
+        fs.copy_files(later[0], partial, source_filesystem=files, destination_filesystem=files)
+        files.move(partial, path)
     except OSError:
         return False  # the same: one trial fails, not the study
     return True
 
 
+def _holds_checkpoint(files: fs.FileSystem, folder: str) -> bool:
+    from model.checkpoint import CHECKPOINT_NAME
+
+    return files.get_file_info(f"{folder}/{CHECKPOINT_NAME}").type == fs.FileType.File
+
+
 class StateBackup(tune.Callback):
-    """Tune callback: after each save of Tune's state, keep a whole copy of it in the study's
-    folder (Tune has written it in its staging folder by then, and copies it on from there)."""
+    """Tune callback: after each save of Tune's state, and at the study's end (Tune's last save
+    comes after its last step), keep a whole copy of it in the study's folder. Tune has written
+    it in its staging folder by then, and copies it on from there."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self._saved: int | None = None  # the staged experiment state's mtime when last kept
+        self._kept: bytes | None = None  # the experiment state last kept: each save changes it
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._keep(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._keep(trials)
+
+    def _keep(self, trials: list) -> None:
         if not trials:
             return
         staging = Path(trials[0].storage.experiment_driver_staging_path)
-        state = _newest(staging, TUNE_STATE_FILES[0])
-        if state is None or state.stat().st_mtime_ns == self._saved:
+        files = [path for path in (_newest(staging, p) for p in TUNE_STATE_FILES) if path]
+        if not files or not fnmatch(files[0].name, TUNE_STATE_FILES[0]):
             return
-        self._saved = state.stat().st_mtime_ns
+        state = files[0].read_bytes()
+        if state == self._kept:
+            return
         partial = Path(self.folder) / f".{BACKUP}.partial"
         with zipfile.ZipFile(partial, "w") as bundle:
-            for newest in filter(None, (_newest(staging, p) for p in TUNE_STATE_FILES)):
-                bundle.write(newest, newest.name)
+            bundle.writestr(files[0].name, state)
+            for path in files[1:]:
+                bundle.write(path, path.name)
         partial.replace(Path(self.folder) / BACKUP)  # a driver killed while writing keeps the last
+        self._kept = state
 
 
 def restore_whole_state(folder: Path) -> bool:
-    """Put the kept copy of Tune's state back in `folder` if a state file Tune would read there
-    is cut short; whether it did. UserError naming the file when no whole copy is kept."""
-    damaged = [path for path in (_newest(folder, p) for p in TUNE_STATE_FILES)
-               if path is not None and not _whole(path)]
-    if not damaged:
-        return False
+    """Put the state kept whole back in `folder` where the state Tune would read there differs
+    from it: cut short, or copied in part (each file whole, from two saves) when its driver was
+    killed; whether it did. UserError naming a file cut short when no whole copy is kept."""
+    newest = [path for path in (_newest(folder, p) for p in TUNE_STATE_FILES) if path is not None]
     try:
         with zipfile.ZipFile(folder / BACKUP) as bundle:
-            names = bundle.namelist()
-            if bundle.testzip() is not None or not names or not all(
-                    any(fnmatch(name, p) for p in TUNE_STATE_FILES) for name in names):
-                raise zipfile.BadZipFile("not a whole copy of Tune's state")
-            bundle.extractall(folder)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise UserError(f"{damaged[0]}: cut short (its driver was killed while Tune wrote it), and "
-                        f"no whole copy to put back ({folder / BACKUP}: {err}); the study cannot "
-                        "be resumed: start it again with another --name") from None
+            kept = {name: bundle.read(name) for name in bundle.namelist()}
+        if not kept or not all(any(fnmatch(name, p) for p in TUNE_STATE_FILES) for name in kept):
+            raise zipfile.BadZipFile("not a copy of Tune's state")
+    except (OSError, zipfile.BadZipFile) as err:  # a damaged entry fails its CRC on read
+        damaged = [path for path in newest if not _whole(path)]
+        if damaged:
+            raise UserError(f"{damaged[0]}: cut short (its driver was killed while Tune wrote "
+                            f"it), and no whole copy to put back ({folder / BACKUP}: {err}); the "
+                            "study cannot be resumed: start it again with another --name") from None
+        return False
+    if {path.name: path.read_bytes() for path in newest} == kept:
+        return False
+    for name, data in kept.items():
+        partial = folder / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(folder / name)
     for pattern in TUNE_STATE_FILES:  # a later session's files, which the copy predates
         for path in folder.glob(pattern):
-            if path.name not in names:
+            if path.name not in kept:
                 path.unlink()
     return True
 

@@ -189,8 +189,9 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 warn(f"{shortage}; trials wait until such a node joins")
             with state.driven(storage / study.name):
                 if restore and restore_whole_state(storage / study.name):
-                    warn(f"Tune's state in {storage / study.name} was cut short (its driver was "
-                         "killed while writing it): the study goes on from the last whole copy")
+                    warn(f"Tune's state in {storage / study.name} was part-written (its driver "
+                         "was killed while Tune copied it): the study goes on from the last whole "
+                         "copy")
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
                 _fit(build_tuner(study, data_dir, storage, config, provenance))
