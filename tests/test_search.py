@@ -631,6 +631,32 @@ def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) 
 
 
 @pytest.mark.slow
+def test_trials_ended_while_the_store_failed_end_on_resume(faults_study: dict[str, Any]) -> None:
+    """Trials Tune ended (stopped by ASHA, failed, diverged) whose end the tracking store did not
+    take are ended by the next --resume as they ended, not as "interrupted" for good."""
+    folder = faults_study["folder"]
+    client, _, runs = mlflow_runs(faults_study["uri"], "faults")
+    picked = {}
+    for run in runs:
+        picked.setdefault(run.data.tags["tuner.status"], run)
+    assert {"stopped", "failed", "diverged"} <= set(picked)
+    for run in picked.values():  # what a store failing inside the trial's end leaves
+        client.update_run(run.info.run_id, status="RUNNING")
+        client.delete_tag(run.info.run_id, "tuner.status")
+    proc = run_tuner(["search", "--resume", "--name", "faults", "--storage", str(folder / "ray")],
+                     cwd=folder, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, parent, after = mlflow_runs(faults_study["uri"], "faults")
+    assert parent.info.status == "FINISHED"
+    now = {r.info.run_id: r for r in after}
+    for status, run in picked.items():
+        again = now[run.info.run_id]
+        assert again.data.tags["tuner.status"] == status
+        assert again.info.status == run.info.status
+        assert again.data.tags["tuner.status_detail"] == run.data.tags["tuner.status_detail"]
+
+
+@pytest.mark.slow
 def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """With no retries left, Tune fails a trial whose process was killed: its run is failed in

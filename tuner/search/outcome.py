@@ -52,6 +52,17 @@ def outcome(trial: Any, search: Any) -> Outcome:
     return Outcome(STOPPED, f"stopped by {name} at {tokens:,} tokens")
 
 
+def ended(trial: Any) -> bool:
+    """Whether Tune's record shows the trial ended (failed, diverged, trained its budget, or was
+    stopped by its scheduler), not interrupted with its study: Tune marks both TERMINATED."""
+    result = trial.last_result or {}
+    if trial.status == "ERROR":
+        return True
+    return trial.status == "TERMINATED" and bool(
+        result.get("error") or result.get("diverged") or result.get("done")
+        or int(result.get("tokens", 0)) >= int(result.get("budget_tokens", 0)) > 0)
+
+
 def tune_error(trial: Any) -> str:
     """The last lines of the error Tune recorded for a trial whose process kept failing."""
     path = getattr(trial, "error_file", None)

@@ -33,6 +33,7 @@ from tuner.search.outcome import (
     RUNNING,
     STOPPED,
     UNRANKED,
+    ended,
     outcome,
 )
 from tuner.search.trainable import TrainedTokens, trial_threads
@@ -520,6 +521,9 @@ class MlflowRecorder(tune.Callback):
             self._client.delete_run(child.run_id)
         if self._best[2] in lost:
             self._note_best_again()
+        for trial in trials:  # ended while the store failed, before a resume: end its run now
+            if ended(trial):
+                self._finish(trial)
         best = by_id.get(self._best[2])
         finished = self._best[2] in self._finished  # an interrupted trial's would be mid-way
         if best is not None and finished and self.study.tracking.log_checkpoints != "none":
