@@ -519,6 +519,32 @@ def test_every_searcher_suggests_seeded_trials_in_the_space(tmp_path: Path, data
         assert len({s["lr_max"] for s in first}) == 3
 
 
+def test_a_trial_its_optuna_storage_ended_reports_again_after_a_resume(tmp_path: Path,
+                                                                        dataset: Path) -> None:
+    """With `search.storage`, a driver killed after telling the database a trial ended, before
+    Tune saved its state, resumes the trial: its next result is taken as that of a finished
+    trial, not an error that fails the study on every resume."""
+    import optuna
+
+    from tuner.search.algorithms import build_searcher
+    from tuner.space import load_study
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = load_study(write_space(tmp_path, "told", dataset,
+                                   hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
+                                   search={"algorithm": "tpe", "storage": storage}))
+    searcher = build_searcher(study)
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last save
+    searcher.on_trial_complete("t0", {"val_loss": 3.0, "training_iteration": 4})
+    resumed = build_searcher(study)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t0", {"val_loss": 3.0, "training_iteration": 4})
+    resumed.on_trial_complete("t0", {"val_loss": 3.0, "training_iteration": 4})
+    trials = optuna.load_study(study_name="told", storage=storage).trials
+    assert [(t.state, t.value) for t in trials] == [(optuna.trial.TrialState.COMPLETE, 3.0)]
+
+
 @pytest.mark.slow
 def test_summary_names_best_trial(faults_study: dict[str, Any]) -> None:
     _, parent, children = mlflow_runs(faults_study["uri"], "faults")

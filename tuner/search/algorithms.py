@@ -39,7 +39,8 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
     from `warm_trials` (finished Optuna trials of an earlier study) when given."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.search.optuna_searcher import ResumableOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -51,8 +52,9 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
         storage = storage or optuna.storages.InMemoryStorage()
         seed_study(storage, study.name, search.mode, warm_trials)
     sampler = optuna_sampler(search.algorithm, search.seed, search.startup_trials)
-    return OptunaSearch(space=study.sample, metric=search.metric, mode=search.mode, sampler=sampler,
-                        points_to_evaluate=points, study_name=study.name, storage=storage)
+    return ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
+                                 sampler=sampler, points_to_evaluate=points, study_name=study.name,
+                                 storage=storage)
 
 
 def optuna_storage(url: str) -> Any:
