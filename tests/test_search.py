@@ -387,9 +387,12 @@ def test_an_unfinished_hyperband_study_is_not_resumed(tmp_path: Path, dataset: P
     storage = tmp_path / "ray"
     driver = start_search(space, uri, storage, tmp_path)
     _wait_until(uri, driver, lambda runs, tokens: any(tokens.values()))
+    trial_processes = [pid for pid, cmd in _descendants(driver.pid)
+                       if cmd.startswith("ray::ImplicitFunc")]
     driver.send_signal(signal.SIGINT)
     out, said = driver.communicate(timeout=120)
     assert driver.returncode == 130
+    _wait_exited(trial_processes)  # none writes in the study's folder after the snapshot below
     assert out.splitlines()[-1] == ("continue it with: tuner search --space FILE --name NEW "
                                     "--warm-start killed (a HyperBand study cannot be resumed)")
     # the last frame, as MLflow records them: no trial left "paused" or "running"
@@ -848,8 +851,7 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
         _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480,
                     study="termed")
     finally:
-        driver.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
+        driver.send_signal(signal.SIGTERM)  # and at once, as `uv run` passes it on
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, out + err
