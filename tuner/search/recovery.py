@@ -78,8 +78,7 @@ class StateBackup(tune.Callback):
     comes after its last step), keep a whole copy of it in the study's folder. Tune has written
     it in its staging folder by then, and copies it on from there."""
 
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
+    def __init__(self) -> None:
         self._kept: bytes | None = None  # the experiment state last kept: each save changes it
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -91,19 +90,21 @@ class StateBackup(tune.Callback):
     def _keep(self, trials: list) -> None:
         if not trials:
             return
-        staging = Path(trials[0].storage.experiment_driver_staging_path)
+        storage = trials[0].storage  # Tune's paths, as it restored them
+        staging, folder = (Path(storage.experiment_driver_staging_path),
+                           Path(storage.experiment_fs_path))
         files = [path for path in (_newest(staging, p) for p in TUNE_STATE_FILES) if path]
         if not files or not fnmatch(files[0].name, TUNE_STATE_FILES[0]):
             return
         state = files[0].read_bytes()
         if state == self._kept:
             return
-        partial = Path(self.folder) / f".{BACKUP}.partial"
+        partial = folder / f".{BACKUP}.partial"
         with zipfile.ZipFile(partial, "w") as bundle:
             bundle.writestr(files[0].name, state)
             for path in files[1:]:
                 bundle.write(path, path.name)
-        partial.replace(Path(self.folder) / BACKUP)  # a driver killed while writing keeps the last
+        partial.replace(folder / BACKUP)  # a driver killed while writing keeps the last one
         self._kept = state
 
 

@@ -142,7 +142,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
-    callbacks = [CheckpointRepair(), StateBackup(str(storage / study.name)),
+    callbacks = [CheckpointRepair(), StateBackup(),
                  MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study),
                  StopRelay()]  # the relay last: a held stop finds the study set up
     # A trial resumes from its latest checkpoint. PBT clones others' and keeps them all: its save
