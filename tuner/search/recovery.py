@@ -79,7 +79,7 @@ class StateBackup(tune.Callback):
     it in its staging folder by then, and copies it on from there."""
 
     def __init__(self) -> None:
-        self._kept: bytes | None = None  # the experiment state last kept: each save changes it
+        self._kept: tuple[int, int] | None = None  # the kept experiment state's mtime and size
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._keep(trials)
@@ -96,16 +96,15 @@ class StateBackup(tune.Callback):
         files = [path for path in (_newest(staging, p) for p in TUNE_STATE_FILES) if path]
         if not files or not fnmatch(files[0].name, TUNE_STATE_FILES[0]):
             return
-        state = files[0].read_bytes()
-        if state == self._kept:
+        stat = files[0].stat()  # read each step: the state's content may be megabytes
+        if (stat.st_mtime_ns, stat.st_size) == self._kept:
             return
         partial = folder / f".{BACKUP}.partial"
         with zipfile.ZipFile(partial, "w") as bundle:
-            bundle.writestr(files[0].name, state)
-            for path in files[1:]:
+            for path in files:
                 bundle.write(path, path.name)
         partial.replace(folder / BACKUP)  # a driver killed while writing keeps the last one
-        self._kept = state
+        self._kept = (stat.st_mtime_ns, stat.st_size)
 
 
 def restore_whole_state(folder: Path) -> bool:
