@@ -13,7 +13,7 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import InitVar, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -95,12 +95,21 @@ class HParam:
         return None
 
 
-def shown(value: Any) -> str:
-    """A value as a message quotes it: its repr, shortened (YAML aliases can nest a huge one)."""
-    shorten = reprlib.Repr()
-    shorten.maxlevel, shorten.maxlist, shorten.maxdict = 2, 6, 6
-    shorten.maxstring = shorten.maxother = shorten.maxlong = 80
-    return shorten.repr(value)
+def shown(value: Any, clean: Callable[[str], str] | None = None) -> str:
+    """A value as a message quotes it: its repr, shortened (YAML aliases can nest a huge one),
+    each string passed through `clean` before it is cut (a password must not survive a cut)."""
+    return _Shortened(clean).repr(value)
+
+
+class _Shortened(reprlib.Repr):
+    def __init__(self, clean: Callable[[str], str] | None) -> None:
+        super().__init__()
+        self.clean = clean
+        self.maxlevel, self.maxlist, self.maxdict = 2, 6, 6
+        self.maxstring = self.maxother = self.maxlong = 80
+
+    def repr_str(self, x: str, level: int) -> str:
+        return super().repr_str(self.clean(x) if self.clean else x, level)
 
 
 def _num(x: float) -> str:

@@ -158,6 +158,17 @@ def test_an_error_quoting_a_uri_masks_its_password(tmp_path: Path) -> None:
     assert "s3cret" not in result.stderr
 
 
+def test_a_password_in_a_section_given_as_a_list_is_masked_before_it_is_cut(
+        tmp_path: Path) -> None:
+    """The message shortens a long value: its password is masked first, or the cut (which drops
+    the `@` that marks it) would leave part of it in clear."""
+    uri = "postgresql://admin:Kq8vZ2mR7xW4pL9nT3bY6c@db-primary.prod.internal.example.com/mlflow"
+    (tmp_path / "study.yaml").write_text(GOOD + f"tracking:\n  - uri: {uri}\n")
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "tracking: must be a mapping" in result.stderr
+    assert "Kq8vZ" not in result.stderr and "postgresql://admin:***@" in result.stderr
+
+
 def test_an_output_path_that_cannot_be_written_exits_2_naming_it(tmp_path: Path) -> None:
     result = tuner("space", "schema", "--out", "missing/schema.json", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

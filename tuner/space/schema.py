@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from model.config import HParam, TrainConfig, shown
+from tuner.redact import redact
 from tuner.space import checks, convert
 from tuner.space.distributions import Distribution
 from tuner.space.errors import Issue, SpaceError
@@ -359,11 +360,11 @@ def _issue(error: Any, locate: Locate | None) -> Issue:
     elif kind == "missing":
         message = "is required"
     elif kind in ("model_type", "dict_type"):
-        message = f"must be a mapping of keys to values, got {shown(error['input'])}"
+        message = f"must be a mapping of keys to values, got {shown(error['input'], redact)}"
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
     elif kind != "space":
-        message = f"{message[0].lower()}{message[1:]}, got {shown(error['input'])}"
+        message = f"{message[0].lower()}{message[1:]}, got {shown(error['input'], redact)}"
     return Issue(path, locate(loc) if locate else None, message)
 
 
