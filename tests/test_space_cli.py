@@ -169,6 +169,15 @@ def test_a_password_in_a_section_given_as_a_list_is_masked_before_it_is_cut(
     assert "Kq8vZ" not in result.stderr and "postgresql://admin:***@" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["2024-02-30", '!!int "abc"', "1" * 5000])
+def test_a_yaml_value_its_tag_cannot_build_exits_2_naming_the_file(tmp_path: Path,
+                                                                    value: str) -> None:
+    (tmp_path / "study.yaml").write_text(GOOD + f"description: {value}\n")
+    result = tuner("space", "validate", "study.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "study.yaml" in result.stderr and "not valid YAML: " in result.stderr
+
+
 def test_an_output_path_that_cannot_be_written_exits_2_naming_it(tmp_path: Path) -> None:
     result = tuner("space", "schema", "--out", "missing/schema.json", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -29,6 +29,8 @@ def load_study(path: str | Path) -> Study:
                                       f"not valid YAML: {problem}")]) from None
     except RecursionError:
         raise SpaceError(path, [Issue("", None, "not valid YAML: nested too deeply")]) from None
+    except (ValueError, OverflowError) as err:  # a tag's value it cannot build: 2024-02-30, say
+        raise SpaceError(path, [Issue("", None, f"not valid YAML: {err}")]) from None
     if not isinstance(data, dict):
         found = "empty" if data is None else f"a {type(data).__name__}"
         raise SpaceError(path, [Issue("", 1, f"a study file is a mapping of sections (data, "
