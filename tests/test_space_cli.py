@@ -89,6 +89,10 @@ BAD = [
      "input should be less than or equal to 4294967295"),
     ("width-typo", GOOD.replace("d_model: 32", "d_model: 6400000000"), 6, "model.d_model",
      "d_model must be in [1, 65536], got 6400000000"),
+    ("empty-tracking-uri", GOOD + "tracking:\n  uri: ''\n", 16, "tracking.uri",
+     "string should have at least 1 character, got ''"),
+    ("empty-experiment", GOOD + "tracking:\n  experiment: ''\n", 16, "tracking.experiment",
+     "string should have at least 1 character, got ''"),
     ("batch-range-past-its-bound", GOOD.replace("{choice: [8, 16]}", "{int: [8, 100000000000]}"),
      11, "hparams.batch_size",
      "B must be in [1, 1048576], got 100000000000 (the upper bound of int)"),
@@ -122,6 +126,35 @@ def test_a_bad_option_exits_2_naming_it(tmp_path: Path, args: list[str], message
     assert result.returncode == 2, result.stderr
     assert f"Error: {message}" in result.stderr and "Traceback" not in result.stderr
     assert os.listdir(tmp_path) == ["study.yaml"]
+
+
+@pytest.mark.parametrize("flag, text", [
+    ("--name", "n" * 101), ("--tracking-uri", "")], ids=["name-past-100", "empty-uri"])
+def test_a_flag_that_would_fail_the_study_after_ray_starts_exits_2(tmp_path: Path, flag: str,
+                                                                  text: str) -> None:
+    """A name past 100 characters (too long for a folder beside Tune's suffixes) and an empty
+    tracking URI (an unset shell variable; it was ignored) are refused up front."""
+    (tmp_path / "study.yaml").write_text(GOOD)
+    result = tuner("search", "--space", "study.yaml", flag, text, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {flag}: "), result.stderr
+    assert ("at most 100 of them" if flag == "--name" else "at least 1 character") in result.stderr
+    assert os.listdir(tmp_path) == ["study.yaml"]
+
+
+def test_a_file_whose_stem_is_no_study_name_takes_the_name_flag(tmp_path: Path) -> None:
+    """A file that gives no name takes its stem, and a copy's ("lm copy") is no study name: the
+    message says where the name came from, and --name stands in for it."""
+    (tmp_path / "lm copy.yaml").write_text(GOOD)
+    result = tuner("space", "validate", "lm copy.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "the study takes the file's name when it gives none: add name: to it, or pass " \
+           "--name" in result.stderr
+    (tmp_path / "ray" / "lm2").mkdir(parents=True)
+    (tmp_path / "ray" / "lm2" / "tuner.pkl").touch()  # a study lm2 there: refused by its name
+    result = tuner("search", "--space", "lm copy.yaml", "--name", "lm2", "--storage", "ray",
+                   cwd=tmp_path)
+    assert result.returncode == 2
+    assert "study 'lm2' already exists in" in " ".join(result.stderr.split()), result.stderr
 
 
 def test_yaml_nested_too_deeply_exits_2(tmp_path: Path) -> None:

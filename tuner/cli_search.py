@@ -215,8 +215,8 @@ def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> 
 
     if space is None:
         raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
-    study = load_study(space)
-    uri = overrides.get("tracking_uri") or study.tracking.uri
+    study = load_study(space, overrides.get("name"))
+    uri = overrides.get("tracking_uri", study.tracking.uri)  # "" too: the check names the flag
     if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
     study = study.with_overrides(**{**overrides, "tracking_uri": absolute_uri(uri)})

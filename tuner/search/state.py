@@ -74,7 +74,8 @@ def load(folder: Path, space: Path | None) -> Any:
     state = _read_state(path)
     space = space or state["space"]
     try:
-        study = load_study(space).with_overrides(**state["overrides"])
+        study = load_study(space, state["overrides"].get("name")).with_overrides(
+            **state["overrides"])
     except TypeError as err:  # an override this tuner does not know
         raise UserError(f"{path}: its overrides do not fit this tuner ({err})") from None
     unused = checks.unused(study) - _twins_given_then(study, state)  # the file may not give

@@ -11,8 +11,9 @@ from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file; SpaceError lists every problem with its path and line."""
+def load_study(path: str | Path, name: str | None = None) -> Study:
+    """Read and validate a study file; SpaceError lists every problem with its path and line.
+    A file that gives no name takes `name` (a --name), else its own stem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -39,9 +40,24 @@ def load_study(path: str | Path) -> Study:
                   for key, line, first in duplicate_keys(root)]
     if duplicates:
         raise SpaceError(path, duplicates)
-    data.setdefault("name", path.stem)
-    return build_study(data, source_path=path, source_text=text,
-                       locate=lambda loc: _line(root, loc))
+    given = "name" in data
+    data.setdefault("name", name or path.stem)
+    try:
+        return build_study(data, source_path=path, source_text=text,
+                           locate=lambda loc: _line(root, loc))
+    except SpaceError as err:
+        if given:
+            raise
+        raise SpaceError(path, [_name_from(issue, flag=bool(name)) if issue.path == "name"
+                                else issue for issue in err.issues]) from None
+
+
+def _name_from(issue: Issue, flag: bool) -> Issue:
+    """An issue with a name the file does not give, told as the flag's or the file name's."""
+    if flag:
+        return issue._replace(path="--name", line=None)
+    return issue._replace(message=f"{issue.message}; the study takes the file's name when it gives "
+                                  "none: add name: to it, or pass --name")
 
 
 def _line(root: yaml.Node, loc: tuple[str | int, ...]) -> int | None:

@@ -198,16 +198,17 @@ class ResourcesSection(Section):
 class TrackingSection(Section):
     """Where MLflow records the study's runs."""
 
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
-    experiment: str | None = Field(None, description="MLflow experiment (default: the study name)")
+    uri: str = Field("sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI")
+    experiment: str | None = Field(None, min_length=1,
+                                   description="MLflow experiment (default: the study name)")
     log_checkpoints: Literal["best", "completed", "none"] = Field(
         "completed", description="which trials' final checkpoints are logged as MLflow "
         "artifacts: every completed trial's and the best's (completed), the best's only, or none")
 
 
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # use fullmatch
-NAME_RULE = ("must start with a letter or digit and hold only letters, digits, _ . and - "
-             "(it names folders)")
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # use fullmatch
+NAME_RULE = ("must start with a letter or digit and hold only letters, digits, _ . and -, at most "
+             "100 of them (it names folders)")
 OVERRIDES = {"name": ("name",), "num_samples": ("search", "num_samples"),
              "max_concurrent": ("search", "max_concurrent"), "seed": ("search", "seed"),
              "storage": ("search", "storage"), "algorithm": ("search", "algorithm"),
