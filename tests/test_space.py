@@ -169,6 +169,16 @@ def test_an_empty_special_token_is_an_error(tmp_path: Path) -> None:
     assert "at least 1 character" in message
 
 
+def test_data_paths_under_home_are_read_as_a_shell_would(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "in.txt").write_text("Once upon a time.\n")
+    text = study_text().replace("  source: synthetic\n",
+                                "  source: files\n  input: ~/in.txt\n  cache_dir: ~/cache\n")
+    study = load_study(write(tmp_path, text))
+    assert study.data.input == tmp_path / "in.txt" and study.data.cache_dir == tmp_path / "cache"
+
+
 def test_the_grid_searcher_needs_grid_values(tmp_path: Path) -> None:
     text = study_text("  B: {int: [1, 64]}\n", search="  algorithm: grid\n")
     [(path, line, message)] = issues_of(tmp_path, text)

@@ -89,6 +89,11 @@ class DataSection(Section):
                              "synthetic)")
     cache_dir: Path | None = Field(None, description="where prepared datasets are cached")
 
+    @field_validator("path", "input", "valid", "tokenizer", "cache_dir")
+    @classmethod
+    def _home(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser()  # ~/data, as a shell would
+
     def prepare_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `tuner.datasets.prepare_dataset`; unset ones keep its defaults."""
         return {k: v for k, v in self.model_dump(exclude={"path"}).items() if v is not None}
