@@ -457,6 +457,18 @@ def test_grid_enumerates_conditional_points_for_the_grid_searcher(tmp_path: Path
     assert all(p in sampled for p in points)
 
 
+def test_a_grid_too_large_to_run_is_refused_without_building_it(tmp_path: Path) -> None:
+    """20^7 points (1.28·10^9) would take every byte of memory to list: counted to the limit."""
+    values = "{grid: [" + ", ".join(str(0.01 * k) for k in range(1, 21)) + "]}"
+    names = ("beta1", "weight_decay", "dropout", "label_smoothing", "grad_clip",
+             "warmup_fraction", "lr_min_ratio")
+    text = study_text("".join(f"  {name}: {values}\n" for name in names),
+                      search="  algorithm: grid\n").replace("  num_samples: 4\n", "")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert (path, line) == ("search.algorithm", line_of(text, "algorithm: grid"))
+    assert message.startswith("the grid has more than 100,000 points, each a trial")
+
+
 # --- conversion -------------------------------------------------------------------------------
 
 

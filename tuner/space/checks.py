@@ -13,7 +13,7 @@ from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
 from tuner.errors import UserError
 from tuner.space.convert import (
     candidates,
-    grid_points,
+    iter_grid,
     searched,
     span,
     steps_range,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
+MAX_GRID = 100_000  # grid points, each a trial (and counted one by one to check this)
 SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
 PBT_GROUPS = ("optimizer", "regularization", "schedule")  # what can change as a trial trains
@@ -256,9 +257,13 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
     if search.searcher == "grid" and not space:
         issues.append((("search", "algorithm"), "grid has nothing to enumerate: no parameter "
                        "is {grid: [...]}"))
-    elif search.searcher == "grid" and not issues and search.num_samples is not None:
-        size = len(grid_points(study))
-        if search.num_samples > size:
+    elif search.searcher == "grid" and not issues:
+        size = sum(1 for _ in itertools.islice(iter_grid(study), MAX_GRID + 1))
+        if size > MAX_GRID:
+            issues.append((("search", "algorithm"), (
+                f"the grid has more than {MAX_GRID:,} points, each a trial: give fewer grid "
+                "values, or search the space with tpe or random")))
+        elif search.num_samples is not None and search.num_samples > size:
             issues.append((("search", "num_samples"), (
                 f"{search.num_samples} trials, but the grid has {size} points and runs each once: "
                 f"set at most {size}, or leave num_samples out")))

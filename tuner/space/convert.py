@@ -4,6 +4,7 @@ define-by-run sampling, grid enumeration, and one sample → a concrete `TrainCo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,19 +75,30 @@ def sample(study: Study, trial: BaseTrial) -> dict[str, Any]:
 
 def grid_points(study: Study) -> list[dict[str, Any]]:
     """Every combination of grid values; a conditional parameter only where its parent allows."""
-    space = searched(study)
-    others = [name for name, dist in space.items() if not isinstance(dist, Grid)]
+    return list(iter_grid(study))
+
+
+def iter_grid(study: Study) -> Iterator[dict[str, Any]]:
+    """The grid's points one at a time (the first parameter varies slowest): a grid too large to
+    hold is counted up to a limit without building it."""
+    space = list(searched(study).items())
+    others = [name for name, dist in space if not isinstance(dist, Grid)]
     if others:
         raise UserError("a grid needs every searched parameter as {grid: [...]}; not: "
                         + ", ".join(others))
-    points: list[dict[str, Any]] = [{}]
-    for name, dist in space.items():
-        expanded: list[dict[str, Any]] = []
-        for p in points:
-            used = is_active(study, name, p)
-            expanded += [{**p, name: v} for v in dist.options()] if used else [p]
-        points = expanded
-    return points
+
+    def extend(point: dict[str, Any], index: int) -> Iterator[dict[str, Any]]:
+        if index == len(space):
+            yield point
+            return
+        name, dist = space[index]
+        if not is_active(study, name, point):
+            yield from extend(point, index + 1)
+            return
+        for value in dist.options():
+            yield from extend({**point, name: value}, index + 1)
+
+    return extend({}, 0)
 
 
 def steps_range(study: Study) -> tuple[int, int]:
