@@ -82,6 +82,13 @@ BAD = [
      "used by the tpe and gp searchers only, and this study uses random"),
     ("heads-do-not-divide", GOOD.replace("num_heads: 2", "num_heads: 3"), 8, "model.num_heads",
      "num_heads=3 must divide d_model=32"),
+    # too many to check combination by combination (8,161 values; 1,017 × 4 heads × 8 layers)
+    ("heads-do-not-divide-a-long-range", GOOD.replace("d_model: 32", "d_model: {int: [32, 8192]}"),
+     8, "model.num_heads", "num_heads=2 must divide d_model=33"),
+    ("odd-heads-of-a-long-range", GOOD.replace("d_model: 32", "d_model: {int: [64, 8192], step: 8}")
+     .replace("num_heads: 2", "num_heads: {choice: [2, 4, 8, 16]}")
+     .replace("num_layers: 1", "num_layers: {int: [1, 8]}"), 8, "model.num_heads",
+     "RoPE needs an even head size (d_model/num_heads = 9) (when d_model=72, num_heads=8)"),
     ("trainer-seed-past-32-bits",
      GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  seed: 1.0e+23"), 15, "budget.seed",
      "seed must be in [0, 4294967295]"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from model.bpe import DEFAULT_SPECIAL_TOKENS, check_special_tokens, check_vocab_size
 from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
@@ -20,7 +20,7 @@ from tuner.space.convert import (
     tokens_range,
     value,
 )
-from tuner.space.distributions import Distribution, Grid, either, fmt
+from tuner.space.distributions import Distribution, Grid, IntRange, either, fmt
 from tuner.space.params import ALL_DEFS, MODEL_DEFS
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
+SHAPE_FIELDS = ("d_model", "num_heads", "positions")  # the model fields ModelConfig relates
 MAX_GRID = 100_000  # grid points, each a trial (and counted one by one to check this)
 SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
@@ -159,14 +160,18 @@ def _conditions(study: Study) -> list[tuple[Loc, str]]:
 
 
 def _model_shape(study: Study) -> list[tuple[Loc, str]]:
-    options = {}
-    for name in MODEL_DEFS:
-        v = value(study, name)
-        found = v.options() if isinstance(v, Distribution) else [v]
-        options[name] = found if found is not None else list(v.span())
+    """ModelConfig's rules over every combination of the fields they relate (d_model, num_heads,
+    positions); the other fields, each checked alone as the file reads, at one value. Of a
+    d_model range, its first 2·h values for the largest h: they hold every remainder that
+    dividing by h and an even head size depend on."""
+    options = {name: _shape_options(study, name) for name in MODEL_DEFS}
+    if isinstance(value(study, "d_model"), IntRange):
+        options["d_model"] = value(study, "d_model").first(2 * max(options["num_heads"]))
+    options = {name: found if name in SHAPE_FIELDS else found[:1]
+               for name, found in options.items()}
     if math.prod(len(o) for o in options.values()) > MAX_MODEL_COMBINATIONS:
         return []
-    searched_names = [n for n, o in options.items() if isinstance(value(study, n), Distribution)]
+    searched_names = [n for n in SHAPE_FIELDS if isinstance(value(study, n), Distribution)]
     problems: dict[str, str] = {}
     for combo in itertools.product(*options.values()):
         shape = dict(zip(options, combo, strict=True))
@@ -177,6 +182,18 @@ def _model_shape(study: Study) -> list[tuple[Loc, str]]:
             problems.setdefault(err.field, err.message + (f" (when {', '.join(unsaid)})" if unsaid
                                                           else ""))
     return [(tuple(field.split(".")), message) for field, message in problems.items()]
+
+
+def _shape_options(study: Study, name: str) -> list[Any]:
+    """The values a model field can take; of a range too long to list, its first
+    MAX_MODEL_COMBINATIONS (its bounds are checked as the file is read)."""
+    v = value(study, name)
+    if not isinstance(v, Distribution):
+        return [v]
+    found = v.options()
+    if found is not None:
+        return found
+    return v.first(MAX_MODEL_COMBINATIONS) if isinstance(v, IntRange) else [v.span()[0]]
 
 
 def _lr_floor(study: Study) -> list[tuple[Loc, str]]:

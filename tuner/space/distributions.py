@@ -133,6 +133,10 @@ class IntRange(_Range):
         values = range(self.lo, self.hi + 1, self.step)
         return list(values) if len(values) <= MAX_OPTIONS else None
 
+    def first(self, count: int) -> list[int]:
+        """The range's first `count` values (all of them if it has fewer)."""
+        return list(range(self.lo, self.hi + 1, self.step)[:count])
+
     def suggest(self, trial: BaseTrial, name: str) -> int:
         return trial.suggest_int(name, self.lo, self.hi, step=self.step, log=self.log)
 
