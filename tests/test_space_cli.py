@@ -89,6 +89,12 @@ BAD = [
      .replace("num_heads: 2", "num_heads: {choice: [2, 4, 8, 16]}")
      .replace("num_layers: 1", "num_layers: {int: [1, 8]}"), 8, "model.num_heads",
      "RoPE needs an even head size (d_model/num_heads = 9) (when d_model=72, num_heads=8)"),
+    ("true-as-a-bound", GOOD.replace("[1.0e-4, 1.0e-2]", "[false, 1.0e-2]"), 10, "hparams.lr_max",
+     "loguniform bounds and step must be numbers, got false"),
+    ("true-as-a-count", GOOD + "search:\n  num_samples: true\n", 16, "search.num_samples",
+     "must be a number, got true"),
+    ("infinite-reduction", GOOD + "search:\n  asha: {reduction_factor: .inf}\n", 16,
+     "search.asha.reduction_factor", "must be a finite number, got inf"),
     ("trainer-seed-past-32-bits",
      GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  seed: 1.0e+23"), 15, "budget.seed",
      "seed must be in [0, 4294967295]"),

@@ -69,6 +69,18 @@ class _Range(Distribution):
     def span(self) -> tuple[float, float]:
         return self.lo, self.hi
 
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        """YAML's true is no bound or step (pydantic would take it as 1)."""
+        if isinstance(data, dict):
+            bounds = data.get(cls.key)
+            given = [*(bounds if isinstance(bounds, list) else []), data.get("step")]
+            flag = next((v for v in given if isinstance(v, bool)), None)
+            if flag is not None:
+                raise ValueError(f"bounds and step must be numbers, got {fmt(flag)}")
+        return data
+
     @model_validator(mode="after")
     def _ordered(self) -> _Range:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)):

@@ -3,10 +3,21 @@ parsing of one parameter's YAML value: a constant in range, or a distribution wh
 
 from __future__ import annotations
 
+import math
+import typing
 from functools import partial
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from model.config import (
@@ -182,6 +193,19 @@ class Section(BaseModel):
             props[alias] = {**props[name], "description": f"Same as {name}. "
                             + props[name].get("description", "")}
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true and .inf are no value of a numeric setting (pydantic would take true as
+        1, and .inf as a number)."""
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        if kinds & {int, float} and bool not in kinds:
+            if isinstance(value, bool):
+                raise ValueError(f"must be a number, got {fmt(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"must be a finite number, got {fmt(value)}")
+        return value
+
     def given(self) -> dict[str, Any]:
         """The values the study file sets (not defaulted), by field name in field order."""
         return {n: getattr(self, n) for n in type(self).model_fields if n in self.model_fields_set}
@@ -189,6 +213,12 @@ class Section(BaseModel):
     def searched(self) -> dict[str, Distribution]:
         """The fields whose value is a distribution."""
         return {n: v for n, v in self.given().items() if isinstance(v, Distribution)}
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types an annotation admits: int | None → {int, NoneType}."""
+    args = typing.get_args(annotation)
+    return set().union(*map(_kinds, args)) if args else {annotation}
 
 
 def section_fields(defs: dict[str, HParam], searchable: bool) -> dict[str, Any]:
