@@ -104,6 +104,7 @@ def test_dockerfile_psycopg2_pin_matches_uv_lock() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in ignore  # an allow-list
+    assert "**/.env" in ignore  # a credentials file under an allowed folder stays out too
     for needed in ("pyproject.toml", "uv.lock", "README.md", "model/", "tuner/", "search_spaces/"):
         assert f"!{needed}" in ignore
     copied = [args for ins, args in instructions(DOCKERFILE.read_text()) if ins == "COPY"
@@ -196,11 +197,12 @@ def test_ray_head_and_gpu_worker(compose: dict) -> None:
     head_cmd, worker_cmd = _command(head), _command(worker)
     assert "ray start" in head_cmd and "--head" in head_cmd and "--block" in head_cmd
     assert "--dashboard-host=0.0.0.0" in head_cmd
+    assert "--num-cpus=0" in head_cmd and "--num-gpus=0" in head_cmd  # trials go to the workers
     assert "ray start" in worker_cmd and "--address=ray-head:6379" in worker_cmd
     assert "--block" in worker_cmd
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"]
-               and (d.get("count") in ("all", 1) or d.get("device_ids")) for d in devices)
+               and d.get("count") == "all" for d in devices)  # every GPU, as the README says
     assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
 
 
@@ -215,6 +217,8 @@ def test_study_runs_tuner_search_against_the_services(compose: dict) -> None:
     script = entrypoint[2] if entrypoint[:2] == ["/bin/sh", "-c"] else " ".join(entrypoint)
     assert "ray start --address=" in script and "--num-gpus=0" in script
     assert 'exec tuner "$$@"' in script  # $$: compose's escape for a literal $
+    # docker stop: tini passes SIGTERM on to tuner, which then has a minute to save the study
+    assert study["init"] is True and study["stop_grace_period"] == "1m"
     assert command[0] == "search"
     args = dict(arg.split("=", 1) for arg in command[1:])
     assert args["--tracking-uri"] == env["MLFLOW_TRACKING_URI"]
