@@ -1266,7 +1266,7 @@ def test_resume_puts_back_tunes_state_kept_whole(tmp_path: Path) -> None:
     import zipfile
 
     from tuner.errors import UserError
-    from tuner.search.recovery import BACKUP, restore_whole_state
+    from tuner.search.tune_state import BACKUP, restore_whole_state
 
     old, new = pickle.dumps({"trials": 1}), pickle.dumps({"trials": 2})
     kept = {"experiment_state-2026-01-01_00-00-00.json": b'{"trial_data": [1, 2]}',

@@ -172,8 +172,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search.console import stop_live_views
-    from tuner.search.recovery import restore_whole_state
     from tuner.search.stopping import abort_if_stopped, relay_sigterm, stops_held
+    from tuner.search.tune_state import restore_whole_state
 
     with stops_held():
         start_ray(address)
