@@ -177,6 +177,8 @@ def test_data_paths_under_home_are_read_as_a_shell_would(tmp_path: Path,
                                 "  source: files\n  input: ~/in.txt\n  cache_dir: ~/cache\n")
     study = load_study(write(tmp_path, text))
     assert study.data.input == tmp_path / "in.txt" and study.data.cache_dir == tmp_path / "cache"
+    [(path, _, message)] = issues_of(tmp_path, text.replace("~/cache", "~nosuchuser/cache"))
+    assert path == "data.cache_dir" and message.startswith("cannot expand '~nosuchuser/cache'")
 
 
 def test_the_grid_searcher_needs_grid_values(tmp_path: Path) -> None:

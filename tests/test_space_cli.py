@@ -94,7 +94,9 @@ BAD = [
     ("true-as-a-count", GOOD + "search:\n  num_samples: true\n", 16, "search.num_samples",
      "must be a number, got true"),
     ("infinite-reduction", GOOD + "search:\n  asha: {reduction_factor: .inf}\n", 16,
-     "search.asha.reduction_factor", "must be a finite number, got inf"),
+     "search.asha.reduction_factor", "input should be a finite number, got inf"),
+    ("infinite-as-text", GOOD + "resources:\n  cpus_per_trial: 1e400\n", 16,
+     "resources.cpus_per_trial", "input should be a finite number, got '1e400'"),
     ("trainer-seed-past-32-bits",
      GOOD.replace("eval_tokens: 5120", "eval_tokens: 5120\n  seed: 1.0e+23"), 15, "budget.seed",
      "seed must be in [0, 4294967295]"),
@@ -160,8 +162,8 @@ def test_a_file_whose_stem_is_no_study_name_takes_the_name_flag(tmp_path: Path) 
     (tmp_path / "lm copy.yaml").write_text(GOOD)
     result = tuner("space", "validate", "lm copy.yaml", cwd=tmp_path)
     assert result.returncode == 2
-    assert "the study takes the file's name when it gives none: add name: to it, or pass " \
-           "--name" in result.stderr
+    assert "the study takes the file's name when it gives none: add name: to it (or pass " \
+           "tuner search --name)" in result.stderr
     (tmp_path / "ray" / "lm2").mkdir(parents=True)
     (tmp_path / "ray" / "lm2" / "tuner.pkl").touch()  # a study lm2 there: refused by its name
     result = tuner("search", "--space", "lm copy.yaml", "--name", "lm2", "--storage", "ray",

@@ -77,6 +77,17 @@ def test_a_changed_default_the_study_does_not_use_is_ignored(tmp_path: Path) -> 
     assert "hparams.beta2 was 0.5" in str(refused.value) and "momentum" not in str(refused.value)
 
 
+def test_a_study_saved_before_its_home_paths_were_expanded_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older tuner saved `cache_dir: ~/cache` as written; this one reads it as $HOME/cache,
+    which is no edit of the file."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cached = SPACE.replace("data: {source: synthetic}", "data: {source: synthetic, cache_dir: ~/c}")
+    _, folder = saved_study(tmp_path, cached)
+    rewrite_saved(folder, "data", "cache_dir", "~/c")
+    assert state.load(folder, None).data.cache_dir == tmp_path / "c"
+
+
 def test_an_edited_study_file_is_refused(tmp_path: Path) -> None:
     space, folder = saved_study(tmp_path)
     space.write_text(SPACE.replace("1.0e-2]", "3.0e-2]"))

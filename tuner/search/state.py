@@ -80,8 +80,8 @@ def load(folder: Path, space: Path | None) -> Any:
         raise UserError(f"{path}: its overrides do not fit this tuner ({err})") from None
     unused = checks.unused(study) - _twins_given_then(study, state)  # the file may not give
     changed = {where: values for where, values in _differences(
-        json.loads(json.dumps(study.resolved(), default=str)), state["resolved"]).items()
-        if where[:2] not in unused}
+        json.loads(json.dumps(study.resolved(), default=str)), _home_expanded(state["resolved"])
+    ).items() if where[:2] not in unused}
     if changed:
         shown = "; ".join(_change(where, *values) for where, values in list(changed.items())[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
@@ -106,6 +106,17 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a study state (it needs space, overrides and resolved); "
                         "the study cannot be resumed from it")
     return state
+
+
+def _home_expanded(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A study resolved before its data paths' ~ was expanded, as it resolves now."""
+    from tuner.space.schema import DATA_PATHS
+
+    data = resolved.get("data")
+    if not isinstance(data, dict):
+        return resolved
+    return {**resolved, "data": {key: os.path.expanduser(v) if key in DATA_PATHS and isinstance(
+        v, str) else v for key, v in data.items()}}
 
 
 def _given_forms(study: Any) -> list[str]:

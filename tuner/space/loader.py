@@ -57,7 +57,7 @@ def _name_from(issue: Issue, flag: bool) -> Issue:
     if flag:
         return issue._replace(path="--name", line=None)
     return issue._replace(message=f"{issue.message}; the study takes the file's name when it gives "
-                                  "none: add name: to it, or pass --name")
+                                  "none: add name: to it (or pass tuner search --name)")
 
 
 def _line(root: yaml.Node, loc: tuple[str | int, ...]) -> int | None:

@@ -3,7 +3,6 @@ parsing of one parameter's YAML value: a constant in range, or a distribution wh
 
 from __future__ import annotations
 
-import math
 import typing
 from functools import partial
 from typing import Annotated, Any, ClassVar
@@ -167,7 +166,9 @@ def value_schema(hp: HParam, searchable: bool) -> dict[str, Any]:
 class Section(BaseModel):
     """A study-file section: unknown keys are errors; `aliases` maps other keys to field names."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s, cls: cls._alias_schema(s))
+    # inf, .inf, 1e400 and nan are no value of a numeric setting (a parameter checks its own)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=lambda s, cls: cls._alias_schema(s))
     aliases: ClassVar[dict[str, str]] = {}
     defs: ClassVar[dict[str, HParam]] = {}
 
@@ -196,14 +197,10 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's true and .inf are no value of a numeric setting (pydantic would take true as
-        1, and .inf as a number)."""
+        """YAML's true is no value of a numeric setting (pydantic would take it as 1)."""
         kinds = _kinds(cls.model_fields[info.field_name].annotation)
-        if kinds & {int, float} and bool not in kinds:
-            if isinstance(value, bool):
-                raise ValueError(f"must be a number, got {fmt(value)}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"must be a finite number, got {fmt(value)}")
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"must be a number, got {fmt(value)}")
         return value
 
     def given(self) -> dict[str, Any]:

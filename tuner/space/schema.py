@@ -64,6 +64,17 @@ BudgetSection = _param_section(
     "fixed for the study.", BUDGET_DEFS, searchable=False)
 
 
+DATA_PATHS = ("path", "input", "valid", "tokenizer", "cache_dir")  # the data section's paths
+
+
+def expand_home(path: Path) -> Path:
+    """`path` with ~ or ~user expanded, as a shell would; ValueError naming an unknown one."""
+    try:
+        return path.expanduser()
+    except RuntimeError as err:  # ~nosuchuser, or ~ with no HOME
+        raise ValueError(f"cannot expand {str(path)!r}: {err}") from None
+
+
 class DataSection(Section):
     """The training text: a prepared dataset folder, or a source that `tuner data prepare` reads."""
 
@@ -89,10 +100,10 @@ class DataSection(Section):
                              "synthetic)")
     cache_dir: Path | None = Field(None, description="where prepared datasets are cached")
 
-    @field_validator("path", "input", "valid", "tokenizer", "cache_dir")
+    @field_validator(*DATA_PATHS)
     @classmethod
     def _home(cls, path: Path | None) -> Path | None:
-        return None if path is None else path.expanduser()  # ~/data, as a shell would
+        return None if path is None else expand_home(path)
 
     def prepare_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `tuner.datasets.prepare_dataset`; unset ones keep its defaults."""
