@@ -123,7 +123,8 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                 provenance: dict[str, Any]) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`: Tune
-    restores its searcher, scheduler, trials and callbacks (ours keep only their settings)."""
+    restores its searcher, trials and callbacks (ours keep only their settings), and the
+    scheduler as it started (Tune saves none of its state: ASHA's rungs start empty again)."""
     from ray import tune
 
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
