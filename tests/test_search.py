@@ -785,6 +785,47 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
 
 
 @pytest.mark.slow
+def test_asha_keeps_its_rungs_across_a_resume(tmp_path: Path, dataset: Path,
+                                              mlflow_store_template: Path) -> None:
+    """Tune saves no scheduler state: the driver saves ASHA's with Tune's and puts it back, so the
+    rungs of a study resumed after a SIGKILL still hold the results recorded before it."""
+    import pickle
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "killed", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        budget={"tokens": 122880, "eval_interval": 20},
+                        search={"algorithm": "random", "scheduler": "asha", "num_samples": 6,
+                                "asha": {"grace_period": 20480, "reduction_factor": 2}})
+    storage = tmp_path / "ray"
+    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(uri, driver, lambda runs, tokens: sum(
+            r.info.status == "FINISHED" for r in runs) >= 2)
+    finally:
+        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
+                           if cmd.startswith("ray::ImplicitFunc")]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    _wait_exited(trial_processes)
+
+    def recorded() -> dict[int, set[str]]:
+        """Rung (tokens) → the trials ASHA recorded there, as the study's folder holds it."""
+        state = pickle.loads((storage / "killed" / "scheduler-state.pkl").read_bytes())
+        return {milestone: set(results) for bracket in state["_brackets"]
+                for milestone, results in bracket._rungs}
+
+    before = recorded()
+    assert any(before.values())
+    proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = recorded()
+    assert all(before[rung] <= after[rung] for rung in before), (before, after)
+
+
+@pytest.mark.slow
 def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, dataset: Path,
                                                                mlflow_store_template: Path) -> None:
     """A PBT study whose driver is killed with SIGKILL resumes from Tune's last snapshot, which

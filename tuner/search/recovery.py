@@ -17,7 +17,7 @@ from typing import Any
 from pyarrow import fs
 from ray import tune
 
-from tuner.search.tune_state import keep
+from tuner.search.tune_state import SCHEDULER_STATE, keep
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000000, ...
 
@@ -66,16 +66,32 @@ def _holds_checkpoint(files: fs.FileSystem, folder: str) -> bool:
 class StateBackup(tune.Callback):
     """Tune callback: in each save of Tune's state, once its own files are written and before
     they are copied to the study's folder, keep a whole copy of them there (so the copy is never
-    older than the folder's files). Tune asks each callback for its state at that point."""
+    older than the folder's files). Tune asks each callback for its state at that point.
 
-    def __init__(self) -> None:
+    Tune saves no scheduler state, so the callback saves ASHA's too (its rungs' results) and puts
+    it back when a resumed study takes its first step: `scheduler` is the study's own object (one
+    pickle with the Tuner keeps them the same object when Tune restores it)."""
+
+    def __init__(self, scheduler: Any = None) -> None:
+        from ray.tune.schedulers import AsyncHyperBandScheduler
+
+        self.scheduler = scheduler if isinstance(scheduler, AsyncHyperBandScheduler) else None
         self._paths: tuple[str, str] | None = None  # Tune's staging folder, the study's folder
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if trials and self._paths is None:  # Tune's paths, as it restored them
             storage = trials[0].storage
             self._paths = storage.experiment_driver_staging_path, storage.experiment_fs_path
+            saved = Path(storage.experiment_fs_path) / SCHEDULER_STATE
+            if self.scheduler is not None and saved.is_file():  # a resumed study
+                self.scheduler.restore(str(saved))
 
     def get_state(self) -> None:  # None: it has nothing of its own for Tune to save
-        if self._paths is not None:
-            keep(*map(Path, self._paths))
+        if self._paths is None:
+            return
+        staging, folder = map(Path, self._paths)
+        if self.scheduler is not None:
+            partial = staging / f".{SCHEDULER_STATE}.partial"
+            self.scheduler.save(str(partial))
+            partial.replace(staging / SCHEDULER_STATE)
+        keep(staging, folder)

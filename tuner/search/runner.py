@@ -124,7 +124,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                 provenance: dict[str, Any]) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`: Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
-    scheduler as it started (Tune saves none of its state: ASHA's rungs start empty again)."""
+    scheduler as it started (Tune saves none of its state; StateBackup puts ASHA's back)."""
     from ray import tune
 
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
@@ -143,7 +143,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     if config is None:
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
-    callbacks = [CheckpointRepair(), StateBackup(),
+    callbacks = [CheckpointRepair(), StateBackup(config.scheduler),
                  MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study),
                  StopRelay()]  # the relay last: a held stop finds the study set up
     # A trial resumes from its latest checkpoint. PBT clones others' and keeps them all: its save

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from tuner.errors import UserError
 
+SCHEDULER_STATE = "scheduler-state.pkl"  # ASHA's, which the driver saves beside Tune's own
 # Tune's state files, one of each per driver session (the newest is read); only the first is JSON
 TUNE_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-                    "callback-states-*.pkl", "basic-variant-state-*.json")
+                    "callback-states-*.pkl", "basic-variant-state-*.json", SCHEDULER_STATE)
 BACKUP = "tune_state.zip"
 
 
