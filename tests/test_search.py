@@ -798,17 +798,8 @@ def test_asha_keeps_its_rungs_across_a_resume(tmp_path: Path, dataset: Path,
                         search={"algorithm": "random", "scheduler": "asha", "num_samples": 6,
                                 "asha": {"grace_period": 20480, "reduction_factor": 2}})
     storage = tmp_path / "ray"
-    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-    try:
-        _wait_until(uri, driver, lambda runs, tokens: sum(
-            r.info.status == "FINISHED" for r in runs) >= 2)
-    finally:
-        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
-                           if cmd.startswith("ray::ImplicitFunc")]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    _wait_exited(trial_processes)
+    _run_then_sigkill(space, uri, storage, tmp_path, lambda runs, tokens: sum(
+        r.info.status == "FINISHED" for r in runs) >= 2)
 
     def recorded() -> dict[int, set[str]]:
         """Rung (tokens) → the trials ASHA recorded there, as the study's folder holds it."""
@@ -838,17 +829,8 @@ def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, d
                         search={"scheduler": "pbt", "num_samples": 2,
                                 "pbt": {"perturbation_interval": 20480}})
     storage = tmp_path / "ray"
-    driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-    try:
-        _wait_until(uri, driver, lambda runs, tokens: min(tokens.values(), default=0) >= 40960
-                    and len(runs) == 2)
-    finally:
-        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
-                           if cmd.startswith("ray::ImplicitFunc")]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    _wait_exited(trial_processes)
+    _run_then_sigkill(space, uri, storage, tmp_path, lambda runs, tokens: min(
+        tokens.values(), default=0) >= 40960 and len(runs) == 2)
     client, _, (bare, *before) = mlflow_runs(uri, "killed")
     logged = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss"))
               for r in before}
@@ -1069,6 +1051,21 @@ def _listen_addresses(pids: set[int]) -> set[str]:
             if fields[3] == "0A" and fields[9] in sockets:  # state 0A is LISTEN
                 addresses.add(fields[1].rsplit(":", 1)[0])
     return addresses
+
+
+def _run_then_sigkill(space: Path, uri: str, storage: Path, cwd: Path, ready: Any) -> None:
+    """Run study `space`, SIGKILL its driver once `ready(runs, tokens)` holds (see `_wait_until`),
+    and wait for its trial processes, which checkpoint a second or two longer, to exit."""
+    driver = start_search(space, uri, storage, cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(uri, driver, ready)
+    finally:
+        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
+                           if cmd.startswith("ray::ImplicitFunc")]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    _wait_exited(trial_processes)
 
 
 def _wait_exited(pids: list[int], timeout: float = 60) -> None:
