@@ -164,11 +164,10 @@ def _model_shape(study: Study) -> list[tuple[Loc, str]]:
     positions); the other fields, each checked alone as the file reads, at one value. Of a
     d_model range, its first 2·h values for the largest h: they hold every remainder that
     dividing by h and an even head size depend on."""
-    options = {name: _shape_options(study, name) for name in MODEL_DEFS}
+    counts = {name: MAX_MODEL_COMBINATIONS if name in SHAPE_FIELDS else 1 for name in MODEL_DEFS}
     if isinstance(value(study, "d_model"), IntRange):
-        options["d_model"] = value(study, "d_model").first(2 * max(options["num_heads"]))
-    options = {name: found if name in SHAPE_FIELDS else found[:1]
-               for name, found in options.items()}
+        counts["d_model"] = 2 * max(_shape_options(study, "num_heads", MAX_MODEL_COMBINATIONS))
+    options = {name: _shape_options(study, name, count) for name, count in counts.items()}
     if math.prod(len(o) for o in options.values()) > MAX_MODEL_COMBINATIONS:
         return []
     searched_names = [n for n in SHAPE_FIELDS if isinstance(value(study, n), Distribution)]
@@ -184,16 +183,15 @@ def _model_shape(study: Study) -> list[tuple[Loc, str]]:
     return [(tuple(field.split(".")), message) for field, message in problems.items()]
 
 
-def _shape_options(study: Study, name: str) -> list[Any]:
-    """The values a model field can take; of a range too long to list, its first
-    MAX_MODEL_COMBINATIONS (its bounds are checked as the file is read)."""
+def _shape_options(study: Study, name: str, count: int) -> list[Any]:
+    """The first `count` values a model field can take (its bounds are checked as the file is
+    read); a range's from its start, a choice's in the order given."""
     v = value(study, name)
     if not isinstance(v, Distribution):
         return [v]
-    found = v.options()
-    if found is not None:
-        return found
-    return v.first(MAX_MODEL_COMBINATIONS) if isinstance(v, IntRange) else [v.span()[0]]
+    if isinstance(v, IntRange):
+        return v.first(count)
+    return (v.options() or [v.span()[0]])[:count]
 
 
 def _lr_floor(study: Study) -> list[tuple[Loc, str]]:
