@@ -784,36 +784,54 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
             assert run.info.end_time == finished_before[run.info.run_id].info.end_time
 
 
+def _asha_rungs(state: dict) -> dict[int, set[str]]:
+    """Rung (tokens) → the trials ASHA recorded there."""
+    return {milestone: set(results) for bracket in state["_brackets"]
+            for milestone, results in bracket._rungs}
+
+
+def _median_results(state: dict) -> dict[str, list[int]]:
+    """Trial id → the evaluations (tokens) the median rule recorded for it."""
+    return {trial_id: [r["tokens"] for r in results]
+            for trial_id, results in state["results"].items()}
+
+
 @pytest.mark.slow
-def test_asha_keeps_its_rungs_across_a_resume(tmp_path: Path, dataset: Path,
-                                              mlflow_store_template: Path) -> None:
-    """Tune saves no scheduler state: the driver saves ASHA's with Tune's and puts it back, so the
-    rungs of a study resumed after a SIGKILL still hold the results recorded before it."""
+@pytest.mark.parametrize("scheduler, grace, recorded", [
+    ("asha", {"asha": {"grace_period": 20480, "reduction_factor": 2}}, _asha_rungs),
+    ("median", {"median": {"grace_period": 20480}}, _median_results)])
+def test_scheduler_keeps_its_state_across_a_resume(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path, scheduler: str,
+        grace: dict, recorded: Any) -> None:
+    """Tune saves no scheduler state: the driver saves ASHA's and the median rule's with Tune's
+    and puts them back, so a study resumed after a SIGKILL still judges trials against every
+    result recorded before it, and an evaluation trained again is recorded once."""
     import pickle
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "killed", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
                         budget={"tokens": 122880, "eval_interval": 20},
-                        search={"algorithm": "random", "scheduler": "asha", "num_samples": 6,
-                                "asha": {"grace_period": 20480, "reduction_factor": 2}})
+                        search={"algorithm": "random", "scheduler": scheduler, "num_samples": 6,
+                                **grace})
     storage = tmp_path / "ray"
     _run_then_sigkill(space, uri, storage, tmp_path, lambda runs, tokens: sum(
         r.info.status == "FINISHED" for r in runs) >= 2)
 
-    def recorded() -> dict[int, set[str]]:
-        """Rung (tokens) → the trials ASHA recorded there, as the study's folder holds it."""
-        state = pickle.loads((storage / "killed" / "scheduler-state.pkl").read_bytes())
-        return {milestone: set(results) for bracket in state["_brackets"]
-                for milestone, results in bracket._rungs}
+    def saved() -> dict:
+        return recorded(pickle.loads((storage / "killed" / "scheduler-state.pkl").read_bytes()))
 
-    before = recorded()
+    before = saved()
     assert any(before.values())
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    after = recorded()
-    assert all(before[rung] <= after[rung] for rung in before), (before, after)
+    after = saved()
+    if scheduler == "asha":
+        assert all(before[rung] <= after[rung] for rung in before), (before, after)
+    else:
+        assert all(after[trial][:len(times)] == times for trial, times in before.items())
+        assert all(times == sorted(set(times)) for times in after.values()), after
 
 
 @pytest.mark.slow

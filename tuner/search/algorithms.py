@@ -125,7 +125,9 @@ def build_scheduler(study: Any) -> Any:
             max_t=search.asha.reduction_factor ** _hyperband_levels(study),
             reduction_factor=search.asha.reduction_factor)
     if search.scheduler == "median":
-        return schedulers.MedianStoppingRule(**timed, grace_period=search.median.grace_period)
+        from tuner.search.median_rule import ResumableMedianStoppingRule
+
+        return ResumableMedianStoppingRule(**timed, grace_period=search.median.grace_period)
     if search.scheduler == "pbt":
         return schedulers.PopulationBasedTraining(
             **timed, perturbation_interval=search.pbt.perturbation_interval,

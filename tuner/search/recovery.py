@@ -68,14 +68,18 @@ class StateBackup(tune.Callback):
     they are copied to the study's folder, keep a whole copy of them there (so the copy is never
     older than the folder's files). Tune asks each callback for its state at that point.
 
-    Tune saves no scheduler state, so the callback saves ASHA's too (its rungs' results) and puts
-    it back when a resumed study takes its first step: `scheduler` is the study's own object (one
-    pickle with the Tuner keeps them the same object when Tune restores it)."""
+    Tune saves no scheduler state, so the callback saves that of ASHA (its rungs' results) and of
+    the median rule (each trial's results) too, and puts it back when a resumed study takes its
+    first step: `scheduler` is the study's own object (one pickle with the Tuner keeps them the
+    same object when Tune restores it)."""
 
     def __init__(self, scheduler: Any = None) -> None:
         from ray.tune.schedulers import AsyncHyperBandScheduler
 
-        self.scheduler = scheduler if isinstance(scheduler, AsyncHyperBandScheduler) else None
+        from tuner.search.median_rule import ResumableMedianStoppingRule
+
+        saves = (AsyncHyperBandScheduler, ResumableMedianStoppingRule)
+        self.scheduler = scheduler if isinstance(scheduler, saves) else None
         self._paths: tuple[str, str] | None = None  # Tune's staging folder, the study's folder
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:

@@ -124,7 +124,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                 provenance: dict[str, Any]) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`: Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
-    scheduler as it started (Tune saves none of its state; StateBackup puts ASHA's back)."""
+    scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
+    median rule's)."""
     from ray import tune
 
     from tuner.search.algorithms import stopping_points, time_unit, tune_space

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tuner.errors import UserError
 
-SCHEDULER_STATE = "scheduler-state.pkl"  # ASHA's, which the driver saves beside Tune's own
+SCHEDULER_STATE = "scheduler-state.pkl"  # ASHA's or the median rule's, saved beside Tune's
 # Tune's state files, one of each per driver session (the newest is read); only the first is JSON
 TUNE_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
                     "callback-states-*.pkl", "basic-variant-state-*.json", SCHEDULER_STATE)
