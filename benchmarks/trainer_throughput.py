@@ -56,7 +56,6 @@ def measure(model: ModelConfig, data: Path, batch_size: int, steps: int, fast: b
                          eval_interval=steps, eval_windows=4, device=device, fast=fast,
                          compile=compile_model, sample_tokens=0, warmup_iters=1)
     dev = resolve_device(device)
-    torch._dynamo.reset()  # each row compiles its own static-shape graph, as one trial would
     gc.collect()
     row = {"batch_size": batch_size, "fast": fast, "compile": compile_model}
     if dev.type == "cuda":

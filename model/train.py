@@ -274,6 +274,10 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             raise ConfigError(str(checkpoint_path(resume_from)), f"holds iteration {step}, outside "
                               f"the 0..{config.steps} steps of this config")
 
+    if config.compile:
+        # Each run compiles its own graphs: in a reused process (a Ray actor's next trial) those
+        # of earlier runs would count towards torch's recompile limit, and past it run eager.
+        torch._dynamo.reset()
     runner = torch.compile(model) if config.compile else model
     use_bf16 = config.fast and device.type == "cuda"
 

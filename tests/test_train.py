@@ -471,3 +471,19 @@ def test_mfu_peak_is_looked_up_by_whole_words_of_the_gpu_name(name: str, flops: 
     """A variant is not taken for its family (H100 PCIe), nor one GPU for another whose name
     starts alike (L40 for L4, RTX A1000 for A100)."""
     assert peak_flops_of(name) == flops
+
+
+def test_each_compiled_run_in_one_process_compiles_its_own_graphs(byte_dataset: Path,
+                                                                  monkeypatch) -> None:
+    """A Ray actor runs trial after trial: the graphs of earlier runs (another dropout each) do
+    not count towards torch's recompile limit, past which a run would silently go eager."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    config = tiny_config(byte_dataset, compile=True, total_iters=4, warmup_iters=1,
+                         eval_interval=2)
+    compiled = train(replace(config, dropout=0.0))
+    counters.clear()
+    again = train(replace(config, dropout=0.1))
+    assert counters["stats"]["unique_graphs"] >= 1  # its own, not none past the limit
+    assert all(math.isfinite(r.val_loss) for r in compiled.records + again.records)
