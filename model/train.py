@@ -167,15 +167,17 @@ def _optimizer_state_misfit(optimizer: torch.optim.Optimizer) -> str | None:
     return None
 
 
-def _steps_beside_params(optimizer: torch.optim.Optimizer) -> None:
-    """A fused optimizer wants each `step` on its parameter's device: torch moves them there on
-    load only if the checkpoint's run was fused too (one written on the CPU, resumed on a GPU)."""
+def _place_steps(optimizer: torch.optim.Optimizer) -> None:
+    """Put each `step` where the optimizer wants it: on its parameter's device when fused, else
+    on the CPU (a foreach AdamW reads a GPU one with a sync per parameter per step). torch places
+    them as the checkpoint's run was fused or not, which a resume on another device may change."""
     for group in optimizer.param_groups:
-        if group.get("fused") or group.get("capturable"):
-            for param in group["params"]:
-                state = optimizer.state.get(param, {})
-                if isinstance(state.get("step"), torch.Tensor):
-                    state["step"] = state["step"].to(dtype=torch.float32, device=param.device)
+        beside = group.get("fused") or group.get("capturable")
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(dtype=torch.float32,
+                                                 device=param.device if beside else "cpu")
 
 
 def _configure_backends(config: TrainConfig, device: torch.device) -> None:
@@ -259,7 +261,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                               f"does not fit this config: {misfit}")
         for group, values in zip(optimizer.param_groups, hyper):
             group.update(values)
-        _steps_beside_params(optimizer)
+        _place_steps(optimizer)
         try:
             schedule.load_state_dict(resume_state["schedule"])
             _set_rng_state(resume_state["rng"], batch_gen, sample_gen, device)
