@@ -295,7 +295,7 @@ class TrainConfig:
     compile: bool = runtime(False, "torch.compile the model")
     deterministic: bool = runtime(False, "deterministic torch kernels")
     peak_flops: float | None = runtime(None, "device peak FLOP/s for MFU (None: the GPU's bf16 "
-                                       "peak by name)",
+                                       "peak by name, for a fast run)",
                                        kind=float, low=0.0, low_open=True, optional=True)
     sample_prompt: str = runtime("Once upon a time", "generated from at evaluations (needs a "
                                  "tokenizer)")

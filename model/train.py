@@ -106,10 +106,11 @@ def flops_per_token(model: TransformerLM) -> float:
 
 
 def peak_flops(config: TrainConfig, device: torch.device) -> float | None:
-    """The device's peak FLOP/s for MFU: the config's, else a known GPU's, else unknown."""
+    """The device's peak FLOP/s for MFU: the config's, else a known GPU's bf16 one for a run in
+    bf16 (`fast`), else unknown (an fp32 run's peak is a fraction of it)."""
     if config.peak_flops:
         return config.peak_flops
-    if device.type != "cuda":
+    if device.type != "cuda" or not config.fast:
         return None
     return peak_flops_of(torch.cuda.get_device_name(device))
 

@@ -487,3 +487,13 @@ def test_each_compiled_run_in_one_process_compiles_its_own_graphs(byte_dataset: 
     again = train(replace(config, dropout=0.1))
     assert counters["stats"]["unique_graphs"] >= 1  # its own, not none past the limit
     assert all(math.isfinite(r.val_loss) for r in compiled.records + again.records)
+
+
+def test_an_fp32_gpu_run_has_no_mfu_against_the_bf16_peak(byte_dataset: Path) -> None:
+    """A known GPU's peak is its bf16 one: a run without bf16 (`fast: false`) is not measured
+    against it, unless the config gives a peak."""
+    from model.train import peak_flops
+
+    fp32 = tiny_config(byte_dataset, fast=False)
+    assert peak_flops(fp32, torch.device("cuda")) is None
+    assert peak_flops(replace(fp32, peak_flops=6.7e13), torch.device("cuda")) == 6.7e13
