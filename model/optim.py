@@ -103,12 +103,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return cls(groups, lr=cfg.lr_max, **options)
 
 
-def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float | None) -> float:
-    """Global L2 norm of the gradients before clipping; if τ is set, scale them by
+def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float | None) -> Tensor:
+    """Global L2 norm of the gradients before clipping, as a 0-dim tensor on their device (read
+    it only when needed: on a GPU that waits for the backward pass); if τ is set, scale them by
     min(1, τ/(norm + 1e-6))."""
     params = [p for p in parameters if p.grad is not None]
     if max_norm is None:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    else:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return float(norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -341,7 +341,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                               temperature=0.8, top_p=0.95, generator=sample_gen)
         record = EvalRecord(
             step=step, tokens=tokens, train_loss=loss_sum / loss_count,
-            val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=grad_norm,
+            val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=float(grad_norm),
             tokens_per_s=tokens_per_s,
             mfu=flops * tokens_per_s / peak if peak else math.nan,
             elapsed_s=elapsed_before + time.perf_counter() - run_start, sample=sample)

@@ -219,7 +219,7 @@ def params_with_grads() -> list[torch.nn.Parameter]:
 def test_clip_grad_norm_returns_pre_clip_norm_and_clips() -> None:
     params = params_with_grads()
     norm = clip_grad_norm(iter(params), 1.3)
-    assert isinstance(norm, float) and norm == pytest.approx(13.0)
+    assert norm.dim() == 0 and norm.item() == pytest.approx(13.0)  # a tensor: read when needed
     clipped = torch.cat([params[0].grad, params[1].grad])
     assert torch.linalg.vector_norm(clipped).item() == pytest.approx(1.3, rel=1e-6)
     torch.testing.assert_close(clipped, torch.tensor([0.3, 0.4, 1.2]))
@@ -228,12 +228,12 @@ def test_clip_grad_norm_returns_pre_clip_norm_and_clips() -> None:
 
 def test_clip_grad_norm_is_a_no_op_below_the_threshold() -> None:
     params = params_with_grads()
-    assert clip_grad_norm(params, 100.0) == pytest.approx(13.0)
+    assert clip_grad_norm(params, 100.0).item() == pytest.approx(13.0)
     assert params[0].grad.tolist() == [3.0, 4.0] and params[1].grad.tolist() == [12.0]
 
 
 def test_clip_grad_norm_none_only_measures() -> None:
     params = params_with_grads()
-    assert clip_grad_norm(params, None) == pytest.approx(13.0)
+    assert clip_grad_norm(params, None).item() == pytest.approx(13.0)
     assert params[0].grad.tolist() == [3.0, 4.0] and params[1].grad.tolist() == [12.0]
-    assert clip_grad_norm([torch.nn.Parameter(torch.ones(2))], None) == 0.0
+    assert clip_grad_norm([torch.nn.Parameter(torch.ones(2))], None).item() == 0.0

@@ -497,3 +497,27 @@ def test_an_fp32_gpu_run_has_no_mfu_against_the_bf16_peak(byte_dataset: Path) ->
     fp32 = tiny_config(byte_dataset, fast=False)
     assert peak_flops(fp32, torch.device("cuda")) is None
     assert peak_flops(replace(fp32, peak_flops=6.7e13), torch.device("cuda")) == 6.7e13
+
+
+def test_a_training_step_reads_one_value_back_from_the_device(byte_dataset: Path) -> None:
+    """Each read of a tensor's value waits for the GPU: a step reads its loss alone (for the
+    divergence check); the gradient norm is read at evaluations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountReads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountReads.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    def reads(steps: int) -> int:  # SGD: no step counts of its own to read
+        config = tiny_config(byte_dataset, optimizer="sgd", total_iters=steps, warmup_iters=1,
+                             eval_interval=steps, sample_tokens=0)
+        CountReads.reads = 0
+        with CountReads():
+            train(config)
+        return CountReads.reads
+
+    assert reads(30) - reads(10) == 20
