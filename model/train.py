@@ -53,6 +53,24 @@ class EvalRecord:
 
 
 @dataclass
+class LossTally:
+    """The train losses since the last evaluation; a loss above `limit` or not finite diverged."""
+
+    limit: float
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, loss: torch.Tensor) -> bool:
+        """Count `loss` (reading it waits for the device); whether it diverged."""
+        value = float(loss)
+        self.total, self.count = self.total + value, self.count + 1
+        return not math.isfinite(value) or value > self.limit
+
+    def mean(self) -> float:
+        return self.total / self.count
+
+
+@dataclass
 class TrainResult:
     """How a run ended and what it measured."""
 
@@ -301,33 +319,35 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     elapsed_before = result.records[-1].elapsed_s if result.records else 0.0
     run_start = interval_start = time.perf_counter()
     train_time = 0.0
-    loss_sum, loss_count, lr, grad_norm = 0.0, 0, 0.0, 0.0
+    losses = LossTally(DIVERGENCE_FACTOR * math.log(config.model.vocab_size))
+    lr, grad_norm, unread, diverged = 0.0, 0.0, None, False
     model.train()
 
     while step < total_steps:
-        lr = schedule.lr(step)
-        set_lr(optimizer, lr)
         x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
                          batch_gen)
         with autocast():
             loss = cross_entropy(runner(x), y, config.label_smoothing)
         loss.backward()
-        grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_value = float(loss.detach())
-        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
-        diverged = (not math.isfinite(loss_value)
-                    or loss_value > DIVERGENCE_FACTOR * math.log(config.model.vocab_size))
-        if not (diverged or step == total_steps or config.evaluates_after(step)):
-            continue
+        if unread is not None:  # the step before's loss, read once this step is queued: a read
+            diverged = losses.add(unread)  # waits for the GPU, which then still has work
+        if not diverged:  # this step's gradients are dropped if the one before diverged
+            lr = schedule.lr(step)
+            set_lr(optimizer, lr)
+            grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            unread = loss.detach()
+            if not (step == total_steps or config.evaluates_after(step)):
+                continue
+            diverged, unread = losses.add(unread), None
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
         train_time = now - interval_start
-        tokens_per_s = loss_count * per_step / train_time if train_time > 0 else 0.0
+        tokens_per_s = losses.count * per_step / train_time if train_time > 0 else 0.0
         val_loss = math.inf if diverged else evaluate(runner, windows, config.batch_size, autocast)
         tokens = step * per_step
         previous = result.records[-1].tokens if result.records else 0
@@ -340,13 +360,13 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             sample = generate(model, tokenizer, config.sample_prompt, config.sample_tokens,
                               temperature=0.8, top_p=0.95, generator=sample_gen)
         record = EvalRecord(
-            step=step, tokens=tokens, train_loss=loss_sum / loss_count,
+            step=step, tokens=tokens, train_loss=losses.mean(),
             val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=float(grad_norm),
             tokens_per_s=tokens_per_s,
             mfu=flops * tokens_per_s / peak if peak else math.nan,
             elapsed_s=elapsed_before + time.perf_counter() - run_start, sample=sample)
         result.records.append(record)
-        loss_sum, loss_count = 0.0, 0
+        losses = LossTally(losses.limit)
         if not diverged:
             schedule.observe(val_loss, step)
         if checkpoint_dir is not None and not diverged:

@@ -499,25 +499,30 @@ def test_an_fp32_gpu_run_has_no_mfu_against_the_bf16_peak(byte_dataset: Path) ->
     assert peak_flops(replace(fp32, peak_flops=6.7e13), torch.device("cuda")) == 6.7e13
 
 
-def test_a_training_step_reads_one_value_back_from_the_device(byte_dataset: Path) -> None:
-    """Each read of a tensor's value waits for the GPU: a step reads its loss alone (for the
-    divergence check); the gradient norm is read at evaluations."""
+def test_a_step_reads_back_its_loss_alone_once_the_next_step_is_queued(byte_dataset: Path) -> None:
+    """Each read of a tensor's value waits for the GPU to finish what is queued: a step reads
+    its loss alone (for the divergence check; the gradient norm is read at evaluations), and
+    only after the next step's backward pass is queued, so the GPU is not left idle."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class CountReads(TorchDispatchMode):
-        reads = 0
+    read, backward = torch.ops.aten._local_scalar_dense.default, torch.ops.aten.silu_backward
+    ops: list = []
 
+    class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten._local_scalar_dense.default:
-                CountReads.reads += 1
+            ops.append(func)
             return func(*args, **(kwargs or {}))
 
-    def reads(steps: int) -> int:  # SGD: no step counts of its own to read
+    def run(steps: int) -> list:  # SGD: no step counts of its own to read
         config = tiny_config(byte_dataset, optimizer="sgd", total_iters=steps, warmup_iters=1,
                              eval_interval=steps, sample_tokens=0)
-        CountReads.reads = 0
-        with CountReads():
+        ops.clear()
+        with Record():
             train(config)
-        return CountReads.reads
+        return list(ops)
 
-    assert reads(30) - reads(10) == 20
+    short, long = run(10), run(30)
+    assert long.count(read) - short.count(read) == 20
+    training = long[long.index(backward.default):]
+    backwards_before_first_read = training[:training.index(read)].count(backward.default)
+    assert backwards_before_first_read == 2 * 2  # two steps' SwiGLU in each of 2 layers
