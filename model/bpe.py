@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing
+import multiprocessing.pool
+import multiprocessing.resource_tracker
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+import signal
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import regex
 
@@ -137,15 +142,67 @@ def _count_chunk(args: tuple[Path, int, int, tuple[str, ...]]) -> tuple[int, Cou
     return end - start, count_text(read_text(path, start, end), special_pattern(special_tokens))
 
 
-def worker_pool(workers: int, initializer: Callable | None = None,
-                initargs: tuple = ()) -> multiprocessing.pool.Pool:
+def parallel_map(func: Callable[[Any], Any], tasks: Sequence, workers: int,
+                 initializer: Callable | None = None, initargs: tuple = ()) -> Iterator[Any]:
+    """`func` of each task in worker processes, in task order, with 2·`workers` tasks in flight.
+
+    The workers ignore Ctrl-C: on the parent's interrupt or error the tasks in flight finish, then
+    the workers stop. A worker stopped while sending a result would leave the pool waiting for
+    the rest of it for ever (`Pool.terminate` too).
+    """
+    pool, in_flight = None, deque()
+    try:
+        # Started first: it starts Ctrl-C-proof itself, and lets Ctrl-C through as it returns.
+        multiprocessing.resource_tracker.ensure_running()
+        with _ctrl_c_held():
+            pool = _start_pool(workers, initializer, initargs)
+        todo = iter(tasks)
+        in_flight.extend(pool.apply_async(func, (task,)) for task in islice(todo, 2 * workers))
+        while in_flight:
+            result = in_flight[0].get()
+            in_flight.popleft()
+            in_flight.extend(pool.apply_async(func, (task,)) for task in islice(todo, 1))
+            yield result
+    finally:
+        if pool is not None:
+            try:
+                for pending in in_flight:  # then no worker is sending a result as they stop
+                    pending.wait()
+            finally:  # a second Ctrl-C stops them at once
+                pool.terminate()
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C back while the pool's processes start: they start with it held (a process
+    keeps its parent's signal mask), so none dies of it, with a traceback, before it ignores it.
+    The parent takes it once they have started."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _start_pool(workers: int, initializer: Callable | None,
+                initargs: tuple) -> multiprocessing.pool.Pool:
     """A process pool that is safe to start from a threaded process (forkserver where available)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn").Pool(workers, initializer, initargs)
-    ctx = multiprocessing.get_context("forkserver")
-    # Workers fork from a server that has already imported these, so each starts fast.
-    ctx.set_forkserver_preload(["__main__", "model.tokenizer"])
-    return ctx.Pool(workers, initializer, initargs)
+        ctx = multiprocessing.get_context("spawn")
+    else:
+        ctx = multiprocessing.get_context("forkserver")
+        # Workers fork from a server that has already imported these, so each starts fast.
+        ctx.set_forkserver_preload(["__main__", "model.tokenizer"])
+    return ctx.Pool(workers, _start_worker, (initializer, initargs))
+
+
+def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the pool
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def default_workers() -> int:
@@ -167,12 +224,11 @@ def count_pretokens(path: Path, special_tokens: Sequence[str] = (), *, start: in
     tasks = [(path, a, b, tuple(special_tokens)) for a, b in zip(cuts, cuts[1:])]
     counts: Counter[str] = Counter()
     parallel = workers > 1 and len(tasks) > 1
-    with worker_pool(min(workers, len(tasks))) if parallel else nullcontext() as pool:
-        for done, part in (pool.imap_unordered(_count_chunk, tasks) if pool
-                           else map(_count_chunk, tasks)):
-            counts.update(part)
-            if progress:
-                progress(done)
+    for done, part in (parallel_map(_count_chunk, tasks, min(workers, len(tasks))) if parallel
+                       else map(_count_chunk, tasks)):
+        counts.update(part)
+        if progress:
+            progress(done)
     return counts
 
 

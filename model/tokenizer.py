@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, default_workers, find_cuts, pretokenize,
-                       read_text, special_pattern, worker_pool)
+from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, default_workers, find_cuts, parallel_map,
+                       pretokenize, read_text, special_pattern)
 
 _CACHE_LIMIT = 1 << 18  # pre-tokens remembered; cleared when full so memory stays bounded
 _BATCH_CHARS = 1 << 16  # encode_iterable gathers this much text before encoding it
@@ -126,11 +126,11 @@ class Tokenizer:
                     progress(b - a)
             return
         state = (self.vocab, self.merges, self.special_tokens)
-        with worker_pool(min(workers, len(tasks)), _init_worker, state) as pool:
-            for (_, a, b), ids in zip(tasks, pool.imap(_encode_span, tasks)):
-                yield ids
-                if progress:
-                    progress(b - a)
+        encoded = parallel_map(_encode_span, tasks, min(workers, len(tasks)), _init_worker, state)
+        for ids, (_, a, b) in zip(encoded, tasks):
+            yield ids
+            if progress:
+                progress(b - a)
 
     def _final_region(self, text: str) -> tuple[int, int]:
         """(base, end): text[:base] ends with a special token no appended text can change, and

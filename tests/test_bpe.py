@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +17,7 @@ import pytest
 from model import bpe
 from model.bpe import PRETOKEN_RE, count_pretokens, find_cuts, train_bpe
 
+REPO = Path(__file__).resolve().parents[1]
 EOT = "<|endoftext|>"
 
 
@@ -104,6 +111,29 @@ def test_parallel_counting_equals_one_process(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(bpe, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(bpe, "CHUNK_BYTES", 100_000)
     assert count_pretokens(path, [EOT], end=600_000, workers=2) == single
+
+
+def test_ctrl_c_stops_the_worker_pool_even_while_workers_send_results(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group. A worker it killed while sending a result would
+    leave the pool waiting for the rest of that result for ever: the workers ignore it and the
+    parent stops the pool, so the command ends at once."""
+    script = ("from model.bpe import parallel_map\n"
+              "try:\n"
+              "    for n, _ in enumerate(parallel_map(bytes, [20_000_000] * 10_000, 2)):\n"
+              "        print('started', flush=True) if n == 0 else None\n"
+              "except KeyboardInterrupt:\n"
+              "    raise SystemExit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        time.sleep(0.3)  # workers busy sending 20-MB results
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.mark.parametrize("name,specials,crlf", [("tinystories_2MiB.txt", [EOT], False),
