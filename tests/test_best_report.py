@@ -250,7 +250,8 @@ def test_a_pbt_trial_is_neither_exported_nor_replayed(recorded, tmp_path, comman
 
 def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
     """Whatever loss it reached before, a trial that diverged or failed ranks after the others:
-    its config does not train, so it is not the best that is exported, replayed or reported."""
+    its config does not train, so it is not the best that is exported, replayed or reported.
+    With no other trial, the report still draws the curves, to show where they diverged."""
     store = tmp_path / "mlflow.db"
     shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)
     uri = f"sqlite:///{store}"
@@ -264,11 +265,15 @@ def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
     for run_id in recorded.run_ids:
         client.set_tag(run_id, "tuner.status", "failed" if run_id != recorded.best_run_id
                        else "diverged")
-    for command in (["best", "--export", str(tmp_path / "best.yaml")], ["report"],
-                    ["replay"]):
+    for command in (["best", "--export", str(tmp_path / "best.yaml")], ["replay"]):
         code, out = tuner(*command, "--study", recorded.name, "--tracking-uri", uri)
         assert code == 2 and "neither diverged nor failed" in " ".join(out.split()), out
     assert not (tmp_path / "best.yaml").exists()
+    code, out = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
+                      "--tracking-uri", uri)
+    assert code == 0, out
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {report.LOSS_PNG, report.SUMMARY_MD}
+    assert "## Best trial: none" in (tmp_path / "r" / report.SUMMARY_MD).read_text()
     client.update_run(recorded.run_ids[0], "RUNNING")  # mid-study: say so, not just "none"
     code, out = tuner("best", "--export", str(tmp_path / "best.yaml"), "--study", recorded.name,
                       "--tracking-uri", uri)

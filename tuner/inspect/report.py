@@ -206,45 +206,57 @@ def _reached_at(trial_curves: list[Curve], row: best_mod.TrialRow) -> int:
     return min(points, key=lambda point: point[1])[0] if points else row.tokens
 
 
-def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow,
+def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow | None,
                      scores: dict[str, float], note: str, files: list[str], replay_cmd: str,
                      tokens: int) -> str:
-    """A few lines a person reads first: counts, the best trial, what mattered, the files."""
+    """A few lines a person reads first: counts, the best trial (None: every trial that ended
+    diverged or failed), what mattered, the files."""
     counts: dict[str, int] = {}
     for c in trial_curves:
         counts[c.status] = counts.get(c.status, 0) + 1
     lines = [f"# Study {study}", "",
              f"{len(trial_curves)} trials (" + ", ".join(f"{n} {s}" for s, n in
                                                         sorted(counts.items())) + f"), "
-             f"{tokens:,} tokens trained in all.", "",
-             f"## Best trial: {row.trial_id}", "",
-             (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
-              f"reached at {_reached_at(trial_curves, row):,} of the {row.tokens:,} tokens it "
-              f"trained; MLflow run `{row.run_id}`."), "",
-             "| parameter | value |", "|---|---|",
-             *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
-             ("PBT changed its values as it ran (those it ended with are shown): no one config "
-              "reproduces it." if row.pbt else f"Reproduce it: `{replay_cmd}`"), "",
-             "## What mattered (fANOVA)", ""]
+             f"{tokens:,} tokens trained in all.", ""]
+    listed = ["## Files", "", *[f"- [{f}]({f})" for f in files], ""]
+    if row is None:
+        return "\n".join([*lines, "## Best trial: none", "",
+                          ("Every trial that ended diverged or failed: none has a config worth "
+                           f"reproducing. {LOSS_PNG} shows where each diverged (×)."), "",
+                          *listed])
+    lines += [f"## Best trial: {row.trial_id}", "",
+              (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
+               f"reached at {_reached_at(trial_curves, row):,} of the {row.tokens:,} tokens it "
+               f"trained; MLflow run `{row.run_id}`."), "",
+              "| parameter | value |", "|---|---|",
+              *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
+              ("PBT changed its values as it ran (those it ended with are shown): no one config "
+               "reproduces it." if row.pbt else f"Reproduce it: `{replay_cmd}`"), "",
+              "## What mattered (fANOVA)", ""]
     if scores:
         lines += [f"Over the {note}.", "", "| parameter | importance |", "|---|---|",
                   *[f"| {best_mod.symbol(n)} | {v:.2f} |" for n, v in scores.items()]]
     else:
         lines.append(f"Not computed: {note}.")
-    lines += ["", "## Files", "", *[f"- [{f}]({f})" for f in files], ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *listed])
 
 
 def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path]:
     """Write every plot and the summary to `out`, log them under report/ of the study's parent
     run, and return the files written."""
+    from tuner.search.outcome import UNRANKED
+
     parent = runs.study_parent(client, study)
     trial_runs = runs.trial_runs(client, parent)
-    best_run = runs.best_of(trial_runs, study)
-    row = best_mod.trial_row(client, best_run)
-    config = runs.trial_config(client, best_run, workdir)
-    recorded = runs.recorded_study(client, parent, workdir)["search"]
     trial_curves = curves(client, trial_runs)
+    try:
+        best_run = runs.best_of(trial_runs, study)
+    except UserError:
+        if not any(c.status in UNRANKED for c in trial_curves):
+            raise  # no trial has ended: nothing to show yet
+        best_run = None  # every trial that ended diverged or failed: the curves show where
+    row = best_mod.trial_row(client, best_run) if best_run else None
+    recorded = runs.recorded_study(client, parent, workdir)["search"]
     opt_study, scores = None, {}
     if recorded["scheduler"] == "pbt":
         note = "PBT changed trials' values as they ran, so no values go with a loss"
@@ -261,12 +273,14 @@ def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path
             note = str(err)
 
     out.mkdir(parents=True, exist_ok=True)
-    logged_lr = runs.metric_points(client, row.run_id, "lr")
-    schedule = logged_lr if row.pbt else lr_points(config, next(  # PBT: α_max changed
-        c.points for c in trial_curves if c.run_id == row.run_id))
-    figures = {LOSS_PNG: loss_figure(trial_curves, row.run_id),
-               LR_PNG: lr_figure(config, schedule, logged_lr,
-                                 f"learning rate of the best trial ({row.trial_id})")}
+    figures = {LOSS_PNG: loss_figure(trial_curves, row.run_id if row else "")}
+    if row is not None:
+        config = runs.trial_config(client, best_run, workdir)
+        logged_lr = runs.metric_points(client, row.run_id, "lr")
+        schedule = logged_lr if row.pbt else lr_points(config, next(  # PBT: α_max changed
+            c.points for c in trial_curves if c.run_id == row.run_id))
+        figures[LR_PNG] = lr_figure(config, schedule, logged_lr,
+                                    f"learning rate of the best trial ({row.trial_id})")
     if scores:
         figures[IMPORTANCE_PNG] = importance_figure(scores)
     written = []
@@ -276,7 +290,8 @@ def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path
     if opt_study is not None and opt_study.trials:
         (out / PARALLEL_HTML).write_text(parallel_html(opt_study), encoding="utf-8")
         written.append(out / PARALLEL_HTML)
-    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(client.tracking_uri)}"
+    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(client.tracking_uri)}" \
+        if row else ""
     # the study's own count: a PBT clone's curve starts at its donor's tokens, not trained by it
     tokens = parent.data.metrics.get("tokens_trained",
                                      sum(c.points[-1][0] for c in trial_curves if c.points))
