@@ -52,11 +52,19 @@ def checkpoint_path(src: str | Path) -> Path:
     return src / CHECKPOINT_NAME if src.is_dir() else src
 
 
+def _whole_sentences(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else its sentences that do (or its start)."""
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[:end + 1] if end > 0 else text[:limit] + "…"
+
+
 def _load_failure(err: Exception) -> str:
     """What torch.load found wrong, without its advice to load the file unsafely."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines or not lines[0].startswith("Weights only load failed"):
-        return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+        return f"{type(err).__name__}: {_whole_sentences(lines[0], 200) if lines else ''}"
     # torch's header advises weights_only=False; the line before its documentation link says why
     details = [line for line in lines[1:] if not line.startswith("Check the documentation")]
     why = details[-1].rpartition("WeightsUnpickler error:")[2].split(". Please use")[0].strip()

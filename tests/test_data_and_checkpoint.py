@@ -154,6 +154,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         read_checkpoint(path)
     assert err.value.field == str(path)
+    assert str(err.value).endswith(".)")  # torch's reason in whole sentences, not cut mid-way
     path.write_bytes(b"")
     with pytest.raises(ConfigError, match="not a loadable checkpoint \\(the file is empty\\)"):
         read_checkpoint(path, mmap=True)
