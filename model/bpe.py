@@ -12,8 +12,10 @@ import multiprocessing
 import multiprocessing.pool
 import multiprocessing.resource_tracker
 import os
+import pickle
 import re
 import signal
+import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -146,30 +148,44 @@ def parallel_map(func: Callable[[Any], Any], tasks: Sequence, workers: int,
                  initializer: Callable | None = None, initargs: tuple = ()) -> Iterator[Any]:
     """`func` of each task in worker processes, in task order, with 2·`workers` tasks in flight.
 
-    The workers ignore Ctrl-C: on the parent's interrupt or error the tasks in flight finish, then
-    the workers stop. A worker stopped while sending a result would leave the pool waiting for
-    the rest of it for ever (`Pool.terminate` too).
+    Results come back through files, named in messages too short to be cut: a worker stopped
+    while sending megabytes would leave the pool waiting for the rest for ever (`Pool.terminate`
+    too), so the pool stops at once at any moment (Ctrl-C, an error, the end). The workers
+    ignore Ctrl-C, which reaches the whole process group: the parent stops them.
     """
-    pool, in_flight = None, deque()
-    try:
-        # Started first: it starts Ctrl-C-proof itself, and lets Ctrl-C through as it returns.
-        multiprocessing.resource_tracker.ensure_running()
-        with _ctrl_c_held():
-            pool = _start_pool(workers, initializer, initargs)
-        todo = iter(tasks)
-        in_flight.extend(pool.apply_async(func, (task,)) for task in islice(todo, 2 * workers))
-        while in_flight:
-            result = in_flight[0].get()
-            in_flight.popleft()
-            in_flight.extend(pool.apply_async(func, (task,)) for task in islice(todo, 1))
-            yield result
-    finally:
-        if pool is not None:
-            try:
-                for pending in in_flight:  # then no worker is sending a result as they stop
-                    pending.wait()
-            finally:  # a second Ctrl-C stops them at once
+    pool = None
+    with tempfile.TemporaryDirectory(prefix="parallel-map-") as folder:
+        try:
+            # Started first: it starts Ctrl-C-proof itself, and lets Ctrl-C through as it returns.
+            multiprocessing.resource_tracker.ensure_running()
+            with _ctrl_c_held():
+                pool = _start_pool(workers, initializer, initargs)
+
+            def submit(index: int, task: Any) -> multiprocessing.pool.AsyncResult:
+                return pool.apply_async(_result_to_file, (func, task, f"{folder}/{index}"))
+
+            todo = enumerate(tasks)
+            in_flight = deque(submit(*item) for item in islice(todo, 2 * workers))
+            while in_flight:
+                path = in_flight.popleft().get()
+                in_flight.extend(submit(*item) for item in islice(todo, 1))
+                yield _result_from_file(path)
+        finally:
+            if pool is not None:
                 pool.terminate()
+
+
+def _result_to_file(func: Callable[[Any], Any], task: Any, path: str) -> str:
+    with open(path, "wb") as file:
+        pickle.dump(func(task), file, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _result_from_file(path: str) -> Any:
+    with open(path, "rb") as file:
+        result = pickle.load(file)  # written just now by a worker, in a folder only we can enter
+    os.unlink(path)
+    return result
 
 
 @contextmanager

@@ -113,23 +113,30 @@ def test_parallel_counting_equals_one_process(monkeypatch: pytest.MonkeyPatch,
     assert count_pretokens(path, [EOT], end=600_000, workers=2) == single
 
 
-def test_ctrl_c_stops_the_worker_pool_even_while_workers_send_results(tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole process group. A worker it killed while sending a result would
-    leave the pool waiting for the rest of that result for ever: the workers ignore it and the
-    parent stops the pool, so the command ends at once."""
-    script = ("from model.bpe import parallel_map\n"
+@pytest.mark.parametrize("stop", ["ctrl-c", "consumer"])
+def test_the_worker_pool_stops_at_once_even_while_workers_send_results(stop: str) -> None:
+    """Ctrl-C reaches the whole process group, and a consumer may stop early: either way the
+    pool stops while workers are sending results. A worker stopped halfway through sending one
+    would leave the pool waiting for the rest for ever; the command must end at once."""
+    script = ("import sys, time\n"
+              "from model.bpe import parallel_map\n"
+              "results = parallel_map(bytes, [20_000_000] * 10_000, 2)\n"
               "try:\n"
-              "    for n, _ in enumerate(parallel_map(bytes, [20_000_000] * 10_000, 2)):\n"
-              "        print('started', flush=True) if n == 0 else None\n"
+              "    next(results)\n"
+              "    print('started', flush=True)\n"
+              "    time.sleep(0.3 if sys.argv[1] == 'consumer' else 60)  # workers busy sending\n"
+              "    results.close()\n"
               "except KeyboardInterrupt:\n"
               "    raise SystemExit(130)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script, stop], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline() == "started\n"
-        time.sleep(0.3)  # workers busy sending 20-MB results
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        if stop == "ctrl-c":
+            time.sleep(0.3)
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == (130 if stop == "ctrl-c" else 0)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
