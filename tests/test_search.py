@@ -834,6 +834,57 @@ def test_scheduler_keeps_its_state_across_a_resume(
         assert all(times == sorted(set(times)) for times in after.values()), after
 
 
+def test_the_median_rule_keeps_what_it_put_back_until_its_first_result(tmp_path: Path) -> None:
+    """Tune saves its state every few seconds, and a resumed study's first result may come
+    minutes later: a save in between keeps the results put back. The first result then keys
+    them to the resumed study's trial objects, which are new ones."""
+    import pickle
+
+    from tuner.search.median_rule import ResumableMedianStoppingRule
+
+    class Trial:
+        status = "RUNNING"
+
+        def __init__(self, trial_id: str) -> None:
+            self.trial_id = trial_id
+
+    class Controller:
+        def __init__(self, trials: list[Trial]) -> None:
+            self.trials = trials
+
+        def get_trials(self) -> list[Trial]:
+            return self.trials
+
+        def get_live_trials(self) -> list[Trial]:
+            return self.trials
+
+    def rule() -> ResumableMedianStoppingRule:
+        return ResumableMedianStoppingRule(metric="val_loss", mode="min", time_attr="tokens",
+                                           grace_period=10)
+
+    def saved(median: ResumableMedianStoppingRule, name: str) -> dict[str, list[int]]:
+        median.save(str(tmp_path / name))
+        state = pickle.loads((tmp_path / name).read_bytes())
+        return {trial: [r["tokens"] for r in results]
+                for trial, results in state["results"].items()}
+
+    first, second = Trial("a"), Trial("b")
+    before = rule()
+    for tokens in (10, 20):
+        for trial in (first, second):
+            before.on_trial_result(Controller([first, second]), trial,
+                                   {"tokens": tokens, "val_loss": 3.0})
+    assert saved(before, "killed.pkl") == {"a": [10, 20], "b": [10, 20]}
+    resumed = rule()
+    resumed.restore(str(tmp_path / "killed.pkl"))
+    assert saved(resumed, "again.pkl") == {"a": [10, 20], "b": [10, 20]}
+    again = Trial("b")  # the resumed study's object for trial b, trained again from 20 tokens
+    resumed.on_trial_result(Controller([Trial("a"), again]), again,
+                            {"tokens": 20, "val_loss": 2.5})
+    assert saved(resumed, "after.pkl") == {"a": [10, 20], "b": [10, 20]}
+    assert [r["val_loss"] for r in resumed._results[again]] == [3.0, 2.5]
+
+
 @pytest.mark.slow
 def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, dataset: Path,
                                                                mlflow_store_template: Path) -> None:

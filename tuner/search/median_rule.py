@@ -25,6 +25,10 @@ class ResumableMedianStoppingRule(MedianStoppingRule):
             "stopped": [trial.trial_id for trial in self._stopped_trials],
             "last_pause": {trial.trial_id: t for trial, t in self._last_pause.items()},
         }
+        if self._saved is not None:  # put back, and not yet keyed: a save before the first result
+            state["results"] = {**self._saved["results"], **state["results"]}
+            state["stopped"] = sorted({*self._saved["stopped"], *state["stopped"]})
+            state["last_pause"] = {**self._saved["last_pause"], **state["last_pause"]}
         with open(checkpoint_path, "wb") as file:
             pickle.dump(state, file)
 
