@@ -119,6 +119,42 @@ def test_runaway_loss_stops_as_diverged(byte_dataset: Path) -> None:
     assert result.steps < 40 and seen[-1].val_loss == math.inf
 
 
+@pytest.mark.parametrize("diverging_step", [1, 10, 11, 40, "first after a resume"])
+def test_divergence_is_recorded_at_the_step_that_diverged(byte_dataset: Path, tmp_path: Path,
+                                                          monkeypatch, diverging_step) -> None:
+    """The record of a run that diverged is that of the step whose loss ran away: its step, lr
+    and gradient norm, and the train loss over the steps since the last evaluation."""
+    import model.train as trainer
+
+    config = tiny_config(byte_dataset, dropout=0.1)
+    clean = train(replace(config, eval_interval=1)).records  # a record per step: its loss, lr...
+    resume = diverging_step == "first after a resume"
+    if resume:
+        train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
+    step = 21 if resume else diverging_step
+    calls = 20 if resume else 0  # training steps taken so far in this run
+    clean_loss = trainer.cross_entropy
+
+    def runaway_at_step(logits, targets, *smoothing):
+        nonlocal calls
+        loss = clean_loss(logits, targets, *smoothing)
+        if smoothing:  # a training step's (evaluations pass no smoothing)
+            calls += 1
+            loss = loss * 1000 if calls == step else loss
+        return loss
+
+    monkeypatch.setattr(trainer, "cross_entropy", runaway_at_step)
+    result = train(config, resume_from=tmp_path if resume else None)
+    record, at = result.records[-1], clean[step - 1]
+    assert (result.status, result.steps, record.step, record.tokens) == (
+        "diverged", step, step, at.tokens)
+    assert record.val_loss == math.inf and record.lr == at.lr
+    assert record.grad_norm == pytest.approx(1000 * at.grad_norm, rel=1e-3)
+    since = [r.train_loss for r in clean if (step - 1) // 10 * 10 < r.step < step]
+    assert record.train_loss == pytest.approx((sum(since) + 1000 * at.train_loss) /
+                                              (len(since) + 1), rel=1e-4)
+
+
 @pytest.mark.parametrize("overrides, field", [
     ({"model": ModelConfig(vocab_size=256, d_model=30, num_heads=4, context_length=32)},
      "model.num_heads"),
