@@ -60,14 +60,30 @@ class LossTally:
     total: float = 0.0
     count: int = 0
 
-    def add(self, loss: torch.Tensor) -> bool:
-        """Count `loss` (reading it waits for the device); whether it diverged."""
-        value = float(loss)
+    def add(self, loss: Callable[[], float]) -> bool:
+        """Count the loss `loss()` reads; whether it diverged."""
+        value = loss()
         self.total, self.count = self.total + value, self.count + 1
         return not math.isfinite(value) or value > self.limit
 
     def mean(self) -> float:
         return self.total / self.count
+
+
+def read_later(value: torch.Tensor) -> Callable[[], float]:
+    """A reader of 0-dim `value`. On a GPU the value is copied to the host now, without waiting,
+    and the reader waits for that copy alone, not for the work queued after it."""
+    if not value.is_cuda:
+        return lambda: float(value)
+    host = value.to("cpu", non_blocking=True)  # into pinned memory
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> float:
+        copied.synchronize()
+        return float(host)
+
+    return read
 
 
 @dataclass
@@ -329,8 +345,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         with autocast():
             loss = cross_entropy(runner(x), y, config.label_smoothing)
         loss.backward()
-        if unread is not None:  # the step before's loss, read once this step is queued: a read
-            diverged = losses.add(unread)  # waits for the GPU, which then still has work
+        if unread is not None:  # the step before's loss, read once this step is queued, so the
+            diverged = losses.add(unread)  # GPU has work while the CPU waits and goes on
         if not diverged:  # this step's gradients are dropped if the one before diverged
             lr = schedule.lr(step)
             set_lr(optimizer, lr)
@@ -338,7 +354,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            unread = loss.detach()
+            unread = read_later(loss.detach())
             if not (step == total_steps or config.evaluates_after(step)):
                 continue
             diverged, unread = losses.add(unread), None
