@@ -834,6 +834,37 @@ def test_scheduler_keeps_its_state_across_a_resume(
         assert all(times == sorted(set(times)) for times in after.values()), after
 
 
+@pytest.mark.slow
+def test_a_trial_stopped_just_before_the_kill_is_stopped_again(tmp_path: Path, dataset: Path,
+                                                               mlflow_store_template: Path) -> None:
+    """A driver killed between ASHA stopping a trial and Tune's next save resumes the trial from
+    the checkpoint that save names, the one before its latest: it trains that evaluation again and
+    ASHA stops it again, rather than training on from the latest to the end."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "killed", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
+                        budget={"tokens": 122880, "eval_interval": 20},
+                        search={"algorithm": "random", "scheduler": "asha", "num_samples": 6,
+                                "max_concurrent": 1,
+                                "asha": {"grace_period": 20480, "reduction_factor": 2}})
+    storage = tmp_path / "ray"
+    _run_then_sigkill(space, uri, storage, tmp_path, lambda runs, tokens: any(
+        r.data.tags.get("tuner.status") == "stopped" for r in runs))
+    _, _, before = mlflow_runs(uri, "killed")
+    stopped = {r.info.run_id: r for r in before if r.data.tags.get("tuner.status") == "stopped"}
+    proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, _, after = mlflow_runs(uri, "killed")
+    for run in (r for r in after if r.info.run_id in stopped):
+        assert run.data.tags["tuner.status"] == "stopped", run.data.tags.get("tuner.status_detail")
+        assert run.data.tags["tuner.status_detail"] == stopped[
+            run.info.run_id].data.tags["tuner.status_detail"]
+    # (a trial the killed driver started after Tune's last save left a folder outside the study)
+    ended = [storage / "killed" / f"trial_{r.data.tags['tuner.trial_id']}" for r in after]
+    assert all(len(list(p.glob("checkpoint_*"))) == 1 for p in ended)  # the earlier: deleted
+
+
 def test_the_median_rule_keeps_what_it_put_back_until_its_first_result(tmp_path: Path) -> None:
     """Tune saves its state every few seconds, and a resumed study's first result may come
     minutes later: a save in between keeps the results put back. The first result then keys

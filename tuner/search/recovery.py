@@ -1,9 +1,10 @@
 """Resuming a study whose driver died inside one of Tune's two races with its own state.
 
-Registering a trial's checkpoint deletes the one before it (`num_to_keep`), and Tune saves its
-experiment state just after: a driver killed in between resumes naming the deleted checkpoint,
-and Tune would fail the trial. The next checkpoint survives, and MLflow already holds its metrics
-(results reach callbacks before their checkpoint is registered), so the trial goes on from it.
+Registering a trial's checkpoint deletes the one before the one before it (`num_to_keep=2`), and
+Tune saves its experiment state just after. Studies that kept one checkpoint per trial, killed in
+between, resume naming a deleted checkpoint, and Tune would fail the trial: it goes on from the
+next checkpoint, whose metrics MLflow already holds (results reach callbacks before their
+checkpoint is registered).
 
 Tune copies its state files into the study's folder in place, from background threads, so the
 driver also keeps a whole copy of each save there (`tuner.search.tune_state`).
@@ -11,6 +12,7 @@ driver also keeps a whole copy of each save there (`tuner.search.tune_state`).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,15 @@ class StateBackup(tune.Callback):
     Tune saves no scheduler state, so the callback saves that of ASHA (its rungs' results) and of
     the median rule (each trial's results) too, and puts it back when a resumed study takes its
     first step: `scheduler` is the study's own object (one pickle with the Tuner keeps them the
-    same object when Tune restores it)."""
+    same object when Tune restores it).
+
+    Trials keep two checkpoints: the last save's state may name the one before the latest, and a
+    trial resumed from the latest would skip the evaluation that Tune, its searcher and scheduler
+    have not seen (one its scheduler stopped it at, say). Once a save records a trial as ended,
+    the callback deletes its earlier one."""
+
+    _ended: tuple = ()  # trials whose earlier checkpoint is not deleted yet (a class default: a
+    # study started before it existed restores this callback from its pickle, without it)
 
     def __init__(self, scheduler: Any = None) -> None:
         from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -81,6 +91,9 @@ class StateBackup(tune.Callback):
         saves = (AsyncHyperBandScheduler, ResumableMedianStoppingRule)
         self.scheduler = scheduler if isinstance(scheduler, saves) else None
         self._paths: tuple[str, str] | None = None  # Tune's staging folder, the study's folder
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended += (trial,)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if trials and self._paths is None:  # Tune's paths, as it restored them
@@ -99,3 +112,21 @@ class StateBackup(tune.Callback):
             self.scheduler.save(str(partial))
             partial.replace(staging / SCHEDULER_STATE)
         keep(staging, folder)
+        # This save records them as ended: a resume no longer needs their earlier checkpoint.
+        # (Should Tune not copy it, `--resume` puts back the copy just kept.)
+        self._prune_ended()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._prune_ended()  # those that ended after the last save
+
+    def _prune_ended(self) -> None:
+        ended = [t for t in self._ended if t.status == "TERMINATED"]
+        self._ended = tuple(t for t in self._ended if t not in ended)
+        for trial in ended:
+            _keep_latest_checkpoint(Path(trial.storage.trial_fs_path))
+
+
+def _keep_latest_checkpoint(trial_dir: Path) -> None:
+    """Delete each checkpoint folder of a trial but its latest."""
+    for earlier in sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-1]:
+        shutil.rmtree(earlier, ignore_errors=True)

@@ -147,12 +147,13 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     callbacks = [CheckpointRepair(), StateBackup(config.scheduler),
                  MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study),
                  StopRelay()]  # the relay last: a held stop finds the study set up
-    # A trial resumes from its latest checkpoint. PBT clones others' and keeps them all: its save
-    # of a function trainable registers the latest checkpoint again, and pruning one of the two
-    # deletes the files of the other, which it may still clone from.
+    # A trial resumes from the checkpoint Tune's last save names: the latest or the one before
+    # (StateBackup deletes it once the trial ended). PBT clones others' and keeps them all: its
+    # save of a function trainable registers the latest checkpoint again, and pruning one of the
+    # two deletes the files of the other, which it may still clone from.
     run_config = tune.RunConfig(
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
     return tune.Tuner(trainable, param_space=tune_space(study) if pbt else {},
                       tune_config=config, run_config=run_config)
