@@ -16,11 +16,12 @@ import torch
 
 from model.checkpoint import checkpoint_config, checkpoint_path, read_checkpoint, save_checkpoint
 from model.config import ConfigError, TrainConfig, load_train_config
-from model.data import Dataset, get_batch, validation_windows
+from model.data import get_batch, validation_windows
 from model.layers import TransformerLM
 from model.loss import cross_entropy, perplexity
 from model.optim import build_optimizer, clip_grad_norm
 from model.schedules import LRSchedule, set_lr
+from model.token_files import Dataset
 
 RESUME_KEYS = ("optimizer", "schedule", "rng", "records")  # what train() saves besides the model
 DIVERGENCE_FACTOR = 2.0  # a train loss above 2·ln|V| (twice a uniform guess) counts as diverged

@@ -14,7 +14,8 @@ import torch
 
 from model.checkpoint import load_checkpoint, model_state, read_checkpoint, save_checkpoint
 from model.config import ConfigError, TrainConfig
-from model.data import Dataset, get_batch, load_tokens, validation_windows
+from model.data import get_batch, validation_windows
+from model.token_files import Dataset, load_tokens
 
 
 def test_batches_are_shifted_windows_of_the_memmap(byte_dataset: Path) -> None:

@@ -27,6 +27,7 @@ from model.bpe import (
     next_cut,
     train_bpe,
 )
+from model.token_files import check_context, check_vocab
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
 from tuner.errors import UserError
@@ -37,7 +38,7 @@ STAGE_MARK = ".partial-"  # a folder being built: .NAME.partial-PID-RANDOM besid
 FORMAT = 1  # bump when the folder layout or the tokenization changes: old folders are rebuilt
 REQUIRED_META = {"vocab_size": int, "dtype": str, "train_tokens": int, "valid_tokens": int}
 DATASET_FILES = {"meta.json", "vocab.json", "merges.txt", "train.npy", "valid.npy"}
-TOKEN_DTYPES = ("uint16", "uint32")  # what model.data reads
+TOKEN_DTYPES = ("uint16", "uint32")  # what model.token_files reads
 _SCAN = 1 << 24  # tokens per step when scanning an array for its largest id
 
 Advance = Callable[[int], None]
@@ -135,7 +136,6 @@ def check_study_dataset(study: Any, data_dir: Path) -> dict:
     """`check_dataset`, then ConfigError when no trial's model fits it (each would fail): the
     trainer's own checks, on the largest vocabulary and the shortest context the study can
     sample. The folder's meta.json."""
-    from model.data import check_context, check_vocab
     from tuner.space.convert import span
 
     meta = check_dataset(data_dir)
