@@ -24,10 +24,16 @@ STUDY_ENV = {
 }
 
 
-# A local Ray's servers (GCS, raylet, workers, agents) listen on 127.0.0.1 only. Ray takes this
-# flag, meant for clusters on Windows and macOS, as "no cluster" and then uses the loopback
-# address as the node's; otherwise it advertises and binds the machine's network address.
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# For the Ray a study starts on this machine.
+LOCAL_RAY_ENV = {
+    # Its servers (GCS, raylet, workers, agents) listen on 127.0.0.1 only. Ray takes this flag,
+    # meant for clusters on Windows and macOS, as "no cluster" and then uses the loopback address
+    # as the node's; otherwise it advertises and binds the machine's network address.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # No idle workers started for the driver: Tune's trial actors carry a runtime env, so they
+    # never use them, and on a small machine they compete with the trials' first seconds.
+    "RAY_prestart_worker_first_driver": "0",
+}
 
 
 def configure(local: bool) -> None:
