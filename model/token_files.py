@@ -46,7 +46,7 @@ class Dataset:
     meta: dict
 
     @classmethod
-    def open(cls, folder: str | Path, vocab_size: int, context_length: int) -> "Dataset":
+    def open(cls, folder: str | Path, vocab_size: int, context_length: int) -> Dataset:
         """Open and check a dataset folder against the model's vocabulary and context."""
         folder = Path(folder)
         if not folder.is_dir():
