@@ -120,10 +120,10 @@ class StateBackup(tune.Callback):
         self._prune_ended()  # those that ended after the last save
 
     def _prune_ended(self) -> None:
-        ended = [t for t in self._ended if t.status == "TERMINATED"]
-        self._ended = tuple(t for t in self._ended if t not in ended)
-        for trial in ended:
-            _keep_latest_checkpoint(Path(trial.storage.trial_fs_path))
+        for trial in self._ended:
+            if trial.status == "TERMINATED":
+                _keep_latest_checkpoint(Path(trial.storage.trial_fs_path))
+        self._ended = tuple(t for t in self._ended if t.status != "TERMINATED")
 
 
 def _keep_latest_checkpoint(trial_dir: Path) -> None:
