@@ -1,8 +1,6 @@
-"""The training loss: cross-entropy with optional label smoothing, and perplexity."""
+"""The training loss: cross-entropy with optional label smoothing."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -22,10 +20,3 @@ def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0)
         nll = (1 - label_smoothing) * nll + label_smoothing * uniform
     return nll.mean()
 
-
-def perplexity(mean_loss: float) -> float:
-    """exp(mean loss); inf when that overflows."""
-    try:
-        return math.exp(mean_loss)
-    except OverflowError:
-        return math.inf

@@ -18,7 +18,8 @@ from model.checkpoint import checkpoint_config, checkpoint_path, read_checkpoint
 from model.config import ConfigError, TrainConfig, load_train_config
 from model.data import get_batch, validation_windows
 from model.layers import TransformerLM
-from model.loss import cross_entropy, perplexity
+from model.loss import cross_entropy
+from model.metrics import perplexity
 from model.optim import build_optimizer, clip_grad_norm
 from model.schedules import LRSchedule, set_lr
 from model.token_files import Dataset

@@ -8,6 +8,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,19 @@ def test_best_keeps_every_value_whole_in_80_columns(recorded):
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert all(f"run id {run_id}" in out for run_id in recorded.run_ids)
     assert "0.02" in out and "completed" in out  # the best trial's α_max, printed short
+
+
+def test_best_runs_without_importing_torch(recorded):
+    """Reading a study's results needs no torch, which takes seconds to import."""
+    code = ("import sys; from tuner.cli import main; "
+            f"sys.argv = ['tuner', 'best', '--study', {recorded.name!r}, '--tracking-uri', "
+            f"{recorded.uri!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exit_:\n    assert not exit_.code, exit_\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert recorded.best_run_id in out.stdout
+    assert out.stdout.splitlines()[-1] == "False"
 
 
 def test_export_then_train_gives_the_trial_result(recorded, tmp_path):

@@ -1,4 +1,4 @@
-"""The loss: cross-entropy (with label smoothing) against PyTorch's, stability, perplexity."""
+"""The loss: cross-entropy (with label smoothing) against PyTorch's, stability; perplexity."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.loss import cross_entropy, perplexity
+from model.loss import cross_entropy
+from model.metrics import perplexity
 
 
 def batch(scale: float = 1.0, vocab: int = 11):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import HPARAMS, TrainConfig
-from model.loss import perplexity
+from model.metrics import perplexity
 from tuner.inspect import runs
 from tuner.redact import redact
 

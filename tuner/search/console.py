@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from model.metrics import perplexity
 from tuner import output
 from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome
 from tuner.search.trainable import TrainedTokens
@@ -230,7 +231,7 @@ def print_summary(console: Console, summary: Summary) -> None:
     params = ", ".join(f"{k}={v}" for k, v in sorted((summary.best_params or {}).items()))
     console.print(f"best trial {summary.best_trial}: MLflow run {summary.best_run_id}")
     console.print(f"  val_loss {summary.best_val_loss:.4f}, perplexity "
-                  f"{math.exp(min(summary.best_val_loss, 700)):.2f}")
+                  f"{perplexity(summary.best_val_loss):.2f}")
     if params:
         console.print(f"  {params}" + (" (as PBT left them)" if summary.best_by_pbt else ""))
     if summary.best_by_pbt:
