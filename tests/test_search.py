@@ -689,18 +689,20 @@ def test_trials_ended_while_the_store_failed_end_on_resume(faults_study: dict[st
 def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """With no retries left, Tune fails a trial whose process was killed: its run is failed in
-    the process, which its searcher was never told a value of, so a warm start leaves it out."""
+    the process, which its searcher was never told a value of, so a warm start leaves it out.
+    A resume does not run it again, so it keeps only its latest checkpoint."""
     from tuner.inspect import history
 
     uri = fresh_store(tmp_path, mlflow_store_template)
-    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 122880, "eval_interval": 20},
+    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 245760, "eval_interval": 20},
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
                         search={"algorithm": "tpe", "scheduler": "none", "num_samples": 1,
                                 "max_failures": 0})
     driver = start_search(space, uri, tmp_path / "ray", tmp_path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     try:
-        _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480,
+        # the third evaluation: the first two checkpoints are registered
+        _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 61440,
                     study="lost")
         for pid, cmd in _descendants(driver.pid):
             if cmd.startswith("ray::ImplicitFunc"):
@@ -708,6 +710,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
         assert driver.wait(timeout=120) == 1  # no trial to replay
     finally:
         driver.kill()
+    assert len(list((tmp_path / "ray" / "lost").glob("*/checkpoint_*"))) == 1
     _, parent, [run] = mlflow_runs(uri, "lost")
     assert (run.info.status, run.data.tags["tuner.status"]) == ("FAILED", "failed")
     assert run.data.tags["tuner.failed_in"] == "process"

@@ -22,6 +22,7 @@ from ray import tune
 from tuner.search.tune_state import SCHEDULER_STATE, keep
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000000, ...
+ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of trials a resume does not run again
 
 
 class CheckpointRepair(tune.Callback):
@@ -77,8 +78,8 @@ class StateBackup(tune.Callback):
 
     Trials keep two checkpoints: the last save's state may name the one before the latest, and a
     trial resumed from the latest would skip the evaluation that Tune, its searcher and scheduler
-    have not seen (one its scheduler stopped it at, say). Once a save records a trial as ended,
-    the callback deletes its earlier one."""
+    have not seen (one its scheduler stopped it at, say). Once a save records a trial as ended
+    (completed, stopped, or failed past its retries), the callback deletes its earlier one."""
 
     _ended: tuple = ()  # trials whose earlier checkpoint is not deleted yet (a class default: a
     # study started before it existed restores this callback from its pickle, without it)
@@ -94,6 +95,9 @@ class StateBackup(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended += (trial,)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended += (trial,)  # past its retries: a resume does not restart it
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if trials and self._paths is None:  # Tune's paths, as it restored them
@@ -121,9 +125,9 @@ class StateBackup(tune.Callback):
 
     def _prune_ended(self) -> None:
         for trial in self._ended:
-            if trial.status == "TERMINATED":
+            if trial.status in ENDED:
                 _keep_latest_checkpoint(Path(trial.storage.trial_fs_path))
-        self._ended = tuple(t for t in self._ended if t.status != "TERMINATED")
+        self._ended = tuple(t for t in self._ended if t.status not in ENDED)
 
 
 def _keep_latest_checkpoint(trial_dir: Path) -> None:
