@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from model.config import TrainConfig
+
+if TYPE_CHECKING:  # reading a schedule (`tuner report`'s plot) needs no torch
+    import torch
 
 
 def cosine_lr(t: int, lr_max: float, lr_min: float, warmup_iters: int, cycle_iters: int) -> float:

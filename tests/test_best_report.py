@@ -51,16 +51,20 @@ def test_best_keeps_every_value_whole_in_80_columns(recorded):
     assert "0.02" in out and "completed" in out  # the best trial's α_max, printed short
 
 
-def test_best_runs_without_importing_torch(recorded):
+def test_best_and_report_run_without_importing_torch(recorded, tmp_path):
     """Reading a study's results needs no torch, which takes seconds to import."""
-    code = ("import sys; from tuner.cli import main; "
-            f"sys.argv = ['tuner', 'best', '--study', {recorded.name!r}, '--tracking-uri', "
-            f"{recorded.uri!r}]\n"
-            "try:\n    main()\nexcept SystemExit as exit_:\n    assert not exit_.code, exit_\n"
+    where = ["--study", recorded.name, "--tracking-uri", recorded.uri]
+    commands = [["best", *where], ["report", *where, "--out", str(tmp_path / "report")]]
+    code = ("import sys; from tuner.cli import main\n"
+            f"for args in {commands!r}:\n"
+            "    sys.argv = ['tuner', *args]\n"
+            "    try:\n        main()\n"
+            "    except SystemExit as exit_:\n        assert not exit_.code, exit_\n"
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert recorded.best_run_id in out.stdout
+    assert recorded.best_run_id in out.stdout and (tmp_path / "report" / report.SUMMARY_MD).is_file()
     assert out.stdout.splitlines()[-1] == "False"
 
 
