@@ -1612,7 +1612,7 @@ def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pat
     """MLflow creates a new sqlite store's tables without a lock: drivers starting together on one
     new file used to fail in its migrations (`tuner search` exit 2) but the first."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = "import sys; from tuner.search.tracking import connect; connect(sys.argv[1])"
+    code = "import sys; from tuner.search.mlflow_layout import connect; connect(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]

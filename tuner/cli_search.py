@@ -80,8 +80,9 @@ def search(
         _check_local_gpus(study)
     checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
 
+    from tuner.search.mlflow_layout import connect, find_parent
     from tuner.search.provenance import provenance
-    from tuner.search.tracking import TrackingLost, connect, find_parent
+    from tuner.search.tracking import TrackingLost
 
     # Tune fails to restore a study stopped before any trial started: that one starts again
     restore = resume and state.ran_trials(storage / study.name)

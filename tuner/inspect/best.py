@@ -37,7 +37,7 @@ def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
 
 def trial_row(client: Any, run: Any) -> TrialRow:
     """What the tables show of one trial run."""
-    from tuner.search.tracking import STATUS_TAG, TRIAL_TAG
+    from tuner.search.mlflow_layout import STATUS_TAG, TRIAL_TAG
 
     points = runs.metric_points(client, run.info.run_id, "val_loss")
     params, by_pbt = runs.searched_values(run)

@@ -33,8 +33,8 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
                  workdir: Path) -> list[tuple[dict[str, Any], float]]:
     """(searched.json, last value of `metric`) of each trial run the searcher was told a value
     of, oldest first: a trial that failed in the trainer reported the worst value."""
+    from tuner.search.mlflow_layout import FAILED_IN_TAG, STATUS_TAG
     from tuner.search.outcome import FAILED
-    from tuner.search.tracking import FAILED_IN_TAG, STATUS_TAG
     from tuner.search.trainable import WORST
 
     def told(run: Any) -> bool:

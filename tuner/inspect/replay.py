@@ -80,8 +80,8 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
             tolerance: float | None = None) -> Plan:
     """Read the trial's config, seed, dataset and code version and check they can be replayed."""
     from model.train import device_label, resolve_device
+    from tuner.search.mlflow_layout import DEVICE_TAG
     from tuner.search.provenance import git_commit
-    from tuner.search.tracking import DEVICE_TAG
 
     run_id, tags = run.info.run_id, run.data.tags
     config = runs.reproducible_config(client, run, workdir, "replayed")
@@ -168,7 +168,7 @@ def execute(client: Any, plan: Plan) -> Replay:
     import torch
 
     from model.train import EvalRecord, device_label, resolve_device, train
-    from tuner.search.tracking import METRICS, ROLE_TAG, STUDY_TAG
+    from tuner.search.mlflow_layout import METRICS, ROLE_TAG, STUDY_TAG
 
     original_id, tags = plan.run.info.run_id, plan.run.data.tags
     end_tokens = plan.original[-1][0]

@@ -35,7 +35,7 @@ class Curve:
 
 def curves(client: Any, trial_runs: list[Any]) -> list[Curve]:
     """The val_loss history of every trial run."""
-    from tuner.search.tracking import STATUS_TAG, TRIAL_TAG
+    from tuner.search.mlflow_layout import STATUS_TAG, TRIAL_TAG
 
     return [Curve(r.data.tags.get(TRIAL_TAG, r.info.run_id), r.info.run_id,
                   r.data.tags.get(STATUS_TAG, "?"),

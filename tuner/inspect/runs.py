@@ -24,7 +24,7 @@ def connect(uri: str) -> Any:
     missing, down or unusable (a missing sqlite file is not created: nothing here writes one)."""
     import os
 
-    from tuner.search.tracking import connect as connect_store
+    from tuner.search.mlflow_layout import connect as connect_store
     from tuner.store_uri import absolute_uri, sqlite_file
 
     if not uri.strip():
@@ -62,7 +62,7 @@ def _holds_mlflow_tables(path: Path, uri: str) -> bool:
 
 def study_parents(client: Any, study: str) -> list[Any]:
     """The parent runs of studies named `study`, in every experiment of the store."""
-    from tuner.search.tracking import ROLE_TAG, STUDY_TAG
+    from tuner.search.mlflow_layout import ROLE_TAG, STUDY_TAG
     from tuner.space.schema import STUDY_NAME
 
     if not STUDY_NAME.fullmatch(study):
@@ -74,7 +74,7 @@ def study_parents(client: Any, study: str) -> list[Any]:
 def study_parent(client: Any, study: str) -> Any:
     """The parent run of study `study`, looked up in every experiment of the store; UserError
     when there is none, or one in each of several experiments (which is meant is unknown)."""
-    from tuner.search.tracking import ROLE_TAG, STUDY_TAG
+    from tuner.search.mlflow_layout import ROLE_TAG, STUDY_TAG
 
     runs = study_parents(client, study)
     if len(runs) > 1:
@@ -102,7 +102,7 @@ def _experiments(client: Any) -> list[str]:
 
 def trial_runs(client: Any, parent: Any) -> list[Any]:
     """The trial runs of a study (replays and other runs excluded)."""
-    from tuner.search.tracking import ROLE_TAG, child_runs
+    from tuner.search.mlflow_layout import ROLE_TAG, child_runs
 
     runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     return [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
@@ -129,7 +129,7 @@ def get_run(client: Any, run_id: str) -> Any:
 
 def trial_run(client: Any, run_id: str) -> Any:
     """The trial run with this id; UserError for another kind of run (a study, a replay)."""
-    from tuner.search.tracking import ROLE_TAG
+    from tuner.search.mlflow_layout import ROLE_TAG
 
     run = get_run(client, run_id)
     role = run.data.tags.get(ROLE_TAG)
@@ -165,8 +165,8 @@ def ranked(runs: list[Any]) -> list[Any]:
 def counts_as_best(run: Any) -> bool:
     """Whether a trial run can be the study's best: it evaluated and neither diverged nor failed
     (a loss it reached before diverging does not make its config a good one)."""
+    from tuner.search.mlflow_layout import STATUS_TAG
     from tuner.search.outcome import UNRANKED
-    from tuner.search.tracking import STATUS_TAG
 
     return (math.isfinite(metric(run, "best_val_loss"))
             and run.data.tags.get(STATUS_TAG) not in UNRANKED)
@@ -237,7 +237,7 @@ def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
 def pbt_values(run: Any) -> dict[str, Any] | None:
     """The searched values a PBT trial ended with (its params hold those it started with); None
     for a trial whose values never changed."""
-    from tuner.search.tracking import PBT_TAG
+    from tuner.search.mlflow_layout import PBT_TAG
 
     changed = run.data.tags.get(PBT_TAG)
     if changed is None:
@@ -254,7 +254,7 @@ def pbt_values(run: Any) -> dict[str, Any] | None:
 def searched_values(run: Any) -> tuple[dict[str, str], bool]:
     """The values the searcher chose for a trial, by study-file name as logged, and whether PBT
     changed them (then they are those it ended with)."""
-    from tuner.search.tracking import SEARCHED_TAG
+    from tuner.search.mlflow_layout import SEARCHED_TAG
 
     final = pbt_values(run) or {}
     names = [n for n in run.data.tags.get(SEARCHED_TAG, "").split(",") if n]
@@ -275,7 +275,7 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     """A trial's checkpoint artifact ("final" or "mid"), checked against the sha256 recorded when
     it was logged: a missing, truncated or replaced file raises UserError."""
     from model.checkpoint import CHECKPOINT_NAME, file_sha256
-    from tuner.search.tracking import CHECKPOINTS
+    from tuner.search.mlflow_layout import CHECKPOINTS
 
     folder, tag = CHECKPOINTS[which]
     run_id = run.info.run_id

@@ -222,7 +222,8 @@ def _fit(tuner: Any) -> None:
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial."""
     from tuner.inspect.runs import counts_as_best, ranked, searched_values
-    from tuner.search.tracking import STATUS_TAG, TrackingLost, child_runs, connect, find_parent
+    from tuner.search.mlflow_layout import STATUS_TAG, child_runs, connect, find_parent
+    from tuner.search.tracking import TrackingLost
 
     try:
         client = connect(study.tracking.uri)

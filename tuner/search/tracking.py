@@ -7,16 +7,12 @@ new ones.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
-import hashlib
 import json
 import math
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,22 @@ from ray import tune
 
 from tuner.errors import UserError, reason
 from tuner.redact import redact
+from tuner.search.mlflow_layout import (
+    CHECKPOINTS,
+    DEVICE_TAG,
+    FAILED_IN_TAG,
+    METRICS,
+    PBT_TAG,
+    RESUMED_COMMIT_TAG,
+    ROLE_TAG,
+    SEARCHED_TAG,
+    STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    child_runs,
+    experiment_id,
+    find_parent,
+)
 from tuner.search.outcome import (
     COMPLETED,
     DIVERGED,
@@ -37,54 +49,10 @@ from tuner.search.outcome import (
     outcome,
 )
 from tuner.search.trainable import TrainedTokens, trial_threads
-from tuner.store_uri import sqlite_file
 
-METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
-           "elapsed_s")
-STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
-RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
-ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
-SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
-PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
-DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
-# A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
-# (its process kept failing and Tune failed it: the searcher left it out)
-FAILED_IN_TAG = "tuner.failed_in"
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
-# which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
-CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
-               "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
 MID_FOLDER = "mid_checkpoints"  # in STORAGE/NAME, one folder per trial
 _BATCH = 100  # MLflow's limit on params or tags per log_batch call
-
-
-def connect(uri: str) -> Any:
-    """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
-    from mlflow import MlflowClient
-
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    try:
-        with _creation_lock(uri):
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-    except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"tracking store {uri} cannot be used: {reason(err)}") from None
-    return client
-
-
-@contextlib.contextmanager
-def _creation_lock(uri: str) -> Iterator[None]:
-    """Held while a sqlite store is opened: MLflow's tracking store creates a new file's tables
-    without a lock, so two studies starting together on one new file failed in its migrations."""
-    path = sqlite_file(uri)
-    if path is None:
-        yield
-        return
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
-    with open(Path(tempfile.gettempdir()) / f"tuner-sqlite-{key[:16]}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 class TrackingLost(Exception):
@@ -114,63 +82,6 @@ def _guarded(at_once: bool = False) -> Callable[[Callable[..., None]], Callable[
                     raise self.lost from err
         return guarded
     return decorate
-
-
-def _check_server(uri: str) -> None:
-    """Fail fast on an unreachable `mlflow server` (the client would retry for minutes)."""
-    import http.client
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    try:
-        parts = urllib.parse.urlsplit(uri.rstrip("/"))
-        public = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # no credentials
-        health = public.geturl() + "/health"
-        with urllib.request.urlopen(health, timeout=10) as response:
-            response.read()
-    except urllib.error.HTTPError as err:  # something answered: not an MLflow server, maybe
-        raise UserError(f"tracking server {uri} answered HTTP {err.code} ({err.reason}) at "
-                        "/health: is it an MLflow tracking server (`mlflow server`)?") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise UserError(f"tracking server {uri} is not reachable ({getattr(err, 'reason', err)})"
-                        ) from None
-    except (ValueError, http.client.InvalidURL):  # their text may quote part of a password
-        raise UserError(f"tracking URI {uri}: not a valid URL; check its host and port, and "
-                        "percent-encode a '#', '?' or '/' in its user or password") from None
-
-
-def experiment_id(client: Any, name: str) -> str:
-    """The id of experiment `name`, created when missing."""
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
-
-
-def find_parent(client: Any, experiment: str, study: str) -> Any | None:
-    """The parent run of study `study` in `experiment`, or None; UserError when the experiment is
-    deleted (MLflow keeps its name, and refuses new runs in it)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    if exp.lifecycle_stage == "deleted":
-        raise UserError(f"MLflow experiment {experiment!r} at {client.tracking_uri} is deleted: "
-                        f"restore it (`mlflow experiments restore --experiment-id "
-                        f"{exp.experiment_id}`), remove it for good (`mlflow gc`), or record the "
-                        "study in another (--name, or tracking.experiment in the study file)")
-    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
-        f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
-    return runs[0] if runs else None
-
-
-def child_runs(client: Any, experiment_id_: str, parent_id: str,
-               deleted: bool = False) -> list[Any]:
-    """Every trial run under a parent (with `deleted`, the deleted ones too)."""
-    from mlflow.entities import ViewType
-
-    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
-    return client.search_runs([experiment_id_], run_view_type=view,
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                              max_results=50000)
 
 
 @dataclass
