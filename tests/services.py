@@ -225,7 +225,7 @@ def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str, timeout: fl
 @dataclass(frozen=True)
 class RayHead:
     address: str  # for ray.init(address=...) and `tuner search --address`
-    env: dict[str, str]  # what a driver's environment needs to connect (its token)
+    env: dict[str, str]  # what a driver's environment needs: its token, and no uv hook
 
 
 @contextlib.contextmanager
@@ -246,8 +246,11 @@ def ray_head(num_cpus: int = 2, timeout: float = 120) -> Iterator[RayHead]:
     # Ray's Unix socket paths must stay short: a folder directly under /tmp.
     temp = Path(tempfile.mkdtemp(prefix="tuner-ray-", dir="/tmp"))
     log = temp / "ray-start.log"
+    # RAY_ENABLE_UV_RUN_RUNTIME_ENV as `tuner search` sets it: a driver run under `uv run pytest`
+    # would have Ray start each worker through `uv run` again (a minute, or past a timeout)
     head = RayHead(f"127.0.0.1:{port}",
-                   {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+                   {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
     env = {**os.environ, **head.env, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(ray), "start", "--head", "--block", f"--port={port}",

@@ -131,12 +131,9 @@ def test_ray_head_tasks_log_to_the_server(tracking: Tracking) -> None:
 
     try:
         with ray_head(num_cpus=1) as head:  # one worker process: both tasks reuse it
-            # As `tuner search` sets it: under `uv run pytest`, Ray would start each worker
-            # through `uv run` again (a minute here, or longer than the timeout)
             proc = subprocess.run([sys.executable, "-c", RAY_DRIVER, head.address, tracking.uri],
                                   capture_output=True, text=True, timeout=180,
-                                  env={**os.environ, **head.env,
-                                       "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+                                  env={**os.environ, **head.env})
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -30,6 +30,7 @@ FAILED_IN_TAG = "tuner.failed_in"
 CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
                "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
 
+
 def connect(uri: str) -> Any:
     """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
     from mlflow import MlflowClient
