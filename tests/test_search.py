@@ -345,34 +345,32 @@ def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, l
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scheduler", "name"), [("hyperband", "HyperBand"),
-                                                 ("median", "the median rule")])
-def test_hyperband_and_median_studies(tmp_path: Path, dataset: Path, mlflow_store_template: Path,
-                                      scheduler: str, name: str) -> None:
-    """Each scheduler stops trials. HyperBand (a budget of 8 grace periods: max_t 3 units of a
-    third of it, η 3) fills its brackets from the least aggressive: 2 trials of the full budget,
-    then a bracket of 3 that keeps 1 at 1 unit and trains it to the full budget, then a new round's
+def test_hyperband_study(tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """HyperBand stops trials. With a budget of 8 grace periods (max_t 3 units of a third of it,
+    η 3) it fills its brackets from the least aggressive: 2 trials of the full budget, then a
+    bracket of 3 that keeps 1 at 1 unit and trains it to the full budget, then a new round's
     first bracket: 1 more of the full budget."""
-    settings = ({"median": {"grace_period": 10240}} if scheduler == "median"
-                else {"asha": {"grace_period": 5120}})
-    trials = 4 if scheduler == "median" else 6
-    space = write_space(tmp_path, scheduler, dataset,
+    space = write_space(tmp_path, "hyperband", dataset,
                         hparams={"lr_max": {"loguniform": [1e-4, 0.1]}},
-                        search={"scheduler": scheduler, "num_samples": trials,
-                                "max_concurrent": None, "algorithm": "random", **settings})
+                        search={"scheduler": "hyperband", "num_samples": 6, "max_concurrent": None,
+                                "algorithm": "random", "asha": {"grace_period": 5120}})
     uri, parent, children, _ = _run_study(tmp_path, space, mlflow_store_template)
-    assert parent.data.tags["tuner.scheduler"] == scheduler and len(children) == trials
-    grouped = by_status(children)
-    assert set(grouped) == {"completed", "stopped"}, grouped  # the scheduler stopped some
+    assert parent.data.tags["tuner.scheduler"] == "hyperband" and len(children) == 6
+    _assert_stopped_by(uri, children, "HyperBand", budget=40960)
+    assert (len(by_status(children)["completed"]), len(by_status(children)["stopped"])) == (4, 2)
+
+
+def _assert_stopped_by(uri: str, children: list[Any], name: str, budget: int) -> None:
+    """Scheduler `name` stopped some trials before the budget's end; the rest trained it all."""
     from mlflow import MlflowClient
 
+    grouped = by_status(children)
+    assert set(grouped) == {"completed", "stopped"}, grouped
     client = MlflowClient(tracking_uri=uri)
     for run in grouped["stopped"]:
         assert run.data.tags["tuner.status_detail"].startswith(f"stopped by {name} at ")
-        assert _tokens(client, run) < 40960  # before the budget's end
-    assert all(_tokens(client, run) == 40960 for run in grouped["completed"])
-    if scheduler == "hyperband":
-        assert (len(grouped["completed"]), len(grouped["stopped"])) == (4, 2)
+        assert _tokens(client, run) < budget
+    assert all(_tokens(client, run) == budget for run in grouped["completed"])
 
 
 @pytest.mark.slow
@@ -799,42 +797,39 @@ def _median_results(state: dict) -> dict[str, list[int]]:
             for trial_id, results in state["results"].items()}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scheduler, grace, recorded", [
-    ("asha", {"asha": {"grace_period": 20480, "reduction_factor": 2}}, _asha_rungs),
-    ("median", {"median": {"grace_period": 20480}}, _median_results)])
-def test_scheduler_keeps_its_state_across_a_resume(
-        tmp_path: Path, dataset: Path, mlflow_store_template: Path, scheduler: str,
-        grace: dict, recorded: Any) -> None:
-    """Tune saves no scheduler state: the driver saves ASHA's and the median rule's with Tune's
-    and puts them back, so a study resumed after a SIGKILL still judges trials against every
-    result recorded before it, and an evaluation trained again is recorded once."""
+def _saved_scheduler(storage: Path) -> Any:
+    """What the driver saved of the scheduler's state beside Tune's (StateBackup)."""
     import pickle
 
+    return pickle.loads((storage / "killed" / "scheduler-state.pkl").read_bytes())
+
+
+@pytest.mark.slow
+def test_median_rule_stops_trials_and_keeps_its_state_across_a_resume(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """The median rule stops trials. Tune saves no scheduler state: the driver saves the rule's
+    with Tune's and puts it back, so a study resumed after a SIGKILL still judges trials against
+    every result recorded before it, and an evaluation trained again is recorded once."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "killed", dataset,
-                        hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        hparams={"lr_max": {"loguniform": [1e-4, 0.1]}},
                         budget={"tokens": 122880, "eval_interval": 20},
-                        search={"algorithm": "random", "scheduler": scheduler, "num_samples": 6,
-                                **grace})
+                        search={"algorithm": "random", "scheduler": "median", "num_samples": 6,
+                                "median": {"grace_period": 20480}})
     storage = tmp_path / "ray"
     _run_then_sigkill(space, uri, storage, tmp_path, lambda runs, tokens: sum(
         r.info.status == "FINISHED" for r in runs) >= 2)
-
-    def saved() -> dict:
-        return recorded(pickle.loads((storage / "killed" / "scheduler-state.pkl").read_bytes()))
-
-    before = saved()
+    before = _median_results(_saved_scheduler(storage))
     assert any(before.values())
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    after = saved()
-    if scheduler == "asha":
-        assert all(before[rung] <= after[rung] for rung in before), (before, after)
-    else:
-        assert all(after[trial][:len(times)] == times for trial, times in before.items())
-        assert all(times == sorted(set(times)) for times in after.values()), after
+    after = _median_results(_saved_scheduler(storage))
+    assert all(after[trial][:len(times)] == times for trial, times in before.items())
+    assert all(times == sorted(set(times)) for times in after.values()), after
+    _, parent, children = mlflow_runs(uri, "killed")
+    assert parent.data.tags["tuner.scheduler"] == "median" and len(children) == 6
+    _assert_stopped_by(uri, children, "the median rule", budget=122880)
 
 
 @pytest.mark.slow
@@ -842,7 +837,9 @@ def test_a_trial_stopped_just_before_the_kill_is_stopped_again(tmp_path: Path, d
                                                                mlflow_store_template: Path) -> None:
     """A driver killed between ASHA stopping a trial and Tune's next save resumes the trial from
     the checkpoint that save names, the one before its latest: it trains that evaluation again and
-    ASHA stops it again, rather than training on from the latest to the end."""
+    ASHA stops it again, rather than training on from the latest to the end. Tune saves no
+    scheduler state: the driver saves ASHA's with Tune's and puts it back, so the resumed study
+    judges trials against every rung result recorded before the kill."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "killed", dataset,
                         hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
@@ -855,9 +852,13 @@ def test_a_trial_stopped_just_before_the_kill_is_stopped_again(tmp_path: Path, d
         r.data.tags.get("tuner.status") == "stopped" for r in runs))
     _, _, before = mlflow_runs(uri, "killed")
     stopped = {r.info.run_id: r for r in before if r.data.tags.get("tuner.status") == "stopped"}
+    rungs = _asha_rungs(_saved_scheduler(storage))
+    assert any(rungs.values())
     proc = run_tuner(["search", "--resume", "--name", "killed", "--storage", str(storage)],
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    rungs_after = _asha_rungs(_saved_scheduler(storage))
+    assert all(rungs[rung] <= rungs_after[rung] for rung in rungs), (rungs, rungs_after)
     _, _, after = mlflow_runs(uri, "killed")
     for run in (r for r in after if r.info.run_id in stopped):
         assert run.data.tags["tuner.status"] == "stopped", run.data.tags.get("tuner.status_detail")
@@ -1276,42 +1277,28 @@ def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
         parent.data.metrics)
 
 
-@pytest.mark.slow
-def test_resume_on_a_changed_dataset_fails_before_ray(tmp_path: Path, dataset: Path,
-                                                      mlflow_store_template: Path) -> None:
-    """The study's data folder was prepared again with other inputs: its trials would go on
-    with other data under the recorded sha256, so --resume refuses, naming the folder."""
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def ties_study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
+               mlflow_store_template: Path) -> dict[str, Any]:
+    """A finished study where nothing is searched, so its 3 trials train alike and tie, two at a
+    time; on a data folder of its own."""
+    folder = tmp_path_factory.mktemp("ties")
+    data = folder / "data"
     shutil.copytree(dataset, data)
-    uri = fresh_store(tmp_path, mlflow_store_template)
-    space = write_space(tmp_path, "moved", data,
-                        search={"algorithm": "random", "scheduler": "none", "num_samples": 1})
-    storage = tmp_path / "ray"
-    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(storage)], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    meta = json.loads((data / "meta.json").read_text())
-    (data / "meta.json").write_text(json.dumps({**meta, "valid_fraction": 0.2}))
-    proc = run_tuner(["search", "--resume", "--name", "moved", "--storage", str(storage)],
-                     cwd=tmp_path)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"{data}: the dataset changed since study 'moved' started" in " ".join(
-        proc.stderr.split())
-    _, parent, _ = mlflow_runs(uri, "moved")
-    assert parent.info.status == "FINISHED"
-
-
-@pytest.mark.slow
-def test_trials_that_tie_name_the_earliest_as_best(tmp_path: Path, dataset: Path,
-                                                   mlflow_store_template: Path) -> None:
-    """Nothing searched: every trial trains the same and ties, two at a time. The parent's tag,
-    the summary and `tuner best` all name the earliest trial, and no empty values print."""
-    uri = fresh_store(tmp_path, mlflow_store_template)
-    space = write_space(tmp_path, "ties", dataset,
+    uri = fresh_store(folder, mlflow_store_template)
+    space = write_space(folder, "ties", data,
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(tmp_path / "ray")], cwd=tmp_path)
+                      str(folder / "ray")], cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"proc": proc, "uri": uri, "folder": folder, "data": data}
+
+
+@pytest.mark.slow
+def test_trials_that_tie_name_the_earliest_as_best(ties_study: dict[str, Any]) -> None:
+    """The parent's tag, the summary and `tuner best` all name the earliest trial, and no empty
+    values print."""
+    proc, uri = ties_study["proc"], ties_study["uri"]
     _, parent, children = mlflow_runs(uri, "ties")
     assert len(children) == 3 and len({r.data.metrics["best_val_loss"] for r in children}) == 1
     earliest = min(children, key=lambda r: r.info.start_time)
@@ -1320,10 +1307,29 @@ def test_trials_that_tie_name_the_earliest_as_best(tmp_path: Path, dataset: Path
     assert f"best trial {trial}: MLflow run {earliest.info.run_id}\n" in proc.stdout
     assert re.search(r"perplexity [0-9.]+\nreproduce it with:", proc.stdout)
     assert re.search(rf"best val_loss [0-9.]+ \(trial {trial}\)\n", proc.stderr), proc.stderr
-    best = run_tuner(["best", "--study", "ties", "--tracking-uri", uri], cwd=tmp_path)
+    best = run_tuner(["best", "--study", "ties", "--tracking-uri", uri], cwd=ties_study["folder"])
     assert best.returncode == 0
     assert re.findall(r"[0-9a-f]{32}", best.stdout)[0] == earliest.info.run_id
     assert "()" not in proc.stdout + proc.stderr + best.stdout
+
+
+@pytest.mark.slow
+def test_resume_on_a_changed_dataset_fails_before_ray(ties_study: dict[str, Any]) -> None:
+    """The study's data folder was prepared again with other inputs: its trials would go on
+    with other data under the recorded sha256, so --resume refuses, naming the folder."""
+    data, folder = ties_study["data"], ties_study["folder"]
+    meta = (data / "meta.json").read_text()
+    (data / "meta.json").write_text(json.dumps({**json.loads(meta), "valid_fraction": 0.2}))
+    try:
+        proc = run_tuner(["search", "--resume", "--name", "ties", "--storage",
+                          str(folder / "ray")], cwd=folder)
+    finally:
+        (data / "meta.json").write_text(meta)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{data}: the dataset changed since study 'ties' started" in " ".join(
+        proc.stderr.split())
+    _, parent, _ = mlflow_runs(ties_study["uri"], "ties")
+    assert parent.info.status == "FINISHED"
 
 
 @pytest.mark.slow
