@@ -1060,7 +1060,8 @@ def test_tracking_failure_as_a_trial_ends_stops_the_study(tmp_path: Path, datase
 def test_a_second_driver_of_a_running_study_is_refused(tmp_path: Path, dataset: Path,
                                                        mlflow_store_template: Path) -> None:
     """`--resume` while the study's driver still runs would run its trials twice into the same
-    runs: exit 2, naming the running driver, and the study goes on untouched."""
+    runs: exit 2 before its Ray starts, naming the running driver, and the study goes on
+    untouched."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "busy", dataset, budget={"tokens": 983040},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 4})
@@ -1069,8 +1070,10 @@ def test_a_second_driver_of_a_running_study_is_refused(tmp_path: Path, dataset: 
                           stderr=subprocess.DEVNULL)
     try:
         _wait_until(uri, driver, lambda runs, tokens: any(tokens.values()), study="busy")
+        # where the second driver's Ray would start (short: Ray's sockets live in it)
+        second_ray = Path(tempfile.mkdtemp(prefix="ray-"))
         second = run_tuner(["search", "--resume", "--name", "busy", "--storage", str(storage)],
-                           cwd=tmp_path)
+                           cwd=tmp_path, env={**ENV, "RAY_TMPDIR": str(second_ray)})
         assert driver.poll() is None
         _, parent, runs = mlflow_runs(uri, "busy")
     finally:
@@ -1079,6 +1082,8 @@ def test_a_second_driver_of_a_running_study_is_refused(tmp_path: Path, dataset: 
     assert second.returncode == 2, second.stdout + second.stderr
     assert (f"error: study 'busy' is running: another `tuner search` (pid {driver.pid} on "
             f"{socket.gethostname()}) drives it") in " ".join(second.stderr.split())
+    assert not list(second_ray.iterdir())
+    second_ray.rmdir()
     assert parent.info.status == "RUNNING"
     trials = [r.data.tags["tuner.trial_id"] for r in runs]
     assert len(trials) == len(set(trials)) <= 4

@@ -69,6 +69,8 @@ def search(
         raise UserError(f"{', '.join(changed)}: a resumed study keeps the settings it started "
                         "with (its searcher's state depends on them); to build on it, start a new "
                         f"study with --warm-start {name}")
+    if resume:
+        state.check_not_driven(storage / name)
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
     _check_storage(storage)

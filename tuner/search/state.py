@@ -37,17 +37,32 @@ def driven(folder: Path) -> Iterator[None]:
     # credentials, which --resume reconnects with.
     folder.chmod(0o700)
     with open(folder / LOCK_FILE, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise UserError(f"study {folder.name!r} is running: another `tuner search` (pid "
-                            f"{lock.read().strip() or '?'}) drives it; stop that one first, or "
-                            "let it finish") from None
+        _lock_or_refuse(lock, folder)
         lock.truncate(0)
         lock.write(f"{os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
         yield
+
+
+def check_not_driven(folder: Path) -> None:
+    """UserError while another driver runs the study in `folder`: checked before Ray starts,
+    then held by `driven`."""
+    try:
+        lock = open(folder / LOCK_FILE)  # noqa: SIM115 - closed below, which unlocks it
+    except OSError:  # no study there (yet), or not readable: what loads the study says so
+        return
+    with lock:
+        _lock_or_refuse(lock, folder)
+
+
+def _lock_or_refuse(lock: Any, folder: Path) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise UserError(f"study {folder.name!r} is running: another `tuner search` (pid "
+                        f"{lock.read().strip() or '?'}) drives it; stop that one first, or "
+                        "let it finish") from None
 
 
 def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
