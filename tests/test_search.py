@@ -1007,7 +1007,7 @@ def test_tracking_server_lost_mid_study_stops_it(tmp_path: Path, dataset: Path) 
     stops, saying which store failed and how to continue, instead of hanging on every record;
     with the server back, --resume finishes it in the same runs."""
     backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts"
-    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 122880},
+    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 61440},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
     storage = tmp_path / "ray"
     env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
