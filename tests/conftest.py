@@ -43,15 +43,3 @@ def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
     return path
-
-
-# Module fixtures that run a whole study or start servers: their tests go to one worker.
-SHARED_SETUPS = ("faults_study", "ties_study", "tracking")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the tests of one module that use one of SHARED_SETUPS on one pytest-xdist worker."""
-    for item in items:
-        shared = [name for name in SHARED_SETUPS if name in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
