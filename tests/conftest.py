@@ -43,3 +43,9 @@ def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests (whole studies) first, in their order: on two workers the quick ones then
+    fill the end, instead of one worker finishing a study alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

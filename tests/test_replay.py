@@ -202,6 +202,7 @@ def test_replay_against_a_server_prints_no_credentials(recorded, tmp_path):
     assert "S3cretPW" not in out and "View run" not in out
 
 
+@pytest.mark.slow
 def test_replay_of_a_real_search_is_bit_exact(tmp_path, byte_dataset, mlflow_store_template):
     from test_search import fresh_store, run_tuner, write_space
 
