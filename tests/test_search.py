@@ -357,7 +357,8 @@ def test_hyperband_study(tmp_path: Path, dataset: Path, mlflow_store_template: P
     uri, parent, children, _ = _run_study(tmp_path, space, mlflow_store_template)
     assert parent.data.tags["tuner.scheduler"] == "hyperband" and len(children) == 6
     _assert_stopped_by(uri, children, "HyperBand", budget=40960)
-    assert (len(by_status(children)["completed"]), len(by_status(children)["stopped"])) == (4, 2)
+    grouped = by_status(children)
+    assert (len(grouped["completed"]), len(grouped["stopped"])) == (4, 2)
 
 
 def _assert_stopped_by(uri: str, children: list[Any], name: str, budget: int) -> None:

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tuner.errors import UserError
 
@@ -55,7 +55,7 @@ def check_not_driven(folder: Path) -> None:
         _lock_or_refuse(lock, folder)
 
 
-def _lock_or_refuse(lock: Any, folder: Path) -> None:
+def _lock_or_refuse(lock: TextIO, folder: Path) -> None:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
