@@ -83,6 +83,9 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
         raise ConfigError(str(path), "checkpoint not found")
     if path.stat().st_size == 0:  # torch's own message blames mmap or the zip format
         raise ConfigError(str(path), "not a loadable checkpoint (the file is empty)")
+    if not zipfile.is_zipfile(path):  # torch's own messages blame mmap, or a pickle's key
+        raise ConfigError(str(path), "not a loadable checkpoint (not a torch.save archive: "
+                          "another format, or cut short)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, corrupt and unsafe files all land here
@@ -98,8 +101,6 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
 def _failed_checksum(path: Path) -> str | None:
     """The first entry of a torch.save zip whose bytes fail its CRC-32 (torch.load does not check
     them, so a flipped tensor byte would load as a silently different weight)."""
-    if not zipfile.is_zipfile(path):
-        return None
     with zipfile.ZipFile(path) as archive:
         if not any(entry.CRC for entry in archive.infolist()):  # saved with compute_crc32 off
             return None

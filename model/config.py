@@ -13,7 +13,7 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import InitVar, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -423,10 +423,15 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if not isinstance(key, str):
             raise ConfigError(f"{prefix}{key!r}", "a field name must be a string")
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(prefix + key, f"unknown field (did you mean {close[0]!r}?)" if close
-                              else f"unknown field (known: {', '.join(sorted(known))})")
+            raise ConfigError(prefix + key, _unknown_key(key, known, "field"))
     return cls(**data)
+
+
+def _unknown_key(key: str, known: Iterable[str], what: str) -> str:
+    """Why `key` is refused: the closest of the `known` keys, or all of them."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return (f"unknown {what} (did you mean {close[0]!r}?)" if close
+            else f"unknown {what} (known: {', '.join(sorted(known))})")
 
 
 def _both_set(form: str) -> ConfigError:
@@ -457,7 +462,7 @@ STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
 def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
     """A study file whose values are all fixed (`tuner best --export`) as a trainer config mapping."""
     specs = {**TRAIN_HPARAMS, **{spec.name: spec for spec in RELATIVE_HPARAMS.values()}}
-    by_key = {key: name for name, spec in specs.items()
+    by_key = {key: name for name, spec in specs.items() if name not in STUDY_BUDGET_KEYS.values()
               for key in (name, spec.symbol, *spec.aliases)}
     sections = {}
     for section in ("model", "hparams", "data", "budget", "resources"):
@@ -470,7 +475,9 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             raise ConfigError(f"hparams.{key}", "is a distribution; the trainer needs one value "
                               "(run the study with `tuner search`)")
-        name = by_key.get(key, key)
+        name = by_key.get(key)
+        if name is None:
+            raise ConfigError(f"hparams.{key}", _unknown_key(str(key), by_key, "hyperparameter"))
         if name in given:
             raise ConfigError(f"hparams.{key}", f"{name} is given twice (also as {given[name]})")
         given[name], flat[name] = key, value
@@ -479,7 +486,9 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("data.path", "the trainer needs a prepared dataset folder")
     flat["data"] = path
     for key, value in sections["budget"].items():
-        flat[STUDY_BUDGET_KEYS.get(key, key)] = value
+        if key not in STUDY_BUDGET_KEYS:
+            raise ConfigError(f"budget.{key}", _unknown_key(str(key), STUDY_BUDGET_KEYS, "key"))
+        flat[STUDY_BUDGET_KEYS[key]] = value
     resources = sections["resources"]
     flat.update({key: resources[key] for key in ("device", "deterministic", "peak_flops")
                  if key in resources})
@@ -548,6 +557,14 @@ def _yaml_numbers(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _parse_failure(err: Exception) -> str:
+    """A parse error in one line: PyYAML's spans several, quoting the text."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(err).split())
+
+
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a YAML or JSON trainer config, or a fixed study file; errors name the file."""
     path = Path(path)
@@ -561,7 +578,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
         data = json.loads(text, object_pairs_hook=_unique) if path.suffix == ".json" else (
             _load_yaml(text))
     except Exception as err:  # noqa: BLE001 - any parse error is the file's fault
-        raise ConfigError(str(path), f"not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
+        raise ConfigError(str(path), f"not valid {path.suffix.lstrip('.') or 'YAML'}: "
+                          f"{_parse_failure(err)}") from err
     data = {} if data is None else data  # an empty file: every field at its default
     if not isinstance(data, dict):
         raise ConfigError(str(path), f"must be a mapping of fields, not a {type(data).__name__}")

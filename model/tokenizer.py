@@ -244,6 +244,11 @@ class Tokenizer:
             raise ValueError(f"{vocab_path}: not a JSON vocabulary ({err})") from None
         if not isinstance(entries, dict) or not all(isinstance(i, int) for i in entries.values()):
             raise ValueError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
+        stray = next((i for i in sorted(entries.values()) if not 0 <= i < len(entries)), None)
+        if stray is not None or len(set(entries.values())) < len(entries):
+            raise ValueError(f"{vocab_path}: the ids of its {len(entries)} tokens must be 0.."
+                             f"{len(entries) - 1}, each once (" + (f"found id {stray})" if stray
+                             is not None else "an id is given twice)"))
         vocab = {i: to_bytes(token) for token, i in entries.items()}
         merges = []
         try:

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -166,6 +166,16 @@ def _load_tokenizer(dataset: Dataset):
         return Tokenizer.from_dir(dataset.path)
     except (OSError, ValueError) as err:  # a damaged vocab.json or merges.txt
         raise ConfigError(str(dataset.path), f"its tokenizer cannot be read ({err})") from None
+
+
+def _check_prompt(tokenizer: Any, prompt: str) -> None:
+    """Refuse a sample prompt generation could not start from, before any step trains."""
+    from model.generate import prompt_ids
+
+    try:
+        prompt_ids(tokenizer, prompt)
+    except ConfigError as err:
+        raise ConfigError("sample_prompt", err.message) from None
 
 
 def _rng_state(batch_gen: torch.Generator, sample_gen: torch.Generator,
@@ -324,6 +334,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     tokenizer = _load_tokenizer(dataset) if config.sample_tokens > 0 else None
+    if tokenizer is not None:
+        _check_prompt(tokenizer, config.sample_prompt)
     windows = validation_windows(dataset.valid, config.model.context_length, config.eval_windows,
                                  device)
     if checkpoint_dir is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -155,10 +157,25 @@ def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         read_checkpoint(path)
     assert err.value.field == str(path)
-    assert str(err.value).endswith(".)")  # torch's reason in whole sentences, not cut mid-way
+    assert err.value.message.endswith("(not a torch.save archive: another format, or cut short)")
     path.write_bytes(b"")
     with pytest.raises(ConfigError, match="not a loadable checkpoint \\(the file is empty\\)"):
         read_checkpoint(path, mmap=True)
+
+
+@pytest.mark.parametrize("content", [b"step 100, loss 3.2\n", pickle.dumps({"model": {}}, 4)],
+                         ids=["text", "bare pickle"])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_file_of_another_format_is_named_as_such(tmp_path: Path, content: bytes,
+                                                   mmap: bool) -> None:
+    """Not torch's errors, which blame mmap or a pickle's first byte, and no torch warning."""
+    path = tmp_path / "c.pt"
+    path.write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match="not a loadable checkpoint \\(not a torch.save "
+                                              "archive: another format, or cut short\\)$"):
+            read_checkpoint(path, mmap=mmap)
 
 
 def _tensor_bytes_at(path: Path) -> int:

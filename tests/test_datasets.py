@@ -259,6 +259,11 @@ def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Pa
     (lambda d, m: m.update(train_tokens=m["train_tokens"] + 1), "train.npy: .* meta.json says"),
     (lambda d, m: m.update(dtype="uint32"), "train.npy: a 1-D uint16 array, but meta.json says"),
     (lambda d, m: m.update(vocab_size=10), "train.npy: token id .* not below vocab_size=10"),
+    (lambda d, m: np.save(d / "train.npy", np.load(d / "train.npy").astype(">u2")),
+     "train.npy: a 1-D big-endian uint16 array, but meta.json says 1-D uint16"),
+    (lambda d, m: m.update(vocab_size=70000), "meta.json: vocab_size 70000 does not fit .* uint16"),
+    (lambda d, m: m.update(vocab_size=m["vocab_size"] + 10),
+     "meta.json: vocab_size .*, but its tokenizer has .* tokens"),
     (lambda d, m: (d / "valid.npy").unlink(), "valid.npy: missing"),
     (lambda d, m: (d / "train.npy").write_bytes(b""), "train.npy: not a readable .npy array"),
     (lambda d, m: (d / "meta.json").write_text("{"), "meta.json: unreadable"),
@@ -529,9 +534,11 @@ def test_cli_prepares_and_checks(tmp_path: Path) -> None:
     assert checked.returncode == 0 and "valid tokens" in checked.stdout
 
 
-def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path) -> None:
-    """Ctrl-C while the dataset is built: "aborted", exit 130, and no folder, not even a partial
-    one (Typer on its own would exit 130 without a word)."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C (or `kill`, a scheduler's time limit) while the dataset is built: "aborted", exit
+    130, and no folder, not even a partial one (Typer on its own would exit 130 without a word;
+    Python on SIGTERM would leave the partial folder)."""
     cli = subprocess.Popen(
         [sys.executable, "-m", "tuner", "data", "prepare", "--source", "synthetic",
          "--synthetic-bytes", "30000000", "--vocab-size", "300", "--out", "ds"], cwd=tmp_path,
@@ -539,7 +546,7 @@ def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path) -> None:
         stderr=subprocess.PIPE, text=True)
     while not list(tmp_path.glob(".ds.partial-*")) and cli.poll() is None:
         sleep(0.01)  # the real one (no_retry_pause stubs time.sleep)
-    cli.send_signal(signal.SIGINT)
+    cli.send_signal(stop)
     out, err = cli.communicate(timeout=120)
     assert cli.returncode == 130, out + err
     assert err.splitlines()[-1] == "aborted"
@@ -586,3 +593,11 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     both = run_cli("prepare", "--input", "a", "--valid", "b", "--valid-fraction", "0.1",
                    "--vocab-size", "300", cwd=tmp_path)
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_an_out_that_cannot_be_made_is_named_as_given(tmp_path: Path) -> None:
+    (tmp_path / "story.txt").write_text("Once upon a time there was a cat.\n" * 300)
+    done = run_cli("prepare", "--input", "story.txt", "--vocab-size", "260", "--out", "/proc/ds",
+                   "--no-progress", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: /proc/ds: cannot be written (No such file or directory)"

@@ -109,6 +109,34 @@ def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
     assert code == 2 and "not a loadable checkpoint" in out
 
 
+@pytest.mark.parametrize(("option", "value"), [("--temperature", "inf"),
+                                               ("--seed", str(2**64)), ("--top-p", "1.5")])
+def test_an_option_out_of_range_names_itself(checkpoint, option, value):
+    code, out = tuner("generate", "--checkpoint", str(checkpoint), "--prompt", "x", option, value)
+    assert code == 2 and option in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("damage", ["nan_weights", "data_not_a_folder", "other_shape"])
+def test_a_damaged_checkpoint_that_loads_is_refused_naming_it(checkpoint, tmp_path, damage):
+    """Files torch.load reads but no text can come from: named, exit 2, no traceback."""
+    import torch
+
+    state = torch.load(checkpoint, weights_only=True)
+    if damage == "nan_weights":
+        state["model"] = {k: torch.full_like(v, float("nan")) for k, v in state["model"].items()}
+    elif damage == "data_not_a_folder":
+        state["config"] = {**state["config"], "data": 5}
+    else:
+        state["config"] = {**state["config"], "model": {**state["config"]["model"], "d_ff": 96}}
+    damaged = tmp_path / "damaged.pt"
+    torch.save(state, damaged)
+    code, out = tuner("generate", "--checkpoint", str(damaged), "--prompt", "x")
+    message = " ".join(out.split())
+    assert code == 2 and str(damaged) in message and "Traceback" not in out, out
+    if damage == "other_shape":  # which tensor does not fit, not torch's bare first line
+        assert "size mismatch" in message, out
+
+
 def test_run_and_checkpoint_are_exclusive(checkpoint):
     code, out = tuner("generate", "--prompt", "x")
     assert code == 2 and "one of --run" in out

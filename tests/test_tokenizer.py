@@ -193,3 +193,18 @@ def test_bad_files_name_the_file(trained: Tokenizer, tmp_path: Path) -> None:
         Tokenizer.from_files(tmp_path / "vocab.json", merges)
     with pytest.raises(ValueError, match="lacks 1 of the 256 single bytes"):
         Tokenizer({i: bytes([i]) for i in range(255)}, [])
+
+
+@pytest.mark.parametrize(("moved_to", "why"), [(5000, "found id 5000"), (-3, "found id -3"),
+                                               (7, "an id is given twice")])
+def test_a_vocabulary_whose_ids_are_not_0_to_n_is_refused(trained: Tokenizer, tmp_path: Path,
+                                                          moved_to: int, why: str) -> None:
+    """Its size is the model's vocab_size: a gap would make ids the model cannot embed, and
+    tokens sharing an id would decode wrongly."""
+    trained.save(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    vocab[next(token for token, i in vocab.items() if i == 260)] = moved_to
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match=f"vocab.json: the ids of its {len(vocab)} tokens must be "
+                                         f"0..{len(vocab) - 1}, each once \\({why}\\)"):
+        Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")

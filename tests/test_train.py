@@ -86,6 +86,19 @@ def test_a_damaged_tokenizer_is_a_config_error_naming_the_folder(byte_dataset: P
         train(tiny_config(tmp_path, sample_tokens=4))
 
 
+def test_a_prompt_generation_cannot_start_from_is_refused_before_training(
+        byte_dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"  # a tokenizer without <|endoftext|>, the empty prompt's start
+    data.mkdir()
+    for name in ("train.npy", "valid.npy", "meta.json"):
+        shutil.copy(byte_dataset / name, data / name)
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(data)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="^sample_prompt: is empty"):
+        train(tiny_config(data, sample_tokens=4, sample_prompt=""), checkpoint_dir=out)
+    assert not out.exists()
+
+
 def test_samples_come_only_where_the_caller_may_stop(byte_dataset: Path, tmp_path: Path) -> None:
     for name in ("train.npy", "valid.npy", "meta.json"):
         shutil.copy(byte_dataset / name, tmp_path / name)
@@ -314,6 +327,11 @@ BASE = ("data: /nowhere\nmodel: {vocab_size: 256, context_length: 32, d_model: 3
     ("hparams: [1]\ndata: {path: /x}\nbudget: {total_iters: 10}\n", "hparams"),
     ("hparams: {lr: 0.01, lr_max: 0.02}\ndata: {path: /x}\nbudget: {total_iters: 10}\n",
      "hparams.lr_max"),
+    # a key of another section would silently set that trainer field
+    ("hparams: {α_max: 0.01}\ndata: {path: /x}\nbudget: {total_iters: 10, lr_max: 0.5}\n",
+     "budget.lr_max"),
+    ("hparams: {bogus: 1}\ndata: {path: /x}\nbudget: {total_iters: 10}\n", "hparams.bogus"),
+    ("hparams: {seed: 1}\ndata: {path: /x}\nbudget: {total_iters: 10}\n", "hparams.seed"),
 ])
 def test_a_malformed_config_file_names_the_field_or_file(tmp_path: Path, text: str,
                                                          field: str) -> None:
@@ -322,6 +340,15 @@ def test_a_malformed_config_file_names_the_field_or_file(tmp_path: Path, text: s
     with pytest.raises(ConfigError) as err:
         load_train_config(path).validate()
     assert Path(err.value.field).name == field
+
+
+def test_a_config_file_that_does_not_parse_says_where_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("lr_max: [1, 2\nseed: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_train_config(path)
+    assert str(err.value) == (f"{path}: not valid yaml: line 2, column 5: expected ',' or ']', "
+                              "but got ':'")
 
 
 def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def prepare(
     source: str = typer.Option("files", "--source", help="files, synthetic or tinystories."),
     synthetic_bytes: int = typer.Option(
         2_000_000, "--synthetic-bytes", help="Size of the synthetic text."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic stories."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic stories."),
     cache_dir: Path = typer.Option(
         Path(".tuner/data"), "--cache-dir", help="Downloads and prepared datasets."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),

@@ -156,7 +156,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="most tokens to add")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the likeliest token")] = 0.8,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling mass")] = 0.95,
-    seed: Annotated[int, typer.Option(min=0, help="seed of the sampler")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**64 - 1, help="seed of the sampler")] = 0,
     data: Annotated[Path | None, typer.Option(
         help="dataset folder with the tokenizer (default: the one the model trained on)",
         file_okay=False)] = None,
@@ -168,6 +168,8 @@ def generate(
 
     if (run is None) == (checkpoint is None):
         raise UserError("give one of --run RUN_ID or --checkpoint PATH")
+    if math.isinf(temperature):
+        raise UserError("--temperature: must be a finite number (0 picks the likeliest token)")
     with tempfile.TemporaryDirectory(prefix="tuner-generate-") as tmp:
         if run is not None:
             from tuner.inspect import runs

@@ -116,11 +116,17 @@ def check_dataset(path: Path) -> dict:
                         f"{' or '.join(TOKEN_DTYPES)} token ids; prepare the folder again")
     for split in ("train", "valid"):
         _check_array(path / f"{split}.npy", meta, meta[f"{split}_tokens"])
+    if meta["vocab_size"] > np.iinfo(meta["dtype"]).max + 1:
+        raise UserError(f"{meta_path}: vocab_size {meta['vocab_size']} does not fit its dtype "
+                        f"{meta['dtype']}; prepare the folder again")
     if (path / "vocab.json").exists():  # the trainer loads it to write its text samples
         try:
-            Tokenizer.from_dir(path)
+            size = Tokenizer.from_dir(path).vocab_size
         except (OSError, ValueError) as err:
             raise UserError(f"{err}; prepare the folder again") from None
+        if size != meta["vocab_size"]:
+            raise UserError(f"{meta_path}: vocab_size {meta['vocab_size']}, but its tokenizer "
+                            f"has {size} tokens; prepare the folder again")
     if "tokenizer" in meta.get("sha256", {}):
         try:
             digest = _tokenizer_sha256(path)
@@ -221,7 +227,10 @@ def _publish(out: Path, request: dict, build: Callable[[Path], None],
                     shutil.rmtree(left, ignore_errors=True)
             if _reusable(out, request):
                 return
-            stage.mkdir()
+            try:
+                stage.mkdir()
+            except OSError as err:  # named as given, not as the hidden folder it builds in
+                raise UserError(f"{out}: cannot be written ({err.strerror})") from None
             stage.chmod(0o755)
             build(stage)
             _replace(stage, out)
@@ -344,9 +353,10 @@ def _check_array(path: Path, meta: dict, length: int) -> None:
     except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         raise UserError(f"{path}: not a readable .npy array ({err}); prepare the folder again"
                         ) from None
-    if tokens.ndim != 1 or tokens.dtype.name != meta["dtype"]:
-        raise UserError(f"{path}: a {tokens.ndim}-D {tokens.dtype.name} array, but meta.json "
-                        f"says 1-D {meta['dtype']}; prepare the folder again")
+    if tokens.ndim != 1 or tokens.dtype != np.dtype(meta["dtype"]):  # the byte order too
+        order = " big-endian" if tokens.dtype.byteorder == ">" else ""
+        raise UserError(f"{path}: a {tokens.ndim}-D{order} {tokens.dtype.name} array, but "
+                        f"meta.json says 1-D {meta['dtype']}; prepare the folder again")
     if len(tokens) != length:
         raise UserError(f"{path}: {len(tokens)} tokens, but meta.json says {length}; prepare "
                         "the folder again")

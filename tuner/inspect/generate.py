@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, TrainConfig, train_config_from_dict
-from tuner.errors import UserError, reason
+from tuner.errors import UserError
 
 
 def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
@@ -26,8 +26,11 @@ def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
         model = TransformerLM(config.model)
         model.load_state_dict(state["model"])
     except (ConfigError, TypeError, RuntimeError) as err:
-        raise UserError(f"{checkpoint}: its weights do not fit its config ({reason(err)})"
-                        ) from None
+        detail = " ".join(str(err).split())[:300]  # torch's first line names no tensor
+        raise UserError(f"{checkpoint}: its weights do not fit its config ({detail})") from None
+    if not all(tensor.isfinite().all() for tensor in model.state_dict().values()):
+        raise UserError(f"{checkpoint}: holds weights that are not finite (NaN or inf): no "
+                        "text can be sampled from it")
     return model.to(target).eval(), config
 
 
@@ -53,6 +56,9 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     from model.generate import generate, prompt_ids
 
     model, config = load_model(checkpoint, device)
+    if data is None and not isinstance(config.data, str):
+        raise UserError(f"{checkpoint}: its config names no dataset folder (data: "
+                        f"{config.data!r}): pass --data, the folder with its tokenizer")
     tokenizer = load_tokenizer(data or Path(config.data))
     unknown = [i for i in prompt_ids(tokenizer, prompt) if i >= config.model.vocab_size]
     if unknown:

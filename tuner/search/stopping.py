@@ -15,6 +15,8 @@ from typing import Any
 
 from ray import tune
 
+from tuner.interrupts import sigterm_as_ctrl_c
+
 _held = {"stop": False, "tune_listens": False, "taken_at": -float("inf")}
 ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not a second
 
@@ -33,9 +35,9 @@ def stops_held() -> Iterator[None]:
 
 
 def relay_sigterm() -> None:
-    """From now on SIGTERM acts as SIGINT. Call it after ray.init: Ray sets a handler that exits
-    on the spot with a stack dump."""
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    """From now on SIGTERM acts as SIGINT again. Call it after ray.init: Ray sets a handler that
+    exits on the spot with a stack dump."""
+    sigterm_as_ctrl_c()
 
 
 def abort_if_stopped() -> None:
