@@ -452,6 +452,24 @@ def test_finished_trials_warm_start_an_optuna_searcher(recorded):
     assert [t.value for t in trials[:len(TRIALS)]] == [v for _, v in points]
 
 
+@pytest.mark.parametrize("algorithm", ["random", "tpe"])
+def test_a_warm_started_searcher_does_not_draw_the_earlier_study_again(recorded, algorithm):
+    """Same space, same seed: the earlier study's seeded draws would come again, and its trials
+    (known, scored) be trained a second time (TPE counts them toward its random start-up)."""
+    from tuner.search.algorithms import build_searcher
+
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["search"].update(algorithm=algorithm, **({"startup_trials": 10} if algorithm == "tpe"
+                                                   else {}))
+    earlier = build_searcher(build_study({**raw, "name": "earlier"}))
+    drawn = [earlier.suggest(f"e{i}") for i in range(4)]
+    points = [(params, 1.0 + i) for i, params in enumerate(drawn[:3])]
+    study = build_study({**raw, "name": "next"})
+    warm = history.optuna_trials(study, points)
+    suggest = [build_searcher(study, warm).suggest("n0") for _ in range(2)]
+    assert suggest[0] not in drawn and suggest[0] == suggest[1]  # and seeded all the same
+
+
 def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_path):
     """A trial whose trainer raised told its searcher the worst val_loss, so a warm start is told
     the same; one whose process Tune failed told it nothing, so it is left out."""

@@ -9,6 +9,7 @@ starts, or, for a trial larger than the local Ray, before any trial does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -359,6 +360,16 @@ def test_hyperband_study(tmp_path: Path, dataset: Path, mlflow_store_template: P
     _assert_stopped_by(uri, children, "HyperBand", budget=40960)
     grouped = by_status(children)
     assert (len(grouped["completed"]), len(grouped["stopped"])) == (4, 2)
+    # Tune's state keeps trials HyperBand paused at the full budget: restored, they trained on
+    # (and the driver spun); a study that ended resumes to its summary alone
+    proc = run_tuner(["search", "--resume", "--name", "hyperband", "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "study hyperband finished: 4 completed, 2 stopped" in proc.stdout
+    _, again, after = mlflow_runs(uri, "hyperband")
+    assert {(r.info.run_id, r.info.end_time) for r in after} == \
+        {(r.info.run_id, r.info.end_time) for r in children}
+    assert again.info.end_time == parent.info.end_time
 
 
 def _assert_stopped_by(uri: str, children: list[Any], name: str, budget: int) -> None:
@@ -1682,6 +1693,24 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
                      env={**ENV, "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 2 and uri in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_sqlite_file_of_another_application_is_refused_untouched(tmp_path: Path,
+                                                                    dataset: Path) -> None:
+    """MLflow would add its tables to any database it is pointed at (the read commands refuse
+    one); an empty file is a new store."""
+    import sqlite3
+
+    other = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(other)) as db, db:
+        db.execute("CREATE TABLE accounts (id INTEGER)")
+    before = other.read_bytes()
+    space = write_space(tmp_path, "foreign", dataset)
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", f"sqlite:///{other}",
+                      "--storage", str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{other} is another database, not an MLflow store" in " ".join(proc.stderr.split())
+    assert other.read_bytes() == before and not (tmp_path / "ray").exists()
 
 
 def test_bad_corpus_or_warm_start_writes_no_store_and_no_corpus(tmp_path: Path,

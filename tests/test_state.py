@@ -88,6 +88,20 @@ def test_a_study_saved_before_its_home_paths_were_expanded_resumes(
     assert state.load(folder, None).data.cache_dir == tmp_path / "c"
 
 
+def test_a_copy_of_a_nameless_study_file_resumes_the_study_named(tmp_path: Path) -> None:
+    """A file without a name gives a study its stem; `--resume --space COPY --name NAME` resumes
+    NAME, not a study named after the copy (its name and experiment then "differed")."""
+    started = tmp_path / "istudy.yaml"
+    started.write_text(SPACE.removeprefix("name: resumable\n"))
+    folder = tmp_path / "ray" / "istudy"
+    state.save(folder, load_study(started), {})
+    (folder / state.TUNE_STATE).write_bytes(b"")
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(started.read_text())
+    study = state.load(folder, copy)
+    assert study.name == "istudy" and study.tracking.experiment == "istudy"
+
+
 def test_an_edited_study_file_is_refused(tmp_path: Path) -> None:
     space, folder = saved_study(tmp_path)
     space.write_text(SPACE.replace("1.0e-2]", "3.0e-2]"))

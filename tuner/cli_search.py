@@ -96,7 +96,16 @@ def search(
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
                                                      study.name)
-    if restore and exists and exists.info.status != "FINISHED" and _not_resumable(study):
+    if restore and exists and exists.info.status == "FINISHED" and _not_resumable(study):
+        # Tune's state holds trials HyperBand paused at their full budget: restored, it would
+        # train them on. The study ended: nothing to resume.
+        from tuner.search.console import print_summary
+        from tuner.search.runner import summarise
+
+        summary = summarise(study)
+        print_summary(console, summary)
+        return 0 if summary.best_run_id else 1
+    if restore and exists and _not_resumable(study):
         raise UserError(f"study {study.name!r} uses HyperBand, whose brackets Ray Tune does not "
                         "save: resumed, it would wait for ever on the trials they paused. Start a "
                         f"new study with --warm-start {study.name} to build on its trials")
@@ -204,11 +213,19 @@ def _check_storage(storage: Path) -> None:
 
 
 def _new_sqlite_store(uri: str) -> bool:
-    """Whether `uri` is a sqlite file that does not exist yet; UserError if it cannot be made."""
+    """Whether `uri` is a sqlite file that does not exist yet; UserError if it cannot be made, or
+    is a database of something else."""
     from tuner.store_uri import sqlite_file
 
     path = sqlite_file(uri)
-    if path is None or path.exists():
+    if path is None:
+        return False
+    if path.exists():
+        from tuner.inspect.runs import holds_mlflow_tables
+
+        if path.stat().st_size and not holds_mlflow_tables(path, uri):  # MLflow adds its own
+            raise UserError(f"tracking store {uri}: {path} is another database, not an MLflow "
+                            "store; pass a new file or an MLflow store")
         return False
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
         raise UserError(f"tracking store {uri} cannot be used: {path.parent} is not a folder "

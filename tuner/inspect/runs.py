@@ -35,7 +35,7 @@ def connect(uri: str) -> Any:
     if path is not None and not path.is_file():
         raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
                         "was recorded in with --tracking-uri")
-    if path is not None and not _holds_mlflow_tables(path, uri):
+    if path is not None and not holds_mlflow_tables(path, uri):
         raise UserError(f"tracking store {uri}: {path} is not an MLflow store (an empty file or "
                         "another database); pass the store the study was recorded in")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
@@ -43,7 +43,7 @@ def connect(uri: str) -> Any:
     return connect_store(uri)
 
 
-def _holds_mlflow_tables(path: Path, uri: str) -> bool:
+def holds_mlflow_tables(path: Path, uri: str) -> bool:
     """Whether a sqlite file holds MLflow's tables (MLflow would create them in any other);
     UserError when it cannot be read at all."""
     import sqlite3

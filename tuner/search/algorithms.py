@@ -9,6 +9,8 @@ Schedulers measure time in tokens seen, so trials of different batch sizes compa
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import warnings
 from typing import Any
@@ -51,10 +53,18 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     if warm_trials:
         storage = storage or optuna.storages.InMemoryStorage()
         seed_study(storage, study.name, search.mode, warm_trials)
-    sampler = optuna_sampler(search.algorithm, search.seed, search.startup_trials)
+    seed = warm_seed(search.seed, warm_trials) if warm_trials else search.seed
+    sampler = optuna_sampler(search.algorithm, seed, search.startup_trials)
     return ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                                  sampler=sampler, points_to_evaluate=points, study_name=study.name,
                                  storage=storage)
+
+
+def warm_seed(seed: int, warm_trials: list[Any]) -> int:
+    """The sampler's seed in a warm-started study: the study's seed and the trials it starts from
+    together, so that its random draws are not again those of the study they came from."""
+    key = json.dumps([seed, [trial.params for trial in warm_trials]], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
 def optuna_storage(url: str) -> Any:

@@ -89,7 +89,8 @@ def load(folder: Path, space: Path | None) -> Any:
     state = _read_state(path)
     space = space or state["space"]
     try:
-        study = load_study(space, state["overrides"].get("name")).with_overrides(
+        # a file without a name of its own takes the study's (not its stem: another copy's)
+        study = load_study(space, state["overrides"].get("name", folder.name)).with_overrides(
             **state["overrides"])
     except TypeError as err:  # an override this tuner does not know
         raise UserError(f"{path}: its overrides do not fit this tuner ({err})") from None
