@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import json
 import math
@@ -529,32 +530,37 @@ def duplicate_keys(node: Any, path: str = "", walked: set[int] | None = None
 
 
 def _load_yaml(text: str) -> Any:
-    """yaml.safe_load, refusing a key given twice in a mapping."""
+    """safe_load_numbers, refusing a key given twice in a mapping."""
     import yaml  # only needed for YAML configs
 
     twice = next(duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)), None)
     if twice is not None:
         key, line, first = twice
         raise ValueError(f"{key!r} is given twice (lines {first} and {line})")
-    return yaml.safe_load(text)
+    return safe_load_numbers(text)
 
 
-_EXPONENT = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+")
+_EXPONENT = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
-def _yaml_numbers(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with the numbers PyYAML reads as strings (3e-4, 1E5: YAML 1.1 wants a dot and a
-    signed exponent) as numbers, in the fields that hold numbers, as the tuner's schema does."""
-    def numbers(values: dict[str, Any], defs: dict[str, HParam]) -> dict[str, Any]:
-        return {key: float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value)
-                and key in defs and defs[key].kind in (int, float) else value
-                for key, value in values.items()}
+def safe_load_numbers(text: str) -> Any:
+    """yaml.safe_load, but reading 3e-4 and 1e5 as numbers, as YAML 1.2 does (PyYAML follows
+    YAML 1.1, which wants a dot and a signed exponent, and reads them as strings)."""
+    import yaml
 
-    relative = {spec.name: spec for spec in RELATIVE_HPARAMS.values()}
-    out = numbers(data, {**TRAIN_HPARAMS, **RUNTIME_FIELDS, **relative})
-    if isinstance(out.get("model"), dict):
-        out["model"] = numbers(out["model"], MODEL_HPARAMS)
-    return out
+    return yaml.load(text, Loader=_numbers_loader())  # noqa: S506 - a SafeLoader
+
+
+@functools.cache
+def _numbers_loader() -> type:
+    import yaml
+
+    class NumbersLoader(yaml.SafeLoader):  # its own resolver table: SafeLoader's is untouched
+        pass
+
+    NumbersLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT,
+                                        list("-+0123456789"))
+    return NumbersLoader
 
 
 def _parse_failure(err: Exception) -> str:
@@ -585,4 +591,4 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(str(path), f"must be a mapping of fields, not a {type(data).__name__}")
     if "hparams" in data or "budget" in data:
         data = fixed_study_to_config(data)
-    return train_config_from_dict(data if path.suffix == ".json" else _yaml_numbers(data))
+    return train_config_from_dict(data)

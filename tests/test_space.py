@@ -217,6 +217,18 @@ def test_yaml_1_1_spellings_are_read_as_meant(tmp_path: Path) -> None:
     assert study.hparams.weight_decay.span() == (1e-4, 1e-1)
 
 
+def test_exponents_are_numbers_in_whole_number_settings_too(tmp_path: Path) -> None:
+    """YAML 1.2 reads 1e5 as a number, PyYAML (1.1) as a string, which the integer fields and
+    the search settings refused ("must be a number, got '1e5'"); a quoted '1e5' stays text."""
+    study = load_study(write(tmp_path, study_text(
+        "  B: {choice: [8, 1.6e1]}\n", budget="tokens: 1.024e5",
+        search="  scheduler: asha\n  asha: {grace_period: 2.048e4}\n")))
+    assert study.budget.tokens == 102400 and study.search.asha.grace_period == 20480
+    assert study.hparams.batch_size.options() == [8, 16]
+    [(_, _, message)] = issues_of(tmp_path, study_text(budget="tokens: '1e5'"))
+    assert "got '1e5'" in message
+
+
 def test_a_budget_is_tokens_or_total_iters(tmp_path: Path) -> None:
     text = study_text().replace("  total_iters: 200\n", "")
     [(path, line, message)] = issues_of(tmp_path, text)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from model.config import duplicate_keys
+from model.config import duplicate_keys, safe_load_numbers
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
@@ -22,7 +22,7 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
         raise SpaceError(path, [Issue("", None, f"cannot read the study file: {reason}")]) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = safe_load_numbers(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
