@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = (load_train_config(args.config) if args.config
                   else checkpoint_config(args.resume))
-        if args.device:
+        if args.device is not None:  # "" too: refused by name, not ignored
             config.device = args.device
         own = args.resume and not args.config  # another config branches off: keep the original
         out = Path(args.out or (checkpoint_path(args.resume).parent if own else "runs/train"))

@@ -136,6 +136,13 @@ def test_files_written_for_later_name_the_store_absolutely(recorded, tmp_path, m
     assert f"--tracking-uri {whole}`" in (tmp_path / "r" / report.SUMMARY_MD).read_text()
 
 
+def test_an_export_into_no_folder_exits_2_before_the_table(recorded, tmp_path):
+    code, out = tuner("best", "--study", recorded.name, "--export", str(tmp_path / "no/x.yaml"),
+                      "--tracking-uri", recorded.uri)
+    assert code == 2 and out.strip() == f"error: --export {tmp_path / 'no/x.yaml'}: " \
+        f"{tmp_path / 'no'} is not a folder"
+
+
 def test_report_figures_have_one_series_per_trial(recorded):
     client = MlflowClient(tracking_uri=recorded.uri)
     trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))

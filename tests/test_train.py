@@ -376,11 +376,14 @@ def test_command_line_writes_nothing_for_a_bad_config_or_out(byte_dataset: Path,
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert sorted(os.listdir(tmp_path)) == ["config.json", "taken"]
     path.write_text(json.dumps(tiny_config(byte_dataset).to_dict()))
-    run = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path), "--out",
-                          str(taken)], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert run.returncode == 2 and run.stderr == f"error: {taken}: cannot be the checkpoint " \
-        "folder (File exists)\n", run.stderr
+    for args, said in ((["--out", str(taken)], f"{taken}: cannot be the checkpoint folder (File "
+                                                 "exists)"),
+                       (["--device", ""], "device: unknown device ''")):  # not the config's
+        run = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path), *args],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert run.returncode == 2 and run.stderr == f"error: {said}\n", run.stderr
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "taken"]
 
 
 def test_command_line_resumes_a_checkpoint_with_its_own_config(byte_dataset: Path,

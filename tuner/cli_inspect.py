@@ -90,6 +90,8 @@ def best(
     from tuner.inspect import best as best_mod
     from tuner.inspect import runs
 
+    if export is not None and not export.absolute().parent.is_dir():  # before the table
+        raise UserError(f"--export {export}: {export.parent} is not a folder")
     console = output.console()
     client = runs.connect(tracking_uri)
     rows = best_mod.top_trials(client, study, top)
