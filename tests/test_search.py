@@ -1693,6 +1693,13 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
                      env={**ENV, "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 2 and uri in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+    # A database that refuses: one line at once, not MLflow's retries for a minute and a half
+    uri = f"postgresql+psycopg2://tuner:secret@127.0.0.1:{free_port()}/mlflow"
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
+                     timeout=120)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "store postgresql+psycopg2://tuner:***@127.0.0.1:" in said
+    assert "Connection refused" in said and "retried" not in said and "secret" not in said
 
 
 def test_a_sqlite_file_of_another_application_is_refused_untouched(tmp_path: Path,

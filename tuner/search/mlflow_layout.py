@@ -37,6 +37,8 @@ def connect(uri: str) -> Any:
 
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+    elif sqlite_file(uri) is None:
+        _check_database(uri)
     try:
         with _creation_lock(uri):
             client = MlflowClient(tracking_uri=uri)
@@ -82,6 +84,27 @@ def _check_server(uri: str) -> None:
     except (ValueError, http.client.InvalidURL):  # their text may quote part of a password
         raise UserError(f"tracking URI {uri}: not a valid URL; check its host and port, and "
                         "percent-encode a '#', '?' or '/' in its user or password") from None
+
+
+def _check_database(uri: str) -> None:
+    """Fail fast on a database store that does not answer (MLflow retries for a minute and a
+    half, with a warning at each try); other failures are left to MLflow to name."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri)
+    except Exception:  # noqa: BLE001 - not a database URI SQLAlchemy knows: MLflow's to judge
+        return
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as err:  # refused, timed out, no such host
+        raise UserError(f"tracking store {uri} cannot be used: {reason(err.orig or err)}"
+                        ) from None
+    except Exception:  # noqa: BLE001 - a driver missing, say: MLflow says what it lacks
+        return
+    finally:
+        engine.dispose()
 
 
 def experiment_id(client: Any, name: str) -> str:
