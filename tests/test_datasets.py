@@ -601,3 +601,16 @@ def test_an_out_that_cannot_be_made_is_named_as_given(tmp_path: Path) -> None:
                    "--no-progress", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: /proc/ds: cannot be written (No such file or directory)"
+
+
+def test_a_vocabulary_the_text_cannot_fill_is_warned_of(tmp_path: Path) -> None:
+    """BPE stops where no pair is left to merge: the folder is made, smaller than asked, and
+    the command says so rather than leaving a study's vocab_size to tell."""
+    (tmp_path / "story.txt").write_text("Once upon a time there was a cat.\n" * 300)
+    done = run_cli("prepare", "--input", "story.txt", "--vocab-size", "5000", "--out", "ds",
+                   "--no-progress", cwd=tmp_path)
+    made = check_dataset(tmp_path / "ds")["vocab_size"]
+    assert done.returncode == 0 and made < 5000, done.stderr
+    assert done.stderr == (f"warning: the vocabulary has {made:,} tokens, not the 5,000 of "
+                           "--vocab-size: no pair of tokens was left to merge in the training "
+                           "text\n")

@@ -46,7 +46,11 @@ def prepare(
         valid_fraction=0.05 if valid_fraction is None else valid_fraction,
         vocab_size=vocab_size, special_tokens=special_token, tokenizer=tokenizer, out=out,
         synthetic_bytes=synthetic_bytes, seed=seed, cache_dir=cache_dir, progress=progress)
-    _summary(folder)
+    made = _summary(folder)["vocab_size"]
+    if made < vocab_size:  # BPE ran out of pairs to merge: the text is too short for the size
+        typer.echo(f"warning: the vocabulary has {made:,} tokens, not the {vocab_size:,} of "
+                   f"--vocab-size: no pair of tokens was left to merge in the training text",
+                   err=True)
 
 
 @app.command()
@@ -55,9 +59,11 @@ def check(folder: Path = typer.Argument(..., help="A prepared dataset folder."))
     _summary(folder)
 
 
-def _summary(folder: Path) -> None:
+def _summary(folder: Path) -> dict:
+    """Check the folder and print its sizes; its meta.json."""
     from tuner.datasets import check_dataset
 
     meta = check_dataset(folder)
     typer.echo(f"{folder}: {meta['train_tokens']:,} train + {meta['valid_tokens']:,} valid tokens, "
                f"vocab {meta['vocab_size']:,} ({meta['dtype']})")
+    return meta
