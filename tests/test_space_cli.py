@@ -55,6 +55,12 @@ BAD = [
      "loguniform needs lo < hi, got [0.01, 0.0001]"),
     ("loguniform-lo-not-positive", GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"), 10,
      "hparams.lr_max", "loguniform needs lo > 0"),
+    ("range-of-one-value", GOOD.replace("[1.0e-4, 1.0e-2]", "5"), 10, "hparams.lr_max",
+     "loguniform needs [lo, hi]"),  # not pydantic's "Input should be a valid tuple"
+    ("int-range-of-fractions", GOOD.replace("{choice: [8, 16]}", "{int: [0.5, 16]}"), 11,
+     "hparams.batch_size", "int lower bound must be a whole number, got 0.5"),
+    ("choice-of-one-value", GOOD.replace("{choice: [8, 16]}", "{choice: 8}"), 11,
+     "hparams.batch_size", "choice needs a list of values"),
     ("beta2-is-1", GOOD.replace("  B:", "  β2: 1\n  B:"), 11, "hparams.beta2",
      "β2 must be in [0, 1), got 1.0"),
     ("negative-clip", GOOD.replace("  B:", "  τ: -0.5\n  B:"), 11, "hparams.grad_clip",

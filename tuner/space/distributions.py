@@ -215,6 +215,12 @@ def parse_distribution(raw: dict[Any, Any]) -> Distribution:
             if e["type"] in ("too_short", "too_long", "missing") and e["loc"][:1] == (key,):
                 where, text = "", ("needs [lo, hi]" if issubclass(cls, _Range)
                                    else "needs at least one value")
+            elif e["type"] in ("tuple_type", "list_type") and e["loc"] == (key,):  # one value
+                where, text = "", ("needs [lo, hi]" if issubclass(cls, _Range)
+                                   else "needs a list of values")
+            elif e["type"] == "int_from_float" and e["loc"] in ((key, 0), (key, 1)):
+                where, text = "", (f"{('lower', 'upper')[e['loc'][1]]} bound must be a whole "
+                                   f"number, got {e['input']}")
             elif e["type"] == "extra_forbidden":
                 where, text = "", f"has no setting {where!r}"
             else:
