@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import inspect
 import json
 import math
@@ -530,37 +529,43 @@ def duplicate_keys(node: Any, path: str = "", walked: set[int] | None = None
 
 
 def _load_yaml(text: str) -> Any:
-    """safe_load_numbers, refusing a key given twice in a mapping."""
-    import yaml  # only needed for YAML configs
-
-    twice = next(duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader)), None)
+    """parse_yaml's data, refusing a key given twice in a mapping."""
+    root, data = parse_yaml(text)
+    twice = next(duplicate_keys(root), None)
     if twice is not None:
         key, line, first = twice
         raise ValueError(f"{key!r} is given twice (lines {first} and {line})")
-    return safe_load_numbers(text)
+    return data
 
 
-_EXPONENT = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_EXPONENT = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+")
 
 
-def safe_load_numbers(text: str) -> Any:
-    """yaml.safe_load, but reading 3e-4 and 1e5 as numbers, as YAML 1.2 does (PyYAML follows
-    YAML 1.1, which wants a dot and a signed exponent, and reads them as strings)."""
-    import yaml
+def parse_yaml(text: str) -> tuple[Any, Any]:
+    """The node tree of `text` (lines, keys given twice) and its data as yaml.safe_load builds it,
+    but with a plain 3e-4 or 1e5 read as a number, as YAML 1.2 does (PyYAML follows YAML 1.1,
+    which wants a dot and a signed exponent, and reads them as strings; quoted, they stay so)."""
+    import yaml  # only needed for YAML files
 
-    return yaml.load(text, Loader=_numbers_loader())  # noqa: S506 - a SafeLoader
-
-
-@functools.cache
-def _numbers_loader() -> type:
-    import yaml
-
-    class NumbersLoader(yaml.SafeLoader):  # its own resolver table: SafeLoader's is untouched
-        pass
-
-    NumbersLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT,
-                                        list("-+0123456789"))
-    return NumbersLoader
+    loader = yaml.SafeLoader(text)  # what yaml.safe_load runs, with the tree kept
+    try:
+        root = loader.get_single_node()
+        stack, seen = [root], set()
+        while stack:  # each node once: an alias is the node it names
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                stack.extend(child for pair in node.value for child in pair)
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+            elif node.tag == "tag:yaml.org,2002:str" and node.style is None \
+                    and _EXPONENT.fullmatch(node.value):
+                node.tag = "tag:yaml.org,2002:float"
+        return root, None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 def _parse_failure(err: Exception) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import TrainConfig, safe_load_numbers
+from model.config import TrainConfig, parse_yaml
 from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, runs
@@ -186,7 +186,7 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
 
     text = runs.download(client, parent.info.run_id, "space.yaml", workdir).read_text()
     try:
-        raw = safe_load_numbers(text)
+        _, raw = parse_yaml(text)
     except yaml.YAMLError as err:
         raise RuntimeError(f"its space.yaml is not YAML ({err})") from None
     if not isinstance(raw, dict):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from model.config import duplicate_keys, safe_load_numbers
+from model.config import duplicate_keys, parse_yaml
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
@@ -21,8 +21,7 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise SpaceError(path, [Issue("", None, f"cannot read the study file: {reason}")]) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = safe_load_numbers(text)
+        root, data = parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
