@@ -27,9 +27,9 @@ class Tiny(torch.nn.Module):
 
 def regression(model: Tiny) -> torch.Tensor:
     """Mean squared error to a fixed target: a simple loss every optimizer should reduce."""
-    device = model.lm_head.weight.device
-    ids = torch.arange(8, device=device)
-    target = torch.linspace(-1, 1, 24, device=device).reshape(8, 3)
+    weight = model.lm_head.weight  # the target takes its device and dtype (float64 in a test)
+    ids = torch.arange(8, device=weight.device)
+    target = torch.linspace(-1, 1, 24, device=weight.device, dtype=weight.dtype).reshape(8, 3)
     return torch.nn.functional.mse_loss(model(ids), target)
 
 
