@@ -490,8 +490,8 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"budget.{key}", _unknown_key(str(key), STUDY_BUDGET_KEYS, "key"))
         flat[STUDY_BUDGET_KEYS[key]] = value
     resources = sections["resources"]
-    flat.update({key: resources[key] for key in ("device", "deterministic", "peak_flops")
-                 if key in resources})
+    runtime_keys = ("device", "deterministic", "peak_flops", "compile")
+    flat.update({key: resources[key] for key in runtime_keys if key in resources})
     return flat
 
 

@@ -498,10 +498,13 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert config.device == "cpu" and config.data == str(tmp_path / "data")
     assert not config.deterministic
     assert config.peak_flops is None  # the GPU's own peak, looked up by its name
+    assert not config.compile
     exact = load_study(write(tmp_path, study_text(
-        extra="resources:\n  deterministic: true\n  peak_flops: 1.25e14\n"), "exact.yaml"))
+        extra="resources:\n  deterministic: true\n  peak_flops: 1.25e14\n  compile: true\n"),
+        "exact.yaml"))
     assert exact.trial_config({}, tmp_path).deterministic
     assert exact.trial_config({}, tmp_path).peak_flops == 1.25e14  # a GPU it does not know
+    assert exact.trial_config({}, tmp_path).compile
 
 
 @pytest.mark.parametrize(("gpus", "device"), [(0, "cpu"), (0.25, "auto")])

@@ -237,9 +237,11 @@ def test_a_fixed_study_file_runs_as_its_one_trial(byte_dataset: Path, tmp_path: 
     study = tmp_path / "fixed.yaml"
     study.write_text(f"data: {{path: {byte_dataset}}}\nhparams: {{lr: 3e-3, λ: 1E-2}}\n"
                      "budget: {total_iters: 40, eval_interval: 10}\n"
-                     "resources: {device: cpu, deterministic: true, peak_flops: 1.25e14}\n")
+                     "resources: {device: cpu, deterministic: true, peak_flops: 1.25e14, "
+                     "compile: true}\n")
     for config in (load_train_config(study), load_study(study).trial_config({}, byte_dataset)):
         assert (config.device, config.deterministic, config.peak_flops) == ("cpu", True, 1.25e14)
+        assert config.compile
         assert (config.lr_max, config.weight_decay) == (3e-3, 1e-2)
 
 

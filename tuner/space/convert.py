@@ -138,7 +138,7 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
     try:
         config = TrainConfig(model=ModelConfig(**model), data=str(data_dir), device=device,
                              deterministic=res.deterministic, peak_flops=res.peak_flops,
-                             **budget, **train)
+                             compile=res.compile, **budget, **train)
         config.validate()
     except ConfigError as err:
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())

@@ -201,6 +201,8 @@ class ResourcesSection(Section):
                                 "whose GPU replays are bit-exact (CPU trials always are)")
     peak_flops: float | None = Field(None, gt=0, description="the GPU's peak FLOP/s, for mfu "
                                      "(default: its dense bf16 peak, looked up by its name)")
+    compile: bool = Field(False, description="torch.compile each trial's model: about 1.8x the "
+                          "tokens/s on a GPU, after compiling at the trial's start")
 
     @field_validator("gpus_per_trial")
     @classmethod
