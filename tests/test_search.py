@@ -1700,6 +1700,13 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
     said = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "store postgresql+psycopg2://tuner:***@127.0.0.1:" in said
     assert "Connection refused" in said and "retried" not in said and "secret" not in said
+    # One that takes the connection and never answers (libpq alone would wait for ever)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        uri = f"postgresql+psycopg2://tuner:secret@127.0.0.1:{silent.getsockname()[1]}/mlflow"
+        proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
+                         timeout=120)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "failed: timeout expired" in said and "secret" not in said
 
 
 def test_a_sqlite_file_of_another_application_is_refused_untouched(tmp_path: Path,

@@ -22,6 +22,7 @@ RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
+DATABASE_CONNECT_TIMEOUT_S = 10  # a host that drops packets, or takes them and never answers
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
 # (its process kept failing and Tune failed it: the searcher left it out)
@@ -92,7 +93,11 @@ def _check_database(uri: str) -> None:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(uri)
+        url = sqlalchemy.engine.make_url(uri)
+        # without it libpq and the MySQL drivers wait for the OS's TCP timeout, or for ever
+        timeout = ({"connect_timeout": DATABASE_CONNECT_TIMEOUT_S}
+                   if url.get_backend_name() in ("postgresql", "mysql") else {})
+        engine = sqlalchemy.create_engine(url, connect_args=timeout)
     except Exception:  # noqa: BLE001 - not a database URI SQLAlchemy knows: MLflow's to judge
         return
     try:
