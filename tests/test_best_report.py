@@ -216,6 +216,18 @@ def test_summary_names_the_tokens_where_the_best_was_reached(recorded):
     assert "reached at 20 of the 30 tokens it trained" in text
 
 
+def test_a_symbol_with_pipes_stays_one_table_cell():
+    """|V| (vocab_size) in the summary's tables: escaped, or its pipes would split the row."""
+    from tuner.inspect.best import TrialRow
+
+    curves = [report.Curve("a", "r1", "completed", [(10, 3.0)])]
+    row = TrialRow(trial_id="a", run_id="r1", params={"vocab_size": 512}, val_loss=3.0,
+                   tokens=10, status="completed")
+    text = report.summary_markdown("s", curves, row, {"vocab_size": 1.0}, "3 trials", [],
+                                   "tuner replay r1", 10)
+    assert "| \\|V\\| | 512 |" in text and "| \\|V\\| | 1.00 |" in text
+
+
 def test_trial_stopped_at_its_first_evaluation_is_drawn():
     """A one-point curve (ASHA's first rung) draws no line: its dot is what shows it."""
     curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),

@@ -575,12 +575,15 @@ def test_log_has_a_line_per_finished_trial(faults_study: dict[str, Any]) -> None
     ended, as MLflow records it) and the last frame follows, ending its line."""
     _, _, children = mlflow_runs(faults_study["uri"], "faults")
     log = faults_study["proc"].stderr
-    lines = [line for line in log.splitlines() if "; best val_loss " in line]
+    lines = [line for line in log.splitlines() if "; its best val_loss " in line]
     assert len(lines) == len(children) == 8
     for run in children:
         start = f"trial {run.data.tags['tuner.trial_id']} {run.data.tags['tuner.status_detail']};"
         assert sum(line.startswith(start) for line in lines) == 1, start
     assert "; 8 of 8 finished; tokens " in lines[-1]
+    best = min(children, key=lambda r: r.data.metrics.get("best_val_loss", math.inf))
+    assert (f"; study best {best.data.metrics['best_val_loss']:.4f} "
+            f"(trial {best.data.tags['tuner.trial_id']}); 8 of 8") in lines[-1]
     assert log.index("study faults  grid + asha") > log.index(lines[-1]) and log.endswith("\n")
 
 
@@ -1917,6 +1920,25 @@ def test_asha_rung_and_pbt_clipping() -> None:
     clipped = clip_to_space({"beta2": 1.1988, "batch_size": 40, "lr_max": 0.01},
                             {"beta2": (0.9, 0.999), "batch_size": (8, 32)})
     assert clipped == {"beta2": 0.999, "batch_size": 32, "lr_max": 0.01}
+
+
+def test_a_checkpoint_that_does_not_load_is_named_where_tune_keeps_it(tmp_path: Path) -> None:
+    """A resumed trial's checkpoint cut short (or emptied) fails the trial naming Tune's file,
+    not the scratch copy the trainable made of it (deleted by then)."""
+    from ray import tune
+
+    from model.config import ConfigError
+    from tuner.search.trainable import restore
+
+    kept = tmp_path / "trial_a" / "checkpoint_000001"
+    kept.mkdir(parents=True)
+    (kept / "checkpoint.pt").write_bytes(b"")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(ConfigError) as err:
+        restore(tune.Checkpoint.from_directory(str(kept)), scratch)
+    assert str(err.value) == f"{kept}/checkpoint.pt: not a loadable checkpoint (the file is empty)"
+    assert restore(None, scratch) == (None, 0)
 
 
 def test_trained_tokens_count_each_trial_from_its_restore() -> None:

@@ -206,6 +206,11 @@ def _reached_at(trial_curves: list[Curve], row: best_mod.TrialRow) -> int:
     return min(points, key=lambda point: point[1])[0] if points else row.tokens
 
 
+def _cell(text: str) -> str:
+    """`text` as one Markdown table cell: a pipe (the symbol |V|) would split it."""
+    return text.replace("|", "\\|")
+
+
 def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialRow | None,
                      scores: dict[str, float], note: str, files: list[str], replay_cmd: str,
                      tokens: int) -> str:
@@ -229,13 +234,13 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
                f"reached at {_reached_at(trial_curves, row):,} of the {row.tokens:,} tokens it "
                f"trained; MLflow run `{row.run_id}`."), "",
               "| parameter | value |", "|---|---|",
-              *[f"| {best_mod.symbol(n)} | {v} |" for n, v in row.params.items()], "",
+              *[f"| {_cell(best_mod.symbol(n))} | {v} |" for n, v in row.params.items()], "",
               ("PBT changed its values as it ran (those it ended with are shown): no one config "
                "reproduces it." if row.pbt else f"Reproduce it: `{replay_cmd}`"), "",
               "## What mattered (fANOVA)", ""]
     if scores:
         lines += [f"Over the {note}.", "", "| parameter | importance |", "|---|---|",
-                  *[f"| {best_mod.symbol(n)} | {v:.2f} |" for n, v in scores.items()]]
+                  *[f"| {_cell(best_mod.symbol(n))} | {v:.2f} |" for n, v in scores.items()]]
     else:
         lines.append(f"Not computed: {note}.")
     return "\n".join([*lines, "", *listed])

@@ -43,6 +43,13 @@ def _tokens(trial: Any) -> int:
     return int((trial.last_result or {}).get("tokens", 0))
 
 
+def _study_best(trials: list, statuses: dict[str, str]) -> tuple[Any, float]:
+    """The study's best trial so far and its best val_loss (inf: none ranked yet)."""
+    best = min(trials, key=lambda t: (statuses[t.trial_id] in UNRANKED, *_rank(t)), default=None)
+    unranked = best is None or statuses[best.trial_id] in UNRANKED
+    return best, math.inf if unranked else _best_loss(best)
+
+
 def _best_loss(trial: Any) -> float:
     """The trial's lowest val_loss so far, from Tune's record (kept across a resume)."""
     return float((trial.metric_analysis.get("val_loss") or {}).get("min", math.inf))
@@ -156,8 +163,11 @@ class LiveView(tune.Callback):
         statuses = {t.trial_id: self._status(t) for t in trials}
         finished = sum(1 for v in statuses.values() if v in FINISHED)
         params = _params(self.study, trial)
-        return (f"trial {trial.trial_id} {detail}; best val_loss {_best_loss(trial):.4f}"
-                f"{f' ({params})' if params else ''}; {finished} of "
+        best, best_loss = _study_best(trials, statuses)
+        study_best = (f"; study best {best_loss:.4f} (trial {best.trial_id})"
+                      if math.isfinite(best_loss) else "")
+        return (f"trial {trial.trial_id} {detail}; its best val_loss {_best_loss(trial):.4f}"
+                f"{f' ({params})' if params else ''}{study_best}; {finished} of "
                 f"{self.study.search.num_samples} finished; {self._progress(trials, statuses)}")
 
     def render(self, trials: list) -> Group:
@@ -170,10 +180,7 @@ class LiveView(tune.Callback):
             f"  {self.study.search.searcher} + {self.study.search.scheduler}   ",
             "  ".join(f"{n} {s}" for s, n in counts.items() if n), "\n",
             self._progress(trials, statuses))
-        best = min(trials, key=lambda t: (statuses[t.trial_id] in UNRANKED, *_rank(t)),
-                   default=None)
-        unranked = best is None or statuses[best.trial_id] in UNRANKED
-        best_loss = math.inf if unranked else _best_loss(best)
+        best, best_loss = _study_best(trials, statuses)
         parts: list[Any] = [head]
         if math.isfinite(best_loss):
             params = _params(self.study, best)

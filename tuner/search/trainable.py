@@ -61,9 +61,9 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0,
                 **({HYPERBAND_TIME: 0.0} if time_unit else {})}
     try:
-        resume_from = _restore(tune.get_checkpoint(), ckpt_dir)
+        resume_from, restored_steps = restore(tune.get_checkpoint(), ckpt_dir)
         config = study.trial_config(params, Path(data_dir))
-        start = _steps_at(resume_from) * config.tokens_per_step
+        start = restored_steps * config.tokens_per_step
         progress["budget_tokens"] = config.steps * config.tokens_per_step
         device = device_label(resolve_device(config.device))
 
@@ -125,19 +125,21 @@ def _free_gpu_memory(torch: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _restore(checkpoint: Any, ckpt_dir: Path) -> Path | None:
-    """Copy Tune's checkpoint (a retry, a resume or a PBT clone) into the trial's scratch folder."""
+def restore(checkpoint: Any, ckpt_dir: Path) -> tuple[Path | None, int]:
+    """Copy Tune's checkpoint (a retry, a resume or a PBT clone) into the trial's scratch folder;
+    where it is and the steps it trained (None, 0: none). One that does not load (empty, cut
+    short) is named where Tune keeps it, not as the scratch copy."""
+    from model.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from model.config import ConfigError
+
     if checkpoint is None:
-        return None
+        return None, 0
     checkpoint.to_directory(str(ckpt_dir))
-    return ckpt_dir
-
-
-def _steps_at(checkpoint: Path | None) -> int:
-    """The steps a trainer checkpoint had trained (0: none), read without its tensors."""
-    from model.checkpoint import read_checkpoint
-
-    return 0 if checkpoint is None else int(read_checkpoint(checkpoint, mmap=True)["iteration"])
+    try:
+        steps = int(read_checkpoint(ckpt_dir, mmap=True)["iteration"])  # not its tensors
+    except ConfigError as err:
+        raise ConfigError(f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_NAME}", err.message) from None
+    return ckpt_dir, steps
 
 
 class TrainedTokens:
