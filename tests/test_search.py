@@ -1922,6 +1922,26 @@ def test_asha_rung_and_pbt_clipping() -> None:
     assert clipped == {"beta2": 0.999, "batch_size": 32, "lr_max": 0.01}
 
 
+def test_a_second_stop_is_told_apart_from_the_first_delivered_again() -> None:
+    """Once Tune took a stop, the same stop again within ECHO_S is dropped (`uv run` passes on
+    a Ctrl-C its process group got too); a later one ends the driver, noted as such, so that
+    `tuner search` answers with the --resume command rather than a bare "aborted"."""
+    from tuner.search import stopping
+
+    before = signal.getsignal(signal.SIGINT)
+    with stopping.stops_held():
+        stopping._held.update(tune_listens=True, taken_at=time.monotonic())
+        signal.raise_signal(signal.SIGINT)  # the echo: nothing happens
+        assert not stopping.stopped_at_once()
+        stopping._held["taken_at"] = time.monotonic() - 2 * stopping.ECHO_S
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert stopping.stopped_at_once()
+    assert signal.getsignal(signal.SIGINT) is before
+    with stopping.stops_held():  # the next study starts afresh
+        assert not stopping.stopped_at_once()
+
+
 def test_a_checkpoint_that_does_not_load_is_named_where_tune_keeps_it(tmp_path: Path) -> None:
     """A resumed trial's checkpoint cut short (or emptied) fails the trial naming Tune's file,
     not the scratch copy the trainable made of it (deleted by then)."""

@@ -152,6 +152,14 @@ def search(
         console.print(f"once the store answers again, continue it with: {resume_hint}",
                       markup=False)
         return 1
+    except KeyboardInterrupt:
+        from tuner.search.stopping import stopped_at_once
+
+        if not stopped_at_once():
+            raise  # before the study was saved: "aborted", and nothing to resume
+        console.print("stopped at once (a second stop): its runs stay RUNNING until it is "
+                      f"resumed; continue it with: {resume_hint}", markup=False)
+        return 130
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)

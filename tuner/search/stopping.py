@@ -17,7 +17,7 @@ from ray import tune
 
 from tuner.interrupts import sigterm_as_ctrl_c
 
-_held = {"stop": False, "tune_listens": False, "taken_at": -float("inf")}
+_held = {"stop": False, "tune_listens": False, "taken_at": -float("inf"), "at_once": False}
 ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not a second
 
 
@@ -25,7 +25,7 @@ ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not 
 def stops_held() -> Iterator[None]:
     """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`."""
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _held.update(stop=False, tune_listens=False, taken_at=-float("inf"))
+    _held.update(stop=False, tune_listens=False, taken_at=-float("inf"), at_once=False)
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
         yield
@@ -46,10 +46,16 @@ def abort_if_stopped() -> None:
         raise KeyboardInterrupt
 
 
+def stopped_at_once() -> bool:
+    """Whether the study ended on a second stop, its runs left RUNNING for `--resume`."""
+    return bool(_held["at_once"])
+
+
 def _on_interrupt(signum: int, frame: Any) -> None:
     # Tune hands SIGINT back to this handler once it has taken a stop: a second one is "now".
     if _held["tune_listens"]:
         if time.monotonic() - _held["taken_at"] > ECHO_S:
+            _held["at_once"] = True  # Ray's calls turn what is raised into a bare KeyboardInterrupt
             raise KeyboardInterrupt
         return
     _held["stop"] = True
