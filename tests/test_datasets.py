@@ -265,6 +265,7 @@ def test_tokenizer_whose_merges_name_unknown_tokens(stories: Path, synthetic: Pa
     (lambda d, m: m.update(vocab_size=m["vocab_size"] + 10),
      "meta.json: vocab_size .*, but its tokenizer has .* tokens"),
     (lambda d, m: (d / "valid.npy").unlink(), "valid.npy: missing"),
+    (lambda d, m: (d / "merges.txt").unlink(), r"copy/merges.txt: missing; prepare the folder"),
     (lambda d, m: (d / "train.npy").write_bytes(b""), "train.npy: not a readable .npy array"),
     (lambda d, m: (d / "meta.json").write_text("{"), "meta.json: unreadable"),
     (lambda d, m: m.pop("valid_tokens"), "meta.json: valid_tokens missing or of the wrong type"),
@@ -292,6 +293,14 @@ def test_check_dataset_names_the_inconsistent_file(synthetic: Path, tmp_path: Pa
         (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=message):
         check_dataset(folder)
+
+
+def test_check_dataset_tells_a_file_from_a_missing_folder(tmp_path: Path) -> None:
+    (tmp_path / "my.txt").write_text("text")
+    with pytest.raises(UserError, match=r"my.txt: a file, not a dataset folder; create one"):
+        check_dataset(tmp_path / "my.txt")
+    with pytest.raises(UserError, match=r"none: no such dataset folder; create one"):
+        check_dataset(tmp_path / "none")
 
 
 def test_a_study_checks_its_dataset_without_importing_torch(synthetic: Path) -> None:

@@ -96,7 +96,8 @@ def check_dataset(path: Path) -> dict:
     """Check a dataset folder (files, meta.json against the arrays, ids < vocab_size); its meta."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: no such dataset folder; create one with `tuner data prepare`")
+        what = "a file, not a dataset folder" if path.exists() else "no such dataset folder"
+        raise UserError(f"{path}: {what}; create one with `tuner data prepare`")
     meta_path = path / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -122,6 +123,8 @@ def check_dataset(path: Path) -> dict:
     if (path / "vocab.json").exists():  # the trainer loads it to write its text samples
         try:
             size = Tokenizer.from_dir(path).vocab_size
+        except FileNotFoundError as err:  # merges.txt: not an errno's words
+            raise UserError(f"{err.filename}: missing; prepare the folder again") from None
         except (OSError, ValueError) as err:
             raise UserError(f"{err}; prepare the folder again") from None
         if size != meta["vocab_size"]:
