@@ -457,6 +457,8 @@ STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
                      "eval_interval": "eval_interval", "eval_tokens": "eval_tokens",
                      "eval_windows": "eval_windows", "seed": "seed"}
 """A study file's `budget` keys and the trainer fields they set."""
+STUDY_RESOURCE_KEYS = ("device", "deterministic", "peak_flops", "compile")
+"""A study file's `resources` keys that are trainer fields of the same name (the rest are Ray's)."""
 
 
 def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
@@ -490,8 +492,7 @@ def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"budget.{key}", _unknown_key(str(key), STUDY_BUDGET_KEYS, "key"))
         flat[STUDY_BUDGET_KEYS[key]] = value
     resources = sections["resources"]
-    runtime_keys = ("device", "deterministic", "peak_flops", "compile")
-    flat.update({key: resources[key] for key in runtime_keys if key in resources})
+    flat.update({key: resources[key] for key in STUDY_RESOURCE_KEYS if key in resources})
     return flat
 
 

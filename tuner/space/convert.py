@@ -8,7 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.config import RELATIVE_HPARAMS, ConfigError, ModelConfig, TrainConfig
+from model.config import (
+    RELATIVE_HPARAMS,
+    STUDY_RESOURCE_KEYS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+)
 from tuner.errors import UserError
 from tuner.space.distributions import Distribution, Grid, fmt
 from tuner.space.params import ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
@@ -133,12 +139,12 @@ def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> 
         train.setdefault(floor.name, floor.default)
     budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
     res = study.resources
-    # Ray shows a trial without GPUs every GPU of its node: auto must not take one it never got
-    device = "cpu" if res.device == "auto" and res.gpus_per_trial == 0 else res.device
+    runtime = {key: getattr(res, key) for key in STUDY_RESOURCE_KEYS}
+    if res.device == "auto" and res.gpus_per_trial == 0:
+        runtime["device"] = "cpu"  # Ray shows a trial without GPUs every GPU of its node
     try:
-        config = TrainConfig(model=ModelConfig(**model), data=str(data_dir), device=device,
-                             deterministic=res.deterministic, peak_flops=res.peak_flops,
-                             compile=res.compile, **budget, **train)
+        config = TrainConfig(model=ModelConfig(**model), data=str(data_dir), **runtime, **budget,
+                             **train)
         config.validate()
     except ConfigError as err:
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
