@@ -71,6 +71,18 @@ def _load_failure(err: Exception) -> str:
     return f"refused by torch.load(weights_only=True): {why or 'not a safe checkpoint'}"
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the file `path` is no checkpoint (missing, empty, cut short, another format), read
+    without torch; None when it may load (its pickle and tensors are not read)."""
+    if not path.is_file():
+        return "checkpoint not found"
+    if path.stat().st_size == 0:  # torch's own message blames mmap or the zip format
+        return "not a loadable checkpoint (the file is empty)"
+    if not zipfile.is_zipfile(path):  # torch's own messages blame mmap, or a pickle's key
+        return "not a loadable checkpoint (not a torch.save archive: another format, or cut short)"
+    return None
+
+
 def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
                     mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint's contents safely; a missing, truncated, damaged or unsafe file names
@@ -79,13 +91,9 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
     import torch
 
     path = checkpoint_path(src)
-    if not path.is_file():
-        raise ConfigError(str(path), "checkpoint not found")
-    if path.stat().st_size == 0:  # torch's own message blames mmap or the zip format
-        raise ConfigError(str(path), "not a loadable checkpoint (the file is empty)")
-    if not zipfile.is_zipfile(path):  # torch's own messages blame mmap, or a pickle's key
-        raise ConfigError(str(path), "not a loadable checkpoint (not a torch.save archive: "
-                          "another format, or cut short)")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError(str(path), problem)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, corrupt and unsafe files all land here

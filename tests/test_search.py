@@ -639,18 +639,20 @@ def test_resume_from_state_cut_short_without_a_copy_fails(faults_study: dict[str
 @pytest.mark.slow
 def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) -> None:
     """`--resume` of a study that has ended trains nothing, leaves its trial runs as they were,
-    and shows every trial as it ended (none "interrupted"); the other code it runs on now is
-    warned of and tagged."""
+    and shows every trial as it ended (none "interrupted"), once or twice; the other code it runs
+    on now is warned of and tagged."""
     folder = faults_study["folder"]
     client, parent, before = mlflow_runs(faults_study["uri"], "faults")
     commit = parent.data.tags["tuner.git_commit"]
     client.set_tag(parent.info.run_id, "tuner.git_commit", "0" * 40)  # started by other code
     try:
-        proc = run_tuner(["search", "--resume", "--name", "faults", "--storage",
-                          str(folder / "ray")], cwd=folder, timeout=180)
+        for _ in range(2):  # the second reads the state the first saved
+            proc = run_tuner(["search", "--resume", "--name", "faults", "--storage",
+                              str(folder / "ray")], cwd=folder, timeout=180)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "warning: Tune's state" not in proc.stdout + proc.stderr  # not part-written
     finally:
         client.set_tag(parent.info.run_id, "tuner.git_commit", commit)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     _, parent, after = mlflow_runs(faults_study["uri"], "faults")
     client.delete_tag(parent.info.run_id, "tuner.git_commit_resumed")
     assert parent.data.tags["tuner.git_commit_resumed"] == commit
@@ -770,7 +772,9 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     assert len(retried) == len(workers)
     unfinished = max((r for r in before if r.info.status == "RUNNING"),
                      key=lambda r: _tokens(client, r))
-    _lose_named_checkpoint(storage / "killed" / f"trial_{unfinished.data.tags['tuner.trial_id']}")
+    trial_dir = storage / "killed" / f"trial_{unfinished.data.tags['tuner.trial_id']}"
+    _refused_with_no_whole_checkpoint(trial_dir, uri, tmp_path)
+    _lose_named_checkpoint(trial_dir)
     # A driver killed inside a trial's end leaves its status tag written and its run RUNNING.
     client.set_tag(unfinished.info.run_id, "tuner.status", "completed")
     _cut_short_as_tune_copies_it(storage / "killed")
@@ -780,6 +784,7 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "was part-written (its driver was killed while Tune copied it)" in " ".join(
         (proc.stdout + proc.stderr).split())
+    assert "Traceback" not in proc.stdout + proc.stderr
     client, parent, after = mlflow_runs(uri, "killed")
     assert parent.info.status == "FINISHED"
     assert len(after) == 6 and len({r.data.tags["tuner.trial_id"] for r in after}) == 6
@@ -1214,9 +1219,42 @@ def _cut_short_as_tune_copies_it(folder: Path) -> None:
 def _lose_named_checkpoint(trial_dir: Path) -> None:
     """What a driver killed between Tune registering a checkpoint and saving its state leaves:
     the checkpoint the state names deleted (`num_to_keep`), the next one kept. Each folder moves
-    up one number, so whichever one the state names is gone and its content comes next."""
-    for folder in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+    up one number, so whichever one the state names is lost and its content comes next; the
+    first number is left with a copy of its content cut short (a kill while Tune deleted it)."""
+    folders = sorted(trial_dir.glob("checkpoint_*"), reverse=True)
+    for folder in folders:
         folder.rename(trial_dir / f"checkpoint_{int(folder.name.split('_')[1]) + 1:06d}")
+    first = folders[-1]
+    shutil.copytree(min(trial_dir.glob("checkpoint_*")), first)
+    cut = first / "checkpoint.pt"
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])
+
+
+def _refused_with_no_whole_checkpoint(trial_dir: Path, uri: str, cwd: Path) -> None:
+    """With every checkpoint of an unfinished trial cut short, --resume names the one Tune's
+    state names, exits 2, and changes nothing (nor starts Ray); the files are put back after."""
+    study = trial_dir.parent
+
+    def files() -> dict[Path, bytes]:  # but the driver's lock, which names the last to take it
+        return {path: path.read_bytes() for path in study.rglob("*")
+                if path.is_file() and path.name != "driver.lock"}
+
+    before, runs_before = files(), mlflow_runs(uri, study.name)[2]
+    for checkpoint in trial_dir.glob("checkpoint_*/checkpoint.pt"):
+        checkpoint.write_bytes(before[checkpoint][:1000])
+    damaged = files()
+    proc = run_tuner(["search", "--resume", "--name", study.name, "--storage", str(study.parent)],
+                     cwd=cwd, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert re.search(rf"{trial_dir}/checkpoint_\d{{6}}/checkpoint.pt: not a loadable checkpoint "
+                     rf"\(.*cut short\)\. Trial {trial_dir.name} would resume from it", message)
+    assert "Traceback" not in proc.stderr and "ray" not in proc.stdout.lower()
+    assert files() == damaged
+    assert [(r.info.run_id, r.info.status) for r in mlflow_runs(uri, study.name)[2]] == [
+        (r.info.run_id, r.info.status) for r in runs_before]
+    for path, data in before.items():
+        path.write_bytes(data)
 
 
 def _wait_until(uri: str, driver: subprocess.Popen, ready: Any, timeout: float = 300,
@@ -1399,28 +1437,41 @@ def test_summary_commands_survive_spaces_and_brackets_in_paths() -> None:
     assert shlex.split(command) == ["tuner", "replay", "r" * 32, "--tracking-uri", uri]
 
 
-def test_repair_puts_back_a_deleted_checkpoint_from_the_next(tmp_path: Path) -> None:
-    """A checkpoint Tune's state names but `num_to_keep` deleted comes back as the next one."""
-    from pyarrow import fs
+def test_repair_puts_back_a_lost_checkpoint_from_the_next_whole_one(tmp_path: Path) -> None:
+    """A checkpoint Tune's state names but `num_to_keep` deleted, or one cut short, comes back as
+    the next whole one."""
+    import zipfile
 
     from tuner.search.recovery import repair
 
-    local = fs.LocalFileSystem()
-    for index, content in ((3, b"fourth report"), (4, b"fifth, never registered")):
-        (tmp_path / f"checkpoint_{index:06d}").mkdir()
-        (tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt").write_bytes(content)
+    def write(index: int, content: bytes) -> Path:
+        (tmp_path / f"checkpoint_{index:06d}").mkdir(exist_ok=True)
+        with zipfile.ZipFile(tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt", "w") as z:
+            z.writestr("archive/data.pkl", content)
+        return tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt"
+
+    def content(index: int) -> bytes:
+        with zipfile.ZipFile(tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt") as z:
+            return z.read("archive/data.pkl")
+
+    write(3, b"fourth report")
+    write(4, b"fifth, never registered")
     named = tmp_path / "checkpoint_000002"
-    assert repair(local, str(named))
-    assert (named / "checkpoint.pt").read_bytes() == b"fourth report"
-    assert not repair(local, str(named))  # present: left alone
-    assert not repair(local, str(tmp_path / "checkpoint_000009"))  # nothing after it
+    assert repair(named)
+    assert content(2) == b"fourth report"
+    assert not repair(named)  # whole: left alone
+    assert not repair(tmp_path / "checkpoint_000009")  # nothing after it
     assert not (tmp_path / "checkpoint_000009").exists()
     # a kill inside Tune's deletion leaves a folder without its checkpoint: gone as well, and no
-    # folder without one is taken for the next
+    # folder without one is taken for the next; nor one cut short
     (tmp_path / "checkpoint_000000").mkdir()
     (tmp_path / "checkpoint_000001").mkdir()
-    assert repair(local, str(tmp_path / "checkpoint_000000"))
-    assert (tmp_path / "checkpoint_000000" / "checkpoint.pt").read_bytes() == b"fourth report"
+    cut = write(2, b"third report")
+    cut.write_bytes(cut.read_bytes()[:-10])
+    assert repair(tmp_path / "checkpoint_000000")
+    assert content(0) == b"fourth report"
+    assert repair(tmp_path / "checkpoint_000002")  # cut short: replaced
+    assert content(2) == b"fourth report"
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         f"checkpoint_{index:06d}" for index in range(5)]
 
@@ -1794,6 +1845,12 @@ def test_resume_of_unknown_study_fails_naming_those_there(tmp_path: Path, datase
         assert proc.returncode == 2
         assert (f"no study 'nothing' to resume in {storage} (studies there: known, other)"
                 in " ".join(proc.stderr.split())), proc.stderr
+    (storage / "known" / STATE_FILE).unlink()  # a study that ran, without the file of its own
+    proc = run_tuner(["search", "--resume", "--name", "known", "--storage", str(storage)],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert (f"{storage / 'known' / STATE_FILE}: missing (it records the study's space file and "
+            "settings)" in " ".join(proc.stderr.split())), proc.stderr
 
 
 def test_resume_reads_no_study_outside_its_storage(tmp_path: Path) -> None:

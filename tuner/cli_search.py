@@ -88,10 +88,10 @@ def search(
 
     # Tune fails to restore a study stopped before any trial started: that one starts again
     restore = resume and state.ran_trials(storage / study.name)
-    if restore:  # Tune's state cut short and no whole copy of it: refused before Ray starts
-        from tuner.search.tune_state import to_put_back
+    if restore:  # Tune's state cut short and no whole copy of it, or a trial's checkpoint
+        from tuner.search.recovery import check_named_checkpoints  # lost: refused before Ray
 
-        to_put_back(storage / study.name)
+        check_named_checkpoints(storage / study.name)
     new_store = _new_sqlite_store(study.tracking.uri)  # made once every input is known sound
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,

@@ -12,14 +12,15 @@ driver also keeps a whole copy of each save there (`tuner.search.tune_state`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pyarrow import fs
 from ray import tune
 
-from tuner.search.tune_state import SCHEDULER_STATE, keep
+from tuner.errors import UserError
+from tuner.search.tune_state import SCHEDULER_STATE, experiment_state, keep
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000000, ...
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of trials a resume does not run again
@@ -27,43 +28,71 @@ ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of trials a resume does not r
 
 class CheckpointRepair(tune.Callback):
     """Tune callback: before a trial restores, put back the checkpoint its state names if it is
-    gone, from the one registered after it."""
+    gone or not whole, from the one registered after it; and an empty folder for each earlier one
+    its state still lists but a kill left deleted, which Tune deletes (again) at the trial's next
+    checkpoint and logs a traceback for if it is missing."""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.checkpoint is not None:
-            repair(trial.checkpoint.filesystem, trial.checkpoint.path)
+        if trial.checkpoint is None:
+            return
+        repair(Path(trial.checkpoint.path))
+        for listed in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
+            Path(listed.checkpoint.path).mkdir(exist_ok=True)
 
 
-def repair(files: fs.FileSystem, path: str) -> bool:
-    """Copy the next whole checkpoint folder beside `path` to it if `path` holds no checkpoint
-    (deleted, or emptied by a kill inside Tune's deletion); whether it did."""
-    path = path.rstrip("/")
-    if _holds_checkpoint(files, path):
-        return False
-    folder, name = path.rsplit("/", 1)
-    later = sorted(info.path for info in files.get_file_info(fs.FileSelector(folder))
-                   if info.type == fs.FileType.Directory and info.base_name > name
-                   and info.base_name.startswith(CHECKPOINT_PREFIX)
-                   and _holds_checkpoint(files, info.path))
-    if not later:
-        return False  # nothing to go on from: Tune fails the trial, naming its missing checkpoint
-    partial = f"{folder}/.partial-{name}"  # a kill while copying leaves `path` as it was
+def repair(named: Path) -> bool:
+    """Copy the next whole checkpoint folder beside `named` to it if `named` holds no whole
+    checkpoint (deleted, emptied by a kill inside Tune's deletion, cut short); whether it did."""
+    stand_in = _stand_in(named)
+    if stand_in is None:
+        return False  # whole, or nothing to go on from (refused by --resume before Ray starts)
+    partial = named.with_name(f".partial-{named.name}")  # a kill while copying leaves `named`
     try:
-        for stale in (partial, path):
-            if files.get_file_info(stale).type != fs.FileType.NotFound:
-                files.delete_dir(stale)
-        files.create_dir(partial)
-        fs.copy_files(later[0], partial, source_filesystem=files, destination_filesystem=files)
-        files.move(partial, path)
+        for stale in (partial, named):
+            shutil.rmtree(stale, ignore_errors=True)
+        shutil.copytree(stand_in, partial)
+        partial.rename(named)
     except OSError:
-        return False  # the same: one trial fails, not the study
+        return False  # Tune fails the trial, naming its checkpoint: one trial, not the study
     return True
 
 
-def _holds_checkpoint(files: fs.FileSystem, folder: str) -> bool:
-    from model.checkpoint import CHECKPOINT_NAME
+def check_named_checkpoints(folder: Path) -> None:
+    """UserError naming the checkpoint an unfinished trial of the study in `folder` would resume
+    from when it is missing or not whole and no later whole one can stand in. Writes nothing."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-    return files.get_file_info(f"{folder}/{CHECKPOINT_NAME}").type == fs.FileType.File
+    from model.checkpoint import CHECKPOINT_NAME, checkpoint_problem
+
+    for trial_json, run_json in experiment_state(folder).get("trial_data", []):
+        if json.loads(trial_json).get("status") in ENDED:
+            continue
+        latest = _TrainingRunMetadata.from_json_state(run_json).checkpoint_manager
+        if latest.latest_checkpoint_result is None:
+            continue
+        where = Path(latest.latest_checkpoint_result.checkpoint.path)  # as the study ran it:
+        named = folder / where.parent.name / where.name  # Tune moves it with the folder too
+        problem = checkpoint_problem(named / CHECKPOINT_NAME)
+        if problem and _stand_in(named) is None:
+            raise UserError(f"{named / CHECKPOINT_NAME}: {problem}. Trial {where.parent.name} "
+                            "would resume from it, and it has no later whole checkpoint: put "
+                            "back a whole copy, or build a new study on this one's trials with "
+                            f"--warm-start {folder.name}")
+
+
+def _stand_in(named: Path) -> Path | None:
+    """The first whole checkpoint folder after `named` if `named` holds no whole checkpoint."""
+    if _whole(named):
+        return None
+    later = sorted(path for path in named.parent.glob(f"{CHECKPOINT_PREFIX}*")
+                   if path.name > named.name and path.is_dir())
+    return next((path for path in later if _whole(path)), None)
+
+
+def _whole(folder: Path) -> bool:
+    from model.checkpoint import CHECKPOINT_NAME, checkpoint_problem
+
+    return checkpoint_problem(folder / CHECKPOINT_NAME) is None
 
 
 class StateBackup(tune.Callback):

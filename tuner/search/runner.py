@@ -176,7 +176,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search.console import stop_live_views
     from tuner.search.stopping import abort_if_stopped, relay_sigterm, stops_held
-    from tuner.search.tune_state import restore_whole_state
+    from tuner.search.tune_state import keep, restore_whole_state
 
     with stops_held():
         start_ray(address)
@@ -198,6 +198,9 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
                 _fit(build_tuner(study, data_dir, storage, config, provenance))
+                # Tune's last save is whole in the folder now; a resume of a study with nothing
+                # left to run takes no step, so StateBackup kept no copy of that save
+                keep(storage / study.name, storage / study.name)
         finally:
             stop_live_views()
             ray.shutdown()

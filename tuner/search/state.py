@@ -81,6 +81,10 @@ def load(folder: Path, space: Path | None) -> Any:
     from tuner.space import checks, load_study
 
     path = folder / STATE_FILE
+    if started(folder) and not path.is_file():
+        raise UserError(f"{path}: missing (it records the study's space file and settings); the "
+                        f"study cannot be resumed without it: put it back, or build a new study "
+                        f"on this one's trials with --warm-start {folder.name}")
     if not (path.is_file() and started(folder)):
         there = sorted(f.parent.name for f in folder.parent.glob(f"*/{STATE_FILE}")
                        if started(f.parent))

@@ -73,6 +73,17 @@ def to_put_back(folder: Path) -> dict[str, bytes] | None:
     return None if {path.name: path.read_bytes() for path in newest} == kept else kept
 
 
+def experiment_state(folder: Path) -> dict:
+    """Tune's experiment state as `--resume` will read it in `folder`: the copy kept whole where
+    the folder's files differ from it ({} when there is none). UserError as `to_put_back`."""
+    kept = to_put_back(folder) or {}
+    data = next((data for name, data in kept.items() if fnmatch(name, TUNE_STATE_FILES[0])), None)
+    newest = _newest(folder, TUNE_STATE_FILES[0])
+    if data is None and newest is not None:
+        data = newest.read_bytes()
+    return json.loads(data) if data else {}
+
+
 def _newest(folder: Path, pattern: str) -> Path | None:
     """The file Tune reads of those matching `pattern` (the latest session's), if any."""
     return max(folder.glob(pattern), default=None)
