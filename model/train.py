@@ -434,9 +434,16 @@ def main(argv: list[str] | None = None) -> int:
                         "when resuming with its own config, else runs/train)")
     parser.add_argument("--resume", help="checkpoint file or folder to continue from")
     parser.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); a "
+                        "study's trials use its cpus_per_trial, and CPU losses match theirs "
+                        "exactly with the same count")
     args = parser.parse_args(argv)
     if args.config is None and args.resume is None:
         parser.error("give --config FILE, or --resume CHECKPOINT to continue a run")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: give 1 or more")
+        torch.set_num_threads(args.threads)
     try:
         config = (load_train_config(args.config) if args.config
                   else checkpoint_config(args.resume))

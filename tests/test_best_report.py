@@ -143,6 +143,18 @@ def test_an_export_into_no_folder_exits_2_before_the_table(recorded, tmp_path):
         f"{tmp_path / 'no'} is not a folder"
 
 
+def test_a_report_into_no_folder_and_an_unknown_store_exit_2_naming_them(recorded, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, out = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "file/r"),
+                      "--tracking-uri", recorded.uri)
+    assert code == 2 and out.startswith(f"error: --out {tmp_path / 'file/r'}: cannot be made a "
+                                        "folder (Not a directory)"), out
+    assert not (tmp_path / "file/r").exists()
+    code, out = tuner("best", "--study", recorded.name, "--tracking-uri", "sqllite:///x.db")
+    assert code == 2 and out.startswith("error: tracking store sqllite:///x.db: unknown scheme "
+                                        "'sqllite'; use sqlite:///FILE"), out
+
+
 def test_report_figures_have_one_series_per_trial(recorded):
     client = MlflowClient(tracking_uri=recorded.uri)
     trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))

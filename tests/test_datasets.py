@@ -192,7 +192,7 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
         (dict(input=stories, vocab_size=300, special_tokens=[f"<{i}>" for i in range(50)]),
          "at least 306"),
         (dict(vocab_size=300), "--input: required"),
-        (dict(source="web", vocab_size=300), "unknown"),
+        (dict(source="web", vocab_size=300), "--source web: unknown; use one of files, "),
         (dict(input=stories, vocab_size=300, valid_fraction=1.5), "between 0 and 1"),
         ({"input": stories, "vocab_size": 300, "special_tokens": ["<|eot|>", ""]},
          "--special-token: empty"),

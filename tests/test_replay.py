@@ -100,6 +100,10 @@ def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):
     code, out = tuner("replay", recorded.best_run_id, "--data", str(tmp_path / "nowhere"),
                       "--tracking-uri", recorded.uri)
     assert code == 2 and f"--data {tmp_path / 'nowhere'}: no such folder" in out
+    (tmp_path / "notes").mkdir()
+    code, out = tuner("replay", recorded.best_run_id, "--data", str(tmp_path / "notes"),
+                      "--tracking-uri", recorded.uri)
+    assert code == 2 and f"--data {tmp_path / 'notes'}: not a dataset folder (no meta.json)" in out
     assert _runs(recorded.uri) == before
 
 

@@ -1604,7 +1604,8 @@ def test_model_too_small_for_the_dataset_fails_before_ray(tmp_path: Path, datase
                      cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = " ".join(proc.stderr.split())
-    assert "model.vocab_size: 280 is smaller than the dataset's vocabulary (300 in" in message
+    assert re.search(r"small\.yaml:\d+: model\.vocab_size: 280 is smaller than the dataset's "
+                     r"vocabulary \(300 in", message), message
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -1615,6 +1616,12 @@ def test_unusable_storage_fails_before_ray(tmp_path: Path, dataset: Path) -> Non
                      cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"--storage {space / 'ray'}: {space} is not a folder" in " ".join(proc.stderr.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere.yaml"]
+    # a folder whose permissions let the user (root, say) write but which takes no new file
+    proc = run_tuner(["search", "--space", str(space), "--storage", "/proc/tuner"],
+                     cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--storage /proc/tuner: /proc is not a folder this user can write to" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere.yaml"]
 
 

@@ -281,7 +281,7 @@ def test_validate_checks_the_dataset_folder_as_search_does(tmp_path: Path,
     assert result.returncode == 2
     assert "fits.yaml: ok: study fits" in result.stdout
     errors = " ".join(result.stderr.split())
-    assert (f"error: small.yaml: model.vocab_size: 200 is smaller than the dataset's vocabulary "
+    assert (f"error: small.yaml:4: model.vocab_size: 200 is smaller than the dataset's vocabulary "
             f"(256 in {byte_dataset / 'meta.json'})") in errors
     assert f"error: empty.yaml: {tmp_path / 'empty' / 'meta.json'}: missing" in errors
 

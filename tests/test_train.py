@@ -311,6 +311,24 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
 
 
+def test_command_line_sets_torch_threads(byte_dataset: Path, tmp_path: Path) -> None:
+    """--threads pins torch's CPU threads, as a study's trial does with its cpus_per_trial."""
+    from model.train import main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny_config(byte_dataset, total_iters=10).to_dict()))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["--config", str(path), "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    bad = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path),
+                          "--threads", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--threads 0: give 1 or more" in bad.stderr
+
+
 BASE = ("data: /nowhere\nmodel: {vocab_size: 256, context_length: 32, d_model: 32, num_layers: 1, "
         "num_heads: 2}\ntotal_iters: 10\n")
 

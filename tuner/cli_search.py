@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -216,8 +217,11 @@ def _check_local_gpus(study: Any) -> None:
 def _check_storage(storage: Path) -> None:
     """UserError unless `storage` is, or can be made as, a folder this user can write to."""
     existing = next(folder for folder in (storage, *storage.parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UserError(f"--storage {storage}: {existing} is not a folder this user can write to")
+    try:  # made and removed: permissions alone pass root, even in /proc
+        os.rmdir(tempfile.mkdtemp(prefix=".tuner-probe-", dir=existing))
+    except OSError:
+        raise UserError(f"--storage {storage}: {existing} is not a folder this user can write "
+                        "to") from None
 
 
 def _new_sqlite_store(uri: str) -> bool:

@@ -27,6 +27,7 @@ from model.bpe import (
     next_cut,
     train_bpe,
 )
+from model.config import ConfigError
 from model.token_files import check_context, check_vocab
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
@@ -142,23 +143,27 @@ def check_dataset(path: Path) -> dict:
 
 
 def check_study_dataset(study: Any, data_dir: Path) -> dict:
-    """`check_dataset`, then ConfigError when no trial's model fits it (each would fail): the
-    trainer's own checks, on the largest vocabulary and the shortest context the study can
-    sample. The folder's meta.json."""
+    """`check_dataset`, then a SpaceError at the setting's line when no trial's model fits it
+    (each would fail): the trainer's own checks, on the largest vocabulary and the shortest
+    context the study can sample. The folder's meta.json."""
     from tuner.space.convert import span
+    from tuner.space.loader import located
 
     meta = check_dataset(data_dir)
-    check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
-    for split in ("train", "valid"):
-        check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
-                      data_dir / f"{split}.npy")
+    try:
+        check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
+        for split in ("train", "valid"):
+            check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
+                          data_dir / f"{split}.npy")
+    except ConfigError as err:  # told at the setting's line in the study file
+        raise located(study, err) from None
     return meta
 
 
 def _check_options(source: str, input: Path | None, valid: Path | None, valid_fraction: float,
                    vocab_size: int, specials: list[str], tokenizer: Path | None) -> None:
     if source not in SOURCES:
-        raise UserError(f"source {source!r}: unknown; use one of {', '.join(SOURCES)}")
+        raise UserError(f"--source {source}: unknown; use one of {', '.join(SOURCES)}")
     if source == "files" and input is None:
         raise UserError("--input: required with --source files; name the training text file")
     if source != "files" and (input is not None or valid is not None):

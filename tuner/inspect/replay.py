@@ -130,6 +130,10 @@ def _check_dataset(folder: Path, recorded: str | None, run_id: str, recorded_pat
     if not folder.is_dir():
         raise UserError(f"dataset folder {folder} of run {run_id} not found: pass --data DIR"
                         if recorded_path else f"--data {folder}: no such folder")
+    if not (folder / "meta.json").is_file():
+        named = f"dataset folder {folder} of run {run_id}" if recorded_path else f"--data {folder}"
+        raise UserError(f"{named}: not a dataset folder (no meta.json); pass the folder "
+                        "`tuner data prepare` made")
     if recorded is None:
         raise UserError(f"run {run_id} recorded no dataset hash (tuner.dataset_sha256)")
     actual = dataset_digests(folder)

@@ -277,7 +277,10 @@ def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path
         except (UserError, RuntimeError) as err:  # the other plots are still worth having
             note = str(err)
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot be made a folder ({err.strerror or err})") from None
     figures = {LOSS_PNG: loss_figure(trial_curves, row.run_id if row else "")}
     if row is not None:
         config = runs.trial_config(client, best_run, workdir)

@@ -22,6 +22,9 @@ RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
+# MLflow's tracking stores ("" a folder's path); others fail deep inside MLflow's registry
+STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
+                 "databricks", "databricks-uc", "uc")
 DATABASE_CONNECT_TIMEOUT_S = 10  # a host that drops packets, or takes them and never answers
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
@@ -34,8 +37,15 @@ CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
 
 def connect(uri: str) -> Any:
     """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
+    from urllib.parse import urlsplit
+
     from mlflow import MlflowClient
 
+    scheme = urlsplit(uri).scheme.partition("+")[0]  # postgresql+psycopg2: a driver named
+    if scheme not in STORE_SCHEMES:
+        raise UserError(f"tracking store {uri}: unknown scheme {scheme!r}; use sqlite:///FILE, "
+                        "http(s)://HOST:PORT of `mlflow server`, or a postgresql:// or mysql:// "
+                        "database")
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     elif sqlite_file(uri) is None:

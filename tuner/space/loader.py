@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from model.config import duplicate_keys, parse_yaml
+from model.config import ConfigError, duplicate_keys, parse_yaml
+from tuner.errors import UserError
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
@@ -49,6 +50,16 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
             raise
         raise SpaceError(path, [_name_from(issue, flag=bool(name)) if issue.path == "name"
                                 else issue for issue in err.issues]) from None
+
+
+def located(study: Study, err: ConfigError) -> UserError:
+    """A trainer's ConfigError on a study's setting (`model.vocab_size`), told at its line in
+    the study file; others as they are."""
+    if study.source_text is None or "." not in err.field or "/" in err.field:
+        return UserError(str(err))
+    root, _ = parse_yaml(study.source_text)
+    line = _line(root, tuple(err.field.split(".")))
+    return SpaceError(study.source_path, [Issue(err.field, line, err.message)])
 
 
 def _name_from(issue: Issue, flag: bool) -> Issue:
