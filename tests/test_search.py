@@ -1246,9 +1246,9 @@ def _refused_with_no_whole_checkpoint(trial_dir: Path, uri: str, cwd: Path) -> N
     proc = run_tuner(["search", "--resume", "--name", study.name, "--storage", str(study.parent)],
                      cwd=cwd, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    message = " ".join(proc.stderr.split())
+    message, trial_id = " ".join(proc.stderr.split()), trial_dir.name.removeprefix("trial_")
     assert re.search(rf"{trial_dir}/checkpoint_\d{{6}}/checkpoint.pt: not a loadable checkpoint "
-                     rf"\(.*cut short\)\. Trial {trial_dir.name} would resume from it", message)
+                     rf"\(.*cut short\)\. Trial {trial_id} would resume from it", message)
     assert "Traceback" not in proc.stderr and "ray" not in proc.stdout.lower()
     assert files() == damaged
     assert [(r.info.run_id, r.info.status) for r in mlflow_runs(uri, study.name)[2]] == [

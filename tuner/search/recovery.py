@@ -65,16 +65,18 @@ def check_named_checkpoints(folder: Path) -> None:
     from model.checkpoint import CHECKPOINT_NAME, checkpoint_problem
 
     for trial_json, run_json in experiment_state(folder).get("trial_data", []):
-        if json.loads(trial_json).get("status") in ENDED:
+        trial = json.loads(trial_json)
+        if trial.get("status") in ENDED:
             continue
-        latest = _TrainingRunMetadata.from_json_state(run_json).checkpoint_manager
-        if latest.latest_checkpoint_result is None:
+        latest = _TrainingRunMetadata.from_json_state(run_json).checkpoint_manager \
+            .latest_checkpoint_result
+        if latest is None:
             continue
-        where = Path(latest.latest_checkpoint_result.checkpoint.path)  # as the study ran it:
-        named = folder / where.parent.name / where.name  # Tune moves it with the folder too
+        where = Path(latest.checkpoint.path)  # as the study ran: Tune moves it with the folder
+        named = folder / where.parent.name / where.name
         problem = checkpoint_problem(named / CHECKPOINT_NAME)
         if problem and _stand_in(named) is None:
-            raise UserError(f"{named / CHECKPOINT_NAME}: {problem}. Trial {where.parent.name} "
+            raise UserError(f"{named / CHECKPOINT_NAME}: {problem}. Trial {trial.get('trial_id')} "
                             "would resume from it, and it has no later whole checkpoint: put "
                             "back a whole copy, or build a new study on this one's trials with "
                             f"--warm-start {folder.name}")
