@@ -71,16 +71,18 @@ def _load_failure(err: Exception) -> str:
     return f"refused by torch.load(weights_only=True): {why or 'not a safe checkpoint'}"
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the file `path` is no checkpoint (missing, empty, cut short, another format), read
-    without torch; None when it may load (its pickle and tensors are not read)."""
+def checkpoint_problem(path: Path, checksums: bool = False) -> str | None:
+    """Why the file `path` is no checkpoint (missing, empty, cut short, another format; with
+    `checksums`, damaged bytes too, reading the whole file), without torch; None when it may load
+    (its pickle is not read)."""
     if not path.is_file():
         return "checkpoint not found"
     if path.stat().st_size == 0:  # torch's own message blames mmap or the zip format
         return "not a loadable checkpoint (the file is empty)"
     if not zipfile.is_zipfile(path):  # torch's own messages blame mmap, or a pickle's key
         return "not a loadable checkpoint (not a torch.save archive: another format, or cut short)"
-    return None
+    damaged = _failed_checksum(path) if checksums else None
+    return f"is damaged: its entry {damaged} fails its checksum" if damaged else None
 
 
 def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
@@ -91,16 +93,13 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
     import torch
 
     path = checkpoint_path(src)
-    problem = checkpoint_problem(path)
+    problem = checkpoint_problem(path, checksums=not mmap)
     if problem:
         raise ConfigError(str(path), problem)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as err:  # truncated, corrupt and unsafe files all land here
+    except Exception as err:  # corrupt and unsafe files land here
         raise ConfigError(str(path), f"not a loadable checkpoint ({_load_failure(err)})") from err
-    damaged = None if mmap else _failed_checksum(path)
-    if damaged:
-        raise ConfigError(str(path), f"is damaged: its entry {damaged} fails its checksum")
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ConfigError(str(path), "not a trainer checkpoint (no model state or iteration)")
     return state

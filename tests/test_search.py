@@ -1220,19 +1220,26 @@ def _lose_named_checkpoint(trial_dir: Path) -> None:
     """What a driver killed between Tune registering a checkpoint and saving its state leaves:
     the checkpoint the state names deleted (`num_to_keep`), the next one kept. Each folder moves
     up one number, so whichever one the state names is lost and its content comes next; the
-    first number is left with a copy of its content cut short (a kill while Tune deleted it)."""
+    first number is left with a copy of its content whose bytes are damaged (a disk's fault)."""
     folders = sorted(trial_dir.glob("checkpoint_*"), reverse=True)
     for folder in folders:
         folder.rename(trial_dir / f"checkpoint_{int(folder.name.split('_')[1]) + 1:06d}")
     first = folders[-1]
     shutil.copytree(min(trial_dir.glob("checkpoint_*")), first)
-    cut = first / "checkpoint.pt"
-    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])
+    _damage_bytes(first / "checkpoint.pt")
+
+
+def _damage_bytes(path: Path) -> None:
+    """Flip 64 bytes in the middle of a checkpoint (its tensors): it still opens as a zip."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
 
 
 def _refused_with_no_whole_checkpoint(trial_dir: Path, uri: str, cwd: Path) -> None:
-    """With every checkpoint of an unfinished trial cut short, --resume names the one Tune's
-    state names, exits 2, and changes nothing (nor starts Ray); the files are put back after."""
+    """With every checkpoint of an unfinished trial damaged, --resume names the one Tune's state
+    names, exits 2, and changes nothing (nor starts Ray); the files are put back after."""
     study = trial_dir.parent
 
     def files() -> dict[Path, bytes]:  # but the driver's lock, which names the last to take it
@@ -1241,14 +1248,16 @@ def _refused_with_no_whole_checkpoint(trial_dir: Path, uri: str, cwd: Path) -> N
 
     before, runs_before = files(), mlflow_runs(uri, study.name)[2]
     for checkpoint in trial_dir.glob("checkpoint_*/checkpoint.pt"):
-        checkpoint.write_bytes(before[checkpoint][:1000])
+        _damage_bytes(checkpoint)
     damaged = files()
     proc = run_tuner(["search", "--resume", "--name", study.name, "--storage", str(study.parent)],
                      cwd=cwd, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message, trial_id = " ".join(proc.stderr.split()), trial_dir.name.removeprefix("trial_")
-    assert re.search(rf"{trial_dir}/checkpoint_\d{{6}}/checkpoint.pt: not a loadable checkpoint "
-                     rf"\(.*cut short\)\. Trial {trial_id} would resume from it", message)
+    assert re.search(rf"{trial_dir}/checkpoint_\d{{6}}/checkpoint.pt: is damaged: its entry \S+ "
+                     rf"fails its checksum\. Trial {trial_id} would resume from it, .* put back a "
+                     rf"whole copy, or start a new study with another --name \(--warm-start "
+                     rf"{study.name} builds on this one's finished trials\)", message), message
     assert "Traceback" not in proc.stderr and "ray" not in proc.stdout.lower()
     assert files() == damaged
     assert [(r.info.run_id, r.info.status) for r in mlflow_runs(uri, study.name)[2]] == [
@@ -1838,13 +1847,15 @@ def test_resume_refuses_flags_that_change_the_study(tmp_path: Path) -> None:
 def test_resume_of_unknown_study_fails_naming_those_there(tmp_path: Path, dataset: Path) -> None:
     """A mistyped name is refused with the studies its storage holds; the name defaults to the
     --space file's, as for a new study."""
+    import pickle
+
     from tuner.search.state import STATE_FILE, TUNE_STATE
 
     storage = tmp_path / "ray"
     for started in ("known", "other"):
         (storage / started).mkdir(parents=True)
         (storage / started / STATE_FILE).write_text("{}")
-        (storage / started / TUNE_STATE).write_text("{}")
+        (storage / started / TUNE_STATE).write_bytes(pickle.dumps({}))
     space = write_space(tmp_path, "nothing", dataset)
     for name in (["--name", "nothing"], ["--space", str(space)]):
         proc = run_tuner(["search", "--resume", *name, "--storage", str(storage)],
@@ -1852,12 +1863,21 @@ def test_resume_of_unknown_study_fails_naming_those_there(tmp_path: Path, datase
         assert proc.returncode == 2
         assert (f"no study 'nothing' to resume in {storage} (studies there: known, other)"
                 in " ".join(proc.stderr.split())), proc.stderr
-    (storage / "known" / STATE_FILE).unlink()  # a study that ran, without the file of its own
-    proc = run_tuner(["search", "--resume", "--name", "known", "--storage", str(storage)],
-                     cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
-    assert (f"{storage / 'known' / STATE_FILE}: missing (it records the study's space file and "
-            "settings)" in " ".join(proc.stderr.split())), proc.stderr
+    # a study whose own files are lost: each named, with nothing started
+    known = storage / "known"
+    (known / "trial_1").mkdir()
+    for lose, found in ((lambda: (known / TUNE_STATE).write_bytes(pickle.dumps({})[:-1]),
+                         f"{known / TUNE_STATE}: cut short"),
+                        (lambda: (known / TUNE_STATE).unlink(),
+                         f"{known / TUNE_STATE}: missing (Tune writes it as the study starts)"),
+                        (lambda: (known / STATE_FILE).unlink(),
+                         f"{known / STATE_FILE}: missing (it records the study's space file")):
+        lose()
+        proc = run_tuner(["search", "--resume", "--name", "known", "--storage", str(storage)],
+                         cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2
+        assert found in " ".join(proc.stderr.split()), proc.stderr
+        (known / TUNE_STATE).write_bytes(pickle.dumps({}))
 
 
 def test_resume_reads_no_study_outside_its_storage(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ is refused, naming each setting that differs."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def saved_study(tmp_path: Path, text: str = SPACE) -> tuple[Path, Path]:
     space.write_text(text)
     folder = tmp_path / "ray" / "resumable"
     state.save(folder, load_study(space), {})
-    (folder / state.TUNE_STATE).write_bytes(b"")
+    (folder / state.TUNE_STATE).write_bytes(pickle.dumps({}))  # Tune writes its Tuner
     return space, folder
 
 
@@ -95,7 +96,7 @@ def test_a_copy_of_a_nameless_study_file_resumes_the_study_named(tmp_path: Path)
     started.write_text(SPACE.removeprefix("name: resumable\n"))
     folder = tmp_path / "ray" / "istudy"
     state.save(folder, load_study(started), {})
-    (folder / state.TUNE_STATE).write_bytes(b"")
+    (folder / state.TUNE_STATE).write_bytes(pickle.dumps({}))  # Tune writes its Tuner
     copy = tmp_path / "copy.yaml"
     copy.write_text(started.read_text())
     study = state.load(folder, copy)

@@ -89,10 +89,6 @@ def search(
 
     # Tune fails to restore a study stopped before any trial started: that one starts again
     restore = resume and state.ran_trials(storage / study.name)
-    if restore:  # Tune's state cut short and no whole copy of it, or a trial's checkpoint
-        from tuner.search.recovery import check_named_checkpoints  # lost: refused before Ray
-
-        check_named_checkpoints(storage / study.name)
     new_store = _new_sqlite_store(study.tracking.uri)  # made once every input is known sound
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
@@ -130,6 +126,10 @@ def search(
     changed_code = _check_same_inputs(exists, made_of, data_dir) if exists else None
     if changed_code:
         console.print(f"[yellow]warning:[/] {changed_code}")
+    if restore:  # Tune's state cut short with no whole copy, or a checkpoint lost: refused.
+        from tuner.search.recovery import check_named_checkpoints  # The last check: it puts
+
+        check_named_checkpoints(storage / study.name)  # back the checkpoints it can
     if new_store:
         connect(study.tracking.uri)
     if warm_trials and not resume:

@@ -40,10 +40,11 @@ class CheckpointRepair(tune.Callback):
             Path(listed.checkpoint.path).mkdir(exist_ok=True)
 
 
-def repair(named: Path) -> bool:
+def repair(named: Path, checksums: bool = False) -> bool:
     """Copy the next whole checkpoint folder beside `named` to it if `named` holds no whole
-    checkpoint (deleted, emptied by a kill inside Tune's deletion, cut short); whether it did."""
-    stand_in = _stand_in(named)
+    checkpoint (deleted, emptied by a kill inside Tune's deletion, cut short; damaged bytes too
+    with `checksums`, which reads them all); whether it did."""
+    stand_in = _stand_in(named, checksums)
     if stand_in is None:
         return False  # whole, or nothing to go on from (refused by --resume before Ray starts)
     partial = named.with_name(f".partial-{named.name}")  # a kill while copying leaves `named`
@@ -58,43 +59,49 @@ def repair(named: Path) -> bool:
 
 
 def check_named_checkpoints(folder: Path) -> None:
-    """UserError naming the checkpoint an unfinished trial of the study in `folder` would resume
-    from when it is missing or not whole and no later whole one can stand in. Writes nothing."""
+    """Before Ray starts: put back, from a later whole one, each checkpoint an unfinished trial of
+    the study in `folder` would resume from that is missing or not whole (its bytes checked);
+    UserError naming it, with nothing changed, where no later one is whole."""
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     from model.checkpoint import CHECKPOINT_NAME, checkpoint_problem
 
-    for trial_json, run_json in experiment_state(folder).get("trial_data", []):
+    named: dict[Path, str] = {}  # checkpoint folder -> the trial resuming from it
+    for trial_json, run in experiment_state(folder).get("trial_data", []):
         trial = json.loads(trial_json)
-        if trial.get("status") in ENDED:
-            continue
-        latest = _TrainingRunMetadata.from_json_state(run_json).checkpoint_manager \
+        latest = _TrainingRunMetadata.from_json_state(run).checkpoint_manager \
             .latest_checkpoint_result
-        if latest is None:
-            continue
-        where = Path(latest.checkpoint.path)  # as the study ran: Tune moves it with the folder
-        named = folder / where.parent.name / where.name
-        problem = checkpoint_problem(named / CHECKPOINT_NAME)
-        if problem and _stand_in(named) is None:
-            raise UserError(f"{named / CHECKPOINT_NAME}: {problem}. Trial {trial.get('trial_id')} "
-                            "would resume from it, and it has no later whole checkpoint: put "
-                            "back a whole copy, or build a new study on this one's trials with "
-                            f"--warm-start {folder.name}")
+        if trial.get("status") not in ENDED and latest is not None:
+            where = Path(latest.checkpoint.path)  # as the study ran: Tune moves it with the folder
+            named[folder / where.parent.name / where.name] = trial.get("trial_id")
+    lost = {path: checkpoint_problem(path / CHECKPOINT_NAME, checksums=True) for path in named}
+    for path, problem in lost.items():
+        if problem and _later_whole(path, checksums=True) is None:
+            raise UserError(
+                f"{path / CHECKPOINT_NAME}: {problem}. Trial {named[path]} would resume from it, "
+                "and it has no later whole checkpoint: put back a whole copy, or start a new study "
+                f"with another --name (--warm-start {folder.name} builds on this one's finished "
+                "trials)")
+    for path, problem in lost.items():
+        if problem:
+            repair(path, checksums=True)
 
 
-def _stand_in(named: Path) -> Path | None:
+def _stand_in(named: Path, checksums: bool = False) -> Path | None:
     """The first whole checkpoint folder after `named` if `named` holds no whole checkpoint."""
-    if _whole(named):
-        return None
+    return None if _whole(named, checksums) else _later_whole(named, checksums)
+
+
+def _later_whole(named: Path, checksums: bool) -> Path | None:
     later = sorted(path for path in named.parent.glob(f"{CHECKPOINT_PREFIX}*")
                    if path.name > named.name and path.is_dir())
-    return next((path for path in later if _whole(path)), None)
+    return next((path for path in later if _whole(path, checksums)), None)
 
 
-def _whole(folder: Path) -> bool:
+def _whole(folder: Path, checksums: bool = False) -> bool:
     from model.checkpoint import CHECKPOINT_NAME, checkpoint_problem
 
-    return checkpoint_problem(folder / CHECKPOINT_NAME) is None
+    return checkpoint_problem(folder / CHECKPOINT_NAME, checksums) is None
 
 
 class StateBackup(tune.Callback):

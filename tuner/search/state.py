@@ -80,11 +80,19 @@ def load(folder: Path, space: Path | None) -> Any:
     """The study as it started, rebuilt from its space file: every setting must be as it was."""
     from tuner.space import checks, load_study
 
-    path = folder / STATE_FILE
-    if started(folder) and not path.is_file():
-        raise UserError(f"{path}: missing (it records the study's space file and settings); the "
-                        f"study cannot be resumed without it: put it back, or build a new study "
-                        f"on this one's trials with --warm-start {folder.name}")
+    from tuner.search.tune_state import whole
+
+    path, tuner_state = folder / STATE_FILE, folder / TUNE_STATE
+    lost = ((path, "missing (it records the study's space file and settings)")
+            if started(folder) and not path.is_file() else
+            (tuner_state, "missing (Tune writes it as the study starts)")
+            if path.is_file() and ran_trials(folder) and not started(folder) else
+            (tuner_state, "cut short")
+            if started(folder) and not whole(tuner_state) else None)
+    if lost:
+        raise UserError(f"{lost[0]}: {lost[1]}; the study cannot be resumed without it: put it "
+                        f"back, or start a new study with another --name (--warm-start "
+                        f"{folder.name} builds on this one's finished trials)")
     if not (path.is_file() and started(folder)):
         there = sorted(f.parent.name for f in folder.parent.glob(f"*/{STATE_FILE}")
                        if started(f.parent))

@@ -64,7 +64,7 @@ def to_put_back(folder: Path) -> dict[str, bytes] | None:
         if not kept or not all(any(fnmatch(name, p) for p in TUNE_STATE_FILES) for name in kept):
             raise zipfile.BadZipFile("not a copy of Tune's state")
     except (OSError, zipfile.BadZipFile) as err:  # a damaged entry fails its CRC on read
-        damaged = [path for path in newest if not _whole(path)]
+        damaged = [path for path in newest if not whole(path)]
         if damaged:
             raise UserError(f"{damaged[0]}: cut short (its driver was killed while Tune wrote "
                             f"it), and no whole copy to put back ({folder / BACKUP}: {err}); the "
@@ -89,16 +89,16 @@ def _newest(folder: Path, pattern: str) -> Path | None:
     return max(folder.glob(pattern), default=None)
 
 
-def _whole(path: Path) -> bool:
+def whole(path: Path) -> bool:
     """Whether Tune's state file `path` is whole: JSON that parses, or a pickle that reaches its
-    end (walked, not loaded)."""
-    data = path.read_bytes()
+    end (walked, not loaded). Unreadable: not whole."""
     try:
+        data = path.read_bytes()
         if fnmatch(path.name, TUNE_STATE_FILES[0]):
             json.loads(data)
         else:
             for _ in pickletools.genops(data):
                 pass
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return False
     return True
