@@ -117,6 +117,16 @@ BAD = [
     ("batch-range-past-its-bound", GOOD.replace("{choice: [8, 16]}", "{int: [8, 100000000000]}"),
      11, "hparams.batch_size",
      "B must be in [1, 1048576], got 100000000000 (the upper bound of int)"),
+    ("empty-range", GOOD.replace("{loguniform: [1.0e-4, 1.0e-2]}", "{uniform: []}"), 10,
+     "hparams.lr_max", "uniform needs [lo, hi]\n"),  # once
+    ("empty-distribution", GOOD.replace("{choice: [8, 16]}", "{}"), 11, "hparams.batch_size",
+     "a distribution is exactly one of {loguniform: …}, {uniform: …}, {int: …}, {choice: …}, "
+     "{grid: …}; got an empty mapping"),
+    ("fractional-count", GOOD + "search:\n  num_samples: 2.5\n", 16, "search.num_samples",
+     "input should be a valid integer, got a number with a fractional part (2.5)"),
+    ("null-section", GOOD.replace("hparams:\n  lr_max: {loguniform: [1.0e-4, 1.0e-2]}\n"
+                                  "  B: {choice: [8, 16]}\n", "hparams: null\n"), 9, "hparams",
+     "must be a mapping of keys to values, got nothing (null)"),
 ]
 
 

@@ -78,9 +78,8 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
 
 def load(folder: Path, space: Path | None) -> Any:
     """The study as it started, rebuilt from its space file: every setting must be as it was."""
-    from tuner.space import checks, load_study
-
     from tuner.search.tune_state import whole
+    from tuner.space import checks, load_study
 
     path, tuner_state = folder / STATE_FILE, folder / TUNE_STATE
     lost = ((path, "missing (it records the study's space file and settings)")

@@ -202,8 +202,8 @@ def parse_distribution(raw: dict[Any, Any]) -> Distribution:
     keys = [k for k in raw if k in DISTRIBUTIONS]
     if len(keys) != 1:
         forms = ", ".join(f"{{{k}: …}}" for k in DISTRIBUTIONS)
-        raise ValueError(f"a distribution is exactly one of {forms}; got keys "
-                         f"{', '.join(map(str, raw))}")
+        got = f"keys {', '.join(map(str, raw))}" if raw else "an empty mapping"
+        raise ValueError(f"a distribution is exactly one of {forms}; got {got}")
     key = keys[0]
     cls = DISTRIBUTIONS[key]
     try:
@@ -226,4 +226,4 @@ def parse_distribution(raw: dict[Any, Any]) -> Distribution:
             else:
                 text = e["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {text}" if where else text)
-        raise ValueError(f"{key} {'; '.join(problems)}") from None
+        raise ValueError(f"{key} {'; '.join(dict.fromkeys(problems))}") from None

@@ -379,11 +379,14 @@ def _issue(error: Any, locate: Locate | None) -> Issue:
     elif kind == "missing":
         message = "is required"
     elif kind in ("model_type", "dict_type"):
-        message = f"must be a mapping of keys to values, got {shown(error['input'], redact)}"
+        given = "nothing (null)" if error["input"] is None else shown(error["input"], redact)
+        message = f"must be a mapping of keys to values, got {given}"
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
-    elif kind != "space":
-        message = f"{message[0].lower()}{message[1:]}, got {shown(error['input'], redact)}"
+    elif kind != "space":  # pydantic's own words may say what it got: then the value is added
+        given = shown(error["input"], redact)
+        message = f"{message[0].lower()}{message[1:]}" + (
+            f" ({given})" if ", got " in message else f", got {given}")
     return Issue(path, locate(loc) if locate else None, message)
 
 
