@@ -124,6 +124,13 @@ BAD = [
      "{grid: …}; got an empty mapping"),
     ("fractional-count", GOOD + "search:\n  num_samples: 2.5\n", 16, "search.num_samples",
      "input should be a valid integer, got a number with a fractional part (2.5)"),
+    # quoted, a number stays text (README), in every kind of setting
+    ("quoted-constant", GOOD.replace("  B:", "  β2: '0.99'\n  B:"), 11, "hparams.beta2",
+     "β2 must be a number, got '0.99'"),
+    ("quoted-bound", GOOD.replace("[1.0e-4, 1.0e-2]", "['1e-4', 1.0e-2]"), 10, "hparams.lr_max",
+     "loguniform bounds and step must be numbers, got '1e-4'"),
+    ("quoted-count", GOOD + "search:\n  num_samples: '4'\n", 16, "search.num_samples",
+     "must be a number, got '4'"),
     ("null-section", GOOD.replace("hparams:\n  lr_max: {loguniform: [1.0e-4, 1.0e-2]}\n"
                                   "  B: {choice: [8, 16]}\n", "hparams: null\n"), 9, "hparams",
      "must be a mapping of keys to values, got nothing (null)"),

@@ -72,13 +72,15 @@ class _Range(Distribution):
     @model_validator(mode="before")
     @classmethod
     def _numbers(cls, data: Any) -> Any:
-        """YAML's true is no bound or step (pydantic would take it as 1)."""
+        """YAML's true, or a quoted '1e-3', is no bound or step (pydantic would take them as
+        numbers)."""
         if isinstance(data, dict):
             bounds = data.get(cls.key)
             given = [*(bounds if isinstance(bounds, list) else []), data.get("step")]
-            flag = next((v for v in given if isinstance(v, bool)), None)
+            flag = next((v for v in given if isinstance(v, (bool, str))), None)
             if flag is not None:
-                raise ValueError(f"bounds and step must be numbers, got {fmt(flag)}")
+                raise ValueError("bounds and step must be numbers, got "
+                                 + (repr(flag) if isinstance(flag, str) else fmt(flag)))
         return data
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typing
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -81,11 +82,6 @@ def _constant(raw: Any, hp: HParam, role: str = "") -> Any:
 def _coerce(raw: Any, hp: HParam) -> Any:
     if raw is False and hp.optional and hp.kind is not bool:
         return None  # YAML 1.1 reads `off` as false; for an optional parameter it means null
-    if hp.kind is float and isinstance(raw, str):
-        try:
-            return float(raw)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        except ValueError:
-            return raw
     if hp.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
     if hp.kind is int and isinstance(raw, float) and raw.is_integer():
@@ -197,10 +193,13 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's true is no value of a numeric setting (pydantic would take it as 1)."""
+        """YAML's true, or a quoted '4', is no value of a numeric setting (pydantic would take
+        them as numbers)."""
         kinds = _kinds(cls.model_fields[info.field_name].annotation)
-        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
-            raise ValueError(f"must be a number, got {fmt(value)}")
+        if (isinstance(value, bool) and kinds & {int, float} and bool not in kinds
+                or isinstance(value, str) and kinds & {int, float} and not kinds & {str, Path}):
+            raise ValueError("must be a number, got "
+                             + (repr(value) if isinstance(value, str) else fmt(value)))
         return value
 
     def given(self) -> dict[str, Any]:
