@@ -329,7 +329,9 @@ def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
     code, out = tuner("best", "--export", str(tmp_path / "best.yaml"), "--study", recorded.name,
                       "--tracking-uri", uri)
     assert code == 2 and ("1 of its trials is marked running: if the study is still going, ask "
-                          "again after their first evaluation" in " ".join(out.split())), out
+                          "again after their first evaluation; if its driver was stopped, "
+                          f"continue it with tuner search --resume --name {recorded.name}"
+                          in " ".join(out.split())), out
 
 
 @pytest.mark.parametrize("command", [["best", "--study", "tiny"], ["report", "--study", "tiny"],

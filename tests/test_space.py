@@ -114,7 +114,7 @@ def test_keys_accept_the_name_the_symbol_or_an_alias(tmp_path: Path) -> None:
 def test_a_parameter_given_twice_is_an_error(tmp_path: Path) -> None:
     text = study_text("  α_max: 0.002\n")
     [(path, line, message)] = issues_of(tmp_path, text)
-    assert path == "hparams" and line == line_of(text, "hparams:")
+    assert path == "hparams" and line == line_of(text, "α_max:")  # the second, where it is
     assert "lr_max is given twice" in message
 
 

@@ -184,7 +184,8 @@ def best_of(trials: list[Any], study: str) -> Any:
         running = sum(run.info.status == "RUNNING" for run in runs)
         are = "is" if running == 1 else "are"
         wait = (f"; {running} of its trials {are} marked running: if the study is still going, "
-                "ask again after their first evaluation" if running else "")
+                "ask again after their first evaluation; if its driver was stopped, continue it "
+                f"with tuner search --resume --name {study}" if running else "")
         raise UserError(f"study {study!r} has no trial with a finite val_loss that neither "
                         f"diverged nor failed{wait}")
     return runs[0]

@@ -81,8 +81,8 @@ def _line(root: yaml.Node, loc: tuple[str | int, ...]) -> int | None:
         if not isinstance(node, yaml.MappingNode):
             break
         aliases = getattr(cls, "aliases", {})
-        entry = next(((k, v) for k, v in node.value
-                      if k.value == str(part) or aliases.get(k.value) == part), None)
+        entry = next(((k, v) for k, v in node.value if k.value == str(part)),  # as written,
+                     next(((k, v) for k, v in node.value if aliases.get(k.value) == part), None))
         if entry is None:
             break
         node, line = entry[1], entry[0].start_mark.line + 1

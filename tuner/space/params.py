@@ -179,7 +179,8 @@ class Section(BaseModel):
             name = cls.aliases.get(key, key)
             if name in out:
                 raise PydanticCustomError("space", "{message}", {
-                    "message": f"{name} is given twice (as {written[name]} and as {key})"})
+                    "message": f"{name} is given twice (as {written[name]} and as {key})",
+                    "key": key})  # where the second is: its line
             out[name], written[name] = value, key
         return out
 

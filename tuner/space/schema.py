@@ -387,7 +387,8 @@ def _issue(error: Any, locate: Locate | None) -> Issue:
         given = shown(error["input"], redact)
         message = f"{message[0].lower()}{message[1:]}" + (
             f" ({given})" if ", got " in message else f", got {given}")
-    return Issue(path, locate(loc) if locate else None, message)
+    at = (*loc, error["ctx"]["key"]) if kind == "space" and "key" in error.get("ctx", {}) else loc
+    return Issue(path, locate(at) if locate else None, message)
 
 
 def _keys_at(loc: tuple[str | int, ...]) -> list[str]:
