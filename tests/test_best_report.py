@@ -316,6 +316,9 @@ def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
     for run_id in recorded.run_ids:
         client.set_tag(run_id, "tuner.status", "failed" if run_id != recorded.best_run_id
                        else "diverged")
+    code, out = tuner("best", "--study", recorded.name, "--tracking-uri", uri)
+    assert code == 0 and f"study {recorded.name}: no trial to reproduce (each diverged or " \
+        "failed)" in " ".join(out.split()), out
     for command in (["best", "--export", str(tmp_path / "best.yaml")], ["replay"]):
         code, out = tuner(*command, "--study", recorded.name, "--tracking-uri", uri)
         assert code == 2 and "neither diverged nor failed" in " ".join(out.split()), out
@@ -324,7 +327,12 @@ def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
                       "--tracking-uri", uri)
     assert code == 0, out
     assert {p.name for p in (tmp_path / "r").iterdir()} == {report.LOSS_PNG, report.SUMMARY_MD}
-    assert "## Best trial: none" in (tmp_path / "r" / report.SUMMARY_MD).read_text()
+    summary = (tmp_path / "r" / report.SUMMARY_MD).read_text()
+    assert "## Best trial: none" in summary and "shows where each diverged (×)" in summary
+    client.set_tag(recorded.best_run_id, "tuner.status", "failed")  # nothing diverged: no ×
+    code, out = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
+                      "--tracking-uri", uri)
+    assert code == 0 and "diverged (×)" not in (tmp_path / "r" / report.SUMMARY_MD).read_text()
     client.update_run(recorded.run_ids[0], "RUNNING")  # mid-study: say so, not just "none"
     code, out = tuner("best", "--export", str(tmp_path / "best.yaml"), "--study", recorded.name,
                       "--tracking-uri", uri)

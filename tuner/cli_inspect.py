@@ -99,6 +99,8 @@ def best(
     symbols = [best_mod.symbol(n) for n in names]
     values = [[best_mod.short(r.params.get(n, "–")) for n in names] for r in rows]
     title = f"study {study}: {len(rows)} best trial{'' if len(rows) == 1 else 's'}"
+    if rows and not rows[0].usable:
+        title = f"study {study}: no trial to reproduce (each diverged or failed)"
     table = Table("#", "trial", *symbols, "val_loss", "perplexity", "tokens", "status", "run id",
                   title=title)
     for i, (r, shown) in enumerate(zip(rows, values), 1):

@@ -23,6 +23,7 @@ class TrialRow:
     tokens: int  # trained
     status: str
     pbt: bool = False  # PBT changed its values as it ran: `params` are those it ended with
+    usable: bool = True  # it can be the best: a finite val_loss, and it neither diverged nor failed
 
     @property
     def perplexity(self) -> float:
@@ -44,7 +45,8 @@ def trial_row(client: Any, run: Any) -> TrialRow:
     return TrialRow(
         trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
         val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
-        status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""), pbt=by_pbt)
+        status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""), pbt=by_pbt,
+        usable=runs.counts_as_best(run))
 
 
 def short(value: str) -> str:

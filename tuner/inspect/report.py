@@ -225,10 +225,12 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
              f"{tokens:,} tokens trained in all.", ""]
     listed = ["## Files", "", *[f"- [{f}]({f})" for f in files], ""]
     if row is None:
+        drawn = any(c.status == "diverged" and any(map(math.isfinite, (v for _, v in c.points)))
+                    for c in trial_curves)  # a trial that diverged at its first evaluation: none
         return "\n".join([*lines, "## Best trial: none", "",
-                          ("Every trial that ended diverged or failed: none has a config worth "
-                           f"reproducing. {LOSS_PNG} shows where each diverged (×)."), "",
-                          *listed])
+                          "Every trial that ended diverged or failed: none has a config worth "
+                          "reproducing." + (f" {LOSS_PNG} shows where each diverged (×)."
+                                            if drawn else ""), "", *listed])
     lines += [f"## Best trial: {row.trial_id}", "",
               (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
                f"reached at {_reached_at(trial_curves, row):,} of the {row.tokens:,} tokens it "
