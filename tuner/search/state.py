@@ -82,16 +82,17 @@ def load(folder: Path, space: Path | None) -> Any:
     from tuner.space import checks, load_study
 
     path, tuner_state = folder / STATE_FILE, folder / TUNE_STATE
-    lost = ((path, "missing (it records the study's space file and settings)")
-            if started(folder) and not path.is_file() else
-            (tuner_state, "missing (Tune writes it as the study starts)")
-            if path.is_file() and ran_trials(folder) and not started(folder) else
-            (tuner_state, "cut short")
-            if started(folder) and not whole(tuner_state) else None)
+    lost = None
+    if started(folder) and not path.is_file():
+        lost = f"{path}: missing (it records the study's space file and settings)"
+    elif path.is_file() and ran_trials(folder) and not started(folder):
+        lost = f"{tuner_state}: missing (Tune writes it as the study starts)"
+    elif started(folder) and not whole(tuner_state):
+        lost = f"{tuner_state}: cut short"
     if lost:
-        raise UserError(f"{lost[0]}: {lost[1]}; the study cannot be resumed without it: put it "
-                        f"back, or start a new study with another --name (--warm-start "
-                        f"{folder.name} builds on this one's finished trials)")
+        raise UserError(f"{lost}; the study cannot be resumed without it: put it back, or start "
+                        f"a new study with another --name (--warm-start {folder.name} builds on "
+                        "this one's finished trials)")
     if not (path.is_file() and started(folder)):
         there = sorted(f.parent.name for f in folder.parent.glob(f"*/{STATE_FILE}")
                        if started(f.parent))

@@ -55,8 +55,8 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
 def located(study: Study, err: ConfigError) -> UserError:
     """A trainer's ConfigError on a study's setting (`model.vocab_size`), told at its line in
     the study file; others as they are."""
-    if study.source_text is None or "." not in err.field or "/" in err.field:
-        return UserError(str(err))
+    if study.source_text is None or err.field.split(".")[0] not in Study.model_fields:
+        return UserError(str(err))  # a file's problem (its path), not a setting's
     root, _ = parse_yaml(study.source_text)
     line = _line(root, tuple(err.field.split(".")))
     return SpaceError(study.source_path, [Issue(err.field, line, err.message)])
