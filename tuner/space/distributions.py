@@ -26,6 +26,11 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_given(value: Any) -> str:
+    """`fmt`, but a string quoted: a message on a value the file gave ('1e-3' is text there)."""
+    return repr(value) if isinstance(value, str) else fmt(value)
+
+
 def either(values: Any) -> str:
     """'a', 'a or b', 'a, b or c'."""
     texts = [fmt(v) for v in values]
@@ -79,8 +84,7 @@ class _Range(Distribution):
             given = [*(bounds if isinstance(bounds, list) else []), data.get("step")]
             flag = next((v for v in given if isinstance(v, (bool, str))), None)
             if flag is not None:
-                raise ValueError("bounds and step must be numbers, got "
-                                 + (repr(flag) if isinstance(flag, str) else fmt(flag)))
+                raise ValueError(f"bounds and step must be numbers, got {fmt_given(flag)}")
         return data
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ from tuner.space.distributions import (
     Uniform,
     either,
     fmt,
+    fmt_given,
     parse_distribution,
 )
 
@@ -199,8 +200,7 @@ class Section(BaseModel):
         kinds = _kinds(cls.model_fields[info.field_name].annotation)
         if (isinstance(value, bool) and kinds & {int, float} and bool not in kinds
                 or isinstance(value, str) and kinds & {int, float} and not kinds & {str, Path}):
-            raise ValueError("must be a number, got "
-                             + (repr(value) if isinstance(value, str) else fmt(value)))
+            raise ValueError(f"must be a number, got {fmt_given(value)}")
         return value
 
     def given(self) -> dict[str, Any]:
