@@ -445,7 +445,9 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from a plain mapping (nested `model`), rejecting unknown keys."""
-    data = dict(data)
+    data = {key: None if value is False and key in TRAIN_HPARAMS and TRAIN_HPARAMS[key].optional
+            and TRAIN_HPARAMS[key].kind is not bool else value  # YAML reads `off` as false
+            for key, value in data.items()}
     for form, name in RELATIVE_FORMS.items():  # given at its default, the parameter is still given
         if form in data and name in data:
             raise _both_set(form)

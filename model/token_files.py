@@ -62,6 +62,14 @@ class Dataset:
         return cls(folder, train, valid, meta)
 
 
+def dataset_identity(meta: dict) -> dict | None:
+    """What a prepared folder's content is, from its meta.json: the sha256 of its inputs and
+    tokenizer, and its token counts (None for a folder without those hashes)."""
+    if not isinstance(meta.get("sha256"), dict):
+        return None
+    return {key: meta.get(key) for key in ("sha256", "vocab_size", "train_tokens", "valid_tokens")}
+
+
 def read_meta(meta_path: Path) -> dict:
     """A dataset folder's meta.json ({} when there is none); ConfigError naming the file when it
     is not a readable JSON object."""
@@ -89,5 +97,6 @@ def check_vocab(meta: dict, vocab_size: int, meta_path: Path) -> None:
 def check_context(tokens: int, context_length: int, path: Path) -> None:
     """ConfigError when a token file holds no more tokens than the model's context."""
     if tokens <= context_length:
-        raise ConfigError("model.context_length", f"{context_length} is longer than the data in "
-                          f"{path} ({tokens} tokens)")
+        raise ConfigError("model.context_length", f"{context_length} needs at least "
+                          f"{context_length + 1} tokens in {path} (a window and its next token), "
+                          f"which holds {tokens}")

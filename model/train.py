@@ -22,7 +22,7 @@ from model.loss import cross_entropy
 from model.metrics import perplexity
 from model.optim import build_optimizer, clip_grad_norm
 from model.schedules import LRSchedule, set_lr
-from model.token_files import Dataset
+from model.token_files import Dataset, dataset_identity
 
 RESUME_KEYS = ("optimizer", "schedule", "rng", "records")  # what train() saves besides the model
 DIVERGENCE_FACTOR = 2.0  # a train loss above 2·ln|V| (twice a uniform guess) counts as diverged
@@ -227,6 +227,18 @@ def _place_steps(optimizer: torch.optim.Optimizer) -> None:
                                                  device=param.device if beside else "cpu")
 
 
+def _check_same_dataset(state: dict, config: TrainConfig, dataset: Dataset, path: Path) -> None:
+    """ConfigError when the folder a checkpoint trained on was prepared again with other content:
+    its run would go on with other token ids. Another folder, named on purpose, may be used."""
+    saved, now = state.get("dataset"), dataset_identity(dataset.meta)
+    written = state.get("config") if isinstance(state.get("config"), dict) else {}
+    same_folder = Path(str(written.get("data", ""))).resolve() == Path(config.data).resolve()
+    if saved is not None and now is not None and same_folder and saved != now:
+        raise ConfigError(str(config.data), f"is not the dataset {path} trained on: it was "
+                          "prepared again since (its meta.json's hashes or token counts differ); "
+                          "prepare it as it was, or name another folder in --config")
+
+
 def _configure_backends(config: TrainConfig, device: torch.device) -> None:
     # Set both ways: a reused process (a Ray actor's next trial, a replay) keeps torch's globals
     tf32 = device.type == "cuda" and config.fast
@@ -319,6 +331,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
             raise ConfigError(str(checkpoint_path(resume_from)), "holds a damaged schedule, RNG "
                               f"state or records ({type(err).__name__}: {err})"[:400]) from None
+        _check_same_dataset(resume_state, config, dataset, checkpoint_path(resume_from))
         if not 0 <= step <= config.steps:
             raise ConfigError(str(checkpoint_path(resume_from)), f"holds iteration {step}, outside "
                               f"the 0..{config.steps} steps of this config")
@@ -403,8 +416,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             result.checkpoint = save_checkpoint(
                 model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
                 rng=_rng_state(batch_gen, sample_gen, device),
-                records=[asdict(r) for r in result.records],
-                tokens=tokens, config=config.to_dict())
+                records=[asdict(r) for r in result.records], tokens=tokens,
+                config=config.to_dict(), dataset=dataset_identity(dataset.meta))
         stop = on_eval(record) if on_eval is not None else False
         if diverged:
             result.status = "diverged"
@@ -444,18 +457,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             parser.error(f"--threads {args.threads}: give 1 or more")
         torch.set_num_threads(args.threads)
+    own = args.resume and not args.config  # another config branches off: keep the original
+    out = Path(args.out or (checkpoint_path(args.resume).parent if own else "runs/train"))
     try:
         config = (load_train_config(args.config) if args.config
                   else checkpoint_config(args.resume))
         if args.device is not None:  # "" too: refused by name, not ignored
             config.device = args.device
-        own = args.resume and not args.config  # another config branches off: keep the original
-        out = Path(args.out or (checkpoint_path(args.resume).parent if own else "runs/train"))
         result = train(config, on_eval=lambda r: print(_progress_line(r, config.steps), flush=True),
                        checkpoint_dir=out, resume_from=args.resume)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # checkpoints are written whole: the last one is sound
+        saved = checkpoint_path(out)
+        print("interrupted; " + (f"continue it with: python -m model.train --resume {out}"
+                                 if saved.is_file() else "no checkpoint was written yet"),
+              file=sys.stderr)
+        return 130
     final = result.final
     print(f"{result.status}: {result.steps} steps, {result.tokens:,} tokens (N_epoch "
           f"{result.epochs}), {result.num_params:,} parameters; best val_loss "

@@ -56,6 +56,26 @@ def test_generate_from_checkpoint_is_seeded_text(checkpoint):
     assert code == 2 and "no end-of-text token to start from" in out, out
 
 
+def test_a_tokenizer_prepared_again_is_refused(tokenized, tmp_path):
+    """The checkpoint records its dataset's hashes: a folder prepared again with another
+    tokenizer would decode its ids into other text."""
+    data = tmp_path / "data"
+    shutil.copytree(tokenized, data)
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "sha256": {"tokenizer": "a" * 64}}))
+    config = TrainConfig(model=ModelConfig(vocab_size=256, context_length=32, d_model=32,
+                                           num_layers=1, num_heads=2, d_ff=64),
+                         data=str(data), total_iters=4, eval_interval=4, eval_windows=2,
+                         sample_tokens=0, device="cpu")
+    train(config, checkpoint_dir=tmp_path / "run")
+    args = ("generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "A", "--max-new-tokens",
+            "2")
+    assert tuner(*args)[0] == 0
+    (data / "meta.json").write_text(json.dumps({**meta, "sha256": {"tokenizer": "b" * 64}}))
+    code, out = tuner(*args)
+    assert code == 2 and f"the tokenizer in {data} is not the one" in " ".join(out.split()), out
+
+
 def test_an_empty_prompt_with_an_end_of_text_id_beyond_the_model_exits_2(checkpoint, tmp_path):
     """The tokenizer's <|endoftext|> (id 256) is past the 256-token model's vocabulary: not its
     tokenizer, named as for a prompt's ids, not an IndexError."""

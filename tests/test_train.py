@@ -74,6 +74,24 @@ def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> 
     assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
 
 
+def test_resume_refuses_its_folder_prepared_again(byte_dataset: Path, tmp_path: Path) -> None:
+    """A checkpoint names its dataset folder: prepared again with other content, the run would go
+    on with other token ids, so it is refused; another folder named on purpose is used."""
+    data = tmp_path / "data"
+    shutil.copytree(byte_dataset, data)
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "sha256": {"input": "a" * 64}}))
+    config = tiny_config(data, total_iters=20)
+    train(config, on_eval=lambda r: r.step >= 10, checkpoint_dir=tmp_path / "run")
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (data / "meta.json").write_text(json.dumps({**meta, "sha256": {"input": "b" * 64}}))
+    with pytest.raises(ConfigError, match=f"^{data}: is not the dataset .*checkpoint.pt trained "
+                                          "on: it was prepared again since"):
+        train(config, resume_from=tmp_path / "run")
+    assert train(replace(config, data=str(other)), resume_from=tmp_path / "run").steps == 20
+
+
 @pytest.mark.parametrize(("name", "content"), [("vocab.json", b"[1, 2]"),
                                               ("merges.txt", b"\xff\xfe")])
 def test_a_damaged_tokenizer_is_a_config_error_naming_the_folder(byte_dataset: Path, tmp_path: Path,
@@ -245,6 +263,24 @@ def test_a_fixed_study_file_runs_as_its_one_trial(byte_dataset: Path, tmp_path: 
         assert (config.lr_max, config.weight_decay) == (3e-3, 1e-2)
 
 
+def test_a_token_file_as_long_as_the_context_is_too_short(tmp_path: Path) -> None:
+    """A window needs its next token too: context_length + 1 tokens at least."""
+    from model.token_files import check_context
+
+    check_context(33, 32, tmp_path / "valid.npy")
+    with pytest.raises(ConfigError, match=r"^model.context_length: 32 needs at least 33 tokens in "
+                                          r".*valid.npy \(a window and its next token\), which "
+                                          r"holds 32$"):
+        check_context(32, 32, tmp_path / "valid.npy")
+
+
+def test_off_turns_an_optional_setting_off(byte_dataset: Path, tmp_path: Path) -> None:
+    """τ is "> 0 or off": YAML reads off as false, which means no clipping, not a number."""
+    path = tmp_path / "off.yaml"
+    path.write_text(f"data: {byte_dataset}\ntotal_iters: 10\ngrad_clip: off\n")
+    assert load_train_config(path).grad_clip is None
+
+
 def test_an_unknown_field_is_named_with_the_one_meant(byte_dataset: Path, tmp_path: Path) -> None:
     """A typo gets the field it is closest to; a name like none gets the list of fields."""
     path = tmp_path / "typo.yaml"
@@ -309,6 +345,24 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     bad = subprocess.run([sys.executable, "-m", "model.train", "--config", str(path)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback."""
+    import signal
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny_config(byte_dataset, total_iters=100_000).to_dict()))
+    run = subprocess.Popen([sys.executable, "-m", "model.train", "--config", str(path), "--out",
+                            str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().startswith("step")  # a checkpoint is written before it
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in err, err
+    assert err.strip() == f"interrupted; continue it with: python -m model.train --resume " \
+        f"{tmp_path / 'out'}"
 
 
 def test_command_line_sets_torch_threads(byte_dataset: Path, tmp_path: Path) -> None:

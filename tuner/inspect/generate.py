@@ -10,9 +10,9 @@ from model.config import ConfigError, TrainConfig, train_config_from_dict
 from tuner.errors import UserError
 
 
-def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
-    """The model a checkpoint holds and its config; read with weights_only, so a file cannot run
-    code."""
+def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig, str | None]:
+    """The model a checkpoint holds, its config, and the sha256 of the tokenizer it trained with
+    (None if it names none); read with weights_only, so a file cannot run code."""
     from model.checkpoint import read_checkpoint
     from model.layers import TransformerLM
     from model.train import resolve_device
@@ -31,7 +31,8 @@ def load_model(checkpoint: Path, device: str) -> tuple[Any, TrainConfig]:
     if not all(tensor.isfinite().all() for tensor in model.state_dict().values()):
         raise UserError(f"{checkpoint}: holds weights that are not finite (NaN or inf): no "
                         "text can be sampled from it")
-    return model.to(target).eval(), config
+    dataset = state.get("dataset") if isinstance(state.get("dataset"), dict) else {}
+    return model.to(target).eval(), config, dataset.get("sha256", {}).get("tokenizer")
 
 
 def load_tokenizer(dataset: Path) -> Any:
@@ -54,12 +55,22 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     import torch
 
     from model.generate import generate, prompt_ids
+    from model.token_files import read_meta
 
-    model, config = load_model(checkpoint, device)
+    model, config, trained_with = load_model(checkpoint, device)
     if data is None and not isinstance(config.data, str):
         raise UserError(f"{checkpoint}: its config names no dataset folder (data: "
                         f"{config.data!r}): pass --data, the folder with its tokenizer")
-    tokenizer = load_tokenizer(data or Path(config.data))
+    folder = data or Path(config.data)
+    tokenizer = load_tokenizer(folder)
+    try:
+        hashes = read_meta(folder / "meta.json").get("sha256")
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    found = hashes.get("tokenizer") if isinstance(hashes, dict) else None
+    if trained_with and found and found != trained_with:  # prepared again since, say
+        raise UserError(f"the tokenizer in {folder} is not the one {checkpoint} trained with "
+                        "(their sha256 differ): pass --data, the dataset folder it trained on")
     unknown = [i for i in prompt_ids(tokenizer, prompt) if i >= config.model.vocab_size]
     if unknown:
         raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) "
