@@ -81,8 +81,8 @@ def checkpoint_problem(path: Path, checksums: bool = False) -> str | None:
         return "not a loadable checkpoint (the file is empty)"
     if not zipfile.is_zipfile(path):  # torch's own messages blame mmap, or a pickle's key
         return "not a loadable checkpoint (not a torch.save archive: another format, or cut short)"
-    damaged = _failed_checksum(path) if checksums else None
-    return f"is damaged: its entry {damaged} fails its checksum" if damaged else None
+    damaged = _damage(path) if checksums else None
+    return f"is damaged: {damaged}" if damaged else None
 
 
 def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
@@ -105,16 +105,21 @@ def read_checkpoint(src: str | Path, map_location: str | torch.device = "cpu",
     return state
 
 
-def _failed_checksum(path: Path) -> str | None:
-    """The first entry of a torch.save zip whose bytes fail its CRC-32 (torch.load does not check
-    them, so a flipped tensor byte would load as a silently different weight)."""
-    with zipfile.ZipFile(path) as archive:
-        if not any(entry.CRC for entry in archive.infolist()):  # saved with compute_crc32 off
-            return None
-        damaged = archive.testzip()
+def _damage(path: Path) -> str | None:
+    """What is damaged in a torch.save zip: the first entry whose bytes fail its CRC-32 (torch.load
+    does not check them, so a flipped tensor byte would load as a silently different weight), or
+    an entry's header; None when it is whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(entry.CRC for entry in archive.infolist()):  # saved with compute_crc32 off
+                return None
+            damaged = archive.testzip()
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # UnicodeDecodeError too
+        return f"an entry's header is unreadable ({type(err).__name__})"
     if damaged is None:
         return None
-    return damaged.partition("/")[2] or damaged  # not its folder, named after the temporary file
+    entry = damaged.partition("/")[2] or damaged  # not its folder, named after the temporary file
+    return f"its entry {entry} fails its checksum"
 
 
 def checkpoint_config(src: str | Path) -> TrainConfig:

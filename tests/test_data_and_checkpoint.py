@@ -203,6 +203,22 @@ def test_a_checkpoint_with_damaged_tensor_bytes_names_the_file(tmp_path: Path) -
     assert "is damaged: its entry data/0 fails its checksum" in str(err.value)
 
 
+def test_a_checkpoint_with_a_damaged_entry_header_names_the_file(tmp_path: Path) -> None:
+    """Bytes flipped in an entry's local header (its name) are damage too, not a traceback."""
+    import zipfile
+
+    path = save_checkpoint(torch.nn.Linear(8, 8), None, 1, tmp_path / "c.pt")
+    with zipfile.ZipFile(path) as archive:
+        name_at = archive.infolist()[-1].header_offset + 30  # the fixed part of a local header
+    data = bytearray(path.read_bytes())
+    data[name_at:name_at + 4] = b"\x94\xff\xfe\x80"  # not UTF-8
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError) as err:
+        read_checkpoint(path)
+    assert err.value.field == str(path)
+    assert "is damaged: an entry's header is unreadable" in str(err.value)
+
+
 def test_a_checkpoint_saved_without_checksums_loads(tmp_path: Path) -> None:
     from torch.utils.serialization import config
 
