@@ -71,7 +71,11 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     if trained_with and found and found != trained_with:  # prepared again since, say
         raise UserError(f"the tokenizer in {folder} is not the one {checkpoint} trained with "
                         "(their sha256 differ): pass --data, the dataset folder it trained on")
-    unknown = [i for i in prompt_ids(tokenizer, prompt) if i >= config.model.vocab_size]
+    try:
+        ids = prompt_ids(tokenizer, prompt)
+    except ConfigError as err:  # the trainer names its own field: here it is the option
+        raise UserError(f"--prompt: {err.message}") from None
+    unknown = [i for i in ids if i >= config.model.vocab_size]
     if unknown:
         raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) "
                         f"beyond the model's vocabulary of {config.model.vocab_size}: not its "
