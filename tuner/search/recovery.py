@@ -44,9 +44,13 @@ def repair(named: Path, checksums: bool = False) -> bool:
     """Copy the next whole checkpoint folder beside `named` to it if `named` holds no whole
     checkpoint (deleted, emptied by a kill inside Tune's deletion, cut short; damaged bytes too
     with `checksums`, which reads them all); whether it did."""
-    stand_in = _stand_in(named, checksums)
-    if stand_in is None:
-        return False  # whole, or nothing to go on from (refused by --resume before Ray starts)
+    stand_in = None if _whole(named, checksums) else _later_whole(named, checksums)
+    # None: whole, or nothing to go on from (refused by --resume before Ray starts)
+    return stand_in is not None and _put_back(named, stand_in)
+
+
+def _put_back(named: Path, stand_in: Path) -> bool:
+    """Replace the checkpoint folder `named` with a copy of `stand_in`; whether it did."""
     partial = named.with_name(f".partial-{named.name}")  # a kill while copying leaves `named`
     try:
         for stale in (partial, named):
@@ -74,25 +78,25 @@ def check_named_checkpoints(folder: Path) -> None:
         if trial.get("status") not in ENDED and latest is not None:
             where = Path(latest.checkpoint.path)  # as the study ran: Tune moves it with the folder
             named[folder / where.parent.name / where.name] = trial.get("trial_id")
-    lost = {path: checkpoint_problem(path / CHECKPOINT_NAME, checksums=True) for path in named}
-    for path, problem in lost.items():
-        if problem and _later_whole(path, checksums=True) is None:
+    stand_ins: dict[Path, Path] = {}  # each file read once: checksums read them whole
+    for path, trial_id in named.items():
+        problem = checkpoint_problem(path / CHECKPOINT_NAME, checksums=True)
+        if problem is None:
+            continue
+        stand_in = _later_whole(path, checksums=True)
+        if stand_in is None:
             raise UserError(
-                f"{path / CHECKPOINT_NAME}: {problem}. Trial {named[path]} would resume from it, "
-                "and it has no later whole checkpoint: put back a whole copy, or start a new study "
+                f"{path / CHECKPOINT_NAME}: {problem}. Trial {trial_id} would resume from it, and "
+                "it has no later whole checkpoint: put back a whole copy, or start a new study "
                 f"with another --name (--warm-start {folder.name} builds on this one's finished "
                 "trials)")
-    for path, problem in lost.items():
-        if problem:
-            repair(path, checksums=True)
-
-
-def _stand_in(named: Path, checksums: bool = False) -> Path | None:
-    """The first whole checkpoint folder after `named` if `named` holds no whole checkpoint."""
-    return None if _whole(named, checksums) else _later_whole(named, checksums)
+        stand_ins[path] = stand_in
+    for path, stand_in in stand_ins.items():  # only once none is refused: nothing changed then
+        _put_back(path, stand_in)
 
 
 def _later_whole(named: Path, checksums: bool) -> Path | None:
+    """The first whole checkpoint folder after `named`, if any."""
     later = sorted(path for path in named.parent.glob(f"{CHECKPOINT_PREFIX}*")
                    if path.name > named.name and path.is_dir())
     return next((path for path in later if _whole(path, checksums)), None)
