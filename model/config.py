@@ -541,13 +541,16 @@ def _load_yaml(text: str) -> Any:
     return data
 
 
-_EXPONENT = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+")
+_EXPONENT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")  # YAML 1.1 octal: 010 is 8
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")  # 1:30 is 90
 
 
 def parse_yaml(text: str) -> tuple[Any, Any]:
     """The node tree of `text` (lines, keys given twice) and its data as yaml.safe_load builds it,
-    but with a plain 3e-4 or 1e5 read as a number, as YAML 1.2 does (PyYAML follows YAML 1.1,
-    which wants a dot and a signed exponent, and reads them as strings; quoted, they stay so)."""
+    but with plain numbers read as YAML 1.2 does, not PyYAML's YAML 1.1: 3e-4 and 1e5 are
+    numbers (1.1 wants a dot and a signed exponent), 010 is 10 (1.1: octal 8), 1:30 is text (1.1:
+    base 60, 90). Quoted, each stays text."""
     import yaml  # only needed for YAML files
 
     loader = yaml.SafeLoader(text)  # what yaml.safe_load runs, with the tree kept
@@ -563,12 +566,22 @@ def parse_yaml(text: str) -> tuple[Any, Any]:
                 stack.extend(child for pair in node.value for child in pair)
             elif isinstance(node, yaml.SequenceNode):
                 stack.extend(node.value)
-            elif node.tag == "tag:yaml.org,2002:str" and node.style is None \
-                    and _EXPONENT.fullmatch(node.value):
-                node.tag = "tag:yaml.org,2002:float"
+            elif node.style is None and isinstance(node, yaml.ScalarNode):
+                _read_as_yaml_1_2(node)
         return root, None if root is None else loader.construct_document(root)
     finally:
         loader.dispose()
+
+
+def _read_as_yaml_1_2(node: Any) -> None:
+    """Retag or rewrite a plain scalar that YAML 1.1 resolves otherwise than YAML 1.2."""
+    int_tag, float_tag, str_tag = (f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "str"))
+    if node.tag == str_tag and _EXPONENT.fullmatch(node.value):
+        node.tag = float_tag
+    elif node.tag in (int_tag, float_tag) and _SEXAGESIMAL.fullmatch(node.value):
+        node.tag = str_tag
+    elif node.tag in (int_tag, str_tag) and _LEADING_ZERO.fullmatch(node.value):  # 1.1: 08 text
+        node.tag, node.value = int_tag, str(int(node.value.replace("_", "")))
 
 
 def _parse_failure(err: Exception) -> str:

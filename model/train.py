@@ -351,7 +351,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         _check_prompt(tokenizer, config.sample_prompt)
     windows = validation_windows(dataset.valid, config.model.context_length, config.eval_windows,
                                  device)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and step < config.steps:  # a finished run writes nothing
         try:  # the last check: nothing is written before the config and its files are sound
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -224,6 +224,14 @@ def test_bad_options_are_user_errors(stories: Path, tmp_path: Path) -> None:
     one_line.write_text("no line breaks and no special tokens " * 20)
     with pytest.raises(UserError, match="no story boundary"):
         prepare_dataset(input=one_line, vocab_size=300, out=tmp_path / "ds", progress=False)
+    with pytest.raises(UserError, match=r"in its last 0\.01% to split"):
+        prepare_dataset(input=one_line, vocab_size=300, valid_fraction=0.0001,
+                        out=tmp_path / "ds", progress=False)
+    utf16 = tmp_path / "utf16.txt"  # no boundary either: the encoding is what to fix first
+    utf16.write_text("no line breaks and no special tokens " * 20, encoding="utf-16")
+    with pytest.raises(UserError, match="utf16.txt: invalid UTF-8 at byte 0"):
+        prepare_dataset(input=utf16, vocab_size=300, out=tmp_path / "ds", progress=False)
+    assert not (tmp_path / "ds").exists()
 
 
 def test_a_dataset_prepared_again_elsewhere_hashes_the_same(stories: Path,
@@ -559,6 +567,24 @@ def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path, stop: signal
     out, err = cli.communicate(timeout=120)
     assert cli.returncode == 130, out + err
     assert err.splitlines()[-1] == "aborted"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_ctrl_c_while_the_commands_import_says_aborted(tmp_path: Path) -> None:
+    """Ctrl-C in the half second the command modules take to import (here, raised as a command
+    module is looked up) ends as at any other moment: "aborted", exit 130, no traceback."""
+    script = ("import sys\n"
+              "class CtrlC:\n"
+              "    def find_spec(self, name, *_):\n"
+              "        if name == 'tuner.cli_data':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, CtrlC())\n"
+              "from tuner.cli import main\n"
+              "sys.argv = ['tuner', 'data', 'prepare', '--source', 'synthetic', '--out', 'ds']\n"
+              "main()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 130 and done.stderr.strip() == "aborted", done.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -229,6 +229,17 @@ def test_exponents_are_numbers_in_whole_number_settings_too(tmp_path: Path) -> N
     assert "got '1e5'" in message
 
 
+def test_numbers_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads 010 as octal 8 and 1:30 as base 60, 90: values the writer did not
+    mean, taken silently. They are 10 and the text '1:30', as in YAML 1.2; .5e1 is a number."""
+    study = load_study(write(tmp_path, study_text(
+        "  B: {choice: [08, 016]}\n  eps: .5e-8\n", budget="tokens: 0102400\n  seed: 010")))
+    assert study.hparams.batch_size.options() == [8, 16] and study.hparams.eps == 5e-9
+    assert study.budget.tokens == 102400 and study.budget.seed == 10
+    [(path, _, message)] = issues_of(tmp_path, study_text(budget="tokens: 1:30"))
+    assert path == "budget.tokens" and "got '1:30'" in message
+
+
 def test_a_budget_is_tokens_or_total_iters(tmp_path: Path) -> None:
     text = study_text().replace("  total_iters: 200\n", "")
     [(path, line, message)] = issues_of(tmp_path, text)

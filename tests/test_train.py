@@ -74,6 +74,16 @@ def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> 
     assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
 
 
+def test_resuming_a_finished_run_makes_no_folder(byte_dataset: Path, tmp_path: Path) -> None:
+    """A checkpoint at its last step, resumed into another folder: its results, and no empty
+    folder left behind."""
+    config = tiny_config(byte_dataset, total_iters=20)
+    done = train(config, checkpoint_dir=tmp_path / "run")
+    again = train(config, resume_from=tmp_path / "run", checkpoint_dir=tmp_path / "branch")
+    assert again.steps == 20 and losses(again.records) == losses(done.records)
+    assert again.checkpoint is None and not (tmp_path / "branch").exists()
+
+
 def test_resume_refuses_its_folder_prepared_again(byte_dataset: Path, tmp_path: Path) -> None:
     """A checkpoint names its dataset folder: prepared again with other content, the run would go
     on with other token ids, so it is refused; another folder named on purpose is used."""

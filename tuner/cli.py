@@ -54,14 +54,14 @@ def _register() -> None:
 
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
-    _register()
     sigterm_as_ctrl_c()
     # MLflow prints "View run … at: URL" for every run it ends on a server, credentials and all.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        _register()  # half a second of imports, which Ctrl-C may cut as any other step
         result = app(standalone_mode=False)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
     except typer.TyperException as exc:  # a usage error: Typer's own message names the option

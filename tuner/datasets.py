@@ -25,6 +25,7 @@ from model.bpe import (
     check_special_tokens,
     check_vocab_size,
     next_cut,
+    read_text,
     train_bpe,
 )
 from model.config import ConfigError
@@ -327,9 +328,21 @@ def _split_point(path: Path, specials: list[str], size: int, fraction: float) ->
                         "story boundary in its last part is its start); lower it, or pass "
                         "--valid FILE")
     if cut is None:
+        _check_utf8_start(path, size)  # a file in another encoding: say that, not "no boundary"
         raise UserError(f"{path}: no story boundary (a special token or a line break) in its "
-                        f"last {fraction:.0%} to split validation text at; pass --valid FILE")
+                        f"last {fraction * 100:.3g}% to split validation text at; pass --valid "
+                        "FILE")
     return cut
+
+
+def _check_utf8_start(path: Path, size: int, span: int = 1 << 20) -> None:
+    """UserError when the file's first MiB is not UTF-8 (a character cut at its end aside)."""
+    end = min(size, span)
+    try:
+        read_text(path, 0, end)
+    except ValueError as err:
+        if end == size or "unexpected end of data" not in str(err):
+            raise UserError(str(err)) from None
 
 
 def _write_npy(dest: Path, chunks: Iterable[array], dtype: str) -> int:
