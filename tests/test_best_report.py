@@ -153,6 +153,9 @@ def test_a_report_into_no_folder_and_an_unknown_store_exit_2_naming_them(recorde
     code, out = tuner("best", "--study", recorded.name, "--tracking-uri", "sqllite:///x.db")
     assert code == 2 and out.startswith("error: tracking store sqllite:///x.db: unknown scheme "
                                         "'sqllite'; use sqlite:///FILE"), out
+    code, out = tuner("best", "--study", recorded.name, "--tracking-uri", "sqlite://")
+    assert code == 2 and out.startswith("error: tracking store sqlite:// is an in-memory "
+                                        "database"), out  # MLflow would make its tables there
 
 
 def test_report_figures_have_one_series_per_trial(recorded):

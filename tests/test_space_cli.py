@@ -153,7 +153,13 @@ def test_a_bad_study_exits_2_naming_file_line_and_path(tmp_path: Path, text: str
     (["search", "--space", "study.yaml", "--num-samples", "0"],
      "Invalid value for '--num-samples': Input should be greater than or equal to 1"),
     (["search", "--space", "study.yaml", "--storage", "study.yaml"],
-     "Invalid value for '--storage'"),
+     "Invalid value for '--storage': study.yaml is a file, not a folder"),
+    (["search", "--space", "study.yaml", "--storage", ""],  # a Path of it: the current folder
+     "Invalid value for '--storage': empty: give a folder (. for the current one)"),
+    (["report", "--study", "s", "--out", ""],
+     "Invalid value for '--out': empty: give a folder"),
+    (["data", "prepare", "--source", "synthetic", "--vocab-size", "300", "--cache-dir", ""],
+     "Invalid value for '--cache-dir': empty: give a folder"),
     (["search", "--space", "study.yaml", "--sead", "1"], "No such option: --sead"),
     (["space", "show"], "Missing argument 'path'"),
     (["serach"], "No such command 'serach'")], ids=lambda v: "-".join(v) if isinstance(v, list)
@@ -167,15 +173,19 @@ def test_a_bad_option_exits_2_naming_it(tmp_path: Path, args: list[str], message
 
 
 @pytest.mark.parametrize("flag, text", [
-    ("--name", "n" * 101), ("--tracking-uri", "")], ids=["name-past-100", "empty-uri"])
+    ("--name", "n" * 101), ("--tracking-uri", ""), ("--tracking-uri", "sqlite://"),
+    ("--tracking-uri", "sqlite:///:memory:")],
+    ids=["name-past-100", "empty-uri", "in-memory-uri", "in-memory-uri-file-form"])
 def test_a_flag_that_would_fail_the_study_after_ray_starts_exits_2(tmp_path: Path, flag: str,
                                                                   text: str) -> None:
-    """A name past 100 characters (too long for a folder beside Tune's suffixes) and an empty
-    tracking URI (an unset shell variable; it was ignored) are refused up front."""
+    """A name past 100 characters (too long for a folder beside Tune's suffixes), an empty
+    tracking URI (an unset shell variable; it was ignored) and an in-memory one (the study ran,
+    its records gone with the driver) are refused up front."""
     (tmp_path / "study.yaml").write_text(GOOD)
     result = tuner("search", "--space", "study.yaml", flag, text, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {flag}: "), result.stderr
-    assert ("at most 100 of them" if flag == "--name" else "at least 1 character") in result.stderr
+    assert ("at most 100 of them" if flag == "--name" else "at least 1 character" if not text
+            else "is an in-memory database") in result.stderr
     assert os.listdir(tmp_path) == ["study.yaml"]
 
 

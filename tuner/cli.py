@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -37,6 +38,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def folder(value: str) -> Path:
+    """A folder option's value (`parser=folder`): "" is refused, since as a Path it is the
+    current folder, where a study's state or a report would land among the user's files."""
+    if not value:
+        raise typer.BadParameter("empty: give a folder (. for the current one)")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a folder")
+    return path
 
 
 def _register() -> None:

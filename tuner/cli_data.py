@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from model.bpe import DEFAULT_SPECIAL_TOKENS
+from tuner.cli import folder
 from tuner.errors import UserError
 
 app = typer.Typer(help="Prepare and check tokenized datasets.", no_args_is_help=True)
@@ -27,13 +28,15 @@ def prepare(
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="Folder with vocab.json and merges.txt to use, not train."),
     out: Path | None = typer.Option(
-        None, "--out", help="Dataset folder (default: one in --cache-dir named by a hash)."),
+        None, "--out", help="Dataset folder (default: one in --cache-dir named by a hash).",
+        parser=folder, metavar="<dir>"),
     source: str = typer.Option("files", "--source", help="files, synthetic or tinystories."),
     synthetic_bytes: int = typer.Option(
         2_000_000, "--synthetic-bytes", help="Size of the synthetic text."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic stories."),
     cache_dir: Path = typer.Option(
-        Path(".tuner/data"), "--cache-dir", help="Downloads and prepared datasets."),
+        Path(".tuner/data"), "--cache-dir", help="Downloads and prepared datasets.",
+        parser=folder, metavar="<dir>"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Tokenize text into train.npy/valid.npy with a BPE tokenizer; reuse a matching earlier run."""

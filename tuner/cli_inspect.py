@@ -13,6 +13,7 @@ from rich.table import Table
 
 from model.config import ConfigError
 from tuner import output
+from tuner.cli import folder
 from tuner.errors import UserError
 from tuner.redact import redact
 
@@ -131,7 +132,7 @@ def best(
 def report(
     study: Annotated[str, typer.Option(help="study name", show_default=False)],
     out: Annotated[Path | None, typer.Option(
-        help="folder for the files (default: reports/STUDY)", file_okay=False,
+        help="folder for the files (default: reports/STUDY)", parser=folder, metavar="<dir>",
         show_default=False)] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
 ) -> int:

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tuner.cli import folder
 from tuner.errors import UserError
 from tuner.store_uri import absolute_uri
 
@@ -34,7 +35,7 @@ def search(
         help="MLflow tracking URI (default: the file's, else $MLFLOW_TRACKING_URI, else "
         "sqlite:///mlflow.db)")] = None,
     storage: Annotated[Path, typer.Option(
-        help="folder for Ray Tune's trial state and checkpoints", file_okay=False,
+        help="folder for Ray Tune's trial state and checkpoints", parser=folder, metavar="<dir>",
     )] = Path("ray_results"),
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to run on (default: a local Ray on this machine)")] = None,

@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 SQLITE = "sqlite:///"
+IN_MEMORY = ("sqlite://", SQLITE + ":memory:")  # SQLAlchemy's in-memory databases
+KEPT_NOTHING = ("is an in-memory database, which keeps nothing once the command ends (tuner "
+                "best, replay, report and search --resume read the store later): give "
+                "sqlite:///FILE")
+
+
+def in_memory(uri: str) -> bool:
+    """Whether a tracking URI names an in-memory sqlite database."""
+    return uri.partition("?")[0] in IN_MEMORY
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -15,6 +24,7 @@ def sqlite_file(uri: str) -> Path | None:
 def absolute_uri(uri: str | None) -> str | None:
     """A sqlite URI with a relative path made absolute: a resumed study, or a command written
     for later (an exported study, a report's replay line), finds the same file from anywhere."""
-    if uri is None or not uri.startswith(SQLITE) or uri.startswith(SQLITE + "/"):
+    if uri is None or not uri.startswith(SQLITE) or uri.startswith(SQLITE + "/") \
+            or in_memory(uri):
         return uri
     return SQLITE + str(Path(uri[len(SQLITE):]).resolve())

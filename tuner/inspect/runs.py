@@ -25,11 +25,13 @@ def connect(uri: str) -> Any:
     import os
 
     from tuner.search.mlflow_layout import connect as connect_store
-    from tuner.store_uri import absolute_uri, sqlite_file
+    from tuner.store_uri import KEPT_NOTHING, absolute_uri, in_memory, sqlite_file
 
     if not uri.strip():
         raise UserError("the tracking URI is empty: pass the store the study was recorded in "
                         "with --tracking-uri")
+    if in_memory(uri):
+        raise UserError(f"tracking store {uri} {KEPT_NOTHING}")
     uri = absolute_uri(uri)  # as the commands and files it writes name it, for later use
     path = sqlite_file(uri)
     if path is not None and not path.is_file():

@@ -40,6 +40,7 @@ from tuner.space.params import (
     section_aliases,
     section_fields,
 )
+from tuner.store_uri import KEPT_NOTHING, in_memory
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -222,6 +223,13 @@ class TrackingSection(Section):
     log_checkpoints: Literal["best", "completed", "none"] = Field(
         "completed", description="which trials' final checkpoints are logged as MLflow "
         "artifacts: every completed trial's and the best's (completed), the best's only, or none")
+
+    @field_validator("uri")
+    @classmethod
+    def _kept(cls, uri: str) -> str:
+        if in_memory(uri):
+            raise ValueError(f"{uri} {KEPT_NOTHING}")
+        return uri
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # use fullmatch
