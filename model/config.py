@@ -57,6 +57,8 @@ class HParam:
         """The valid range in the notation of SYMBOLS.md, e.g. '[0, 1)' or '> 0'."""
         if self.choices is not None:
             return ", ".join(map(str, self.choices))
+        if self.kind is bool:
+            return "true, false"
         if self.low is not None and self.high is not None:
             left = "(" if self.low_open else "["
             right = ")" if self.high_open else "]"

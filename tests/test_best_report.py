@@ -211,13 +211,17 @@ def test_diverged_trial_is_marked():
     ax = report.loss_figure(curves, "r1").axes[0]
     marks = [line for line in ax.lines if line.get_gid() == "diverged"]
     assert len(marks) == 1 and list(marks[0].get_xydata()[0]) == [10, 4.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["best", "diverged"]
 
 
 def test_a_trial_with_no_finite_value_is_counted_apart_in_the_title():
     curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
               report.Curve("b", "r2", "diverged", [(10, math.inf)])]
     ax = report.loss_figure(curves, "r1").axes[0]
-    assert ax.get_title() == "val_loss of 1 trials (1 more with no finite value, not drawn)"
+    assert ax.get_title() == "val_loss of 1 trial (1 more with no finite value, not drawn)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["best"]  # only what it shows
+    ax = report.loss_figure(curves[1:], "").axes[0]
+    assert ax.get_legend() is None  # nothing drawn: a legend of lines there are none of
 
 
 def test_summary_names_the_tokens_where_the_best_was_reached(recorded):
@@ -229,6 +233,7 @@ def test_summary_names_the_tokens_where_the_best_was_reached(recorded):
                    status="completed")
     text = report.summary_markdown("s", curves, row, {}, "", [], "tuner replay r1", 30)
     assert "reached at 20 of the 30 tokens it trained" in text
+    assert "The study searched no parameter" in text and "| parameter |" not in text  # fixed
 
 
 def test_a_symbol_with_pipes_stays_one_table_cell():

@@ -80,10 +80,12 @@ def test_difference_beyond_tolerance_exits_nonzero(tmp_path, byte_dataset, mlflo
                       "--tolerance", "0.01")
     assert code == 0, out
     # A GPU trial replayed on the CPU cannot be exact: its default tolerance is the GPU's
-    MlflowClient(tracking_uri=study.uri).set_tag(study.run_ids[0], "tuner.device",
-                                                 "cuda (NVIDIA H100 80GB HBM3)")
-    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri)
+    client = MlflowClient(tracking_uri=study.uri)
+    client.set_tag(study.run_ids[0], "tuner.device", "cuda (NVIDIA H100 80GB HBM3)")
+    client.set_tag(study.run_ids[0], "tuner.git_commit", "a" * 40 + "-dirty")
+    code, out = tuner("replay", study.run_ids[0], "--tracking-uri", study.uri, columns=80)
     assert code == 0 and "tolerance 0.01" in out, out
+    assert f"warning: the trial ran code version {'a' * 40}-dirty, this is " in out  # one line
 
 
 def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):

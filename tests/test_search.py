@@ -1011,6 +1011,8 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     halfway = [r for r in before if r.data.tags["tuner.status"] == "interrupted"]
     assert parent.data.tags["tuner.best_run_id"] in {r.info.run_id for r in halfway}
     assert not [r for r in halfway if "tuner.checkpoint_sha256" in r.data.tags]  # not final
+    assert f"best trial so far {parent.data.tags['tuner.best_trial_id']}: " in out, out
+    assert "reproduce it as far as it trained with:" in out  # not its result at the end
 
     proc = run_tuner(["search", "--resume", "--name", "termed", "--storage", str(storage)],
                      cwd=tmp_path)

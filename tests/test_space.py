@@ -15,7 +15,7 @@ from tuner.errors import UserError
 from tuner.search.algorithms import optuna_sampler
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.distributions import Choice, LogUniform, Uniform
-from tuner.space.params import ALL_DEFS
+from tuner.space.params import ALL_DEFS, shown_value
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 SHIPPED = sorted(SPACES.glob("*.yaml"))
@@ -599,3 +599,19 @@ def test_json_schema_checks_study_files() -> None:
                    if not field.get("description")]
     assert not undescribed
     assert "[0, 1)" in schema["$defs"]["HParamsSection"]["properties"]["β2"]["description"]
+
+
+@pytest.mark.parametrize(("name", "value", "text"), [
+    ("grad_clip", None, "off"), ("grad_clip", "None", "off"), ("lr_min", None, "null"),
+    ("decay_all", "True", "true"), ("decay_all", False, "false"), ("grad_clip", "1.0", "1"),
+    ("lr_max", "0.0057142857", "0.005714"), ("batch_size", "16", "16"),
+    ("optimizer", "adamw", "adamw")])
+def test_searched_values_are_shown_in_the_study_files_words(name: str, value: object,
+                                                            text: str) -> None:
+    """Tables and progress lines showed Python's None and True, and a logged 1.0 as 1.0 beside
+    the 1 of the live lines."""
+    assert shown_value(name, value) == text
+
+
+def test_a_switch_shows_its_range_as_true_or_false() -> None:
+    assert ALL_DEFS["decay_all"].range_text() == "true, false"  # it said "any"

@@ -110,6 +110,9 @@ BAD = [
      "input should be less than or equal to 4294967295"),
     ("width-typo", GOOD.replace("d_model: 32", "d_model: 6400000000"), 6, "model.d_model",
      "d_model must be in [1, 65536], got 6400000000"),
+    ("hyperband-section", GOOD + "search:\n  scheduler: hyperband\n  hyperband: {}\n", 17,
+     "search.hyperband", "unknown key 'hyperband': HyperBand takes its grace_period and "
+     "reduction_factor from search.asha"),
     ("empty-tracking-uri", GOOD + "tracking:\n  uri: ''\n", 16, "tracking.uri",
      "string should have at least 1 character, got ''"),
     ("empty-experiment", GOOD + "tracking:\n  experiment: ''\n", 16, "tracking.experiment",
@@ -328,6 +331,9 @@ def test_show_tabulates_symbol_name_value_range_and_description(tmp_path: Path) 
     assert "α_max" in out and "lr_max" in out and "loguniform(0.0001, 0.01)" in out
     assert "β2" in out and "[0, 1)" in out and "decay of the second-moment average" in out
     assert "γ_momentum" not in out  # adamw never uses it
+    rows = {line.split("│")[2].strip() for line in out.splitlines() if line.count("│") > 3}
+    assert not rows & {"eval_interval", "total_iters"}  # eval_tokens and tokens are set
+    assert "decay_all" in out and "true, false" in out  # its range said "any"
     assert "tpe + asha, 64 trials" in out
 
 

@@ -52,7 +52,7 @@ def replay(
 
     if (run_id is None) == (study is None):
         raise UserError("name a trial run id, or --study NAME to replay its best trial (not both)")
-    console, err = output.console(), Console(stderr=True, highlight=False)
+    console, err = output.console(), Console(stderr=True, highlight=False, soft_wrap=True)
     client = runs.connect(tracking_uri)
     run = runs.trial_run(client, run_id) if run_id else runs.best_trial(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-replay-") as tmp:
@@ -90,6 +90,7 @@ def best(
     """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status."""
     from tuner.inspect import best as best_mod
     from tuner.inspect import runs
+    from tuner.space.params import shown_value
 
     if export is not None and not export.absolute().parent.is_dir():  # before the table
         raise UserError(f"--export {export}: {export.parent} is not a folder")
@@ -98,8 +99,8 @@ def best(
     rows = best_mod.top_trials(client, study, top)
     names = list(dict.fromkeys(n for r in rows for n in r.params))
     symbols = [best_mod.symbol(n) for n in names]
-    values = [[best_mod.short(r.params.get(n, "–")) for n in names] for r in rows]
-    title = f"study {study}: {len(rows)} best trial{'' if len(rows) == 1 else 's'}"
+    values = [[shown_value(n, r.params.get(n, "–")) for n in names] for r in rows]
+    title = f"study {study}: {output.count(len(rows), 'best trial')}"
     if rows and not rows[0].usable:
         title = f"study {study}: no trial to reproduce (each diverged or failed)"
     table = Table("#", "trial", *symbols, "val_loss", "perplexity", "tokens", "status", "run id",
@@ -145,7 +146,7 @@ def report(
     folder = out or Path("reports") / study
     with tempfile.TemporaryDirectory(prefix="tuner-report-") as tmp:
         files = write_report(client, study, folder, Path(tmp))
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print(f"wrote {len(files)} files to {folder} (also under report/ of the study's "
                   "parent run):")
     for path in files:

@@ -59,7 +59,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
         searched = ", ".join(study.searched()) or "nothing"
         typer.echo(f"{path}: ok: study {study.name} searches {searched} with "
                    f"{study.search.searcher} and {study.search.scheduler}, "
-                   f"{study.search.num_samples} trials")
+                   f"{output.count(study.search.num_samples, 'trial')}")
     if failed:
         raise typer.Exit(2)
 
@@ -95,17 +95,22 @@ def show(path: StudyPath) -> None:
     search, res = study.search, study.resources
     console.print(escape(
         f"data: {study.data.path or 'source ' + str(study.data.source)}\n"
-        f"search: {search.searcher} + {search.scheduler}, {search.num_samples} trials, "
+        f"search: {search.searcher} + {search.scheduler}, "
+        f"{output.count(search.num_samples, 'trial')}, "
         f"{search.mode} {search.metric}, at most {search.max_concurrent or 'any'} at once\n"
         f"resources: {fmt(res.cpus_per_trial)} CPU and {fmt(res.gpus_per_trial)} GPU per trial, "
         f"device {res.device}{', compiled' if res.compile else ''}\n"
         f"tracking: {redact(study.tracking.uri)}, experiment {study.tracking.experiment}"))
 
 
+BUDGET_ALTERNATIVES = {"tokens": "total_iters", "eval_tokens": "eval_interval"}  # one or other
+
+
 def _rows(study: Study, name: str) -> list[tuple[str, ...]]:
     section = getattr(study, name)
     given = section.model_fields_set
-    twins = {**RELATIVE_FORMS, **{param: form for form, param in RELATIVE_FORMS.items()}}
+    pairs = {**RELATIVE_FORMS, **BUDGET_ALTERNATIVES}
+    twins = {**pairs, **{second: first for first, second in pairs.items()}}
     rows = []
     for field, hp in type(section).defs.items():
         twin = twins.get(field)  # show one of each pair

@@ -16,3 +16,8 @@ def console(*, stderr: bool = False, highlight: bool = False) -> Console:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out.width = FILE_WIDTH
     return out
+
+
+def count(amount: float, noun: str) -> str:
+    """"1 trial", "3 trials", "0.5 GPUs"."""
+    return f"{amount:g} {noun}" + ("" if amount == 1 else "s")

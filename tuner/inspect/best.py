@@ -49,16 +49,6 @@ def trial_row(client: Any, run: Any) -> TrialRow:
         usable=runs.counts_as_best(run))
 
 
-def short(value: str) -> str:
-    """A logged value as a table shows it: integers and words as they are, other numbers to four
-    significant digits (the exported study keeps every digit)."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return value if value.lstrip("-").isdigit() else f"{number:.4g}"
-
-
 def symbol(name: str) -> str:
     """The symbol of a study parameter (SYMBOLS.md: α_max, T_warmup/T_total), else its name."""
     from tuner.space.params import ALL_DEFS

@@ -12,7 +12,9 @@ from model.config import TrainConfig, parse_yaml
 from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, runs
+from tuner.output import count
 from tuner.redact import redact
+from tuner.space.params import shown_value
 
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
 PARALLEL_HTML, SUMMARY_MD = "parallel_coordinates.html", "summary.md"
@@ -50,25 +52,30 @@ def loss_figure(trial_curves: list[Curve], best_run_id: str) -> Any:
 
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    unplotted = 0
+    unplotted, drawn = 0, set()
     for c in trial_curves:
         finite = [(t, v) for t, v in c.points if math.isfinite(v)]
         if not finite:  # diverged or failed at its first evaluation: no value to draw
             unplotted += 1
             continue
         status = "best" if c.run_id == best_run_id else c.status
+        status = status if status in STYLE else "completed"  # running, interrupted
+        drawn.add(status)
         end = {} if c.status == "diverged" else {"marker": "o", "ms": 4, "markevery": [-1]}
         ax.plot(*zip(*finite), gid=f"trial:{c.trial_id}", **end,  # a one-point trial shows too
-                **STYLE.get(status, STYLE["completed"]))
+                **STYLE[status])
         if c.status == "diverged":
             ax.plot(*finite[-1], marker="x", ms=10, mew=2.5, color="tab:red", gid="diverged")
-    handles = [Line2D([], [], **STYLE["best"], label="best"),
-               Line2D([], [], **STYLE["completed"], label="completed"),
-               Line2D([], [], **STYLE["stopped"], label="stopped early"),
-               Line2D([], [], color="tab:red", marker="x", ls="", mew=2.5, label="diverged")]
-    ax.legend(handles=handles, loc="upper right")
+    legend = {"best": Line2D([], [], **STYLE["best"], label="best"),
+              "completed": Line2D([], [], **STYLE["completed"], label="completed"),
+              "stopped": Line2D([], [], **STYLE["stopped"], label="stopped early"),
+              "diverged": Line2D([], [], color="tab:red", marker="x", ls="", mew=2.5,
+                                 label="diverged"),
+              "failed": Line2D([], [], **STYLE["failed"], label="failed")}
+    if drawn:  # only what the plot shows
+        ax.legend(handles=[legend[key] for key in legend if key in drawn], loc="upper right")
     ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
-           title=f"val_loss of {len(trial_curves) - unplotted} trials" + (
+           title=f"val_loss of {count(len(trial_curves) - unplotted, 'trial')}" + (
                f" ({unplotted} more with no finite value, not drawn)" if unplotted else ""))
     ax.grid(alpha=0.3)
     return fig
@@ -220,7 +227,7 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
     for c in trial_curves:
         counts[c.status] = counts.get(c.status, 0) + 1
     lines = [f"# Study {study}", "",
-             f"{len(trial_curves)} trials (" + ", ".join(f"{n} {s}" for s, n in
+             f"{count(len(trial_curves), 'trial')} (" + ", ".join(f"{n} {s}" for s, n in
                                                         sorted(counts.items())) + f"), "
              f"{tokens:,} tokens trained in all.", ""]
     listed = ["## Files", "", *[f"- [{f}]({f})" for f in files], ""]
@@ -235,8 +242,10 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
               (f"best val_loss **{row.val_loss:.4f}** (perplexity {row.perplexity:.2f}), "
                f"reached at {_reached_at(trial_curves, row):,} of the {row.tokens:,} tokens it "
                f"trained; MLflow run `{row.run_id}`."), "",
-              "| parameter | value |", "|---|---|",
-              *[f"| {_cell(best_mod.symbol(n))} | {v} |" for n, v in row.params.items()], "",
+              *(["| parameter | value |", "|---|---|",
+                 *[f"| {_cell(best_mod.symbol(n))} | {shown_value(n, v)} |"
+                   for n, v in row.params.items()]]
+                if row.params else ["The study searched no parameter: its file fixes each."]), "",
               ("PBT changed its values as it ran (those it ended with are shown): no one config "
                "reproduces it." if row.pbt else f"Reproduce it: `{replay_cmd}`"), "",
               "## What mattered (fANOVA)", ""]

@@ -19,6 +19,7 @@ from model.metrics import perplexity
 from tuner import output
 from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome
 from tuner.search.trainable import TrainedTokens
+from tuner.space.params import shown_value
 
 MAX_ROWS = 12
 _SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
@@ -30,12 +31,6 @@ def stop_live_views() -> None:
     for live in list(_SHOWING):
         live.stop()
     _SHOWING.clear()
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
 
 
 def _tokens(trial: Any) -> int:
@@ -62,7 +57,8 @@ def _rank(trial: Any) -> tuple[float, float]:
 
 
 def _params(study: Any, trial: Any) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(study.used(dict(trial.config)).items()))
+    return ", ".join(f"{k}={shown_value(k, v)}"
+                     for k, v in sorted(study.used(dict(trial.config)).items()))
 
 
 def _duration(seconds: float) -> str:
@@ -235,8 +231,10 @@ def print_summary(console: Console, summary: Summary) -> None:
         console.print("[yellow]no trial reached a finite validation loss without diverging or "
                       "failing[/]")
         return
-    params = ", ".join(f"{k}={v}" for k, v in sorted((summary.best_params or {}).items()))
-    console.print(f"best trial {summary.best_trial}: MLflow run {summary.best_run_id}")
+    params = ", ".join(f"{k}={shown_value(k, v)}"
+                       for k, v in sorted((summary.best_params or {}).items()))
+    so_far = " so far" if summary.interrupted else ""  # --resume may train it on, or others
+    console.print(f"best trial{so_far} {summary.best_trial}: MLflow run {summary.best_run_id}")
     console.print(f"  val_loss {summary.best_val_loss:.4f}, perplexity "
                   f"{perplexity(summary.best_val_loss):.2f}")
     if params:
@@ -244,7 +242,7 @@ def print_summary(console: Console, summary: Summary) -> None:
     if summary.best_by_pbt:
         console.print("PBT changed its values as it ran: no one config reproduces it")
         return
-    console.print("reproduce it with:")
+    console.print(f"reproduce it{' as far as it trained' if so_far else ''} with:")
     console.print(f"  tuner replay {summary.best_run_id} --tracking-uri "
                   f"{shlex.quote(summary.tracking_uri)}", highlight=False, soft_wrap=True,
                   markup=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
+from tuner.output import count
 from tuner.redact import redact
 from tuner.search import state
 from tuner.search.console import Summary
@@ -87,17 +88,13 @@ def capacity_shortage(resources: Any, address: str | None) -> str | None:
     most = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in need}
     field = ("gpus_per_trial" if most["GPU"] < need["GPU"] else
              "cpus_per_trial" if most["CPU"] < need["CPU"] else "cpus_per_trial and gpus_per_trial")
-    have = f"{_count(most['CPU'], 'CPU')} and {_count(most['GPU'], 'GPU')}"
+    have = f"{count(most['CPU'], 'CPU')} and {count(most['GPU'], 'GPU')}"
     where = (f"no node of the cluster at {address} has both (at most {have} on a node)" if address
              else f"Ray counts {have} on this machine")
     hint = ("; to train on the CPU, set device: cpu and gpus_per_trial: 0"
             if most["GPU"] == 0 < need["GPU"] else "")
-    return (f"resources.{field}: a trial needs {_count(need['CPU'], 'CPU')} and "
-            f"{_count(need['GPU'], 'GPU')}, but {where}{hint}")
-
-
-def _count(amount: float, unit: str) -> str:
-    return f"{amount:g} {unit}" + ("" if amount == 1 else "s")
+    return (f"resources.{field}: a trial needs {count(need['CPU'], 'CPU')} and "
+            f"{count(need['GPU'], 'GPU')}, but {where}{hint}")
 
 
 def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:

@@ -3,6 +3,7 @@ parsing of one parameter's YAML value: a constant in range, or a distribution wh
 
 from __future__ import annotations
 
+import contextlib
 import typing
 from functools import partial
 from pathlib import Path
@@ -104,6 +105,22 @@ def _check_distribution(dist: Distribution, hp: HParam) -> Distribution:
         return dist
     values = [_constant(v, hp, f"in the {dist.key}") for v in options]
     return type(dist).model_validate({dist.key: values})
+
+
+LOGGED = {"None": None, "True": True, "False": False}  # str() of values, as MLflow's params hold
+
+
+def shown_value(name: str, value: Any) -> str:
+    """A searched value as tables and progress lines show it: in the study file's words (true,
+    null; off for τ), numbers to four significant digits; a logged param's text read back first."""
+    if isinstance(value, str) and value in LOGGED:
+        value = LOGGED[value]
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = int(value) if value.lstrip("-").isdigit() else float(value)
+    if value is None and name == "grad_clip":
+        return "off"
+    return f"{value:.4g}" if isinstance(value, float) else fmt(value)
 
 
 def _kind_text(hp: HParam) -> str:

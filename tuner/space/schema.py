@@ -382,7 +382,10 @@ def _issue(error: Any, locate: Locate | None) -> Issue:
     loc = error["loc"]
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     kind, message = error["type"], error["msg"]
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and tuple(loc) == ("search", "hyperband"):
+        message = ("unknown key 'hyperband': HyperBand takes its grace_period and "
+                   "reduction_factor from search.asha")
+    elif kind == "extra_forbidden":
         message = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _keys_at(loc[:-1]))}"
     elif kind == "missing":
         message = "is required"
