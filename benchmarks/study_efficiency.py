@@ -2,7 +2,7 @@
 stopping, and what the orchestration costs.
 
     uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--space FILE] [--work DIR]
-    uv run python benchmarks/study_efficiency.py --as-is 3
+    uv run python benchmarks/study_efficiency.py --as-is 3 [--scale 4]
 
 For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or `--space`):
 random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
@@ -11,7 +11,8 @@ against the tokens trained by all its trials so far, and prints markdown: how mu
 search's compute ASHA + TPE needs to reach random search's best, at the end and at every smaller
 even number of full trials (goal: at most a third), the share of each study's wall time spent
 inside training steps (goal: at least 90%) with where the rest went, and the start-up cost of a
-trial. `--as-is N` runs the study file unchanged N times and reports only the orchestration.
+trial. `--as-is N` runs the study file unchanged N times and reports only the orchestration;
+`--scale K` makes its trials K times as long, to see how the fixed costs weigh on longer trials.
 """
 
 from __future__ import annotations
@@ -70,11 +71,17 @@ class Study:
         return {**parts, "idle": self.slot_s - sum(parts.values())}
 
 
-def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUICKSTART) -> float:
-    """Run `base` with `overrides` to its `search` section; return the command's wall time."""
+def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUICKSTART,
+              scale: int = 1) -> float:
+    """Run `base` with `overrides` to its `search` section, and trials `scale` times as long
+    (budget, evaluation interval and grace period alike); return the command's wall time."""
     space = yaml.safe_load(base.read_text())
     space["name"] = name
     space["search"].update(overrides)
+    for section, key in (("budget", "tokens"), ("budget", "eval_tokens"), ("asha", "grace_period")):
+        where = space["search"] if section == "asha" else space
+        if key in where.get(section, {}):
+            where[section][key] *= scale
     if overrides.get("scheduler", "asha") != "asha":
         space["search"].pop("asha", None)
     if overrides.get("algorithm", "tpe") not in STARTUP_SEARCHERS:
@@ -246,6 +253,9 @@ def main() -> None:
     parser.add_argument("--as-is", type=int, default=0, metavar="N",
                         help="instead of the comparison, run the study file unchanged N times "
                              "and report only its orchestration")
+    parser.add_argument("--scale", type=int, default=1, metavar="K",
+                        help="with --as-is: trials K times as long (budget.tokens, "
+                             "budget.eval_tokens and the ASHA grace period times K)")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -258,7 +268,7 @@ def main() -> None:
               f"Python {platform.python_version()}, {versions}\n")
     if args.as_is:
         studies = [_run_and_measure(work, f"as-is-{i}-{int(time.time())}", {}, args.space,
-                                    concurrency) for i in range(args.as_is)]
+                                    concurrency, args.scale) for i in range(args.as_is)]
         print(header)
         print(orchestration(studies))
         return
@@ -279,8 +289,8 @@ def main() -> None:
 
 
 def _run_and_measure(work: Path, name: str, overrides: dict[str, Any], space: Path,
-                     concurrency: int) -> Study:
-    wall = run_study(work, name, overrides, space.resolve())
+                     concurrency: int, scale: int = 1) -> Study:
+    wall = run_study(work, name, overrides, space.resolve(), scale)
     print(f"{name}: {wall:.0f} s", file=sys.stderr, flush=True)
     return measure(work, name, wall, concurrency)
 

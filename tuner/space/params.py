@@ -107,14 +107,14 @@ def _check_distribution(dist: Distribution, hp: HParam) -> Distribution:
     return type(dist).model_validate({dist.key: values})
 
 
-LOGGED = {"None": None, "True": True, "False": False}  # str() of values, as MLflow's params hold
+_LOGGED = {"None": None, "True": True, "False": False}  # str() of values, as MLflow's params hold
 
 
 def shown_value(name: str, value: Any) -> str:
     """A searched value as tables and progress lines show it: in the study file's words (true,
     null; off for τ), numbers to four significant digits; a logged param's text read back first."""
-    if isinstance(value, str) and value in LOGGED:
-        value = LOGGED[value]
+    if isinstance(value, str) and value in _LOGGED:
+        value = _LOGGED[value]
     elif isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = int(value) if value.lstrip("-").isdigit() else float(value)
