@@ -481,6 +481,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     it cannot be replayed; a warm start, which pairs values with a loss, refuses the study."""
     from tuner.errors import UserError
     from tuner.inspect import best, history, report
+    from tuner.space.params import shown_value
 
     rows = best.top_trials(client, "pbt", 2)
     for row in rows:
@@ -497,7 +498,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     assert ("no one config reproduces it" in summary) == rows[0].pbt
     assert ("tuner replay" in summary) != rows[0].pbt and "Not computed: PBT changed" in summary
     assert ("no one config reproduces it" in out) == rows[0].pbt != ("tuner replay" in out)
-    assert f"lr_max={rows[0].params['lr_max']}" in out
+    assert f"lr_max={shown_value('lr_max', rows[0].params['lr_max'])}" in out  # 4 digits
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random", "grid", "cmaes", "gp", "qmc"])
