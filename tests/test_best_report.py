@@ -555,6 +555,28 @@ def test_warm_start_refuses_another_space(recorded):
         history.optuna_trials(narrower, points)
 
 
+def test_warm_start_names_a_parameter_the_earlier_study_did_not_search(recorded):
+    points = history.finished_trials(recorded.name, recorded.uri)
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["hparams"]["λ"] = {"uniform": [0.0, 0.2]}
+    wider = build_study({**raw, "name": "wider"})
+    with pytest.raises(UserError, match="weight_decay is searched here, but the earlier study "
+                                        "did not search it"):  # Optuna's said "FixedTrial object"
+        history.optuna_trials(wider, points)
+
+
+def test_warm_start_names_what_the_earlier_study_trained_otherwise(recorded):
+    """Losses of another budget or model compare loosely: the warning lists the settings."""
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    same = build_study({**raw, "name": "same"})
+    assert history.setup_differences(recorded.name, recorded.uri, same) == []
+    raw["budget"]["total_iters"] = 80
+    raw["budget"]["seed"] = 7  # another seed is another draw of the same problem
+    longer = build_study({**raw, "name": "longer"})
+    assert history.setup_differences(recorded.name, recorded.uri, longer) == [
+        "budget.total_iters: 40 there, 80 here"]
+
+
 def test_warm_start_leaves_out_values_the_conditions_do_not_use(recorded):
     """An earlier trial on the step schedule holds lr_min_ratio (tuner sampled it for every
     schedule before α_min was tied to the schedules that use it): the value is left out."""
@@ -617,6 +639,7 @@ def test_search_warm_started_from_an_earlier_study(tmp_path, byte_dataset, mlflo
                       str(tmp_path / "ray")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "warm start: 4 finished trials of study 'earlier'" in proc.stdout
+    assert "trained otherwise" not in proc.stdout  # the same data, model and budget
     trials = optuna.load_study(study_name="warmed",
                                storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     points = history.finished_trials("earlier", earlier.uri)

@@ -47,3 +47,15 @@ def test_redacted_json_stays_json() -> None:
     shown = json.loads(redact(json.dumps(study)))
     assert shown == {"tracking": {"uri": "postgresql://***@db/m?sslmode=require&password=***"},
                      "search": {"storage": "s3://b/k?token=***"}, "name": "x"}
+
+
+def test_a_long_reason_keeps_its_cause_and_no_part_of_a_password() -> None:
+    """MLflow's errors quote the URL that failed before their cause: cut at its length alone, the
+    line lost "Connection refused"; cut across a URL, a password's first part would stay."""
+    from tuner.errors import reason
+
+    url = "http://user:secretpassword12345@127.0.0.1:5055/api/2.0/mlflow/runs/log-batch"
+    line = reason(ConnectionError(f"API request to {url} failed with exception " + "x" * 300
+                                  + ": [Errno 111] Connection refused"))
+    assert line.endswith("Connection refused") and len(line) <= 303
+    assert "secret" not in line and "http://user:***@127.0.0.1" in line

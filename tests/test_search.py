@@ -1563,12 +1563,21 @@ def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
 def test_trial_larger_than_every_cluster_node_is_a_warning(tmp_path: Path, dataset: Path,
                                                            mlflow_store_template: Path) -> None:
     """A cluster may grow (an autoscaler adds nodes), so the study waits, saying why; SIGTERM
-    then stops it as a study that can be resumed."""
+    then stops it as a study that can be resumed. Joined without its token first: refused at
+    once, naming what to set (ray.init retried for 20 s, then named neither)."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "waits", dataset, resources={"cpus_per_trial": 4})
     log = tmp_path / "stdout.txt"
     try:
         with ray_head(num_cpus=2) as head, open(log, "w") as out:
+            no_auth = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+            refused = run_tuner(["search", "--space", str(space), "--tracking-uri", uri,
+                                 "--storage", str(tmp_path / "ray"), "--address", head.address],
+                                cwd=tmp_path, env=no_auth, timeout=120)
+            assert refused.returncode == 2 and refused.stderr.startswith(
+                f"error: --address {head.address}: the cluster uses token authentication"), \
+                refused.stdout + refused.stderr
+            assert not (tmp_path / "ray").exists()
             driver = start_search(space, uri, tmp_path / "ray", tmp_path, "--address",
                                   head.address, env={**ENV, **head.env}, stdout=out,
                                   stderr=subprocess.STDOUT)
@@ -1819,6 +1828,26 @@ def test_bad_corpus_or_warm_start_writes_no_store_and_no_corpus(tmp_path: Path,
         proc = run_tuner(["search", "--space", str(space)], cwd=tmp_path, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stdout + proc.stderr
         assert sorted(os.listdir(tmp_path)) == ["nothing.yaml", "one.txt"]
+
+
+def test_an_address_where_a_web_server_answers_fails_before_anything(tmp_path: Path,
+                                                                     dataset: Path) -> None:
+    """The dashboard's port, or another service's: ray.init would wait there for minutes."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    space = write_space(tmp_path, "web", dataset)
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = run_tuner(["search", "--space", str(space), "--address", address, "--storage",
+                          str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--address {address}: the server there is not a Ray cluster" in proc.stderr
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize(("address", "message"), [

@@ -134,8 +134,15 @@ def search(
     if new_store:
         connect(study.tracking.uri)
     if warm_trials and not resume:
+        from tuner.inspect.history import setup_differences
+
         console.print(f"warm start: {len(warm_trials)} finished trials of study "
                       f"{study.search.warm_start!r}")
+        changed = setup_differences(study.search.warm_start, study.tracking.uri, study)
+        if changed:
+            console.print(f"[yellow]warning:[/] study {study.search.warm_start!r} trained "
+                          f"otherwise ({escape('; '.join(changed))}): its losses compare with "
+                          "this study's only loosely")
     from tuner.search.console import print_summary
 
     resume_hint = shlex.join(["tuner", "search", "--resume", "--name", study.name, "--storage",

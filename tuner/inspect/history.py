@@ -5,6 +5,7 @@ rate parameter importance)."""
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,21 @@ def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any],
                             "ran: no values go with a loss to warm-start from; use a study with "
                             "a searcher")
         return trial_points(client, runs.trial_runs(client, parent), search["metric"], Path(tmp))
+
+
+def setup_differences(earlier: str, tracking_uri: str, study: Any) -> list[str]:
+    """Where study `earlier` trained otherwise than `study` (its data, model or budget; seeds
+    aside), as "budget.tokens: 163840 there, 81920 here": its losses then compare with this
+    study's only loosely."""
+    client = runs.connect(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
+        recorded = runs.recorded_study(client, runs.study_parent(client, earlier), Path(tmp))
+    now = study.resolved()
+    return [f"{section}.{key}: {there.get(key)} there, {here.get(key)} here"
+            for section in ("data", "model", "budget")
+            for there, here in [(recorded.get(section) or {}, now[section])]
+            for key in sorted(set(there) | set(here))
+            if key != "seed" and there.get(key) != here.get(key)]
 
 
 def trial_points(client: Any, trial_runs: list[Any], metric: str,
@@ -80,8 +96,12 @@ def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> lis
                 params=fixed.params, value=value, distributions=fixed.distributions,
                 user_attrs={WARM_START_ATTR: True}))
         except ValueError as err:
+            missing = re.search(r"parameter '(\w+)' is not found", str(err))  # Optuna's words
+            why = (f"{missing[1]} is searched here, but the earlier study did not search it: a "
+                   "warm start needs a study that searched the same parameters" if missing
+                   else str(err))
             raise UserError(f"an earlier trial ({_show(params)}) does not fit this space: "
-                            f"{err}") from None
+                            f"{why}") from None
     return trials
 
 
