@@ -76,7 +76,8 @@ def search(
     study = (state.load(storage / name, space) if resume
              else _new_study(storage, space, overrides))
     _check_storage(storage)
-    from tuner.search.runner import check_address, run_study
+    from tuner.search.address import check_address
+    from tuner.search.runner import run_study
 
     if address:
         check_address(address)
