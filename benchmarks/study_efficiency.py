@@ -78,10 +78,10 @@ def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUI
     space = yaml.safe_load(base.read_text())
     space["name"] = name
     space["search"].update(overrides)
-    for section, key in (("budget", "tokens"), ("budget", "eval_tokens"), ("asha", "grace_period")):
-        where = space["search"] if section == "asha" else space
-        if key in where.get(section, {}):
-            where[section][key] *= scale
+    budget, asha = space["budget"], space["search"].get("asha", {})
+    for where, key in ((budget, "tokens"), (budget, "eval_tokens"), (asha, "grace_period")):
+        if key in where:
+            where[key] *= scale
     if overrides.get("scheduler", "asha") != "asha":
         space["search"].pop("asha", None)
     if overrides.get("algorithm", "tpe") not in STARTUP_SEARCHERS:

@@ -49,6 +49,7 @@ class HParam:
     high_open: bool = True  # True: value must be < high (else <= high)
     choices: tuple[Any, ...] | None = None
     optional: bool = False  # None is a valid value (e.g. "off" or "derived")
+    off: bool = False  # None turns it off (τ): written `off`, and so shown
     when: tuple[str, tuple[str, ...]] | None = None  # (field, values) for which this one is used
     aliases: tuple[str, ...] = ()
     log: bool = False  # a log scale is the natural way to search it
@@ -65,8 +66,13 @@ class HParam:
             return f"{left}{_num(self.low)}, {_num(self.high)}{right}"
         if self.low is not None:
             text = f"{'>' if self.low_open else '≥'} {_num(self.low)}"
-            return text + (" (or off)" if self.optional and self.name == "grad_clip" else "")
+            return text + (" (or off)" if self.off else "")
         return "any"
+
+    def from_yaml(self, value: Any) -> Any:
+        """`value` as YAML 1.1 gives it, with `off` (which it reads as false) as None where
+        None is valid."""
+        return None if value is False and self.optional and self.kind is not bool else value
 
     def check(self, value: Any) -> str | None:
         """Return why `value` is outside this parameter's valid range, or None if it is valid."""
@@ -236,7 +242,7 @@ class TrainConfig:
                                     group="regularization", low=0.0, high=1.0)
     grad_clip: float | None = hparam(1.0, "τ", "global L2 gradient clipping g ← g·min(1, τ/‖g‖); "
                                      "null = off", group="regularization", kind=float, low=0.0,
-                                     low_open=True, optional=True)
+                                     low_open=True, optional=True, off=True)
 
     # Learning-rate schedule
     schedule: str = hparam("cosine", "sched", "the shape of the learning rate after warmup",
@@ -447,8 +453,7 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from a plain mapping (nested `model`), rejecting unknown keys."""
-    data = {key: None if value is False and key in TRAIN_HPARAMS and TRAIN_HPARAMS[key].optional
-            and TRAIN_HPARAMS[key].kind is not bool else value  # YAML reads `off` as false
+    data = {key: TRAIN_HPARAMS[key].from_yaml(value) if key in TRAIN_HPARAMS else value
             for key, value in data.items()}
     for form, name in RELATIVE_FORMS.items():  # given at its default, the parameter is still given
         if form in data and name in data:
@@ -575,15 +580,17 @@ def parse_yaml(text: str) -> tuple[Any, Any]:
         loader.dispose()
 
 
+_INT, _FLOAT, _STR = (f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "str"))
+
+
 def _read_as_yaml_1_2(node: Any) -> None:
     """Retag or rewrite a plain scalar that YAML 1.1 resolves otherwise than YAML 1.2."""
-    int_tag, float_tag, str_tag = (f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "str"))
-    if node.tag == str_tag and _EXPONENT.fullmatch(node.value):
-        node.tag = float_tag
-    elif node.tag in (int_tag, float_tag) and _SEXAGESIMAL.fullmatch(node.value):
-        node.tag = str_tag
-    elif node.tag in (int_tag, str_tag) and _LEADING_ZERO.fullmatch(node.value):  # 1.1: 08 text
-        node.tag, node.value = int_tag, str(int(node.value.replace("_", "")))
+    if node.tag == _STR and _EXPONENT.fullmatch(node.value):
+        node.tag = _FLOAT
+    elif node.tag in (_INT, _FLOAT) and _SEXAGESIMAL.fullmatch(node.value):
+        node.tag = _STR
+    elif node.tag in (_INT, _STR) and _LEADING_ZERO.fullmatch(node.value):  # 1.1: 08 is text
+        node.tag, node.value = _INT, str(int(node.value.replace("_", "")))
 
 
 def _parse_failure(err: Exception) -> str:

@@ -40,11 +40,10 @@ class CheckpointRepair(tune.Callback):
             Path(listed.checkpoint.path).mkdir(exist_ok=True)
 
 
-def repair(named: Path, checksums: bool = False) -> bool:
+def repair(named: Path) -> bool:
     """Copy the next whole checkpoint folder beside `named` to it if `named` holds no whole
-    checkpoint (deleted, emptied by a kill inside Tune's deletion, cut short; damaged bytes too
-    with `checksums`, which reads them all); whether it did."""
-    stand_in = None if _whole(named, checksums) else _later_whole(named, checksums)
+    checkpoint (deleted, emptied by a kill inside Tune's deletion, cut short); whether it did."""
+    stand_in = None if _whole(named) else _later_whole(named, checksums=False)
     # None: whole, or nothing to go on from (refused by --resume before Ray starts)
     return stand_in is not None and _put_back(named, stand_in)
 

@@ -82,8 +82,7 @@ def _constant(raw: Any, hp: HParam, role: str = "") -> Any:
 
 
 def _coerce(raw: Any, hp: HParam) -> Any:
-    if raw is False and hp.optional and hp.kind is not bool:
-        return None  # YAML 1.1 reads `off` as false; for an optional parameter it means null
+    raw = hp.from_yaml(raw)
     if hp.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
     if hp.kind is int and isinstance(raw, float) and raw.is_integer():
@@ -118,7 +117,7 @@ def shown_value(name: str, value: Any) -> str:
     elif isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = int(value) if value.lstrip("-").isdigit() else float(value)
-    if value is None and name == "grad_clip":
+    if value is None and name in ALL_DEFS and ALL_DEFS[name].off:
         return "off"
     return f"{value:.4g}" if isinstance(value, float) else fmt(value)
 
