@@ -28,7 +28,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     iteration: int, out: str | Path, **extra: Any) -> Path:
-    """Write model, optimizer, iteration and `extra` to `out` (a file, or a folder for the default name)."""
+    """Write model, optimizer, iteration and `extra` to `out` (a file, or a folder for the default
+    name)."""
     import torch
 
     out = Path(out)

@@ -1,4 +1,5 @@
-"""The trainer's configuration: every hyperparameter defined once (name, symbol, default, range, text).
+"""The trainer's configuration: every hyperparameter defined once (name, symbol, default, range,
+text).
 
 `ModelConfig` holds the architecture, `TrainConfig` the training run. Each field is declared with
 `hparam(...)`, whose metadata is the single source the tuner's search-space schema derives from.
@@ -164,7 +165,8 @@ class ModelConfig:
     rope_theta: float = hparam(10000.0, "Θ", "RoPE base frequency", group="model", low=0.0,
                                low_open=True)
     norm: str = hparam("pre", "norm", "RMSNorm placement: before each sublayer (pre), after the "
-                       "residual add (post), or none", group="model", choices=("pre", "post", "none"))
+                       "residual add (post), or none", group="model",
+                       choices=("pre", "post", "none"))
     positions: str = hparam("rope", "pos", "positional encoding: rotary (rope) or none (NoPE)",
                             group="model", choices=("rope", "none"))
     ffn: str = hparam("swiglu", "ffn", "feed-forward: SwiGLU, or a SiLU MLP of matching size",
@@ -215,7 +217,8 @@ class TrainConfig:
                                   group="schedule", kind=float, low=0.0, optional=True, log=True,
                                   when=("schedule", FLOOR_SCHEDULES))
     beta1: float = hparam(0.9, "β1", "decay of the first-moment (momentum) average",
-                          group="optimizer", low=0.0, high=1.0, when=("optimizer", ("adamw", "adam")))
+                          group="optimizer", low=0.0, high=1.0,
+                          when=("optimizer", ("adamw", "adam")))
     beta2: float = hparam(0.999, "β2", "decay of the second-moment average (RMSProp's smoothing "
                           "constant)", group="optimizer", low=0.0, high=1.0,
                           when=("optimizer", ("adamw", "adam", "rmsprop")))
@@ -251,7 +254,8 @@ class TrainConfig:
                                group="schedule", low=0)
     cycle_iters: int | None = hparam(None, "T_cycle", "length of the cosine (of one restart "
                                      "cycle); default T_total", group="schedule", kind=int, low=1,
-                                     optional=True, when=("schedule", ("cosine", "cosine_restarts")))
+                                     optional=True,
+                                     when=("schedule", ("cosine", "cosine_restarts")))
     cycle_mult: float = hparam(1.0, "T_mult", "growth of each restart cycle's length",
                                group="schedule", low=1.0, when=("schedule", ("cosine_restarts",)))
     step_size: int = hparam(1000, "T_step", "steps between decays of the step schedule",
@@ -284,8 +288,8 @@ class TrainConfig:
     eval_interval: int = hparam(100, "k_eval", "steps between validation evaluations",
                                 group="training", low=1)
     eval_tokens: int | None = hparam(None, "k_eval_tok", "tokens between validation evaluations "
-                                     "(instead of eval_interval): every batch size evaluates at the "
-                                     "same token counts", group="training", kind=int, low=1,
+                                     "(instead of eval_interval): every batch size evaluates at "
+                                     "the same token counts", group="training", kind=int, low=1,
                                      optional=True)
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
                                group="training", low=1, high=2**20, high_open=False)
@@ -363,7 +367,8 @@ class TrainConfig:
         return default if self.lr_min is None else self.lr_min
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first field that cannot work (data files are checked later)."""
+        """Raise ConfigError naming the first field that cannot work (data files are checked
+        later)."""
         self.model.validate()
         _check_fields(self, TRAIN_HPARAMS)
         _check_fields(self, RUNTIME_FIELDS)
@@ -471,7 +476,8 @@ STUDY_RESOURCE_KEYS = ("device", "deterministic", "peak_flops", "compile")
 
 
 def fixed_study_to_config(study: dict[str, Any]) -> dict[str, Any]:
-    """A study file whose values are all fixed (`tuner best --export`) as a trainer config mapping."""
+    """A study file whose values are all fixed (`tuner best --export`) as a trainer config
+    mapping."""
     specs = {**TRAIN_HPARAMS, **{spec.name: spec for spec in RELATIVE_HPARAMS.values()}}
     by_key = {key: name for name, spec in specs.items() if name not in STUDY_BUDGET_KEYS.values()
               for key in (name, spec.symbol, *spec.aliases)}

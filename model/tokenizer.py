@@ -11,8 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bpe import (CHUNK_BYTES, PARALLEL_MIN_BYTES, default_workers, find_cuts, parallel_map,
-                       pretokenize, read_text, special_pattern)
+from model.bpe import (
+    CHUNK_BYTES,
+    PARALLEL_MIN_BYTES,
+    default_workers,
+    find_cuts,
+    parallel_map,
+    pretokenize,
+    read_text,
+    special_pattern,
+)
 
 _CACHE_LIMIT = 1 << 18  # pre-tokens remembered; cleared when full so memory stays bounded
 _BATCH_CHARS = 1 << 16  # encode_iterable gathers this much text before encoding it

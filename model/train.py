@@ -1,4 +1,5 @@
-"""The training loop: one call of `train(config)` is one trial. Also `python -m model.train --config F`."""
+"""The training loop: one call of `train(config)` is one trial. Also
+`python -m model.train --config F`."""
 
 from __future__ import annotations
 
@@ -344,7 +345,9 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     use_bf16 = config.fast and device.type == "cuda"
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     tokenizer = _load_tokenizer(dataset) if config.sample_tokens > 0 else None
     if tokenizer is not None:

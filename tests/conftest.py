@@ -1,4 +1,5 @@
-"""Shared fixtures: the real corpora in ../shared/data and small prepared datasets built from them."""
+"""Shared fixtures: the real corpora in ../shared/data and small prepared datasets built from
+them."""
 
 from __future__ import annotations
 

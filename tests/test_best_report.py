@@ -88,7 +88,8 @@ def test_export_then_train_gives_the_trial_result(recorded, tmp_path):
 
 
 def test_an_exported_study_masks_the_store_credentials(recorded, tmp_path):
-    """best.yaml is a file to share: the store's password is written as ***, as MLflow records it."""
+    """best.yaml is a file to share: the store's password is written as ***, as MLflow records
+    it."""
     from tuner.inspect.best import fixed_study
 
     client = MlflowClient(tracking_uri=recorded.uri)

@@ -148,7 +148,8 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
     refused = "refused by torch.load(weights_only=True): "
     assert message.startswith(f"{bad}: not a loadable checkpoint ({refused}")
     assert "posix" in message  # what it would have called
-    assert "False" not in message  # torch's advice to load it with weights_only=False: not passed on
+    # torch's advice to load it with weights_only=False: not passed on
+    assert "False" not in message
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ from tuner.redact import redact
     ("http://127.0.0.1:5000/x?email=a@b.org", "http://127.0.0.1:5000/x?email=a@b.org"),
     ("http://h/api/get-history?run_id=1&metric_key=val_loss&tokens=5",
      "http://h/api/get-history?run_id=1&metric_key=val_loss&tokens=5"),
-    ("store 'http://h/?access_token=abc' (timeout)", "store 'http://h/?access_token=***' (timeout)"),
-    ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),  # a path, not a password
+    ("store 'http://h/?access_token=abc' (timeout)",
+     "store 'http://h/?access_token=***' (timeout)"),
+    # a path, not a password
+    ("sqlite:////data/a:b@c.db", "sqlite:////data/a:b@c.db"),
     ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
     ("postgresql://user:pa#ss@127.0.0.1:1/db", "postgresql://user:***@127.0.0.1:1/db"),
     ("tracking: postgresql://alice:Pa#ssw0rd?x@db.example/mlflow",

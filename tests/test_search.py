@@ -70,7 +70,8 @@ def start_search(space: Path, uri: str, storage: Path, cwd: Path, *extra: str,
 
 
 def resume_to_the_end(name: str, storage: Path, cwd: Path, uri: str, completed: int,
-                      env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list]:
+                      env: dict[str, str] | None = None
+                      ) -> tuple[subprocess.CompletedProcess, list]:
     """`tuner search --resume` of study `name`, which must finish with `completed` completed
     trials: the command and the study's trial runs."""
     proc = run_tuner(["search", "--resume", "--name", name, "--storage", str(storage)], cwd=cwd,

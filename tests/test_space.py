@@ -396,9 +396,9 @@ def test_hyperband_runs_to_the_full_budget(tmp_path: Path, grace: int, max_t: in
     bracket's rungs, so a budget of 10 grace periods stopped its survivors at 9."""
     from tuner.search.algorithms import build_scheduler, time_unit
 
-    study = load_study(write(tmp_path, study_text(
-        budget="tokens: 409600", search=f"  scheduler: hyperband\n  asha: {{grace_period: {grace}}}\n")
-        .replace("  eval_tokens: 5120\n", "  eval_tokens: 40960\n")))
+    search = f"  scheduler: hyperband\n  asha: {{grace_period: {grace}}}\n"
+    study = load_study(write(tmp_path, study_text(budget="tokens: 409600", search=search)
+                             .replace("  eval_tokens: 5120\n", "  eval_tokens: 40960\n")))
     scheduler = build_scheduler(study)
     assert scheduler._max_t_attr == max_t
     assert scheduler._max_t_attr * time_unit(study) == pytest.approx(study.full_trial_tokens())

@@ -307,7 +307,8 @@ def test_an_unknown_field_is_named_with_the_one_meant(byte_dataset: Path, tmp_pa
     ({"lr_min": 1e-4, "lr_min_ratio": 0.1}, "lr_min_ratio", "not both"),
     ({"lr_min_ratio": 1.5}, "lr_min_ratio", "α_min/α_max must be in [0, 1], got 1.5"),
     ({"lr_max": "fast", "lr_min_ratio": 0.1}, "lr_max", "must be a number"),
-    ({"warmup_iters": 0, "warmup_fraction": 0.1, "batch_size": 0}, "batch_size", "B must be in [1, 1048576]"),
+    ({"warmup_iters": 0, "warmup_fraction": 0.1, "batch_size": 0}, "batch_size",
+     "B must be in [1, 1048576]"),
 ])
 def test_bad_relative_form_names_the_field(byte_dataset: Path, overrides: dict, field: str,
                                            message: str) -> None:

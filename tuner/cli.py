@@ -32,7 +32,8 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="tuner",
-    help="Tune the hyperparameters of a Transformer LM: Ray Tune trials, Optuna search, MLflow records.",
+    help="Tune the hyperparameters of a Transformer LM: Ray Tune trials, Optuna search, MLflow "
+    "records.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

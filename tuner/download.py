@@ -138,8 +138,14 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> tuple[int | 
 def _copy(response, part: Path, mode: str, have: int, total: int | None, progress: bool,
           name: str) -> int:
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     received = 0
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),

@@ -1,4 +1,5 @@
-"""Consoles for the CLI's tables: a terminal's width, or a whole line where output goes to a file."""
+"""Consoles for the CLI's tables: a terminal's width, or a whole line where output goes to a
+file."""
 
 from __future__ import annotations
 

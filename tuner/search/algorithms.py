@@ -177,7 +177,8 @@ def time_unit(study: Any) -> float | None:
     budget, not short of it."""
     if study.search.scheduler != "hyperband":
         return None
-    return study.full_trial_tokens() / study.search.asha.reduction_factor ** _hyperband_levels(study)
+    factor = study.search.asha.reduction_factor
+    return study.full_trial_tokens() / factor ** _hyperband_levels(study)
 
 
 def _hyperband_levels(study: Any) -> int:

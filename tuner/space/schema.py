@@ -91,8 +91,8 @@ class DataSection(Section):
                                          "out for validation when no valid file is given")
     vocab_size: int | None = Field(None, ge=1, description="tokenizer vocabulary size (default: "
                                    "model.vocab_size)")
-    special_tokens: list[Annotated[str, Field(min_length=1)]] | None = Field(None, description="tokens the tokenizer keeps whole, "
-                                             "e.g. <|endoftext|>")
+    special_tokens: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, description="tokens the tokenizer keeps whole, e.g. <|endoftext|>")
     tokenizer: Path | None = Field(None, description="tokenizer to use instead of training one "
                                   "(see `tuner data prepare --help`)")
     synthetic_bytes: int | None = Field(None, ge=1, description="size of the synthetic corpus in "
