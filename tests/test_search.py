@@ -295,6 +295,18 @@ def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_tunes_folder_keeps_only_the_best_trials_checkpoint(faults_study: dict[str, Any]) -> None:
+    """A resume runs no ended trial again and MLflow holds the checkpoints it logs, so the study's
+    folder keeps only the best trial's latest checkpoint (logged when the study ends) and its
+    mid-trial one."""
+    _, parent, _ = mlflow_runs(faults_study["uri"], "faults")
+    best, folder = parent.data.tags["tuner.best_trial_id"], faults_study["folder"] / "ray" / "faults"
+    kept = [p.parent.name for p in folder.glob("trial_*/checkpoint_*")]
+    assert kept == [f"trial_{best}"]  # one checkpoint, of one trial
+    assert [p.name for p in (folder / "mid_checkpoints").iterdir()] == [best]
+
+
+@pytest.mark.slow
 def test_asha_stops_trials(faults_study: dict[str, Any]) -> None:
     client, _, children = mlflow_runs(faults_study["uri"], "faults")
     stopped = by_status(children).get("stopped", [])
@@ -707,7 +719,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """With no retries left, Tune fails a trial whose process was killed: its run is failed in
     the process, which its searcher was never told a value of, so a warm start leaves it out.
-    A resume does not run it again, so it keeps only its latest checkpoint."""
+    A resume does not run it again, and MLflow logs no checkpoint of it: none is kept."""
     from tuner.inspect import history
 
     uri = fresh_store(tmp_path, mlflow_store_template)
@@ -727,7 +739,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
         assert driver.wait(timeout=120) == 1  # no trial to replay
     finally:
         driver.kill()
-    assert len(list((tmp_path / "ray" / "lost").glob("*/checkpoint_*"))) == 1
+    assert not list((tmp_path / "ray" / "lost").glob("*/checkpoint_*"))
     _, parent, [run] = mlflow_runs(uri, "lost")
     assert (run.info.status, run.data.tags["tuner.status"]) == ("FAILED", "failed")
     assert run.data.tags["tuner.failed_in"] == "process"
@@ -887,8 +899,11 @@ def test_a_trial_stopped_just_before_the_kill_is_stopped_again(tmp_path: Path, d
         assert run.data.tags["tuner.status_detail"] == stopped[
             run.info.run_id].data.tags["tuner.status_detail"]
     # (a trial the killed driver started after Tune's last save left a folder outside the study)
-    ended = [storage / "killed" / f"trial_{r.data.tags['tuner.trial_id']}" for r in after]
-    assert all(len(list(p.glob("checkpoint_*"))) == 1 for p in ended)  # the earlier: deleted
+    _, parent, _ = mlflow_runs(uri, "killed")
+    best = parent.data.tags["tuner.best_trial_id"]
+    kept = {r.data.tags["tuner.trial_id"]: len(list((storage / "killed").glob(
+        f"trial_{r.data.tags['tuner.trial_id']}/checkpoint_*"))) for r in after}
+    assert kept == {trial_id: int(trial_id == best) for trial_id in kept}  # the best's latest
 
 
 def test_the_median_rule_keeps_what_it_put_back_until_its_first_result(tmp_path: Path) -> None:

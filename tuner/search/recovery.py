@@ -120,18 +120,23 @@ class StateBackup(tune.Callback):
     Trials keep two checkpoints: the last save's state may name the one before the latest, and a
     trial resumed from the latest would skip the evaluation that Tune, its searcher and scheduler
     have not seen (one its scheduler stopped it at, say). Once a save records a trial as ended
-    (completed, stopped, or failed past its retries), the callback deletes its earlier one."""
+    (completed, stopped, or failed past its retries), a resume runs it no more: the callback
+    deletes its checkpoints, and the mid-trial copy the `recorder` kept, once the recorder logs
+    none of them (the study's best keeps its latest until the study ends); without a recorder
+    (PBT, whose clones may go on from an ended trial's checkpoint) it deletes the earlier one."""
 
-    _ended: tuple = ()  # trials whose earlier checkpoint is not deleted yet (a class default: a
-    # study started before it existed restores this callback from its pickle, without it)
+    # Class defaults: a study started before they existed restores this callback from its pickle
+    _ended: tuple = ()  # ended trials whose checkpoints are not all deleted yet
+    recorder: Any = None
 
-    def __init__(self, scheduler: Any = None) -> None:
+    def __init__(self, scheduler: Any = None, recorder: Any = None) -> None:
         from ray.tune.schedulers import AsyncHyperBandScheduler
 
         from tuner.search.median_rule import ResumableMedianStoppingRule
 
         saves = (AsyncHyperBandScheduler, ResumableMedianStoppingRule)
         self.scheduler = scheduler if isinstance(scheduler, saves) else None
+        self.recorder = recorder  # the study's MlflowRecorder: one pickle keeps them together
         self._paths: tuple[str, str] | None = None  # Tune's staging folder, the study's folder
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -147,6 +152,8 @@ class StateBackup(tune.Callback):
             saved = Path(storage.experiment_fs_path) / SCHEDULER_STATE
             if self.scheduler is not None and saved.is_file():  # a resumed study
                 self.scheduler.restore(str(saved))
+            # a resumed study's trials that ended before the kill, maybe with checkpoints left
+            self._ended += tuple(t for t in trials if t.status in ENDED)
 
     def get_state(self) -> None:  # None: it has nothing of its own for Tune to save
         if self._paths is None:
@@ -165,13 +172,24 @@ class StateBackup(tune.Callback):
         self._prune_ended()  # those that ended after the last save
 
     def _prune_ended(self) -> None:
+        pending = []
         for trial in self._ended:
-            if trial.status in ENDED:
-                _keep_latest_checkpoint(Path(trial.storage.trial_fs_path))
-        self._ended = tuple(t for t in self._ended if t.status not in ENDED)
+            trial_dir = Path(trial.storage.trial_fs_path)
+            if trial.status not in ENDED:
+                pending.append(trial)
+            elif self.recorder is None:
+                _delete_checkpoints(trial_dir, keep_latest=True)
+            elif self.recorder.keeps_checkpoint(trial.trial_id):
+                _delete_checkpoints(trial_dir, keep_latest=True)
+                pending.append(trial)  # asked again at the next save: the best may change
+            else:
+                _delete_checkpoints(trial_dir, keep_latest=False)
+                shutil.rmtree(self.recorder.mid_checkpoint(trial).parent, ignore_errors=True)
+        self._ended = tuple(pending)
 
 
-def _keep_latest_checkpoint(trial_dir: Path) -> None:
-    """Delete each checkpoint folder of a trial but its latest."""
-    for earlier in sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-1]:
-        shutil.rmtree(earlier, ignore_errors=True)
+def _delete_checkpoints(trial_dir: Path, keep_latest: bool) -> None:
+    """Delete a trial's checkpoint folders, or all but its latest."""
+    folders = sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))
+    for folder in folders[:-1] if keep_latest else folders:
+        shutil.rmtree(folder, ignore_errors=True)

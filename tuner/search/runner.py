@@ -125,13 +125,14 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
         warnings.filterwarnings("ignore", message="The reported value is ignored because this")
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
-    callbacks = [CheckpointRepair(), StateBackup(config.scheduler),
-                 MlflowRecorder(study, str(data_dir), provenance, str(storage)), LiveView(study),
-                 StopRelay()]  # the relay last: a held stop finds the study set up
+    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage))
     # A trial resumes from the checkpoint Tune's last save names: the latest or the one before
-    # (StateBackup deletes it once the trial ended). PBT clones others' and keeps them all: its
+    # (StateBackup deletes them once the trial ended). PBT clones others' and keeps them all: its
     # save of a function trainable registers the latest checkpoint again, and pruning one of the
     # two deletes the files of the other, which it may still clone from.
+    callbacks = [CheckpointRepair(), StateBackup(config.scheduler, None if pbt else recorder),
+                 recorder, LiveView(study),
+                 StopRelay()]  # the relay last: a held stop finds the study set up
     run_config = tune.RunConfig(
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),

@@ -379,7 +379,7 @@ class MlflowRecorder(tune.Callback):
         """Keep (on the driver) the first checkpoint past half a trial: a replay can start there."""
         from model.checkpoint import CHECKPOINT_NAME
 
-        result, mid = trial.last_result or {}, self._mid_checkpoint(trial)
+        result, mid = trial.last_result or {}, self.mid_checkpoint(trial)
         tokens, budget = result.get("tokens", 0), result.get("budget_tokens", 0)
         if mid.exists() or not budget <= 2 * tokens < 2 * budget:
             return
@@ -390,10 +390,18 @@ class MlflowRecorder(tune.Callback):
                 shutil.copyfile(Path(folder) / CHECKPOINT_NAME, partial)
                 partial.replace(mid)
 
-    def _mid_checkpoint(self, trial: Any) -> Path:
+    def mid_checkpoint(self, trial: Any) -> Path:
+        """Where the driver keeps the trial's mid-trial checkpoint."""
         from model.checkpoint import CHECKPOINT_NAME
 
         return Path(self.storage) / self.study.name / MID_FOLDER / trial.trial_id / CHECKPOINT_NAME
+
+    def keeps_checkpoint(self, trial_id: str) -> bool:
+        """Whether the trial's checkpoints may still be logged: its run has not ended in MLflow,
+        or it is the study's best, whose checkpoint is logged when the study ends."""
+        if self.lost is not None or trial_id not in self._finished:
+            return True
+        return trial_id == self._best[2] and self.study.tracking.log_checkpoints != "none"
 
     def _log_checkpoint(self, trial: Any, child: _Child) -> None:
         """Log the trial's final checkpoint, and its mid-trial one when kept, with their sha256."""
@@ -403,7 +411,7 @@ class MlflowRecorder(tune.Callback):
             return
         with trial.checkpoint.as_directory() as folder:
             self._log_file(child, Path(folder) / CHECKPOINT_NAME, "final")
-        self._log_file(child, self._mid_checkpoint(trial), "mid")
+        self._log_file(child, self.mid_checkpoint(trial), "mid")
 
     def _log_file(self, child: _Child, path: Path, which: str) -> None:
         from model.checkpoint import file_sha256
