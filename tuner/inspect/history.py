@@ -69,7 +69,7 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
 
 def searched(client: Any, run: Any, workdir: Path) -> dict[str, Any]:
     """The values the searcher gave a trial run (its searched.json)."""
-    return runs.json_artifact(client, run.info.run_id, "searched.json", workdir / run.info.run_id)
+    return runs.json_artifact(client, run, "searched.json", workdir / run.info.run_id)
 
 
 def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> list[Any]:

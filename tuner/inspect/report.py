@@ -191,7 +191,7 @@ def recorded_space(client: Any, parent: Any, workdir: Path) -> Any:
 
     from tuner.space import SpaceError, build_study
 
-    text = runs.download(client, parent.info.run_id, "space.yaml", workdir).read_text()
+    text = runs.download(client, parent, "space.yaml", workdir).read_text()
     try:
         _, raw = parse_yaml(text)
     except yaml.YAMLError as err:
