@@ -1153,11 +1153,13 @@ def test_stop_before_the_first_trial_then_resume(tmp_path: Path, dataset: Path,
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_ray_starts_aborts_and_leaves_no_ray_process(tmp_path: Path, dataset: Path,
-                                                                 mlflow_store_template: Path
-                                                                 ) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_ray_starts_aborts_and_leaves_no_ray_process(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path, stop: signal.Signals) -> None:
     """Ctrl-C while the local Ray starts is held until Ray is up (a start cut short left Ray's
-    agents running for ever); nothing is saved yet, so the command then aborts."""
+    agents running for ever); nothing is saved yet, so the command then aborts. A SIGTERM there
+    meets Ray's own handler, which stops what Ray started: the command aborts alike (it exited
+    15, saying nothing)."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "cut", dataset)
     storage = tmp_path / "ray"
@@ -1169,7 +1171,7 @@ def test_ctrl_c_while_ray_starts_aborts_and_leaves_no_ray_process(tmp_path: Path
         while not any("raylet" in cmd for _, cmd in _descendants(driver.pid)):
             assert driver.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(stop)
         while driver.poll() is None:
             ray_processes |= {pid for pid, _ in _descendants(driver.pid)}
             time.sleep(0.01)

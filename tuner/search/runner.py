@@ -157,15 +157,15 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search.console import stop_live_views
-    from tuner.search.stopping import abort_if_stopped, relay_sigterm, stops_held
+    from tuner.search.stopping import abort_if_stopped, sigterm_kept, stops_held
     from tuner.search.tune_state import keep, restore_whole_state
 
     with stops_held():
-        start_ray(address)
+        with sigterm_kept():
+            start_ray(address)
         import ray
 
         try:
-            relay_sigterm()
             shortage = capacity_shortage(study.resources, address)
             if shortage and not address:
                 raise UserError(shortage)

@@ -34,10 +34,25 @@ def stops_held() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before[1])
 
 
-def relay_sigterm() -> None:
-    """From now on SIGTERM acts as SIGINT again. Call it after ray.init: Ray sets a handler that
-    exits on the spot with a stack dump."""
+@contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """Within (around ray.init): SIGTERM keeps its handler, held as Ctrl-C is. Ray's start sets
+    two in Python that exit on the spot (one that came while Ray started left its agents running
+    for a minute, and the command exited 15 without a word), and one in C++ that prints a stack
+    dump: set again after."""
     sigterm_as_ctrl_c()
+    set_handler = signal.signal
+
+    def keep_sigterm(signum: int, handler: Any) -> Any:
+        return signal.getsignal(signum) if signum == signal.SIGTERM else set_handler(signum,
+                                                                                      handler)
+
+    signal.signal = keep_sigterm
+    try:
+        yield
+    finally:
+        signal.signal = set_handler
+        sigterm_as_ctrl_c()
 
 
 def abort_if_stopped() -> None:
