@@ -300,7 +300,8 @@ def test_tunes_folder_keeps_only_the_best_trials_checkpoint(faults_study: dict[s
     folder keeps only the best trial's latest checkpoint (logged when the study ends) and its
     mid-trial one."""
     _, parent, _ = mlflow_runs(faults_study["uri"], "faults")
-    best, folder = parent.data.tags["tuner.best_trial_id"], faults_study["folder"] / "ray" / "faults"
+    best = parent.data.tags["tuner.best_trial_id"]
+    folder = faults_study["folder"] / "ray" / "faults"
     kept = [p.parent.name for p in folder.glob("trial_*/checkpoint_*")]
     assert kept == [f"trial_{best}"]  # one checkpoint, of one trial
     assert [p.name for p in (folder / "mid_checkpoints").iterdir()] == [best]
