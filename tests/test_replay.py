@@ -4,7 +4,13 @@ a store that is down) exits 2 and writes nothing."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +212,37 @@ def test_replay_against_a_server_prints_no_credentials(recorded, tmp_path):
         pytest.skip(str(exc))
     assert code == 0, out
     assert "S3cretPW" not in out and "View run" not in out
+
+
+@pytest.mark.slow
+def test_a_replay_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, byte_dataset,
+                                                          mlflow_store_template):
+    """Ctrl-C during a replay exits 130 and ends its run KILLED (stopped), not FAILED. The trial's
+    recorded config is made to train a million steps with no evaluation, so the stop comes
+    mid-training."""
+    record = log_study(tmp_path, "long", byte_dataset, mlflow_store_template, trials=TRIALS[:1])
+    run_id = record.run_ids[0]
+    config_file = artifact_path(record.uri, run_id, "trial_config.json")
+    config = json.loads(config_file.read_text())
+    config.update(total_iters=10**6, eval_interval=10**6, eval_tokens=None)
+    config_file.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("tuner")), "replay", run_id,
+                             "--tracking-uri", record.uri], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _replay_of(record.uri, run_id):  # its run is made just before it trains
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    [replay] = _replay_of(record.uri, run_id)
+    assert replay.info.status == "KILLED"
 
 
 @pytest.mark.slow

@@ -198,6 +198,9 @@ def execute(client: Any, plan: Plan) -> Replay:
     torch.set_num_threads(plan.threads or threads)
     try:
         train(plan.config, on_eval=on_eval, resume_from=plan.resume_from)
+    except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): what it replayed stays recorded
+        client.set_terminated(replay_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(replay_id, "FAILED")
         raise
