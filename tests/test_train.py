@@ -358,9 +358,11 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path,
-                                                              tmp_path: Path) -> None:
-    """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback."""
+                                                              tmp_path: Path, stop: str) -> None:
+    """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback; so does
+    SIGTERM (`kill`, `docker stop`), which ended it without a word."""
     import signal
 
     path = tmp_path / "config.json"
@@ -369,7 +371,7 @@ def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path,
                             str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     assert run.stdout.readline().startswith("step")  # a checkpoint is written before it
-    run.send_signal(signal.SIGINT)
+    run.send_signal(getattr(signal, stop))
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130 and "Traceback" not in err, err
     assert err.strip() == f"interrupted; continue it with: python -m model.train --resume " \
