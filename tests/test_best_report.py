@@ -481,11 +481,11 @@ def test_a_store_failing_mid_command_is_one_line_exit_1(recorded, tmp_path):
     assert "runs" in out.strip().splitlines()[-1]  # SQLite names what it missed
 
 
-def test_finished_trials_warm_start_an_optuna_searcher(recorded):
+def test_earlier_trials_warm_start_an_optuna_searcher(recorded):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    points = history.finished_trials(recorded.name, recorded.uri)
+    points = history.earlier_study(recorded.name, recorded.uri)[1]
     assert [p for p, _ in points] == [params for params, _ in TRIALS]
     assert all(math.isfinite(v) for _, v in points)
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri)),
@@ -539,7 +539,7 @@ def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_p
         client.set_tag(run_id, "tuner.status", "failed")
         client.set_tag(run_id, "tuner.status_detail", "failed: the trial's process failed")
         client.set_tag(run_id, "tuner.error", error)
-    points = history.finished_trials(recorded.name, uri)
+    points = history.earlier_study(recorded.name, uri)[1]
     assert points == [(TRIALS[0][0], math.inf), (TRIALS[2][0], math.inf)]
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=uri)),
                          "name": "next"})
@@ -548,7 +548,7 @@ def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_p
 
 
 def test_warm_start_refuses_another_space(recorded):
-    points = history.finished_trials(recorded.name, recorded.uri)
+    points = history.earlier_study(recorded.name, recorded.uri)[1]
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
     raw["hparams"]["α_max"] = {"loguniform": [1.0e-4, 1.0e-2]}  # 0.02 no longer fits
     narrower = build_study({**raw, "name": "narrow"})
@@ -557,7 +557,7 @@ def test_warm_start_refuses_another_space(recorded):
 
 
 def test_warm_start_names_a_parameter_the_earlier_study_did_not_search(recorded):
-    points = history.finished_trials(recorded.name, recorded.uri)
+    points = history.earlier_study(recorded.name, recorded.uri)[1]
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
     raw["hparams"]["λ"] = {"uniform": [0.0, 0.2]}
     wider = build_study({**raw, "name": "wider"})
@@ -569,19 +569,20 @@ def test_warm_start_names_a_parameter_the_earlier_study_did_not_search(recorded)
 def test_warm_start_names_what_the_earlier_study_trained_otherwise(recorded):
     """Losses of another budget or model compare loosely: the warning lists the settings."""
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    earlier, _ = history.earlier_study(recorded.name, recorded.uri)
     same = build_study({**raw, "name": "same"})
-    assert history.setup_differences(recorded.name, recorded.uri, same) == []
+    assert history.setup_differences(earlier, same) == []
     raw["budget"]["total_iters"] = 80
     raw["budget"]["seed"] = 7  # another seed is another draw of the same problem
     longer = build_study({**raw, "name": "longer"})
-    assert history.setup_differences(recorded.name, recorded.uri, longer) == [
+    assert history.setup_differences(earlier, longer) == [
         "budget.total_iters: 40 there, 80 here"]
 
 
 def test_warm_start_leaves_out_values_the_conditions_do_not_use(recorded):
     """An earlier trial on the step schedule holds lr_min_ratio (tuner sampled it for every
     schedule before α_min was tied to the schedules that use it): the value is left out."""
-    points = history.finished_trials(recorded.name, recorded.uri)
+    points = history.earlier_study(recorded.name, recorded.uri)[1]
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
     raw["hparams"] |= {"schedule": {"choice": ["cosine", "step"]},
                        "lr_min_ratio": {"uniform": [0.0, 0.5]}}
@@ -643,7 +644,7 @@ def test_search_warm_started_from_an_earlier_study(tmp_path, byte_dataset, mlflo
     assert "trained otherwise" not in proc.stdout  # the same data, model and budget
     trials = optuna.load_study(study_name="warmed",
                                storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
-    points = history.finished_trials("earlier", earlier.uri)
+    points = history.earlier_study("earlier", earlier.uri)[1]
     assert [(t.params, t.value) for t in trials[:4]] == points
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
     client = MlflowClient(tracking_uri=earlier.uri)

@@ -504,7 +504,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
         assert row.pbt == (final is not None) and row.status.endswith("(PBT)") == row.pbt
         assert row.params["lr_max"] == str(final["lr_max"] if final else run.data.params["lr_max"])
     with pytest.raises(UserError, match="ran PBT"):
-        history.finished_trials("pbt", uri)
+        history.earlier_study("pbt", uri)
     report.write_report(client, "pbt", tmp_path / "report", tmp_path)
     summary = (tmp_path / "report" / report.SUMMARY_MD).read_text()
     _, parent, _ = mlflow_runs(uri, "pbt")
@@ -745,7 +745,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
     assert (run.info.status, run.data.tags["tuner.status"]) == ("FAILED", "failed")
     assert run.data.tags["tuner.failed_in"] == "process"
     assert parent.data.metrics["trials_failed"] == 1
-    assert history.finished_trials("lost", uri) == []
+    assert history.earlier_study("lost", uri)[1] == []
 
 
 @pytest.mark.slow

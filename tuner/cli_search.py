@@ -118,7 +118,7 @@ def search(
         raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
                         f"no longer holds study {study.name!r}, whose trials ran: put back the "
                         "tracking store it ran with, or start a new study with another --name")
-    warm_trials = None if restore else _warm_trials(study)
+    warm_trials, warm_changes = (None, []) if restore else _warm_trials(study)
     if study.search.storage and not resume:
         from tuner.search.algorithms import check_storage_is_free
 
@@ -135,15 +135,12 @@ def search(
     if new_store:
         connect(study.tracking.uri)
     if warm_trials and not resume:
-        from tuner.inspect.history import setup_differences
-
         console.print(f"warm start: {len(warm_trials)} finished trials of study "
                       f"{study.search.warm_start!r}")
-        changed = setup_differences(study.search.warm_start, study.tracking.uri, study)
-        if changed:
+        if warm_changes:
             console.print(f"[yellow]warning:[/] study {study.search.warm_start!r} trained "
-                          f"otherwise ({escape('; '.join(changed))}): its losses compare with "
-                          "this study's only loosely")
+                          f"otherwise ({escape('; '.join(warm_changes))}): its losses compare "
+                          "with this study's only loosely")
     from tuner.search.console import print_summary
 
     resume_hint = shlex.join(["tuner", "search", "--resume", "--name", study.name, "--storage",
@@ -279,18 +276,19 @@ def _not_resumable(study: Any) -> bool:
     return study.search.scheduler == "hyperband"
 
 
-def _warm_trials(study: Any) -> list[Any] | None:
+def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
     """The finished trials of the study named by search.warm_start, as Optuna trials of this
-    study's space; UserError when it has none or one does not fit the space."""
+    study's space, and where that study trained otherwise (`history.setup_differences`); UserError
+    when it has none or one does not fit the space."""
     earlier = study.search.warm_start
     if earlier is None:
-        return None
+        return None, []
     from tuner.inspect import history
 
-    points = history.finished_trials(earlier, study.tracking.uri)
+    recorded, points = history.earlier_study(earlier, study.tracking.uri)
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
-    return history.optuna_trials(study, points)
+    return history.optuna_trials(study, points), history.setup_differences(recorded, study)
 
 
 def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:

@@ -16,27 +16,28 @@ from tuner.inspect import runs
 USABLE = ("completed", "stopped", "diverged")  # scored, as a failure in the trainer is (inf)
 
 
-def finished_trials(study: str, tracking_uri: str) -> list[tuple[dict[str, Any], float]]:
-    """(the searcher's parameters, the last reported objective) of every trial of `study` its
-    searcher was told a value of, as it saw them: diverged ones and failed ones score inf."""
+def earlier_study(study: str, tracking_uri: str
+                  ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
+    """The resolved study `study` recorded (study.json), and (the searcher's parameters, the last
+    reported objective) of every trial its searcher was told a value of, as it saw them:
+    diverged ones and failed ones score inf."""
     client = runs.connect(tracking_uri)
     parent = runs.study_parent(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
-        search = runs.recorded_study(client, parent, Path(tmp))["search"]
+        recorded = runs.recorded_study(client, parent, Path(tmp))
+        search = recorded["search"]
         if search["scheduler"] == "pbt":
             raise UserError(f"study {study!r} ran PBT, which changed its trials' values as they "
                             "ran: no values go with a loss to warm-start from; use a study with "
                             "a searcher")
-        return trial_points(client, runs.trial_runs(client, parent), search["metric"], Path(tmp))
+        return recorded, trial_points(client, runs.trial_runs(client, parent), search["metric"],
+                                      Path(tmp))
 
 
-def setup_differences(earlier: str, tracking_uri: str, study: Any) -> list[str]:
-    """Where study `earlier` trained otherwise than `study` (its data, model or budget; seeds
-    aside), as "budget.tokens: 163840 there, 81920 here": its losses then compare with this
-    study's only loosely."""
-    client = runs.connect(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
-        recorded = runs.recorded_study(client, runs.study_parent(client, earlier), Path(tmp))
+def setup_differences(recorded: dict[str, Any], study: Any) -> list[str]:
+    """Where the `recorded` study (its study.json) trained otherwise than `study` (its data, model
+    or budget; seeds aside), as "budget.tokens: 163840 there, 81920 here": its losses then
+    compare with this study's only loosely."""
     now = study.resolved()
     return [f"{section}.{key}: {there.get(key)} there, {here.get(key)} here"
             for section in ("data", "model", "budget")

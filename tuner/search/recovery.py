@@ -172,19 +172,15 @@ class StateBackup(tune.Callback):
         self._prune_ended()  # those that ended after the last save
 
     def _prune_ended(self) -> None:
-        pending = []
-        for trial in self._ended:
-            trial_dir = Path(trial.storage.trial_fs_path)
-            if trial.status not in ENDED:
-                pending.append(trial)
-            elif self.recorder is None:
-                _delete_checkpoints(trial_dir, keep_latest=True)
-            elif self.recorder.keeps_checkpoint(trial.trial_id):
-                _delete_checkpoints(trial_dir, keep_latest=True)
-                pending.append(trial)  # asked again at the next save: the best may change
-            else:
-                _delete_checkpoints(trial_dir, keep_latest=False)
+        pending = [trial for trial in self._ended if trial.status not in ENDED]
+        for trial in (t for t in self._ended if t.status in ENDED):
+            logged = self.recorder is not None and not self.recorder.keeps_checkpoint(
+                trial.trial_id)
+            _delete_checkpoints(Path(trial.storage.trial_fs_path), keep_latest=not logged)
+            if logged:
                 shutil.rmtree(self.recorder.mid_checkpoint(trial).parent, ignore_errors=True)
+            elif self.recorder is not None:
+                pending.append(trial)  # asked again at the next save: the best may change
         self._ended = tuple(pending)
 
 

@@ -44,8 +44,9 @@ def sigterm_kept() -> Iterator[None]:
     set_handler = signal.signal
 
     def keep_sigterm(signum: int, handler: Any) -> Any:
-        return signal.getsignal(signum) if signum == signal.SIGTERM else set_handler(signum,
-                                                                                      handler)
+        if signum == signal.SIGTERM:
+            return signal.getsignal(signum)
+        return set_handler(signum, handler)
 
     signal.signal = keep_sigterm
     try:
