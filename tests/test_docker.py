@@ -1,6 +1,7 @@
-"""docker/: no container engine runs here, so the Dockerfile is linted (hadolint) and read, and
-the compose file's structure is checked: services, localhost-only ports, the study's
-environment, pinned images. tests/test_postgres_mlflow.py runs the same services for real."""
+"""docker/: no container engine runs here, so the Dockerfile is linted (hadolint) and read (its
+CUDA=cu12 swap against uv.lock), and the compose file's structure is checked: services,
+localhost-only ports, the Ray nodes' and the study's environment, pinned images, the host folder
+of docker/README.md's commands. tests/test_postgres_mlflow.py runs the same services for real."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ import re
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 
+from tuner.search.environment import STUDY_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 COMPOSE = REPO / "docker" / "compose.yaml"
+DOCKER_README = REPO / "docker" / "README.md"
 SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker", "study"}
+CUDA_BUILDS = ("cu13", "cu12")  # the values of the Dockerfile's CUDA build argument
 
 
 # Dockerfile ---------------------------------------------------------------------------------
@@ -63,13 +69,38 @@ def _image_pinned(image: str) -> bool:
     return bool(digest.startswith("sha256:") or (tag and tag != "latest"))
 
 
+def _global_args(dockerfile: list) -> dict[str, str]:
+    """ARG defaults declared before the first FROM: the only ones a FROM line can use."""
+    first_from = next(i for i, (ins, _) in enumerate(dockerfile) if ins == "FROM")
+    return dict(args.partition("=")[::2] for ins, args in dockerfile[:first_from] if ins == "ARG")
+
+
+def _stages(dockerfile: list, cuda: str) -> list[tuple[str, str]]:
+    """(image, stage name) of each FROM for `--build-arg CUDA=cuda`, a FROM naming an earlier
+    stage resolved to that stage's image."""
+    args = {**_global_args(dockerfile), "CUDA": cuda}
+    images: dict[str, str] = {}
+    out = []
+    for ins, rest in dockerfile:
+        if ins != "FROM":
+            continue
+        words = rest.split()
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: args[m.group(1)], words[0])
+        image = images.get(image, image)
+        name = words[2] if len(words) > 2 and words[1].upper() == "AS" else ""
+        images[name] = image
+        out.append((image, name))
+    return out
+
+
 def test_dockerfile_is_multi_stage_pinned_and_non_root(dockerfile: list) -> None:
-    froms = [args for ins, args in dockerfile if ins == "FROM"]
-    assert len(froms) >= 2, "expected a builder stage and a runtime stage"
-    for args in froms:
-        image = args.split()[0]
-        assert _image_pinned(image), f"FROM {image} is not pinned to a tag or digest"
-    final = froms[-1].split()[0]
+    assert _global_args(dockerfile)["CUDA"] == CUDA_BUILDS[0]  # the default build: uv.lock's torch
+    for build in CUDA_BUILDS:
+        stages = _stages(dockerfile, build)
+        assert {"builder", "runtime"} <= {name for _, name in stages}, build
+        for image, name in stages:
+            assert _image_pinned(image), f"CUDA={build}: FROM {image} ({name}) is not pinned"
+    final = _stages(dockerfile, CUDA_BUILDS[0])[-1][0]
     cuda = r"nvidia/cuda:\d+\.\d+\.\d+-[a-z-]+-ubuntu\d\d\.\d\d(@sha256:[0-9a-f]{64})?"
     assert re.fullmatch(cuda, final), f"the runtime stage is not a pinned nvidia/cuda: {final}"
     users = [args for ins, args in dockerfile if ins == "USER"]
@@ -92,6 +123,54 @@ def test_dockerfile_installs_the_lock_and_carries_no_secrets(dockerfile: list) -
     for ins, args in dockerfile:
         if ins in {"ARG", "ENV"}:
             assert not secret.search(args), f"{ins} {args}"
+
+
+def _lock_packages() -> dict[str, dict]:
+    return {p["name"]: p for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _requires(package: dict) -> set[str]:
+    names = {d["name"] for d in package.get("dependencies", [])}
+    for deps in package.get("optional-dependencies", {}).values():
+        names |= {d["name"] for d in deps}
+    return names
+
+
+def test_cu12_build_swaps_torch_and_only_its_cuda_13_wheels(dockerfile: list) -> None:
+    """CUDA=cu12 exists because the locked torch is a CUDA 13 build with no CUDA 12 sibling: it
+    uninstalls what the pattern in the Dockerfile selects from the venv, so that pattern must take
+    every CUDA wheel torch pulls in and nothing any other locked package needs."""
+    lock = _lock_packages()
+    torch = lock["torch"]
+    assert any(name.endswith("-cu13") for name in _requires(torch)), (
+        "the locked torch is no longer a CUDA 13 build: revisit CUDA=cu12 in docker/Dockerfile")
+    runs = " ".join(args for ins, args in dockerfile if ins == "RUN")
+    pattern = re.search(r"sed -nE 's/(\^\(.+?\))==\.\*/\\1/p'", runs)
+    assert pattern, "the cu12 step no longer selects what it uninstalls with sed"
+    removed = {n for n in lock if re.fullmatch(pattern.group(1), n)}
+    closure, todo = set(), ["torch"]
+    while todo:
+        name = todo.pop()
+        if name not in closure:
+            closure.add(name)
+            todo += [d for d in _requires(lock[name])
+                     if d.startswith(("nvidia-", "cuda-")) or d == "triton"]
+    assert removed == closure, removed ^ closure
+    wheels = removed - {"torch"}  # torch itself comes back, as the CUDA 12 build
+    for name, package in lock.items():
+        if name not in removed:
+            assert not _requires(package) & wheels, f"{name} needs {_requires(package) & wheels}"
+    # The replacement: a torch older than the lock's, within pyproject's floor, for CUDA 12.6.
+    args = dict(a.partition("=")[::2] for ins, a in dockerfile if ins == "ARG" and "=" in a)
+    cu12 = _version(args["TORCH_CU12"])
+    floor = re.search(r'"torch>=([\d.]+)"', (REPO / "pyproject.toml").read_text())
+    assert floor and _version(floor.group(1)) <= cu12 < _version(torch["version"])
+    assert "--index https://download.pytorch.org/whl/cu126" in runs
+    assert '"torch==${TORCH_CU12}+cu126"' in runs and "uv pip check" in runs
 
 
 def test_dockerfile_psycopg2_pin_matches_uv_lock() -> None:
@@ -136,6 +215,18 @@ def _env(service: dict) -> dict:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return env
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> source (a named volume, or a host path with `${VAR:-default}`
+    resolved to its default) of each short-syntax volume."""
+    out = {}
+    for volume in service.get("volumes", []):
+        match = re.fullmatch(r"(.+):(/[^:]*)(:(rw|ro|z|Z))?", volume)
+        assert match, volume
+        source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", match.group(1))
+        out[match.group(2)] = source
+    return out
 
 
 def test_compose_has_the_services(compose: dict) -> None:
@@ -229,11 +320,63 @@ def test_study_runs_tuner_search_against_the_services(compose: dict) -> None:
     assert {"mlflow", "ray-head"} <= set(study["depends_on"])
     # The trials on the workers read the same data and write the same trial state as the
     # driver: shared named volumes at the same paths, --storage among them.
-    volumes = set(study["volumes"])
+    mounts = _mounts(study)
     for node in ("ray-head", "ray-worker"):
-        assert set(compose["services"][node]["volumes"]) == volumes
-    mounts = {v.split(":")[1] for v in volumes}
+        assert _mounts(compose["services"][node]).items() <= mounts.items()
     assert args["--storage"] in mounts and "/work/.tuner" in mounts
+    assert {mounts[args["--storage"]], mounts["/work/.tuner"]} <= set(compose["volumes"])
+    # The image is built with the CUDA build argument, cu13 (uv.lock's torch) unless chosen.
+    build_arg = str(study["build"]["args"]["CUDA"])
+    assert build_arg == "${TUNER_CUDA:-cu13}", build_arg
+
+
+def test_every_ray_node_gives_a_stopped_trial_as_long_as_a_local_study(compose: dict) -> None:
+    """Tune's trial actors read TUNE_FUNCTION_THREAD_TIMEOUT_S from their node's environment; a
+    local study sets it (tuner/search/environment.py), a cluster's nodes need it set."""
+    nodes = {name: service for name, service in compose["services"].items()
+             if "ray start" in _command(service)}
+    assert {"ray-head", "ray-worker", "study"} <= set(nodes)
+    for name, service in nodes.items():
+        value = _env(service).get("TUNE_FUNCTION_THREAD_TIMEOUT_S")
+        assert str(value) == STUDY_ENV["TUNE_FUNCTION_THREAD_TIMEOUT_S"], (name, value)
+
+
+def _readme_commands() -> list[list[str]]:
+    """The shell commands in docker/README.md's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", DOCKER_README.read_text(), re.DOTALL)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def test_best_and_report_write_to_a_host_folder(compose: dict, dockerfile: list) -> None:
+    """A `run --rm` container is deleted when it exits: the files `best --export` and `report
+    --out` write must land in a host folder that the study service mounts, written as the host
+    user (who owns that folder) rather than as the image's uid 10001."""
+    study = compose["services"]["study"]
+    host = {target: source for target, source in _mounts(study).items()
+            if source not in compose["volumes"]}
+    assert len(host) == 1, host
+    (target, source), = host.items()
+    assert source.startswith("./"), f"{source}: Compose reads a bare name as a named volume"
+    folder = (COMPOSE.parent / source).resolve().relative_to(REPO).as_posix()
+    workdir = [args for ins, args in dockerfile if ins == "WORKDIR"][-1]
+    commands = _readme_commands()
+    assert ["mkdir", "-p", folder] in commands  # by the host user, before Docker makes it root's
+    writes = {}
+    for words in commands:
+        for option, subcommand in (("--export", "best"), ("--out", "report")):
+            if words[:2] == ["docker", "compose"] and option in words:
+                service = words.index("study", words.index("run"))
+                assert words[words.index("run"):service][:2] == ["run", "--rm"]
+                assert words[service + 1] == subcommand, words
+                assert "--user" in words and words[words.index("--user") + 1] == (
+                    "$(id -u):$(id -g)")
+                if "--entrypoint" in words:
+                    assert words[words.index("--entrypoint") + 1] == "tuner"
+                path = PurePosixPath(workdir) / words[words.index(option) + 1]
+                assert path.is_relative_to(target), f"{path} is not under {target}"
+                writes[subcommand] = path
+    assert set(writes) == {"best", "report"}, writes
 
 
 def _compose_cli() -> list[str] | None:
