@@ -6,13 +6,21 @@ import numpy as np
 import torch
 
 
+class DeviceError(RuntimeError, ValueError):
+    """An unknown or unavailable device: a RuntimeError, as torch raises for one, and a ValueError,
+    as this trainer raised before."""
+
+
 def _device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}") from err
+        raise DeviceError(f"unknown device {device!r}") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise DeviceError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r} requested but only {torch.cuda.device_count()} "
+                          "CUDA devices are visible")
     return dev
 
 

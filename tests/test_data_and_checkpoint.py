@@ -42,9 +42,17 @@ def test_batches_follow_the_generator_and_cover_the_data() -> None:
     assert starts.min() < 20 and starts.max() > 970  # uniform over every valid start
 
 
-def test_unknown_device_raises() -> None:
-    with pytest.raises(ValueError, match="unknown device"):
-        get_batch(np.arange(100, dtype=np.uint16), 2, 4, "tpu:9")
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu:9", "unknown device 'tpu:9'"),
+    ("cuda:99", "device 'cuda:99' requested but"),  # no CUDA here, or fewer GPUs than 100
+])
+def test_unknown_or_unavailable_device_raises_what_torch_raises(device: str, message: str) -> None:
+    tokens = np.arange(100, dtype=np.uint16)
+    for kind in (RuntimeError, ValueError):  # torch's error for a device, and the one before
+        with pytest.raises(kind, match=message):
+            get_batch(tokens, 2, 4, device)
+        with pytest.raises(kind, match=message):
+            validation_windows(tokens, 4, 2, device)
 
 
 def test_validation_windows_are_fixed() -> None:
