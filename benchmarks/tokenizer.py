@@ -1,6 +1,6 @@
 """Tokenizer benchmark: BPE training and encoding speed and memory, beside HF tokenizers, tiktoken.
 
-    uv run python benchmarks/tokenizer.py [--data ../shared/data] [--repeats 3] [--stream-mb 100]
+    uv run python benchmarks/tokenizer.py [--data tests/fixtures] [--repeats 3] [--stream-mb 100]
 
 Each measurement runs in a fresh process (peak memory is that process's ru_maxrss) and the median
 of the repeats is reported. Prints markdown tables for docs/benchmarks.md.
@@ -136,7 +136,7 @@ def versions() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=REPO / "tests" / "fixtures")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stream-mb", type=int, default=100)
     parser.add_argument("--vocab-size", type=int, default=10_000)

@@ -1,31 +1,32 @@
-"""Shared fixtures: the real corpora in ../shared/data and small prepared datasets built from
-them."""
+"""Shared fixtures: the real corpora in tests/fixtures (their sources in its README) and small
+prepared datasets built from them."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+CORPORA = Path(__file__).resolve().parent / "fixtures"
+# The tests run `tuner` and `python` directly, not under `uv run` (which sets this, so that the
+# commands they print for copying would start with `uv run`); tests that want it set it.
+os.environ.pop("UV_RUN_RECURSION_DEPTH", None)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data: tinystories_2MiB.txt, tinyshakespeare.txt, gpt2/."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the shared corpora must sit beside the checkout")
-    return SHARED_DATA
+def corpora() -> Path:
+    """tests/fixtures: tinystories_2MiB.txt, tinyshakespeare.txt, gpt2/{vocab.json,merges.txt}."""
+    return CORPORA
 
 
 @pytest.fixture(scope="session")
-def byte_dataset(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+def byte_dataset(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Path:
     """A prepared dataset folder whose tokens are the raw bytes of Tiny Shakespeare (vocab 256)."""
     out = tmp_path_factory.mktemp("byte_dataset")
-    raw = np.frombuffer((shared_data / "tinyshakespeare.txt").read_bytes(), dtype=np.uint8)
+    raw = np.frombuffer((corpora / "tinyshakespeare.txt").read_bytes(), dtype=np.uint8)
     split = int(len(raw) * 0.9)
     np.save(out / "train.npy", raw[:split].astype(np.uint16))
     np.save(out / "valid.npy", raw[split:].astype(np.uint16))

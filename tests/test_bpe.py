@@ -57,9 +57,9 @@ def naive_bpe(text: str, vocab_size: int, specials: list[str]) -> tuple[dict, li
 
 
 @pytest.fixture(scope="module")
-def stories_slice(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+def stories_slice(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Path:
     path = tmp_path_factory.mktemp("bpe") / "stories.txt"
-    path.write_bytes((shared_data / "tinystories_2MiB.txt").read_bytes()[:40_000])
+    path.write_bytes((corpora / "tinystories_2MiB.txt").read_bytes()[:40_000])
     return path
 
 
@@ -105,8 +105,8 @@ def test_pairs_are_counted_only_inside_pre_tokens(tmp_path: Path) -> None:
 
 
 def test_parallel_counting_equals_one_process(monkeypatch: pytest.MonkeyPatch,
-                                              shared_data: Path) -> None:
-    path = shared_data / "tinystories_2MiB.txt"
+                                              corpora: Path) -> None:
+    path = corpora / "tinystories_2MiB.txt"
     single = count_pretokens(path, [EOT], end=600_000, workers=1)
     monkeypatch.setattr(bpe, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(bpe, "CHUNK_BYTES", 100_000)
@@ -147,13 +147,13 @@ def test_the_worker_pool_stops_at_once_even_while_workers_send_results(stop: str
                                                 ("tinystories_2MiB.txt", [EOT], True),
                                                 ("tinyshakespeare.txt", [], False),
                                                 ("tinyshakespeare.txt", [], True)])
-def test_chunks_cut_where_pre_tokens_do_not_change(shared_data: Path, tmp_path: Path, name: str,
+def test_chunks_cut_where_pre_tokens_do_not_change(corpora: Path, tmp_path: Path, name: str,
                                                    specials: list[str], crlf: bool) -> None:
     """Line breaks (LF or CRLF: cut between its CR and LF) are cut points without specials."""
-    path = shared_data / name
+    path = corpora / name
     if crlf:
         path = tmp_path / name
-        path.write_bytes((shared_data / name).read_bytes().replace(b"\n", b"\r\n"))
+        path.write_bytes((corpora / name).read_bytes().replace(b"\n", b"\r\n"))
     cuts = find_cuts(path, specials, 0, 300_000, chunk_bytes=7_000)
     assert len(cuts) > 30 and cuts[0] == 0 and cuts[-1] == 300_000
     data = path.read_bytes()
@@ -170,11 +170,11 @@ def test_overlapping_special_tokens_are_not_cut_points(tmp_path: Path) -> None:
     assert find_cuts(path, ["<a>", "<a><a>"], 0, 2000, chunk_bytes=100) == [0, 2000]
 
 
-def test_ascii_fast_path_splits_like_the_gpt2_pattern(shared_data: Path) -> None:
+def test_ascii_fast_path_splits_like_the_gpt2_pattern(corpora: Path) -> None:
     rng = random.Random(0)
     alphabet = [chr(c) for c in range(128)] + list("  \n\n'sltvedmr") * 4
     samples = ["".join(rng.choices(alphabet, k=rng.randint(0, 40))) for _ in range(3000)]
-    samples.append((shared_data / "tinyshakespeare.txt").read_text())
+    samples.append((corpora / "tinyshakespeare.txt").read_text())
     for text in samples:
         assert bpe.ASCII_PRETOKEN_RE.findall(text) == PRETOKEN_RE.findall(text), repr(text)
     assert bpe.pretokenize("café 'll") == PRETOKEN_RE.findall("café 'll")

@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def stories(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+def stories(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Path:
     path = tmp_path_factory.mktemp("text") / "stories.txt"
-    path.write_bytes((shared_data / "tinystories_2MiB.txt").read_bytes()[:200_000])
+    path.write_bytes((corpora / "tinystories_2MiB.txt").read_bytes()[:200_000])
     return path
 
 
@@ -106,10 +106,10 @@ def test_preparing_again_elsewhere_gives_the_same_dataset(synthetic: Path, tmp_p
     assert again != synthetic and dataset_sha256(again) == dataset_sha256(synthetic)
 
 
-def test_files_with_a_separate_validation_file(stories: Path, shared_data: Path,
+def test_files_with_a_separate_validation_file(stories: Path, corpora: Path,
                                                tmp_path: Path) -> None:
     valid = tmp_path / "valid.txt"
-    valid.write_bytes((shared_data / "tinyshakespeare.txt").read_bytes()[:20_000])
+    valid.write_bytes((corpora / "tinyshakespeare.txt").read_bytes()[:20_000])
     out = prepare_dataset(input=stories, valid=valid, vocab_size=500, out=tmp_path / "ds",
                           progress=False)
     assert decoded(out, "valid") == valid.read_text()

@@ -20,34 +20,42 @@ TRICKY = [
     "emoji 🙂👍🏽 and \u200b zero width", "tabs\tand\r\nwindows\r\nlines", "a<|endoftext|>b",
     "<|endoftext|><|endoftext|>", "<|endoftext", "'s's's", "  leading and trailing  ",
 ]
+TIKTOKEN_ENCODER = "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"  # sha1 of encoder.json's URL
+TIKTOKEN_VOCAB_BPE = "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"  # sha1 of vocab.bpe's URL
 
 
 @pytest.fixture(scope="module")
-def gpt2(shared_data: Path) -> Tokenizer:
-    return Tokenizer.from_files(shared_data / "gpt2/vocab.json", shared_data / "gpt2/merges.txt",
+def gpt2(corpora: Path) -> Tokenizer:
+    return Tokenizer.from_files(corpora / "gpt2/vocab.json", corpora / "gpt2/merges.txt",
                                 [EOT])
 
 
 @pytest.fixture(scope="module")
-def tiktoken_gpt2(shared_data: Path):
+def tiktoken_gpt2(corpora: Path, tmp_path_factory: pytest.TempPathFactory):
     tiktoken = pytest.importorskip("tiktoken")
-    with pytest.MonkeyPatch.context() as patch:  # the cached GPT-2 files: no network
-        patch.setenv("TIKTOKEN_CACHE_DIR", str(shared_data / "gpt2/tiktoken_cache"))
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    # tiktoken's cache names each file by the sha1 of its URL and checks its sha256: the
+    # published encoder.json is vocab.json, and vocab.bpe is merges.txt under its version line
+    (cache / TIKTOKEN_ENCODER).write_bytes((corpora / "gpt2/vocab.json").read_bytes())
+    (cache / TIKTOKEN_VOCAB_BPE).write_bytes(b"#version: 0.2\n"
+                                             + (corpora / "gpt2/merges.txt").read_bytes())
+    with pytest.MonkeyPatch.context() as patch:  # no network
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
         return tiktoken.get_encoding("gpt2")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Tokenizer:
+def trained(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Tokenizer:
     path = tmp_path_factory.mktemp("tok") / "stories.txt"
-    path.write_bytes((shared_data / "tinystories_2MiB.txt").read_bytes()[:200_000])
+    path.write_bytes((corpora / "tinystories_2MiB.txt").read_bytes()[:200_000])
     vocab, merges = train_bpe(path, 1000, [EOT])
     return Tokenizer(vocab, merges, [EOT])
 
 
 @pytest.mark.parametrize("name", ["tinystories_2MiB.txt", "tinyshakespeare.txt"])
-def test_gpt2_ids_equal_tiktoken_on_the_corpora(gpt2: Tokenizer, tiktoken_gpt2, shared_data: Path,
+def test_gpt2_ids_equal_tiktoken_on_the_corpora(gpt2: Tokenizer, tiktoken_gpt2, corpora: Path,
                                                 name: str) -> None:
-    text = (shared_data / name).read_text()
+    text = (corpora / name).read_text()
     assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
 
 
@@ -57,17 +65,17 @@ def test_gpt2_ids_equal_tiktoken_on_tricky_text(gpt2: Tokenizer, tiktoken_gpt2) 
 
 
 def test_trained_ids_equal_tiktoken_built_with_the_same_merges(trained: Tokenizer,
-                                                               shared_data: Path) -> None:
+                                                               corpora: Path) -> None:
     tiktoken = pytest.importorskip("tiktoken")
     ranks = {token: i for i, token in trained.vocab.items() if i != 0}
     enc = tiktoken.Encoding("trained", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={EOT: 0})
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:100_000] + "".join(TRICKY)
+    text = (corpora / "tinyshakespeare.txt").read_text()[:100_000] + "".join(TRICKY)
     assert trained.encode(text) == enc.encode(text, allowed_special="all")
 
 
-def test_round_trip(trained: Tokenizer, gpt2: Tokenizer, shared_data: Path) -> None:
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:50_000]
+def test_round_trip(trained: Tokenizer, gpt2: Tokenizer, corpora: Path) -> None:
+    text = (corpora / "tinyshakespeare.txt").read_text()[:50_000]
     for tok in (trained, gpt2):
         for sample in [text, *TRICKY]:
             assert tok.decode(tok.encode(sample)) == sample
@@ -92,10 +100,10 @@ def test_special_tokens_longest_first_and_appended_when_missing(gpt2: Tokenizer)
 
 
 def test_encode_iterable_equals_encode_whole(trained: Tokenizer, gpt2: Tokenizer,
-                                             shared_data: Path) -> None:
+                                             corpora: Path) -> None:
     for name in ("tinyshakespeare.txt", "tinystories_2MiB.txt"):
-        whole = gpt2.encode((shared_data / name).read_text())
-        with open(shared_data / name) as lines:
+        whole = gpt2.encode((corpora / name).read_text())
+        with open(corpora / name) as lines:
             assert list(gpt2.encode_iterable(lines)) == whole
 
 
@@ -113,11 +121,11 @@ def test_encode_iterable_whatever_the_pieces(trained: Tokenizer, monkeypatch: py
     assert list(tok.encode_iterable(iter(text))) == tok.encode(text)  # one character at a time
 
 
-def test_encode_file_in_parallel_equals_encode(gpt2: Tokenizer, shared_data: Path,
+def test_encode_file_in_parallel_equals_encode(gpt2: Tokenizer, corpora: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokenizer_module, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(tokenizer_module, "CHUNK_BYTES", 50_000)
-    path = shared_data / "tinystories_2MiB.txt"
+    path = corpora / "tinystories_2MiB.txt"
     done = []
     chunks = list(gpt2.encode_file(path, 1000, 400_000, workers=2, progress=done.append))
     assert len(chunks) > 4 and sum(done) == 399_000
@@ -130,8 +138,8 @@ def test_encode_iterable_is_lazy(trained: Tokenizer) -> None:
     assert len(list(itertools.islice(trained.encode_iterable(endless), 10_000))) == 10_000
 
 
-def test_ids_do_not_depend_on_what_the_cache_holds(trained: Tokenizer, shared_data: Path) -> None:
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:30_000] + "".join(TRICKY)
+def test_ids_do_not_depend_on_what_the_cache_holds(trained: Tokenizer, corpora: Path) -> None:
+    text = (corpora / "tinyshakespeare.txt").read_text()[:30_000] + "".join(TRICKY)
     whole = Tokenizer(trained.vocab, trained.merges, [EOT]).encode(text)
     tok = Tokenizer(trained.vocab, trained.merges, [EOT])  # pre-tokens one at a time, then warm
     parts = [part for segment in text.split(EOT) for part in [*PRETOKEN_RE.findall(segment), EOT]]
@@ -162,13 +170,13 @@ def test_save_and_load_gpt2_format(trained: Tokenizer, gpt2: Tokenizer, tmp_path
     assert all(len(line.split(" ")) == 2 for line in lines[1:])
 
 
-def test_other_tools_read_the_files(trained: Tokenizer, tmp_path: Path, shared_data: Path) -> None:
+def test_other_tools_read_the_files(trained: Tokenizer, tmp_path: Path, corpora: Path) -> None:
     tokenizers = pytest.importorskip("tokenizers", reason="in the bench dependency group")
     trained.save(tmp_path)
     hf = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(tmp_path / "vocab.json"),
                                                               str(tmp_path / "merges.txt")))
     hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    text = (shared_data / "tinystories_2MiB.txt").read_text()[:20_000].replace(EOT, "")
+    text = (corpora / "tinystories_2MiB.txt").read_text()[:20_000].replace(EOT, "")
     assert hf.encode(text).ids == trained.encode(text)
 
 
