@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import sys
 import time
@@ -474,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # checkpoints are written whole: the last one is sound
         saved = checkpoint_path(out)
-        print("interrupted; " + (f"continue it with: python -m model.train --resume {out}"
+        uv = "uv run " if "UV_RUN_RECURSION_DEPTH" in os.environ else ""  # as it was started
+        print("interrupted; " + (f"continue it with: {uv}python -m model.train --resume {out}"
                                  if saved.is_file() else "no checkpoint was written yet"),
               file=sys.stderr)
         return 130

@@ -98,7 +98,7 @@ def _log_trial(client: Any, where: tuple[str, str], study: Any, prov: dict, inde
     values = {**config.to_dict(), **config.to_dict()["model"]}
     trial_id = f"trial{index:05d}"
     exp, parent = where
-    run_id = client.create_run(exp, run_name=f"{study.name}-{index}", tags={
+    run_id = client.create_run(exp, run_name=f"{study.name}-{trial_id}", tags={
         "mlflow.parentRunId": parent, STUDY_TAG: study.name,
         ROLE_TAG: "trial", TRIAL_TAG: trial_id, STATUS_TAG: "running",
         "tuner.seed": str(config.seed),

@@ -123,7 +123,9 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
 
 def test_files_written_for_later_name_the_store_absolutely(recorded, tmp_path, monkeypatch):
     """A store given relative to the working folder (the default sqlite:///mlflow.db) is named by
-    its whole path in the exported study and the report's replay line: they work from anywhere."""
+    its whole path in the exported study and the report's replay line: they work from anywhere.
+    The commands printed for copying are as tuner was started: under `uv run` when uv started
+    it."""
     shutil.copy(recorded.uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     whole = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -131,10 +133,14 @@ def test_files_written_for_later_name_the_store_absolutely(recorded, tmp_path, m
                       "--tracking-uri", "sqlite:///mlflow.db")
     assert code == 0, out
     assert yaml.safe_load((tmp_path / "best.yaml").read_text())["tracking"]["uri"] == whole
+    assert ": tuner search --space best.yaml   or   python -m model.train --config best.yaml" \
+        in out
+    monkeypatch.setenv("UV_RUN_RECURSION_DEPTH", "1")  # as `uv run` starts it
     code, out = tuner("report", "--study", recorded.name, "--out", "r",
                       "--tracking-uri", "sqlite:///mlflow.db")
     assert code == 0, out
-    assert f"--tracking-uri {whole}`" in (tmp_path / "r" / report.SUMMARY_MD).read_text()
+    assert (f"Reproduce it: `uv run tuner replay {recorded.best_run_id} --tracking-uri {whole}`"
+            in (tmp_path / "r" / report.SUMMARY_MD).read_text())
 
 
 def test_an_export_into_no_folder_exits_2_before_the_table(recorded, tmp_path):
@@ -603,8 +609,7 @@ def _space_file(folder: Path, recorded, name: str, **search) -> Path:
 @pytest.mark.parametrize(("search", "flags", "message"), [
     ({}, ["--warm-start", "nosuch"], "no study 'nosuch'"),
     ({"warm_start": "tiny", "scheduler": "pbt"}, [], "search.warm_start"),
-    ({}, ["--resume", "--warm-start", "tiny"],
-     "--warm-start: a resumed study keeps the settings it started with"),
+    ({}, ["--resume", "--warm-start", "tiny"], "no study 'again' to resume"),
 ])
 def test_bad_warm_start_exits_2_before_anything_starts(recorded, tmp_path, search, flags,
                                                        message):

@@ -89,17 +89,22 @@ def test_an_empty_prompt_with_an_end_of_text_id_beyond_the_model_exits_2(checkpo
 
 
 def test_generate_from_trial_run(recorded, tokenized, tmp_path):
-    """The run's verified checkpoint artifact generates what that file does."""
+    """The run's verified checkpoint artifact generates what that file does; the trial may be
+    named by its run id, its trial id or its run name."""
     from mlflow import MlflowClient
 
+    client = MlflowClient(tracking_uri=recorded.uri)
     args = ("--prompt", "The ", "--data", str(tokenized), "--max-new-tokens", "16")
     code, out = tuner("generate", "--run", recorded.best_run_id, *args,
                       "--tracking-uri", recorded.uri)
     assert code == 0, out
     assert out.startswith("The ") and len(out.rstrip("\n")) > len("The ")
-    artifact = MlflowClient(tracking_uri=recorded.uri).download_artifacts(
-        recorded.best_run_id, "checkpoint/checkpoint.pt", str(tmp_path))
+    artifact = client.download_artifacts(recorded.best_run_id, "checkpoint/checkpoint.pt",
+                                         str(tmp_path))
     assert tuner("generate", "--checkpoint", artifact, *args) == (0, out)
+    run = client.get_run(recorded.best_run_id)
+    for name in (run.data.tags["tuner.trial_id"], run.info.run_name):
+        assert tuner("generate", "--run", name, *args, "--tracking-uri", recorded.uri) == (0, out)
 
 
 def test_trial_without_checkpoint_or_tokenizer_exits_2(recorded):

@@ -163,9 +163,11 @@ def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, byte_dataset,
 
 @pytest.mark.parametrize("args, message", [
     (("0123456789abcdef0123456789abcdef",), "no run 0123456789abcdef0123456789abcdef"),
-    (("not-a-run",), "is not an MLflow run id"),
+    (("not-a-run",), "no trial run with the id, trial id or run name 'not-a-run' in sqlite:///"),
+    (("it's",), "\"it's\" is not a trial: give its MLflow run id (32 hex digits), its trial id or "
+                "its run name"),
     (("--study", "nosuch"), "no study 'nosuch'"),
-    ((), "name a trial run id"),
+    ((), "name a trial (its run id, trial id or run name), or --study NAME"),
 ])
 def test_unknown_run_or_study_exits_2(recorded, args, message):
     before = _runs(recorded.uri)
@@ -173,6 +175,31 @@ def test_unknown_run_or_study_exits_2(recorded, args, message):
     assert code == 2
     assert message in " ".join(out.split())
     assert _runs(recorded.uri) == before
+
+
+def test_a_trial_is_named_by_its_run_id_trial_id_or_run_name(recorded):
+    """What the console, `tuner best` and MLflow's runs table show each name the trial; a name
+    that fits two trial runs is refused, naming both."""
+    from mlflow import MlflowClient
+
+    from tuner.errors import UserError
+    from tuner.inspect import runs
+
+    client = MlflowClient(tracking_uri=recorded.uri)
+    run = client.get_run(recorded.run_ids[1])
+    trial_id = run.data.tags["tuner.trial_id"]
+    assert trial_id in run.info.run_name
+    for name in (run.info.run_id, trial_id, run.info.run_name):
+        assert runs.trial_run(client, name).info.run_id == run.info.run_id
+    other = client.get_run(recorded.run_ids[2])
+    client.update_run(other.info.run_id, name=trial_id)
+    try:
+        both = ", ".join(sorted((run.info.run_id, other.info.run_id)))
+        with pytest.raises(UserError, match=rf"'{trial_id}' names several trial runs in \S+ "
+                                            rf"\(run ids {both}\): give the run id"):
+            runs.trial_run(client, trial_id)
+    finally:
+        client.update_run(other.info.run_id, name=other.info.run_name)
 
 
 def test_parent_run_is_not_a_trial(recorded):

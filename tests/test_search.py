@@ -181,6 +181,8 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
 
     assert len(children) == 8
     assert len({r.data.tags["tuner.trial_id"] for r in children}) == 8
+    for run in children:  # the one name the console, `tuner best` and MLflow's runs table show
+        assert run.info.run_name == f"faults-{run.data.tags['tuner.trial_id']}"
     assert not [r for r in children if r.info.status == "RUNNING"]
     for run in children:
         tags, params = run.data.tags, run.data.params
@@ -437,14 +439,21 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
     """PBT (random population; α_max and β2 perturbed every 10240 tokens): the trial that is
     behind takes the other's weights and perturbed values, recorded as hp.* metrics and the
     tuner.pbt_config tag, and β2 stays inside its range. PBT draws γ_step for every trial; only
-    a trial on the step schedule uses and records it."""
+    a trial on the step schedule uses and records it. Each trial takes every core, so one trains
+    at a time and PBT takes turns: the other waits for resources, and PBT pauses a trial at each
+    perturbation point while another waits, so the two meet there in the same order however
+    fast the machine is. (Two at once, one trial could end before the other's first report on a
+    loaded machine, leaving PBT nothing to compare it with.)"""
+    from ray._private.utils import get_num_cpus  # the cores the local Ray counts
+
     space = write_space(tmp_path, "pbt", dataset,
                         hparams={"lr_max": {"loguniform": [1e-4, 3e-2]},
                                  "beta2": {"uniform": [0.9, 0.99]},
                                  "schedule": {"choice": ["step", "cosine"]},
                                  "step_gamma": {"uniform": [0.2, 0.8]}},
                         search={"scheduler": "pbt", "num_samples": 2,
-                                "pbt": {"perturbation_interval": 5120, "quantile_fraction": 0.5}})
+                                "pbt": {"perturbation_interval": 10240, "quantile_fraction": 0.5}},
+                        resources={"cpus_per_trial": get_num_cpus()})
     uri, parent, children, out = _run_study(tmp_path, space, mlflow_store_template)
     assert parent.data.tags["tuner.algorithm"] == "random" and len(children) == 2
     assert {r.data.tags["tuner.status"] for r in children} == {"completed"}
@@ -655,15 +664,18 @@ def test_resume_from_state_cut_short_without_a_copy_fails(faults_study: dict[str
 def test_resuming_a_finished_study_reruns_nothing(faults_study: dict[str, Any]) -> None:
     """`--resume` of a study that has ended trains nothing, leaves its trial runs as they were,
     and shows every trial as it ended (none "interrupted"), once or twice; the other code it runs
-    on now is warned of and tagged."""
+    on now is warned of and tagged. The command it started with, retyped with --resume and
+    options equal to those it started with, is the same resume."""
     folder = faults_study["folder"]
     client, parent, before = mlflow_runs(faults_study["uri"], "faults")
     commit = parent.data.tags["tuner.git_commit"]
     client.set_tag(parent.info.run_id, "tuner.git_commit", "0" * 40)  # started by other code
+    retyped = ["--space", str(faults_study["space"]), "--tracking-uri", faults_study["uri"],
+               "--num-samples", "8", "--max-concurrent", "2", "--seed", "0"]
     try:
-        for _ in range(2):  # the second reads the state the first saved
-            proc = run_tuner(["search", "--resume", "--name", "faults", "--storage",
-                              str(folder / "ray")], cwd=folder, timeout=180)
+        for given in (["--name", "faults"], retyped):  # the second reads the state the first saved
+            proc = run_tuner(["search", "--resume", *given, "--storage", str(folder / "ray")],
+                             cwd=folder, timeout=180)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert "warning: Tune's state" not in proc.stdout + proc.stderr  # not part-written
     finally:
@@ -1004,14 +1016,15 @@ def test_pbt_study_killed_and_resumed_logs_no_evaluation_twice(tmp_path: Path, d
 def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
                                                 mlflow_store_template: Path) -> None:
     """`kill` and `docker stop` send SIGTERM: the driver stops the study as Ctrl-C does (exit
-    130, runs ended, the --resume command printed) rather than dying in Ray's handler; a SIGINT
-    right after is the same stop again (`uv run` passes on a signal sent to its process group),
-    not a second one."""
+    130, runs ended, the --resume command printed, under `uv run` as uv started it) rather than
+    dying in Ray's handler; a SIGINT right after is the same stop again (`uv run` passes on a
+    signal sent to its process group), not a second one."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "termed", dataset, budget={"tokens": 122880},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
     storage = tmp_path / "ray"
-    driver = start_search(space, uri, storage, tmp_path)
+    driver = start_search(space, uri, storage, tmp_path,
+                          env={**ENV, "UV_RUN_RECURSION_DEPTH": "1"})  # as `uv run` starts it
     try:
         _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 20480,
                     study="termed")
@@ -1021,7 +1034,8 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
         out, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, out + err
     assert "SIGTERM received" not in err  # Ray's stack dump
-    assert f"continue it with: tuner search --resume --name termed --storage {storage}" in out
+    assert (f"continue it with: uv run tuner search --resume --name termed --storage {storage}"
+            in out)
     _, parent, before = mlflow_runs(uri, "termed")
     assert parent.info.status == "KILLED" and before
     assert "RUNNING" not in {r.info.status for r in before}
@@ -1031,6 +1045,7 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert not [r for r in halfway if "tuner.checkpoint_sha256" in r.data.tags]  # not final
     assert f"best trial so far {parent.data.tags['tuner.best_trial_id']}: " in out, out
     assert "reproduce it as far as it trained with:" in out  # not its result at the end
+    assert f"  uv run tuner replay {parent.data.tags['tuner.best_run_id']} " in out
 
     proc = run_tuner(["search", "--resume", "--name", "termed", "--storage", str(storage)],
                      cwd=tmp_path)
@@ -1448,9 +1463,12 @@ def test_study_of_one_trial_at_a_time_repeats_exactly(tmp_path: Path, dataset: P
     assert {status for _, status, _ in outcomes[0]} == {"completed", "stopped"}
 
 
-def test_summary_commands_survive_spaces_and_brackets_in_paths() -> None:
-    """The printed `tuner replay` is one shell word per argument and Rich markup is not applied
-    to a store's path (`[/x]` raised, `[exp]` vanished)."""
+@pytest.mark.parametrize("started", [[], ["uv", "run"]], ids=["tuner", "uv run tuner"])
+def test_summary_commands_survive_spaces_and_brackets_in_paths(
+        started: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed `tuner replay` is one shell word per argument, under `uv run` when uv started
+    the study, and Rich markup is not applied to a store's path (`[/x]` raised, `[exp]`
+    vanished)."""
     import io
     import shlex
 
@@ -1458,6 +1476,8 @@ def test_summary_commands_survive_spaces_and_brackets_in_paths() -> None:
 
     from tuner.search.console import Summary, print_summary
 
+    if started:
+        monkeypatch.setenv("UV_RUN_RECURSION_DEPTH", "1")
     uri = "sqlite:////home/u/My Projects/[exp]/[/x]/mlflow.db"
     out = io.StringIO()
     print_summary(Console(file=out, width=300), Summary(
@@ -1466,7 +1486,7 @@ def test_summary_commands_survive_spaces_and_brackets_in_paths() -> None:
     text = out.getvalue()
     assert f"MLflow parent run {'p' * 32} ({uri})" in text
     command = next(line for line in text.splitlines() if "tuner replay" in line)
-    assert shlex.split(command) == ["tuner", "replay", "r" * 32, "--tracking-uri", uri]
+    assert shlex.split(command) == [*started, "tuner", "replay", "r" * 32, "--tracking-uri", uri]
 
 
 def test_repair_puts_back_a_lost_checkpoint_from_the_next_whole_one(tmp_path: Path) -> None:
@@ -1886,14 +1906,24 @@ def test_bad_ray_address_fails_before_anything(tmp_path: Path, dataset: Path, ad
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_resume_refuses_flags_that_change_the_study(tmp_path: Path) -> None:
-    """A resumed study keeps its settings: a flag that would change them is refused, not ignored."""
-    proc = run_tuner(["search", "--resume", "--name", "s", "--num-samples", "20", "--tracking-uri",
-                      "sqlite:///other.db", "--storage", str(tmp_path / "ray")], cwd=tmp_path)
-    assert proc.returncode == 2
-    assert ("error: --num-samples, --tracking-uri: a resumed study keeps the settings it started "
-            "with") in " ".join(proc.stderr.split())
-    assert list(tmp_path.iterdir()) == []
+@pytest.mark.slow
+def test_resume_refuses_flags_that_change_the_study(faults_study: dict[str, Any]) -> None:
+    """A resumed study keeps its settings: a flag that would change one is refused, not ignored,
+    naming each with its value then and now, and nothing is written."""
+    folder = faults_study["folder"]
+    storage = folder / "ray" / "faults"
+    before = {p: p.read_bytes() for p in storage.rglob("*") if p.is_file()}
+    proc = run_tuner(["search", "--resume", "--name", "faults", "--num-samples", "20",
+                      "--max-concurrent", "2", "--tracking-uri", "sqlite:///other.db",
+                      "--storage", str(folder / "ray")], cwd=folder, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"error: a resumed study keeps the settings it started with (its searcher's state "
+            f"depends on them): --num-samples was 8, is 20 now; --tracking-uri was "
+            f"\"{faults_study['uri']}\", is \"sqlite:///{folder / 'other.db'}\" now. Retype the "
+            "values it started with, or leave the options out; to build on it with other "
+            "settings, start a new study with --warm-start faults") in " ".join(proc.stderr.split())
+    assert not (folder / "other.db").exists()
+    assert {p: p.read_bytes() for p in storage.rglob("*") if p.is_file()} == before
 
 
 def test_resume_of_unknown_study_fails_naming_those_there(tmp_path: Path, dataset: Path) -> None:

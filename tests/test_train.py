@@ -358,24 +358,26 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
-def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path,
-                                                              tmp_path: Path, stop: str) -> None:
+@pytest.mark.parametrize(("stop", "started"), [("SIGINT", ""), ("SIGTERM", "uv run ")])
+def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path, tmp_path: Path,
+                                                              stop: str, started: str) -> None:
     """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback; so does
-    SIGTERM (`kill`, `docker stop`), which ended it without a word."""
+    SIGTERM (`kill`, `docker stop`), which ended it without a word. The command is printed as
+    the run was started: under `uv run` when uv started it."""
     import signal
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(tiny_config(byte_dataset, total_iters=100_000).to_dict()))
+    env = {**os.environ, **({"UV_RUN_RECURSION_DEPTH": "1"} if started else {})}
     run = subprocess.Popen([sys.executable, "-m", "model.train", "--config", str(path), "--out",
                             str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, env=env)
     assert run.stdout.readline().startswith("step")  # a checkpoint is written before it
     run.send_signal(getattr(signal, stop))
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130 and "Traceback" not in err, err
-    assert err.strip() == f"interrupted; continue it with: python -m model.train --resume " \
-        f"{tmp_path / 'out'}"
+    assert err.strip() == f"interrupted; continue it with: {started}python -m model.train " \
+        f"--resume {tmp_path / 'out'}"
 
 
 def test_command_line_sets_torch_threads(byte_dataset: Path, tmp_path: Path) -> None:

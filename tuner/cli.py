@@ -63,6 +63,9 @@ def _register() -> None:
 
     for name in ("replay", "best", "report", "generate"):
         app.command(name)(getattr(cli_inspect, name))
+    from tuner import cli_ui
+
+    app.command("ui")(cli_ui.ui)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,8 @@ def _num(value: float) -> str:
 
 def replay(
     run_id: Annotated[str | None, typer.Argument(
-        help="trial run id (default: the best trial of --study)", show_default=False)] = None,
+        metavar="TRIAL", help="the trial: its MLflow run id, trial id or run name (default: the "
+        "best trial of --study)", show_default=False)] = None,
     study: Annotated[str | None, typer.Option(help="study whose best trial to replay")] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
     from_checkpoint: Annotated[bool, typer.Option(
@@ -51,7 +53,8 @@ def replay(
     from tuner.inspect import runs
 
     if (run_id is None) == (study is None):
-        raise UserError("name a trial run id, or --study NAME to replay its best trial (not both)")
+        raise UserError("name a trial (its run id, trial id or run name), or --study NAME to "
+                        "replay its best trial (not both)")
     console, err = output.console(), Console(stderr=True, highlight=False, soft_wrap=True)
     client = runs.connect(tracking_uri)
     run = runs.trial_run(client, run_id) if run_id else runs.best_trial(client, study)
@@ -121,8 +124,11 @@ def best(
     if export is not None:
         with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
             row = best_mod.export_best(client, study, export, Path(tmp))
-        console.print(f"wrote trial {row.trial_id} to {export}: uv run tuner search --space "
-                      f"{export}   or   uv run python -m model.train --config {export}")
+        file = shlex.quote(str(export))
+        console.print(f"wrote trial {row.trial_id} to {export}: "
+                      f"{output.as_started(f'tuner search --space {file}')}   or   "
+                      f"{output.as_started(f'python -m model.train --config {file}')}",
+                      markup=False)
         if redact(client.tracking_uri) != client.tracking_uri:
             console.print(f"{export} names the tracking store with its credentials as ***: put "
                           "them back, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
@@ -156,7 +162,8 @@ def report(
 
 def generate(
     prompt: Annotated[str, typer.Option(help="text to continue", show_default=False)],
-    run: Annotated[str | None, typer.Option(help="trial run id whose checkpoint to use")] = None,
+    run: Annotated[str | None, typer.Option(
+        help="the trial whose checkpoint to use: its MLflow run id, trial id or run name")] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="checkpoint file or folder", exists=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="most tokens to add")] = 64,
@@ -173,7 +180,7 @@ def generate(
     from tuner.inspect.generate import generate_text
 
     if (run is None) == (checkpoint is None):
-        raise UserError("give one of --run RUN_ID or --checkpoint PATH")
+        raise UserError("give one of --run TRIAL or --checkpoint PATH")
     if math.isinf(temperature):
         raise UserError("--temperature: must be a finite number (0 picks the likeliest token)")
     with tempfile.TemporaryDirectory(prefix="tuner-generate-") as tmp:

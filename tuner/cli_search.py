@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from tuner.cli import folder
 from tuner.errors import UserError
+from tuner.output import as_started
 from tuner.store_uri import absolute_uri
 
 
@@ -66,15 +67,12 @@ def search(
 
     if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
         raise UserError(f"--name {name!r} {NAME_RULE}")
-    changed = [f"--{key.replace('_', '-')}" for key in overrides if key != "name"]
-    if resume and changed:
-        raise UserError(f"{', '.join(changed)}: a resumed study keeps the settings it started "
-                        "with (its searcher's state depends on them); to build on it, start a new "
-                        f"study with --warm-start {name}")
     if resume:
         state.check_not_driven(storage / name)
-    study = (state.load(storage / name, space) if resume
-             else _new_study(storage, space, overrides))
+        study = state.load(storage / name, space)
+        _check_kept_settings(study, overrides)
+    else:
+        study = _new_study(storage, space, overrides)
     _check_storage(storage)
     from tuner.search.address import check_address
     from tuner.search.runner import run_study
@@ -143,12 +141,12 @@ def search(
                           "with this study's only loosely")
     from tuner.search.console import print_summary
 
-    resume_hint = shlex.join(["tuner", "search", "--resume", "--name", study.name, "--storage",
-                              str(storage), *(["--address", address] if address else [])])
-    # (the address is not saved: the cluster may move)
+    resume_hint = as_started(shlex.join([
+        "tuner", "search", "--resume", "--name", study.name, "--storage", str(storage),
+        *(["--address", address] if address else [])]))  # not saved: the cluster may move
     if _not_resumable(study):
-        resume_hint = (f"tuner search --space FILE --name NEW --warm-start {study.name} (a "
-                       "HyperBand study cannot be resumed)")
+        resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
+                                 ) + " (a HyperBand study cannot be resumed)"
     try:
         summary = run_study(study, data_dir, storage, address=address, restore=restore,
                             provenance=made_of,
@@ -172,6 +170,29 @@ def search(
         console.print(f"continue it with: {resume_hint}", markup=False)
         return 130
     return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
+
+
+def _check_kept_settings(study: Any, overrides: dict[str, Any]) -> None:
+    """UserError naming each option a resumed study is given with another value than it started
+    with; the same value (the interrupted command retyped) is accepted."""
+    import json
+
+    from tuner.space.schema import OVERRIDES
+
+    changed = []
+    for key, value in overrides.items():
+        if key == "name":  # it named the study
+            continue
+        section, field = OVERRIDES[key]
+        was = getattr(getattr(study, section), field)
+        if value != was:
+            changed.append(f"--{key.replace('_', '-')} was {json.dumps(was)}, is "
+                           f"{json.dumps(value)} now")
+    if changed:
+        raise UserError(f"a resumed study keeps the settings it started with (its searcher's "
+                        f"state depends on them): {'; '.join(changed)}. Retype the values it "
+                        "started with, or leave the options out; to build on it with other "
+                        f"settings, start a new study with --warm-start {study.name}")
 
 
 def _check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> str | None:

@@ -4,6 +4,7 @@ rate, fANOVA parameter importance, a parallel-coordinates plot and a short markd
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from model.config import TrainConfig, parse_yaml
 from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, runs
-from tuner.output import count
+from tuner.output import as_started, count
 from tuner.redact import redact
 from tuner.space.params import shown_value
 
@@ -309,8 +310,8 @@ def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path
     if opt_study is not None and opt_study.trials:
         (out / PARALLEL_HTML).write_text(parallel_html(opt_study), encoding="utf-8")
         written.append(out / PARALLEL_HTML)
-    replay_cmd = f"tuner replay {row.run_id} --tracking-uri {redact(client.tracking_uri)}" \
-        if row else ""
+    replay_cmd = as_started(f"tuner replay {row.run_id} --tracking-uri "
+                            f"{shlex.quote(redact(client.tracking_uri))}") if row else ""
     # the study's own count: a PBT clone's curve starts at its donor's tokens, not trained by it
     tokens = parent.data.metrics.get("tokens_trained",
                                      sum(c.points[-1][0] for c in trial_curves if c.points))

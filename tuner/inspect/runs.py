@@ -14,9 +14,11 @@ from typing import Any
 
 from model.config import ConfigError, TrainConfig, train_config_from_dict
 from tuner.errors import UserError, reason
+from tuner.output import as_started
 
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # use fullmatch
+TRIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,250}")  # a trial id or run name; use fullmatch
 
 
 def connect(uri: str) -> Any:
@@ -69,7 +71,7 @@ def study_parents(client: Any, study: str) -> list[Any]:
 
     if not STUDY_NAME.fullmatch(study):
         return []
-    return client.search_runs(_experiments(client), max_results=100, filter_string=(
+    return client.search_runs(experiment_ids(client), max_results=100, filter_string=(
         f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
 
 
@@ -87,12 +89,13 @@ def study_parent(client: Any, study: str) -> Any:
     if runs:
         return runs[0]
     known = sorted({r.data.tags[STUDY_TAG] for r in client.search_runs(
-        _experiments(client), filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1000)})
+        experiment_ids(client), filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1000)})
     there = f"studies there: {', '.join(known)}" if known else "it holds no study"
     raise UserError(f"no study {study!r} in {client.tracking_uri} ({there})")
 
 
-def _experiments(client: Any) -> list[str]:
+def experiment_ids(client: Any) -> list[str]:
+    """The ids of every active experiment of the store."""
     ids, token = [], None
     while True:
         page = client.search_experiments(page_token=token)
@@ -129,15 +132,31 @@ def get_run(client: Any, run_id: str) -> Any:
     return run
 
 
-def trial_run(client: Any, run_id: str) -> Any:
-    """The trial run with this id; UserError for another kind of run (a study, a replay)."""
-    from tuner.search.mlflow_layout import ROLE_TAG
+def trial_run(client: Any, trial: str) -> Any:
+    """The trial run `trial` names: its MLflow run id, its trial id or its run name; UserError
+    for another kind of run (a study, a replay), or a name that fits none or several."""
+    from tuner.search.mlflow_layout import ROLE_TAG, TRIAL_TAG
 
-    run = get_run(client, run_id)
-    role = run.data.tags.get(ROLE_TAG)
-    if role != "trial":
-        raise UserError(f"run {run_id} is not a trial of a study (its role is {role or 'unset'})")
-    return run
+    if RUN_ID.fullmatch(trial):
+        run = get_run(client, trial)
+        role = run.data.tags.get(ROLE_TAG)
+        if role != "trial":
+            raise UserError(f"run {trial} is not a trial of a study (its role is "
+                            f"{role or 'unset'})")
+        return run
+    if not TRIAL_NAME.fullmatch(trial):  # it goes into a search filter
+        raise UserError(f"{trial!r} is not a trial: give its MLflow run id (32 hex digits), its "
+                        "trial id or its run name")
+    found = {run.info.run_id: run for where in (f"tags.`{TRIAL_TAG}`", "attributes.run_name")
+             for run in client.search_runs(experiment_ids(client), max_results=100, filter_string=(
+                 f"{where} = '{trial}' AND tags.`{ROLE_TAG}` = 'trial'"))}
+    if len(found) > 1:
+        raise UserError(f"{trial!r} names several trial runs in {client.tracking_uri} (run ids "
+                        f"{', '.join(sorted(found))}): give the run id")
+    if not found:
+        raise UserError(f"no trial run with the id, trial id or run name {trial!r} in "
+                        f"{client.tracking_uri}")
+    return next(iter(found.values()))
 
 
 def finite_or_inf(value: float) -> float:
@@ -187,7 +206,7 @@ def best_of(trials: list[Any], study: str) -> Any:
         are = "is" if running == 1 else "are"
         wait = (f"; {running} of its trials {are} marked running: if the study is still going, "
                 "ask again after their first evaluation; if its driver was stopped, continue it "
-                f"with tuner search --resume --name {study}" if running else "")
+                f"with {as_started(f'tuner search --resume --name {study}')}" if running else "")
         raise UserError(f"study {study!r} has no trial with a finite val_loss that neither "
                         f"diverged nor failed{wait}")
     return runs[0]

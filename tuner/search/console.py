@@ -17,6 +17,7 @@ from rich.text import Text
 
 from model.metrics import perplexity
 from tuner import output
+from tuner.inspect import ui
 from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome
 from tuner.search.trainable import TrainedTokens
 from tuner.space.params import shown_value
@@ -219,6 +220,17 @@ class Summary:
     best_by_pbt: bool = False  # PBT changed its values as it ran: no one config reproduces it
     tracking_uri: str = ""  # as shown: a password in it masked
     interrupted: bool = False
+    experiment_id: str = ""  # the MLflow experiment that holds the study
+
+
+def _ui_link(summary: Summary) -> str:
+    """Where the study's runs open in MLflow's UI: on its `mlflow server`, or by `tuner ui`."""
+    if summary.tracking_uri.startswith(("http://", "https://")):
+        return ui.runs_url(ui.server_url(summary.tracking_uri), summary.experiment_id)
+    command = output.as_started(f"tuner ui --study {summary.study} --tracking-uri "
+                                f"{shlex.quote(summary.tracking_uri)}")
+    local = ui.local_url(ui.DEFAULT_HOST, ui.DEFAULT_PORT)
+    return f"{command}  (then open {ui.runs_url(local, summary.experiment_id)})"
 
 
 def print_summary(console: Console, summary: Summary) -> None:
@@ -227,6 +239,8 @@ def print_summary(console: Console, summary: Summary) -> None:
     state = "interrupted" if summary.interrupted else "finished"
     console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
     console.print(f"MLflow parent run {summary.parent_run_id} ({escape(summary.tracking_uri)})")
+    console.print(f"compare the runs: {_ui_link(summary)}", highlight=False, soft_wrap=True,
+                  markup=False)
     if summary.best_run_id is None or not math.isfinite(summary.best_val_loss):
         console.print("[yellow]no trial reached a finite validation loss without diverging or "
                       "failing[/]")
@@ -243,7 +257,7 @@ def print_summary(console: Console, summary: Summary) -> None:
         console.print("PBT changed its values as it ran: no one config reproduces it")
         return
     console.print(f"reproduce it{' as far as it trained' if so_far else ''} with:")
-    console.print(f"  tuner replay {summary.best_run_id} --tracking-uri "
-                  f"{shlex.quote(summary.tracking_uri)}", highlight=False, soft_wrap=True,
-                  markup=False)
+    uri = shlex.quote(summary.tracking_uri)
+    replay = f"tuner replay {summary.best_run_id} --tracking-uri {uri}"
+    console.print(f"  {output.as_started(replay)}", highlight=False, soft_wrap=True, markup=False)
 

@@ -144,12 +144,8 @@ def find_parent(client: Any, experiment: str, study: str) -> Any | None:
     return runs[0] if runs else None
 
 
-def child_runs(client: Any, experiment_id_: str, parent_id: str,
-               deleted: bool = False) -> list[Any]:
-    """Every trial run under a parent (with `deleted`, the deleted ones too)."""
-    from mlflow.entities import ViewType
-
-    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
-    return client.search_runs([experiment_id_], run_view_type=view,
+def child_runs(client: Any, experiment_id_: str, parent_id: str) -> list[Any]:
+    """Every run under a parent that is not deleted."""
+    return client.search_runs([experiment_id_],
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
                               max_results=50000)

@@ -205,8 +205,10 @@ def _fit(tuner: Any) -> None:
 
 
 def summarise(study: Any) -> Summary:
-    """The study's outcome as MLflow records it: counts by status and the best trial."""
+    """The study's outcome as MLflow records it: counts by status and the best trial; saves the
+    view of its experiment's runs that the summary's link to MLflow's UI opens."""
     from tuner.inspect.runs import counts_as_best, ranked, searched_values
+    from tuner.inspect.ui import save_view
     from tuner.search.mlflow_layout import STATUS_TAG, child_runs, connect, find_parent
     from tuner.search.tracking import TrackingLost
 
@@ -219,7 +221,9 @@ def summarise(study: Any) -> Summary:
     counts = {s: sum(1 for r in runs if r.data.tags.get(STATUS_TAG) == s) for s in FINISHED}
     summary = Summary(study.name, parent.info.run_id, counts,
                       tracking_uri=redact(study.tracking.uri),
-                      interrupted=parent.info.status != "FINISHED")
+                      interrupted=parent.info.status != "FINISHED",
+                      experiment_id=parent.info.experiment_id)
+    save_view(client, parent.info.experiment_id)
     best = next(iter(ranked(runs)), None)  # ties: the earliest, as the live view and `tuner best`
     if best is not None and counts_as_best(best):
         summary.best_trial = best.data.tags.get("tuner.trial_id")

@@ -142,11 +142,8 @@ class MlflowRecorder(tune.Callback):
         # MLflow shows a metric's value at its highest step: never log the study's below it
         self._study_step = max((m.step for m in self._client.get_metric_history(
             self._parent, "tokens_trained")), default=0)
-        runs = child_runs(self._client, self._exp, self._parent, deleted=True)
-        self._numbered = len(runs)  # run names go on after every run made, lost ones included
-        for run in runs:
-            if run.info.lifecycle_stage == "active":
-                self._adopt(run)
+        for run in child_runs(self._client, self._exp, self._parent):
+            self._adopt(run)
 
     def _create_parent(self) -> str:
         study, prov = self.study, self.provenance
@@ -230,11 +227,10 @@ class MlflowRecorder(tune.Callback):
         child = self._children.get(trial.trial_id)
         if child is None:
             run = self._client.create_run(
-                self._exp, run_name=f"{self.study.name}-{self._numbered:03d}",
+                self._exp, run_name=f"{self.study.name}-{trial.trial_id}",
                 tags={"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name,
                       ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING})
             child = self._children[trial.trial_id] = _Child(run.info.run_id, run.info.start_time)
-            self._numbered += 1
         elif trial.trial_id not in self._finished:
             self._client.update_run(child.run_id, status="RUNNING")
             self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)

@@ -1,0 +1,63 @@
+"""`tuner ui`: MLflow's UI on a study's tracking store, opened at the study's runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from tuner.cli_inspect import DEFAULT_URI, TrackingUri
+from tuner.inspect.ui import DEFAULT_HOST, DEFAULT_PORT
+from tuner.redact import redact
+
+
+def ui(
+    study: Annotated[str | None, typer.Option(
+        help="the study to open (default: the store's only one; with several, a link to each)",
+        show_default=False)] = None,
+    tracking_uri: TrackingUri = DEFAULT_URI,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port of the UI's server")
+                    ] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option(
+        help="address the UI's server listens on (0.0.0.0: every interface)")] = DEFAULT_HOST,
+) -> int:
+    """Serve MLflow's UI on the study's tracking store, and print the link to its runs ranked by
+    best_val_loss (Ctrl-C stops it); on an `mlflow server` store, print the link on that server."""
+    from tuner.inspect import runs
+    from tuner.inspect import ui as ui_mod
+
+    client = runs.connect(tracking_uri)
+    studies = ui_mod.study_experiments(client, study)
+    remote = client.tracking_uri.startswith(("http://", "https://"))
+    if not remote:
+        ui_mod.check_port(host, port)
+    for experiment_id in set(studies.values()):
+        ui_mod.save_view(client, experiment_id)
+    store = redact(client.tracking_uri)
+
+    def print_links(base: str) -> None:
+        how = "" if remote else " (Ctrl-C stops it)"
+        if len(studies) == 1:
+            typer.echo(f"MLflow's UI on {store} at {base}{how}")
+        else:
+            held = "" if studies else "; the store holds no study"
+            typer.echo(f"MLflow's UI on {store}: {ui_mod.experiments_url(base)}{how}{held}")
+        for name, experiment_id in studies.items():
+            typer.echo(f"study {name}, its runs ranked by best_val_loss: "
+                       f"{ui_mod.runs_url(base, experiment_id)}")
+
+    if remote:
+        print_links(ui_mod.server_url(client.tracking_uri))
+        return 0
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        ui_mod.serve(client.tracking_uri, host, port, ready=print_links)
+    except ui_mod.ServerFailed as failure:
+        err.print(f"[bold red]error:[/] {escape(str(failure))}; its last lines:")
+        err.print("\n".join(failure.tail), markup=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("stopped MLflow's UI")
+        return 130
