@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ CORPORA = Path(__file__).resolve().parent / "fixtures"
 # The tests run `tuner` and `python` directly, not under `uv run` (which sets this, so that the
 # commands they print for copying would start with `uv run`); tests that want it set it.
 os.environ.pop("UV_RUN_RECURSION_DEPTH", None)
+# The tests stop commands with Ctrl-C (SIGINT). A suite a script started in the background
+# inherits SIGINT ignored, which its commands would inherit in turn; a handled signal is not.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

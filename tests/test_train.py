@@ -362,8 +362,9 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
 def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path, tmp_path: Path,
                                                               stop: str, started: str) -> None:
     """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback; so does
-    SIGTERM (`kill`, `docker stop`), which ended it without a word. The command is printed as
-    the run was started: under `uv run` when uv started it."""
+    SIGTERM (`kill`, `docker stop`), which ended it without a word, also in a run a script started
+    in the background (SIGINT ignored). The command is printed as the run was started: under
+    `uv run` when uv started it."""
     import signal
 
     path = tmp_path / "config.json"
@@ -371,7 +372,9 @@ def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path,
     env = {**os.environ, **({"UV_RUN_RECURSION_DEPTH": "1"} if started else {})}
     run = subprocess.Popen([sys.executable, "-m", "model.train", "--config", str(path), "--out",
                             str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=env)
+                           stderr=subprocess.PIPE, text=True, env=env,
+                           preexec_fn=None if stop == "SIGINT" else lambda: signal.signal(
+                               signal.SIGINT, signal.SIG_IGN))
     assert run.stdout.readline().startswith("step")  # a checkpoint is written before it
     run.send_signal(getattr(signal, stop))
     _, err = run.communicate(timeout=120)

@@ -66,12 +66,19 @@ def left_running(port: int) -> list[int]:
     return found
 
 
-class Ui:
-    """`python -m tuner ui ARGS` in `cwd`, its stdout read line by line."""
+def ignore_sigint() -> None:
+    """As a shell script starts a command in the background (`tuner ui &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    def __init__(self, cwd: Path, *args: str):
+
+class Ui:
+    """`python -m tuner ui ARGS` in `cwd`, its stdout read line by line; `background`: started
+    with SIGINT ignored, as a script's background job."""
+
+    def __init__(self, cwd: Path, *args: str, background: bool = False):
         self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "ui", *args], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=ignore_sigint if background else None)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -158,12 +165,14 @@ def test_ui_serves_the_study_until_ctrl_c(study, store, tmp_path):
 @pytest.mark.slow
 def test_ui_on_another_address_lists_each_study_and_stops_on_sigterm(study, store, tmp_path):
     """Bound to an address MLflow does not trust by default, its UI can still list runs (a POST
-    from its own page); without --study, a store of two studies gets a link to each."""
+    from its own page); without --study, a store of two studies gets a link to each. Started in
+    the background by a script (SIGINT ignored), SIGTERM still stops it."""
     client = MlflowClient(tracking_uri=store)
     other = client.create_experiment("other")
     client.create_run(other, run_name="other", tags={STUDY_TAG: "other", ROLE_TAG: "study"})
     host, port = "127.0.0.2", free_port("127.0.0.2")
-    ui = Ui(tmp_path, "--tracking-uri", store, "--host", host, "--port", str(port))
+    ui = Ui(tmp_path, "--tracking-uri", store, "--host", host, "--port", str(port),
+            background=True)
     try:
         out = ui.output_until(re.compile(r"study uistudy, .*runs\?"))
         base = f"http://{host}:{port}"
