@@ -16,6 +16,7 @@ import pickle
 import re
 import signal
 import tempfile
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,10 +198,22 @@ def _ctrl_c_held() -> Iterator[None]:
         yield
         return
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # The mask is this thread's: another (a progress bar's) may take the signal, and Python then
+    # raises it in the main thread all the same, halfway through starting the pool. Kept until
+    # the pool has started, where Python may change the handler (the main thread, and one it set).
+    handler = signal.getsignal(signal.SIGINT)
+    keep = threading.current_thread() is threading.main_thread() and handler is not None
+    caught: list[bool] = []
+    if keep:
+        signal.signal(signal.SIGINT, lambda *_: caught.append(True))
     try:
         yield
     finally:
+        if keep:
+            signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _start_pool(workers: int, initializer: Callable | None,

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -141,6 +142,26 @@ def test_the_worker_pool_stops_at_once_even_while_workers_send_results(stop: str
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_ctrl_c_another_thread_takes_waits_until_the_pool_has_started() -> None:
+    """A Ctrl-C that another thread takes (a progress bar's: the held mask is the main
+    thread's) while the pool starts is raised once it has started, not halfway through: a
+    forkserver worker then read what its pool sent after the command ended, with a traceback."""
+    waiting = threading.Event()
+    other = threading.Thread(target=waiting.wait)  # its mask lets SIGINT in
+    other.start()
+    reached_the_end = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with bpe._ctrl_c_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # Python would raise it in the main thread by now
+                reached_the_end = True
+        assert reached_the_end
+    finally:
+        waiting.set()
+        other.join()
 
 
 @pytest.mark.parametrize("name,specials,crlf", [("tinystories_2MiB.txt", [EOT], False),
