@@ -489,18 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def _sigterm_as_ctrl_c(*_: object) -> None:
-    """`kill`, `docker stop` and a scheduler's time limit stop a run as Ctrl-C does, also in a
-    run a script started in the background, which ignores SIGINT."""
-    import signal
-
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        raise KeyboardInterrupt
-    signal.raise_signal(signal.SIGINT)
-
-
 if __name__ == "__main__":
-    import signal
+    from model.interrupts import stops_as_ctrl_c
 
-    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    stops_as_ctrl_c()
     sys.exit(main())

@@ -551,11 +551,12 @@ def test_cli_prepares_and_checks(tmp_path: Path) -> None:
     assert checked.returncode == 0 and "valid tokens" in checked.stdout
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "sigterm", "sighup"])
 def test_cli_ctrl_c_says_aborted_and_leaves_nothing(tmp_path: Path, stop: signal.Signals) -> None:
-    """Ctrl-C (or `kill`, a scheduler's time limit) while the dataset is built: "aborted", exit
-    130, and no folder, not even a partial one (Typer on its own would exit 130 without a word;
-    Python on SIGTERM would leave the partial folder)."""
+    """Ctrl-C (or `kill`, a scheduler's time limit, a closed terminal) while the dataset is
+    built: "aborted", exit 130, and no folder, not even a partial one (Typer on its own would
+    exit 130 without a word; Python on SIGTERM or SIGHUP would leave the partial folder)."""
     cli = subprocess.Popen(
         [sys.executable, "-m", "tuner", "data", "prepare", "--source", "synthetic",
          "--synthetic-bytes", "30000000", "--vocab-size", "300", "--out", "ds"], cwd=tmp_path,

@@ -242,11 +242,13 @@ def test_replay_against_a_server_prints_no_credentials(recorded, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "sigterm", "sighup"])
 def test_a_replay_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, byte_dataset,
-                                                          mlflow_store_template):
-    """Ctrl-C during a replay exits 130 and ends its run KILLED (stopped), not FAILED. The trial's
-    recorded config is made to train a million steps with no evaluation, so the stop comes
-    mid-training."""
+                                                          mlflow_store_template, stop):
+    """Ctrl-C during a replay exits 130 and ends its run KILLED (stopped), not FAILED; so do
+    SIGTERM and SIGHUP (a closed terminal: its run stayed RUNNING). The trial's recorded config
+    is made to train a million steps with no evaluation, so the stop comes mid-training."""
     record = log_study(tmp_path, "long", byte_dataset, mlflow_store_template, trials=TRIALS[:1])
     run_id = record.run_ids[0]
     config_file = artifact_path(record.uri, run_id, "trial_config.json")
@@ -263,7 +265,7 @@ def test_a_replay_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, byte_datase
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         time.sleep(2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

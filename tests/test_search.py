@@ -1056,6 +1056,103 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert {r.info.run_id for r in before} <= {r.info.run_id for r in after}
 
 
+class Terminal:
+    """A pseudo-terminal the driver runs in as its session's controlling terminal, its output
+    read (or it would block once the terminal's buffer is full) until `close`, which hangs it
+    up as closing a terminal window or an SSH session does."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.master, self.slave = os.openpty()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def controlling(self) -> None:
+        """preexec_fn: make the terminal the controlling one of the new session."""
+        import fcntl
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def _read(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            if select.select([self.master], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(self.master, 65536)
+        os.close(self.master)
+
+    def close(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._reader.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM to the group", "SIGHUP to the group",
+                                  "Ctrl-C in its terminal", "SIGHUP to the driver",
+                                  "its terminal closed"])
+def test_every_stop_ends_the_study_at_once_and_resumes(tmp_path: Path, dataset: Path,
+                                                       mlflow_store_template: Path,
+                                                       stop: str) -> None:
+    """Started in a session of its own (`setsid`, as a batch job or a terminal's shell starts
+    it), the driver takes SIGTERM and SIGHUP, to itself or its whole process group, and a
+    closed terminal, as it takes Ctrl-C: its trials' runs end interrupted, the parent KILLED, it
+    exits 130 printing the --resume command, and no Ray process outlives it. Ray's own processes
+    run in sessions of their own: a signal to the driver's group stopped them first, and the
+    driver waited a minute for them and exited 1 with its runs RUNNING; a closed terminal
+    left the command exiting 129, its runs RUNNING."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "stopped", dataset, budget={"tokens": 163840},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
+    storage = tmp_path / "ray"
+    terminal = Terminal() if stop == "its terminal closed" else None
+    out_to = {"stdin": terminal.slave, "stdout": terminal.slave, "stderr": terminal.slave,
+              "preexec_fn": terminal.controlling} if terminal else \
+        {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    driver = subprocess.Popen([str(TUNER), "search", "--space", str(space), "--tracking-uri", uri,
+                               "--storage", str(storage)], cwd=tmp_path, env=ENV, text=True,
+                              start_new_session=True, **out_to)
+    try:
+        if terminal:
+            os.close(terminal.slave)
+        _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) >= 10240,
+                    study="stopped")
+        ray_processes = [pid for pid, _ in _descendants(driver.pid)]
+        if terminal:
+            terminal.close()
+        else:
+            signum = getattr(signal, stop.split()[0].replace("Ctrl-C", "SIGINT"))
+            if stop.endswith("driver"):
+                driver.send_signal(signum)
+            else:  # as Ctrl-C in a terminal reaches its whole foreground group
+                os.killpg(driver.pid, signum)
+        try:  # the driver that waited for Ray's stopped servers took about a minute
+            out, _ = driver.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{stop}: the driver still ran 45 s later")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        if terminal:
+            terminal.close()
+    assert driver.returncode == 130
+    if not terminal:  # a closed terminal shows nothing
+        assert f"continue it with: tuner search --resume --name stopped --storage {storage}" \
+            in out, out
+    _wait_exited(ray_processes)
+    _, parent, runs = mlflow_runs(uri, "stopped")
+    assert parent.info.status == "KILLED"
+    assert [(r.info.status, r.data.tags["tuner.status"]) for r in runs] == \
+        [("KILLED", "interrupted")] * 2
+    if stop == "SIGTERM to the group":
+        resume_to_the_end("stopped", storage, tmp_path, uri, completed=2)
+
+
 @pytest.mark.slow
 def test_tracking_server_lost_mid_study_stops_it(tmp_path: Path, dataset: Path) -> None:
     """The `mlflow server` dies mid-study: once MLflow's retries are spent (none here) the study

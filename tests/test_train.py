@@ -358,13 +358,14 @@ def test_command_line_trains_and_rejects_bad_config(byte_dataset: Path, tmp_path
     assert bad.returncode == 2 and "beta2" in bad.stderr and bad.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize(("stop", "started"), [("SIGINT", ""), ("SIGTERM", "uv run ")])
+@pytest.mark.parametrize(("stop", "started"), [("SIGINT", ""), ("SIGTERM", "uv run "),
+                                               ("SIGHUP", "")])
 def test_command_line_stopped_by_ctrl_c_says_how_to_continue(byte_dataset: Path, tmp_path: Path,
                                                               stop: str, started: str) -> None:
-    """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback; so does
-    SIGTERM (`kill`, `docker stop`), which ended it without a word, also in a run a script started
-    in the background (SIGINT ignored). The command is printed as the run was started: under
-    `uv run` when uv started it."""
+    """Ctrl-C ends a run with exit 130 and the --resume command, not a traceback; so do SIGTERM
+    (`kill`, `docker stop`), which ended it without a word, and SIGHUP (a closed terminal), also
+    in a run a script started in the background (SIGINT ignored). The command is printed as the
+    run was started: under `uv run` when uv started it."""
     import signal
 
     path = tmp_path / "config.json"

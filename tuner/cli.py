@@ -14,8 +14,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from model.config import ConfigError
+from model.interrupts import stops_as_ctrl_c
 from tuner.errors import UserError, reason
-from tuner.interrupts import sigterm_as_ctrl_c
 from tuner.redact import redact
 
 
@@ -70,7 +70,7 @@ def _register() -> None:
 
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
-    sigterm_as_ctrl_c()
+    stops_as_ctrl_c()
     # MLflow prints "View run … at: URL" for every run it ends on a server, credentials and all.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     err = Console(stderr=True, highlight=False, soft_wrap=True)

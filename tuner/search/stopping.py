@@ -1,9 +1,9 @@
-"""Stop requests during a study (Ctrl-C; SIGTERM from `kill` or `docker stop`). Ray never sees
-one while it starts (an interrupted start leaves Ray's agents running); one that comes before
-the study is saved aborts the command; after that, Tune's own handler takes it and saves the
-study for `--resume`, even when it came before Tune was listening. A second stop ends the driver
-at once, unless it is the first one delivered again (`uv run` passes on a signal that a
-supervisor also sent to its whole process group)."""
+"""Stop requests during a study (Ctrl-C; SIGTERM from `kill` or `docker stop`; SIGHUP from a
+closed terminal). Ray never sees one while it starts (an interrupted start leaves Ray's agents
+running); one that comes before the study is saved aborts the command; after that, Tune's own
+handler takes it and saves the study for `--resume`, even when it came before Tune was
+listening. A second stop ends the driver at once, unless it is the first one delivered again
+(`uv run` passes on a signal that a supervisor also sent to its whole process group)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner.interrupts import sigterm_as_ctrl_c
+from model.interrupts import stops_as_ctrl_c
 
 _held = {"stop": False, "tune_listens": False, "taken_at": -float("inf"), "at_once": False}
 ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not a second
@@ -24,36 +24,37 @@ ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not 
 @contextmanager
 def stops_held() -> Iterator[None]:
     """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`."""
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    before = {signum: signal.getsignal(signum)
+              for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     _held.update(stop=False, tune_listens=False, taken_at=-float("inf"), at_once=False)
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
-def sigterm_kept() -> Iterator[None]:
-    """Within (around ray.init): SIGTERM keeps its handler, held as Ctrl-C is. Ray's start sets
-    two in Python that exit on the spot (one that came while Ray started left its agents running
-    for a minute, and the command exited 15 without a word), and one in C++ that prints a stack
-    dump: set again after."""
-    sigterm_as_ctrl_c()
+def stop_handlers_kept() -> Iterator[None]:
+    """Within (around ray.init): SIGTERM and SIGHUP keep their handlers, held as Ctrl-C is. Ray's
+    start sets two for SIGTERM in Python that exit on the spot (one that came while Ray started
+    left its agents running for a minute, and the command exited 15 without a word), and one in
+    C++ that prints a stack dump: set again after."""
+    stops_as_ctrl_c()
     set_handler = signal.signal
 
-    def keep_sigterm(signum: int, handler: Any) -> Any:
-        if signum == signal.SIGTERM:
+    def keep_ours(signum: int, handler: Any) -> Any:
+        if signum in (signal.SIGTERM, signal.SIGHUP):
             return signal.getsignal(signum)
         return set_handler(signum, handler)
 
-    signal.signal = keep_sigterm
+    signal.signal = keep_ours
     try:
         yield
     finally:
         signal.signal = set_handler
-        sigterm_as_ctrl_c()
+        stops_as_ctrl_c()
 
 
 def abort_if_stopped() -> None:

@@ -1,0 +1,42 @@
+"""SIGTERM (`kill`, `docker stop`, a batch scheduler's time limit) and SIGHUP (a closed terminal
+or SSH session) stop a command as Ctrl-C does, so its clean-up runs and it exits 130: no run is
+left marked running and no half-written folder is left behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from typing import Any
+
+
+def stops_as_ctrl_c() -> None:
+    """From now on SIGTERM, and SIGHUP unless it is ignored (`nohup`), raise SIGINT in this
+    process (KeyboardInterrupt, or a study's hold)."""
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _as_ctrl_c)
+
+
+def _as_ctrl_c(signum: int, _frame: Any) -> None:
+    if signum == signal.SIGHUP:
+        _quiet_a_closed_terminal()
+    # A command a script started in the background ignores SIGINT (the shell's rule), and then
+    # raising it would do nothing: the stop must come all the same.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
+
+
+def _quiet_a_closed_terminal() -> None:
+    """Send output for a terminal that hung up to /dev/null: writing there fails (EIO), and the
+    clean stop would fail with it, halfway."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")  # a hung-up terminal fails even this (and no longer says it is one)
+        except OSError as err:
+            if err.errno != errno.EIO:
+                continue
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
