@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read with `weights_only=True` so a file can never run code.
+"""Checkpoints: written atomically and durably, read with `weights_only=True` so a file can never
+run code.
 
 torch is imported only to write or read one: the tuning driver names and hashes checkpoint files
 without paying for torch while its trials wait on it.
@@ -29,7 +30,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     iteration: int, out: str | Path, **extra: Any) -> Path:
     """Write model, optimizer, iteration and `extra` to `out` (a file, or a folder for the default
-    name)."""
+    name): whole on disk when it returns, so a crash (power, the node) never leaves a short file
+    under the checkpoint's name."""
     import torch
 
     out = Path(out)
@@ -41,10 +43,20 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         torch.save(state, tmp)
+        _fsync(tmp)  # the bytes, before the name points at them
         os.replace(tmp, out)
+        _fsync(out.parent)  # the name
     finally:
         tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no partial file
     return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def checkpoint_path(src: str | Path) -> Path:

@@ -137,6 +137,30 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_leaves_no_partial_file(
     assert os.listdir(tmp_path) == ["c.pt"] and read_checkpoint(path)["iteration"] == 1
 
 
+def test_a_checkpoint_is_on_disk_before_its_name_and_its_name_before_the_return(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durable: the file's bytes are synced before it is renamed to the checkpoint's name, and
+    the folder (the name) before save_checkpoint returns, so a crash never leaves a short file
+    under that name."""
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def renamed(src: str, dst: str) -> None:
+        events.append(("rename", str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", renamed)
+    path = save_checkpoint(torch.nn.Linear(4, 3), None, 1, tmp_path / "c.pt")
+    [(first, temporary), second, third] = events
+    assert first == "fsync" and Path(temporary).parent == tmp_path and temporary != str(path)
+    assert second == ("rename", str(path)) and third == ("fsync", str(tmp_path))
+
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker
