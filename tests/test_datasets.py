@@ -536,10 +536,10 @@ def test_tinystories_downloads_both_splits(server: Server, tmp_path: Path,
 
 # --- the command line ---------------------------------------------------------------------------
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "tuner", "data", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_prepares_and_checks(tmp_path: Path) -> None:
@@ -629,6 +629,37 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     both = run_cli("prepare", "--input", "a", "--valid", "b", "--valid-fraction", "0.1",
                    "--vocab-size", "300", cwd=tmp_path)
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_an_input_that_is_not_a_regular_file_exits_2_unread(tmp_path: Path) -> None:
+    """A FIFO would wait for ever for a writer and /dev/zero never end: refused before reading
+    (within a time limit, so that a regression fails here)."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "story.txt").write_text("Once upon a time there was a cat.\n" * 300)
+    for flags, named in ((["--input", "fifo"], "fifo"),
+                         (["--input", "story.txt", "--valid", "/dev/zero"], "/dev/zero")):
+        done = run_cli("prepare", *flags, "--vocab-size", "300", "--out", "ds", "--no-progress",
+                       cwd=tmp_path, timeout=60)
+        assert done.returncode == 2 and f"{named}: not a regular file" in done.stderr, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "story.txt"]
+
+
+def test_a_text_of_special_tokens_alone_exits_2_and_leaves_nothing(tmp_path: Path) -> None:
+    """It was made into a dataset of one id (with line breaks, of two: a special token's and a
+    line break's), which a model learns nothing from."""
+    (tmp_path / "story.txt").write_text("Once upon a time there was a cat.\n" * 300)
+    (tmp_path / "lines.txt").write_text("<|endoftext|>\n" * 2000)
+    (tmp_path / "bare.txt").write_text("<|endoftext|>" * 2000)
+    for flags, what in ((["--input", "lines.txt"], "one token, '\\n', repeated (special tokens "
+                                                   "aside)"),
+                        (["--input", "bare.txt", "--valid", "story.txt"], "special tokens alone")):
+        done = run_cli("prepare", *flags, "--vocab-size", "300", "--out", "a/ds", "--no-progress",
+                       cwd=tmp_path)
+        assert done.returncode == 2
+        assert " ".join(done.stderr.split()) == (f"error: {flags[1]}: a model learns nothing from "
+                                                 f"its training text, {what}; name a file with "
+                                                 "text in it")
+    assert sorted(os.listdir(tmp_path)) == ["bare.txt", "lines.txt", "story.txt"]
 
 
 def test_an_out_that_cannot_be_made_is_named_as_given(tmp_path: Path) -> None:

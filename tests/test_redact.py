@@ -35,6 +35,19 @@ from tuner.redact import redact
      "tracking: postgresql://alice:***@db.example/mlflow"),
     ("http://u:12/34@host:5000/api", "http://u:***@host:5000/api"),
     ("http://127.0.0.1:5000/x?u=a:b@c.org", "http://127.0.0.1:5000/x?u=a:b@c.org"),
+    # a password with a blank, which SQLAlchemy reads whole; a port then a blank is no password
+    ("postgresql+psycopg2://bob:pa ss@host/db", "postgresql+psycopg2://bob:***@host/db"),
+    ("error: tracking store postgresql+psycopg2://bob:pa ss@host/db cannot be used: refused",
+     "error: tracking store postgresql+psycopg2://bob:***@host/db cannot be used: refused"),
+    ("http://mlflow:5000 failed; mail ops@corp.example",
+     "http://mlflow:5000 failed; mail ops@corp.example"),
+    # a secret's word at the end of a longer name, in any case
+    ("postgresql://bob@db/m?sslmode=require&sslpassword=s3cret",
+     "postgresql://***@db/m?sslmode=require&sslpassword=***"),
+    ("error: store postgresql://db/m?SSLPassword=s3cret&x=1 failed: refused",
+     "error: store postgresql://db/m?SSLPassword=***&x=1 failed: refused"),
+    ("http://h/?csrftoken=a&ClientSecret=b&design=c",
+     "http://h/?csrftoken=***&ClientSecret=***&design=c"),
 ])
 def test_redact_masks_only_credentials(text: str, shown: str) -> None:
     assert redact(text) == shown

@@ -1861,6 +1861,42 @@ def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pat
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
 
 
+def test_the_sqlite_creation_lock_follows_no_planted_link(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock was opened with "w" in the shared temp folder: a symlink planted at its name had
+    its target truncated. It lives in the user's private <tmp>/tuner-UID now, which is refused
+    when a symlink or not a folder (or another user's: root cannot show that here)."""
+    from tuner.errors import UserError
+    from tuner.search.mlflow_layout import connect
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+
+    def key(store: Path) -> str:
+        return hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:16]
+
+    (shared / f"tuner-sqlite-{key(tmp_path / 'new.db')}.lock").symlink_to(victim)  # the old name
+    connect(f"sqlite:///{tmp_path / 'new.db'}")
+    private = shared / f"tuner-{os.getuid()}"
+    assert victim.read_text() == "precious" and private.stat().st_mode & 0o777 == 0o700
+    (private / f"sqlite-{key(tmp_path / 'two.db')}.lock").symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic links"):
+        connect(f"sqlite:///{tmp_path / 'two.db'}")
+    shutil.rmtree(private)
+    (tmp_path / "elsewhere").mkdir()
+    for planted, said in ((lambda: private.symlink_to(tmp_path / "elsewhere"), "a symlink"),
+                          (lambda: private.write_text("x"), "not a folder")):
+        private.unlink(missing_ok=True)
+        planted()
+        with pytest.raises(UserError, match=f"{private}: {said}, not this user's own folder"):
+            connect(f"sqlite:///{tmp_path / 'two.db'}")
+    assert victim.read_text() == "precious" and not (tmp_path / "two.db").exists()
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
 def test_deleted_experiment_fails_before_ray(tmp_path: Path, dataset: Path,
                                              mlflow_store_template: Path) -> None:
     """MLflow keeps a deleted experiment's name and refuses runs in it: said before Ray starts."""
@@ -2075,19 +2111,24 @@ def test_resume_reads_no_study_outside_its_storage(tmp_path: Path) -> None:
 
 def test_trial_larger_than_the_local_ray_fails_before_any_trial(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
-    """Tune would wait for ever for a node that fits: the local Ray's size is checked instead."""
-    uri = fresh_store(tmp_path, mlflow_store_template)
+    """Tune would wait for ever for a node that fits: the local Ray's size is checked instead,
+    before the tracking store is made (it was left behind, new and empty), and again once Ray
+    has started (here, Ray's count set by RAY_OVERRIDE_RESOURCES, which the first check skips)."""
+    new, store = tmp_path / "new.db", fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "huge", dataset, resources={"cpus_per_trial": 4096})
-    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
-                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    message = " ".join(proc.stderr.split())
-    assert "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs" in message
-    assert "but Ray counts" in message and "GPUs on this machine" in message
-    assert not (tmp_path / "ray" / "huge").exists()  # no study to resume
+    for uri, env in ((f"sqlite:///{new}", ENV),
+                     (store, {**ENV, "RAY_OVERRIDE_RESOURCES": '{"CPU": 2}'})):
+        proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                          str(tmp_path / "ray")], cwd=tmp_path, timeout=120, env=env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        message = " ".join(proc.stderr.split())
+        assert "resources.cpus_per_trial: a trial needs 4096 CPUs and 0 GPUs" in message
+        assert "but Ray counts" in message and "GPUs on this machine" in message
+        assert not (tmp_path / "ray" / "huge").exists()  # no study to resume
+    assert not new.exists()
     from mlflow import MlflowClient
 
-    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("huge") is None
+    assert MlflowClient(tracking_uri=store).get_experiment_by_name("huge") is None
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 0 or torch.version.cuda is None,
@@ -2203,6 +2244,26 @@ def test_a_second_stop_is_told_apart_from_the_first_delivered_again() -> None:
     assert signal.getsignal(signal.SIGINT) is before
     with stopping.stops_held():  # the next study starts afresh
         assert not stopping.stopped_at_once()
+
+
+def test_a_second_stop_says_whether_the_runs_were_left_running(tmp_path: Path, dataset: Path,
+                                                               mlflow_store_template: Path
+                                                               ) -> None:
+    """A second stop that came after the first had ended the study's runs (as Ray shut down)
+    does not say they stay RUNNING."""
+    from mlflow import MlflowClient
+
+    from tuner.cli_search import second_stop
+    from tuner.space import load_study
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    study = load_study(write_space(tmp_path, "twice", dataset, tracking={"uri": uri}))
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(client.create_experiment("twice"), run_name="twice", tags={
+        "tuner.study": "twice", "tuner.role": "study"}).info.run_id
+    assert second_stop(study).endswith("its runs stay RUNNING until it is resumed")
+    client.set_terminated(parent, "KILLED")
+    assert second_stop(study) == "stopped at once (a second stop), after its runs had ended"
 
 
 def test_a_checkpoint_that_does_not_load_is_named_where_tune_keeps_it(tmp_path: Path) -> None:

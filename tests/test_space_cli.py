@@ -285,6 +285,31 @@ def test_a_missing_study_file_exits_2(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_a_study_or_data_file_that_is_not_a_regular_file_exits_2_unread(tmp_path: Path) -> None:
+    """/dev/zero was read without end (a MemoryError) and a FIFO waited for ever for a writer.
+    The commands run with their memory and time bounded, so that a regression fails here."""
+    import resource
+
+    def one_gib() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30))
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "data.yaml").write_text(GOOD.replace(
+        "source: synthetic", "source: files\n  input: /dev/zero\n  valid: fifo"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    study_file = "cannot read the study file: not a regular file"
+    for args, said in ((["space", "show", "/dev/zero"], f"/dev/zero: {study_file}"),
+                       (["space", "validate", "fifo"], f"fifo: {study_file}"),
+                       (["search", "--space", "fifo"], f"fifo: {study_file}"),
+                       (["space", "validate", "data.yaml"], "data.input: /dev/zero is not a "
+                                                            "regular file"),
+                       (["space", "validate", "data.yaml"], "data.valid: fifo is not a regular")):
+        result = subprocess.run([sys.executable, "-m", "tuner", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60, preexec_fn=one_gib)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["data.yaml", "fifo"]
+
+
 def test_validate_lists_every_error_of_every_file(tmp_path: Path) -> None:
     (tmp_path / "good.yaml").write_text(GOOD)
     (tmp_path / "bad.yaml").write_text(GOOD.replace("  B:", "  β2: 1\n  betta1: 0.9\n  B:"))

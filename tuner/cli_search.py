@@ -81,6 +81,7 @@ def search(
         check_address(address)
     else:
         _check_local_gpus(study)
+        _check_local_capacity(study)
     checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.search.mlflow_layout import connect, find_parent
@@ -162,14 +163,27 @@ def search(
 
         if not stopped_at_once():
             raise  # before the study was saved: "aborted", and nothing to resume
-        console.print("stopped at once (a second stop): its runs stay RUNNING until it is "
-                      f"resumed; continue it with: {resume_hint}", markup=False)
+        console.print(f"{second_stop(study)}; continue it with: {resume_hint}", markup=False)
         return 130
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)
         return 130
     return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
+
+
+def second_stop(study: Any) -> str:
+    """What a second stop left: the runs RUNNING, unless the first stop had ended them already
+    (it came as Ray shut down, say)."""
+    from tuner.search.mlflow_layout import connect, find_parent
+
+    try:
+        parent = find_parent(connect(study.tracking.uri), study.tracking.experiment, study.name)
+    except Exception:  # noqa: BLE001 - the store failing: what it holds is unknown
+        parent = None
+    if parent is not None and parent.info.status != "RUNNING":
+        return "stopped at once (a second stop), after its runs had ended"
+    return "stopped at once (a second stop): its runs stay RUNNING until it is resumed"
 
 
 def _check_kept_settings(study: Any, overrides: dict[str, Any]) -> None:
@@ -239,6 +253,26 @@ def _check_local_gpus(study: Any) -> None:
             why = "is a CPU build" if torch.version.cuda is None else "sees no GPU on this machine"
             raise UserError(f"resources.gpus_per_trial: a trial needs {need:g} GPU, but torch "
                             f"{why}; to train on the CPU, set device: cpu and gpus_per_trial: 0")
+
+
+def _check_local_capacity(study: Any) -> None:
+    """UserError when a trial needs more CPUs or GPUs than the local Ray will count: before a store
+    or a corpus is made (`capacity_shortage` checks Ray's own count once it has started)."""
+    if "RAY_OVERRIDE_RESOURCES" in os.environ:  # Ray counts what it says instead
+        return
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+    from ray._private.utils import get_num_cpus
+
+    from tuner.search.runner import shortage
+
+    gpus = get_accelerator_manager_for_resource("GPU")  # counted as ray.init counts them
+    visible = gpus.get_current_process_visible_accelerator_ids()  # CUDA_VISIBLE_DEVICES
+    count = gpus.get_current_node_num_accelerators()
+    local = {"CPU": float(get_num_cpus()),
+             "GPU": float(count if visible is None else min(count, len(visible)))}
+    why = shortage(study.resources, [local], None)
+    if why:
+        raise UserError(why)
 
 
 def _check_storage(storage: Path) -> None:

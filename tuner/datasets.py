@@ -275,6 +275,8 @@ def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: P
             advance = step(f"encoding {split} ({path.name})", end - start)
             chunks = tokenizer.encode_file(path, start, end, progress=advance)
             counts[split] = _write_npy(stage / f"{split}.npy", chunks, dtype)
+            if split == "train":
+                _check_varied(stage / "train.npy", train_path, tokenizer)
     except ValueError as err:  # invalid UTF-8 and the like: the message names the file
         raise UserError(str(err)) from None
     except OSError as err:
@@ -289,6 +291,24 @@ def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: P
         "sha256": {**request["inputs"], "tokenizer": _tokenizer_sha256(stage)},
     }
     (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _check_varied(tokens_path: Path, text_path: Path, tokenizer: Tokenizer) -> None:
+    """UserError naming the text when its training tokens, special tokens aside, are one id
+    repeated or none: a model learns nothing from them."""
+    tokens = np.load(tokens_path, mmap_mode="r")
+    specials = [tokenizer.encode(token)[0] for token in tokenizer.special_tokens]
+    seen = None
+    for start in range(0, len(tokens), _SCAN):  # real text differs in the first step
+        chunk = tokens[start:start + _SCAN]
+        others = chunk[~np.isin(chunk, specials)]
+        seen = others[0] if seen is None and len(others) else seen
+        if (others != seen).any():
+            return
+    what = ("special tokens alone" if seen is None else
+            f"one token, {tokenizer.decode([int(seen)])!r}, repeated (special tokens aside)")
+    raise UserError(f"{text_path}: a model learns nothing from its training text, {what}; name "
+                    "a file with text in it")
 
 
 def _train(path: Path, span: tuple[int, int], vocab_size: int, specials: list[str],

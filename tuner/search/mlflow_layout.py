@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,9 +70,30 @@ def _creation_lock(uri: str) -> Iterator[None]:
         yield
         return
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
-    with open(Path(tempfile.gettempdir()) / f"tuner-sqlite-{key[:16]}.lock", "w") as lock:
+    # neither truncated nor followed if a link: the folder is private, but belt and braces
+    lock = os.open(_lock_folder() / f"sqlite-{key[:16]}.lock",
+                   os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(lock)
+
+
+def _lock_folder() -> Path:
+    """This user's folder for tuner's locks, <tmp>/tuner-UID (0o700), shared by their processes;
+    UserError when that name is a symlink, not a folder, or another user's."""
+    folder = Path(tempfile.gettempdir()) / f"tuner-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    what = ("a symlink" if stat.S_ISLNK(info.st_mode) else
+            "not a folder" if not stat.S_ISDIR(info.st_mode) else
+            f"owned by uid {info.st_uid}" if info.st_uid != os.getuid() else None)
+    if what:
+        raise UserError(f"{folder}: {what}, not this user's own folder for tuner's locks; "
+                        "remove it, or set TMPDIR to another folder")
+    return folder
 
 
 def _check_server(uri: str) -> None:

@@ -86,8 +86,14 @@ def capacity_shortage(resources: Any, address: str | None) -> str | None:
     """Why no node of the running Ray can hold one trial (None when one can): Tune would wait."""
     import ray
 
+    return shortage(resources, [node["Resources"] for node in ray.nodes() if node["Alive"]],
+                    address)
+
+
+def shortage(resources: Any, nodes: list[dict[str, float]], address: str | None) -> str | None:
+    """Why none of `nodes` (the CPUs and GPUs of each: a cluster's at `address`, else the local
+    Ray's) can hold one trial; None when one can."""
     need = {"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     if any(all(node.get(kind, 0.0) >= amount for kind, amount in need.items()) for node in nodes):
         return None
     most = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in need}

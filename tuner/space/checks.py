@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +73,10 @@ def _data(study: Study) -> list[tuple[Loc, str]]:
         file = getattr(data, key)
         if file is not None and data.source != "files":
             issues.append((("data", key), "only used with source files"))
-        elif file is not None and not file.is_file():
+        elif file is not None and not file.exists():
             issues.append((("data", key), f"no file at {file}"))
+        elif file is not None and not stat.S_ISREG(file.stat().st_mode):  # /dev/zero, a FIFO
+            issues.append((("data", key), f"{file} is not a regular file; name a text file"))
     for key in ("synthetic_bytes", "seed"):
         if getattr(data, key) is not None and data.source != "synthetic":
             issues.append((("data", key), "only used with source synthetic"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import yaml
@@ -17,6 +18,9 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
     A file that gives no name takes `name` (a --name), else its own stem."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # /dev/zero never ends; a FIFO waits for ever
+            raise SpaceError(path, [Issue("", None, "cannot read the study file: not a regular "
+                                                    "file; name a YAML file")])
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
