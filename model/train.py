@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import re
 import sys
 import time
@@ -24,6 +23,7 @@ from model.loss import cross_entropy
 from model.metrics import perplexity
 from model.optim import build_optimizer, clip_grad_norm
 from model.schedules import LRSchedule, set_lr
+from model.shell import as_started, stops_as_ctrl_c
 from model.token_files import Dataset, dataset_identity
 
 RESUME_KEYS = ("optimizer", "schedule", "rng", "records")  # what train() saves besides the model
@@ -475,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # checkpoints are written whole: the last one is sound
         saved = checkpoint_path(out)
-        uv = "uv run " if "UV_RUN_RECURSION_DEPTH" in os.environ else ""  # as it was started
-        print("interrupted; " + (f"continue it with: {uv}python -m model.train --resume {out}"
+        print("interrupted; " + (f"continue it with: "
+                                 f"{as_started(f'python -m model.train --resume {out}')}"
                                  if saved.is_file() else "no checkpoint was written yet"),
               file=sys.stderr)
         return 130
@@ -490,7 +490,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from model.interrupts import stops_as_ctrl_c
-
     stops_as_ctrl_c()
     sys.exit(main())

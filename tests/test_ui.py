@@ -20,8 +20,9 @@ import pytest
 from inspect_study import TRIALS, RecordedStudy, log_study, tuner
 from mlflow import MlflowClient
 
-from tuner.inspect.ui import VIEW_TAG, runs_url, server_url
+from tuner.inspect.ui import VIEW_TAG, runs_url
 from tuner.search.mlflow_layout import ROLE_TAG, STUDY_TAG
+from tuner.store_uri import server_address
 
 LINK = re.compile(r"(http://\S+)/#/experiments/(\d+)/runs\?\S+")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -124,7 +125,7 @@ def test_links_are_on_the_runs_table_without_credentials():
     assert runs_url("http://host:5000/", "7") == (
         "http://host:5000/#/experiments/7/runs?workflowType=machine_learning"
         "&viewStateShareKey=tuner")
-    assert server_url("https://user:pa%40ss@host:8443/mlflow/?token=abc") == \
+    assert server_address("https://user:pa%40ss@host:8443/mlflow/?token=abc") == \
         "https://host:8443/mlflow"
 
 

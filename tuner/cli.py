@@ -14,7 +14,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from model.config import ConfigError
-from model.interrupts import stops_as_ctrl_c
+from model.shell import stops_as_ctrl_c
 from tuner.errors import UserError, reason
 from tuner.redact import redact
 

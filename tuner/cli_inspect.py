@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from model.config import ConfigError
+from model.shell import as_started
 from tuner import output
 from tuner.cli import folder
 from tuner.errors import UserError
@@ -126,8 +127,8 @@ def best(
             row = best_mod.export_best(client, study, export, Path(tmp))
         file = shlex.quote(str(export))
         console.print(f"wrote trial {row.trial_id} to {export}: "
-                      f"{output.as_started(f'tuner search --space {file}')}   or   "
-                      f"{output.as_started(f'python -m model.train --config {file}')}",
+                      f"{as_started(f'tuner search --space {file}')}   or   "
+                      f"{as_started(f'python -m model.train --config {file}')}",
                       markup=False)
         if redact(client.tracking_uri) != client.tracking_uri:
             console.print(f"{export} names the tracking store with its credentials as ***: put "

@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from model.shell import as_started
 from tuner.cli import folder
 from tuner.errors import UserError
-from tuner.output import as_started
 from tuner.store_uri import absolute_uri
 
 
@@ -80,8 +80,7 @@ def search(
     if address:
         check_address(address)
     else:
-        _check_local_gpus(study)
-        _check_local_capacity(study)
+        _check_local_resources(study)
     checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.search.mlflow_layout import connect, find_parent
@@ -242,35 +241,26 @@ def _check_name_free(client: Any, study: Any) -> None:
                         "pick another --name")
 
 
-def _check_local_gpus(study: Any) -> None:
-    """UserError when trials need a GPU and this machine has none: before a corpus is prepared
-    (Ray's own count is checked again once it has started)."""
-    need = study.resources.gpus_per_trial
+def _check_local_resources(study: Any) -> None:
+    """UserError when a trial needs a GPU where torch sees none, or more CPUs or GPUs than this
+    machine has: before a store or a corpus is made (`capacity_shortage` checks the local Ray's
+    own count again once it has started)."""
+    need, gpus = study.resources.gpus_per_trial, 0
     if need > 0:
         import torch
 
-        if torch.cuda.device_count() == 0:
+        gpus = torch.cuda.device_count()  # the visible ones (CUDA_VISIBLE_DEVICES), as Ray's
+        if gpus == 0:
             why = "is a CPU build" if torch.version.cuda is None else "sees no GPU on this machine"
             raise UserError(f"resources.gpus_per_trial: a trial needs {need:g} GPU, but torch "
                             f"{why}; to train on the CPU, set device: cpu and gpus_per_trial: 0")
-
-
-def _check_local_capacity(study: Any) -> None:
-    """UserError when a trial needs more CPUs or GPUs than the local Ray will count: before a store
-    or a corpus is made (`capacity_shortage` checks Ray's own count once it has started)."""
     if "RAY_OVERRIDE_RESOURCES" in os.environ:  # Ray counts what it says instead
         return
-    from ray._private.accelerators import get_accelerator_manager_for_resource
-    from ray._private.utils import get_num_cpus
+    from ray._private.utils import get_num_cpus  # cgroup limits included, as Ray counts
 
     from tuner.search.runner import shortage
 
-    gpus = get_accelerator_manager_for_resource("GPU")  # counted as ray.init counts them
-    visible = gpus.get_current_process_visible_accelerator_ids()  # CUDA_VISIBLE_DEVICES
-    count = gpus.get_current_node_num_accelerators()
-    local = {"CPU": float(get_num_cpus()),
-             "GPU": float(count if visible is None else min(count, len(visible)))}
-    why = shortage(study.resources, [local], None)
+    why = shortage(study.resources, [{"CPU": float(get_num_cpus()), "GPU": float(gpus)}], None)
     if why:
         raise UserError(why)
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from tuner.cli_inspect import DEFAULT_URI, TrackingUri
 from tuner.inspect.ui import DEFAULT_HOST, DEFAULT_PORT
 from tuner.redact import redact
+from tuner.store_uri import server_address
 
 
 def ui(
@@ -49,7 +50,7 @@ def ui(
                        f"{ui_mod.runs_url(base, experiment_id)}")
 
     if remote:
-        print_links(ui_mod.server_url(client.tracking_uri))
+        print_links(server_address(client.tracking_uri))
         return 0
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:

@@ -23,8 +23,3 @@ def count(amount: float, noun: str) -> str:
     """"1 trial", "3 trials", "0.5 GPUs"."""
     return f"{amount:g} {noun}" + ("" if amount == 1 else "s")
 
-
-def as_started(command: str) -> str:
-    """`command` (a `tuner …` or `python …` line) as the user can paste it: under `uv run` when
-    uv started this process, since `tuner` is then on no PATH outside uv's environment."""
-    return f"uv run {command}" if "UV_RUN_RECURSION_DEPTH" in os.environ else command

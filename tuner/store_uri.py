@@ -1,7 +1,9 @@
-"""Tracking-store URIs: the file of a `sqlite:///` URI, and such a URI made absolute."""
+"""Tracking-store URIs: the file of a `sqlite:///` URI, such a URI made absolute, and a server's
+address without its credentials."""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 SQLITE = "sqlite:///"
@@ -19,6 +21,14 @@ def in_memory(uri: str) -> bool:
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI, or None for another kind of store."""
     return Path(uri.removeprefix(SQLITE).partition("?")[0]) if uri.startswith(SQLITE) else None
+
+
+def server_address(uri: str) -> str:
+    """An `mlflow server` URI without its user and password, query or fragment, and no trailing
+    "/" (ValueError when it is no valid URL)."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/"))
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="",
+                          fragment="").geturl().rstrip("/")
 
 
 def absolute_uri(uri: str | None) -> str | None:

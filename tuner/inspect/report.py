@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrainConfig, parse_yaml
+from model.shell import as_started
 from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, runs
-from tuner.output import as_started, count
+from tuner.output import count
 from tuner.redact import redact
 from tuner.space.params import shown_value
 

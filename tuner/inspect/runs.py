@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, TrainConfig, train_config_from_dict
+from model.shell import as_started
 from tuner.errors import UserError, reason
-from tuner.output import as_started
 
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # use fullmatch

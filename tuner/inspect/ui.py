@@ -59,13 +59,6 @@ def experiments_url(base_url: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments"
 
 
-def server_url(tracking_uri: str) -> str:
-    """The UI's address on an `mlflow server` tracking URI, without its credentials."""
-    parts = urllib.parse.urlsplit(tracking_uri)
-    public = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="")
-    return redact(public.geturl().rstrip("/"))
-
-
 def local_url(host: str, port: int) -> str:
     """The address a browser on this machine opens for a server listening on `host`."""
     return f"http://{_url_host(host)}:{port}"

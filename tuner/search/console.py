@@ -16,11 +16,13 @@ from rich.table import Table
 from rich.text import Text
 
 from model.metrics import perplexity
+from model.shell import as_started
 from tuner import output
 from tuner.inspect import ui
 from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome
 from tuner.search.trainable import TrainedTokens
 from tuner.space.params import shown_value
+from tuner.store_uri import server_address
 
 MAX_ROWS = 12
 _SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
@@ -226,8 +228,8 @@ class Summary:
 def _ui_link(summary: Summary) -> str:
     """Where the study's runs open in MLflow's UI: on its `mlflow server`, or by `tuner ui`."""
     if summary.tracking_uri.startswith(("http://", "https://")):
-        return ui.runs_url(ui.server_url(summary.tracking_uri), summary.experiment_id)
-    command = output.as_started(f"tuner ui --study {summary.study} --tracking-uri "
+        return ui.runs_url(server_address(summary.tracking_uri), summary.experiment_id)
+    command = as_started(f"tuner ui --study {summary.study} --tracking-uri "
                                 f"{shlex.quote(summary.tracking_uri)}")
     local = ui.local_url(ui.DEFAULT_HOST, ui.DEFAULT_PORT)
     return f"{command}  (then open {ui.runs_url(local, summary.experiment_id)})"
@@ -259,5 +261,5 @@ def print_summary(console: Console, summary: Summary) -> None:
     console.print(f"reproduce it{' as far as it trained' if so_far else ''} with:")
     uri = shlex.quote(summary.tracking_uri)
     replay = f"tuner replay {summary.best_run_id} --tracking-uri {uri}"
-    console.print(f"  {output.as_started(replay)}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"  {as_started(replay)}", highlight=False, soft_wrap=True, markup=False)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError, reason
-from tuner.store_uri import sqlite_file
+from tuner.store_uri import server_address, sqlite_file
 
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
            "elapsed_s")
@@ -100,14 +100,10 @@ def _check_server(uri: str) -> None:
     """Fail fast on an unreachable `mlflow server` (the client would retry for minutes)."""
     import http.client
     import urllib.error
-    import urllib.parse
     import urllib.request
 
     try:
-        parts = urllib.parse.urlsplit(uri.rstrip("/"))
-        public = parts._replace(netloc=parts.netloc.rpartition("@")[2])  # no credentials
-        health = public.geturl() + "/health"
-        with urllib.request.urlopen(health, timeout=10) as response:
+        with urllib.request.urlopen(server_address(uri) + "/health", timeout=10) as response:
             response.read()
     except urllib.error.HTTPError as err:  # something answered: not an MLflow server, maybe
         raise UserError(f"tracking server {uri} answered HTTP {err.code} ({err.reason}) at "

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from model.interrupts import stops_as_ctrl_c
+from model.shell import stops_as_ctrl_c
 
 _held = {"stop": False, "tune_listens": False, "taken_at": -float("inf"), "at_once": False}
 ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not a second

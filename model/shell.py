@@ -1,6 +1,10 @@
-"""SIGTERM (`kill`, `docker stop`, a batch scheduler's time limit) and SIGHUP (a closed terminal
-or SSH session) stop a command as Ctrl-C does, so its clean-up runs and it exits 130: no run is
-left marked running and no half-written folder is left behind."""
+"""How a command meets its shell, for `python -m model.train` and `tuner` alike.
+
+SIGTERM (`kill`, `docker stop`, a batch scheduler's time limit) and SIGHUP (a closed terminal or
+SSH session) stop a command as Ctrl-C does, so its clean-up runs and it exits 130: no run is left
+marked running and no half-written folder is left behind. The commands it prints for pasting
+start as it was started.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,12 @@ import errno
 import os
 import signal
 from typing import Any
+
+
+def as_started(command: str) -> str:
+    """`command` (a `tuner …` or `python …` line) as the user can paste it: under `uv run` when
+    uv started this process, since `tuner` is then on no PATH outside uv's environment."""
+    return f"uv run {command}" if "UV_RUN_RECURSION_DEPTH" in os.environ else command
 
 
 def stops_as_ctrl_c() -> None:
