@@ -1388,8 +1388,10 @@ def _refused_with_no_whole_checkpoint(trial_dir: Path, uri: str, cwd: Path) -> N
                      cwd=cwd, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message, trial_id = " ".join(proc.stderr.split()), trial_dir.name.removeprefix("trial_")
-    assert re.search(rf"{trial_dir}/checkpoint_\d{{6}}/checkpoint.pt: is damaged: (its entry \S+ "
-                     rf"fails its checksum|an entry's header is unreadable \(\w+\))\. Trial "
+    # the checkpoint it names may also be gone: deleted by Tune just before the kill (recovery.py)
+    assert re.search(rf"{trial_dir}/checkpoint_\d{{6}}/checkpoint.pt: (is damaged: (its entry \S+ "
+                     rf"fails its checksum|an entry's header is unreadable \(\w+\))|checkpoint not "
+                     rf"found)\. Trial "
                      rf"{trial_id} would resume from it, .* put back a "
                      rf"whole copy, or start a new study with another --name \(--warm-start "
                      rf"{study.name} builds on this one's finished trials\)", message), message
