@@ -85,6 +85,7 @@ def search(
 
     from tuner.search.mlflow_layout import connect, find_parent
     from tuner.search.provenance import provenance
+    from tuner.search.storage_faults import StorageFull
     from tuner.search.tracking import TrackingLost
 
     # Tune fails to restore a study stopped before any trial started: that one starts again
@@ -156,6 +157,10 @@ def search(
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
         console.print(f"once the store answers again, continue it with: {resume_hint}",
                       markup=False)
+        return 1
+    except StorageFull as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
+        console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
         return 1
     except KeyboardInterrupt:
         from tuner.search.stopping import stopped_at_once

@@ -19,7 +19,7 @@ from model.metrics import perplexity
 from model.shell import as_started
 from tuner import output
 from tuner.inspect import ui
-from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome
+from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome, tune_error
 from tuner.search.trainable import TrainedTokens
 from tuner.space.params import shown_value
 from tuner.store_uri import server_address
@@ -120,6 +120,13 @@ class LiveView(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.on_trial_complete(iteration, trials, trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tries = self.study.search.max_failures + 1
+        start = "the start" if trial.checkpoint is None else "its last checkpoint"
+        self._console.print(f"trial {trial.trial_id} failed (try {trial.run_metadata.num_failures}"
+                            f" of {tries}; retried from {start}): {tune_error(trial)}",
+                            markup=False, highlight=False, soft_wrap=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self._live is not None and iteration % 5 == 0:

@@ -17,6 +17,11 @@ STUDY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_THRESHOLD_S": "60",
+    # A failed try is one line of the live view, and whole in MLflow's `tuner.error` and the
+    # trial's error.txt; Tune printed a page for each (Ray's memory report, for a memory kill).
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+    # Nor Ray's for the failed tries of trials a stop ended before Tune read their errors.
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",
     # How long a reused actor waits for its last trial's thread to end (Tune: 2 s). A busy machine
     # can take longer to unwind a stopped trial; Tune then failed the next trial unrecorded and
     # kept its concurrency slot, so the study hung or stopped as interrupted.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
 DIVERGED, FAILED = "diverged", "failed"
 FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
 UNRANKED = (DIVERGED, FAILED)  # a low loss before the end does not make such a config the best
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
 SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
                    "pbt": "PBT", "none": "the scheduler"}
 
@@ -64,9 +66,25 @@ def ended(trial: Any) -> bool:
 
 
 def tune_error(trial: Any) -> str:
-    """The last lines of the error Tune recorded for a trial whose process kept failing."""
+    """What ended the last try of a trial whose process failed, from the error Tune recorded:
+    the last lines of its traceback, or a sentence for a worker Ray's memory monitor killed."""
     path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
-        return " | ".join(lines[-3:])[-1000:]
-    return "the trial's process failed"
+    if not path or not Path(path).is_file():
+        return "the trial's process failed"
+    last = Path(path).read_text(errors="replace").rpartition("Failure # ")[2]
+    if "running low on memory" in last:
+        return memory_kill(last)
+    lines = [ln.strip() for ln in last.splitlines()[1:] if ln.strip()]  # under "Failure # N"
+    if lines and _EXCEPTION_LINE.match(lines[-1]):  # a traceback's last line says it all
+        return lines[-1][:1000]
+    return " | ".join(lines[-3:])[-1000:] or "the trial's process failed"
+
+
+def memory_kill(message: str) -> str:
+    """Ray's page on a worker its memory monitor killed, as one sentence."""
+    used = re.search(r"was ([\d.]+GB) used / ([\d.]+GB) limit", message)
+    threshold = re.search(r"exceeded threshold of \d+B \(([\d.]+%)", message)
+    return ("its worker was killed by Ray's memory monitor: the node's memory"
+            + (f" reached {used[1]} of {used[2]}" if used else " ran low")
+            + (f", over its threshold of {threshold[1]} (RAY_memory_usage_threshold)"
+               if threshold else ""))

@@ -140,6 +140,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.console import LiveView
     from tuner.search.recovery import CheckpointRepair, StateBackup
     from tuner.search.stopping import StopRelay
+    from tuner.search.storage_faults import StorageGuard
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
 
@@ -161,7 +162,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     # save of a function trainable registers the latest checkpoint again, and pruning one of the
     # two deletes the files of the other, which it may still clone from.
     callbacks = [CheckpointRepair(), StateBackup(config.scheduler, None if pbt else recorder),
-                 recorder, LiveView(study),
+                 StorageGuard(), recorder, LiveView(study),
                  StopRelay()]  # the relay last: a held stop finds the study set up
     run_config = tune.RunConfig(
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
@@ -186,6 +187,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
+    from tuner.search import storage_faults
     from tuner.search.console import stop_live_views
     from tuner.search.stopping import abort_if_stopped, stop_handlers_kept, stops_held
     from tuner.search.tune_state import keep, restore_whole_state
@@ -194,6 +196,10 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
         with stop_handlers_kept():
             start_ray(address)
         import ray
+
+        from tuner.search.worker_deaths import as_actor_deaths
+
+        as_actor_deaths()
 
         try:
             shortage = capacity_shortage(study.resources, address)
@@ -209,10 +215,11 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                          "copy")
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
-                _fit(build_tuner(study, data_dir, storage, config, provenance))
-                # Tune's last save is whole in the folder now; a resume of a study with nothing
-                # left to run takes no step, so StateBackup kept no copy of that save
-                keep(storage / study.name, storage / study.name)
+                with storage_faults.as_storage_full(storage / study.name):
+                    _fit(build_tuner(study, data_dir, storage, config, provenance))
+                    # Tune's last save is whole in the folder now; a resume of a study with
+                    # nothing left to run takes no step, so StateBackup kept no copy of that save
+                    keep(storage / study.name, storage / study.name)
         finally:
             stop_live_views()
             ray.shutdown()

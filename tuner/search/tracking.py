@@ -225,18 +225,25 @@ class MlflowRecorder(tune.Callback):
     @_guarded()
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         child = self._children.get(trial.trial_id)
+        if child is not None and trial.trial_id not in self._finished:
+            self._client.update_run(child.run_id, status="RUNNING")
+            self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
+        self._run_of(trial)
+        self._note_config(trial)
+
+    def _run_of(self, trial: Any) -> _Child:
+        """The trial's run, created RUNNING if it has none yet (a trial whose worker died as it
+        started has none), and described if a kill cut that short before it trained."""
+        child = self._children.get(trial.trial_id)
         if child is None:
             run = self._client.create_run(
                 self._exp, run_name=f"{self.study.name}-{trial.trial_id}",
                 tags={"mlflow.parentRunId": self._parent, STUDY_TAG: self.study.name,
                       ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id, STATUS_TAG: RUNNING})
             child = self._children[trial.trial_id] = _Child(run.info.run_id, run.info.start_time)
-        elif trial.trial_id not in self._finished:
-            self._client.update_run(child.run_id, status="RUNNING")
-            self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
-        if not child.described:  # new, or a kill cut `_describe` short before it trained
+        if not child.described:
             self._describe(child, trial)
-        self._note_config(trial)
+        return child
 
     def _describe(self, child: _Child, trial: Any) -> None:
         """Log a trial run's params, tags and config artifacts; its `tuner.searched` tag last,
@@ -332,18 +339,16 @@ class MlflowRecorder(tune.Callback):
 
     @_guarded()
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        child = self._children.get(trial.trial_id)
-        if child is not None:
-            child.replay_to = child.latest  # it goes on from its last checkpoint
-            self._client.set_tag(child.run_id, "tuner.retries",
-                                 str(trial.run_metadata.num_failures))
+        child = self._run_of(trial)
+        child.replay_to = child.latest  # it goes on from its last checkpoint
+        self._client.set_tag(child.run_id, "tuner.retries", str(trial.run_metadata.num_failures))
 
     def _finish(self, trial: Any) -> None:
-        child = self._children.get(trial.trial_id)
         # A trial MLflow already holds as finished keeps its record: Tune's snapshot before a
         # SIGKILL can lag the tracking store and restart it, but it must not end a second time.
-        if child is None or trial.trial_id in self._finished:
+        if trial.trial_id in self._finished:
             return
+        child = self._run_of(trial)
         end = outcome(trial, self.study.search)
         result = trial.last_result or {}
         if child.sample is not None:

@@ -3,8 +3,9 @@
 Each report carries the evaluation's metrics with `tokens` (Tune's time attribute) and a Tune
 checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial continues from it.
 A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
-errors are recorded, not retried; Tune's retries are left to processes the OS killed and to a GPU
-out of memory (maybe the other trials' on it).
+errors are recorded, not retried; Tune's retries are left to processes the OS killed, to a GPU
+out of memory (maybe the other trials' on it) and to a disk that cannot be written (which stops
+the study: `tuner.search.storage_faults`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
+
+from tuner.search.storage_faults import storage_error
 
 TIME_ATTR = "tokens"
 HYPERBAND_TIME = "hyperband_units"  # HyperBand sizes its brackets for few time units: not tokens
@@ -90,6 +93,9 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             raise
         _report_error(tune, progress, err)
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
+        if storage_error(err):  # the disk's fault, not the config's: a failed try, for the driver
+            traceback.clear_frames(err.__traceback__)
+            raise
         _report_error(tune, progress, err)
     except BaseException as err:  # Tune ending the trial (a scheduler's stop) within a report
         traceback.clear_frames(err.__traceback__)
