@@ -127,7 +127,7 @@ BAD = [
      "{grid: …}; got an empty mapping"),
     ("fractional-count", GOOD + "search:\n  num_samples: 2.5\n", 16, "search.num_samples",
      "input should be a valid integer, got a number with a fractional part (2.5)"),
-    # quoted, a number stays text (README), in every kind of setting
+    # quoted, a number stays text (docs/study-file.md), in every kind of setting
     ("quoted-constant", GOOD.replace("  B:", "  β2: '0.99'\n  B:"), 11, "hparams.beta2",
      "β2 must be a number, got '0.99'"),
     ("quoted-bound", GOOD.replace("[1.0e-4, 1.0e-2]", "['1e-4', 1.0e-2]"), 10, "hparams.lr_max",
