@@ -19,8 +19,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tuner.search.storage_faults import storage_error
-
 TIME_ATTR = "tokens"
 HYPERBAND_TIME = "hyperband_units"  # HyperBand sizes its brackets for few time units: not tokens
 OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder
@@ -55,6 +53,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from ray import tune
 
     from model.train import device_label, resolve_device, train
+    from tuner.search.storage_faults import storage_error
 
     os.umask(umask)
     torch.set_num_threads(threads)
