@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +52,10 @@ def search(
 
     environment.configure(local=address is None)
     console = Console(highlight=False, soft_wrap=True)
+
+    def warn(text: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(text)}")
+
     storage = storage.expanduser().resolve()
     overrides = {k: v for k, v in dict(name=name, num_samples=num_samples, seed=seed,
                                        max_concurrent=max_concurrent, warm_start=warm_start,
@@ -80,7 +85,7 @@ def search(
     if address:
         check_address(address)
     else:
-        _check_local_resources(study)
+        _check_local_resources(study, warn)
     checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.search.mlflow_layout import connect, find_parent
@@ -152,7 +157,7 @@ def search(
         summary = run_study(study, data_dir, storage, address=address, restore=restore,
                             provenance=made_of,
                             overrides=None if resume else overrides, warm_trials=warm_trials,
-                            warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
+                            warn=warn)
     except TrackingLost as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
         console.print(f"once the store answers again, continue it with: {resume_hint}",
@@ -246,10 +251,11 @@ def _check_name_free(client: Any, study: Any) -> None:
                         "pick another --name")
 
 
-def _check_local_resources(study: Any) -> None:
-    """UserError when a trial needs a GPU where torch sees none, or more CPUs or GPUs than this
-    machine has: before a store or a corpus is made (`capacity_shortage` checks the local Ray's
-    own count again once it has started)."""
+def _check_local_resources(study: Any, warn: Callable[[str], None]) -> None:
+    """UserError when a trial needs a GPU where torch sees none, more CPUs or GPUs than this
+    machine has, or more memory than it will have (`warn`: some sampled sizes cannot fit):
+    before a store or a corpus is made (`capacity_shortage` checks the local Ray's own count
+    again once it has started)."""
     need, gpus = study.resources.gpus_per_trial, 0
     if need > 0:
         import torch
@@ -263,11 +269,13 @@ def _check_local_resources(study: Any) -> None:
         return
     from ray._private.utils import get_num_cpus  # cgroup limits included, as Ray counts
 
+    from tuner.search.memory_fit import check_memory
     from tuner.search.runner import shortage
 
     why = shortage(study.resources, [{"CPU": float(get_num_cpus()), "GPU": float(gpus)}], None)
     if why:
         raise UserError(why)
+    check_memory(study, float(get_num_cpus()), warn)
 
 
 def _check_storage(storage: Path) -> None:

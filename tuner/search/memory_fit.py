@@ -1,0 +1,95 @@
+"""Whether a study's trials fit in the memory each will have on this machine, checked before
+anything starts, from `model.memory`'s floor of a training step: a space none of whose
+configurations fits is refused, and the sampled values that cannot fit are named."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import UserError
+from tuner.space.distributions import Distribution, fmt
+
+SIZES = ("batch_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "vocab_size")
+GIB = 2**30
+
+
+def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
+    """UserError when even the space's smallest trial cannot fit in a trial's share of this
+    machine's memory (a GPU's, or the RAM free now over the trials at once on `cpus` CPUs);
+    `warn` names each searched size value that alone cannot fit."""
+    share = memory_per_trial(study, cpus)
+    if share is None:
+        return
+    have, where = share
+    sizes = {name: dist for name, dist in study.searched().items()
+             if name in SIZES and _values(dist)}
+    smallest = {name: min(_values(dist)) for name, dist in sizes.items()}
+    floor = _floor(study, smallest)
+    if floor is None:
+        return
+    shown = ", ".join(f"{name}={fmt(value)}" for name, value in smallest.items())
+    if floor > have:
+        raise UserError(
+            f"resources: a trial{f' of the smallest configuration ({shown})' if shown else ''} "
+            f"needs at least {floor / GIB:.1f} GiB to train, and has {have / GIB:.1f} GiB here "
+            f"({where}); lower hparams.B, the context or the model's size, or run fewer trials "
+            "at once (search.max_concurrent)")
+    too_big = []
+    for name, dist in sizes.items():
+        for value in _values(dist):
+            need = _floor(study, {**smallest, name: value})
+            if need is not None and need > have:
+                too_big.append(f"{name}={fmt(value)} (at least {need / GIB:.1f} GiB)")
+    if too_big:
+        warn(f"a trial has {have / GIB:.1f} GiB here ({where}); these sampled values cannot fit "
+             f"even with every other size at its smallest: {', '.join(too_big)}. Such trials "
+             "are killed for memory, retried and recorded as failed")
+
+
+def memory_per_trial(study: Any, cpus: float) -> tuple[int, str] | None:
+    """Bytes a trial will have on this machine and where they come from; None when unknown."""
+    res = study.resources
+    if res.gpus_per_trial > 0 and res.device != "cpu":
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        return (int(total * min(res.gpus_per_trial, 1.0)),
+                f"{fmt(res.gpus_per_trial)} of a {total / GIB:.0f} GiB GPU")
+    available = _available_ram()
+    if available is None:
+        return None
+    at_once = max(1, min(study.search.max_concurrent or 1_000_000, int(cpus // res.cpus_per_trial)))
+    share = f"a share of {at_once} trials at once" if at_once > 1 else "one trial at a time"
+    return available // at_once, f"{available / GIB:.1f} GiB of RAM available now, {share}"
+
+
+def _available_ram() -> int | None:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    value = fields.get("MemAvailable")
+    return int(value.split()[0]) * 1024 if value else None
+
+
+def _values(dist: Distribution) -> list[Any]:
+    """The values that matter for memory: each option, or a range's two ends."""
+    options = dist.options()
+    values = list(options) if options is not None else [dist.lo, dist.hi]
+    return [value for value in values if isinstance(value, int) and not isinstance(value, bool)]
+
+
+def _floor(study: Any, sizes: dict[str, Any]) -> int | None:
+    """`model.memory`'s floor for the study with `sizes` applied; None where that combination is
+    not a valid trial (its own check says why, when it is sampled)."""
+    from model.memory import step_memory_floor
+
+    try:
+        config = study.trial_config(sizes, ".")
+    except UserError:
+        return None
+    return step_memory_floor(config, cuda=study.resources.gpus_per_trial > 0
+                             and study.resources.device != "cpu")
