@@ -15,13 +15,16 @@ _OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "rmsprop": 1, "adagrad": 1}  # tenso
 def parameter_count(model: ModelConfig) -> int:
     """Parameters of the Transformer LM: embedding, blocks, final norm and output projection."""
     d, norm = model.d_model, 0 if model.norm == "none" else model.d_model
-    ffn = d * (3 * _ffn_width(model) if model.ffn == "swiglu" else 2 * _ffn_width(model))
-    return 2 * model.vocab_size * d + model.num_layers * (4 * d * d + ffn + 2 * norm) + norm
+    matrices, width = _ffn(model)
+    return (2 * model.vocab_size * d + model.num_layers * (4 * d * d + matrices * d * width
+                                                           + 2 * norm) + norm)
 
 
-def _ffn_width(model: ModelConfig) -> int:
-    """The feed-forward's hidden width: the SiLU MLP's is 1.5x d_ff (as many parameters)."""
-    return (model.d_ff or 0) if model.ffn == "swiglu" else round(1.5 * (model.d_ff or 0))
+def _ffn(model: ModelConfig) -> tuple[int, int]:
+    """The feed-forward's matrices and hidden width: SwiGLU's three of d_ff, or the SiLU MLP's
+    two of 1.5·d_ff (as many parameters)."""
+    d_ff = model.d_ff or 0
+    return (3, d_ff) if model.ffn == "swiglu" else (2, round(1.5 * d_ff))
 
 
 def step_memory_floor(config: TrainConfig, cuda: bool) -> int:
@@ -32,10 +35,10 @@ def step_memory_floor(config: TrainConfig, cuda: bool) -> int:
     params = parameter_count(model)
     states = _OPTIMIZER_STATES.get(config.optimizer, 0)
     tokens = config.batch_size * model.context_length
-    width = 2 if cuda and config.fast else 4
-    hidden = (4 if model.ffn == "swiglu" else 2) * _ffn_width(model)
-    per_layer = 10 * model.d_model + hidden  # floats per token kept for the backward pass
+    float_bytes = 2 if cuda and config.fast else 4
+    kept = 4 if model.ffn == "swiglu" else 2  # hidden vectors: SwiGLU's two inputs, gate, product
+    per_layer = 10 * model.d_model + kept * _ffn(model)[1]  # floats per token kept for backward
     if not config.fast:
         per_layer += 2 * model.num_heads * model.context_length  # scores and their softmax
-    activations = tokens * (model.num_layers * per_layer * width + 2 * model.vocab_size * 4)
+    activations = tokens * (model.num_layers * per_layer * float_bytes + 2 * model.vocab_size * 4)
     return 4 * params * (2 + states) + activations

@@ -272,10 +272,11 @@ def _check_local_resources(study: Any, warn: Callable[[str], None]) -> None:
     from tuner.search.memory_fit import check_memory
     from tuner.search.runner import shortage
 
-    why = shortage(study.resources, [{"CPU": float(get_num_cpus()), "GPU": float(gpus)}], None)
+    cpus = float(get_num_cpus())
+    why = shortage(study.resources, [{"CPU": cpus, "GPU": float(gpus)}], None)
     if why:
         raise UserError(why)
-    check_memory(study, float(get_num_cpus()), warn)
+    check_memory(study, cpus, warn)
 
 
 def _check_storage(storage: Path) -> None:

@@ -302,7 +302,8 @@ def _check_varied(tokens_path: Path, text_path: Path, tokenizer: Tokenizer) -> N
     for start in range(0, len(tokens), _SCAN):  # real text differs in the first step
         chunk = tokens[start:start + _SCAN]
         others = chunk[~np.isin(chunk, specials)]
-        seen = others[0] if seen is None and len(others) else seen
+        if seen is None and len(others):
+            seen = others[0]
         if (others != seen).any():
             return
     what = ("special tokens alone" if seen is None else

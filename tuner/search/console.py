@@ -237,7 +237,7 @@ def _ui_link(summary: Summary) -> str:
     if summary.tracking_uri.startswith(("http://", "https://")):
         return ui.runs_url(server_address(summary.tracking_uri), summary.experiment_id)
     command = as_started(f"tuner ui --study {summary.study} --tracking-uri "
-                                f"{shlex.quote(summary.tracking_uri)}")
+                         f"{shlex.quote(summary.tracking_uri)}")
     local = ui.local_url(ui.DEFAULT_HOST, ui.DEFAULT_PORT)
     return f"{command}  (then open {ui.runs_url(local, summary.experiment_id)})"
 

@@ -5,7 +5,6 @@ configurations fits is refused, and the sampled values that cannot fit are named
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
@@ -19,10 +18,7 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
     """UserError when even the space's smallest trial cannot fit in a trial's share of this
     machine's memory (a GPU's, or the RAM free now over the trials at once on `cpus` CPUs);
     `warn` names each searched size value that alone cannot fit."""
-    share = memory_per_trial(study, cpus)
-    if share is None:
-        return
-    have, where = share
+    have, where = memory_per_trial(study, cpus)
     sizes = {name: dist for name, dist in study.searched().items()
              if name in SIZES and _values(dist)}
     smallest = {name: min(_values(dist)) for name, dist in sizes.items()}
@@ -48,8 +44,8 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
              "are killed for memory, retried and recorded as failed")
 
 
-def memory_per_trial(study: Any, cpus: float) -> tuple[int, str] | None:
-    """Bytes a trial will have on this machine and where they come from; None when unknown."""
+def memory_per_trial(study: Any, cpus: float) -> tuple[int, str]:
+    """Bytes a trial will have on this machine and where they come from."""
     res = study.resources
     if res.gpus_per_trial > 0 and res.device != "cpu":
         import torch
@@ -57,22 +53,14 @@ def memory_per_trial(study: Any, cpus: float) -> tuple[int, str] | None:
         total = torch.cuda.get_device_properties(0).total_memory
         return (int(total * min(res.gpus_per_trial, 1.0)),
                 f"{fmt(res.gpus_per_trial)} of a {total / GIB:.0f} GiB GPU")
-    available = _available_ram()
-    if available is None:
-        return None
-    at_once = max(1, min(study.search.max_concurrent or 1_000_000, int(cpus // res.cpus_per_trial)))
+    from ray._private.utils import estimate_available_memory  # a container's limit, as Ray's
+
+    available = estimate_available_memory()
+    at_once = max(1, int(cpus // res.cpus_per_trial))
+    if study.search.max_concurrent:
+        at_once = min(at_once, study.search.max_concurrent)
     share = f"a share of {at_once} trials at once" if at_once > 1 else "one trial at a time"
     return available // at_once, f"{available / GIB:.1f} GiB of RAM available now, {share}"
-
-
-def _available_ram() -> int | None:
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-    except OSError:
-        return None
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    value = fields.get("MemAvailable")
-    return int(value.split()[0]) * 1024 if value else None
 
 
 def _values(dist: Distribution) -> list[Any]:
