@@ -1,7 +1,8 @@
 """How a command meets its shell, for `python -m model.train` and `tuner` alike.
 
-SIGTERM (`kill`, `docker stop`, a batch scheduler's time limit) and SIGHUP (a closed terminal or
-SSH session) stop a command as Ctrl-C does, so its clean-up runs and it exits 130: no run is left
+SIGTERM (`kill`, `docker stop`, a batch scheduler's time limit), SIGUSR1 (Slurm's `--signal`
+notice before a preemption) and SIGHUP (a closed terminal or SSH session) stop a command as
+Ctrl-C does, so its clean-up runs and it exits 130: no run is left
 marked running and no half-written folder is left behind. The commands it prints for pasting
 start as it was started.
 """
@@ -20,10 +21,14 @@ def as_started(command: str) -> str:
     return f"uv run {command}" if "UV_RUN_RECURSION_DEPTH" in os.environ else command
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+
 def stops_as_ctrl_c() -> None:
-    """From now on SIGTERM, and SIGHUP unless it is ignored (`nohup`), raise SIGINT in this
-    process (KeyboardInterrupt, or a study's hold)."""
+    """From now on SIGTERM, SIGUSR1, and SIGHUP unless it is ignored (`nohup`), raise SIGINT in
+    this process (KeyboardInterrupt, or a study's hold)."""
     signal.signal(signal.SIGTERM, _as_ctrl_c)
+    signal.signal(signal.SIGUSR1, _as_ctrl_c)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _as_ctrl_c)
 

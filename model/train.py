@@ -270,14 +270,18 @@ def evaluate(model: torch.nn.Module, windows: tuple[torch.Tensor, torch.Tensor],
 
 def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | None = None,
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
-          sample_at: Sequence[float] | None = None) -> TrainResult:
+          sample_at: Sequence[float] | None = None,
+          checkpoint_now: Callable[[], bool] | None = None,
+          on_checkpoint: Callable[[int, EvalRecord | None], None] | None = None) -> TrainResult:
     """Train to T_total steps, evaluating as `config.evaluates_after` says and at the end;
     `on_eval` returning True stops.
 
-    With `checkpoint_dir`, a checkpoint is written at each evaluation before `on_eval` sees it;
-    `resume_from` continues such a checkpoint exactly where it left off. A text sample comes with
-    every evaluation, or with `sample_at` (token counts where the caller may stop the run) only
-    with the last one and the first at or past each count.
+    With `checkpoint_dir`, a checkpoint is written at each evaluation before `on_eval` sees it,
+    and between steps whenever `checkpoint_now()` says so (a notice of preemption), after which
+    `on_checkpoint(step, last evaluation)` is called and training goes on. `resume_from`
+    continues any of them exactly where it left off. A text sample comes with every evaluation,
+    or with `sample_at` (token counts where the caller may stop the run) only with the last one
+    and the first at or past each count.
     """
     config.validate()
     device = resolve_device(config.device)
@@ -367,10 +371,28 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     run_start = interval_start = time.perf_counter()
     train_time = 0.0
     losses = LossTally(DIVERGENCE_FACTOR * math.log(config.model.vocab_size))
+    if resume_state is not None and "losses" in resume_state:  # saved between evaluations
+        losses.total, losses.count = resume_state["losses"]
     lr, grad_norm, unread, diverged = 0.0, 0.0, None, False
-    model.train()
 
+    def save() -> Path:
+        """A checkpoint of where training is now, `losses` (this interval's) included."""
+        return save_checkpoint(
+            model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
+            rng=_rng_state(batch_gen, sample_gen, device),
+            records=[asdict(r) for r in result.records], tokens=step * per_step,
+            config=config.to_dict(), dataset=dataset_identity(dataset.meta),
+            losses=(losses.total, losses.count))
+
+    model.train()
     while step < total_steps:
+        if checkpoint_now is not None and checkpoint_dir is not None and checkpoint_now():
+            if unread is not None:  # the last step's loss belongs to the saved interval
+                diverged, unread = losses.add(unread), None
+            if not diverged:  # else this iteration goes on to record the divergence
+                result.checkpoint = save()
+                if on_checkpoint is not None:
+                    on_checkpoint(step, result.records[-1] if result.records else None)
         x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
                          batch_gen)
         with autocast():
@@ -417,11 +439,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         if not diverged:
             schedule.observe(val_loss, step)
         if checkpoint_dir is not None and not diverged:
-            result.checkpoint = save_checkpoint(
-                model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
-                rng=_rng_state(batch_gen, sample_gen, device),
-                records=[asdict(r) for r in result.records], tokens=tokens,
-                config=config.to_dict(), dataset=dataset_identity(dataset.meta))
+            result.checkpoint = save()
         stop = on_eval(record) if on_eval is not None else False
         if diverged:
             result.status = "diverged"

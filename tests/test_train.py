@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,6 +73,35 @@ def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> 
     assert resumed.status == "completed"
     assert losses(resumed.records) == losses(full.records)
     assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
+
+
+def test_a_checkpoint_between_evaluations_resumes_at_its_step_exactly(byte_dataset: Path,
+                                                                       tmp_path: Path) -> None:
+    """A checkpoint asked for between evaluations (a preemption notice) is written at the step
+    training is at, and training goes on; resumed from it after a kill, the run equals the
+    uninterrupted one: the train loss of the interval it cut counts the steps before it too."""
+    config = tiny_config(byte_dataset, dropout=0.1)
+    full = train(config)
+    saved: list[tuple[int, int | None]] = []
+
+    def at_step_13() -> Callable[[], bool]:
+        asked = iter(range(100))  # asked before each step
+        return lambda: next(asked) == 13
+
+    went_on = train(config, checkpoint_dir=tmp_path / "on", checkpoint_now=at_step_13(),
+                    on_checkpoint=lambda step, last: saved.append((step, last and last.step)))
+    assert saved == [(13, 10)] and went_on.status == "completed"
+    assert losses(went_on.records) == losses(full.records)
+
+    def killed(step: int, last: EvalRecord | None) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, checkpoint_dir=tmp_path / "cut", checkpoint_now=at_step_13(),
+              on_checkpoint=killed)
+    resumed = train(config, resume_from=tmp_path / "cut")
+    assert [r.step for r in resumed.records] == [10, 20, 30, 40]
+    assert losses(resumed.records) == losses(full.records)
 
 
 def test_resuming_a_finished_run_makes_no_folder(byte_dataset: Path, tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from model.metrics import perplexity
 from model.shell import as_started
 from tuner import output
 from tuner.inspect import ui
+from tuner.output import count
 from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome, tune_error
+from tuner.search.stopping import draining
 from tuner.search.trainable import TrainedTokens
 from tuner.space.params import shown_value
 from tuner.store_uri import server_address
@@ -83,7 +85,7 @@ class LiveView(tune.Callback):
         self._start = time.monotonic()
         self._counter, self._trained = TrainedTokens(), 0  # tokens trained by this driver's trials
         self._done: dict[str, str] = {}  # trial id -> how it finished
-        self._caught_up = self._ended = False
+        self._caught_up = self._ended = self._draining = False
         self._console = output.console(stderr=True, highlight=True)
         starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
         if self._console.is_terminal:
@@ -129,6 +131,13 @@ class LiveView(tune.Callback):
                             markup=False, highlight=False, soft_wrap=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        saving = draining(trials)
+        if saving and not self._draining:
+            self._console.print(
+                f"stopping: the running trials checkpoint their current step "
+                f"({count(len(saving), 'trial')}, at most {self.study.search.stop_grace_s:g} s; "
+                "stop again to skip this)", markup=False, highlight=False)
+        self._draining = bool(saving)
         if self._live is not None and iteration % 5 == 0:
             self._live.update(self.render(trials))
 

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import os
 import random
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,8 +131,9 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
 
 
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
-                provenance: dict[str, Any]) -> Any:
-    """A new Tuner for the study, or (config None) the one restored from `storage/name`: Tune
+                provenance: dict[str, Any], scratch: Path) -> Any:
+    """A new Tuner for the study, or (config None) the one restored from `storage/name`, its
+    trials' working files under `scratch`: Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
     scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
     median rule's)."""
@@ -139,7 +142,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
     from tuner.search.recovery import CheckpointRepair, StateBackup
-    from tuner.search.stopping import StopRelay
+    from tuner.search.stopping import STOP_FLAG, StopRelay
     from tuner.search.storage_faults import StorageGuard
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
@@ -148,7 +151,9 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
                              threads=trial_threads(study), time_unit=time_unit(study),
-                             stopping_points=stopping_points(study), umask=current_umask()),
+                             stopping_points=stopping_points(study), umask=current_umask(),
+                             stop_flag=str(storage / study.name / STOP_FLAG),
+                             scratch=str(scratch)),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         # A trial resumed from its checkpoint reports again an evaluation its Optuna trial had
@@ -189,10 +194,11 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search import storage_faults
     from tuner.search.console import stop_live_views
-    from tuner.search.stopping import abort_if_stopped, stop_handlers_kept, stops_held
+    from tuner.search.stopping import STOP_FLAG, abort_if_stopped, stop_handlers_kept, stops_held
     from tuner.search.tune_state import keep, restore_whole_state
 
-    with stops_held():
+    scratch: Path | None = None  # the trials' working files
+    with stops_held(storage / study.name / STOP_FLAG, study.search.stop_grace_s):
         with stop_handlers_kept():
             start_ray(address)
         import ray
@@ -208,6 +214,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             abort_if_stopped()
             if shortage:
                 warn(f"{shortage}; trials wait until such a node joins")
+            scratch = Path(tempfile.mkdtemp(prefix="tuner-trials-"))
             with state.driven(storage / study.name):
                 if restore and restore_whole_state(storage / study.name):
                     warn(f"Tune's state in {storage / study.name} was part-written (its driver "
@@ -216,13 +223,15 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
                 with storage_faults.as_storage_full(storage / study.name):
-                    _fit(build_tuner(study, data_dir, storage, config, provenance))
+                    _fit(build_tuner(study, data_dir, storage, config, provenance, scratch))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save
                     keep(storage / study.name, storage / study.name)
         finally:
             stop_live_views()
             ray.shutdown()
+            if scratch is not None:  # with what the trials Tune killed left in it
+                shutil.rmtree(scratch, ignore_errors=True)
     return summarise(study)
 
 

@@ -1,8 +1,10 @@
 """Stop requests during a study (Ctrl-C; SIGTERM from `kill` or `docker stop`; SIGHUP from a
-closed terminal). Ray never sees one while it starts (an interrupted start leaves Ray's agents
-running); one that comes before the study is saved aborts the command; after that, Tune's own
-handler takes it and saves the study for `--resume`, even when it came before Tune was
-listening. A second stop ends the driver at once, unless it is the first one delivered again
+closed terminal; SIGUSR1, Slurm's notice before preemption). Ray never sees one while it starts
+(an interrupted start leaves Ray's agents running); one that comes before the study is saved
+aborts the command; after that, the running trials first get up to `search.stop_grace_s` to
+checkpoint the step they are at (a flag file tells them), then Tune's own handler takes it and
+saves the study for `--resume`, even when it came before Tune was listening. A second stop ends
+the grace; one after that ends the driver at once, unless it is the first one delivered again
 (`uv run` passes on a signal that a supervisor also sent to its whole process group)."""
 
 from __future__ import annotations
@@ -11,28 +13,47 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from model.shell import stops_as_ctrl_c
+from model.shell import STOP_SIGNALS, stops_as_ctrl_c
+from tuner.search.trainable import STOP_CHECKPOINT
 
-_held = {"stop": False, "tune_listens": False, "taken_at": -float("inf"), "at_once": False}
-ECHO_S = 0.5  # a stop this soon after the one Tune took is that one again, not a second
+ECHO_S = 0.5  # a stop this soon after the one taken is that one again, not a second
+STOP_FLAG = ".stop-requested"  # in the study's folder, while its trials checkpoint for a stop
+_held: dict[str, Any] = {}
+
+
+def _hold(flag: Path | None, grace_s: float) -> None:
+    _held.update(stop=False, tune_listens=False, taken_at=-float("inf"), at_once=False,
+                 flag=flag, grace_s=grace_s if flag else 0.0, draining_since=None,
+                 saving=set(), saved=set())
+
+
+_hold(None, 0.0)
 
 
 @contextmanager
-def stops_held() -> Iterator[None]:
-    """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`."""
-    before = {signum: signal.getsignal(signum)
-              for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    _held.update(stop=False, tune_listens=False, taken_at=-float("inf"), at_once=False)
+def stops_held(flag: Path | None = None, grace_s: float = 0.0) -> Iterator[None]:
+    """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`,
+    which gives the running trials `grace_s` to checkpoint once it has made the file `flag`."""
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _hold(flag, grace_s)
+    _remove(flag)  # a driver killed while its trials checkpointed left it
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
         yield
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        _remove(flag)
+
+
+def _remove(flag: Path | None) -> None:
+    if flag is not None:
+        flag.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -45,7 +66,7 @@ def stop_handlers_kept() -> Iterator[None]:
     set_handler = signal.signal
 
     def keep_ours(signum: int, handler: Any) -> Any:
-        if signum in (signal.SIGTERM, signal.SIGHUP):
+        if signum in STOP_SIGNALS and signum != signal.SIGINT:
             return signal.getsignal(signum)
         return set_handler(signum, handler)
 
@@ -78,17 +99,70 @@ def _on_interrupt(signum: int, frame: Any) -> None:
     _held["stop"] = True
 
 
+def draining(trials: list) -> list:
+    """The running trials a stop waits for, while it does."""
+    return [] if _held["draining_since"] is None else _unsaved(trials)
+
+
+def _unsaved(trials: list) -> list:
+    """The running trials with an evaluation (a result to carry a checkpoint) whose stop
+    checkpoint Tune has not saved."""
+    return [trial for trial in trials if trial.status == "RUNNING"
+            and "val_loss" in trial.last_result and "error" not in trial.last_result
+            and trial.trial_id not in _held["saved"]]
+
+
 class StopRelay(tune.Callback):
-    """Tune callback: hands a held stop on as the study's loop starts, Tune's handler in place."""
+    """Tune callback: hands a stop to Tune's handler (a held one as the study's loop starts)
+    once the running trials have checkpointed the step they are at, or `stop_grace_s` passed."""
 
     def setup(self, **info: Any) -> None:
         _held["tune_listens"] = True
         tune_handler = signal.getsignal(signal.SIGINT)
 
-        def note_taken(signum: int, frame: Any) -> None:
-            _held["taken_at"] = time.monotonic()
-            tune_handler(signum, frame)
+        def take() -> None:
+            _held.update(taken_at=time.monotonic(), draining_since=None)
+            tune_handler(signal.SIGINT, None)
 
-        signal.signal(signal.SIGINT, note_taken)
+        def on_stop(signum: int, frame: Any) -> None:
+            if _held["taken_at"] > -float("inf"):  # SIGUSR1 after Tune took a stop
+                _on_interrupt(signum, frame)
+                return
+            began = _held["draining_since"]
+            if began is not None:
+                if time.monotonic() - began > ECHO_S:
+                    take()  # a second stop ends the grace
+                return
+            if _held["grace_s"] <= 0 or not _unsaved(_held["trials"]):
+                take()
+                return
+            try:
+                _held["flag"].touch()
+            except OSError:  # a full or read-only disk: no trial can checkpoint anyway
+                take()
+                return
+            _held.update(draining_since=time.monotonic(), saving=set(), saved=set())
+
+        _held.update(take=take, trials=[])
+        for signum in (signal.SIGINT, signal.SIGUSR1):  # Tune's handler takes both
+            signal.signal(signum, on_stop)
         if _held["stop"]:
             signal.raise_signal(signal.SIGINT)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if _held["draining_since"] is not None and STOP_CHECKPOINT in result:
+            _held["saving"].add(trial.trial_id)
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in _held["saving"]:
+            _held["saved"].add(trial.trial_id)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        _held["trials"] = trials  # Tune's own list, which it adds new trials to
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        began = _held["draining_since"]
+        if began is not None and (not draining(trials)
+                                  or time.monotonic() - began >= _held["grace_s"]):
+            _held["take"]()

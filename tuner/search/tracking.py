@@ -48,7 +48,7 @@ from tuner.search.outcome import (
     ended,
     outcome,
 )
-from tuner.search.trainable import TrainedTokens, trial_threads
+from tuner.search.trainable import STOP_CHECKPOINT, TrainedTokens, trial_threads
 
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
 MID_FOLDER = "mid_checkpoints"  # in STORAGE/NAME, one folder per trial
@@ -299,6 +299,9 @@ class MlflowRecorder(tune.Callback):
         child = self._children.get(trial.trial_id)
         tokens, trained = int(result.get("tokens", 0)), self._counter.add(trial.trial_id, result)
         if child is None or "error" in result:
+            return
+        if STOP_CHECKPOINT in result:  # the last evaluation again, carrying a stop's checkpoint
+            child.trained += trained
             return
         if trial.trial_id in self._finished:
             return  # ended in MLflow before a kill that Tune's last snapshot did not see

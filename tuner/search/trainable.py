@@ -5,7 +5,8 @@ checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial 
 A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
 errors are recorded, not retried; Tune's retries are left to processes the OS killed, to a GPU
 out of memory (maybe the other trials' on it) and to a disk that cannot be written (which stops
-the study: `tuner.search.storage_faults`).
+the study: `tuner.search.storage_faults`). When the study stops, each trial reports once more,
+with a checkpoint of the step it is at (`tuner.search.stopping`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 import os
 import shutil
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ TIME_ATTR = "tokens"
 HYPERBAND_TIME = "hyperband_units"  # HyperBand sizes its brackets for few time units: not tokens
 OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder
 SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable, from its checkpoint
+STOP_CHECKPOINT = "stop_checkpoint_step"  # in the result that carries a stop's checkpoint
+STOP_POLL_S = 0.2  # how often a trial looks for the driver's stop flag
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
 
@@ -45,10 +50,13 @@ def trial_threads(study: Any) -> int:
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
               time_unit: float | None, stopping_points: tuple[float, ...] | None,
-              umask: int) -> None:
+              umask: int, stop_flag: str, scratch: str) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval; a
     text sample comes with the evaluations where the scheduler may end it, and the last. Its
-    files (checkpoints) are made under the driver's `umask`, not the one of Ray's processes."""
+    files (checkpoints, in a folder of its own under `scratch`, which the driver deletes) are
+    made under the driver's `umask`, not the one of Ray's processes. Once the file `stop_flag`
+    exists (the study is stopping) it reports a checkpoint of the step it is at, with its last
+    evaluation's metrics again, and waits for Tune to stop it."""
     import torch
     from ray import tune
 
@@ -57,8 +65,9 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
 
     os.umask(umask)
     torch.set_num_threads(threads)
-    scratch = Path(tempfile.mkdtemp(prefix="tuner-trial-"))
-    ckpt_dir = scratch / "checkpoint"
+    Path(scratch).mkdir(mode=0o700, parents=True, exist_ok=True)  # on a node of its own
+    work = Path(tempfile.mkdtemp(prefix="trial-", dir=scratch))
+    ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir()
     progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0,
                 **({HYPERBAND_TIME: 0.0} if time_unit else {})}
@@ -76,8 +85,20 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
             tune.report(metrics, checkpoint=checkpoint)
 
+        def on_stop_checkpoint(step: int, last: Any) -> None:
+            if last is not None:  # else no metrics for Tune to take a checkpoint with
+                metrics = {**trial_metrics(last, progress["budget_tokens"], time_unit),
+                           SINCE_RESTORE: step * config.tokens_per_step - start,
+                           "device": device, STOP_CHECKPOINT: step}
+                metrics.pop("sample", None)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+            # Returning would end the trial as completed, and training on would write
+            # checkpoints that no one registers: Tune's stop ends the process.
+            threading.Event().wait()
+
         result = train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
-                       resume_from=resume_from, sample_at=stopping_points)
+                       resume_from=resume_from, sample_at=stopping_points,
+                       checkpoint_now=StopFlag(stop_flag), on_checkpoint=on_stop_checkpoint)
         if progress["tokens"] == 0 and result.records:
             # Restored at its end (a PBT clone of a trial at its last step, a final checkpoint
             # put back after a kill): it trained nothing, so say again where it ended, or Tune
@@ -100,8 +121,23 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         traceback.clear_frames(err.__traceback__)
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         _free_gpu_memory(torch)
+
+
+class StopFlag:
+    """True once, the first time the file `path` is seen (it is looked for every STOP_POLL_S)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self._next_look, self._seen = path, 0.0, False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self._seen or now < self._next_look:
+            return False
+        self._next_look = now + STOP_POLL_S
+        self._seen = os.path.exists(self.path)
+        return self._seen
 
 
 def _report_error(tune: Any, progress: dict[str, Any], err: Exception) -> None:

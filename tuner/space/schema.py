@@ -173,6 +173,9 @@ class SearchSection(Section):
     max_failures: int = Field(2, ge=0, description="retries, from its checkpoint, of a trial "
                               "whose process died (out of memory, preempted) or whose GPU ran "
                               "out of memory")
+    stop_grace_s: float = Field(30.0, ge=0, description="seconds a stopped study (Ctrl-C, "
+                                "SIGTERM, SIGHUP, SIGUSR1) gives its running trials to checkpoint "
+                                "the step they are at; 0 stops them at once")
     storage: str | None = Field(None, description="Optuna storage URL that keeps the search state "
                                 "(default: in memory)")
     warm_start: str | None = Field(None, description="an earlier study in the same tracking store, "
