@@ -26,15 +26,16 @@ SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable,
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
 
-def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None) -> dict[str, Any]:
+def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None,
+                  prompt: str) -> dict[str, Any]:
     """What an evaluation reports to Tune: the record's numbers, the budget, divergence, sample
-    and, for HyperBand, the tokens in `time_unit`s."""
+    (with the `prompt` it continues) and, for HyperBand, the tokens in `time_unit`s."""
     metrics: dict[str, Any] = {**record.as_metrics(), "budget_tokens": budget_tokens,
                                "diverged": float(not math.isfinite(record.val_loss))}
     if time_unit:
         metrics[HYPERBAND_TIME] = record.tokens / time_unit
     if record.sample is not None:
-        metrics["sample"] = record.sample
+        metrics.update(sample=record.sample, sample_prompt=prompt)
     return metrics
 
 
@@ -70,7 +71,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         device = device_label(resolve_device(config.device))
 
         def on_eval(record: Any) -> None:
-            metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit),
+            metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit,
+                                       config.sample_prompt),
                        SINCE_RESTORE: record.tokens - start, "device": device}
             progress.update({key: metrics[key] for key in progress})
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
