@@ -31,7 +31,7 @@ import pytest
 import torch
 import yaml
 
-from model.config import HPARAMS, train_config_from_dict
+from model.config import train_config_from_dict
 from model.schedules import LRSchedule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -166,6 +166,8 @@ def faults_study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
 
 @pytest.mark.slow
 def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset: Path) -> None:
+    from tuner.space.params import shown_value
+
     client, parent, children = mlflow_runs(faults_study["uri"], "faults")
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tuner.study"] == "faults"
@@ -176,8 +178,10 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
     meta = json.loads(Path(client.download_artifacts(parent.info.run_id, "dataset_meta.json"))
                       .read_text())
     assert meta == json.loads((dataset / "meta.json").read_text())
-    assert parent.data.metrics["trials_finished"] == 8
-    assert parent.data.metrics["tokens_trained"] > 40960
+    # names of their own: MLflow's charts keep the study's curves apart from the trials'
+    assert parent.data.metrics["study/trials_finished"] == 8
+    assert parent.data.metrics["study/tokens_trained"] > 40960
+    assert not set(parent.data.metrics) & {"best_val_loss", "tokens_trained", "val_loss"}
 
     assert len(children) == 8
     assert len({r.data.tags["tuner.trial_id"] for r in children}) == 8
@@ -189,16 +193,24 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
         assert tags["tuner.study"] == "faults"
         assert tags["tuner.seed"] == "0"
         assert tags["tuner.dataset_sha256"] == parent.data.tags["tuner.dataset_sha256"]
-        assert tags["tuner.symbol.lr_max"] == "α_max"
-        assert tags["tuner.symbol.beta2"] == "β2"
-        assert {"lr_max", "vocab_size", "beta2", "weight_decay", "batch_size"} <= set(params)
+        symbols = json.loads(tags["tuner.symbols"])
+        assert (symbols["lr_max"], symbols["beta2"]) == ("α_max", "β2")
+        assert set(symbols) == set(params) and not [t for t in tags if "symbol." in t]
+        assert {"lr_max", "vocab_size", "beta2", "weight_decay", "batch_size",
+                "eval_interval"} <= set(params)
+        # only what AdamW with a cosine schedule and a token budget uses
+        assert not {"momentum", "lars_trust", "plateau_factor", "step_gamma", "exp_rate",
+                    "cycle_mult", "total_iters", "eval_tokens"} & set(params)
+        note = tags["mlflow.note.content"]  # the top of the run's page: outcome, searched values
+        assert note.startswith(f"**{tags['tuner.status']}")
+        assert f"- `lr_max` (α_max) = {shown_value('lr_max', params['lr_max'])}\n" in note
         config = json.loads(Path(client.download_artifacts(run.info.run_id, "trial_config.json"))
                             .read_text())
         assert float(params["lr_max"]) == config["lr_max"]
         assert config["total_tokens"] == 40960  # the cosine horizon is the full budget
         per_step = config["batch_size"] * config["model"]["context_length"]
         epochs = math.ceil(math.ceil(40960 / per_step) * per_step / meta["train_tokens"])
-        assert (params["epochs"], tags["tuner.symbol.epochs"]) == (str(epochs), "N_epoch")
+        assert (params["epochs"], symbols["epochs"]) == (str(epochs), "N_epoch")
         trained = tags["tuner.status"] != "failed"  # the failed ones never reached a step
         assert tags.get("tuner.device") == ("cpu" if trained else None)
 
@@ -254,9 +266,14 @@ def test_a_trial_that_diverges_after_the_best_loss_so_far_is_not_the_best(
     [slow], [relapse] = by_status(children)["completed"], by_status(children)["diverged"]
     early = min(m.value for m in client.get_metric_history(relapse.info.run_id, "val_loss"))
     assert early < slow.data.metrics["best_val_loss"]  # it was the best while it trained
-    study_best = [m.value for m in client.get_metric_history(parent.info.run_id, "best_val_loss")]
+    study_best = [m.value for m in client.get_metric_history(parent.info.run_id,
+                                                             "study/best_val_loss")]
     assert early in study_best
-    assert parent.data.metrics["best_val_loss"] == slow.data.metrics["best_val_loss"]
+    assert parent.data.metrics["study/best_val_loss"] == slow.data.metrics["best_val_loss"]
+    note = parent.data.tags["mlflow.note.content"]  # the winner, not the one that diverged
+    assert note.startswith(f"**Best: trial {slow.data.tags['tuner.trial_id']}**, best val_loss "
+                           f"{slow.data.metrics['best_val_loss']:.4f}.\n")
+    assert "2 trials: 1 completed, 1 diverged." in note
     assert parent.data.tags["tuner.best_run_id"] == slow.info.run_id
     assert f"MLflow run {slow.info.run_id}" in proc.stdout
     assert relapse.info.run_id not in proc.stdout.split("best trial")[-1]
@@ -273,7 +290,8 @@ def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
         for key in ("train_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 8, key
         sample = Path(client.download_artifacts(run.info.run_id, "sample.txt")).read_text()
-        assert sample.startswith("# step 80")
+        assert sample.startswith('# sample at 40,960 tokens (step 80)\n'
+                                 '# prompt: "Once upon a time"\nOnce upon a time')
         checkpoint = Path(client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt"))
         digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
         assert digest == run.data.tags["tuner.checkpoint_sha256"]
@@ -293,7 +311,8 @@ def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
         assert not client.list_artifacts(run.info.run_id, "checkpoint")
         last = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         sample = Path(client.download_artifacts(run.info.run_id, "sample.txt")).read_text()
-        assert sample.startswith(f"# step {last // 512}\n")  # its last evaluation's, 512 a step
+        # its last evaluation's, 512 tokens a step
+        assert sample.startswith(f"# sample at {last:,} tokens (step {last // 512})\n")
 
 
 @pytest.mark.slow
@@ -344,8 +363,8 @@ def test_failed_and_diverged_trials(faults_study: dict[str, Any]) -> None:
     history = client.get_metric_history(diverged.info.run_id, "val_loss")
     assert history[-1].value > 1e300  # inf, the worst value, as MLflow stores it
     assert max(m.step for m in history) < 40960  # stopped early
-    assert parent.data.metrics["trials_failed"] == 4
-    assert parent.data.metrics["trials_diverged"] == 1
+    assert parent.data.metrics["study/trials_failed"] == 4
+    assert parent.data.metrics["study/trials_diverged"] == 1
 
 
 def _run_study(tmp_path: Path, space: Path, template: Path) -> tuple[str, Any, list[Any], str]:
@@ -465,7 +484,7 @@ def test_pbt_study_perturbs_within_the_space(tmp_path: Path, dataset: Path,
     for run in children:
         on_step = run.data.params["schedule"] == "step"
         assert ("step_gamma" in run.data.tags["tuner.searched"].split(",")) == on_step
-        assert on_step or run.data.params["step_gamma"] == str(HPARAMS["step_gamma"].default)
+        assert ("step_gamma" in run.data.params) == on_step  # logged where it is used
         # the latest best_val_loss (what `tuner best` ranks by) is the best, clone or not
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert run.data.metrics["best_val_loss"] == min(m.value for m in history)
@@ -495,7 +514,7 @@ def _assert_tokens_counted_once(client: Any, parent: Any, children: list[Any],
         assert count == int(run.data.metrics["tokens_trained"])  # the latest, at its highest step
         assert count % interval == 0 and logged - 1 <= count // interval <= logged, (count, logged)
         counts.append(count)
-    assert parent.data.metrics["tokens_trained"] == sum(counts)
+    assert parent.data.metrics["study/tokens_trained"] == sum(counts)
 
 
 def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: Path,
@@ -517,7 +536,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     report.write_report(client, "pbt", tmp_path / "report", tmp_path)
     summary = (tmp_path / "report" / report.SUMMARY_MD).read_text()
     _, parent, _ = mlflow_runs(uri, "pbt")
-    assert f"{int(parent.data.metrics['tokens_trained']):,} tokens trained in all" in summary
+    assert f"{int(parent.data.metrics['study/tokens_trained']):,} tokens trained in all" in summary
     assert ("no one config reproduces it" in summary) == rows[0].pbt
     assert ("tuner replay" in summary) != rows[0].pbt and "Not computed: PBT changed" in summary
     assert ("no one config reproduces it" in out) == rows[0].pbt != ("tuner replay" in out)
@@ -756,7 +775,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
     _, parent, [run] = mlflow_runs(uri, "lost")
     assert (run.info.status, run.data.tags["tuner.status"]) == ("FAILED", "failed")
     assert run.data.tags["tuner.failed_in"] == "process"
-    assert parent.data.metrics["trials_failed"] == 1
+    assert parent.data.metrics["study/trials_failed"] == 1
     assert history.earlier_study("lost", uri)[1] == []
 
 
@@ -1042,6 +1061,9 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     assert "interrupted" in {r.data.tags["tuner.status"] for r in before}
     halfway = [r for r in before if r.data.tags["tuner.status"] == "interrupted"]
     assert parent.data.tags["tuner.best_run_id"] in {r.info.run_id for r in halfway}
+    assert {r.data.tags["mlflow.note.content"].split("**")[1] for r in halfway} == {"interrupted"}
+    assert parent.data.tags["mlflow.note.content"].startswith(
+        f"**Best: trial {parent.data.tags['tuner.best_trial_id']}**")
     assert not [r for r in halfway if "tuner.checkpoint_sha256" in r.data.tags]  # not final
     assert f"best trial so far {parent.data.tags['tuner.best_trial_id']}: " in out, out
     assert "reproduce it as far as it trained with:" in out  # not its result at the end
@@ -1053,6 +1075,7 @@ def test_sigterm_stops_the_study_as_ctrl_c_does(tmp_path: Path, dataset: Path,
     _, parent, after = mlflow_runs(uri, "termed")
     assert parent.info.status == "FINISHED" and len(after) == 3
     assert {r.data.tags["tuner.status"] for r in after} == {"completed"}
+    assert {r.data.tags["mlflow.note.content"].split(" (")[0] for r in after} == {"**completed"}
     assert {r.info.run_id for r in before} <= {r.info.run_id for r in after}
 
 
@@ -1477,8 +1500,9 @@ def test_study_where_no_trial_trains_exits_1(tmp_path: Path, dataset: Path,
                       str(tmp_path / "ray")], cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _, parent, _ = mlflow_runs(uri, "blowup")
-    assert "tuner.best_run_id" not in parent.data.tags and "best_val_loss" not in (
+    assert "tuner.best_run_id" not in parent.data.tags and "study/best_val_loss" not in (
         parent.data.metrics)
+    assert parent.data.tags["mlflow.note.content"].startswith("No trial reached a finite")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tuner.errors import UserError
 from tuner.search.algorithms import optuna_sampler
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.distributions import Choice, LogUniform, Uniform
-from tuner.space.params import ALL_DEFS, shown_value
+from tuner.space.params import ALL_DEFS, shown_value, used_values
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 SHIPPED = sorted(SPACES.glob("*.yaml"))
@@ -536,6 +536,22 @@ def test_a_value_whose_condition_fails_is_dropped_from_the_trial(tmp_path: Path)
                                                                  "beta2": 0.95}
     assert study.trial_config({"optimizer": "sgd", "beta2": 0.95}, tmp_path).beta2 == \
         HPARAMS["beta2"].default
+
+
+def test_a_trial_records_only_the_parameters_its_config_trains_with(tmp_path: Path) -> None:
+    """A trial run's params: those whose condition holds, and the budget fields set."""
+    study = load_study(write(tmp_path, study_text(
+        "  optimizer: {choice: [adamw, sgd]}\n  schedule: {choice: [cosine, step]}\n",
+        budget="tokens: 40960")))
+    sgd = used_values(study.trial_config({"optimizer": "sgd", "schedule": "step"}, tmp_path))
+    assert {"momentum", "step_gamma", "step_size", "eval_tokens", "total_tokens"} <= set(sgd)
+    assert not {"beta1", "beta2", "lars_trust", "cycle_iters", "plateau_factor", "total_iters",
+                "eval_interval"} & set(sgd)
+    adamw = used_values(study.trial_config({"optimizer": "adamw", "schedule": "cosine"}, tmp_path))
+    assert {"beta1", "beta2", "cycle_iters", "lr_min", "d_model", "seed"} <= set(adamw)
+    assert not {"momentum", "step_gamma", "exp_rate"} & set(adamw)
+    assert adamw["cycle_iters"] is None  # used, at its default (T_total)
+    assert set(adamw) < set(HPARAMS) and adamw["d_model"] == 32
 
 
 def test_an_invalid_sample_is_rejected_naming_the_parameter(tmp_path: Path) -> None:

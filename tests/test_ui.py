@@ -141,8 +141,12 @@ def test_ui_serves_the_study_until_ctrl_c(study, store, tmp_path):
         assert experiment["name"] == study.name
         view = json.loads(next(t["value"] for t in experiment["tags"] if t["key"] == VIEW_TAG))
         assert view["orderByKey"] == "metrics.`best_val_loss`" and view["orderByAsc"] is True
-        assert {"params.`lr_max`", "params.`batch_size`", "metrics.`val_loss`"} <= \
-            set(view["selectedColumns"])
+        assert {"params.`lr_max`", "params.`batch_size`", "metrics.`val_loss`",
+                "tags.`tuner.status`"} <= set(view["selectedColumns"])
+        assert view["runsHiddenMode"] == "SHOW_ALL"  # MLflow's charts draw the first 10 else
+        # the trials' curves first, val_loss leading; the study's below (MLflow sorts by name)
+        assert [s["name"] for s in view["compareRunSections"]] == ["Model metrics", "study"]
+        assert view["compareRunCharts"][0]["metricKey"] == "val_loss"
         found = api(base, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
         assert {r["info"]["run_id"] for r in found} == {study.parent_id, *study.run_ids}
         # the artifacts under the store's folder are served as they were recorded

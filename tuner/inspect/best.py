@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import HPARAMS, TrainConfig
+from model.config import TrainConfig
 from model.metrics import perplexity
 from tuner.inspect import runs
 from tuner.redact import redact
@@ -61,24 +61,17 @@ def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, descri
     """A study file that runs exactly `config` as its one trial: every parameter a constant, the
     resources of the recorded (resolved) study, recorded at `tracking_uri` (the store it was read
     from; its credentials masked, as everywhere), no scheduler to stop it early."""
-    from tuner.space.params import BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
+    from tuner.space.params import BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS, used_values
 
-    values = config.to_dict()
-    model = values.pop("model")
-
-    def active(name: str, section: dict[str, Any]) -> bool:
-        when = HPARAMS[name].when
-        return when is None or section[when[0]] in when[1]
-
+    used = used_values(config)
     return {
         "name": name,
         "description": description,
         "data": {"path": config.data},
-        "model": {n: model[n] for n in MODEL_DEFS if active(n, model)},
-        "hparams": {n: values[n] for n in HPARAM_DEFS if n in values and active(n, values)},
-        "budget": {field: values[trainer] for field, trainer in BUDGET_NAMES.items()
-                   if values[trainer] is not None
-                   and not (trainer == "eval_interval" and values["eval_tokens"] is not None)},
+        "model": {n: used[n] for n in MODEL_DEFS if n in used},
+        "hparams": {n: used[n] for n in HPARAM_DEFS if n in used},
+        "budget": {field: used[trainer] for field, trainer in BUDGET_NAMES.items()
+                   if trainer in used},
         "search": {"algorithm": "random", "scheduler": "none", "num_samples": 1},
         "resources": recorded.get("resources", {}),
         "tracking": {"uri": redact(tracking_uri)},

@@ -262,6 +262,7 @@ def summary_markdown(study: str, trial_curves: list[Curve], row: best_mod.TrialR
 def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path]:
     """Write every plot and the summary to `out`, log them under report/ of the study's parent
     run, and return the files written."""
+    from tuner.search.mlflow_layout import STUDY_PREFIX
     from tuner.search.outcome import UNRANKED
 
     parent = runs.study_parent(client, study)
@@ -314,8 +315,9 @@ def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path
     replay_cmd = as_started(f"tuner replay {row.run_id} --tracking-uri "
                             f"{shlex.quote(redact(client.tracking_uri))}") if row else ""
     # the study's own count: a PBT clone's curve starts at its donor's tokens, not trained by it
-    tokens = parent.data.metrics.get("tokens_trained",
-                                     sum(c.points[-1][0] for c in trial_curves if c.points))
+    metrics = parent.data.metrics  # "tokens_trained": a study recorded before the study/ names
+    tokens = metrics.get(f"{STUDY_PREFIX}tokens_trained", metrics.get(
+        "tokens_trained", sum(c.points[-1][0] for c in trial_curves if c.points)))
     (out / SUMMARY_MD).write_text(summary_markdown(
         study, trial_curves, row, scores, note, [p.name for p in written], replay_cmd,
         int(tokens)))

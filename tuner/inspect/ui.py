@@ -31,6 +31,7 @@ from tuner.redact import redact
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
 VIEW_KEY = "tuner"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+MODEL_SECTION = "Model metrics"  # MLflow's charts section of the metrics without a prefix
 START_TIMEOUT_S = 120  # `mlflow server` answers in 5-10 s on 2 busy cores
 STOP_GRACE_S = 10
 TAIL_LINES = 20
@@ -85,7 +86,7 @@ def study_experiments(client: Any, study: str | None) -> dict[str, str]:
 
 def save_view(client: Any, experiment_id: str) -> None:
     """Store on the experiment the view `runs_url` opens: its runs ranked by best_val_loss, with
-    val_loss, every searched param and tuner.status as columns."""
+    val_loss, every searched param and tuner.status as columns, every run in the charts."""
     from tuner.search.mlflow_layout import ROLE_TAG, SEARCHED_TAG, STATUS_TAG
 
     trials = client.search_runs([experiment_id], max_results=1000,
@@ -94,10 +95,31 @@ def save_view(client: Any, experiment_id: str) -> None:
                        for name in run.data.tags.get(SEARCHED_TAG, "").split(",") if name})
     columns = ["metrics.`best_val_loss`", "metrics.`val_loss`",
                *(f"params.`{name}`" for name in searched), f"tags.`{STATUS_TAG}`"]
-    # MLflow nests trials under their parent only in a table sorted by start time, collapsed
+    # MLflow nests trials under their parent only in a table sorted by start time, collapsed;
+    # its charts draw the first 10 runs unless told to draw all
     view = {"orderByKey": "metrics.`best_val_loss`", "orderByAsc": True,
-            "selectedColumns": columns}
+            "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", **_charts()}
     client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view))
+
+
+def _charts() -> dict[str, Any]:
+    """The charts of the view: the trials' curves first, val_loss leading (MLflow would sort
+    sections and charts by name, the study's `study/` section first), then the study's. MLflow
+    adds a chart for each metric not listed, at the end of its section."""
+    from tuner.search.mlflow_layout import METRICS, STUDY_PREFIX
+
+    sections = {"tuner-trials": MODEL_SECTION, "tuner-study": STUDY_PREFIX.rstrip("/")}
+    trial_metrics = dict.fromkeys(["val_loss", "best_val_loss", *METRICS, "tokens_trained"])
+    charts = [{"uuid": f"tuner-{metric}", "type": "LINE", "metricSectionId": "tuner-trials",
+               "metricKey": metric, "selectedMetricKeys": [metric], "displayName": metric,
+               "isGenerated": True, "deleted": False, "runsCountToCompare": 10,
+               "xAxisKey": "step", "selectedXAxisMetricKey": "", "xAxisScaleType": "linear",
+               "scaleType": "linear", "yAxisKey": "metric", "yAxisExpressions": [], "range": {},
+               "lineSmoothness": 0, "ignoreOutliers": False, "useGlobalXaxisKey": True,
+               "useGlobalLineSmoothing": True} for metric in trial_metrics]
+    return {"compareRunCharts": charts, "isAccordionReordered": True, "compareRunSections": [
+        {"uuid": uuid, "name": name, "display": True, "isReordered": uuid == "tuner-trials"}
+        for uuid, name in sections.items()]}
 
 
 def check_port(host: str, port: int) -> None:

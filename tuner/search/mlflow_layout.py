@@ -24,6 +24,10 @@ RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
+SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSON)
+NOTE_TAG = "mlflow.note.content"  # a run's description: what its page in MLflow's UI shows first
+# The parent run's metrics: names of their own, so MLflow's UI charts them apart from the trials'
+STUDY_PREFIX = "study/"
 # MLflow's tracking stores ("" a folder's path); others fail deep inside MLflow's registry
 STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
                  "databricks", "databricks-uc", "uc")

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,15 @@ from tuner.search.mlflow_layout import (
     DEVICE_TAG,
     FAILED_IN_TAG,
     METRICS,
+    NOTE_TAG,
     PBT_TAG,
     RESUMED_COMMIT_TAG,
     ROLE_TAG,
     SEARCHED_TAG,
     STATUS_TAG,
+    STUDY_PREFIX,
     STUDY_TAG,
+    SYMBOLS_TAG,
     TRIAL_TAG,
     child_runs,
     experiment_id,
@@ -48,6 +52,7 @@ from tuner.search.outcome import (
     ended,
     outcome,
 )
+from tuner.search.run_notes import sample_text, study_note, trial_note
 from tuner.search.trainable import STOP_CHECKPOINT, TrainedTokens, trial_threads
 
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
@@ -96,7 +101,7 @@ class _Child:
     trained: int = 0  # tokens trained to the results logged (a PBT clone's own, not its donor's)
     logged: set[tuple[int, float]] = field(default_factory=set)  # (tokens, val_loss) pairs
     best: float = math.inf
-    sample: tuple[int, str] | None = None
+    sample: tuple[int, int, str, str] | None = None  # tokens, step, prompt, generated text
     config: dict[str, Any] = field(default_factory=dict)
     described: bool = False  # params, tags and artifacts logged (a kill can cut that short)
 
@@ -141,7 +146,7 @@ class MlflowRecorder(tune.Callback):
         self._device_noted: set[str] = set()
         # MLflow shows a metric's value at its highest step: never log the study's below it
         self._study_step = max((m.step for m in self._client.get_metric_history(
-            self._parent, "tokens_trained")), default=0)
+            self._parent, f"{STUDY_PREFIX}tokens_trained")), default=0)
         for run in child_runs(self._client, self._exp, self._parent):
             self._adopt(run)
 
@@ -209,7 +214,8 @@ class MlflowRecorder(tune.Callback):
             values["best_val_loss"] = self._best[0]
         elif self._best_tagged:  # the only best diverged, failed or was lost: none is left
             values["best_val_loss"] = math.nan
-        self._log_metrics(self._parent, values, self._study_step)
+        self._log_metrics(self._parent, {STUDY_PREFIX + k: v for k, v in values.items()},
+                          self._study_step)
         best = self._children.get(self._best[2])
         if best is not None and self._best[2] != self._best_tagged:
             self._log_params_tags(self._parent, {}, {"tuner.best_trial_id": self._best[2],
@@ -227,7 +233,7 @@ class MlflowRecorder(tune.Callback):
         child = self._children.get(trial.trial_id)
         if child is not None and trial.trial_id not in self._finished:
             self._client.update_run(child.run_id, status="RUNNING")
-            self._client.set_tag(child.run_id, STATUS_TAG, RUNNING)
+            self._log_params_tags(child.run_id, {}, self._status_tags(trial, child, RUNNING))
         self._run_of(trial)
         self._note_config(trial)
 
@@ -249,33 +255,38 @@ class MlflowRecorder(tune.Callback):
         """Log a trial run's params, tags and config artifacts; its `tuner.searched` tag last,
         which says the rest is there."""
         from model.config import EPOCHS, HPARAMS
-        from tuner.space.params import ALL_DEFS
+        from tuner.space.params import ALL_DEFS, used_values
 
         searched = self.study.used(dict(trial.config))
         try:
             trial_config = self.study.trial_config(searched, Path(self.data_dir))
         except UserError:
             trial_config = None  # an invalid sample: the trial fails and says why
-        config = trial_config.to_dict() if trial_config else None
-        values = {**config, **config["model"]} if config else {}
-        params = {**{name: values[name] for name in HPARAMS if name in values}, **searched}
+        params = {**(used_values(trial_config) if trial_config else {}), **searched}
         if trial_config:
             train_tokens = self.provenance["dataset_meta"]["train_tokens"]
             params[EPOCHS.name] = trial_config.epochs(train_tokens)
         defs = {**ALL_DEFS, **HPARAMS, EPOCHS.name: EPOCHS}
-        symbols = {name: defs[name].symbol for name in params}
+        symbols = {name: defs[name].symbol for name in sorted(params)}
         prov = self.provenance
         tags = {"tuner.seed": str(self.study.budget.seed),
                 "tuner.threads": str(trial_threads(self.study)),
                 "tuner.dataset_sha256": prov["dataset_sha256"],
                 "tuner.git_commit": prov["git_commit"],
-                **{f"tuner.symbol.{name}": symbol for name, symbol in symbols.items()}}
+                SYMBOLS_TAG: json.dumps(symbols, ensure_ascii=False),
+                NOTE_TAG: trial_note(searched, RUNNING, child.best)}  # until it ends
         self._log_params_tags(child.run_id, params, tags)
         self._client.log_dict(child.run_id, searched, "searched.json")
-        if config:
-            self._client.log_dict(child.run_id, config, "trial_config.json")
+        if trial_config:
+            self._client.log_dict(child.run_id, trial_config.to_dict(), "trial_config.json")
         self._client.set_tag(child.run_id, SEARCHED_TAG, ",".join(sorted(searched)))
         child.described, child.config = True, searched
+
+    def _status_tags(self, trial: Any, child: _Child, status: str, detail: str = ""
+                     ) -> dict[str, str]:
+        """A trial run's `tuner.status` and the description that leads with it."""
+        note = trial_note(self.study.used(dict(trial.config)), detail or status, child.best)
+        return {STATUS_TAG: status, NOTE_TAG: note}
 
     def _note_config(self, trial: Any) -> None:
         """PBT changes a trial's hyperparameters as it goes: record each change as metrics."""
@@ -309,7 +320,8 @@ class MlflowRecorder(tune.Callback):
             self._client.set_tag(child.run_id, DEVICE_TAG, str(result["device"]))
             self._device_noted.add(trial.trial_id)
         if result.get("sample") is not None:
-            child.sample = (int(result.get("step", 0)), str(result["sample"]))
+            child.sample = (tokens, int(result.get("step", 0)),
+                            str(result.get("sample_prompt", "")), str(result["sample"]))
         values = {k: float(result[k]) for k in METRICS if k in result}
         val_loss = values.get("val_loss", math.inf)
         # Logged before: a result inside the replay after a restart, or one identical to a
@@ -355,13 +367,13 @@ class MlflowRecorder(tune.Callback):
         end = outcome(trial, self.study.search)
         result = trial.last_result or {}
         if child.sample is not None:
-            step, text = child.sample
-            self._client.log_text(child.run_id, f"# step {step}\n{text}\n", "sample.txt")
+            self._client.log_text(child.run_id, sample_text(*child.sample), "sample.txt")
         if end.status == COMPLETED and self.study.tracking.log_checkpoints == "completed":
             self._log_checkpoint(trial, child)
         # The status last: a driver killed before `set_terminated` leaves a RUNNING run, which a
         # resume finishes again (`_adopt`), so no run stays RUNNING.
-        tags = {STATUS_TAG: end.status, "tuner.status_detail": end.detail[:5000]}
+        tags = {**self._status_tags(trial, child, end.status, end.detail),
+                "tuner.status_detail": end.detail[:5000]}
         if end.status == FAILED:
             tags["tuner.error"] = str(result.get("traceback") or end.detail)[-5000:]
             tags[FAILED_IN_TAG] = "process" if trial.status == "ERROR" else "trainer"
@@ -458,11 +470,22 @@ class MlflowRecorder(tune.Callback):
         for trial in unfinished:
             child = self._children.get(trial.trial_id)
             if child is not None:
-                self._client.set_tag(child.run_id, STATUS_TAG, "interrupted")
+                self._log_params_tags(child.run_id, {},
+                                      self._status_tags(trial, child, "interrupted"))
                 self._client.set_terminated(child.run_id, "KILLED")
         self._log_study()
+        self._note_study()
         complete = not unfinished and len(trials) >= self.study.search.num_samples
         self._client.set_terminated(self._parent, "FINISHED" if complete else "KILLED")
+
+    def _note_study(self) -> None:
+        """Describe the parent run: its best trial, by how much, on which values."""
+        from tuner.inspect import best, runs
+
+        trials = runs.ranked(runs.trial_runs(self._client, self._client.get_run(self._parent)))
+        rows = [best.trial_row(self._client, run) for run in trials[:2]]
+        statuses = Counter(run.data.tags.get(STATUS_TAG, "?") for run in trials)
+        self._client.set_tag(self._parent, NOTE_TAG, study_note(rows, statuses))
 
     # -- helpers ------------------------------------------------------------------------------
 

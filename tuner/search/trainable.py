@@ -11,6 +11,7 @@ with a checkpoint of the step it is at (`tuner.search.stopping`).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -31,15 +32,16 @@ STOP_POLL_S = 0.2  # how often a trial looks for the driver's stop flag
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
 
-def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None) -> dict[str, Any]:
+def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None,
+                  prompt: str) -> dict[str, Any]:
     """What an evaluation reports to Tune: the record's numbers, the budget, divergence, sample
-    and, for HyperBand, the tokens in `time_unit`s."""
+    (with the `prompt` it continues) and, for HyperBand, the tokens in `time_unit`s."""
     metrics: dict[str, Any] = {**record.as_metrics(), "budget_tokens": budget_tokens,
                                "diverged": float(not math.isfinite(record.val_loss))}
     if time_unit:
         metrics[HYPERBAND_TIME] = record.tokens / time_unit
     if record.sample is not None:
-        metrics["sample"] = record.sample
+        metrics.update(sample=record.sample, sample_prompt=prompt)
     return metrics
 
 
@@ -79,7 +81,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         device = device_label(resolve_device(config.device))
 
         def on_eval(record: Any) -> None:
-            metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit),
+            metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit,
+                                       config.sample_prompt),
                        SINCE_RESTORE: record.tokens - start, "device": device}
             progress.update({key: metrics[key] for key in progress})
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
@@ -87,10 +90,11 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
 
         def on_stop_checkpoint(step: int, last: Any) -> None:
             if last is not None:  # else no metrics for Tune to take a checkpoint with
-                metrics = {**trial_metrics(last, progress["budget_tokens"], time_unit),
+                unsampled = dataclasses.replace(last, sample=None)  # logged with it already
+                metrics = {**trial_metrics(unsampled, progress["budget_tokens"], time_unit,
+                                           config.sample_prompt),
                            SINCE_RESTORE: step * config.tokens_per_step - start,
                            "device": device, STOP_CHECKPOINT: step}
-                metrics.pop("sample", None)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
             # Returning would end the trial as completed, and training on would write
             # checkpoints that no one registers: Tune's stop ends the process.

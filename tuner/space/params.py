@@ -22,11 +22,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from model.config import (
+    HPARAMS,
     MODEL_HPARAMS,
     RELATIVE_HPARAMS,
     STUDY_BUDGET_KEYS,
     TRAIN_HPARAMS,
     HParam,
+    TrainConfig,
 )
 from tuner.space.distributions import (
     DISTRIBUTIONS,
@@ -59,6 +61,25 @@ def _hparam_defs() -> dict[str, HParam]:
 HPARAM_DEFS: dict[str, HParam] = _hparam_defs()
 ALL_DEFS: dict[str, HParam] = {**MODEL_DEFS, **HPARAM_DEFS}
 """Every parameter a study can search, by readable name (the Optuna parameter names)."""
+
+
+def used_values(config: TrainConfig) -> dict[str, Any]:
+    """Readable name → value of each hyperparameter `config` trains with: those whose condition
+    holds (no momentum under AdamW) and, of the budget, the fields it sets (eval_interval only
+    without eval_tokens)."""
+    values = config.to_dict()
+    values.update(values.pop("model"))
+
+    def used(name: str) -> bool:
+        when = HPARAMS[name].when
+        if when is not None and values[when[0]] not in when[1]:
+            return False
+        if name in BUDGET_NAMES.values():
+            return values[name] is not None and not (
+                name == "eval_interval" and values["eval_tokens"] is not None)
+        return True
+
+    return {name: values[name] for name in HPARAMS if used(name)}
 
 
 def parse_value(raw: Any, hp: HParam, searchable: bool = True) -> Any:
