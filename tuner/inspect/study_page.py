@@ -22,7 +22,8 @@ th { background: #f3f3f3; cursor: pointer; user-select: none; white-space: nowra
 th[aria-sort=ascending]::after { content: " ▲"; } th[aria-sort=descending]::after { content: " ▼"; }
 td.text { text-align: left; font-family: ui-monospace, monospace; }
 tr.best td { font-weight: 600; background: #fff6d5; }
-img { max-width: 100%; } figure { margin: 1em 0 2em; } figcaption { color: #555; }
+div.wide { overflow-x: auto; } img { max-width: 100%; }
+figure { margin: 1em 0 2em; } figcaption { color: #555; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
 # Sorts a table by the clicked column: numbers (a cell's data-sort) as numbers, else as text
@@ -85,9 +86,9 @@ def trials_table(found: Findings) -> str:
             _cell(f"{found.reached_at(row):,}", found.reached_at(row)),
             _cell(f"{row.tokens:,}", row.tokens), *values,
             _cell(row.run_id, is_text=True)]) + "</tr>")
-    return ('<table class="sortable" id="trials"><thead><tr>'
+    return ('<div class="wide"><table class="sortable" id="trials"><thead><tr>'
             + "".join(f'<th title="sort by {_esc(h)}">{_esc(h)}</th>' for h in head)
-            + "</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>")
+            + "</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
 
 
 def _best_section(found: Findings) -> str:
