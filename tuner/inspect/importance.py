@@ -29,6 +29,11 @@ class Importance:
     trials: int
     resamples: int
 
+    def spread(self) -> str:
+        """What `low` and `high` are, in words."""
+        return (f"the {SPREAD[0]}th to {SPREAD[1]}th percentile over {self.resamples} random "
+                f"subsets of {SUBSET:.0%} of the trials")
+
 
 def values_at_equal_tokens(trial_curves: list[Curve]) -> tuple[dict[str, float], int]:
     """Each completed or stopped trial's val_loss at its first evaluation at or past T, the

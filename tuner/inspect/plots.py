@@ -9,6 +9,7 @@ from typing import Any
 
 from tuner.inspect.best import TrialRow, symbol
 from tuner.inspect.findings import Curve
+from tuner.inspect.importance import Importance
 from tuner.output import count
 from tuner.space.params import shown_value
 
@@ -125,7 +126,8 @@ def _leaders_panel(ax: Any, trial_curves: list[Curve], leaders: list[TrialRow],
     ax.set_xlim(start - 0.03 * width, end + 0.1 * width)
     ax.set_ylim(low, high)
     ax.set(xlabel="tokens seen", ylabel="validation loss (nats/token)",
-           title=f"the {count(len(leaders), 'best trial')}, zoomed on their ends")
+           title="the best trial, zoomed on its end" if len(leaders) == 1 else
+           f"the {len(leaders)} best trials, zoomed on their ends")
     _token_axis(ax)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
@@ -148,12 +150,10 @@ def lr_figure(schedule: list[tuple[int, float]], logged: list[tuple[int, float]]
     return fig
 
 
-def importance_figure(found: Any) -> Any:
-    """fANOVA importance (an `importance.Importance`) as horizontal bars, most important on top,
-    with the spread over resamples as whiskers, the tokens and trials it is over in the title."""
+def importance_figure(found: Importance) -> Any:
+    """fANOVA importance as horizontal bars, most important on top, its spread over subsets of
+    the trials as whiskers, the tokens and trials it is over in the title."""
     from matplotlib.figure import Figure
-
-    from tuner.inspect.importance import SPREAD, SUBSET
 
     names = list(found.scores)[::-1]
     fig = Figure(figsize=(8, 1.9 + 0.5 * len(names)), layout="constrained")
@@ -171,9 +171,7 @@ def importance_figure(found: Any) -> Any:
     ax.set(xlim=(0, 1.25), title=(
         f"hyperparameter importance: val_loss at {found.tokens:,} tokens, "
         f"{count(found.trials, 'trial')}"),
-        xlabel=(f"share of the variance of val_loss explained (fANOVA)\nwhiskers: the "
-                f"{SPREAD[0]}th–{SPREAD[1]}th percentile over {found.resamples} random subsets "
-                f"of {SUBSET:.0%} of the trials"))
+        xlabel=f"share of the variance of val_loss explained (fANOVA)\nwhiskers: {found.spread()}")
     ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -249,7 +247,7 @@ def parallel_figure(trials: list[tuple[str, Any]], reached: tuple[int, int]) -> 
         ax.plot(range(len(names) + 1), [*ys, place(None, trial.value)], alpha=0.9,
                 color="black" if best else colors(0.82 * rank / max(len(ranked) - 1, 1)),
                 lw=2.8 if best else 1.5, zorder=3 if best else 2, gid=f"trial:{trial_id}")
-    leaders = ranked[:3][::-1]  # bottom up
+    leaders = ranked[:3]  # the lowest first, as its label goes lowest
     heights = _spread([place(None, t.value) for _, t in leaders], 0.06)
     for (trial_id, trial), y in zip(leaders, heights):
         rank = ranked.index((trial_id, trial)) + 1

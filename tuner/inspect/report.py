@@ -15,7 +15,7 @@ from tuner.errors import UserError
 from tuner.inspect import best as best_mod
 from tuner.inspect import history, plots, runs
 from tuner.inspect.findings import NO_BEST, Curve, Findings
-from tuner.inspect.importance import Importance, importance, values_at_equal_tokens
+from tuner.inspect.importance import importance, values_at_equal_tokens
 from tuner.redact import redact
 from tuner.space.params import shown_value
 
@@ -106,7 +106,7 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
                     for c in found.curves)  # a trial that diverged at its first evaluation: none
         return "\n".join([*lines, "## Best trial: none", "",
                           NO_BEST + (f" {LOSS_PNG} shows where each diverged (×)."
-                                            if drawn else ""), "", *listed])
+                                     if drawn else ""), "", *listed])
     lines += [f"## Best trial: {row.trial_id}", "",
               f"{found.winner()} MLflow run `{row.run_id}`.", "",
               *(["| parameter | value |", "|---|---|",
@@ -118,7 +118,7 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
               "## What mattered (fANOVA)", ""]
     imp = found.importance
     if imp is not None:
-        lines += [f"Over the {found.note}; the range is {importance_spread(imp)}.", "",
+        lines += [f"Over the {found.note}; the range is {imp.spread()}.", "",
                   "| parameter | importance | range |", "|---|---|---|",
                   *[f"| {_cell(best_mod.symbol(n))} | {v:.2f} | {imp.low[n]:.2f}–"
                     f"{imp.high[n]:.2f} |" for n, v in imp.scores.items()]]
@@ -127,16 +127,8 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
     return "\n".join([*lines, "", *listed])
 
 
-def importance_spread(imp: Importance) -> str:
-    """What an importance's range is, in words."""
-    from tuner.inspect.importance import SPREAD, SUBSET
-
-    return (f"its {SPREAD[0]}th to {SPREAD[1]}th percentile over {imp.resamples} random subsets "
-            f"of {SUBSET:.0%} of the trials")
-
-
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
-              ) -> tuple[Findings, list[tuple[str, Any]]]:
+                  ) -> tuple[Findings, list[tuple[str, Any]]]:
     """What the report says of the study, and its trials for parallel coordinates."""
     from tuner.search.outcome import UNRANKED
 
@@ -166,19 +158,20 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
             parallel = parallel_trials(space, rows, searched)
         except (UserError, RuntimeError) as err:  # the other plots are still worth having
             note = str(err)
-    best = rows[0] if rows and rows[0].usable else None
-    replay_cmd = as_started(f"tuner replay {best.run_id} --tracking-uri "
-                            f"{shlex.quote(redact(client.tracking_uri))}") if best else ""
     # the study's own count: a PBT clone's curve starts at its donor's tokens, not trained by it
     tokens = parent.data.metrics.get("tokens_trained",
                                      sum(c.points[-1][0] for c in trial_curves if c.points))
-    return Findings(study, trial_curves, rows, found, note, replay_cmd, int(tokens)), parallel
+    findings = Findings(study, trial_curves, rows, found, note, "", int(tokens))
+    if findings.best is not None:
+        findings.replay_cmd = as_started(f"tuner replay {findings.best.run_id} --tracking-uri "
+                                         f"{shlex.quote(redact(client.tracking_uri))}")
+    return findings, parallel
 
 
 def figures(client: Any, found: Findings, parallel: list[tuple[str, Any]],
-             trial_runs: list[Any], workdir: Path) -> dict[str, Any]:
+            trial_runs: list[Any], workdir: Path) -> dict[str, Any]:
     """Each figure of the report by file name."""
-    figures = {LOSS_PNG: plots.loss_figure(found.curves, [r for r in found.rows if r.usable])}
+    made = {LOSS_PNG: plots.loss_figure(found.curves, [r for r in found.rows if r.usable])}
     row = found.best
     if row is not None:
         run = next(r for r in trial_runs if r.info.run_id == row.run_id)
@@ -186,14 +179,14 @@ def figures(client: Any, found: Findings, parallel: list[tuple[str, Any]],
         logged_lr = runs.metric_points(client, row.run_id, "lr")
         schedule = logged_lr if row.pbt else lr_points(config, next(  # PBT: α_max changed
             c.points for c in found.curves if c.run_id == row.run_id))
-        figures[LR_PNG] = plots.lr_figure(schedule, logged_lr, config.schedule,
-                                          f"learning rate of the best trial ({row.trial_id})")
+        made[LR_PNG] = plots.lr_figure(schedule, logged_lr, config.schedule,
+                                       f"learning rate of the best trial ({row.trial_id})")
     if found.importance is not None:
-        figures[IMPORTANCE_PNG] = plots.importance_figure(found.importance)
+        made[IMPORTANCE_PNG] = plots.importance_figure(found.importance)
     if parallel:
         reached = [found.reached_at(r) for r in found.rows if r.usable]
-        figures[PARALLEL_PNG] = plots.parallel_figure(parallel, (min(reached), max(reached)))
-    return figures
+        made[PARALLEL_PNG] = plots.parallel_figure(parallel, (min(reached), max(reached)))
+    return made
 
 
 def write_report(client: Any, study: str, out: Path, workdir: Path) -> list[Path]:

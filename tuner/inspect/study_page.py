@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tuner.inspect.best import TrialRow, symbol
 from tuner.inspect.findings import NO_BEST, Findings
-from tuner.inspect.report import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, importance_spread
+from tuner.inspect.report import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG
 from tuner.space.params import shown_value
 
 STYLE = """
@@ -126,7 +126,7 @@ def _captions(found: Findings) -> dict[str, str]:
         PARALLEL_PNG: "Each trial that can be the best: its searched values and its best "
                       f"val_loss, reached at {min(reached):,} to {max(reached):,} tokens.",
         IMPORTANCE_PNG: (f"fANOVA importance over the {found.note}; whiskers: "
-                         f"{importance_spread(imp)}." if imp else ""),
+                         f"{imp.spread()}." if imp else ""),
         LR_PNG: "The best trial's learning rate at every step; dots: the α it logged at each "
                 "evaluation.",
     }
