@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import re
 import shutil
@@ -20,7 +19,10 @@ from mlflow import MlflowClient
 from model.config import ModelConfig, TrainConfig, load_train_config
 from model.train import train
 from tuner.errors import UserError
-from tuner.inspect import history, report, runs
+from tuner.inspect import history, plots, report, runs
+from tuner.inspect.best import TrialRow
+from tuner.inspect.findings import Curve, Findings
+from tuner.inspect.importance import Importance, values_at_equal_tokens
 from tuner.search.algorithms import seed_study
 from tuner.space import build_study, load_study
 
@@ -103,22 +105,32 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     code, text = tuner("report", "--study", recorded.name, "--out", str(out),
                        "--tracking-uri", recorded.uri)
     assert code == 0, text
-    for name in (report.LOSS_PNG, report.LR_PNG, report.IMPORTANCE_PNG):
-        assert (out / name).read_bytes()[:8] == PNG_MAGIC
-        import matplotlib.image
+    import matplotlib.image
 
+    pngs = (report.LOSS_PNG, report.LR_PNG, report.IMPORTANCE_PNG, report.PARALLEL_PNG)
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert matplotlib.image.imread(out / name).shape[2] in (3, 4)
-    html = (out / report.PARALLEL_HTML).read_text()
-    figure = json.loads(re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', html,
-                                  re.DOTALL).group(1))
-    lines = [trace for trace in figure if trace.get("mode") == "lines"]  # one per trial
-    assert len(lines) == len(TRIALS)
-    assert all(len(trace["x"]) == 1 + 3 for trace in lines)  # objective + 3 searched parameters
+    page = (out / report.STUDY_HTML).read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)  # inline: the page stands alone
+    assert not re.search(r'(src|href)="(?!data:)', page)
     summary = (out / report.SUMMARY_MD).read_text()
     assert recorded.best_run_id in summary and "α_max" in summary
     logged = {Path(f.path).name for f in MlflowClient(tracking_uri=recorded.uri).list_artifacts(
         recorded.parent_id, "report")}
     assert logged == {p.name for p in out.iterdir()}
+
+
+def _row(run_id: str, val_loss: float, tokens: int = 30, **params: object) -> TrialRow:
+    return TrialRow(trial_id=run_id.replace("r", "t"), run_id=run_id, params=params,
+                    val_loss=val_loss, tokens=tokens, status="completed")
+
+
+def _leaders(curves: list[Curve]) -> list[TrialRow]:
+    """The rows of the curves that neither diverged nor failed, best first."""
+    rows = [_row(c.run_id, min(v for _, v in c.points), c.points[-1][0]) for c in curves
+            if c.status not in ("diverged", "failed")]
+    return sorted(rows, key=lambda r: r.val_loss)
 
 
 def test_files_written_for_later_name_the_store_absolutely(recorded, tmp_path, monkeypatch):
@@ -166,16 +178,27 @@ def test_a_report_into_no_folder_and_an_unknown_store_exit_2_naming_them(recorde
 
 
 def test_report_figures_have_one_series_per_trial(recorded):
+    from tuner.inspect import best
+
     client = MlflowClient(tracking_uri=recorded.uri)
     trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))
     curves = report.curves(client, trial_runs)
-    ax = report.loss_figure(curves, recorded.best_run_id).axes[0]
+    rows = [best.trial_row(client, run) for run in runs.ranked(trial_runs)]
+    fig = plots.loss_figure(curves, rows)
+    ax, zoom = fig.axes
     trials = [line for line in ax.lines if (line.get_gid() or "").startswith("trial:")]
     assert len(trials) == len(TRIALS)
-    best = next(line for line in trials if line.get_gid() == "trial:trial00000")
-    assert best.get_linewidth() > max(line.get_linewidth() for line in trials if line is not best)
-    stopped = [line for line in trials if line.get_alpha() == report.STYLE["stopped"]["alpha"]]
+    top = next(line for line in trials if line.get_gid() == "trial:trial00000")
+    assert top.get_linewidth() > max(line.get_linewidth() for line in trials if line is not top)
+    stopped = [line for line in trials if line.get_alpha() == plots.STYLE["stopped"]["alpha"]]
     assert len(stopped) == sum(1 for _, stop in TRIALS if stop)
+    assert ax.get_yscale() == "log" and ax.xaxis.get_major_formatter()(40960, 0) == "41k"
+    labels = [t.get_text() for t in zoom.get_legend().get_texts()]
+    assert labels[0].startswith(f"#1 trial00000 {rows[0].val_loss:.4f} B=8 α_max=0.02")
+    gap = rows[1].val_loss - rows[0].val_loss
+    assert labels[1].startswith(f"#2 {rows[1].trial_id} {rows[1].val_loss:.4f} (+{gap:.4f})")
+    low, high = zoom.get_ylim()  # the leaders' ends apart: not the whole range of the left
+    assert low < rows[0].val_loss and high < 1.3 * rows[0].val_loss
 
 
 def test_importance_compares_trials_where_all_trained_alike(recorded, tmp_path):
@@ -184,14 +207,11 @@ def test_importance_compares_trials_where_all_trained_alike(recorded, tmp_path):
     client = MlflowClient(tracking_uri=recorded.uri)
     trial_runs = runs.trial_runs(client, client.get_run(recorded.parent_id))
     curves = report.curves(client, trial_runs)
-    points, at = report.equal_token_points(client, trial_runs, curves, tmp_path)
+    values, at = values_at_equal_tokens(curves)
     stopped_at = {c.points[-1][0] for c in curves if c.status == "stopped"}
     assert stopped_at == {at} and at < max(c.points[-1][0] for c in curves)
     by_run = {c.run_id: dict(c.points) for c in curves}
-    expected = [(params, by_run[run_id][at]) for (params, _), run_id
-                in zip(TRIALS, recorded.run_ids, strict=True)]
-    assert sorted(points, key=lambda p: p[0]["lr_max"]) == sorted(
-        expected, key=lambda p: p[0]["lr_max"])
+    assert values == {run_id: by_run[run_id][at] for run_id in recorded.run_ids}
     code, text = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
                        "--tracking-uri", recorded.uri)
     assert code == 0, text
@@ -199,67 +219,102 @@ def test_importance_compares_trials_where_all_trained_alike(recorded, tmp_path):
             "tokens") in " ".join((tmp_path / "r" / report.SUMMARY_MD).read_text().split())
 
 
+def test_each_figure_says_what_it_measured(recorded, tmp_path):
+    """importance.png names the tokens and trials it rates, with a spread; parallel coordinates
+    draws every trial to its best val_loss, the value every other place reports."""
+    client = MlflowClient(tracking_uri=recorded.uri)
+    parent = client.get_run(recorded.parent_id)
+    found, parallel = report.read_findings(client, recorded.name, parent,
+                                           runs.trial_runs(client, parent), tmp_path)
+    imp, at = found.importance, values_at_equal_tokens(found.curves)[1]
+    assert (imp.tokens, imp.trials, imp.resamples) == (at, len(TRIALS), 30)
+    assert all(0 <= imp.low[n] <= imp.high[n] <= 1 for n in imp.scores)
+    assert any(imp.high[n] > imp.low[n] for n in imp.scores)  # four trials: no sharp answer
+    title = plots.importance_figure(imp).axes[0].get_title()
+    assert f"val_loss at {at:,} tokens, {len(TRIALS)} trials" in title
+    fig = plots.parallel_figure(parallel, (at, 1280 * 8))
+    lines = {line.get_gid(): line for line in fig.axes[0].lines}
+    assert len(lines) == len(TRIALS) and lines["trial:trial00000"].get_color() == "black"
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert f"best val_loss\nreached at {plots.short_tokens(at)}–10.2k tokens" in texts
+    assert f"#1 trial00000 {found.best.val_loss:.4f}" in texts
+    objective = fig.axes[-1]
+    assert objective.get_ylim()[0] < found.best.val_loss < objective.get_ylim()[1]
+
+
+def test_parallel_coordinates_of_100_trials_stay_small(tmp_path):
+    import optuna
+
+    dists = {"lr_max": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "warmup_fraction": optuna.distributions.FloatDistribution(0.0, 0.2),
+             "batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32])}
+    trials = [(f"t{i}", optuna.trial.create_trial(
+        params={"lr_max": 1e-4 * 1.07 ** i, "warmup_fraction": i / 500,
+                "batch_size": (8, 16, 32)[i % 3]}, distributions=dists, value=0.4 + i / 20))
+        for i in range(100)]
+    plots.parallel_figure(trials, (4096, 40960)).savefig(tmp_path / "p.png", dpi=110)
+    assert (tmp_path / "p.png").stat().st_size < 1_000_000
+
+
 def test_importance_takes_each_trial_where_it_first_reached_the_common_tokens():
     """A batch size whose steps do not divide the evaluation interval evaluates a step later,
     and ends a step past the budget: it is rated there, not an interval earlier (or not at all)."""
-    stopped = report.Curve("a", "r1", "stopped", [(40960, 6.0)])
-    uneven = report.Curve("b", "r2", "completed", [(41472, 5.5), (82944, 5.0), (410112, 4.0)])
-    even = report.Curve("c", "r3", "completed", [(40960, 5.8), (409600, 4.2)])
-    diverged = report.Curve("d", "r4", "diverged", [(20480, 3.0), (30720, math.inf)])
-    assert report.values_at_equal_tokens([stopped, uneven, even, diverged]) == (
+    stopped = Curve("a", "r1", "stopped", [(40960, 6.0)])
+    uneven = Curve("b", "r2", "completed", [(41472, 5.5), (82944, 5.0), (410112, 4.0)])
+    even = Curve("c", "r3", "completed", [(40960, 5.8), (409600, 4.2)])
+    diverged = Curve("d", "r4", "diverged", [(20480, 3.0), (30720, math.inf)])
+    assert values_at_equal_tokens([stopped, uneven, even, diverged]) == (
         {"r1": 6.0, "r2": 5.5, "r3": 5.8}, 40960)
-    assert report.values_at_equal_tokens([uneven, even]) == ({"r2": 4.0, "r3": 4.2}, 409600)
-    assert report.values_at_equal_tokens([diverged]) == ({}, 0)
+    assert values_at_equal_tokens([uneven, even]) == ({"r2": 4.0, "r3": 4.2}, 409600)
+    assert values_at_equal_tokens([diverged]) == ({}, 0)
 
 
 def test_diverged_trial_is_marked():
-    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
-              report.Curve("b", "r2", "diverged", [(10, 4.0), (20, math.inf)])]
-    ax = report.loss_figure(curves, "r1").axes[0]
+    curves = [Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
+              Curve("b", "r2", "diverged", [(10, 4.0), (20, math.inf)])]
+    ax = plots.loss_figure(curves, _leaders(curves)).axes[0]
     marks = [line for line in ax.lines if line.get_gid() == "diverged"]
     assert len(marks) == 1 and list(marks[0].get_xydata()[0]) == [10, 4.0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["best", "diverged"]
 
 
 def test_a_trial_with_no_finite_value_is_counted_apart_in_the_title():
-    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
-              report.Curve("b", "r2", "diverged", [(10, math.inf)])]
-    ax = report.loss_figure(curves, "r1").axes[0]
+    curves = [Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
+              Curve("b", "r2", "diverged", [(10, math.inf)])]
+    ax = plots.loss_figure(curves, _leaders(curves)).axes[0]
     assert ax.get_title() == "val_loss of 1 trial (1 more with no finite value, not drawn)"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["best"]  # only what it shows
-    ax = report.loss_figure(curves[1:], "").axes[0]
+    ax = plots.loss_figure(curves[1:], []).axes[0]
     assert ax.get_legend() is None  # nothing drawn: a legend of lines there are none of
 
 
-def test_summary_names_the_tokens_where_the_best_was_reached(recorded):
-    """A trial whose last evaluation is worse than its best: the best is where it was reached."""
-    from tuner.inspect.best import TrialRow
-
-    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5), (30, 2.7)])]
-    row = TrialRow(trial_id="a", run_id="r1", params={}, val_loss=2.5, tokens=30,
-                   status="completed")
-    text = report.summary_markdown("s", curves, row, {}, "", [], "tuner replay r1", 30)
-    assert "reached at 20 of the 30 tokens it trained" in text
+def test_summary_names_the_tokens_where_the_best_was_reached_and_the_margin():
+    """A trial whose last evaluation is worse than its best: the best is where it was reached;
+    the runner-up's gap is named."""
+    curves = [Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5), (30, 2.7)]),
+              Curve("b", "r2", "stopped", [(10, 3.5)])]
+    rows = [_row("r1", 2.5), _row("r2", 3.5, 10)]
+    text = report.summary_markdown(Findings("s", curves, rows, None, "", "tuner replay r1", 40),
+                                   [])
+    assert "reached at 20 of the 30 tokens it trained; 1.0000 (28.6%) below the runner-up, " \
+        "trial t2 (3.5000)." in " ".join(text.split())
     assert "The study searched no parameter" in text and "| parameter |" not in text  # fixed
 
 
 def test_a_symbol_with_pipes_stays_one_table_cell():
     """|V| (vocab_size) in the summary's tables: escaped, or its pipes would split the row."""
-    from tuner.inspect.best import TrialRow
-
-    curves = [report.Curve("a", "r1", "completed", [(10, 3.0)])]
-    row = TrialRow(trial_id="a", run_id="r1", params={"vocab_size": 512}, val_loss=3.0,
-                   tokens=10, status="completed")
-    text = report.summary_markdown("s", curves, row, {"vocab_size": 1.0}, "3 trials", [],
-                                   "tuner replay r1", 10)
-    assert "| \\|V\\| | 512 |" in text and "| \\|V\\| | 1.00 |" in text
+    curves = [Curve("a", "r1", "completed", [(10, 3.0)])]
+    found = Importance({"vocab_size": 1.0}, {"vocab_size": 0.9}, {"vocab_size": 1.0}, 10, 3, 30)
+    text = report.summary_markdown(Findings("s", curves, [_row("r1", 3.0, 10, vocab_size=512)],
+                                            found, "3 trials", "tuner replay r1", 10), [])
+    assert "| \\|V\\| | 512 |" in text and "| \\|V\\| | 1.00 | 0.90–1.00 |" in text
 
 
 def test_trial_stopped_at_its_first_evaluation_is_drawn():
     """A one-point curve (ASHA's first rung) draws no line: its dot is what shows it."""
-    curves = [report.Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
-              report.Curve("b", "r2", "stopped", [(10, 4.0)])]
-    ax = report.loss_figure(curves, "r1").axes[0]
+    curves = [Curve("a", "r1", "completed", [(10, 3.0), (20, 2.5)]),
+              Curve("b", "r2", "stopped", [(10, 4.0)])]
+    ax = plots.loss_figure(curves, _leaders(curves)).axes[0]
     stopped = next(line for line in ax.lines if line.get_gid() == "trial:b")
     assert stopped.get_marker() == "o" and stopped.get_markersize() > 0
     assert list(stopped.get_xydata()[stopped.get_markevery()[0]]) == [10, 4.0]
@@ -341,9 +396,11 @@ def test_a_diverged_or_failed_trial_is_never_the_best(recorded, tmp_path):
     code, out = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
                       "--tracking-uri", uri)
     assert code == 0, out
-    assert {p.name for p in (tmp_path / "r").iterdir()} == {report.LOSS_PNG, report.SUMMARY_MD}
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {report.LOSS_PNG, report.SUMMARY_MD,
+                                                             report.STUDY_HTML}
     summary = (tmp_path / "r" / report.SUMMARY_MD).read_text()
     assert "## Best trial: none" in summary and "shows where each diverged (×)" in summary
+    assert "<h2>Best trial: none</h2>" in (tmp_path / "r" / report.STUDY_HTML).read_text()
     client.set_tag(recorded.best_run_id, "tuner.status", "failed")  # nothing diverged: no ×
     code, out = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "r"),
                       "--tracking-uri", uri)

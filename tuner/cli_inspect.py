@@ -144,10 +144,11 @@ def report(
         show_default=False)] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
 ) -> int:
-    """Plots of a study (val_loss curves, lr schedule, importance, parallel coordinates) and a
-    markdown summary, written to --out and logged to the study's parent run."""
+    """Plots of a study (val_loss curves, lr schedule, importance, parallel coordinates), a
+    markdown summary and study.html (all of them on one page, with a sortable table of the
+    trials), written to --out and logged to the study's parent run."""
     from tuner.inspect import runs
-    from tuner.inspect.report import write_report
+    from tuner.inspect.report import STUDY_HTML, write_report
 
     client = runs.connect(tracking_uri)
     folder = out or Path("reports") / study
@@ -158,6 +159,8 @@ def report(
                   "parent run):")
     for path in files:
         console.print(f"  {path}")
+    console.print(f"open {folder / STUDY_HTML} in a browser: the summary, every figure and a "
+                  "table of the trials on one page")
     return 0
 
 

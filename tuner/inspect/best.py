@@ -36,11 +36,12 @@ def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     return [trial_row(client, run) for run in ranked[:k]]
 
 
-def trial_row(client: Any, run: Any) -> TrialRow:
-    """What the tables show of one trial run."""
+def trial_row(client: Any, run: Any, points: list[tuple[int, float]] | None = None) -> TrialRow:
+    """What the tables show of one trial run (`points`: its val_loss history, if read already)."""
     from tuner.search.mlflow_layout import STATUS_TAG, TRIAL_TAG
 
-    points = runs.metric_points(client, run.info.run_id, "val_loss")
+    if points is None:
+        points = runs.metric_points(client, run.info.run_id, "val_loss")
     params, by_pbt = runs.searched_values(run)
     return TrialRow(
         trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
