@@ -3,11 +3,12 @@ much of each running trial's work since its last evaluation a resume keeps, with
 grace (`search.stop_grace_s`, default 30) and without it (0).
 
     uv run python benchmarks/stop_notice.py [--space search_spaces/quickstart.yaml]
-        [--after 25] [--repeats 3]
+        [--after 15] [--repeats 3]
 
 Each run starts the study afresh in a temporary folder, signals the driver `--after` seconds
-later, and reads Tune's saved state: per running trial, the step its newest checkpoint holds
-against its last evaluation. Prints a markdown table for docs/benchmarks.md.
+after Tune made the study's folder, and reads Tune's saved state: per running trial, the step
+its newest checkpoint holds against its last evaluation. Prints a markdown table for
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ def stopped_run(space: dict, grace_s: float, after_s: float, folder: Path) -> tu
                                f"sqlite:///{folder / 'mlflow.db'}", "--storage", "ray"],
                               cwd=folder, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
+    study = folder / "ray" / "stopped"
+    while not study.exists():  # the dataset is prepared and Ray started first
+        if driver.poll() is not None:
+            raise SystemExit(f"the study ended before the signal (exit {driver.returncode})")
+        time.sleep(0.1)
     time.sleep(after_s)
     signalled = time.time()
     driver.send_signal(signal.SIGUSR1)
     driver.wait(timeout=300)
     exit_s = time.time() - signalled
-    study = folder / "ray" / "stopped"
     state = json.loads(max(study.glob("experiment_state-*.json")).read_text())
     trials = []
     for trial, runtime in state["trial_data"]:
@@ -67,7 +72,8 @@ def stopped_run(space: dict, grace_s: float, after_s: float, folder: Path) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", type=Path, default=Path("search_spaces/quickstart.yaml"))
-    parser.add_argument("--after", type=float, default=25.0, help="seconds before the signal")
+    parser.add_argument("--after", type=float, default=15.0,
+                        help="seconds from the study's start to the signal")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     space = yaml.safe_load(args.space.read_text())

@@ -166,3 +166,7 @@ class StopRelay(tune.Callback):
         if began is not None and (not draining(trials)
                                   or time.monotonic() - began >= _held["grace_s"]):
             _held["take"]()
+        if _held["taken_at"] > -float("inf"):
+            # Tune's loop ends with this step, before a trial can see the flag gone and end its
+            # process (which Tune would take for the trial's end had it still been listening)
+            _remove(_held["flag"])

@@ -16,8 +16,8 @@ import gc
 import math
 import os
 import shutil
+import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -96,13 +96,17 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
                            SINCE_RESTORE: step * config.tokens_per_step - start,
                            "device": device, STOP_CHECKPOINT: step}
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
-            # Returning would end the trial as completed, and training on would write
-            # checkpoints that no one registers: Tune's stop ends the process.
-            threading.Event().wait()
+            # Training on would write checkpoints that no one registers, and returning before
+            # the driver's loop has ended would end the trial as completed: once it has (the
+            # flag is gone), end this thread as Tune ends a stopped trial's, so that Tune's
+            # stop finds the process free at once.
+            stop_flag_seen.wait_gone()
+            sys.exit(0)
 
+        stop_flag_seen = StopFlag(stop_flag)
         result = train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
                        resume_from=resume_from, sample_at=stopping_points,
-                       checkpoint_now=StopFlag(stop_flag), on_checkpoint=on_stop_checkpoint)
+                       checkpoint_now=stop_flag_seen, on_checkpoint=on_stop_checkpoint)
         if progress["tokens"] == 0 and result.records:
             # Restored at its end (a PBT clone of a trial at its last step, a final checkpoint
             # put back after a kill): it trained nothing, so say again where it ended, or Tune
@@ -142,6 +146,11 @@ class StopFlag:
         self._next_look = now + STOP_POLL_S
         self._seen = os.path.exists(self.path)
         return self._seen
+
+    def wait_gone(self) -> None:
+        """Return once the file is gone (the driver has handed the stop to Tune)."""
+        while os.path.exists(self.path):
+            time.sleep(STOP_POLL_S / 2)
 
 
 def _report_error(tune: Any, progress: dict[str, Any], err: Exception) -> None:
