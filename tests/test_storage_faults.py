@@ -27,16 +27,20 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("max_failures", [2, 0])
 def test_a_full_disk_stops_the_study_and_resume_finishes_it(tmp_path: Path, small_disk: Path,
                                                              dataset: Path,  # noqa: F811
-                                                             mlflow_store_template: Path) -> None:
+                                                             mlflow_store_template: Path,
+                                                             max_failures: int) -> None:
     """Checkpoints fill the disk under --storage: exit 1 naming it and the exact --resume, no run
-    FAILED or RUNNING (a failed write used to fail its trial as a bad config, exit 2); on a
-    bigger disk --resume trains every trial to its end and names the best of them."""
+    FAILED or RUNNING (a failed write used to fail its trial as a bad config, exit 2; with no
+    retries left, as a failed try); on a bigger disk --resume trains every trial to its end and
+    names the best of them."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "full", dataset, hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
                         budget={"tokens": 61440, "eval_interval": 10},
-                        search={"algorithm": "tpe", "scheduler": "none", "num_samples": 4})
+                        search={"algorithm": "tpe", "scheduler": "none", "num_samples": 4,
+                                "max_failures": max_failures})
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri,
                       "--storage", str(small_disk)], cwd=tmp_path, timeout=300)
     output = " ".join((proc.stdout + proc.stderr).split())

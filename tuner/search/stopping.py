@@ -78,6 +78,12 @@ def stop_handlers_kept() -> Iterator[None]:
         stops_as_ctrl_c()
 
 
+def stop_at_once() -> None:
+    """Stop the study as Ctrl-C does, but with no grace for the trials to checkpoint."""
+    _held["grace_s"] = 0.0
+    signal.raise_signal(signal.SIGINT)
+
+
 def abort_if_stopped() -> None:
     """KeyboardInterrupt when a stop came while Ray started (nothing is saved yet)."""
     if _held["stop"]:

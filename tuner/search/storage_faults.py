@@ -1,7 +1,7 @@
 """A full, over-quota or read-only disk under a study is the machine's fault, not a trial's.
 
-A trial that cannot write its checkpoint raises (Tune counts a failed try, never a failed
-config), and the first such failure stops the study as a Ctrl-C does, its runs ended and its
+A trial that cannot write its checkpoint says so in a result (never a failed config, nor a
+failed try), and the first such report stops the study as a Ctrl-C does, its runs ended and its
 state saved where that still fits; `tuner search` then exits 1 with the `--resume` command, to
 run once there is room again. The driver's own writes (Tune's state) failing end it the same way.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from ray import tune
 
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _IN_TEXT = re.compile(r"\[Errno (%s)\]" % "|".join(str(n) for n in STORAGE_ERRNOS), re.IGNORECASE)
+STORAGE_FAULT = "storage_fault"  # in the result of a trial that could not write to its disk
 _failed: dict[str, str] = {}  # the first storage failure of the study this process runs
 
 
@@ -68,7 +68,13 @@ def _quiet_storage_faults(record: logging.LogRecord) -> bool:
 
 
 class StorageGuard(tune.Callback):
-    """Tune callback: a trial that failed for want of disk stops the study as Ctrl-C does."""
+    """Tune callback: a trial that reported, or failed, for want of disk stops the study as
+    Ctrl-C does, with no grace for the trials to checkpoint (they could not)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if STORAGE_FAULT in result:
+            self._stop(f"trial {trial.trial_id}: {result[STORAGE_FAULT]}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._check(trial)
@@ -81,7 +87,12 @@ class StorageGuard(tune.Callback):
 
         line = next((part for part in tune_error(trial).split(" | ") if _IN_TEXT.search(part)),
                     None)
-        if _failed or line is None:
-            return
-        _failed["reason"] = f"trial {trial.trial_id}: {line.strip()}"
-        signal.raise_signal(signal.SIGINT)  # Tune's handler: a clean stop, saved for --resume
+        if line is not None:
+            self._stop(f"trial {trial.trial_id}: {line.strip()}")
+
+    def _stop(self, reason: str) -> None:
+        from tuner.search.stopping import stop_at_once
+
+        if not _failed:
+            _failed["reason"] = reason
+            stop_at_once()  # a clean stop, saved for --resume

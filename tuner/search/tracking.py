@@ -53,6 +53,7 @@ from tuner.search.outcome import (
     outcome,
 )
 from tuner.search.run_notes import sample_text, study_note, trial_note
+from tuner.search.storage_faults import STORAGE_FAULT
 from tuner.search.trainable import STOP_CHECKPOINT, TrainedTokens, trial_threads
 
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
@@ -311,7 +312,7 @@ class MlflowRecorder(tune.Callback):
         tokens, trained = int(result.get("tokens", 0)), self._counter.add(trial.trial_id, result)
         if child is None or "error" in result:
             return
-        if STOP_CHECKPOINT in result:  # the last evaluation again, carrying a stop's checkpoint
+        if STOP_CHECKPOINT in result or STORAGE_FAULT in result:  # no new evaluation
             child.trained += trained
             return
         if trial.trial_id in self._finished:

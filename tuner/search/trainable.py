@@ -4,9 +4,9 @@ Each report carries the evaluation's metrics with `tokens` (Tune's time attribut
 checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial continues from it.
 A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
 errors are recorded, not retried; Tune's retries are left to processes the OS killed, to a GPU
-out of memory (maybe the other trials' on it) and to a disk that cannot be written (which stops
-the study: `tuner.search.storage_faults`). When the study stops, each trial reports once more,
-with a checkpoint of the step it is at (`tuner.search.stopping`).
+out of memory (maybe the other trials' on it). A disk that cannot be written is reported, and
+the driver stops the study (`tuner.search.storage_faults`). When the study stops, each trial
+reports once more, with a checkpoint of the step it is at (`tuner.search.stopping`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -63,15 +64,16 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from ray import tune
 
     from model.train import device_label, resolve_device, train
-    from tuner.search.storage_faults import storage_error
+    from tuner.search.storage_faults import STORAGE_FAULT, storage_error
 
     os.umask(umask)
     torch.set_num_threads(threads)
+    stopped_by_the_study = False
     Path(scratch).mkdir(mode=0o700, parents=True, exist_ok=True)  # on a node of its own
     work = Path(tempfile.mkdtemp(prefix="trial-", dir=scratch))
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir()
-    progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0,
+    progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0, "val_loss": WORST,
                 **({HYPERBAND_TIME: 0.0} if time_unit else {})}
     try:
         resume_from, restored_steps = restore(tune.get_checkpoint(), ckpt_dir)
@@ -121,16 +123,20 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             raise
         _report_error(tune, progress, err)
     except Exception as err:  # noqa: BLE001 - any trainer error fails this trial, not the study
-        if storage_error(err):  # the disk's fault, not the config's: a failed try, for the driver
+        if storage_error(err) is None:
+            _report_error(tune, progress, err)
+        else:  # the disk's fault, not the config's: said to the driver, which stops the study
             traceback.clear_frames(err.__traceback__)
-            raise
-        _report_error(tune, progress, err)
+            tune.report({**progress, STORAGE_FAULT: f"{type(err).__name__}: {err}"})
+            stopped_by_the_study = True
     except BaseException as err:  # Tune ending the trial (a scheduler's stop) within a report
         traceback.clear_frames(err.__traceback__)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
         _free_gpu_memory(torch)
+    if stopped_by_the_study:  # returning would end the trial as completed: Tune's stop ends it
+        threading.Event().wait()
 
 
 class StopFlag:
