@@ -1,5 +1,5 @@
-"""Shared fixtures: the real corpora in tests/fixtures (their sources in its README) and small
-prepared datasets built from them."""
+"""Shared fixtures: the real corpora in tests/fixtures (their sources in its README), small
+prepared datasets built from them, and what the study tests share (their helpers: studies.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
     return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic-text dataset with a trained BPE tokenizer (vocabulary 300), so trials sample."""
+    from tuner.datasets import prepare_dataset
+
+    cache = tmp_path_factory.mktemp("search_data")
+    return prepare_dataset(source="synthetic", vocab_size=300, synthetic_bytes=200_000,
+                           cache_dir=cache, progress=False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,7 +62,7 @@ def log_study(work: Path, name: str, data: Path, template: Path, trials: list = 
     copied from the migrated `template`; return the record. `val_offset` is added to every
     logged val_loss (a record no replay can match)."""
     from mlflow import MlflowClient
-    from test_search import fresh_store
+    from studies import fresh_store
 
     uri = fresh_store(work, template)
     client = MlflowClient(tracking_uri=uri)

@@ -459,7 +459,7 @@ def test_a_study_name_in_two_experiments_is_refused_as_ambiguous(recorded, tmp_p
 
 def test_damaged_study_records_are_named(tmp_path, mlflow_store_template):
     """A trial's PBT tag that is not JSON, a study.json that is no study: exit 2 naming them."""
-    from test_search import fresh_store
+    from studies import fresh_store
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     client = MlflowClient(tracking_uri=uri)
@@ -486,7 +486,7 @@ def test_damaged_study_records_are_named(tmp_path, mlflow_store_template):
 def _lone_trial(tmp_path, mlflow_store_template, config: dict) -> tuple[str, MlflowClient, str]:
     """A store holding one study of one completed trial run that logged `config`: its URI, a
     client and the trial's run id."""
-    from test_search import fresh_store
+    from studies import fresh_store
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     client = MlflowClient(tracking_uri=uri)
@@ -693,7 +693,7 @@ def test_search_warm_started_from_an_earlier_study(tmp_path, byte_dataset, mlflo
     """`tuner search --warm-start` on real Ray: the searcher's Optuna study (kept in a sqlite
     storage here) holds the earlier study's finished trials before its own."""
     import optuna
-    from test_search import run_tuner
+    from studies import run_tuner
 
     earlier = log_study(tmp_path, "earlier", byte_dataset, mlflow_store_template)
     space = _space_file(tmp_path, earlier, "warmed", algorithm="tpe", scheduler="none",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from services import mlflow_server
-from test_search import dataset, fresh_store, mlflow_runs, run_tuner, write_space  # noqa: F401
+from studies import fresh_store, mlflow_runs, run_tuner, write_space
 
 from tuner.inspect import runs
 from tuner.inspect.report import STUDY_HTML
@@ -47,7 +47,7 @@ def rendered(url: str, profile: Path, budget_ms: int = 30_000) -> str:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,  # noqa: F811
+def study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
           mlflow_store_template: Path) -> dict[str, Any]:
     """A study of four trials (ASHA stops some), searched and reported as a user would."""
     browser()  # skip before the study where there is no browser to show it

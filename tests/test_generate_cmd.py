@@ -176,7 +176,7 @@ def test_an_unusable_run_checkpoint_names_the_run(tmp_path, mlflow_store_templat
     the temporary file it was downloaded to."""
     import torch
     from mlflow import MlflowClient
-    from test_search import fresh_store
+    from studies import fresh_store
 
     from model.checkpoint import file_sha256
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_search import ENV, run_tuner
+from studies import ENV, run_tuner
 
 from model.config import ModelConfig
 from model.layers import TransformerLM

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_search import ENV, dataset, fresh_store, mlflow_runs, run_tuner, write_space  # noqa: F401
+from studies import ENV, fresh_store, mlflow_runs, run_tuner, write_space
 
 
 def _used_memory_fraction_plus(extra_bytes: int) -> float:
@@ -20,7 +20,7 @@ def _used_memory_fraction_plus(extra_bytes: int) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("killed", ["mid-step", "as it starts"])
 def test_memory_monitor_kills_are_retried_then_recorded(killed: str, tmp_path: Path,
-                                                        dataset: Path,  # noqa: F811
+                                                        dataset: Path,
                                                         mlflow_store_template: Path) -> None:
     """Killed mid-step (a B=256 step of a 256-wide model takes about 4 GB; the threshold leaves
     1.5 GB to Ray and the trial) or as its worker starts (a threshold of 1%): each try of the

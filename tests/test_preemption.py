@@ -11,11 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_search import (  # noqa: F401
+from studies import (
     ENV,
     TUNER,
     _wait_until,
-    dataset,
     fresh_store,
     mlflow_runs,
     resume_to_the_end,
@@ -41,7 +40,7 @@ def _tune_trials(study_dir: Path) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("notice", ["SIGUSR1 to the driver", "SIGTERM to the group"])
 def test_a_stop_checkpoints_each_trial_where_it_is_and_resume_goes_on_from_there(
-        tmp_path: Path, dataset: Path, mlflow_store_template: Path,  # noqa: F811
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path,
         notice: str) -> None:
     """Signalled between two evaluations, 300 steps apart: the study exits 130 with the resume
     command, each running trial's newest checkpoint is past its last evaluation, and the

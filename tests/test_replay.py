@@ -276,7 +276,7 @@ def test_a_replay_stopped_by_ctrl_c_ends_its_run_as_killed(tmp_path, byte_datase
 
 @pytest.mark.slow
 def test_replay_of_a_real_search_is_bit_exact(tmp_path, byte_dataset, mlflow_store_template):
-    from test_search import fresh_store, run_tuner, write_space
+    from studies import fresh_store, run_tuner, write_space
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "e2e", byte_dataset,

@@ -360,7 +360,7 @@ def conditional_study(tmp_path: Path) -> Study:
         "  B: {int: [4, 32], step: 4}\n").replace("  lr_max: 0.001\n", "")))
 
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")  # grid: tests/test_search.py
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")  # grid: tests/test_search_algorithms.py
 
 @pytest.mark.parametrize("name", ["random", "qmc", "tpe"])
 def test_another_seed_draws_other_trials(name: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_search import dataset, fresh_store, mlflow_runs, run_tuner, write_space  # noqa: F401
+from studies import fresh_store, mlflow_runs, run_tuner, write_space
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("max_failures", [2, 0])
 def test_a_full_disk_stops_the_study_and_resume_finishes_it(tmp_path: Path, small_disk: Path,
-                                                             dataset: Path,  # noqa: F811
+                                                             dataset: Path,
                                                              mlflow_store_template: Path,
                                                              max_failures: int) -> None:
     """Checkpoints fill the disk under --storage: exit 1 naming it and the exact --resume, no run

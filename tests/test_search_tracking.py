@@ -1,0 +1,265 @@
+"""The tracking store (search/tracking.py, mlflow_layout.py): a server, sqlite, stores that fail."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from services import ServiceUnavailable, free_port, mlflow_server, ray_head
+from studies import (
+    ENV,
+    _wait_until,
+    fresh_store,
+    mlflow_runs,
+    resume_to_the_end,
+    run_tuner,
+    search_refused,
+    start_search,
+    write_space,
+)
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_study_stops_it(tmp_path: Path, dataset: Path) -> None:
+    """The `mlflow server` dies mid-study: once MLflow's retries are spent (none here) the study
+    stops, saying which store failed and how to continue, instead of hanging on every record;
+    with the server back, --resume finishes it in the same runs."""
+    backend, artifacts = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts"
+    space = write_space(tmp_path, "lost", dataset, budget={"tokens": 61440},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3})
+    storage = tmp_path / "ray"
+    env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        with mlflow_server(backend, artifacts) as uri:
+            driver = start_search(space, uri, storage, tmp_path, env=env)
+            _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) > 0,
+                        study="lost")
+        out, err = driver.communicate(timeout=300)
+        assert driver.returncode == 1, out + err
+        said = " ".join(out.split())
+        assert f"error: tracking store {uri} failed: " in said and "; the study stopped" in said
+        assert ("once the store answers again, continue it with: tuner search --resume --name "
+                f"lost --storage {storage}") in said
+
+        with mlflow_server(backend, artifacts, port=int(uri.rsplit(":", 1)[1])):
+            proc, _ = resume_to_the_end("lost", storage, tmp_path, uri, completed=3, env=env)
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    assert "View run" not in proc.stdout  # MLflow's line per ended run: the summary names it
+
+
+@pytest.mark.slow
+def test_tracking_failure_as_a_trial_ends_stops_the_study(tmp_path: Path, dataset: Path,
+                                                          mlflow_store_template: Path) -> None:
+    """Tune catches the errors of a trial's end (and would retry the finished trial): a store that
+    fails there still stops the study, and once it is back --resume finishes it in the same runs."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "ends", dataset, budget={"tokens": 122880},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 3,
+                                "max_concurrent": 1})
+    storage, artifacts, aside = tmp_path / "ray", tmp_path / "mlruns", tmp_path / "mlruns.aside"
+    driver = start_search(space, uri, storage, tmp_path)
+    _wait_until(uri, driver, lambda runs, tokens: max(tokens.values(), default=0) > 0,
+                study="ends")
+    artifacts.rename(aside)
+    artifacts.write_text("")  # a file: the first trial's sample.txt, at its end, cannot be written
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, out + err
+    said = " ".join(out.split())
+    assert f"error: tracking store {uri} failed: " in said and "; the study stopped" in said
+
+    artifacts.unlink()
+    aside.rename(artifacts)
+    _, runs = resume_to_the_end("ends", storage, tmp_path, uri, completed=3)
+    assert not [r for r in runs if "tuner.retries" in r.data.tags]  # none was run twice
+
+
+@pytest.mark.slow
+def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
+                                                mlflow_store_template: Path) -> None:
+    """`mlflow server` and `ray start --head`, both on 127.0.0.1: `--tracking-uri http://…` and
+    `--address` work as the embedded defaults do (one study for both: each costs a start-up). A
+    password in the URI reaches neither the output nor anything MLflow stores."""
+    backend = fresh_store(tmp_path / "server", mlflow_store_template)
+    space = write_space(tmp_path, "served", dataset,
+                        hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2},
+                        tracking={"log_checkpoints": "best"})
+    try:
+        with mlflow_server(backend, tmp_path / "server" / "artifacts") as uri, ray_head() as head:
+            secret_uri = uri.replace("http://", "http://tuner:s3cret-pw@")
+            proc = run_tuner(["search", "--space", str(space), "--tracking-uri", secret_uri,
+                              "--storage", str(tmp_path / "ray"), "--address", head.address],
+                             cwd=tmp_path, env={**ENV, **head.env})
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            client, parent, children = mlflow_runs(uri, "served")
+            best = parent.data.tags["tuner.best_run_id"]
+            checkpoints = {r.info.run_id: [a.path for a in client.list_artifacts(
+                r.info.run_id, "checkpoint")] for r in children}
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert {r.data.tags["tuner.status"] for r in children} == {"completed"}
+    assert checkpoints.pop(best) == ["checkpoint/checkpoint.pt"]
+    assert list(checkpoints.values()) == [[]]  # log_checkpoints: best
+    assert not (tmp_path / "mlruns").exists()  # the artifacts went to the server
+    assert "tuner:***@127.0.0.1" in proc.stdout and "s3cret-pw" not in proc.stdout + proc.stderr
+    stored = [p for p in (tmp_path / "server").rglob("*") if p.is_file()]  # runs and artifacts
+    assert len(stored) > 5 and not [p for p in stored if b"s3cret-pw" in p.read_bytes()]
+
+
+def test_a_study_name_taken_in_another_experiment_fails_before_ray(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """The read commands find a study by name alone: a second study of one name, recorded in
+    another experiment, is refused before anything starts."""
+    from mlflow import MlflowClient
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    first = client.create_experiment("first", artifact_location=(tmp_path / "a").as_uri())
+    client.create_run(first, tags={"tuner.study": "twice", "tuner.role": "study"})
+    space = write_space(tmp_path, "twice", dataset, tracking={"experiment": "second"})
+    message = search_refused(tmp_path, space, uri)
+    assert "MLflow experiment 'first' at" in message and "pick another --name" in message
+    assert client.get_experiment_by_name("second") is None
+
+
+def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Path) -> None:
+    """MLflow creates a new sqlite store's tables without a lock: drivers starting together on one
+    new file used to fail in its migrations (`tuner search` exit 2) but the first."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = "import sys; from tuner.search.mlflow_layout import connect; connect(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+
+
+def test_the_sqlite_creation_lock_follows_no_planted_link(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock was opened with "w" in the shared temp folder: a symlink planted at its name had
+    its target truncated. It lives in the user's private <tmp>/tuner-UID now, which is refused
+    when a symlink or not a folder (or another user's: root cannot show that here)."""
+    from tuner.errors import UserError
+    from tuner.search.mlflow_layout import connect
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+
+    def key(store: Path) -> str:
+        return hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:16]
+
+    (shared / f"tuner-sqlite-{key(tmp_path / 'new.db')}.lock").symlink_to(victim)  # the old name
+    connect(f"sqlite:///{tmp_path / 'new.db'}")
+    private = shared / f"tuner-{os.getuid()}"
+    assert victim.read_text() == "precious" and private.stat().st_mode & 0o777 == 0o700
+    (private / f"sqlite-{key(tmp_path / 'two.db')}.lock").symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic links"):
+        connect(f"sqlite:///{tmp_path / 'two.db'}")
+    shutil.rmtree(private)
+    (tmp_path / "elsewhere").mkdir()
+    for planted, said in ((lambda: private.symlink_to(tmp_path / "elsewhere"), "a symlink"),
+                          (lambda: private.write_text("x"), "not a folder")):
+        private.unlink(missing_ok=True)
+        planted()
+        with pytest.raises(UserError, match=f"{private}: {said}, not this user's own folder"):
+            connect(f"sqlite:///{tmp_path / 'two.db'}")
+    assert victim.read_text() == "precious" and not (tmp_path / "two.db").exists()
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_deleted_experiment_fails_before_ray(tmp_path: Path, dataset: Path,
+                                             mlflow_store_template: Path) -> None:
+    """MLflow keeps a deleted experiment's name and refuses runs in it: said before Ray starts."""
+    from mlflow import MlflowClient
+
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    space = write_space(tmp_path, "gone", dataset)
+    message = search_refused(tmp_path, space, uri)
+    assert f"MLflow experiment 'gone' at {uri} is deleted: restore it" in message
+
+
+def test_a_server_that_is_not_mlflow_is_named_as_such(tmp_path: Path, dataset: Path) -> None:
+    """A tracking URI where some other web server answers: exit 2 saying what answered."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = run_tuner(["search", "--space", str(write_space(tmp_path, "web", dataset)),
+                          "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
+                         cwd=tmp_path, timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2
+    message = " ".join(proc.stderr.split())
+    assert f"tracking server {uri} answered HTTP 501" in message, proc.stderr
+    assert "at /health: is it an MLflow tracking server" in message
+    assert not (tmp_path / "ray").exists()
+
+
+def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, dataset: Path) -> None:
+    space = write_space(tmp_path, "offline", dataset)
+    uri = f"http://127.0.0.1:{free_port()}"
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=120)  # not MLflow's retries
+    assert proc.returncode == 2 and uri in proc.stderr
+    assert not (tmp_path / "ray").exists()
+    space.write_text(space.read_text().replace(f"path: {dataset}", "source: synthetic"))
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
+                     timeout=120)
+    assert proc.returncode == 2 and uri in proc.stderr
+    assert not (tmp_path / ".tuner").exists()  # no corpus prepared for a study that cannot run
+    # A study file without tracking.uri goes where MLFLOW_TRACKING_URI points, as MLflow does
+    proc = run_tuner(["search", "--space", str(space)], cwd=tmp_path, timeout=120,
+                     env={**ENV, "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 2 and uri in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    # A database that refuses: one line at once, not MLflow's retries for a minute and a half
+    uri = f"postgresql+psycopg2://tuner:secret@127.0.0.1:{free_port()}/mlflow"
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
+                     timeout=120)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "store postgresql+psycopg2://tuner:***@127.0.0.1:" in said
+    assert "Connection refused" in said and "retried" not in said and "secret" not in said
+    # One that takes the connection and never answers (libpq alone would wait for ever)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        uri = f"postgresql+psycopg2://tuner:secret@127.0.0.1:{silent.getsockname()[1]}/mlflow"
+        proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path,
+                         timeout=120)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "failed: timeout expired" in said and "secret" not in said
+
+
+def test_a_sqlite_file_of_another_application_is_refused_untouched(tmp_path: Path,
+                                                                    dataset: Path) -> None:
+    """MLflow would add its tables to any database it is pointed at (the read commands refuse
+    one); an empty file is a new store."""
+    import sqlite3
+
+    other = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(other)) as db, db:
+        db.execute("CREATE TABLE accounts (id INTEGER)")
+    before = other.read_bytes()
+    space = write_space(tmp_path, "foreign", dataset)
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", f"sqlite:///{other}",
+                      "--storage", str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{other} is another database, not an MLflow store" in " ".join(proc.stderr.split())
+    assert other.read_bytes() == before and not (tmp_path / "ray").exists()
+
