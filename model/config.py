@@ -171,6 +171,17 @@ class ModelConfig:
                             group="model", choices=("rope", "none"))
     ffn: str = hparam("swiglu", "ffn", "feed-forward: SwiGLU, or a SiLU MLP of matching size",
                       group="model", choices=("swiglu", "silu"))
+    parametrization: str = hparam("sp", "param", "standard (sp), or maximal update (mup): the "
+                                  "best α, β, λ then stay put as d_model grows from the base",
+                                  group="model", choices=("sp", "mup"))
+    mup_base_d_model: int | None = hparam(None, "d_base", "μP's base width, where μP is SP "
+                                          "(default: d_model)", group="model", kind=int, low=1,
+                                          high=2**16, high_open=False, optional=True,
+                                          when=("parametrization", ("mup",)))
+    mup_norm_gains: str = hparam("trainable", "g_norm", "μP's RMSNorm gains: trained (at α, as "
+                                 "vectors), or frozen at 1", group="model",
+                                 choices=("trainable", "frozen"),
+                                 when=("parametrization", ("mup",)))
 
     def __post_init__(self) -> None:
         usable = isinstance(self.d_model, (int, float)) and math.isfinite(self.d_model)
@@ -186,6 +197,10 @@ class ModelConfig:
         if self.positions == "rope" and (self.d_model // self.num_heads) % 2:
             raise ConfigError("model.num_heads", "RoPE needs an even head size "
                               f"(d_model/num_heads = {self.d_model // self.num_heads})")
+        base = self.mup_base_d_model
+        if self.parametrization == "mup" and base is not None and base % self.num_heads:
+            raise ConfigError("model.mup_base_d_model", f"num_heads={self.num_heads} must divide "
+                              f"the base width {base}, as it divides d_model")
 
 
 def default_d_ff(d_model: int) -> int:
@@ -386,6 +401,10 @@ class TrainConfig:
                               f"T_warmup={self.warmup_iters}")
         if not self.data or not isinstance(self.data, str):
             raise ConfigError("data", "name a prepared dataset folder (a path)")
+        if self.model.parametrization == "mup" and self.optimizer not in ("adamw", "adam"):
+            raise ConfigError("model.parametrization", "mup scales each group's step size by "
+                              f"the rules for Adam: use optimizer adamw or adam, not "
+                              f"{self.optimizer}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (the inverse of `train_config_from_dict`)."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model import mup
 from model.config import ModelConfig
 
 
@@ -112,10 +113,11 @@ def softmax(x: Tensor, dim: int) -> Tensor:
     return exp / exp.sum(dim=dim, keepdim=True)
 
 
-def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor,
-                                 mask: Tensor | None = None) -> Tensor:
-    """softmax(Q Kᵀ/√d_k) V; `mask` (bool, broadcastable to (..., n, m)) is True where allowed."""
-    scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])
+def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None,
+                                 divisor: float | None = None) -> Tensor:
+    """softmax(Q Kᵀ/√d_k) V, or Q Kᵀ/`divisor`; `mask` (bool, broadcastable to (..., n, m)) is
+    True where allowed."""
+    scores = Q @ K.transpose(-2, -1) / (divisor or math.sqrt(Q.shape[-1]))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     # float32 softmax: under bf16 autocast the scores arrive in bf16.
@@ -126,13 +128,14 @@ class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention with RoPE on q and k; `fast` uses PyTorch's fused SDPA."""
 
     def __init__(self, d_model: int, num_heads: int, rope: RotaryPositionalEmbedding | None = None,
-                 fast: bool = False):
+                 fast: bool = False, divisor: float | None = None):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide d_model={d_model}")
         self.num_heads = num_heads
         self.rope = rope
         self.fast = fast
+        self.divisor = divisor  # of the scores; None: √d_head
         self.q_proj = Linear(d_model, d_model)
         self.k_proj = Linear(d_model, d_model)
         self.v_proj = Linear(d_model, d_model)
@@ -150,10 +153,11 @@ class MultiHeadSelfAttention(nn.Module):
             positions = token_positions.unsqueeze(-2)  # broadcast over the head dim
             q, k = self.rope(q, positions), self.rope(k, positions)
         if self.fast:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            scale = None if self.divisor is None else 1.0 / self.divisor
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
             causal = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
-            out = scaled_dot_product_attention(q, k, v, causal)
+            out = scaled_dot_product_attention(q, k, v, causal, self.divisor)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))
 
 
@@ -165,7 +169,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int,
                  rope: RotaryPositionalEmbedding | None = None, norm: str = "pre",
-                 ffn: str = "swiglu", dropout: float = 0.0, fast: bool = False):
+                 ffn: str = "swiglu", dropout: float = 0.0, fast: bool = False,
+                 attention_divisor: float | None = None):
         super().__init__()
         if norm not in ("pre", "post", "none"):
             raise ValueError(f"norm must be pre, post or none, got {norm!r}")
@@ -174,7 +179,7 @@ class TransformerBlock(nn.Module):
         self.norm = norm
         if norm != "none":
             self.ln1 = RMSNorm(d_model)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, fast)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, fast, attention_divisor)
         if norm != "none":
             self.ln2 = RMSNorm(d_model)
         self.ffn = SwiGLU(d_model, d_ff) if ffn == "swiglu" else SiLUFeedForward(d_model, d_ff)
@@ -206,11 +211,16 @@ class TransformerLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             TransformerBlock(config.d_model, config.num_heads, d_ff, rope, config.norm, config.ffn,
-                             dropout, fast)
+                             dropout, fast, mup.attention_divisor(config))
             for _ in range(config.num_layers))
         # A post-norm stack already ends in a norm; "none" has none at all.
         self.ln_final = RMSNorm(config.d_model) if config.norm == "pre" else None
         self.lm_head = Linear(config.d_model, config.vocab_size)
+        self.output_multiplier = mup.output_multiplier(config)
+        if config.parametrization == "mup" and config.mup_norm_gains == "frozen":
+            for param in self.parameters():
+                if param.ndim == 1:  # the RMSNorm gains, at 1
+                    param.requires_grad_(False)
 
     def forward(self, token_ids: Tensor) -> Tensor:
         x = self.drop(self.token_embeddings(token_ids))
@@ -218,7 +228,13 @@ class TransformerLM(nn.Module):
             x = layer(x)
         if self.ln_final is not None:
             x = self.ln_final(x)
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        return logits if self.output_multiplier == 1.0 else logits * self.output_multiplier
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The matrices whose input is the width (attention's and the feed-forward's): μP scales
+        their step size and weight decay."""
+        return [p for p in self.layers.parameters() if p.ndim >= 2]
 
     def num_params(self) -> int:
         """Number of parameters (embeddings and lm_head included)."""

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model import mup
 from model.config import TrainConfig
 
 _FUSED = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, torch.optim.Adagrad)
@@ -28,6 +29,22 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
     """Weight decay on matrices except embeddings (on everything if decay_all); no empty groups."""
     halves = zip(_split(model, decay_all), (weight_decay, 0.0), strict=True)
     return [{"params": ps, "weight_decay": wd} for ps, wd in halves if ps]
+
+
+def mup_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """`param_groups` with μP's hidden matrices apart, their α and λ scaled by width."""
+    hidden = {id(p) for p in model.hidden_matrices()}
+    groups = []
+    for group in param_groups(model, cfg.weight_decay, cfg.decay_all):
+        inner = [p for p in group["params"] if id(p) in hidden]
+        if inner:
+            groups.append({**group, "params": inner, "lr_scale": mup.hidden_lr_scale(cfg.model),
+                           "weight_decay": group["weight_decay"] * mup.hidden_decay_scale(
+                               cfg.model)})
+        rest = [p for p in group["params"] if id(p) not in hidden]
+        if rest:
+            groups.append({**group, "params": rest})
+    return groups
 
 
 def _lars_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool = False
@@ -83,11 +100,13 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer `cfg.optimizer` over `param_groups(model, λ, decay_all)`, lr = cfg.lr_max."""
+    """The optimizer `cfg.optimizer` over `param_groups(model, λ, decay_all)` (`mup_groups`
+    under μP), lr = cfg.lr_max."""
     if cfg.optimizer == "lars":
         groups = _lars_groups(model, cfg.weight_decay, cfg.decay_all)
         return LARS(groups, lr=cfg.lr_max, momentum=cfg.momentum, trust_coefficient=cfg.lars_trust)
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_all)
+    groups = (mup_groups(model, cfg) if cfg.model.parametrization == "mup"
+              else param_groups(model, cfg.weight_decay, cfg.decay_all))
     adam = {"betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
     cls, options = {
         "adamw": (torch.optim.AdamW, adam),

@@ -139,6 +139,6 @@ class LRSchedule:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write `lr` into every param group of `optimizer`."""
+    """Write `lr` into every param group of `optimizer`, times the group's `lr_scale` (μP's)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
