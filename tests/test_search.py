@@ -522,7 +522,8 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     """The summary, `tuner best` and the report show the values a PBT trial ended with, and say
     it cannot be replayed; a warm start, which pairs values with a loss, refuses the study."""
     from tuner.errors import UserError
-    from tuner.inspect import best, history, report
+    from tuner.inspect import best, report
+    from tuner.search import history
     from tuner.space.params import shown_value
 
     rows = best.top_trials(client, "pbt", 2)
@@ -752,7 +753,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
     """With no retries left, Tune fails a trial whose process was killed: its run is failed in
     the process, which its searcher was never told a value of, so a warm start leaves it out.
     A resume does not run it again, and MLflow logs no checkpoint of it: none is kept."""
-    from tuner.inspect import history
+    from tuner.search import history
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "lost", dataset, budget={"tokens": 245760, "eval_interval": 20},
@@ -1880,7 +1881,7 @@ def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pat
     """MLflow creates a new sqlite store's tables without a lock: drivers starting together on one
     new file used to fail in its migrations (`tuner search` exit 2) but the first."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = "import sys; from tuner.search.mlflow_layout import connect; connect(sys.argv[1])"
+    code = "import sys; from tuner.store.connect import connect; connect(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
@@ -1893,7 +1894,7 @@ def test_the_sqlite_creation_lock_follows_no_planted_link(tmp_path: Path,
     its target truncated. It lives in the user's private <tmp>/tuner-UID now, which is refused
     when a symlink or not a folder (or another user's: root cannot show that here)."""
     from tuner.errors import UserError
-    from tuner.search.mlflow_layout import connect
+    from tuner.store.connect import connect
 
     shared = tmp_path / "tmp"
     shared.mkdir()
@@ -2279,7 +2280,7 @@ def test_a_second_stop_says_whether_the_runs_were_left_running(tmp_path: Path, d
     does not say they stay RUNNING."""
     from mlflow import MlflowClient
 
-    from tuner.cli_search import second_stop
+    from tuner.search.lifecycle import second_stop
     from tuner.space import load_study
 
     uri = fresh_store(tmp_path, mlflow_store_template)
