@@ -21,9 +21,9 @@ import yaml
 from model.checkpoint import CHECKPOINT_NAME, file_sha256
 from model.config import HPARAMS
 from model.train import train
-from tuner.search.mlflow_layout import METRICS, ROLE_TAG, STATUS_TAG, STUDY_TAG, TRIAL_TAG
 from tuner.search.provenance import provenance
 from tuner.space import build_study
+from tuner.store.layout import METRICS, ROLE_TAG, STATUS_TAG, STUDY_TAG, TRIAL_TAG
 
 SPACE = """\
 data: {{path: {data}}}

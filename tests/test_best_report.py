@@ -19,12 +19,14 @@ from mlflow import MlflowClient
 from model.config import ModelConfig, TrainConfig, load_train_config
 from model.train import train
 from tuner.errors import UserError
-from tuner.inspect import history, plots, report, runs
-from tuner.inspect.best import TrialRow
+from tuner.inspect import plots, report
 from tuner.inspect.findings import Curve, Findings
 from tuner.inspect.importance import Importance, values_at_equal_tokens
+from tuner.search import history
 from tuner.search.algorithms import seed_study
 from tuner.space import build_study, load_study
+from tuner.store import runs
+from tuner.store.rows import TrialRow
 
 pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 

@@ -14,10 +14,10 @@ import pytest
 from services import mlflow_server
 from studies import fresh_store, mlflow_runs, run_tuner, write_space
 
-from tuner.inspect import runs
 from tuner.inspect.report import STUDY_HTML
-from tuner.inspect.ui import runs_url
-from tuner.search.mlflow_layout import TRIAL_TAG
+from tuner.store import runs
+from tuner.store.layout import TRIAL_TAG
+from tuner.store.view import runs_url
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 STUDY = "browser"

@@ -315,7 +315,8 @@ def test_a_study_checks_its_dataset_without_importing_torch(synthetic: Path) -> 
     # The driver of `tuner search` runs no model: importing torch would cost it seconds
     code = ("import sys; from pathlib import Path; import tuner.cli_search, tuner.search.runner, "
             "tuner.search.tracking, tuner.search.console, tuner.search.recovery; "
-            "from tuner.datasets import check_study_dataset; from tuner.space import load_study; "
+            "from tuner.space.dataset_fit import check_study_dataset; "
+            "from tuner.space import load_study; "
             f"check_study_dataset(load_study(Path({str(REPO / 'search_spaces/quickstart.yaml')!r})"
             f"), Path({str(synthetic)!r})); print(sorted(m for m in sys.modules if m == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

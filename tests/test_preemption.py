@@ -22,7 +22,8 @@ from studies import (
 )
 
 from model.checkpoint import read_checkpoint
-from tuner.search.trainable import SINCE_RESTORE, STOP_CHECKPOINT
+from tuner.search.stopping import STOP_CHECKPOINT
+from tuner.search.trainable import SINCE_RESTORE
 
 EVAL_STEPS, TOKENS_PER_STEP = 300, 16 * 32  # B 16, context 32
 

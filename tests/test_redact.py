@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.redact import redact
+from tuner.store.redact import redact
 
 
 @pytest.mark.parametrize(("text", "shown"), [

@@ -183,7 +183,7 @@ def test_a_trial_is_named_by_its_run_id_trial_id_or_run_name(recorded):
     from mlflow import MlflowClient
 
     from tuner.errors import UserError
-    from tuner.inspect import runs
+    from tuner.store import runs
 
     client = MlflowClient(tracking_uri=recorded.uri)
     run = client.get_run(recorded.run_ids[1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from tuner.inspect.best import TrialRow
 from tuner.search.run_notes import sample_text, study_note, trial_note
+from tuner.store.rows import TrialRow
 
 
 def row(trial_id: str, val_loss: float, status: str = "completed", **params: str) -> TrialRow:

@@ -152,7 +152,8 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     """The summary, `tuner best` and the report show the values a PBT trial ended with, and say
     it cannot be replayed; a warm start, which pairs values with a loss, refuses the study."""
     from tuner.errors import UserError
-    from tuner.inspect import best, history, report
+    from tuner.inspect import best, report
+    from tuner.search import history
     from tuner.space.params import shown_value
 
     rows = best.top_trials(client, "pbt", 2)

@@ -39,7 +39,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
     """With no retries left, Tune fails a trial whose process was killed: its run is failed in
     the process, which its searcher was never told a value of, so a warm start leaves it out.
     A resume does not run it again, and MLflow logs no checkpoint of it: none is kept."""
-    from tuner.inspect import history
+    from tuner.search import history
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "lost", dataset, budget={"tokens": 245760, "eval_interval": 20},

@@ -265,7 +265,7 @@ def test_a_second_stop_says_whether_the_runs_were_left_running(tmp_path: Path, d
     does not say they stay RUNNING."""
     from mlflow import MlflowClient
 
-    from tuner.cli_search import second_stop
+    from tuner.search.lifecycle import second_stop
     from tuner.space import load_study
 
     uri = fresh_store(tmp_path, mlflow_store_template)

@@ -1,4 +1,4 @@
-"""The tracking store (search/tracking.py, mlflow_layout.py): a server, sqlite, stores that fail."""
+"""The tracking store (search/tracking.py, store/): a server, sqlite, stores that fail."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pat
     """MLflow creates a new sqlite store's tables without a lock: drivers starting together on one
     new file used to fail in its migrations (`tuner search` exit 2) but the first."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = "import sys; from tuner.search.mlflow_layout import connect; connect(sys.argv[1])"
+    code = "import sys; from tuner.store.connect import connect; connect(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
@@ -149,7 +149,7 @@ def test_the_sqlite_creation_lock_follows_no_planted_link(tmp_path: Path,
     its target truncated. It lives in the user's private <tmp>/tuner-UID now, which is refused
     when a symlink or not a folder (or another user's: root cannot show that here)."""
     from tuner.errors import UserError
-    from tuner.search.mlflow_layout import connect
+    from tuner.store.connect import connect
 
     shared = tmp_path / "tmp"
     shared.mkdir()

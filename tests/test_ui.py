@@ -20,9 +20,9 @@ import pytest
 from inspect_study import TRIALS, RecordedStudy, log_study, tuner
 from mlflow import MlflowClient
 
-from tuner.inspect.ui import VIEW_TAG, runs_url
-from tuner.search.mlflow_layout import ROLE_TAG, STUDY_TAG
-from tuner.store_uri import server_address
+from tuner.store.layout import ROLE_TAG, STUDY_TAG
+from tuner.store.uri import server_address
+from tuner.store.view import VIEW_TAG, runs_url
 
 LINK = re.compile(r"(http://\S+)/#/experiments/(\d+)/runs\?\S+")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

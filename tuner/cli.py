@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -16,7 +15,7 @@ from typer.core import TyperGroup
 from model.config import ConfigError
 from model.shell import stops_as_ctrl_c
 from tuner.errors import UserError, reason
-from tuner.redact import redact
+from tuner.store.redact import redact
 
 
 class _Group(TyperGroup):
@@ -39,17 +38,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def folder(value: str) -> Path:
-    """A folder option's value (`parser=folder`): "" is refused, since as a Path it is the
-    current folder, where a study's state or a report would land among the user's files."""
-    if not value:
-        raise typer.BadParameter("empty: give a folder (. for the current one)")
-    path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise typer.BadParameter(f"{value} is a file, not a folder")
-    return path
 
 
 def _register() -> None:

@@ -15,13 +15,9 @@ from rich.table import Table
 from model.config import ConfigError
 from model.shell import as_started
 from tuner import output
-from tuner.cli import folder
+from tuner.cli_args import DEFAULT_URI, TrackingUri, folder
 from tuner.errors import UserError
-from tuner.redact import redact
-
-TrackingUri = Annotated[str, typer.Option(
-    envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI of the study")]
-DEFAULT_URI = "sqlite:///mlflow.db"
+from tuner.store.redact import redact
 
 
 def _num(value: float) -> str:
@@ -51,13 +47,14 @@ def replay(
 ) -> int:
     """Train a trial again from its MLflow record and compare val_loss at every logged point."""
     from tuner.inspect import replay as replay_mod
-    from tuner.inspect import runs
+    from tuner.store import runs
+    from tuner.store.connect import connect_existing
 
     if (run_id is None) == (study is None):
         raise UserError("name a trial (its run id, trial id or run name), or --study NAME to "
                         "replay its best trial (not both)")
     console, err = output.console(), Console(stderr=True, highlight=False, soft_wrap=True)
-    client = runs.connect(tracking_uri)
+    client = connect_existing(tracking_uri)
     run = runs.trial_run(client, run_id) if run_id else runs.best_trial(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-replay-") as tmp:
         plan = replay_mod.prepare(client, run, Path(tmp), device=device, data=data,
@@ -93,16 +90,16 @@ def best(
 ) -> int:
     """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status."""
     from tuner.inspect import best as best_mod
-    from tuner.inspect import runs
-    from tuner.space.params import shown_value
+    from tuner.space.params import shown_value, symbol
+    from tuner.store.connect import connect_existing
 
     if export is not None and not export.absolute().parent.is_dir():  # before the table
         raise UserError(f"--export {export}: {export.parent} is not a folder")
     console = output.console()
-    client = runs.connect(tracking_uri)
+    client = connect_existing(tracking_uri)
     rows = best_mod.top_trials(client, study, top)
     names = list(dict.fromkeys(n for r in rows for n in r.params))
-    symbols = [best_mod.symbol(n) for n in names]
+    symbols = [symbol(n) for n in names]
     values = [[shown_value(n, r.params.get(n, "–")) for n in names] for r in rows]
     title = f"study {study}: {output.count(len(rows), 'best trial')}"
     if rows and not rows[0].usable:
@@ -147,10 +144,10 @@ def report(
     """Plots of a study (val_loss curves, lr schedule, importance, parallel coordinates), a
     markdown summary and study.html (all of them on one page, with a sortable table of the
     trials), written to --out and logged to the study's parent run."""
-    from tuner.inspect import runs
     from tuner.inspect.report import STUDY_HTML, write_report
+    from tuner.store.connect import connect_existing
 
-    client = runs.connect(tracking_uri)
+    client = connect_existing(tracking_uri)
     folder = out or Path("reports") / study
     with tempfile.TemporaryDirectory(prefix="tuner-report-") as tmp:
         files = write_report(client, study, folder, Path(tmp))
@@ -189,9 +186,10 @@ def generate(
         raise UserError("--temperature: must be a finite number (0 picks the likeliest token)")
     with tempfile.TemporaryDirectory(prefix="tuner-generate-") as tmp:
         if run is not None:
-            from tuner.inspect import runs
+            from tuner.store import runs
+            from tuner.store.connect import connect_existing
 
-            client = runs.connect(tracking_uri)
+            client = connect_existing(tracking_uri)
             checkpoint = runs.checkpoint_file(client, runs.trial_run(client, run), "final",
                                               Path(tmp))
         try:

@@ -14,10 +14,10 @@ from rich.table import Table
 from model.config import RELATIVE_FORMS, ConfigError
 from tuner import output
 from tuner.errors import UserError
-from tuner.redact import redact
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.convert import candidates
 from tuner.space.distributions import Distribution, fmt
+from tuner.store.redact import redact
 
 app = typer.Typer(help="Check and show study files (search spaces).", no_args_is_help=True)
 StudyPath = Annotated[Path, typer.Argument(help="study file (YAML)", show_default=False)]
@@ -67,7 +67,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
 def _check_dataset(study: Study) -> None:
     """The checks `tuner search` makes of a prepared dataset folder (a source is prepared, and
     checked, when the study starts)."""
-    from tuner.datasets import check_study_dataset
+    from tuner.space.dataset_fit import check_study_dataset
 
     if study.data.path:
         check_study_dataset(study, Path(study.data.path).expanduser().resolve())

@@ -8,10 +8,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tuner.cli_inspect import DEFAULT_URI, TrackingUri
-from tuner.inspect.ui import DEFAULT_HOST, DEFAULT_PORT
-from tuner.redact import redact
-from tuner.store_uri import server_address
+from tuner.cli_args import DEFAULT_URI, TrackingUri
+from tuner.store.redact import redact
+from tuner.store.uri import server_address
+from tuner.store.view import DEFAULT_HOST, DEFAULT_PORT
 
 
 def ui(
@@ -26,16 +26,18 @@ def ui(
 ) -> int:
     """Serve MLflow's UI on the study's tracking store, and print the link to its runs ranked by
     best_val_loss (Ctrl-C stops it); on an `mlflow server` store, print the link on that server."""
-    from tuner.inspect import runs
     from tuner.inspect import ui as ui_mod
+    from tuner.store import view
+    from tuner.store.connect import connect_existing
+    from tuner.store.runs import study_experiments
 
-    client = runs.connect(tracking_uri)
-    studies = ui_mod.study_experiments(client, study)
+    client = connect_existing(tracking_uri)
+    studies = study_experiments(client, study)
     remote = client.tracking_uri.startswith(("http://", "https://"))
     if not remote:
         ui_mod.check_port(host, port)
     for experiment_id in set(studies.values()):
-        ui_mod.save_view(client, experiment_id)
+        view.save_view(client, experiment_id)
     store = redact(client.tracking_uri)
 
     def print_links(base: str) -> None:
@@ -44,10 +46,10 @@ def ui(
             typer.echo(f"MLflow's UI on {store} at {base}{how}")
         else:
             held = "" if studies else "; the store holds no study"
-            typer.echo(f"MLflow's UI on {store}: {ui_mod.experiments_url(base)}{how}{held}")
+            typer.echo(f"MLflow's UI on {store}: {view.experiments_url(base)}{how}{held}")
         for name, experiment_id in studies.items():
             typer.echo(f"study {name}, its runs ranked by best_val_loss: "
-                       f"{ui_mod.runs_url(base, experiment_id)}")
+                       f"{view.runs_url(base, experiment_id)}")
 
     if remote:
         print_links(server_address(client.tracking_uri))

@@ -16,7 +16,6 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -28,8 +27,6 @@ from model.bpe import (
     read_text,
     train_bpe,
 )
-from model.config import ConfigError
-from model.token_files import check_context, check_vocab
 from model.tokenizer import Tokenizer
 from tuner.download import file_sha256
 from tuner.errors import UserError
@@ -140,24 +137,6 @@ def check_dataset(path: Path) -> dict:
         if digest != meta["sha256"]["tokenizer"]:
             raise UserError(f"{path / 'vocab.json'}: the tokenizer files do not match the sha256 "
                             f"in {meta_path}; prepare the folder again")
-    return meta
-
-
-def check_study_dataset(study: Any, data_dir: Path) -> dict:
-    """`check_dataset`, then a SpaceError at the setting's line when no trial's model fits it
-    (each would fail): the trainer's own checks, on the largest vocabulary and the shortest
-    context the study can sample. The folder's meta.json."""
-    from tuner.space.convert import span
-    from tuner.space.loader import located
-
-    meta = check_dataset(data_dir)
-    try:
-        check_vocab(meta, int(span(study, "vocab_size")[1]), data_dir / "meta.json")
-        for split in ("train", "valid"):
-            check_context(meta[f"{split}_tokens"], int(span(study, "context_length")[0]),
-                          data_dir / f"{split}.npy")
-    except ConfigError as err:  # told at the setting's line in the study file
-        raise located(study, err) from None
     return meta
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuner.redact import redact
+from tuner.store.redact import redact
 
 
 class UserError(Exception):

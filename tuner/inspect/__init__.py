@@ -1,4 +1,5 @@
 """Reproduce and inspect what a study found: replay a trial, rank trials, report, generate text.
 
-Everything here reads the MLflow records `tuner search` writes (docs/mlflow_layout.md).
+Everything here reads, through tuner.store, the MLflow records `tuner search` writes
+(docs/mlflow_layout.md).
 """

@@ -2,59 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model.config import TrainConfig
-from model.metrics import perplexity
-from tuner.inspect import runs
-from tuner.redact import redact
-
-
-@dataclass
-class TrialRow:
-    """One trial as the `best` table shows it."""
-
-    trial_id: str
-    run_id: str
-    params: dict[str, str]  # searched parameter, as the study file names it → its logged value
-    val_loss: float  # the best of the trial's evaluations
-    tokens: int  # trained
-    status: str
-    pbt: bool = False  # PBT changed its values as it ran: `params` are those it ended with
-    usable: bool = True  # it can be the best: a finite val_loss, and it neither diverged nor failed
-
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.val_loss)
+from tuner.store import runs
+from tuner.store.redact import redact
+from tuner.store.rows import TrialRow, trial_row
 
 
 def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     """The `k` best trial runs of a study, best first."""
     ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))
     return [trial_row(client, run) for run in ranked[:k]]
-
-
-def trial_row(client: Any, run: Any, points: list[tuple[int, float]] | None = None) -> TrialRow:
-    """What the tables show of one trial run (`points`: its val_loss history, if read already)."""
-    from tuner.search.mlflow_layout import STATUS_TAG, TRIAL_TAG
-
-    if points is None:
-        points = runs.metric_points(client, run.info.run_id, "val_loss")
-    params, by_pbt = runs.searched_values(run)
-    return TrialRow(
-        trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
-        val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
-        status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""), pbt=by_pbt,
-        usable=runs.counts_as_best(run))
-
-
-def symbol(name: str) -> str:
-    """The symbol of a study parameter (SYMBOLS.md: α_max, T_warmup/T_total), else its name."""
-    from tuner.space.params import ALL_DEFS
-
-    return ALL_DEFS[name].symbol if name in ALL_DEFS else name
 
 
 def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, description: str,

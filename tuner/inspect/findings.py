@@ -3,31 +3,13 @@ its trials' curves and rows, the winner and its margin, and the importance of ea
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from tuner.inspect.best import TrialRow
+from tuner.inspect.importance import Curve, Importance
 from tuner.output import count
-
-if TYPE_CHECKING:
-    from tuner.inspect.importance import Importance
+from tuner.store.rows import TrialRow
 
 NO_BEST = "Every trial that ended diverged or failed: none has a config worth reproducing."
-
-
-@dataclass
-class Curve:
-    """One trial's val_loss against tokens."""
-
-    trial_id: str
-    run_id: str
-    status: str
-    points: list[tuple[int, float]]
-
-    def finite(self) -> list[tuple[int, float]]:
-        """The points with a finite val_loss."""
-        return [(t, v) for t, v in self.points if math.isfinite(v)]
 
 
 @dataclass

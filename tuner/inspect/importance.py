@@ -7,13 +7,26 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.inspect import history
-from tuner.inspect.findings import Curve
+from tuner.search import history
 
 RESAMPLES = 30
 SUBSET = 0.8  # of the trials, drawn without replacement
 RESAMPLE_TREES = 16  # Optuna's 64 per fit: the spread comes from the subsets, not the trees
 SPREAD = (10, 90)  # the percentiles shown
+
+
+@dataclass
+class Curve:
+    """One trial's val_loss against tokens."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    points: list[tuple[int, float]]
+
+    def finite(self) -> list[tuple[int, float]]:
+        """The points with a finite val_loss."""
+        return [(t, v) for t, v in self.points if math.isfinite(v)]
 
 
 @dataclass

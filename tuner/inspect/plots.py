@@ -7,12 +7,14 @@ import math
 import textwrap
 from typing import Any
 
-from tuner.inspect.best import TrialRow, symbol
-from tuner.inspect.findings import Curve
-from tuner.inspect.importance import Importance
+from tuner.inspect.importance import Curve, Importance
 from tuner.output import count
-from tuner.space.params import shown_value
+from tuner.space.params import shown_value, symbol
+from tuner.store.rows import TrialRow
 
+# each figure's file name in a report
+LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
+PARALLEL_PNG = "parallel_coordinates.png"
 STYLE = {"best": {"color": "black", "lw": 2.6, "alpha": 1.0, "zorder": 3},
          "completed": {"alpha": 0.8, "lw": 1.2, "color": "tab:blue"},
          "stopped": {"alpha": 0.3, "lw": 1.0, "color": "tab:blue"},

@@ -14,7 +14,8 @@ from typing import Any
 
 from model.config import TrainConfig
 from tuner.errors import UserError
-from tuner.inspect import runs
+from tuner.store import runs
+from tuner.store.write import log_metrics
 
 GPU_TOLERANCE = 1e-2  # relative; a CPU or deterministic replay must match exactly
 RUNTIME_FIELDS = ("device", "deterministic", "peak_flops")  # a replay may change these alone
@@ -80,8 +81,8 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
             tolerance: float | None = None) -> Plan:
     """Read the trial's config, seed, dataset and code version and check they can be replayed."""
     from model.train import device_label, resolve_device
-    from tuner.search.mlflow_layout import DEVICE_TAG
     from tuner.search.provenance import git_commit
+    from tuner.store.layout import DEVICE_TAG
 
     run_id, tags = run.info.run_id, run.data.tags
     config = runs.reproducible_config(client, run, workdir, "replayed")
@@ -172,7 +173,7 @@ def execute(client: Any, plan: Plan) -> Replay:
     import torch
 
     from model.train import EvalRecord, device_label, resolve_device, train
-    from tuner.search.mlflow_layout import METRICS, ROLE_TAG, STUDY_TAG
+    from tuner.store.layout import METRICS, ROLE_TAG, STUDY_TAG
 
     original_id, tags = plan.run.info.run_id, plan.run.data.tags
     end_tokens = plan.original[-1][0]
@@ -190,7 +191,7 @@ def execute(client: Any, plan: Plan) -> Replay:
     def on_eval(record: EvalRecord) -> bool:
         replayed[record.tokens] = record.val_loss
         values = record.as_metrics()
-        _log_metrics(client, replay_id, {k: values[k] for k in METRICS if k in values},
+        log_metrics(client, replay_id, {k: values[k] for k in METRICS if k in values},
                      record.tokens)
         return record.tokens >= end_tokens  # a trial stopped early is replayed as far as it went
 
@@ -212,17 +213,7 @@ def execute(client: Any, plan: Plan) -> Replay:
                if tokens not in dict(plan.original)]
     result = Replay(original_id, replay_id, sorted(points, key=lambda p: p.tokens), plan.tolerance,
                     plan.resume_tokens)
-    _log_metrics(client, replay_id, {"replay_max_abs_diff": result.max_abs_diff}, end_tokens)
+    log_metrics(client, replay_id, {"replay_max_abs_diff": result.max_abs_diff}, end_tokens)
     client.set_tag(replay_id, "tuner.replay.ok", str(result.ok).lower())
     client.set_terminated(replay_id, "FINISHED")
     return result
-
-
-def _log_metrics(client: Any, run_id: str, values: dict[str, float], step: int) -> None:
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step))
-                                      for k, v in values.items()])

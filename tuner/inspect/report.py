@@ -12,20 +12,22 @@ from typing import Any
 from model.config import TrainConfig, parse_yaml
 from model.shell import as_started
 from tuner.errors import UserError
-from tuner.inspect import best as best_mod
-from tuner.inspect import history, plots, runs
-from tuner.inspect.findings import NO_BEST, Curve, Findings
-from tuner.inspect.importance import importance, values_at_equal_tokens
-from tuner.redact import redact
-from tuner.space.params import shown_value
+from tuner.inspect import plots
+from tuner.inspect.findings import NO_BEST, Findings
+from tuner.inspect.importance import Curve, importance, values_at_equal_tokens
+from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG
+from tuner.search import history
+from tuner.space.params import shown_value, symbol
+from tuner.store import runs
+from tuner.store.redact import redact
+from tuner.store.rows import TrialRow, trial_row
 
-LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
-PARALLEL_PNG, SUMMARY_MD, STUDY_HTML = "parallel_coordinates.png", "summary.md", "study.html"
+SUMMARY_MD, STUDY_HTML = "summary.md", "study.html"
 
 
 def curves(client: Any, trial_runs: list[Any]) -> list[Curve]:
     """The val_loss history of every trial run."""
-    from tuner.search.mlflow_layout import STATUS_TAG, TRIAL_TAG
+    from tuner.store.layout import STATUS_TAG, TRIAL_TAG
 
     return [Curve(r.data.tags.get(TRIAL_TAG, r.info.run_id), r.info.run_id,
                   r.data.tags.get(STATUS_TAG, "?"),
@@ -48,7 +50,7 @@ def lr_points(config: TrainConfig, val_points: list[tuple[int, float]]) -> list[
     return out
 
 
-def searched_values(client: Any, trial_runs: list[Any], rows: list[best_mod.TrialRow],
+def searched_values(client: Any, trial_runs: list[Any], rows: list[TrialRow],
                     workdir: Path) -> dict[str, dict[str, Any]]:
     """The values the searcher gave each trial that can be the best (its searched.json), by run
     id."""
@@ -57,7 +59,7 @@ def searched_values(client: Any, trial_runs: list[Any], rows: list[best_mod.Tria
             if r.info.run_id in usable}
 
 
-def parallel_trials(space: Any, rows: list[best_mod.TrialRow],
+def parallel_trials(space: Any, rows: list[TrialRow],
                     searched: dict[str, dict[str, Any]]) -> list[tuple[str, Any]]:
     """(trial id, Optuna trial of its searched values and best val_loss) of each trial that can
     be the best, best first."""
@@ -110,7 +112,7 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
     lines += [f"## Best trial: {row.trial_id}", "",
               f"{found.winner()} MLflow run `{row.run_id}`.", "",
               *(["| parameter | value |", "|---|---|",
-                 *[f"| {_cell(best_mod.symbol(n))} | {shown_value(n, v)} |"
+                 *[f"| {_cell(symbol(n))} | {shown_value(n, v)} |"
                    for n, v in row.params.items()]]
                 if row.params else ["The study searched no parameter: its file fixes each."]), "",
               ("PBT changed its values as it ran (those it ended with are shown): no one config "
@@ -120,7 +122,7 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
     if imp is not None:
         lines += [f"Over the {found.note}; the range is {imp.spread()}.", "",
                   "| parameter | importance | range |", "|---|---|---|",
-                  *[f"| {_cell(best_mod.symbol(n))} | {v:.2f} | {imp.low[n]:.2f}–"
+                  *[f"| {_cell(symbol(n))} | {v:.2f} | {imp.low[n]:.2f}–"
                     f"{imp.high[n]:.2f} |" for n, v in imp.scores.items()]]
     else:
         lines.append(f"Not computed: {found.note}.")
@@ -130,8 +132,8 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
                   ) -> tuple[Findings, list[tuple[str, Any]]]:
     """What the report says of the study, and its trials for parallel coordinates."""
-    from tuner.search.mlflow_layout import STUDY_PREFIX
     from tuner.search.outcome import UNRANKED
+    from tuner.store.layout import STUDY_PREFIX
 
     trial_curves = curves(client, trial_runs)
     try:
@@ -140,7 +142,7 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
         if not any(c.status in UNRANKED for c in trial_curves):
             raise  # no trial has ended: nothing to show yet
     points = {c.run_id: c.points for c in trial_curves}
-    rows = [best_mod.trial_row(client, r, points[r.info.run_id]) for r in runs.ranked(trial_runs)]
+    rows = [trial_row(client, r, points[r.info.run_id]) for r in runs.ranked(trial_runs)]
     recorded = runs.recorded_study(client, parent, workdir)["search"]
     found, parallel = None, []
     if recorded["scheduler"] == "pbt":

@@ -8,10 +8,10 @@ import html
 import math
 from pathlib import Path
 
-from tuner.inspect.best import TrialRow, symbol
 from tuner.inspect.findings import NO_BEST, Findings
-from tuner.inspect.report import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG
-from tuner.space.params import shown_value
+from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG
+from tuner.space.params import shown_value, symbol
+from tuner.store.rows import TrialRow
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em;

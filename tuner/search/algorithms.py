@@ -85,8 +85,8 @@ def check_storage_is_free(study: Any) -> None:
     fail on them). One an attempt stopped before its first trial left (warm-start trials at
     most) is taken up again."""
     from tuner.errors import UserError
-    from tuner.redact import redact
-    from tuner.store_uri import sqlite_file
+    from tuner.store.redact import redact
+    from tuner.store.uri import sqlite_file
 
     path = sqlite_file(study.search.storage)
     if path is not None and not path.exists():

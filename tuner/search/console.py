@@ -18,13 +18,13 @@ from rich.text import Text
 from model.metrics import perplexity
 from model.shell import as_started
 from tuner import output
-from tuner.inspect import ui
 from tuner.output import count
 from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome, tune_error
 from tuner.search.stopping import draining
 from tuner.search.trainable import TrainedTokens
 from tuner.space.params import shown_value
-from tuner.store_uri import server_address
+from tuner.store import view
+from tuner.store.uri import server_address
 
 MAX_ROWS = 12
 _SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
@@ -244,11 +244,11 @@ class Summary:
 def _ui_link(summary: Summary) -> str:
     """Where the study's runs open in MLflow's UI: on its `mlflow server`, or by `tuner ui`."""
     if summary.tracking_uri.startswith(("http://", "https://")):
-        return ui.runs_url(server_address(summary.tracking_uri), summary.experiment_id)
+        return view.runs_url(server_address(summary.tracking_uri), summary.experiment_id)
     command = as_started(f"tuner ui --study {summary.study} --tracking-uri "
                          f"{shlex.quote(summary.tracking_uri)}")
-    local = ui.local_url(ui.DEFAULT_HOST, ui.DEFAULT_PORT)
-    return f"{command}  (then open {ui.runs_url(local, summary.experiment_id)})"
+    local = view.local_url(view.DEFAULT_HOST, view.DEFAULT_PORT)
+    return f"{command}  (then open {view.runs_url(local, summary.experiment_id)})"
 
 
 def print_summary(console: Console, summary: Summary) -> None:

@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tuner.inspect.best import TrialRow, symbol
-from tuner.space.params import shown_value
+from tuner.space.params import shown_value, symbol
+from tuner.store.rows import TrialRow
 
 
 def _value_lines(values: Mapping[str, Any], others: Mapping[str, Any] | None = None) -> list[str]:

@@ -18,10 +18,10 @@ from typing import Any
 
 from tuner.errors import UserError
 from tuner.output import count
-from tuner.redact import redact
 from tuner.search import state
 from tuner.search.console import Summary
 from tuner.search.outcome import FINISHED
+from tuner.store.redact import redact
 
 
 def start_ray(address: str | None) -> None:
@@ -253,10 +253,11 @@ def _fit(tuner: Any) -> None:
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial; saves the
     view of its experiment's runs that the summary's link to MLflow's UI opens."""
-    from tuner.inspect.runs import counts_as_best, ranked, searched_values
-    from tuner.inspect.ui import save_view
-    from tuner.search.mlflow_layout import STATUS_TAG, child_runs, connect, find_parent
     from tuner.search.tracking import TrackingLost
+    from tuner.store.connect import connect
+    from tuner.store.layout import STATUS_TAG
+    from tuner.store.runs import child_runs, counts_as_best, find_parent, ranked, searched_values
+    from tuner.store.view import save_view
 
     try:
         client = connect(study.tracking.uri)

@@ -19,10 +19,10 @@ from typing import Any
 from ray import tune
 
 from model.shell import STOP_SIGNALS, stops_as_ctrl_c
-from tuner.search.trainable import STOP_CHECKPOINT
 
 ECHO_S = 0.5  # a stop this soon after the one taken is that one again, not a second
 STOP_FLAG = ".stop-requested"  # in the study's folder, while its trials checkpoint for a stop
+STOP_CHECKPOINT = "stop_checkpoint_step"  # in the result that carries a trial's stop checkpoint
 _held: dict[str, Any] = {}
 
 

@@ -11,7 +11,6 @@ import functools
 import json
 import math
 import shutil
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +20,24 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError, reason
-from tuner.redact import redact
-from tuner.search.mlflow_layout import (
+from tuner.search.outcome import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    STOPPED,
+    UNRANKED,
+    ended,
+    outcome,
+)
+from tuner.search.run_notes import sample_text, study_note, trial_note
+from tuner.search.stopping import STOP_CHECKPOINT
+from tuner.search.storage_faults import STORAGE_FAULT
+from tuner.search.trainable import TrainedTokens, trial_threads
+from tuner.store import runs
+from tuner.store.connect import open_client
+from tuner.store.layout import (
     CHECKPOINTS,
     DEVICE_TAG,
     FAILED_IN_TAG,
@@ -37,28 +52,13 @@ from tuner.search.mlflow_layout import (
     STUDY_TAG,
     SYMBOLS_TAG,
     TRIAL_TAG,
-    child_runs,
-    experiment_id,
-    find_parent,
 )
-from tuner.search.outcome import (
-    COMPLETED,
-    DIVERGED,
-    FAILED,
-    FINISHED,
-    RUNNING,
-    STOPPED,
-    UNRANKED,
-    ended,
-    outcome,
-)
-from tuner.search.run_notes import sample_text, study_note, trial_note
-from tuner.search.storage_faults import STORAGE_FAULT
-from tuner.search.trainable import STOP_CHECKPOINT, TrainedTokens, trial_threads
+from tuner.store.redact import redact
+from tuner.store.rows import trial_row
+from tuner.store.write import log_metrics, log_params_tags
 
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
 MID_FOLDER = "mid_checkpoints"  # in STORAGE/NAME, one folder per trial
-_BATCH = 100  # MLflow's limit on params or tags per log_batch call
 
 
 class TrackingLost(Exception):
@@ -123,11 +123,9 @@ class MlflowRecorder(tune.Callback):
 
     @_guarded(at_once=True)
     def setup(self, **info: Any) -> None:
-        from mlflow import MlflowClient
-
-        self._client = MlflowClient(tracking_uri=self.study.tracking.uri)
-        self._exp = experiment_id(self._client, self.study.tracking.experiment)
-        parent = find_parent(self._client, self.study.tracking.experiment, self.study.name)
+        self._client = open_client(self.study.tracking.uri)
+        self._exp = runs.experiment_id(self._client, self.study.tracking.experiment)
+        parent = runs.find_parent(self._client, self.study.tracking.experiment, self.study.name)
         self._parent = parent.info.run_id if parent else self._create_parent()
         self._client.update_run(self._parent, status="RUNNING")
         if parent is not None:  # resumed, maybe by other code: trials started now say so
@@ -148,7 +146,7 @@ class MlflowRecorder(tune.Callback):
         # MLflow shows a metric's value at its highest step: never log the study's below it
         self._study_step = max((m.step for m in self._client.get_metric_history(
             self._parent, f"{STUDY_PREFIX}tokens_trained")), default=0)
-        for run in child_runs(self._client, self._exp, self._parent):
+        for run in runs.child_runs(self._client, self._exp, self._parent):
             self._adopt(run)
 
     def _create_parent(self) -> str:
@@ -174,14 +172,13 @@ class MlflowRecorder(tune.Callback):
         trial_id = run.data.tags.get(TRIAL_TAG)
         if not trial_id:
             return
-        from tuner.inspect.runs import finite_or_inf
-
         history = self._client.get_metric_history(run.info.run_id, "val_loss")
         latest = max(history, key=lambda m: (m.timestamp, m.step)).step if history else -1
+        values = [(m.step, runs.finite_or_inf(m.value)) for m in history]
         child = _Child(run.info.run_id, run.info.start_time,
                        last_step=max((m.step for m in history), default=-1), latest=latest,
-                       replay_to=latest, logged={(m.step, finite_or_inf(m.value)) for m in history},
-                       best=min((finite_or_inf(m.value) for m in history), default=math.inf))
+                       replay_to=latest, logged=set(values),
+                       best=min((value for _, value in values), default=math.inf))
         child.described = SEARCHED_TAG in run.data.tags
         trained = self._client.get_metric_history(run.info.run_id, "tokens_trained")
         child.trained = max((int(m.value) for m in trained), default=max(child.last_step, 0))
@@ -215,11 +212,11 @@ class MlflowRecorder(tune.Callback):
             values["best_val_loss"] = self._best[0]
         elif self._best_tagged:  # the only best diverged, failed or was lost: none is left
             values["best_val_loss"] = math.nan
-        self._log_metrics(self._parent, {STUDY_PREFIX + k: v for k, v in values.items()},
+        log_metrics(self._client, self._parent, {STUDY_PREFIX + k: v for k, v in values.items()},
                           self._study_step)
         best = self._children.get(self._best[2])
         if best is not None and self._best[2] != self._best_tagged:
-            self._log_params_tags(self._parent, {}, {"tuner.best_trial_id": self._best[2],
+            log_params_tags(self._client, self._parent, {}, {"tuner.best_trial_id": self._best[2],
                                                      "tuner.best_run_id": best.run_id})
             self._best_tagged = self._best[2]
         elif best is None and self._best_tagged:  # the best was a lost run: no other has a loss
@@ -234,7 +231,8 @@ class MlflowRecorder(tune.Callback):
         child = self._children.get(trial.trial_id)
         if child is not None and trial.trial_id not in self._finished:
             self._client.update_run(child.run_id, status="RUNNING")
-            self._log_params_tags(child.run_id, {}, self._status_tags(trial, child, RUNNING))
+            log_params_tags(self._client, child.run_id, {},
+                            self._status_tags(trial, child, RUNNING))
         self._run_of(trial)
         self._note_config(trial)
 
@@ -276,7 +274,7 @@ class MlflowRecorder(tune.Callback):
                 "tuner.git_commit": prov["git_commit"],
                 SYMBOLS_TAG: json.dumps(symbols, ensure_ascii=False),
                 NOTE_TAG: trial_note(searched, RUNNING, child.best)}  # until it ends
-        self._log_params_tags(child.run_id, params, tags)
+        log_params_tags(self._client, child.run_id, params, tags)
         self._client.log_dict(child.run_id, searched, "searched.json")
         if trial_config:
             self._client.log_dict(child.run_id, trial_config.to_dict(), "trial_config.json")
@@ -295,7 +293,7 @@ class MlflowRecorder(tune.Callback):
         if child.config and child.config != searched:
             numeric = {f"hp.{k}": float(v) for k, v in searched.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self._log_metrics(child.run_id, numeric, max(child.last_step, 0))
+            log_metrics(self._client, child.run_id, numeric, max(child.last_step, 0))
             self._client.set_tag(child.run_id, PBT_TAG, json.dumps(searched))
             child.replay_to = -1  # exploited: from here on it trains what it never did
         child.config = searched
@@ -341,7 +339,7 @@ class MlflowRecorder(tune.Callback):
         if val_loss < child.best:
             child.best = values["best_val_loss"] = val_loss
             own_steps["best_val_loss"] = furthest
-        self._log_metrics(child.run_id, values, tokens, own_steps)
+        log_metrics(self._client, child.run_id, values, tokens, own_steps)
         if self._note_best(trial.trial_id, val_loss):
             self._log_study()
 
@@ -378,7 +376,7 @@ class MlflowRecorder(tune.Callback):
         if end.status == FAILED:
             tags["tuner.error"] = str(result.get("traceback") or end.detail)[-5000:]
             tags[FAILED_IN_TAG] = "process" if trial.status == "ERROR" else "trainer"
-        self._log_params_tags(child.run_id, {}, tags)
+        log_params_tags(self._client, child.run_id, {}, tags)
         self._client.set_terminated(child.run_id, RUN_STATUS[end.status])
         self._finished[trial.trial_id] = end.status
         if end.status in UNRANKED and self._best[2] == trial.trial_id:
@@ -471,7 +469,7 @@ class MlflowRecorder(tune.Callback):
         for trial in unfinished:
             child = self._children.get(trial.trial_id)
             if child is not None:
-                self._log_params_tags(child.run_id, {},
+                log_params_tags(self._client, child.run_id, {},
                                       self._status_tags(trial, child, "interrupted"))
                 self._client.set_terminated(child.run_id, "KILLED")
         self._log_study()
@@ -481,32 +479,10 @@ class MlflowRecorder(tune.Callback):
 
     def _note_study(self) -> None:
         """Describe the parent run: its best trial, by how much, on which values."""
-        from tuner.inspect import best, runs
-
         trials = runs.ranked(runs.trial_runs(self._client, self._client.get_run(self._parent)))
-        rows = [best.trial_row(self._client, run) for run in trials[:2]]
+        rows = [trial_row(self._client, run) for run in trials[:2]]
         statuses = Counter(run.data.tags.get(STATUS_TAG, "?") for run in trials)
         self._client.set_tag(self._parent, NOTE_TAG, study_note(rows, statuses))
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _log_metrics(self, run_id: str, values: dict[str, float], step: int,
-                     own_steps: dict[str, int] | None = None) -> None:
-        """Log `values` in one call, at `step` but for those given a step of their own."""
-        from mlflow.entities import Metric
-
-        now, steps = int(time.time() * 1000), own_steps or {}
-        self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(steps.get(k, step)))
-                                                for k, v in values.items()])
-
-    def _log_params_tags(self, run_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        from mlflow.entities import Param, RunTag
-
-        param_list = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
-        tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
-        for start in range(0, max(len(param_list), len(tag_list)), _BATCH):
-            self._client.log_batch(run_id, params=param_list[start:start + _BATCH],
-                                   tags=tag_list[start:start + _BATCH])
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the study: keep the settings, not the live client."""

@@ -28,7 +28,6 @@ TIME_ATTR = "tokens"
 HYPERBAND_TIME = "hyperband_units"  # HyperBand sizes its brackets for few time units: not tokens
 OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder
 SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable, from its checkpoint
-STOP_CHECKPOINT = "stop_checkpoint_step"  # in the result that carries a stop's checkpoint
 STOP_POLL_S = 0.2  # how often a trial looks for the driver's stop flag
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
@@ -64,6 +63,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from ray import tune
 
     from model.train import device_label, resolve_device, train
+    from tuner.search.stopping import STOP_CHECKPOINT
     from tuner.search.storage_faults import STORAGE_FAULT, storage_error
 
     os.umask(umask)

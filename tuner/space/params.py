@@ -143,6 +143,11 @@ def shown_value(name: str, value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else fmt(value)
 
 
+def symbol(name: str) -> str:
+    """The symbol of a study parameter (SYMBOLS.md: α_max, T_warmup/T_total), else its name."""
+    return ALL_DEFS[name].symbol if name in ALL_DEFS else name
+
+
 def _kind_text(hp: HParam) -> str:
     if hp.choices is not None:
         return "one of " + ", ".join(map(fmt, hp.choices))

@@ -27,7 +27,6 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from model.config import HParam, TrainConfig, shown
-from tuner.redact import redact
 from tuner.space import checks, convert
 from tuner.space.distributions import Distribution
 from tuner.space.errors import Issue, SpaceError
@@ -40,7 +39,8 @@ from tuner.space.params import (
     section_aliases,
     section_fields,
 )
-from tuner.store_uri import KEPT_NOTHING, in_memory
+from tuner.store.redact import redact
+from tuner.store.uri import KEPT_NOTHING, in_memory
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial

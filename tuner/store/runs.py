@@ -1,11 +1,11 @@
-"""A study's runs in MLflow: its parent and trial runs, a trial's config, metrics and checkpoints.
+"""A study's runs in MLflow: finding its parent and trial runs, ranking them, and reading a
+trial's config, metrics and checkpoints.
 
 Every lookup that fails (unknown study or run, missing or altered artifact) raises UserError.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -15,58 +15,52 @@ from typing import Any
 from model.config import ConfigError, TrainConfig, train_config_from_dict
 from model.shell import as_started
 from tuner.errors import UserError, reason
+from tuner.store.layout import (
+    CHECKPOINTS,
+    PBT_TAG,
+    ROLE_TAG,
+    SEARCHED_TAG,
+    STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+)
 
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # use fullmatch
 TRIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,250}")  # a trial id or run name; use fullmatch
 
 
-def connect(uri: str) -> Any:
-    """An MlflowClient of an existing store that has answered once; UserError when the store is
-    missing, down or unusable (a missing sqlite file is not created: nothing here writes one)."""
-    import os
-
-    from tuner.search.mlflow_layout import connect as connect_store
-    from tuner.store_uri import KEPT_NOTHING, absolute_uri, in_memory, sqlite_file
-
-    if not uri.strip():
-        raise UserError("the tracking URI is empty: pass the store the study was recorded in "
-                        "with --tracking-uri")
-    if in_memory(uri):
-        raise UserError(f"tracking store {uri} {KEPT_NOTHING}")
-    uri = absolute_uri(uri)  # as the commands and files it writes name it, for later use
-    path = sqlite_file(uri)
-    if path is not None and not path.is_file():
-        raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
-                        "was recorded in with --tracking-uri")
-    if path is not None and not holds_mlflow_tables(path, uri):
-        raise UserError(f"tracking store {uri}: {path} is not an MLflow store (an empty file or "
-                        "another database); pass the store the study was recorded in")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
-
-    return connect_store(uri)
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment `name`, created when missing."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
 
 
-def holds_mlflow_tables(path: Path, uri: str) -> bool:
-    """Whether a sqlite file holds MLflow's tables (MLflow would create them in any other);
-    UserError when it cannot be read at all."""
-    import sqlite3
+def find_parent(client: Any, experiment: str, study: str) -> Any | None:
+    """The parent run of study `study` in `experiment`, or None; UserError when the experiment is
+    deleted (MLflow keeps its name, and refuses new runs in it)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    if exp.lifecycle_stage == "deleted":
+        raise UserError(f"MLflow experiment {experiment!r} at {client.tracking_uri} is deleted: "
+                        f"restore it (`mlflow experiments restore --experiment-id "
+                        f"{exp.experiment_id}`), remove it for good (`mlflow gc`), or record the "
+                        "study in another (--name, or tracking.experiment in the study file)")
+    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+        f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
+    return runs[0] if runs else None
 
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
-                                                uri=True)) as db:
-            found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
-                               "name = 'experiments'").fetchall()
-    except sqlite3.OperationalError as err:  # unreadable, locked: not a question of content
-        raise UserError(f"tracking store {uri} cannot be used: {err}") from None
-    except sqlite3.DatabaseError:  # not a database
-        return False
-    return bool(found)
+
+def child_runs(client: Any, experiment_id_: str, parent_id: str) -> list[Any]:
+    """Every run under a parent that is not deleted."""
+    return client.search_runs([experiment_id_],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                              max_results=50000)
 
 
 def study_parents(client: Any, study: str) -> list[Any]:
     """The parent runs of studies named `study`, in every experiment of the store."""
-    from tuner.search.mlflow_layout import ROLE_TAG, STUDY_TAG
     from tuner.space.schema import STUDY_NAME
 
     if not STUDY_NAME.fullmatch(study):
@@ -78,8 +72,6 @@ def study_parents(client: Any, study: str) -> list[Any]:
 def study_parent(client: Any, study: str) -> Any:
     """The parent run of study `study`, looked up in every experiment of the store; UserError
     when there is none, or one in each of several experiments (which is meant is unknown)."""
-    from tuner.search.mlflow_layout import ROLE_TAG, STUDY_TAG
-
     runs = study_parents(client, study)
     if len(runs) > 1:
         names = sorted(client.get_experiment(r.info.experiment_id).name for r in runs)
@@ -105,10 +97,18 @@ def experiment_ids(client: Any) -> list[str]:
             return ids
 
 
+def study_experiments(client: Any, study: str | None) -> dict[str, str]:
+    """The experiment id of `study`, or with None of every study in the store, by study name;
+    UserError for an unknown study."""
+    if study is not None:
+        return {study: study_parent(client, study).info.experiment_id}
+    parents = client.search_runs(experiment_ids(client), max_results=1000,
+                                 filter_string=f"tags.`{ROLE_TAG}` = 'study'")
+    return dict(sorted((r.data.tags[STUDY_TAG], r.info.experiment_id) for r in parents))
+
+
 def trial_runs(client: Any, parent: Any) -> list[Any]:
     """The trial runs of a study (replays and other runs excluded)."""
-    from tuner.search.mlflow_layout import ROLE_TAG, child_runs
-
     runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     return [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
 
@@ -135,8 +135,6 @@ def get_run(client: Any, run_id: str) -> Any:
 def trial_run(client: Any, trial: str) -> Any:
     """The trial run `trial` names: its MLflow run id, its trial id or its run name; UserError
     for another kind of run (a study, a replay), or a name that fits none or several."""
-    from tuner.search.mlflow_layout import ROLE_TAG, TRIAL_TAG
-
     if RUN_ID.fullmatch(trial):
         run = get_run(client, trial)
         role = run.data.tags.get(ROLE_TAG)
@@ -186,7 +184,6 @@ def ranked(runs: list[Any]) -> list[Any]:
 def counts_as_best(run: Any) -> bool:
     """Whether a trial run can be the study's best: it evaluated and neither diverged nor failed
     (a loss it reached before diverging does not make its config a good one)."""
-    from tuner.search.mlflow_layout import STATUS_TAG
     from tuner.search.outcome import UNRANKED
 
     return (math.isfinite(metric(run, "best_val_loss"))
@@ -266,8 +263,6 @@ def trial_config(client: Any, run: Any, dst: Path) -> TrainConfig:
 def pbt_values(run: Any) -> dict[str, Any] | None:
     """The searched values a PBT trial ended with (its params hold those it started with); None
     for a trial whose values never changed."""
-    from tuner.search.mlflow_layout import PBT_TAG
-
     changed = run.data.tags.get(PBT_TAG)
     if changed is None:
         return None
@@ -283,8 +278,6 @@ def pbt_values(run: Any) -> dict[str, Any] | None:
 def searched_values(run: Any) -> tuple[dict[str, str], bool]:
     """The values the searcher chose for a trial, by study-file name as logged, and whether PBT
     changed them (then they are those it ended with)."""
-    from tuner.search.mlflow_layout import SEARCHED_TAG
-
     final = pbt_values(run) or {}
     names = [n for n in run.data.tags.get(SEARCHED_TAG, "").split(",") if n]
     return ({n: str(final[n]) if n in final else run.data.params.get(n, "–") for n in names},
@@ -304,8 +297,6 @@ def checkpoint_file(client: Any, run: Any, which: str, dst: Path) -> Path:
     """A trial's checkpoint artifact ("final" or "mid"), checked against the sha256 recorded when
     it was logged: a missing, truncated or replaced file raises UserError."""
     from model.checkpoint import CHECKPOINT_NAME, file_sha256
-    from tuner.search.mlflow_layout import CHECKPOINTS
-
     folder, tag = CHECKPOINTS[which]
     run_id = run.info.run_id
     expected = run.data.tags.get(tag)

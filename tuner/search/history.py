@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
-from tuner.inspect import runs
+from tuner.store import runs
+from tuner.store.connect import connect_existing
 
 USABLE = ("completed", "stopped", "diverged")  # scored, as a failure in the trainer is (inf)
 
@@ -21,7 +22,7 @@ def earlier_study(study: str, tracking_uri: str
     """The resolved study `study` recorded (study.json), and (the searcher's parameters, the last
     reported objective) of every trial its searcher was told a value of, as it saw them:
     diverged ones and failed ones score inf."""
-    client = runs.connect(tracking_uri)
+    client = connect_existing(tracking_uri)
     parent = runs.study_parent(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
         recorded = runs.recorded_study(client, parent, Path(tmp))
@@ -50,9 +51,9 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
                  workdir: Path) -> list[tuple[dict[str, Any], float]]:
     """(searched.json, last value of `metric`) of each trial run the searcher was told a value
     of, oldest first: a trial that failed in the trainer reported the worst value."""
-    from tuner.search.mlflow_layout import FAILED_IN_TAG, STATUS_TAG
     from tuner.search.outcome import FAILED
     from tuner.search.trainable import WORST
+    from tuner.store.layout import FAILED_IN_TAG, STATUS_TAG
 
     def told(run: Any) -> bool:
         tags = run.data.tags

@@ -1,6 +1,5 @@
-"""The MLflow layout of a study (docs/mlflow_layout.md): its tags and metrics, and how its runs
-are found. Both the recorder that writes them and the commands that read them use it; it imports
-neither Ray nor torch, so reading a study loads neither."""
+"""Connecting to a tracking store (a sqlite file, an `mlflow server`, a Postgres or MySQL
+database): the checks that fail fast and say why, then an MlflowClient that has answered."""
 
 from __future__ import annotations
 
@@ -13,38 +12,19 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tuner.errors import UserError, reason
-from tuner.store_uri import server_address, sqlite_file
+from tuner.store.uri import KEPT_NOTHING, absolute_uri, in_memory, server_address, sqlite_file
 
-METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
-           "elapsed_s")
-STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
-RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
-ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
-SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
-PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
-SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSON)
-NOTE_TAG = "mlflow.note.content"  # a run's description: what its page in MLflow's UI shows first
-# The parent run's metrics: names of their own, so MLflow's UI charts them apart from the trials'
-STUDY_PREFIX = "study/"
 # MLflow's tracking stores ("" a folder's path); others fail deep inside MLflow's registry
 STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
                  "databricks", "databricks-uc", "uc")
 DATABASE_CONNECT_TIMEOUT_S = 10  # a host that drops packets, or takes them and never answers
-DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
-# A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
-# (its process kept failing and Tune failed it: the searcher left it out)
-FAILED_IN_TAG = "tuner.failed_in"
-# which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
-CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
-               "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
 
 
 def connect(uri: str) -> Any:
     """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
-    from urllib.parse import urlsplit
-
     from mlflow import MlflowClient
 
     scheme = urlsplit(uri).scheme.partition("+")[0]  # postgresql+psycopg2: a driver named
@@ -145,30 +125,63 @@ def _check_database(uri: str) -> None:
         engine.dispose()
 
 
-def experiment_id(client: Any, name: str) -> str:
-    """The id of experiment `name`, created when missing."""
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+def connect_existing(uri: str) -> Any:
+    """An MlflowClient of an existing store that has answered once; UserError when the store is
+    missing, down or unusable (a missing sqlite file is not created: nothing here writes one)."""
+    if not uri.strip():
+        raise UserError("the tracking URI is empty: pass the store the study was recorded in "
+                        "with --tracking-uri")
+    if in_memory(uri):
+        raise UserError(f"tracking store {uri} {KEPT_NOTHING}")
+    uri = absolute_uri(uri)  # as the commands and files it writes name it, for later use
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
+                        "was recorded in with --tracking-uri")
+    if path is not None and not holds_mlflow_tables(path, uri):
+        raise UserError(f"tracking store {uri}: {path} is not an MLflow store (an empty file or "
+                        "another database); pass the store the study was recorded in")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
+    return connect(uri)
 
 
-def find_parent(client: Any, experiment: str, study: str) -> Any | None:
-    """The parent run of study `study` in `experiment`, or None; UserError when the experiment is
-    deleted (MLflow keeps its name, and refuses new runs in it)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    if exp.lifecycle_stage == "deleted":
-        raise UserError(f"MLflow experiment {experiment!r} at {client.tracking_uri} is deleted: "
-                        f"restore it (`mlflow experiments restore --experiment-id "
-                        f"{exp.experiment_id}`), remove it for good (`mlflow gc`), or record the "
-                        "study in another (--name, or tracking.experiment in the study file)")
-    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
-        f"tags.`{STUDY_TAG}` = '{study}' AND tags.`{ROLE_TAG}` = 'study'"))
-    return runs[0] if runs else None
+def holds_mlflow_tables(path: Path, uri: str) -> bool:
+    """Whether a sqlite file holds MLflow's tables (MLflow would create them in any other);
+    UserError when it cannot be read at all."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'experiments'").fetchall()
+    except sqlite3.OperationalError as err:  # unreadable, locked: not a question of content
+        raise UserError(f"tracking store {uri} cannot be used: {err}") from None
+    except sqlite3.DatabaseError:  # not a database
+        return False
+    return bool(found)
 
 
-def child_runs(client: Any, experiment_id_: str, parent_id: str) -> list[Any]:
-    """Every run under a parent that is not deleted."""
-    return client.search_runs([experiment_id_],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                              max_results=50000)
+def new_sqlite_store(uri: str) -> bool:
+    """Whether `uri` is a sqlite file that does not exist yet; UserError if it cannot be made, or
+    is a database of something else."""
+    path = sqlite_file(uri)
+    if path is None:
+        return False
+    if path.exists():
+        if path.stat().st_size and not holds_mlflow_tables(path, uri):  # MLflow adds its own
+            raise UserError(f"tracking store {uri}: {path} is another database, not an MLflow "
+                            "store; pass a new file or an MLflow store")
+        return False
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"tracking store {uri} cannot be used: {path.parent} is not a folder "
+                        "this user can write to")
+    return True
+
+
+def open_client(uri: str) -> Any:
+    """An MlflowClient for `uri`, unchecked: a store `connect` has checked already (the study's
+    recorder opens it again on Tune's driver)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)

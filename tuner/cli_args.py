@@ -1,0 +1,24 @@
+"""The command line's options and parsers that several commands share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# the store a study was recorded in, as the commands that read one take it
+TrackingUri = Annotated[str, typer.Option(
+    envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI of the study")]
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def folder(value: str) -> Path:
+    """A folder option's value (`parser=folder`): "" is refused, since as a Path it is the
+    current folder, where a study's state or a report would land among the user's files."""
+    if not value:
+        raise typer.BadParameter("empty: give a folder (. for the current one)")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a folder")
+    return path

@@ -1,0 +1,269 @@
+"""A study from `tuner search` to its summary: new or resumed, checked, warm-started, run on Ray
+Tune, recorded in MLflow (tuner.store), and summarised. `run` reads top to bottom.
+
+Everything that can be wrong with the input (the space, the dataset, the tracking store, the study
+name, the Ray address) is checked before Ray starts; a trial's resources against the Ray it
+starts, and whether another driver runs the study, before the study is saved. Each is reported as
+one line with exit code 2. Ray, torch and MLflow are imported only once needed: Ray after
+`environment.configure`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from model.shell import as_started
+from tuner.errors import UserError
+from tuner.search import preflight, state
+from tuner.store.uri import absolute_uri
+
+
+@dataclass
+class Request:
+    """What `tuner search` was asked: the study file or name, and the options that override it."""
+
+    space: Path | None
+    name: str | None
+    num_samples: int | None
+    max_concurrent: int | None
+    seed: int | None
+    tracking_uri: str | None
+    storage: Path
+    address: str | None
+    resume: bool
+    warm_start: str | None
+
+
+def run(request: Request) -> int:
+    """Run (or resume) the study; the exit code: 0 with a best trial, 1 with none or a store or
+    disk failed mid-study, 130 when stopped."""
+    from tuner.search import environment
+
+    environment.configure(local=request.address is None)
+    console = Console(highlight=False, soft_wrap=True)
+
+    def warn(text: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(text)}")
+
+    storage = request.storage.expanduser().resolve()
+    resume, address = request.resume, request.address
+    study, overrides = _open(request, storage)
+    preflight.check_storage(storage)
+    from tuner.search.address import check_address
+
+    if address:
+        check_address(address)
+    else:
+        preflight.check_local_resources(study, warn)
+    checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
+
+    from tuner.store.connect import connect, new_sqlite_store
+    from tuner.store.runs import find_parent
+
+    # Tune fails to restore a study stopped before any trial started: that one starts again
+    restore = resume and state.ran_trials(storage / study.name)
+    new_store = new_sqlite_store(study.tracking.uri)  # made once every input is known sound
+    client = None if new_store else connect(study.tracking.uri)
+    exists = None if client is None else find_parent(client, study.tracking.experiment,
+                                                     study.name)
+    if restore and exists and exists.info.status == "FINISHED" and _not_resumable(study):
+        # Tune's state holds trials HyperBand paused at their full budget: restored, it would
+        # train them on. The study ended: nothing to resume.
+        from tuner.search.console import print_summary
+        from tuner.search.runner import summarise
+
+        summary = summarise(study)
+        print_summary(console, summary)
+        return 0 if summary.best_run_id else 1
+    _check_store(study, client, exists, resume=resume, restore=restore)
+    warm_trials, warm_changes = (None, []) if restore else _warm_trials(study)
+    if study.search.storage and not resume:
+        from tuner.search.algorithms import check_storage_is_free
+
+        check_storage_is_free(study)
+    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
+    from tuner.search.provenance import provenance
+
+    made_of = provenance(data_dir, meta)
+    changed_code = preflight.check_same_inputs(exists, made_of, data_dir) if exists else None
+    if changed_code:
+        console.print(f"[yellow]warning:[/] {changed_code}")
+    if restore:  # Tune's state cut short with no whole copy, or a checkpoint lost: refused.
+        from tuner.search.recovery import check_named_checkpoints  # The last check: it puts
+
+        check_named_checkpoints(storage / study.name)  # back the checkpoints it can
+    if new_store:
+        connect(study.tracking.uri)
+    if warm_trials and not resume:
+        console.print(f"warm start: {len(warm_trials)} finished trials of study "
+                      f"{study.search.warm_start!r}")
+        if warm_changes:
+            console.print(f"[yellow]warning:[/] study {study.search.warm_start!r} trained "
+                          f"otherwise ({escape('; '.join(warm_changes))}): its losses compare "
+                          "with this study's only loosely")
+    return _run_study(console, warn, study, data_dir, storage, address=address, restore=restore,
+                      provenance=made_of, overrides=None if resume else overrides,
+                      warm_trials=warm_trials)
+
+
+def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any]]:
+    """The study: new from --space with the options' overrides, or resumed from its state under
+    --storage (UserError when it is being driven, or an option changed); and the overrides."""
+    name, space, resume = request.name, request.space, request.resume
+    overrides = {k: v for k, v in dict(
+        name=name, num_samples=request.num_samples, seed=request.seed,
+        max_concurrent=request.max_concurrent, warm_start=request.warm_start,
+        tracking_uri=absolute_uri(request.tracking_uri)).items() if v is not None}
+    if resume and not name:
+        if space is None:
+            raise UserError("--resume needs --name NAME, or the --space file it ran: the study "
+                            "to continue")
+        from tuner.space import load_study
+
+        name = load_study(space).name  # the file's name, else its stem, as a new study takes
+    from tuner.space.schema import NAME_RULE, STUDY_NAME
+
+    if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
+        raise UserError(f"--name {name!r} {NAME_RULE}")
+    if resume:
+        state.check_not_driven(storage / name)
+        study = state.load(storage / name, space)
+        preflight.check_kept_settings(study, overrides)
+    else:
+        study = _new_study(storage, space, overrides)
+    return study, overrides
+
+
+def _check_store(study: Any, client: Any, exists: Any, *, resume: bool, restore: bool) -> None:
+    """UserError when the tracking store does not fit the study: a resumed HyperBand study, a new
+    study whose name is taken, a resumed one whose runs are gone."""
+    if restore and exists and _not_resumable(study):
+        raise UserError(f"study {study.name!r} uses HyperBand, whose brackets Ray Tune does not "
+                        "save: resumed, it would wait for ever on the trials they paused. Start a "
+                        f"new study with --warm-start {study.name} to build on its trials")
+    if exists and not resume:
+        raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
+                        f"already holds a study {study.name!r}: resume it with --resume --name "
+                        f"{study.name}, or pick another --name")
+    if client is not None and not resume:
+        preflight.check_name_free(client, study)
+    if restore and not exists:
+        raise UserError(f"MLflow experiment {study.tracking.experiment!r} at {study.tracking.uri} "
+                        f"no longer holds study {study.name!r}, whose trials ran: put back the "
+                        "tracking store it ran with, or start a new study with another --name")
+
+
+def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_dir: Path,
+               storage: Path, *, address: str | None, **run_args: Any) -> int:
+    """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
+    the exit code."""
+    from tuner.search.console import print_summary
+    from tuner.search.runner import run_study
+    from tuner.search.storage_faults import StorageFull
+    from tuner.search.tracking import TrackingLost
+
+    resume_hint = as_started(shlex.join([
+        "tuner", "search", "--resume", "--name", study.name, "--storage", str(storage),
+        *(["--address", address] if address else [])]))  # not saved: the cluster may move
+    if _not_resumable(study):
+        resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
+                                 ) + " (a HyperBand study cannot be resumed)"
+    try:
+        summary = run_study(study, data_dir, storage, address=address, warn=warn, **run_args)
+    except TrackingLost as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
+        console.print(f"once the store answers again, continue it with: {resume_hint}",
+                      markup=False)
+        return 1
+    except StorageFull as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
+        console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
+        return 1
+    except KeyboardInterrupt:
+        from tuner.search.stopping import stopped_at_once
+
+        if not stopped_at_once():
+            raise  # before the study was saved: "aborted", and nothing to resume
+        console.print(f"{second_stop(study)}; continue it with: {resume_hint}", markup=False)
+        return 130
+    print_summary(console, summary)
+    if summary.interrupted:
+        console.print(f"continue it with: {resume_hint}", markup=False)
+        return 130
+    return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
+
+
+def second_stop(study: Any) -> str:
+    """What a second stop left: the runs RUNNING, unless the first stop had ended them already
+    (it came as Ray shut down, say)."""
+    from tuner.store.connect import connect
+    from tuner.store.runs import find_parent
+
+    try:
+        parent = find_parent(connect(study.tracking.uri), study.tracking.experiment, study.name)
+    except Exception:  # noqa: BLE001 - the store failing: what it holds is unknown
+        parent = None
+    if parent is not None and parent.info.status != "RUNNING":
+        return "stopped at once (a second stop), after its runs had ended"
+    return "stopped at once (a second stop): its runs stay RUNNING until it is resumed"
+
+
+def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> Any:
+    """A new study from the --space file and the options, its tracking URI made absolute;
+    UserError when --storage holds one of its name already."""
+    from tuner.space import load_study
+
+    if space is None:
+        raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
+    study = load_study(space, overrides.get("name"))
+    uri = overrides.get("tracking_uri", study.tracking.uri)  # "" too: the check names the flag
+    if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
+    study = study.with_overrides(**{**overrides, "tracking_uri": absolute_uri(uri)})
+    if state.started(storage / study.name):
+        carry_on = (f"build on it with --warm-start {study.name}" if _not_resumable(study)
+                    else f"continue it with --resume --name {study.name}")
+        raise UserError(f"study {study.name!r} already exists in {storage}: {carry_on}, or pick "
+                        "another --name")
+    return study
+
+
+def _not_resumable(study: Any) -> bool:
+    """HyperBand's brackets are not in Tune's saved state: a resumed study would wait for ever on
+    the trials they paused, so such a study is built on with --warm-start instead."""
+    return study.search.scheduler == "hyperband"
+
+
+def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
+    """The finished trials of the study named by search.warm_start, as Optuna trials of this
+    study's space, and where that study trained otherwise (`history.setup_differences`); UserError
+    when it has none or one does not fit the space."""
+    earlier = study.search.warm_start
+    if earlier is None:
+        return None, []
+    from tuner.search import history
+
+    recorded, points = history.earlier_study(earlier, study.tracking.uri)
+    if not points:
+        raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
+    return history.optuna_trials(study, points), history.setup_differences(recorded, study)
+
+
+def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
+    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
+    from tuner.datasets import prepare_dataset
+    from tuner.space.dataset_fit import check_study_dataset
+
+    if study.data.path:
+        data_dir = Path(study.data.path).expanduser().resolve()
+    else:
+        data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
+    return data_dir, check_study_dataset(study, data_dir)

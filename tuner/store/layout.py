@@ -1,0 +1,23 @@
+"""The MLflow layout of a study (docs/mlflow_layout.md): the names of its tags, metrics and
+artifacts, which the recorder writes and the commands read."""
+
+from __future__ import annotations
+
+METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
+           "elapsed_s")
+STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
+RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
+ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
+SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
+PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
+SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSON)
+NOTE_TAG = "mlflow.note.content"  # a run's description: what its page in MLflow's UI shows first
+# The parent run's metrics: names of their own, so MLflow's UI charts them apart from the trials'
+STUDY_PREFIX = "study/"
+DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
+# A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
+# (its process kept failing and Tune failed it: the searcher left it out)
+FAILED_IN_TAG = "tuner.failed_in"
+# which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
+CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
+               "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
