@@ -29,7 +29,7 @@ _held: dict[str, Any] = {}
 def _hold(flag: Path | None, grace_s: float) -> None:
     _held.update(stop=False, tune_listens=False, taken_at=-float("inf"), at_once=False,
                  flag=flag, grace_s=grace_s if flag else 0.0, draining_since=None,
-                 saving=set(), saved=set())
+                 saved=set())
 
 
 _hold(None, 0.0)
@@ -147,7 +147,7 @@ class StopRelay(tune.Callback):
             except OSError:  # a full or read-only disk: no trial can checkpoint anyway
                 take()
                 return
-            _held.update(draining_since=time.monotonic(), saving=set(), saved=set())
+            _held.update(draining_since=time.monotonic(), saved=set())
 
         _held.update(take=take, trials=[])
         for signum in (signal.SIGINT, signal.SIGUSR1):  # Tune's handler takes both
@@ -155,13 +155,9 @@ class StopRelay(tune.Callback):
         if _held["stop"]:
             signal.raise_signal(signal.SIGINT)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        if _held["draining_since"] is not None and STOP_CHECKPOINT in result:
-            _held["saving"].add(trial.trial_id)
-
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in _held["saving"]:
+        # Tune saves a result's checkpoint after taking the result as the trial's last
+        if _held["draining_since"] is not None and STOP_CHECKPOINT in trial.last_result:
             _held["saved"].add(trial.trial_id)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
