@@ -6,7 +6,7 @@ import math
 import shlex
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -119,6 +119,11 @@ def best(
             console.print(f"{i}. trial {r.trial_id}  {r.status}  val_loss {r.val_loss:.4f}  "
                           f"perplexity {r.perplexity:.2f}  tokens {r.tokens:,}\n   {params}\n"
                           f"   run id {r.run_id}", markup=False)
+    with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
+        transfer = best_mod.transfer_of(client, study, Path(tmp))
+    if transfer is not None:
+        for table in _transfer_tables(transfer):
+            console.print(table)
     if export is not None:
         with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
             row = best_mod.export_best(client, study, export, Path(tmp))
@@ -132,6 +137,33 @@ def best(
                           "them back, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
                           markup=False)
     return 0
+
+
+def _transfer_tables(transfer: Any) -> list[Table]:
+    """A transfer study's best values at each size, and every sample's val_loss at each size (the
+    α–loss curves as numbers; each size's best in bold)."""
+    from tuner.space.params import shown_value, symbol
+
+    names = list(transfer.samples()[0]) if transfer.samples() else []
+    field = symbol(transfer.field)
+    best = Table(field, "best trial", *map(symbol, names), "val_loss",
+                 title=f"the best {symbol(transfer.axis)} at each {field} (the first, "
+                 f"{transfer.sizes[0]}, is the proxy the searcher learnt from)")
+    for size in transfer.sizes:
+        point = transfer.best(size)
+        best.add_row(str(size), *([point.trial_id, *(shown_value(n, point.values[n])
+                                                     for n in names), f"{point.loss:.4f}"]
+                                  if point else ["none", *("–" for _ in names), "–"]))
+    curves = Table(*map(symbol, names), *(f"val_loss at {field}={s}" for s in transfer.sizes),
+                   title=f"val_loss by {symbol(transfer.axis)} and {field}")
+    for values in transfer.samples():
+        cells = []
+        for size in transfer.sizes:
+            loss, top = transfer.loss(size, values), transfer.best(size)
+            text = "–" if loss is None else "diverged" if math.isinf(loss) else f"{loss:.4f}"
+            cells.append(f"[bold]{text}[/]" if top and top.values == values else text)
+        curves.add_row(*(shown_value(n, values[n]) for n in names), *cells)
+    return [best, curves]
 
 
 def report(

@@ -16,7 +16,8 @@ def search(
         "--space", help="study file (YAML); optional with --resume", dir_okay=False)] = None,
     name: Annotated[str | None, typer.Option(
         help="study name (default: the --space file's)")] = None,
-    num_samples: Annotated[int | None, typer.Option(min=1, help="trials to run")] = None,
+    num_samples: Annotated[int | None, typer.Option(
+        min=1, help="trials to run (a transfer study's: samples, each run at every size)")] = None,
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed of the searcher")] = None,
     tracking_uri: Annotated[str | None, typer.Option(

@@ -58,10 +58,19 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
             continue
         searched = ", ".join(study.searched()) or "nothing"
         typer.echo(f"{path}: ok: study {study.name} searches {searched} with "
-                   f"{study.search.searcher} and {study.search.scheduler}, "
-                   f"{output.count(study.search.num_samples, 'trial')}")
+                   f"{study.search.searcher} and {study.search.scheduler}, {_trials(study)}")
     if failed:
         raise typer.Exit(2)
+
+
+def _trials(study: Study) -> str:
+    """'10 trials'; a transfer study's '12 trials (4 samples at each d_model of 64, 128, 256)'."""
+    text = output.count(study.trial_count, "trial")
+    sizes = study.transfer()
+    if sizes:
+        text += (f" ({output.count(study.search.num_samples, 'sample')} at each {sizes[0]} of "
+                 f"{', '.join(map(str, sizes[1]))})")
+    return text
 
 
 def _check_dataset(study: Study) -> None:
@@ -96,7 +105,7 @@ def show(path: StudyPath) -> None:
     console.print(escape(
         f"data: {study.data.path or 'source ' + str(study.data.source)}\n"
         f"search: {search.searcher} + {search.scheduler}, "
-        f"{output.count(search.num_samples, 'trial')}, "
+        f"{_trials(study)}, "
         f"{search.mode} {search.metric}, at most {search.max_concurrent or 'any'} at once\n"
         f"resources: {fmt(res.cpus_per_trial)} CPU and {fmt(res.gpus_per_trial)} GPU per trial, "
         f"device {res.device}{', compiled' if res.compile else ''}\n"

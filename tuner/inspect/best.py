@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrainConfig
+from tuner.inspect.transfer import Transfer, read_transfer
 from tuner.store import runs
+from tuner.store.layout import TRANSFER_TAG
 from tuner.store.redact import redact
 from tuner.store.rows import TrialRow, trial_row
 
@@ -15,6 +17,15 @@ def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
     """The `k` best trial runs of a study, best first."""
     ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))
     return [trial_row(client, run) for run in ranked[:k]]
+
+
+def transfer_of(client: Any, study: str, workdir: Path) -> Transfer | None:
+    """A transfer study's trials by size (None: the study transfers nothing)."""
+    parent = runs.study_parent(client, study)
+    if TRANSFER_TAG not in parent.data.tags:
+        return None
+    rows = [trial_row(client, run) for run in runs.ranked(runs.trial_runs(client, parent))]
+    return read_transfer(runs.recorded_study(client, parent, workdir), rows)
 
 
 def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, description: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.inspect.importance import Curve, Importance
+from tuner.inspect.transfer import Transfer
 from tuner.output import count
 from tuner.store.rows import TrialRow
 
@@ -23,6 +24,7 @@ class Findings:
     note: str  # the trials the importance is over, or why there is none
     replay_cmd: str  # reproduces the best trial ("" when there is none)
     tokens: int  # trained by the whole study
+    transfer: Transfer | None = None  # a transfer study's trials by size
 
     @property
     def best(self) -> TrialRow | None:

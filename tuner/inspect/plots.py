@@ -1,5 +1,6 @@
 """The report's figures (matplotlib, no pyplot): every trial's val_loss with the leaders zoomed and
-labelled, the best trial's learning rate, importance with its spread, parallel coordinates."""
+labelled, the best trial's learning rate, importance with its spread, parallel coordinates, and
+a transfer study's α–loss curve at each size."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import textwrap
 from typing import Any
 
 from tuner.inspect.importance import Curve, Importance
+from tuner.inspect.transfer import Transfer
 from tuner.output import count
 from tuner.space.params import shown_value, symbol
 from tuner.store.rows import TrialRow
 
 # each figure's file name in a report
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
-PARALLEL_PNG = "parallel_coordinates.png"
+PARALLEL_PNG, TRANSFER_PNG = "parallel_coordinates.png", "transfer.png"
 STYLE = {"best": {"color": "black", "lw": 2.6, "alpha": 1.0, "zorder": 3},
          "completed": {"alpha": 0.8, "lw": 1.2, "color": "tab:blue"},
          "stopped": {"alpha": 0.3, "lw": 1.0, "color": "tab:blue"},
@@ -261,4 +263,51 @@ def parallel_figure(trials: list[tuple[str, Any]], reached: tuple[int, int]) -> 
     ax.set_axis_off()
     ax.set_title(f"{count(len(ranked), 'trial')}, a line each: darker = lower best val_loss "
                  "(black: the best)", pad=14)
+    return fig
+
+
+def transfer_figure(transfer: Transfer) -> Any:
+    """The μTransfer figure: best val_loss against the axis parameter (log scale when positive),
+    a line per size, each size's best a star; a trial that diverged or failed an x on the top
+    edge. Lines join the points only when the axis is all the study searched (else they would
+    zig-zag between the other values)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    finite = [p.loss for listed in transfer.points.values() for p in listed
+              if math.isfinite(p.loss)]
+    top = max(finite) * 1.05 if finite else 1.0
+    only_axis = all(list(p.values) == [transfer.axis] for listed in transfer.points.values()
+                    for p in listed)
+    colors = colormaps["viridis"]
+    field = symbol(transfer.field)
+    for i, size in enumerate(transfer.sizes):
+        color = colors(0.85 * i / max(len(transfer.sizes) - 1, 1))
+        curve = transfer.curve(size)
+        shown = [(p.at(transfer.axis), p.loss) for p in curve if math.isfinite(p.loss)]
+        lost = [p.at(transfer.axis) for p in curve if not math.isfinite(p.loss)]
+        best = transfer.best(size)
+        label = f"{field}={size}" + (f": best {symbol(transfer.axis)}="
+                                     f"{shown_value(transfer.axis, best.values[transfer.axis])}"
+                                     if best else ": none finished")
+        if shown:
+            ax.plot(*zip(*shown), "-o" if only_axis else "o", color=color, ms=5, lw=1.6,
+                    label=label, gid=f"size:{size}")
+        if lost:
+            ax.plot(lost, [top] * len(lost), "x", color=color, ms=8, mew=2, clip_on=False)
+        if best:
+            ax.plot(best.at(transfer.axis), best.loss, "*", color=color, ms=16, mec="black",
+                    zorder=4)
+    if all(p.at(transfer.axis) > 0 for listed in transfer.points.values() for p in listed):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    _plain_log_y(ax)
+    ax.set(xlabel=symbol(transfer.axis), ylabel="best val_loss",
+           title=f"{symbol(transfer.axis)} against val_loss at each {field} (★ each size's best; "
+                 "x: diverged)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
     return fig

@@ -1,6 +1,7 @@
 """`tuner report`: a study as pictures and pages: val_loss curves of every trial, the best
-trial's learning rate, fANOVA parameter importance, parallel coordinates, a markdown summary and
-study.html, which holds them all with a sortable table of the trials."""
+trial's learning rate, fANOVA parameter importance, parallel coordinates, a transfer study's
+α–loss curve per size, a markdown summary and study.html, which holds them all with a sortable
+table of the trials."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tuner.errors import UserError
 from tuner.inspect import plots
 from tuner.inspect.findings import NO_BEST, Findings
 from tuner.inspect.importance import Curve, importance, values_at_equal_tokens
-from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG
+from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
+from tuner.inspect.transfer import Transfer, read_transfer
 from tuner.search import history
 from tuner.space.params import shown_value, symbol
 from tuner.store import runs
@@ -50,13 +52,19 @@ def lr_points(config: TrainConfig, val_points: list[tuple[int, float]]) -> list[
     return out
 
 
-def searched_values(client: Any, trial_runs: list[Any], rows: list[TrialRow],
-                    workdir: Path) -> dict[str, dict[str, Any]]:
+def searched_values(client: Any, trial_runs: list[Any], rows: list[TrialRow], workdir: Path,
+                    space: Any) -> dict[str, dict[str, Any]]:
     """The values the searcher gave each trial that can be the best (its searched.json), by run
-    id."""
+    id; of a transfer study, those of the trials at its first size, the searcher's, without it."""
     usable = {row.run_id for row in rows if row.usable}
-    return {r.info.run_id: history.searched(client, r, workdir) for r in trial_runs
-            if r.info.run_id in usable}
+    sizes = space.transfer()
+    found = {r.info.run_id: history.searched(client, r, workdir) for r in trial_runs
+             if r.info.run_id in usable}
+    if sizes is None:
+        return found
+    field, proxy = sizes[0], sizes[1][0]
+    return {run_id: {k: v for k, v in values.items() if k != field}
+            for run_id, values in found.items() if values.get(field) == proxy}
 
 
 def parallel_trials(space: Any, rows: list[TrialRow],
@@ -126,7 +134,24 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
                     f"{imp.high[n]:.2f} |" for n, v in imp.scores.items()]]
     else:
         lines.append(f"Not computed: {found.note}.")
+    if found.transfer is not None:
+        lines += ["", *transfer_markdown(found.transfer)]
     return "\n".join([*lines, "", *listed])
+
+
+def transfer_markdown(transfer: Transfer) -> list[str]:
+    """A transfer study's section: whether the best value held, and each size's best."""
+    field, axis = symbol(transfer.field), symbol(transfer.axis)
+    rows = []
+    for size in transfer.sizes:
+        best = transfer.best(size)
+        rows.append(f"| {size} | {shown_value(transfer.axis, best.values[transfer.axis])} | "
+                    f"{best.loss:.4f} | {best.trial_id} |" if best else f"| {size} | – | – | – |")
+    return [f"## Transfer over {_cell(field)}", "",
+            f"{transfer.verdict()[0].upper()}{transfer.verdict()[1:]} ({TRANSFER_PNG}; the "
+            f"searcher learnt from {field}={transfer.sizes[0]}).", "",
+            f"| {_cell(field)} | best {_cell(axis)} | val_loss | trial |", "|---|---|---|---|",
+            *rows]
 
 
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
@@ -150,13 +175,15 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
     else:
         try:
             space = recorded_space(client, parent, workdir)
-            searched = searched_values(client, trial_runs, rows, workdir)
-            values, at = values_at_equal_tokens(trial_curves)
+            searched = searched_values(client, trial_runs, rows, workdir, space)
+            values, at = values_at_equal_tokens([c for c in trial_curves if c.run_id in searched])
             found = importance(space, [(searched[r], v) for r, v in values.items()],
                                recorded["mode"], at)
-            note = (f"val_loss of the {len(values)} completed and stopped trials at their "
-                    f"first evaluation from {at:,} tokens, the furthest all of them trained"
-                    if found else
+            sizes = space.transfer()
+            proxy = f" at {sizes[0]}={sizes[1][0]} (the searcher's)" if sizes else ""
+            note = (f"val_loss of the {len(values)} completed and stopped trials{proxy} at "
+                    f"their first evaluation from {at:,} tokens, the furthest all of them "
+                    "trained" if found else
                     "fewer than two finished trials, or no searched parameter varies")
             parallel = parallel_trials(space, rows, searched)
         except (UserError, RuntimeError) as err:  # the other plots are still worth having
@@ -165,7 +192,8 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
     metrics = parent.data.metrics  # "tokens_trained": a study recorded before the study/ names
     tokens = metrics.get(f"{STUDY_PREFIX}tokens_trained", metrics.get(
         "tokens_trained", sum(c.points[-1][0] for c in trial_curves if c.points)))
-    findings = Findings(study, trial_curves, rows, found, note, "", int(tokens))
+    transfer = read_transfer(runs.recorded_study(client, parent, workdir), rows)
+    findings = Findings(study, trial_curves, rows, found, note, "", int(tokens), transfer)
     if findings.best is not None:
         findings.replay_cmd = as_started(f"tuner replay {findings.best.run_id} --tracking-uri "
                                          f"{shlex.quote(redact(client.tracking_uri))}")
@@ -190,6 +218,8 @@ def figures(client: Any, found: Findings, parallel: list[tuple[str, Any]],
     if parallel:
         reached = [found.reached_at(r) for r in found.rows if r.usable]
         made[PARALLEL_PNG] = plots.parallel_figure(parallel, (min(reached), max(reached)))
+    if found.transfer is not None:
+        made[TRANSFER_PNG] = plots.transfer_figure(found.transfer)
     return made
 
 

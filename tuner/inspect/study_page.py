@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from tuner.inspect.findings import NO_BEST, Findings
-from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG
+from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
 from tuner.space.params import shown_value, symbol
 from tuner.store.rows import TrialRow
 
@@ -127,6 +127,9 @@ def _captions(found: Findings) -> dict[str, str]:
                       f"val_loss, reached at {min(reached):,} to {max(reached):,} tokens.",
         IMPORTANCE_PNG: (f"fANOVA importance over the {found.note}; whiskers: "
                          f"{imp.spread()}." if imp else ""),
+        TRANSFER_PNG: (f"Each trial's best val_loss against its {found.transfer.axis} at each "
+                       f"{found.transfer.field}: {found.transfer.verdict()}."
+                       if found.transfer else ""),
         LR_PNG: "The best trial's learning rate at every step; dots: the α it logged at each "
                 "evaluation.",
     }
@@ -152,7 +155,9 @@ def study_html(found: Findings, images: list[Path]) -> str:
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Study {_esc(found.study)}</title><style>{STYLE}</style></head><body>",
         f"<h1>Study {_esc(found.study)}</h1>", f"<p>{_esc(found.counts())}</p>",
-        _best_section(found), "<h2>Curves</h2>", figure(LOSS_PNG),
+        _best_section(found),
+        figure(TRANSFER_PNG) and f"<h2>Transfer</h2>{figure(TRANSFER_PNG)}",
+        "<h2>Curves</h2>", figure(LOSS_PNG),
         f"<h2>Trials</h2><p>{len(found.rows)} trials, best first; click a column's header to "
         "sort by it.</p>", trials_table(found),
         "<h2>Values</h2>", figure(PARALLEL_PNG), figure(IMPORTANCE_PNG), importance,

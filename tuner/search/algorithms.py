@@ -39,7 +39,8 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
 
 def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
-    from `warm_trials` (finished Optuna trials of an earlier study) when given."""
+    from `warm_trials` (finished Optuna trials of an earlier study) when given; a transfer
+    study's hands each sample out at every size."""
     import optuna
 
     from tuner.search.optuna_searcher import ResumableOptunaSearch
@@ -55,9 +56,15 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
         seed_study(storage, study.name, search.mode, warm_trials)
     seed = warm_seed(search.seed, warm_trials) if warm_trials else search.seed
     sampler = optuna_sampler(search.algorithm, seed, search.startup_trials)
-    return ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
-                                 sampler=sampler, points_to_evaluate=points, study_name=study.name,
-                                 storage=storage)
+    searcher = ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
+                                     sampler=sampler, points_to_evaluate=points,
+                                     study_name=study.name, storage=storage)
+    sizes = study.transfer()
+    if sizes is None:
+        return searcher
+    from tuner.search.transfer_searcher import TransferSearcher
+
+    return TransferSearcher(searcher, *sizes)
 
 
 def warm_seed(seed: int, warm_trials: list[Any]) -> int:

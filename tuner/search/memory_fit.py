@@ -19,8 +19,8 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
     machine's memory (a GPU's, or the RAM free now over the trials at once on `cpus` CPUs);
     `warn` names each searched size value that alone cannot fit."""
     have, where = memory_per_trial(study, cpus)
-    sizes = {name: dist for name, dist in study.searched().items()
-             if name in SIZES and _values(dist)}
+    listed = {**study.searched(), **study.model.transferred()}  # a transfer's sizes too
+    sizes = {name: dist for name, dist in listed.items() if name in SIZES and _values(dist)}
     smallest = {name: min(_values(dist)) for name, dist in sizes.items()}
     floor = _floor(study, smallest)
     if floor is None:

@@ -125,7 +125,7 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     else:
         searcher = build_searcher(study, warm_trials)
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
-        num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent,
+        num_samples=study.trial_count, max_concurrent_trials=search.max_concurrent,
         search_alg=searcher, scheduler=build_scheduler(study),
         reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
 

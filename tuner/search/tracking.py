@@ -47,10 +47,12 @@ from tuner.store.layout import (
     RESUMED_COMMIT_TAG,
     ROLE_TAG,
     SEARCHED_TAG,
+    SIZE_TAG,
     STATUS_TAG,
     STUDY_PREFIX,
     STUDY_TAG,
     SYMBOLS_TAG,
+    TRANSFER_TAG,
     TRIAL_TAG,
 )
 from tuner.store.redact import redact
@@ -158,6 +160,8 @@ class MlflowRecorder(tune.Callback):
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
         if study.search.warm_start:
             tags["tuner.warm_start"] = study.search.warm_start
+        if study.transfer():
+            tags[TRANSFER_TAG] = study.transfer()[0]
         run_id = self._client.create_run(self._exp, tags=tags, run_name=study.name).info.run_id
         self._client.log_text(run_id, redact(study.source_text), "space.yaml")
         self._client.log_dict(run_id, json.loads(redact(json.dumps(study.resolved()))),
@@ -274,6 +278,9 @@ class MlflowRecorder(tune.Callback):
                 "tuner.git_commit": prov["git_commit"],
                 SYMBOLS_TAG: json.dumps(symbols, ensure_ascii=False),
                 NOTE_TAG: trial_note(searched, RUNNING, child.best)}  # until it ends
+        sizes = self.study.transfer()
+        if sizes and sizes[0] in searched:
+            tags[SIZE_TAG] = str(searched[sizes[0]])
         log_params_tags(self._client, child.run_id, params, tags)
         self._client.log_dict(child.run_id, searched, "searched.json")
         if trial_config:
@@ -474,7 +481,7 @@ class MlflowRecorder(tune.Callback):
                 self._client.set_terminated(child.run_id, "KILLED")
         self._log_study()
         self._note_study()
-        complete = not unfinished and len(trials) >= self.study.search.num_samples
+        complete = not unfinished and len(trials) >= self.study.trial_count
         self._client.set_terminated(self._parent, "FINISHED" if complete else "KILLED")
 
     def _note_study(self) -> None:

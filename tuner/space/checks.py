@@ -40,7 +40,7 @@ STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_tr
 def study_issues(study: Study) -> list[tuple[Loc, str]]:
     """Every cross-field problem of a study whose fields are each valid on their own."""
     issues = [*_data(study), *_exclusive(study), *_conditions(study), *_model_shape(study),
-              *_lr_floor(study), *_search(study), *_resources(study)]
+              *_lr_floor(study), *_search(study), *_transfer(study), *_resources(study)]
     budget = study.budget
     if (budget.tokens is None) == (budget.total_iters is None):
         return [*issues, (("budget",), "give tokens or total_iters (T_total), not both"
@@ -304,6 +304,30 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
     if search.warm_start is not None and (search.scheduler == "pbt" or not space):
         why = "pbt draws its population without a searcher" if space else "nothing is searched"
         issues.append((("search", "warm_start"), f"{why}: there is nothing to warm-start"))
+    return issues
+
+
+def _transfer(study: Study) -> list[tuple[Loc, str]]:
+    """A transfer study lists one size, trains every sample to the full budget at each (the
+    α–loss curves compare only so), and its trials are not a searcher's history to start from."""
+    listed = list(study.model.transferred())
+    if not listed:
+        return []
+    issues: list[tuple[Loc, str]] = [(("model", name), f"transfer one size at a time: "
+                                      f"{listed[0]} is transferred already")
+                                     for name in listed[1:]]
+    search = study.search
+    if search.scheduler != "none":
+        issues.append((("search", "scheduler"), f"a transfer study trains every sample to the "
+                       f"full budget at each {listed[0]}, so that its loss curves compare: set "
+                       f"none (or leave the scheduler out), not {search.scheduler}"))
+    if search.warm_start is not None:
+        issues.append((("search", "warm_start"), "a transfer study's searcher learns from its "
+                       "first size only: start it fresh"))
+    if listed[0] == "d_model" and "d_ff" in study.model.model_fields_set \
+            and study.model.d_ff is not None:
+        issues.append((("model", "d_ff"), "d_ff would stay fixed while d_model transfers: "
+                       "remove it (≈8/3·d_model at each width)"))
     return issues
 
 

@@ -55,6 +55,18 @@ def _depth(name: str) -> int:
     return 0 if when is None else 1 + _depth(when[0])
 
 
+def transfer(study: Study) -> tuple[str, list[int]] | None:
+    """The model field a transfer study trains every sample at each size of, and those sizes."""
+    listed = study.model.transferred()
+    return next(((name, dist.options()) for name, dist in listed.items()), None)
+
+
+def sizes_per_sample(study: Study) -> int:
+    """The trials each sample makes: one per transfer size, else one."""
+    sizes = transfer(study)
+    return len(sizes[1]) if sizes else 1
+
+
 def is_active(study: Study, name: str, assignment: dict[str, Any]) -> bool:
     """Whether the parameter is used, given the values sampled so far (its `when` condition)."""
     when = ALL_DEFS[name].when
@@ -127,12 +139,18 @@ def tokens_range(study: Study) -> tuple[int, int]:
 
 def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> TrainConfig:
     """The study's constants with `params` applied, as a validated TrainConfig."""
-    unknown = sorted(set(params) - set(searched(study)))
+    sizes = transfer(study)
+    unknown = sorted(set(params) - set(searched(study)) - {sizes[0] if sizes else None})
     if unknown:
         raise UserError(f"trial parameters {', '.join(unknown)} are not searched by study "
                         f"{study.name}")
     params = used(study, params)
     model = {**_constants(study.model), **{k: v for k, v in params.items() if k in MODEL_DEFS}}
+    if sizes:
+        field, values = sizes
+        model.setdefault(field, values[0])
+        if field == "d_model" and model.get("parametrization") == "mup":
+            model.setdefault("mup_base_d_model", values[0])  # the proxy's width is μP's base
     train = {**_constants(study.hparams), **{k: v for k, v in params.items() if k in HPARAM_DEFS}}
     floor = RELATIVE_HPARAMS["lr_min"]
     if "lr_min" not in train:  # record α_min as a number, not as "0.1·α_max by default"

@@ -1,5 +1,6 @@
 """Search distributions of a study file: `{loguniform: [lo, hi]}`, `{uniform: …}`, `{int: …}`,
-`{choice: […]}`, `{grid: […]}`, each with its Optuna define-by-run suggestion."""
+`{choice: […]}`, `{grid: […]}`, each with its Optuna define-by-run suggestion; and
+`{transfer: […]}`, the model sizes every sample of a transfer study trains at (not sampled)."""
 
 from __future__ import annotations
 
@@ -199,8 +200,20 @@ class Grid(_Options):
     grid: list[Scalar] = Field(min_length=1, description="values enumerated by the grid searcher")
 
 
+class Transfer(_Options):
+    key: ClassVar[str] = "transfer"
+    transfer: list[Scalar] = Field(min_length=2, description="model sizes (d_model or "
+                                      "num_layers): every sample trains at each, the first "
+                                      "being the proxy the searcher learns from")
+
+    def suggest(self, trial: BaseTrial, name: str) -> Any:
+        raise TypeError(f"{name} transfers across sizes: it is not sampled")
+
+
+TRANSFER_FIELDS = ("d_model", "num_layers")  # the sizes a transfer study may list
+
 DISTRIBUTIONS: dict[str, type[Distribution]] = {
-    cls.key: cls for cls in (LogUniform, Uniform, IntRange, Choice, Grid)}
+    cls.key: cls for cls in (LogUniform, Uniform, IntRange, Choice, Grid, Transfer)}
 
 
 def parse_distribution(raw: dict[Any, Any]) -> Distribution:
@@ -220,6 +233,7 @@ def parse_distribution(raw: dict[Any, Any]) -> Distribution:
             where = ".".join(map(str, e["loc"][1:] if e["loc"][:1] == (key,) else e["loc"]))
             if e["type"] in ("too_short", "too_long", "missing") and e["loc"][:1] == (key,):
                 where, text = "", ("needs [lo, hi]" if issubclass(cls, _Range)
+                                   else "needs at least two sizes" if cls is Transfer
                                    else "needs at least one value")
             elif e["type"] in ("tuple_type", "list_type") and e["loc"] == (key,):  # one value
                 where, text = "", ("needs [lo, hi]" if issubclass(cls, _Range)

@@ -32,9 +32,11 @@ from model.config import (
 )
 from tuner.space.distributions import (
     DISTRIBUTIONS,
+    TRANSFER_FIELDS,
     Distribution,
     IntRange,
     LogUniform,
+    Transfer,
     Uniform,
     either,
     fmt,
@@ -112,13 +114,17 @@ def _coerce(raw: Any, hp: HParam) -> Any:
 
 
 def _check_distribution(dist: Distribution, hp: HParam) -> Distribution:
+    if isinstance(dist, Transfer) and hp.name not in TRANSFER_FIELDS:
+        raise ValueError(f"{{transfer: [...]}} lists model sizes, and {hp.symbol} is not one: "
+                         f"transfer {' or '.join(TRANSFER_FIELDS)}, and search {hp.symbol} with "
+                         "a distribution")
     if isinstance(dist, (LogUniform, Uniform)) and hp.kind is not float:
         hint = "{int: [lo, hi]} or {choice: [...]}" if hp.kind is int else "{choice: [...]}"
         raise ValueError(f"{hp.symbol} takes {_kind_text(hp)}: search it with {hint}, "
                          f"not {dist.key}")
     if isinstance(dist, IntRange) and hp.kind not in (int, float):
         raise ValueError(f"{hp.symbol} takes {_kind_text(hp)}: search it with {{choice: [...]}}")
-    options = dist.options() if dist.key in ("choice", "grid") else None
+    options = dist.options() if dist.key in ("choice", "grid", "transfer") else None
     if options is None:
         _constant(dist.lo, hp, f"the lower bound of {dist.key}")
         _constant(dist.hi, hp, f"the upper bound of {dist.key}")
@@ -186,6 +192,8 @@ def value_schema(hp: HParam, searchable: bool) -> dict[str, Any]:
     pair = {"type": "array", "items": const, "minItems": 2, "maxItems": 2}
     listed = {"type": "array", "items": const, "minItems": 1, "uniqueItems": True}
     forms = {"choice": listed, "grid": listed}
+    if hp.name in TRANSFER_FIELDS:
+        forms["transfer"] = {**listed, "minItems": 2}
     if hp.kind in (int, float):
         forms["int"] = {**pair, "items": {**const, "type": "integer"}} if "type" in const else pair
     if hp.kind is float:
@@ -250,8 +258,13 @@ class Section(BaseModel):
         return {n: getattr(self, n) for n in type(self).model_fields if n in self.model_fields_set}
 
     def searched(self) -> dict[str, Distribution]:
-        """The fields whose value is a distribution."""
-        return {n: v for n, v in self.given().items() if isinstance(v, Distribution)}
+        """The fields whose value is a distribution the searcher samples (not a transfer list)."""
+        return {n: v for n, v in self.given().items()
+                if isinstance(v, Distribution) and not isinstance(v, Transfer)}
+
+    def transferred(self) -> dict[str, Transfer]:
+        """The fields whose value is a transfer list."""
+        return {n: v for n, v in self.given().items() if isinstance(v, Transfer)}
 
 
 def _kinds(annotation: Any) -> set[Any]:

@@ -163,7 +163,8 @@ class SearchSection(Section):
     metric: Literal["val_loss"] = Field("val_loss", description="the metric trials are ranked by")
     mode: Literal["min"] = Field("min", description="the metric is minimised")
     num_samples: int | None = Field(None, ge=1, description="trials to run (default: every grid "
-                                    "point for grid, else 16)")
+                                    "point for grid, else 16); a transfer study runs each at "
+                                    "every size")
     max_concurrent: int | None = Field(None, ge=1, description="most trials at once (default: "
                                        "as many as the resources allow)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the searcher")
@@ -283,6 +284,8 @@ class Study(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
+        if self.model.transferred() and "scheduler" not in self.search.model_fields_set:
+            self.search.scheduler = "none"  # a transfer study trains every sample to the end
         issues = checks.study_issues(self)
         if issues:
             raise ValidationError.from_exception_data(type(self).__name__, [
@@ -326,6 +329,16 @@ class Study(BaseModel):
     def sample(self, trial: BaseTrial) -> dict[str, Any]:
         """Define-by-run: suggest each searched parameter whose condition holds; return them."""
         return convert.sample(self, trial)
+
+    def transfer(self) -> tuple[str, list[int]] | None:
+        """The model field every sample trains at each size of, and the sizes (None: no
+        transfer)."""
+        return convert.transfer(self)
+
+    @property
+    def trial_count(self) -> int:
+        """Trials the study runs: num_samples samples, each at every transfer size."""
+        return self.search.num_samples * convert.sizes_per_sample(self)
 
     def used(self, params: dict[str, Any]) -> dict[str, Any]:
         """The sampled values whose condition holds: those the trainer uses and runs record."""

@@ -14,6 +14,8 @@ SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSO
 NOTE_TAG = "mlflow.note.content"  # a run's description: what its page in MLflow's UI shows first
 # The parent run's metrics: names of their own, so MLflow's UI charts them apart from the trials'
 STUDY_PREFIX = "study/"
+# A transfer study's: the parent's names the model field it transfers, each trial's its size
+TRANSFER_TAG, SIZE_TAG = "tuner.transfer", "tuner.transfer_size"
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
 # (its process kept failing and Tune failed it: the searcher left it out)

@@ -1,0 +1,79 @@
+"""Does the best α carry across widths, measured as transfer studies? Run
+search_spaces/transfer.yaml (μP) and the same study under SP, the same α grid at every width, and
+print each width's best α and every α's val_loss for docs/benchmarks.md.
+
+    uv run python benchmarks/transfer_study.py [--out /tmp/transfer-bench]
+
+Each arm is one `tuner search` (MLflow in OUT/mlflow.db, Ray's files in OUT/ray_results); then
+`tuner report` writes OUT/reports/<study>/transfer.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from tuner.inspect.best import transfer_of
+from tuner.space.params import shown_value
+from tuner.store.connect import connect_existing
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "transfer.yaml"
+ARMS = {"transfer-mup": "mup", "transfer-sp": "sp"}
+
+
+def run(*args: str, cwd: Path) -> float:
+    """Run a `tuner` command in `cwd`; its wall time in seconds."""
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, check=True)
+    return time.monotonic() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="transfer-")))
+    out = parser.parse_args().out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    space = yaml.safe_load(SPACE.read_text())
+    space["data"]["input"] = str(ROOT / space["data"]["input"])
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    for name, parametrization in ARMS.items():
+        space["model"]["parametrization"] = parametrization
+        if parametrization == "sp":
+            space["model"].pop("mup_norm_gains", None)
+        study = out / f"{name}.yaml"
+        study.write_text(yaml.safe_dump(space, allow_unicode=True, sort_keys=False))
+        seconds = run("search", "--space", str(study), "--name", name, "--tracking-uri", uri,
+                      cwd=out)
+        run("report", "--study", name, "--tracking-uri", uri, cwd=out)
+        print(f"{name}: {seconds:.0f} s")
+    client = connect_existing(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        found = {name: transfer_of(client, name, Path(tmp)) for name in ARMS}
+    sizes = found["transfer-mup"].sizes
+    print("| d_model | " + " | ".join(f"{a}: best α | its val_loss" for a in ARMS) + " |")
+    print("|---|" + "---|---|" * len(ARMS))
+    for size in sizes:
+        cells = []
+        for transfer in found.values():
+            best = transfer.best(size)
+            cells += [shown_value("lr_max", best.values["lr_max"]), f"{best.loss:.4f}"] if best \
+                else ["–", "–"]
+        print(f"| {size} | " + " | ".join(cells) + " |")
+    for name, transfer in found.items():
+        print(f"\n{name}: {transfer.verdict()}\n| α | " + " | ".join(map(str, sizes)) + " |")
+        print("|---|" + "---|" * len(sizes))
+        for values in transfer.samples():
+            losses = [transfer.loss(size, values) for size in sizes]
+            print(f"| {shown_value('lr_max', values['lr_max'])} | "
+                  + " | ".join("–" if v is None else f"{v:.4f}" for v in losses) + " |")
+
+
+if __name__ == "__main__":
+    main()
