@@ -14,6 +14,10 @@ SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSO
 NOTE_TAG = "mlflow.note.content"  # a run's description: what its page in MLflow's UI shows first
 # The parent run's metrics: names of their own, so MLflow's UI charts them apart from the trials'
 STUDY_PREFIX = "study/"
+DATASET_TAG = "tuner.dataset_sha256"  # the dataset's identity (provenance.dataset_sha256)
+# A `tuner scale` fit's run: its role is "scale", this tag its name (docs/commands.md#tuner-scale)
+SCALE_TAG = "tuner.scale"
+SCALE_EXPERIMENT = "scaling"  # the MLflow experiment of the fits
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
 # (its process kept failing and Tune failed it: the searcher left it out)
