@@ -110,9 +110,9 @@ def show_fit(console: Console, data: dict[str, Any]) -> None:
                       f"exponent 95% interval [{lo:.4f}, {hi:.4f}]   ({law['points']} "
                       "near-optimal trials)", markup=False)
         if law is not None and hi - lo < 1e-9:
-            console.print("  the interval is 0 wide: each study has one near-optimal trial, so "
-                          "resampling them varies nothing (run more trials, or widen --margin)",
-                          markup=False)
+            console.print("  the interval is 0 wide: each study's near-optimal trials share one "
+                          "value, so resampling them varies nothing (run more trials, or widen "
+                          "--margin)", markup=False)
     target = data["target"]
     if target is None:
         console.print("no prediction: give --target-params and --target-tokens for one",

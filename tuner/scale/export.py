@@ -20,7 +20,7 @@ def at_target(config: TrainConfig, values: dict[str, Any], tokens: int) -> Train
     warmup, before = config.warmup_iters / config.steps, config.steps * config.tokens_per_step
     changed = dataclasses.replace(config, **values, total_iters=None, total_tokens=tokens)
     if config.lr_min is not None:
-        changed.lr_min = config.lr_min / config.lr_max * changed.lr_max
+        changed.lr_min = float(f"{config.lr_min / config.lr_max * changed.lr_max:.12g}")
     changed.warmup_iters = fraction_of(warmup, changed.steps)
     if config.eval_tokens is not None:
         changed.eval_tokens = max(1, round(config.eval_tokens * tokens / before))
