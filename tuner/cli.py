@@ -51,7 +51,9 @@ def _register() -> None:
 
     for name in ("replay", "best", "report", "generate"):
         app.command(name)(getattr(cli_inspect, name))
-    from tuner import cli_ui
+    from tuner import cli_scale, cli_ui
+
+    app.command("scale")(cli_scale.scale)
 
     app.command("ui")(cli_ui.ui)
 

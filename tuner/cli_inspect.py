@@ -91,12 +91,17 @@ def best(
     """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status."""
     from tuner.inspect import best as best_mod
     from tuner.space.params import shown_value, symbol
+    from tuner.store import runs
     from tuner.store.connect import connect_existing
 
     if export is not None and not export.absolute().parent.is_dir():  # before the table
         raise UserError(f"--export {export}: {export.parent} is not a folder")
     console = output.console()
     client = connect_existing(tracking_uri)
+    if (fit := runs.scale_fit(client, study)) is not None:  # a `tuner scale` fit: its prediction
+        from tuner.cli_scale import best_of_fit
+
+        return best_of_fit(client, fit, export)
     rows = best_mod.top_trials(client, study, top)
     names = list(dict.fromkeys(n for r in rows for n in r.params))
     symbols = [symbol(n) for n in names]

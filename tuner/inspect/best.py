@@ -54,13 +54,18 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     """Write the study's best trial to `path` as a fixed study file; return that trial's row."""
     import yaml
 
-    parent = runs.study_parent(client, study)
-    run = runs.best_of(runs.trial_runs(client, parent), study)
-    row = trial_row(client, run)
-    config = runs.reproducible_config(client, run, workdir, "exported")
-    recorded = runs.recorded_study(client, parent, workdir)
+    row, config, recorded = best_config(client, study, workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
                    f"best val_loss {row.val_loss:.4f}, {row.tokens:,} tokens trained.")
     data = fixed_study(config, recorded, f"{study}-best", description, client.tracking_uri)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return row
+
+
+def best_config(client: Any, study: str, workdir: Path
+                ) -> tuple[TrialRow, TrainConfig, dict[str, Any]]:
+    """The study's best trial: its row, its config and the resolved study it recorded."""
+    parent = runs.study_parent(client, study)
+    run = runs.best_of(runs.trial_runs(client, parent), study)
+    config = runs.reproducible_config(client, run, workdir, "exported")
+    return trial_row(client, run), config, runs.recorded_study(client, parent, workdir)

@@ -16,6 +16,10 @@ NOTE_TAG = "mlflow.note.content"  # a run's description: what its page in MLflow
 STUDY_PREFIX = "study/"
 # A transfer study's: the parent's names the model field it transfers, each trial's its size
 TRANSFER_TAG, SIZE_TAG = "tuner.transfer", "tuner.transfer_size"
+DATASET_TAG = "tuner.dataset_sha256"  # the dataset's identity (provenance.dataset_sha256)
+# A `tuner scale` fit's run: its role is "scale", this tag its name (docs/commands.md#tuner-scale)
+SCALE_TAG = "tuner.scale"
+SCALE_EXPERIMENT = "scaling"  # the MLflow experiment of the fits
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
 # (its process kept failing and Tune failed it: the searcher left it out)

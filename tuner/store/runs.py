@@ -19,6 +19,7 @@ from tuner.store.layout import (
     CHECKPOINTS,
     PBT_TAG,
     ROLE_TAG,
+    SCALE_TAG,
     SEARCHED_TAG,
     STATUS_TAG,
     STUDY_TAG,
@@ -84,6 +85,18 @@ def study_parent(client: Any, study: str) -> Any:
         experiment_ids(client), filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1000)})
     there = f"studies there: {', '.join(known)}" if known else "it holds no study"
     raise UserError(f"no study {study!r} in {client.tracking_uri} ({there})")
+
+
+def scale_fit(client: Any, name: str) -> Any | None:
+    """The latest `tuner scale` fit named `name`, or None (also where a study has that name)."""
+    from tuner.space.schema import STUDY_NAME
+
+    if not STUDY_NAME.fullmatch(name) or study_parents(client, name):
+        return None
+    found = client.search_runs(experiment_ids(client), max_results=1, filter_string=(
+        f"tags.`{SCALE_TAG}` = '{name}' AND tags.`{ROLE_TAG}` = 'scale'"),
+        order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
 
 
 def experiment_ids(client: Any) -> list[str]:

@@ -1,0 +1,74 @@
+"""The studies of a fit, read from MLflow: each finished full-budget trial's α_max, B, best
+val_loss and compute C = 6·N·D.
+
+N counts the non-embedding parameters (Kaplan's and DeepSeek's convention, and the trainer's MFU
+count): every parameter but the token embedding. D is the tokens the trial trained. Only trials
+that completed their budget count: a stopped trial's val_loss is at fewer tokens, and PBT's changed
+their values as they ran.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from model.config import ModelConfig
+from model.memory import parameter_count
+from tuner.errors import UserError
+from tuner.scale.fit import FITTED, Study, Trial
+from tuner.store import runs
+from tuner.store.layout import DATASET_TAG, STATUS_TAG
+from tuner.store.rows import trial_row
+
+
+def non_embedding_params(model: ModelConfig) -> int:
+    """N: the model's parameters but its token embedding (the output projection counts)."""
+    return parameter_count(model) - model.vocab_size * model.d_model
+
+
+def read_studies(client: Any, names: list[str], workdir: Path) -> list[Study]:
+    """Each named study's finished full-budget trials; UserError for a study named twice, an
+    unknown one, one without such a trial, or studies of different datasets."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--study {', '.join(twice)} given more than once")
+    studies = [read_study(client, name, workdir / str(i)) for i, name in enumerate(names)]
+    datasets = {s.dataset for s in studies}
+    if len(datasets) > 1:
+        groups = "; ".join(f"{', '.join(s.name for s in studies if s.dataset == d)} "
+                           f"({'dataset ' + d[:12] + '…' if d else 'no dataset hash recorded'})"
+                           for d in sorted(datasets, key=str))
+        raise UserError(f"the studies trained on different datasets: {groups}; a fit compares "
+                        "sizes on one dataset")
+    return studies
+
+
+def read_study(client: Any, name: str, workdir: Path) -> Study:
+    """Study `name`'s finished full-budget trials, of one model size."""
+    parent = runs.study_parent(client, name)
+    trials, sizes, tokens, searched = [], set(), [], set()
+    for run in runs.trial_runs(client, parent):
+        searched |= set(runs.searched_values(run)[0]) & set(FITTED)
+        if run.data.tags.get(STATUS_TAG) != "completed" or runs.pbt_values(run) is not None:
+            continue
+        row = trial_row(client, run)
+        if not math.isfinite(row.val_loss):
+            continue
+        config = runs.trial_config(client, run, workdir / row.run_id)
+        params = non_embedding_params(config.model)
+        sizes.add(params)
+        tokens.append(row.tokens)
+        trials.append(Trial(row.run_id, row.trial_id, {"lr_max": config.lr_max,
+                                                       "batch_size": config.batch_size},
+                            row.val_loss, 6.0 * params * row.tokens))
+    if not trials:
+        raise UserError(f"study {name!r} has no trial that completed its budget with a finite "
+                        "val_loss (a fit reads those only)")
+    if len(sizes) > 1:
+        raise UserError(f"study {name!r} trained models of several sizes (N = "
+                        f"{', '.join(f'{n:,}' for n in sorted(sizes))}): a fit takes one size a "
+                        "study")
+    return Study(name, sizes.pop(), int(statistics.median(tokens)), frozenset(searched), trials,
+                 parent.data.tags.get(DATASET_TAG))
