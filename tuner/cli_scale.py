@@ -18,6 +18,7 @@ from tuner import output
 from tuner.cli_args import DEFAULT_URI, TrackingUri, folder
 from tuner.errors import UserError
 from tuner.scale.fit import FITTED, MARGIN
+from tuner.store.redact import redact
 
 
 def scale(
@@ -82,7 +83,7 @@ def scale(
     if data["prediction"]:
         console.print("a study file of the prediction: " + as_started(
             f"tuner best --study {name} --export {name}.yaml --tracking-uri "
-            f"{shlex.quote(client.tracking_uri)}"), markup=False)
+            f"{shlex.quote(redact(client.tracking_uri))}"), markup=False)
     return 0
 
 
