@@ -4,11 +4,21 @@ at every size, and a whole study on real Ray, Optuna and MLflow with its `best` 
 from __future__ import annotations
 
 import copy
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from studies import mlflow_runs, run_tuner, write_space
+from studies import (
+    _wait_until,
+    fresh_store,
+    mlflow_runs,
+    resume_to_the_end,
+    run_tuner,
+    start_search,
+    write_space,
+)
 
 from tuner.space import SpaceError, build_study
 
@@ -148,3 +158,31 @@ def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
     assert (tmp_path / "report" / "transfer.png").stat().st_size > 10_000
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "## Transfer over d_model" in summary and "| 64 | " in summary
+
+
+@pytest.mark.slow
+def test_a_transfer_study_stopped_mid_sample_resumes_its_other_sizes(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """One trial at a time, stopped while the second sample trains at its first size: the resumed
+    study runs each (α, width) pair once, the second sample's other width among them."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = write_space(
+        tmp_path, "stopped", dataset, model={"d_model": {"transfer": [32, 64]}, "d_ff": None},
+        hparams={"α_max": {"grid": [1e-3, 3e-3, 1e-2]}}, budget={"tokens": 81920},
+        search={"algorithm": "grid", "max_concurrent": 1, "stop_grace_s": 0})
+    driver = start_search(space, uri, tmp_path / "ray", tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(uri, driver, lambda runs, tokens: len(runs) == 3 and min(tokens.values()) > 0,
+                    study="stopped")  # the third has evaluated once, of its 16 evaluations
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=120) == 130
+    finally:
+        driver.kill()
+    _, _, before = mlflow_runs(uri, "stopped")
+    assert sorted(r.data.tags["tuner.status"] for r in before) == ["completed", "completed",
+                                                                   "interrupted"]
+    _, children = resume_to_the_end("stopped", tmp_path / "ray", tmp_path, uri, completed=6)
+    pairs = sorted((float(r.data.params["lr_max"]), int(r.data.tags["tuner.transfer_size"]))
+                   for r in children)
+    assert pairs == [(lr, w) for lr in (1e-3, 3e-3, 1e-2) for w in (32, 64)]
