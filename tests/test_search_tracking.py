@@ -263,3 +263,27 @@ def test_a_sqlite_file_of_another_application_is_refused_untouched(tmp_path: Pat
     assert f"{other} is another database, not an MLflow store" in " ".join(proc.stderr.split())
     assert other.read_bytes() == before and not (tmp_path / "ray").exists()
 
+
+
+def test_a_store_a_killed_writer_left_mid_transaction_is_read_again(tmp_path: Path) -> None:
+    """A driver SIGKILLed inside an MLflow write leaves a hot journal, which a read-only
+    connection cannot roll back ("attempt to write a readonly database"): the store's check rolls
+    it back, as MLflow's next connection would, instead of refusing the store."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tuner.store.connect import holds_mlflow_tables
+
+    store = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
+        db.execute("CREATE TABLE experiments (id INTEGER)")
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1]); db.execute('PRAGMA cache_size=1')\n"
+        "db.execute('BEGIN'); db.execute('CREATE TABLE junk (x)')\n"
+        "db.executemany('INSERT INTO junk VALUES (?)', [('y' * 1000,)] * 2000)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(store)], check=False)
+    assert killed.returncode == -9 and (tmp_path / "mlflow.db-journal").is_file()
+    assert holds_mlflow_tables(store, f"sqlite:///{store}")
+    assert not (tmp_path / "mlflow.db-journal").exists()

@@ -150,11 +150,21 @@ def holds_mlflow_tables(path: Path, uri: str) -> bool:
     UserError when it cannot be read at all."""
     import sqlite3
 
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+    def tables(mode: str) -> list[Any]:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}",
                                                 uri=True)) as db:
-            found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
-                               "name = 'experiments'").fetchall()
+            return db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                              "name = 'experiments'").fetchall()
+
+    try:
+        try:
+            found = tables("ro")
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err):
+                raise
+            # a writer killed mid-transaction (a SIGKILLed driver) left a hot journal, which
+            # only a connection that may write rolls back, as MLflow's next one would
+            found = tables("rw")
     except sqlite3.OperationalError as err:  # unreadable, locked: not a question of content
         raise UserError(f"tracking store {uri} cannot be used: {err}") from None
     except sqlite3.DatabaseError:  # not a database
