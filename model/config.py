@@ -187,6 +187,9 @@ class ModelConfig:
         usable = isinstance(self.d_model, (int, float)) and math.isfinite(self.d_model)
         if self.d_ff is None and usable:  # otherwise validate() says what is wrong with d_model
             self.d_ff = default_d_ff(int(self.d_model))
+        if self.parametrization == "mup" and self.mup_base_d_model is None and usable:
+            # a number, not "this d_model": a config carried to another width keeps its base
+            self.mup_base_d_model = int(self.d_model)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that cannot work."""

@@ -36,6 +36,16 @@ def test_mup_at_its_base_width_is_sp_exactly(byte_dataset: Path) -> None:
     assert losses(replace(sp, model=based)) == losses(sp)
 
 
+def test_the_base_width_is_recorded_as_a_number_that_a_wider_copy_keeps() -> None:
+    """μP's base defaults to the config's own d_model, written down: a study's best trial
+    exported at 64 and set to d_model 512 trains 512 wide under μP from 64, not as SP."""
+    narrow = ModelConfig(vocab_size=256, d_model=64, num_heads=4, parametrization="mup")
+    assert narrow.mup_base_d_model == 64
+    wide = ModelConfig(**{**narrow.__dict__, "d_model": 512, "d_ff": None})
+    assert mup.width_ratio(wide) == 8
+    assert ModelConfig(vocab_size=256, d_model=64, num_heads=4).mup_base_d_model is None  # SP
+
+
 def test_each_rule_scales_with_the_width_ratio(byte_dataset: Path) -> None:
     """At 4x the base width: hidden matrices step at α/4 and decay at 4λ (α·λ kept), the
     embedding, readout and gains at α and λ; logits times 1/4; attention divided by d_head/√d_0."""
