@@ -136,6 +136,7 @@ def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, parent, children = mlflow_runs(uri, "widths")
     assert parent.data.tags["tuner.transfer"] == "d_model"
+    assert "Transfer over d_model: the best α_max" in parent.data.tags["mlflow.note.content"]
     by_width: dict[str, dict[float, Any]] = {}
     for run in children:
         assert run.data.tags["tuner.status"] == "completed"

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrainConfig
-from tuner.inspect.transfer import Transfer, read_transfer
 from tuner.store import runs
 from tuner.store.layout import TRANSFER_TAG
 from tuner.store.redact import redact
 from tuner.store.rows import TrialRow, trial_row
+from tuner.store.transfer import Transfer, read_transfer
 
 
 def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.inspect.importance import Curve, Importance
-from tuner.inspect.transfer import Transfer
 from tuner.output import count
 from tuner.store.rows import TrialRow
+from tuner.store.transfer import Transfer
 
 NO_BEST = "Every trial that ended diverged or failed: none has a config worth reproducing."
 

@@ -9,10 +9,10 @@ import textwrap
 from typing import Any
 
 from tuner.inspect.importance import Curve, Importance
-from tuner.inspect.transfer import Transfer
 from tuner.output import count
 from tuner.space.params import shown_value, symbol
 from tuner.store.rows import TrialRow
+from tuner.store.transfer import Transfer
 
 # each figure's file name in a report
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"

@@ -17,12 +17,12 @@ from tuner.inspect import plots
 from tuner.inspect.findings import NO_BEST, Findings
 from tuner.inspect.importance import Curve, importance, values_at_equal_tokens
 from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
-from tuner.inspect.transfer import Transfer, read_transfer
 from tuner.search import history
 from tuner.space.params import shown_value, symbol
 from tuner.store import runs
 from tuner.store.redact import redact
 from tuner.store.rows import TrialRow, trial_row
+from tuner.store.transfer import Transfer, read_transfer
 
 SUMMARY_MD, STUDY_HTML = "summary.md", "study.html"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from tuner.space.params import shown_value, symbol
 from tuner.store.rows import TrialRow
+from tuner.store.transfer import Transfer
 
 
 def _value_lines(values: Mapping[str, Any], others: Mapping[str, Any] | None = None) -> list[str]:
@@ -33,9 +34,11 @@ def trial_note(values: Mapping[str, Any], outcome: str, best: float) -> str:
                       "its whole trainer config."])
 
 
-def study_note(rows: list[TrialRow], statuses: Mapping[str, int]) -> str:
+def study_note(rows: list[TrialRow], statuses: Mapping[str, int],
+               transfer: Transfer | None = None) -> str:
     """A study's description from its two best trial rows (`tuner best`'s order): the best trial,
-    its margin over the runner-up, their searched values, and the trials by status."""
+    its margin over the runner-up, their searched values, the trials by status and, of a
+    transfer study, whether the best value held across the sizes."""
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     tally = f"{sum(statuses.values())} trials: {counts}."
     if not rows or not rows[0].usable:
@@ -49,7 +52,10 @@ def study_note(rows: list[TrialRow], statuses: Mapping[str, int]) -> str:
     values = (["Its searched values" + ("" if second is None else " (the runner-up's in brackets)")
                + f"{ended}:", "", *_value_lines(best.params, second and second.params)]
               if best.params else ["The study searched no parameter."])
-    return "\n".join([head + ".", "", *values, "", tally, "",
+    held = [] if transfer is None else [
+        f"Transfer over {transfer.field}: {transfer.verdict()} (`tuner best` and `tuner "
+        "report` show each size's curve).", ""]
+    return "\n".join([head + ".", "", *values, "", *held, tally, "",
                       "The charts: the trials' curves by metric, and the study's own, "
                       "`study/…` against the tokens all its trials trained."])
 

@@ -57,6 +57,7 @@ from tuner.store.layout import (
 )
 from tuner.store.redact import redact
 from tuner.store.rows import trial_row
+from tuner.store.transfer import read_transfer
 from tuner.store.write import log_metrics, log_params_tags
 
 RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FINISHED", FAILED: "FAILED"}
@@ -485,11 +486,14 @@ class MlflowRecorder(tune.Callback):
         self._client.set_terminated(self._parent, "FINISHED" if complete else "KILLED")
 
     def _note_study(self) -> None:
-        """Describe the parent run: its best trial, by how much, on which values."""
+        """Describe the parent run: its best trial, by how much, on which values; a transfer
+        study's, whether the best α held across the sizes."""
         trials = runs.ranked(runs.trial_runs(self._client, self._client.get_run(self._parent)))
-        rows = [trial_row(self._client, run) for run in trials[:2]]
+        rows = [trial_row(self._client, run) for run in
+                (trials if self.study.transfer() else trials[:2])]
+        transfer = read_transfer(self.study.resolved(), rows)
         statuses = Counter(run.data.tags.get(STATUS_TAG, "?") for run in trials)
-        self._client.set_tag(self._parent, NOTE_TAG, study_note(rows, statuses))
+        self._client.set_tag(self._parent, NOTE_TAG, study_note(rows[:2], statuses, transfer))
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the study: keep the settings, not the live client."""
