@@ -1,11 +1,13 @@
 """Does the best α carry across widths, measured as transfer studies? Run
-search_spaces/transfer.yaml (μP) and the same study under SP, the same α grid at every width, and
-print each width's best α and every α's val_loss for docs/benchmarks.md.
+search_spaces/transfer.yaml (μP), the same study under SP and under μP with the RMSNorm gains
+frozen, the same α grid at every width, and print each width's best α and every α's val_loss
+for docs/benchmarks.md.
 
-    uv run python benchmarks/transfer_study.py [--out /tmp/transfer-bench]
+    uv run python benchmarks/transfer_study.py [--out /tmp/transfer-bench] [--arms NAME ...]
 
 Each arm is one `tuner search` (MLflow in OUT/mlflow.db, Ray's files in OUT/ray_results); then
-`tuner report` writes OUT/reports/<study>/transfer.png.
+`tuner report` writes OUT/reports/<study>/transfer.png. The tables cover every arm in the store:
+one run with --arms adds to those an earlier run left in OUT.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from tuner.store.connect import connect_existing
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "transfer.yaml"
-ARMS = {"transfer-mup": "mup", "transfer-sp": "sp"}
+ARMS = {"transfer-mup": {"parametrization": "mup", "mup_norm_gains": "trainable"},
+        "transfer-sp": {"parametrization": "sp"},
+        "transfer-mup-frozen": {"parametrization": "mup", "mup_norm_gains": "frozen"}}
 
 
 def run(*args: str, cwd: Path) -> float:
@@ -38,15 +42,16 @@ def run(*args: str, cwd: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="transfer-")))
-    out = parser.parse_args().out.resolve()
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    args = parser.parse_args()
+    out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     space = yaml.safe_load(SPACE.read_text())
     space["data"]["input"] = str(ROOT / space["data"]["input"])
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    for name, parametrization in ARMS.items():
-        space["model"]["parametrization"] = parametrization
-        if parametrization == "sp":
-            space["model"].pop("mup_norm_gains", None)
+    for name in args.arms:
+        space["model"] = {k: v for k, v in space["model"].items()
+                          if k not in ("parametrization", "mup_norm_gains")} | ARMS[name]
         study = out / f"{name}.yaml"
         study.write_text(yaml.safe_dump(space, allow_unicode=True, sort_keys=False))
         seconds = run("search", "--space", str(study), "--name", name, "--tracking-uri", uri,
@@ -55,10 +60,11 @@ def main() -> None:
         print(f"{name}: {seconds:.0f} s")
     client = connect_existing(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        found = {name: transfer_of(client, name, Path(tmp)) for name in ARMS}
-    sizes = found["transfer-mup"].sizes
-    print("| d_model | " + " | ".join(f"{a}: best α | its val_loss" for a in ARMS) + " |")
-    print("|---|" + "---|---|" * len(ARMS))
+        found = {name: transfer_of(client, name, Path(tmp)) for name in ARMS
+                 if client.get_experiment_by_name(name)}
+    sizes = next(iter(found.values())).sizes
+    print("| d_model | " + " | ".join(f"{a}: best α | its val_loss" for a in found) + " |")
+    print("|---|" + "---|---|" * len(found))
     for size in sizes:
         cells = []
         for transfer in found.values():
