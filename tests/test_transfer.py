@@ -4,12 +4,14 @@ at every size, and a whole study on real Ray, Optuna and MLflow with its `best` 
 from __future__ import annotations
 
 import copy
+import re
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from studies import (
     _wait_until,
     fresh_store,
@@ -120,16 +122,17 @@ def test_a_bad_transfer_list_stops_tuner_search_before_it_starts(tmp_path: Path,
 @pytest.mark.slow
 def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
                                                             dataset: Path) -> None:
-    """2 α × widths 32 and 64 under μP: 4 runs tagged with their width, the same α at each; the
-    Optuna storage holds the 2 trials at 32 only, with their losses; `best` and `report` show
-    the best α per width."""
+    """2 α × widths 32, 48 and 64 under μP: 6 runs tagged with their width, the same α at each;
+    the Optuna storage holds the 2 trials at 32 only, with their losses; `best` and `report`
+    show the best α per width; `tuner scale` fits through its widths as three sizes, and its
+    export is the widest size's best trial at the predicted α."""
     import optuna
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     space = write_space(
         tmp_path, "widths", dataset,
-        model={"d_model": {"transfer": [32, 64]}, "d_ff": None, "parametrization": "mup"},
+        model={"d_model": {"transfer": [32, 48, 64]}, "d_ff": None, "parametrization": "mup"},
         hparams={"α_max": {"grid": [1e-3, 1e-2]}},
         search={"algorithm": "grid", "storage": storage})
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri], cwd=tmp_path)
@@ -144,7 +147,8 @@ def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
         assert run.data.params["mup_base_d_model"] == "32"
         by_width.setdefault(run.data.tags["tuner.transfer_size"], {})[
             float(run.data.params["lr_max"])] = run
-    assert {w: sorted(r) for w, r in by_width.items()} == {"32": [1e-3, 1e-2], "64": [1e-3, 1e-2]}
+    assert {w: sorted(r) for w, r in by_width.items()} == {w: [1e-3, 1e-2] for w in ("32", "48",
+                                                                                      "64")}
     told = optuna.load_study(study_name="widths", storage=storage).get_trials()
     proxies = {lr: run.data.metrics["val_loss"] for lr, run in by_width["32"].items()}
     assert {t.params["lr_max"]: t.value for t in told} == proxies
@@ -159,6 +163,20 @@ def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
     assert (tmp_path / "report" / "transfer.png").stat().st_size > 10_000
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "## Transfer over d_model" in summary and "| 64 | " in summary
+
+    fit = run_tuner(["scale", "--study", "widths", "--target-params", "10000000",
+                     "--target-tokens", "100000000", "--tracking-uri", uri,
+                     "--out", str(tmp_path / "fit")], cwd=tmp_path)
+    assert fit.returncode == 0, fit.stdout + fit.stderr
+    assert all(f"widths:d_model={w}" in fit.stdout for w in (32, 48, 64))
+    predicted = re.search(r"α_max = (\S+)", fit.stdout)[1]
+    export = run_tuner(["best", "--study", "scale-widths", "--export", str(tmp_path / "big.yaml"),
+                        "--tracking-uri", uri], cwd=tmp_path)
+    assert export.returncode == 0, export.stdout + export.stderr
+    big = yaml.safe_load((tmp_path / "big.yaml").read_text())
+    wide = min(by_width["64"].values(), key=lambda r: r.data.metrics["best_val_loss"])
+    assert big["model"]["d_model"] == 64 and wide.data.tags["tuner.trial_id"] in big["description"]
+    assert big["hparams"]["lr_max"] == float(predicted)
 
 
 @pytest.mark.slow

@@ -62,10 +62,12 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     return row
 
 
-def best_config(client: Any, study: str, workdir: Path
+def best_config(client: Any, study: str, workdir: Path, run_id: str | None = None
                 ) -> tuple[TrialRow, TrainConfig, dict[str, Any]]:
-    """The study's best trial: its row, its config and the resolved study it recorded."""
+    """The study's best trial (or its trial run `run_id`): its row, its config and the resolved
+    study it recorded."""
     parent = runs.study_parent(client, study)
-    run = runs.best_of(runs.trial_runs(client, parent), study)
+    run = runs.get_run(client, run_id) if run_id else runs.best_of(runs.trial_runs(client, parent),
+                                                                   study)
     config = runs.reproducible_config(client, run, workdir, "exported")
     return trial_row(client, run), config, runs.recorded_study(client, parent, workdir)

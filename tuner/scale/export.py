@@ -1,4 +1,4 @@
-"""A fit's prediction as a fixed study file: the largest study's best trial with α_max (and B,
+"""A fit's prediction as a fixed study file: the largest size's best trial with α_max (and B,
 where fitted) as predicted and the target's token budget (`tuner best --study FIT --export`)."""
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def export_prediction(client: Any, run: Any, path: Path, workdir: Path) -> dict[
         raise UserError(f"scaling fit {name!r} has no prediction to export: it was made without "
                         "--target-params and --target-tokens (run `tuner scale` again with them)")
     source = fit["export"]["study"]
-    size = next(s["params"] for s in fit["studies"] if s["name"] == source)
-    row, config, recorded = best_config(client, source, workdir)
+    size = next(s["params"] for s in fit["studies"] if s["best_run_id"] == fit["export"]["run_id"])
+    row, config, recorded = best_config(client, source, workdir, fit["export"]["run_id"])
     values = {n: p["exported"] for n, p in fit["prediction"].items()}
     try:
         changed = at_target(config, values, target["tokens"])

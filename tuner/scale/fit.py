@@ -38,6 +38,7 @@ class Study:
     searched: frozenset[str]  # of FITTED, those the study searched
     trials: list[Trial]
     dataset: str | None = None  # the dataset's sha256, as the study recorded it
+    source: str | None = None  # the transfer study this size is one of (its name: STUDY:d_model=W)
 
     @property
     def compute(self) -> float:

@@ -50,7 +50,7 @@ def fit_json(fit: Scaling, name: str) -> dict[str, Any]:
         "prediction": {n: {"value": p.value, "interval": interval(p),
                            "exported": rounded(n, p.value)}
                        for n, p in fit.prediction().items()} or None,
-        "export": {"study": largest.name, "run_id": largest.best.run_id},
+        "export": {"study": largest.source or largest.name, "run_id": largest.best.run_id},
     }
 
 

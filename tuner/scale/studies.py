@@ -1,5 +1,5 @@
 """The studies of a fit, read from MLflow: each finished full-budget trial's α_max, B, best
-val_loss and compute C = 6·N·D.
+val_loss and compute C = 6·N·D; a transfer study is one study a size.
 
 N counts the non-embedding parameters (Kaplan's and DeepSeek's convention, and the trainer's MFU
 count): every parameter but the token embedding. D is the tokens the trial trained. Only trials
@@ -19,7 +19,7 @@ from model.memory import parameter_count
 from tuner.errors import UserError
 from tuner.scale.fit import FITTED, Study, Trial
 from tuner.store import runs
-from tuner.store.layout import DATASET_TAG, STATUS_TAG
+from tuner.store.layout import DATASET_TAG, SIZE_TAG, STATUS_TAG, TRANSFER_TAG
 from tuner.store.rows import trial_row
 
 
@@ -29,12 +29,14 @@ def non_embedding_params(model: ModelConfig) -> int:
 
 
 def read_studies(client: Any, names: list[str], workdir: Path) -> list[Study]:
-    """Each named study's finished full-budget trials; UserError for a study named twice, an
-    unknown one, one without such a trial, or studies of different datasets."""
+    """Each named study's finished full-budget trials, a transfer study's one study a size;
+    UserError for a study named twice, an unknown one, one without such a trial, or studies of
+    different datasets."""
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"--study {', '.join(twice)} given more than once")
-    studies = [read_study(client, name, workdir / str(i)) for i, name in enumerate(names)]
+    studies = [size for i, name in enumerate(names)
+               for size in read_study(client, name, workdir / str(i))]
     datasets = {s.dataset for s in studies}
     if len(datasets) > 1:
         groups = "; ".join(f"{', '.join(s.name for s in studies if s.dataset == d)} "
@@ -45,10 +47,15 @@ def read_studies(client: Any, names: list[str], workdir: Path) -> list[Study]:
     return studies
 
 
-def read_study(client: Any, name: str, workdir: Path) -> Study:
-    """Study `name`'s finished full-budget trials, of one model size."""
+def read_study(client: Any, name: str, workdir: Path) -> list[Study]:
+    """Study `name`'s finished full-budget trials, of one model size; a transfer study's by
+    size, each named STUDY:FIELD=SIZE."""
     parent = runs.study_parent(client, name)
-    trials, sizes, tokens, searched = [], set(), [], set()
+    field = parent.data.tags.get(TRANSFER_TAG)
+    trials: dict[str, list[Trial]] = {}
+    sizes: dict[str, set[int]] = {}
+    tokens: dict[str, list[int]] = {}
+    searched: set[str] = set()
     for run in runs.trial_runs(client, parent):
         searched |= set(runs.searched_values(run)[0]) & set(FITTED)
         if run.data.tags.get(STATUS_TAG) != "completed" or runs.pbt_values(run) is not None:
@@ -58,17 +65,22 @@ def read_study(client: Any, name: str, workdir: Path) -> Study:
             continue
         config = runs.trial_config(client, run, workdir / row.run_id)
         params = non_embedding_params(config.model)
-        sizes.add(params)
-        tokens.append(row.tokens)
-        trials.append(Trial(row.run_id, row.trial_id, {"lr_max": config.lr_max,
-                                                       "batch_size": config.batch_size},
-                            row.val_loss, 6.0 * params * row.tokens))
+        size = f"{name}:{field}={run.data.tags.get(SIZE_TAG)}" if field else name
+        sizes.setdefault(size, set()).add(params)
+        tokens.setdefault(size, []).append(row.tokens)
+        trials.setdefault(size, []).append(Trial(
+            row.run_id, row.trial_id, {"lr_max": config.lr_max, "batch_size": config.batch_size},
+            row.val_loss, 6.0 * params * row.tokens))
     if not trials:
         raise UserError(f"study {name!r} has no trial that completed its budget with a finite "
                         "val_loss (a fit reads those only)")
-    if len(sizes) > 1:
-        raise UserError(f"study {name!r} trained models of several sizes (N = "
-                        f"{', '.join(f'{n:,}' for n in sorted(sizes))}): a fit takes one size a "
-                        "study")
-    return Study(name, sizes.pop(), int(statistics.median(tokens)), frozenset(searched), trials,
-                 parent.data.tags.get(DATASET_TAG))
+    several = next((f"{n!r} trained models of several sizes (N = "
+                    f"{', '.join(f'{p:,}' for p in sorted(s))})" for n, s in sizes.items()
+                    if len(s) > 1), None)
+    if several:
+        raise UserError(f"study {several}: a fit takes one size a study (or a transfer study's "
+                        "sizes)")
+    return [Study(size, sizes[size].pop(), int(statistics.median(tokens[size])),
+                  frozenset(searched), listed, parent.data.tags.get(DATASET_TAG),
+                  name if field else None)
+            for size, listed in trials.items()]
