@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from studies import (
+    ENV,
     _wait_until,
     fresh_store,
     mlflow_runs,
@@ -153,10 +154,12 @@ def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
     proxies = {lr: run.data.metrics["val_loss"] for lr, run in by_width["32"].items()}
     assert {t.params["lr_max"]: t.value for t in told} == proxies
 
-    best = run_tuner(["best", "--study", "widths", "--tracking-uri", uri], cwd=tmp_path)
+    wide_terminal = {**ENV, "COLUMNS": "250"}  # no table squeezed, whatever runs the tests
+    best = run_tuner(["best", "--study", "widths", "--tracking-uri", uri], cwd=tmp_path,
+                     env=wide_terminal)
     assert best.returncode == 0, best.stderr
     assert "the best α_max at each d_model" in best.stdout
-    assert "val_loss at d_model=64" in best.stdout
+    assert "val_loss by α_max and d_model" in best.stdout and "d_model=64" in best.stdout
     report = run_tuner(["report", "--study", "widths", "--tracking-uri", uri,
                         "--out", str(tmp_path / "report")], cwd=tmp_path)
     assert report.returncode == 0, report.stderr
@@ -166,7 +169,7 @@ def test_a_transfer_study_records_a_run_per_sample_and_size(tmp_path: Path,
 
     fit = run_tuner(["scale", "--study", "widths", "--target-params", "10000000",
                      "--target-tokens", "100000000", "--tracking-uri", uri,
-                     "--out", str(tmp_path / "fit")], cwd=tmp_path)
+                     "--out", str(tmp_path / "fit")], cwd=tmp_path, env=wide_terminal)
     assert fit.returncode == 0, fit.stdout + fit.stderr
     assert all(f"widths:d_model={w}" in fit.stdout for w in (32, 48, 64))
     predicted = re.search(r"α_max = (\S+)", fit.stdout)[1]

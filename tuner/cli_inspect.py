@@ -152,14 +152,14 @@ def _transfer_tables(transfer: Any) -> list[Table]:
     names = list(transfer.samples()[0]) if transfer.samples() else []
     field = symbol(transfer.field)
     best = Table(field, "best trial", *map(symbol, names), "val_loss",
-                 title=f"the best {symbol(transfer.axis)} at each {field} (the first, "
-                 f"{transfer.sizes[0]}, is the proxy the searcher learnt from)")
+                 title=f"the best {symbol(transfer.axis)} at each {field}",
+                 caption=f"{field}={transfer.sizes[0]}: the searcher's proxy")
     for size in transfer.sizes:
         point = transfer.best(size)
         best.add_row(str(size), *([point.trial_id, *(shown_value(n, point.values[n])
                                                      for n in names), f"{point.loss:.4f}"]
                                   if point else ["none", *("–" for _ in names), "–"]))
-    curves = Table(*map(symbol, names), *(f"val_loss at {field}={s}" for s in transfer.sizes),
+    curves = Table(*map(symbol, names), *(f"{field}={s}" for s in transfer.sizes),
                    title=f"val_loss by {symbol(transfer.axis)} and {field}")
     for values in transfer.samples():
         cells = []
