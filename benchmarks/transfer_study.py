@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tuner.inspect.best import transfer_of
+from tuner.inspect.best import top_trials
 from tuner.space.params import shown_value
 from tuner.store.connect import connect_existing
 
@@ -60,7 +60,7 @@ def main() -> None:
         print(f"{name}: {seconds:.0f} s")
     client = connect_existing(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        found = {name: transfer_of(client, name, Path(tmp)) for name in ARMS
+        found = {name: top_trials(client, name, 0, Path(tmp))[1] for name in ARMS
                  if client.get_experiment_by_name(name)}
     sizes = next(iter(found.values())).sizes
     print("| d_model | " + " | ".join(f"{a}: best α | its val_loss" for a in found) + " |")

@@ -156,7 +156,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     from tuner.search import history
     from tuner.space.params import shown_value
 
-    rows = best.top_trials(client, "pbt", 2)
+    rows, _ = best.top_trials(client, "pbt", 2, tmp_path)
     for row in rows:
         run = next(r for r in children if r.info.run_id == row.run_id)
         final = json.loads(run.data.tags.get("tuner.pbt_config", "null"))

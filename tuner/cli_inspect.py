@@ -102,7 +102,8 @@ def best(
         from tuner.cli_scale import best_of_fit
 
         return best_of_fit(client, fit, export)
-    rows = best_mod.top_trials(client, study, top)
+    with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
+        rows, transfer = best_mod.top_trials(client, study, top, Path(tmp))
     names = list(dict.fromkeys(n for r in rows for n in r.params))
     symbols = [symbol(n) for n in names]
     values = [[shown_value(n, r.params.get(n, "–")) for n in names] for r in rows]
@@ -124,8 +125,6 @@ def best(
             console.print(f"{i}. trial {r.trial_id}  {r.status}  val_loss {r.val_loss:.4f}  "
                           f"perplexity {r.perplexity:.2f}  tokens {r.tokens:,}\n   {params}\n"
                           f"   run id {r.run_id}", markup=False)
-    with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
-        transfer = best_mod.transfer_of(client, study, Path(tmp))
     if transfer is not None:
         for table in _transfer_tables(transfer):
             console.print(table)
@@ -149,22 +148,22 @@ def _transfer_tables(transfer: Any) -> list[Table]:
     α–loss curves as numbers; each size's best in bold)."""
     from tuner.space.params import shown_value, symbol
 
-    names = list(transfer.samples()[0]) if transfer.samples() else []
+    samples, bests = transfer.samples(), {size: transfer.best(size) for size in transfer.sizes}
+    names = list(samples[0]) if samples else []
     field = symbol(transfer.field)
     best = Table(field, "best trial", *map(symbol, names), "val_loss",
                  title=f"the best {symbol(transfer.axis)} at each {field}",
                  caption=f"{field}={transfer.sizes[0]}: the searcher's proxy")
-    for size in transfer.sizes:
-        point = transfer.best(size)
+    for size, point in bests.items():
         best.add_row(str(size), *([point.trial_id, *(shown_value(n, point.values[n])
                                                      for n in names), f"{point.loss:.4f}"]
                                   if point else ["none", *("–" for _ in names), "–"]))
     curves = Table(*map(symbol, names), *(f"{field}={s}" for s in transfer.sizes),
                    title=f"val_loss by {symbol(transfer.axis)} and {field}")
-    for values in transfer.samples():
+    for values in samples:
         cells = []
-        for size in transfer.sizes:
-            loss, top = transfer.loss(size, values), transfer.best(size)
+        for size, top in bests.items():
+            loss = transfer.loss(size, values)
             text = "–" if loss is None else "diverged" if math.isinf(loss) else f"{loss:.4f}"
             cells.append(f"[bold]{text}[/]" if top and top.values == values else text)
         curves.add_row(*(shown_value(n, values[n]) for n in names), *cells)

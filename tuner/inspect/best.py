@@ -13,19 +13,16 @@ from tuner.store.rows import TrialRow, trial_row
 from tuner.store.transfer import Transfer, read_transfer
 
 
-def top_trials(client: Any, study: str, k: int) -> list[TrialRow]:
-    """The `k` best trial runs of a study, best first."""
-    ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, study)))
-    return [trial_row(client, run) for run in ranked[:k]]
-
-
-def transfer_of(client: Any, study: str, workdir: Path) -> Transfer | None:
-    """A transfer study's trials by size (None: the study transfers nothing)."""
+def top_trials(client: Any, study: str, k: int, workdir: Path
+               ) -> tuple[list[TrialRow], Transfer | None]:
+    """The `k` best trial runs of a study, best first; and a transfer study's trials by size
+    (None for a study that transfers nothing), read from the same rows."""
     parent = runs.study_parent(client, study)
+    ranked = runs.ranked(runs.trial_runs(client, parent))
     if TRANSFER_TAG not in parent.data.tags:
-        return None
-    rows = [trial_row(client, run) for run in runs.ranked(runs.trial_runs(client, parent))]
-    return read_transfer(runs.recorded_study(client, parent, workdir), rows)
+        return [trial_row(client, run) for run in ranked[:k]], None
+    rows = [trial_row(client, run) for run in ranked]
+    return rows[:k], read_transfer(runs.recorded_study(client, parent, workdir), rows)
 
 
 def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, description: str,

@@ -42,14 +42,19 @@ def _token_axis(ax: Any) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: short_tokens(x)))
 
 
-def _plain_log_y(ax: Any) -> None:
-    """A log y-axis whose ticks read 0.5, 1, 2, 5 (not 10^0)."""
+def plain_log_ticks(axis: Any) -> None:
+    """Label a log axis at 1, 2 and 5 of each decade in plain numbers (0.5, 0.003; not 10^0)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _plain_log_y(ax: Any) -> None:
+    """A log y-axis whose ticks read 0.5, 1, 2, 5."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain_log_ticks(ax.yaxis)
 
 
 def leader_label(rank: int, row: TrialRow, best: TrialRow) -> str:
@@ -273,7 +278,6 @@ def transfer_figure(transfer: Transfer) -> Any:
     zig-zag between the other values)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
@@ -303,7 +307,7 @@ def transfer_figure(transfer: Transfer) -> Any:
                     zorder=4)
     if all(p.at(transfer.axis) > 0 for listed in transfer.points.values() for p in listed):
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        plain_log_ticks(ax.xaxis)
     _plain_log_y(ax)
     ax.set(xlabel=symbol(transfer.axis), ylabel="best val_loss",
            title=f"{symbol(transfer.axis)} against val_loss at each {field} (★ each size's best; "

@@ -147,8 +147,9 @@ def transfer_markdown(transfer: Transfer) -> list[str]:
         best = transfer.best(size)
         rows.append(f"| {size} | {shown_value(transfer.axis, best.values[transfer.axis])} | "
                     f"{best.loss:.4f} | {best.trial_id} |" if best else f"| {size} | – | – | – |")
+    verdict = transfer.verdict()
     return [f"## Transfer over {_cell(field)}", "",
-            f"{transfer.verdict()[0].upper()}{transfer.verdict()[1:]} ({TRANSFER_PNG}; the "
+            f"{verdict[0].upper()}{verdict[1:]} ({TRANSFER_PNG}; the "
             f"searcher learnt from {field}={transfer.sizes[0]}).", "",
             f"| {_cell(field)} | best {_cell(axis)} | val_loss | trial |", "|---|---|---|---|",
             *rows]
@@ -168,9 +169,10 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
             raise  # no trial has ended: nothing to show yet
     points = {c.run_id: c.points for c in trial_curves}
     rows = [trial_row(client, r, points[r.info.run_id]) for r in runs.ranked(trial_runs)]
-    recorded = runs.recorded_study(client, parent, workdir)["search"]
+    recorded = runs.recorded_study(client, parent, workdir)
+    search = recorded["search"]
     found, parallel = None, []
-    if recorded["scheduler"] == "pbt":
+    if search["scheduler"] == "pbt":
         note = "PBT changed trials' values as they ran, so no values go with a loss"
     else:
         try:
@@ -178,7 +180,7 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
             searched = searched_values(client, trial_runs, rows, workdir, space)
             values, at = values_at_equal_tokens([c for c in trial_curves if c.run_id in searched])
             found = importance(space, [(searched[r], v) for r, v in values.items()],
-                               recorded["mode"], at)
+                               search["mode"], at)
             sizes = space.transfer()
             proxy = f" at {sizes[0]}={sizes[1][0]} (the searcher's)" if sizes else ""
             note = (f"val_loss of the {len(values)} completed and stopped trials{proxy} at "
@@ -192,7 +194,7 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
     metrics = parent.data.metrics  # "tokens_trained": a study recorded before the study/ names
     tokens = metrics.get(f"{STUDY_PREFIX}tokens_trained", metrics.get(
         "tokens_trained", sum(c.points[-1][0] for c in trial_curves if c.points)))
-    transfer = read_transfer(runs.recorded_study(client, parent, workdir), rows)
+    transfer = read_transfer(recorded, rows)
     findings = Findings(study, trial_curves, rows, found, note, "", int(tokens), transfer)
     if findings.best is not None:
         findings.replay_cmd = as_started(f"tuner replay {findings.best.run_id} --tracking-uri "

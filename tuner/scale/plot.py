@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner.inspect.plots import plain_log_ticks
 from tuner.scale.fit import FITTED, PowerLaw, Scaling, Study
 
 NEAR = {"marker": "*", "s": 140, "color": "crimson", "edgecolor": "black", "zorder": 4}
@@ -55,17 +56,8 @@ def _study_panel(ax: Any, study: Study, fit: Scaling) -> None:
         if "lr_max" in optimum:
             ax.axvline(optimum["lr_max"], color="goldenrod", ls="--", label="fit's α_max at C")
         ax.set(xscale="log", xlabel="α_max", ylabel="val_loss")
-        _plain_ticks(ax.xaxis)
+        plain_log_ticks(ax.xaxis)
     ax.legend(fontsize=7)
-
-
-def _plain_ticks(axis: Any) -> None:
-    """A log axis labelled at 1, 2 and 5 of each decade, in plain numbers (0.003, 0.01)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _contourable(study: Study) -> bool:
@@ -102,5 +94,5 @@ def _law_panel(ax: Any, name: str, law: PowerLaw, fit: Scaling) -> None:
     ax.set(xscale="log", yscale="log", xlabel="compute C = 6·N·D (FLOPs)", ylabel=f"{symbol}*",
            title=f"{symbol}*(C): exponent {b.value:.3f} [{b.lo:.3f}, {b.hi:.3f}]",
            ylim=(min(shown) / 1.5, max(shown) * 1.5))  # a flat fit is not zoomed to its rounding
-    _plain_ticks(ax.yaxis)
+    plain_log_ticks(ax.yaxis)
     ax.legend(fontsize=7)

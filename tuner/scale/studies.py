@@ -52,9 +52,7 @@ def read_study(client: Any, name: str, workdir: Path) -> list[Study]:
     size, each named STUDY:FIELD=SIZE."""
     parent = runs.study_parent(client, name)
     field = parent.data.tags.get(TRANSFER_TAG)
-    trials: dict[str, list[Trial]] = {}
-    sizes: dict[str, set[int]] = {}
-    tokens: dict[str, list[int]] = {}
+    found: dict[str, list[tuple[int, int, Trial]]] = {}  # size -> (N, D, trial) of each trial
     searched: set[str] = set()
     for run in runs.trial_runs(client, parent):
         searched |= set(runs.searched_values(run)[0]) & set(FITTED)
@@ -66,21 +64,20 @@ def read_study(client: Any, name: str, workdir: Path) -> list[Study]:
         config = runs.trial_config(client, run, workdir / row.run_id)
         params = non_embedding_params(config.model)
         size = f"{name}:{field}={run.data.tags.get(SIZE_TAG)}" if field else name
-        sizes.setdefault(size, set()).add(params)
-        tokens.setdefault(size, []).append(row.tokens)
-        trials.setdefault(size, []).append(Trial(
+        found.setdefault(size, []).append((params, row.tokens, Trial(
             row.run_id, row.trial_id, {"lr_max": config.lr_max, "batch_size": config.batch_size},
-            row.val_loss, 6.0 * params * row.tokens))
-    if not trials:
+            row.val_loss, 6.0 * params * row.tokens)))
+    if not found:
         raise UserError(f"study {name!r} has no trial that completed its budget with a finite "
                         "val_loss (a fit reads those only)")
-    several = next((f"{n!r} trained models of several sizes (N = "
-                    f"{', '.join(f'{p:,}' for p in sorted(s))})" for n, s in sizes.items()
-                    if len(s) > 1), None)
-    if several:
-        raise UserError(f"study {several}: a fit takes one size a study (or a transfer study's "
-                        "sizes)")
-    return [Study(size, sizes[size].pop(), int(statistics.median(tokens[size])),
-                  frozenset(searched), listed, parent.data.tags.get(DATASET_TAG),
-                  name if field else None)
-            for size, listed in trials.items()]
+    studies = []
+    for size, listed in found.items():
+        counts = sorted({n for n, _, _ in listed})
+        if len(counts) > 1:
+            raise UserError(f"study {size!r} trained models of several sizes (N = "
+                            f"{', '.join(f'{n:,}' for n in counts)}): a fit takes one size a "
+                            "study (or a transfer study's sizes)")
+        studies.append(Study(size, counts[0], int(statistics.median(d for _, d, _ in listed)),
+                             frozenset(searched), [t for _, _, t in listed],
+                             parent.data.tags.get(DATASET_TAG), name if field else None))
+    return studies

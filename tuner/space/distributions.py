@@ -206,9 +206,6 @@ class Transfer(_Options):
                                       "num_layers): every sample trains at each, the first "
                                       "being the proxy the searcher learns from")
 
-    def suggest(self, trial: BaseTrial, name: str) -> Any:
-        raise TypeError(f"{name} transfers across sizes: it is not sampled")
-
 
 TRANSFER_FIELDS = ("d_model", "num_layers")  # the sizes a transfer study may list
 
