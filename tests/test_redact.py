@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import string
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tuner.store.redact import redact
@@ -74,3 +80,99 @@ def test_a_long_reason_keeps_its_cause_and_no_part_of_a_password() -> None:
                                   + ": [Errno 111] Connection refused"))
     assert line.endswith("Connection refused") and len(line) <= 303
     assert "secret" not in line and "http://user:***@127.0.0.1" in line
+
+
+# Passwords a URI may hold, each between the markers Zq and Zx that no output holds otherwise:
+# every printable character with a blank and both quotes, %-escapes, unicode.
+PASSWORDS = [f"Zq{c}u\"o t'{c}Zx" for c in string.printable.strip() + " "] + [
+    "Zq%40%3A%2F%23%25%20Zx", "Zq@:/#?=+;,Zx", "Zqpäss☃wörd Zx", "Zq a b'cZx", "Zq\\'\"\\Zx"]
+URIS = ["postgresql+psycopg2://bob:{}@127.0.0.1:9/db", "postgresql://bob:{}@127.0.0.1:9/db",
+        "http://bob:{}@127.0.0.1:9", "https://{}@127.0.0.1:9/",
+        "postgresql://127.0.0.1:9/db?user=bob&sslpassword={}"]
+
+
+def _leaks(text: str) -> bool:
+    return "Zq" in text or "Zx" in text
+
+
+@pytest.mark.parametrize("form", URIS)
+def test_a_known_uri_is_masked_by_its_structure(form: str) -> None:
+    """Whatever its password holds, a URI tuner was given shows its host and none of its
+    password, as given, quoted or %-encoded (a token alone holds no ":", which ends a user, and
+    a query value no "&", which ends it)."""
+    import json
+    from urllib.parse import quote
+
+    from tuner.store.redact import mask_uri, remember
+
+    for password in PASSWORDS:
+        if ("://{}@" in form and ":" in password) or ("={}" in form and "&" in password):
+            continue
+        uri = form.format(password)
+        remember(uri)
+        assert not _leaks(mask_uri(uri)) and "127.0.0.1:9" in mask_uri(uri), uri
+        text = (f"error: tracking store {uri} cannot be used: {uri}/api/2.0 failed; "
+                f"{json.dumps({'uri': uri})} {uri!r} {quote(password)} {password!r}")
+        assert not _leaks(redact(text)), (uri, redact(text))
+
+
+def test_a_query_password_is_masked_whole() -> None:
+    from tuner.store.redact import mask_uri
+
+    assert mask_uri("postgresql://h/db?user=bob&password=a b'c&sslmode=x#y") == \
+        "postgresql://h/db?user=bob&password=***&sslmode=x#y"
+    assert mask_uri("sqlite:////data/a:b@c.db?token=x") == "sqlite:////data/a:b@c.db?token=***"
+
+
+def test_a_common_password_leaves_the_text_around_it() -> None:
+    """A password that is also the user's name or the database's is masked in its URI but not
+    wherever the word appears."""
+    from tuner.store.redact import remember
+
+    remember("postgresql://postgres:postgres@localhost/mlflow")
+    assert redact("tracking store postgresql://postgres:postgres@localhost/mlflow: refused") \
+        == "tracking store postgresql://postgres:***@localhost/mlflow: refused"
+
+
+STUDY = """\
+description: a study whose store is unreachable
+data: {{source: synthetic}}
+model: {{vocab_size: 512, context_length: 64, d_model: 64, num_layers: 2, num_heads: 4, d_ff: 192}}
+hparams: {{α_max: 0.001}}
+budget: {{tokens: 40960, eval_tokens: 8192}}
+search: {{num_samples: 1}}
+tracking: {{uri: {uri}}}
+"""
+
+
+def _commands(uri: str, tmp: Path) -> list[list[str]]:
+    return [["best", "--study", "x", "--tracking-uri", uri],
+            ["report", "--study", "x", "--out", str(tmp / "r"), f"--tracking-uri={uri}"],
+            ["replay", "--study", "x", "--tracking-uri", uri],
+            ["generate", "--prompt", "hi", "--run", "abc", "--tracking-uri", uri],
+            ["ui", "--tracking-uri", uri],
+            ["scale", "--study", "a", "--study", "b", "--study", "c", "--tracking-uri", uri]]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_no_command_prints_a_password(case: int, tmp_path: Path) -> None:
+    """Each command that reads a store, given one that does not answer, names it without its
+    password: on the command line, in MLFLOW_TRACKING_URI, or in a study file."""
+    import json
+
+    tuner = str(Path(sys.executable).with_name("tuner"))
+    password = PASSWORDS[case * 17 % len(PASSWORDS)]
+    uri = URIS[case % 3].format(password)
+    args = _commands(uri, tmp_path)[case]
+    runs = [(args, {})]
+    if case == 0:  # the store in the environment, and in a study file
+        runs.append((args[:-2], {"MLFLOW_TRACKING_URI": uri}))
+        study = tmp_path / "s.yaml"
+        study.write_text(STUDY.format(uri=json.dumps(URIS[4].format("Zq a b'c\"Zx"))))
+        runs += [(["space", "show", str(study)], {}),
+                 (["search", "--space", str(study), "--storage", str(tmp_path / "ray")], {})]
+    for command, env in runs:
+        proc = subprocess.run([tuner, *command], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, env={**os.environ, **env}, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode in (0, 2) and "127.0.0.1" in out and not _leaks(out), (command, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -95,7 +96,7 @@ def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
                         tracking={"log_checkpoints": "best"})
     try:
         with mlflow_server(backend, tmp_path / "server" / "artifacts") as uri, ray_head() as head:
-            secret_uri = uri.replace("http://", "http://tuner:s3cret-pw@")
+            secret_uri = uri.replace("http://", "http://tuner:s3cret pw'\"Zk9@")
             proc = run_tuner(["search", "--space", str(space), "--tracking-uri", secret_uri,
                               "--storage", str(tmp_path / "ray"), "--address", head.address],
                              cwd=tmp_path, env={**ENV, **head.env})
@@ -111,9 +112,10 @@ def test_study_on_mlflow_server_and_ray_cluster(tmp_path: Path, dataset: Path,
     assert checkpoints.pop(best) == ["checkpoint/checkpoint.pt"]
     assert list(checkpoints.values()) == [[]]  # log_checkpoints: best
     assert not (tmp_path / "mlruns").exists()  # the artifacts went to the server
-    assert "tuner:***@127.0.0.1" in proc.stdout and "s3cret-pw" not in proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr  # the password's two ends, in any encoding
+    assert "tuner:***@127.0.0.1" in proc.stdout and "s3cret" not in said and "Zk9" not in said
     stored = [p for p in (tmp_path / "server").rglob("*") if p.is_file()]  # runs and artifacts
-    assert len(stored) > 5 and not [p for p in stored if b"s3cret-pw" in p.read_bytes()]
+    assert len(stored) > 5 and not [p for p in stored if re.search(b"s3cret|Zk9", p.read_bytes())]
 
 
 def test_a_study_name_taken_in_another_experiment_fails_before_ray(

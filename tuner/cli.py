@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from model.config import ConfigError
 from model.shell import stops_as_ctrl_c
 from tuner.errors import UserError, reason
-from tuner.store.redact import redact
+from tuner.store.redact import redact, remember
 
 
 class _Group(TyperGroup):
@@ -58,12 +58,23 @@ def _register() -> None:
     app.command("ui")(cli_ui.ui)
 
 
+def _remember_uris(args: list[str]) -> None:
+    """The tracking URIs of the command line and environment, masked in all tuner prints."""
+    remember(os.environ.get("MLFLOW_TRACKING_URI"))
+    for arg, value in zip(args, args[1:] + [""]):
+        if arg == "--tracking-uri":
+            remember(value)
+        elif arg.startswith("--tracking-uri="):
+            remember(arg.partition("=")[2])
+
+
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
     stops_as_ctrl_c()
     # MLflow prints "View run … at: URL" for every run it ends on a server, credentials and all.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    _remember_uris(sys.argv[1:])
     try:
         _register()  # half a second of imports, which Ctrl-C may cut as any other step
         result = app(standalone_mode=False)

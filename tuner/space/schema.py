@@ -39,7 +39,7 @@ from tuner.space.params import (
     section_aliases,
     section_fields,
 )
-from tuner.store.redact import redact
+from tuner.store.redact import redact, remember
 from tuner.store.uri import KEPT_NOTHING, in_memory
 
 if TYPE_CHECKING:
@@ -63,6 +63,13 @@ HParamsSection = _param_section(
 BudgetSection = _param_section(
     "BudgetSection", "The length of a full trial (tokens or T_total), its evaluations and seed; "
     "fixed for the study.", BUDGET_DEFS, searchable=False)
+
+
+def _remembered_uri(value: Any) -> Any:
+    """A URI of the file (tracking.uri, search.storage): masked by structure in all tuner prints."""
+    if isinstance(value, str):
+        remember(value)
+    return value
 
 
 DATA_PATHS = ("path", "input", "valid", "tokenizer", "cache_dir")  # the data section's paths
@@ -188,6 +195,8 @@ class SearchSection(Section):
     pbt: PbtSettings = Field(default_factory=PbtSettings, description="settings of the pbt "
                              "scheduler")
 
+    _remembered = field_validator("storage", mode="before")(_remembered_uri)
+
     @property
     def searcher(self) -> str:
         """The sampler that proposes the trials: PBT draws its population at random."""
@@ -227,6 +236,8 @@ class TrackingSection(Section):
     log_checkpoints: Literal["best", "completed", "none"] = Field(
         "completed", description="which trials' final checkpoints are logged as MLflow "
         "artifacts: every completed trial's and the best's (completed), the best's only, or none")
+
+    _remembered = field_validator("uri", mode="before")(_remembered_uri)
 
     @field_validator("uri")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tuner.errors import UserError, reason
+from tuner.store.redact import remember
 from tuner.store.uri import KEPT_NOTHING, absolute_uri, in_memory, server_address, sqlite_file
 
 # MLflow's tracking stores ("" a folder's path); others fail deep inside MLflow's registry
@@ -27,6 +28,7 @@ def connect(uri: str) -> Any:
     """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
     from mlflow import MlflowClient
 
+    remember(uri)
     scheme = urlsplit(uri).scheme.partition("+")[0]  # postgresql+psycopg2: a driver named
     if scheme not in STORE_SCHEMES:
         raise UserError(f"tracking store {uri}: unknown scheme {scheme!r}; use sqlite:///FILE, "
