@@ -50,11 +50,15 @@ def test_the_floor_is_below_what_training_takes(byte_dataset: Path) -> None:
     assert 2**28 < floor < grown, (floor, grown)
 
 
-def _space(tmp_path: Path, batch: object) -> Path:
-    """The quickstart with `batch` as B, on an empty data folder: a study that exits 2 at the
-    dataset's check, after the memory check."""
+def _space(tmp_path: Path, batch: object, transfer: list[int] | None = None) -> Path:
+    """The quickstart with `batch` as B (and d_model transferred across `transfer`), on an empty
+    data folder: a study that exits 2 at the dataset's check, after the memory check."""
     study = yaml.safe_load(QUICKSTART.read_text())
     study["hparams"]["B"] = batch
+    if transfer:
+        study["model"]["d_model"] = {"transfer": transfer}
+        del study["model"]["d_ff"], study["search"]["asha"]
+        study["search"]["scheduler"] = "none"
     (tmp_path / "empty-dataset").mkdir(exist_ok=True)
     study["data"] = {"path": str(tmp_path / "empty-dataset")}
     path = tmp_path / "study.yaml"
@@ -78,6 +82,19 @@ def test_a_trial_that_cannot_fit_is_refused_and_values_that_cannot_are_named(
                      cwd=tmp_path, env=ENV)
     output = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 2, output  # the missing dataset, after the warning
-    assert "these sampled values cannot fit even with every other size at its smallest: " \
+    assert "these searched values cannot fit even with every other size at its smallest: " \
            "batch_size=1000000 (at least" in output
     assert "empty-dataset" in output
+
+
+def test_a_transfer_size_that_cannot_fit_is_refused(tmp_path: Path) -> None:
+    """Every sample trains at every transfer size: one that cannot fit is refused, not warned of."""
+    proc = run_tuner(["search", "--space", str(_space(tmp_path, 8, [32, 65536])), "--storage",
+                      str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                     cwd=tmp_path, env=ENV)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: model.d_model: every sample trains at each transfer size" in message
+    assert "d_model=65536 (at least" in message and "d_model=32" not in message
+    assert "empty-dataset" not in message  # refused before the dataset's check
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-dataset", "study.yaml"]

@@ -1,6 +1,7 @@
 """Whether a study's trials fit in the memory each will have on this machine, checked before
 anything starts, from `model.memory`'s floor of a training step: a space none of whose
-configurations fits is refused, and the sampled values that cannot fit are named."""
+configurations fits, or with a transfer size that cannot, is refused, and the searched values
+that cannot fit are named."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ GIB = 2**30
 
 def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
     """UserError when even the space's smallest trial cannot fit in a trial's share of this
-    machine's memory (a GPU's, or the RAM free now over the trials at once on `cpus` CPUs);
-    `warn` names each searched size value that alone cannot fit."""
+    machine's memory (a GPU's, or the RAM free now over the trials at once on `cpus` CPUs), or
+    a transfer size alone cannot; `warn` names each searched size value that alone cannot fit."""
     have, where = memory_per_trial(study, cpus)
     listed = {**study.searched(), **study.model.transferred()}  # a transfer's sizes too
     sizes = {name: dist for name, dist in listed.items() if name in SIZES and _values(dist)}
@@ -32,16 +33,22 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
             f"needs at least {floor / GIB:.1f} GiB to train, and has {have / GIB:.1f} GiB here "
             f"({where}); lower hparams.B, the context or the model's size, or run fewer trials "
             "at once (search.max_concurrent)")
-    too_big = []
-    for name, dist in sizes.items():
-        for value in _values(dist):
-            need = _floor(study, {**smallest, name: value})
-            if need is not None and need > have:
-                too_big.append(f"{name}={fmt(value)} (at least {need / GIB:.1f} GiB)")
-    if too_big:
-        warn(f"a trial has {have / GIB:.1f} GiB here ({where}); these sampled values cannot fit "
-             f"even with every other size at its smallest: {', '.join(too_big)}. Such trials "
-             "are killed for memory, retried and recorded as failed")
+    too_big = {name: [f"{name}={fmt(value)} (at least {need / GIB:.1f} GiB)"
+                      for value in _values(dist)
+                      if (need := _floor(study, {**smallest, name: value})) is not None
+                      and need > have] for name, dist in sizes.items()}
+    here = f"a trial has {have / GIB:.1f} GiB here ({where})"
+    transfers = [text for name in study.model.transferred() for text in too_big.get(name, [])]
+    if transfers:  # unlike a searched value, every sample trains at every transfer size
+        fields = ", ".join(f"model.{name}" for name in study.model.transferred() if too_big.get(name))
+        raise UserError(f"{fields}: every sample trains at each transfer size, and these cannot "
+                        f"fit even with every other size at its smallest: {', '.join(transfers)}"
+                        f"; {here}. Drop them from the transfer list")
+    searched = [text for name in study.searched() for text in too_big.get(name, [])]
+    if searched:
+        warn(f"{here}; these searched values cannot fit even with every other size at its "
+             f"smallest: {', '.join(searched)}. Such trials are killed for memory, retried and "
+             "recorded as failed")
 
 
 def memory_per_trial(study: Any, cpus: float) -> tuple[int, str]:
