@@ -87,9 +87,12 @@ class HParam:
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"must be a number, got {shown(value)}"
-            if self.kind is int and not float(value).is_integer():
+            if self.kind is int and isinstance(value, float) and not value.is_integer():
                 return f"must be a whole number, got {shown(value)}"
-            if not math.isfinite(value):
+            if self.kind is int and isinstance(value, float) and abs(value) > EXACT_FLOAT:
+                return (f"must be written in digits, got {shown(value)}: a float holds whole "
+                        f"numbers exactly only up to 2**53")
+            if isinstance(value, float) and not math.isfinite(value):
                 return f"must be finite, got {shown(value)}"
             below = self.low is not None and (value <= self.low if self.low_open
                                               else value < self.low)
@@ -119,6 +122,10 @@ class _Shortened(reprlib.Repr):
 
     def repr_str(self, x: str, level: int) -> str:
         return super().repr_str(self.clean(x) if self.clean else x, level)
+
+
+EXACT_FLOAT = 2**53  # the largest whole numbers a float holds exactly
+BUDGET_MAX = 10**15  # tokens or steps: far beyond any run, and exact in any form
 
 
 def _num(x: float) -> str:
@@ -299,16 +306,17 @@ class TrainConfig:
     batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1, high=2**20,
                              high_open=False)
     total_iters: int | None = hparam(None, "T_total", "number of updates (or set a token budget)",
-                                     group="training", kind=int, low=1, optional=True)
+                                     group="training", kind=int, low=1, high=BUDGET_MAX,
+                                     high_open=False, optional=True)
     total_tokens: int | None = hparam(None, "N_tokens", "token budget; T_total = ⌈tokens / "
                                       "(B·context)⌉", group="training", kind=int, low=1,
-                                      optional=True)
+                                      high=BUDGET_MAX, high_open=False, optional=True)
     eval_interval: int = hparam(100, "k_eval", "steps between validation evaluations",
-                                group="training", low=1)
+                                group="training", low=1, high=BUDGET_MAX, high_open=False)
     eval_tokens: int | None = hparam(None, "k_eval_tok", "tokens between validation evaluations "
                                      "(instead of eval_interval): every batch size evaluates at "
                                      "the same token counts", group="training", kind=int, low=1,
-                                     optional=True)
+                                     high=BUDGET_MAX, high_open=False, optional=True)
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
                                group="training", low=1, high=2**20, high_open=False)
     seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",

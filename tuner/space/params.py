@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from model.config import (
+    EXACT_FLOAT,
     HPARAMS,
     MODEL_HPARAMS,
     RELATIVE_HPARAMS,
@@ -108,7 +109,7 @@ def _coerce(raw: Any, hp: HParam) -> Any:
     raw = hp.from_yaml(raw)
     if hp.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
-    if hp.kind is int and isinstance(raw, float) and raw.is_integer():
+    if hp.kind is int and isinstance(raw, float) and raw.is_integer() and abs(raw) <= EXACT_FLOAT:
         return int(raw)
     return raw
 
