@@ -164,6 +164,30 @@ def test_an_export_into_no_folder_exits_2_before_the_table(recorded, tmp_path):
         f"{tmp_path / 'no'} is not a folder"
 
 
+@pytest.mark.parametrize("target", ["/dev/null", "/dev/full"])
+def test_an_export_to_no_regular_file_exits_2_naming_it(recorded, target):
+    """/dev/null took the study and the command said to run it; /dev/full failed unnamed."""
+    code, out = tuner("best", "--study", recorded.name, "--export", target,
+                      "--tracking-uri", recorded.uri)
+    assert code == 2 and out.startswith(f"error: --export {target}: ") and "wrote" not in out, out
+
+
+def test_an_export_that_cannot_be_written_names_the_file_and_leaves_none(tmp_path):
+    """A write that fails midway (a full disk; here a file size limit) names the file, and
+    leaves neither it nor a part of it."""
+    code = ("import resource, sys\n"
+            "from pathlib import Path\n"
+            "from tuner.inspect.best import write_study_file\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))\n"
+            "write_study_file(Path(sys.argv[1]), {'description': 'x' * 1000})\n")
+    target = tmp_path / "best.yaml"
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert f"UserError: --export {target}: cannot write it: File too large" in proc.stderr, \
+        proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_report_into_no_folder_and_an_unknown_store_exit_2_naming_them(recorded, tmp_path):
     (tmp_path / "file").write_text("x")
     code, out = tuner("report", "--study", recorded.name, "--out", str(tmp_path / "file/r"),

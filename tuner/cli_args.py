@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from tuner.errors import UserError
+
 # the store a study was recorded in, as the commands that read one take it
 TrackingUri = Annotated[str, typer.Option(
     envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI of the study")]
@@ -22,3 +24,13 @@ def folder(value: str) -> Path:
     if path.exists() and not path.is_dir():
         raise typer.BadParameter(f"{value} is a file, not a folder")
     return path
+
+
+def check_new_file(option: str, path: Path) -> None:
+    """UserError unless `path` is a regular file or a new name in a folder: a device, pipe or
+    folder would take what is written and keep nothing."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"{option} {path}: not a regular file (a device, pipe or folder); give "
+                        "a file")
+    if not path.absolute().parent.is_dir():
+        raise UserError(f"{option} {path}: {path.parent} is not a folder")

@@ -15,7 +15,7 @@ from rich.table import Table
 from model.config import ConfigError
 from model.shell import as_started
 from tuner import output
-from tuner.cli_args import DEFAULT_URI, TrackingUri, folder
+from tuner.cli_args import DEFAULT_URI, TrackingUri, check_new_file, folder
 from tuner.errors import UserError
 from tuner.store.redact import redact
 
@@ -94,8 +94,8 @@ def best(
     from tuner.store import runs
     from tuner.store.connect import connect_existing
 
-    if export is not None and not export.absolute().parent.is_dir():  # before the table
-        raise UserError(f"--export {export}: {export.parent} is not a folder")
+    if export is not None:  # before the table
+        check_new_file("--export", export)
     console = output.console()
     client = connect_existing(tracking_uri)
     if (fit := runs.scale_fit(client, study)) is not None:  # a `tuner scale` fit: its prediction

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from model.config import TrainConfig
+from tuner.errors import UserError
 from tuner.store import runs
 from tuner.store.layout import TRANSFER_TAG
 from tuner.store.redact import redact
@@ -54,9 +56,23 @@ def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     row, config, recorded = best_config(client, study, workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
                    f"best val_loss {row.val_loss:.4f}, {row.tokens:,} tokens trained.")
-    data = fixed_study(config, recorded, f"{study}-best", description, client.tracking_uri)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_study_file(path, fixed_study(config, recorded, f"{study}-best", description,
+                                       client.tracking_uri))
     return row
+
+
+def write_study_file(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` as YAML, whole or not at all; UserError naming `path` on failure."""
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a folder that is read-only
+        raise UserError(f"--export {path}: cannot write it: {err.strerror or err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def best_config(client: Any, study: str, workdir: Path, run_id: str | None = None

@@ -9,7 +9,7 @@ from typing import Any
 
 from model.config import ConfigError, TrainConfig, fraction_of
 from tuner.errors import UserError
-from tuner.inspect.best import best_config, fixed_study
+from tuner.inspect.best import best_config, fixed_study, write_study_file
 from tuner.scale.fit import FITTED
 from tuner.scale.record import read_fit
 
@@ -32,8 +32,6 @@ def at_target(config: TrainConfig, values: dict[str, Any], tokens: int) -> Train
 def export_prediction(client: Any, run: Any, path: Path, workdir: Path) -> dict[str, Any]:
     """Write the prediction of fit `run` to `path` as a fixed study file; return the fit
     (scaling.json); UserError for a fit made without a target."""
-    import yaml
-
     fit = read_fit(client, run, workdir)
     name, target = fit["name"], fit["target"]
     if not fit["prediction"]:
@@ -55,6 +53,6 @@ def export_prediction(client: Any, run: Any, path: Path, workdir: Path) -> dict[
                    f"{target['tokens']:,} tokens (C = {target['compute']:.3g} FLOPs). The rest is "
                    f"best trial {row.trial_id} of study {source}, a model of N = {size:,}: set "
                    f"`model` to one of N = {target['params']:,}.")
-    data = fixed_study(changed, recorded, f"{name}-target", description, client.tracking_uri)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_study_file(path, fixed_study(changed, recorded, f"{name}-target", description,
+                                       client.tracking_uri))
     return fit
