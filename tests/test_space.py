@@ -261,6 +261,22 @@ def test_a_budget_is_an_exact_whole_number_within_bounds(tmp_path: Path) -> None
     assert study.budget.tokens == 10**15 and isinstance(study.budget.tokens, int)
 
 
+def test_a_study_file_and_its_texts_have_a_size_limit(tmp_path: Path) -> None:
+    """A 50 MB description was taken, and `space show` printed it: a file is at most 1 MiB, a
+    description or URI at most 10,000 characters."""
+    text = study_text(extra=f"description: {'x' * 10_001}\n")
+    [(path, line, message)] = issues_of(tmp_path, text)
+    assert (path, line) == ("description", line_of(text, "description:"))
+    assert message.startswith("string should have at most 10000 characters, got 'xxx")
+    [(path, _, message)] = issues_of(tmp_path, study_text(
+        extra=f"tracking: {{uri: 'sqlite:///{'x' * 10_000}'}}\n"))
+    assert path == "tracking.uri" and "at most 10000 characters" in message
+    [(path, line, message)] = issues_of(tmp_path, study_text(extra=f"# {'x' * 2**20}\n"))
+    assert (path, line, message) == ("", None, "the study file is over 1 MiB: a study file holds "
+                                               "settings, not data")
+    assert load_study(write(tmp_path, study_text(extra=f"description: {'x' * 10_000}\n")))
+
+
 def test_sections_other_than_parameters_are_checked(tmp_path: Path) -> None:
     text = study_text(
         extra="resources:\n  gpus_per_trial: 1.5\ntracking:\n  log_checkpoints: all\n")

@@ -12,6 +12,8 @@ from tuner.errors import UserError
 from tuner.space.errors import Issue, SpaceError
 from tuner.space.schema import Study, build_study
 
+MAX_BYTES = 2**20
+
 
 def load_study(path: str | Path, name: str | None = None) -> Study:
     """Read and validate a study file; SpaceError lists every problem with its path and line.
@@ -21,7 +23,12 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
         if not stat.S_ISREG(path.stat().st_mode):  # /dev/zero never ends; a FIFO waits for ever
             raise SpaceError(path, [Issue("", None, "cannot read the study file: not a regular "
                                                     "file; name a YAML file")])
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise SpaceError(path, [Issue("", None, f"the study file is over {MAX_BYTES // 2**20} "
+                                                    "MiB: a study file holds settings, not data")])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise SpaceError(path, [Issue("", None, f"cannot read the study file: {reason}")]) from None

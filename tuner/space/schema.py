@@ -72,6 +72,7 @@ def _remembered_uri(value: Any) -> Any:
     return value
 
 
+TEXT_MAX = 10_000  # characters of a description or a URI: a study file is no place for a book
 DATA_PATHS = ("path", "input", "valid", "tokenizer", "cache_dir")  # the data section's paths
 
 
@@ -184,9 +185,9 @@ class SearchSection(Section):
     stop_grace_s: float = Field(30.0, ge=0, description="seconds a stopped study (Ctrl-C, "
                                 "SIGTERM, SIGHUP, SIGUSR1) gives its running trials to checkpoint "
                                 "the step they are at; 0 stops them at once")
-    storage: str | None = Field(None, description="Optuna storage URL that keeps the search state "
-                                "(default: in memory)")
-    warm_start: str | None = Field(None, description="an earlier study in the same tracking store, "
+    storage: str | None = Field(None, max_length=TEXT_MAX, description="Optuna storage URL that "
+                                "keeps the search state (default: in memory)")
+    warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in the same tracking store, "
                                    "with this space: the searcher starts from its finished trials")
     asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha "
                                "and hyperband schedulers")
@@ -230,8 +231,9 @@ class ResourcesSection(Section):
 class TrackingSection(Section):
     """Where MLflow records the study's runs."""
 
-    uri: str = Field("sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI")
-    experiment: str | None = Field(None, min_length=1,
+    uri: str = Field("sqlite:///mlflow.db", min_length=1, max_length=TEXT_MAX,
+                     description="MLflow tracking URI")
+    experiment: str | None = Field(None, min_length=1, max_length=TEXT_MAX,
                                    description="MLflow experiment (default: the study name)")
     log_checkpoints: Literal["best", "completed", "none"] = Field(
         "completed", description="which trials' final checkpoints are logged as MLflow "
@@ -267,7 +269,7 @@ class Study(BaseModel):
 
     name: str = Field("study", description="study name, used for the MLflow experiment and run "
                       "folders (default: the file's name)")
-    description: str = Field("", description="what the study is for")
+    description: str = Field("", max_length=TEXT_MAX, description="what the study is for")
     data: DataSection = Field(description="the training text")
     model: ModelSection = Field(default_factory=ModelSection,  # type: ignore[valid-type]
                                 description="the architecture, each value fixed or searched")
