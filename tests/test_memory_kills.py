@@ -52,3 +52,26 @@ def test_memory_monitor_kills_are_retried_then_recorded(killed: str, tmp_path: P
         assert run.data.tags["tuner.retries"] == "1"
         assert "failed (try 1 of 2; retried from the start): its worker was killed by Ray's " \
                "memory monitor" in proc.stderr
+
+
+def test_without_the_ray_method_it_patches_a_study_warns_and_goes_on() -> None:
+    """worker_deaths patches a private method of Ray's actor manager: a Ray without it (an
+    upgrade) gets a warning, not a crash at start; a Ray with it gets the patch once."""
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    from tuner.search.worker_deaths import as_actor_deaths
+
+    said: list[str] = []
+    as_actor_deaths(said.append, type("Manager", (), {}))
+    assert len(said) == 1 and "no RayActorManager._actor_task_failed" in said[0]
+
+    seen: list[Exception] = []
+
+    class Manager:
+        def _actor_task_failed(self, tracked_actor_task: object, exception: Exception) -> None:
+            seen.append(exception)
+
+    as_actor_deaths(said.append, Manager)
+    as_actor_deaths(said.append, Manager)
+    Manager()._actor_task_failed("task", OutOfMemoryError("killed by the memory monitor"))
+    assert len(said) == 1 and len(seen) == 1 and isinstance(seen[0], RayActorError)

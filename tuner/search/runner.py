@@ -205,7 +205,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
 
         from tuner.search.worker_deaths import as_actor_deaths
 
-        as_actor_deaths()
+        as_actor_deaths(warn)
 
         try:
             shortage = capacity_shortage(study.resources, address)

@@ -10,16 +10,26 @@ study crashes. Handled as the actor's death, the trial is retried from its check
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 
-def as_actor_deaths() -> None:
-    """Make Tune's actor manager (in this process) treat a trial task ended by any Ray error
-    but a task's own (`RayTaskError`) as its actor's death. Idempotent."""
-    from ray.air.execution._internal.actor_manager import RayActorManager
+def as_actor_deaths(warn: Callable[[str], None], manager: type | None = None) -> None:
+    """Make Tune's actor manager (`manager`: Ray's RayActorManager, in this process) treat a
+    trial task ended by any Ray error but a task's own (`RayTaskError`) as its actor's death.
+    Idempotent; where Ray no longer has the private method it patches, `warn` says so instead."""
+    import ray
     from ray.exceptions import RayActorError, RayError, RayTaskError
 
-    failed = RayActorManager._actor_task_failed
+    try:
+        if manager is None:
+            from ray.air.execution._internal.actor_manager import RayActorManager as manager
+        failed = manager._actor_task_failed
+    except (ImportError, AttributeError):
+        warn(f"Ray {ray.__version__} has no RayActorManager._actor_task_failed, which tuner "
+             "patches: a trial whose worker Ray's memory monitor kills may end the study "
+             "instead of being retried")
+        return
     if getattr(failed, "as_actor_deaths", False):
         return
 
@@ -31,4 +41,4 @@ def as_actor_deaths() -> None:
         failed(self, tracked_actor_task=tracked_actor_task, exception=exception)
 
     task_failed.as_actor_deaths = True  # type: ignore[attr-defined]
-    RayActorManager._actor_task_failed = task_failed
+    manager._actor_task_failed = task_failed
