@@ -119,7 +119,7 @@ def postgres_server(database: str = "mlflow", user: str = "tuner") -> Iterator[P
     # Not under pytest's tmp_path: as root that lies in a 0700 folder the postgres account cannot
     # enter. A short path under /tmp also keeps the Unix socket path within its length limit.
     root = Path(tempfile.mkdtemp(prefix="tuner-pg-"))
-    password = secrets.token_hex(16)
+    password = secrets.token_hex(16) + " q'\"x"  # a blank and quotes, which tuner must mask too
     pwfile, data, log = root / "pwfile", root / "data", root / "postgres.log"
     pwfile.write_text(password + "\n")
     if owner is not None:
