@@ -89,9 +89,6 @@ class HParam:
                 return f"must be a number, got {shown(value)}"
             if self.kind is int and isinstance(value, float) and not value.is_integer():
                 return f"must be a whole number, got {shown(value)}"
-            if self.kind is int and isinstance(value, float) and abs(value) > EXACT_FLOAT:
-                return (f"must be written in digits, got {shown(value)}: a float holds whole "
-                        f"numbers exactly only up to 2**53")
             if isinstance(value, float) and not math.isfinite(value):
                 return f"must be finite, got {shown(value)}"
             below = self.low is not None and (value <= self.low if self.low_open
@@ -101,6 +98,9 @@ class HParam:
             if below or above:
                 bound = self.range_text()
                 return f"must be {'' if bound[0] in '≥>' else 'in '}{bound}, got {shown(value)}"
+            if self.kind is int and isinstance(value, float) and abs(value) > EXACT_FLOAT:
+                return (f"must be written in digits, got {shown(value)}: a float holds whole "
+                        f"numbers exactly only up to 2**53")
             return None
         if self.kind is str and not isinstance(value, str):
             return f"must be a string, got {shown(value)}"

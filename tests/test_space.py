@@ -251,10 +251,11 @@ def test_a_budget_is_tokens_or_total_iters(tmp_path: Path) -> None:
 
 def test_a_budget_is_an_exact_whole_number_within_bounds(tmp_path: Path) -> None:
     """5e28 read as a float is 49999999999999995716575428608, which an exported study wrote: a
-    whole number past 2**53 must be given in digits, and a budget is at most 10**15."""
-    [(path, _, message)] = issues_of(tmp_path, study_text(budget="tokens: 5e28"))
-    assert path == "budget.tokens" and "must be written in digits, got 5e+28" in message
-    for tokens in ("5" + "0" * 28, "1" + "0" * 400):
+    budget is at most 10**15, and a whole number past 2**53 must be given in digits."""
+    text = study_text().replace("num_heads: 2", "num_heads: 5e28")
+    [(path, _, message)] = issues_of(tmp_path, text)
+    assert path == "model.num_heads" and "must be written in digits, got 5e+28" in message
+    for tokens in ("5e28", "5" + "0" * 28, "1" + "0" * 400):
         [(path, _, message)] = issues_of(tmp_path, study_text(budget=f"tokens: {tokens}"))
         assert path == "budget.tokens" and "must be in [1, 1000000000000000]" in message
     study = load_study(write(tmp_path, study_text(budget="tokens: 1e15")))
