@@ -51,8 +51,6 @@ def fixed_study(config: TrainConfig, recorded: dict[str, Any], name: str, descri
 
 def export_best(client: Any, study: str, path: Path, workdir: Path) -> TrialRow:
     """Write the study's best trial to `path` as a fixed study file; return that trial's row."""
-    import yaml
-
     row, config, recorded = best_config(client, study, workdir)
     description = (f"Best trial {row.trial_id} of study {study} (MLflow run {row.run_id}): "
                    f"best val_loss {row.val_loss:.4f}, {row.tokens:,} tokens trained.")
