@@ -187,8 +187,9 @@ class SearchSection(Section):
                                 "the step they are at; 0 stops them at once")
     storage: str | None = Field(None, max_length=TEXT_MAX, description="Optuna storage URL that "
                                 "keeps the search state (default: in memory)")
-    warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in the same tracking store, "
-                                   "with this space: the searcher starts from its finished trials")
+    warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in "
+                                   "the same tracking store, with this space: the searcher starts "
+                                   "from its finished trials")
     asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha "
                                "and hyperband schedulers")
     median: MedianSettings = Field(default_factory=MedianSettings, description="settings of the "
