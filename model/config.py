@@ -58,7 +58,7 @@ class HParam:
     def range_text(self) -> str:
         """The valid range in the notation of SYMBOLS.md, e.g. '[0, 1)' or '> 0'."""
         if self.choices is not None:
-            return ", ".join(map(str, self.choices))
+            return ", ".join(map(_yaml_text, self.choices))
         if self.kind is bool:
             return "true, false"
         if self.low is not None and self.high is not None:
@@ -81,9 +81,9 @@ class HParam:
             return None if self.optional else "is required"
         if self.kind is bool:
             return None if isinstance(value, bool) else f"must be true or false, got {shown(value)}"
-        if self.choices is not None:
-            return None if value in self.choices else (
-                f"must be one of {', '.join(map(str, self.choices))}; got {shown(value)}")
+        if self.choices is not None:  # of its type too: 1 is not true, 1.0 is not 1
+            return None if any(value == c and type(value) is type(c) for c in self.choices) else (
+                f"must be one of {self.range_text()}; got {shown(value)}")
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"must be a number, got {shown(value)}"
@@ -119,6 +119,11 @@ class _Shortened(reprlib.Repr):
 
     def repr_str(self, x: str, level: int) -> str:
         return super().repr_str(self.clean(x) if self.clean else x, level)
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as YAML writes it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _num(x: float) -> str:
@@ -322,7 +327,9 @@ class TrainConfig:
     device: str = runtime("auto", "auto, cpu, cuda or cuda:N")
     fast: bool = runtime(True, "SDPA flash kernels, bf16 autocast and TF32 on CUDA, fused "
                          "optimizer steps")
-    compile: bool = runtime(False, "torch.compile the model")
+    compile: bool | str = runtime("auto", "torch.compile the model: auto (on CUDA, not on the "
+                                  "CPU, where compiling costs more than it saves), true or false",
+                                  choices=("auto", True, False))
     deterministic: bool = runtime(False, "deterministic torch kernels")
     peak_flops: float | None = runtime(None, "device peak FLOP/s for MFU (None: the GPU's bf16 "
                                        "peak by name, for a fast run)",

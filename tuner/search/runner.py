@@ -20,7 +20,7 @@ from tuner.errors import UserError
 from tuner.output import count
 from tuner.search import state
 from tuner.search.console import Summary
-from tuner.search.outcome import FINISHED
+from tuner.store.layout import FINISHED
 from tuner.store.redact import redact
 
 
@@ -145,13 +145,14 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.stopping import STOP_FLAG, StopRelay
     from tuner.search.storage_faults import StorageGuard
     from tuner.search.tracking import MlflowRecorder
-    from tuner.search.trainable import run_trial, trial_threads
+    from tuner.search.trainable import checkpoint_interval, run_trial, trial_threads
 
     res = study.resources
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
                              threads=trial_threads(study), time_unit=time_unit(study),
-                             stopping_points=stopping_points(study), umask=current_umask(),
+                             stopping_points=stopping_points(study),
+                             checkpoint_every_s=checkpoint_interval(study), umask=current_umask(),
                              stop_flag=str(storage / study.name / STOP_FLAG),
                              scratch=str(scratch)),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})

@@ -20,17 +20,7 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError, reason
-from tuner.search.outcome import (
-    COMPLETED,
-    DIVERGED,
-    FAILED,
-    FINISHED,
-    RUNNING,
-    STOPPED,
-    UNRANKED,
-    ended,
-    outcome,
-)
+from tuner.search.outcome import ended, outcome
 from tuner.search.run_notes import sample_text, study_note, trial_note
 from tuner.search.stopping import STOP_CHECKPOINT
 from tuner.search.storage_faults import STORAGE_FAULT
@@ -39,21 +29,28 @@ from tuner.store import runs
 from tuner.store.connect import open_client
 from tuner.store.layout import (
     CHECKPOINTS,
+    COMPLETED,
     DEVICE_TAG,
+    DIVERGED,
+    FAILED,
     FAILED_IN_TAG,
+    FINISHED,
     METRICS,
     NOTE_TAG,
     PBT_TAG,
     RESUMED_COMMIT_TAG,
     ROLE_TAG,
+    RUNNING,
     SEARCHED_TAG,
     SIZE_TAG,
     STATUS_TAG,
+    STOPPED,
     STUDY_PREFIX,
     STUDY_TAG,
     SYMBOLS_TAG,
     TRANSFER_TAG,
     TRIAL_TAG,
+    UNRANKED,
 )
 from tuner.store.redact import redact
 from tuner.store.rows import trial_row
