@@ -156,6 +156,15 @@ def _schema(store: Path) -> tuple[set[str], list]:
     return tables, version
 
 
+def _migrating(folder: Path) -> bool:
+    """Whether MLflow has begun to write the store mlflow.db in `folder` (or its temporary copy)."""
+    for name in ("mlflow.db", ".mlflow.db.creating"):
+        with contextlib.suppress(FileNotFoundError):  # renamed into place as it was looked at
+            if (folder / name).stat().st_size:
+                return True
+    return False
+
+
 def test_a_stop_while_a_new_store_is_made_leaves_it_whole_or_absent(tmp_path: Path) -> None:
     """A new sqlite store is migrated under a temporary name and renamed into place: a stop or a
     kill at any moment of its migrations leaves it whole or absent (it left a half-migrated or an
@@ -173,7 +182,7 @@ def test_a_stop_while_a_new_store_is_made_leaves_it_whole_or_absent(tmp_path: Pa
         creator = subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{store}"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while not any(p.stat().st_size for p in tmp_path.glob("*mlflow.db*")):  # migrating
+        while not _migrating(tmp_path):
             assert creator.poll() is None and time.monotonic() < deadline
             time.sleep(0.005)
         time.sleep(delay)

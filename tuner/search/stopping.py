@@ -40,13 +40,13 @@ def stops_held(flag: Path | None = None, grace_s: float = 0.0) -> Iterator[None]
     """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`,
     which gives the running trials `grace_s` to checkpoint once it has made the file `flag`.
     KeyboardInterrupt at once if a stop came before, whose own was dropped where it was raised."""
-    if stop_requested():
-        raise KeyboardInterrupt
     before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     _hold(flag, grace_s)
     _remove(flag)  # a driver killed while its trials checkpointed left it
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
+        if stop_requested():  # checked once held: none can slip between
+            raise KeyboardInterrupt
         yield
     finally:
         for signum, handler in before.items():
