@@ -45,9 +45,15 @@ def make_or_check(path: Path, uri: str) -> None:
     building = path.with_name(f".{path.name}.creating")  # one creator at a time: the lock's
     _remove(building)  # left by a creation killed outright
     try:
-        from mlflow import MlflowClient
+        from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine_with_retry
 
-        MlflowClient(tracking_uri=SQLITE + str(building)).search_experiments(max_results=1)
+        # MLflow's own creation of a new store, on an engine of its own: MlflowClient would keep
+        # one open on the name, which a later creation of the same store would find
+        engine = create_sqlalchemy_engine_with_retry(SQLITE + str(building))
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
         os.replace(building, path)
         folder = os.open(path.parent, os.O_RDONLY)
         try:
