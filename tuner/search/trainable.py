@@ -54,23 +54,26 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
               time_unit: float | None, stopping_points: tuple[float, ...] | None,
               umask: int, stop_flag: str, scratch: str) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval; a
-    text sample comes with the evaluations where the scheduler may end it, and the last. Its
-    files (checkpoints, in a folder of its own under `scratch`, which the driver deletes) are
-    made under the driver's `umask`, not the one of Ray's processes. Once the file `stop_flag`
-    exists (the study is stopping) it reports a checkpoint of the step it is at, with its last
-    evaluation's metrics again, and waits for Tune to stop it."""
+    text sample comes with the evaluations where the scheduler may end it, and the last, and so
+    does its node (`node_label`). Its files (checkpoints, in a folder of its own in its node's
+    folder `scratch`, which the driver deletes) are made under the driver's `umask`, not the one
+    of Ray's processes. Once the file `stop_flag` exists (the study is stopping) it reports a
+    checkpoint of the step it is at, with its last evaluation's metrics again, and waits for
+    Tune to stop it."""
     import torch
     from ray import tune
 
     from model.train import device_label, resolve_device, train
+    from tuner.search.scratch import on_this_node
     from tuner.search.stopping import STOP_CHECKPOINT
     from tuner.search.storage_faults import STORAGE_FAULT, storage_error
 
     os.umask(umask)
     torch.set_num_threads(threads)
     stopped_by_the_study = False
-    Path(scratch).mkdir(mode=0o700, parents=True, exist_ok=True)  # on a node of its own
-    work = Path(tempfile.mkdtemp(prefix="trial-", dir=scratch))
+    node_scratch = on_this_node(scratch)
+    node_scratch.mkdir(mode=0o700, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="trial-", dir=node_scratch))
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir()
     progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0, "val_loss": WORST,
@@ -80,12 +83,12 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         config = study.trial_config(params, Path(data_dir))
         start = restored_steps * config.tokens_per_step
         progress["budget_tokens"] = config.steps * config.tokens_per_step
-        device = device_label(resolve_device(config.device))
+        where = {"device": device_label(resolve_device(config.device)), "node": node_label()}
 
         def on_eval(record: Any) -> None:
             metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit,
                                        config.sample_prompt),
-                       SINCE_RESTORE: record.tokens - start, "device": device}
+                       SINCE_RESTORE: record.tokens - start, **where}
             progress.update({key: metrics[key] for key in progress})
             checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
             tune.report(metrics, checkpoint=checkpoint)
@@ -96,7 +99,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
                 metrics = {**trial_metrics(unsampled, progress["budget_tokens"], time_unit,
                                            config.sample_prompt),
                            SINCE_RESTORE: step * config.tokens_per_step - start,
-                           "device": device, STOP_CHECKPOINT: step}
+                           **where, STOP_CHECKPOINT: step}
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
             # Training on would write checkpoints that no one registers, and returning before
             # the driver's loop has ended would end the trial as completed: once it has (the
@@ -137,6 +140,13 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         _free_gpu_memory(torch)
     if stopped_by_the_study:  # returning would end the trial as completed: Tune's stop ends it
         threading.Event().wait()
+
+
+def node_label() -> str:
+    """The Ray node this process runs on: its IP address and node id."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
 
 
 class StopFlag:

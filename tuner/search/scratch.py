@@ -1,0 +1,42 @@
+"""The trials' working files (their checkpoints before Tune takes them): a folder of the study's
+in the temporary folder of each node a trial runs on, removed from every node as the study ends,
+with what the trials Tune killed left in it."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+CLEANUP_TIMEOUT_S = 60  # a node whose cleanup has not run by then keeps its folder
+
+
+def new_name() -> str:
+    """A name for a study's folder that no other driver's study uses."""
+    return f"tuner-trials-{secrets.token_hex(6)}"
+
+
+def on_this_node(name: str) -> Path:
+    """The folder `name` in this process's temporary folder (TMPDIR: each node's own)."""
+    return Path(tempfile.gettempdir()) / name
+
+
+def remove(name: str) -> None:
+    """Remove the folder `name` from this node."""
+    shutil.rmtree(on_this_node(name), ignore_errors=True)
+
+
+def remove_everywhere(name: str, cluster: bool) -> None:
+    """Remove the folder `name` from this node, and on a `cluster` from every live node (with
+    one task each, pinned there, needing no CPU)."""
+    if not cluster:  # a local Ray's one node is this one
+        remove(name)
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(remove)
+    pending = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node["NodeID"], soft=False)).remote(name) for node in ray.nodes() if node["Alive"]]
+    ray.wait(pending, num_returns=len(pending), timeout=CLEANUP_TIMEOUT_S)
