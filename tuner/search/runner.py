@@ -115,6 +115,7 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tuner.search.algorithms import build_scheduler, build_searcher
+    from tuner.search.trainable import trial_folder
 
     search = study.search
     if search.scheduler == "pbt":  # Tune's max_concurrent_trials is lost on this generator
@@ -125,7 +126,7 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
         num_samples=study.trial_count, max_concurrent_trials=search.max_concurrent,
         search_alg=searcher, scheduler=build_scheduler(study),
-        reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
+        reuse_actors=True, trial_dirname_creator=lambda trial: trial_folder(trial.trial_id))
 
 
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
@@ -140,7 +141,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
     from tuner.search.recovery import CheckpointRepair, StateBackup
-    from tuner.search.stopping import STOP_FLAG, StopRelay
+    from tuner.search.stopping import StopRelay
     from tuner.search.storage_faults import StorageGuard
     from tuner.search.tracking import MlflowRecorder
     from tuner.search.trainable import run_trial, trial_threads
@@ -150,7 +151,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
                              threads=trial_threads(study), time_unit=time_unit(study),
                              stopping_points=stopping_points(study), umask=current_umask(),
-                             stop_flag=str(storage / study.name / STOP_FLAG),
+                             study_dir=str(storage / study.name),
                              scratch=scratch),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
