@@ -1,9 +1,9 @@
-"""The trials' working files (their checkpoints before Tune takes them): a folder of the study's
-in the temporary folder of each node a trial runs on, removed from every node as the study ends,
-with what the trials Tune killed left in it."""
+"""The trials' working files (their checkpoints before Tune takes them): a folder of the study's in
+the temporary folder of each node they run on, removed from every node as the study ends."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import tempfile
@@ -28,15 +28,16 @@ def remove(name: str) -> None:
 
 
 def remove_everywhere(name: str, cluster: bool) -> None:
-    """Remove the folder `name` from this node, and on a `cluster` from every live node (with
-    one task each, pinned there, needing no CPU)."""
-    if not cluster:  # a local Ray's one node is this one
+    """Remove the folder `name` from this machine (a local Ray's one node), or from each live node
+    of a `cluster`, with a task pinned to each that needs no CPU."""
+    if not cluster:
         remove(name)
         return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(remove)
-    pending = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node["NodeID"], soft=False)).remote(name) for node in ray.nodes() if node["Alive"]]
-    ray.wait(pending, num_returns=len(pending), timeout=CLEANUP_TIMEOUT_S)
+    with contextlib.suppress(Exception):  # a cluster lost mid-study: its error is the one told
+        pending = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node["NodeID"], soft=False)).remote(name) for node in ray.nodes() if node["Alive"]]
+        ray.wait(pending, num_returns=len(pending), timeout=CLEANUP_TIMEOUT_S)
