@@ -1,5 +1,6 @@
 """Real services for end-to-end tests, as plain context managers: PostgreSQL, an MLflow tracking
-server on it, and a Ray head, each on 127.0.0.1 on a free port, each torn down on exit.
+server on it, and a Ray head (with a second node, if asked), each on 127.0.0.1 on a free port,
+each torn down on exit.
 
     from services import ServiceUnavailable, mlflow_server, postgres_server, ray_head
 
