@@ -188,6 +188,7 @@ def _retry_out_of_memory(max_failures: int, study_dir: Path) -> bool:
     count = int(marker.read_text()) if marker.is_file() else 0
     if count >= max_failures:
         return False
+    marker.parent.mkdir(parents=True, exist_ok=True)  # Tune makes it with its first checkpoint
     marker.write_text(str(count + 1))
     return True
 
