@@ -39,7 +39,7 @@ def test_a_study_runs_on_the_worker_node_stops_with_notice_and_resumes_there(
     working files."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "nodes", dataset,
-                        budget={"tokens": 4 * EVAL_STEPS * TOKENS_PER_STEP,
+                        budget={"tokens": 3 * EVAL_STEPS * TOKENS_PER_STEP,
                                 "eval_interval": EVAL_STEPS},
                         search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
     storage, driver_temp = tmp_path / "ray", tmp_path / "driver-tmp"
