@@ -27,6 +27,7 @@ EVAL_STEPS, TOKENS_PER_STEP = 300, 16 * 32  # B 16, context 32
 
 
 def _trial_folders(temp: Path) -> list[Path]:
+    """The trials' working folders (tuner.search.scratch) in the temporary folder `temp`."""
     return list(temp.glob("tuner-trials-*"))
 
 
@@ -65,17 +66,17 @@ def test_a_study_runs_on_the_worker_node_stops_with_notice_and_resumes_there(
                     driver.wait()
             assert not _trial_folders(worker.temp_dir)  # what the stopped trials left: removed
 
-            _, runs = resume_to_the_end("nodes", storage, tmp_path, uri, 2, "--address",
-                                        head.address, env=env)
+            resume_to_the_end("nodes", storage, tmp_path, uri, 2, "--address", head.address,
+                              env=env)
             assert not _trial_folders(worker.temp_dir)
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
     assert not _trial_folders(driver_temp)
     for trial_id, last in tune_trials(storage / "nodes").items():
         assert last["tokens"] - last[SINCE_RESTORE] == stopped_at[trial_id] * TOKENS_PER_STEP
+    client, _, runs = mlflow_runs(uri, "nodes")
     nodes = {node.split()[1] for r in runs for node in r.data.tags["tuner.node"].split(", ")}
     assert nodes == {worker.node_id}
-    client, _, runs = mlflow_runs(uri, "nodes")
     for run in runs:  # each checkpoint the worker wrote reached the study's store
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
             "checkpoint/checkpoint.pt"]
