@@ -26,6 +26,7 @@ DATASET_TAG = "tuner.dataset_sha256"  # the dataset's identity (provenance.datas
 SCALE_TAG = "tuner.scale"
 SCALE_EXPERIMENT = "scaling"  # the MLflow experiment of the fits
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
+NODE_TAG = "tuner.node"  # the Ray nodes a trial trained on: "IP NODE_ID" each, comma-separated
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
 # (its process kept failing and Tune failed it: the searcher left it out)
 FAILED_IN_TAG = "tuner.failed_in"
