@@ -1,17 +1,22 @@
 """Checkpoints of search_spaces/lm.yaml's model with its AdamW state: what writing one durably
-(fsync of the file and its folder) costs over a plain write, and what checking the zip's CRC-32s
-adds to torch.load (what a resumed, retried or replayed trial reads).
+(fsync of the file and its folder) costs over a plain write, what checking the zip's CRC-32s
+adds to torch.load (what a resumed, retried or replayed trial reads), and what a checkpoint costs
+a trial's training thread, written as it is waited for or in the background.
 
-    uv run python benchmarks/checkpoints.py [--repeats 5] [--folder DIR]
+    uv run python benchmarks/checkpoints.py [--repeats 5] [--folder DIR] [--trial-steps 24]
 
-Prints two markdown tables for docs/benchmarks.md: medians of the repeats. Writes go to --folder
+Prints three markdown tables for docs/benchmarks.md: medians of the repeats. Writes go to --folder
 (default: the system's temporary folder; put it on the disk the study's --storage uses); reads
-time the file in the page cache (read once before timing).
+time the file in the page cache (read once before timing). The third trains the model on random
+tokens (batch 2, an evaluation and a checkpoint every 2 steps) twice: each checkpoint waited for
+before training goes on, and written in the background (trials' way since their checkpoints went
+on a clock); it gives the training thread's seconds per checkpoint and the steps' tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -20,6 +25,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -27,6 +33,7 @@ from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.layers import TransformerLM
 from model.optim import build_optimizer
+from model.train import train
 
 LM_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "lm.yaml"
 
@@ -60,10 +67,37 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def trial_costs(folder: Path, steps: int) -> list[str]:
+    """A short trial of lm.yaml's model with a checkpoint at each of its evaluations, once waited
+    for and once in the background: the training thread's seconds per checkpoint and the steps'
+    tokens/s (the first interval, where the host buffers are allocated, left out)."""
+    model = ModelConfig(**yaml.safe_load(LM_YAML.read_text())["model"])
+    data = folder / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 200_000), ("valid", 20_000)):
+        np.save(data / f"{split}.npy", rng.integers(0, model.vocab_size, count, dtype=np.uint16))
+    (data / "meta.json").write_text(json.dumps({
+        "vocab_size": model.vocab_size, "dtype": "uint16", "train_tokens": 200_000,
+        "valid_tokens": 20_000, "special_tokens": []}))
+    config = TrainConfig(model=model, data=str(data), total_iters=steps, batch_size=2,
+                         eval_interval=2, eval_windows=2, sample_tokens=0, device="cpu")
+    lines = ["| checkpoint at each evaluation | training thread per checkpoint | steps' tokens/s |",
+             "|---|---|---|"]
+    for how, every_s in (("waited for (a synchronous write)", 0.0),
+                         ("in the background", 1e-9)):
+        records = train(config, checkpoint_dir=folder / how[:6], checkpoint_every_s=every_s).records
+        per = (records[-1].checkpoint_s - records[1].checkpoint_s) / (len(records) - 2)
+        speed = statistics.mean(r.tokens_per_s for r in records[1:])
+        lines.append(f"| {how} | {per:.3f} s | {speed:,.0f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, default=None)
+    parser.add_argument("--trial-steps", type=int, default=24)
     args = parser.parse_args()
     model, optimizer = lm_model()
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
@@ -82,6 +116,7 @@ def main() -> None:
         print("\n| file | torch.load | read_checkpoint (with the CRC-32 check) | the check alone |")
         print("|---|---|---|---|")
         print(f"| {size:.0f} MB | {load:.3f} s | {read:.3f} s | {crc:.3f} s |")
+        print("", *trial_costs(Path(folder), args.trial_steps), sep="\n")
 
 
 if __name__ == "__main__":

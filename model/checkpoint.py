@@ -27,19 +27,30 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k.removeprefix(_COMPILE_PREFIX): v for k, v in model.state_dict().items()}
 
 
+def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                     iteration: int, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint holds: model, optimizer, iteration and `extra` (their live tensors)."""
+    state = {"model": model_state(model), "iteration": iteration, **extra}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
+
+
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     iteration: int, out: str | Path, **extra: Any) -> Path:
     """Write model, optimizer, iteration and `extra` to `out` (a file, or a folder for the default
-    name): whole on disk when it returns, so a crash (power, the node) never leaves a short file
-    under the checkpoint's name."""
+    name), whole on disk when it returns (`write_checkpoint`)."""
+    return write_checkpoint(checkpoint_state(model, optimizer, iteration, **extra), out)
+
+
+def write_checkpoint(state: dict[str, Any], out: str | Path) -> Path:
+    """Write `state` to `out` (a file, or a folder for the default name): whole on disk when it
+    returns, so a crash (power, the node) never leaves a short file under the checkpoint's name."""
     import torch
 
     out = Path(out)
     if out.is_dir():
         out = out / CHECKPOINT_NAME
-    state = {"model": model_state(model), "iteration": iteration, **extra}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         torch.save(state, tmp)

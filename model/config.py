@@ -58,7 +58,7 @@ class HParam:
     def range_text(self) -> str:
         """The valid range in the notation of SYMBOLS.md, e.g. '[0, 1)' or '> 0'."""
         if self.choices is not None:
-            return ", ".join(map(str, self.choices))
+            return ", ".join(map(_yaml_text, self.choices))
         if self.kind is bool:
             return "true, false"
         if self.low is not None and self.high is not None:
@@ -81,9 +81,9 @@ class HParam:
             return None if self.optional else "is required"
         if self.kind is bool:
             return None if isinstance(value, bool) else f"must be true or false, got {shown(value)}"
-        if self.choices is not None:
-            return None if value in self.choices else (
-                f"must be one of {', '.join(map(str, self.choices))}; got {shown(value)}")
+        if self.choices is not None:  # of its type too: 1 is not true, 1.0 is not 1
+            return None if any(value == c and type(value) is type(c) for c in self.choices) else (
+                f"must be one of {self.range_text()}; got {shown(value)}")
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"must be a number, got {shown(value)}"
@@ -126,6 +126,11 @@ class _Shortened(reprlib.Repr):
 
 EXACT_FLOAT = 2**53  # the largest whole numbers a float holds exactly
 BUDGET_MAX = 10**15  # tokens or steps: far beyond any run, and exact in any form
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as YAML writes it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _num(x: float) -> str:
@@ -330,7 +335,9 @@ class TrainConfig:
     device: str = runtime("auto", "auto, cpu, cuda or cuda:N")
     fast: bool = runtime(True, "SDPA flash kernels, bf16 autocast and TF32 on CUDA, fused "
                          "optimizer steps")
-    compile: bool = runtime(False, "torch.compile the model")
+    compile: bool | str = runtime("auto", "torch.compile the model: auto (on CUDA, not on the "
+                                  "CPU, where compiling costs more than it saves), true or false",
+                                  choices=("auto", True, False))
     deterministic: bool = runtime(False, "deterministic torch kernels")
     peak_flops: float | None = runtime(None, "device peak FLOP/s for MFU (None: the GPU's bf16 "
                                        "peak by name, for a fast run)",

@@ -22,18 +22,33 @@ def as_started(command: str) -> str:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+_stops: list[int] = []  # each stop that came, for `stop_requested`
 
 
 def stops_as_ctrl_c() -> None:
     """From now on SIGTERM, SIGUSR1, and SIGHUP unless it is ignored (`nohup`), raise SIGINT in
-    this process (KeyboardInterrupt, or a study's hold)."""
+    this process (KeyboardInterrupt, or a study's hold); each stop is recorded."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _as_ctrl_c)
     signal.signal(signal.SIGUSR1, _as_ctrl_c)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _as_ctrl_c)
 
 
+def stop_requested() -> bool:
+    """Whether a stop came once `stops_as_ctrl_c` set its handlers, even one whose KeyboardInterrupt
+    Python dropped: raised while a finalizer or weakref callback ran, it is only printed."""
+    return bool(_stops)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    _stops.append(signum)
+    raise KeyboardInterrupt
+
+
 def _as_ctrl_c(signum: int, _frame: Any) -> None:
+    _stops.append(signum)
     if signum == signal.SIGHUP:
         _quiet_a_closed_terminal()
     # A command a script started in the background ignores SIGINT (the shell's rule), and then

@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from model.checkpoint import checkpoint_config, checkpoint_path, read_checkpoint, save_checkpoint
+from model.checkpoint import checkpoint_config, checkpoint_path, checkpoint_state, read_checkpoint
+from model.checkpoint_writer import CheckpointWriter
+from model.compiled import compiled, compiles
 from model.config import ConfigError, TrainConfig, load_train_config
 from model.data import get_batch, validation_windows
 from model.layers import TransformerLM
@@ -49,11 +51,13 @@ class EvalRecord:
     tokens_per_s: float
     mfu: float
     elapsed_s: float
+    checkpoint_s: float = 0.0  # this call's training-thread seconds on checkpoints so far
     sample: str | None = None
+    checkpointed: bool = field(default=False, compare=False)  # its step's checkpoint is on disk
 
     def as_metrics(self) -> dict[str, float]:
         """The numeric fields, for trackers."""
-        return {k: v for k, v in asdict(self).items() if k != "sample"}
+        return {k: v for k, v in asdict(self).items() if k not in ("sample", "checkpointed")}
 
 
 @dataclass
@@ -272,16 +276,21 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
           sample_at: Sequence[float] | None = None,
           checkpoint_now: Callable[[], bool] | None = None,
-          on_checkpoint: Callable[[int, EvalRecord | None], None] | None = None) -> TrainResult:
+          on_checkpoint: Callable[[int, EvalRecord | None], None] | None = None,
+          checkpoint_every_s: float = 0.0, checkpoint_at: Sequence[float] = ()) -> TrainResult:
     """Train to T_total steps, evaluating as `config.evaluates_after` says and at the end;
     `on_eval` returning True stops.
 
-    With `checkpoint_dir`, a checkpoint is written at each evaluation before `on_eval` sees it,
-    and between steps whenever `checkpoint_now()` says so (a notice of preemption), after which
-    `on_checkpoint(step, last evaluation)` is called and training goes on. `resume_from`
-    continues any of them exactly where it left off. A text sample comes with every evaluation,
-    or with `sample_at` (token counts where the caller may stop the run) only with the last one
-    and the first at or past each count.
+    With `checkpoint_dir`, evaluations write a checkpoint: the last, the first at or past each
+    token count of `checkpoint_at`, and the first `checkpoint_every_s` seconds after the one
+    before (0: every one). `on_eval` sees such an evaluation (`checkpointed`) once its file is
+    durable: with 0, before training goes on; else it is written in the background while
+    training goes on, and a stop that `on_eval` asks for then comes a few steps later. Between
+    steps, whenever `checkpoint_now()` says so (a notice of preemption), a checkpoint is written
+    and `on_checkpoint(step, last evaluation)` called, and training goes on. `resume_from`
+    continues any of them exactly where it left off. A text sample comes with every evaluation, or with
+    `sample_at` (token counts where the caller may stop the run) only with the last one and the
+    first at or past each count.
     """
     config.validate()
     device = resolve_device(config.device)
@@ -342,11 +351,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             raise ConfigError(str(checkpoint_path(resume_from)), f"holds iteration {step}, outside "
                               f"the 0..{config.steps} steps of this config")
 
-    if config.compile:
-        # Each run compiles its own graphs: in a reused process (a Ray actor's next trial) those
-        # of earlier runs would count towards torch's recompile limit, and past it run eager.
-        torch._dynamo.reset()
-    runner = torch.compile(model) if config.compile else model
+    runner = compiled(model, config) if compiles(config, device) else model
     use_bf16 = config.fast and device.type == "cuda"
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -375,80 +380,121 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
         losses.total, losses.count = resume_state["losses"]
     lr, grad_norm, unread, diverged = 0.0, 0.0, None, False
 
-    def save() -> Path:
-        """A checkpoint of where training is now, `losses` (this interval's) included."""
-        return save_checkpoint(
-            model, optimizer, step, Path(checkpoint_dir), schedule=schedule.state_dict(),
+    def state() -> dict[str, Any]:
+        """Where training is now, `losses` (this interval's) included: a checkpoint's content."""
+        return checkpoint_state(
+            model, optimizer, step, schedule=schedule.state_dict(),
             rng=_rng_state(batch_gen, sample_gen, device),
             records=[asdict(r) for r in result.records], tokens=step * per_step,
             config=config.to_dict(), dataset=dataset_identity(dataset.meta),
             losses=(losses.total, losses.count))
 
+    writer = CheckpointWriter(checkpoint_dir, device) if checkpoint_dir is not None else None
+    pending: EvalRecord | None = None  # an evaluation whose checkpoint is on its way to the disk
+    last_checkpoint = run_start
+
+    def deliver() -> bool:
+        """Hand the pending evaluation to `on_eval` once its checkpoint is durable; whether to
+        stop."""
+        nonlocal pending
+        record, pending = pending, None
+        result.checkpoint = writer.wait()
+        return bool(on_eval(record)) if on_eval is not None else False
+
     model.train()
-    while step < total_steps:
-        if checkpoint_now is not None and checkpoint_dir is not None and checkpoint_now():
-            if unread is not None:  # the last step's loss belongs to the saved interval
+    try:
+        while step < total_steps:
+            if pending is not None and not writer.busy:
+                begin = time.perf_counter()
+                if deliver():
+                    result.status = "stopped"
+                    break
+                interval_start += time.perf_counter() - begin  # not training time
+            if checkpoint_now is not None and writer is not None and checkpoint_now():
+                if pending is not None and deliver():
+                    result.status = "stopped"
+                    break
+                if unread is not None:  # the last step's loss belongs to the saved interval
+                    diverged, unread = losses.add(unread), None
+                if not diverged:  # else this iteration goes on to record the divergence
+                    writer.start(state())
+                    result.checkpoint = writer.wait()
+                    if on_checkpoint is not None:
+                        on_checkpoint(step, result.records[-1] if result.records else None)
+            x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
+                             batch_gen)
+            with autocast():
+                loss = cross_entropy(runner(x), y, config.label_smoothing)
+            loss.backward()
+            if unread is not None:  # the step before's loss, read once this step is queued, so the
+                diverged = losses.add(unread)  # GPU has work while the CPU waits and goes on
+            if not diverged:  # this step's gradients are dropped if the one before diverged
+                lr = schedule.lr(step)
+                set_lr(optimizer, lr)
+                grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                unread = read_later(loss.detach())
+                if not (step == total_steps or config.evaluates_after(step)):
+                    continue
                 diverged, unread = losses.add(unread), None
-            if not diverged:  # else this iteration goes on to record the divergence
-                result.checkpoint = save()
-                if on_checkpoint is not None:
-                    on_checkpoint(step, result.records[-1] if result.records else None)
-        x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
-                         batch_gen)
-        with autocast():
-            loss = cross_entropy(runner(x), y, config.label_smoothing)
-        loss.backward()
-        if unread is not None:  # the step before's loss, read once this step is queued, so the
-            diverged = losses.add(unread)  # GPU has work while the CPU waits and goes on
-        if not diverged:  # this step's gradients are dropped if the one before diverged
-            lr = schedule.lr(step)
-            set_lr(optimizer, lr)
-            grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            unread = read_later(loss.detach())
-            if not (step == total_steps or config.evaluates_after(step)):
-                continue
-            diverged, unread = losses.add(unread), None
 
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        train_time = now - interval_start
-        tokens_per_s = losses.count * per_step / train_time if train_time > 0 else 0.0
-        val_loss = math.inf if diverged else evaluate(runner, windows, config.batch_size, autocast)
-        tokens = step * per_step
-        previous = result.records[-1].tokens if result.records else 0
-        may_end_here = (sample_at is None or step == total_steps
-                        or any(previous < mark <= tokens for mark in sample_at))
-        sample = None
-        if tokenizer is not None and not diverged and may_end_here:
-            from model.generate import generate
+            if pending is not None and deliver():  # its write is late: wait for it
+                result.status = "stopped"
+                break
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            train_time = now - interval_start
+            tokens_per_s = losses.count * per_step / train_time if train_time > 0 else 0.0
+            val_loss = (math.inf if diverged
+                        else evaluate(runner, windows, config.batch_size, autocast))
+            tokens = step * per_step
+            previous = result.records[-1].tokens if result.records else 0
+            may_end_here = (sample_at is None or step == total_steps
+                            or any(previous < mark <= tokens for mark in sample_at))
+            sample = None
+            if tokenizer is not None and not diverged and may_end_here:
+                from model.generate import generate
 
-            sample = generate(model, tokenizer, config.sample_prompt, config.sample_tokens,
-                              temperature=0.8, top_p=0.95, generator=sample_gen)
-        record = EvalRecord(
-            step=step, tokens=tokens, train_loss=losses.mean(),
-            val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=float(grad_norm),
-            tokens_per_s=tokens_per_s,
-            mfu=flops * tokens_per_s / peak if peak else math.nan,
-            elapsed_s=elapsed_before + time.perf_counter() - run_start, sample=sample)
-        result.records.append(record)
-        losses = LossTally(losses.limit)
-        if not diverged:
-            schedule.observe(val_loss, step)
-        if checkpoint_dir is not None and not diverged:
-            result.checkpoint = save()
-        stop = on_eval(record) if on_eval is not None else False
-        if diverged:
-            result.status = "diverged"
-            break
-        if stop:
+                sample = generate(model, tokenizer, config.sample_prompt, config.sample_tokens,
+                                  temperature=0.8, top_p=0.95, generator=sample_gen)
+            checkpointed = writer is not None and not diverged and (
+                step == total_steps or now - last_checkpoint >= checkpoint_every_s
+                or any(previous < mark <= tokens for mark in checkpoint_at))
+            record = EvalRecord(
+                step=step, tokens=tokens, train_loss=losses.mean(),
+                val_loss=val_loss, val_ppl=perplexity(val_loss), lr=lr, grad_norm=float(grad_norm),
+                tokens_per_s=tokens_per_s,
+                mfu=flops * tokens_per_s / peak if peak else math.nan,
+                elapsed_s=elapsed_before + time.perf_counter() - run_start,
+                checkpoint_s=writer.blocked_s if writer is not None else 0.0, sample=sample,
+                checkpointed=checkpointed)
+            result.records.append(record)
+            losses = LossTally(losses.limit)
+            if not diverged:
+                schedule.observe(val_loss, step)
+            stop = False
+            if checkpointed:  # on_eval sees it once the file is durable
+                writer.start(state())
+                pending, last_checkpoint = record, now
+                if checkpoint_every_s <= 0:  # every evaluation: before training goes on
+                    stop = deliver()
+            elif on_eval is not None:
+                stop = bool(on_eval(record))
+            if diverged:
+                result.status = "diverged"
+                break
+            if stop:
+                result.status = "stopped"
+                break
+            interval_start = time.perf_counter()
+        if pending is not None and deliver():
             result.status = "stopped"
-            break
-        interval_start = time.perf_counter()
-
+    finally:
+        if writer is not None:
+            writer.close()
     result.steps, result.tokens = step, step * per_step
     return result
 

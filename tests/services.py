@@ -1,5 +1,6 @@
 """Real services for end-to-end tests, as plain context managers: PostgreSQL, an MLflow tracking
-server on it, and a Ray head, each on 127.0.0.1 on a free port, each torn down on exit.
+server on it, and a Ray head (with a second node, if asked), each on 127.0.0.1 on a free port,
+each torn down on exit.
 
     from services import ServiceUnavailable, mlflow_server, postgres_server, ray_head
 
@@ -16,6 +17,7 @@ touches a process that it did not start (no `ray stop`, no `pg_ctl` on another c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import pwd
@@ -224,29 +226,44 @@ def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str, timeout: fl
 
 
 @dataclass(frozen=True)
+class RayNode:
+    """A node that joined the head: its Ray node id, and its temporary folder (its TMPDIR too)."""
+
+    node_id: str
+    temp_dir: Path
+
+
+@dataclass(frozen=True)
 class RayHead:
     address: str  # for ray.init(address=...) and `tuner search --address`
     env: dict[str, str]  # what a driver's environment needs: its token, and no uv hook
+    worker: RayNode | None = None
+
+
+def _node_id(temp: Path) -> str | None:
+    """The id of the node whose temporary folder is `temp`, once it is up (Ray names its port
+    files after it)."""
+    found = sorted((temp / "session_latest").glob("runtime_env_agent_port_*"))
+    return found[0].name.rsplit("_", 1)[1] if found else None
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2, timeout: float = 120) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 2, worker_cpus: int = 0, timeout: float = 120) -> Iterator[RayHead]:
     """`ray start --head --block` on 127.0.0.1 (a free GCS port, no dashboard, its own temp
     folder, token authentication with a fresh token); yields its address and the environment a
-    driver needs: `subprocess.run(..., env={**os.environ, **head.env})`.
+    driver needs: `subprocess.run(..., env={**os.environ, **head.env})`. With `worker_cpus`, a
+    second node joins it (`ray start --address`) with that many CPUs and a temporary folder of
+    its own, which is also its processes' TMPDIR.
 
     The auth mode is explicit because Ray >= 2.59 turns token auth on by itself when
     ~/.ray/auth_token exists, which would make the cluster depend on the machine's history.
-    The head is stopped by signalling its own process group, never with `ray stop`, which would
+    Each node is stopped by signalling its own process group, never with `ray stop`, which would
     end every Ray cluster on the machine.
     """
     ray = Path(sys.executable).with_name("ray")
     if not ray.exists():
         raise ServiceUnavailable(f"no `ray` command beside {sys.executable}")
     port = free_port()
-    # Ray's Unix socket paths must stay short: a folder directly under /tmp.
-    temp = Path(tempfile.mkdtemp(prefix="tuner-ray-", dir="/tmp"))
-    log = temp / "ray-start.log"
     # RAY_ENABLE_UV_RUN_RUNTIME_ENV as `tuner search` sets it: a driver run under `uv run pytest`
     # would have Ray start each worker through `uv run` again (a minute, or past a timeout)
     head = RayHead(f"127.0.0.1:{port}",
@@ -254,26 +271,49 @@ def ray_head(num_cpus: int = 2, timeout: float = 120) -> Iterator[RayHead]:
                     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
     env = {**os.environ, **head.env, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(ray), "start", "--head", "--block", f"--port={port}",
-           "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
-           "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    try:
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats"]
+    with contextlib.ExitStack() as nodes:
+        started = nodes.enter_context(_ray_node(
+            [str(ray), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
+             "--include-dashboard=false", *common], env))
         deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
-            check = subprocess.run([str(ray), "health-check", "--address", head.address],
-                                   capture_output=True, env=env, timeout=60)
-            if check.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Ray head at {head.address} did not come up within "
-                                   f"{timeout:.0f} s:\n{_tail(log)}")
-            time.sleep(1)
+        while subprocess.run([str(ray), "health-check", "--address", head.address],
+                             capture_output=True, env=env, timeout=60).returncode != 0:
+            _wait_a_second(*started, deadline)
+        if worker_cpus:
+            started = nodes.enter_context(_ray_node(
+                [str(ray), "start", f"--address={head.address}", f"--num-cpus={worker_cpus}",
+                 *common], env, own_tmpdir=True))
+            while (node_id := _node_id(started[1])) is None:
+                _wait_a_second(*started, deadline)
+            head = dataclasses.replace(head, worker=RayNode(node_id, started[1]))
         yield head
+
+
+def _wait_a_second(proc: subprocess.Popen, temp: Path, deadline: float) -> None:
+    """Wait a second for a node to come up: raise once past `deadline`, or when its `ray start`
+    (`proc`, logging in its temporary folder `temp`) has exited."""
+    log = temp / "ray-start.log"
+    if proc.poll() is not None:
+        raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"the Ray node in {temp} did not come up in time:\n{_tail(log)}")
+    time.sleep(1)
+
+
+@contextlib.contextmanager
+def _ray_node(cmd: list[str], env: dict[str, str],
+              own_tmpdir: bool = False) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`cmd` (a `ray start --block`) with a temporary folder of its own (its TMPDIR too where
+    `own_tmpdir`), in a process group of its own, stopped on exit; yields it and the folder."""
+    # Ray's Unix socket paths must stay short: a folder directly under /tmp.
+    temp = Path(tempfile.mkdtemp(prefix="tuner-ray-", dir="/tmp"))
+    env = {**env, "TMPDIR": str(temp)} if own_tmpdir else env
+    with open(temp / "ray-start.log", "wb") as out:
+        proc = subprocess.Popen([*cmd, f"--temp-dir={temp}"], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        yield proc, temp
     finally:
         # `ray start --block` does not exit on SIGTERM itself; its services do, or get SIGKILL.
         _stop_group(proc, grace=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -46,17 +47,55 @@ def start_search(space: Path, uri: str, storage: Path, cwd: Path, *extra: str,
 
 
 def resume_to_the_end(name: str, storage: Path, cwd: Path, uri: str, completed: int,
-                      env: dict[str, str] | None = None
+                      *extra: str, env: dict[str, str] | None = None
                       ) -> tuple[subprocess.CompletedProcess, list]:
-    """`tuner search --resume` of study `name`, which must finish with `completed` completed
-    trials: the command and the study's trial runs."""
-    proc = run_tuner(["search", "--resume", "--name", name, "--storage", str(storage)], cwd=cwd,
-                     env=env)
+    """`tuner search --resume` of study `name` (with `extra` options), which must finish with
+    `completed` completed trials: the command and the study's trial runs."""
+    proc = run_tuner(["search", "--resume", "--name", name, "--storage", str(storage), *extra],
+                     cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, parent, runs = mlflow_runs(uri, name)
     assert parent.info.status == "FINISHED"
     assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * completed
     return proc, runs
+
+
+def tune_trials(study_dir: Path) -> dict[str, dict]:
+    """Each trial's last result in Tune's newest save of the study (its checkpoint among it)."""
+    saved = json.loads(max(study_dir.glob("experiment_state-*.json")).read_text())
+    trials = {}
+    for trial, runtime in saved["trial_data"]:
+        trial, runtime = json.loads(trial), json.loads(runtime)
+        trials[trial["trial_id"]] = runtime["last_result"]
+    return trials
+
+
+def stopped_with_notice(driver: subprocess.Popen, uri: str, study_dir: Path, resume: str,
+                        eval_steps: int, tokens_per_step: int) -> dict[str, int]:
+    """The study a stop with notice ended: exit 130 printing the `resume` command, each trial's
+    run interrupted, its newest checkpoint at the step its last result names, at or past its
+    last evaluation and for one at least between two (`eval_steps` apart); those steps."""
+    from model.checkpoint import read_checkpoint
+    from tuner.search.stopping import STOP_CHECKPOINT, STOP_FLAG
+
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, out + err
+    assert "stopping: the running trials checkpoint their current step" in err, err
+    assert f"continue it with: {resume}" in out
+    client, parent, runs = mlflow_runs(uri, study_dir.name)
+    assert parent.info.status == "KILLED"
+    assert {r.data.tags["tuner.status"] for r in runs} == {"interrupted"}
+    stopped_at = {}
+    for trial_id, last in tune_trials(study_dir).items():
+        run = next(r for r in runs if r.data.tags["tuner.trial_id"] == trial_id)
+        evaluated = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        checkpoint = study_dir / f"trial_{trial_id}" / last["checkpoint_dir_name"]
+        stopped_at[trial_id] = step = last[STOP_CHECKPOINT]
+        assert int(read_checkpoint(checkpoint, mmap=True)["iteration"]) == step
+        assert step * tokens_per_step >= evaluated == last["tokens"]
+    assert any(step % eval_steps for step in stopped_at.values()), stopped_at  # between evals
+    assert not (study_dir / STOP_FLAG).exists()
+    return stopped_at
 
 
 def fresh_store(folder: Path, template: Path) -> str:

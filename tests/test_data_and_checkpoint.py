@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, model_state, read_checkpoint, save_checkpoint
+from model.checkpoint import (checkpoint_state, load_checkpoint, model_state, read_checkpoint,
+                              save_checkpoint)
+from model.checkpoint_writer import CheckpointWriter
 from model.config import ConfigError, TrainConfig
 from model.data import get_batch, validation_windows
 from model.token_files import Dataset, load_tokens
@@ -135,6 +137,25 @@ def test_a_failed_save_keeps_the_last_checkpoint_and_leaves_no_partial_file(
     with pytest.raises(Exception):  # noqa: B017 (torch raises a pickling error of its own)
         save_checkpoint(model, None, 2, path, unsaveable=lambda: 0)
     assert os.listdir(tmp_path) == ["c.pt"] and read_checkpoint(path)["iteration"] == 1
+
+
+def test_a_background_checkpoint_holds_the_state_when_started_and_a_failed_one_raises_at_wait(
+        tmp_path: Path) -> None:
+    """The writer copies the state before `start` returns (training changes it at once after);
+    a write that fails raises on the waiting thread and keeps the checkpoint before it whole."""
+    model = torch.nn.Linear(4, 3)
+    before = model.weight.detach().clone()
+    writer = CheckpointWriter(tmp_path, torch.device("cpu"))
+    writer.start(checkpoint_state(model, None, 1))
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert writer.wait() == tmp_path / "checkpoint.pt"
+    assert torch.equal(read_checkpoint(tmp_path)["model"]["weight"], before)
+    writer.start({**checkpoint_state(model, None, 2), "unsaveable": lambda: 0})
+    with pytest.raises(Exception):  # noqa: B017 (torch raises a pickling error of its own)
+        writer.wait()
+    writer.close()
+    assert os.listdir(tmp_path) == ["checkpoint.pt"] and read_checkpoint(tmp_path)["iteration"] == 1
 
 
 def test_a_checkpoint_is_on_disk_before_its_name_and_its_name_before_the_return(

@@ -224,6 +224,68 @@ def test_a_stop_while_ray_starts_aborts_and_leaves_no_ray_process(
     _wait_exited(sorted(ray_processes))
 
 
+# `tuner search`, but the SIGTERM sent from inside a garbage collection's callback at its
+# STOP_AT-th collection: the handler's KeyboardInterrupt is raised there, and Python drops it
+DROPPED_STOP = """import gc, os, signal, sys
+from tuner.cli import main
+at, seen = int(os.environ["STOP_AT"]), []
+def stop(phase, info):
+    seen.append(phase)
+    if len(seen) == at:
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # the handler runs here
+gc.callbacks.append(stop)
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_python_dropped_during_start_up_still_stops_the_study(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """A stop's KeyboardInterrupt raised while a finalizer or weakref callback runs (SQLAlchemy's
+    run often as MLflow loads) is only printed by Python: the study ran to its end, exit 0. The
+    stop is recorded as well, and honoured before Ray starts."""
+    space = write_space(tmp_path, "dropped", dataset,
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
+    for at in (20, 200, 500):  # from the imports to the checks before Ray (about 800 here)
+        folder = tmp_path / str(at)
+        uri = fresh_store(folder, mlflow_store_template)
+        proc = subprocess.run(
+            [sys.executable, "-c", DROPPED_STOP, "search", "--space", str(space),
+             "--tracking-uri", uri, "--storage", str(folder / "ray")], check=False, cwd=folder,
+            env={**ENV, "STOP_AT": str(at)}, capture_output=True, text=True, timeout=300)
+        assert "KeyboardInterrupt" in proc.stderr  # dropped, as Python does
+        assert proc.returncode == 130, proc.stdout + proc.stderr
+        assert proc.stderr.splitlines()[-1] == "aborted"
+        assert not (folder / "ray").exists()
+
+
+@pytest.mark.slow
+def test_a_stop_at_any_moment_of_the_start_up_stops_the_study(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """SIGTERM or SIGUSR1 at moments spread over the start-up (imports, checks, the store, Ray,
+    Tune's set-up, the first trials): exit 130 each time, aborted or resumable. One was lost
+    (exit 0, the study run to its end)."""
+    space = write_space(tmp_path, "early", dataset,
+                        search={"algorithm": "random", "scheduler": "none", "num_samples": 2})
+    markers = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, "raylet", "folder"]
+    for i, when in enumerate(markers):
+        folder = tmp_path / str(i)
+        uri = fresh_store(folder, mlflow_store_template)
+        storage = folder / "ray"
+        driver = start_search(space, uri, storage, folder, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        if isinstance(when, float):
+            time.sleep(when)
+        while when == "raylet" and not any("raylet" in c for _, c in _descendants(driver.pid)) \
+                or when == "folder" and not (storage / "early").exists():
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        driver.send_signal(signal.SIGUSR1 if i % 2 else signal.SIGTERM)
+        err = driver.communicate(timeout=120)[1]
+        assert driver.returncode == 130, (when, err)
+
+
 @pytest.mark.parametrize(("given", "seen"), [(None, "60"), ("5", "5")])
 def test_a_reused_actor_waits_for_its_last_trial_to_unwind(given: str | None, seen: str) -> None:
     """Tune's 2 s for a stopped trial's thread to end was too short on a busy machine (the next

@@ -7,10 +7,12 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,109 @@ def test_drivers_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pat
                               stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+
+
+def _schema(store: Path) -> tuple[set[str], list]:
+    """A sqlite store's tables and its alembic version rows."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        version = (db.execute("SELECT version_num FROM alembic_version").fetchall()
+                   if "alembic_version" in tables else [])
+    return tables, version
+
+
+def _migrating(folder: Path) -> bool:
+    """Whether MLflow has begun to write the store mlflow.db in `folder` (or its temporary copy)."""
+    for name in ("mlflow.db", ".mlflow.db.creating"):
+        with contextlib.suppress(FileNotFoundError):  # renamed into place as it was looked at
+            if (folder / name).stat().st_size:
+                return True
+    return False
+
+
+def test_a_stop_while_a_new_store_is_made_leaves_it_whole_or_absent(tmp_path: Path) -> None:
+    """A new sqlite store is migrated under a temporary name and renamed into place: a stop or a
+    kill at any moment of its migrations leaves it whole or absent (it left a half-migrated or an
+    empty mlflow.db), and the next command makes it whole."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from tuner.store.connect import connect
+
+    store = tmp_path / "mlflow.db"
+    code = ("import sys; from model.shell import stops_as_ctrl_c; stops_as_ctrl_c()\n"
+            "from tuner.store.connect import connect; connect(sys.argv[1])")  # as `tuner` does
+    head = _get_latest_schema_revision()
+    for stop, delay in [(signal.SIGTERM, d) for d in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)] + [
+            (signal.SIGKILL, 0.2)]:
+        creator = subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{store}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not _migrating(tmp_path):
+            assert creator.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(delay)
+        creator.send_signal(stop)
+        creator.wait(timeout=60)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        if store.exists():
+            tables, version = _schema(store)
+            assert version == [(head,)], (stop, delay, version)
+            assert not [t for t in tables if t.startswith("_alembic_tmp_")]
+            store.unlink()
+            left.remove(store.name)
+        assert left == ([] if stop == signal.SIGTERM else [".mlflow.db.creating"]), left
+    connect(f"sqlite:///{store}")  # over what the kill left
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]
+    assert _schema(store)[1] == [(head,)]
+
+
+def test_a_half_made_store_is_named_with_the_command_that_fixes_it(tmp_path: Path) -> None:
+    """A store whose migrations were cut short (sqlite runs MLflow's DDL outside a transaction)
+    failed every command with a raw SQL error: it is named half-made, and left as it is.
+    Removing it is the fix where it holds no run; one that holds runs is to be upgraded."""
+    import sqlite3
+
+    import sqlalchemy
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow import MlflowClient
+    from mlflow.store.db.utils import InitialBase, _get_alembic_config
+
+    from tuner.errors import UserError
+    from tuner.store.connect import connect
+
+    store = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    config = _get_alembic_config(uri)
+    revisions = [r.revision for r in ScriptDirectory.from_config(config).walk_revisions()]
+    engine = sqlalchemy.create_engine(uri)
+    InitialBase.metadata.create_all(engine)  # as MLflow makes a new store
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revisions[len(revisions) // 2])
+    engine.dispose()
+    with contextlib.closing(sqlite3.connect(store)) as db, db:  # a stop after the migration's
+        db.execute("UPDATE alembic_version SET version_num = ?",  # DDL, before its version
+                   (revisions[len(revisions) // 2 + 1],))
+    before = store.read_bytes()
+    proc = run_tuner(["best", "--study", "any", "--tracking-uri", uri], cwd=tmp_path, timeout=120)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"tracking store {store} is half-made (a stop while it was being created): no run "
+            f"was recorded in it; remove it (rm {store}) and run again") in said
+    assert store.read_bytes() == before
+
+    whole = tmp_path / "whole.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{whole}")
+    client.create_run("0")
+    with contextlib.closing(sqlite3.connect(whole)) as db, db:  # an older MLflow's store
+        db.execute("UPDATE alembic_version SET version_num = ?", (revisions[1],))
+    with pytest.raises(UserError, match=f"its 1 runs are in MLflow tables at schema version "
+                       f"{revisions[1]}, .* back it up, then run mlflow db upgrade "
+                       f"sqlite:///{whole}"):
+        connect(f"sqlite:///{whole}")
 
 
 def test_the_sqlite_creation_lock_follows_no_planted_link(tmp_path: Path,

@@ -538,7 +538,7 @@ def test_a_sample_becomes_a_concrete_trainer_config(tmp_path: Path) -> None:
     assert config.device == "cpu" and config.data == str(tmp_path / "data")
     assert not config.deterministic
     assert config.peak_flops is None  # the GPU's own peak, looked up by its name
-    assert not config.compile
+    assert config.compile == "auto"  # on a GPU, not on the CPU
     exact = load_study(write(tmp_path, study_text(
         extra="resources:\n  deterministic: true\n  peak_flops: 1.25e14\n  compile: true\n"),
         "exact.yaml"))

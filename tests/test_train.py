@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint
+from model.checkpoint import CHECKPOINT_NAME, checkpoint_config, read_checkpoint, save_checkpoint
 from model.config import ConfigError, ModelConfig, TrainConfig, load_train_config
 from model.layers import TransformerLM
 from model.optim import build_optimizer
@@ -73,6 +73,29 @@ def test_resume_equals_uninterrupted_run(byte_dataset: Path, tmp_path: Path) -> 
     assert resumed.status == "completed"
     assert losses(resumed.records) == losses(full.records)
     assert [r.lr for r in resumed.records] == [r.lr for r in full.records]
+
+
+def test_checkpoints_on_a_clock_keep_the_end_and_the_marks_and_are_durable_when_seen(
+        byte_dataset: Path, tmp_path: Path) -> None:
+    """With checkpoints minutes apart, a short run keeps one at its end and at the first
+    evaluation past each mark; written in the background, each is on disk, at its step, when
+    on_eval sees its evaluation, and a run resumed from it equals the uninterrupted one."""
+    config = tiny_config(byte_dataset, dropout=0.1)  # evaluations at steps 10, 20, 30, 40
+    folder, seen = tmp_path / "run", []
+
+    def on_eval(record: EvalRecord) -> None:
+        on_disk = (read_checkpoint(folder, mmap=True)["iteration"]
+                   if (folder / CHECKPOINT_NAME).exists() else None)
+        seen.append((record.step, record.checkpointed, on_disk))
+        if record.checkpointed and record.step == 20:
+            shutil.copy(folder / CHECKPOINT_NAME, tmp_path / "mid.pt")
+
+    result = train(config, on_eval=on_eval, checkpoint_dir=folder, checkpoint_every_s=3600,
+                   checkpoint_at=(15 * config.tokens_per_step,))
+    assert seen == [(10, False, None), (20, True, 20), (30, False, 20), (40, True, 40)]
+    assert result.status == "completed" and os.listdir(folder) == [CHECKPOINT_NAME]
+    resumed = train(config, resume_from=tmp_path / "mid.pt")
+    assert losses(resumed.records) == losses(train(config).records)
 
 
 def test_a_checkpoint_between_evaluations_resumes_at_its_step_exactly(byte_dataset: Path,
@@ -662,20 +685,46 @@ def test_mfu_peak_is_looked_up_by_whole_words_of_the_gpu_name(name: str, flops: 
     assert peak_flops_of(name) == flops
 
 
-def test_each_compiled_run_in_one_process_compiles_its_own_graphs(byte_dataset: Path,
-                                                                  monkeypatch) -> None:
-    """A Ray actor runs trial after trial: the graphs of earlier runs (another dropout each) do
-    not count towards torch's recompile limit, past which a run would silently go eager."""
+def test_a_compiled_run_takes_the_graphs_an_earlier_run_of_its_shape_compiled(
+        byte_dataset: Path, monkeypatch) -> None:
+    """A Ray actor runs trial after trial: one that differs in hyperparameters of the optimizer,
+    the schedule or the loss alone compiles nothing and trains as the first; another batch size
+    or p_drop compiles graphs of its own; a new shape past the graphs a process keeps resets
+    torch's compiler, so that no run goes eager past its recompile limit."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    import model.compiled
+
+    def graphs(config: TrainConfig) -> tuple[int, list]:
+        counters.clear()
+        records = train(config).records
+        assert all(math.isfinite(r.val_loss) for r in records)
+        return counters["stats"]["unique_graphs"], losses(records)
+
+    monkeypatch.setattr(model.compiled, "_kept", set())
     config = tiny_config(byte_dataset, compile=True, total_iters=4, warmup_iters=1,
                          eval_interval=2)
-    compiled = train(replace(config, dropout=0.0))
-    counters.clear()
-    again = train(replace(config, dropout=0.1))
-    assert counters["stats"]["unique_graphs"] >= 1  # its own, not none past the limit
-    assert all(math.isfinite(r.val_loss) for r in compiled.records + again.records)
+    compiled, first = graphs(config)
+    assert compiled >= 1
+    hyper = replace(config, lr_max=1e-2, lr_min=1e-4, warmup_iters=2, beta1=0.8, beta2=0.95,
+                    eps=1e-6, weight_decay=0.3, grad_clip=0.5, label_smoothing=0.1, seed=5)
+    assert graphs(hyper)[0] == 0
+    assert graphs(config) == (0, first)
+    assert graphs(replace(config, dropout=0.2))[0] >= 1
+    monkeypatch.setattr(model.compiled, "KEPT_GRAPH_SETS", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", model.compiled.GRAPHS_PER_SET)
+    assert graphs(replace(config, batch_size=4))[0] >= 1  # a reset: not eager past the limit
+    assert graphs(config) == (compiled, first)  # compiled again, as it was
+
+
+def test_compile_auto_compiles_on_a_gpu_only(byte_dataset: Path) -> None:
+    from model.compiled import compiles
+
+    auto = tiny_config(byte_dataset)
+    assert auto.compile == "auto"
+    assert compiles(auto, torch.device("cuda")) and not compiles(auto, torch.device("cpu"))
+    assert compiles(replace(auto, compile=True), torch.device("cpu"))
+    assert not compiles(replace(auto, compile=False), torch.device("cuda"))
 
 
 def test_an_fp32_gpu_run_has_no_mfu_against_the_bf16_peak(byte_dataset: Path) -> None:

@@ -108,7 +108,7 @@ def show(path: StudyPath) -> None:
         f"{_trials(study)}, "
         f"{search.mode} {search.metric}, at most {search.max_concurrent or 'any'} at once\n"
         f"resources: {fmt(res.cpus_per_trial)} CPU and {fmt(res.gpus_per_trial)} GPU per trial, "
-        f"device {res.device}{', compiled' if res.compile else ''}\n"
+        f"device {res.device}, compile {str(res.compile).lower()}\n"
         f"tracking: {redact(study.tracking.uri)}, experiment {study.tracking.experiment}"))
 
 

@@ -54,7 +54,7 @@ def values_at_equal_tokens(trial_curves: list[Curve]) -> tuple[dict[str, float],
     shorter training than a completed one's: compared as they are, they rate the scheduler's
     stops, not the values. (A batch size whose steps do not divide the evaluation interval
     evaluates a step past T, or ends a step past the budget.)"""
-    from tuner.search.outcome import COMPLETED, STOPPED
+    from tuner.store.layout import COMPLETED, STOPPED
 
     compared = {}  # run id -> finite val_loss points
     for c in trial_curves:

@@ -158,8 +158,7 @@ def transfer_markdown(transfer: Transfer) -> list[str]:
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
                   ) -> tuple[Findings, list[tuple[str, Any]]]:
     """What the report says of the study, and its trials for parallel coordinates."""
-    from tuner.search.outcome import UNRANKED
-    from tuner.store.layout import STUDY_PREFIX
+    from tuner.store.layout import STUDY_PREFIX, UNRANKED
 
     trial_curves = curves(client, trial_runs)
     try:

@@ -19,11 +19,12 @@ from model.metrics import perplexity
 from model.shell import as_started
 from tuner import output
 from tuner.output import count
-from tuner.search.outcome import FINISHED, RUNNING, UNRANKED, outcome, tune_error
+from tuner.search.outcome import outcome, tune_error
 from tuner.search.stopping import draining
 from tuner.search.trainable import TrainedTokens
 from tuner.space.params import shown_value
 from tuner.store import view
+from tuner.store.layout import FINISHED, RUNNING, UNRANKED
 from tuner.store.uri import server_address
 
 MAX_ROWS = 12

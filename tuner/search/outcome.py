@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
-DIVERGED, FAILED = "diverged", "failed"
-FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
-UNRANKED = (DIVERGED, FAILED)  # a low loss before the end does not make such a config the best
+from tuner.store.layout import COMPLETED, DIVERGED, FAILED, STOPPED
+
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
 SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
                    "pbt": "PBT", "none": "the scheduler"}

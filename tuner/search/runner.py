@@ -9,8 +9,6 @@ import contextlib
 import logging
 import os
 import random
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from tuner.errors import UserError
 from tuner.output import count
 from tuner.search import state
 from tuner.search.console import Summary
-from tuner.search.outcome import FINISHED
+from tuner.store.layout import FINISHED
 from tuner.store.redact import redact
 
 
@@ -117,6 +115,7 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tuner.search.algorithms import build_scheduler, build_searcher
+    from tuner.search.trainable import trial_folder
 
     search = study.search
     if search.scheduler == "pbt":  # Tune's max_concurrent_trials is lost on this generator
@@ -127,13 +126,13 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
         num_samples=study.trial_count, max_concurrent_trials=search.max_concurrent,
         search_alg=searcher, scheduler=build_scheduler(study),
-        reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
+        reuse_actors=True, trial_dirname_creator=lambda trial: trial_folder(trial.trial_id))
 
 
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
-                provenance: dict[str, Any], scratch: Path) -> Any:
+                provenance: dict[str, Any], scratch: str) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`, its
-    trials' working files under `scratch`: Tune
+    trials' working files in the folder `scratch` of each node (`tuner.search.scratch`): Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
     scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
     median rule's)."""
@@ -142,18 +141,18 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
     from tuner.search.recovery import CheckpointRepair, StateBackup
-    from tuner.search.stopping import STOP_FLAG, StopRelay
+    from tuner.search.stopping import StopRelay
     from tuner.search.storage_faults import StorageGuard
     from tuner.search.tracking import MlflowRecorder
-    from tuner.search.trainable import run_trial, trial_threads
+    from tuner.search.trainable import checkpoint_interval, run_trial, trial_threads
 
     res = study.resources
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study, data_dir=str(data_dir),
                              threads=trial_threads(study), time_unit=time_unit(study),
-                             stopping_points=stopping_points(study), umask=current_umask(),
-                             stop_flag=str(storage / study.name / STOP_FLAG),
-                             scratch=str(scratch)),
+                             stopping_points=stopping_points(study),
+                             checkpoint_every_s=checkpoint_interval(study), umask=current_umask(),
+                             study_dir=str(storage / study.name), scratch=scratch),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         # A trial resumed from its checkpoint reports again an evaluation its Optuna trial had
@@ -192,12 +191,12 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
-    from tuner.search import storage_faults
+    from tuner.search import scratch, storage_faults
     from tuner.search.console import stop_live_views
     from tuner.search.stopping import STOP_FLAG, abort_if_stopped, stop_handlers_kept, stops_held
     from tuner.search.tune_state import keep, restore_whole_state
 
-    scratch: Path | None = None  # the trials' working files
+    trial_files: str | None = None  # the name of the trials' working folder on each node
     with stops_held(storage / study.name / STOP_FLAG, study.search.stop_grace_s):
         with stop_handlers_kept():
             start_ray(address)
@@ -214,7 +213,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             abort_if_stopped()
             if shortage:
                 warn(f"{shortage}; trials wait until such a node joins")
-            scratch = Path(tempfile.mkdtemp(prefix="tuner-trials-"))
+            trial_files = scratch.new_name()
             with state.driven(storage / study.name):
                 if restore and restore_whole_state(storage / study.name):
                     warn(f"Tune's state in {storage / study.name} was part-written (its driver "
@@ -223,15 +222,17 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
                 with storage_faults.as_storage_full(storage / study.name):
-                    _fit(build_tuner(study, data_dir, storage, config, provenance, scratch))
+                    _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save
                     keep(storage / study.name, storage / study.name)
         finally:
             stop_live_views()
-            ray.shutdown()
-            if scratch is not None:  # with what the trials Tune killed left in it
-                shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                if trial_files is not None:
+                    scratch.remove_everywhere(trial_files, cluster=address is not None)
+            finally:
+                ray.shutdown()
     return summarise(study)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from model.shell import STOP_SIGNALS, stops_as_ctrl_c
+from model.shell import STOP_SIGNALS, stop_requested, stops_as_ctrl_c
 
 ECHO_S = 0.5  # a stop this soon after the one taken is that one again, not a second
 STOP_FLAG = ".stop-requested"  # in the study's folder, while its trials checkpoint for a stop
@@ -38,12 +38,15 @@ _hold(None, 0.0)
 @contextmanager
 def stops_held(flag: Path | None = None, grace_s: float = 0.0) -> Iterator[None]:
     """Within: a SIGINT is held, for `abort_if_stopped` or, once Tune listens, for `StopRelay`,
-    which gives the running trials `grace_s` to checkpoint once it has made the file `flag`."""
+    which gives the running trials `grace_s` to checkpoint once it has made the file `flag`.
+    KeyboardInterrupt at once if a stop came before, whose own was dropped where it was raised."""
     before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     _hold(flag, grace_s)
     _remove(flag)  # a driver killed while its trials checkpointed left it
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
+        if stop_requested():  # checked once held: none can slip between
+            raise KeyboardInterrupt
         yield
     finally:
         for signum, handler in before.items():

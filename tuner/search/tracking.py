@@ -20,17 +20,7 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError, reason
-from tuner.search.outcome import (
-    COMPLETED,
-    DIVERGED,
-    FAILED,
-    FINISHED,
-    RUNNING,
-    STOPPED,
-    UNRANKED,
-    ended,
-    outcome,
-)
+from tuner.search.outcome import ended, outcome
 from tuner.search.run_notes import sample_text, study_note, trial_note
 from tuner.search.stopping import STOP_CHECKPOINT
 from tuner.search.storage_faults import STORAGE_FAULT
@@ -39,21 +29,29 @@ from tuner.store import runs
 from tuner.store.connect import open_client
 from tuner.store.layout import (
     CHECKPOINTS,
+    COMPLETED,
     DEVICE_TAG,
+    DIVERGED,
+    FAILED,
     FAILED_IN_TAG,
+    FINISHED,
     METRICS,
+    NODE_TAG,
     NOTE_TAG,
     PBT_TAG,
     RESUMED_COMMIT_TAG,
     ROLE_TAG,
+    RUNNING,
     SEARCHED_TAG,
     SIZE_TAG,
     STATUS_TAG,
+    STOPPED,
     STUDY_PREFIX,
     STUDY_TAG,
     SYMBOLS_TAG,
     TRANSFER_TAG,
     TRIAL_TAG,
+    UNRANKED,
 )
 from tuner.store.redact import redact
 from tuner.store.rows import trial_row
@@ -108,6 +106,7 @@ class _Child:
     sample: tuple[int, int, str, str] | None = None  # tokens, step, prompt, generated text
     config: dict[str, Any] = field(default_factory=dict)
     described: bool = False  # params, tags and artifacts logged (a kill can cut that short)
+    nodes: list[str] = field(default_factory=list)  # the Ray nodes it trained on, in order
 
 
 class MlflowRecorder(tune.Callback):
@@ -190,6 +189,8 @@ class MlflowRecorder(tune.Callback):
         self._children[trial_id] = child
         if DEVICE_TAG in run.data.tags:
             self._device_noted.add(trial_id)
+        if NODE_TAG in run.data.tags:
+            child.nodes = run.data.tags[NODE_TAG].split(", ")
         status = run.data.tags.get(STATUS_TAG)
         if status in FINISHED and run.info.status != "RUNNING":  # else killed inside `_finish`
             self._finished[trial_id] = status
@@ -326,6 +327,9 @@ class MlflowRecorder(tune.Callback):
         if "device" in result and trial.trial_id not in self._device_noted:
             self._client.set_tag(child.run_id, DEVICE_TAG, str(result["device"]))
             self._device_noted.add(trial.trial_id)
+        if "node" in result and result["node"] not in child.nodes:
+            child.nodes.append(str(result["node"]))
+            self._client.set_tag(child.run_id, NODE_TAG, ", ".join(child.nodes))
         if result.get("sample") is not None:
             child.sample = (tokens, int(result.get("step", 0)),
                             str(result.get("sample_prompt", "")), str(result["sample"]))

@@ -1,7 +1,9 @@
 """The Tune function trainable: a trial is one call of the trainer, reporting at every evaluation.
 
-Each report carries the evaluation's metrics with `tokens` (Tune's time attribute) and a Tune
-checkpoint of the trainer's state, so a retried, resumed or PBT-exploited trial continues from it.
+Each report carries the evaluation's metrics with `tokens` (Tune's time attribute). Those that
+the trainer checkpointed (`search.checkpoint_interval_s` apart, at the end, the first past half
+the budget, and every one under PBT and HyperBand, which pause and clone trials) carry a Tune
+checkpoint of its state too, so a retried, resumed or PBT-exploited trial continues from it.
 A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
 errors are recorded, not retried; Tune's retries are left to processes the OS killed, to a GPU
 out of memory (maybe the other trials' on it). A disk that cannot be written is reported, and
@@ -26,8 +28,13 @@ from typing import Any
 
 TIME_ATTR = "tokens"
 HYPERBAND_TIME = "hyperband_units"  # HyperBand sizes its brackets for few time units: not tokens
-OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder
+OUT_OF_MEMORY_FILE = "out_of_memory_retries"  # in the trial's folder under --storage
 SINCE_RESTORE = "tokens_since_restore"  # trained by this call of the trainable, from its checkpoint
+TRIAL_START = "trial_start"  # when this call of the trainable began (epoch seconds)
+TRIAL_S = "trial_s"  # seconds from then to this report
+CHECKPOINT_S = "checkpoint_s"  # its training thread's seconds on checkpoints (Tune's copies too)
+CHECKPOINT_BYTES = "checkpoint_bytes"  # what its checkpoints wrote to disk, Tune's copies too
+COMPILE_S = "compile_s"  # its seconds compiling the model's graphs
 STOP_POLL_S = 0.2  # how often a trial looks for the driver's stop flag
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
@@ -45,6 +52,21 @@ def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None,
     return metrics
 
 
+def checkpoint_interval(study: Any) -> float:
+    """Seconds between a trial's checkpoints: 0 (each evaluation) where the scheduler pauses
+    trials (HyperBand) or clones them (PBT) at any evaluation."""
+    if study.search.scheduler in ("pbt", "hyperband"):
+        return 0.0
+    return study.search.checkpoint_interval_s
+
+
+def compile_cache() -> Path:
+    """torch's compile caches (inductor's FX graphs, AOTAutograd's, Triton's kernels), one folder
+    for every trial and actor of the machine, and every study: a shape compiles once a machine."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tuner" / "torch-compile"
+
+
 def trial_threads(study: Any) -> int:
     """Torch threads of a trial: its whole CPUs (replays need the same count to be exact)."""
     return max(1, int(study.resources.cpus_per_trial))
@@ -52,43 +74,60 @@ def trial_threads(study: Any) -> int:
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
               time_unit: float | None, stopping_points: tuple[float, ...] | None,
-              umask: int, stop_flag: str, scratch: str) -> None:
-    """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval; a
-    text sample comes with the evaluations where the scheduler may end it, and the last. Its
-    files (checkpoints, in a folder of its own under `scratch`, which the driver deletes) are
-    made under the driver's `umask`, not the one of Ray's processes. Once the file `stop_flag`
-    exists (the study is stopping) it reports a checkpoint of the step it is at, with its last
-    evaluation's metrics again, and waits for Tune to stop it."""
+              checkpoint_every_s: float, umask: int, study_dir: str, scratch: str) -> None:
+    """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval (with
+    its device and node); a text sample comes with the evaluations where the scheduler may end
+    it, and the last. Its working files (checkpoints, in a folder of its own in its node's folder
+    `scratch`, which the driver deletes) are made under the driver's `umask`, not the one of
+    Ray's processes. Once the stop flag exists in `study_dir` (the study is stopping) it reports
+    a checkpoint of the step it is at, with its last evaluation's metrics again, and waits for
+    Tune to stop it."""
     import torch
     from ray import tune
 
+    from model.checkpoint import CHECKPOINT_NAME
+    from model.compiled import compile_seconds
     from model.train import device_label, resolve_device, train
-    from tuner.search.stopping import STOP_CHECKPOINT
+    from tuner.search.scratch import on_this_node
+    from tuner.search.stopping import STOP_CHECKPOINT, STOP_FLAG
     from tuner.search.storage_faults import STORAGE_FAULT, storage_error
 
     os.umask(umask)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache()))
     torch.set_num_threads(threads)
     stopped_by_the_study = False
-    Path(scratch).mkdir(mode=0o700, parents=True, exist_ok=True)  # on a node of its own
-    work = Path(tempfile.mkdtemp(prefix="trial-", dir=scratch))
+    node_scratch = on_this_node(scratch)
+    node_scratch.mkdir(mode=0o700, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="trial-", dir=node_scratch))
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir()
     progress = {"tokens": 0, "budget_tokens": 0, SINCE_RESTORE: 0, "val_loss": WORST,
                 **({HYPERBAND_TIME: 0.0} if time_unit else {})}
+    costs = {CHECKPOINT_S: 0.0, CHECKPOINT_BYTES: 0}  # Tune's copies of the checkpoints
+    started, compiled_before = time.time(), compile_seconds()
     try:
         resume_from, restored_steps = restore(tune.get_checkpoint(), ckpt_dir)
         config = study.trial_config(params, Path(data_dir))
         start = restored_steps * config.tokens_per_step
         progress["budget_tokens"] = config.steps * config.tokens_per_step
-        device = device_label(resolve_device(config.device))
+        where = {"device": device_label(resolve_device(config.device)), "node": node_label()}
 
         def on_eval(record: Any) -> None:
             metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit,
                                        config.sample_prompt),
-                       SINCE_RESTORE: record.tokens - start, "device": device}
+                       SINCE_RESTORE: record.tokens - start, **where,
+                       TRIAL_START: started, TRIAL_S: time.time() - started,
+                       CHECKPOINT_BYTES: costs[CHECKPOINT_BYTES],
+                       CHECKPOINT_S: record.checkpoint_s + costs[CHECKPOINT_S],
+                       COMPILE_S: compile_seconds() - compiled_before}
             progress.update({key: metrics[key] for key in progress})
-            checkpoint = None if metrics["diverged"] else tune.Checkpoint.from_directory(ckpt_dir)
-            tune.report(metrics, checkpoint=checkpoint)
+            if not record.checkpointed:
+                tune.report(metrics)
+                return
+            begin = time.perf_counter()
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+            costs[CHECKPOINT_S] += time.perf_counter() - begin
+            costs[CHECKPOINT_BYTES] += 2 * (ckpt_dir / CHECKPOINT_NAME).stat().st_size  # and copy
 
         def on_stop_checkpoint(step: int, last: Any) -> None:
             if last is not None:  # else no metrics for Tune to take a checkpoint with
@@ -96,7 +135,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
                 metrics = {**trial_metrics(unsampled, progress["budget_tokens"], time_unit,
                                            config.sample_prompt),
                            SINCE_RESTORE: step * config.tokens_per_step - start,
-                           "device": device, STOP_CHECKPOINT: step}
+                           **where, STOP_CHECKPOINT: step}
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
             # Training on would write checkpoints that no one registers, and returning before
             # the driver's loop has ended would end the trial as completed: once it has (the
@@ -105,20 +144,22 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             stop_flag_seen.wait_gone()
             sys.exit(0)
 
-        stop_flag_seen = StopFlag(stop_flag)
+        stop_flag_seen = StopFlag(os.path.join(study_dir, STOP_FLAG))
         result = train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
                        resume_from=resume_from, sample_at=stopping_points,
-                       checkpoint_now=stop_flag_seen, on_checkpoint=on_stop_checkpoint)
+                       checkpoint_now=stop_flag_seen, on_checkpoint=on_stop_checkpoint,
+                       checkpoint_every_s=checkpoint_every_s,
+                       checkpoint_at=(progress["budget_tokens"] / 2,))  # a replay's start
         if progress["tokens"] == 0 and result.records:
             # Restored at its end (a PBT clone of a trial at its last step, a final checkpoint
             # put back after a kill): it trained nothing, so say again where it ended, or Tune
             # keeps the result it restored, which may be from before.
-            on_eval(result.records[-1])
+            on_eval(dataclasses.replace(result.records[-1], checkpointed=True))
     except torch.OutOfMemoryError as err:
         # Maybe the other trials' memory on the GPU: Tune retries it from its checkpoint, as a
         # process the OS killed; the last time it fails as a config that does not fit, so that
         # the searcher learns of it (a trial Tune fails is left out of its model).
-        if _retry_out_of_memory(study.search.max_failures):
+        if _retry_out_of_memory(study.search.max_failures, Path(study_dir)):
             traceback.clear_frames(err.__traceback__)  # they hold the model: free it first
             raise
         _report_error(tune, progress, err)
@@ -137,6 +178,18 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         _free_gpu_memory(torch)
     if stopped_by_the_study:  # returning would end the trial as completed: Tune's stop ends it
         threading.Event().wait()
+
+
+def trial_folder(trial_id: str) -> str:
+    """The name of a trial's folder in the study's, where Tune keeps its checkpoints."""
+    return f"trial_{trial_id}"
+
+
+def node_label() -> str:
+    """The Ray node this process runs on: its IP address and node id."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
 
 
 class StopFlag:
@@ -164,15 +217,16 @@ def _report_error(tune: Any, progress: dict[str, Any], err: Exception) -> None:
                  "traceback": traceback.format_exc(limit=20)})
 
 
-def _retry_out_of_memory(max_failures: int) -> bool:
+def _retry_out_of_memory(max_failures: int, study_dir: Path) -> bool:
     """Whether Tune should run this trial again after a GPU out-of-memory error: counted in the
-    trial's folder, which its restarts share."""
+    trial's folder in `study_dir`, which its restarts share on any node, and after a resume."""
     from ray import tune
 
-    marker = Path(tune.get_context().get_trial_dir()) / OUT_OF_MEMORY_FILE
+    marker = study_dir / trial_folder(tune.get_context().get_trial_id()) / OUT_OF_MEMORY_FILE
     count = int(marker.read_text()) if marker.is_file() else 0
     if count >= max_failures:
         return False
+    marker.parent.mkdir(parents=True, exist_ok=True)  # Tune makes it with its first checkpoint
     marker.write_text(str(count + 1))
     return True
 

@@ -185,6 +185,11 @@ class SearchSection(Section):
     stop_grace_s: float = Field(30.0, ge=0, description="seconds a stopped study (Ctrl-C, "
                                 "SIGTERM, SIGHUP, SIGUSR1) gives its running trials to checkpoint "
                                 "the step they are at; 0 stops them at once")
+    checkpoint_interval_s: float = Field(300.0, ge=0, description="seconds of a trial's training "
+                                         "between its checkpoints (written in the background at "
+                                         "an evaluation; a trial also keeps one at its end, past "
+                                         "half its budget and at a stop); 0 keeps one at every "
+                                         "evaluation, as pbt and hyperband always do")
     storage: str | None = Field(None, max_length=TEXT_MAX, description="Optuna storage URL that "
                                 "keeps the search state (default: in memory)")
     warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in "
@@ -217,8 +222,9 @@ class ResourcesSection(Section):
                                 "whose GPU replays are bit-exact (CPU trials always are)")
     peak_flops: float | None = Field(None, gt=0, description="the GPU's peak FLOP/s, for mfu "
                                      "(default: its dense bf16 peak, looked up by its name)")
-    compile: bool = Field(False, description="torch.compile each trial's model: about 1.8x the "
-                          "tokens/s on a GPU, after compiling at the trial's start")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each trial's model (auto: on a GPU, not on the CPU): "
+        "about 1.8x the tokens/s on a GPU, after compiling once per shape and machine")
 
     @field_validator("gpus_per_trial")
     @classmethod

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from tuner.errors import UserError, reason
 from tuner.store.redact import remember
+from tuner.store.sqlite_store import make_or_check, read
 from tuner.store.uri import KEPT_NOTHING, absolute_uri, in_memory, server_address, sqlite_file
 
 # MLflow's tracking stores ("" a folder's path); others fail deep inside MLflow's registry
@@ -40,8 +41,12 @@ def connect(uri: str) -> Any:
         _check_database(uri)
     try:
         with _creation_lock(uri):
+            if (path := sqlite_file(uri)) is not None and not in_memory(uri):
+                make_or_check(path, uri)
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"tracking store {uri} cannot be used: {reason(err)}") from None
     return client
@@ -49,8 +54,9 @@ def connect(uri: str) -> Any:
 
 @contextlib.contextmanager
 def _creation_lock(uri: str) -> Iterator[None]:
-    """Held while a sqlite store is opened: MLflow's tracking store creates a new file's tables
-    without a lock, so two studies starting together on one new file failed in its migrations."""
+    """Held while a sqlite store is made or opened: MLflow's tracking store creates a new file's
+    tables without a lock, so two studies starting together on one new file failed in its
+    migrations."""
     path = sqlite_file(uri)
     if path is None:
         yield
@@ -152,36 +158,21 @@ def holds_mlflow_tables(path: Path, uri: str) -> bool:
     UserError when it cannot be read at all."""
     import sqlite3
 
-    def tables(mode: str) -> list[Any]:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}",
-                                                uri=True)) as db:
-            return db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
-                              "name = 'experiments'").fetchall()
-
     try:
-        try:
-            found = tables("ro")
-        except sqlite3.OperationalError as err:
-            if "readonly" not in str(err):
-                raise
-            # a writer killed mid-transaction (a SIGKILLed driver) left a hot journal, which
-            # only a connection that may write rolls back, as MLflow's next one would
-            found = tables("rw")
-    except sqlite3.OperationalError as err:  # unreadable, locked: not a question of content
-        raise UserError(f"tracking store {uri} cannot be used: {err}") from None
+        return bool(read(path, uri, "SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                                    "name = 'experiments'"))
     except sqlite3.DatabaseError:  # not a database
         return False
-    return bool(found)
 
 
 def new_sqlite_store(uri: str) -> bool:
-    """Whether `uri` is a sqlite file that does not exist yet; UserError if it cannot be made, or
-    is a database of something else."""
+    """Whether `uri` is a sqlite file that does not exist yet, or is empty; UserError if it cannot
+    be made, or is a database of something else."""
     path = sqlite_file(uri)
     if path is None:
         return False
-    if path.exists():
-        if path.stat().st_size and not holds_mlflow_tables(path, uri):  # MLflow adds its own
+    if path.exists() and path.stat().st_size:
+        if not holds_mlflow_tables(path, uri):  # MLflow would add its own
             raise UserError(f"tracking store {uri}: {path} is another database, not an MLflow "
                             "store; pass a new file or an MLflow store")
         return False

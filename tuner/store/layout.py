@@ -8,6 +8,11 @@ METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
+# A trial run's status (its STATUS_TAG)
+RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
+DIVERGED, FAILED = "diverged", "failed"
+FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
+UNRANKED = (DIVERGED, FAILED)  # a low loss before the end does not make such a config the best
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
 SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSON)
@@ -21,6 +26,7 @@ DATASET_TAG = "tuner.dataset_sha256"  # the dataset's identity (provenance.datas
 SCALE_TAG = "tuner.scale"
 SCALE_EXPERIMENT = "scaling"  # the MLflow experiment of the fits
 DEVICE_TAG = "tuner.device"  # what the trial trained on: cpu, or cuda with the GPU's model
+NODE_TAG = "tuner.node"  # the Ray nodes a trial trained on: "IP NODE_ID" each, comma-separated
 # A failed trial's: "trainer" (it raised; the searcher was told the worst val_loss) or "process"
 # (its process kept failing and Tune failed it: the searcher left it out)
 FAILED_IN_TAG = "tuner.failed_in"

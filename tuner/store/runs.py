@@ -24,6 +24,7 @@ from tuner.store.layout import (
     STATUS_TAG,
     STUDY_TAG,
     TRIAL_TAG,
+    UNRANKED,
 )
 
 SQL_MAX = 1.7976931348623157e308  # SQL stores write ±inf as ±the largest float
@@ -197,8 +198,6 @@ def ranked(runs: list[Any]) -> list[Any]:
 def counts_as_best(run: Any) -> bool:
     """Whether a trial run can be the study's best: it evaluated and neither diverged nor failed
     (a loss it reached before diverging does not make its config a good one)."""
-    from tuner.search.outcome import UNRANKED
-
     return (math.isfinite(metric(run, "best_val_loss"))
             and run.data.tags.get(STATUS_TAG) not in UNRANKED)
 
