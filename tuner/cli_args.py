@@ -15,13 +15,13 @@ TrackingUri = Annotated[str, typer.Option(
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-def folder(value: str) -> Path:
+def folder(value: str | Path) -> Path:
     """A folder option's value (`parser=folder`): "" is refused, since as a Path it is the
     current folder, where a study's state or a report would land among the user's files; so is
     a URI (`s3://bucket`), which as a Path is a folder `s3:` here."""
     if not value:
         raise typer.BadParameter("empty: give a folder (. for the current one)")
-    if "://" in value:
+    if "://" in str(value):  # a default comes as a Path
         raise typer.BadParameter(f"{value} is a URI: give a folder of a file system (on a Ray "
                                  "cluster, one that every node mounts at the same path)")
     path = Path(value)
