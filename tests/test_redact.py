@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import string
 import subprocess
@@ -61,8 +62,6 @@ def test_redact_masks_only_credentials(text: str, shown: str) -> None:
 
 def test_redacted_json_stays_json() -> None:
     """A study's resolved JSON is redacted as text before MLflow gets it: it must still parse."""
-    import json
-
     study = {"tracking": {"uri": "postgresql://u@db/m?sslmode=require&password=s3cret"},
              "search": {"storage": "s3://b/k?token=abc"}, "name": "x"}
     shown = json.loads(redact(json.dumps(study)))
@@ -100,7 +99,6 @@ def test_a_known_uri_is_masked_by_its_structure(form: str) -> None:
     """Whatever its password holds, a URI tuner was given shows its host and none of its
     password, as given, quoted or %-encoded (a token alone holds no ":", which ends a user, and
     a query value no "&", which ends it)."""
-    import json
     from urllib.parse import quote
 
     from tuner.store.redact import mask_uri, remember
@@ -158,8 +156,6 @@ def _commands(uri: str, tmp: Path) -> list[list[str]]:
 def test_no_command_prints_a_password(case: int, tmp_path: Path) -> None:
     """Each command that reads a store, given one that does not answer, names it without its
     password: on the command line, in MLFLOW_TRACKING_URI, or in a study file."""
-    import json
-
     tuner = str(Path(sys.executable).with_name("tuner"))
     password = PASSWORDS[case * 17 % len(PASSWORDS)]
     uri = URIS[case % 3].format(password)
@@ -176,3 +172,23 @@ def test_no_command_prints_a_password(case: int, tmp_path: Path) -> None:
                               cwd=tmp_path, env={**os.environ, **env}, check=False)
         out = proc.stdout + proc.stderr
         assert proc.returncode in (0, 2) and "127.0.0.1" in out and not _leaks(out), (command, out)
+
+
+def test_params_and_tags_reach_mlflow_masked(tmp_path: Path, mlflow_store_template: Path) -> None:
+    """Every param and tag goes through one writer, which masks a URI tuner was given (a failed
+    trial's traceback may quote one), in a real MLflow store."""
+    from mlflow import MlflowClient
+    from studies import fresh_store
+
+    from tuner.store.redact import remember
+    from tuner.store.write import log_params_tags
+
+    uri = URIS[0].format(PASSWORDS[7])
+    remember(uri)
+    client = MlflowClient(tracking_uri=fresh_store(tmp_path, mlflow_store_template))
+    run = client.create_run(client.create_experiment("x"))
+    log_params_tags(client, run.info.run_id, {"storage": uri},
+                    {"tuner.error": f"Traceback: OperationalError: {uri!r} refused"})
+    data = client.get_run(run.info.run_id).data
+    assert not _leaks(json.dumps([data.params, data.tags]))
+    assert data.params["storage"] == "postgresql+psycopg2://bob:***@127.0.0.1:9/db"
