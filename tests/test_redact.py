@@ -95,23 +95,41 @@ def _leaks(text: str) -> bool:
 
 
 @pytest.mark.parametrize("form", URIS)
-def test_a_known_uri_is_masked_by_its_structure(form: str) -> None:
+def test_a_known_uri_is_masked_by_its_structure(form: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever its password holds, a URI tuner was given shows its host and none of its
-    password, as given, quoted or %-encoded (a token alone holds no ":", which ends a user, and
-    a query value no "&", which ends it)."""
+    password: as given, quoted, %-encoded, or cut anywhere inside it, as a driver that parsed
+    the URI otherwise quotes the rest with the host (a token alone holds no ":", which ends a
+    user, and a query value no "&", which ends it)."""
     from urllib.parse import quote
 
-    from tuner.store.redact import mask_uri, remember
+    from tuner.store import redact as module
 
     for password in PASSWORDS:
         if ("://{}@" in form and ":" in password) or ("={}" in form and "&" in password):
             continue
+        monkeypatch.setattr(module, "_known", {})  # the URIs of one command, as in use
+        monkeypatch.setattr(module, "_secrets", set())
         uri = form.format(password)
-        remember(uri)
-        assert not _leaks(mask_uri(uri)) and "127.0.0.1:9" in mask_uri(uri), uri
+        module.remember(uri)
+        assert not _leaks(module.mask_uri(uri)) and "127.0.0.1:9" in module.mask_uri(uri), uri
         text = (f"error: tracking store {uri} cannot be used: {uri}/api/2.0 failed; "
                 f"{json.dumps({'uri': uri})} {uri!r} {quote(password)} {password!r}")
         assert not _leaks(redact(text)), (uri, redact(text))
+        at = uri.index(password)
+        for cut in range(at + 1, at + len(password)):
+            rest = [f'option "{uri[cut:]}"'] if "{}@" in form else []  # a host to tell by
+            for piece in [f"user {uri[:cut]}", *rest]:
+                assert not _leaks(redact(piece)), (piece, redact(piece))
+
+
+def test_a_piece_of_a_password_a_driver_quotes_is_masked() -> None:
+    """SQLAlchemy reads a password up to its first "@"; psycopg2 then named the rest."""
+    from tuner.store.redact import remember
+
+    remember("postgresql+psycopg2://bob:Zq a@b'c\"?#Zx@127.0.0.1:9/db?sslmode=disable")
+    assert redact('invalid connection option "#Zx@127.0.0.1:9/db?sslmode"') == \
+        'invalid connection option "***@127.0.0.1:9/db?sslmode"'
 
 
 def test_a_query_password_is_masked_whole() -> None:
@@ -164,7 +182,8 @@ def test_no_command_prints_a_password(case: int, tmp_path: Path) -> None:
     if case == 0:  # the store in the environment, and in a study file
         runs.append((args[:-2], {"MLFLOW_TRACKING_URI": uri}))
         study = tmp_path / "s.yaml"
-        study.write_text(STUDY.format(uri=json.dumps(URIS[4].format("Zq a b'c\"Zx"))))
+        in_file = URIS[0].format("Zq a@b'c\"?#Zx") + "?sslmode=disable&sslpassword=Zq a b'\"Zx"
+        study.write_text(STUDY.format(uri=json.dumps(in_file)))
         runs += [(["space", "show", str(study)], {}),
                  (["search", "--space", str(study), "--storage", str(tmp_path / "ray")], {})]
     for command, env in runs:

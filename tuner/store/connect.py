@@ -109,8 +109,9 @@ def _check_server(uri: str) -> None:
 
 
 def _check_database(uri: str) -> None:
-    """Fail fast on a database store that does not answer (MLflow retries for a minute and a
-    half, with a warning at each try); other failures are left to MLflow to name."""
+    """Fail fast on a database store that does not answer or whose driver refuses the URI's
+    options (MLflow retries for a minute and a half, with a warning at each try); other failures
+    are left to MLflow to name."""
     import sqlalchemy
 
     try:
@@ -124,7 +125,7 @@ def _check_database(uri: str) -> None:
     try:
         with engine.connect():
             pass
-    except sqlalchemy.exc.OperationalError as err:  # refused, timed out, no such host
+    except sqlalchemy.exc.DBAPIError as err:  # refused, timed out, no such host, a bad option
         raise UserError(f"tracking store {uri} cannot be used: {reason(err.orig or err)}"
                         ) from None
     except Exception:  # noqa: BLE001 - a driver missing, say: MLflow says what it lacks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
@@ -20,6 +21,7 @@ _SECRET_NAME = (r"(?:[\w.-]*(?:password|passwd|pwd|token|secret|signature|creden
 _QUERY_VALUE = re.compile(rf"[?&]{_SECRET_NAME}=([^&]*)", re.IGNORECASE)
 _REQUOTED = "!#$%&'()*+,/:;=?@[]~"  # what requests leaves as it is in a URL
 _SHORTEST_SECRET = 4  # a shorter one alone is masked only inside its URI, not in any text
+_CONTEXT = 6  # characters of a URI that mark a piece of its secret quoted with them
 
 # The userinfo of a URI in free text: a password may hold "/", "@", "?" and "#" unescaped
 # (SQLAlchemy and requests read up to the last "@" before the host), so it ends at the "@" whose
@@ -61,8 +63,13 @@ def _secret_spans(uri: str) -> list[tuple[int, int]]:
         begin = len(scheme) + 3
         colon = uri.find(":", begin, at)
         spans.append((begin if colon < 0 else colon + 1, at))
+    return _merged(spans)  # a password may hold a whole "?token=x&"
+
+
+def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` in order, those that overlap or touch joined."""
     merged: list[tuple[int, int]] = []
-    for start, stop in sorted(spans):  # a password may hold a whole "?token=x&"
+    for start, stop in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
         else:
@@ -93,6 +100,44 @@ def remember(uri: str | None) -> None:
             _secrets.add(form)  # unless the masked URI shows it anyway: a user or host, say
 
 
+def _mask_pieces(text: str, uri: str) -> str:
+    """`text` with each piece of a secret of `uri` masked that it quotes with the URI's text
+    around it: a parser that cut the URI inside a password names the rest ("#Zx@host/db")."""
+    cut = []
+    for a, b in _secret_spans(uri):
+        for k in range(a, b):
+            ahead, behind = uri[k:k + _CONTEXT], uri[max(0, k + 1 - _CONTEXT):k + 1]
+            for p in _found(text, ahead) if len(ahead) == _CONTEXT else ():
+                if _common(text[p:], uri[k:]) > b - k:  # on past the secret, into the URI
+                    cut.append((p, p + b - k))
+            for p in _found(text, behind) if len(behind) == _CONTEXT else ():
+                end = p + len(behind)
+                if _common(text[:end][::-1], uri[:k + 1][::-1]) > k + 1 - a:
+                    cut.append((end - (k + 1 - a), end))
+    shown, end = [], 0
+    for start, stop in _merged(span for span in cut if span[1] - span[0] >= 2):
+        shown += [text[end:start], MASK]  # (one character of a password tells little)
+        end = stop
+    return "".join([*shown, text[end:]])
+
+
+def _found(text: str, piece: str) -> list[int]:
+    """Where `piece` starts in `text`."""
+    at, found = text.find(piece), []
+    while at >= 0:
+        found.append(at)
+        at = text.find(piece, at + 1)
+    return found
+
+
+def _common(a: str, b: str) -> int:
+    """The length of the longest prefix `a` and `b` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def redact(text: str) -> str:
     """`text` with the credentials of every URI in it replaced by ***."""
     for uri in sorted(_known, key=len, reverse=True):
@@ -102,6 +147,8 @@ def redact(text: str) -> str:
             text = text.replace(uri, _known[uri])
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
+    for uri in _known:
+        text = _mask_pieces(text, uri)
     text = _USERINFO.sub(lambda m: f"{m[1]}{m[2]}:{MASK}@" if m[3] is not None
                          else f"{m[1]}{MASK}@", text)
     return _SECRET_QUERY.sub(rf"\1{MASK}", text)
