@@ -38,9 +38,10 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
                       if (need := _floor(study, {**smallest, name: value})) is not None
                       and need > have] for name, dist in sizes.items()}
     here = f"a trial has {have / GIB:.1f} GiB here ({where})"
-    transfers = [text for name in study.model.transferred() for text in too_big.get(name, [])]
+    transferred = [name for name in study.model.transferred() if too_big.get(name)]
+    transfers = [text for name in transferred for text in too_big[name]]
     if transfers:  # unlike a searched value, every sample trains at every transfer size
-        fields = ", ".join(f"model.{name}" for name in study.model.transferred() if too_big.get(name))
+        fields = ", ".join(f"model.{name}" for name in transferred)
         raise UserError(f"{fields}: every sample trains at each transfer size, and these cannot "
                         f"fit even with every other size at its smallest: {', '.join(transfers)}"
                         f"; {here}. Drop them from the transfer list")
