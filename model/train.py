@@ -288,9 +288,9 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     training goes on, and a stop that `on_eval` asks for then comes a few steps later. Between
     steps, whenever `checkpoint_now()` says so (a notice of preemption), a checkpoint is written
     and `on_checkpoint(step, last evaluation)` called, and training goes on. `resume_from`
-    continues any of them exactly where it left off. A text sample comes with every evaluation, or with
-    `sample_at` (token counts where the caller may stop the run) only with the last one and the
-    first at or past each count.
+    continues any of them exactly where it left off. A text sample comes with every evaluation,
+    or with `sample_at` (token counts where the caller may stop the run) only with the last one
+    and the first at or past each count.
     """
     config.validate()
     device = resolve_device(config.device)

@@ -76,7 +76,9 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
     space = write_space(tmp_path, "killed", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 1e-2]}},
                         budget={"tokens": 122880, "eval_interval": 20},
-                        search={"algorithm": "tpe", "scheduler": "none", "num_samples": 6})
+                        # a checkpoint at each evaluation: Tune's named ones are what it repairs
+                        search={"algorithm": "tpe", "scheduler": "none", "num_samples": 6,
+                                "checkpoint_interval_s": 0})
     storage = tmp_path / "ray"
     driver = start_search(space, uri, storage, tmp_path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
