@@ -22,6 +22,7 @@ _QUERY_VALUE = re.compile(rf"[?&]{_SECRET_NAME}=([^&]*)", re.IGNORECASE)
 _REQUOTED = "!#$%&'()*+,/:;=?@[]~"  # what requests leaves as it is in a URL
 _SHORTEST_SECRET = 4  # a shorter one alone is masked only inside its URI, not in any text
 _CONTEXT = 6  # characters of a URI that mark a piece of its secret quoted with them
+_LONGEST = 10_000  # a longer "URI" is refused as one (a study file's), and masked by pattern
 
 # The userinfo of a URI in free text: a password may hold "/", "@", "?" and "#" unescaped
 # (SQLAlchemy and requests read up to the last "@" before the host), so it ends at the "@" whose
@@ -89,7 +90,7 @@ def _forms(text: str) -> set[str]:
 
 def remember(uri: str | None) -> None:
     """Mask `uri` by its structure, and its secrets wherever they appear, in all `redact` does."""
-    if not uri or uri in _known:
+    if not uri or len(uri) > _LONGEST or uri in _known:
         return
     masked = mask_uri(uri)
     _known[uri] = masked
