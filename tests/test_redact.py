@@ -211,3 +211,26 @@ def test_params_and_tags_reach_mlflow_masked(tmp_path: Path, mlflow_store_templa
     data = client.get_run(run.info.run_id).data
     assert not _leaks(json.dumps([data.params, data.tags]))
     assert data.params["storage"] == "postgresql+psycopg2://bob:***@127.0.0.1:9/db"
+
+
+def test_a_library_log_record_is_masked(caplog: pytest.LogCaptureFixture) -> None:
+    """MLflow's retries log the error they caught, URI and all, straight to stderr."""
+    import logging
+
+    from tuner.store.redact import mask_log_records, remember
+
+    uri = URIS[1].format(PASSWORDS[3])
+    remember(uri)
+    factory = logging.getLogRecordFactory()
+    mask_log_records()
+    try:
+        logging.getLogger("mlflow.store.db.utils").warning("engine failed: %s", uri)
+        try:
+            raise ConnectionError(f"cannot reach {uri}")
+        except ConnectionError:
+            logging.getLogger("sqlalchemy").exception("caught")
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert "engine failed: postgresql://bob:***@127.0.0.1:9/db" in caplog.text
+    assert "cannot reach postgresql://bob:***@127.0.0.1:9/db" in caplog.text
+    assert not _leaks(caplog.text)

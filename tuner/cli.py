@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from model.config import ConfigError
 from model.shell import stops_as_ctrl_c
 from tuner.errors import UserError, reason
-from tuner.store.redact import redact, remember
+from tuner.store.redact import mask_log_records, redact, remember
 
 
 class _Group(TyperGroup):
@@ -75,6 +75,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     _remember_uris(sys.argv[1:])
+    mask_log_records()
     try:
         _register()  # half a second of imports, which Ctrl-C may cut as any other step
         result = app(standalone_mode=False)

@@ -9,8 +9,10 @@ other URIs in a text are found by pattern."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
@@ -153,3 +155,24 @@ def redact(text: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m[1]}{m[2]}:{MASK}@" if m[3] is not None
                          else f"{m[1]}{MASK}@", text)
     return _SECRET_QUERY.sub(rf"\1{MASK}", text)
+
+
+def mask_log_records() -> None:
+    """Pass every log record made from now on in this process through `redact`: a library's
+    warning may quote an error, URI and all (MLflow's retries do). Idempotent."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "masked", False):
+        return
+
+    def masked(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # noqa: BLE001 - a message its arguments do not fit: logging says so
+            return record
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    masked.masked = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked)
