@@ -8,9 +8,9 @@ a trial's training thread, written as it is waited for or in the background.
 Prints three markdown tables for docs/benchmarks.md: medians of the repeats. Writes go to --folder
 (default: the system's temporary folder; put it on the disk the study's --storage uses); reads
 time the file in the page cache (read once before timing). The third trains the model on random
-tokens (batch 2, an evaluation and a checkpoint every 2 steps) twice: each checkpoint waited for
-before training goes on, and written in the background (trials' way since their checkpoints went
-on a clock); it gives the training thread's seconds per checkpoint and the steps' tokens/s.
+tokens (batch 2, an evaluation and a checkpoint every 2 steps), each checkpoint waited for before
+training goes on or written in the background (as trials write theirs), on one torch thread and
+on every core: the training thread's seconds per checkpoint and the steps' tokens/s.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def trial_costs(folder: Path, steps: int) -> list[str]:
     """A short trial of lm.yaml's model with a checkpoint at each of its evaluations, once waited
-    for and once in the background: the training thread's seconds per checkpoint and the steps'
-    tokens/s (the first interval, where the host buffers are allocated, left out)."""
+    for and once in the background, on one torch thread (a trial of cpus_per_trial 1, with a
+    core left for the writer) and on every core: the training thread's seconds per checkpoint and
+    the steps' tokens/s (the first interval, where the host buffers are allocated, left out)."""
     model = ModelConfig(**yaml.safe_load(LM_YAML.read_text())["model"])
     data = folder / "data"
     data.mkdir()
@@ -82,14 +83,17 @@ def trial_costs(folder: Path, steps: int) -> list[str]:
         "valid_tokens": 20_000, "special_tokens": []}))
     config = TrainConfig(model=model, data=str(data), total_iters=steps, batch_size=2,
                          eval_interval=2, eval_windows=2, sample_tokens=0, device="cpu")
-    lines = ["| checkpoint at each evaluation | training thread per checkpoint | steps' tokens/s |",
-             "|---|---|---|"]
-    for how, every_s in (("waited for (a synchronous write)", 0.0),
-                         ("in the background", 1e-9)):
-        records = train(config, checkpoint_dir=folder / how[:6], checkpoint_every_s=every_s).records
-        per = (records[-1].checkpoint_s - records[1].checkpoint_s) / (len(records) - 2)
-        speed = statistics.mean(r.tokens_per_s for r in records[1:])
-        lines.append(f"| {how} | {per:.3f} s | {speed:,.0f} |")
+    lines = ["| torch threads | checkpoint at each evaluation | training thread per checkpoint "
+             "| steps' tokens/s |", "|---|---|---|---|"]
+    for threads in sorted({1, os.cpu_count() or 1}):  # a trial's cpus_per_trial; every core
+        torch.set_num_threads(threads)
+        for how, every_s in (("waited for (a synchronous write)", 0.0),
+                             ("in the background", 1e-9)):
+            records = train(config, checkpoint_dir=folder / f"{threads}{how[:6]}",
+                            checkpoint_every_s=every_s).records
+            per = (records[-1].checkpoint_s - records[1].checkpoint_s) / (len(records) - 2)
+            speed = statistics.mean(r.tokens_per_s for r in records[1:])
+            lines.append(f"| {threads} | {how} | {per:.3f} s | {speed:,.0f} |")
     return lines
 
 

@@ -1,27 +1,29 @@
 """What a study draws from its GPU, against one trial alone: one command, on data it makes itself.
 
     python3 benchmarks/gpu_study.py [--work DIR] [--json FILE]        # a GPU, at most 8 minutes
-    uv run python benchmarks/gpu_study.py --tiny                      # the same code on the CPU
+    uv run python benchmarks/gpu_study.py --tiny [--compile true]     # the same code on the CPU
 
 It writes random tokens (vocab 10000; --tiny: 512) as a dataset folder, then:
 1. the baseline: one trial alone at B=128 (--tiny: 32), in a process of its own, compiled as
-   `resources.compile: auto` compiles it (on a GPU, not on the CPU): tokens/s of its steps after
-   the first evaluation (compilation falls before it), and MFU;
+   the study's `resources.compile` says (`auto`: on a GPU, not on the CPU): tokens/s of its steps
+   after the first evaluation (compilation falls before it), and MFU;
 2. a study of search_spaces/lm.yaml as shipped (its model, batch-size mix, TPE + ASHA, 4 trials
    per GPU, compile and checkpoint defaults) on that data, with its budget, evaluations and ASHA
    rungs cut alike to fit (--tiny: the quickstart's model, 2 trials on 2 cores);
 3. from the trials' Tune results: the study's aggregate tokens/s and its ratio to the baseline,
    the share of slot time (trials' span × concurrency) in training steps, each trial's start-up
-   and compile seconds (the first trial of a batch size compiles cold, the rest warm), the
-   checkpoint seconds on the training thread, the disk checkpoints wrote per trial, and MFU.
+   and compile seconds by how it started (a new actor or a reused one; a shape new to the
+   machine, in the compile caches on disk, or the actor's own), the checkpoint seconds on the
+   training thread, the disk checkpoints wrote per trial, and MFU.
 
-torch's compile caches start empty in the work folder, so the first trials compile cold.
+torch's compile caches start empty in the work folder: the baseline compiles its shape cold.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -45,6 +47,12 @@ TINY = {"vocab": 512, "baseline_batch": 32, "tokens": 409_600, "samples": 8,
         "baseline_steps": 120, "valid_tokens": 50_000, "train_tokens": 2_000_000}
 
 
+def repo_env() -> dict[str, str]:
+    """This environment with the repository importable (a GPU machine runs it uninstalled)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
 def make_dataset(folder: Path, vocab: int, train_tokens: int, valid_tokens: int) -> Path:
     """A dataset folder of uniformly random tokens (speed does not depend on what they say)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,9 +65,10 @@ def make_dataset(folder: Path, vocab: int, train_tokens: int, valid_tokens: int)
     return folder
 
 
-def study_file(work: Path, data: Path, tiny: bool, sizes: dict[str, Any]) -> Path:
+def study_file(work: Path, data: Path, tiny: bool, sizes: dict[str, Any],
+               compile: str | None = None) -> Path:
     """lm.yaml as shipped on `data`, its budget, evaluations and rungs cut by one factor (--tiny:
-    the quickstart's model and resources, lm.yaml's search)."""
+    the quickstart's model and resources, lm.yaml's search); `compile` as given, else as shipped."""
     space = yaml.safe_load(LM_YAML.read_text())
     cut = space["budget"]["tokens"] / sizes["tokens"]
     space.update(name="gpu-study", data={"path": str(data)})
@@ -75,6 +84,8 @@ def study_file(work: Path, data: Path, tiny: bool, sizes: dict[str, Any]) -> Pat
         space["hparams"]["B"] = {"choice": [8, 16, 32, 64]}
         space["resources"] = quick["resources"]
         space["search"]["max_concurrent"] = quick["search"]["max_concurrent"]
+    if compile is not None:
+        space["resources"]["compile"] = yaml.safe_load(compile)  # auto, true or false
     path = work / "gpu_study.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
     return path
@@ -84,7 +95,7 @@ def baseline(space: Path, batch: int, steps: int) -> dict[str, Any]:
     """One trial of the study's model alone (this script again, in a process of its own)."""
     out = subprocess.run([sys.executable, __file__, "--baseline-of", str(space), "--batch",
                           str(batch), "--steps", str(steps)], capture_output=True, text=True,
-                         env=os.environ.copy())
+                         env=repo_env())
     if out.returncode != 0:
         sys.exit(f"the baseline failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -122,8 +133,8 @@ def run_study(space: Path, work: Path) -> float:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "tuner", "search", "--space", str(space),
                            "--storage", str(work / "ray")], cwd=work, capture_output=True,
-                          text=True, env={**os.environ, "XDG_CACHE_HOME": str(work / "cache"),
-                                         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"})  # result.json
+                          text=True, env={**repo_env(), "XDG_CACHE_HOME": str(work / "cache"),
+                                          "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"})  # result.json
     if proc.returncode != 0:
         sys.exit(f"the study failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                  f"{proc.stderr[-3000:]}")
@@ -140,13 +151,35 @@ def trial_results(storage: Path) -> list[list[dict[str, Any]]]:
     return trials
 
 
+def compile_kinds(trials: list[list[dict[str, Any]]], baseline_batch: int) -> dict[str, list]:
+    """Each trial's (compile seconds, seconds to its first step before them), by how it started:
+    on a new actor or a reused one (its process ran a trial before), and with a shape (batch
+    size) new to the machine, already in the compile caches on disk, or compiled by that actor."""
+    kinds: dict[str, list] = {f"{actor}, {shape}": [] for actor in ("new actor", "reused actor")
+                              for shape in ("new shape", "shape on disk", "its own shape")}
+    compiled_at = {baseline_batch: -math.inf}  # batch -> when a trial had compiled it on disk
+    shapes_of: dict[int, set] = {}  # an actor's process -> the batch sizes it compiled
+    for rows in sorted(trials, key=lambda rows: rows[0]["trial_start"]):
+        first, last, batch = rows[0], rows[-1], rows[0]["config"].get("batch_size")
+        start, up = first["trial_start"], first["trial_s"] - first["elapsed_s"]
+        actor = "reused actor" if first["pid"] in shapes_of else "new actor"
+        own = shapes_of.setdefault(first["pid"], set())
+        shape = ("its own shape" if batch in own else
+                 "shape on disk" if compiled_at.get(batch, math.inf) <= start else "new shape")
+        kinds[f"{actor}, {shape}"].append((last["compile_s"], up))
+        own.add(batch)
+        done = start + up + last["compile_s"]
+        compiled_at[batch] = min(compiled_at.get(batch, math.inf), done)
+    return kinds
+
+
 def measure(trials: list[list[dict[str, Any]]], concurrency: int) -> dict[str, Any]:
     """The study's figures from its trials' results (see the module's docstring)."""
     starts = [rows[0]["trial_start"] for rows in trials]
     ends = [rows[-1]["trial_start"] + rows[-1]["trial_s"] for rows in trials]
     span = max(ends) - min(starts)
     tokens = sum(rows[-1]["tokens_since_restore"] for rows in trials)
-    steps_s, ups, per_batch, mfu = 0.0, [], {}, []
+    steps_s, ups, mfu = 0.0, [], []
     for rows in trials:
         previous = 0
         for row in rows:
@@ -156,16 +189,10 @@ def measure(trials: list[list[dict[str, Any]]], concurrency: int) -> dict[str, A
             if row["mfu"] == row["mfu"]:  # not NaN (CPU)
                 mfu.append(row["mfu"])
         ups.append(rows[0]["trial_s"] - rows[0]["elapsed_s"])  # to the trainer's first step
-        per_batch.setdefault(rows[0]["config"].get("batch_size"), []).append(
-            (rows[0]["trial_start"], rows[-1]["compile_s"]))
-    cold = [sorted(v)[0][1] for v in per_batch.values()]
-    warm = [c for v in per_batch.values() for _, c in sorted(v)[1:]]
     last = [rows[-1] for rows in trials]
     return {
         "trials": len(trials), "span_s": span, "tokens": tokens, "tokens_per_s": tokens / span,
         "steps_share": steps_s / (span * concurrency), "startup_s": statistics.median(ups),
-        "compile_cold_s": statistics.median(cold) if cold else 0.0,
-        "compile_warm_s": statistics.median(warm) if warm else 0.0,
         "checkpoint_s_per_trial": statistics.mean(r["checkpoint_s"] for r in last),
         "checkpoint_share": sum(r["checkpoint_s"] for r in last) / steps_s,
         "disk_mb_per_trial": statistics.mean(r["checkpoint_bytes"] for r in last) / 1e6,
@@ -191,6 +218,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a CPU-sized run of the same code")
     parser.add_argument("--work", type=Path, help="folder for the data, the study and its stores")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--compile", choices=("auto", "true", "false"),
+                        help="the trials' resources.compile (default: as lm.yaml ships it, auto)")
     parser.add_argument("--baseline-of", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -204,11 +233,13 @@ def main() -> None:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "cache" / "tuner" / "torch-compile")
     data = make_dataset(work / "data", sizes["vocab"], sizes["train_tokens"],
                         sizes["valid_tokens"])
-    space = study_file(work, data, args.tiny, sizes)
+    space = study_file(work, data, args.tiny, sizes, args.compile)
     alone = baseline(space, sizes["baseline_batch"], sizes["baseline_steps"])
     wall = run_study(space, work)
     study = yaml.safe_load(space.read_text())
-    figures = measure(trial_results(work / "ray"), study["search"]["max_concurrent"])
+    trials = trial_results(work / "ray")
+    figures = measure(trials, study["search"]["max_concurrent"])
+    figures["compiles"] = compile_kinds(trials, sizes["baseline_batch"])
     figures.update(wall_s=wall, baseline=alone, ratio=figures["tokens_per_s"] /
                    alone["tokens_per_s"], command_tokens_per_s=figures["tokens"] / wall,
                    versions=versions())
@@ -237,8 +268,10 @@ def report(f: dict[str, Any], study: dict[str, Any]) -> str:
         f"| slot time in training steps | {f['steps_share']:.0%} |",
         f"| a trial's start-up to its first step, compiling aside (median) | "
         f"{f['startup_s']:.2f} s |",
-        f"| compile seconds per trial: cold / warm (median) | {f['compile_cold_s']:.1f} s / "
-        f"{f['compile_warm_s']:.1f} s |",
+        *(f"| compile seconds of a trial on a {kind} (median of {len(runs)}) | "
+          f"{statistics.median(c for c, _ in runs):.1f} s, its first step "
+          f"{statistics.median(u for _, u in runs):.2f} s after its start |"
+          for kind, runs in f["compiles"].items() if runs),
         f"| checkpoint seconds on the training thread, per trial | "
         f"{f['checkpoint_s_per_trial']:.2f} s ({f['checkpoint_share']:.2%} of its steps) |",
         f"| disk written by checkpoints, per trial | {f['disk_mb_per_trial']:.1f} MB (at most "

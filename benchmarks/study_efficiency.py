@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -53,6 +54,32 @@ class Study:
     # to its trainer's first step)
     concurrency: int
     losses: list[dict[int, float]]  # per trial: val_loss by tokens seen
+    spans: list[tuple[float, float]]  # per trial: its run's start and end, s after the parent's
+    checkpoints: list[int]  # per trial: the checkpoints it reported to Tune
+    checkpoint_mb: float  # the size of one
+
+    def idle_parts(self) -> tuple[float, float, float, float]:
+        """The slots' idle time before their first trial, between two trials, and after their
+        last (the study's tail), the trials put in the slot that freed first; and the median
+        gap between two trials."""
+        ends = [0.0] * self.concurrency
+        first, between, gaps = 0.0, 0.0, []
+        for start, end in sorted(self.spans):
+            slot = min(range(self.concurrency), key=ends.__getitem__)
+            gap = max(start - ends[slot], 0.0)
+            if ends[slot] == 0.0:
+                first += gap
+            else:
+                between += gap
+                gaps.append(gap)
+            ends[slot] = end
+        tail = sum(max(self.driver_s - end, 0.0) for end in ends)
+        return first, between, tail, _median(gaps)
+
+    @property
+    def disk_mb_per_trial(self) -> float:
+        """What checkpoints wrote to disk per trial: the trainer's file and Tune's copy of it."""
+        return 2 * self.checkpoint_mb * sum(self.checkpoints) / len(self.checkpoints)
 
     @property
     def trials(self) -> int:
@@ -91,7 +118,8 @@ def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUI
     start = time.monotonic()
     proc = subprocess.run([str(TUNER), "search", "--space", str(path), "--tracking-uri",
                            f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "ray")],
-                          cwd=work, capture_output=True, text=True)
+                          cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"})
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
     return time.monotonic() - start
@@ -107,6 +135,8 @@ def measure(work: Path, name: str, wall_s: float, concurrency: int) -> Study:
     parent = next(r for r in runs if r.data.tags.get("tuner.role") == "study")
     trials = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
     events, train_s, in_trial_s, startups, losses = [], 0.0, 0.0, [], []
+    opened = parent.info.start_time / 1000
+    spans = [(r.info.start_time / 1000 - opened, r.info.end_time / 1000 - opened) for r in trials]
     for run in trials:
         history = {key: sorted(client.get_metric_history(run.info.run_id, key),
                                key=lambda m: m.step)
@@ -129,7 +159,18 @@ def measure(work: Path, name: str, wall_s: float, concurrency: int) -> Study:
         best = min(best, value)
         curve.append((sum(tokens.values()), best))
     driver_s = (parent.info.end_time - parent.info.start_time) / 1000
-    return Study(name, wall_s, driver_s, curve, train_s, in_trial_s, startups, concurrency, losses)
+    return Study(name, wall_s, driver_s, curve, train_s, in_trial_s, startups, concurrency, losses,
+                 spans, *checkpoints_kept(work / "ray" / name))
+
+
+def checkpoints_kept(folder: Path) -> tuple[list[int], float]:
+    """The checkpoints each trial of the study in `folder` reported to Tune (its results that name
+    one), and the size of one in MB."""
+    counts = [sum(1 for line in path.read_text().splitlines()
+                  if json.loads(line).get("checkpoint_dir_name"))
+              for path in folder.glob("trial_*/result.json")]
+    sizes = [path.stat().st_size for path in folder.glob("trial_*/checkpoint_*/checkpoint.pt")]
+    return counts, (max(sizes) / 1e6 if sizes else 0.0)
 
 
 def best_at(curve: list[tuple[int, float]], tokens: float) -> float:
@@ -221,15 +262,23 @@ def orchestration(studies: list[Study]) -> str:
     """Each study's walls, share of slot time inside training steps and trial start-ups, then
     where its slot time went."""
     lines = ["| study | wall (command) | wall (driver) | inside training steps | share of driver "
-             "wall × concurrency | trial start-up (median): new actor / reused |",
-             "|---|---|---|---|---|---|"]
+             "wall × concurrency | trial start-up (median): new actor / reused | checkpoints "
+             "a trial, disk written |", "|---|---|---|---|---|---|---|"]
     for s in studies:
         ups = [up for _, up in sorted(s.startups)]
         cold, warm = ups[:s.concurrency], ups[s.concurrency:]
         share = s.train_s / s.slot_s
         lines.append(f"| {s.name} | {s.wall_s:.0f} s | {s.driver_s:.0f} s | {s.train_s:.0f} s "
-                     f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s |")
-    return "\n".join(lines + ["", *slot_time_table(studies)])
+                     f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s "
+                     f"| {sum(s.checkpoints) / len(s.checkpoints):.1f}, "
+                     f"{s.disk_mb_per_trial:.1f} MB |")
+    lines += ["", *slot_time_table(studies), "", "| study | idle before the first trials | "
+              "idle between two trials (median gap) | idle after the last (the tail) |",
+              "|---|---|---|---|"]
+    for s in studies:
+        first, between, tail, gap = s.idle_parts()
+        lines.append(f"| {s.name} | {first:.1f} s | {between:.1f} s ({gap:.2f} s) | {tail:.1f} s |")
+    return "\n".join(lines)
 
 
 def slot_time_table(studies: list[Study]) -> list[str]:

@@ -25,7 +25,7 @@ def test_the_gpu_benchmark_runs_its_baseline_and_study_and_measures_them(tmp_pat
     assert figures["baseline"]["tokens_per_s"] > 0 and not figures["baseline"]["compiled"]
     assert figures["trials"] == 8 and figures["tokens"] >= 8 * 409_600 // 16
     assert figures["ratio"] > 0 and 0 < figures["steps_share"] <= 1
-    assert figures["compile_cold_s"] == figures["compile_warm_s"] == 0
+    assert all(seconds == 0 for runs in figures["compiles"].values() for seconds, _ in runs)
     # a trial keeps a checkpoint at its end and past half its budget, not at each evaluation
     assert figures["evaluations_max"] == 40 and figures["checkpoints_max"] == 2
     assert 0 < figures["disk_mb_per_trial"] and figures["checkpoint_s_per_trial"] >= 0

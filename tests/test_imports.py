@@ -6,6 +6,7 @@ An import counts wherever it is, at a module's top or inside a function, but for
 - no import circle among the modules of tuner/ and model/;
 - model/ imports nothing of tuner/, Ray, Optuna, MLflow or pydantic: the trainer stands alone;
 - no module of tuner/search imports tuner/inspect: a study writes, the commands read;
+- no module of tuner/store imports tuner/search: the store lies below the study that writes it;
 - only tuner/store imports MLflow (and only tuner.store.connect its client): elsewhere only
   `mlflow.exceptions`, to tell a store's failure, and, in tuner.inspect.ui, `mlflow.server`,
   whose server `tuner ui` starts.
@@ -136,6 +137,12 @@ def test_a_study_imports_none_of_the_commands_that_read_it() -> None:
     for name, edges in _graph().items():
         if _within(name, ("tuner.search",)):
             assert {e for e in edges if _within(e, ("tuner.inspect",))} == set(), name
+
+
+def test_the_store_imports_nothing_of_the_study_above_it() -> None:
+    for name, edges in _graph().items():
+        if _within(name, ("tuner.store",)):
+            assert {e for e in edges if _within(e, ("tuner.search",))} == set(), name
 
 
 def test_only_the_store_imports_mlflow() -> None:
