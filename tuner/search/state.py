@@ -138,7 +138,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def _home_expanded(resolved: dict[str, Any]) -> dict[str, Any]:
     """A study resolved before its data paths' ~ was expanded, as it resolves now."""
-    from tuner.space.schema import DATA_PATHS
+    from tuner.space.sections import DATA_PATHS
 
     data = resolved.get("data")
     if not isinstance(data, dict):

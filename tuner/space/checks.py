@@ -25,7 +25,7 @@ from tuner.space.distributions import Distribution, Grid, IntRange, either, fmt
 from tuner.space.params import ALL_DEFS, MODEL_DEFS
 
 if TYPE_CHECKING:
-    from tuner.space.schema import Study
+    from tuner.space.sections import StudySections
 
 Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
@@ -37,7 +37,7 @@ PBT_GROUPS = ("optimizer", "regularization", "schedule")  # what can change as a
 STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_trials at random
 
 
-def study_issues(study: Study) -> list[tuple[Loc, str]]:
+def study_issues(study: StudySections) -> list[tuple[Loc, str]]:
     """Every cross-field problem of a study whose fields are each valid on their own."""
     issues = [*_data(study), *_exclusive(study), *_conditions(study), *_model_shape(study),
               *_lr_floor(study), *_search(study), *_transfer(study), *_resources(study)]
@@ -53,7 +53,7 @@ def _section(name: str) -> str:
     return "model" if name in MODEL_DEFS else "hparams"
 
 
-def _data(study: Study) -> list[tuple[Loc, str]]:
+def _data(study: StudySections) -> list[tuple[Loc, str]]:
     data = study.data
     given = data.model_fields_set - {"path"}
     if (data.path is None) == (data.source is None):
@@ -120,13 +120,13 @@ def _tokenizer_size(folder: Path, specials: list[str] | tuple[str, ...], vocab_s
                      "larger)"))]
 
 
-def _exclusive(study: Study) -> list[tuple[Loc, str]]:
+def _exclusive(study: StudySections) -> list[tuple[Loc, str]]:
     given = study.hparams.model_fields_set
     return [(("hparams", form), f"give {name} or {form}, not both")
             for form, name in RELATIVE_FORMS.items() if name in given and form in given]
 
 
-def unused(study: Study) -> set[Loc]:
+def unused(study: StudySections) -> set[Loc]:
     """The settings this study never uses, which its file may not give: another scheduler's
     section, startup_trials of a searcher without a start-up phase, the twin of a relative form
     given (warmup_iters beside warmup_fraction), and every parameter whose condition no value of
@@ -142,14 +142,14 @@ def unused(study: Study) -> set[Loc]:
     return found | {(_section(name), name) for name in ALL_DEFS if _unmet(study, name)}
 
 
-def _unmet(study: Study, name: str) -> list[object] | None:
+def _unmet(study: StudySections, name: str) -> list[object] | None:
     """The values the parameter's parent can take when none meets its condition, else None."""
     when = ALL_DEFS[name].when
     possible = None if when is None else candidates(study, when[0])
     return possible if possible is not None and not set(possible) & set(when[1]) else None
 
 
-def _conditions(study: Study) -> list[tuple[Loc, str]]:
+def _conditions(study: StudySections) -> list[tuple[Loc, str]]:
     issues = []
     for section in (study.model, study.hparams):
         for name in section.given():
@@ -162,7 +162,7 @@ def _conditions(study: Study) -> list[tuple[Loc, str]]:
     return issues
 
 
-def _model_shape(study: Study) -> list[tuple[Loc, str]]:
+def _model_shape(study: StudySections) -> list[tuple[Loc, str]]:
     """ModelConfig's rules over every combination of the fields they relate (d_model, num_heads,
     positions); the other fields, each checked alone as the file reads, at one value. Of a
     d_model range, its first 2·h values for the largest h: they hold every remainder that
@@ -186,7 +186,7 @@ def _model_shape(study: Study) -> list[tuple[Loc, str]]:
     return [(tuple(field.split(".")), message) for field, message in problems.items()]
 
 
-def _shape_options(study: Study, name: str, count: int) -> list[Any]:
+def _shape_options(study: StudySections, name: str, count: int) -> list[Any]:
     """The first `count` values a model field can take (its bounds are checked as the file is
     read); a range's from its start, a choice's in the order given."""
     v = value(study, name)
@@ -197,7 +197,7 @@ def _shape_options(study: Study, name: str, count: int) -> list[Any]:
     return (v.options() or [v.span()[0]])[:count]
 
 
-def _lr_floor(study: Study) -> list[tuple[Loc, str]]:
+def _lr_floor(study: StudySections) -> list[tuple[Loc, str]]:
     floor, peak = span(study, "lr_min"), span(study, "lr_max")
     if floor is None or floor[1] <= peak[0]:
         return []
@@ -209,7 +209,7 @@ def _lr_floor(study: Study) -> list[tuple[Loc, str]]:
     return [(("hparams", "lr_min"), message)]
 
 
-def _steps(study: Study) -> list[tuple[Loc, str]]:
+def _steps(study: StudySections) -> list[tuple[Loc, str]]:
     hparams = study.hparams
     fewest, most = steps_range(study)
     issues = []
@@ -228,7 +228,7 @@ def _steps(study: Study) -> list[tuple[Loc, str]]:
     return issues
 
 
-def _evaluations(study: Study) -> list[tuple[Loc, str]]:
+def _evaluations(study: StudySections) -> list[tuple[Loc, str]]:
     """Evaluations in steps or tokens; a scheduler needs reports before the end, at the same
     token counts for every trial (a searched batch size or context needs eval_tokens)."""
     budget, scheduler = study.budget, study.search.scheduler
@@ -258,7 +258,7 @@ def _evaluations(study: Study) -> list[tuple[Loc, str]]:
     return []
 
 
-def _search(study: Study) -> list[tuple[Loc, str]]:
+def _search(study: StudySections) -> list[tuple[Loc, str]]:
     search, space = study.search, searched(study)
     issues = []
     for name, dist in space.items():
@@ -307,7 +307,7 @@ def _search(study: Study) -> list[tuple[Loc, str]]:
     return issues
 
 
-def _transfer(study: Study) -> list[tuple[Loc, str]]:
+def _transfer(study: StudySections) -> list[tuple[Loc, str]]:
     """A transfer study lists one size, trains every sample to the full budget at each (the
     α–loss curves compare only so), and its trials are not a searcher's history to start from."""
     listed = list(study.model.transferred())
@@ -331,7 +331,7 @@ def _transfer(study: Study) -> list[tuple[Loc, str]]:
     return issues
 
 
-def _scheduler_tokens(study: Study) -> list[tuple[Loc, str]]:
+def _scheduler_tokens(study: StudySections) -> list[tuple[Loc, str]]:
     fewest, issues = tokens_range(study)[0], []
     for key, setting in (("asha", "grace_period"), ("median", "grace_period"),
                          ("pbt", "perturbation_interval")):
@@ -342,7 +342,7 @@ def _scheduler_tokens(study: Study) -> list[tuple[Loc, str]]:
     return issues
 
 
-def _pbt(study: Study, space: dict[str, Distribution]) -> list[tuple[Loc, str]]:
+def _pbt(study: StudySections, space: dict[str, Distribution]) -> list[tuple[Loc, str]]:
     search, issues = study.search, []
     if "algorithm" in search.model_fields_set and search.algorithm != "random":
         issues.append((("search", "algorithm"), f"pbt draws its population at random, not with "
@@ -370,7 +370,7 @@ def _pbt(study: Study, space: dict[str, Distribution]) -> list[tuple[Loc, str]]:
     return issues
 
 
-def _resources(study: Study) -> list[tuple[Loc, str]]:
+def _resources(study: StudySections) -> list[tuple[Loc, str]]:
     res = study.resources
     if res.device == "cpu" and res.gpus_per_trial > 0:
         return [(("resources", "gpus_per_trial"), "device cpu uses no GPU: set 0")]

@@ -22,21 +22,21 @@ from tuner.space.params import ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
 
-    from tuner.space.schema import Study
+    from tuner.space.sections import StudySections
 
 
-def value(study: Study, name: str) -> Any:
+def value(study: StudySections, name: str) -> Any:
     """A parameter's value in the study (given or default): a constant or a Distribution."""
     return getattr(study.model if name in MODEL_DEFS else study.hparams, name)
 
 
-def candidates(study: Study, name: str) -> list[Any] | None:
+def candidates(study: StudySections, name: str) -> list[Any] | None:
     """Every value the parameter can take when finite, else None."""
     v = value(study, name)
     return v.options() if isinstance(v, Distribution) else [v]
 
 
-def span(study: Study, name: str) -> tuple[float, float] | None:
+def span(study: StudySections, name: str) -> tuple[float, float] | None:
     """Smallest and largest numeric value of the parameter (None: it is not a number, e.g. off)."""
     v = value(study, name)
     if isinstance(v, Distribution):
@@ -44,7 +44,7 @@ def span(study: Study, name: str) -> tuple[float, float] | None:
     return None if v is None else (v, v)
 
 
-def searched(study: Study) -> dict[str, Distribution]:
+def searched(study: StudySections) -> dict[str, Distribution]:
     """Readable name → distribution, ordered so that each condition's parent comes first."""
     space = {**study.model.searched(), **study.hparams.searched()}
     return dict(sorted(space.items(), key=lambda item: _depth(item[0])))
@@ -55,19 +55,19 @@ def _depth(name: str) -> int:
     return 0 if when is None else 1 + _depth(when[0])
 
 
-def transfer(study: Study) -> tuple[str, list[int]] | None:
+def transfer(study: StudySections) -> tuple[str, list[int]] | None:
     """The model field a transfer study trains every sample at each size of, and those sizes."""
     listed = study.model.transferred()
     return next(((name, dist.options()) for name, dist in listed.items()), None)
 
 
-def sizes_per_sample(study: Study) -> int:
+def sizes_per_sample(study: StudySections) -> int:
     """The trials each sample makes: one per transfer size, else one."""
     sizes = transfer(study)
     return len(sizes[1]) if sizes else 1
 
 
-def is_active(study: Study, name: str, assignment: dict[str, Any]) -> bool:
+def is_active(study: StudySections, name: str, assignment: dict[str, Any]) -> bool:
     """Whether the parameter is used, given the values sampled so far (its `when` condition)."""
     when = ALL_DEFS[name].when
     if when is None:
@@ -76,13 +76,13 @@ def is_active(study: Study, name: str, assignment: dict[str, Any]) -> bool:
     return assignment.get(parent, value(study, parent)) in values
 
 
-def used(study: Study, params: dict[str, Any]) -> dict[str, Any]:
+def used(study: StudySections, params: dict[str, Any]) -> dict[str, Any]:
     """The sampled values the trainer uses: those whose condition holds (PBT draws them all)."""
     return {name: v for name, v in params.items()
             if name not in ALL_DEFS or is_active(study, name, params)}
 
 
-def sample(study: Study, trial: BaseTrial) -> dict[str, Any]:
+def sample(study: StudySections, trial: BaseTrial) -> dict[str, Any]:
     """Suggest every searched parameter whose condition holds; return the suggested values."""
     params: dict[str, Any] = {}
     for name, dist in searched(study).items():
@@ -91,12 +91,12 @@ def sample(study: Study, trial: BaseTrial) -> dict[str, Any]:
     return params
 
 
-def grid_points(study: Study) -> list[dict[str, Any]]:
+def grid_points(study: StudySections) -> list[dict[str, Any]]:
     """Every combination of grid values; a conditional parameter only where its parent allows."""
     return list(iter_grid(study))
 
 
-def iter_grid(study: Study) -> Iterator[dict[str, Any]]:
+def iter_grid(study: StudySections) -> Iterator[dict[str, Any]]:
     """The grid's points one at a time (the first parameter varies slowest): a grid too large to
     hold is counted up to a limit without building it."""
     space = list(searched(study).items())
@@ -119,7 +119,7 @@ def iter_grid(study: Study) -> Iterator[dict[str, Any]]:
     return extend({}, 0)
 
 
-def steps_range(study: Study) -> tuple[int, int]:
+def steps_range(study: StudySections) -> tuple[int, int]:
     """Fewest and most optimizer steps (T_total) a full trial can have."""
     if study.budget.total_iters is not None:
         return study.budget.total_iters, study.budget.total_iters
@@ -128,7 +128,7 @@ def steps_range(study: Study) -> tuple[int, int]:
     return math.ceil(tokens / (b_hi * c_hi)), math.ceil(tokens / (b_lo * c_lo))
 
 
-def tokens_range(study: Study) -> tuple[int, int]:
+def tokens_range(study: StudySections) -> tuple[int, int]:
     """Fewest and most tokens a full trial trains on."""
     if study.budget.tokens is not None:
         return study.budget.tokens, study.budget.tokens
@@ -137,7 +137,7 @@ def tokens_range(study: Study) -> tuple[int, int]:
     return int(steps * b_lo * c_lo), int(steps * b_hi * c_hi)
 
 
-def trial_config(study: Study, params: dict[str, Any], data_dir: Path | str) -> TrainConfig:
+def trial_config(study: StudySections, params: dict[str, Any], data_dir: Path | str) -> TrainConfig:
     """The study's constants with `params` applied, as a validated TrainConfig."""
     sizes = transfer(study)
     unknown = sorted(set(params) - set(searched(study)) - {sizes[0] if sizes else None})
