@@ -197,7 +197,8 @@ def test_a_stop_while_a_new_store_is_made_leaves_it_whole_or_absent(tmp_path: Pa
             assert not [t for t in tables if t.startswith("_alembic_tmp_")]
             store.unlink()
             left.remove(store.name)
-        assert left == ([] if stop == signal.SIGTERM else [".mlflow.db.creating"]), left
+        killed = [".mlflow.db.creating", ".mlflow.db.creating-journal"]  # its journal if mid-write
+        assert left == [] if stop == signal.SIGTERM else left in (killed[:1], killed), left
     connect(f"sqlite:///{store}")  # over what the kill left
     assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]
     assert _schema(store)[1] == [(head,)]

@@ -79,12 +79,15 @@ def test_bad_transfer_settings_are_named(sections: dict[str, Any], path: str, wo
     assert path in found and words in found[path], found
 
 
-def test_a_width_that_cannot_fit_is_named_before_the_study_starts() -> None:
+def test_a_width_that_cannot_fit_is_refused_before_the_study_starts() -> None:
+    """Every sample trains at each size: one that cannot fit is refused, not warned of."""
+    from tuner.errors import UserError
     from tuner.search.memory_fit import check_memory
 
     warned: list[str] = []
-    check_memory(study_with(model={"d_model": {"transfer": [64, 32768]}}), 2, warned.append)
-    assert len(warned) == 1 and "d_model=32768 (at least" in warned[0]
+    with pytest.raises(UserError, match=r"model\.d_model: .* d_model=32768 \(at least"):
+        check_memory(study_with(model={"d_model": {"transfer": [64, 32768]}}), 2, warned.append)
+    assert warned == []
 
 
 def test_the_searcher_learns_from_the_first_size_and_resumes_its_hand_out() -> None:
