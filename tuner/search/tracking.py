@@ -23,7 +23,7 @@ from tuner.errors import UserError, reason
 from tuner.search.outcome import ended, outcome
 from tuner.search.run_notes import sample_text, study_note, trial_note
 from tuner.search.stopping import STOP_CHECKPOINT
-from tuner.search.storage_faults import STORAGE_FAULT
+from tuner.search.storage_faults import STORAGE_FAULT, storage_error
 from tuner.search.trainable import TrainedTokens, trial_threads
 from tuner.store import runs
 from tuner.store.connect import open_client
@@ -414,7 +414,13 @@ class MlflowRecorder(tune.Callback):
             if (Path(folder) / CHECKPOINT_NAME).is_file():
                 mid.parent.mkdir(parents=True, exist_ok=True)
                 partial = mid.with_name(f".{mid.name}.partial")  # a kill mid-copy leaves no `mid`
-                shutil.copyfile(Path(folder) / CHECKPOINT_NAME, partial)
+                try:
+                    shutil.copyfile(Path(folder) / CHECKPOINT_NAME, partial)
+                except OSError as err:
+                    partial.unlink(missing_ok=True)
+                    if storage_error(err) is None:
+                        raise
+                    return  # a full disk: the trials' own writes stop the study, and say why
                 partial.replace(mid)
 
     def mid_checkpoint(self, trial: Any) -> Path:
