@@ -16,7 +16,6 @@ on every core: the training thread's seconds per checkpoint and the steps' token
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -25,7 +24,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -34,6 +32,7 @@ from model.config import ModelConfig, TrainConfig
 from model.layers import TransformerLM
 from model.optim import build_optimizer
 from model.train import train
+from random_tokens import random_dataset
 
 LM_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "lm.yaml"
 
@@ -73,14 +72,7 @@ def trial_costs(folder: Path, steps: int) -> list[str]:
     core left for the writer) and on every core: the training thread's seconds per checkpoint and
     the steps' tokens/s (the first interval, where the host buffers are allocated, left out)."""
     model = ModelConfig(**yaml.safe_load(LM_YAML.read_text())["model"])
-    data = folder / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 200_000), ("valid", 20_000)):
-        np.save(data / f"{split}.npy", rng.integers(0, model.vocab_size, count, dtype=np.uint16))
-    (data / "meta.json").write_text(json.dumps({
-        "vocab_size": model.vocab_size, "dtype": "uint16", "train_tokens": 200_000,
-        "valid_tokens": 20_000, "special_tokens": []}))
+    data = random_dataset(folder / "data", model.vocab_size, 200_000, 20_000)
     config = TrainConfig(model=model, data=str(data), total_iters=steps, batch_size=2,
                          eval_interval=2, eval_windows=2, sample_tokens=0, device="cpu")
     lines = ["| torch threads | checkpoint at each evaluation | training thread per checkpoint "

@@ -20,8 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import yaml
+from random_tokens import random_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"quickstart": REPO / "search_spaces" / "quickstart.yaml",
@@ -62,17 +62,6 @@ def in_new_process(data: Path, preset: str, compile: bool, count: int, threads: 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def make_data(folder: Path, vocab: int) -> Path:
-    """Random tokens as a dataset folder."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "valid"):
-        np.save(folder / f"{split}.npy", rng.integers(0, vocab, 100_000, dtype=np.uint16))
-    (folder / "meta.json").write_text(json.dumps({
-        "vocab_size": vocab, "dtype": "uint16", "train_tokens": 100_000, "valid_tokens": 100_000,
-        "special_tokens": []}))
-    return folder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
@@ -86,7 +75,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         vocab = yaml.safe_load(PRESETS[args.preset].read_text())["model"]["vocab_size"]
-        data, cache = make_data(Path(folder), vocab), Path(folder) / "cache"
+        data, cache = random_dataset(Path(folder) / "data", vocab), Path(folder) / "cache"
         go = lambda compile, count: in_new_process(  # noqa: E731
             data, args.preset, compile, count, args.threads, cache)
         eager, cold, warm = go(False, 2), go(True, 1), go(True, 2)

@@ -35,8 +35,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
+from random_tokens import random_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 LM_YAML = REPO / "search_spaces" / "lm.yaml"
@@ -51,18 +51,6 @@ def repo_env() -> dict[str, str]:
     """This environment with the repository importable (a GPU machine runs it uninstalled)."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
-def make_dataset(folder: Path, vocab: int, train_tokens: int, valid_tokens: int) -> Path:
-    """A dataset folder of uniformly random tokens (speed does not depend on what they say)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_tokens), ("valid", valid_tokens)):
-        np.save(folder / f"{split}.npy", rng.integers(0, vocab, count, dtype=np.uint16))
-    meta = {"vocab_size": vocab, "dtype": "uint16", "train_tokens": train_tokens,
-            "valid_tokens": valid_tokens, "special_tokens": []}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return folder
 
 
 def study_file(work: Path, data: Path, tiny: bool, sizes: dict[str, Any],
@@ -204,9 +192,9 @@ def measure(trials: list[list[dict[str, Any]]], concurrency: int) -> dict[str, A
 
 
 def versions() -> str:
-    import torch
-
     from importlib import metadata
+
+    import torch
 
     names = ("ray", "optuna", "mlflow")
     return (f"Python {platform.python_version()}, torch {torch.__version__}, "
@@ -231,7 +219,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-study-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "cache" / "tuner" / "torch-compile")
-    data = make_dataset(work / "data", sizes["vocab"], sizes["train_tokens"],
+    data = random_dataset(work / "data", sizes["vocab"], sizes["train_tokens"],
                         sizes["valid_tokens"])
     space = study_file(work, data, args.tiny, sizes, args.compile)
     alone = baseline(space, sizes["baseline_batch"], sizes["baseline_steps"])

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.config import ModelConfig, TrainConfig  # noqa: E402
 from model.layers import TransformerLM  # noqa: E402
 from model.train import peak_flops_of, resolve_device, train  # noqa: E402
+from random_tokens import random_dataset  # noqa: E402 - beside this script
 
 PRESETS = {
     "cs336": ModelConfig(vocab_size=10000, context_length=256, d_model=512, num_layers=4,
@@ -38,15 +39,6 @@ PRESETS = {
     "cpu": ModelConfig(vocab_size=1024, context_length=128, d_model=128, num_layers=2,
                        num_heads=4),
 }
-
-
-def random_dataset(folder: Path, vocab_size: int, tokens: int = 4_000_000) -> Path:
-    """A dataset folder of uniformly random token ids (throughput does not depend on the text)."""
-    rng = np.random.default_rng(0)
-    np.save(folder / "train.npy", rng.integers(0, vocab_size, tokens, dtype=np.uint16))
-    np.save(folder / "valid.npy", rng.integers(0, vocab_size, 100_000, dtype=np.uint16))
-    (folder / "meta.json").write_text(json.dumps({"vocab_size": vocab_size}))
-    return folder
 
 
 def measure(model: ModelConfig, data: Path, batch_size: int, steps: int, fast: bool,

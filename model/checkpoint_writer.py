@@ -17,12 +17,11 @@ from model.checkpoint import write_checkpoint
 
 class CheckpointWriter:
     """Writes checkpoints into `folder` in the background; `blocked_s` is the training thread's
-    time spent on them (copies and waits) and `bytes_written` their size on disk."""
+    time spent on them (copies and waits)."""
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
         self.folder, self._on_gpu = Path(folder), device.type == "cuda"
         self.blocked_s = 0.0
-        self.bytes_written = 0
         self._buffers: dict[tuple, torch.Tensor] = {}  # reused: a copy into them never allocates
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._write: Future[Path] | None = None
@@ -62,9 +61,7 @@ class CheckpointWriter:
     def _durable(self, snapshot: dict[str, Any], copied: Any) -> Path:
         if copied is not None:
             copied.synchronize()
-        path = write_checkpoint(snapshot, self.folder)
-        self.bytes_written += path.stat().st_size
-        return path
+        return write_checkpoint(snapshot, self.folder)
 
 
 def _host_copy(value: Any, buffers: dict[tuple, torch.Tensor], key: tuple) -> Any:
