@@ -170,10 +170,8 @@ def _resume_point(client: Any, plan: Plan, workdir: Path) -> None:
 
 def execute(client: Any, plan: Plan) -> Replay:
     """Train the plan's config again, log it as a replay run, and compare with the original."""
-    import torch
-
-    from model.train import EvalRecord, device_label, resolve_device, train
-    from tuner.store.layout import METRICS, ROLE_TAG, STUDY_TAG
+    from model.train import device_label, resolve_device
+    from tuner.store.layout import ROLE_TAG, STUDY_TAG
 
     original_id, tags = plan.run.info.run_id, plan.run.data.tags
     end_tokens = plan.original[-1][0]
@@ -186,27 +184,9 @@ def execute(client: Any, plan: Plan) -> Replay:
         "tuner.device": device_label(resolve_device(plan.config.device)),
         "tuner.replay.from_checkpoint": str(plan.resume_from is not None).lower()}).info.run_id
     client.log_dict(replay_id, plan.config.to_dict(), "trial_config.json")
-    replayed: dict[int, float] = {}
-
-    def on_eval(record: EvalRecord) -> bool:
-        replayed[record.tokens] = record.val_loss
-        values = record.as_metrics()
-        log_metrics(client, replay_id, {k: values[k] for k in METRICS if k in values},
-                     record.tokens)
-        return record.tokens >= end_tokens  # a trial stopped early is replayed as far as it went
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(plan.threads or threads)
-    try:
-        train(plan.config, on_eval=on_eval, resume_from=plan.resume_from)
-    except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): what it replayed stays recorded
-        client.set_terminated(replay_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(replay_id, "FAILED")
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    # a trial stopped early is replayed as far as it went
+    replayed = train_logged(client, replay_id, plan.config, threads=plan.threads,
+                            end_tokens=end_tokens, resume_from=plan.resume_from)
     points = [Point(tokens, value, replayed.get(tokens, math.nan))
               for tokens, value in plan.original if tokens > plan.resume_tokens]
     points += [Point(tokens, math.nan, value) for tokens, value in sorted(replayed.items())
@@ -217,3 +197,37 @@ def execute(client: Any, plan: Plan) -> Replay:
     client.set_tag(replay_id, "tuner.replay.ok", str(result.ok).lower())
     client.set_terminated(replay_id, "FINISHED")
     return result
+
+
+def train_logged(client: Any, run_id: str, config: TrainConfig, *, threads: int | None,
+                 end_tokens: int | None = None, resume_from: Path | None = None
+                 ) -> dict[int, float]:
+    """Train `config` (on `threads` torch threads; up to `end_tokens`), logging each evaluation to
+    run `run_id`; its val_loss by tokens. A stop or failure ends the run KILLED or FAILED."""
+    import torch
+
+    from model.train import EvalRecord, train
+    from tuner.store.layout import METRICS
+
+    losses: dict[int, float] = {}
+
+    def on_eval(record: EvalRecord) -> bool:
+        losses[record.tokens] = record.val_loss
+        values = record.as_metrics()
+        log_metrics(client, run_id, {k: values[k] for k in METRICS if k in values},
+                    record.tokens)
+        return end_tokens is not None and record.tokens >= end_tokens
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        train(config, on_eval=on_eval, resume_from=resume_from)
+    except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): what it trained stays recorded
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        torch.set_num_threads(before)
+    return losses

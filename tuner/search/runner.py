@@ -257,7 +257,7 @@ def summarise(study: Any) -> Summary:
     from tuner.search.tracking import TrackingLost
     from tuner.store.connect import connect
     from tuner.store.layout import STATUS_TAG
-    from tuner.store.runs import child_runs, counts_as_best, find_parent, ranked, searched_values
+    from tuner.store.runs import counts_as_best, find_parent, ranked, searched_values, trial_runs
     from tuner.store.view import save_view
 
     try:
@@ -265,7 +265,7 @@ def summarise(study: Any) -> Summary:
     except UserError as err:  # it answered as the study began: it failed since (exit 1, not 2)
         raise TrackingLost(redact(str(err))) from None
     parent = find_parent(client, study.tracking.experiment, study.name)
-    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    runs = trial_runs(client, parent)  # not its confirmations
     counts = {s: sum(1 for r in runs if r.data.tags.get(STATUS_TAG) == s) for s in FINISHED}
     summary = Summary(study.name, parent.info.run_id, counts,
                       tracking_uri=redact(study.tracking.uri),
