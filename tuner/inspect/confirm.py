@@ -191,8 +191,8 @@ def _train(client: Any, parent: Any, run: Any, config: Any, seed: int) -> None:
 
     config = dataclasses.replace(config, seed=seed)
     tags = run.data.tags
-    run_id = client.create_run(parent.info.experiment_id, run_name=f"{run.info.run_name}-seed{seed}",
-                               tags={
+    name = f"{run.info.run_name}-seed{seed}"
+    run_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
         "mlflow.parentRunId": parent.info.run_id, ROLE_TAG: CONFIRMATION,
         CONFIRMS_TAG: tags.get(TRIAL_TAG, ""), CONFIRMS_RUN_TAG: run.info.run_id,
         STUDY_TAG: tags.get(STUDY_TAG, ""), "tuner.seed": str(seed),

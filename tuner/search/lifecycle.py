@@ -22,7 +22,9 @@ from rich.markup import escape
 
 from model.shell import as_started
 from tuner.errors import UserError
+from tuner.output import count
 from tuner.search import preflight, state
+from tuner.store.layout import STOP_REASON_TAG
 from tuner.store.uri import absolute_uri
 
 
@@ -74,9 +76,10 @@ def run(request: Request) -> int:
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
                                                      study.name)
-    if restore and exists and exists.info.status == "FINISHED" and _not_resumable(study):
+    if restore and exists and exists.info.status == "FINISHED" and (
+            _not_resumable(study) or STOP_REASON_TAG in exists.data.tags):
         # Tune's state holds trials HyperBand paused at their full budget: restored, it would
-        # train them on. The study ended: nothing to resume.
+        # train them on; a study stopped when flat ended for good. Nothing to resume.
         from tuner.search.console import print_summary
         from tuner.search.runner import summarise
 
@@ -198,7 +201,26 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)
         return 130
+    if summary.best_run_id and study.search.confirm:
+        _confirm(console, study)
     return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
+
+
+def _confirm(console: Console, study: Any) -> None:
+    """The study's seed check (search.confirm), as `tuner best --confirm` runs it."""
+    import tempfile
+
+    from tuner.inspect.confirm import confirm
+    from tuner.store.connect import connect
+
+    settings = study.search.confirm
+    console.print(f"seed check: the {settings.top} best completed trials, "
+                  f"{count(settings.seeds, 'further seed')} each")
+    with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as tmp:
+        result = confirm(connect(study.tracking.uri), study.name, settings.top, settings.seeds,
+                         Path(tmp), lambda line: console.print(line, markup=False))
+    for line in result.lines():
+        console.print(f"  {line}", markup=False)
 
 
 def second_stop(study: Any) -> str:
