@@ -51,3 +51,23 @@ def test_a_flat_study_stops_early_records_why_and_seed_checks_its_best(
     again = run_tuner(["search", "--resume", "--name", "flat", *args], cwd=tmp_path)
     assert again.returncode == 0 and f"finished ({reason})" in again.stdout
     assert len(mlflow_runs(uri, "flat")[2]) == len(children)
+
+
+@pytest.mark.parametrize(("search", "named"), [
+    ({"confirm": {"top": 0}}, "search.confirm.top"),
+    ({"confirm": {"seeds": 2, "rounds": 1}}, "search.confirm.rounds"),
+    ({"stop_when_flat": {"margin": 0.01}}, "search.stop_when_flat.trials: is required"),
+    ({"stop_when_flat": {"trials": 4, "margin": "noisy"}}, "search.stop_when_flat.margin: must be"),
+    ({"stop_when_flat": {"trials": 4, "margin": -0.1}}, "search.stop_when_flat.margin: must be"),
+    ({"stop_when_flat": {"trials": 4, "margin": float("inf")}}, "search.stop_when_flat.margin"),
+])
+def test_bad_settings_exit_2_naming_the_field(tmp_path: Path, search: dict, named: str) -> None:
+    from inspect_study import tuner
+
+    space = write_space(tmp_path, "bad", tmp_path, search=search)
+    code, out = tuner("space", "validate", str(space))
+    assert code == 2 and named in out, out
+    good = write_space(tmp_path, "good", tmp_path, search={
+        "confirm": {"top": 2}, "stop_when_flat": {"trials": 4, "margin": "noise"}})
+    code, out = tuner("space", "validate", str(good))
+    assert "search." not in out, out
