@@ -21,6 +21,7 @@ def test_flat_means_no_gain_over_the_margin_in_the_last_n_finished_trials():
     assert Flatness(trials=1, finished=[math.inf, 2.0]).improvement() == math.inf
 
 
+@pytest.mark.slow
 def test_a_flat_study_stops_early_records_why_and_seed_checks_its_best(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """Trials that differ by a hair (the same seed, warmup 0–0.1%) are flat within the seed
