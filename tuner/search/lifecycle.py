@@ -140,8 +140,9 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
 
     state.check_not_driven(storage / name)
     study = state.load(storage / name, space)
+    preflight.check_kept_settings(study, {k: v for k, v in overrides.items()
+                                          if k != "num_samples"})  # which `extended` judges
     more = extended(study, request.num_samples, storage / name)
-    preflight.check_kept_settings(more, overrides)
     if more is study:
         return study, None
     return more, {**state.saved_overrides(storage / name), "num_samples": more.search.num_samples}
