@@ -92,7 +92,8 @@ def set_trial_limit(folder: Path, trials: int) -> bool:
     search = cloudpickle.loads(saved.read_bytes())
     if search["total_samples"] == trials:
         return False
-    search["total_samples"], search["finished"] = trials, False  # the study's stop set it
+    # `finished`: Tune's mark of a whole experiment stopped early; more trials are asked for now
+    search["total_samples"], search["finished"] = trials, False
     partial = saved.with_name(f".{saved.name}.partial")
     partial.write_bytes(cloudpickle.dumps(search))
     partial.replace(saved)  # a driver killed while writing leaves the last whole file
