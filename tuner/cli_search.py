@@ -17,7 +17,8 @@ def search(
     name: Annotated[str | None, typer.Option(
         help="study name (default: the --space file's)")] = None,
     num_samples: Annotated[int | None, typer.Option(
-        min=1, help="trials to run (a transfer study's: samples, each run at every size)")] = None,
+        min=1, help="trials to run (a transfer study's: samples, each run at every size); with "
+        "--resume, a larger count extends the study")] = None,
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed of the searcher")] = None,
     tracking_uri: Annotated[str | None, typer.Option(

@@ -83,6 +83,7 @@ class LiveView(tune.Callback):
         self._live: Live | None = None
 
     def setup(self, **info: Any) -> None:
+        self._planned = info["total_num_samples"]  # the study's trials, an extension's included
         self._start = time.monotonic()
         self._counter, self._trained = TrainedTokens(), 0  # tokens trained by this driver's trials
         self._done: dict[str, str] = {}  # trial id -> how it finished
@@ -167,7 +168,7 @@ class LiveView(tune.Callback):
         done = sum(_tokens(t) for t in trials)
         left = sum(max(self.trial_tokens - _tokens(t), 0) for t in trials
                    if statuses[t.trial_id] not in FINISHED)
-        left += max(self.study.trial_count - len(trials), 0) * self.trial_tokens
+        left += max(self._planned - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start
         rate = self._trained / elapsed if elapsed > 0 else 0.0  # not lowered by a PBT clone
         eta = 0.0 if left == 0 else left / rate if rate > 0 else math.inf
@@ -184,7 +185,7 @@ class LiveView(tune.Callback):
                       if math.isfinite(best_loss) else "")
         return (f"trial {trial.trial_id} {detail}; its best val_loss {_best_loss(trial):.4f}"
                 f"{f' ({params})' if params else ''}{study_best}; {finished} of "
-                f"{self.study.trial_count} finished; {self._progress(trials, statuses)}")
+                f"{self._planned} finished; {self._progress(trials, statuses)}")
 
     def render(self, trials: list) -> Group:
         """The frame: a headline, the best trial so far and a table of the most telling trials."""

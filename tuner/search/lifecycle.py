@@ -55,7 +55,7 @@ def run(request: Request) -> int:
 
     storage = request.storage.expanduser().resolve()
     resume, address = request.resume, request.address
-    study, overrides = _open(request, storage)
+    study, to_save = _open(request, storage)
     preflight.check_storage(storage)
     from tuner.search.address import check_address
 
@@ -110,13 +110,14 @@ def run(request: Request) -> int:
                           f"otherwise ({escape('; '.join(warm_changes))}): its losses compare "
                           "with this study's only loosely")
     return _run_study(console, warn, study, data_dir, storage, address=address, restore=restore,
-                      provenance=made_of, overrides=None if resume else overrides,
+                      provenance=made_of, overrides=to_save,
                       warm_trials=warm_trials)
 
 
-def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any]]:
+def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
     """The study: new from --space with the options' overrides, or resumed from its state under
-    --storage (UserError when it is being driven, or an option changed); and the overrides."""
+    --storage, extended by a larger --num-samples (UserError when it is being driven, or another
+    option changed); and the overrides to save with it (None: saved already)."""
     name, space, resume = request.name, request.space, request.resume
     overrides = {k: v for k, v in dict(
         name=name, num_samples=request.num_samples, seed=request.seed,
@@ -133,13 +134,18 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any]]:
 
     if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
         raise UserError(f"--name {name!r} {NAME_RULE}")
-    if resume:
-        state.check_not_driven(storage / name)
-        study = state.load(storage / name, space)
-        preflight.check_kept_settings(study, overrides)
-    else:
-        study = _new_study(storage, space, overrides)
-    return study, overrides
+    if not resume:
+        return _new_study(storage, space, overrides), overrides
+    from tuner.search.extension import extended
+
+    state.check_not_driven(storage / name)
+    study = state.load(storage / name, space)
+    preflight.check_kept_settings(study, {k: v for k, v in overrides.items()
+                                          if k != "num_samples"})  # which `extended` judges
+    more = extended(study, request.num_samples, storage / name)
+    if more is study:
+        return study, None
+    return more, {**state.saved_overrides(storage / name), "num_samples": more.search.num_samples}
 
 
 def _check_store(study: Any, client: Any, exists: Any, *, resume: bool, restore: bool) -> None:

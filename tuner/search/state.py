@@ -76,6 +76,11 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
     partial.replace(path)  # a driver killed while writing leaves the last whole file
 
 
+def saved_overrides(folder: Path) -> dict[str, Any]:
+    """The overrides the study in `folder` was saved with (after `load` has checked its state)."""
+    return _read_state(folder / STATE_FILE)["overrides"]
+
+
 def load(folder: Path, space: Path | None) -> Any:
     """The study as it started, rebuilt from its space file: every setting must be as it was."""
     from tuner.search.tune_state import whole

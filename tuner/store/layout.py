@@ -7,6 +7,7 @@ METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s
            "elapsed_s")
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
+EXTENDED_TAG = "tuner.extended"  # a study's samples as started, then at each extension
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 # A trial run's status (its STATUS_TAG)
 RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
