@@ -97,6 +97,17 @@ def test_a_bad_dict_raises_the_files_message(tmp_path, byte_dataset):
     assert all(i.line is None for i in from_dict.value.issues)
 
 
+def test_a_dict_takes_tuples_and_a_name(byte_dataset):
+    space = yaml.safe_load(SPACE.format(data=byte_dataset, uri="sqlite:///mlflow.db"))
+    space["hparams"]["B"] = {"choice": (4, 8)}
+    study = tuner.load_study(space, name="given")
+    assert study.name == "given" and study.source_path is None
+    assert yaml.safe_load(study.source_text)["hparams"]["B"] == {"choice": [4, 8]}  # as logged
+    space["budget"]["seed"] = object()
+    with pytest.raises(tuner.SpaceError, match="not a study"):
+        tuner.load_study(space)
+
+
 def test_a_missing_store_raises_tracking_error(tmp_path):
     with pytest.raises(tuner.TrackingError, match="no such file"):
         tuner.trials("tiny", tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")

@@ -204,7 +204,7 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)
-        return Ended(INTERRUPTED, study, summary, "stopped", resume_hint)
+        return Ended(INTERRUPTED, study, summary, "stopped before its end", resume_hint)
     return Ended(FINISHED, study, summary)  # no best: every trial failed or diverged
 
 
