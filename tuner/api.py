@@ -49,7 +49,7 @@ class Trial:
     val_loss: float
     tokens: int
     reached_at: int
-    config: TrainConfig | None = None
+    config: TrainConfig | None = field(default=None, repr=False)  # long: print it on its own
     tracking_uri: str = field(default="", repr=False)  # may hold a password
 
     @property
@@ -57,7 +57,7 @@ class Trial:
         return perplexity(self.val_loss)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a DataFrame has no truth value to compare by
 class SearchResult:
     """How a run of a study ended. `status`: "finished" (ran to its end), "interrupted" (stopped:
     resumable) or "failed" (the tracking store or the disk failed mid-study: resumable once back).
@@ -96,6 +96,7 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     from tuner.store.redact import mask_log_records, remember
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading the result
     remember(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     mask_log_records()
     given = None if study is None or isinstance(study, (str, Path)) else load_study(study, name)
