@@ -41,4 +41,4 @@ def search(
     return lifecycle.run(lifecycle.Request(
         space=space, name=name, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
         tracking_uri=tracking_uri, storage=storage, address=address, resume=resume,
-        warm_start=warm_start))
+        warm_start=warm_start)).exit_code  # the one path of tuner.search from Python too

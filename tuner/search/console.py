@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,18 @@ from tuner.store.uri import server_address
 
 MAX_ROWS = 12
 _SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
+_QUIET = {"views": False}  # set by `quietly`: a restored LiveView has its settings of before
+
+
+@contextmanager
+def quietly(quiet: bool) -> Iterator[None]:
+    """Within: the live views show nothing when `quiet` (tuner.search(quiet=True))."""
+    before = _QUIET["views"]
+    _QUIET["views"] = quiet
+    try:
+        yield
+    finally:
+        _QUIET["views"] = before
 
 
 def stop_live_views() -> None:
@@ -89,8 +103,9 @@ class LiveView(tune.Callback):
         self._done: dict[str, str] = {}  # trial id -> how it finished
         self._caught_up = self._ended = self._draining = False
         self._console = output.console(stderr=True, highlight=True)
+        self._console.quiet = _QUIET["views"]
         starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
-        if self._console.is_terminal:
+        if self._console.is_terminal and not self._console.quiet:
             self._live = Live(starting, console=self._console, refresh_per_second=2,
                               transient=False)
             self._live.start()

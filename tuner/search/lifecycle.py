@@ -23,6 +23,7 @@ from rich.markup import escape
 from model.shell import as_started
 from tuner.errors import UserError
 from tuner.search import preflight, state
+from tuner.search.ended import FAILED, FINISHED, INTERRUPTED, Ended
 from tuner.store.uri import absolute_uri
 
 
@@ -40,15 +41,17 @@ class Request:
     address: str | None
     resume: bool
     warm_start: str | None
+    study: Any = None  # a study given from Python (loaded, or a mapping), in place of --space
+    quiet: bool = False  # print nothing: no warning, live view or summary
 
 
-def run(request: Request) -> int:
-    """Run (or resume) the study; the exit code: 0 with a best trial, 1 with none or a store or
-    disk failed mid-study, 130 when stopped."""
+def run(request: Request) -> Ended:
+    """Run (or resume) the study; how it ended (`Ended.exit_code`: 0 with a best trial, 1 with
+    none or a store or disk failed mid-study, 130 when stopped)."""
     from tuner.search import environment
 
     environment.configure(local=request.address is None)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, quiet=request.quiet)
 
     def warn(text: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(text)}")
@@ -82,7 +85,7 @@ def run(request: Request) -> int:
 
         summary = summarise(study)
         print_summary(console, summary)
-        return 0 if summary.best_run_id else 1
+        return Ended(FINISHED, study, summary)
     _check_store(study, client, exists, resume=resume, restore=restore)
     warm_trials, warm_changes = (None, []) if restore else _warm_trials(study)
     if study.search.storage and not resume:
@@ -118,7 +121,7 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
     """The study: new from --space with the options' overrides, or resumed from its state under
     --storage, extended by a larger --num-samples (UserError when it is being driven, or another
     option changed); and the overrides to save with it (None: saved already)."""
-    name, space, resume = request.name, request.space, request.resume
+    name, space, resume = request.name, request.study or request.space, request.resume
     overrides = {k: v for k, v in dict(
         name=name, num_samples=request.num_samples, seed=request.seed,
         max_concurrent=request.max_concurrent, warm_start=request.warm_start,
@@ -129,7 +132,8 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
                             "to continue")
         from tuner.space import load_study
 
-        name = load_study(space).name  # the file's name, else its stem, as a new study takes
+        # the file's name, else its stem, as a new study takes
+        name = space.name if request.study else load_study(space).name
     from tuner.space.schema import NAME_RULE, STUDY_NAME
 
     if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
@@ -168,10 +172,10 @@ def _check_store(study: Any, client: Any, exists: Any, *, resume: bool, restore:
 
 
 def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_dir: Path,
-               storage: Path, *, address: str | None, **run_args: Any) -> int:
+               storage: Path, *, address: str | None, **run_args: Any) -> Ended:
     """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
-    the exit code."""
-    from tuner.search.console import print_summary
+    how it ended."""
+    from tuner.search.console import print_summary, quietly
     from tuner.search.runner import run_study
     from tuner.search.storage_faults import StorageFull
     from tuner.search.tracking import TrackingLost
@@ -183,28 +187,31 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
         resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
                                  ) + " (a HyperBand study cannot be resumed)"
     try:
-        summary = run_study(study, data_dir, storage, address=address, warn=warn, **run_args)
+        with quietly(console.quiet):
+            summary = run_study(study, data_dir, storage, address=address, warn=warn, **run_args)
     except TrackingLost as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
         console.print(f"once the store answers again, continue it with: {resume_hint}",
                       markup=False)
-        return 1
+        return Ended(FAILED, study, None, f"{err}; the study stopped", resume_hint)
     except StorageFull as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
         console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
-        return 1
+        return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
+                     resume_hint)
     except KeyboardInterrupt:
         from tuner.search.stopping import stopped_at_once
 
         if not stopped_at_once():
             raise  # before the study was saved: "aborted", and nothing to resume
-        console.print(f"{second_stop(study)}; continue it with: {resume_hint}", markup=False)
-        return 130
+        stopped = second_stop(study)
+        console.print(f"{stopped}; continue it with: {resume_hint}", markup=False)
+        return Ended(INTERRUPTED, study, None, stopped, resume_hint)
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)
-        return 130
-    return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
+        return Ended(INTERRUPTED, study, summary, "stopped before its end", resume_hint)
+    return Ended(FINISHED, study, summary)  # no best: every trial failed or diverged
 
 
 def second_stop(study: Any) -> str:
@@ -222,14 +229,14 @@ def second_stop(study: Any) -> str:
     return "stopped at once (a second stop): its runs stay RUNNING until it is resumed"
 
 
-def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> Any:
-    """A new study from the --space file and the options, its tracking URI made absolute;
-    UserError when --storage holds one of its name already."""
-    from tuner.space import load_study
+def _new_study(storage: Path, space: Any, overrides: dict[str, Any]) -> Any:
+    """A new study from the --space file (or a study given from Python) and the options, its
+    tracking URI made absolute; UserError when --storage holds one of its name already."""
+    from tuner.space import Study, load_study
 
     if space is None:
         raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
-    study = load_study(space, overrides.get("name"))
+    study = space if isinstance(space, Study) else load_study(space, overrides.get("name"))
     uri = overrides.get("tracking_uri", study.tracking.uri)  # "" too: the check names the flag
     if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
