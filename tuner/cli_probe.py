@@ -24,7 +24,7 @@ def probe(
     space: Annotated[Path, typer.Option(
         "--space", help="study file (YAML)", dir_okay=False, show_default=False)],
     write: Annotated[bool, typer.Option(
-        "--write", help="set the suggested range as α_max: {loguniform: [lo, hi]} in the study "
+        "--write", help="set the suggested range as α_max's loguniform range in the study "
         "file, its comments and layout kept")] = False,
     start: Annotated[float, typer.Option(help="the sweep's first α")] = START_LR,
     end: Annotated[float, typer.Option(help="the sweep's last α (it stops earlier where the "

@@ -55,10 +55,7 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     """Run the α range test of the study file `space` and record it in the study's tracking store;
     with `write`, set α_max's range in the file. UserError (nothing run or written) on bad
     input, a file `write` cannot edit safely included."""
-    import torch
-
-    from model.config import ConfigError
-    from model.lr_probe import lr_probe, suggest_range
+    from model.lr_probe import suggest_range
     from model.train import device_label, resolve_device
     from tuner.probe.plot import probe_figure
     from tuner.probe.record import PROBE_PNG, log_probe
@@ -67,10 +64,7 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     from tuner.space import load_study
     from tuner.space.dataset_fit import study_dataset
     from tuner.space.edit import set_hparam, write_checked
-    from tuner.store.connect import connect
     from tuner.store.layout import DATASET_TAG, DEVICE_TAG
-    from tuner.store.runs import experiment_id
-    from tuner.store.uri import absolute_uri
 
     if not 0 < start < end:
         raise UserError(f"--start {start} and --end {end}: the sweep's α must grow from above 0")
@@ -80,27 +74,15 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     text = study.source_text or ""
     if write:
         set_hparam(space, text, "lr_max", PLACEHOLDER)  # refused now, before anything runs
+    data_dir, _ = study_dataset(study)
+    config = probe_config(study, data_dir)
+    client, uri, experiment = _store(study, tracking_uri)
     where = out or Path("reports") / "probe" / study.name
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {where}: cannot be made a folder ({err.strerror or err})") from None
-    data_dir, _ = study_dataset(study)
-    config = probe_config(study, data_dir)
-    uri = tracking_uri or study.tracking.uri
-    if tracking_uri is None and "uri" not in study.tracking.model_fields_set:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as `tuner search` takes it
-    uri = absolute_uri(uri)
-    client = connect(uri)
-    experiment = experiment_id(client, study.tracking.experiment)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(trial_threads(study))  # as a trial: the same losses on a CPU
-    try:
-        curve = lr_probe(config, start, end, steps)
-    except ConfigError as err:
-        raise UserError(f"the probe's config is invalid: {err}") from None
-    finally:
-        torch.set_num_threads(threads)
+    curve = _sweep(config, start, end, steps, trial_threads(study))
     found = suggest_range(curve)
     shown = None if found.lo is None else (rounded(found.lo, up=False), rounded(found.hi, up=True))
     png = where / PROBE_PNG
@@ -119,6 +101,40 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
         write_checked(space, edited, study)
         result.written = space
     return result
+
+
+def _store(study: Any, tracking_uri: str | None) -> tuple[Any, str, str]:
+    """The study's tracking store, as `tuner search` picks it (the option, else the file's, else
+    MLFLOW_TRACKING_URI, else the default): its client, URI and the study's experiment id."""
+    from tuner.store.connect import connect
+    from tuner.store.runs import experiment_id
+    from tuner.store.uri import absolute_uri
+
+    uri = tracking_uri or study.tracking.uri
+    if tracking_uri is None and "uri" not in study.tracking.model_fields_set:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+    uri = absolute_uri(uri)
+    client = connect(uri)
+    return client, uri, experiment_id(client, study.tracking.experiment)
+
+
+def _sweep(config: TrainConfig, start: float, end: float, steps: int, threads: int
+           ) -> ProbeCurve:
+    """`lr_probe` with `threads` torch threads, as a trial of the study (the same losses on a
+    CPU)."""
+    import torch
+
+    from model.config import ConfigError
+    from model.lr_probe import lr_probe
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return lr_probe(config, start, end, steps)
+    except ConfigError as err:
+        raise UserError(f"the probe's config is invalid: {err}") from None
+    finally:
+        torch.set_num_threads(before)
 
 
 def probe_config(study: Any, data_dir: Path) -> TrainConfig:
