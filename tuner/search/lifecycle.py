@@ -66,7 +66,9 @@ def run(request: Request) -> Ended:
         check_address(address)
     else:
         preflight.check_local_resources(study, warn)
-    checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
+    from tuner.space.dataset_fit import study_dataset
+
+    checked = study_dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.store.connect import connect, new_sqlite_store
     from tuner.store.runs import find_parent
@@ -92,7 +94,7 @@ def run(request: Request) -> Ended:
         from tuner.search.algorithms import check_storage_is_free
 
         check_storage_is_free(study)
-    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
+    data_dir, meta = checked or study_dataset(study)  # a corpus to prepare: once the rest is sound
     from tuner.search.provenance import provenance
 
     made_of = provenance(data_dir, meta)
@@ -268,15 +270,3 @@ def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
     return history.optuna_trials(study, points), history.setup_differences(recorded, study)
-
-
-def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
-    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
-    from tuner.datasets import prepare_dataset
-    from tuner.space.dataset_fit import check_study_dataset
-
-    if study.data.path:
-        data_dir = Path(study.data.path).expanduser().resolve()
-    else:
-        data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
-    return data_dir, check_study_dataset(study, data_dir)

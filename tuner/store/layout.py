@@ -34,3 +34,5 @@ FAILED_IN_TAG = "tuner.failed_in"
 # which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
 CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
                "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
+# A `tuner probe` run's: "range" when it found an α_max range, else why not (docs/commands.md)
+PROBE_OUTCOME_TAG = "tuner.probe.outcome"
