@@ -245,7 +245,7 @@ def _check_same_dataset(state: dict, config: TrainConfig, dataset: Dataset, path
                           "prepare it as it was, or name another folder in --config")
 
 
-def _configure_backends(config: TrainConfig, device: torch.device) -> None:
+def configure_backends(config: TrainConfig, device: torch.device) -> None:
     # Set both ways: a reused process (a Ray actor's next trial, a replay) keeps torch's globals
     tf32 = device.type == "cuda" and config.fast
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
@@ -254,6 +254,25 @@ def _configure_backends(config: TrainConfig, device: torch.device) -> None:
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(config.deterministic)
+
+
+def seeded_start(config: TrainConfig, device: torch.device
+                 ) -> tuple[TransformerLM, torch.optim.Optimizer, torch.Generator]:
+    """A run's model, optimizer and training-batch generator at step 0, seeded from config.seed."""
+    torch.manual_seed(config.seed)
+    model = TransformerLM(config.model, dropout=config.dropout, fast=config.fast).to(device)
+    return model, build_optimizer(model, config), torch.Generator().manual_seed(config.seed + 1)
+
+
+def autocast_for(config: TrainConfig, device: torch.device
+                 ) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context a forward pass runs in: bf16 autocast for a `fast` run on CUDA, else none."""
+    def autocast() -> contextlib.AbstractContextManager:
+        if config.fast and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    return autocast
 
 
 @torch.no_grad()
@@ -296,13 +315,10 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     device = resolve_device(config.device)
     dataset = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
     resume_state = read_checkpoint(resume_from) if resume_from is not None else None
-    _configure_backends(config, device)
+    configure_backends(config, device)
 
-    torch.manual_seed(config.seed)
-    model = TransformerLM(config.model, dropout=config.dropout, fast=config.fast).to(device)
-    optimizer = build_optimizer(model, config)
+    model, optimizer, batch_gen = seeded_start(config, device)
     schedule = LRSchedule.from_config(config)
-    batch_gen = torch.Generator().manual_seed(config.seed + 1)
     sample_gen = torch.Generator().manual_seed(config.seed + 2)
     result = TrainResult(status="completed", num_params=model.num_params(),
                          epochs=config.epochs(len(dataset.train)))
@@ -352,13 +368,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                               f"the 0..{config.steps} steps of this config")
 
     runner = compiled(model, config) if compiles(config, device) else model
-    use_bf16 = config.fast and device.type == "cuda"
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
+    autocast = autocast_for(config, device)
     tokenizer = _load_tokenizer(dataset) if config.sample_tokens > 0 else None
     if tokenizer is not None:
         _check_prompt(tokenizer, config.sample_prompt)
