@@ -10,7 +10,7 @@ import yaml
 from inspect_study import SPACE, TRIALS, log_study, tuner
 from mlflow import MlflowClient
 
-from tuner.inspect import confirm
+from tuner.search import seed_check as confirm
 from tuner.inspect.report import read_findings
 from tuner.search.runner import summarise
 from tuner.space import build_study

@@ -91,7 +91,7 @@ def best(
     """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status;
     their seed check when the study has one (--confirm runs it)."""
     from tuner.inspect import best as best_mod
-    from tuner.inspect import confirm as confirm_mod
+    from tuner.search import seed_check as confirm_mod
     from tuner.space.params import shown_value, symbol
     from tuner.store import runs
     from tuner.store.connect import connect_existing

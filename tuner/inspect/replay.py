@@ -14,6 +14,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from tuner.errors import UserError
+from tuner.search.retrain import train_logged
 from tuner.store import runs
 from tuner.store.write import log_metrics
 
@@ -198,36 +199,3 @@ def execute(client: Any, plan: Plan) -> Replay:
     client.set_terminated(replay_id, "FINISHED")
     return result
 
-
-def train_logged(client: Any, run_id: str, config: TrainConfig, *, threads: int | None,
-                 end_tokens: int | None = None, resume_from: Path | None = None
-                 ) -> dict[int, float]:
-    """Train `config` (on `threads` torch threads; up to `end_tokens`), logging each evaluation to
-    run `run_id`; its val_loss by tokens. A stop or failure ends the run KILLED or FAILED."""
-    import torch
-
-    from model.train import EvalRecord, train
-    from tuner.store.layout import METRICS
-
-    losses: dict[int, float] = {}
-
-    def on_eval(record: EvalRecord) -> bool:
-        losses[record.tokens] = record.val_loss
-        values = record.as_metrics()
-        log_metrics(client, run_id, {k: values[k] for k in METRICS if k in values},
-                    record.tokens)
-        return end_tokens is not None and record.tokens >= end_tokens
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        train(config, on_eval=on_eval, resume_from=resume_from)
-    except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): what it trained stays recorded
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    finally:
-        torch.set_num_threads(before)
-    return losses

@@ -160,7 +160,7 @@ def transfer_markdown(transfer: Transfer) -> list[str]:
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
                   ) -> tuple[Findings, list[tuple[str, Any]]]:
     """What the report says of the study, and its trials for parallel coordinates."""
-    from tuner.inspect import confirm
+    from tuner.search import seed_check as confirm
     from tuner.store.layout import STOP_REASON_TAG, STUDY_PREFIX, UNRANKED
 
     trial_curves = curves(client, trial_runs)

@@ -230,7 +230,7 @@ def _confirm(console: Console, study: Any) -> None:
     """The study's seed check (search.confirm), as `tuner best --confirm` runs it."""
     import tempfile
 
-    from tuner.inspect.confirm import confirm
+    from tuner.search.seed_check import confirm
     from tuner.store.connect import connect
 
     settings = study.search.confirm
