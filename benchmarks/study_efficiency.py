@@ -3,6 +3,7 @@ stopping, and what the orchestration costs.
 
     uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--space FILE] [--work DIR]
     uv run python benchmarks/study_efficiency.py --as-is 3 [--scale 4]
+    uv run python benchmarks/study_efficiency.py --flat 12 noise [--seeds 0 1] [--asha-samples 48]
 
 For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or `--space`):
 random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
@@ -13,6 +14,9 @@ even number of full trials (goal: at most a third), the share of each study's wa
 inside training steps (goal: at least 90%) with where the rest went, and the start-up cost of a
 trial. `--as-is N` runs the study file unchanged N times and reports only the orchestration;
 `--scale K` makes its trials K times as long, to see how the fixed costs weigh on longer trials.
+`--flat N MARGIN` runs ASHA + TPE for every seed as it is and with search.stop_when_flat
+{trials: N, margin: MARGIN}, and reports the tokens the stop saved (net of its seed check's) and
+whether the final best changed.
 """
 
 from __future__ import annotations
@@ -292,6 +296,54 @@ def slot_time_table(studies: list[Study]) -> list[str]:
     return lines
 
 
+def seed_check_tokens(work: Path, name: str) -> int:
+    """Tokens trained by the confirmation runs (seed checks) of study `name`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000,
+                              filter_string="tags.`tuner.role` = 'confirmation'")
+    return sum(max((int(m.step) for m in client.get_metric_history(r.info.run_id, "val_loss")),
+                   default=0) for r in runs)
+
+
+def flat_report(rows: list[tuple[int, Study, Study, int, str]]) -> str:
+    """Each seed's full study against the one stopped when flat: trials, tokens, final best."""
+    lines = ["| seed | all trials: trials, tokens, best | stopped when flat: trials, tokens "
+             "(+ seed check), best | tokens saved | best changed |", "|---|---|---|---|---|"]
+    for seed, full, flat, check, _ in rows:
+        saved = full.curve[-1][0] - flat.curve[-1][0] - check
+        lines.append(f"| {seed} | {full.trials}, {full.curve[-1][0]:,}, {full.curve[-1][1]:.4f} "
+                     f"| {flat.trials}, {flat.curve[-1][0]:,} (+ {check:,}), "
+                     f"{flat.curve[-1][1]:.4f} | {saved:,} ({saved / full.curve[-1][0]:.0%}) "
+                     f"| {flat.curve[-1][1] - full.curve[-1][1]:+.4f} |")
+    return "\n".join([*lines, "", *(f"seed {seed}: {reason}" for seed, *_, reason in rows)])
+
+
+def flat_runs(work: Path, args: argparse.Namespace, concurrency: int) -> str:
+    """Per seed, ASHA + TPE as it is and stopped when flat: the markdown comparing them."""
+    from mlflow import MlflowClient
+
+    trials, margin = int(args.flat[0]), args.flat[1]
+    setting = {"trials": trials, "margin": margin if margin == "noise" else float(margin)}
+    rows = []
+    for seed in args.seeds:
+        base = {"algorithm": "tpe", "scheduler": "asha", "num_samples": args.asha_samples,
+                "seed": seed}
+        stamp = int(time.time())
+        full = _run_and_measure(work, f"asha-tpe-s{seed}-{stamp}", base, args.space, concurrency)
+        name = f"flat-s{seed}-{stamp}"
+        flat = _run_and_measure(work, name, {**base, "stop_when_flat": setting}, args.space,
+                                concurrency)
+        client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+        parent = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                                    filter_string="tags.`tuner.role` = 'study'")[0]
+        rows.append((seed, full, flat, seed_check_tokens(work, name),
+                     parent.data.tags.get("tuner.stop_reason", "not stopped")))
+    return flat_report(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -305,6 +357,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, metavar="K",
                         help="with --as-is: trials K times as long (budget.tokens, "
                              "budget.eval_tokens and the ASHA grace period times K)")
+    parser.add_argument("--flat", nargs=2, metavar=("N", "MARGIN"),
+                        help="instead of the comparison, ASHA + TPE as it is and with "
+                             "search.stop_when_flat {trials: N, margin: MARGIN}")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -320,6 +375,11 @@ def main() -> None:
                                     concurrency, args.scale) for i in range(args.as_is)]
         print(header)
         print(orchestration(studies))
+        return
+    if args.flat:
+        table = flat_runs(work, args, concurrency)
+        print(header)
+        print(table)
         return
     pairs = []
     for seed in args.seeds:

@@ -80,10 +80,18 @@ def best(
     export: Annotated[Path | None, typer.Option(
         help="write the best trial as a fixed study file (runs as one trial of `tuner search`)",
         dir_okay=False)] = None,
+    confirm: Annotated[int | None, typer.Option(
+        "--confirm", min=1, metavar="K", help="train the K best completed trials again with "
+        "--seeds further seeds each, and say whether the winner's lead exceeds the seed noise",
+        show_default=False)] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=100, help="further seeds per trial, with "
+                                       "--confirm")] = 3,
     tracking_uri: TrackingUri = DEFAULT_URI,
 ) -> int:
-    """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status."""
+    """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status;
+    their seed check when the study has one (--confirm runs it)."""
     from tuner.inspect import best as best_mod
+    from tuner.search import seed_check as confirm_mod
     from tuner.space.params import shown_value, symbol
     from tuner.store import runs
     from tuner.store.connect import connect_existing
@@ -122,6 +130,17 @@ def best(
     if transfer is not None:
         for table in _transfer_tables(transfer):
             console.print(table)
+    if confirm is not None:
+        with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
+            checked = confirm_mod.confirm(client, study, confirm, seeds, Path(tmp),
+                                          lambda line: console.print(line, markup=False))
+    else:
+        checked = confirm_mod.recorded(client, runs.study_parent(client, study))
+    if checked is not None:
+        console.print("seed check (final val_loss; each trial's own run is one seed):",
+                      markup=False)
+        for line in checked.lines():
+            console.print(f"  {line}", markup=False)
     if export is not None:
         with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
             row = best_mod.export_best(client, study, export, Path(tmp))

@@ -3,7 +3,7 @@ its trials' curves and rows, the winner and its margin, and the importance of ea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuner.inspect.importance import Curve, Importance
 from tuner.output import count
@@ -25,6 +25,8 @@ class Findings:
     replay_cmd: str  # reproduces the best trial ("" when there is none)
     tokens: int  # trained by the whole study
     transfer: Transfer | None = None  # a transfer study's trials by size
+    seed_check: list[str] = field(default_factory=list)  # its confirmations' lines, if any
+    stop_reason: str = ""  # why the study ended before its trial count, if it did
 
     @property
     def best(self) -> TrialRow | None:
@@ -48,7 +50,8 @@ class Findings:
             by_status[c.status] = by_status.get(c.status, 0) + 1
         return (f"{count(len(self.curves), 'trial')} ("
                 + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
-                + f"), {self.tokens:,} tokens trained in all.")
+                + f"), {self.tokens:,} tokens trained in all."
+                + (f" The study {self.stop_reason}." if self.stop_reason else ""))
 
     def winner(self) -> str:
         """The best trial's val_loss, where it was reached, and its margin over the runner-up."""

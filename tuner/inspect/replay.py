@@ -14,6 +14,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from tuner.errors import UserError
+from tuner.search.retrain import train_logged
 from tuner.store import runs
 from tuner.store.write import log_metrics
 
@@ -170,10 +171,8 @@ def _resume_point(client: Any, plan: Plan, workdir: Path) -> None:
 
 def execute(client: Any, plan: Plan) -> Replay:
     """Train the plan's config again, log it as a replay run, and compare with the original."""
-    import torch
-
-    from model.train import EvalRecord, device_label, resolve_device, train
-    from tuner.store.layout import METRICS, ROLE_TAG, STUDY_TAG
+    from model.train import device_label, resolve_device
+    from tuner.store.layout import ROLE_TAG, STUDY_TAG
 
     original_id, tags = plan.run.info.run_id, plan.run.data.tags
     end_tokens = plan.original[-1][0]
@@ -186,27 +185,9 @@ def execute(client: Any, plan: Plan) -> Replay:
         "tuner.device": device_label(resolve_device(plan.config.device)),
         "tuner.replay.from_checkpoint": str(plan.resume_from is not None).lower()}).info.run_id
     client.log_dict(replay_id, plan.config.to_dict(), "trial_config.json")
-    replayed: dict[int, float] = {}
-
-    def on_eval(record: EvalRecord) -> bool:
-        replayed[record.tokens] = record.val_loss
-        values = record.as_metrics()
-        log_metrics(client, replay_id, {k: values[k] for k in METRICS if k in values},
-                     record.tokens)
-        return record.tokens >= end_tokens  # a trial stopped early is replayed as far as it went
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(plan.threads or threads)
-    try:
-        train(plan.config, on_eval=on_eval, resume_from=plan.resume_from)
-    except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): what it replayed stays recorded
-        client.set_terminated(replay_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(replay_id, "FAILED")
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    # a trial stopped early is replayed as far as it went
+    replayed = train_logged(client, replay_id, plan.config, threads=plan.threads,
+                            end_tokens=end_tokens, resume_from=plan.resume_from)
     points = [Point(tokens, value, replayed.get(tokens, math.nan))
               for tokens, value in plan.original if tokens > plan.resume_tokens]
     points += [Point(tokens, math.nan, value) for tokens, value in sorted(replayed.items())
@@ -217,3 +198,4 @@ def execute(client: Any, plan: Plan) -> Replay:
     client.set_tag(replay_id, "tuner.replay.ok", str(result.ok).lower())
     client.set_terminated(replay_id, "FINISHED")
     return result
+

@@ -125,6 +125,8 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
                 if row.params else ["The study searched no parameter: its file fixes each."]), "",
               ("PBT changed its values as it ran (those it ended with are shown): no one config "
                "reproduces it." if row.pbt else f"Reproduce it: `{found.replay_cmd}`"), "",
+              *(["## Seed check", "", *[f"- {line}" for line in found.seed_check], ""]
+                if found.seed_check else []),
               "## What mattered (fANOVA)", ""]
     imp = found.importance
     if imp is not None:
@@ -158,7 +160,8 @@ def transfer_markdown(transfer: Transfer) -> list[str]:
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
                   ) -> tuple[Findings, list[tuple[str, Any]]]:
     """What the report says of the study, and its trials for parallel coordinates."""
-    from tuner.store.layout import STUDY_PREFIX, UNRANKED
+    from tuner.search import seed_check as confirm
+    from tuner.store.layout import STOP_REASON_TAG, STUDY_PREFIX, UNRANKED
 
     trial_curves = curves(client, trial_runs)
     try:
@@ -194,7 +197,10 @@ def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], w
     tokens = metrics.get(f"{STUDY_PREFIX}tokens_trained", metrics.get(
         "tokens_trained", sum(c.points[-1][0] for c in trial_curves if c.points)))
     transfer = read_transfer(recorded, rows)
-    findings = Findings(study, trial_curves, rows, found, note, "", int(tokens), transfer)
+    checked = confirm.recorded(client, parent)
+    findings = Findings(study, trial_curves, rows, found, note, "", int(tokens), transfer,
+                        checked.lines() if checked else [],
+                        parent.data.tags.get(STOP_REASON_TAG, ""))
     if findings.best is not None:
         findings.replay_cmd = as_started(f"tuner replay {findings.best.run_id} --tracking-uri "
                                          f"{shlex.quote(redact(client.tracking_uri))}")

@@ -156,6 +156,8 @@ def study_html(found: Findings, images: list[Path]) -> str:
         f"<title>Study {_esc(found.study)}</title><style>{STYLE}</style></head><body>",
         f"<h1>Study {_esc(found.study)}</h1>", f"<p>{_esc(found.counts())}</p>",
         _best_section(found),
+        "<h2>Seed check</h2><ul>" + "".join(f"<li>{_esc(line)}</li>" for line in found.seed_check)
+        + "</ul>" if found.seed_check else "",
         figure(TRANSFER_PNG) and f"<h2>Transfer</h2>{figure(TRANSFER_PNG)}",
         "<h2>Curves</h2>", figure(LOSS_PNG),
         f"<h2>Trials</h2><p>{len(found.rows)} trials, best first; click a column's header to "

@@ -256,6 +256,7 @@ class Summary:
     tracking_uri: str = ""  # as shown: a password in it masked
     interrupted: bool = False
     experiment_id: str = ""  # the MLflow experiment that holds the study
+    stop_reason: str = ""  # why it ended before its trial count (stop when flat)
 
 
 def _ui_link(summary: Summary) -> str:
@@ -271,7 +272,8 @@ def _ui_link(summary: Summary) -> str:
 def print_summary(console: Console, summary: Summary) -> None:
     """The closing lines: what ran, the best trial with its run id, and how to reproduce it."""
     counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n) or "no trial finished"
-    state = "interrupted" if summary.interrupted else "finished"
+    state = "interrupted" if summary.interrupted else "finished" + (
+        f" ({summary.stop_reason})" if summary.stop_reason else "")
     console.print(f"[bold]study {summary.study}[/] {state}: {counts}")
     console.print(f"MLflow parent run {summary.parent_run_id} ({escape(summary.tracking_uri)})")
     console.print(f"compare the runs: {_ui_link(summary)}", highlight=False, soft_wrap=True,

@@ -22,8 +22,10 @@ from rich.markup import escape
 
 from model.shell import as_started
 from tuner.errors import UserError
+from tuner.output import count
 from tuner.search import preflight, state
 from tuner.search.ended import FAILED, FINISHED, INTERRUPTED, Ended
+from tuner.store.layout import STOP_REASON_TAG
 from tuner.store.uri import absolute_uri
 
 
@@ -79,9 +81,15 @@ def run(request: Request) -> Ended:
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
                                                      study.name)
-    if restore and exists and exists.info.status == "FINISHED" and _not_resumable(study):
+    stopped_flat = exists.data.tags.get(STOP_REASON_TAG) if restore and exists else None
+    if stopped_flat and to_save is not None:
+        raise UserError(f"study {study.name!r} {stopped_flat}: extended, it would stop again at "
+                        "once. Run the samples it lacks as a new study that builds on it: tuner "
+                        f"search --space FILE --name NEW --warm-start {study.name}")
+    if restore and exists and exists.info.status == "FINISHED" and (
+            _not_resumable(study) or stopped_flat):
         # Tune's state holds trials HyperBand paused at their full budget: restored, it would
-        # train them on. The study ended: nothing to resume.
+        # train them on; a study stopped when flat ended for good. Nothing to resume.
         from tuner.search.console import print_summary
         from tuner.search.runner import summarise
 
@@ -213,7 +221,26 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)
         return Ended(INTERRUPTED, study, summary, "stopped before its end", resume_hint)
+    if summary.best_run_id and study.search.confirm:
+        _confirm(console, study)
     return Ended(FINISHED, study, summary)  # no best: every trial failed or diverged
+
+
+def _confirm(console: Console, study: Any) -> None:
+    """The study's seed check (search.confirm), as `tuner best --confirm` runs it."""
+    import tempfile
+
+    from tuner.search.seed_check import confirm
+    from tuner.store.connect import connect
+
+    settings = study.search.confirm
+    console.print(f"seed check: the {settings.top} best completed trials, "
+                  f"{count(settings.seeds, 'further seed')} each")
+    with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as tmp:
+        result = confirm(connect(study.tracking.uri), study.name, settings.top, settings.seeds,
+                         Path(tmp), lambda line: console.print(line, markup=False))
+    for line in result.lines():
+        console.print(f"  {line}", markup=False)
 
 
 def second_stop(study: Any) -> str:

@@ -140,6 +140,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
     from tuner.search.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.console import LiveView
+    from tuner.search.flat_stop import FlatStopper, FlatWatch
     from tuner.search.recovery import CheckpointRepair, StateBackup
     from tuner.search.stopping import StopRelay
     from tuner.search.storage_faults import StorageGuard
@@ -160,16 +161,18 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
         warnings.filterwarnings("ignore", message="The reported value is ignored because this")
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
-    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage))
+    flat = FlatWatch(study) if study.search.stop_when_flat else None
+    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage), flat)
     # A trial resumes from the checkpoint Tune's last save names: the latest or the one before
     # (StateBackup deletes them once the trial ended). PBT clones others' and keeps them all: its
     # save of a function trainable registers the latest checkpoint again, and pruning one of the
     # two deletes the files of the other, which it may still clone from.
     callbacks = [CheckpointRepair(), StateBackup(config.scheduler, None if pbt else recorder),
-                 StorageGuard(), recorder, LiveView(study),
-                 StopRelay()]  # the relay last: a held stop finds the study set up
+                 StorageGuard(), recorder, *([flat] if flat else []),  # after the recorder
+                 LiveView(study), StopRelay()]  # the relay last: a held stop finds the study set up
     run_config = tune.RunConfig(
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+        stop=FlatStopper(flat) if flat else None,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
     return tune.Tuner(trainable, param_space=tune_space(study) if pbt else {},
@@ -261,8 +264,8 @@ def summarise(study: Any) -> Summary:
     view of its experiment's runs that the summary's link to MLflow's UI opens."""
     from tuner.search.tracking import TrackingLost
     from tuner.store.connect import connect
-    from tuner.store.layout import STATUS_TAG
-    from tuner.store.runs import child_runs, counts_as_best, find_parent, ranked, searched_values
+    from tuner.store.layout import STATUS_TAG, STOP_REASON_TAG
+    from tuner.store.runs import counts_as_best, find_parent, ranked, searched_values, trial_runs
     from tuner.store.view import save_view
 
     try:
@@ -270,12 +273,13 @@ def summarise(study: Any) -> Summary:
     except UserError as err:  # it answered as the study began: it failed since (exit 1, not 2)
         raise TrackingLost(redact(str(err))) from None
     parent = find_parent(client, study.tracking.experiment, study.name)
-    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    runs = trial_runs(client, parent)  # not its confirmations
     counts = {s: sum(1 for r in runs if r.data.tags.get(STATUS_TAG) == s) for s in FINISHED}
     summary = Summary(study.name, parent.info.run_id, counts,
                       tracking_uri=redact(study.tracking.uri),
                       interrupted=parent.info.status != "FINISHED",
-                      experiment_id=parent.info.experiment_id)
+                      experiment_id=parent.info.experiment_id,
+                      stop_reason=parent.data.tags.get(STOP_REASON_TAG, ""))
     save_view(client, parent.info.experiment_id)
     best = next(iter(ranked(runs)), None)  # ties: the earliest, as the live view and `tuner best`
     if best is not None and counts_as_best(best):

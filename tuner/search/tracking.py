@@ -46,6 +46,7 @@ from tuner.store.layout import (
     SEARCHED_TAG,
     SIZE_TAG,
     STATUS_TAG,
+    STOP_REASON_TAG,
     STOPPED,
     STUDY_PREFIX,
     STUDY_TAG,
@@ -116,10 +117,13 @@ class MlflowRecorder(tune.Callback):
     # The store's failure, once it failed. A class default: Tune.restore unpickles the recorder
     # saved when the study started, maybe by a version of tuner without this attribute.
     lost: TrackingLost | None = None
+    flat: Any = None  # the study's FlatWatch (search.stop_when_flat), if it has one
 
-    def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str):
+    def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str,
+                 flat: Any = None):
         self.study, self.data_dir = study, data_dir
         self.provenance, self.storage = provenance, storage
+        self.flat = flat  # one pickle with the callbacks keeps them together
         self._client: Any = None
 
     # -- study (parent run) -------------------------------------------------------------------
@@ -488,6 +492,11 @@ class MlflowRecorder(tune.Callback):
         for trial in trials:  # ended while the store failed, before a resume: end its run now
             if ended(trial):
                 self._finish(trial)
+        reason = self.flat.reason if self.flat is not None else ""
+        if reason:  # Tune ended the running trials with the study: they were stopped early
+            for trial in trials:
+                if trial.trial_id in self._children and trial.trial_id not in self._finished:
+                    self._stop_with_study(trial, reason)
         best = by_id.get(self._best[2])
         finished = self._best[2] in self._finished  # an interrupted trial's would be mid-way
         if best is not None and finished and self.study.tracking.log_checkpoints != "none":
@@ -504,8 +513,20 @@ class MlflowRecorder(tune.Callback):
                 self._client.set_terminated(child.run_id, "KILLED")
         self._log_study()
         self._note_study()
-        complete = not unfinished and len(trials) >= self._planned
+        if reason:
+            self._client.set_tag(self._parent, STOP_REASON_TAG, reason)
+        complete = bool(reason) or not unfinished and len(trials) >= self._planned
         self._client.set_terminated(self._parent, "FINISHED" if complete else "KILLED")
+
+    def _stop_with_study(self, trial: Any, reason: str) -> None:
+        """End the run of a trial that the study's flat stop ended as it ran: stopped."""
+        child = self._children[trial.trial_id]
+        detail = f"stopped with the study ({reason})"
+        log_params_tags(self._client, child.run_id, {},
+                        {**self._status_tags(trial, child, STOPPED, detail),
+                         "tuner.status_detail": detail})
+        self._client.set_terminated(child.run_id, RUN_STATUS[STOPPED])
+        self._finished[trial.trial_id] = STOPPED
 
     def _note_study(self) -> None:
         """Describe the parent run: its best trial, by how much, on which values; a transfer

@@ -7,6 +7,7 @@ The model, hparams and budget sections are generated from the trainer's `HParam`
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -137,6 +138,32 @@ class PbtSettings(Section):
         return [keys[n] for n in names]
 
 
+class ConfirmSettings(Section):
+    """Seed-checked winners: the top trials trained again with other seeds once the study ends."""
+
+    top: int = Field(3, ge=1, description="how many of the best completed trials to train again")
+    seeds: int = Field(3, ge=1, le=100, description="further seeds each (the study's budget.seed "
+                       "+ 1 … + seeds)")
+
+
+class FlatSettings(Section):
+    """Stop when flat: end the study once its best val_loss stopped improving."""
+
+    trials: int = Field(ge=1, description="stop once the best val_loss improved by no more than "
+                        "the margin over the last this many finished trials")
+    margin: float | str = Field(0.0, description="an improvement of at most this much counts as "
+                                "none; `noise`: the seed sd of the study's best, measured by a "
+                                "seed check (docs/study-file.md#stop-when-flat)")
+
+    @field_validator("margin", mode="before")
+    @classmethod
+    def _margin(cls, value: Any) -> Any:
+        if value == "noise" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                and 0 <= value < math.inf):
+            return value
+        raise ValueError(f"must be a number ≥ 0 or noise, got {value!r}")
+
+
 class SearchSection(Section):
     """How trials are proposed (Optuna sampler) and stopped early (Ray Tune scheduler)."""
 
@@ -173,6 +200,10 @@ class SearchSection(Section):
     warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in "
                                    "the same tracking store, with this space: the searcher starts "
                                    "from its finished trials")
+    confirm: ConfirmSettings | None = Field(None, description="train the top trials again with "
+                                            "other seeds once the study ends (default: off)")
+    stop_when_flat: FlatSettings | None = Field(None, description="end the study once its best "
+                                                "val_loss is flat (default: off)")
     asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha "
                                "and hyperband schedulers")
     median: MedianSettings = Field(default_factory=MedianSettings, description="settings of the "

@@ -14,6 +14,12 @@ RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
 DIVERGED, FAILED = "diverged", "failed"
 FINISHED = (COMPLETED, STOPPED, DIVERGED, FAILED)
 UNRANKED = (DIVERGED, FAILED)  # a low loss before the end does not make such a config the best
+# A confirmation run (tuner.role "confirmation", under the parent): the trial it trains again
+# with another seed (its trial id and run id); the parent's verdict once confirmations ran
+CONFIRMATION = "confirmation"
+CONFIRMS_TAG, CONFIRMS_RUN_TAG = "tuner.confirms", "tuner.confirms_run"
+VERDICT_TAG = "tuner.confirmation"
+STOP_REASON_TAG = "tuner.stop_reason"  # the parent's: why the study ended before its trial count
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
 SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSON)

@@ -1,0 +1,110 @@
+"""Seed-checked winners (`tuner best --confirm`), on a real recorded study without Ray."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import yaml
+from inspect_study import SPACE, TRIALS, log_study, tuner
+from mlflow import MlflowClient
+
+from tuner.search import seed_check as confirm
+from tuner.inspect.report import read_findings
+from tuner.search.runner import summarise
+from tuner.space import build_study
+from tuner.store import runs
+from tuner.store.layout import CONFIRMATION, CONFIRMS_RUN_TAG, ROLE_TAG
+
+pytest_plugins = ["inspect_study"]
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory, byte_dataset, mlflow_store_template):
+    """A study of 2 completed trials and a stopped one, confirmed by `tuner best --confirm 3
+    --seeds 1`: (its record, the command's output)."""
+    study = log_study(tmp_path_factory.mktemp("confirm"), "seeded", byte_dataset,
+                      mlflow_store_template, trials=TRIALS[:3])
+    code, out = tuner("best", "--study", study.name, "--confirm", "3", "--seeds", "1",
+                      "--tracking-uri", study.uri)
+    assert code == 0, out
+    return study, out
+
+
+def test_confirmations_are_runs_under_the_parent_with_other_seeds(confirmed):
+    study, out = confirmed
+    client = MlflowClient(tracking_uri=study.uri)
+    parent = client.get_run(study.parent_id)
+    made = confirm.confirmations(client, parent)
+    assert len(made) == 2  # 2 completed trials × 1 seed
+    by_trial = {}
+    for run in made:
+        assert run.data.tags[ROLE_TAG] == CONFIRMATION
+        assert run.data.tags["mlflow.parentRunId"] == study.parent_id
+        by_trial.setdefault(run.data.tags[CONFIRMS_RUN_TAG], set()).add(run.data.tags["tuner.seed"])
+        assert math.isfinite(runs.metric(run, "val_loss"))
+    assert list(by_trial.values()) == [{"1"}, {"1"}]  # the study's seed is 0
+    assert "2 completed trials, fewer than the 3 asked" in out
+
+
+def test_confirmations_are_never_trials(confirmed, tmp_path):
+    study, _ = confirmed
+    client = MlflowClient(tracking_uri=study.uri)
+    parent = client.get_run(study.parent_id)
+    assert sorted(r.info.run_id for r in runs.trial_runs(client, parent)) == sorted(study.run_ids)
+    code, out = tuner("best", "--study", study.name, "--top", "10", "--tracking-uri", study.uri)
+    assert code == 0, out
+    table = [line for line in out.splitlines() if re.search(r"[0-9a-f]{32}", line)]
+    assert len(table) == 3 and "3 best trials" in out
+    found, _ = read_findings(client, study.name, parent, runs.trial_runs(client, parent), tmp_path)
+    assert len(found.rows) == 3
+    space = yaml.safe_load(SPACE.format(data=study.data, uri=study.uri))
+    summary = summarise(build_study({**space, "name": study.name}))
+    assert sum(summary.counts.values()) == 3 and summary.best_run_id == study.best_run_id
+
+
+def test_each_trial_has_its_mean_sd_and_the_winner_a_test(confirmed):
+    study, out = confirmed
+    client = MlflowClient(tracking_uri=study.uri)
+    result = confirm.recorded(client, client.get_run(study.parent_id))
+    assert [len(t.losses) for t in result.trials] == [2, 2]  # its own run and a confirmation
+    assert result.winner.mean <= result.trials[1].mean and result.winner.sd > 0
+    rival = result.rivals[0]
+    assert 0 < rival.p <= 1 and rival.lead >= 0
+    assert result.verdict in ("confirmed", f"within noise of {rival.trial_id}")
+    assert f"winner {result.winner.trial_id}: {result.verdict} (Welch's t-test" in out
+    assert f"val_loss {result.winner.mean:.4f} ± {result.winner.sd:.4f} over 2 seeds" in out
+    parent = client.get_run(study.parent_id)
+    assert parent.data.tags["tuner.confirmation"] == f"{result.winner.trial_id} {result.verdict}"
+
+
+def test_a_second_confirm_trains_nothing_and_best_shows_the_result(confirmed):
+    study, _ = confirmed
+    code, out = tuner("best", "--study", study.name, "--confirm", "2", "--seeds", "1",
+                      "--tracking-uri", study.uri)
+    assert code == 0 and "confirming trial" not in out and "Welch's t-test" in out
+    code, out = tuner("best", "--study", study.name, "--tracking-uri", study.uri)
+    assert code == 0 and "Welch's t-test" in out
+
+
+def test_welch_matches_the_textbook_and_takes_noiseless_seeds():
+    t, p = confirm.welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0])
+    # means 2 and 5.5, variances 1 and 5/3: t = -3.5 / √(1/3 + 5/12), about 4.96 degrees of freedom
+    assert t == pytest.approx(-3.5 / math.sqrt(0.75)) and p == pytest.approx(0.0101, abs=5e-4)
+    assert confirm.welch([1.0, 1.0], [2.0, 2.0]) == (-math.inf, 0.0)
+    seeded = [confirm.Seeded("a", "ra", {0: 1.0, 1: 1.1}), confirm.Seeded("b", "rb", {0: 1.0,
+                                                                                   1: 1.2})]
+    assert confirm.compare(seeded).verdict == "within noise of b"
+
+
+def test_report_shows_the_seed_check(confirmed, tmp_path):
+    study, _ = confirmed
+    code, out = tuner("report", "--study", study.name, "--out", str(tmp_path),
+                      "--tracking-uri", study.uri)
+    assert code == 0, out
+    summary = (tmp_path / "summary.md").read_text()
+    page = (tmp_path / "study.html").read_text()
+    assert "## Seed check" in summary and "Welch's t-test" in summary
+    assert "<h2>Seed check</h2>" in page and "± " in page
+    assert "3 trials (2 completed, 1 stopped)" in summary  # confirmations are no trials

@@ -1,0 +1,231 @@
+"""Seed-checked winners: a study's best completed trials trained again with further seeds, each
+trial's mean ± sd of final val_loss, and whether the winner's lead exceeds the seed noise.
+
+A confirmation trains the trial's recorded config with only its seed changed, in this process,
+one after another (as `tuner replay` does), and is recorded as a run under the study's parent
+(tuner.role "confirmation", never a trial). A trial and seed already confirmed is not trained
+again. The test: Welch's two-sided t-test of the winner's final val_losses against each rival's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import UserError
+from tuner.store import runs
+from tuner.store.layout import (
+    COMPLETED,
+    CONFIRMATION,
+    CONFIRMS_RUN_TAG,
+    CONFIRMS_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    VERDICT_TAG,
+)
+
+ALPHA = 0.05  # a lead is significant at p < ALPHA
+
+
+@dataclass
+class Seeded:
+    """One trial's final val_loss at each seed: its own run's and its confirmations'."""
+
+    trial_id: str
+    run_id: str
+    losses: dict[int, float]  # seed -> final val_loss
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.losses.values())
+
+    @property
+    def sd(self) -> float:
+        """The sample standard deviation over the seeds (nan with one seed)."""
+        return statistics.stdev(self.losses.values()) if len(self.losses) > 1 else math.nan
+
+
+@dataclass
+class Rival:
+    """Welch's t-test of the winner's val_losses against a rival's: t < 0 where the winner leads."""
+
+    trial_id: str
+    lead: float  # the rival's mean minus the winner's
+    t: float
+    p: float  # two-sided
+
+    @property
+    def significant(self) -> bool:
+        return self.lead > 0 and self.p < ALPHA
+
+
+@dataclass
+class Confirmation:
+    """The seed-checked trials, the winner (lowest mean) first, and its tests against the rest."""
+
+    trials: list[Seeded]
+    rivals: list[Rival]
+    notes: list[str] = field(default_factory=list)  # e.g. fewer completed trials than asked
+
+    @property
+    def winner(self) -> Seeded:
+        return self.trials[0]
+
+    @property
+    def noise(self) -> float:
+        """The seed sd pooled over the trials (the root of their mean variance)."""
+        variances = [t.sd ** 2 for t in self.trials if len(t.losses) > 1]
+        return math.sqrt(statistics.fmean(variances)) if variances else math.nan
+
+    @property
+    def verdict(self) -> str:
+        """`confirmed` (a significant lead over every rival), or `within noise of …`."""
+        if not self.rivals:
+            return "no rival to compare with"
+        close = [r.trial_id for r in self.rivals if not r.significant]
+        return f"within noise of {', '.join(close)}" if close else "confirmed"
+
+    def lines(self) -> list[str]:
+        """The result as plain text: a line a trial, then the verdict."""
+        out = [*self.notes]
+        for i, trial in enumerate(self.trials):
+            seeds = ", ".join(f"{v:.4f}" for _, v in sorted(trial.losses.items()))
+            test = ("the winner" if i == 0 else
+                    next(f"lead {r.lead:+.4f}, Welch t {r.t:.2f}, p {r.p:.3g}"
+                         for r in self.rivals if r.trial_id == trial.trial_id))
+            out.append(f"{trial.trial_id}: val_loss {trial.mean:.4f} ± {trial.sd:.4f} over "
+                       f"{len(trial.losses)} seeds ({seeds}); {test}")
+        out.append(f"winner {self.winner.trial_id}: {self.verdict} (Welch's t-test, p < {ALPHA}; "
+                   f"seed sd {self.noise:.4f})")
+        return out
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's t and its two-sided p-value for the means of `a` and `b`."""
+    from scipy import stats
+
+    if statistics.variance(a) == statistics.variance(b) == 0:  # no noise: any difference is real
+        same = statistics.fmean(a) == statistics.fmean(b)
+        return (0.0 if same else math.copysign(math.inf, statistics.fmean(a) -
+                                              statistics.fmean(b))), float(same)
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def compare(trials: list[Seeded], notes: list[str] | None = None) -> Confirmation:
+    """Rank seed-checked trials by mean and test the winner against each other one."""
+    ranked = sorted(trials, key=lambda t: t.mean)
+    winner = list(ranked[0].losses.values())
+    rivals = []
+    for rival in ranked[1:]:
+        t, p = welch(winner, list(rival.losses.values()))
+        rivals.append(Rival(rival.trial_id, rival.mean - ranked[0].mean, t, p))
+    return Confirmation(ranked, rivals, notes or [])
+
+
+def candidates(client: Any, parent: Any, top: int) -> tuple[list[Any], list[str]]:
+    """The `top` best completed trial runs of the study (those that trained their full budget,
+    so that their final val_loss compares), and a note where there are fewer."""
+    completed = [r for r in runs.ranked(runs.trial_runs(client, parent))
+                 if r.data.tags.get(STATUS_TAG) == COMPLETED and runs.counts_as_best(r)]
+    study = parent.data.tags.get(STUDY_TAG, "?")
+    if not completed:
+        raise UserError(f"study {study!r} has no completed trial to confirm (each was stopped "
+                        "early, diverged or failed)")
+    notes = [] if len(completed) >= top else [
+        f"study {study!r} has {len(completed)} completed trials, fewer than the {top} asked: "
+        f"confirming those {len(completed)}"]
+    return completed[:top], notes
+
+
+def confirm(client: Any, study: str, top: int, seeds: int, workdir: Path,
+            progress: Callable[[str], None] = lambda line: None) -> Confirmation:
+    """Train the study's `top` best completed trials with `seeds` further seeds each (those not
+    confirmed already), record the verdict on its parent run, and compare them."""
+    parent = runs.study_parent(client, study)
+    chosen, notes = candidates(client, parent, top)
+    if len(chosen) < 2:
+        notes.append("one trial alone has no rival: its seed sd is measured, nothing is compared")
+    for run in chosen:
+        seed_check(client, parent, run, seeds, workdir, progress)
+    result = compare(seeded(client, parent, chosen), notes)
+    client.set_tag(parent.info.run_id, VERDICT_TAG, f"{result.winner.trial_id} {result.verdict}")
+    return result
+
+
+def further_seeds(run: Any, seeds: int) -> list[int]:
+    """The seeds a trial is confirmed with: its own + 1 … + `seeds`."""
+    own = int(run.data.tags.get("tuner.seed", 0))
+    return [own + i for i in range(1, seeds + 1)]
+
+
+def seed_check(client: Any, parent: Any, run: Any, seeds: int, workdir: Path,
+               progress: Callable[[str], None] = lambda line: None) -> Seeded:
+    """Train trial run `run` with each of its further seeds not recorded yet; its Seeded."""
+    done = {int(c.data.tags["tuner.seed"]) for c in confirmations(client, parent)
+            if c.data.tags.get(CONFIRMS_RUN_TAG) == run.info.run_id}
+    config = None
+    for seed in further_seeds(run, seeds):
+        if seed in done:
+            continue
+        if config is None:
+            config = runs.reproducible_config(client, run, workdir, "confirmed")
+        progress(f"confirming trial {run.data.tags.get(TRIAL_TAG, '?')} with seed {seed} …")
+        _train(client, parent, run, config, seed)
+    return seeded(client, parent, [run])[0]
+
+
+def _train(client: Any, parent: Any, run: Any, config: Any, seed: int) -> None:
+    """Train the trial's config with `seed` as a confirmation run under the study's parent."""
+    import dataclasses
+
+    from model.train import device_label, resolve_device
+    from tuner.search.provenance import git_commit
+    from tuner.search.retrain import train_logged
+
+    config = dataclasses.replace(config, seed=seed)
+    tags = run.data.tags
+    name = f"{run.info.run_name}-seed{seed}"
+    run_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
+        "mlflow.parentRunId": parent.info.run_id, ROLE_TAG: CONFIRMATION,
+        CONFIRMS_TAG: tags.get(TRIAL_TAG, ""), CONFIRMS_RUN_TAG: run.info.run_id,
+        STUDY_TAG: tags.get(STUDY_TAG, ""), "tuner.seed": str(seed),
+        "tuner.dataset_sha256": tags.get("tuner.dataset_sha256", ""),
+        "tuner.git_commit": git_commit(),
+        "tuner.device": device_label(resolve_device(config.device))}).info.run_id
+    client.log_dict(run_id, config.to_dict(), "trial_config.json")
+    threads = int(tags["tuner.threads"]) if "tuner.threads" in tags else None
+    train_logged(client, run_id, config, threads=threads)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def confirmations(client: Any, parent: Any) -> list[Any]:
+    """The finished confirmation runs under a study's parent."""
+    return [r for r in runs.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+            if r.data.tags.get(ROLE_TAG) == CONFIRMATION and r.info.status == "FINISHED"]
+
+
+def seeded(client: Any, parent: Any, trials: list[Any]) -> list[Seeded]:
+    """Each trial run's final val_loss at its own seed and at each seed it was confirmed with."""
+    found = confirmations(client, parent)
+    out = []
+    for run in trials:
+        losses = {int(run.data.tags.get("tuner.seed", 0)): runs.metric(run, "val_loss")}
+        losses.update((int(c.data.tags["tuner.seed"]), runs.metric(c, "val_loss")) for c in found
+                      if c.data.tags.get(CONFIRMS_RUN_TAG) == run.info.run_id)
+        out.append(Seeded(run.data.tags.get(TRIAL_TAG, "?"), run.info.run_id, losses))
+    return out
+
+
+def recorded(client: Any, parent: Any) -> Confirmation | None:
+    """The confirmations a study holds, compared (None when it has none): for `tuner best` and
+    `tuner report`, which train nothing."""
+    confirmed = {c.data.tags.get(CONFIRMS_RUN_TAG) for c in confirmations(client, parent)}
+    trials = [r for r in runs.trial_runs(client, parent) if r.info.run_id in confirmed]
+    return compare(seeded(client, parent, trials)) if trials else None
