@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "lars")
-SCHEDULES = ("cosine", "cosine_restarts", "step", "exponential", "plateau", "constant")
-FLOOR_SCHEDULES = ("cosine", "cosine_restarts", "plateau")  # the schedules that use α_min
+SCHEDULES = ("cosine", "cosine_restarts", "step", "exponential", "plateau", "constant", "wsd")
+FLOOR_SCHEDULES = ("cosine", "cosine_restarts", "plateau", "wsd")  # the schedules that use α_min
+DECAY_SHAPES = ("1-sqrt", "linear")  # WSD's decay from α_max to α_min
 
 
 class ConfigError(ValueError):
@@ -306,6 +307,13 @@ class TrainConfig:
                                    group="schedule", low=0, when=("schedule", ("plateau",)))
     plateau_cooldown: int = hparam(0, "cooldown", "evaluations to wait after a cut",
                                    group="schedule", low=0, when=("schedule", ("plateau",)))
+    decay_fraction: float = hparam(0.2, "f_decay", "WSD: the last fraction of T_total, "
+                                   "T_decay = ⌊f_decay·T_total⌋ steps, decays α_max to α_min",
+                                   group="schedule", low=0.0, high=1.0, low_open=True,
+                                   when=("schedule", ("wsd",)))
+    decay_shape: str = hparam("1-sqrt", "decay_shape", "WSD's decay: 1-sqrt, α = α_min + "
+                              "(α_max − α_min)·(1 − √progress), or linear", group="schedule",
+                              choices=DECAY_SHAPES, when=("schedule", ("wsd",)))
 
     # Training configuration and budget
     batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1, high=2**20,
@@ -395,6 +403,11 @@ class TrainConfig:
         return step * per_step // self.eval_tokens > (step - 1) * per_step // self.eval_tokens
 
     @property
+    def decay_start(self) -> int:
+        """WSD's first decay step: T_total − ⌊f_decay·T_total⌋."""
+        return self.steps - fraction_of(self.decay_fraction, self.steps)
+
+    @property
     def resolved_lr_min(self) -> float:
         default = RELATIVE_HPARAMS["lr_min"].default * self.lr_max
         return default if self.lr_min is None else self.lr_min
@@ -414,6 +427,10 @@ class TrainConfig:
         if self.warmup_iters >= self.steps:
             raise ConfigError("warmup_iters", f"T_warmup={self.warmup_iters} must be below "
                               f"T_total={self.steps}")
+        if self.schedule == "wsd" and self.decay_start < self.warmup_iters:
+            raise ConfigError("decay_fraction", f"WSD's decay starts at step {self.decay_start} "
+                              f"(T_total − ⌊f_decay·T_total⌋), inside the warmup of "
+                              f"T_warmup={self.warmup_iters} steps: lower f_decay or T_warmup")
         if self.cycle_iters is not None and self.cycle_iters <= self.warmup_iters:
             raise ConfigError("cycle_iters", f"T_cycle={self.cycle_iters} must exceed "
                               f"T_warmup={self.warmup_iters}")

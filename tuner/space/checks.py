@@ -225,7 +225,23 @@ def _steps(study: StudySections) -> list[tuple[Loc, str]]:
     if cycle is not None and "cycle_iters" in hparams.model_fields_set and cycle[0] <= warmup:
         issues.append((("hparams", "cycle_iters"), f"T_cycle can be {fmt(cycle[0])}, but it must "
                        f"exceed T_warmup, which can be {fmt(warmup)}"))
+    if "decay_fraction" in hparams.model_fields_set:
+        issues += _decay_after_warmup(study, fewest, most)
     return issues
+
+
+def _decay_after_warmup(study: StudySections, fewest: int, most: int) -> list[tuple[Loc, str]]:
+    """WSD's decay, T_total − ⌊f_decay·T_total⌋ on, must not start inside the warmup."""
+    decay = span(study, "decay_fraction")[1]
+    fraction = "warmup_fraction" in study.hparams.model_fields_set
+    for total in (fewest, most):
+        warmup = (fraction_of(span(study, "warmup_fraction")[1], total) if fraction
+                  else span(study, "warmup_iters")[1])
+        start = total - fraction_of(decay, total)
+        if start < warmup:
+            return [(("hparams", "decay_fraction"), f"f_decay can be {fmt(decay)}, so WSD's decay "
+                     f"can start at step {start}, inside a warmup of {fmt(warmup)} steps")]
+    return []
 
 
 def _evaluations(study: StudySections) -> list[tuple[Loc, str]]:
