@@ -5,7 +5,7 @@ every step and calls `set_lr`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from model.config import TrainConfig, fraction_of
@@ -84,6 +84,10 @@ class LRSchedule:
                    plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
                    plateau_cooldown=cfg.plateau_cooldown, total_iters=cfg.steps,
                    decay_fraction=cfg.decay_fraction, decay_shape=cfg.decay_shape)
+
+    def lasting(self, total_iters: int) -> LRSchedule:
+        """This schedule for a run of `total_iters` steps (a WSD fork's own, shorter run)."""
+        return replace(self, total_iters=total_iters)
 
     def lr(self, t: int) -> float:
         """α_t after t completed steps."""
