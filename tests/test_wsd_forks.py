@@ -51,6 +51,26 @@ def test_forks_that_cannot_work_are_refused(overrides: dict, message: str) -> No
         wsd_config(Path("x"), **overrides).validate()
 
 
+
+def test_a_study_forks_its_wsd_trials_alone_and_counts_their_tokens(tmp_path: Path) -> None:
+    from tuner.search.console import most_tokens
+    from tuner.space import load_study
+    from tuner.space.errors import SpaceError
+
+    text = ("data: {source: synthetic}\nmodel: {vocab_size: 512, context_length: 32, d_model: 32, "
+            "num_layers: 1, num_heads: 2}\nhparams: {schedule: SCHEDULE}\n"
+            "budget: {total_iters: 200, eval_tokens: 5120, forks: 3}\n")
+    path = tmp_path / "forks.yaml"
+    path.write_text(text.replace("SCHEDULE", "{choice: [cosine, wsd]}"))
+    study = load_study(path)
+    assert most_tokens(study) == study.full_trial_tokens() * (1 + 3 * 0.2 / 2)
+    configs = {s: study.trial_config({"schedule": s}, tmp_path) for s in ("cosine", "wsd")}
+    assert (configs["cosine"].forks, configs["wsd"].forks) == (0, 3)
+    path.write_text(text.replace("SCHEDULE", "cosine"))
+    with pytest.raises(SpaceError, match="K_fork is used only when schedule is wsd"):
+        load_study(path)
+
+
 @pytest.mark.slow
 def test_a_study_records_its_forks_and_tuner_scale_fits_through_their_budgets(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
