@@ -73,15 +73,15 @@ def test_a_study_forks_its_wsd_trials_alone_and_counts_their_tokens(tmp_path: Pa
 
 @pytest.mark.slow
 def test_a_study_records_its_forks_and_tuner_scale_fits_through_their_budgets(
-        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
-    """Three α_max of 20 steps, each forking at 6 and 13 steps: MLflow holds each fork's loss at
+        tmp_path: Path, byte_dataset: Path, mlflow_store_template: Path) -> None:
+    """Two α_max of 20 steps, each forking at 6 and 13 steps: MLflow holds each fork's loss at
     its budget, the tokens trained count the forks, and one study is three budgets of a fit."""
     from inspect_study import tuner
     from studies import fresh_store, mlflow_runs, run_tuner, write_space
 
     uri = fresh_store(tmp_path / "store", mlflow_store_template)
-    space = write_space(tmp_path, "forked", dataset,
-                        hparams={"α_max": {"grid": [0.003, 0.01, 0.03]}, "schedule": "wsd",
+    space = write_space(tmp_path, "forked", byte_dataset, model={"vocab_size": 256},
+                        hparams={"α_max": {"grid": [0.003, 0.03]}, "schedule": "wsd",
                                  "decay_fraction": 0.25},
                         budget={"tokens": 10240, "forks": 2},  # 20 steps of 512 tokens
                         search={"algorithm": "grid", "scheduler": "none"},
@@ -90,7 +90,7 @@ def test_a_study_records_its_forks_and_tuner_scale_fits_through_their_budgets(
                       str(tmp_path / "ray")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client, _, children = mlflow_runs(uri, "forked")
-    assert len(children) == 3
+    assert len(children) == 2
     for run in children:
         forks = client.get_metric_history(run.info.run_id, "fork_val_loss")
         assert sorted(m.step for m in forks) == [6 * 512, 13 * 512]
@@ -101,5 +101,5 @@ def test_a_study_records_its_forks_and_tuner_scale_fits_through_their_budgets(
     assert code == 0, text
     fit = json.loads((tmp_path / "fit" / "scaling.json").read_text())
     assert {(s["name"], s["tokens"], s["trials"]) for s in fit["studies"]} == {
-        ("forked", 10240, 3), ("forked:fork=1", 3072, 3), ("forked:fork=2", 6656, 3)}
+        ("forked", 10240, 2), ("forked:fork=1", 3072, 2), ("forked:fork=2", 6656, 2)}
     assert fit["laws"]["lr_max"]["points"] >= 3
