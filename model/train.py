@@ -484,9 +484,11 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                     if on_checkpoint is not None:
                         on_checkpoint(step, result.records[-1] if result.records else None)
             while forks and forks[0][0] == step:
+                begin = time.perf_counter()
                 result.forks.append(fork(*forks.pop(0)))
                 if on_fork is not None:
                     on_fork(result.forks[-1])
+                interval_start += time.perf_counter() - begin  # not the main run's training time
             loss = _forward_backward(runner, dataset, config, device, batch_gen, autocast)
             if unread is not None:  # the step before's loss, read once this step is queued, so the
                 diverged = losses.add(unread)  # GPU has work while the CPU waits and goes on
