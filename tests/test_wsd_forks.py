@@ -14,24 +14,24 @@ from model.train import train
 
 
 def wsd_config(dataset: Path, **overrides) -> TrainConfig:
-    """40 steps of WSD (decay over the last 10) with dropout, so that forks use every RNG."""
+    """24 steps of WSD (decay over the last 6) with dropout, so that forks use every RNG."""
     model = ModelConfig(vocab_size=256, context_length=32, d_model=32, num_layers=1, num_heads=4)
-    base = dict(model=model, data=str(dataset), lr_max=3e-3, warmup_iters=4, total_iters=40,
-                batch_size=8, eval_interval=10, eval_windows=8, device="cpu", seed=3,
-                dropout=0.1, schedule="wsd", decay_fraction=0.25, forks=3)
+    base = dict(model=model, data=str(dataset), lr_max=3e-3, warmup_iters=4, total_iters=24,
+                batch_size=8, eval_interval=8, eval_windows=8, device="cpu", seed=3,
+                dropout=0.1, schedule="wsd", decay_fraction=0.25, forks=2)
     return TrainConfig(**{**base, **overrides})
 
 
 def test_forks_equal_runs_of_their_length_and_leave_the_main_run_as_it_was(
         byte_dataset: Path) -> None:
     config = wsd_config(byte_dataset)
-    assert config.fork_points() == [(8, 10), (15, 20), (23, 30)]  # decay starts T − ⌊T/4⌋
+    assert config.fork_points() == [(6, 8), (12, 16)]  # decay starts T − ⌊T/4⌋
     seen = []
     forked = train(config, on_fork=seen.append)
     alone = train(replace(config, forks=0))
     assert [(r.train_loss, r.val_loss, r.lr) for r in forked.records] == [
         (r.train_loss, r.val_loss, r.lr) for r in alone.records]
-    assert seen == forked.forks and [f.steps for f in seen] == [10, 20, 30]
+    assert seen == forked.forks and [f.steps for f in seen] == [8, 16]
     for fork in forked.forks:
         run = train(replace(config, total_iters=fork.steps, forks=0))
         assert fork.val_loss == run.final.val_loss  # bit-exact
@@ -40,10 +40,10 @@ def test_forks_equal_runs_of_their_length_and_leave_the_main_run_as_it_was(
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(schedule="cosine"), "forks: K_fork=3 needs schedule wsd"),
-    (dict(forks=9), "the shortest fork's run, of 4 steps, would start its decay at step 3, "
+    (dict(schedule="cosine"), "forks: K_fork=2 needs schedule wsd"),
+    (dict(forks=5), "the shortest fork's run, of 4 steps, would start its decay at step 3, "
                     "inside the warmup"),
-    (dict(forks=30, warmup_iters=0), "of 1 steps, would start its decay at step 1, and decay "
+    (dict(forks=20, warmup_iters=0), "of 1 steps, would start its decay at step 1, and decay "
                                      "for no step"),
 ])
 def test_forks_that_cannot_work_are_refused(overrides: dict, message: str) -> None:
