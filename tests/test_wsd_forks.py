@@ -23,7 +23,9 @@ def wsd_config(dataset: Path, **overrides) -> TrainConfig:
 
 
 def test_forks_equal_runs_of_their_length_and_leave_the_main_run_as_it_was(
-        byte_dataset: Path) -> None:
+        byte_dataset: Path, tmp_path: Path) -> None:
+    """The forks and the main run bit-exactly; and so after a resume between two forks (the
+    first one kept in the checkpoint)."""
     config = wsd_config(byte_dataset)
     assert config.fork_points() == [(6, 8), (12, 16)]  # decay starts T − ⌊T/4⌋
     seen = []
@@ -37,6 +39,13 @@ def test_forks_equal_runs_of_their_length_and_leave_the_main_run_as_it_was(
         assert fork.val_loss == run.final.val_loss  # bit-exact
         assert fork.tokens == run.tokens and fork.trained_tokens == (fork.steps - fork.start) * 256
     assert forked.forks[0].val_loss > forked.forks[-1].val_loss > forked.final.val_loss
+    first = train(config, on_eval=lambda record: record.step == 8, checkpoint_dir=tmp_path)
+    assert first.status == "stopped" and [f.start for f in first.forks] == [6]
+    resumed = train(config, resume_from=tmp_path, checkpoint_dir=tmp_path)
+    assert resumed.forks == forked.forks
+    assert [(r.train_loss, r.val_loss) for r in resumed.records] == [
+        (r.train_loss, r.val_loss) for r in forked.records]
+
 
 
 @pytest.mark.parametrize("overrides, message", [
