@@ -259,7 +259,7 @@ def _check_same_dataset(state: dict, config: TrainConfig, dataset: Dataset, path
                           "prepare it as it was, or name another folder in --config")
 
 
-def _configure_backends(config: TrainConfig, device: torch.device) -> None:
+def configure_backends(config: TrainConfig, device: torch.device) -> None:
     # Set both ways: a reused process (a Ray actor's next trial, a replay) keeps torch's globals
     tf32 = device.type == "cuda" and config.fast
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
@@ -270,9 +270,28 @@ def _configure_backends(config: TrainConfig, device: torch.device) -> None:
     torch.use_deterministic_algorithms(config.deterministic)
 
 
-def _forward_backward(runner: torch.nn.Module, dataset: Dataset, config: TrainConfig,
-                      device: torch.device, batch_gen: torch.Generator,
-                      autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+def seeded_start(config: TrainConfig, device: torch.device
+                 ) -> tuple[TransformerLM, torch.optim.Optimizer, torch.Generator]:
+    """A run's model, optimizer and training-batch generator at step 0, seeded from config.seed."""
+    torch.manual_seed(config.seed)
+    model = TransformerLM(config.model, dropout=config.dropout, fast=config.fast).to(device)
+    return model, build_optimizer(model, config), torch.Generator().manual_seed(config.seed + 1)
+
+
+def autocast_for(config: TrainConfig, device: torch.device
+                 ) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context a forward pass runs in: bf16 autocast for a `fast` run on CUDA, else none."""
+    def autocast() -> contextlib.AbstractContextManager:
+        if config.fast and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    return autocast
+
+
+def forward_backward(runner: torch.nn.Module, dataset: Dataset, config: TrainConfig,
+                     device: torch.device, batch_gen: torch.Generator,
+                     autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
     """The loss of the next training batch, its gradients accumulated."""
     x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
                      batch_gen)
@@ -282,8 +301,8 @@ def _forward_backward(runner: torch.nn.Module, dataset: Dataset, config: TrainCo
     return loss
 
 
-def _update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
-            grad_clip: float | None) -> torch.Tensor:
+def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+           grad_clip: float | None) -> torch.Tensor:
     """One optimizer step at `lr` on the accumulated gradients, clipped; their norm."""
     set_lr(optimizer, lr)
     grad_norm = clip_grad_norm(model.parameters(), grad_clip)
@@ -333,13 +352,10 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     device = resolve_device(config.device)
     dataset = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
     resume_state = read_checkpoint(resume_from) if resume_from is not None else None
-    _configure_backends(config, device)
+    configure_backends(config, device)
 
-    torch.manual_seed(config.seed)
-    model = TransformerLM(config.model, dropout=config.dropout, fast=config.fast).to(device)
-    optimizer = build_optimizer(model, config)
+    model, optimizer, batch_gen = seeded_start(config, device)
     schedule = LRSchedule.from_config(config)
-    batch_gen = torch.Generator().manual_seed(config.seed + 1)
     sample_gen = torch.Generator().manual_seed(config.seed + 2)
     result = TrainResult(status="completed", num_params=model.num_params(),
                          epochs=config.epochs(len(dataset.train)))
@@ -390,13 +406,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                               f"the 0..{config.steps} steps of this config")
 
     runner = compiled(model, config) if compiles(config, device) else model
-    use_bf16 = config.fast and device.type == "cuda"
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
+    autocast = autocast_for(config, device)
     tokenizer = _load_tokenizer(dataset) if config.sample_tokens > 0 else None
     if tokenizer is not None:
         _check_prompt(tokenizer, config.sample_prompt)
@@ -435,8 +445,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                                                                           device)
         decay, val_loss = schedule.lasting(steps), None
         for t in range(start, steps):
-            loss = _forward_backward(runner, dataset, config, device, batch_gen, autocast)
-            _update(model, optimizer, decay.lr(t), config.grad_clip)
+            loss = forward_backward(runner, dataset, config, device, batch_gen, autocast)
+            update(model, optimizer, decay.lr(t), config.grad_clip)
             if not float(loss.detach()) <= losses.limit:  # diverged (NaN too): no val_loss
                 val_loss = math.inf
                 break
@@ -489,12 +499,12 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                 if on_fork is not None:
                     on_fork(result.forks[-1])
                 interval_start += time.perf_counter() - begin  # not the main run's training time
-            loss = _forward_backward(runner, dataset, config, device, batch_gen, autocast)
+            loss = forward_backward(runner, dataset, config, device, batch_gen, autocast)
             if unread is not None:  # the step before's loss, read once this step is queued, so the
                 diverged = losses.add(unread)  # GPU has work while the CPU waits and goes on
             if not diverged:  # this step's gradients are dropped if the one before diverged
                 lr = schedule.lr(step)
-                grad_norm = _update(model, optimizer, lr, config.grad_clip)
+                grad_norm = update(model, optimizer, lr, config.grad_clip)
                 step += 1
                 unread = read_later(loss.detach())
                 if not (step == total_steps or config.evaluates_after(step)):

@@ -163,3 +163,26 @@ def test_the_rules_see_a_circle_and_a_stray_import(tmp_path: Path) -> None:
     module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import optuna\n"
                       "def f():\n    from mlflow import MlflowClient\n")
     assert _imported("tuner.m", module) == {"typing.TYPE_CHECKING", "mlflow.MlflowClient"}
+
+
+def _top_level(path: Path) -> set[str]:
+    """The names a module imports as it loads: at its top, not inside a function or class."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for node in tree.body:
+        if _type_checking(node) or isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        for imp in _imports(node):
+            found |= ({a.name for a in imp.names} if isinstance(imp, ast.Import)
+                      else {imp.module or ""})
+    return found
+
+
+def test_import_tuner_and_its_api_stay_light() -> None:
+    """`import tuner` (and tuner.api, which it loads on first use) imports no heavy library: the
+    API's functions import what each needs."""
+    heavy = ("ray", "torch", "mlflow", "optuna", "pandas", "pydantic", "matplotlib", "tuner.space",
+             "tuner.search", "tuner.inspect")
+    for name in ("tuner", "tuner.api"):
+        loaded = _top_level(_modules()[name])
+        assert {i for i in loaded if _within(i, heavy)} == set(), name

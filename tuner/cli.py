@@ -54,6 +54,9 @@ def _register() -> None:
     from tuner import cli_scale, cli_ui
 
     app.command("scale")(cli_scale.scale)
+    from tuner import cli_probe
+
+    app.command("probe")(cli_probe.probe)
 
     app.command("ui")(cli_ui.ui)
 

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from tuner.errors import UserError
+from tuner.store import uri
 
 # the store a study was recorded in, as the commands that read one take it
 TrackingUri = Annotated[str, typer.Option(
     envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI of the study")]
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = uri.DEFAULT_URI
 
 
 def folder(value: str | Path) -> Path:

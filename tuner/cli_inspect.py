@@ -12,11 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from model.config import ConfigError
 from model.shell import as_started
 from tuner import output
 from tuner.cli_args import DEFAULT_URI, TrackingUri, check_new_file, folder
-from tuner.errors import UserError
 from tuner.store.redact import redact
 
 
@@ -46,27 +44,23 @@ def replay(
         file_okay=False)] = None,
 ) -> int:
     """Train a trial again from its MLflow record and compare val_loss at every logged point."""
-    from tuner.inspect import replay as replay_mod
-    from tuner.store import runs
-    from tuner.store.connect import connect_existing
+    from tuner import api
 
-    if (run_id is None) == (study is None):
-        raise UserError("name a trial (its run id, trial id or run name), or --study NAME to "
-                        "replay its best trial (not both)")
     console, err = output.console(), Console(stderr=True, highlight=False, soft_wrap=True)
-    client = connect_existing(tracking_uri)
-    run = runs.trial_run(client, run_id) if run_id else runs.best_trial(client, study)
-    with tempfile.TemporaryDirectory(prefix="tuner-replay-") as tmp:
-        plan = replay_mod.prepare(client, run, Path(tmp), device=device, data=data,
-                                  deterministic=deterministic, from_checkpoint=from_checkpoint,
-                                  tolerance=tolerance)
+
+    def announce(plan: Any) -> None:
         for warning in plan.warnings:
             err.print(f"[yellow]warning:[/] {warning}")
         start = f"its mid-trial checkpoint ({plan.resume_tokens:,} tokens)" if plan.resume_from \
             else "scratch"
+        run = plan.run
         console.print(f"replaying run {run.info.run_id} ({run.info.run_name}) from {start} on "
                       f"{plan.config.device} …")
-        result = replay_mod.execute(client, plan)
+
+    result = api.replay(run_id, study=study, tracking_uri=tracking_uri,
+                        from_checkpoint=from_checkpoint, device=device,
+                        deterministic=deterministic, tolerance=tolerance, data=data,
+                        announce=announce)
     table = Table("tokens", "original val_loss", "replayed val_loss", "|difference|")
     for p in result.points:
         table.add_row(f"{p.tokens:,}", _num(p.original), _num(p.replayed), repr(p.abs_diff),
@@ -180,13 +174,11 @@ def report(
     """Plots of a study (val_loss curves, lr schedule, importance, parallel coordinates), a
     markdown summary and study.html (all of them on one page, with a sortable table of the
     trials), written to --out and logged to the study's parent run."""
-    from tuner.inspect.report import STUDY_HTML, write_report
-    from tuner.store.connect import connect_existing
+    from tuner import api
+    from tuner.inspect.report import STUDY_HTML
 
-    client = connect_existing(tracking_uri)
-    folder = out or Path("reports") / study
-    with tempfile.TemporaryDirectory(prefix="tuner-report-") as tmp:
-        files = write_report(client, study, folder, Path(tmp))
+    files = api.report(study, out, tracking_uri)
+    folder = files[-1].parent  # study.html's, as every file's
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"wrote {len(files)} files to {folder} (also under report/ of the study's "
                   "parent run):")
@@ -214,27 +206,10 @@ def generate(
     tracking_uri: TrackingUri = DEFAULT_URI,
 ) -> int:
     """Continue a prompt with a trained model: a trial run's checkpoint or a checkpoint file."""
-    from tuner.inspect.generate import generate_text
+    from tuner import api
 
-    if (run is None) == (checkpoint is None):
-        raise UserError("give one of --run TRIAL or --checkpoint PATH")
-    if math.isinf(temperature):
-        raise UserError("--temperature: must be a finite number (0 picks the likeliest token)")
-    with tempfile.TemporaryDirectory(prefix="tuner-generate-") as tmp:
-        if run is not None:
-            from tuner.store import runs
-            from tuner.store.connect import connect_existing
-
-            client = connect_existing(tracking_uri)
-            checkpoint = runs.checkpoint_file(client, runs.trial_run(client, run), "final",
-                                              Path(tmp))
-        try:
-            text = generate_text(checkpoint, prompt, data=data, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=top_p, seed=seed, device=device)
-        except (UserError, ConfigError) as err:  # name the run's artifact, not its download
-            if run is None:
-                raise
-            raise UserError(str(err).replace(str(checkpoint),
-                                             f"the checkpoint artifact of run {run}")) from None
+    text = api.generate(run, prompt, checkpoint=checkpoint, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, seed=seed, data=data, device=device,
+                        tracking_uri=tracking_uri)
     typer.echo(prompt + text)
     return 0

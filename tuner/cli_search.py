@@ -17,7 +17,8 @@ def search(
     name: Annotated[str | None, typer.Option(
         help="study name (default: the --space file's)")] = None,
     num_samples: Annotated[int | None, typer.Option(
-        min=1, help="trials to run (a transfer study's: samples, each run at every size)")] = None,
+        min=1, help="trials to run (a transfer study's: samples, each run at every size); with "
+        "--resume, a larger count extends the study")] = None,
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed of the searcher")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
@@ -40,4 +41,4 @@ def search(
     return lifecycle.run(lifecycle.Request(
         space=space, name=name, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
         tracking_uri=tracking_uri, storage=storage, address=address, resume=resume,
-        warm_start=warm_start))
+        warm_start=warm_start)).exit_code  # the one path of tuner.search from Python too

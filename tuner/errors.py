@@ -1,4 +1,4 @@
-"""The one error type for bad user input: the CLI prints it on one line and exits with code 2."""
+"""The error types for bad user input: the CLI prints one on one line and exits with code 2."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from tuner.store.redact import redact
 
 class UserError(Exception):
     """Bad input (a space, a config, a data file, a checkpoint, a run id): nothing was started."""
+
+
+class TrackingError(UserError):
+    """A tracking store that cannot be used: unreachable, missing, not MLflow's, a bad URI."""
 
 
 def reason(err: BaseException, limit: int = 300) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tuner.inspect.importance import Curve, Importance
 from tuner.output import count
-from tuner.store.rows import TrialRow
+from tuner.store.rows import TrialRow, best_reached_at
 from tuner.store.transfer import Transfer
 
 NO_BEST = "Every trial that ended diverged or failed: none has a config worth reproducing."
@@ -39,7 +39,7 @@ class Findings:
     def reached_at(self, row: TrialRow) -> int:
         """The tokens at which a trial first reached its best val_loss."""
         points = next((c.finite() for c in self.curves if c.run_id == row.run_id), [])
-        return min(points, key=lambda point: point[1])[0] if points else row.tokens
+        return best_reached_at(points) if points else row.tokens
 
     def counts(self) -> str:
         """"10 trials (3 completed, 7 stopped), 1,925,120 tokens trained in all."."""

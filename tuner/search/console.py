@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,18 @@ from tuner.store.uri import server_address
 
 MAX_ROWS = 12
 _SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
+_QUIET = {"views": False}  # set by `quietly`: a restored LiveView has its settings of before
+
+
+@contextmanager
+def quietly(quiet: bool) -> Iterator[None]:
+    """Within: the live views show nothing when `quiet` (tuner.search(quiet=True))."""
+    before = _QUIET["views"]
+    _QUIET["views"] = quiet
+    try:
+        yield
+    finally:
+        _QUIET["views"] = before
 
 
 def stop_live_views() -> None:
@@ -96,13 +110,15 @@ class LiveView(tune.Callback):
         self._live: Live | None = None
 
     def setup(self, **info: Any) -> None:
+        self._planned = info["total_num_samples"]  # the study's trials, an extension's included
         self._start = time.monotonic()
         self._counter, self._trained = TrainedTokens(), 0  # tokens trained by this driver's trials
         self._done: dict[str, str] = {}  # trial id -> how it finished
         self._caught_up = self._ended = self._draining = False
         self._console = output.console(stderr=True, highlight=True)
+        self._console.quiet = _QUIET["views"]
         starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
-        if self._console.is_terminal:
+        if self._console.is_terminal and not self._console.quiet:
             self._live = Live(starting, console=self._console, refresh_per_second=2,
                               transient=False)
             self._live.start()
@@ -180,7 +196,7 @@ class LiveView(tune.Callback):
         done = sum(_trained(t) for t in trials)
         left = sum(max(self.trial_tokens - _trained(t), 0) for t in trials
                    if statuses[t.trial_id] not in FINISHED)
-        left += max(self.study.trial_count - len(trials), 0) * self.trial_tokens
+        left += max(self._planned - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start
         rate = self._trained / elapsed if elapsed > 0 else 0.0  # not lowered by a PBT clone
         eta = 0.0 if left == 0 else left / rate if rate > 0 else math.inf
@@ -197,7 +213,7 @@ class LiveView(tune.Callback):
                       if math.isfinite(best_loss) else "")
         return (f"trial {trial.trial_id} {detail}; its best val_loss {_best_loss(trial):.4f}"
                 f"{f' ({params})' if params else ''}{study_best}; {finished} of "
-                f"{self.study.trial_count} finished; {self._progress(trials, statuses)}")
+                f"{self._planned} finished; {self._progress(trials, statuses)}")
 
     def render(self, trials: list) -> Group:
         """The frame: a headline, the best trial so far and a table of the most telling trials."""

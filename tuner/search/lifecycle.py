@@ -23,6 +23,7 @@ from rich.markup import escape
 from model.shell import as_started
 from tuner.errors import UserError
 from tuner.search import preflight, state
+from tuner.search.ended import FAILED, FINISHED, INTERRUPTED, Ended
 from tuner.store.uri import absolute_uri
 
 
@@ -40,22 +41,24 @@ class Request:
     address: str | None
     resume: bool
     warm_start: str | None
+    study: Any = None  # a study given from Python (loaded, or a mapping), in place of --space
+    quiet: bool = False  # print nothing: no warning, live view or summary
 
 
-def run(request: Request) -> int:
-    """Run (or resume) the study; the exit code: 0 with a best trial, 1 with none or a store or
-    disk failed mid-study, 130 when stopped."""
+def run(request: Request) -> Ended:
+    """Run (or resume) the study; how it ended (`Ended.exit_code`: 0 with a best trial, 1 with
+    none or a store or disk failed mid-study, 130 when stopped)."""
     from tuner.search import environment
 
     environment.configure(local=request.address is None)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, quiet=request.quiet)
 
     def warn(text: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(text)}")
 
     storage = request.storage.expanduser().resolve()
     resume, address = request.resume, request.address
-    study, overrides = _open(request, storage)
+    study, to_save = _open(request, storage)
     preflight.check_storage(storage)
     from tuner.search.address import check_address
 
@@ -63,7 +66,9 @@ def run(request: Request) -> int:
         check_address(address)
     else:
         preflight.check_local_resources(study, warn)
-    checked = _dataset(study) if study.data.path else None  # a bad folder creates no store
+    from tuner.space.dataset_fit import study_dataset
+
+    checked = study_dataset(study) if study.data.path else None  # a bad folder creates no store
 
     from tuner.store.connect import connect, new_sqlite_store
     from tuner.store.runs import find_parent
@@ -82,14 +87,14 @@ def run(request: Request) -> int:
 
         summary = summarise(study)
         print_summary(console, summary)
-        return 0 if summary.best_run_id else 1
+        return Ended(FINISHED, study, summary)
     _check_store(study, client, exists, resume=resume, restore=restore)
     warm_trials, warm_changes = (None, []) if restore else _warm_trials(study)
     if study.search.storage and not resume:
         from tuner.search.algorithms import check_storage_is_free
 
         check_storage_is_free(study)
-    data_dir, meta = checked or _dataset(study)  # a corpus to prepare: once the rest is sound
+    data_dir, meta = checked or study_dataset(study)  # a corpus to prepare: once the rest is sound
     from tuner.search.provenance import provenance
 
     made_of = provenance(data_dir, meta)
@@ -110,14 +115,15 @@ def run(request: Request) -> int:
                           f"otherwise ({escape('; '.join(warm_changes))}): its losses compare "
                           "with this study's only loosely")
     return _run_study(console, warn, study, data_dir, storage, address=address, restore=restore,
-                      provenance=made_of, overrides=None if resume else overrides,
+                      provenance=made_of, overrides=to_save,
                       warm_trials=warm_trials)
 
 
-def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any]]:
+def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
     """The study: new from --space with the options' overrides, or resumed from its state under
-    --storage (UserError when it is being driven, or an option changed); and the overrides."""
-    name, space, resume = request.name, request.space, request.resume
+    --storage, extended by a larger --num-samples (UserError when it is being driven, or another
+    option changed); and the overrides to save with it (None: saved already)."""
+    name, space, resume = request.name, request.study or request.space, request.resume
     overrides = {k: v for k, v in dict(
         name=name, num_samples=request.num_samples, seed=request.seed,
         max_concurrent=request.max_concurrent, warm_start=request.warm_start,
@@ -128,18 +134,24 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any]]:
                             "to continue")
         from tuner.space import load_study
 
-        name = load_study(space).name  # the file's name, else its stem, as a new study takes
+        # the file's name, else its stem, as a new study takes
+        name = space.name if request.study else load_study(space).name
     from tuner.space.schema import NAME_RULE, STUDY_NAME
 
     if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
         raise UserError(f"--name {name!r} {NAME_RULE}")
-    if resume:
-        state.check_not_driven(storage / name)
-        study = state.load(storage / name, space)
-        preflight.check_kept_settings(study, overrides)
-    else:
-        study = _new_study(storage, space, overrides)
-    return study, overrides
+    if not resume:
+        return _new_study(storage, space, overrides), overrides
+    from tuner.search.extension import extended
+
+    state.check_not_driven(storage / name)
+    study = state.load(storage / name, space)
+    preflight.check_kept_settings(study, {k: v for k, v in overrides.items()
+                                          if k != "num_samples"})  # which `extended` judges
+    more = extended(study, request.num_samples, storage / name)
+    if more is study:
+        return study, None
+    return more, {**state.saved_overrides(storage / name), "num_samples": more.search.num_samples}
 
 
 def _check_store(study: Any, client: Any, exists: Any, *, resume: bool, restore: bool) -> None:
@@ -162,10 +174,10 @@ def _check_store(study: Any, client: Any, exists: Any, *, resume: bool, restore:
 
 
 def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_dir: Path,
-               storage: Path, *, address: str | None, **run_args: Any) -> int:
+               storage: Path, *, address: str | None, **run_args: Any) -> Ended:
     """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
-    the exit code."""
-    from tuner.search.console import print_summary
+    how it ended."""
+    from tuner.search.console import print_summary, quietly
     from tuner.search.runner import run_study
     from tuner.search.storage_faults import StorageFull
     from tuner.search.tracking import TrackingLost
@@ -177,28 +189,31 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
         resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
                                  ) + " (a HyperBand study cannot be resumed)"
     try:
-        summary = run_study(study, data_dir, storage, address=address, warn=warn, **run_args)
+        with quietly(console.quiet):
+            summary = run_study(study, data_dir, storage, address=address, warn=warn, **run_args)
     except TrackingLost as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
         console.print(f"once the store answers again, continue it with: {resume_hint}",
                       markup=False)
-        return 1
+        return Ended(FAILED, study, None, f"{err}; the study stopped", resume_hint)
     except StorageFull as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
         console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
-        return 1
+        return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
+                     resume_hint)
     except KeyboardInterrupt:
         from tuner.search.stopping import stopped_at_once
 
         if not stopped_at_once():
             raise  # before the study was saved: "aborted", and nothing to resume
-        console.print(f"{second_stop(study)}; continue it with: {resume_hint}", markup=False)
-        return 130
+        stopped = second_stop(study)
+        console.print(f"{stopped}; continue it with: {resume_hint}", markup=False)
+        return Ended(INTERRUPTED, study, None, stopped, resume_hint)
     print_summary(console, summary)
     if summary.interrupted:
         console.print(f"continue it with: {resume_hint}", markup=False)
-        return 130
-    return 0 if summary.best_run_id else 1  # every trial failed or diverged: nothing to replay
+        return Ended(INTERRUPTED, study, summary, "stopped before its end", resume_hint)
+    return Ended(FINISHED, study, summary)  # no best: every trial failed or diverged
 
 
 def second_stop(study: Any) -> str:
@@ -216,14 +231,14 @@ def second_stop(study: Any) -> str:
     return "stopped at once (a second stop): its runs stay RUNNING until it is resumed"
 
 
-def _new_study(storage: Path, space: Path | None, overrides: dict[str, Any]) -> Any:
-    """A new study from the --space file and the options, its tracking URI made absolute;
-    UserError when --storage holds one of its name already."""
-    from tuner.space import load_study
+def _new_study(storage: Path, space: Any, overrides: dict[str, Any]) -> Any:
+    """A new study from the --space file (or a study given from Python) and the options, its
+    tracking URI made absolute; UserError when --storage holds one of its name already."""
+    from tuner.space import Study, load_study
 
     if space is None:
         raise UserError("--space PATH is required (or --resume --name NAME to continue a study)")
-    study = load_study(space, overrides.get("name"))
+    study = space if isinstance(space, Study) else load_study(space, overrides.get("name"))
     uri = overrides.get("tracking_uri", study.tracking.uri)  # "" too: the check names the flag
     if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
@@ -255,15 +270,3 @@ def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
     return history.optuna_trials(study, points), history.setup_differences(recorded, study)
-
-
-def _dataset(study: Any) -> tuple[Path, dict[str, Any]]:
-    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
-    from tuner.datasets import prepare_dataset
-    from tuner.space.dataset_fit import check_study_dataset
-
-    if study.data.path:
-        data_dir = Path(study.data.path).expanduser().resolve()
-    else:
-        data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
-    return data_dir, check_study_dataset(study, data_dir)

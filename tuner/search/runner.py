@@ -181,9 +181,11 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
               warn: Callable[[str], None], warm_trials: list[Any] | None = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
-    `restore` continues the study from Tune's state; otherwise it starts (again), its searcher
-    seeded by `warm_trials` (Optuna trials of an earlier study). `overrides` (the command line's)
-    are saved with the study, for `--resume` to rebuild it; None when they are saved already.
+    `restore` continues the study from Tune's state, creating trials up to its trial count (more
+    than it started with when extended); otherwise it starts (again), its searcher seeded by
+    `warm_trials` (Optuna trials of an earlier study). `overrides` (the command line's, or an
+    extension's) are saved with the study, for `--resume` to rebuild it; None when they are saved
+    already.
     A local Ray too small for one trial is a UserError; a cluster's shortage is only `warn`ed.
     """
     import numpy as np
@@ -193,6 +195,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search import scratch, storage_faults
     from tuner.search.console import stop_live_views
+    from tuner.search.extension import set_trial_limit
     from tuner.search.stopping import STOP_FLAG, abort_if_stopped, stop_handlers_kept, stops_held
     from tuner.search.tune_state import keep, restore_whole_state
 
@@ -221,6 +224,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                          "copy")
                 if overrides is not None:
                     state.save(storage / study.name, study, overrides)
+                if restore and set_trial_limit(storage / study.name, study.trial_count):
+                    keep(storage / study.name, storage / study.name)  # extended: the copy too
                 with storage_faults.as_storage_full(storage / study.name):
                     _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files))
                     # Tune's last save is whole in the folder now; a resume of a study with

@@ -16,6 +16,7 @@ from tuner.errors import UserError
 STATE_FILE = "tuner_study.json"
 TUNE_STATE = "tuner.pkl"  # written by Tune when the study's Tuner is created
 LOCK_FILE = "driver.lock"  # locked by the driver running the study (the OS unlocks it on death)
+SPACE_COPY = "space.yaml"  # a study given as a mapping (tuner.search from Python), for --resume
 
 
 def started(folder: Path) -> bool:
@@ -66,9 +67,13 @@ def _lock_or_refuse(lock: TextIO, folder: Path) -> None:
 
 
 def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
-    """Record the space file, the command-line overrides and the resolved study."""
+    """Record the space file (a study given from Python: its text, written to SPACE_COPY), the
+    command-line overrides and the resolved study."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"space": str(Path(study.source_path).resolve()),
+    space = Path(study.source_path).resolve() if study.source_path else folder / SPACE_COPY
+    if study.source_path is None:
+        space.write_text(study.source_text, encoding="utf-8")
+    state = {"space": str(space),
              "overrides": {**overrides, "tracking_uri": study.tracking.uri},
              "resolved": study.resolved(), "relative_forms": _given_forms(study)}
     path, partial = folder / STATE_FILE, folder / f".{STATE_FILE}.partial"
@@ -76,10 +81,16 @@ def save(folder: Path, study: Any, overrides: dict[str, Any]) -> None:
     partial.replace(path)  # a driver killed while writing leaves the last whole file
 
 
-def load(folder: Path, space: Path | None) -> Any:
-    """The study as it started, rebuilt from its space file: every setting must be as it was."""
+def saved_overrides(folder: Path) -> dict[str, Any]:
+    """The overrides the study in `folder` was saved with (after `load` has checked its state)."""
+    return _read_state(folder / STATE_FILE)["overrides"]
+
+
+def load(folder: Path, space: Path | Any | None) -> Any:
+    """The study as it started, rebuilt from its space file (or `space`: a file, or a study
+    loaded already): every setting must be as it was."""
     from tuner.search.tune_state import whole
-    from tuner.space import checks, load_study
+    from tuner.space import Study, checks, load_study
 
     path, tuner_state = folder / STATE_FILE, folder / TUNE_STATE
     lost = None
@@ -102,8 +113,9 @@ def load(folder: Path, space: Path | None) -> Any:
     space = space or state["space"]
     try:
         # a file without a name of its own takes the study's (not its stem: another copy's)
-        study = load_study(space, state["overrides"].get("name", folder.name)).with_overrides(
-            **state["overrides"])
+        given = space if isinstance(space, Study) else load_study(
+            space, state["overrides"].get("name", folder.name))
+        study = given.with_overrides(**state["overrides"])
     except TypeError as err:  # an override this tuner does not know
         raise UserError(f"{path}: its overrides do not fit this tuner ({err})") from None
     unused = checks.unused(study) - _twins_given_then(study, state)  # the file may not give
@@ -114,8 +126,9 @@ def load(folder: Path, space: Path | None) -> Any:
         shown = "; ".join(_change(where, *values) for where, values in list(changed.items())[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
         raise UserError(f"study {folder.name!r} would not resume as it started: {shown}{more}. "
-                        f"Restore {space} if it was edited. If not, this tuner's defaults differ "
-                        "from those the study started with: give the first values in the file "
+                        f"Restore {given.source_path or 'the study given'} if it was edited. If "
+                        "not, this tuner's defaults differ from those the study started with: "
+                        "give the first values in the file "
                         "where it takes them, or finish the study with the tuner that started it, "
                         "or start a new study with another --name")
     return study

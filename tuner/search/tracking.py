@@ -32,6 +32,7 @@ from tuner.store.layout import (
     COMPLETED,
     DEVICE_TAG,
     DIVERGED,
+    EXTENDED_TAG,
     FAILED,
     FAILED_IN_TAG,
     FINISHED,
@@ -126,6 +127,7 @@ class MlflowRecorder(tune.Callback):
 
     @_guarded(at_once=True)
     def setup(self, **info: Any) -> None:
+        self._planned = info["total_num_samples"]  # the study's trials, an extension's included
         self._client = open_client(self.study.tracking.uri)
         self._exp = runs.experiment_id(self._client, self.study.tracking.experiment)
         parent = runs.find_parent(self._client, self.study.tracking.experiment, self.study.name)
@@ -140,6 +142,7 @@ class MlflowRecorder(tune.Callback):
                                      self.provenance["git_commit"])
             elif RESUMED_COMMIT_TAG in parent.data.tags:
                 self._client.delete_tag(self._parent, RESUMED_COMMIT_TAG)
+            self._note_extension(parent.data.tags.get(EXTENDED_TAG))
         self._children: dict[str, _Child] = {}
         self._finished: dict[str, str] = {}  # trial id -> status
         self._counter = TrainedTokens()
@@ -171,6 +174,15 @@ class MlflowRecorder(tune.Callback):
         self._client.log_dict(run_id, {"git_commit": prov["git_commit"], **prov["versions"]},
                               "versions.json")
         return run_id
+
+    def _note_extension(self, extended: str | None) -> None:
+        """Tag the parent with the study's samples at each extension ("10 → 14"): those it started
+        with (its Tuner's study, restored), then each larger count it has run with since."""
+        started = self.study.search.num_samples
+        samples = self._planned * started // self.study.trial_count  # a transfer's: at each size
+        chain = extended or str(started)
+        if chain.rsplit(" → ", 1)[-1] != str(samples):
+            self._client.set_tag(self._parent, EXTENDED_TAG, f"{chain} → {samples}")
 
     def _adopt(self, run: Any) -> None:
         """Take over a trial run written before a resume: where it got to and how it ended."""
@@ -495,7 +507,7 @@ class MlflowRecorder(tune.Callback):
                 self._client.set_terminated(child.run_id, "KILLED")
         self._log_study()
         self._note_study()
-        complete = not unfinished and len(trials) >= self.study.trial_count
+        complete = not unfinished and len(trials) >= self._planned
         self._client.set_terminated(self._parent, "FINISHED" if complete else "KILLED")
 
     def _note_study(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from model.config import ConfigError
 from model.token_files import check_context, check_vocab
-from tuner.datasets import check_dataset
+from tuner.datasets import check_dataset, prepare_dataset
 from tuner.space.convert import span
 from tuner.space.loader import located
 
@@ -25,3 +25,12 @@ def check_study_dataset(study: Any, data_dir: Path) -> dict:
     except ConfigError as err:  # told at the setting's line in the study file
         raise located(study, err) from None
     return meta
+
+
+def study_dataset(study: Any) -> tuple[Path, dict[str, Any]]:
+    """The dataset folder (data.path, or prepared now from data.source) and its meta.json."""
+    if study.data.path:
+        data_dir = Path(study.data.path).expanduser().resolve()
+    else:
+        data_dir = Path(prepare_dataset(**study.data.prepare_kwargs())).resolve()
+    return data_dir, check_study_dataset(study, data_dir)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,10 +17,13 @@ from tuner.space.schema import Study, build_study
 MAX_BYTES = 2**20
 
 
-def load_study(path: str | Path, name: str | None = None) -> Study:
-    """Read and validate a study file; SpaceError lists every problem with its path and line.
-    A file that gives no name takes `name` (a --name), else its own stem."""
-    path = Path(path)
+def load_study(source: str | Path | Mapping[str, Any], name: str | None = None) -> Study:
+    """Read and validate a study file, or a mapping of its sections as YAML would give them (from
+    Python); SpaceError lists every problem with its path (and a file's line). A study that gives
+    no name takes `name` (a --name), else its file's stem (a mapping's: "study")."""
+    if isinstance(source, Mapping):
+        return _from_mapping(source, name)
+    path = Path(source)
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # /dev/zero never ends; a FIFO waits for ever
             raise SpaceError(path, [Issue("", None, "cannot read the study file: not a regular "
@@ -63,11 +68,42 @@ def load_study(path: str | Path, name: str | None = None) -> Study:
                                 else issue for issue in err.issues]) from None
 
 
+def _from_mapping(source: Mapping[str, Any], name: str | None) -> Study:
+    """A study given as a mapping, checked as the same study written as a YAML file is (its
+    messages name each setting, with no line); its YAML text is what MLflow records."""
+    try:
+        text = yaml.safe_dump(_plain(source), sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as err:  # a value YAML cannot hold: an object, a numpy number
+        raise SpaceError(None, [Issue("", None, f"not a study: {err}")]) from None
+    data = yaml.safe_load(text)
+    given = "name" in data
+    if name:
+        data.setdefault("name", name)
+    try:
+        return build_study(data, source_text=text)
+    except SpaceError as err:
+        if given or not name:
+            raise
+        raise SpaceError(None, [_name_from(issue, flag=True) if issue.path == "name" else issue
+                                for issue in err.issues]) from None
+
+
+def _plain(value: Any) -> Any:
+    """`value` with its tuples as lists and its mappings as dicts, which YAML writes as such."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def located(study: Study, err: ConfigError) -> UserError:
     """A trainer's ConfigError on a study's setting (`model.vocab_size`), told at its line in
     the study file; others as they are."""
     if study.source_text is None or err.field.split(".")[0] not in Study.model_fields:
         return UserError(str(err))  # a file's problem (its path), not a setting's
+    if study.source_path is None:  # given as a mapping: its text has no line the user wrote
+        return SpaceError(None, [Issue(err.field, None, err.message)])
     root, _ = parse_yaml(study.source_text)
     line = _line(root, tuple(err.field.split(".")))
     return SpaceError(study.source_path, [Issue(err.field, line, err.message)])

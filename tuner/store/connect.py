@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tuner.errors import UserError, reason
+from tuner.errors import TrackingError, UserError, reason
 from tuner.store.redact import remember
 from tuner.store.sqlite_store import make_or_check, read
 from tuner.store.uri import KEPT_NOTHING, absolute_uri, in_memory, server_address, sqlite_file
@@ -26,15 +26,15 @@ DATABASE_CONNECT_TIMEOUT_S = 10  # a host that drops packets, or takes them and 
 
 
 def connect(uri: str) -> Any:
-    """An MlflowClient for `uri` that has answered; UserError if the store cannot be reached."""
+    """An MlflowClient for `uri` that has answered; TrackingError if the store cannot be reached."""
     from mlflow import MlflowClient
 
     remember(uri)
     scheme = urlsplit(uri).scheme.partition("+")[0]  # postgresql+psycopg2: a driver named
     if scheme not in STORE_SCHEMES:
-        raise UserError(f"tracking store {uri}: unknown scheme {scheme!r}; use sqlite:///FILE, "
-                        "http(s)://HOST:PORT of `mlflow server`, or a postgresql:// or mysql:// "
-                        "database")
+        raise TrackingError(f"tracking store {uri}: unknown scheme {scheme!r}; use "
+                            "sqlite:///FILE, http(s)://HOST:PORT of `mlflow server`, or a "
+                            "postgresql:// or mysql:// database")
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     elif sqlite_file(uri) is None:
@@ -48,7 +48,7 @@ def connect(uri: str) -> Any:
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"tracking store {uri} cannot be used: {reason(err)}") from None
+        raise TrackingError(f"tracking store {uri} cannot be used: {reason(err)}") from None
     return client
 
 
@@ -98,14 +98,14 @@ def _check_server(uri: str) -> None:
         with urllib.request.urlopen(server_address(uri) + "/health", timeout=10) as response:
             response.read()
     except urllib.error.HTTPError as err:  # something answered: not an MLflow server, maybe
-        raise UserError(f"tracking server {uri} answered HTTP {err.code} ({err.reason}) at "
-                        "/health: is it an MLflow tracking server (`mlflow server`)?") from None
+        raise TrackingError(f"tracking server {uri} answered HTTP {err.code} ({err.reason}) at "
+                            "/health: is it an MLflow tracking server (`mlflow server`)?") from None
     except (urllib.error.URLError, OSError) as err:
-        raise UserError(f"tracking server {uri} is not reachable ({getattr(err, 'reason', err)})"
-                        ) from None
+        raise TrackingError(f"tracking server {uri} is not reachable "
+                            f"({getattr(err, 'reason', err)})") from None
     except (ValueError, http.client.InvalidURL):  # their text may quote part of a password
-        raise UserError(f"tracking URI {uri}: not a valid URL; check its host and port, and "
-                        "percent-encode a '#', '?' or '/' in its user or password") from None
+        raise TrackingError(f"tracking URI {uri}: not a valid URL; check its host and port, and "
+                            "percent-encode a '#', '?' or '/' in its user or password") from None
 
 
 def _check_database(uri: str) -> None:
@@ -126,8 +126,8 @@ def _check_database(uri: str) -> None:
         with engine.connect():
             pass
     except sqlalchemy.exc.DBAPIError as err:  # refused, timed out, no such host, a bad option
-        raise UserError(f"tracking store {uri} cannot be used: {reason(err.orig or err)}"
-                        ) from None
+        raise TrackingError(f"tracking store {uri} cannot be used: {reason(err.orig or err)}"
+                            ) from None
     except Exception:  # noqa: BLE001 - a driver missing, say: MLflow says what it lacks
         return
     finally:
@@ -135,21 +135,22 @@ def _check_database(uri: str) -> None:
 
 
 def connect_existing(uri: str) -> Any:
-    """An MlflowClient of an existing store that has answered once; UserError when the store is
-    missing, down or unusable (a missing sqlite file is not created: nothing here writes one)."""
+    """An MlflowClient of an existing store that has answered once; TrackingError when the store
+    is missing, down or unusable (a missing sqlite file is not created: nothing here writes
+    one)."""
     if not uri.strip():
-        raise UserError("the tracking URI is empty: pass the store the study was recorded in "
-                        "with --tracking-uri")
+        raise TrackingError("the tracking URI is empty: pass the store the study was recorded in "
+                            "with --tracking-uri")
     if in_memory(uri):
-        raise UserError(f"tracking store {uri} {KEPT_NOTHING}")
+        raise TrackingError(f"tracking store {uri} {KEPT_NOTHING}")
     uri = absolute_uri(uri)  # as the commands and files it writes name it, for later use
     path = sqlite_file(uri)
     if path is not None and not path.is_file():
-        raise UserError(f"tracking store {uri}: no such file {path}; pass the store the study "
-                        "was recorded in with --tracking-uri")
+        raise TrackingError(f"tracking store {uri}: no such file {path}; pass the store the study "
+                            "was recorded in with --tracking-uri")
     if path is not None and not holds_mlflow_tables(path, uri):
-        raise UserError(f"tracking store {uri}: {path} is not an MLflow store (an empty file or "
-                        "another database); pass the store the study was recorded in")
+        raise TrackingError(f"tracking store {uri}: {path} is not an MLflow store (an empty file "
+                            "or another database); pass the store the study was recorded in")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file at a time
     return connect(uri)
 
@@ -167,19 +168,19 @@ def holds_mlflow_tables(path: Path, uri: str) -> bool:
 
 
 def new_sqlite_store(uri: str) -> bool:
-    """Whether `uri` is a sqlite file that does not exist yet, or is empty; UserError if it cannot
-    be made, or is a database of something else."""
+    """Whether `uri` is a sqlite file that does not exist yet, or is empty; TrackingError if it
+    cannot be made, or is a database of something else."""
     path = sqlite_file(uri)
     if path is None:
         return False
     if path.exists() and path.stat().st_size:
         if not holds_mlflow_tables(path, uri):  # MLflow would add its own
-            raise UserError(f"tracking store {uri}: {path} is another database, not an MLflow "
-                            "store; pass a new file or an MLflow store")
+            raise TrackingError(f"tracking store {uri}: {path} is another database, not an MLflow "
+                                "store; pass a new file or an MLflow store")
         return False
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UserError(f"tracking store {uri} cannot be used: {path.parent} is not a folder "
-                        "this user can write to")
+        raise TrackingError(f"tracking store {uri} cannot be used: {path.parent} is not a folder "
+                            "this user can write to")
     return True
 
 

@@ -8,6 +8,7 @@ METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s
 FORK_METRIC = "fork_val_loss"  # a WSD fork's val_loss, at step = tokens of the run it stands for
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
+EXTENDED_TAG = "tuner.extended"  # a study's samples as started, then at each extension
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
 # A trial run's status (its STATUS_TAG)
 RUNNING, COMPLETED, STOPPED = "running", "completed", "stopped"
@@ -34,3 +35,5 @@ FAILED_IN_TAG = "tuner.failed_in"
 # which checkpoint -> (artifact folder, tag of its sha256); the file is checkpoint.pt in both
 CHECKPOINTS = {"final": ("checkpoint", "tuner.checkpoint_sha256"),
                "mid": ("checkpoint_mid", "tuner.checkpoint_mid_sha256")}
+# A `tuner probe` run's: "range" when it found an α_max range, else why not (docs/commands.md)
+PROBE_OUTCOME_TAG = "tuner.probe.outcome"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ class TrialRow:
     status: str
     pbt: bool = False  # PBT changed its values as it ran: `params` are those it ended with
     usable: bool = True  # it can be the best: a finite val_loss, and it neither diverged nor failed
+    reached_at: int = 0  # the tokens at which it first reached its best val_loss
 
     @property
     def perplexity(self) -> float:
@@ -37,4 +39,13 @@ def trial_row(client: Any, run: Any, points: list[tuple[int, float]] | None = No
         trial_id=run.data.tags.get(TRIAL_TAG, "?"), run_id=run.info.run_id, params=params,
         val_loss=runs.metric(run, "best_val_loss"), tokens=points[-1][0] if points else 0,
         status=run.data.tags.get(STATUS_TAG, "?") + (" (PBT)" if by_pbt else ""), pbt=by_pbt,
-        usable=runs.counts_as_best(run))
+        usable=runs.counts_as_best(run), reached_at=best_reached_at(points))
+
+
+def best_reached_at(points: list[tuple[int, float]]) -> int:
+    """The tokens at which a val_loss history first reached its lowest finite value (else its
+    last tokens, 0 with no point)."""
+    finite = [(tokens, loss) for tokens, loss in points if math.isfinite(loss)]
+    if not finite:
+        return points[-1][0] if points else 0
+    return min(finite, key=lambda point: point[1])[0]

@@ -10,14 +10,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import UserError
+from tuner.errors import TrackingError
 from tuner.store.uri import SQLITE
 
 
 def read(path: Path, uri: str, query: str) -> list[Any]:
     """The rows of `query` on the sqlite file `path`, read-only unless a writer killed mid-write
-    left a hot journal to roll back; sqlite3.DatabaseError when it is no database, UserError when
-    it cannot be read."""
+    left a hot journal to roll back; sqlite3.DatabaseError when it is no database, TrackingError
+    when it cannot be read."""
     def rows(mode: str) -> list[Any]:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}",
                                                 uri=True)) as db:
@@ -33,11 +33,11 @@ def read(path: Path, uri: str, query: str) -> list[Any]:
             # only a connection that may write rolls back, as MLflow's next one would
             return rows("rw")
     except sqlite3.OperationalError as err:  # unreadable, locked: not a question of content
-        raise UserError(f"tracking store {uri} cannot be used: {err}") from None
+        raise TrackingError(f"tracking store {uri} cannot be used: {err}") from None
 
 
 def make_or_check(path: Path, uri: str) -> None:
-    """Create the store `path` when it is missing or an empty file; else UserError when it is
+    """Create the store `path` when it is missing or an empty file; else TrackingError when it is
     half-made. Call it holding the store's creation lock."""
     if path.is_file() and path.stat().st_size:
         _check_whole(path, uri)
@@ -70,7 +70,7 @@ def _remove(building: Path) -> None:
 
 
 def _check_whole(path: Path, uri: str) -> None:
-    """UserError when the MLflow store `path` is not at this MLflow's schema: half-made by a
+    """TrackingError when the MLflow store `path` is not at this MLflow's schema: half-made by a
     creation cut short (it holds no run: removing it loses nothing), or another version's."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
@@ -88,10 +88,11 @@ def _check_whole(path: Path, uri: str) -> None:
         return
     runs = read(path, uri, "SELECT count(*) FROM runs")[0][0] if "runs" in tables else 0
     if not runs:
-        raise UserError(f"tracking store {path} is half-made (a stop while it was being "
-                        "created): no run was recorded in it; remove it "
-                        f"(rm {shlex.quote(str(path))}) and run again")
+        raise TrackingError(f"tracking store {path} is half-made (a stop while it was being "
+                            "created): no run was recorded in it; remove it "
+                            f"(rm {shlex.quote(str(path))}) and run again")
     found = version[0][0] if version else "none"
-    raise UserError(f"tracking store {uri}: its {runs} runs are in MLflow tables at schema "
-                    f"version {found}, not this MLflow's {head} (an upgrade cut short, or another "
-                    f"MLflow's store): back it up, then run mlflow db upgrade {shlex.quote(uri)}")
+    raise TrackingError(f"tracking store {uri}: its {runs} runs are in MLflow tables at schema "
+                        f"version {found}, not this MLflow's {head} (an upgrade cut short, or "
+                        "another MLflow's store): back it up, then run mlflow db upgrade "
+                        f"{shlex.quote(uri)}")

@@ -7,6 +7,7 @@ import urllib.parse
 from pathlib import Path
 
 SQLITE = "sqlite:///"
+DEFAULT_URI = "sqlite:///mlflow.db"  # the store read when none is named, nor MLFLOW_TRACKING_URI
 IN_MEMORY = ("sqlite://", SQLITE + ":memory:")  # SQLAlchemy's in-memory databases
 KEPT_NOTHING = ("is an in-memory database, which keeps nothing once the command ends (tuner "
                 "best, replay, report and search --resume read the store later): give "

@@ -1,0 +1,169 @@
+"""`tuner probe` and the trainer's α range test (model.lr_probe) on a tiny model: a real sweep,
+a real sqlite MLflow store, the study file edited in place."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from inspect_study import tuner
+from studies import fresh_store
+
+from model.config import ModelConfig, TrainConfig
+from model.lr_probe import STOP_FACTOR, ProbeCurve, ProbePoint, lr_probe, suggest_range
+from tuner.errors import UserError
+from tuner.space import LogUniform, load_study
+from tuner.space.edit import set_hparam
+
+STUDY = """\
+# a tiny study: its comments and layout must survive --write
+name: {name}
+data: {{path: {data}}}
+model: {{vocab_size: 256, context_length: 32, d_model: {d_model}, num_layers: 1,
+        num_heads: 2{model}}}
+hparams:
+  B: {{choice: [4, 8]}}          # the probe takes the smallest
+  {alpha}
+  warmup_fraction: 0.1
+budget: {{total_iters: 40, eval_tokens: 1280, eval_windows: 8, seed: 0}}
+search: {{algorithm: random, num_samples: 4}}   # kept as written
+resources: {{device: cpu}}
+tracking: {{uri: {uri}}}
+"""
+ALPHA = "α_max: {loguniform: [1.0e-3, 3.0e-2]}   # the range to probe"
+
+
+def study_file(folder: Path, data: Path, uri: str, alpha: str = ALPHA, d_model: int | str = 32,
+               model: str = ", d_ff: 64", name: str = "tiny") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, data=data, uri=uri, alpha=alpha, d_model=d_model,
+                                 model=model), encoding="utf-8")
+    return path
+
+
+def tiny_config(data: Path) -> TrainConfig:
+    return TrainConfig(model=ModelConfig(vocab_size=256, context_length=32, d_model=32,
+                                         num_layers=1, num_heads=2, d_ff=64),
+                       data=str(data), batch_size=4, total_iters=10, device="cpu", seed=3)
+
+
+def test_the_sweep_repeats_exactly_and_stops_where_the_loss_diverges(byte_dataset):
+    torch.set_num_threads(1)
+    first = lr_probe(tiny_config(byte_dataset), start=1e-5, end=100.0, steps=80)
+    again = lr_probe(tiny_config(byte_dataset), start=1e-5, end=100.0, steps=80)
+    assert [p.loss for p in first.points] == [p.loss for p in again.points]
+    assert first.diverged and len(first.points) < 80
+    last = first.points[-1]
+    assert not math.isfinite(last.loss) or \
+        last.smoothed > STOP_FACTOR * min(p.smoothed for p in first.points)
+    assert first.points[0].lr == 1e-5
+    assert all(b.lr > a.lr for a, b in zip(first.points, first.points[1:]))
+    found = suggest_range(first)
+    assert found.problem is None
+    assert 1e-5 <= found.lo <= found.steepest < found.hi == found.lowest <= last.lr
+
+
+def _curve(losses: list[float], diverged: bool) -> ProbeCurve:
+    points = [ProbePoint(i, 1e-6 * 1.2**i, loss, loss) for i, loss in enumerate(losses)]
+    return ProbeCurve(points, diverged, 0, 0)
+
+
+@pytest.mark.parametrize("losses, diverged, problem", [
+    ([5.0] * 40, False, "never_decreased"),
+    ([5.0, 5.0, 6.0, 9.0, 30.0, math.nan], True, "diverged_at_once"),
+    ([5.0 - 0.1 * i for i in range(40)], False, "never_turned_up"),
+])
+def test_a_curve_without_a_range_says_why(losses, diverged, problem):
+    found = suggest_range(_curve(losses, diverged))
+    assert (found.problem, found.lo, found.hi) == (problem, None, None)
+    assert found.advice
+
+
+def test_probe_records_the_run_and_writes_the_range_keeping_the_file(
+        tmp_path, byte_dataset, mlflow_store_template):
+    from mlflow import MlflowClient
+
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = study_file(tmp_path, byte_dataset, uri)
+    before = space.read_text(encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
+                      "--start", "1e-5", "--end", "100", "--out", str(tmp_path / "report"))
+    assert code == 0, out
+    assert (tmp_path / "report" / "probe.png").stat().st_size > 10_000
+    after = space.read_text(encoding="utf-8")
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    assert len(before.splitlines()) == len(after.splitlines()) and len(changed) == 1
+    assert changed[0][1].startswith("  α_max: {loguniform: [")
+    assert changed[0][1].endswith("]}   # the range to probe")
+    written = load_study(space).searched()["lr_max"]
+    assert isinstance(written, LogUniform) and f"[{written.lo:.2g}, {written.hi:.2g}]" in out
+
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                               "tags.`tuner.role` = 'probe'")
+    assert run.data.tags["tuner.study"] == "tiny"
+    assert run.data.tags["tuner.probe.outcome"] == "range"
+    assert (float(run.data.params["lr_max_lo"]), float(run.data.params["lr_max_hi"])) == (
+        written.lo, written.hi)
+    assert run.data.params["batch_size"] == "4"
+    steps = int(run.data.params["steps_run"])
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == steps
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == list(range(steps))
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} == {
+        "probe.png", "probe_config.json"}
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("sweep, problem", [
+    (("--start", "1e-9", "--end", "1e-8"), "never decreased"),
+    (("--start", "50", "--end", "1e4"), "diverged at once"),
+])
+def test_probe_without_a_range_exits_1_and_writes_nothing(
+        tmp_path, byte_dataset, mlflow_store_template, sweep, problem):
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = study_file(tmp_path, byte_dataset, uri)
+    before = space.read_text(encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--steps", "20", *sweep,
+                      "--out", str(tmp_path / "report"))
+    assert code == 1, out
+    assert f"no α_max range: {problem}" in out and "the study file was left as it was" in out
+    assert space.read_text(encoding="utf-8") == before
+
+
+def test_probe_refuses_a_file_it_cannot_edit_before_it_runs(
+        tmp_path, byte_dataset, mlflow_store_template):
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = study_file(tmp_path, byte_dataset, uri,
+                       alpha="α_max:\n    loguniform: [1.0e-3, 3.0e-2]")
+    before = space.read_text(encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--out", str(tmp_path / "r"))
+    assert code == 2, out
+    assert "cannot set hparams.lr_max in place" in out and "one line" in out
+    assert space.read_text(encoding="utf-8") == before
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_range_goes_where_alpha_max_is_given_under_any_name(tmp_path):
+    text = "hparams:\n  B: 8\n  lr: 0.01  # a constant\n"
+    assert set_hparam(tmp_path, text, "lr_max", "{loguniform: [0.001, 0.02]}") == (
+        "hparams:\n  B: 8\n  lr: {loguniform: [0.001, 0.02]}  # a constant\n")
+    assert set_hparam(tmp_path, "hparams:\n  B: 8  # b\n", "lr_max", "{grid: [1]}") == (
+        "hparams:\n  lr_max: {grid: [1]}\n  B: 8  # b\n")
+    for refused in ("hparams: {B: 8}\n", "hparams:\n  α_max: &a 0.01\n", "model: {}\n"):
+        with pytest.raises(UserError, match="cannot set hparams.lr_max in place"):
+            set_hparam(tmp_path, refused, "lr_max", "0.1")
+
+
+def test_under_mup_the_probe_trains_the_base_width(tmp_path, byte_dataset):
+    from tuner.probe.run import probe_config
+
+    transfer = study_file(tmp_path, byte_dataset, "sqlite:///x.db", name="transfer",
+                          d_model="{transfer: [32, 64]}", model=", parametrization: mup")
+    wide = study_file(tmp_path, byte_dataset, "sqlite:///x.db", name="wide", d_model=64,
+                      model=", parametrization: mup, mup_base_d_model: 32")
+    for space in (transfer, wide):
+        config = probe_config(load_study(space), byte_dataset)
+        assert (config.model.d_model, config.model.mup_base_d_model, config.batch_size) == (
+            32, 32, 4)

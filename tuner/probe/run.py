@@ -1,0 +1,169 @@
+"""The probe of a study: its trainer config (the study's model at its smallest batch size, μP's
+base width), the sweep (`model.lr_probe`) run in this process, its figure and MLflow run, and
+with `write` the range set in the study file."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.config import TrainConfig
+from model.lr_probe import END_LR, START_LR, STEPS, ProbeCurve, ProbeRange
+from tuner.errors import UserError
+from tuner.space.distributions import Distribution, IntRange, LogUniform, Uniform
+
+PLACEHOLDER = "{loguniform: [1.0e-4, 1.0e-2]}"  # what a dry run of --write sets
+
+
+@dataclass
+class ProbeResult:
+    """A probe's outcome: the range (None, and `found.problem`, when the curve gives none)."""
+
+    study: str
+    config: TrainConfig
+    curve: ProbeCurve
+    found: ProbeRange
+    run_id: str
+    tracking_uri: str
+    png: Path
+    study_tokens: int  # the study's budget: its trials, each trained in full
+    lo: float | None = None  # the range as printed and written: rounded outwards
+    hi: float | None = None
+    written: Path | None = None  # the study file, when --write set the range in it
+
+
+def rounded(value: float, up: bool) -> float:
+    """`value` to two significant digits, rounded outwards (the range only widens)."""
+    step = 10.0 ** (math.floor(math.log10(value)) - 1)
+    digits = (math.ceil if up else math.floor)(round(value / step, 9))
+    return float(f"{digits * step:.2g}")
+
+
+def range_yaml(lo: float, hi: float) -> str:
+    """The range as a study file's flow value."""
+    return f"{{loguniform: [{lo:.2g}, {hi:.2g}]}}"
+
+
+def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: int = STEPS,
+          write: bool = False, out: Path | None = None, tracking_uri: str | None = None
+          ) -> ProbeResult:
+    """Run the α range test of the study file `space` and record it in the study's tracking store;
+    with `write`, set α_max's range in the file. UserError (nothing run or written) on bad
+    input, a file `write` cannot edit safely included."""
+    from model.lr_probe import suggest_range
+    from model.train import device_label, resolve_device
+    from tuner.probe.plot import probe_figure
+    from tuner.probe.record import PROBE_PNG, log_probe
+    from tuner.search.provenance import dataset_sha256, git_commit
+    from tuner.search.trainable import trial_threads
+    from tuner.space import load_study
+    from tuner.space.dataset_fit import study_dataset
+    from tuner.space.edit import set_hparam, write_checked
+    from tuner.store.layout import DATASET_TAG, DEVICE_TAG
+
+    if not 0 < start < end:
+        raise UserError(f"--start {start} and --end {end}: the sweep's α must grow from above 0")
+    if steps < 10:
+        raise UserError(f"--steps {steps}: a sweep needs 10 steps or more (100–300 is usual)")
+    study = load_study(space)
+    text = study.source_text or ""
+    if write:
+        set_hparam(space, text, "lr_max", PLACEHOLDER)  # refused now, before anything runs
+    data_dir, _ = study_dataset(study)
+    config = probe_config(study, data_dir)
+    client, uri, experiment = _store(study, tracking_uri)
+    where = out or Path("reports") / "probe" / study.name
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {where}: cannot be made a folder ({err.strerror or err})") from None
+    curve = _sweep(config, start, end, steps, trial_threads(study))
+    found = suggest_range(curve)
+    shown = None if found.lo is None else (rounded(found.lo, up=False), rounded(found.hi, up=True))
+    png = where / PROBE_PNG
+    probe_figure(curve, found, shown, f"α range test of {study.name}: B {config.batch_size}, "
+                 f"d_model {config.model.d_model}").savefig(png, dpi=110)
+    tags = {DATASET_TAG: dataset_sha256(data_dir), DEVICE_TAG: device_label(
+        resolve_device(config.device)), "tuner.git_commit": git_commit(),
+        "tuner.seed": str(config.seed), "tuner.threads": str(trial_threads(study))}
+    sweep = {"start_lr": start, "end_lr": end, "steps": steps}
+    run_id = log_probe(client, experiment, study.name, config, sweep, curve, found, shown, tags,
+                       png)
+    result = ProbeResult(study.name, config, curve, found, run_id, uri, png,
+                         study.trial_count * study.full_trial_tokens(), *(shown or (None, None)))
+    if write and result.lo is not None:
+        edited = set_hparam(space, text, "lr_max", range_yaml(result.lo, result.hi))
+        write_checked(space, edited, study)
+        result.written = space
+    return result
+
+
+def _store(study: Any, tracking_uri: str | None) -> tuple[Any, str, str]:
+    """The study's tracking store, as `tuner search` picks it (the option, else the file's, else
+    MLFLOW_TRACKING_URI, else the default): its client, URI and the study's experiment id."""
+    from tuner.store.connect import connect
+    from tuner.store.runs import experiment_id
+    from tuner.store.uri import absolute_uri
+
+    uri = tracking_uri or study.tracking.uri
+    if tracking_uri is None and "uri" not in study.tracking.model_fields_set:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+    uri = absolute_uri(uri)
+    client = connect(uri)
+    return client, uri, experiment_id(client, study.tracking.experiment)
+
+
+def _sweep(config: TrainConfig, start: float, end: float, steps: int, threads: int
+           ) -> ProbeCurve:
+    """`lr_probe` with `threads` torch threads, as a trial of the study (the same losses on a
+    CPU)."""
+    import torch
+
+    from model.config import ConfigError
+    from model.lr_probe import lr_probe
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return lr_probe(config, start, end, steps)
+    except ConfigError as err:
+        raise UserError(f"the probe's config is invalid: {err}") from None
+    finally:
+        torch.set_num_threads(before)
+
+
+def probe_config(study: Any, data_dir: Path) -> TrainConfig:
+    """The trainer config the probe sweeps: the study's constants, each other searched value at
+    its middle (`middle`) but B at its smallest (the noisiest gradients diverge first, so the
+    range holds for the larger B too, and the sweep costs least); under μP at the base width."""
+    params = {name: middle(dist) for name, dist in study.searched().items()}  # α_max's unused
+    if "batch_size" in params:
+        params["batch_size"] = int(study.searched()["batch_size"].span()[0])
+    config = study.trial_config(params, data_dir)
+    model = config.model
+    if model.parametrization == "mup" and model.mup_base_d_model != model.d_model:
+        d_ff = model.d_ff if "d_ff" in study.model.given() else None  # else the base's default
+        config.model = dataclasses.replace(model, d_model=model.mup_base_d_model, d_ff=d_ff)
+        config.validate()
+    return config
+
+
+def middle(dist: Distribution) -> Any:
+    """A distribution's middle value: the geometric mean of a log range, the mean of a uniform
+    one, the median of numeric options (the lower of two), the first option of others."""
+    if isinstance(dist, LogUniform) or (isinstance(dist, IntRange) and dist.log):
+        value = math.sqrt(dist.lo * dist.hi)
+    elif isinstance(dist, (Uniform, IntRange)):
+        value = (dist.lo + dist.hi) / 2
+    else:
+        options = dist.options()
+        numeric = all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in options)
+        return statistics.median_low(options) if numeric else options[0]
+    if isinstance(dist, IntRange):  # on its grid of steps
+        return dist.lo + round((value - dist.lo) / dist.step) * dist.step
+    return value
