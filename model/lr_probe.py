@@ -57,12 +57,15 @@ def lr_probe(config: TrainConfig, start: float = START_LR, end: float = END_LR,
     """Train `config`'s model at its batch size, optimizer and clipping with α = start·(end/
     start)^(t/(steps−1)) at step t (its schedule and budget unused), stopping once the loss
     diverges (not finite, or its EMA above STOP_FACTOR× its lowest)."""
-    from model.data import get_batch  # torch: imported once a sweep runs, not with the command
-    from model.loss import cross_entropy
-    from model.optim import clip_grad_norm
-    from model.schedules import set_lr
-    from model.token_files import Dataset
-    from model.train import autocast_for, configure_backends, resolve_device, seeded_start
+    from model.token_files import Dataset  # torch: imported once a sweep runs, not with the command
+    from model.train import (
+        autocast_for,
+        configure_backends,
+        forward_backward,
+        resolve_device,
+        seeded_start,
+        update,
+    )
 
     config.validate()
     if not 0 < start < end:
@@ -80,15 +83,8 @@ def lr_probe(config: TrainConfig, start: float = START_LR, end: float = END_LR,
     model.train()
     for step in range(steps):
         lr = start * ratio**step
-        x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
-                         batch_gen)
-        with autocast():
-            loss = cross_entropy(model(x), y, config.label_smoothing)
-        loss.backward()
-        set_lr(optimizer, lr)
-        clip_grad_norm(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = forward_backward(model, dataset, config, device, batch_gen, autocast)
+        update(model, optimizer, lr, config.grad_clip)
         value = float(loss.detach())
         average = SMOOTHING * average + (1 - SMOOTHING) * value
         smoothed = average / (1 - SMOOTHING ** (step + 1))  # without the EMA's bias to 0
