@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "lars")
-SCHEDULES = ("cosine", "cosine_restarts", "step", "exponential", "plateau", "constant")
-FLOOR_SCHEDULES = ("cosine", "cosine_restarts", "plateau")  # the schedules that use α_min
+SCHEDULES = ("cosine", "cosine_restarts", "step", "exponential", "plateau", "constant", "wsd")
+FLOOR_SCHEDULES = ("cosine", "cosine_restarts", "plateau", "wsd")  # the schedules that use α_min
+DECAY_SHAPES = ("1-sqrt", "linear")  # WSD's decay from α_max to α_min
 
 
 class ConfigError(ValueError):
@@ -306,6 +307,13 @@ class TrainConfig:
                                    group="schedule", low=0, when=("schedule", ("plateau",)))
     plateau_cooldown: int = hparam(0, "cooldown", "evaluations to wait after a cut",
                                    group="schedule", low=0, when=("schedule", ("plateau",)))
+    decay_fraction: float = hparam(0.2, "f_decay", "WSD: the last fraction of T_total, "
+                                   "T_decay = ⌊f_decay·T_total⌋ steps, decays α_max to α_min",
+                                   group="schedule", low=0.0, high=1.0, low_open=True,
+                                   when=("schedule", ("wsd",)))
+    decay_shape: str = hparam("1-sqrt", "decay_shape", "WSD's decay: 1-sqrt, α = α_min + "
+                              "(α_max − α_min)·(1 − √progress), or linear", group="schedule",
+                              choices=DECAY_SHAPES, when=("schedule", ("wsd",)))
 
     # Training configuration and budget
     batch_size: int = hparam(32, "B", "sequences per update", group="training", low=1, high=2**20,
@@ -324,6 +332,10 @@ class TrainConfig:
                                      high=BUDGET_MAX, high_open=False, optional=True)
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
                                group="training", low=1, high=2**20, high_open=False)
+    forks: int = hparam(0, "K_fork", "WSD cooldown forks: the runs of ⌊k·T_total/(K_fork+1)⌋ "
+                        "steps, k = 1…K_fork, each trained from the main run's state at its "
+                        "decay's start and scored at its end", group="training", low=0,
+                        high=1024, high_open=False, when=("schedule", ("wsd",)))
     seed: int = hparam(0, "seed", "seeds every random source (init, batches, dropout)",
                        group="training", low=0, high=2**32 - 1, high_open=False)
 
@@ -395,6 +407,17 @@ class TrainConfig:
         return step * per_step // self.eval_tokens > (step - 1) * per_step // self.eval_tokens
 
     @property
+    def decay_start(self) -> int:
+        """WSD's first decay step: T_total − ⌊f_decay·T_total⌋."""
+        return self.steps - fraction_of(self.decay_fraction, self.steps)
+
+    def fork_points(self) -> list[tuple[int, int]]:
+        """(start, steps) of each WSD fork: the run of ⌊k·T_total/(K_fork+1)⌋ steps it stands
+        for branches off the main run at that run's decay start, which the two share."""
+        lengths = (k * self.steps // (self.forks + 1) for k in range(1, self.forks + 1))
+        return [(length - fraction_of(self.decay_fraction, length), length) for length in lengths]
+
+    @property
     def resolved_lr_min(self) -> float:
         default = RELATIVE_HPARAMS["lr_min"].default * self.lr_max
         return default if self.lr_min is None else self.lr_min
@@ -414,6 +437,12 @@ class TrainConfig:
         if self.warmup_iters >= self.steps:
             raise ConfigError("warmup_iters", f"T_warmup={self.warmup_iters} must be below "
                               f"T_total={self.steps}")
+        if self.schedule == "wsd" and self.decay_start < self.warmup_iters:
+            raise ConfigError("decay_fraction", f"WSD's decay starts at step {self.decay_start} "
+                              f"(T_total − ⌊f_decay·T_total⌋), inside the warmup of "
+                              f"T_warmup={self.warmup_iters} steps: lower f_decay or T_warmup")
+        if self.forks:
+            self._check_forks()
         if self.cycle_iters is not None and self.cycle_iters <= self.warmup_iters:
             raise ConfigError("cycle_iters", f"T_cycle={self.cycle_iters} must exceed "
                               f"T_warmup={self.warmup_iters}")
@@ -423,6 +452,18 @@ class TrainConfig:
             raise ConfigError("model.parametrization", "mup scales each group's step size by "
                               f"the rules for Adam: use optimizer adamw or adam, not "
                               f"{self.optimizer}")
+
+    def _check_forks(self) -> None:
+        if self.schedule != "wsd":
+            raise ConfigError("forks", f"K_fork={self.forks} needs schedule wsd (a fork is WSD's "
+                              f"decay), not {self.schedule}")
+        start, steps = self.fork_points()[0]
+        if start < max(self.warmup_iters, 1) or start == steps:
+            raise ConfigError("forks", f"K_fork={self.forks}: the shortest fork's run, of {steps} "
+                              f"steps, would start its decay at step {start}, "
+                              + ("and decay for no step" if start == steps else
+                                 f"inside the warmup of T_warmup={self.warmup_iters} steps")
+                              + ": fork fewer times or train longer")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (the inverse of `train_config_from_dict`)."""
@@ -506,7 +547,7 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
                      "eval_interval": "eval_interval", "eval_tokens": "eval_tokens",
-                     "eval_windows": "eval_windows", "seed": "seed"}
+                     "eval_windows": "eval_windows", "seed": "seed", "forks": "forks"}
 """A study file's `budget` keys and the trainer fields they set."""
 STUDY_RESOURCE_KEYS = ("device", "deterministic", "peak_flops", "compile")
 """A study file's `resources` keys that are trainer fields of the same name (the rest are Ray's)."""

@@ -1,13 +1,14 @@
 """Learning-rate schedules: linear warmup composed with cosine, SGDR restarts, step, exponential,
-reduce-on-plateau or constant; the trainer asks `LRSchedule.lr(t)` every step and calls `set_lr`."""
+reduce-on-plateau, constant or WSD (warmup-stable-decay); the trainer asks `LRSchedule.lr(t)`
+every step and calls `set_lr`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from model.config import TrainConfig
+from model.config import TrainConfig, fraction_of
 
 if TYPE_CHECKING:  # reading a schedule (`tuner report`'s plot) needs no torch
     import torch
@@ -21,6 +22,12 @@ def cosine_lr(t: int, lr_max: float, lr_min: float, warmup_iters: int, cycle_ite
         progress = (t - warmup_iters) / (cycle_iters - warmup_iters)
         return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * progress))
     return lr_min
+
+
+def wsd_decay_lr(progress: float, lr_max: float, lr_min: float, shape: str) -> float:
+    """WSD's α at `progress` ∈ [0, 1] through its decay: α_max at 0, α_min at 1."""
+    remaining = 1 - math.sqrt(progress) if shape == "1-sqrt" else 1 - progress
+    return lr_min + (lr_max - lr_min) * remaining
 
 
 def _restart_position(s: float, first: float, mult: float) -> tuple[float, float]:
@@ -53,6 +60,10 @@ class LRSchedule:
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     plateau_cooldown: int = 0
+    total_iters: int = 1
+    decay_fraction: float = 0.2
+    decay_shape: str = "1-sqrt"
+    decay_iters: int = field(init=False)
     plateau_lr: float = field(init=False)
     cuts: int = field(init=False, default=0)
     best: float = field(init=False, default=math.inf)
@@ -61,6 +72,7 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         self.plateau_lr = self.lr_max
+        self.decay_iters = fraction_of(self.decay_fraction, self.total_iters)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> LRSchedule:
@@ -70,7 +82,12 @@ class LRSchedule:
                    cycle_mult=cfg.cycle_mult, step_size=cfg.step_size, step_gamma=cfg.step_gamma,
                    exp_rate=cfg.exp_rate, exp_steps=cfg.exp_steps or cfg.steps,
                    plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
-                   plateau_cooldown=cfg.plateau_cooldown)
+                   plateau_cooldown=cfg.plateau_cooldown, total_iters=cfg.steps,
+                   decay_fraction=cfg.decay_fraction, decay_shape=cfg.decay_shape)
+
+    def lasting(self, total_iters: int) -> LRSchedule:
+        """This schedule for a run of `total_iters` steps (a WSD fork's own, shorter run)."""
+        return replace(self, total_iters=total_iters)
 
     def lr(self, t: int) -> float:
         """α_t after t completed steps."""
@@ -91,6 +108,12 @@ class LRSchedule:
             return self.lr_max * self.exp_rate ** (s / self.exp_steps)
         if self.kind == "plateau":
             return self.plateau_lr
+        if self.kind == "wsd":
+            into_decay = t - (self.total_iters - self.decay_iters)
+            if into_decay <= 0:
+                return self.lr_max
+            progress = min(into_decay / self.decay_iters, 1.0)
+            return wsd_decay_lr(progress, self.lr_max, self.lr_min, self.decay_shape)
         raise ValueError(f"unknown schedule {self.kind!r}")
 
     def observe(self, val_loss: float, t: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import re
 import sys
@@ -61,6 +62,18 @@ class EvalRecord:
 
 
 @dataclass
+class ForkRecord:
+    """A WSD fork's result: the loss at the end of the run of `steps` steps that it stands for,
+    trained from the main run's state at `start`, that run's decay start."""
+
+    start: int
+    steps: int
+    tokens: int  # the run it stands for: steps·B·context
+    trained_tokens: int  # what the fork itself trained: (steps − start)·B·context
+    val_loss: float
+
+
+@dataclass
 class LossTally:
     """The train losses since the last evaluation; a loss above `limit` or not finite diverged."""
 
@@ -105,6 +118,7 @@ class TrainResult:
     epochs: int = 0  # N_epoch of the full run
     num_params: int = 0
     checkpoint: Path | None = None
+    forks: list[ForkRecord] = field(default_factory=list)
 
     @property
     def best_val_loss(self) -> float:
@@ -256,6 +270,28 @@ def _configure_backends(config: TrainConfig, device: torch.device) -> None:
     torch.use_deterministic_algorithms(config.deterministic)
 
 
+def _forward_backward(runner: torch.nn.Module, dataset: Dataset, config: TrainConfig,
+                      device: torch.device, batch_gen: torch.Generator,
+                      autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+    """The loss of the next training batch, its gradients accumulated."""
+    x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
+                     batch_gen)
+    with autocast():
+        loss = cross_entropy(runner(x), y, config.label_smoothing)
+    loss.backward()
+    return loss
+
+
+def _update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+            grad_clip: float | None) -> torch.Tensor:
+    """One optimizer step at `lr` on the accumulated gradients, clipped; their norm."""
+    set_lr(optimizer, lr)
+    grad_norm = clip_grad_norm(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, windows: tuple[torch.Tensor, torch.Tensor], batch_size: int,
              autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
@@ -277,7 +313,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
           sample_at: Sequence[float] | None = None,
           checkpoint_now: Callable[[], bool] | None = None,
           on_checkpoint: Callable[[int, EvalRecord | None], None] | None = None,
-          checkpoint_every_s: float = 0.0, checkpoint_at: Sequence[float] = ()) -> TrainResult:
+          checkpoint_every_s: float = 0.0, checkpoint_at: Sequence[float] = (),
+          on_fork: Callable[[ForkRecord], None] | None = None) -> TrainResult:
     """Train to T_total steps, evaluating as `config.evaluates_after` says and at the end;
     `on_eval` returning True stops.
 
@@ -340,6 +377,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             schedule.load_state_dict(resume_state["schedule"])
             _set_rng_state(resume_state["rng"], batch_gen, sample_gen, device)
             result.records = [EvalRecord(**r) for r in resume_state["records"]]
+            result.forks = [ForkRecord(**f) for f in resume_state.get("forks", [])]
             step = int(resume_state["iteration"])
         except torch.OutOfMemoryError:
             raise
@@ -387,7 +425,31 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             rng=_rng_state(batch_gen, sample_gen, device),
             records=[asdict(r) for r in result.records], tokens=step * per_step,
             config=config.to_dict(), dataset=dataset_identity(dataset.meta),
-            losses=(losses.total, losses.count))
+            losses=(losses.total, losses.count), forks=[asdict(f) for f in result.forks])
+
+    def fork(start: int, steps: int) -> ForkRecord:
+        """Train the fork that branches off here to its end and score it; then put the model,
+        optimizer and RNGs back as they were."""
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        moments, rng = copy.deepcopy(optimizer.state_dict()), _rng_state(batch_gen, sample_gen,
+                                                                          device)
+        decay, val_loss = schedule.lasting(steps), None
+        for t in range(start, steps):
+            loss = _forward_backward(runner, dataset, config, device, batch_gen, autocast)
+            _update(model, optimizer, decay.lr(t), config.grad_clip)
+            if not float(loss.detach()) <= losses.limit:  # diverged (NaN too): no val_loss
+                val_loss = math.inf
+                break
+        if val_loss is None:
+            val_loss = evaluate(runner, windows, config.batch_size, autocast)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(moments)
+        _place_steps(optimizer)
+        _set_rng_state(rng, batch_gen, sample_gen, device)
+        return ForkRecord(start=start, steps=steps, tokens=steps * per_step,
+                          trained_tokens=(steps - start) * per_step, val_loss=val_loss)
+
+    forks = [point for point in config.fork_points() if point[0] >= step]  # those still to come
 
     writer = CheckpointWriter(checkpoint_dir, device) if checkpoint_dir is not None else None
     pending: EvalRecord | None = None  # an evaluation whose checkpoint is on its way to the disk
@@ -421,19 +483,16 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                     result.checkpoint = writer.wait()
                     if on_checkpoint is not None:
                         on_checkpoint(step, result.records[-1] if result.records else None)
-            x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device,
-                             batch_gen)
-            with autocast():
-                loss = cross_entropy(runner(x), y, config.label_smoothing)
-            loss.backward()
+            while forks and forks[0][0] == step:
+                result.forks.append(fork(*forks.pop(0)))
+                if on_fork is not None:
+                    on_fork(result.forks[-1])
+            loss = _forward_backward(runner, dataset, config, device, batch_gen, autocast)
             if unread is not None:  # the step before's loss, read once this step is queued, so the
                 diverged = losses.add(unread)  # GPU has work while the CPU waits and goes on
             if not diverged:  # this step's gradients are dropped if the one before diverged
                 lr = schedule.lr(step)
-                set_lr(optimizer, lr)
-                grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = _update(model, optimizer, lr, config.grad_clip)
                 step += 1
                 unread = read_later(loss.detach())
                 if not (step == total_steps or config.evaluates_after(step)):
@@ -533,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device is not None:  # "" too: refused by name, not ignored
             config.device = args.device
         result = train(config, on_eval=lambda r: print(_progress_line(r, config.steps), flush=True),
-                       checkpoint_dir=out, resume_from=args.resume)
+                       checkpoint_dir=out, resume_from=args.resume,
+                       on_fork=lambda f: print(f"fork   {f.start:>6}→{f.steps} tokens "
+                                               f"{f.tokens:>11,} val {f.val_loss:.4f}", flush=True))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: the CS336 cosine, each shape with warmup, plateau, and checkpointing."""
+"""Learning-rate schedules: the CS336 cosine, each shape with warmup, plateau, WSD, and
+checkpointing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from model.config import SCHEDULES, TrainConfig
+from model.config import SCHEDULES, ConfigError, TrainConfig
 from model.schedules import LRSchedule, cosine_lr, set_lr
 
 # The CS336 assignment-1 reference (test_get_lr_cosine_schedule); t = 20 is 0.1112824395..., the
@@ -215,3 +216,44 @@ def test_plateau_cuts_apply_to_the_resumed_config() -> None:
     old = {"plateau_lr": 0.1, "best": 1.0, "bad_evals": 0, "cooldown_left": 0}
     b.load_state_dict(old)
     assert (b.lr(50), b.state_dict()["cuts"]) == (0.1, 2)
+
+
+@pytest.mark.parametrize("shape", ["1-sqrt", "linear"])
+def test_wsd_warms_up_holds_then_decays_to_lr_min(shape: str) -> None:
+    """T_total 100, f_decay 0.25: warmup to step 10, α_max until step 75, then the decay's shape
+    down to α_min at T_total."""
+    s = schedule("wsd", warmup_iters=10, decay_fraction=0.25, decay_shape=shape, lr_min=0.1)
+    assert [s.lr(t) for t in range(10)] == pytest.approx([t / 10 for t in range(10)])
+    assert {s.lr(t) for t in range(10, 76)} == {1.0}
+    decay = [s.lr(t) for t in range(75, 101)]
+    assert all(a > b for a, b in pairwise(decay))
+    assert s.lr(100) == 0.1
+    halfway = 0.1 + 0.9 * (1 - math.sqrt(0.5)) if shape == "1-sqrt" else 0.55
+    assert s.lr(75 + 25 // 2) == pytest.approx(halfway, abs=0.9 / 25)
+    assert schedule("wsd", decay_fraction=0.5, decay_shape=shape).lr(75) == pytest.approx(halfway)
+
+
+def test_wsd_defaults_and_a_decay_inside_the_warmup_is_refused() -> None:
+    s = schedule("wsd")  # f_decay 0.2, 1-sqrt, α_min 0.1·α_max
+    assert (s.decay_iters, s.decay_shape, s.lr(80), s.lr(100)) == (20, "1-sqrt", 1.0,
+                                                                   pytest.approx(0.1))
+    cfg = TrainConfig(data="x", total_iters=100, schedule="wsd", warmup_iters=90)
+    with pytest.raises(ConfigError, match="decay_fraction: WSD's decay starts at step 80"):
+        cfg.validate()
+
+
+def test_a_short_training_run_with_wsd(byte_dataset) -> None:
+    """A run trains under WSD with μP's per-group scales: each step's α follows the schedule."""
+    from model.config import ModelConfig
+    from model.train import train
+
+    model = ModelConfig(vocab_size=256, context_length=32, d_model=32, num_layers=1, num_heads=4,
+                        parametrization="mup", mup_base_d_model=16)
+    config = TrainConfig(model=model, data=str(byte_dataset), lr_max=1e-2, warmup_iters=4,
+                         total_iters=30, batch_size=8, eval_interval=10, eval_windows=8,
+                         device="cpu", schedule="wsd", decay_fraction=0.5, lr_min=0.0)
+    result = train(config)
+    assert result.status == "completed"
+    assert [r.lr for r in result.records] == pytest.approx([1e-2, 1e-2 * (1 - math.sqrt(4 / 15)),
+                                                            1e-2 * (1 - math.sqrt(14 / 15))])
+    assert result.records[-1].val_loss < result.records[0].val_loss

@@ -149,6 +149,8 @@ def test_every_error_of_a_file_is_listed_in_file_order(tmp_path: Path) -> None:
     ("  warmup_iters: 50\n  cycle_iters: 40\n", "cycle_iters", "must exceed T_warmup"),
     ("  momentum: 0.9\n", "momentum", "used only when optimizer is sgd, lars or rmsprop"),
     ("  schedule: step\n  cycle_iters: 100\n", "cycle_iters", "but schedule is step"),
+    ("  schedule: wsd\n  warmup_fraction: 0.5\n  decay_fraction: {uniform: [0.2, 0.6]}\n",
+     "decay_fraction", "WSD's decay can start at step 80, inside a warmup of 100 steps"),
     ("  optimizer: {choice: [adamw, adam]}\n  lars_trust: 0.01\n", "lars_trust",
      "but optimizer is adamw or adam"),
     ("  beta2: {grid: [0.9, 0.99]}\n", "beta2", "search.algorithm grid only"),

@@ -71,7 +71,7 @@ BAD = [
      "hparams.momentum", "γ_momentum is used only when optimizer is sgd, lars or rmsprop"),
     ("floor-of-step-schedule", GOOD.replace("  B:", "  schedule: step\n  lr_min_ratio: 0.1\n  B:"),
      12, "hparams.lr_min_ratio", "α_min/α_max is used only when schedule is cosine, "
-     "cosine_restarts or plateau"),
+     "cosine_restarts, plateau or wsd"),
     ("warmup-fraction-1", GOOD.replace("  B:", "  warmup_fraction: 1.0\n  B:"), 11,
      "hparams.warmup_fraction", "T_warmup/T_total must be in [0, 1), got 1.0"),
     ("steps-apart-with-searched-batch", GOOD.replace("eval_tokens: 5120", "eval_interval: 20"),

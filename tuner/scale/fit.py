@@ -38,7 +38,7 @@ class Study:
     searched: frozenset[str]  # of FITTED, those the study searched
     trials: list[Trial]
     dataset: str | None = None  # the dataset's sha256, as the study recorded it
-    source: str | None = None  # the transfer study this size is one of (its name: STUDY:d_model=W)
+    source: str | None = None  # the study this one is a part of: a transfer size, a fork budget
 
     @property
     def compute(self) -> float:

@@ -21,7 +21,8 @@ from tuner import output
 from tuner.output import count
 from tuner.search.outcome import outcome, tune_error
 from tuner.search.stopping import draining
-from tuner.search.trainable import TrainedTokens
+from tuner.search.trainable import FORK_TOKENS, TrainedTokens
+from tuner.space.convert import span
 from tuner.space.params import shown_value
 from tuner.store import view
 from tuner.store.layout import FINISHED, RUNNING, UNRANKED
@@ -42,6 +43,18 @@ def stop_live_views() -> None:
 def _tokens(trial: Any) -> int:
     """Tokens the trial has reached (a PBT clone: from its donor's), as its last result says."""
     return int((trial.last_result or {}).get("tokens", 0))
+
+
+def _trained(trial: Any) -> int:
+    """Tokens the trial has trained to reach them: its WSD forks' too."""
+    return _tokens(trial) + int((trial.last_result or {}).get(FORK_TOKENS, 0))
+
+
+def most_tokens(study: Any) -> int:
+    """The most tokens a full trial trains: its budget, and its WSD forks' decays, the K_fork runs
+    of k/(K_fork+1) of it decaying over at most f_decay each, K_fork/2·f_decay of it in all."""
+    full, forks = study.full_trial_tokens(), study.budget.forks or 0
+    return full + math.ceil(full * forks * span(study, "decay_fraction")[1] / 2) if forks else full
 
 
 def _study_best(trials: list, statuses: dict[str, str]) -> tuple[Any, float]:
@@ -79,7 +92,7 @@ class LiveView(tune.Callback):
     not a terminal (a log file), it writes a line per finished trial and the last frame instead."""
 
     def __init__(self, study: Any):
-        self.study, self.trial_tokens = study, study.full_trial_tokens()
+        self.study, self.trial_tokens = study, most_tokens(study)
         self._live: Live | None = None
 
     def setup(self, **info: Any) -> None:
@@ -164,8 +177,8 @@ class LiveView(tune.Callback):
     def _progress(self, trials: list, statuses: dict[str, str]) -> str:
         """Where the trials are (tokens) against the most the study can reach, elapsed time and
         an ETA at the rate its trials train."""
-        done = sum(_tokens(t) for t in trials)
-        left = sum(max(self.trial_tokens - _tokens(t), 0) for t in trials
+        done = sum(_trained(t) for t in trials)
+        left = sum(max(self.trial_tokens - _trained(t), 0) for t in trials
                    if statuses[t.trial_id] not in FINISHED)
         left += max(self.study.trial_count - len(trials), 0) * self.trial_tokens
         elapsed = time.monotonic() - self._start

@@ -24,7 +24,7 @@ from tuner.search.outcome import ended, outcome
 from tuner.search.run_notes import sample_text, study_note, trial_note
 from tuner.search.stopping import STOP_CHECKPOINT
 from tuner.search.storage_faults import STORAGE_FAULT, storage_error
-from tuner.search.trainable import TrainedTokens, trial_threads
+from tuner.search.trainable import FORKS, TrainedTokens, trial_threads
 from tuner.store import runs
 from tuner.store.connect import open_client
 from tuner.store.layout import (
@@ -35,6 +35,7 @@ from tuner.store.layout import (
     FAILED,
     FAILED_IN_TAG,
     FINISHED,
+    FORK_METRIC,
     METRICS,
     NODE_TAG,
     NOTE_TAG,
@@ -319,6 +320,8 @@ class MlflowRecorder(tune.Callback):
         tokens, trained = int(result.get("tokens", 0)), self._counter.add(trial.trial_id, result)
         if child is None or "error" in result:
             return
+        for fork_tokens, fork_loss in result.get(FORKS, ()):  # a stop's checkpoint may bring some
+            log_metrics(self._client, child.run_id, {FORK_METRIC: fork_loss}, fork_tokens)
         if STOP_CHECKPOINT in result or STORAGE_FAULT in result:  # no new evaluation
             child.trained += trained
             return

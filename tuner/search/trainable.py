@@ -35,6 +35,8 @@ TRIAL_S = "trial_s"  # seconds from then to this report
 CHECKPOINT_S = "checkpoint_s"  # its training thread's seconds on checkpoints (Tune's copies too)
 CHECKPOINT_BYTES = "checkpoint_bytes"  # what its checkpoints wrote to disk, Tune's copies too
 COMPILE_S = "compile_s"  # its seconds compiling the model's graphs
+FORKS = "forks"  # [[tokens of the run it stands for, val_loss], ...]: the WSD forks just done
+FORK_TOKENS = "fork_tokens"  # what its WSD forks trained to this step, over and above `tokens`
 STOP_POLL_S = 0.2  # how often a trial looks for the driver's stop flag
 WORST = math.inf  # the metric a diverged or failed trial reports (mode is min)
 
@@ -50,6 +52,17 @@ def trial_metrics(record: Any, budget_tokens: int, time_unit: float | None,
     if record.sample is not None:
         metrics.update(sample=record.sample, sample_prompt=prompt)
     return metrics
+
+
+def fork_metrics(config: Any, step: int, forks: list[Any]) -> dict[str, Any]:
+    """A report's WSD forks: the results of `forks` (their tokens and loss) and the tokens all of
+    the run's forks before `step` trained; nothing for a run without forks."""
+    if not config.forks:
+        return {}
+    trained = sum(end - start for start, end in config.fork_points() if start < step)
+    results = [[fork.tokens, fork.val_loss] for fork in forks]
+    forks.clear()  # each is reported once
+    return {FORKS: results, FORK_TOKENS: trained * config.tokens_per_step}
 
 
 def checkpoint_interval(study: Any) -> float:
@@ -111,11 +124,19 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         start = restored_steps * config.tokens_per_step
         progress["budget_tokens"] = config.steps * config.tokens_per_step
         where = {"device": device_label(resolve_device(config.device)), "node": node_label()}
+        forks: list[Any] = []  # WSD forks since the last report
+        forked = 0  # the tokens this call's forks trained
+
+        def on_fork(fork: Any) -> None:
+            nonlocal forked
+            forks.append(fork)
+            forked += fork.trained_tokens
 
         def on_eval(record: Any) -> None:
             metrics = {**trial_metrics(record, progress["budget_tokens"], time_unit,
                                        config.sample_prompt),
-                       SINCE_RESTORE: record.tokens - start, **where,
+                       **fork_metrics(config, record.step, forks),
+                       SINCE_RESTORE: record.tokens - start + forked, **where,
                        TRIAL_START: started, TRIAL_S: time.time() - started,
                        CHECKPOINT_BYTES: costs[CHECKPOINT_BYTES],
                        CHECKPOINT_S: record.checkpoint_s + costs[CHECKPOINT_S],
@@ -134,7 +155,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
                 unsampled = dataclasses.replace(last, sample=None)  # logged with it already
                 metrics = {**trial_metrics(unsampled, progress["budget_tokens"], time_unit,
                                            config.sample_prompt),
-                           SINCE_RESTORE: step * config.tokens_per_step - start,
+                           **fork_metrics(config, step, forks),
+                           SINCE_RESTORE: step * config.tokens_per_step - start + forked,
                            **where, STOP_CHECKPOINT: step}
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
             # Training on would write checkpoints that no one registers, and returning before
@@ -149,7 +171,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
                        resume_from=resume_from, sample_at=stopping_points,
                        checkpoint_now=stop_flag_seen, on_checkpoint=on_stop_checkpoint,
                        checkpoint_every_s=checkpoint_every_s,
-                       checkpoint_at=(progress["budget_tokens"] / 2,))  # a replay's start
+                       checkpoint_at=(progress["budget_tokens"] / 2,),  # a replay's start
+                       on_fork=on_fork)
         if progress["tokens"] == 0 and result.records:
             # Restored at its end (a PBT clone of a trial at its last step, a final checkpoint
             # put back after a kill): it trained nothing, so say again where it ended, or Tune

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.bpe import DEFAULT_SPECIAL_TOKENS, check_special_tokens, check_vocab_size
-from model.config import RELATIVE_FORMS, ConfigError, ModelConfig, fraction_of
+from model.config import RELATIVE_FORMS, ConfigError, HParam, ModelConfig, fraction_of
 from tuner.errors import UserError
 from tuner.space.convert import (
     candidates,
@@ -22,7 +22,7 @@ from tuner.space.convert import (
     value,
 )
 from tuner.space.distributions import Distribution, Grid, IntRange, either, fmt
-from tuner.space.params import ALL_DEFS, MODEL_DEFS
+from tuner.space.params import ALL_DEFS, BUDGET_DEFS, MODEL_DEFS
 
 if TYPE_CHECKING:
     from tuner.space.sections import StudySections
@@ -142,21 +142,24 @@ def unused(study: StudySections) -> set[Loc]:
     return found | {(_section(name), name) for name in ALL_DEFS if _unmet(study, name)}
 
 
-def _unmet(study: StudySections, name: str) -> list[object] | None:
+def _unmet(study: StudySections, name: str, defs: dict[str, HParam] = ALL_DEFS
+           ) -> list[object] | None:
     """The values the parameter's parent can take when none meets its condition, else None."""
-    when = ALL_DEFS[name].when
+    when = defs[name].when
     possible = None if when is None else candidates(study, when[0])
     return possible if possible is not None and not set(possible) & set(when[1]) else None
 
 
 def _conditions(study: StudySections) -> list[tuple[Loc, str]]:
     issues = []
-    for section in (study.model, study.hparams):
+    for section, defs in ((study.model, ALL_DEFS), (study.hparams, ALL_DEFS),
+                          (study.budget, BUDGET_DEFS)):
         for name in section.given():
-            possible = _unmet(study, name)
+            possible = _unmet(study, name, defs)
             if possible is not None:
-                (parent, values), symbol = ALL_DEFS[name].when, ALL_DEFS[name].symbol
-                issues.append(((_section(name), name), f"{symbol} is used only when {parent} "
+                (parent, values), symbol = defs[name].when, defs[name].symbol
+                where = ("budget", name) if defs is BUDGET_DEFS else (_section(name), name)
+                issues.append((where, f"{symbol} is used only when {parent} "
                                f"is {either(values)}, but {parent} is {either(possible)}: "
                                "remove it"))
     return issues
@@ -225,7 +228,23 @@ def _steps(study: StudySections) -> list[tuple[Loc, str]]:
     if cycle is not None and "cycle_iters" in hparams.model_fields_set and cycle[0] <= warmup:
         issues.append((("hparams", "cycle_iters"), f"T_cycle can be {fmt(cycle[0])}, but it must "
                        f"exceed T_warmup, which can be {fmt(warmup)}"))
+    if "decay_fraction" in hparams.model_fields_set:
+        issues += _decay_after_warmup(study, fewest, most)
     return issues
+
+
+def _decay_after_warmup(study: StudySections, fewest: int, most: int) -> list[tuple[Loc, str]]:
+    """WSD's decay, T_total − ⌊f_decay·T_total⌋ on, must not start inside the warmup."""
+    decay = span(study, "decay_fraction")[1]
+    fraction = "warmup_fraction" in study.hparams.model_fields_set
+    for total in (fewest, most):
+        warmup = (fraction_of(span(study, "warmup_fraction")[1], total) if fraction
+                  else span(study, "warmup_iters")[1])
+        start = total - fraction_of(decay, total)
+        if start < warmup:
+            return [(("hparams", "decay_fraction"), f"f_decay can be {fmt(decay)}, so WSD's decay "
+                     f"can start at step {start}, inside a warmup of {fmt(warmup)} steps")]
+    return []
 
 
 def _evaluations(study: StudySections) -> list[tuple[Loc, str]]:

@@ -12,12 +12,13 @@ from model.config import (
     RELATIVE_HPARAMS,
     STUDY_RESOURCE_KEYS,
     ConfigError,
+    HParam,
     ModelConfig,
     TrainConfig,
 )
 from tuner.errors import UserError
 from tuner.space.distributions import Distribution, Grid, fmt
-from tuner.space.params import ALL_DEFS, BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
+from tuner.space.params import ALL_DEFS, BUDGET_DEFS, BUDGET_NAMES, HPARAM_DEFS, MODEL_DEFS
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -155,7 +156,8 @@ def trial_config(study: StudySections, params: dict[str, Any], data_dir: Path | 
     floor = RELATIVE_HPARAMS["lr_min"]
     if "lr_min" not in train:  # record α_min as a number, not as "0.1·α_max by default"
         train.setdefault(floor.name, floor.default)
-    budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items() if v is not None}
+    budget = {BUDGET_NAMES[k]: v for k, v in study.budget.model_dump().items()
+              if v is not None and _applies(BUDGET_DEFS[k], train)}  # no forks without wsd
     res = study.resources
     runtime = {key: getattr(res, key) for key in STUDY_RESOURCE_KEYS}
     if res.device == "auto" and res.gpus_per_trial == 0:
@@ -168,6 +170,11 @@ def trial_config(study: StudySections, params: dict[str, Any], data_dir: Path | 
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
         raise UserError(f"trial ({shown}) is invalid: {err}") from None
     return config
+
+
+def _applies(hp: HParam, train: dict[str, Any]) -> bool:
+    """Whether a budget setting's condition holds for the trial's hyperparameters `train`."""
+    return hp.when is None or train.get(hp.when[0], HPARAM_DEFS[hp.when[0]].default) in hp.when[1]
 
 
 def _constants(section: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
            "elapsed_s")
+FORK_METRIC = "fork_val_loss"  # a WSD fork's val_loss, at step = tokens of the run it stands for
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"
 ROLE_TAG, STATUS_TAG = "tuner.role", "tuner.status"
