@@ -316,6 +316,27 @@ def at_fraction(trials: list[Trial], fraction: float) -> int:
     return math.ceil(round(fraction * count, 9))
 
 
+def verdicts(figures: dict[int, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """Whether each candidate earns a study setting on these rungs: in every seed a higher ρ at
+    the first rung than the plain loss, and at every rung at least as many of the final top four
+    kept, more at one rung at least."""
+    lines = []
+    for name in list(SCORES)[1:]:
+        misses = []
+        for seed, scores in figures.items():
+            ours, plain = scores[name], scores["loss"]
+            if ours[0]["rho"] <= plain[0]["rho"]:
+                misses.append(f"seed {seed}: ρ {ours[0]['rho']:.2f} ≤ {plain[0]['rho']:.2f} "
+                              "at the first rung")
+            kept = [(a["kept"], b["kept"]) for a, b in zip(ours, plain)]
+            if any(a < b for a, b in kept) or all(a == b for a, b in kept):
+                misses.append(f"seed {seed}: keeps {', '.join(str(a) for a, _ in kept)} of the "
+                              f"top {TOP} against {', '.join(str(b) for _, b in kept)}")
+        lines.append(f"- {name}: " + ("better than the plain loss" if not misses else
+                                      "rejected (" + "; ".join(misses) + ")"))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", type=Path, default=QUICKSTART, help="the study file")
@@ -364,6 +385,7 @@ def main() -> None:
         figures[label] = {seed: {name: [fidelity(trials, at_fraction(trials, f), score, factor)
                                         for f in fractions] for name, score in SCORES.items()}
                           for seed, trials in runs.items()}
+        print("\n" + "\n".join(verdicts(figures[label])))
     if args.json:
         args.json.write_text(json.dumps(figures))
 
