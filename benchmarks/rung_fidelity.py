@@ -6,8 +6,9 @@ study, trained to the end without early stopping, scored at every evaluation.
     uv run python benchmarks/rung_fidelity.py --tiny          # a few seconds: the code end to end
 
 For each seed it draws `--samples` configurations from the study's space (Optuna's random
-sampler, seeded), trains each in-process with model.train.train (`--workers` processes, one
-thread each), evaluating every 1/`--evaluations` of the budget, and reports at each evaluation:
+sampler and the trials' training both seeded with it), trains each in-process with
+model.train.train (`--workers` processes, one thread each), evaluating every 1/`--evaluations`
+of the budget, and reports at each evaluation:
 Spearman's ρ between a score and the final val_loss, the ranks of the final best and of the final
 top four by that score, and how many of the final top four ASHA would keep there (Ray's cutoff:
 the best 1/reduction_factor of the trials at a rung). The scores: the plain val_loss (what ASHA
@@ -15,8 +16,9 @@ ranks today), the learning-rate-annealing law of Tissue et al. 2024 (arXiv 2408.
 the curve so far and extrapolated to the full schedule, a power law in steps fitted likewise, and
 the mean of the last three evaluations. The same trials are scored at the study's own rungs
 (with its reduction factor, or `--reduction-factor`) and at lm.yaml's (rungs at 1/16 and 1/4 of a
-full trial, reduction factor 4): a CPU-sized copy of lm.yaml's rungs. Trials' curves are kept in
-WORK/<run>.json and reused when the same run is asked for again.
+full trial, reduction factor 4): a CPU-sized copy of lm.yaml's rungs. Last, whether each
+candidate beats the plain loss (`verdicts`). Trials' curves are kept in WORK/<run>.json and reused
+when the same run is asked for again.
 """
 
 from __future__ import annotations
@@ -116,8 +118,11 @@ def run_trials(study: Any, seed: int, samples: int, workers: int) -> list[Trial]
     data = study.data.path or prepare_dataset(**study.data.prepare_kwargs(), progress=False)
     drawn = draw(study, samples, seed)
     configs = [study.trial_config(params, data) for params in drawn]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        results = pool.map(train_one, configs, chunksize=1)
+    if workers == 1:
+        results = [train_one(config) for config in configs]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(train_one, configs, chunksize=1)
     trials = []
     for params, config, (steps, losses, status) in zip(drawn, configs, results):
         schedule = LRSchedule.from_config(config)
