@@ -1,11 +1,11 @@
 """The Python API (`import tuner`): the CLI's studies from a notebook or a script, through the same
-code: `tuner search` runs the study's lifecycle as `search` does, and `tuner replay`, `report` and
-`generate` call the functions here and print what they return.
+code: `tuner search` runs the study's lifecycle as `search` does, and `tuner replay`, `best`,
+`report`, `generate` and `probe` call the functions here and print what they return.
 
 Bad input raises a UserError (SpaceError for a study, TrackingError for a store) with the CLI's
 message, before anything starts. A study that ran returns a SearchResult however it ended. Ray,
-torch and MLflow are imported only by the functions that need them: `trials`, `best` and `report`
-import neither Ray nor torch.
+torch and MLflow are imported only by the functions that need them: `trials`, `best`,
+`top_trials`, `confirmation` and `report` import neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -168,12 +168,8 @@ def best(name: str, tracking_uri: str | None = None) -> Trial:
 def top_trials(name: str, k: int = 5, tracking_uri: str | None = None) -> list[Trial]:
     """The `k` best trials of study `name`, best first (those that cannot be the best last), each
     with its seed check where it has one, as `tuner best` lists them; no config read."""
-    from tuner.store import runs
-
     client = _client(tracking_uri)
-    checks = _seed_checks(client, name)
-    ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, name)))
-    return [_trial(client, name, run, checks=checks) for run in ranked[:k]]
+    return _trials(client, name, k, _seed_checks(client, name))
 
 
 def confirm(name: str, *, top: int = 3, seeds: int = 3, tracking_uri: str | None = None,
@@ -195,11 +191,7 @@ def confirm(name: str, *, top: int = 3, seeds: int = 3, tracking_uri: str | None
 
 def confirmation(name: str, tracking_uri: str | None = None) -> Confirmation | None:
     """The seed check study `name` holds, compared (None when it has none); trains nothing."""
-    from tuner.search import seed_check
-    from tuner.store import runs
-
-    client = _client(tracking_uri)
-    return seed_check.recorded(client, runs.study_parent(client, name))
+    return _recorded(_client(tracking_uri), name)
 
 
 def probe(space: str | Path, *, start: float = START_LR, end: float = END_LR,
@@ -310,20 +302,25 @@ def _id_of(trial: Trial | str) -> str:
     return trial.run_id if isinstance(trial, Trial) else trial
 
 
-def _trials(client: Any, name: str) -> list[Trial]:
-    """Every trial run of study `name`, best first."""
+def _trials(client: Any, name: str, k: int | None = None,
+            checks: Mapping[str, SeedCheck] | None = None) -> list[Trial]:
+    """The `k` best trial runs of study `name` (every one: None), best first."""
     from tuner.store import runs
 
-    return [_trial(client, name, run) for run in runs.ranked(runs.trial_runs(
-        client, runs.study_parent(client, name)))]
+    ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, name)))
+    return [_trial(client, name, run, checks=checks) for run in ranked[:k]]
+
+
+def _recorded(client: Any, name: str) -> Confirmation | None:
+    from tuner.search import seed_check
+    from tuner.store import runs
+
+    return seed_check.recorded(client, runs.study_parent(client, name))
 
 
 def _seed_checks(client: Any, name: str) -> dict[str, SeedCheck]:
     """The seed check of each trial study `name` seed-checked, by run id."""
-    from tuner.search import seed_check
-    from tuner.store import runs
-
-    checked = seed_check.recorded(client, runs.study_parent(client, name))
+    checked = _recorded(client, name)
     if checked is None:
         return {}
     winner, tests = checked.winner.trial_id, {r.trial_id: r for r in checked.rivals}
