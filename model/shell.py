@@ -42,6 +42,12 @@ def stop_requested() -> bool:
     return bool(_stops)
 
 
+def forget_stops() -> None:
+    """Forget the stops that came: the study they stopped has ended, and the next one in this
+    process (a notebook's) starts afresh."""
+    _stops.clear()
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
     _stops.append(signum)
     raise KeyboardInterrupt

@@ -4,6 +4,7 @@ a recorded study read as a DataFrame; bad input as typed exceptions with the CLI
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -128,9 +129,58 @@ def test_reading_imports_neither_ray_nor_torch(recorded, tmp_path):
     assert out.stdout.splitlines() == ["[]", f"4 {recorded.best_run_id}", "[]"]
 
 
-def test_tuner_search_is_the_function_after_its_package_loads():
-    """The subpackage tuner.search shares the function's name: importing it hides nothing."""
-    from tuner.search import lifecycle  # noqa: F401 - binds the subpackage as a package would
+def test_tuner_search_and_probe_are_the_functions_after_their_packages_load():
+    """The subpackages tuner.search and tuner.probe share the functions' names: importing them
+    hides nothing."""
+    from tuner.probe import run  # noqa: F401 - binds the subpackage as a package would
+    from tuner.search import lifecycle  # noqa: F401
 
-    assert callable(tuner.search) and tuner.search.__module__ == "tuner.api"
-    assert Path(sys.modules["tuner.search"].__file__).name == "__init__.py"
+    for name in ("search", "probe"):
+        function = getattr(tuner, name)
+        assert callable(function) and function.__module__ == "tuner.api"
+        assert Path(sys.modules[f"tuner.{name}"].__file__).name == "__init__.py"
+
+
+def test_top_trials_are_the_best_tables_rows(recorded):
+    """tuner.top_trials lists what `tuner best` does: the best first, without configs; a study
+    with no seed check gives no trial one."""
+    top = tuner.top_trials(recorded.name, 2, tracking_uri=recorded.uri)
+    frame = tuner.trials(recorded.name, tracking_uri=recorded.uri)
+    assert [t.run_id for t in top] == list(frame["run_id"][:2])
+    assert top[0].run_id == recorded.best_run_id and top[0].usable
+    assert all(t.config is None and t.seed_check is None for t in top)
+    assert tuner.confirmation(recorded.name, tracking_uri=recorded.uri) is None
+
+
+@pytest.mark.parametrize(("top", "seeds", "named"), [(0, 3, "--confirm 0"), (2, 0, "--seeds 0"),
+                                                     (2, 101, "--seeds 101")])
+def test_confirm_refuses_bad_counts_before_it_reads(tmp_path, top, seeds, named):
+    with pytest.raises(tuner.UserError, match=named):
+        tuner.confirm("tiny", top=top, seeds=seeds,
+                      tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+
+
+def test_a_stop_is_forgotten_once_the_study_it_stopped_returns(tmp_path, byte_dataset,
+                                                               mlflow_store_template):
+    """A SIGTERM recorded in a notebook's kernel stops the study it came in (before Ray starts,
+    nothing to resume), and the next study there starts afresh rather than stopping at once."""
+    from model import shell
+    from tuner.search import stopping
+
+    space = yaml.safe_load(SPACE.format(data=byte_dataset,
+                                        uri=fresh_store(tmp_path, mlflow_store_template)))
+    before = {signum: signal.getsignal(signum) for signum in shell.STOP_SIGNALS}
+    try:
+        shell.stops_as_ctrl_c()  # as a study sets them
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert shell.stop_requested()
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search(space, name="stopped", storage=tmp_path / "ray", quiet=True)
+    assert not (tmp_path / "ray" / "stopped").exists()
+    assert not shell.stop_requested()
+    with stopping.stops_held():  # where the next study would have stopped at once
+        pass

@@ -88,6 +88,29 @@ def test_a_second_confirm_trains_nothing_and_best_shows_the_result(confirmed):
     assert code == 0 and "Welch's t-test" in out
 
 
+def test_the_api_gives_the_seed_check_and_confirms_again_without_training(confirmed):
+    """tuner.best's and tuner.top_trials' trials carry their seed checks; tuner.confirm of trials
+    confirmed already trains nothing and compares them as `tuner best` printed."""
+    import tuner as api
+
+    study, out = confirmed
+    checked = api.confirmation(study.name, tracking_uri=study.uri)
+    seen = []
+    again = api.confirm(study.name, top=2, seeds=1, tracking_uri=study.uri, progress=seen.append)
+    assert seen == [] and again.lines() == checked.lines()
+    assert all(f"  {line}" in out for line in checked.lines())
+    top = {t.run_id: t for t in api.top_trials(study.name, 3, tracking_uri=study.uri)}
+    winner, rival = checked.trials
+    shown = top[winner.run_id].seed_check
+    assert shown.losses == winner.losses and shown.mean == winner.mean and shown.sd == winner.sd
+    assert shown.verdict == checked.verdict
+    assert top[rival.run_id].seed_check.verdict.endswith(f"the winner {winner.trial_id} (Welch p "
+                                                         f"{checked.rivals[0].p:.3g})")
+    assert sum(t.seed_check is None for t in top.values()) == 1  # the stopped trial
+    best = api.best(study.name, tracking_uri=study.uri)
+    assert best.seed_check == top[best.run_id].seed_check
+
+
 def test_welch_matches_the_textbook_and_takes_noiseless_seeds():
     t, p = confirm.welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0])
     # means 2 and 5.5, variances 1 and 5/3: t = -3.5 / √(1/3 + 5/12), about 4.96 degrees of freedom

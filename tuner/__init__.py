@@ -18,23 +18,33 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tuner.api import (
         SearchResult,
+        SeedCheck,
         Trial,
         best,
+        confirm,
+        confirmation,
         generate,
         load_study,
+        probe,
         replay,
         report,
         search,
+        top_trials,
         trials,
     )
+    from tuner.probe.run import ProbeResult
+    from tuner.search.seed_check import Confirmation
     from tuner.errors import TrackingError, UserError
     from tuner.space import Study
     from tuner.space.errors import SpaceError
 
-__all__ = ["SearchResult", "SpaceError", "Study", "TrackingError", "Trial", "UserError", "best",
-           "generate", "load_study", "replay", "report", "search", "trials"]
+__all__ = ["Confirmation", "ProbeResult", "SearchResult", "SeedCheck", "SpaceError", "Study",
+           "TrackingError", "Trial", "UserError", "best", "confirm", "confirmation", "generate",
+           "load_study", "probe", "replay", "report", "search", "top_trials", "trials"]
 _WHERE = {**dict.fromkeys(__all__, "tuner.api"), "TrackingError": "tuner.errors",
-          "UserError": "tuner.errors", "SpaceError": "tuner.space.errors", "Study": "tuner.space"}
+          "UserError": "tuner.errors", "SpaceError": "tuner.space.errors", "Study": "tuner.space",
+          "Confirmation": "tuner.search.seed_check", "ProbeResult": "tuner.probe.run"}
+_FUNCTIONS = ("probe", "search")  # each also a subpackage's name
 
 
 def __getattr__(name: str) -> Any:
@@ -48,11 +58,11 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """`tuner.search` is the function: importing the subpackage of that name binds the package's
-    attribute to it, which would hide the function."""
+    """`tuner.search` and `tuner.probe` are the functions: importing the subpackage of that name
+    binds the package's attribute to it, which would hide the function."""
 
     def __getattribute__(self, name: str) -> Any:
-        if name == "search":
+        if name in _FUNCTIONS:
             return getattr(importlib.import_module("tuner.api"), name)
         return super().__getattribute__(name)
 

@@ -1,11 +1,11 @@
 """The Python API (`import tuner`): the CLI's studies from a notebook or a script, through the same
-code: `tuner search` runs the study's lifecycle as `search` does, and `tuner replay`, `report` and
-`generate` call the functions here and print what they return.
+code: `tuner search` runs the study's lifecycle as `search` does, and `tuner replay`, `best`,
+`report`, `generate` and `probe` call the functions here and print what they return.
 
 Bad input raises a UserError (SpaceError for a study, TrackingError for a store) with the CLI's
 message, before anything starts. A study that ran returns a SearchResult however it ended. Ray,
-torch and MLflow are imported only by the functions that need them: `trials`, `best` and `report`
-import neither Ray nor torch.
+torch and MLflow are imported only by the functions that need them: `trials`, `best`,
+`top_trials`, `confirmation` and `report` import neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model.lr_probe import END_LR, START_LR, STEPS  # no torch: it comes with a sweep
 from model.metrics import perplexity
 from tuner.errors import UserError
 from tuner.store.uri import DEFAULT_URI
@@ -28,10 +29,24 @@ if TYPE_CHECKING:
 
     from model.config import TrainConfig
     from tuner.inspect.replay import Plan, Replay
+    from tuner.probe.run import ProbeResult
     from tuner.search.ended import Ended
+    from tuner.search.seed_check import Confirmation
     from tuner.space import Study
 
 COLUMNS = ("trial_id", "run_id", "status", "val_loss", "perplexity", "reached_at", "tokens")
+
+
+@dataclass(frozen=True)
+class SeedCheck:
+    """A trial's seed check (`tuner best --confirm`): its final val_loss at each seed (its own
+    run's and its confirmations'), their mean and sd, and its verdict: the winner's (the lowest
+    mean) "confirmed" or "within noise of …"; a rival's, how it fares against the winner."""
+
+    losses: dict[int, float]
+    mean: float
+    sd: float  # nan with one seed
+    verdict: str
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,8 @@ class Trial:
     """One trial run of a study as MLflow holds it: its searched values (by the study file's
     names), its best val_loss, the tokens it trained and those at which it reached its best;
     `config` the trainer config it ran (None where not read, and for a PBT trial: its values
-    changed as it ran)."""
+    changed as it ran); `seed_check` its seed check where the study has one; `usable` whether it
+    can be the best (a finite val_loss, neither diverged nor failed)."""
 
     study: str
     trial_id: str
@@ -51,6 +67,8 @@ class Trial:
     reached_at: int
     config: TrainConfig | None = field(default=None, repr=False)  # long: print it on its own
     tracking_uri: str = field(default="", repr=False)  # may hold a password
+    seed_check: SeedCheck | None = None
+    usable: bool = True
 
     @property
     def perplexity(self) -> float:
@@ -92,6 +110,7 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     end, as `tuner search` does, showing its progress unless `quiet`; how it ended. Ctrl-C (a
     KeyboardInterrupt) stops it with grace and returns it "interrupted", resumable with
     `resume=True`; one before it is saved raises KeyboardInterrupt, with nothing to resume."""
+    from model.shell import forget_stops
     from tuner.search import lifecycle
     from tuner.store.redact import mask_log_records, remember
 
@@ -100,11 +119,14 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     remember(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     mask_log_records()
     given = None if study is None or isinstance(study, (str, Path)) else load_study(study, name)
-    ended = lifecycle.run(lifecycle.Request(
-        space=None if study is None or given is not None else Path(study), name=name,
-        num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
-        tracking_uri=tracking_uri, storage=Path(storage), address=address, resume=resume,
-        warm_start=warm_start, study=given, quiet=quiet))
+    try:
+        ended = lifecycle.run(lifecycle.Request(
+            space=None if study is None or given is not None else Path(study), name=name,
+            num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
+            tracking_uri=tracking_uri, storage=Path(storage), address=address, resume=resume,
+            warm_start=warm_start, study=given, quiet=quiet))
+    finally:  # a stop ends this study only, not the next one in this process (a notebook's)
+        forget_stops()
     return _result(ended)
 
 
@@ -118,7 +140,8 @@ def _result(ended: Ended) -> SearchResult:
         client = connect(study.tracking.uri)
         trials = _frame(_trials(client, study.name))
         if summary.best_run_id:
-            best = _trial(client, study.name, client.get_run(summary.best_run_id), config=True)
+            best = _trial(client, study.name, client.get_run(summary.best_run_id), config=True,
+                          checks=_seed_checks(client, study.name))
     return SearchResult(study.name, ended.status, best, trials,
                         summary.parent_run_id if summary else None, ended.message,
                         ended.resume_command, ended.exit_code, study.tracking.uri)
@@ -133,11 +156,54 @@ def trials(name: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def best(name: str, tracking_uri: str | None = None) -> Trial:
-    """The best trial of study `name`, with its config; UserError when none can be the best."""
+    """The best trial of study `name`, with its config and its seed check where it has one;
+    UserError when none can be the best."""
     from tuner.store import runs
 
     client = _client(tracking_uri)
-    return _trial(client, name, runs.best_trial(client, name), config=True)
+    return _trial(client, name, runs.best_trial(client, name), config=True,
+                  checks=_seed_checks(client, name))
+
+
+def top_trials(name: str, k: int = 5, tracking_uri: str | None = None) -> list[Trial]:
+    """The `k` best trials of study `name`, best first (those that cannot be the best last), each
+    with its seed check where it has one, as `tuner best` lists them; no config read."""
+    client = _client(tracking_uri)
+    return _trials(client, name, k, _seed_checks(client, name))
+
+
+def confirm(name: str, *, top: int = 3, seeds: int = 3, tracking_uri: str | None = None,
+            progress: Callable[[str], None] | None = print) -> Confirmation:
+    """Seed-check study `name`'s `top` best completed trials, as `tuner best --confirm TOP
+    --seeds SEEDS`: train each with `seeds` further seeds (those not done already), record the
+    verdict; the comparison (`.verdict`, `.trials`, `.lines()`). `progress` sees a line a run."""
+    from tuner.search import seed_check
+
+    if top < 1:
+        raise UserError(f"--confirm {top}: confirm 1 trial or more")
+    if not 1 <= seeds <= 100:
+        raise UserError(f"--seeds {seeds}: from 1 to 100 further seeds per trial")
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="tuner-confirm-") as tmp:
+        return seed_check.confirm(client, name, top, seeds, Path(tmp),
+                                  progress or (lambda line: None))
+
+
+def confirmation(name: str, tracking_uri: str | None = None) -> Confirmation | None:
+    """The seed check study `name` holds, compared (None when it has none); trains nothing."""
+    return _recorded(_client(tracking_uri), name)
+
+
+def probe(space: str | Path, *, start: float = START_LR, end: float = END_LR,
+          steps: int = STEPS, write: bool = False, out: str | Path | None = None,
+          tracking_uri: str | None = None) -> ProbeResult:
+    """The α range test of the study file `space`, as `tuner probe`: recorded as an MLflow run,
+    its figure in `out` (default: reports/probe/NAME); with `write`, α_max's suggested range set
+    in the file. `.lo`, `.hi`: the range (None, and `.found.problem`, when the curve gives none)."""
+    from tuner.probe import run
+
+    return run.probe(Path(space), start=start, end=end, steps=steps, write=write,
+                     out=None if out is None else Path(out), tracking_uri=tracking_uri)
 
 
 def replay(trial: Trial | str | None = None, *, study: str | None = None,
@@ -236,16 +302,42 @@ def _id_of(trial: Trial | str) -> str:
     return trial.run_id if isinstance(trial, Trial) else trial
 
 
-def _trials(client: Any, name: str) -> list[Trial]:
-    """Every trial run of study `name`, best first."""
+def _trials(client: Any, name: str, k: int | None = None,
+            checks: Mapping[str, SeedCheck] | None = None) -> list[Trial]:
+    """The `k` best trial runs of study `name` (every one: None), best first."""
     from tuner.store import runs
 
-    return [_trial(client, name, run) for run in runs.ranked(runs.trial_runs(
-        client, runs.study_parent(client, name)))]
+    ranked = runs.ranked(runs.trial_runs(client, runs.study_parent(client, name)))
+    return [_trial(client, name, run, checks=checks) for run in ranked[:k]]
 
 
-def _trial(client: Any, name: str, run: Any, config: bool = False) -> Trial:
-    """A trial run as a Trial; with its trainer config (not a PBT trial's) when `config`."""
+def _recorded(client: Any, name: str) -> Confirmation | None:
+    from tuner.search import seed_check
+    from tuner.store import runs
+
+    return seed_check.recorded(client, runs.study_parent(client, name))
+
+
+def _seed_checks(client: Any, name: str) -> dict[str, SeedCheck]:
+    """The seed check of each trial study `name` seed-checked, by run id."""
+    checked = _recorded(client, name)
+    if checked is None:
+        return {}
+    winner, tests = checked.winner.trial_id, {r.trial_id: r for r in checked.rivals}
+    found = {}
+    for seeded in checked.trials:
+        test = tests.get(seeded.trial_id)
+        verdict = checked.verdict if test is None else (
+            f"{'behind' if test.significant else 'within noise of'} the winner {winner} "
+            f"(Welch p {test.p:.3g})")
+        found[seeded.run_id] = SeedCheck(dict(seeded.losses), seeded.mean, seeded.sd, verdict)
+    return found
+
+
+def _trial(client: Any, name: str, run: Any, config: bool = False,
+           checks: Mapping[str, SeedCheck] | None = None) -> Trial:
+    """A trial run as a Trial, with its seed check from `checks`; with its trainer config (not a
+    PBT trial's) when `config`."""
     from tuner.store import runs
     from tuner.store.rows import trial_row
 
@@ -256,7 +348,8 @@ def _trial(client: Any, name: str, run: Any, config: bool = False) -> Trial:
             trained = runs.trial_config(client, run, Path(tmp))
     return Trial(name, row.trial_id, row.run_id, row.status,
                  {n: _value(v) for n, v in row.params.items()}, row.val_loss, row.tokens,
-                 row.reached_at, trained, client.tracking_uri)
+                 row.reached_at, trained, client.tracking_uri,
+                 (checks or {}).get(row.run_id), row.usable)
 
 
 def _value(text: str) -> Any:

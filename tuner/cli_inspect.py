@@ -90,8 +90,8 @@ def best(
 ) -> int:
     """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status;
     their seed check when the study has one (--confirm runs it)."""
+    from tuner import api
     from tuner.inspect import best as best_mod
-    from tuner.search import seed_check as confirm_mod
     from tuner.space.params import shown_value, symbol
     from tuner.store import runs
     from tuner.store.connect import connect_existing
@@ -104,8 +104,9 @@ def best(
         from tuner.cli_scale import best_of_fit
 
         return best_of_fit(client, fit, export)
-    with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
-        rows, transfer = best_mod.top_trials(client, study, top, Path(tmp))
+    rows = api.top_trials(study, top, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:  # a transfer study's sizes
+        transfer = best_mod.top_trials(client, study, 0, Path(tmp))[1]
     names = list(dict.fromkeys(n for r in rows for n in r.params))
     symbols = [symbol(n) for n in names]
     values = [[shown_value(n, r.params.get(n, "–")) for n in names] for r in rows]
@@ -131,11 +132,10 @@ def best(
         for table in _transfer_tables(transfer):
             console.print(table)
     if confirm is not None:
-        with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
-            checked = confirm_mod.confirm(client, study, confirm, seeds, Path(tmp),
-                                          lambda line: console.print(line, markup=False))
+        checked = api.confirm(study, top=confirm, seeds=seeds, tracking_uri=tracking_uri,
+                              progress=lambda line: console.print(line, markup=False))
     else:
-        checked = confirm_mod.recorded(client, runs.study_parent(client, study))
+        checked = api.confirmation(study, tracking_uri)
     if checked is not None:
         console.print("seed check (final val_loss; each trial's own run is one seed):",
                       markup=False)

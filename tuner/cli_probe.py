@@ -40,9 +40,9 @@ def probe(
     """Train the study's model once with α growing exponentially until the loss diverges; print
     the loss against α and the α_max range it suggests, write probe.png and record an MLflow
     run. Exit 1 when the curve gives no range (it says what to change)."""
-    from tuner.probe import probe as run_probe
+    from tuner import api
 
-    result = run_probe(space, start=start, end=end, steps=steps, write=write, out=out,
+    result = api.probe(space, start=start, end=end, steps=steps, write=write, out=out,
                        tracking_uri=tracking_uri)
     console = output.console()
     curve, found, config = result.curve, result.found, result.config
