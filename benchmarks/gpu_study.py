@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--compile", choices=("auto", "true", "false"),
                         help="the trials' resources.compile (default: as lm.yaml ships it, auto)")
+    parser.add_argument("--samples", type=int, help="trials of the study (default: 16; --tiny: 8)")
     parser.add_argument("--baseline-of", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -215,7 +216,7 @@ def main() -> None:
     if args.baseline_of:
         print(json.dumps(run_baseline(args.baseline_of, args.batch, args.steps)))
         return
-    sizes = TINY if args.tiny else GPU
+    sizes = {**(TINY if args.tiny else GPU), **({"samples": args.samples} if args.samples else {})}
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-study-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "cache" / "tuner" / "torch-compile")
