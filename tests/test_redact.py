@@ -123,9 +123,13 @@ def test_a_known_uri_is_masked_by_its_structure(form: str,
                 assert not _leaks(redact(piece)), (piece, redact(piece))
 
 
-def test_a_piece_of_a_password_a_driver_quotes_is_masked() -> None:
+def test_a_piece_of_a_password_a_driver_quotes_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLAlchemy reads a password up to its first "@"; psycopg2 then named the rest."""
+    from tuner.store import redact as module
     from tuner.store.redact import remember
+
+    monkeypatch.setattr(module, "_known", {})  # the URIs of one command, whatever ran before
+    monkeypatch.setattr(module, "_secrets", set())
 
     remember("postgresql+psycopg2://bob:Zq a@b'c\"?#Zx@127.0.0.1:9/db?sslmode=disable")
     assert redact('invalid connection option "#Zx@127.0.0.1:9/db?sslmode"') == \
