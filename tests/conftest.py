@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,19 @@ os.environ.pop("UV_RUN_RECURSION_DEPTH", None)
 # inherits SIGINT ignored, which its commands would inherit in turn; a handled signal is not.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept() -> Iterator[None]:
+    """Each test leaves os.environ as it found it. `tuner.search` in-process sets Ray's variables
+    for a local Ray (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 binds it to 127.0.0.1); a `ray start
+    --head` a later test of the worker started would inherit them, and its drivers, which do
+    not, could not reach it."""
+    saved = os.environ.copy()
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
