@@ -24,10 +24,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 @pytest.fixture(autouse=True)
 def _environment_kept() -> Iterator[None]:
-    """Each test leaves os.environ as it found it. `tuner.search` in-process sets Ray's variables
-    for a local Ray (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 binds it to 127.0.0.1); a `ray start
-    --head` a later test of the worker started would inherit them, and its drivers, which do
-    not, could not reach it."""
+    """Each test leaves os.environ as it found it: an in-process `tuner.search` starts Ray in the
+    worker, and Ray sets variables of its own (RAY_AUTH_MODE, RAY_CLIENT_MODE) that a `ray start`
+    of a later test there would inherit."""
     saved = os.environ.copy()
     yield
     if os.environ != saved:

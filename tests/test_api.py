@@ -4,6 +4,7 @@ a recorded study read as a DataFrame; bad input as typed exceptions with the CLI
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -182,5 +183,6 @@ def test_a_stop_is_forgotten_once_the_study_it_stopped_returns(tmp_path, byte_da
         tuner.search(space, name="stopped", storage=tmp_path / "ray", quiet=True)
     assert not (tmp_path / "ray" / "stopped").exists()
     assert not shell.stop_requested()
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # a later cluster's driver's
     with stopping.stops_held():  # where the next study would have stopped at once
         pass

@@ -112,6 +112,7 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     `resume=True`; one before it is saved raises KeyboardInterrupt, with nothing to resume."""
     from model.shell import forget_stops
     from tuner.search import lifecycle
+    from tuner.search.environment import undone_after
     from tuner.store.redact import mask_log_records, remember
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
@@ -120,11 +121,12 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     mask_log_records()
     given = None if study is None or isinstance(study, (str, Path)) else load_study(study, name)
     try:
-        ended = lifecycle.run(lifecycle.Request(
-            space=None if study is None or given is not None else Path(study), name=name,
-            num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
-            tracking_uri=tracking_uri, storage=Path(storage), address=address, resume=resume,
-            warm_start=warm_start, study=given, quiet=quiet))
+        with undone_after():
+            ended = lifecycle.run(lifecycle.Request(
+                space=None if study is None or given is not None else Path(study), name=name,
+                num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
+                tracking_uri=tracking_uri, storage=Path(storage), address=address,
+                resume=resume, warm_start=warm_start, study=given, quiet=quiet))
     finally:  # a stop ends this study only, not the next one in this process (a notebook's)
         forget_stops()
     return _result(ended)

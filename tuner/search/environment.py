@@ -4,6 +4,8 @@ values win)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 STUDY_ENV = {
     # Workers run this interpreter; Ray's `uv run` hook would instead re-resolve the environment
@@ -45,3 +47,18 @@ def configure(local: bool) -> None:
     """Apply STUDY_ENV, and LOCAL_RAY_ENV for a `local` Ray, where the user has not set a value."""
     for key, value in {**STUDY_ENV, **(LOCAL_RAY_ENV if local else {})}.items():
         os.environ.setdefault(key, value)
+
+
+@contextmanager
+def undone_after() -> Iterator[None]:
+    """Within: what `configure` sets; after, those variables as they were, so that a process that
+    goes on (a notebook's) starts its next Ray, a cluster's driver say, without a local Ray's."""
+    before = {key: os.environ.get(key) for key in {**STUDY_ENV, **LOCAL_RAY_ENV}}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
