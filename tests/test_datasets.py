@@ -313,7 +313,7 @@ def test_check_dataset_tells_a_file_from_a_missing_folder(tmp_path: Path) -> Non
 
 def test_a_study_checks_its_dataset_without_importing_torch(synthetic: Path) -> None:
     # The driver of `tuner search` runs no model: importing torch would cost it seconds
-    code = ("import sys; from pathlib import Path; import tuner.cli_search, tuner.search.runner, "
+    code = ("import sys; from pathlib import Path; import tuner.cli.search, tuner.search.runner, "
             "tuner.search.tracking, tuner.search.console, tuner.search.recovery; "
             "from tuner.space.dataset_fit import check_study_dataset; "
             "from tuner.space import load_study; "
@@ -578,7 +578,7 @@ def test_cli_ctrl_c_while_the_commands_import_says_aborted(tmp_path: Path) -> No
     script = ("import sys\n"
               "class CtrlC:\n"
               "    def find_spec(self, name, *_):\n"
-              "        if name == 'tuner.cli_data':\n"
+              "        if name == 'tuner.cli.data':\n"
               "            raise KeyboardInterrupt\n"
               "sys.meta_path.insert(0, CtrlC())\n"
               "from tuner.cli import main\n"

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tuner.cli_args import DEFAULT_URI, TrackingUri
+from tuner.cli.args import DEFAULT_URI, TrackingUri
 from tuner.store.redact import redact
 from tuner.store.uri import server_address
 from tuner.store.view import DEFAULT_HOST, DEFAULT_PORT

@@ -42,23 +42,23 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module defines its commands on a Typer app of its own and imports heavy libraries lazily.
-    from tuner import cli_data, cli_search, cli_space
+    from tuner.cli import data, search, space
 
-    app.add_typer(cli_data.app, name="data")
-    app.add_typer(cli_space.app, name="space")
-    app.command("search")(cli_search.search)
-    from tuner import cli_inspect
+    app.add_typer(data.app, name="data")
+    app.add_typer(space.app, name="space")
+    app.command("search")(search.search)
+    from tuner.cli import inspect
 
     for name in ("replay", "best", "report", "generate"):
-        app.command(name)(getattr(cli_inspect, name))
-    from tuner import cli_scale, cli_ui
+        app.command(name)(getattr(inspect, name))
+    from tuner.cli import scale, ui
 
-    app.command("scale")(cli_scale.scale)
-    from tuner import cli_probe
+    app.command("scale")(scale.scale)
+    from tuner.cli import probe
 
-    app.command("probe")(cli_probe.probe)
+    app.command("probe")(probe.probe)
 
-    app.command("ui")(cli_ui.ui)
+    app.command("ui")(ui.ui)
 
 
 def _remember_uris(args: list[str]) -> None:

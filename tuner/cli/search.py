@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tuner.cli_args import folder
+from tuner.cli.args import folder
 
 
 def search(

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from model.shell import as_started
 from tuner import output
-from tuner.cli_args import DEFAULT_URI, TrackingUri, folder
+from tuner.cli.args import DEFAULT_URI, TrackingUri, folder
 from tuner.errors import UserError
 from tuner.scale.fit import FITTED, MARGIN
 from tuner.store.redact import redact

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from model.bpe import DEFAULT_SPECIAL_TOKENS
-from tuner.cli_args import folder
+from tuner.cli.args import folder
 from tuner.errors import UserError
 
 app = typer.Typer(help="Prepare and check tokenized datasets.", no_args_is_help=True)

@@ -14,7 +14,7 @@ from rich.table import Table
 from model.lr_probe import END_LR, START_LR, STEPS  # no torch: it is imported once a sweep runs
 from model.shell import as_started
 from tuner import output
-from tuner.cli_args import folder
+from tuner.cli.args import folder
 from tuner.store.redact import redact
 
 ROWS_PER_DECADE = 2  # the printed curve: the step nearest each half-decade of α

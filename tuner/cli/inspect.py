@@ -14,7 +14,7 @@ from rich.table import Table
 
 from model.shell import as_started
 from tuner import output
-from tuner.cli_args import DEFAULT_URI, TrackingUri, check_new_file, folder
+from tuner.cli.args import DEFAULT_URI, TrackingUri, check_new_file, folder
 from tuner.store.redact import redact
 
 
@@ -101,7 +101,7 @@ def best(
     console = output.console()
     client = connect_existing(tracking_uri)
     if (fit := runs.scale_fit(client, study)) is not None:  # a `tuner scale` fit: its prediction
-        from tuner.cli_scale import best_of_fit
+        from tuner.cli.scale import best_of_fit
 
         return best_of_fit(client, fit, export)
     rows = api.top_trials(study, top, tracking_uri)
