@@ -84,7 +84,7 @@ def study_spec(space: Path, schedule: str | None, alpha_range: tuple[float, floa
 
 def rung_fractions(study: Any) -> list[float]:
     """The study's ASHA rungs short of a full trial, as fractions of it."""
-    from tuner.search.algorithms import stopping_points
+    from tuner.search.searchers.algorithms import stopping_points
 
     tokens = study.full_trial_tokens()
     return [rung / tokens for rung in stopping_points(study) if rung < tokens]

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from tuner.search.algorithms import stopping_points
+from tuner.search.searchers.algorithms import stopping_points
 from tuner.space.checks import STARTUP_SEARCHERS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
-"""A small real study in the MLflow layout `tuner search` writes (tuner/search/tracking.py), made
-without Ray: each trial is a real `train()` of a tiny model, logged by MlflowClient to a real store.
+"""A small real study in the MLflow layout `tuner search` writes
+(tuner/search/record/tracking.py), made without Ray: each trial is a real `train()` of a tiny
+model, logged by MlflowClient to a real store.
 
 Used by the replay, best/report and generate tests, which need finished trials quickly; also
 their in-process `tuner` runner and a checkpoint crafted to run code when unpickled.
@@ -21,7 +22,7 @@ import yaml
 from model.checkpoint import CHECKPOINT_NAME, file_sha256
 from model.config import HPARAMS
 from model.train import train
-from tuner.search.provenance import provenance
+from tuner.search.record.provenance import provenance
 from tuner.space import build_study
 from tuner.store.layout import METRICS, ROLE_TAG, STATUS_TAG, STUDY_TAG, TRIAL_TAG
 

@@ -76,7 +76,7 @@ def stopped_with_notice(driver: subprocess.Popen, uri: str, study_dir: Path, res
     run interrupted, its newest checkpoint at the step its last result names, at or past its
     last evaluation and for one at least between two (`eval_steps` apart); those steps."""
     from model.checkpoint import read_checkpoint
-    from tuner.search.stopping import STOP_CHECKPOINT, STOP_FLAG
+    from tuner.search.faults.stopping import STOP_CHECKPOINT, STOP_FLAG
 
     out, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, out + err

@@ -166,7 +166,7 @@ def test_a_stop_is_forgotten_once_the_study_it_stopped_returns(tmp_path, byte_da
     """A SIGTERM recorded in a notebook's kernel stops the study it came in (before Ray starts,
     nothing to resume), and the next study there starts afresh rather than stopping at once."""
     from model import shell
-    from tuner.search import stopping
+    from tuner.search.faults import stopping
 
     space = yaml.safe_load(SPACE.format(data=byte_dataset,
                                         uri=fresh_store(tmp_path, mlflow_store_template)))

@@ -22,8 +22,8 @@ from tuner.errors import UserError
 from tuner.inspect import plots, report
 from tuner.inspect.findings import Curve, Findings
 from tuner.inspect.importance import Importance, values_at_equal_tokens
-from tuner.search import history
-from tuner.search.algorithms import seed_study
+from tuner.search.searchers import history
+from tuner.search.searchers.algorithms import seed_study
 from tuner.space import build_study, load_study
 from tuner.store import runs
 from tuner.store.rows import TrialRow
@@ -595,7 +595,7 @@ def test_earlier_trials_warm_start_an_optuna_searcher(recorded):
 def test_a_warm_started_searcher_does_not_draw_the_earlier_study_again(recorded, algorithm):
     """Same space, same seed: the earlier study's seeded draws would come again, and its trials
     (known, scored) be trained a second time (TPE counts them toward its random start-up)."""
-    from tuner.search.algorithms import build_searcher
+    from tuner.search.searchers.algorithms import build_searcher
 
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
     raw["search"].update(algorithm=algorithm, **({"startup_trials": 10} if algorithm == "tpe"

@@ -10,9 +10,9 @@ import yaml
 from inspect_study import SPACE, TRIALS, log_study, tuner
 from mlflow import MlflowClient
 
-from tuner.search import seed_check as confirm
 from tuner.inspect.report import read_findings
-from tuner.search.runner import summarise
+from tuner.search.run.runner import summarise
+from tuner.search.winners import seed_check as confirm
 from tuner.space import build_study
 from tuner.store import runs
 from tuner.store.layout import CONFIRMATION, CONFIRMS_RUN_TAG, ROLE_TAG

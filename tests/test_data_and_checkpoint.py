@@ -290,7 +290,8 @@ def test_the_study_driver_never_imports_torch(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
     script = ("import sys\n"
               "import tuner.cli\n"
-              "from tuner.search import runner, tracking\n"
+              "from tuner.search.run import runner\n"
+              "from tuner.search.record import tracking\n"
               "from model.checkpoint import checkpoint_path, file_sha256\n"
               "file_sha256(sys.argv[1] + '/f'), checkpoint_path(sys.argv[1])\n"
               "sys.exit('torch' in sys.modules)\n")

@@ -26,7 +26,7 @@ from tuner.datasets import check_dataset, prepare_dataset
 from tuner.download import download, tinystories
 from tuner.errors import UserError
 from tuner.folder_lock import folder_lock
-from tuner.search.provenance import dataset_sha256
+from tuner.search.record.provenance import dataset_sha256
 from tuner.synthetic import BOYS, GIRLS, generate_stories
 
 EOT = "<|endoftext|>"
@@ -238,7 +238,7 @@ def test_a_dataset_prepared_again_elsewhere_hashes_the_same(stories: Path,
                                                             tmp_path: Path) -> None:
     """The same inputs at other paths make a folder of the same content: its hash (replay's and
     --resume's check) leaves out where they lay; the earlier hash, of meta.json whole, did not."""
-    from tuner.search.provenance import dataset_digests, dataset_sha256
+    from tuner.search.record.provenance import dataset_digests, dataset_sha256
 
     folders = []
     for name in ("one", "two"):
@@ -313,8 +313,9 @@ def test_check_dataset_tells_a_file_from_a_missing_folder(tmp_path: Path) -> Non
 
 def test_a_study_checks_its_dataset_without_importing_torch(synthetic: Path) -> None:
     # The driver of `tuner search` runs no model: importing torch would cost it seconds
-    code = ("import sys; from pathlib import Path; import tuner.cli.search, tuner.search.runner, "
-            "tuner.search.tracking, tuner.search.console, tuner.search.recovery; "
+    code = ("import sys; from pathlib import Path; import tuner.cli.search, "
+            "tuner.search.run.runner, tuner.search.record.tracking, tuner.search.run.console, "
+            "tuner.search.state.recovery; "
             "from tuner.space.dataset_fit import check_study_dataset; "
             "from tuner.space import load_study; "
             f"check_study_dataset(load_study(Path({str(REPO / 'search_spaces/quickstart.yaml')!r})"

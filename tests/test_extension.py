@@ -1,5 +1,5 @@
 """`tuner search --resume --name NAME --num-samples M` extends a study of N < M samples
-(tuner/search/extension.py): the same searcher, scheduler state, MLflow parent and trial
+(tuner/search/state/extension.py): the same searcher, scheduler state, MLflow parent and trial
 numbering; what cannot be extended is refused before anything starts (exit 2)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from inspect_study import SPACE as STUDY
 from inspect_study import tuner
 from studies import fresh_store, mlflow_runs, run_tuner
 
-from tuner.search import state
+from tuner.search.state import state
 from tuner.space import load_study
 
 SPACE = """name: grown

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from studies import fresh_store, mlflow_runs, run_tuner, write_space
 
-from tuner.search.flat_stop import Flatness
+from tuner.search.searchers.flat_stop import Flatness
 
 
 def test_flat_means_no_gain_over_the_margin_in_the_last_n_finished_trials():

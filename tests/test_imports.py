@@ -9,7 +9,10 @@ An import counts wherever it is, at a module's top or inside a function, but for
 - no module of tuner/store imports tuner/search: the store lies below the study that writes it;
 - only tuner/store imports MLflow (and only tuner.store.connect its client): elsewhere only
   `mlflow.exceptions`, to tell a store's failure, and, in tuner.inspect.ui, `mlflow.server`,
-  whose server `tuner ui` starts.
+  whose server `tuner ui` starts;
+- the layout (docs/layout.md): the command line is the package tuner/cli (no tuner/cli_*.py), and
+  tuner/search keeps at most 8 files beside its sub-packages (its rooms), which import one another
+  in no circle and never the modules at its top.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ PACKAGES = ("tuner", "model")
 STANDALONE = ("tuner", "ray", "optuna", "mlflow", "pydantic")
 MLFLOW_ANYWHERE = ("mlflow.exceptions",)
 MLFLOW_ALSO = {"tuner.inspect.ui": ("mlflow.server",)}
+MAX_SEARCH_TOP = 8  # files at tuner/search's top, __init__.py among them
 
 
 def _modules() -> dict[str, Path]:
@@ -153,6 +157,33 @@ def test_only_the_store_imports_mlflow() -> None:
             continue
         allowed = MLFLOW_ANYWHERE + MLFLOW_ALSO.get(name, ())
         assert {i for i in mlflow if not _within(i, allowed)} == set(), name
+
+
+def test_the_command_line_is_one_package_and_the_study_has_rooms() -> None:
+    tuner = REPO / "tuner"
+    assert sorted(p.name for p in tuner.glob("cli_*.py")) == []
+    assert (tuner / "cli" / "__init__.py").is_file()
+    top = sorted(p.name for p in (tuner / "search").glob("*.py"))
+    assert len(top) <= MAX_SEARCH_TOP, top
+
+
+def test_the_rooms_of_the_study_import_one_another_in_no_circle() -> None:
+    """tuner/search's modules collapsed to their room (its sub-package, or "top" for a module
+    beside them): a circle among the rooms, or a room importing a top module, fails."""
+    search = REPO / "tuner" / "search"
+    paths = _modules()
+
+    def room(name: str) -> str:
+        parts = paths[name].relative_to(search).parts
+        return parts[0] if len(parts) > 1 else "top"
+
+    rooms: dict[str, set[str]] = {}
+    for name, edges in _graph().items():
+        if _within(name, ("tuner.search",)) and name != "tuner.search":
+            rooms.setdefault(room(name), set()).update(
+                room(e) for e in edges if _within(e, ("tuner.search",)) and room(e) != room(name))
+    assert len(rooms) > 1
+    assert _circles(rooms) == []
 
 
 def test_the_rules_see_a_circle_and_a_stray_import(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_without_the_ray_method_it_patches_a_study_warns_and_goes_on() -> None:
     upgrade) gets a warning, not a crash at start; a Ray with it gets the patch once."""
     from ray.exceptions import OutOfMemoryError, RayActorError
 
-    from tuner.search.worker_deaths import as_actor_deaths
+    from tuner.search.faults.worker_deaths import as_actor_deaths
 
     said: list[str] = []
     as_actor_deaths(said.append, type("Manager", (), {}))

@@ -21,7 +21,7 @@ from studies import (
     write_space,
 )
 
-from tuner.search.trainable import SINCE_RESTORE
+from tuner.search.trial.trainable import SINCE_RESTORE
 
 EVAL_STEPS, TOKENS_PER_STEP = 300, 16 * 32  # B 16, context 32
 

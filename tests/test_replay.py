@@ -117,7 +117,7 @@ def test_changed_dataset_is_refused_and_nothing_is_written(recorded, tmp_path):
 
 def test_a_run_recorded_with_the_earlier_dataset_hash_still_replays(recorded, tmp_path):
     """Earlier versions hashed meta.json whole: their runs' tag still matches their folder."""
-    from tuner.search.provenance import dataset_digests
+    from tuner.search.record.provenance import dataset_digests
 
     store = tmp_path / "mlflow.db"
     shutil.copy(recorded.uri.removeprefix("sqlite:///"), store)

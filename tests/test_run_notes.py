@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tuner.search.run_notes import sample_text, study_note, trial_note
+from tuner.search.record.run_notes import sample_text, study_note, trial_note
 from tuner.store.rows import TrialRow
 
 

@@ -1,4 +1,5 @@
-"""Searchers and schedulers (search/algorithms.py, median_rule.py): Optuna, ASHA, HyperBand, PBT."""
+"""Searchers and schedulers (search/searchers/algorithms.py, median_rule.py): Optuna, ASHA,
+HyperBand, PBT."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def _pbt_study_inspected(client: Any, uri: str, children: list[Any], tmp_path: P
     it cannot be replayed; a warm start, which pairs values with a loss, refuses the study."""
     from tuner.errors import UserError
     from tuner.inspect import best, report
-    from tuner.search import history
+    from tuner.search.searchers import history
     from tuner.space.params import shown_value
 
     rows, _ = best.top_trials(client, "pbt", 2, tmp_path)
@@ -181,7 +182,7 @@ def test_every_searcher_suggests_seeded_trials_in_the_space(tmp_path: Path, data
     suggests values from the space, and the same seed suggests the same trials."""
     if algorithm == "cmaes":
         pytest.importorskip("cmaes")
-    from tuner.search.algorithms import build_searcher
+    from tuner.search.searchers.algorithms import build_searcher
     from tuner.space import load_study
 
     grid = algorithm == "grid"
@@ -213,7 +214,7 @@ def test_a_trial_its_optuna_storage_ended_reports_again_after_a_resume(tmp_path:
     trial, not an error that fails the study on every resume."""
     import optuna
 
-    from tuner.search.algorithms import build_searcher
+    from tuner.search.searchers.algorithms import build_searcher
     from tuner.space import load_study
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -238,7 +239,7 @@ def test_the_median_rule_keeps_what_it_put_back_until_its_first_result(tmp_path:
     them to the resumed study's trial objects, which are new ones."""
     import pickle
 
-    from tuner.search.median_rule import ResumableMedianStoppingRule
+    from tuner.search.searchers.median_rule import ResumableMedianStoppingRule
 
     class Trial:
         status = "RUNNING"
@@ -308,7 +309,7 @@ def test_an_optuna_study_left_before_any_trial_is_taken_up_again(tmp_path: Path,
     import optuna
 
     from tuner.errors import UserError
-    from tuner.search.algorithms import WARM_START_ATTR, check_storage_is_free
+    from tuner.search.searchers.algorithms import WARM_START_ATTR, check_storage_is_free
     from tuner.space import load_study
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -327,7 +328,7 @@ def test_an_optuna_study_left_before_any_trial_is_taken_up_again(tmp_path: Path,
 
 
 def test_stopping_points_are_where_the_scheduler_decides(tmp_path: Path, dataset: Path) -> None:
-    from tuner.search.algorithms import build_scheduler, stopping_points
+    from tuner.search.searchers.algorithms import build_scheduler, stopping_points
     from tuner.space import load_study
 
     def study(**search: Any) -> Any:
@@ -351,7 +352,7 @@ def test_pbt_moves_a_choice_to_another_of_its_values(tmp_path: Path, dataset: Pa
     to 1.2 times itself: β2 of 1.188 failed the trial, and None × 1.2 the study."""
     from ray.tune.schedulers.pbt import _explore
 
-    from tuner.search.algorithms import pbt_mutations
+    from tuner.search.searchers.algorithms import pbt_mutations
     from tuner.space import load_study
 
     study = load_study(write_space(tmp_path, "pbtchoice", dataset, hparams={
@@ -368,7 +369,7 @@ def test_pbt_moves_a_choice_to_another_of_its_values(tmp_path: Path, dataset: Pa
 
 def test_pbt_runs_at_most_max_concurrent_trials(tmp_path: Path, dataset: Path) -> None:
     """Tune ignores max_concurrent_trials beside PBT's generator: the generator holds it."""
-    from tuner.search.runner import tune_config
+    from tuner.search.run.runner import tune_config
     from tuner.space import load_study
 
     study = load_study(write_space(tmp_path, "pbtone", dataset,
@@ -378,8 +379,8 @@ def test_pbt_runs_at_most_max_concurrent_trials(tmp_path: Path, dataset: Path) -
 
 
 def test_asha_rung_and_pbt_clipping() -> None:
-    from tuner.search.algorithms import clip_to_space
-    from tuner.search.outcome import asha_rung
+    from tuner.search.faults.outcome import asha_rung
+    from tuner.search.searchers.algorithms import clip_to_space
 
     assert [asha_rung(t, 5120, 2) for t in (5120, 10239, 10240, 40960)] == [0, 0, 1, 3]
     clipped = clip_to_space({"beta2": 1.1988, "batch_size": 40, "lr_max": 0.01},

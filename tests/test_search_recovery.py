@@ -1,4 +1,5 @@
-"""Killed studies resumed, damaged state refused (search/recovery.py, tune_state.py, state.py)."""
+"""Killed studies resumed, damaged state refused (search/state/recovery.py, tune_state.py,
+state.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_a_trial_the_os_kills_past_its_retries_fails_unscored(
     """With no retries left, Tune fails a trial whose process was killed: its run is failed in
     the process, which its searcher was never told a value of, so a warm start leaves it out.
     A resume does not run it again, and MLflow logs no checkpoint of it: none is kept."""
-    from tuner.search import history
+    from tuner.search.searchers import history
 
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "lost", dataset, budget={"tokens": 245760, "eval_interval": 20},
@@ -397,7 +398,7 @@ def test_repair_puts_back_a_lost_checkpoint_from_the_next_whole_one(tmp_path: Pa
     the next whole one."""
     import zipfile
 
-    from tuner.search.recovery import repair
+    from tuner.search.state.recovery import repair
 
     def write(index: int, content: bytes) -> Path:
         (tmp_path / f"checkpoint_{index:06d}").mkdir(exist_ok=True)
@@ -439,7 +440,7 @@ def test_resume_puts_back_tunes_state_kept_whole(tmp_path: Path) -> None:
     import zipfile
 
     from tuner.errors import UserError
-    from tuner.search.tune_state import BACKUP, restore_whole_state
+    from tuner.search.state.tune_state import BACKUP, restore_whole_state
 
     old, new = pickle.dumps({"trials": 1}), pickle.dumps({"trials": 2})
     kept = {"experiment_state-2026-01-01_00-00-00.json": b'{"trial_data": [1, 2]}',
@@ -472,7 +473,7 @@ def test_resume_of_unknown_study_fails_naming_those_there(tmp_path: Path, datase
     --space file's, as for a new study."""
     import pickle
 
-    from tuner.search.state import STATE_FILE, TUNE_STATE
+    from tuner.search.state.state import STATE_FILE, TUNE_STATE
 
     storage = tmp_path / "ray"
     for started in ("known", "other"):
@@ -523,7 +524,7 @@ def test_a_checkpoint_that_does_not_load_is_named_where_tune_keeps_it(tmp_path: 
     from ray import tune
 
     from model.config import ConfigError
-    from tuner.search.trainable import restore
+    from tuner.search.trial.trainable import restore
 
     kept = tmp_path / "trial_a" / "checkpoint_000001"
     kept.mkdir(parents=True)
@@ -539,7 +540,7 @@ def test_a_checkpoint_that_does_not_load_is_named_where_tune_keeps_it(tmp_path: 
 def test_trained_tokens_count_each_trial_from_its_restore() -> None:
     """Tokens trained per trial from its reports: a restore (Tune's iterations_since_restore back
     at 1) starts the trainable's count again, from a checkpoint behind or ahead of where it was."""
-    from tuner.search.trainable import SINCE_RESTORE, TrainedTokens
+    from tuner.search.trial.trainable import SINCE_RESTORE, TrainedTokens
 
     counter = TrainedTokens()
 

@@ -1,4 +1,5 @@
-"""Stopping a study (search/stopping.py): Ctrl-C, SIGTERM, SIGHUP, its terminal closed, twice."""
+"""Stopping a study (search/faults/stopping.py): Ctrl-C, SIGTERM, SIGHUP, its terminal closed,
+twice."""
 
 from __future__ import annotations
 
@@ -304,7 +305,7 @@ def test_a_second_stop_is_told_apart_from_the_first_delivered_again() -> None:
     """Once Tune took a stop, the same stop again within ECHO_S is dropped (`uv run` passes on
     a Ctrl-C its process group got too); a later one ends the driver, noted as such, so that
     `tuner search` answers with the --resume command rather than a bare "aborted"."""
-    from tuner.search import stopping
+    from tuner.search.faults import stopping
 
     before = signal.getsignal(signal.SIGINT)
     with stopping.stops_held():

@@ -516,7 +516,7 @@ def test_summary_commands_survive_spaces_and_brackets_in_paths(
 
     from rich.console import Console
 
-    from tuner.search.console import Summary, print_summary
+    from tuner.search.run.console import Summary, print_summary
 
     if started:
         monkeypatch.setenv("UV_RUN_RECURSION_DEPTH", "1")

@@ -1,4 +1,4 @@
-"""The tracking store (search/tracking.py, store/): a server, sqlite, stores that fail."""
+"""The tracking store (search/record/tracking.py, store/): a server, sqlite, stores that fail."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 
 from model.config import HPARAMS, TrainConfig
 from tuner.errors import UserError
-from tuner.search.algorithms import optuna_sampler
+from tuner.search.searchers.algorithms import optuna_sampler
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.distributions import Choice, LogUniform, Uniform
 from tuner.space.params import ALL_DEFS, shown_value, used_values
@@ -412,7 +412,7 @@ def test_pbt_population_draws_stepped_ints_from_the_space(tmp_path: Path) -> Non
     lo + k·step (Tune's qrandint would round to multiples of step instead)."""
     import numpy as np
 
-    from tuner.search.algorithms import tune_space
+    from tuner.search.searchers.algorithms import tune_space
 
     study = load_study(write(tmp_path, study_text("  warmup_iters: {int: [12, 36], step: 8}\n")))
     domain = tune_space(study)["warmup_iters"]
@@ -425,7 +425,7 @@ def test_pbt_population_draws_stepped_ints_from_the_space(tmp_path: Path) -> Non
 def test_hyperband_runs_to_the_full_budget(tmp_path: Path, grace: int, max_t: int) -> None:
     """HyperBand's max_t is a power of η (3) units, the budget: Ray truncates max_t·η^-s to set a
     bracket's rungs, so a budget of 10 grace periods stopped its survivors at 9."""
-    from tuner.search.algorithms import build_scheduler, time_unit
+    from tuner.search.searchers.algorithms import build_scheduler, time_unit
 
     search = f"  scheduler: hyperband\n  asha: {{grace_period: {grace}}}\n"
     study = load_study(write(tmp_path, study_text(budget="tokens: 409600", search=search)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import UserError
-from tuner.search import state
+from tuner.search.state import state
 from tuner.space import load_study
 
 SPACE = """name: resumable

@@ -82,7 +82,7 @@ def test_bad_transfer_settings_are_named(sections: dict[str, Any], path: str, wo
 def test_a_width_that_cannot_fit_is_refused_before_the_study_starts() -> None:
     """Every sample trains at each size: one that cannot fit is refused, not warned of."""
     from tuner.errors import UserError
-    from tuner.search.memory_fit import check_memory
+    from tuner.search.faults.memory_fit import check_memory
 
     warned: list[str] = []
     with pytest.raises(UserError, match=r"model\.d_model: .* d_model=32768 \(at least"):
@@ -93,8 +93,8 @@ def test_a_width_that_cannot_fit_is_refused_before_the_study_starts() -> None:
 def test_the_searcher_learns_from_the_first_size_and_resumes_its_hand_out() -> None:
     """Real OptunaSearch inside: each sample comes out at 32, 64, 128 in turn; only the trials
     at 32 reach Optuna; a restored wrapper hands out the rest of the sample it was at."""
-    from tuner.search.algorithms import build_searcher
-    from tuner.search.transfer_searcher import TransferSearcher
+    from tuner.search.searchers.algorithms import build_searcher
+    from tuner.search.searchers.transfer_searcher import TransferSearcher
 
     study = study_with()
     searcher = build_searcher(study)

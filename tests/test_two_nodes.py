@@ -21,13 +21,13 @@ from studies import (
     write_space,
 )
 
-from tuner.search.trainable import SINCE_RESTORE
+from tuner.search.trial.trainable import SINCE_RESTORE
 
 EVAL_STEPS, TOKENS_PER_STEP = 300, 16 * 32  # B 16, context 32
 
 
 def _trial_folders(temp: Path) -> list[Path]:
-    """The trials' working folders (tuner.search.scratch) in the temporary folder `temp`."""
+    """The trials' working folders (tuner.search.trial.scratch) in the temporary folder `temp`."""
     return list(temp.glob("tuner-trials-*"))
 
 

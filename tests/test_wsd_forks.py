@@ -62,7 +62,7 @@ def test_forks_that_cannot_work_are_refused(overrides: dict, message: str) -> No
 
 
 def test_a_study_forks_its_wsd_trials_alone_and_counts_their_tokens(tmp_path: Path) -> None:
-    from tuner.search.console import most_tokens
+    from tuner.search.run.console import most_tokens
     from tuner.space import load_study
     from tuner.space.errors import SpaceError
 

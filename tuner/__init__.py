@@ -32,9 +32,9 @@ if TYPE_CHECKING:
         top_trials,
         trials,
     )
-    from tuner.probe.run import ProbeResult
-    from tuner.search.seed_check import Confirmation
     from tuner.errors import TrackingError, UserError
+    from tuner.probe.run import ProbeResult
+    from tuner.search.winners.seed_check import Confirmation
     from tuner.space import Study
     from tuner.space.errors import SpaceError
 
@@ -43,7 +43,7 @@ __all__ = ["Confirmation", "ProbeResult", "SearchResult", "SeedCheck", "SpaceErr
            "load_study", "probe", "replay", "report", "search", "top_trials", "trials"]
 _WHERE = {**dict.fromkeys(__all__, "tuner.api"), "TrackingError": "tuner.errors",
           "UserError": "tuner.errors", "SpaceError": "tuner.space.errors", "Study": "tuner.space",
-          "Confirmation": "tuner.search.seed_check", "ProbeResult": "tuner.probe.run"}
+          "Confirmation": "tuner.search.winners.seed_check", "ProbeResult": "tuner.probe.run"}
 _FUNCTIONS = ("probe", "search")  # each also a subpackage's name
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tuner.inspect.replay import Plan, Replay
     from tuner.probe.run import ProbeResult
     from tuner.search.ended import Ended
-    from tuner.search.seed_check import Confirmation
+    from tuner.search.winners.seed_check import Confirmation
     from tuner.space import Study
 
 COLUMNS = ("trial_id", "run_id", "status", "val_loss", "perplexity", "reached_at", "tokens")
@@ -179,7 +179,7 @@ def confirm(name: str, *, top: int = 3, seeds: int = 3, tracking_uri: str | None
     """Seed-check study `name`'s `top` best completed trials, as `tuner best --confirm TOP
     --seeds SEEDS`: train each with `seeds` further seeds (those not done already), record the
     verdict; the comparison (`.verdict`, `.trials`, `.lines()`). `progress` sees a line a run."""
-    from tuner.search import seed_check
+    from tuner.search.winners import seed_check
 
     if top < 1:
         raise UserError(f"--confirm {top}: confirm 1 trial or more")
@@ -314,7 +314,7 @@ def _trials(client: Any, name: str, k: int | None = None,
 
 
 def _recorded(client: Any, name: str) -> Confirmation | None:
-    from tuner.search import seed_check
+    from tuner.search.winners import seed_check
     from tuner.store import runs
 
     return seed_check.recorded(client, runs.study_parent(client, name))

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.search import history
+from tuner.search.searchers import history
 
 RESAMPLES = 30
 SUBSET = 0.8  # of the trials, drawn without replacement

@@ -14,7 +14,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from tuner.errors import UserError
-from tuner.search.retrain import train_logged
+from tuner.search.winners.retrain import train_logged
 from tuner.store import runs
 from tuner.store.write import log_metrics
 
@@ -82,7 +82,7 @@ def prepare(client: Any, run: Any, workdir: Path, *, device: str | None = None,
             tolerance: float | None = None) -> Plan:
     """Read the trial's config, seed, dataset and code version and check they can be replayed."""
     from model.train import device_label, resolve_device
-    from tuner.search.provenance import git_commit
+    from tuner.search.record.provenance import git_commit
     from tuner.store.layout import DEVICE_TAG
 
     run_id, tags = run.info.run_id, run.data.tags
@@ -127,7 +127,7 @@ def _device_type(device: str) -> str:
 
 
 def _check_dataset(folder: Path, recorded: str | None, run_id: str, recorded_path: bool) -> None:
-    from tuner.search.provenance import dataset_digests
+    from tuner.search.record.provenance import dataset_digests
 
     if not folder.is_dir():
         raise UserError(f"dataset folder {folder} of run {run_id} not found: pass --data DIR"

@@ -17,7 +17,7 @@ from tuner.inspect import plots
 from tuner.inspect.findings import NO_BEST, Findings
 from tuner.inspect.importance import Curve, importance, values_at_equal_tokens
 from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
-from tuner.search import history
+from tuner.search.searchers import history
 from tuner.space.params import shown_value, symbol
 from tuner.store import runs
 from tuner.store.redact import redact
@@ -160,7 +160,7 @@ def transfer_markdown(transfer: Transfer) -> list[str]:
 def read_findings(client: Any, study: str, parent: Any, trial_runs: list[Any], workdir: Path
                   ) -> tuple[Findings, list[tuple[str, Any]]]:
     """What the report says of the study, and its trials for parallel coordinates."""
-    from tuner.search import seed_check as confirm
+    from tuner.search.winners import seed_check as confirm
     from tuner.store.layout import STOP_REASON_TAG, STUDY_PREFIX, UNRANKED
 
     trial_curves = curves(client, trial_runs)

@@ -59,8 +59,8 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     from model.train import device_label, resolve_device
     from tuner.probe.plot import probe_figure
     from tuner.probe.record import PROBE_PNG, log_probe
-    from tuner.search.provenance import dataset_sha256, git_commit
-    from tuner.search.trainable import trial_threads
+    from tuner.search.record.provenance import dataset_sha256, git_commit
+    from tuner.search.trial.trainable import trial_threads
     from tuner.space import load_study
     from tuner.space.dataset_fit import study_dataset
     from tuner.space.edit import set_hparam, write_checked

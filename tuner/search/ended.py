@@ -19,7 +19,7 @@ class Ended:
 
     status: str
     study: Any
-    summary: Any | None  # tuner.search.console.Summary
+    summary: Any | None  # tuner.search.run.console.Summary
     message: str = ""
     resume_command: str = ""
 

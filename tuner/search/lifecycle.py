@@ -23,8 +23,9 @@ from rich.markup import escape
 from model.shell import as_started
 from tuner.errors import UserError
 from tuner.output import count
-from tuner.search import preflight, state
+from tuner.search import preflight
 from tuner.search.ended import FAILED, FINISHED, INTERRUPTED, Ended
+from tuner.search.state import state
 from tuner.store.layout import STOP_REASON_TAG
 from tuner.store.uri import absolute_uri
 
@@ -62,7 +63,7 @@ def run(request: Request) -> Ended:
     resume, address = request.resume, request.address
     study, to_save = _open(request, storage)
     preflight.check_storage(storage)
-    from tuner.search.address import check_address
+    from tuner.search.run.address import check_address
 
     if address:
         check_address(address)
@@ -90,8 +91,8 @@ def run(request: Request) -> Ended:
             _not_resumable(study) or stopped_flat):
         # Tune's state holds trials HyperBand paused at their full budget: restored, it would
         # train them on; a study stopped when flat ended for good. Nothing to resume.
-        from tuner.search.console import print_summary
-        from tuner.search.runner import summarise
+        from tuner.search.run.console import print_summary
+        from tuner.search.run.runner import summarise
 
         summary = summarise(study)
         print_summary(console, summary)
@@ -99,18 +100,18 @@ def run(request: Request) -> Ended:
     _check_store(study, client, exists, resume=resume, restore=restore)
     warm_trials, warm_changes = (None, []) if restore else _warm_trials(study)
     if study.search.storage and not resume:
-        from tuner.search.algorithms import check_storage_is_free
+        from tuner.search.searchers.algorithms import check_storage_is_free
 
         check_storage_is_free(study)
     data_dir, meta = checked or study_dataset(study)  # a corpus to prepare: once the rest is sound
-    from tuner.search.provenance import provenance
+    from tuner.search.record.provenance import provenance
 
     made_of = provenance(data_dir, meta)
     changed_code = preflight.check_same_inputs(exists, made_of, data_dir) if exists else None
     if changed_code:
         console.print(f"[yellow]warning:[/] {changed_code}")
     if restore:  # Tune's state cut short with no whole copy, or a checkpoint lost: refused.
-        from tuner.search.recovery import check_named_checkpoints  # The last check: it puts
+        from tuner.search.state.recovery import check_named_checkpoints  # The last check: it puts
 
         check_named_checkpoints(storage / study.name)  # back the checkpoints it can
     if new_store:
@@ -150,7 +151,7 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
         raise UserError(f"--name {name!r} {NAME_RULE}")
     if not resume:
         return _new_study(storage, space, overrides), overrides
-    from tuner.search.extension import extended
+    from tuner.search.state.extension import extended
 
     state.check_not_driven(storage / name)
     study = state.load(storage / name, space)
@@ -185,10 +186,10 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
                storage: Path, *, address: str | None, **run_args: Any) -> Ended:
     """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
     how it ended."""
-    from tuner.search.console import print_summary, quietly
-    from tuner.search.runner import run_study
-    from tuner.search.storage_faults import StorageFull
-    from tuner.search.tracking import TrackingLost
+    from tuner.search.faults.storage_faults import StorageFull
+    from tuner.search.record.tracking import TrackingLost
+    from tuner.search.run.console import print_summary, quietly
+    from tuner.search.run.runner import run_study
 
     resume_hint = as_started(shlex.join([
         "tuner", "search", "--resume", "--name", study.name, "--storage", str(storage),
@@ -210,7 +211,7 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
         return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
                      resume_hint)
     except KeyboardInterrupt:
-        from tuner.search.stopping import stopped_at_once
+        from tuner.search.faults.stopping import stopped_at_once
 
         if not stopped_at_once():
             raise  # before the study was saved: "aborted", and nothing to resume
@@ -230,7 +231,7 @@ def _confirm(console: Console, study: Any) -> None:
     """The study's seed check (search.confirm), as `tuner best --confirm` runs it."""
     import tempfile
 
-    from tuner.search.seed_check import confirm
+    from tuner.search.winners.seed_check import confirm
     from tuner.store.connect import connect
 
     settings = study.search.confirm
@@ -291,7 +292,7 @@ def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
     earlier = study.search.warm_start
     if earlier is None:
         return None, []
-    from tuner.search import history
+    from tuner.search.searchers import history
 
     recorded, points = history.earlier_study(earlier, study.tracking.uri)
     if not points:

@@ -38,7 +38,7 @@ def check_kept_settings(study: Any, overrides: dict[str, Any]) -> None:
 def check_same_inputs(parent: Any, made_of: dict[str, Any], data_dir: Path) -> str | None:
     """A resumed study trains on the data it started with (UserError otherwise); other code is
     only warned of (returned) and recorded (tuner.git_commit_resumed)."""
-    from tuner.search.provenance import dataset_digests
+    from tuner.search.record.provenance import dataset_digests
 
     started_on = parent.data.tags.get("tuner.dataset_sha256")
     # an older tuner recorded the hash of meta.json whole: only then is the folder hashed again
@@ -86,8 +86,8 @@ def check_local_resources(study: Any, warn: Callable[[str], None]) -> None:
         return
     from ray._private.utils import get_num_cpus  # cgroup limits included, as Ray counts
 
-    from tuner.search.memory_fit import check_memory
-    from tuner.search.runner import shortage
+    from tuner.search.faults.memory_fit import check_memory
+    from tuner.search.run.runner import shortage
 
     cpus = float(get_num_cpus())
     why = shortage(study.resources, [{"CPU": cpus, "GPU": float(gpus)}], None)

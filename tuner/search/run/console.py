@@ -21,9 +21,9 @@ from model.metrics import perplexity
 from model.shell import as_started
 from tuner import output
 from tuner.output import count
-from tuner.search.outcome import outcome, tune_error
-from tuner.search.stopping import draining
-from tuner.search.trainable import FORK_TOKENS, TrainedTokens
+from tuner.search.faults.outcome import outcome, tune_error
+from tuner.search.faults.stopping import draining
+from tuner.search.trial.trainable import FORK_TOKENS, TrainedTokens
 from tuner.space.convert import span
 from tuner.space.params import shown_value
 from tuner.store import view

@@ -15,7 +15,7 @@ import math
 import warnings
 from typing import Any
 
-from tuner.search.trainable import HYPERBAND_TIME, TIME_ATTR
+from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
 
 
 def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None) -> Any:
@@ -43,7 +43,7 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     study's hands each sample out at every size."""
     import optuna
 
-    from tuner.search.optuna_searcher import ResumableOptunaSearch
+    from tuner.search.searchers.optuna_searcher import ResumableOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -62,7 +62,7 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     sizes = study.transfer()
     if sizes is None:
         return searcher
-    from tuner.search.transfer_searcher import TransferSearcher
+    from tuner.search.searchers.transfer_searcher import TransferSearcher
 
     return TransferSearcher(searcher, *sizes)
 
@@ -142,7 +142,7 @@ def build_scheduler(study: Any) -> Any:
             max_t=search.asha.reduction_factor ** _hyperband_levels(study),
             reduction_factor=search.asha.reduction_factor)
     if search.scheduler == "median":
-        from tuner.search.median_rule import ResumableMedianStoppingRule
+        from tuner.search.searchers.median_rule import ResumableMedianStoppingRule
 
         return ResumableMedianStoppingRule(**timed, grace_period=search.median.grace_period)
     if search.scheduler == "pbt":

@@ -20,11 +20,11 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError, reason
-from tuner.search.outcome import ended, outcome
-from tuner.search.run_notes import sample_text, study_note, trial_note
-from tuner.search.stopping import STOP_CHECKPOINT
-from tuner.search.storage_faults import STORAGE_FAULT, storage_error
-from tuner.search.trainable import FORKS, TrainedTokens, trial_threads
+from tuner.search.faults.outcome import ended, outcome
+from tuner.search.faults.stopping import STOP_CHECKPOINT
+from tuner.search.faults.storage_faults import STORAGE_FAULT, storage_error
+from tuner.search.record.run_notes import sample_text, study_note, trial_note
+from tuner.search.trial.trainable import FORKS, TrainedTokens, trial_threads
 from tuner.store import runs
 from tuner.store.connect import open_client
 from tuner.store.layout import (
@@ -138,7 +138,7 @@ class MlflowRecorder(tune.Callback):
         self._parent = parent.info.run_id if parent else self._create_parent()
         self._client.update_run(self._parent, status="RUNNING")
         if parent is not None:  # resumed, maybe by other code: trials started now say so
-            from tuner.search.provenance import git_commit
+            from tuner.search.record.provenance import git_commit
 
             self.provenance = {**self.provenance, "git_commit": git_commit()}
             if self.provenance["git_commit"] != parent.data.tags.get("tuner.git_commit"):

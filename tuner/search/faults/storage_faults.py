@@ -83,7 +83,7 @@ class StorageGuard(tune.Callback):
         self._check(trial)
 
     def _check(self, trial: Any) -> None:
-        from tuner.search.outcome import tune_error
+        from tuner.search.faults.outcome import tune_error
 
         line = next((part for part in tune_error(trial).split(" | ") if _IN_TEXT.search(part)),
                     None)
@@ -91,7 +91,7 @@ class StorageGuard(tune.Callback):
             self._stop(f"trial {trial.trial_id}: {line.strip()}")
 
     def _stop(self, reason: str) -> None:
-        from tuner.search.stopping import stop_at_once
+        from tuner.search.faults.stopping import stop_at_once
 
         if not _failed:
             _failed["reason"] = reason

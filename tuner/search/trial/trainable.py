@@ -7,8 +7,8 @@ checkpoint of its state too, so a retried, resumed or PBT-exploited trial contin
 A trial whose trainer raises reports the error with the worst `val_loss` and ends: deterministic
 errors are recorded, not retried; Tune's retries are left to processes the OS killed, to a GPU
 out of memory (maybe the other trials' on it). A disk that cannot be written is reported, and
-the driver stops the study (`tuner.search.storage_faults`). When the study stops, each trial
-reports once more, with a checkpoint of the step it is at (`tuner.search.stopping`).
+the driver stops the study (`tuner.search.faults.storage_faults`). When the study stops, each trial
+reports once more, with a checkpoint of the step it is at (`tuner.search.faults.stopping`).
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from model.checkpoint import CHECKPOINT_NAME
     from model.compiled import compile_seconds
     from model.train import device_label, resolve_device, train
-    from tuner.search.scratch import on_this_node
-    from tuner.search.stopping import STOP_CHECKPOINT, STOP_FLAG
-    from tuner.search.storage_faults import STORAGE_FAULT, storage_error
+    from tuner.search.faults.stopping import STOP_CHECKPOINT, STOP_FLAG
+    from tuner.search.faults.storage_faults import STORAGE_FAULT, storage_error
+    from tuner.search.trial.scratch import on_this_node
 
     os.umask(umask)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache()))

@@ -16,8 +16,8 @@ from typing import Any
 
 from tuner.errors import UserError
 from tuner.output import count
-from tuner.search import state
-from tuner.search.tune_state import SCHEDULER_STATE, TUNE_STATE_FILES, to_put_back
+from tuner.search.state import state
+from tuner.search.state.tune_state import SCHEDULER_STATE, TUNE_STATE_FILES, to_put_back
 
 SEARCH_STATE = TUNE_STATE_FILES[1]  # Tune's search algorithm's: how many trials it creates
 

@@ -5,8 +5,8 @@ more than a margin over the last N finished trials.
 finish, the study's best; `FlatStopper` hands its decision to Tune's experiment-level stop
 (`stop_all`), which ends the running trials; the recorder then ends their runs as stopped and the
 parent as FINISHED with the reason. With the margin `noise`, the first time the rule could stop
-the study it seed-checks the best completed trial (tuner.search.seed_check, on the driver, while
-the trials wait) and takes its seed sd as the margin from then on.
+the study it seed-checks the best completed trial (tuner.search.winners.seed_check, on the
+driver, while the trials wait) and takes its seed sd as the margin from then on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError
-from tuner.search.outcome import outcome
+from tuner.search.faults.outcome import outcome
 from tuner.store.layout import UNRANKED
 
 NOISE_SEEDS = 2  # the seeds of the noise check when the study sets no search.confirm
@@ -86,7 +86,7 @@ class FlatWatch(tune.Callback):
     def _seed_noise(self) -> float | None:
         """The seed sd of the study's best completed trial, seed-checked now (None: it has no
         completed trial yet)."""
-        from tuner.search.seed_check import candidates, seed_check
+        from tuner.search.winners.seed_check import candidates, seed_check
         from tuner.store import runs
         from tuner.store.connect import open_client
 

@@ -7,7 +7,7 @@ next checkpoint, whose metrics MLflow already holds (results reach callbacks bef
 checkpoint is registered).
 
 Tune copies its state files into the study's folder in place, from background threads, so the
-driver also keeps a whole copy of each save there (`tuner.search.tune_state`).
+driver also keeps a whole copy of each save there (`tuner.search.state.tune_state`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError
-from tuner.search.tune_state import SCHEDULER_STATE, experiment_state, keep
+from tuner.search.state.tune_state import SCHEDULER_STATE, experiment_state, keep
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000000, ...
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of trials a resume does not run again
@@ -132,7 +132,7 @@ class StateBackup(tune.Callback):
     def __init__(self, scheduler: Any = None, recorder: Any = None) -> None:
         from ray.tune.schedulers import AsyncHyperBandScheduler
 
-        from tuner.search.median_rule import ResumableMedianStoppingRule
+        from tuner.search.searchers.median_rule import ResumableMedianStoppingRule
 
         saves = (AsyncHyperBandScheduler, ResumableMedianStoppingRule)
         self.scheduler = scheduler if isinstance(scheduler, saves) else None

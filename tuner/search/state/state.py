@@ -89,7 +89,7 @@ def saved_overrides(folder: Path) -> dict[str, Any]:
 def load(folder: Path, space: Path | Any | None) -> Any:
     """The study as it started, rebuilt from its space file (or `space`: a file, or a study
     loaded already): every setting must be as it was."""
-    from tuner.search.tune_state import whole
+    from tuner.search.state.tune_state import whole
     from tuner.space import Study, checks, load_study
 
     path, tuner_state = folder / STATE_FILE, folder / TUNE_STATE

@@ -186,8 +186,8 @@ def _train(client: Any, parent: Any, run: Any, config: Any, seed: int) -> None:
     import dataclasses
 
     from model.train import device_label, resolve_device
-    from tuner.search.provenance import git_commit
-    from tuner.search.retrain import train_logged
+    from tuner.search.record.provenance import git_commit
+    from tuner.search.winners.retrain import train_logged
 
     config = dataclasses.replace(config, seed=seed)
     tags = run.data.tags

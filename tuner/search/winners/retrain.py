@@ -1,5 +1,5 @@
 """Train a recorded trial's config again, logging each evaluation to an MLflow run: what a replay
-(tuner.inspect.replay) and a seed check (tuner.search.seed_check) share."""
+(tuner.inspect.replay) and a seed check (tuner.search.winners.seed_check) share."""
 
 from __future__ import annotations
 

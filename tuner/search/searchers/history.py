@@ -51,7 +51,7 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
                  workdir: Path) -> list[tuple[dict[str, Any], float]]:
     """(searched.json, last value of `metric`) of each trial run the searcher was told a value
     of, oldest first: a trial that failed in the trainer reported the worst value."""
-    from tuner.search.trainable import WORST
+    from tuner.search.trial.trainable import WORST
     from tuner.store.layout import FAILED, FAILED_IN_TAG, STATUS_TAG
 
     def told(run: Any) -> bool:
@@ -81,7 +81,7 @@ def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> lis
 
     import optuna
 
-    from tuner.search.algorithms import WARM_START_ATTR
+    from tuner.search.searchers.algorithms import WARM_START_ATTR
 
     trials = []
     for params, value in points:

@@ -16,8 +16,8 @@ from typing import Any
 
 from tuner.errors import UserError
 from tuner.output import count
-from tuner.search import state
-from tuner.search.console import Summary
+from tuner.search.run.console import Summary
+from tuner.search.state import state
 from tuner.store.layout import FINISHED
 from tuner.store.redact import redact
 
@@ -114,8 +114,8 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from tuner.search.algorithms import build_scheduler, build_searcher
-    from tuner.search.trainable import trial_folder
+    from tuner.search.searchers.algorithms import build_scheduler, build_searcher
+    from tuner.search.trial.trainable import trial_folder
 
     search = study.search
     if search.scheduler == "pbt":  # Tune's max_concurrent_trials is lost on this generator
@@ -132,20 +132,20 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                 provenance: dict[str, Any], scratch: str) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`, its
-    trials' working files in the folder `scratch` of each node (`tuner.search.scratch`): Tune
+    trials' working files in the folder `scratch` of each node (`tuner.search.trial.scratch`): Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
     scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
     median rule's)."""
     from ray import tune
 
-    from tuner.search.algorithms import stopping_points, time_unit, tune_space
-    from tuner.search.console import LiveView
-    from tuner.search.flat_stop import FlatStopper, FlatWatch
-    from tuner.search.recovery import CheckpointRepair, StateBackup
-    from tuner.search.stopping import StopRelay
-    from tuner.search.storage_faults import StorageGuard
-    from tuner.search.tracking import MlflowRecorder
-    from tuner.search.trainable import checkpoint_interval, run_trial, trial_threads
+    from tuner.search.faults.stopping import StopRelay
+    from tuner.search.faults.storage_faults import StorageGuard
+    from tuner.search.record.tracking import MlflowRecorder
+    from tuner.search.run.console import LiveView
+    from tuner.search.searchers.algorithms import stopping_points, time_unit, tune_space
+    from tuner.search.searchers.flat_stop import FlatStopper, FlatWatch
+    from tuner.search.state.recovery import CheckpointRepair, StateBackup
+    from tuner.search.trial.trainable import checkpoint_interval, run_trial, trial_threads
 
     res = study.resources
     trainable = tune.with_resources(
@@ -196,11 +196,13 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
-    from tuner.search import scratch, storage_faults
-    from tuner.search.console import stop_live_views
-    from tuner.search.extension import set_trial_limit
-    from tuner.search.stopping import STOP_FLAG, abort_if_stopped, stop_handlers_kept, stops_held
-    from tuner.search.tune_state import keep, restore_whole_state
+    from tuner.search.faults import storage_faults
+    from tuner.search.faults.stopping import (STOP_FLAG, abort_if_stopped, stop_handlers_kept,
+                                              stops_held)
+    from tuner.search.run.console import stop_live_views
+    from tuner.search.state.extension import set_trial_limit
+    from tuner.search.state.tune_state import keep, restore_whole_state
+    from tuner.search.trial import scratch
 
     trial_files: str | None = None  # the name of the trials' working folder on each node
     with stops_held(storage / study.name / STOP_FLAG, study.search.stop_grace_s):
@@ -208,7 +210,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             start_ray(address)
         import ray
 
-        from tuner.search.worker_deaths import as_actor_deaths
+        from tuner.search.faults.worker_deaths import as_actor_deaths
 
         as_actor_deaths(warn)
 
@@ -246,7 +248,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
 
 def _fit(tuner: Any) -> None:
     """Tuner.fit, raising the recorder's TrackingLost itself rather than as Tune's TuneError."""
-    from tuner.search.tracking import TrackingLost
+    from tuner.search.record.tracking import TrackingLost
 
     try:
         tuner.fit()
@@ -262,7 +264,7 @@ def _fit(tuner: Any) -> None:
 def summarise(study: Any) -> Summary:
     """The study's outcome as MLflow records it: counts by status and the best trial; saves the
     view of its experiment's runs that the summary's link to MLflow's UI opens."""
-    from tuner.search.tracking import TrackingLost
+    from tuner.search.record.tracking import TrackingLost
     from tuner.store.connect import connect
     from tuner.store.layout import STATUS_TAG, STOP_REASON_TAG
     from tuner.store.runs import counts_as_best, find_parent, ranked, searched_values, trial_runs

@@ -1,0 +1,2 @@
+"""The study's MLflow record, written from the driver: the Tune callback, the runs' notes, and what
+the study ran with (provenance)."""
