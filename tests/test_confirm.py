@@ -69,6 +69,10 @@ def test_confirmations_are_never_trials(confirmed, tmp_path):
     space = yaml.safe_load(SPACE.format(data=study.data, uri=study.uri))
     summary = summarise(build_study({**space, "name": study.name}))
     assert sum(summary.counts.values()) == 3 and summary.best_run_id == study.best_run_id
+    import tuner as api
+
+    assert sorted(api.trials(study.name, tracking_uri=study.uri)["run_id"]) == sorted(
+        study.run_ids)
 
 
 def test_each_trial_has_its_mean_sd_and_the_winner_a_test(confirmed):

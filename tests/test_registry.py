@@ -44,6 +44,7 @@ print(json.dumps({"texts": texts, "module": type(module).__name__, "shape": list
 def loaded(uri: str, model_uri: str, cwd: Path) -> dict:
     """What LOAD prints for `model_uri`, run in a fresh Python on the store `uri`."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)  # MLflow's default: no pickle loads
     proc = subprocess.run([sys.executable, "-c", LOAD, model_uri, json.dumps(PROMPTS)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
