@@ -43,18 +43,19 @@ class Registration:
     description: str
 
 
-def check_name(client: Any, name: str) -> bool:
-    """Whether registered model `name` exists already; UserError when MLflow rejects the name."""
+def check_name(client: Any, name: str) -> None:
+    """UserError when the store refuses `name` as a registered model's (a new name or one it
+    holds passes)."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise UserError(f"--register {name!r}: MLflow refuses it as a model name "
-                        f"({reason(err.message)})") from None
-    return True
+        if err.error_code == "INVALID_PARAMETER_VALUE":
+            raise UserError(f"--register {name!r}: MLflow refuses it as a model name "
+                            f"({reason(err.message)})") from None
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # the store failing: not the name's
+            raise
 
 
 def register(client: Any, name: str, run: Any, what: Registration) -> str:
