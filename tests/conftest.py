@@ -55,6 +55,20 @@ def byte_dataset(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Pat
 
 
 @pytest.fixture(scope="session")
+def tokenized(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path) -> Path:
+    """byte_dataset with a byte-level tokenizer (256 single-byte tokens, no merges) beside it."""
+    import shutil
+
+    from model.tokenizer import Tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenized")
+    for name in ("train.npy", "valid.npy", "meta.json"):
+        shutil.copy(byte_dataset / name, folder / name)
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow sqlite store with every migration applied: copy it instead of creating a
     store per test (creating one runs migrations for several seconds)."""

@@ -58,19 +58,22 @@ class RecordedStudy:
 
 
 def log_study(work: Path, name: str, data: Path, template: Path, trials: list = TRIALS,
-              val_offset: float = 0.0) -> RecordedStudy:
+              val_offset: float = 0.0, uri: str | None = None) -> RecordedStudy:
     """Train and log `trials` of the SPACE study as `tuner search` would, to a store in `work`
-    copied from the migrated `template`; return the record. `val_offset` is added to every
-    logged val_loss (a record no replay can match)."""
+    copied from the migrated `template` (or to the `mlflow server` at `uri`, which keeps the
+    artifacts); return the record. `val_offset` is added to every logged val_loss (a record no
+    replay can match)."""
     from mlflow import MlflowClient
     from studies import fresh_store
 
-    uri = fresh_store(work, template)
+    served = uri is not None
+    uri = uri or fresh_store(work, template)
     client = MlflowClient(tracking_uri=uri)
     text = SPACE.format(data=data, uri=uri)
     study = build_study({**yaml.safe_load(text), "name": name}, source_text=text)
     prov = provenance(data, json.loads((data / "meta.json").read_text()))
-    exp = client.create_experiment(name, artifact_location=(work / "artifacts").as_uri())
+    exp = client.create_experiment(name, artifact_location=None if served else
+                                   (work / "artifacts").as_uri())
     parent = client.create_run(exp, run_name=name, tags={
         STUDY_TAG: name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"],
         "tuner.dataset_sha256": prov["dataset_sha256"]}).info.run_id

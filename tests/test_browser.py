@@ -3,14 +3,12 @@ training): headless Chromium renders each, and the test reads the page's text, n
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import browser, grid_rows, rendered, text
 from services import mlflow_server
 from studies import fresh_store, mlflow_runs, run_tuner, write_space
 
@@ -19,31 +17,8 @@ from tuner.store import runs
 from tuner.store.layout import TRIAL_TAG
 from tuner.store.view import runs_url
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 STUDY = "browser"
 TRIALS = 4
-
-
-def browser() -> str:
-    """The Chromium on PATH; skips the test where there is none."""
-    found = next((path for name in BROWSERS if (path := shutil.which(name))), None)
-    if found is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it "
-                    "where it runs as root): the browser tests need a real browser")
-    return found
-
-
-def rendered(url: str, profile: Path, budget_ms: int = 30_000) -> str:
-    """The DOM of `url` once headless Chromium has run its scripts (up to `budget_ms` of the
-    page's virtual time, which stands still while a request is open)."""
-    command = [browser(), "--headless", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", f"--user-data-dir={profile}",
-               f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
-    if os.geteuid() == 0:
-        command.insert(1, "--no-sandbox")  # Chromium's sandbox refuses to run as root
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout, proc.stderr[-4000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +46,10 @@ def _table(dom: str, table_id: str) -> list[dict[str, str]]:
     """The rows of a rendered HTML table, each as {header: cell text}."""
     table = re.search(rf'<table[^>]*id="{table_id}".*?</table>', dom, re.DOTALL)
     assert table, dom[:2000]
-    head = [_text(h) for h in re.findall(r"<th.*?</th>", table.group(), re.DOTALL)]
+    head = [text(h) for h in re.findall(r"<th.*?</th>", table.group(), re.DOTALL)]
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.group().split("<tbody>")[1], re.DOTALL)
-    return [dict(zip(head, map(_text, re.findall(r"<td.*?</td>", row, re.DOTALL))))
+    return [dict(zip(head, map(text, re.findall(r"<td.*?</td>", row, re.DOTALL))))
             for row in rows]
-
-
-def _grid_rows(dom: str) -> dict[str, str]:
-    """The text of each row of MLflow's runs grid, by run id (a row's cells lie in several
-    containers, one per pinned side, each marked with the row's id)."""
-    rows: dict[str, str] = {}
-    for part in dom.split('row-id="')[1:]:
-        run_id, _, rest = part.partition('"')
-        rows[run_id] = rows.get(run_id, "") + " " + _text(">" + rest)
-    return rows
-
-
-def _text(fragment: str) -> str:
-    return " ".join(re.sub(r"<[^>]*>", " ", fragment).split())
 
 
 @pytest.mark.slow
@@ -98,7 +59,7 @@ def test_study_page_names_the_winner_and_lists_each_trial(study, tmp_path):
     best_loss = f"{runs.metric(best, 'best_val_loss'):.4f}"
     dom = rendered((study["folder"] / "report" / STUDY_HTML).as_uri(), tmp_path / "profile")
     assert f'<span id="best-trial">{best_id}</span>' in dom
-    assert f"best val_loss {best_loss}" in _text(dom)
+    assert f"best val_loss {best_loss}" in text(dom)
     rows = _table(dom, "trials")
     assert len(rows) == len(trials) == TRIALS
     assert {row["MLflow run"] for row in rows} == {run.info.run_id for run in trials}
@@ -125,9 +86,9 @@ def test_mlflow_runs_page_shows_a_row_per_trial(study, tmp_path):
     best, trials, parent = study["best"], study["trials"], study["parent"]
     with mlflow_server(study["uri"], tmp_path / "artifacts") as base:
         dom = rendered(runs_url(base, parent.info.experiment_id), tmp_path / "profile")
-    rows = _grid_rows(dom)
+    rows = grid_rows(dom)
     assert set(rows) - {parent.info.run_id} == {run.info.run_id for run in trials}, \
-        _text(dom)[:3000]
+        text(dom)[:3000]
     shown = rows[best.info.run_id]
     assert f"{STUDY}-{best.data.tags[TRIAL_TAG]}" in shown
     assert repr(runs.metric(best, "best_val_loss")) in shown, shown

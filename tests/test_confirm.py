@@ -32,7 +32,9 @@ def confirmed(tmp_path_factory, byte_dataset, mlflow_store_template):
     return study, out
 
 
-def test_confirmations_are_runs_under_the_parent_with_other_seeds(confirmed):
+def test_confirmations_rank_beside_their_trials_with_other_seeds(confirmed):
+    """Each is nested under the trial it confirms, named after it and its seed, with its params
+    (the seed aside) and its own best_val_loss: MLflow's runs table ranks it among the trials."""
     study, out = confirmed
     client = MlflowClient(tracking_uri=study.uri)
     parent = client.get_run(study.parent_id)
@@ -40,9 +42,14 @@ def test_confirmations_are_runs_under_the_parent_with_other_seeds(confirmed):
     assert len(made) == 2  # 2 completed trials × 1 seed
     by_trial = {}
     for run in made:
+        trial = client.get_run(run.data.tags[CONFIRMS_RUN_TAG])
         assert run.data.tags[ROLE_TAG] == CONFIRMATION
-        assert run.data.tags["mlflow.parentRunId"] == study.parent_id
-        by_trial.setdefault(run.data.tags[CONFIRMS_RUN_TAG], set()).add(run.data.tags["tuner.seed"])
+        assert run.data.tags["mlflow.parentRunId"] == trial.info.run_id
+        assert run.info.run_name == f"{trial.info.run_name}-seed1"
+        assert run.data.params == {**trial.data.params, "seed": "1"} != trial.data.params
+        assert runs.metric(run, "best_val_loss") == min(
+            m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        by_trial.setdefault(trial.info.run_id, set()).add(run.data.tags["tuner.seed"])
         assert math.isfinite(runs.metric(run, "val_loss"))
     assert list(by_trial.values()) == [{"1"}, {"1"}]  # the study's seed is 0
     assert "2 completed trials, fewer than the 3 asked" in out
@@ -62,6 +69,10 @@ def test_confirmations_are_never_trials(confirmed, tmp_path):
     space = yaml.safe_load(SPACE.format(data=study.data, uri=study.uri))
     summary = summarise(build_study({**space, "name": study.name}))
     assert sum(summary.counts.values()) == 3 and summary.best_run_id == study.best_run_id
+    import tuner as api
+
+    assert sorted(api.trials(study.name, tracking_uri=study.uri)["run_id"]) == sorted(
+        study.run_ids)
 
 
 def test_each_trial_has_its_mean_sd_and_the_winner_a_test(confirmed):
@@ -73,7 +84,10 @@ def test_each_trial_has_its_mean_sd_and_the_winner_a_test(confirmed):
     rival = result.rivals[0]
     assert 0 < rival.p <= 1 and rival.lead >= 0
     assert result.verdict in ("confirmed", f"within noise of {rival.trial_id}")
-    assert f"winner {result.winner.trial_id}: {result.verdict} (Welch's t-test" in out
+    judged = (f"within noise of {rival.trial_id} (p {rival.p:.2g})" if not rival.significant
+              else f"confirmed: ahead of {rival.trial_id} (p {rival.p:.2g})")
+    assert (f"winner {result.winner.trial_id}: {judged}; confirmed where every rival's p < 0.05; "
+            f"seed sd {result.noise:.4f}") in out
     assert f"val_loss {result.winner.mean:.4f} ± {result.winner.sd:.4f} over 2 seeds" in out
     parent = client.get_run(study.parent_id)
     assert parent.data.tags["tuner.confirmation"] == f"{result.winner.trial_id} {result.verdict}"
@@ -83,9 +97,9 @@ def test_a_second_confirm_trains_nothing_and_best_shows_the_result(confirmed):
     study, _ = confirmed
     code, out = tuner("best", "--study", study.name, "--confirm", "2", "--seeds", "1",
                       "--tracking-uri", study.uri)
-    assert code == 0 and "confirming trial" not in out and "Welch's t-test" in out
+    assert code == 0 and "confirming trial" not in out and "every rival's p < 0.05" in out
     code, out = tuner("best", "--study", study.name, "--tracking-uri", study.uri)
-    assert code == 0 and "Welch's t-test" in out
+    assert code == 0 and "every rival's p < 0.05" in out
 
 
 def test_the_api_gives_the_seed_check_and_confirms_again_without_training(confirmed):
@@ -128,6 +142,20 @@ def test_report_shows_the_seed_check(confirmed, tmp_path):
     assert code == 0, out
     summary = (tmp_path / "summary.md").read_text()
     page = (tmp_path / "study.html").read_text()
-    assert "## Seed check" in summary and "Welch's t-test" in summary
+    assert "## Seed check" in summary and "every rival's p < 0.05" in summary
     assert "<h2>Seed check</h2>" in page and "± " in page
     assert "3 trials (2 completed, 1 stopped)" in summary  # confirmations are no trials
+
+
+def test_the_verdict_gives_each_rivals_p_beside_it_and_the_rule():
+    close = confirm.Seeded("b", "rb", {0: 1.01, 1: 1.0, 2: 1.03})
+    far = confirm.Seeded("c", "rc", {0: 2.0, 1: 2.01, 2: 2.02})
+    result = confirm.compare([confirm.Seeded("a", "ra", {0: 1.0, 1: 1.01, 2: 1.02}), close, far])
+    p_close, p_far = (r.p for r in result.rivals)
+    assert p_close >= 0.05 > p_far and result.verdict == "within noise of b"
+    assert result.lines()[-1] == (f"winner a: within noise of b (p {p_close:.2g}); ahead of c "
+                                  f"(p {p_far:.2g}); confirmed where every rival's p < 0.05; "
+                                  f"seed sd {result.noise:.4f}")
+    ahead = confirm.compare([confirm.Seeded("a", "ra", {0: 1.0, 1: 1.01, 2: 1.02}), far])
+    assert ahead.lines()[-1].startswith(f"winner a: confirmed: ahead of c (p {p_far:.2g}); "
+                                        "confirmed where every rival's p < 0.05")

@@ -46,9 +46,11 @@ def test_a_flat_study_stops_early_records_why_and_seed_checks_its_best(
     assert 2 <= len(trials) < 4
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["tuner.status"] for r in trials} <= {"completed", "stopped"}
-    checks = [r for r in children if r.data.tags["tuner.role"] == "confirmation"]
+    checks = [r for r in client.search_runs([parent.info.experiment_id])
+              if r.data.tags["tuner.role"] == "confirmation"]  # nested under their trials
     assert {r.data.tags["tuner.seed"] for r in checks} == {"1"} and len(checks) == 2
-    assert "Welch's t-test" in proc.stdout and "best trial" in proc.stdout
+    assert {r.data.tags["mlflow.parentRunId"] for r in checks} <= {r.info.run_id for r in trials}
+    assert "confirmed where every rival's p < 0.05" in proc.stdout and "best trial" in proc.stdout
     again = run_tuner(["search", "--resume", "--name", "flat", *args], cwd=tmp_path)
     assert again.returncode == 0 and f"finished ({reason})" in again.stdout
     assert len(mlflow_runs(uri, "flat")[2]) == len(children)

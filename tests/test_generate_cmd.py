@@ -19,16 +19,6 @@ pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 
 
 @pytest.fixture(scope="module")
-def tokenized(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path) -> Path:
-    """byte_dataset with a byte-level tokenizer (256 single-byte tokens, no merges) beside it."""
-    folder = tmp_path_factory.mktemp("tokenized")
-    for name in ("train.npy", "valid.npy", "meta.json"):
-        shutil.copy(byte_dataset / name, folder / name)
-    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenized: Path) -> Path:
     out = tmp_path_factory.mktemp("trained")
     config = TrainConfig(model=ModelConfig(vocab_size=256, context_length=32, d_model=32,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         generate,
         load_study,
         probe,
+        register,
         replay,
         report,
         search,
@@ -33,17 +34,20 @@ if TYPE_CHECKING:
         trials,
     )
     from tuner.errors import TrackingError, UserError
+    from tuner.inspect.register import Registered
     from tuner.probe.run import ProbeResult
     from tuner.search.winners.seed_check import Confirmation
     from tuner.space import Study
     from tuner.space.errors import SpaceError
 
-__all__ = ["Confirmation", "ProbeResult", "SearchResult", "SeedCheck", "SpaceError", "Study",
-           "TrackingError", "Trial", "UserError", "best", "confirm", "confirmation", "generate",
-           "load_study", "probe", "replay", "report", "search", "top_trials", "trials"]
+__all__ = ["Confirmation", "ProbeResult", "Registered", "SearchResult", "SeedCheck", "SpaceError",
+           "Study", "TrackingError", "Trial", "UserError", "best", "confirm", "confirmation",
+           "generate", "load_study", "probe", "register", "replay", "report", "search",
+           "top_trials", "trials"]
 _WHERE = {**dict.fromkeys(__all__, "tuner.api"), "TrackingError": "tuner.errors",
           "UserError": "tuner.errors", "SpaceError": "tuner.space.errors", "Study": "tuner.space",
-          "Confirmation": "tuner.search.winners.seed_check", "ProbeResult": "tuner.probe.run"}
+          "Confirmation": "tuner.search.winners.seed_check", "ProbeResult": "tuner.probe.run",
+          "Registered": "tuner.inspect.register"}
 _FUNCTIONS = ("probe", "search")  # each also a subpackage's name
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from model.config import TrainConfig
+    from tuner.inspect.register import Registered
     from tuner.inspect.replay import Plan, Replay
     from tuner.probe.run import ProbeResult
     from tuner.search.ended import Ended
@@ -194,6 +195,27 @@ def confirm(name: str, *, top: int = 3, seeds: int = 3, tracking_uri: str | None
 def confirmation(name: str, tracking_uri: str | None = None) -> Confirmation | None:
     """The seed check study `name` holds, compared (None when it has none); trains nothing."""
     return _recorded(_client(tracking_uri), name)
+
+
+def register(name: str, model: str, *, tracking_uri: str | None = None,
+             data: str | Path | None = None) -> Registered:
+    """Register study `name`'s best trial as a new version of the MLflow registered model
+    `model` (made when missing), as `tuner best --register MODEL`: its final checkpoint,
+    tokenizer (from `data`, else the dataset it trained on) and config, loadable with
+    `mlflow.pyfunc.load_model(result.uri)`; tagged with the trial, its val_loss, its seed check
+    and the command that reproduces it."""
+    from tuner.inspect.register import register_best
+
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="tuner-register-") as tmp:
+        return register_best(client, name, model, Path(tmp), data=None if data is None else
+                             Path(data), seed_checks=_in_words(_seed_checks(client, name)))
+
+
+def _in_words(checks: Mapping[str, SeedCheck]) -> dict[str, str]:
+    """Each seed-checked trial's check in words, by run id."""
+    return {run_id: f"{check.verdict}; final val_loss {check.mean:.4f} ± {check.sd:.4f} over "
+                    f"{len(check.losses)} seeds" for run_id, check in checks.items()}
 
 
 def probe(space: str | Path, *, start: float = START_LR, end: float = END_LR,

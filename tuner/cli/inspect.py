@@ -86,10 +86,18 @@ def best(
         show_default=False)] = None,
     seeds: Annotated[int, typer.Option(min=1, max=100, help="further seeds per trial, with "
                                        "--confirm")] = 3,
+    register: Annotated[str | None, typer.Option(
+        metavar="NAME", help="register the best trial as a new version of the MLflow registered "
+        "model NAME (its checkpoint, tokenizer and config; loads with mlflow.pyfunc.load_model)",
+        show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="with --register: the dataset folder with the tokenizer, if it moved since the study",
+        file_okay=False)] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
 ) -> int:
     """The top trials of a study: searched hyperparameters by symbol, val_loss, tokens, status;
-    their seed check when the study has one (--confirm runs it)."""
+    their seed check when the study has one (--confirm runs it); the best one registered as an
+    MLflow model (--register)."""
     from tuner import api
     from tuner.inspect import best as best_mod
     from tuner.space.params import shown_value, symbol
@@ -100,6 +108,10 @@ def best(
         check_new_file("--export", export)
     console = output.console()
     client = connect_existing(tracking_uri)
+    if register is not None:  # before the table, and before --confirm trains
+        from tuner.store.registry import check_name
+
+        check_name(client, register)
     if (fit := runs.scale_fit(client, study)) is not None:  # a `tuner scale` fit: its prediction
         from tuner.cli.scale import best_of_fit
 
@@ -141,6 +153,12 @@ def best(
                       markup=False)
         for line in checked.lines():
             console.print(f"  {line}", markup=False)
+    if register is not None:
+        done = api.register(study, register, tracking_uri=tracking_uri, data=data)
+        console.print(f"registered trial {done.trial_id} as version {done.version} of MLflow model "
+                      f"{done.model} ({redact(client.tracking_uri)}): "
+                      f"mlflow.pyfunc.load_model({done.uri!r}).predict([\"Once upon a time\"])",
+                      markup=False)
     if export is not None:
         with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:
             row = best_mod.export_best(client, study, export, Path(tmp))

@@ -48,16 +48,12 @@ def load_tokenizer(dataset: Path) -> Any:
         raise UserError(f"tokenizer in {dataset} cannot be read ({err})") from None
 
 
-def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
-                  max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
-                  seed: int = 0, device: str = "auto") -> str:
-    """The continuation of `prompt` (without the prompt), sampled with a seeded generator."""
-    import torch
-
-    from model.generate import generate, prompt_ids
+def tokenizer_of(checkpoint: Path, config: TrainConfig, trained_with: str | None,
+                 data: Path | None) -> Any:
+    """The tokenizer the checkpoint trained with: in `data`, else the dataset folder its config
+    names; UserError when there is none, or another (its sha256 differs from the recorded one)."""
     from model.token_files import read_meta
 
-    model, config, trained_with = load_model(checkpoint, device)
     if data is None and not isinstance(config.data, str):
         raise UserError(f"{checkpoint}: its config names no dataset folder (data: "
                         f"{config.data!r}): pass --data, the folder with its tokenizer")
@@ -71,6 +67,19 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     if trained_with and found and found != trained_with:  # prepared again since, say
         raise UserError(f"the tokenizer in {folder} is not the one {checkpoint} trained with "
                         "(their sha256 differ): pass --data, the dataset folder it trained on")
+    return tokenizer
+
+
+def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
+                  max_new_tokens: int = 64, temperature: float = 0.8, top_p: float = 0.95,
+                  seed: int = 0, device: str = "auto") -> str:
+    """The continuation of `prompt` (without the prompt), sampled with a seeded generator."""
+    import torch
+
+    from model.generate import generate, prompt_ids
+
+    model, config, trained_with = load_model(checkpoint, device)
+    tokenizer = tokenizer_of(checkpoint, config, trained_with, data)
     try:
         ids = prompt_ids(tokenizer, prompt)
     except ConfigError as err:  # the trainer names its own field: here it is the option

@@ -127,6 +127,14 @@ def trial_runs(client: Any, parent: Any) -> list[Any]:
     return [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
 
 
+def study_runs(client: Any, parent: Any, role: str) -> list[Any]:
+    """The runs of `role` (a `tuner.role`) of the study whose parent run is `parent`, wherever
+    they are nested."""
+    study = parent.data.tags.get(STUDY_TAG, "")
+    return client.search_runs([parent.info.experiment_id], max_results=50000, filter_string=(
+        f"tags.`{ROLE_TAG}` = '{role}' AND tags.`{STUDY_TAG}` = '{study}'"))
+
+
 def get_run(client: Any, run_id: str) -> Any:
     """The run with this id; UserError when the store has none."""
     from mlflow.exceptions import MlflowException

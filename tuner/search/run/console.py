@@ -23,6 +23,7 @@ from tuner import output
 from tuner.output import count
 from tuner.search.faults.outcome import outcome, tune_error
 from tuner.search.faults.stopping import draining
+from tuner.search.run.notebook_view import NotebookLive
 from tuner.search.trial.trainable import FORK_TOKENS, TrainedTokens
 from tuner.space.convert import span
 from tuner.space.params import shown_value
@@ -31,7 +32,7 @@ from tuner.store.layout import FINISHED, RUNNING, UNRANKED
 from tuner.store.uri import server_address
 
 MAX_ROWS = 12
-_SHOWING: set[Live] = set()  # live views drawing now (Tune may restore its own LiveView)
+_SHOWING: set[Live | NotebookLive] = set()  # live views drawing now (Tune may restore its own)
 _QUIET = {"views": False}  # set by `quietly`: a restored LiveView has its settings of before
 
 
@@ -102,12 +103,13 @@ def _duration(seconds: float) -> str:
 
 
 class LiveView(tune.Callback):
-    """Tune callback that redraws the study's progress on the driver's console; where stderr is
-    not a terminal (a log file), it writes a line per finished trial and the last frame instead."""
+    """Tune callback that redraws the study's progress on the driver's console (in a notebook:
+    one output of the cell); where stderr is not a terminal (a log file), it writes a line per
+    finished trial and the last frame instead."""
 
     def __init__(self, study: Any):
         self.study, self.trial_tokens = study, most_tokens(study)
-        self._live: Live | None = None
+        self._live: Live | NotebookLive | None = None
 
     def setup(self, **info: Any) -> None:
         self._planned = info["total_num_samples"]  # the study's trials, an extension's included
@@ -118,13 +120,18 @@ class LiveView(tune.Callback):
         self._console = output.console(stderr=True, highlight=True)
         self._console.quiet = _QUIET["views"]
         starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
-        if self._console.is_terminal and not self._console.quiet:
+        if self._console.quiet:
+            return
+        if self._console.is_jupyter:
+            self._live = NotebookLive(self._console, starting)
+        elif self._console.is_terminal:
             self._live = Live(starting, console=self._console, refresh_per_second=2,
                               transient=False)
             self._live.start()
-            _SHOWING.add(self._live)
         else:
             self._console.print(starting)
+            return
+        _SHOWING.add(self._live)
 
     def _catch_up(self, trials: list) -> None:
         """Once, before the first step (or at the end, for a resumed study with nothing left to

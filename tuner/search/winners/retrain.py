@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ from tuner.store.write import log_metrics
 
 
 def train_logged(client: Any, run_id: str, config: TrainConfig, *, threads: int | None,
-                 end_tokens: int | None = None, resume_from: Path | None = None
-                 ) -> dict[int, float]:
+                 end_tokens: int | None = None, resume_from: Path | None = None,
+                 log_best: bool = False) -> dict[int, float]:
     """Train `config` (on `threads` torch threads; up to `end_tokens`), logging each evaluation to
-    run `run_id`; its val_loss by tokens. A stop or failure ends the run KILLED or FAILED."""
+    run `run_id` (with `log_best`, `best_val_loss` too whenever it improves, as a trial's); its
+    val_loss by tokens. A stop or failure ends the run KILLED or FAILED."""
     import torch
 
     from model.train import EvalRecord, train
@@ -23,10 +25,12 @@ def train_logged(client: Any, run_id: str, config: TrainConfig, *, threads: int 
     losses: dict[int, float] = {}
 
     def on_eval(record: EvalRecord) -> bool:
-        losses[record.tokens] = record.val_loss
         values = record.as_metrics()
-        log_metrics(client, run_id, {k: values[k] for k in METRICS if k in values},
-                    record.tokens)
+        logged = {k: values[k] for k in METRICS if k in values}
+        if log_best and record.val_loss < min(losses.values(), default=math.inf):
+            logged["best_val_loss"] = record.val_loss
+        losses[record.tokens] = record.val_loss
+        log_metrics(client, run_id, logged, record.tokens)
         return end_tokens is not None and record.tokens >= end_tokens
 
     before = torch.get_num_threads()

@@ -2,8 +2,8 @@
 trial's mean ± sd of final val_loss, and whether the winner's lead exceeds the seed noise.
 
 A confirmation trains the trial's recorded config with only its seed changed, in this process,
-one after another (as `tuner replay` does), and is recorded as a run under the study's parent
-(tuner.role "confirmation", never a trial). A trial and seed already confirmed is not trained
+one after another (as `tuner replay` does), and is recorded as a run nested under that trial,
+with its params and metrics (tuner.role "confirmation", never a trial). A trial and seed already confirmed is not trained
 again. The test: Welch's two-sided t-test of the winner's final val_losses against each rival's.
 """
 
@@ -23,6 +23,7 @@ from tuner.store.layout import (
     CONFIRMATION,
     CONFIRMS_RUN_TAG,
     CONFIRMS_TAG,
+    NOTE_TAG,
     ROLE_TAG,
     STATUS_TAG,
     STUDY_TAG,
@@ -101,9 +102,22 @@ class Confirmation:
                          for r in self.rivals if r.trial_id == trial.trial_id))
             out.append(f"{trial.trial_id}: val_loss {trial.mean:.4f} ± {trial.sd:.4f} over "
                        f"{len(trial.losses)} seeds ({seeds}); {test}")
-        out.append(f"winner {self.winner.trial_id}: {self.verdict} (Welch's t-test, p < {ALPHA}; "
-                   f"seed sd {self.noise:.4f})")
+        out.append(f"winner {self.winner.trial_id}: {self.judged()}; confirmed where every "
+                   f"rival's p < {ALPHA:g}; seed sd {self.noise:.4f}")
         return out
+
+    def judged(self) -> str:
+        """The verdict with each rival's p-value beside it: "within noise of d44a78c0 (p 0.21);
+        ahead of 0851cbb9 (p 0.01)"."""
+        if not self.rivals:
+            return self.verdict
+        close = [r for r in self.rivals if not r.significant]
+        ahead = [r for r in self.rivals if r.significant]
+        parts = [f"{what} {', '.join(f'{r.trial_id} (p {r.p:.2g})' for r in these)}"
+                 for what, these in (("within noise of", close),
+                                     ("confirmed: ahead of" if not close else "ahead of", ahead))
+                 if these]
+        return "; ".join(parts)
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -182,33 +196,42 @@ def seed_check(client: Any, parent: Any, run: Any, seeds: int, workdir: Path,
 
 
 def _train(client: Any, parent: Any, run: Any, config: Any, seed: int) -> None:
-    """Train the trial's config with `seed` as a confirmation run under the study's parent."""
+    """Train the trial's config with `seed` as a confirmation run nested under the trial: its
+    params but the seed, and its metrics (best_val_loss too), so that MLflow's runs table ranks
+    it among the trials."""
     import dataclasses
 
     from model.train import device_label, resolve_device
     from tuner.search.record.provenance import git_commit
     from tuner.search.winners.retrain import train_logged
+    from tuner.store.write import log_params_tags
 
     config = dataclasses.replace(config, seed=seed)
     tags = run.data.tags
+    trial = tags.get(TRIAL_TAG, "")
     name = f"{run.info.run_name}-seed{seed}"
     run_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
-        "mlflow.parentRunId": parent.info.run_id, ROLE_TAG: CONFIRMATION,
-        CONFIRMS_TAG: tags.get(TRIAL_TAG, ""), CONFIRMS_RUN_TAG: run.info.run_id,
+        "mlflow.parentRunId": run.info.run_id, ROLE_TAG: CONFIRMATION,
+        CONFIRMS_TAG: trial, CONFIRMS_RUN_TAG: run.info.run_id,
         STUDY_TAG: tags.get(STUDY_TAG, ""), "tuner.seed": str(seed),
         "tuner.dataset_sha256": tags.get("tuner.dataset_sha256", ""),
         "tuner.git_commit": git_commit(),
         "tuner.device": device_label(resolve_device(config.device))}).info.run_id
+    params = {**run.data.params, **({"seed": seed} if "seed" in run.data.params else {})}
+    log_params_tags(client, run_id, params, {NOTE_TAG: (
+        f"Seed check of trial {trial} (run {run.info.run_id}): its config trained again with "
+        f"seed {seed}.")})
     client.log_dict(run_id, config.to_dict(), "trial_config.json")
     threads = int(tags["tuner.threads"]) if "tuner.threads" in tags else None
-    train_logged(client, run_id, config, threads=threads)
+    train_logged(client, run_id, config, threads=threads, log_best=True)
     client.set_terminated(run_id, "FINISHED")
 
 
 def confirmations(client: Any, parent: Any) -> list[Any]:
-    """The finished confirmation runs under a study's parent."""
-    return [r for r in runs.child_runs(client, parent.info.experiment_id, parent.info.run_id)
-            if r.data.tags.get(ROLE_TAG) == CONFIRMATION and r.info.status == "FINISHED"]
+    """The finished confirmation runs of a study: nested under their trials (under the study's
+    parent, as recorded before)."""
+    return [r for r in runs.study_runs(client, parent, CONFIRMATION)
+            if r.info.status == "FINISHED"]
 
 
 def seeded(client: Any, parent: Any, trials: list[Any]) -> list[Seeded]:
