@@ -116,7 +116,7 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     import matplotlib.image
 
     pngs = (report.LOSS_PNG, report.LR_PNG, report.IMPORTANCE_PNG, report.PARALLEL_PNG,
-            report.NOISE_PNG)
+            plots.NOISE_PNG)
     for name in pngs:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert matplotlib.image.imread(out / name).shape[2] in (3, 4)
@@ -125,7 +125,7 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     assert not re.search(r'(src|href)="(?!data:)', page)
     summary = (out / report.SUMMARY_MD).read_text()
     assert recorded.best_run_id in summary and "α_max" in summary
-    assert "Gradient noise scale: B_simple at its end " in summary and report.NOISE_PNG in summary
+    assert "Gradient noise scale: B_simple at its end " in summary and plots.NOISE_PNG in summary
     assert "B_simple at its end</th>" in page
     logged = {Path(f.path).name for f in MlflowClient(tracking_uri=recorded.uri).list_artifacts(
         recorded.parent_id, "report")}

@@ -80,8 +80,8 @@ def test_measuring_leaves_training_bit_for_bit_as_it_was(byte_dataset: Path, tmp
     draws: losses, the final parameters and the optimizer's state are equal with it on or off."""
     torch.set_num_threads(1)
     config = tiny_config(byte_dataset, dropout=0.1, total_iters=30)
-    off = train(replace(config, noise_scale_interval=None), checkpoint_dir=tmp_path / "off")
-    on = train(replace(config, noise_scale_interval=1), checkpoint_dir=tmp_path / "on")
+    off = train(replace(config, noise_interval=None), checkpoint_dir=tmp_path / "off")
+    on = train(replace(config, noise_interval=1), checkpoint_dir=tmp_path / "on")
     assert [(r.train_loss, r.val_loss, r.grad_norm) for r in on.records] == [
         (r.train_loss, r.val_loss, r.grad_norm) for r in off.records]
     trained = [read_checkpoint(tmp_path / name) for name in ("off", "on")]
@@ -96,13 +96,13 @@ def test_measuring_leaves_training_bit_for_bit_as_it_was(byte_dataset: Path, tmp
 
 
 def test_by_default_the_last_evaluation_and_one_past_each_interval_measure(byte_dataset: Path):
-    config = tiny_config(byte_dataset, total_iters=45, eval_interval=10, noise_scale_interval=20)
+    config = tiny_config(byte_dataset, total_iters=45, eval_interval=10, noise_interval=20)
     assert [r.step for r in train(config).records if r.noise_scale is not None] == [20, 40, 45]
-    assert tiny_config(byte_dataset).noise_scale_interval == 100
+    assert tiny_config(byte_dataset).noise_interval == 100
 
 
 def test_a_resumed_run_measures_as_the_uninterrupted_one(byte_dataset: Path, tmp_path: Path):
-    config = tiny_config(byte_dataset, dropout=0.1, noise_scale_interval=1)
+    config = tiny_config(byte_dataset, dropout=0.1, noise_interval=1)
     full = train(config)
     train(config, on_eval=lambda r: r.step >= 20, checkpoint_dir=tmp_path)
     resumed = train(config, resume_from=tmp_path)

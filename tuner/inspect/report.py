@@ -16,14 +16,7 @@ from tuner.errors import UserError
 from tuner.inspect import plots
 from tuner.inspect.findings import NO_BEST, Findings
 from tuner.inspect.importance import Curve, importance, values_at_equal_tokens
-from tuner.inspect.plots import (
-    IMPORTANCE_PNG,
-    LOSS_PNG,
-    LR_PNG,
-    NOISE_PNG,
-    PARALLEL_PNG,
-    TRANSFER_PNG,
-)
+from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
 from tuner.search import history
 from tuner.space.params import shown_value, symbol
 from tuner.store import runs
@@ -127,7 +120,7 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
     noise = noise_text(row)
     lines += [f"## Best trial: {row.trial_id}", "",
               f"{found.winner()} MLflow run `{row.run_id}`.", "",
-              *([f"Gradient noise scale: {noise} ({NOISE_PNG}).", ""] if noise else []),
+              *([f"Gradient noise scale: {noise} ({plots.NOISE_PNG}).", ""] if noise else []),
               *(["| parameter | value |", "|---|---|",
                  *[f"| {_cell(symbol(n))} | {shown_value(n, v)} |"
                    for n, v in row.params.items()]]
@@ -239,7 +232,7 @@ def figures(client: Any, found: Findings, parallel: list[tuple[str, Any]],
     leaders = [r for r in found.rows if r.usable][:plots.LEADERS]
     noise = [(r, runs.metric_points(client, r.run_id, "noise_scale")) for r in leaders]
     if any(points for _, points in noise):
-        made[NOISE_PNG] = plots.noise_figure(noise)
+        made[plots.NOISE_PNG] = plots.noise_figure(noise)
     return made
 
 

@@ -8,15 +8,9 @@ import html
 import math
 from pathlib import Path
 
+from tuner.inspect import plots
 from tuner.inspect.findings import NO_BEST, Findings
-from tuner.inspect.plots import (
-    IMPORTANCE_PNG,
-    LOSS_PNG,
-    LR_PNG,
-    NOISE_PNG,
-    PARALLEL_PNG,
-    TRANSFER_PNG,
-)
+from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
 from tuner.space.params import shown_value, symbol
 from tuner.store.rows import TrialRow, noise_text, shown_noise
 
@@ -144,9 +138,10 @@ def _captions(found: Findings) -> dict[str, str]:
                        if found.transfer else ""),
         LR_PNG: "The best trial's learning rate at every step; dots: the α it logged at each "
                 "evaluation.",
-        NOISE_PNG: "The best trials' gradient noise scale B_simple = tr(Σ)/|G|² (in sequences) "
-                   "at the evaluations that measured it, and each one's B (dotted): a B well "
-                   "below B_simple takes more steps than it needs, one well above it more tokens.",
+        plots.NOISE_PNG: "The best trials' gradient noise scale B_simple = tr(Σ)/|G|² (in "
+                         "sequences) at the evaluations that measured it, and each one's B "
+                         "(dotted): a B well below B_simple takes more steps than it needs, one "
+                         "well above it more tokens.",
     }
 
 
@@ -179,5 +174,6 @@ def study_html(found: Findings, images: list[Path]) -> str:
         "sort by it.</p>", trials_table(found),
         "<h2>Values</h2>", figure(PARALLEL_PNG), figure(IMPORTANCE_PNG), importance,
         figure(LR_PNG) and f"<h2>Learning rate</h2>{figure(LR_PNG)}",
-        figure(NOISE_PNG) and f"<h2>Batch size and gradient noise</h2>{figure(NOISE_PNG)}",
+        figure(plots.NOISE_PNG)
+        and f"<h2>Batch size and gradient noise</h2>{figure(plots.NOISE_PNG)}",
         f"<script>{SCRIPT}</script></body></html>", ""])

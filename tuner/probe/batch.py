@@ -59,7 +59,7 @@ def noise_config(config: TrainConfig, lr: float, steps: int) -> TrainConfig:
     return dataclasses.replace(
         config, lr_max=lr, lr_min=None, schedule="constant", warmup_iters=int(WARMUP * steps),
         total_iters=steps, total_tokens=None, eval_interval=max(1, steps // MEASUREMENTS),
-        eval_tokens=None, noise_scale_interval=1, sample_tokens=0, forks=0)
+        eval_tokens=None, noise_interval=1, sample_tokens=0, forks=0)
 
 
 def measure(config: TrainConfig, lr: float, steps: int) -> tuple[list[tuple[int, float]], int,
