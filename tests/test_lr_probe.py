@@ -135,6 +135,26 @@ def test_probe_records_the_run_and_writes_the_range_keeping_the_file(
     assert run.info.status == "FINISHED"
 
 
+def test_probe_writes_alpha_alone_where_b_choices_would_not_validate(
+        tmp_path, byte_dataset, mlflow_store_template):
+    """Searching B needs budget.eval_tokens under ASHA: a study that fixes B and evaluates every
+    k steps gets α_max's range, and says why not B's choices."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = study_file(tmp_path, byte_dataset, uri)
+    space.write_text(space.read_text(encoding="utf-8").replace(
+        "B: {choice: [4, 8]}", "B: 4").replace("eval_tokens: 1280", "eval_interval: 10"),
+        encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
+                      "--noise-steps", "10", "--start", "1e-5", "--end", "100",
+                      "--out", str(tmp_path / "report"))
+    assert code == 0, out
+    assert "B's suggested choices were not written, α_max's range alone: " in out
+    assert "eval_tokens" in out and "left as it was" not in out
+    study = load_study(space)
+    assert isinstance(study.searched()["lr_max"], LogUniform)
+    assert "batch_size" not in study.searched() and "\n  B: 4   " in space.read_text()
+
+
 @pytest.mark.parametrize("sweep, problem", [
     (("--start", "1e-9", "--end", "1e-8"), "never decreased"),
     (("--start", "50", "--end", "1e4"), "diverged at once"),

@@ -75,8 +75,12 @@ def probe(
                   f"{found.lowest:.2g})", markup=False)
     if result.batch is not None:
         _print_batch_advice(console, result)
+    if result.batch_unwritten:
+        console.print(f"B's suggested choices were not written, α_max's range alone: "
+                      f"{result.batch_unwritten}", markup=False)
     if result.written is not None:
-        console.print(f"set {'them' if result.batch and result.batch.suggested else 'it'} in "
+        both = result.batch and result.batch.suggested and not result.batch_unwritten
+        console.print(f"set {'them' if both else 'it'} in "
                       f"{result.written}: " + as_started(
                           f"tuner search --space {shlex.quote(str(result.written))}"),
                       markup=False)

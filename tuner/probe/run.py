@@ -41,6 +41,7 @@ class ProbeResult:
     hi: float | None = None
     written: Path | None = None  # the study file, when --write set the range in it
     batch: BatchAdvice | None = None  # the batch advice, where a range was found and it ran
+    batch_unwritten: str = ""  # why --write set α's range but not B's suggested choices
 
 
 def rounded(value: float, up: bool) -> float:
@@ -118,7 +119,13 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     if write and result.lo is not None:
         edited = set_hparam(space, text, "lr_max", range_yaml(result.lo, result.hi))
         if batch is not None and batch.suggested:
-            edited = set_hparam(space, edited, "batch_size", choice_yaml(batch.suggested))
+            try:  # B's choices may not fit the rest of the study: then α's range alone
+                write_checked(space, set_hparam(space, edited, "batch_size",
+                                                choice_yaml(batch.suggested)), study)
+                result.written = space
+                return result
+            except UserError as err:  # the file is written next: not "left as it was"
+                result.batch_unwritten = str(err).removesuffix("; it was left as it was")
         write_checked(space, edited, study)
         result.written = space
     return result

@@ -57,13 +57,17 @@ def largest_batch(study: Any, cpus: float) -> tuple[int | None, str]:
     """The largest power-of-two B whose step fits a trial's memory here, its peak taken as
     PEAK_OVER_FLOOR times `model.memory`'s floor and the study's other sizes at their smallest
     (None: not even B = 1); and where that memory comes from."""
+    import dataclasses
+
     have, where = memory_per_trial(study, cpus)
     smallest = {name: min(_values(dist)) for name, dist in _sizes(study).items()}
+    try:
+        config = study.trial_config(smallest, ".")  # B varies below, searched or not
+    except UserError:
+        return None, where
     largest, batch = None, 1
-    while batch <= LARGEST_BATCH:
-        need = _floor(study, {**smallest, "batch_size": batch})
-        if need is None or PEAK_OVER_FLOOR * need > have:
-            break
+    while batch <= LARGEST_BATCH and PEAK_OVER_FLOOR * _step_floor(
+            study, dataclasses.replace(config, batch_size=batch)) <= have:
         largest, batch = batch, 2 * batch
     return largest, where
 
@@ -103,11 +107,16 @@ def _values(dist: Distribution) -> list[Any]:
 def _floor(study: Any, sizes: dict[str, Any]) -> int | None:
     """`model.memory`'s floor for the study with `sizes` applied; None where that combination is
     not a valid trial (its own check says why, when it is sampled)."""
-    from model.memory import step_memory_floor
-
     try:
         config = study.trial_config(sizes, ".")
     except UserError:
         return None
+    return _step_floor(study, config)
+
+
+def _step_floor(study: Any, config: Any) -> int:
+    """`model.memory`'s floor of `config`'s step, on the study's device."""
+    from model.memory import step_memory_floor
+
     return step_memory_floor(config, cuda=study.resources.gpus_per_trial > 0
                              and study.resources.device != "cpu")
