@@ -332,6 +332,11 @@ class TrainConfig:
                                      high=BUDGET_MAX, high_open=False, optional=True)
     eval_windows: int = hparam(64, "n_eval", "fixed validation windows scored at each evaluation",
                                group="training", low=1, high=2**20, high_open=False)
+    noise_interval: int | None = hparam(
+        100, "k_noise", "steps between measurements of the gradient noise scale B_simple: the "
+        "first evaluation at or past each multiple measures it, and the last (one costs one or "
+        "two steps); off: none", group="training", kind=int, low=1, high=BUDGET_MAX,
+        high_open=False, optional=True, off=True)
     forks: int = hparam(0, "K_fork", "WSD cooldown forks: the runs of ⌊k·T_total/(K_fork+1)⌋ "
                         "steps, k = 1…K_fork, each trained from the main run's state at its "
                         "decay's start and scored at its end", group="training", low=0,
@@ -405,6 +410,14 @@ class TrainConfig:
             return step % self.eval_interval == 0
         per_step = self.tokens_per_step
         return step * per_step // self.eval_tokens > (step - 1) * per_step // self.eval_tokens
+
+    def measures_noise_after(self, step: int, evaluated_before: int) -> bool:
+        """Whether the evaluation after step `step` measures the gradient noise scale: the last,
+        and the first at or past each multiple of noise_interval (the one before came after
+        step `evaluated_before`)."""
+        every = self.noise_interval
+        return every is not None and (step == self.steps
+                                      or step // every > evaluated_before // every)
 
     @property
     def decay_start(self) -> int:
@@ -547,7 +560,8 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 STUDY_BUDGET_KEYS = {"tokens": "total_tokens", "total_iters": "total_iters",
                      "eval_interval": "eval_interval", "eval_tokens": "eval_tokens",
-                     "eval_windows": "eval_windows", "seed": "seed", "forks": "forks"}
+                     "eval_windows": "eval_windows", "seed": "seed", "forks": "forks",
+                     "noise_interval": "noise_interval"}
 """A study file's `budget` keys and the trainer fields they set."""
 STUDY_RESOURCE_KEYS = ("device", "deterministic", "peak_flops", "compile")
 """A study file's `resources` keys that are trainer fields of the same name (the rest are Ray's)."""

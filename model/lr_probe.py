@@ -13,6 +13,7 @@ from model.config import ConfigError, TrainConfig
 # The sweep: 6 decades, 28 steps a decade. Below 1e-5 no optimizer here moves the weights
 # measurably in a sweep's steps: starting lower costs tokens and changes no range.
 START_LR, END_LR, STEPS = 1e-5, 10.0, 170
+NOISE_STEPS = 200  # `tuner probe`'s run at the suggested α that measures B_simple, after the sweep
 SMOOTHING = 0.9  # the loss's EMA: a time constant of 10 steps, a third of a decade of α
 STOP_FACTOR = 4.0  # diverged: the smoothed loss above 4× its minimum (Lightning's rule)
 MIN_FALL = 0.05  # a curve whose smoothed loss never falls 5% below its start never decreased

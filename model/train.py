@@ -24,6 +24,7 @@ from model.data import get_batch, validation_windows
 from model.layers import TransformerLM
 from model.loss import cross_entropy
 from model.metrics import perplexity
+from model.noise_scale import GradientNorms, NoiseScale, gradient_norms
 from model.optim import build_optimizer, clip_grad_norm
 from model.schedules import LRSchedule, set_lr
 from model.shell import as_started, stops_as_ctrl_c
@@ -53,12 +54,15 @@ class EvalRecord:
     mfu: float
     elapsed_s: float
     checkpoint_s: float = 0.0  # this call's training-thread seconds on checkpoints so far
+    noise_scale: float | None = None  # B_simple in sequences, where this evaluation measured it
+    noise_scale_tokens: float | None = None  # B_simple in tokens: its sequences × context
     sample: str | None = None
     checkpointed: bool = field(default=False, compare=False)  # its step's checkpoint is on disk
 
     def as_metrics(self) -> dict[str, float]:
-        """The numeric fields, for trackers."""
-        return {k: v for k, v in asdict(self).items() if k not in ("sample", "checkpointed")}
+        """The numeric fields, for trackers (the noise scale only where measured)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("sample", "checkpointed") and v is not None}
 
 
 @dataclass
@@ -311,6 +315,23 @@ def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
     return grad_norm
 
 
+def next_batch_noise(model: torch.nn.Module, dataset: Dataset, config: TrainConfig,
+                     device: torch.device, batch_gen: torch.Generator,
+                     autocast: Callable[[], contextlib.AbstractContextManager]
+                     ) -> GradientNorms | None:
+    """The gradient norms of the next training batch, drawn from a copy of `batch_gen` (the run
+    still draws it next), measured with the eager `model` (a compiled one would compile the
+    micro-batches' shape) as it trains (dropout too)."""
+    ahead = torch.Generator().set_state(batch_gen.get_state())
+    x, y = get_batch(dataset.train, config.batch_size, config.model.context_length, device, ahead)
+
+    def loss_of(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return cross_entropy(model(xs), ys, config.label_smoothing)
+
+    return gradient_norms(model, loss_of, x, y)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, windows: tuple[torch.Tensor, torch.Tensor], batch_size: int,
              autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
@@ -359,7 +380,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
     sample_gen = torch.Generator().manual_seed(config.seed + 2)
     result = TrainResult(status="completed", num_params=model.num_params(),
                          epochs=config.epochs(len(dataset.train)))
-    step = 0
+    step, noise = 0, NoiseScale()
     if resume_state is not None:
         missing = [key for key in RESUME_KEYS if key not in resume_state]
         if missing:
@@ -394,6 +415,7 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             _set_rng_state(resume_state["rng"], batch_gen, sample_gen, device)
             result.records = [EvalRecord(**r) for r in resume_state["records"]]
             result.forks = [ForkRecord(**f) for f in resume_state.get("forks", [])]
+            noise = NoiseScale(**resume_state.get("noise_scale", {}))  # none: written before it
             step = int(resume_state["iteration"])
         except torch.OutOfMemoryError:
             raise
@@ -435,7 +457,8 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
             rng=_rng_state(batch_gen, sample_gen, device),
             records=[asdict(r) for r in result.records], tokens=step * per_step,
             config=config.to_dict(), dataset=dataset_identity(dataset.meta),
-            losses=(losses.total, losses.count), forks=[asdict(f) for f in result.forks])
+            losses=(losses.total, losses.count), forks=[asdict(f) for f in result.forks],
+            noise_scale=noise.state_dict())
 
     def fork(start: int, steps: int) -> ForkRecord:
         """Train the fork that branches off here to its end and score it; then put the model,
@@ -523,6 +546,12 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                         else evaluate(runner, windows, config.batch_size, autocast))
             tokens = step * per_step
             previous = result.records[-1].tokens if result.records else 0
+            measured = None
+            if not diverged and config.measures_noise_after(step, previous // per_step):
+                norms = next_batch_noise(model, dataset, config, device, batch_gen, autocast)
+                if norms is not None:
+                    noise.add(norms)
+                    measured = noise.sequences
             may_end_here = (sample_at is None or step == total_steps
                             or any(previous < mark <= tokens for mark in sample_at))
             sample = None
@@ -540,8 +569,11 @@ def train(config: TrainConfig, on_eval: Callable[[EvalRecord], bool | None] | No
                 tokens_per_s=tokens_per_s,
                 mfu=flops * tokens_per_s / peak if peak else math.nan,
                 elapsed_s=elapsed_before + time.perf_counter() - run_start,
-                checkpoint_s=writer.blocked_s if writer is not None else 0.0, sample=sample,
-                checkpointed=checkpointed)
+                checkpoint_s=writer.blocked_s if writer is not None else 0.0,
+                noise_scale=measured,
+                noise_scale_tokens=None if measured is None
+                else measured * config.model.context_length,
+                sample=sample, checkpointed=checkpointed)
             result.records.append(record)
             losses = LossTally(losses.limit)
             if not diverged:

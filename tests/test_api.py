@@ -71,6 +71,9 @@ def test_trials_is_the_study_pages_table(recorded):
     assert list(frame["val_loss"]) == sorted(frame["val_loss"])
     assert (frame["reached_at"] <= frame["tokens"]).all() and (frame["reached_at"] > 0).all()
     assert frame["lr_max"].dtype.kind == "f" and frame["batch_size"].dtype.kind == "i"
+    # B_simple at the end: measured at a completed trial's last evaluation, never by one stopped
+    ended = frame.set_index("status")["noise_scale"]
+    assert (ended["completed"] > 0).all() and ended["stopped"].isna().all()
 
 
 def test_best_is_a_trial_with_its_config(recorded):

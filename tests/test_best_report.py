@@ -26,7 +26,7 @@ from tuner.search.searchers import history
 from tuner.search.searchers.algorithms import seed_study
 from tuner.space import build_study, load_study
 from tuner.store import runs
-from tuner.store.rows import TrialRow
+from tuner.store.rows import TrialRow, shown_noise
 
 pytest_plugins = ["inspect_study"]  # the `recorded` study fixture
 
@@ -38,11 +38,17 @@ def test_best_lists_top_trials_by_symbol(recorded):
                       recorded.uri)
     assert code == 0, out
     header = next(line for line in out.splitlines() if "val_loss" in line)
-    for column in ("α_max", "B", "T_warmup/T_total", "perplexity", "tokens", "status", "run id"):
+    for column in ("α_max", "B", "T_warmup/T_total", "B_simple", "perplexity", "tokens", "status",
+                   "run id"):
         assert column in header
     rows = [line for line in out.splitlines() if re.search(r"[0-9a-f]{32}", line)]
     assert len(rows) == 3
     assert recorded.best_run_id in rows[0] and "completed" in rows[0]
+    best = MlflowClient(tracking_uri=recorded.uri).get_run(recorded.best_run_id)
+    noise = best.data.metrics["noise_scale"]  # at its last evaluation, on the token axis
+    assert re.search(rf"best trial trial\d+: B_simple at its end {shown_noise(noise)} sequences "
+                     rf"\(.+ tokens\), its B {best.data.params['batch_size']}: (below|near|above) "
+                     "B_simple", out), out
 
 
 def test_best_keeps_every_value_whole_in_80_columns(recorded):
@@ -109,7 +115,8 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     assert code == 0, text
     import matplotlib.image
 
-    pngs = (report.LOSS_PNG, report.LR_PNG, report.IMPORTANCE_PNG, report.PARALLEL_PNG)
+    pngs = (report.LOSS_PNG, report.LR_PNG, report.IMPORTANCE_PNG, report.PARALLEL_PNG,
+            plots.NOISE_PNG)
     for name in pngs:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert matplotlib.image.imread(out / name).shape[2] in (3, 4)
@@ -118,6 +125,8 @@ def test_report_writes_valid_plots_and_logs_them(recorded, tmp_path):
     assert not re.search(r'(src|href)="(?!data:)', page)
     summary = (out / report.SUMMARY_MD).read_text()
     assert recorded.best_run_id in summary and "α_max" in summary
+    assert "Gradient noise scale: B_simple at its end " in summary and plots.NOISE_PNG in summary
+    assert "B_simple at its end</th>" in page
     logged = {Path(f.path).name for f in MlflowClient(tracking_uri=recorded.uri).list_artifacts(
         recorded.parent_id, "report")}
     assert logged == {p.name for p in out.iterdir()}
@@ -225,6 +234,25 @@ def test_report_figures_have_one_series_per_trial(recorded):
     assert labels[1].startswith(f"#2 {rows[1].trial_id} {rows[1].val_loss:.4f} (+{gap:.4f})")
     low, high = zoom.get_ylim()  # the leaders' ends apart: not the whole range of the left
     assert low < rows[0].val_loss and high < 1.3 * rows[0].val_loss
+
+
+def test_the_noise_figure_draws_each_leaders_measurements_beside_its_b(recorded):
+    from tuner.inspect import best
+
+    client = MlflowClient(tracking_uri=recorded.uri)
+    trial_runs = runs.ranked(runs.trial_runs(client, client.get_run(recorded.parent_id)))
+    series = [(row, runs.metric_points(client, row.run_id, "noise_scale"))
+              for row in (best.trial_row(client, run) for run in trial_runs)]
+    ax = plots.noise_figure(series).axes[0]
+    drawn = {line.get_gid(): line for line in ax.lines
+             if (line.get_gid() or "").startswith("noise:")}
+    measured = {row.trial_id: points for row, points in series if points}
+    assert sorted(measured) == ["trial00000", "trial00002"]  # the completed ones, at their end
+    assert {gid: list(line.get_xdata()) for gid, line in drawn.items()} == {
+        f"noise:{trial}": [tokens for tokens, _ in points] for trial, points in measured.items()}
+    dotted = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+    assert sorted(dotted) == sorted(row.batch_size for row, _ in series)
+    assert ax.get_yscale() == "log"
 
 
 def test_importance_compares_trials_where_all_trained_alike(recorded, tmp_path):

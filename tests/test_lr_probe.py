@@ -4,6 +4,7 @@ a real sqlite MLflow store, the study file edited in place."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -83,22 +84,33 @@ def test_a_curve_without_a_range_says_why(losses, diverged, problem):
 
 def test_probe_records_the_run_and_writes_the_range_keeping_the_file(
         tmp_path, byte_dataset, mlflow_store_template):
+    """The α range, then the batch advice of a run at its middle: both printed, recorded in the
+    probe's run and written in place of α_max's and B's values, the rest of the file kept."""
     from mlflow import MlflowClient
 
     uri = fresh_store(tmp_path / "store", mlflow_store_template)
     space = study_file(tmp_path, byte_dataset, uri)
     before = space.read_text(encoding="utf-8")
     code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
-                      "--start", "1e-5", "--end", "100", "--out", str(tmp_path / "report"))
+                      "--noise-steps", "40", "--start", "1e-5", "--end", "100",
+                      "--out", str(tmp_path / "report"))
     assert code == 0, out
     assert (tmp_path / "report" / "probe.png").stat().st_size > 10_000
     after = space.read_text(encoding="utf-8")
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
-    assert len(before.splitlines()) == len(after.splitlines()) and len(changed) == 1
-    assert changed[0][1].startswith("  α_max: {loguniform: [")
-    assert changed[0][1].endswith("]}   # the range to probe")
+    assert len(before.splitlines()) == len(after.splitlines()) and len(changed) == 2
+    assert changed[0][1].startswith("  B: {choice: [")
+    assert changed[0][1].endswith("]}          # the probe takes the smallest")
+    assert changed[1][1].startswith("  α_max: {loguniform: [")
+    assert changed[1][1].endswith("]}   # the range to probe")
     written = load_study(space).searched()["lr_max"]
     assert isinstance(written, LogUniform) and f"[{written.lo:.2g}, {written.hi:.2g}]" in out
+    batches = load_study(space).searched()["batch_size"].options()
+    assert f"suggested B: {{choice: [{', '.join(map(str, batches))}]}}" in out
+    assert re.search(r"batch advice: a run of 5,120 tokens \(.+ of the study's\) at α \S+ and "
+                     r"B 4; its gradient noise scale B_simple \(sequences\) along it: "
+                     r"\S+( → \S+){9} ", out), out
+    assert "the study's" in out and "suggested" in out  # the table marks both
 
     client = MlflowClient(tracking_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
@@ -108,12 +120,39 @@ def test_probe_records_the_run_and_writes_the_range_keeping_the_file(
     assert (float(run.data.params["lr_max_lo"]), float(run.data.params["lr_max_hi"])) == (
         written.lo, written.hi)
     assert run.data.params["batch_size"] == "4"
+    assert run.data.params["batch_suggested"] == ",".join(map(str, batches))
+    assert int(run.data.params["batch_largest_fit"]) >= max(batches)  # what fits bounds them
+    assert run.data.params["noise_tokens"] == "5120" and run.data.params["noise_steps"] == "40"
+    noise = client.get_metric_history(run.info.run_id, "noise_scale")
+    assert [m.step for m in noise] == list(range(4, 41, 4))  # the short run's steps
+    assert float(run.data.params["noise_scale"]) == noise[-1].value
+    assert "**B: {choice: [" in run.data.tags["mlflow.note.content"]
     steps = int(run.data.params["steps_run"])
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == steps
     assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == list(range(steps))
     assert {f.path for f in client.list_artifacts(run.info.run_id)} == {
         "probe.png", "probe_config.json"}
     assert run.info.status == "FINISHED"
+
+
+def test_probe_writes_alpha_alone_where_b_choices_would_not_validate(
+        tmp_path, byte_dataset, mlflow_store_template):
+    """Searching B needs budget.eval_tokens under ASHA: a study that fixes B and evaluates every
+    k steps gets α_max's range, and says why not B's choices."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = study_file(tmp_path, byte_dataset, uri)
+    space.write_text(space.read_text(encoding="utf-8").replace(
+        "B: {choice: [4, 8]}", "B: 4").replace("eval_tokens: 1280", "eval_interval: 10"),
+        encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
+                      "--noise-steps", "10", "--start", "1e-5", "--end", "100",
+                      "--out", str(tmp_path / "report"))
+    assert code == 0, out
+    assert "B's suggested choices were not written, α_max's range alone: " in out
+    assert "eval_tokens" in out and "left as it was" not in out
+    study = load_study(space)
+    assert isinstance(study.searched()["lr_max"], LogUniform)
+    assert "batch_size" not in study.searched() and "\n  B: 4   " in space.read_text()
 
 
 @pytest.mark.parametrize("sweep, problem", [

@@ -177,6 +177,11 @@ def test_metrics_samples_and_checkpoints(faults_study: dict[str, Any]) -> None:
         assert [m.step for m in history] == [5120 * k for k in range(1, 9)]  # step = tokens
         for key in ("train_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 8, key
+        # B_simple: measured at the last evaluation (80 steps, below the default interval of 100)
+        noise = client.get_metric_history(run.info.run_id, "noise_scale")
+        in_tokens = client.get_metric_history(run.info.run_id, "noise_scale_tokens")
+        assert [m.step for m in noise] == [m.step for m in in_tokens] == [40960]
+        assert 0 < noise[0].value and in_tokens[0].value == pytest.approx(32 * noise[0].value)
         sample = Path(client.download_artifacts(run.info.run_id, "sample.txt")).read_text()
         assert sample.startswith('# sample at 40,960 tokens (step 80)\n'
                                  '# prompt: "Once upon a time"\nOnce upon a time')

@@ -690,7 +690,8 @@ def test_a_compiled_run_takes_the_graphs_an_earlier_run_of_its_shape_compiled(
     """A Ray actor runs trial after trial: one that differs in hyperparameters of the optimizer,
     the schedule or the loss alone compiles nothing and trains as the first; another batch size
     or p_drop compiles graphs of its own; a new shape past the graphs a process keeps resets
-    torch's compiler, so that no run goes eager past its recompile limit."""
+    torch's compiler, so that no run goes eager past its recompile limit. Its last evaluation
+    measures the gradient noise scale, with the eager module."""
     from torch._dynamo.utils import counters
 
     import model.compiled
@@ -699,6 +700,7 @@ def test_a_compiled_run_takes_the_graphs_an_earlier_run_of_its_shape_compiled(
         counters.clear()
         records = train(config).records
         assert all(math.isfinite(r.val_loss) for r in records)
+        assert 0 < records[-1].noise_scale < math.inf
         return counters["stats"]["unique_graphs"], losses(records)
 
     monkeypatch.setattr(model.compiled, "_kept", set())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.lr_probe import END_LR, START_LR, STEPS  # no torch: it comes with a sweep
+from model.lr_probe import END_LR, NOISE_STEPS, START_LR, STEPS  # no torch: it comes with a sweep
 from model.metrics import perplexity
 from tuner.errors import UserError
 from tuner.store.uri import DEFAULT_URI
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from tuner.search.winners.seed_check import Confirmation
     from tuner.space import Study
 
-COLUMNS = ("trial_id", "run_id", "status", "val_loss", "perplexity", "reached_at", "tokens")
+COLUMNS = ("trial_id", "run_id", "status", "val_loss", "perplexity", "reached_at", "tokens",
+           "noise_scale")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class Trial:
     names), its best val_loss, the tokens it trained and those at which it reached its best;
     `config` the trainer config it ran (None where not read, and for a PBT trial: its values
     changed as it ran); `seed_check` its seed check where the study has one; `usable` whether it
-    can be the best (a finite val_loss, neither diverged nor failed)."""
+    can be the best (a finite val_loss, neither diverged nor failed); `noise_scale` its gradient
+    noise scale B_simple in sequences at its last measurement (None: never measured)."""
 
     study: str
     trial_id: str
@@ -70,6 +72,7 @@ class Trial:
     tracking_uri: str = field(default="", repr=False)  # may hold a password
     seed_check: SeedCheck | None = None
     usable: bool = True
+    noise_scale: float | None = None
 
     @property
     def perplexity(self) -> float:
@@ -153,7 +156,8 @@ def _result(ended: Ended) -> SearchResult:
 def trials(name: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """Every trial of study `name`, best first, one row each (index: rank from 1): trial_id,
     run_id, status, val_loss (its best), perplexity, reached_at (the tokens at which it reached
-    that best), tokens (trained), then each searched value, as study.html's table."""
+    that best), tokens (trained), noise_scale (B_simple at its end, in sequences; NaN where never
+    measured), then each searched value, as study.html's table."""
     client = _client(tracking_uri)
     return _frame(_trials(client, name))
 
@@ -219,15 +223,18 @@ def _in_words(checks: Mapping[str, SeedCheck]) -> dict[str, str]:
 
 
 def probe(space: str | Path, *, start: float = START_LR, end: float = END_LR,
-          steps: int = STEPS, write: bool = False, out: str | Path | None = None,
-          tracking_uri: str | None = None) -> ProbeResult:
-    """The α range test of the study file `space`, as `tuner probe`: recorded as an MLflow run,
-    its figure in `out` (default: reports/probe/NAME); with `write`, α_max's suggested range set
-    in the file. `.lo`, `.hi`: the range (None, and `.found.problem`, when the curve gives none)."""
+          steps: int = STEPS, noise_steps: int = NOISE_STEPS, write: bool = False,
+          out: str | Path | None = None, tracking_uri: str | None = None) -> ProbeResult:
+    """The α range test of the study file `space` and its batch advice, as `tuner probe`:
+    recorded as an MLflow run, its figure in `out` (default: reports/probe/NAME); with `write`,
+    α_max's suggested range and B's suggested choices set in the file. `.lo`, `.hi`: the range
+    (None, and `.found.problem`, when the curve gives none); `.batch`: the batch advice (None
+    without a range, or with `noise_steps` 0), `.batch.suggested` its B's."""
     from tuner.probe import run
 
-    return run.probe(Path(space), start=start, end=end, steps=steps, write=write,
-                     out=None if out is None else Path(out), tracking_uri=tracking_uri)
+    return run.probe(Path(space), start=start, end=end, steps=steps, noise_steps=noise_steps,
+                     write=write, out=None if out is None else Path(out),
+                     tracking_uri=tracking_uri)
 
 
 def replay(trial: Trial | str | None = None, *, study: str | None = None,
@@ -373,7 +380,7 @@ def _trial(client: Any, name: str, run: Any, config: bool = False,
     return Trial(name, row.trial_id, row.run_id, row.status,
                  {n: _value(v) for n, v in row.params.items()}, row.val_loss, row.tokens,
                  row.reached_at, trained, client.tracking_uri,
-                 (checks or {}).get(row.run_id), row.usable)
+                 (checks or {}).get(row.run_id), row.usable, row.noise_scale)
 
 
 def _value(text: str) -> Any:
@@ -387,12 +394,14 @@ def _value(text: str) -> Any:
 
 
 def _frame(found: list[Trial]) -> pd.DataFrame:
-    """The trials as a table, best first: COLUMNS, then each searched value."""
+    """The trials as a table, best first: COLUMNS (noise_scale NaN where never measured), then
+    each searched value."""
     import pandas as pd
 
     names = list(dict.fromkeys(n for t in found for n in t.params))
     frame = pd.DataFrame([[t.trial_id, t.run_id, t.status, t.val_loss, t.perplexity, t.reached_at,
-                           t.tokens, *(t.params.get(n) for n in names)] for t in found],
+                           t.tokens, math.nan if t.noise_scale is None else t.noise_scale,
+                           *(t.params.get(n) for n in names)] for t in found],
                          columns=[*COLUMNS, *names])
     frame.index = pd.RangeIndex(1, len(found) + 1, name="rank")
     return frame

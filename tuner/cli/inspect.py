@@ -17,6 +17,8 @@ from tuner import output
 from tuner.cli.args import DEFAULT_URI, TrackingUri, check_new_file, folder
 from tuner.store.redact import redact
 
+NOISE_COLUMN = "B_simple"  # `tuner best`'s column of each trial's gradient noise scale at its end
+
 
 def _num(value: float) -> str:
     return repr(value) if math.isfinite(value) else ("diverged" if value > 0 else "–")
@@ -103,6 +105,7 @@ def best(
     from tuner.space.params import shown_value, symbol
     from tuner.store import runs
     from tuner.store.connect import connect_existing
+    from tuner.store.rows import noise_text, shown_noise
 
     if export is not None:  # before the table
         check_new_file("--export", export)
@@ -118,10 +121,14 @@ def best(
         return best_of_fit(client, fit, export)
     rows = api.top_trials(study, top, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="tuner-best-") as tmp:  # a transfer study's sizes
-        transfer = best_mod.top_trials(client, study, 0, Path(tmp))[1]
+        leader, transfer = best_mod.top_trials(client, study, 1, Path(tmp))
     names = list(dict.fromkeys(n for r in rows for n in r.params))
     symbols = [symbol(n) for n in names]
     values = [[shown_value(n, r.params.get(n, "–")) for n in names] for r in rows]
+    if any(r.noise_scale is not None for r in rows):  # beside the searched values, B among them
+        symbols.append(NOISE_COLUMN)
+        for shown, r in zip(values, rows):
+            shown.append("–" if r.noise_scale is None else shown_noise(r.noise_scale))
     title = f"study {study}: {output.count(len(rows), 'best trial')}"
     if rows and not rows[0].usable:
         title = f"study {study}: no trial to reproduce (each diverged or failed)"
@@ -140,6 +147,8 @@ def best(
             console.print(f"{i}. trial {r.trial_id}  {r.status}  val_loss {r.val_loss:.4f}  "
                           f"perplexity {r.perplexity:.2f}  tokens {r.tokens:,}\n   {params}\n"
                           f"   run id {r.run_id}", markup=False)
+    if leader and leader[0].usable and leader[0].noise_scale is not None:
+        console.print(f"best trial {leader[0].trial_id}: {noise_text(leader[0])}", markup=False)
     if transfer is not None:
         for table in _transfer_tables(transfer):
             console.print(table)

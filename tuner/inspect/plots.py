@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, no pyplot): every trial's val_loss with the leaders zoomed and
-labelled, the best trial's learning rate, importance with its spread, parallel coordinates, and
-a transfer study's α–loss curve at each size."""
+labelled, the best trial's learning rate, importance with its spread, parallel coordinates, a
+transfer study's α–loss curve at each size, and the leaders' gradient noise scale."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tuner.store.transfer import Transfer
 # each figure's file name in a report
 LOSS_PNG, LR_PNG, IMPORTANCE_PNG = "val_loss.png", "lr_schedule.png", "importance.png"
 PARALLEL_PNG, TRANSFER_PNG = "parallel_coordinates.png", "transfer.png"
+NOISE_PNG = "noise_scale.png"
 STYLE = {"best": {"color": "black", "lw": 2.6, "alpha": 1.0, "zorder": 3},
          "completed": {"alpha": 0.8, "lw": 1.2, "color": "tab:blue"},
          "stopped": {"alpha": 0.3, "lw": 1.0, "color": "tab:blue"},
@@ -314,4 +315,28 @@ def transfer_figure(transfer: Transfer) -> Any:
                  "x: diverged)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=9)
+    return fig
+
+
+def noise_figure(series: list[tuple[TrialRow, list[tuple[int, float]]]]) -> Any:
+    """The gradient noise scale B_simple against tokens of each leading trial of `series` (best
+    first, coloured as in val_loss.png), its B a dotted line of its colour; a measurement where
+    the noise hid |G|² (inf) is left out."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for (row, points), color in zip(series[:LEADERS], ("black", *LEADER_COLORS)):
+        shown = [(tokens, value) for tokens, value in points if 0 < value < math.inf]
+        if shown:
+            ax.plot(*zip(*shown), "-o", color=color, ms=3, lw=1.4, gid=f"noise:{row.trial_id}",
+                    label=f"{row.trial_id}, B={row.batch_size}")
+        if row.batch_size:
+            ax.axhline(row.batch_size, color=color, ls=":", lw=1)
+    _plain_log_y(ax)
+    _token_axis(ax)
+    ax.set(xlabel="tokens seen", ylabel="B_simple (sequences)",
+           title="gradient noise scale of the best trials (dotted: each one's B)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return fig

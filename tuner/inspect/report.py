@@ -21,7 +21,7 @@ from tuner.search.searchers import history
 from tuner.space.params import shown_value, symbol
 from tuner.store import runs
 from tuner.store.redact import redact
-from tuner.store.rows import TrialRow, trial_row
+from tuner.store.rows import TrialRow, noise_text, trial_row
 from tuner.store.transfer import Transfer, read_transfer
 
 SUMMARY_MD, STUDY_HTML = "summary.md", "study.html"
@@ -117,8 +117,10 @@ def summary_markdown(found: Findings, files: list[str]) -> str:
         return "\n".join([*lines, "## Best trial: none", "",
                           NO_BEST + (f" {LOSS_PNG} shows where each diverged (×)."
                                      if drawn else ""), "", *listed])
+    noise = noise_text(row)
     lines += [f"## Best trial: {row.trial_id}", "",
               f"{found.winner()} MLflow run `{row.run_id}`.", "",
+              *([f"Gradient noise scale: {noise} ({plots.NOISE_PNG}).", ""] if noise else []),
               *(["| parameter | value |", "|---|---|",
                  *[f"| {_cell(symbol(n))} | {shown_value(n, v)} |"
                    for n, v in row.params.items()]]
@@ -227,6 +229,10 @@ def figures(client: Any, found: Findings, parallel: list[tuple[str, Any]],
         made[PARALLEL_PNG] = plots.parallel_figure(parallel, (min(reached), max(reached)))
     if found.transfer is not None:
         made[TRANSFER_PNG] = plots.transfer_figure(found.transfer)
+    leaders = [r for r in found.rows if r.usable][:plots.LEADERS]
+    noise = [(r, runs.metric_points(client, r.run_id, "noise_scale")) for r in leaders]
+    if any(points for _, points in noise):
+        made[plots.NOISE_PNG] = plots.noise_figure(noise)
     return made
 
 

@@ -8,10 +8,11 @@ import html
 import math
 from pathlib import Path
 
+from tuner.inspect import plots
 from tuner.inspect.findings import NO_BEST, Findings
 from tuner.inspect.plots import IMPORTANCE_PNG, LOSS_PNG, LR_PNG, PARALLEL_PNG, TRANSFER_PNG
 from tuner.space.params import shown_value, symbol
-from tuner.store.rows import TrialRow
+from tuner.store.rows import TrialRow, noise_text, shown_noise
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em;
@@ -64,10 +65,11 @@ def _cell(text: str, sort: float | None = None, is_text: bool = False) -> str:
 
 def trials_table(found: Findings) -> str:
     """Every trial, best first: rank, id, status, best val_loss and where it was reached, the
-    tokens it trained, its searched values, its MLflow run."""
+    tokens it trained, its gradient noise scale at its end, its searched values, its MLflow
+    run."""
     names = list(dict.fromkeys(n for row in found.rows for n in row.params))
     head = ["#", "trial", "status", "best val_loss", "perplexity", "reached at (tokens)",
-            "tokens trained", *map(symbol, names), "MLflow run"]
+            "tokens trained", "B_simple at its end", *map(symbol, names), "MLflow run"]
     body = []
     for rank, row in enumerate(found.rows, 1):
         values = []
@@ -84,7 +86,9 @@ def trials_table(found: Findings) -> str:
             _cell(_number(row.val_loss, 4), row.val_loss),
             _cell(_number(row.perplexity, 2), row.perplexity),
             _cell(f"{found.reached_at(row):,}", found.reached_at(row)),
-            _cell(f"{row.tokens:,}", row.tokens), *values,
+            _cell(f"{row.tokens:,}", row.tokens),
+            _cell("–", -1) if row.noise_scale is None
+            else _cell(shown_noise(row.noise_scale), row.noise_scale), *values,
             _cell(row.run_id, is_text=True)]) + "</tr>")
     return ('<div class="wide"><table class="sortable" id="trials"><thead><tr>'
             + "".join(f'<th title="sort by {_esc(h)}">{_esc(h)}</th>' for h in head)
@@ -110,9 +114,11 @@ def _best_section(found: Findings) -> str:
     again = ("<p>PBT changed its values as it ran (those it ended with are shown): no one config "
              "reproduces it.</p>" if row.pbt else
              f"<p>Reproduce it: <code>{_esc(found.replay_cmd)}</code></p>")
+    noise = noise_text(row)
     return (f'<h2>Best trial: <span id="best-trial">{_esc(row.trial_id)}</span></h2>'
             f"<p>{_esc(found.winner())} MLflow run <code>{_esc(row.run_id)}</code>.</p>"
-            f"{values}{again}")
+            + (f"<p>Gradient noise scale: {_esc(noise)}.</p>" if noise else "")
+            + f"{values}{again}")
 
 
 def _captions(found: Findings) -> dict[str, str]:
@@ -132,6 +138,10 @@ def _captions(found: Findings) -> dict[str, str]:
                        if found.transfer else ""),
         LR_PNG: "The best trial's learning rate at every step; dots: the α it logged at each "
                 "evaluation.",
+        plots.NOISE_PNG: "The best trials' gradient noise scale B_simple = tr(Σ)/|G|² (in "
+                         "sequences) at the evaluations that measured it, and each one's B "
+                         "(dotted): a B well below B_simple takes more steps than it needs, one "
+                         "well above it more tokens.",
     }
 
 
@@ -164,4 +174,6 @@ def study_html(found: Findings, images: list[Path]) -> str:
         "sort by it.</p>", trials_table(found),
         "<h2>Values</h2>", figure(PARALLEL_PNG), figure(IMPORTANCE_PNG), importance,
         figure(LR_PNG) and f"<h2>Learning rate</h2>{figure(LR_PNG)}",
+        figure(plots.NOISE_PNG)
+        and f"<h2>Batch size and gradient noise</h2>{figure(plots.NOISE_PNG)}",
         f"<script>{SCRIPT}</script></body></html>", ""])

@@ -1,5 +1,6 @@
 """A probe as an MLflow run of its study's experiment (docs/mlflow_layout.md): not nested, tagged
-role `probe`, with its sweep as metrics against the step, its settings and range as params, and
+role `probe`, with its sweep as metrics against the step (and its batch advice's B_simple as
+`noise_scale` against the short run's step), its settings, range and suggested B's as params, and
 probe.png and its trainer config as artifacts."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from model.lr_probe import ProbeCurve, ProbeRange, zero_phase
+from tuner.probe.batch import BatchAdvice, choice_yaml
 from tuner.store.layout import NOTE_TAG, PROBE_OUTCOME_TAG, ROLE_TAG, STUDY_TAG
 from tuner.store.write import log_metrics, log_params_tags
 
@@ -18,12 +20,14 @@ PROBE_PNG, PROBE_CONFIG = "probe.png", "probe_config.json"
 
 def log_probe(client: Any, experiment_id: str, study: str, config: TrainConfig,
               sweep: dict[str, Any], curve: ProbeCurve, found: ProbeRange,
-              shown: tuple[float, float] | None, tags: dict[str, str], png: Path) -> str:
-    """Record the probe of `study`: its `sweep` settings, the range `shown` (as suggested), the
-    `tags` of where it ran; the run id."""
+              shown: tuple[float, float] | None, tags: dict[str, str], png: Path,
+              batch: BatchAdvice | None = None) -> str:
+    """Record the probe of `study`: its `sweep` settings, the range `shown` (as suggested), its
+    `batch` advice, the `tags` of where it ran; the run id."""
+    note = probe_note(study, config, curve, found, shown) + batch_note(batch)
     run_id = client.create_run(experiment_id, run_name=f"probe-{study}", tags={
         ROLE_TAG: "probe", STUDY_TAG: study, PROBE_OUTCOME_TAG: found.problem or "range",
-        NOTE_TAG: probe_note(study, config, curve, found, shown), **tags}).info.run_id
+        NOTE_TAG: note, **tags}).info.run_id
     try:
         log_params_tags(client, run_id, {
             **sweep, "batch_size": config.batch_size, "d_model": config.model.d_model,
@@ -31,7 +35,7 @@ def log_probe(client: Any, experiment_id: str, study: str, config: TrainConfig,
             "tokens": curve.tokens, "diverged": curve.diverged,
             "lr_max_lo": shown and shown[0], "lr_max_hi": shown and shown[1],
             "lr_first_fall": found.lo, "lr_steepest": found.steepest,
-            "lr_lowest_loss": found.lowest}, {})
+            "lr_lowest_loss": found.lowest, **batch_params(batch)}, {})
         finite = [p for p in curve.points if math.isfinite(p.loss)]
         lagless = dict(zip((p.step for p in finite), zero_phase([p.loss for p in finite])))
         for p in curve.points:
@@ -39,6 +43,9 @@ def log_probe(client: Any, experiment_id: str, study: str, config: TrainConfig,
                                          "smoothed_loss": p.smoothed,
                                          **({"lagless_loss": lagless[p.step]}
                                             if p.step in lagless else {})}, p.step)
+        for step, noise in batch.points if batch is not None else ():
+            log_metrics(client, run_id, {"noise_scale": noise,
+                                         "noise_scale_tokens": noise * batch.context}, step)
         client.log_dict(run_id, config.to_dict(), PROBE_CONFIG)
         client.log_artifact(run_id, str(png))
     except BaseException:
@@ -56,3 +63,27 @@ def probe_note(study: str, config: TrainConfig, curve: ProbeCurve, found: ProbeR
     return (f"{head}\n\nα range test of study {study}: {len(curve.points)} steps at B "
             f"{config.batch_size}, d_model {config.model.d_model}, {curve.tokens:,} tokens; "
             f"{'stopped where the loss diverged' if curve.diverged else 'reached the last α'}")
+
+
+def batch_params(batch: BatchAdvice | None) -> dict[str, Any]:
+    """The batch advice's params: the short run's α and tokens, B_simple at its end, the largest
+    B that fits, the suggested B's (comma-separated; none where `problem` says why)."""
+    if batch is None:
+        return {}
+    noise = batch.noise_scale
+    return {"noise_lr": batch.lr, "noise_tokens": batch.tokens, "noise_scale": noise,
+            "noise_scale_tokens": None if noise is None else noise * batch.context,
+            "batch_largest_fit": batch.largest,
+            "batch_suggested": ",".join(map(str, batch.suggested)) or None,
+            "batch_problem": batch.problem or None}
+
+
+def batch_note(batch: BatchAdvice | None) -> str:
+    """The run's description of the batch advice ("" without one)."""
+    if batch is None:
+        return ""
+    if batch.problem:
+        return f"\n\n**no B suggested: {batch.problem}**"
+    return (f"\n\n**B: {choice_yaml(batch.suggested)}** from B_simple "
+            f"{batch.noise_scale:.3g} sequences at the end of {batch.tokens:,} tokens at α "
+            f"{batch.lr:.2g}")

@@ -1,23 +1,28 @@
 """The probe of a study: its trainer config (the study's model at its smallest batch size, μP's
-base width), the sweep (`model.lr_probe`) run in this process, its figure and MLflow run, and
-with `write` the range set in the study file."""
+base width), the sweep (`model.lr_probe`) run in this process, the batch advice of a short run at
+the suggested α (`tuner.probe.batch`), its figure and MLflow run, and with `write` the α_max range
+and B's choices set in the study file."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model.config import TrainConfig
-from model.lr_probe import END_LR, START_LR, STEPS, ProbeCurve, ProbeRange
+from model.lr_probe import END_LR, NOISE_STEPS, START_LR, STEPS, ProbeCurve, ProbeRange, lr_probe
 from tuner.errors import UserError
+from tuner.probe.batch import BatchAdvice
 from tuner.space.distributions import Distribution, IntRange, LogUniform, Uniform
 
 PLACEHOLDER = "{loguniform: [1.0e-4, 1.0e-2]}"  # what a dry run of --write sets
+PLACEHOLDER_B = "{choice: [8, 16]}"
 
 
 @dataclass
@@ -35,6 +40,8 @@ class ProbeResult:
     lo: float | None = None  # the range as printed and written: rounded outwards
     hi: float | None = None
     written: Path | None = None  # the study file, when --write set the range in it
+    batch: BatchAdvice | None = None  # the batch advice, where a range was found and it ran
+    batch_unwritten: str = ""  # why --write set α's range but not B's suggested choices
 
 
 def rounded(value: float, up: bool) -> float:
@@ -50,13 +57,15 @@ def range_yaml(lo: float, hi: float) -> str:
 
 
 def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: int = STEPS,
-          write: bool = False, out: Path | None = None, tracking_uri: str | None = None
-          ) -> ProbeResult:
-    """Run the α range test of the study file `space` and record it in the study's tracking store;
-    with `write`, set α_max's range in the file. UserError (nothing run or written) on bad
-    input, a file `write` cannot edit safely included."""
+          noise_steps: int = NOISE_STEPS, write: bool = False, out: Path | None = None,
+          tracking_uri: str | None = None) -> ProbeResult:
+    """Run the α range test of the study file `space`, then (`noise_steps` > 0, a range found)
+    measure B_simple along a run of `noise_steps` at the range's middle, and record both in the
+    study's tracking store; with `write`, set α_max's range and B's choices in the file.
+    UserError (nothing run or written) on bad input, a file `write` cannot edit safely included."""
     from model.lr_probe import suggest_range
     from model.train import device_label, resolve_device
+    from tuner.probe.batch import advise, choice_yaml
     from tuner.probe.plot import probe_figure
     from tuner.probe.record import PROBE_PNG, log_probe
     from tuner.search.record.provenance import dataset_sha256, git_commit
@@ -70,10 +79,14 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
         raise UserError(f"--start {start} and --end {end}: the sweep's α must grow from above 0")
     if steps < 10:
         raise UserError(f"--steps {steps}: a sweep needs 10 steps or more (100–300 is usual)")
+    if noise_steps and noise_steps < 10:
+        raise UserError(f"--noise-steps {noise_steps}: 0 (no batch advice), or 10 or more")
     study = load_study(space)
     text = study.source_text or ""
-    if write:
-        set_hparam(space, text, "lr_max", PLACEHOLDER)  # refused now, before anything runs
+    if write:  # refused now, before anything runs
+        placed = set_hparam(space, text, "lr_max", PLACEHOLDER)
+        if noise_steps:
+            set_hparam(space, placed, "batch_size", PLACEHOLDER_B)
     data_dir, _ = study_dataset(study)
     config = probe_config(study, data_dir)
     client, uri, experiment = _store(study, tracking_uri)
@@ -82,22 +95,37 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
         where.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {where}: cannot be made a folder ({err.strerror or err})") from None
-    curve = _sweep(config, start, end, steps, trial_threads(study))
+    with _threads(trial_threads(study)):
+        curve = lr_probe(config, start, end, steps)
     found = suggest_range(curve)
     shown = None if found.lo is None else (rounded(found.lo, up=False), rounded(found.hi, up=True))
+    batch = None
+    if shown is not None and noise_steps:
+        with _threads(trial_threads(study)):
+            batch = advise(study, config, math.sqrt(shown[0] * shown[1]), noise_steps,
+                           _cpus())
     png = where / PROBE_PNG
     probe_figure(curve, found, shown, f"α range test of {study.name}: B {config.batch_size}, "
                  f"d_model {config.model.d_model}").savefig(png, dpi=110)
     tags = {DATASET_TAG: dataset_sha256(data_dir), DEVICE_TAG: device_label(
         resolve_device(config.device)), "tuner.git_commit": git_commit(),
         "tuner.seed": str(config.seed), "tuner.threads": str(trial_threads(study))}
-    sweep = {"start_lr": start, "end_lr": end, "steps": steps}
+    sweep = {"start_lr": start, "end_lr": end, "steps": steps, "noise_steps": noise_steps}
     run_id = log_probe(client, experiment, study.name, config, sweep, curve, found, shown, tags,
-                       png)
+                       png, batch)
     result = ProbeResult(study.name, config, curve, found, run_id, uri, png,
-                         study.trial_count * study.full_trial_tokens(), *(shown or (None, None)))
+                         study.trial_count * study.full_trial_tokens(), *(shown or (None, None)),
+                         batch=batch)
     if write and result.lo is not None:
         edited = set_hparam(space, text, "lr_max", range_yaml(result.lo, result.hi))
+        if batch is not None and batch.suggested:
+            try:  # B's choices may not fit the rest of the study: then α's range alone
+                write_checked(space, set_hparam(space, edited, "batch_size",
+                                                choice_yaml(batch.suggested)), study)
+                result.written = space
+                return result
+            except UserError as err:  # the file is written next: not "left as it was"
+                result.batch_unwritten = str(err).removesuffix("; it was left as it was")
         write_checked(space, edited, study)
         result.written = space
     return result
@@ -118,23 +146,29 @@ def _store(study: Any, tracking_uri: str | None) -> tuple[Any, str, str]:
     return client, uri, experiment_id(client, study.tracking.experiment)
 
 
-def _sweep(config: TrainConfig, start: float, end: float, steps: int, threads: int
-           ) -> ProbeCurve:
-    """`lr_probe` with `threads` torch threads, as a trial of the study (the same losses on a
-    CPU)."""
+@contextlib.contextmanager
+def _threads(threads: int) -> Iterator[None]:
+    """Train with `threads` torch threads, as a trial of the study (the same losses on a CPU); a
+    ConfigError of the probe's config is the user's."""
     import torch
 
     from model.config import ConfigError
-    from model.lr_probe import lr_probe
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return lr_probe(config, start, end, steps)
+        yield
     except ConfigError as err:
         raise UserError(f"the probe's config is invalid: {err}") from None
     finally:
         torch.set_num_threads(before)
+
+
+def _cpus() -> float:
+    """This machine's CPUs as Ray counts them (a container's limit included)."""
+    from ray._private.utils import get_num_cpus
+
+    return float(get_num_cpus())
 
 
 def probe_config(study: Any, data_dir: Path) -> TrainConfig:

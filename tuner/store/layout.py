@@ -3,8 +3,10 @@ artifacts, which the recorder writes and the commands read."""
 
 from __future__ import annotations
 
+# A trial's metrics at each evaluation, at step = tokens; the gradient noise scale B_simple (in
+# sequences and in tokens) only at the evaluations that measure it
 METRICS = ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
-           "elapsed_s")
+           "elapsed_s", "noise_scale", "noise_scale_tokens")
 FORK_METRIC = "fork_val_loss"  # a WSD fork's val_loss, at step = tokens of the run it stands for
 STUDY_TAG, TRIAL_TAG = "tuner.study", "tuner.trial_id"
 RESUMED_COMMIT_TAG = "tuner.git_commit_resumed"

@@ -13,6 +13,8 @@ from tuner.space.distributions import Distribution, fmt
 
 SIZES = ("batch_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "vocab_size")
 GIB = 2**30
+PEAK_OVER_FLOOR = 2.0  # measured peaks run 1.5 to 2 times the floor (docs/benchmarks.md)
+LARGEST_BATCH = 2**20  # B's own upper bound (model.config)
 
 
 def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
@@ -20,8 +22,7 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
     machine's memory (a GPU's, or the RAM free now over the trials at once on `cpus` CPUs), or
     a transfer size alone cannot; `warn` names each searched size value that alone cannot fit."""
     have, where = memory_per_trial(study, cpus)
-    listed = {**study.searched(), **study.model.transferred()}  # a transfer's sizes too
-    sizes = {name: dist for name, dist in listed.items() if name in SIZES and _values(dist)}
+    sizes = _sizes(study)
     smallest = {name: min(_values(dist)) for name, dist in sizes.items()}
     floor = _floor(study, smallest)
     if floor is None:
@@ -50,6 +51,31 @@ def check_memory(study: Any, cpus: float, warn: Callable[[str], None]) -> None:
         warn(f"{here}; these searched values cannot fit even with every other size at its "
              f"smallest: {', '.join(searched)}. Such trials are killed for memory, retried and "
              "recorded as failed")
+
+
+def largest_batch(study: Any, cpus: float) -> tuple[int | None, str]:
+    """The largest power-of-two B whose step fits a trial's memory here, its peak taken as
+    PEAK_OVER_FLOOR times `model.memory`'s floor and the study's other sizes at their smallest
+    (None: not even B = 1); and where that memory comes from."""
+    import dataclasses
+
+    have, where = memory_per_trial(study, cpus)
+    smallest = {name: min(_values(dist)) for name, dist in _sizes(study).items()}
+    try:
+        config = study.trial_config(smallest, ".")  # B varies below, searched or not
+    except UserError:
+        return None, where
+    largest, batch = None, 1
+    while batch <= LARGEST_BATCH and PEAK_OVER_FLOOR * _step_floor(
+            study, dataclasses.replace(config, batch_size=batch)) <= have:
+        largest, batch = batch, 2 * batch
+    return largest, where
+
+
+def _sizes(study: Any) -> dict[str, Distribution]:
+    """The searched and transferred sizes that matter for memory."""
+    listed = {**study.searched(), **study.model.transferred()}  # a transfer's sizes too
+    return {name: dist for name, dist in listed.items() if name in SIZES and _values(dist)}
 
 
 def memory_per_trial(study: Any, cpus: float) -> tuple[int, str]:
@@ -81,11 +107,16 @@ def _values(dist: Distribution) -> list[Any]:
 def _floor(study: Any, sizes: dict[str, Any]) -> int | None:
     """`model.memory`'s floor for the study with `sizes` applied; None where that combination is
     not a valid trial (its own check says why, when it is sampled)."""
-    from model.memory import step_memory_floor
-
     try:
         config = study.trial_config(sizes, ".")
     except UserError:
         return None
+    return _step_floor(study, config)
+
+
+def _step_floor(study: Any, config: Any) -> int:
+    """`model.memory`'s floor of `config`'s step, on the study's device."""
+    from model.memory import step_memory_floor
+
     return step_memory_floor(config, cuda=study.resources.gpus_per_trial > 0
                              and study.resources.device != "cpu")

@@ -1,0 +1,166 @@
+"""The gradient noise scale B_simple on the quickstart: what measuring it costs, how much it spreads
+over seeds at a fixed point, and how it compares with the B the search finds best at each rung.
+
+    uv run python benchmarks/noise_scale.py cost                 # CPU seconds, one thread
+    uv run python benchmarks/noise_scale.py spread --seeds 0 1 2 3 4
+    uv run python benchmarks/noise_scale.py agreement --tracking-uri URI --study S [--study S ...]
+
+`agreement` reads studies of search_spaces/quickstart.yaml run with `budget.noise_interval:
+1` (each evaluation measures), for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+RUNGS = (40960, 122880, 368640, 409600)  # the quickstart's ASHA rungs and its full trial
+BEST = {"lr_max": 0.005714, "warmup_fraction": 0.01434}  # the quickstart's best trial (README)
+LM_EVAL_TOKENS, LM_CONTEXT = 8192000, 256  # search_spaces/lm.yaml
+COMPILED_SPEEDUP = 1.8  # a compiled step's tokens/s over an eager one's on a GPU (benchmarks.md)
+
+
+def quickstart(batch_size: int, **values: float):
+    """The quickstart's trainer config at `batch_size` and its best trial's other values."""
+    from tuner.space import load_study
+    from tuner.space.dataset_fit import study_dataset
+
+    study = load_study(QUICKSTART)
+    data, _ = study_dataset(study)
+    return study.trial_config({**BEST, **values, "batch_size": batch_size}, data)
+
+
+def cost(steps: int, measurements: int) -> None:
+    """CPU seconds of a training step and of a measurement at each of the quickstart's B's, and
+    the share of a full trial the measurements take at the default interval and at every
+    evaluation; lm.yaml's share estimated from it."""
+    import torch
+
+    from model.token_files import Dataset
+    from model.train import autocast_for, forward_backward, next_batch_noise, seeded_start, update
+
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    print("| B | step (ms) | measurement (ms) | in steps | share: default (100 steps) | "
+          "share: every evaluation |\n|---|---|---|---|---|---|")
+    ratios = []
+    for batch in (8, 16, 32):
+        config = quickstart(batch)
+        data = Dataset.open(config.data, config.model.vocab_size, config.model.context_length)
+        model, optimizer, batches = seeded_start(config, device)
+        autocast = autocast_for(config, device)
+        for _ in range(5):  # warm
+            forward_backward(model, data, config, device, batches, autocast)
+            update(model, optimizer, 1e-3, 1.0)
+        begin = time.process_time()
+        for _ in range(steps):
+            forward_backward(model, data, config, device, batches, autocast)
+            update(model, optimizer, 1e-3, 1.0)
+        step = (time.process_time() - begin) / steps
+        begin = time.process_time()
+        for _ in range(measurements):
+            next_batch_noise(model, data, config, device, batches, autocast)
+        measure = (time.process_time() - begin) / measurements
+        ratios.append(measure / step)
+        evals = [s for s in range(1, config.steps + 1) if config.evaluates_after(s)
+                 or s == config.steps]
+        default = sum(config.measures_noise_after(s, before) for s, before in
+                      zip(evals, [0, *evals]))
+        print(f"| {batch} | {step * 1e3:.1f} | {measure * 1e3:.1f} | {measure / step:.2f} | "
+              f"{default * measure / (config.steps * step):.2%} ({default} of {len(evals)}) | "
+              f"{len(evals) * measure / (config.steps * step):.2%} |", flush=True)
+    gpu = ratios[-1] * COMPILED_SPEEDUP  # the largest B's: its micro-batches are the least
+    # dominated by each call's overhead, as lm.yaml's (B/4 sequences of 256 tokens) on a GPU
+    shares = ", ".join(f"B {b}: {gpu * b * LM_CONTEXT / LM_EVAL_TOKENS:.2%}"
+                       for b in (32, 64, 128, 256))
+    print(f"lm.yaml, every evaluation measured (each ≥ 100 steps apart), a measurement taken "
+          f"as {gpu:.1f} compiled steps: {shares}")
+
+
+def spread(seeds: list[int], batch: int) -> None:
+    """B_simple of the quickstart's best trial at `batch` measured at each evaluation, over
+    `seeds`: its median, range and coefficient of variation at each evaluation (inf: the noise
+    hid |G|²)."""
+    import torch
+
+    from model.train import train
+
+    torch.set_num_threads(1)
+    by_tokens: dict[int, list[float]] = {}
+    for seed in seeds:
+        config = dataclasses.replace(quickstart(batch), seed=seed, noise_interval=1,
+                                     sample_tokens=0)
+        for record in train(config).records:
+            by_tokens.setdefault(record.tokens, []).append(record.noise_scale)
+        print(f"seed {seed}: " + " ".join(f"{values[-1]:.0f}" for values in by_tokens.values()),
+              flush=True)
+    print(f"B {batch}, seeds {seeds}\n| tokens | median | min–max | sd/mean of the finite |\n"
+          "|---|---|---|---|")
+    for tokens, values in by_tokens.items():
+        finite = [v for v in values if math.isfinite(v)]
+        print(f"| {tokens:,} | {statistics.median(values):.0f} | {min(values):.0f}–"
+              f"{max(values):.0f} | {statistics.stdev(finite) / statistics.mean(finite):.0%} |")
+
+
+def agreement(uri: str, studies: list[str]) -> None:
+    """Per study and rung: the B of the trial with the lowest val_loss there, B_simple of that
+    trial there, and the median B_simple of every trial measured there."""
+    from mlflow import MlflowClient
+
+    from tuner.store import runs
+
+    client = MlflowClient(tracking_uri=uri)
+    print("| study | tokens | best B (val_loss) | its B_simple | median B_simple (trials) | "
+          "B's val_loss at those tokens |\n|---|---|---|---|---|---|")
+    for name in studies:
+        trials = runs.trial_runs(client, runs.study_parent(client, name))
+        loss = {r.info.run_id: dict(runs.metric_points(client, r.info.run_id, "val_loss"))
+                for r in trials}
+        noise = {r.info.run_id: dict(runs.metric_points(client, r.info.run_id, "noise_scale"))
+                 for r in trials}
+        batch = {r.info.run_id: int(r.data.params["batch_size"]) for r in trials}
+        for tokens in RUNGS:
+            there = [run_id for run_id in loss if math.isfinite(loss[run_id].get(tokens, math.inf))]
+            if not there:
+                continue
+            best = min(there, key=lambda run_id: loss[run_id][tokens])
+            measured = [noise[run_id][tokens] for run_id in there if tokens in noise[run_id]]
+            per_b = {}
+            for run_id in there:
+                b = batch[run_id]
+                per_b[b] = min(per_b.get(b, math.inf), loss[run_id][tokens])
+            print(f"| {name} | {tokens:,} | {batch[best]} ({loss[best][tokens]:.4f}) | "
+                  f"{noise[best].get(tokens, math.nan):.0f} | "
+                  f"{statistics.median(measured):.0f} ({len(measured)}) | "
+                  + ", ".join(f"{b}: {v:.3f}" for b, v in sorted(per_b.items())) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    timed = commands.add_parser("cost")
+    timed.add_argument("--steps", type=int, default=40)
+    timed.add_argument("--measurements", type=int, default=10)
+    seeded = commands.add_parser("spread")
+    seeded.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    seeded.add_argument("--batch-size", type=int, default=16)
+    compared = commands.add_parser("agreement")
+    compared.add_argument("--tracking-uri", required=True)
+    compared.add_argument("--study", action="append", required=True)
+    args = parser.parse_args()
+    if args.command == "cost":
+        cost(args.steps, args.measurements)
+    elif args.command == "spread":
+        spread(args.seeds, args.batch_size)
+    else:
+        agreement(args.tracking_uri, args.study)
+
+
+if __name__ == "__main__":
+    main()
