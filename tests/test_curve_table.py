@@ -96,7 +96,7 @@ def test_table_holds_every_runs_curve_at_the_studys_points(tiny: tuple[Path, Pat
     finally:
         torch.set_num_threads(threads)
     assert [r.val_loss for r in run.records] == table.val_loss[2, 1].tolist()
-    assert table.nearest(params) == 2 and table.seed_index(7) == 1
+    assert table.lookup(params, 7) == (2, 1)
     provenance = table.meta["provenance"]
     assert provenance["cpu_s"] > 0 and provenance["torch"] == [torch.__version__]
 

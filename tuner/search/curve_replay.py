@@ -46,7 +46,7 @@ class CurveReplay:
         from model.train import EvalRecord, TrainResult
 
         table = self.table
-        index, seed = table.nearest(params), table.seed_index(config.seed)
+        index, seed = table.lookup(params, config.seed)
         losses, train_losses = table.val_loss[index, seed], table.train_loss[index, seed]
         speed = float(table.tokens_per_s[index, seed])
         schedule, last = LRSchedule.from_config(config), len(table.tokens) - 1

@@ -155,6 +155,11 @@ class CurveTable:
         """The table seed that a trial trained with `seed` (budget.seed) replays: seed mod 2."""
         return seed % SEEDS
 
+    def lookup(self, params: Mapping[str, Any], seed: int) -> tuple[int, int]:
+        """The configuration and the table seed whose curve answers the trial of sample `params`
+        trained with `seed`: `val_loss[config, table_seed]` is its val_loss at `tokens`."""
+        return self.nearest(params), self.seed_index(seed)
+
     def check_study(self, study: Any) -> None:
         """UserError naming the table and the first setting where `study` is not the study the
         table stands for (model, hyperparameters and their ranges, budget)."""
