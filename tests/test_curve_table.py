@@ -1,6 +1,6 @@
-"""The table of learning curves (benchmarks/curves/build.py, tuner.search.curve_table): built on a
-tiny model, resumed, replayed through `tuner search --curve-table`, and refused when it does not
-fit the study."""
+"""The table of learning curves (benchmarks/curves/build.py, tuner.search.trial.curve_table):
+built on a tiny model, resumed, replayed through `tuner search --curve-table`, and refused when it
+does not fit the study."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import yaml
 from studies import fresh_store, mlflow_runs, run_tuner
 
-from tuner.search import curve_table
+from tuner.search.trial import curve_table
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "build.py"
 _spec = importlib.util.spec_from_file_location("curves_build", SCRIPT)

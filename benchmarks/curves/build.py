@@ -1,5 +1,5 @@
 """Build the table of learning curves that replayed studies and simulators read
-(tuner.search.curve_table; docs/curves.md).
+(tuner.search.trial.curve_table; docs/curves.md).
 
     uv run python benchmarks/curves/build.py [--space benchmarks/curves/space.yaml]
         [--configs 512] [--sobol-seed 0] [--workers 2] [--work runs/curves/cosine]
@@ -47,7 +47,7 @@ def draw(space: dict[str, dict[str, Any]], configs: int, seed: int) -> list[dict
     scrambled Sobol sequence seeded with `seed`."""
     from scipy.stats import qmc
 
-    from tuner.search.curve_table import from_unit
+    from tuner.search.trial.curve_table import from_unit
 
     points = qmc.Sobol(d=len(space), scramble=True, seed=seed).random(configs)
     columns = {name: from_unit(dist, points[:, i]) for i, (name, dist) in enumerate(space.items())}
@@ -56,8 +56,8 @@ def draw(space: dict[str, dict[str, Any]], configs: int, seed: int) -> list[dict
 
 def plan(study: Any, data_dir: Path, configs: int, seed: int) -> dict[str, Any]:
     """What a build trains: the study (its key), its dataset, the Sobol draw and its samples."""
-    from tuner.search.curve_table import evaluation_points, searched_space, study_key
-    from tuner.search.provenance import dataset_sha256
+    from tuner.search.record.provenance import dataset_sha256
+    from tuner.search.trial.curve_table import evaluation_points, searched_space, study_key
 
     space = searched_space(study)
     return {"study": study_key(study), "space": space, "dataset_sha256": dataset_sha256(data_dir),
@@ -88,7 +88,7 @@ def keep_plan(path: Path, planned: dict[str, Any]) -> None:
 def _start_worker(space: str, data_dir: str) -> None:
     import torch
 
-    from tuner.search.provenance import git_commit
+    from tuner.search.record.provenance import git_commit
     from tuner.space import load_study
 
     torch.set_num_threads(1)
@@ -173,7 +173,7 @@ def train_missing(work: Path, space: Path, data_dir: Path, todo: list[tuple[int,
 def assemble(planned: dict[str, Any], runs: dict[tuple[int, int], dict[str, Any]]
              ) -> dict[str, np.ndarray]:
     """The table's arrays from the finished runs (every planned one)."""
-    from tuner.search.curve_table import SEEDS
+    from tuner.search.trial.curve_table import SEEDS
 
     samples, tokens = planned["samples"], np.array(planned["tokens"], dtype=np.int64)
     n, p = len(samples), len(tokens)
@@ -309,7 +309,7 @@ def figures(table: Any) -> list[str]:
 
 def build(args: argparse.Namespace) -> Path:
     """Train what WORK lacks of the planned runs, then write the table; its path."""
-    from tuner.search import curve_table
+    from tuner.search.trial import curve_table
     from tuner.space import load_study
     from tuner.space.dataset_fit import study_dataset
 
@@ -351,7 +351,7 @@ def main() -> None:
                         help="print the figures of a table written before, and build nothing")
     args = parser.parse_args()
     from tuner.errors import UserError
-    from tuner.search.curve_table import load
+    from tuner.search.trial.curve_table import load
 
     try:
         table = load(args.figures or build(args))

@@ -132,7 +132,7 @@ def run(request: Request) -> Ended:
                           "with this study's only loosely")
     replay = None
     if table is not None:
-        from tuner.search.curve_replay import CurveReplay
+        from tuner.search.trial.curve_replay import CurveReplay
 
         replay = CurveReplay(table)
     return _run_study(console, warn, study, data_dir, storage, address=address, restore=restore,
@@ -145,7 +145,7 @@ def _curve_table(path: Path | None, study: Any) -> Any:
     the study; UserError naming the file when it is missing, damaged or of another study."""
     if path is None:
         return None
-    from tuner.search.curve_table import load
+    from tuner.search.trial.curve_table import load
 
     table = load(path.expanduser())
     table.check_study(study)

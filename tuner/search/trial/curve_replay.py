@@ -1,5 +1,5 @@
-"""Trials answered from a table of learning curves (tuner.search.curve_table) instead of trained:
-a replayed study's trainable (`tuner search --curve-table`) calls, where it would call
+"""Trials answered from a table of learning curves (tuner.search.trial.curve_table) instead of
+trained: a replayed study's trainable (`tuner search --curve-table`) calls, where it would call
 model.train.train, the stand-in `CurveReplay.trainer` gives it, with the same arguments and the
 same results: the evaluations of the table's configuration nearest to the trial's sample, for
 the table seed its training seed picks, checkpointed, stopped and diverged as a run would be."""
@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tuner.search.curve_table import CurveTable
+from tuner.search.trial.curve_table import CurveTable
 
 CURVE_KEY = "curve"  # in a replayed trial's checkpoint: [configuration, table seed]
 
