@@ -104,7 +104,7 @@ def test_table_holds_every_runs_curve_at_the_studys_points(tiny: tuple[Path, Pat
 def test_a_stopped_build_goes_on_where_it_stopped(tiny: tuple[Path, Path],
                                                   tmp_path: Path) -> None:
     """A build killed after three runs, the fourth's line half written, trains the other five
-    and writes the same table."""
+    and writes the same table; one of fewer configurations takes its first ones' runs."""
     space, path = tiny
     work = tmp_path / "work"
     shutil.copytree(path.parent / "work", work)
@@ -116,6 +116,10 @@ def test_a_stopped_build_goes_on_where_it_stopped(tiny: tuple[Path, Path],
         assert np.array_equal(getattr(again, name), getattr(first, name), equal_nan=True), name
     assert len(builder.finished_runs(work / builder.RUNS)) == 8
     assert len((work / "commands.txt").read_text().splitlines()) == 2
+    fewer = curve_table.load(builder.build(argparse.Namespace(  # trains nothing: all are there
+        space=space, configs=2, sobol_seed=0, workers=1, work=work, out=tmp_path / "two.npz")))
+    assert np.array_equal(fewer.val_loss, first.val_loss[:2])
+    assert len(json.loads((work / builder.PLAN).read_text())["samples"]) == 4
 
 
 @pytest.mark.slow
@@ -123,7 +127,8 @@ def test_replayed_study_reports_the_tables_curves(tiny: tuple[Path, Path], tmp_p
                                                   mlflow_store_template: Path) -> None:
     """`tuner search --curve-table`: each trial reports, at the table's points, the curve of the
     table's configuration nearest its sample (seed 0: the study's seed), as far as ASHA lets it;
-    MLflow records the table, and `tuner best` reads the study as any other."""
+    MLflow records the table, `tuner best` reads the study as any other, and a resume without
+    the table is refused."""
     space, path = tiny
     uri = fresh_store(tmp_path, mlflow_store_template)
     proc = run_tuner(["search", "--space", str(space), "--curve-table", str(path),
@@ -149,6 +154,11 @@ def test_replayed_study_reports_the_tables_curves(tiny: tuple[Path, Path], tmp_p
         assert (len(history) == 4) == (status == "completed"), status
     shown = run_tuner(["best", "--study", "tiny-curves", "--tracking-uri", uri], cwd=tmp_path)
     assert shown.returncode == 0 and best.data.tags["tuner.trial_id"] in shown.stdout, shown
+    trained = run_tuner(["search", "--resume", "--name", "tiny-curves", "--tracking-uri", uri,
+                         "--storage", str(tmp_path / "ray"), "--num-samples", "5"], cwd=tmp_path)
+    assert trained.returncode == 2 and " ".join(trained.stderr.split()) == (
+        f"error: study 'tiny-curves' replayed from the curve table {path}: resume it as it "
+        f"started (--curve-table {path}, as it was then)"), trained.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "damaged", "other model", "other range",

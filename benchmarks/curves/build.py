@@ -10,9 +10,11 @@ It draws `--configs` configurations of the study file's searched parameters from
 Sobol sequence (scipy's, seeded), and trains each to the end with seeds 0 and 1, `--workers`
 processes of one torch thread each, on the study's dataset (prepared by the tuner's own code and
 cached). Each finished run is appended to WORK/runs.jsonl as one line, so a stopped build, run
-again with the same options, trains only the runs that file lacks. Once every run is there it
-writes the table to --out and prints its figures: CPU seconds per run and the build time on idle
-cores they imply, the file's size, and the nearest-neighbour error against the seed noise.
+again with the same options, trains only the runs that file lacks; one of fewer `--configs`
+(the first points of the same Sobol sequence) uses a larger build's runs, even while that one
+goes on. Once every run is there it writes the table to --out and prints its figures: CPU
+seconds per run and the build time on idle cores they imply, the file's size, the
+nearest-neighbour error against the seed noise, and how well early losses rank the final ones.
 """
 
 from __future__ import annotations
@@ -61,6 +63,25 @@ def plan(study: Any, data_dir: Path, configs: int, seed: int) -> dict[str, Any]:
             "tokens": evaluation_points(study).tolist(),
             "sobol": {"seed": seed, "scramble": True, "configs": configs},
             "samples": draw(space, configs, seed)}
+
+
+def keep_plan(path: Path, planned: dict[str, Any]) -> None:
+    """Keep the build's plan in WORK, or check it against the one there: the same study,
+    dataset and Sobol seed; a build of fewer configurations than WORK's (their Sobol points the
+    first of its) uses its runs."""
+    if not path.exists():
+        path.write_text(json.dumps(planned))
+        return
+    before, now = json.loads(path.read_text()), json.loads(json.dumps(planned))
+    shorter = min(len(before["samples"]), len(now["samples"]))
+    fixed = ("study", "space", "dataset_sha256", "tokens")
+    if (any(before[key] != now[key] for key in fixed)
+            or before["sobol"]["seed"] != now["sobol"]["seed"]
+            or before["samples"][:shorter] != now["samples"][:shorter]):
+        raise SystemExit(f"{path.parent} holds a build of another study, dataset or --sobol-seed: "
+                         "give another --work, or the options it was started with")
+    if len(now["samples"]) > len(before["samples"]):
+        path.write_text(json.dumps(planned))
 
 
 def _start_worker(space: str, data_dir: str) -> None:
@@ -269,20 +290,18 @@ def build(args: argparse.Namespace) -> Path:
     data_dir, _ = study_dataset(study)
     planned = plan(study, data_dir, args.configs, args.sobol_seed)
     args.work.mkdir(parents=True, exist_ok=True)
-    kept = args.work / PLAN
-    if kept.exists() and json.loads(kept.read_text()) != json.loads(json.dumps(planned)):
-        raise SystemExit(f"{args.work} holds a build of another plan (study, dataset, "
-                         "--configs or --sobol-seed): give another --work, or the same options")
-    kept.write_text(json.dumps(planned))
+    keep_plan(args.work / PLAN, planned)
     with open(args.work / "commands.txt", "a") as out:
         out.write(shlex.join([Path(sys.executable).name, *sys.argv]) + "\n")
-    drop_torn_line(args.work / RUNS)
     runs = finished_runs(args.work / RUNS)
     todo = [(i, seed, sample) for i, sample in enumerate(planned["samples"])
             for seed in range(curve_table.SEEDS) if (i, seed) not in runs]
+    if todo:  # else another build may be appending to WORK: read it, never cut it
+        drop_torn_line(args.work / RUNS)
     print(f"{len(runs)} runs done, {len(todo)} to train", file=sys.stderr, flush=True)
     train_missing(args.work, args.space, data_dir, todo, args.workers)
-    runs = finished_runs(args.work / RUNS)
+    runs = {key: run for key, run in finished_runs(args.work / RUNS).items()
+            if key[0] < args.configs}  # a larger build's others
     meta = {"format": curve_table.FORMAT,
             **{key: planned[key] for key in ("study", "space", "dataset_sha256", "sobol")},
             "seeds": list(range(curve_table.SEEDS)),

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +189,7 @@ def load(path: str | Path) -> CurveTable:
         with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}  # read whole: CRCs checked
         meta = json.loads(str(arrays.pop(META)))
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001 - zip, zlib, numpy's or JSON's: damaged, or not one
         raise UserError(f"{path}: not a curve table, or a damaged one "
                         f"({type(err).__name__}: {err})"[:400]) from None
     problem = _problem(meta, arrays)
