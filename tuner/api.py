@@ -105,9 +105,11 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
            tracking_uri: str | None = None, storage: str | Path = "ray_results",
            resume: bool = False, warm_start: str | None = None, address: str | None = None,
            quiet: bool = False, num_samples: int | None = None,
-           max_concurrent: int | None = None, seed: int | None = None) -> SearchResult:
+           max_concurrent: int | None = None, seed: int | None = None,
+           curve_table: str | Path | None = None) -> SearchResult:
     """Run a study (a file, a mapping or a loaded study; None with `resume` and `name`) to its
-    end, as `tuner search` does, showing its progress unless `quiet`; how it ended. Ctrl-C (a
+    end, as `tuner search` does, showing its progress unless `quiet`; how it ended. A benchmark's
+    `curve_table` answers the trials from that table of curves instead (docs/curves.md). Ctrl-C (a
     KeyboardInterrupt) stops it with grace and returns it "interrupted", resumable with
     `resume=True`; one before it is saved raises KeyboardInterrupt, with nothing to resume."""
     from model.shell import forget_stops
@@ -126,7 +128,8 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
                 space=None if study is None or given is not None else Path(study), name=name,
                 num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
                 tracking_uri=tracking_uri, storage=Path(storage), address=address,
-                resume=resume, warm_start=warm_start, study=given, quiet=quiet))
+                resume=resume, warm_start=warm_start, study=given, quiet=quiet,
+                curve_table=None if curve_table is None else Path(curve_table)))
     finally:  # a stop ends this study only, not the next one in this process (a notebook's)
         forget_stops()
     return _result(ended)

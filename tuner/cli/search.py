@@ -34,6 +34,9 @@ def search(
     warm_start: Annotated[str | None, typer.Option(
         "--warm-start", metavar="STUDY", help="start the searcher from the finished trials of "
         "an earlier study with the same space, in the same tracking store")] = None,
+    curve_table: Annotated[Path | None, typer.Option(
+        "--curve-table", hidden=True, dir_okay=False, help="benchmarks: answer the trials from "
+        "this table of learning curves instead of training (docs/curves.md)")] = None,
 ) -> int:
     """Run a study: Ray Tune schedules trials of the trainer and MLflow records every run."""
     from tuner.search import lifecycle
@@ -41,4 +44,4 @@ def search(
     return lifecycle.run(lifecycle.Request(
         space=space, name=name, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
         tracking_uri=tracking_uri, storage=storage, address=address, resume=resume,
-        warm_start=warm_start)).exit_code  # the one path of tuner.search from Python too
+        warm_start=warm_start, curve_table=curve_table)).exit_code  # the one path of tuner.search from Python too

@@ -26,7 +26,7 @@ from tuner.output import count
 from tuner.search import preflight
 from tuner.search.ended import FAILED, FINISHED, INTERRUPTED, Ended
 from tuner.search.state import state
-from tuner.store.layout import STOP_REASON_TAG
+from tuner.store.layout import CURVE_TABLE_TAG, STOP_REASON_TAG
 from tuner.store.uri import absolute_uri
 
 
@@ -46,6 +46,7 @@ class Request:
     warm_start: str | None
     study: Any = None  # a study given from Python (loaded, or a mapping), in place of --space
     quiet: bool = False  # print nothing: no warning, live view or summary
+    curve_table: Path | None = None  # a benchmark's: trials answered from this table of curves
 
 
 def run(request: Request) -> Ended:
@@ -62,6 +63,7 @@ def run(request: Request) -> Ended:
     storage = request.storage.expanduser().resolve()
     resume, address = request.resume, request.address
     study, to_save = _open(request, storage)
+    table = _curve_table(request.curve_table, study)
     preflight.check_storage(storage)
     from tuner.search.run.address import check_address
 
@@ -82,6 +84,8 @@ def run(request: Request) -> Ended:
     client = None if new_store else connect(study.tracking.uri)
     exists = None if client is None else find_parent(client, study.tracking.experiment,
                                                      study.name)
+    if exists is not None and resume:
+        _check_same_table(study, exists, table)
     stopped_flat = exists.data.tags.get(STOP_REASON_TAG) if restore and exists else None
     if stopped_flat and to_save is not None:
         raise UserError(f"study {study.name!r} {stopped_flat}: extended, it would stop again at "
@@ -107,6 +111,9 @@ def run(request: Request) -> Ended:
     from tuner.search.record.provenance import provenance
 
     made_of = provenance(data_dir, meta)
+    if table is not None:
+        table.check_dataset(made_of["dataset_sha256"])
+        made_of[CURVE_TABLE_TAG] = f"{table.sha256} {table.path}"
     changed_code = preflight.check_same_inputs(exists, made_of, data_dir) if exists else None
     if changed_code:
         console.print(f"[yellow]warning:[/] {changed_code}")
@@ -123,9 +130,37 @@ def run(request: Request) -> Ended:
             console.print(f"[yellow]warning:[/] study {study.search.warm_start!r} trained "
                           f"otherwise ({escape('; '.join(warm_changes))}): its losses compare "
                           "with this study's only loosely")
+    replay = None
+    if table is not None:
+        from tuner.search.curve_replay import CurveReplay
+
+        replay = CurveReplay(table)
     return _run_study(console, warn, study, data_dir, storage, address=address, restore=restore,
                       provenance=made_of, overrides=to_save,
-                      warm_trials=warm_trials)
+                      warm_trials=warm_trials, replay=replay)
+
+
+def _curve_table(path: Path | None, study: Any) -> Any:
+    """The table of curves that answers the study's trials (None: they train), checked against
+    the study; UserError naming the file when it is missing, damaged or of another study."""
+    if path is None:
+        return None
+    from tuner.search.curve_table import load
+
+    table = load(path.expanduser())
+    table.check_study(study)
+    return table
+
+
+def _check_same_table(study: Any, parent: Any, table: Any) -> None:
+    """UserError when a resumed study would go on otherwise than it started: replayed from
+    another table, or trained where it was replayed, or replayed where it trained."""
+    was = parent.data.tags.get(CURVE_TABLE_TAG, "").partition(" ")
+    if was[0] != (table.sha256 if table is not None else ""):
+        started = f"replayed from the curve table {was[2]}" if was[0] else "trained"
+        raise UserError(f"study {study.name!r} {started}: resume it as it started"
+                        + (f" (--curve-table {was[2]}, as it was then)" if was[0] else
+                           ", without --curve-table"))
 
 
 def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:

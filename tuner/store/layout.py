@@ -21,6 +21,9 @@ CONFIRMATION = "confirmation"
 CONFIRMS_TAG, CONFIRMS_RUN_TAG = "tuner.confirms", "tuner.confirms_run"
 VERDICT_TAG = "tuner.confirmation"
 STOP_REASON_TAG = "tuner.stop_reason"  # the parent's: why the study ended before its trial count
+# A replayed study's parent (`tuner search --curve-table`): "SHA256 PATH" of the table of curves
+# that answered its trials instead of training (docs/curves.md)
+CURVE_TABLE_TAG = "tuner.curve_table"
 SEARCHED_TAG = "tuner.searched"  # a trial run's searched params; logged last when it starts
 PBT_TAG = "tuner.pbt_config"  # the values PBT last gave a trial (JSON)
 SYMBOLS_TAG = "tuner.symbols"  # a trial run's param names -> their symbols (JSON)

@@ -30,6 +30,7 @@ from tuner.store.connect import open_client
 from tuner.store.layout import (
     CHECKPOINTS,
     COMPLETED,
+    CURVE_TABLE_TAG,
     DEVICE_TAG,
     DIVERGED,
     EXTENDED_TAG,
@@ -168,6 +169,8 @@ class MlflowRecorder(tune.Callback):
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
         if study.search.warm_start:
             tags["tuner.warm_start"] = study.search.warm_start
+        if prov.get(CURVE_TABLE_TAG):
+            tags[CURVE_TABLE_TAG] = prov[CURVE_TABLE_TAG]
         if study.transfer():
             tags[TRANSFER_TAG] = study.transfer()[0]
         run_id = self._client.create_run(self._exp, tags=tags, run_name=study.name).info.run_id

@@ -130,12 +130,12 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
 
 
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
-                provenance: dict[str, Any], scratch: str) -> Any:
+                provenance: dict[str, Any], scratch: str, replay: Any = None) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`, its
     trials' working files in the folder `scratch` of each node (`tuner.search.trial.scratch`): Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
     scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
-    median rule's)."""
+    median rule's). With `replay` (a CurveReplay) its table answers the trials."""
     from ray import tune
 
     from tuner.search.faults.stopping import StopRelay
@@ -153,7 +153,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                              threads=trial_threads(study), time_unit=time_unit(study),
                              stopping_points=stopping_points(study),
                              checkpoint_every_s=checkpoint_interval(study), umask=current_umask(),
-                             study_dir=str(storage / study.name), scratch=scratch),
+                             study_dir=str(storage / study.name), scratch=scratch,
+                             replay=replay),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         # A trial resumed from its checkpoint reports again an evaluation its Optuna trial had
@@ -181,7 +182,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, restore: bool,
               provenance: dict[str, Any], overrides: dict[str, Any] | None,
-              warn: Callable[[str], None], warm_trials: list[Any] | None = None) -> Summary:
+              warn: Callable[[str], None], warm_trials: list[Any] | None = None,
+              replay: Any = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
     `restore` continues the study from Tune's state, creating trials up to its trial count (more
@@ -190,6 +192,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     extension's) are saved with the study, for `--resume` to rebuild it; None when they are saved
     already.
     A local Ray too small for one trial is a UserError; a cluster's shortage is only `warn`ed.
+    With `replay` (a CurveReplay) the trials are answered from its table, not trained.
     """
     import numpy as np
 
@@ -232,7 +235,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 if restore and set_trial_limit(storage / study.name, study.trial_count):
                     keep(storage / study.name, storage / study.name)  # extended: the copy too
                 with storage_faults.as_storage_full(storage / study.name):
-                    _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files))
+                    _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files,
+                                     replay))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save
                     keep(storage / study.name, storage / study.name)

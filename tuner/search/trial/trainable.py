@@ -87,10 +87,12 @@ def trial_threads(study: Any) -> int:
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
               time_unit: float | None, stopping_points: tuple[float, ...] | None,
-              checkpoint_every_s: float, umask: int, study_dir: str, scratch: str) -> None:
+              checkpoint_every_s: float, umask: int, study_dir: str, scratch: str,
+              replay: Any = None) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval (with
     its device and node); a text sample comes with the evaluations where the scheduler may end
-    it, and the last. Its working files (checkpoints, in a folder of its own in its node's folder
+    it, and the last. With `replay` (a `tuner.search.curve_replay.CurveReplay`), its table
+    answers the trial in place of the trainer. Its working files (checkpoints, in a folder of its own in its node's folder
     `scratch`, which the driver deletes) are made under the driver's `umask`, not the one of
     Ray's processes. Once the stop flag exists in `study_dir` (the study is stopping) it reports
     a checkpoint of the step it is at, with its last evaluation's metrics again, and waits for
@@ -167,12 +169,13 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             sys.exit(0)
 
         stop_flag_seen = StopFlag(os.path.join(study_dir, STOP_FLAG))
-        result = train(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
-                       resume_from=resume_from, sample_at=stopping_points,
-                       checkpoint_now=stop_flag_seen, on_checkpoint=on_stop_checkpoint,
-                       checkpoint_every_s=checkpoint_every_s,
-                       checkpoint_at=(progress["budget_tokens"] / 2,),  # a replay's start
-                       on_fork=on_fork)
+        trainer = train if replay is None else replay.trainer(params)
+        result = trainer(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
+                         resume_from=resume_from, sample_at=stopping_points,
+                         checkpoint_now=stop_flag_seen, on_checkpoint=on_stop_checkpoint,
+                         checkpoint_every_s=checkpoint_every_s,
+                         checkpoint_at=(progress["budget_tokens"] / 2,),  # a replay's start
+                         on_fork=on_fork)
         if progress["tokens"] == 0 and result.records:
             # Restored at its end (a PBT clone of a trial at its last step, a final checkpoint
             # put back after a kill): it trained nothing, so say again where it ended, or Tune

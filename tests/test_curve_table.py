@@ -1,0 +1,197 @@
+"""The table of learning curves (benchmarks/curves/build.py, tuner.search.curve_table): built on a
+tiny model, resumed, replayed through `tuner search --curve-table`, and refused when it does not
+fit the study."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from studies import fresh_store, mlflow_runs, run_tuner
+
+from tuner.search import curve_table
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "build.py"
+_spec = importlib.util.spec_from_file_location("curves_build", SCRIPT)
+builder = sys.modules["curves_build"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(builder)  # a script, not a package module: loaded from its file
+
+SPACE = {  # lm.yaml's seven searched hyperparameters on a tiny model: 4 evaluations of 512 tokens
+    "name": "tiny-curves",
+    "model": {"vocab_size": 300, "context_length": 16, "d_model": 16, "num_layers": 1,
+              "num_heads": 2, "d_ff": 32},
+    "hparams": {"α_max": {"loguniform": [1.0e-3, 1.0e-1]},
+                "lr_min_ratio": {"uniform": [0.01, 0.3]},
+                "warmup_fraction": {"uniform": [0.0, 0.1]}, "β2": {"uniform": [0.9, 0.999]},
+                "λ": {"loguniform": [1.0e-3, 0.3]}, "τ": {"loguniform": [0.3, 3.0]},
+                "B": {"choice": [4, 8]}},
+    "budget": {"tokens": 2048, "eval_tokens": 512, "eval_windows": 4, "seed": 0},
+    "search": {"algorithm": "tpe", "scheduler": "asha", "num_samples": 4, "max_concurrent": 2,
+               "startup_trials": 2, "asha": {"grace_period": 512, "reduction_factor": 2}},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "device": "cpu"},
+}
+
+
+def write_space(folder: Path, data_dir: Path, **changes: dict) -> Path:
+    """The tiny study file on `data_dir`, with sections' settings changed."""
+    space = json.loads(json.dumps(SPACE))
+    space["data"] = {"path": str(data_dir)}
+    for section, settings in changes.items():
+        space[section].update(settings)
+    path = folder / f"{space['name']}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def build(space: Path, work: Path, out: Path) -> Path:
+    """Build the 4-configuration table in this process, its torch threads put back after."""
+    threads = torch.get_num_threads()
+    try:
+        return builder.build(argparse.Namespace(space=space, configs=4, sobol_seed=0, workers=1,
+                                                work=work, out=out))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> tuple[Path, Path]:
+    """The tiny study file and its table, built once."""
+    folder = tmp_path_factory.mktemp("curves")
+    space = write_space(folder, dataset)
+    return space, build(space, folder / "work", folder / "table.npz")
+
+
+def test_table_holds_every_runs_curve_at_the_studys_points(tiny: tuple[Path, Path]) -> None:
+    """Four Sobol configurations of the seven parameters, two seeds each, evaluated at the
+    study's four points; seed 1's curve is that of the trainer run with seed 1."""
+    import dataclasses
+
+    from model.train import train
+    from tuner.space import load_study
+
+    space, path = tiny
+    table, study = curve_table.load(path), load_study(space)
+    assert list(table.space) == list(study.searched())
+    assert table.val_loss.shape == (4, 2, 4) and table.tokens.tolist() == [512, 1024, 1536, 2048]
+    assert sorted(set(table.params[:, list(table.space).index("batch_size")])) == [4.0, 8.0]
+    assert np.all((table.unit > 0) & (table.unit < 1))
+    assert table.steps[0].tolist() == (table.tokens // (table.params[0, 4] * 16)).tolist()
+    finals = table.final
+    assert np.allclose(table.seed_sd, np.abs(finals[:, 0] - finals[:, 1]) / np.sqrt(2))
+    params = dict(zip(table.space, table.params[2].tolist()))
+    params["batch_size"] = int(params["batch_size"])
+    config = study.trial_config(params, study.data.path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = train(dataclasses.replace(config, seed=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.val_loss for r in run.records] == table.val_loss[2, 1].tolist()
+    assert table.nearest(params) == 2 and table.seed_index(7) == 1
+    provenance = table.meta["provenance"]
+    assert provenance["cpu_s"] > 0 and provenance["torch"] == [torch.__version__]
+
+
+def test_a_stopped_build_goes_on_where_it_stopped(tiny: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    """A build killed after three runs, the fourth's line half written, trains the other five
+    and writes the same table; one of fewer configurations takes its first ones' runs."""
+    space, path = tiny
+    work = tmp_path / "work"
+    shutil.copytree(path.parent / "work", work)
+    lines = (work / builder.RUNS).read_text().splitlines(keepends=True)
+    (work / builder.RUNS).write_text("".join(lines[:3]) + lines[3][:40])
+    again = curve_table.load(build(space, work, tmp_path / "again.npz"))
+    first = curve_table.load(path)
+    for name in ("params", "val_loss", "train_loss", "steps", "tokens"):
+        assert np.array_equal(getattr(again, name), getattr(first, name), equal_nan=True), name
+    assert len(builder.finished_runs(work / builder.RUNS)) == 8
+    assert len((work / "commands.txt").read_text().splitlines()) == 2
+    fewer = curve_table.load(builder.build(argparse.Namespace(  # trains nothing: all are there
+        space=space, configs=2, sobol_seed=0, workers=1, work=work, out=tmp_path / "two.npz")))
+    assert np.array_equal(fewer.val_loss, first.val_loss[:2])
+    assert len(json.loads((work / builder.PLAN).read_text())["samples"]) == 4
+
+
+@pytest.mark.slow
+def test_replayed_study_reports_the_tables_curves(tiny: tuple[Path, Path], tmp_path: Path,
+                                                  mlflow_store_template: Path) -> None:
+    """`tuner search --curve-table`: each trial reports, at the table's points, the curve of the
+    table's configuration nearest its sample (seed 0: the study's seed), as far as ASHA lets it;
+    MLflow records the table, `tuner best` reads the study as any other, and a resume without
+    the table is refused."""
+    space, path = tiny
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    proc = run_tuner(["search", "--space", str(space), "--curve-table", str(path),
+                      "--tracking-uri", uri, "--storage", str(tmp_path / "ray")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = curve_table.load(path)
+    client, parent, runs = mlflow_runs(uri, "tiny-curves")
+    assert parent.data.tags["tuner.curve_table"] == f"{table.sha256} {path}"
+    assert len(runs) == 4
+    best = min(runs, key=lambda r: r.data.metrics["best_val_loss"])
+    for run in runs:
+        where = tmp_path / run.info.run_id
+        where.mkdir()
+        params = json.loads(Path(client.download_artifacts(run.info.run_id, "searched.json",
+                                                           str(where))).read_text())
+        curve = table.val_loss[table.nearest(params), 0]
+        history = sorted(client.get_metric_history(run.info.run_id, "val_loss"),
+                         key=lambda m: m.step)
+        assert [m.step for m in history] == table.tokens[:len(history)].tolist()
+        assert [m.value for m in history] == pytest.approx(curve[:len(history)].tolist(),
+                                                           rel=1e-6)
+        status = run.data.tags["tuner.status"]
+        assert (len(history) == 4) == (status == "completed"), status
+    shown = run_tuner(["best", "--study", "tiny-curves", "--tracking-uri", uri], cwd=tmp_path)
+    assert shown.returncode == 0 and best.data.tags["tuner.trial_id"] in shown.stdout, shown
+    trained = run_tuner(["search", "--resume", "--name", "tiny-curves", "--tracking-uri", uri,
+                         "--storage", str(tmp_path / "ray"), "--num-samples", "5"], cwd=tmp_path)
+    assert trained.returncode == 2 and " ".join(trained.stderr.split()) == (
+        f"error: study 'tiny-curves' replayed from the curve table {path}: resume it as it "
+        f"started (--curve-table {path}, as it was then)"), trained.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "damaged", "other model", "other range",
+                                  "other dataset"])
+def test_a_table_that_does_not_fit_exits_2_naming_it(case: str, tiny: tuple[Path, Path],
+                                                     tmp_path: Path, byte_dataset: Path) -> None:
+    """A missing or damaged table, or one of another model, space or dataset: exit 2 naming the
+    file (and the setting), before any store, Ray or trial."""
+    space, path = tiny
+    table = tmp_path / "table.npz"
+    shutil.copy(path, table)
+    if case == "missing":
+        table.unlink()
+    elif case == "damaged":
+        raw = bytearray(table.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        table.write_bytes(bytes(raw))
+    elif case == "other model":
+        space = write_space(tmp_path, Path(yaml.safe_load(space.read_text())["data"]["path"]),
+                            model={"d_model": 32})
+    elif case == "other range":
+        space = write_space(tmp_path, Path(yaml.safe_load(space.read_text())["data"]["path"]),
+                            hparams={"B": {"choice": [4, 8, 16]}})
+    else:
+        space = write_space(tmp_path, byte_dataset)
+    proc = run_tuner(["search", "--space", str(space), "--curve-table", str(table),
+                      "--storage", str(tmp_path / "ray")], cwd=tmp_path, timeout=120)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    expected = {"missing": "no such curve table file", "damaged": "not a curve table, or a "
+                "damaged one", "other model": "a curve table of another study: its model.d_model "
+                "is 16, the study's 32", "other range": "a curve table of another study: its "
+                "hparams.batch_size is {\"choice\": [4, 8]}, the study's {\"choice\": [4, 8, 16]}",
+                "other dataset": "a curve table of another dataset"}[case]
+    assert said.startswith(f"error: {table}: {expected}"), said
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
