@@ -56,7 +56,7 @@ def draw(space: dict[str, dict[str, Any]], configs: int, seed: int) -> list[dict
 def plan(study: Any, data_dir: Path, configs: int, seed: int) -> dict[str, Any]:
     """What a build trains: the study (its key), its dataset, the Sobol draw and its samples."""
     from tuner.search.curve_table import evaluation_points, searched_space, study_key
-    from tuner.search.provenance import dataset_sha256
+    from tuner.search.record.provenance import dataset_sha256
 
     space = searched_space(study)
     return {"study": study_key(study), "space": space, "dataset_sha256": dataset_sha256(data_dir),
@@ -87,7 +87,7 @@ def keep_plan(path: Path, planned: dict[str, Any]) -> None:
 def _start_worker(space: str, data_dir: str) -> None:
     import torch
 
-    from tuner.search.provenance import git_commit
+    from tuner.search.record.provenance import git_commit
     from tuner.space import load_study
 
     torch.set_num_threads(1)
