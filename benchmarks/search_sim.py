@@ -122,6 +122,7 @@ class _Controller:
         self.order = 0
         self.now = 0
         self.running = 0
+        self.spent = 0  # tokens trained by all trials
         self.finished_search = False
         self.extra_tokens = 0  # the flat rule's seed check
         self.curve: list[tuple[int, float]] = []
@@ -168,8 +169,8 @@ class _Controller:
                 self.finished_search = True
         ranked = [t for t in self.trials if t.ended != "diverged" and math.isfinite(t.best)]
         best = min(ranked, key=lambda t: (t.best, t.started), default=None)
-        tokens = sum(t.tokens for t in self.trials) + self.extra_tokens
-        return SimStudy(self.trials, self.curve, tokens, best, self.stop_reason)
+        return SimStudy(self.trials, self.curve, self.spent + self.extra_tokens, best,
+                        self.stop_reason)
 
     def _done(self) -> bool:
         return self.finished_search and all(t.status == TERMINATED for t in self.trials)
@@ -213,7 +214,9 @@ class _Controller:
     def _result(self, trial: SimTrial) -> None:
         """Tune's _process_trial_result for the trial's next evaluation, then its decision."""
         k = trial.points
-        tokens, loss = int(self.table.tokens[k]), float(self.table.val_loss[trial.row, self.seed, k])
+        tokens = int(self.table.tokens[k])
+        loss = float(self.table.val_loss[trial.row, self.seed, k])
+        self.spent += tokens - trial.tokens
         trial.points, trial.tokens = k + 1, tokens
         diverged = not math.isfinite(loss)
         result = {TIME_ATTR: tokens, "val_loss": loss, "training_iteration": k + 1,
@@ -222,9 +225,8 @@ class _Controller:
             result[HYPERBAND_TIME] = tokens / self.unit
         if not diverged:
             trial.best = min(trial.best, loss)
-        spent = sum(t.tokens for t in self.trials)
-        self.curve.append((spent, min(loss if not diverged else math.inf,
-                                      self.curve[-1][1] if self.curve else math.inf)))
+        self.curve.append((self.spent, min(loss if not diverged else math.inf,
+                                           self.curve[-1][1] if self.curve else math.inf)))
         decision = self.scheduler.on_trial_result(self, trial, result)
         if decision != TrialScheduler.STOP:
             self.searcher.on_trial_result(trial.trial_id, result)

@@ -5,6 +5,8 @@ token order as concurrent trials would, Ray's schedulers stop and pause them, an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,33 @@ def test_simulator_agrees_with_the_replayed_study(tiny: tuple[Path, Path], tmp_p
         assert run.trials[best] is run.best, seed
         stops += sum(status == "stopped" for _, status, _ in real)
     assert stops >= 2  # the rungs were tested, not only full trials
+
+
+def test_search_efficiency_compares_with_random_search(tiny: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """benchmarks/search_efficiency.py on the tiny table: random search without a scheduler
+    reaches its own final best in every seed, within its own tokens; ASHA trains fewer tokens;
+    regrets are in seed sd and never negative; run again on its --results, it simulates
+    nothing and prints the same tables."""
+    space, path = tiny
+
+    def efficiency() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(BENCHMARKS / "search_efficiency.py"), "--table", str(path),
+             "--space", str(space), "--seeds", "3", "--workers", "1", "--settings",
+             "quickstart", "--samplers", "random", "--schedulers", "none", "asha 1/4 ×4",
+             "--results", str(tmp_path / "results.jsonl")],
+            capture_output=True, text=True, timeout=300, check=False)
+
+    proc, again = efficiency(), efficiency()
+    assert proc.returncode == 0, proc.stderr
+    assert "0 studies in" in again.stdout and "(6 read from --results)" in again.stdout
+    assert again.stdout.splitlines()[1:-1] == proc.stdout.splitlines()[1:-1]
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip().split(" · ")
+             for line in proc.stdout.splitlines() if line.startswith(("| none |", "| asha "))}
+    assert set(cells) == {"none", "asha 1/4 ×4"}, proc.stdout
+    p5, regret, trust, tokens = cells["none"]
+    assert p5.endswith(" 3") and float(p5.split("%")[0]) <= 100 and tokens == "10.0"
+    assert float(cells["asha 1/4 ×4"][3]) < 10
+    assert all(float(figures[1]) >= 0 and figures[2].endswith("%") for figures in cells.values())
+    assert "8 configurations" in proc.stdout and "CPU seconds per 3-seed comparison" in proc.stdout
