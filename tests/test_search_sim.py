@@ -178,7 +178,7 @@ def test_search_efficiency_compares_with_random_search(tiny: tuple[Path, Path],
     cells = {line.split("|")[1].strip(): line.split("|")[2].strip().split(" · ")
              for line in proc.stdout.splitlines() if line.startswith(("| none |", "| asha "))}
     assert set(cells) == {"none", "asha 1/4 ×4"}, proc.stdout
-    p5, regret, trust, tokens = cells["none"]
+    p5, _, _, tokens = cells["none"]
     assert p5.endswith(" 3") and float(p5.split("%")[0]) <= 100 and tokens == "10.0"
     assert float(cells["asha 1/4 ×4"][3]) < 10
     assert all(float(figures[1]) >= 0 and figures[2].endswith("%") for figures in cells.values())
