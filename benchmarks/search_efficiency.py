@@ -49,6 +49,7 @@ SAMPLERS = {"random": {"algorithm": "random"}, "qmc": {"algorithm": "qmc"},
             "gp": {"algorithm": "gp"}, "gp/5": {"algorithm": "gp", "startup_trials": 5}}
 OPTUNA_STARTUP = 10  # TPESampler's and GPSampler's n_startup_trials when none is given
 SLOW = {"gp", "gp/5"}  # seconds a suggestion at 64 samples: left out unless asked for there
+FEW = ("none", "asha 1/16 ×4", "asha 3/32 ×3")  # the schedulers of gp and of other start-ups
 FLAT = {"trials": 16, "margin": "noise"}  # where a study has more samples than that
 QUICKSTART_ONLY = {"asha 3/32 ×3"}  # the quickstart's rungs (10%, 30%, 90%) on the table's points
 
@@ -102,20 +103,33 @@ def simulate_one(task: tuple[str, str, str, dict[str, Any], int, int]) -> dict[s
             "cpu_s": time.process_time() - started}
 
 
+def study_seeds(count: int, table: Any) -> list[int]:
+    """The first `count` seeds but the table's Sobol seed: qmc's Sobol sequence with that seed
+    is the table's own, and would sample its configurations exactly."""
+    skip = table.meta.get("sobol", {}).get("seed")
+    return [seed for seed in range(count + 1) if seed != skip][:count]
+
+
 def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
     """Every (setting, searcher, scheduler, search settings, seed, slots) to simulate, seed by
     seed (a run stopped early holds whole seeds), random search first."""
     combinations = []
     for setting in args.settings:
         samples, concurrency = SETTINGS[setting]
+        whole = set()  # the algorithms whose first searcher here had every scheduler
         for sampler in ["random", *(s for s in args.samplers if s != "random")]:
+            algorithm = SAMPLERS[sampler]["algorithm"]
             if sampler in SLOW and setting == "lm" and not args.slow:
                 continue
             if SAMPLERS[sampler].get("startup_trials", OPTUNA_STARTUP) >= samples and (
-                    SAMPLERS[sampler]["algorithm"] in ("tpe", "gp")):
+                    algorithm in ("tpe", "gp")):
                 continue  # random search: all its samples are start-up ones
+            few = algorithm in whole or algorithm == "gp"
+            whole.add(algorithm)
             for label, settings in schedulers(budget).items():
                 if label not in args.schedulers and not (sampler == "random" and label == "none"):
+                    continue
+                if few and label not in FEW:
                     continue
                 if "stop_when_flat" in settings and samples <= FLAT["trials"]:
                     continue
@@ -124,14 +138,15 @@ def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
                 search = {**SAMPLERS[sampler], "num_samples": samples,
                           "max_concurrent": concurrency, **settings}
                 combinations.append((setting, sampler, label, search))
-    return [(*combination, seed, SETTINGS[combination[0]][1]) for seed in range(args.seeds)
+    return [(*combination, seed, SETTINGS[combination[0]][1]) for seed in args.seed_list
             for combination in combinations]
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """The 25th, 50th and 75th percentiles, inf counted as the largest (numpy's 'lower')."""
+    """The 25th, 50th and 75th percentiles as order statistics (numpy's 'higher': of 50 seeds,
+    the median is the 26th), so that inf counts as the largest."""
     ordered = np.sort(np.array(values, dtype=float))
-    return tuple(float(np.percentile(ordered, q, method="lower")) for q in (25, 50, 75))
+    return tuple(float(np.percentile(ordered, q, method="higher")) for q in (25, 50, 75))
 
 
 def percent(value: float) -> str:
@@ -247,6 +262,7 @@ def main() -> None:
         sys.exit(f"error: {err}")
     budget = int(table.tokens[-1])
     args.schedulers = args.schedulers or list(schedulers(budget))
+    args.seed_list = study_seeds(args.seeds, table)
     planned = tasks(args, budget)
     before = kept(args.results)
     results = [before[(*t[:3], t[4])] for t in planned if (*t[:3], t[4]) in before]
