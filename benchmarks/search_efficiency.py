@@ -51,7 +51,7 @@ OPTUNA_STARTUP = 10  # TPESampler's and GPSampler's n_startup_trials when none i
 SLOW = {"gp", "gp/5"}  # seconds a suggestion at 64 samples: left out unless asked for there
 FEW = ("none", "asha 1/16 ×4", "asha 3/32 ×3")  # the schedulers of gp and of other start-ups
 FLAT = {"trials": 16, "margin": "noise"}  # where a study has more samples than that
-QUICKSTART_ONLY = {"asha 3/32 ×3"}  # the quickstart's rungs (10%, 30%, 90%) on the table's points
+QUICKSTART_ONLY = {"asha 3/32 ×3", "asha 3/32 ×4"}  # the quickstart's own grace period
 
 
 def schedulers(budget: int) -> dict[str, dict[str, Any]]:
@@ -62,8 +62,9 @@ def schedulers(budget: int) -> dict[str, dict[str, Any]]:
             found[f"asha 1/{share} ×{factor}"] = {
                 "scheduler": "asha", "asha": {"grace_period": budget // share,
                                               "reduction_factor": factor}}
-    found["asha 3/32 ×3"] = {"scheduler": "asha", "asha": {"grace_period": 3 * budget // 32,
-                                                           "reduction_factor": 3}}
+    for factor in (3, 4):  # the quickstart's grace period (a tenth) on the table's points
+        found[f"asha 3/32 ×{factor}"] = {"scheduler": "asha", "asha": {
+            "grace_period": 3 * budget // 32, "reduction_factor": factor}}
     found["hyperband ×4"] = {"scheduler": "hyperband", "max_concurrent": None,
                              "asha": {"grace_period": budget // 16, "reduction_factor": 4}}
     found["median"] = {"scheduler": "median"}
