@@ -4,12 +4,13 @@ Optuna samplers and Ray's schedulers, without Ray or training.
 
     uv run python benchmarks/search_efficiency.py [--table benchmarks/curves/cosine.npz]
         [--seeds 50] [--workers 2] [--settings lm quickstart] [--samplers tpe random ...]
-        [--schedulers none "asha 1/16 ×4" ...]
+        [--schedulers none "asha 1/16 ×4" ...] [--results FILE] [--slow] [--space FILE]
 
 For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time),
-each searcher × scheduler runs with seeds 0 … N−1 (the searcher's seed and the training seed,
-which picks the table's seed), against random search without a scheduler at the same seed, and
-prints markdown, medians over the seeds:
+each searcher × scheduler runs with N seeds (the searcher's seed and the training seed, which
+picks the table's seed; 1 … N, the table's own Sobol seed left out), against random search
+without a scheduler at the same seed (gp, and the start-up counts after a searcher's first, with
+no scheduler and the ASHA settings in FEW only), and prints markdown, medians over the seeds:
 - P5: the tokens it trained before its best val_loss reached random search's final best, as a
   share of random search's tokens (interquartile range; "n.r.": not reached, counted as
   infinite);
