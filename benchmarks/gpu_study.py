@@ -38,6 +38,8 @@ from typing import Any
 import yaml
 from random_tokens import random_dataset
 
+from tuner.space.checks import STARTUP_SEARCHERS
+
 REPO = Path(__file__).resolve().parents[1]
 LM_YAML = REPO / "search_spaces" / "lm.yaml"
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -64,7 +66,9 @@ def study_file(work: Path, data: Path, tiny: bool, sizes: dict[str, Any],
                                                                    / cut))
     asha = space["search"]["asha"]
     asha["grace_period"] = int(asha["grace_period"] / cut)
-    space["search"].update(num_samples=sizes["samples"], startup_trials=sizes["samples"] // 2)
+    space["search"]["num_samples"] = sizes["samples"]
+    if space["search"]["algorithm"] in STARTUP_SEARCHERS:
+        space["search"]["startup_trials"] = sizes["samples"] // 2
     space["tracking"] = {"uri": f"sqlite:///{work / 'mlflow.db'}", "log_checkpoints": "none"}
     if tiny:
         quick = yaml.safe_load(QUICKSTART.read_text())

@@ -15,8 +15,8 @@ the best 1/reduction_factor of the trials at a rung). The scores: the plain val_
 ranks today), the learning-rate-annealing law of Tissue et al. 2024 (arXiv 2408.11029) fitted to
 the curve so far and extrapolated to the full schedule, a power law in steps fitted likewise, and
 the mean of the last three evaluations. The same trials are scored at the study's own rungs
-(with its reduction factor, or `--reduction-factor`) and at lm.yaml's (rungs at 1/16 and 1/4 of a
-full trial, reduction factor 4): a CPU-sized copy of lm.yaml's rungs. Last, whether each
+(with its reduction factor, or `--reduction-factor`) and at lm.yaml's (its rungs' fractions of a
+full trial and reduction factor, read from the file): a CPU-sized copy of lm.yaml's rungs. Last, whether each
 candidate beats the plain loss (`verdicts`). Trials' curves are kept in WORK/<run>.json and reused
 when the same run is asked for again.
 """

@@ -4,6 +4,7 @@ stopping, and what the orchestration costs.
     uv run python benchmarks/study_efficiency.py [--seeds 0 1 2] [--space FILE] [--work DIR]
     uv run python benchmarks/study_efficiency.py --as-is 3 [--scale 4]
     uv run python benchmarks/study_efficiency.py --flat 12 noise [--seeds 0 1] [--asha-samples 48]
+    uv run python benchmarks/study_efficiency.py --seeds 15 16 --random-best 0.3714 0.3628
 
 For every seed it runs `tuner search` twice on search_spaces/quickstart.yaml (or `--space`):
 random search with no scheduler (`--random-samples` full trials) and ASHA + TPE (`--asha-samples`
@@ -16,7 +17,9 @@ trial. `--as-is N` runs the study file unchanged N times and reports only the or
 `--scale K` makes its trials K times as long, to see how the fixed costs weigh on longer trials.
 `--flat N MARGIN` runs ASHA + TPE for every seed as it is and with search.stop_when_flat
 {trials: N, margin: MARGIN}, and reports the tokens the stop saved (net of its seed check's) and
-whether the final best changed.
+whether the final best changed. `--random-best LOSS...` takes random search's final best for each
+seed as recorded (docs/benchmarks.md, with `--random-samples` full trials) and runs only the study
+file's own search, `--asha-samples` trials: the tokens it takes to reach that best.
 """
 
 from __future__ import annotations
@@ -344,6 +347,27 @@ def flat_runs(work: Path, args: argparse.Namespace, concurrency: int) -> str:
     return flat_report(rows)
 
 
+def shipped_runs(work: Path, args: argparse.Namespace, study: Any) -> str:
+    """Per seed, the study file's own search against random search's recorded final best: the
+    markdown of the tokens it took to reach it, as shares of random search's."""
+    spent = args.random_samples * study.full_trial_tokens()
+    lines = [f"| seed | random search's best (recorded, {args.random_samples} full trials) | "
+             "shipped: trials, tokens, best | tokens to reach random's best |", "|---|---|---|---|"]
+    shares = []
+    for seed, target in zip(args.seeds, args.random_best, strict=True):
+        run = _run_and_measure(work, f"shipped-s{seed}-{int(time.time())}",
+                               {"num_samples": args.asha_samples, "seed": seed}, args.space,
+                               study.search.max_concurrent)
+        reach = tokens_to_reach(run.curve, target)
+        shares.append(reach / spent)
+        lines.append(f"| {seed} | {target:.4f} | {run.trials}, {run.curve[-1][0]:,}, "
+                     f"{run.curve[-1][1]:.4f} | " + (f"{reach:,.0f} ({reach / spent:.0%})"
+                                                     if math.isfinite(reach) else "not reached")
+                     + " |")
+    return "\n".join([*lines, "", f"median: {_median(shares):.0%} of random search's tokens"
+                       if math.isfinite(_median(shares)) else "median: not reached"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -360,6 +384,9 @@ def main() -> None:
     parser.add_argument("--flat", nargs=2, metavar=("N", "MARGIN"),
                         help="instead of the comparison, ASHA + TPE as it is and with "
                              "search.stop_when_flat {trials: N, margin: MARGIN}")
+    parser.add_argument("--random-best", type=float, nargs="+", metavar="LOSS",
+                        help="random search's recorded final best for each of --seeds: run only "
+                             "the study file's own search")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -375,6 +402,11 @@ def main() -> None:
                                     concurrency, args.scale) for i in range(args.as_is)]
         print(header)
         print(orchestration(studies))
+        return
+    if args.random_best:
+        table = shipped_runs(work, args, study)
+        print(header)
+        print(table)
         return
     if args.flat:
         table = flat_runs(work, args, concurrency)

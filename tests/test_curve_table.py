@@ -1,64 +1,22 @@
-"""The table of learning curves (benchmarks/curves/build.py, tuner.search.trial.curve_table):
-built on a tiny model, resumed, replayed through `tuner search --curve-table`, and refused when it
-does not fit the study."""
+"""The table of learning curves (benchmarks/curves/build.py, tuner.search.trial.curve_table): built on a
+tiny model, resumed, replayed through `tuner search --curve-table`, and refused when it does not
+fit the study."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from curve_tables import build, builder, write_space
 from studies import fresh_store, mlflow_runs, run_tuner
 
 from tuner.search.trial import curve_table
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "build.py"
-_spec = importlib.util.spec_from_file_location("curves_build", SCRIPT)
-builder = sys.modules["curves_build"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builder)  # a script, not a package module: loaded from its file
-
-SPACE = {  # lm.yaml's seven searched hyperparameters on a tiny model: 4 evaluations of 512 tokens
-    "name": "tiny-curves",
-    "model": {"vocab_size": 300, "context_length": 16, "d_model": 16, "num_layers": 1,
-              "num_heads": 2, "d_ff": 32},
-    "hparams": {"α_max": {"loguniform": [1.0e-3, 1.0e-1]},
-                "lr_min_ratio": {"uniform": [0.01, 0.3]},
-                "warmup_fraction": {"uniform": [0.0, 0.1]}, "β2": {"uniform": [0.9, 0.999]},
-                "λ": {"loguniform": [1.0e-3, 0.3]}, "τ": {"loguniform": [0.3, 3.0]},
-                "B": {"choice": [4, 8]}},
-    "budget": {"tokens": 2048, "eval_tokens": 512, "eval_windows": 4, "seed": 0},
-    "search": {"algorithm": "tpe", "scheduler": "asha", "num_samples": 4, "max_concurrent": 2,
-               "startup_trials": 2, "asha": {"grace_period": 512, "reduction_factor": 2}},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "device": "cpu"},
-}
-
-
-def write_space(folder: Path, data_dir: Path, **changes: dict) -> Path:
-    """The tiny study file on `data_dir`, with sections' settings changed."""
-    space = json.loads(json.dumps(SPACE))
-    space["data"] = {"path": str(data_dir)}
-    for section, settings in changes.items():
-        space[section].update(settings)
-    path = folder / f"{space['name']}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
-    return path
-
-
-def build(space: Path, work: Path, out: Path) -> Path:
-    """Build the 4-configuration table in this process, its torch threads put back after."""
-    threads = torch.get_num_threads()
-    try:
-        return builder.build(argparse.Namespace(space=space, configs=4, sobol_seed=0, workers=1,
-                                                work=work, out=out))
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

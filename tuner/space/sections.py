@@ -168,8 +168,9 @@ class SearchSection(Section):
     """How trials are proposed (Optuna sampler) and stopped early (Ray Tune scheduler)."""
 
     algorithm: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = Field(
-        "tpe", description="Optuna sampler: TPE, random, grid (enumerates the {grid: [...]} "
-        "values), CMA-ES, Gaussian process, or quasi-Monte Carlo")
+        "random", description="Optuna sampler: random, TPE, grid (enumerates the {grid: [...]} "
+        "values), CMA-ES, Gaussian process, or quasi-Monte Carlo (random: chosen on the table "
+        "of learning curves, docs/benchmarks.md)")
     scheduler: Literal["asha", "hyperband", "median", "pbt", "none"] = Field(
         "asha", description="Ray Tune scheduler that stops (or, for pbt, perturbs) trials early")
     # Every part of tuner (ASHA, the searcher, the best trial, divergence) ranks by val_loss

@@ -1,0 +1,277 @@
+"""A study simulated on a table of learning curves, without Ray: the study's own searcher and
+scheduler (tuner.search.searchers.algorithms: Ray's OptunaSearch with the Optuna sampler, Ray's
+ASHA, HyperBand or median rule) are driven as Tune's controller drives them, and each trial is
+answered from the table as a replayed study's (`tuner search --curve-table`) is.
+
+Time is tokens trained: a trial started at time t reports its evaluation at k tokens at time
+t + k, and the `slots` trials that run at once (max_concurrent, or what the resources allow)
+advance together; events at the same time are taken in the order they were scheduled. Each step
+is one of Tune's: ask the searcher for trials (as many pending at once as Tune allows), start
+what the scheduler picks and the pending trials while a slot is free, then handle one event (a
+result, or a trial's function returning after its last).
+
+    from search_sim import simulate   # benchmarks/ on sys.path
+    run = simulate(load_study(...), curve_table.load(...))
+    run.best, run.tokens, run.curve, run.trials
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray.tune.experiment.trial import Trial
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from tuner.search.trial.curve_table import CurveTable
+from tuner.search.searchers.algorithms import build_scheduler, build_searcher, time_unit
+from tuner.search.searchers.flat_stop import NOISE_SEEDS, Flatness
+from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
+from tuner.space.checks import STARTUP_SEARCHERS
+
+PENDING, RUNNING, PAUSED, TERMINATED = Trial.PENDING, Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED
+
+
+@dataclass(eq=False)  # hashed by identity, as the schedulers key Tune's trials
+class SimTrial:
+    """A trial as Ray's schedulers read it (Tune's Trial is too heavy to make thousands of), and
+    what the simulation keeps of it."""
+
+    trial_id: str
+    config: dict[str, Any]
+    row: int  # the table's configuration that answers it
+    started: int  # its place in the order trials were created
+    start: int = -1  # the time it first ran
+    status: str = PENDING
+    is_saving: bool = False
+    last_result: dict[str, Any] = field(default_factory=dict)
+    points: int = 0  # evaluations reported
+    tokens: int = 0  # tokens trained
+    best: float = math.inf  # its lowest val_loss
+    ended: str = ""  # completed, stopped or diverged
+
+    def __repr__(self) -> str:
+        return f"SimTrial({self.trial_id}, row {self.row}, {self.status})"
+
+
+@dataclass
+class SimStudy:
+    """A simulated study's outcome."""
+
+    trials: list[SimTrial]
+    curve: list[tuple[int, float]]  # after each evaluation: (tokens trained so far, best so far)
+    tokens: int  # trained by all trials, and the flat rule's seed check
+    best: SimTrial | None  # what `tuner best` recommends: the lowest val_loss, not diverged
+    stop_reason: str = ""
+
+
+def with_search(base: Mapping[str, Any], seed: int, **search: Any) -> dict[str, Any]:
+    """The study file `base` (a mapping) with its `search` settings changed (those its searcher
+    or scheduler would not use left out, None ones too), searcher and training seeds `seed`."""
+    data = json.loads(json.dumps(base))
+    settings = {**data.get("search", {}), **search, "seed": seed}
+    unused = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
+    for key, users in unused.items():
+        if settings.get("scheduler", "asha") not in users:
+            settings.pop(key, None)
+    if settings.get("algorithm", "tpe") not in STARTUP_SEARCHERS:
+        settings.pop("startup_trials", None)
+    data["search"] = {key: value for key, value in settings.items() if value is not None}
+    data["budget"] = {**data["budget"], "seed": seed}
+    return data
+
+
+def simulate(study: Any, table: CurveTable, slots: int | None = None) -> SimStudy:
+    """Run `study` (a loaded study file, the one the table stands for: UserError if not) to its
+    end; `slots` trials at once where its search sets no max_concurrent."""
+    table.check_study(study)
+    return _Controller(study, table, slots).run()
+
+
+class _Controller:
+    """Tune's controller, as far as a searcher and a scheduler see it."""
+
+    def __init__(self, study: Any, table: CurveTable, slots: int | None) -> None:
+        search = study.search
+        random.seed(search.seed)  # as tuner.search.run.runner seeds ASHA's bracket draws
+        np.random.seed(search.seed)
+        self.study, self.table = study, table
+        self.seed = table.seed_index(study.budget.seed)
+        self.searcher = build_searcher(study)
+        if search.max_concurrent:  # what Tune wraps it in for max_concurrent_trials
+            self.searcher = ConcurrencyLimiter(self.searcher, search.max_concurrent)
+        self.max_pending = search.max_concurrent or 1  # Tune's, for a searcher of its own
+        self.slots = search.max_concurrent or slots
+        if not self.slots:
+            raise ValueError("a study without max_concurrent needs slots")
+        self.scheduler = build_scheduler(study)
+        self.unit = time_unit(study)
+        self.flat = Flatness(search.stop_when_flat.trials) if search.stop_when_flat else None
+        self.margin = None if self.flat is None or search.stop_when_flat.margin == "noise" \
+            else search.stop_when_flat.margin
+        self.trials: list[SimTrial] = []
+        self.queue: list[SimTrial] = []  # pending trials, in the order they asked to start
+        self.events: list[tuple[int, int, str, SimTrial]] = []  # (time, order, kind, trial)
+        self.order = 0
+        self.now = 0
+        self.running = 0
+        self.spent = 0  # tokens trained by all trials
+        self.finished_search = False
+        self.extra_tokens = 0  # the flat rule's seed check
+        self.curve: list[tuple[int, float]] = []
+        self.stop_reason = ""
+
+    # What Ray's schedulers call on Tune's controller
+    def get_trials(self) -> list[SimTrial]:
+        return self.trials
+
+    def get_live_trials(self) -> list[SimTrial]:
+        return [t for t in self.trials if t.status != TERMINATED]
+
+    def has_resources_for_trial(self, trial: SimTrial) -> bool:
+        return self.running < self.slots
+
+    def stop_trial(self, trial: SimTrial) -> None:
+        """Tune's stop_trial: the scheduler and searcher told, then the trial ends."""
+        if trial.status == TERMINATED:
+            return
+        if trial.status in (PENDING, PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+            self.searcher.on_trial_complete(trial.trial_id)
+        else:
+            self.scheduler.on_trial_complete(self, trial, trial.last_result)
+            self.searcher.on_trial_complete(trial.trial_id, result=trial.last_result)
+        self._end(trial)
+        self._flat_check(trial)
+
+    def run(self) -> SimStudy:
+        while not self._done():
+            self._ask()
+            self._start()
+            if not self.events:
+                raise RuntimeError("simulation stalled: no trial can run")  # a scheduler's bug
+            self.now, _, kind, trial = heapq.heappop(self.events)
+            if kind == "result":
+                self._result(trial)
+            else:  # its function returned: Tune's duplicate of the last result, done
+                self.stop_trial(trial)
+            if self.stop_reason:
+                for other in self.trials:  # Tune's stop_all: no scheduler or searcher call
+                    if other.status != TERMINATED:
+                        self._end(other)
+                self.finished_search = True
+        ranked = [t for t in self.trials if t.ended != "diverged" and math.isfinite(t.best)]
+        best = min(ranked, key=lambda t: (t.best, t.started), default=None)
+        return SimStudy(self.trials, self.curve, self.spent + self.extra_tokens, best,
+                        self.stop_reason)
+
+    def _done(self) -> bool:
+        return self.finished_search and all(t.status == TERMINATED for t in self.trials)
+
+    def _ask(self) -> None:
+        """Tune's _maybe_update_trial_queue: new trials while fewer than max_pending wait."""
+        while not self.finished_search and sum(
+                t.status == PENDING for t in self.trials) < self.max_pending:
+            trial_id = f"{len(self.trials):05d}"
+            config = self.searcher.suggest(trial_id)
+            if config is None:
+                return
+            trial = SimTrial(trial_id, config, self.table.nearest(config), len(self.trials))
+            self.trials.append(trial)
+            self.scheduler.on_trial_add(self, trial)
+            self.queue.append(trial)
+            self.finished_search = len(self.trials) >= self.study.trial_count
+
+    def _start(self) -> None:
+        """Tune's _maybe_add_actors: the scheduler's pick, then pending trials, while a slot
+        is free."""
+        chosen = self.scheduler.choose_trial_to_run(self)
+        if chosen is not None and chosen not in self.queue:
+            chosen.status = PENDING
+            self.queue.append(chosen)
+        while self.queue and self.running < self.slots:
+            trial = self.queue.pop(0)
+            trial.status = RUNNING
+            trial.start = self.now if trial.start < 0 else trial.start
+            self.running += 1
+            self._next_event(trial)
+
+    def _next_event(self, trial: SimTrial) -> None:
+        ahead = int(self.table.tokens[trial.points]) - trial.tokens
+        self._push(self.now + ahead, "result", trial)
+
+    def _push(self, time: int, kind: str, trial: SimTrial) -> None:
+        heapq.heappush(self.events, (time, self.order, kind, trial))
+        self.order += 1
+
+    def _result(self, trial: SimTrial) -> None:
+        """Tune's _process_trial_result for the trial's next evaluation, then its decision."""
+        k = trial.points
+        tokens = int(self.table.tokens[k])
+        loss = float(self.table.val_loss[trial.row, self.seed, k])
+        self.spent += tokens - trial.tokens
+        trial.points, trial.tokens = k + 1, tokens
+        diverged = not math.isfinite(loss)
+        result = {TIME_ATTR: tokens, "val_loss": loss, "training_iteration": k + 1,
+                  "diverged": float(diverged)}
+        if self.unit:
+            result[HYPERBAND_TIME] = tokens / self.unit
+        if not diverged:
+            trial.best = min(trial.best, loss)
+        self.curve.append((self.spent, min(loss if not diverged else math.inf,
+                                           self.curve[-1][1] if self.curve else math.inf)))
+        decision = self.scheduler.on_trial_result(self, trial, result)
+        if decision != TrialScheduler.STOP:
+            self.searcher.on_trial_result(trial.trial_id, result)
+        trial.last_result = result
+        if diverged:
+            trial.ended = "diverged"
+        if decision == TrialScheduler.STOP:
+            self.stop_trial(trial)
+        elif decision == TrialScheduler.PAUSE:
+            trial.status = PAUSED
+            self.running -= 1
+        elif diverged or trial.points == len(self.table.tokens):
+            self._push(self.now, "end", trial)
+        else:
+            self._next_event(trial)
+
+    def _end(self, trial: SimTrial) -> None:
+        if trial.status == RUNNING:
+            self.running -= 1
+            self.events = [e for e in self.events if e[3] is not trial]
+            heapq.heapify(self.events)
+        if trial in self.queue:
+            self.queue.remove(trial)
+        trial.status = TERMINATED
+        if not trial.ended:
+            trial.ended = "completed" if trial.points == len(self.table.tokens) else "stopped"
+
+    def _flat_check(self, trial: SimTrial) -> None:
+        """FlatWatch's rule on a finished trial; its noise margin seed-checked on the table: the
+        best completed trial's final val_loss at its seed and NOISE_SEEDS more (table seeds
+        s + 1, s + 2, … mod 2), their tokens spent."""
+        if self.flat is None or self.stop_reason:
+            return
+        self.flat.finished.append(trial.best if trial.ended != "diverged" else math.inf)
+        gain = self.flat.improvement()
+        if gain is None or gain == math.inf:
+            return
+        if self.margin is None:
+            done = [t for t in self.trials if t.ended == "completed" and math.isfinite(t.best)]
+            if not done:
+                return
+            best = min(done, key=lambda t: (t.best, t.started))
+            seeds = [self.study.budget.seed + i for i in range(NOISE_SEEDS + 1)]
+            finals = [float(self.table.final[best.row, self.table.seed_index(s)]) for s in seeds]
+            self.margin = float(np.std(finals, ddof=1))
+            self.extra_tokens += NOISE_SEEDS * int(self.table.tokens[-1])
+        if gain <= self.margin:
+            self.stop_reason = f"flat: {gain:.4g} ≤ {self.margin:.4g}"

@@ -1,0 +1,185 @@
+"""The simulator of studies on a table of curves (benchmarks/search_sim.py): trials advance in
+token order as concurrent trials would, Ray's schedulers stop and pause them, and a replayed
+`tuner search --curve-table` makes the same trials, stops and best."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from curve_tables import BENCHMARKS, build, load_script, write_space
+from studies import fresh_store, mlflow_runs, run_tuner
+
+from tuner.errors import UserError
+from tuner.search.trial import curve_table
+from tuner.search.searchers.algorithms import stopping_points
+from tuner.space import load_study
+
+sim = load_script(BENCHMARKS / "search_sim.py", "search_sim")
+BUDGET = 2048  # the tiny study's tokens a trial
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> tuple[Path, Path]:
+    """The tiny study file and a table of 8 of its configurations, built once."""
+    folder = tmp_path_factory.mktemp("sim")
+    space = write_space(folder, dataset)
+    return space, build(space, folder / "work", folder / "table.npz", configs=8)
+
+
+def study_of(space: Path, seed: int = 0, **search: Any) -> Any:
+    """The tiny study with its search section changed, searcher and training seed `seed`."""
+    return load_study(sim.with_search(yaml.safe_load(space.read_text()), seed, **search))
+
+
+def test_trials_advance_in_token_order_two_at_a_time(tiny: tuple[Path, Path]) -> None:
+    """Random search without a scheduler, 2 at a time: each trial starts when a slot frees,
+    trains the whole budget on the curve of its nearest configuration and the table seed of
+    the study's seed, and the best is the lowest val_loss of them all."""
+    space, path = tiny
+    table = curve_table.load(path)
+    run = sim.simulate(study_of(space, seed=3, algorithm="random", scheduler="none",
+                                num_samples=5, max_concurrent=2), table)
+    assert [t.start for t in run.trials] == [0, 0, BUDGET, BUDGET, 2 * BUDGET]
+    assert [t.row for t in run.trials] == [table.nearest(t.config) for t in run.trials]
+    assert {t.ended for t in run.trials} == {"completed"} and run.tokens == 5 * BUDGET
+    lowest = [float(np.min(table.val_loss[t.row, 1])) for t in run.trials]
+    assert [t.best for t in run.trials] == lowest
+    assert run.best is run.trials[int(np.argmin(lowest))]
+    spent = [tokens for tokens, _ in run.curve]
+    assert spent == sorted(spent) and spent[-1] == run.tokens and len(spent) == 5 * 4
+    assert run.curve[-1][1] == min(lowest)
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
+def test_schedulers_stop_trials_where_they_may(scheduler: str, tiny: tuple[Path, Path]) -> None:
+    """Ray's own schedulers end trials early: ASHA at its rungs, HyperBand at its brackets'
+    milestones (its paused trials resumed where they paused), the median rule after its grace
+    period; every token a trial trained is counted once."""
+    space, path = tiny
+    table = curve_table.load(path)
+    limit = {"max_concurrent": None} if scheduler == "hyperband" else {"max_concurrent": 2}
+    study = study_of(space, algorithm="tpe", scheduler=scheduler, num_samples=12, **limit)
+    run = sim.simulate(study, table, slots=2)
+    assert len(run.trials) == 12 and "stopped" in {t.ended for t in run.trials}
+    assert run.tokens == sum(t.tokens for t in run.trials)
+    for trial in run.trials:
+        assert trial.tokens == table.tokens[trial.points - 1]
+        assert (trial.ended == "completed") == (trial.tokens == BUDGET)
+    stops = {t.tokens for t in run.trials if t.ended == "stopped"}
+    if scheduler == "asha":
+        assert stops <= set(stopping_points(study))
+    elif scheduler == "median":
+        assert min(stops) >= study.search.median.grace_period
+    assert run.best is min(run.trials, key=lambda t: t.best)
+
+
+def test_a_diverged_trial_ends_there_and_is_never_the_best(tiny: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    """A configuration whose curve diverges at its second evaluation (inf, NaN after): its
+    trials train no further and are not recommended, however low their first loss."""
+    space, path = tiny
+    table = curve_table.load(path)
+    arrays = {name: getattr(table, name).copy() for name in curve_table.ARRAYS}
+    arrays["val_loss"][:, :, 0] += 1.0
+    arrays["val_loss"][0, :, 0] = 0.1  # the lowest loss of the table, then a divergence
+    arrays["val_loss"][0, :, 1], arrays["val_loss"][0, :, 2:] = np.inf, np.nan
+    broken = curve_table.load(curve_table.save(tmp_path / "diverged.npz", table.meta, arrays))
+    run = sim.simulate(study_of(space, algorithm="random", scheduler="none", num_samples=16,
+                                max_concurrent=2), broken)
+    diverged = [t for t in run.trials if t.row == 0]
+    assert diverged and all(t.ended == "diverged" and t.tokens == 1024 for t in diverged)
+    assert run.best.row != 0 and run.curve[-1][1] == pytest.approx(0.1)
+
+
+def test_a_table_of_another_study_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """The simulator checks the table against the study as `tuner search --curve-table` does."""
+    space, path = tiny
+    data = yaml.safe_load(space.read_text())
+    data["model"]["d_model"] = 32
+    with pytest.raises(UserError, match="a curve table of another study: its model.d_model"):
+        sim.simulate(load_study(data), curve_table.load(path))
+
+
+def replayed_trials(uri: str, name: str, folder: Path) -> tuple[list[tuple], int]:
+    """A replayed study's trials in the order they started: (sampled params, status, tokens
+    trained); and the place of its best trial (the parent's tuner.best_trial_id) among them."""
+    client, parent, runs = mlflow_runs(uri, name)
+    runs.sort(key=lambda r: r.info.start_time)
+    trials = []
+    for run in runs:
+        where = folder / run.info.run_id
+        where.mkdir()
+        params = json.loads(Path(client.download_artifacts(run.info.run_id, "searched.json",
+                                                           str(where))).read_text())
+        tokens = max(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        trials.append((params, run.data.tags["tuner.status"], tokens))
+    ids = [run.data.tags["tuner.trial_id"] for run in runs]
+    return trials, ids.index(parent.data.tags["tuner.best_trial_id"])
+
+
+@pytest.mark.slow
+def test_simulator_agrees_with_the_replayed_study(tiny: tuple[Path, Path], tmp_path: Path,
+                                                  mlflow_store_template: Path) -> None:
+    """For 3 seeds, `tuner search --curve-table` (Ray Tune, OptunaSearch, ASHA, MLflow) and the
+    simulator give the same trials (sampled values), the same stops and the same best: TPE
+    modelling from its third trial, ASHA with rungs at 1/4 and 1/2, one trial at a time (with
+    more, a replayed trial reports as fast as the driver takes its results, not in token
+    order: docs/benchmarks.md)."""
+    space, path = tiny
+    table = curve_table.load(path)
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    stops = 0
+    for seed in range(3):
+        name = f"agree-{seed}"
+        data = {**sim.with_search(yaml.safe_load(space.read_text()), seed, num_samples=6,
+                                  max_concurrent=1), "name": name}
+        file = tmp_path / f"{name}.yaml"
+        file.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        study = load_study(file)
+        proc = run_tuner(["search", "--space", str(file), "--curve-table", str(path),
+                          "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
+                         cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        real, best = replayed_trials(uri, name, tmp_path)
+        run = sim.simulate(study, table)
+        assert real == [(t.config, t.ended, t.tokens) for t in run.trials], seed
+        assert run.trials[best] is run.best, seed
+        stops += sum(status == "stopped" for _, status, _ in real)
+    assert stops >= 2  # the rungs were tested, not only full trials
+
+
+def test_search_efficiency_compares_with_random_search(tiny: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """benchmarks/search_efficiency.py on the tiny table: random search without a scheduler
+    reaches its own final best in every seed, within its own tokens; ASHA trains fewer tokens;
+    regrets are in seed sd and never negative; run again on its --results, it simulates
+    nothing and prints the same tables."""
+    space, path = tiny
+
+    def efficiency() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(BENCHMARKS / "search_efficiency.py"), "--table", str(path),
+             "--space", str(space), "--seeds", "3", "--workers", "1", "--settings",
+             "quickstart", "--samplers", "random", "--schedulers", "none", "asha 1/4 ×4",
+             "--results", str(tmp_path / "results.jsonl")],
+            capture_output=True, text=True, timeout=300, check=False)
+
+    proc, again = efficiency(), efficiency()
+    assert proc.returncode == 0, proc.stderr
+    assert "0 studies in" in again.stdout and "(6 read from --results)" in again.stdout
+    assert again.stdout.splitlines()[1:-1] == proc.stdout.splitlines()[1:-1]
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip().split(" · ")
+             for line in proc.stdout.splitlines() if line.startswith(("| none |", "| asha "))}
+    assert set(cells) == {"none", "asha 1/4 ×4"}, proc.stdout
+    p5, _, _, tokens = cells["none"]
+    assert p5.endswith(" 3") and float(p5.split("%")[0]) <= 100 and tokens == "10.0"
+    assert float(cells["asha 1/4 ×4"][3]) < 10
+    assert all(float(figures[1]) >= 0 and figures[2].endswith("%") for figures in cells.values())
+    assert "8 configurations" in proc.stdout and "CPU seconds per 3-seed comparison" in proc.stdout
