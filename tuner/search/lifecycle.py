@@ -186,6 +186,7 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
     how it ended."""
     from tuner.search.console import print_summary, quietly
+    from tuner.search.node_watch import NodeLost
     from tuner.search.runner import run_study
     from tuner.search.storage_faults import StorageFull
     from tuner.search.tracking import TrackingLost
@@ -207,6 +208,11 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     except StorageFull as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
         console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
+        return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
+                     resume_hint)
+    except NodeLost as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
+        console.print(f"continue it with: {resume_hint}", markup=False)
         return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
                      resume_hint)
     except KeyboardInterrupt:

@@ -199,6 +199,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     from tuner.search import scratch, storage_faults
     from tuner.search.console import stop_live_views
     from tuner.search.extension import set_trial_limit
+    from tuner.search.node_watch import stop_on_node_loss
     from tuner.search.stopping import STOP_FLAG, abort_if_stopped, stop_handlers_kept, stops_held
     from tuner.search.tune_state import keep, restore_whole_state
 
@@ -229,7 +230,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                     state.save(storage / study.name, study, overrides)
                 if restore and set_trial_limit(storage / study.name, study.trial_count):
                     keep(storage / study.name, storage / study.name)  # extended: the copy too
-                with storage_faults.as_storage_full(storage / study.name):
+                with storage_faults.as_storage_full(storage / study.name), \
+                        stop_on_node_loss(address):
                     _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save
