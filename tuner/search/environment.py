@@ -61,15 +61,14 @@ def configure(local: bool) -> None:
 
 
 @contextmanager
-def undone_after() -> Iterator[None]:
-    """Within: what `configure` sets; after, those variables as they were, so that a process that
-    goes on (a notebook's) starts its next Ray, a cluster's driver say, without a local Ray's."""
-    before = {key: os.environ.get(key) for key in {**STUDY_ENV, **LOCAL_RAY_ENV}}
+def kept() -> Iterator[None]:
+    """Within: what a study sets (`configure`'s, and Ray's own: RAY_AUTH_MODE, RAY_CLIENT_MODE,
+    …); after, os.environ exactly as before, so that a process that goes on (a notebook's)
+    starts its next Ray, a cluster's driver say, as if no study had run."""
+    before = dict(os.environ)
     try:
         yield
     finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key in [key for key in os.environ if key not in before]:
+            del os.environ[key]
+        os.environ.update(before)
