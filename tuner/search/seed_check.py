@@ -23,7 +23,6 @@ from typing import Any
 from tuner.errors import UserError
 from tuner.folder_lock import folder_lock
 from tuner.store import runs
-from tuner.store.uri import absolute_uri
 from tuner.store.layout import (
     COMPLETED,
     CONFIRMATION,
@@ -35,6 +34,7 @@ from tuner.store.layout import (
     TRIAL_TAG,
     VERDICT_TAG,
 )
+from tuner.store.uri import absolute_uri
 
 ALPHA = 0.05  # a lead is significant at p < ALPHA
 
