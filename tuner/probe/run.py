@@ -18,6 +18,7 @@ from tuner.errors import UserError
 from tuner.space.distributions import Distribution, IntRange, LogUniform, Uniform
 
 PLACEHOLDER = "{loguniform: [1.0e-4, 1.0e-2]}"  # what a dry run of --write sets
+MOST_STEPS = 10_000  # a sweep's steps at most: 30 times the most usual
 
 
 @dataclass
@@ -66,10 +67,14 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     from tuner.space.edit import set_hparam, write_checked
     from tuner.store.layout import DATASET_TAG, DEVICE_TAG
 
+    for option, value in (("--start", start), ("--end", end)):
+        if not math.isfinite(value):
+            raise UserError(f"{option} {value}: must be a finite number")
     if not 0 < start < end:
         raise UserError(f"--start {start} and --end {end}: the sweep's α must grow from above 0")
-    if steps < 10:
-        raise UserError(f"--steps {steps}: a sweep needs 10 steps or more (100–300 is usual)")
+    if not 10 <= steps <= MOST_STEPS:
+        raise UserError(f"--steps {steps}: a sweep takes 10 to {MOST_STEPS:,} steps (100–300 is "
+                        "usual)")
     study = load_study(space)
     text = study.source_text or ""
     if write:
