@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import select
 import signal
 import socket
 import struct
@@ -121,7 +120,8 @@ def new_stops() -> int:
 
 def _stamped() -> list[float] | None:
     """When each stop signal not read yet arrived, by the kernel's stamps; None where there are
-    none (not stamped, or another wakeup fd took over: theirs is left in place)."""
+    none: not stamped, another wakeup fd took over (left in place), or the byte is not there
+    (read by an earlier call of two signals handled in one, or not written yet)."""
     sockets = _arrivals["sockets"]
     if sockets is None:
         return None
@@ -130,15 +130,12 @@ def _stamped() -> list[float] | None:
     if other != writer.fileno():
         signal.set_wakeup_fd(other)
         return None
-    # Python marks the signal, then writes its byte: when its handler runs first, the byte comes
-    # a moment later. None comes when an earlier call read it (two signals, one call).
-    select.select([reader], [], [], 0.05)
     arrived = []
     while True:
         try:
             byte, ancillary, _, _ = reader.recvmsg(1, socket.CMSG_SPACE(16))
         except BlockingIOError:
-            return arrived
+            return arrived or None
         if byte and byte[0] in STOP_SIGNALS:
             arrived.append(next((_seconds(data) for _, kind, data in ancillary
                                  if kind == _SO_TIMESTAMP), time.time()))

@@ -1,6 +1,7 @@
-"""One study through two faults, resumed after each: a Ctrl-C under `uv run` (sent to the process
-group as a terminal does, with uv's own copy 0.2 s later), then the loss of its Ray node (its
-raylet SIGKILLed, as the out-of-memory killer may choose it). A real local Ray and MLflow."""
+"""One study through three faults, resumed after each: a Ctrl-C under `uv run` (sent to the
+process group as a terminal does, with uv's own copy 0.2 s later), then the loss of its Ray node
+twice (its raylet, then its GCS, SIGKILLed, as the out-of-memory killer may choose either). A real
+local Ray and MLflow."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class Faults:
     storage: Path
     uri: str
     ctrl_c: Stopped
-    node_lost: Stopped
+    node_lost: dict[str, Stopped]  # by the Ray server killed
     finished: Any  # the trial runs once resumed to the end
 
 
@@ -102,21 +103,25 @@ def faults(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
             TOKENS_PER_STEP)
 
     ctrl_c = _ended(driver, uri, with_notice)
+    node_lost = {server: _resumed_then_killed(server, folder, storage, uri)
+                 for server in ("raylet", "gcs_server")}
+    _, finished = resume_to_the_end(NAME, storage, folder, uri, completed=2)
+    return Faults(storage, uri, ctrl_c, node_lost, finished)
+
+
+def _resumed_then_killed(server: str, folder: Path, storage: Path, uri: str) -> Stopped:
+    """The study resumed, then, once a trial evaluated again, its Ray's `server` SIGKILLed (the
+    raylet or the GCS: this study's own, its driver's child)."""
     _, _, runs = mlflow_runs(uri, NAME)
     before = {r.info.run_id: _evaluated(uri, r) for r in runs}
-
     driver = _driver([str(TUNER), "search", "--resume", "--name", NAME, "--storage",
                       str(storage)], folder)
     _wait_until(uri, driver, lambda runs, tokens: any(
         tokens.get(run_id, 0) > seen for run_id, seen in before.items()), study=NAME)
-    raylets = [pid for pid, cmd in _descendants(driver.pid)
-               if cmd.split()[0].endswith("/raylet")]  # this study's own: its driver's child
-    assert len(raylets) == 1, _descendants(driver.pid)
-    os.kill(raylets[0], signal.SIGKILL)
-    node_lost = _ended(driver, uri)
-
-    _, finished = resume_to_the_end(NAME, storage, folder, uri, completed=2)
-    return Faults(storage, uri, ctrl_c, node_lost, finished)
+    found = [pid for pid, cmd in _descendants(driver.pid) if cmd.split()[0].endswith(f"/{server}")]
+    assert len(found) == 1, _descendants(driver.pid)
+    os.kill(found[0], signal.SIGKILL)
+    return _ended(driver, uri)
 
 
 def _evaluated(uri: str, run: Any) -> int:
@@ -143,16 +148,18 @@ def test_one_ctrl_c_under_uv_run_is_one_stop_with_its_grace(faults: Faults) -> N
 
 
 @pytest.mark.slow
-def test_a_lost_ray_node_stops_the_study_in_words(faults: Faults) -> None:
+@pytest.mark.parametrize(("server", "named"), [("raylet", "raylet (the node's scheduler)"),
+                                               ("gcs_server", "GCS (its head's server)")])
+def test_a_lost_ray_node_stops_the_study_in_words(faults: Faults, server: str,
+                                                  named: str) -> None:
     """The raylet SIGKILLed: Ray ended the driver 13 s later with exit 1, no word of its own but
-    Ray's dump of the raylet's log, and the runs RUNNING. One line says what was lost and one
-    how to continue; the runs end as on a stop; exit 1."""
-    lost = faults.node_lost
+    Ray's dump of the raylet's log, and the runs RUNNING; the GCS: 60 s later, alike. One line
+    says what was lost and one how to continue; the runs end as on a stop; exit 1."""
+    lost = faults.node_lost[server]
     assert lost.returncode == 1, lost.out + lost.err
     said = [line for line in lost.out.splitlines() if line.startswith("error:")]
-    assert said == [("error: the local Ray's raylet (the node's scheduler) died (killed by "
-                     "SIGKILL, as the out-of-memory killer does); the study stopped, its runs "
-                     "ended")], lost.out
+    assert said == [(f"error: the local Ray's {named} died (killed by SIGKILL, as the "
+                     "out-of-memory killer does); the study stopped, its runs ended")], lost.out
     assert (f"continue it with: tuner search --resume --name {NAME} --storage {faults.storage}"
             in lost.out)
     assert "Raylet is terminated" not in lost.out + lost.err  # Ray's own, with its log
@@ -161,8 +168,8 @@ def test_a_lost_ray_node_stops_the_study_in_words(faults: Faults) -> None:
 
 
 @pytest.mark.slow
-def test_the_study_resumed_after_both_ends_as_one_never_stopped(faults: Faults) -> None:
-    """Resumed after both, each trial's losses are those of the same trial trained from start
+def test_the_study_resumed_after_each_fault_ends_as_one_never_stopped(faults: Faults) -> None:
+    """Resumed after each, each trial's losses are those of the same trial trained from start
     to end in one go (tuner.replay, exact on the CPU)."""
     import tuner
 

@@ -181,7 +181,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, restore: bool,
               provenance: dict[str, Any], overrides: dict[str, Any] | None,
-              warn: Callable[[str], None], warm_trials: list[Any] | None = None) -> Summary:
+              warn: Callable[[str], None], stuck: Callable[[str], None],
+              warm_trials: list[Any] | None = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
     `restore` continues the study from Tune's state, creating trials up to its trial count (more
@@ -190,6 +191,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     extension's) are saved with the study, for `--resume` to rebuild it; None when they are saved
     already.
     A local Ray too small for one trial is a UserError; a cluster's shortage is only `warn`ed.
+    A lost Ray node stops the study (NodeLost), or where it cannot, `stuck` ends it
+    (tuner.search.node_watch).
     """
     import numpy as np
 
@@ -231,7 +234,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 if restore and set_trial_limit(storage / study.name, study.trial_count):
                     keep(storage / study.name, storage / study.name)  # extended: the copy too
                 with storage_faults.as_storage_full(storage / study.name), \
-                        stop_on_node_loss(address):
+                        stop_on_node_loss(address, stuck):
                     _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save

@@ -10,7 +10,6 @@ them apart by when each arrived)."""
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ _held: dict[str, Any] = {}
 
 
 def _hold(flag: Path | None, grace_s: float) -> None:
-    _held.update(stop=False, tune_listens=False, taken_at=-math.inf, at_once=False,
+    _held.update(stop=False, tune_listens=False, taken_at=-float("inf"), at_once=False,
                  flag=flag, grace_s=grace_s if flag else 0.0, draining_since=None,
                  saved=set())
 
@@ -154,7 +153,7 @@ class StopRelay(tune.Callback):
             stop(new_stops())
 
         def stop(fresh: int) -> None:
-            if _held["taken_at"] > -math.inf:  # SIGUSR1 after Tune took a stop
+            if _held["taken_at"] > -float("inf"):  # SIGUSR1 after Tune took a stop
                 _at_once(fresh)
                 return
             if not fresh:  # a copy of the stop being taken
@@ -191,7 +190,7 @@ class StopRelay(tune.Callback):
         if began is not None and (not draining(trials)
                                   or time.monotonic() - began >= _held["grace_s"]):
             _held["take"]()
-        if _held["taken_at"] > -math.inf:
+        if _held["taken_at"] > -float("inf"):
             # Tune's loop ends with this step, before a trial can see the flag gone and end its
             # process (which Tune would take for the trial's end had it still been listening)
             _remove(_held["flag"])
