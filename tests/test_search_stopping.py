@@ -288,16 +288,26 @@ def test_a_stop_at_any_moment_of_the_start_up_stops_the_study(
         assert driver.returncode == 130, (when, err)
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGTERM (tuner's are set): its SigCgt mask."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def test_a_ctrl_c_under_uv_run_at_any_moment_of_the_start_up_aborts_in_a_word(
         tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
     """Ctrl-C (SIGINT to the process group: uv, then uv's own copy 0.2 s later) while `uv run
-    tuner search` imports what it needs and checks its input: "aborted", exit 130. A stop
-    during the imports printed an import's traceback, and so did a copy that came while
-    "aborted" was being said."""
+    tuner search` imports what it needs and checks its input, from tuner's first line on:
+    "aborted", exit 130, never a traceback (a copy that came while "aborted" was being said
+    printed one)."""
     if UV is None:
         pytest.skip("uv is not installed")
     space = write_space(tmp_path, "early", dataset)
-    for i, when in enumerate((0.3, 0.6, 1.0, 1.5)):  # after Python starts (0.1 s before tuner)
+    for i, when in enumerate((0.0, 0.2, 0.5, 1.0)):  # after tuner's first line
         folder = tmp_path / str(i)
         uri = fresh_store(folder, mlflow_store_template)
         driver = subprocess.Popen(
@@ -306,14 +316,40 @@ def test_a_ctrl_c_under_uv_run_at_any_moment_of_the_start_up_aborts_in_a_word(
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         deadline = time.monotonic() + 60
-        while not _descendants(driver.pid):  # uv starts Python
+        while not any(_catches_sigterm(pid) for pid, _ in _descendants(driver.pid)):
             assert driver.poll() is None and time.monotonic() < deadline
-            time.sleep(0.005)
+            time.sleep(0.002)
         time.sleep(when)
         os.killpg(driver.pid, signal.SIGINT)
         err = driver.communicate(timeout=120)[1]
         assert driver.returncode == 130, (when, err)
         assert err.splitlines()[-1:] == ["aborted"] and "Traceback" not in err, (when, err)
+
+
+# The `tuner` command (its console script), Ctrl-C'd as the command line's first import starts,
+# and its copy 0.2 s later (as `uv run` passes one on)
+STOPPED_IN_AN_IMPORT = """import os, runpy, signal, sys, threading
+class StopAtTyper:
+    def find_spec(self, name, path=None, target=None):
+        if name == "typer":
+            sys.meta_path.remove(self)
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, StopAtTyper())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_ctrl_c_during_the_command_lines_imports_aborts_in_a_word(tmp_path: Path) -> None:
+    """The console script imported the whole command line (typer, rich, …) before it set the
+    stops' handlers: a Ctrl-C then printed the import's traceback."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_IN_AN_IMPORT, str(TUNER), "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=ENV,
+                          check=False)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["aborted"], proc.stderr
 
 
 @pytest.mark.parametrize(("given", "seen"), [(None, "60"), ("5", "5")])
