@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
 TUNER = Path(sys.executable).with_name("tuner")
 ENV = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},  # the tests' store
        "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
        "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
+UV = os.environ.get("UV") or shutil.which("uv")  # (`uv run` names itself in UV)
 
 
 def run_tuner(args: list[str], cwd: Path, timeout: float = 420,

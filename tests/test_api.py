@@ -24,8 +24,11 @@ SEARCH = """\
 import json, sys
 import tuner
 
+import os
 study = tuner.load_study(json.loads(sys.argv[1]))
+before = dict(os.environ)
 result = tuner.search(study, name="viaapi", storage=sys.argv[2], quiet=True)
+changed = sorted(k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k))
 frame = result.trials
 again = tuner.replay(result.best)
 print(json.dumps({
@@ -33,7 +36,8 @@ print(json.dumps({
     "best_config_lr": result.best.config.lr_max, "best_params": result.best.params,
     "rows": len(frame), "columns": list(frame.columns), "first": frame.iloc[0]["run_id"],
     "statuses": sorted(frame["status"]), "replay_ok": again.ok,
-    "replay_diff": again.max_abs_diff, "replay_points": len(again.points)}))
+    "replay_diff": again.max_abs_diff, "replay_points": len(again.points),
+    "environ_changed": changed}))
 """
 
 
@@ -41,7 +45,8 @@ print(json.dumps({
 def test_a_study_given_as_a_dict_searched_then_replayed(tmp_path, byte_dataset,
                                                         mlflow_store_template):
     """tuner.search of a dict on a real Ray, quietly: its result names the best trial, which
-    tuner.replay trains again to the same losses (on the CPU, exactly)."""
+    tuner.replay trains again to the same losses (on the CPU, exactly); os.environ is as it
+    was before the study."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = yaml.safe_load(SPACE.format(data=byte_dataset, uri=uri))
     space["search"]["num_samples"] = 2
@@ -54,6 +59,7 @@ def test_a_study_given_as_a_dict_searched_then_replayed(tmp_path, byte_dataset,
     assert "setting up its trials" not in proc.stderr
     got = json.loads(lines[0])
     assert got["status"] == "finished" and got["exit_code"] == 0
+    assert got["environ_changed"] == []  # Ray's own RAY_AUTH_MODE, RAY_CLIENT_MODE were left
     assert got["rows"] == 2 and got["first"] == got["best"]
     assert got["columns"] == [*COLUMNS, "batch_size", "lr_max", "warmup_fraction"]
     assert got["best_config_lr"] == got["best_params"]["lr_max"]
@@ -162,6 +168,13 @@ def test_confirm_refuses_bad_counts_before_it_reads(tmp_path, top, seeds, named)
     with pytest.raises(tuner.UserError, match=named):
         tuner.confirm("tiny", top=top, seeds=seeds,
                       tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_top_trials_refuses_fewer_than_one_as_best_top_does(recorded, k):
+    """k=-1 gave all trials but one, k=0 none (`tuner best --top` refuses both)."""
+    with pytest.raises(tuner.UserError, match=f"k={k}: list 1 trial or more"):
+        tuner.top_trials(recorded.name, k, tracking_uri=recorded.uri)
 
 
 def test_a_stop_is_forgotten_once_the_study_it_stopped_returns(tmp_path, byte_dataset,

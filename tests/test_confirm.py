@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 
 import pytest
 import yaml
 from inspect_study import SPACE, TRIALS, log_study, tuner
 from mlflow import MlflowClient
+from studies import ENV, TUNER
 
 from tuner.inspect.report import read_findings
 from tuner.search.run.runner import summarise
@@ -159,3 +161,27 @@ def test_the_verdict_gives_each_rivals_p_beside_it_and_the_rule():
     ahead = confirm.compare([confirm.Seeded("a", "ra", {0: 1.0, 1: 1.01, 2: 1.02}), far])
     assert ahead.lines()[-1].startswith(f"winner a: confirmed: ahead of c (p {p_far:.2g}); "
                                         "confirmed where every rival's p < 0.05")
+
+
+def test_two_seed_checks_at_once_train_each_seed_once(tmp_path, byte_dataset,
+                                                      mlflow_store_template):
+    """Two `tuner best --confirm` of one study at once trained and recorded the same seeds
+    twice: the second waits for the first, then trains the seeds it lacks (none)."""
+    study = log_study(tmp_path, "twice", byte_dataset, mlflow_store_template, trials=TRIALS[:1])
+    command = [str(TUNER), "best", "--study", study.name, "--confirm", "1", "--seeds", "2",
+               "--tracking-uri", study.uri]
+    both = [subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    said = [proc.communicate(timeout=300)[0] for proc in both]
+    assert [proc.returncode for proc in both] == [0, 0], said
+    client = MlflowClient(tracking_uri=study.uri)
+    made = confirm.confirmations(client, client.get_run(study.parent_id))
+    assert sorted(run.data.tags["tuner.seed"] for run in made) == ["1", "2"]
+    assert sum(out.count("confirming trial") for out in said) == 2
+
+
+def test_seeds_without_confirm_is_refused(confirmed):
+    """`--seeds` alone was ignored: no seed check ran and none was said to be missing."""
+    study, _ = confirmed
+    code, out = tuner("best", "--study", study.name, "--seeds", "5", "--tracking-uri", study.uri)
+    assert code == 2 and "error: --seeds 5 needs --confirm K" in out, out

@@ -184,12 +184,50 @@ def test_probe_refuses_a_file_it_cannot_edit_before_it_runs(
     assert not (tmp_path / "r").exists()
 
 
+def test_write_through_a_symbolic_link_edits_its_file_and_keeps_the_link(
+        tmp_path, byte_dataset, mlflow_store_template):
+    """A study file reached by a symbolic link: --write replaced the link by a regular file and
+    left the file it pointed at as it was."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    (tmp_path / "real").mkdir()
+    target = study_file(tmp_path / "real", byte_dataset, uri)
+    link = tmp_path / "linked.yaml"
+    link.symlink_to(target)
+    code, out = tuner("probe", "--space", str(link), "--write", "--steps", "80", "--start",
+                      "1e-5", "--end", "100", "--out", str(tmp_path / "report"))
+    assert code == 0, out
+    assert link.is_symlink() and link.resolve() == target
+    assert "  α_max: {loguniform: [" in target.read_text(encoding="utf-8")
+    assert ALPHA not in target.read_text(encoding="utf-8")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.yaml"]  # no temporary left
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("--end", "inf"), "--end inf: must be a finite number"),
+    (("--end", "1e400"), "--end inf: must be a finite number"),
+    (("--start", "-inf"), "--start -inf: must be a finite number"),
+    (("--end", "nan"), "--end nan: must be a finite number"),
+    (("--steps", "100000000000000000000"), "--steps 100000000000000000000: a sweep takes 10 to "
+     "10,000 steps"),
+    (("--steps", "9"), "--steps 9: a sweep takes 10 to 10,000 steps")])
+def test_a_sweep_out_of_bounds_exits_2_naming_the_option(tmp_path, byte_dataset, args, said):
+    """--end inf (or 1e400) exited 1 with an OverflowError's traceback; --steps 10^20 was taken,
+    and ran 9 minutes at 1 GB until stopped."""
+    space = study_file(tmp_path, byte_dataset, f"sqlite:///{tmp_path / 'none.db'}")
+    code, out = tuner("probe", "--space", str(space), *args, "--out", str(tmp_path / "r"))
+    assert code == 2 and f"error: {said}" in out and "Traceback" not in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no store, no report
+
+
 def test_the_range_goes_where_alpha_max_is_given_under_any_name(tmp_path):
     text = "hparams:\n  B: 8\n  lr: 0.01  # a constant\n"
     assert set_hparam(tmp_path, text, "lr_max", "{loguniform: [0.001, 0.02]}") == (
         "hparams:\n  B: 8\n  lr: {loguniform: [0.001, 0.02]}  # a constant\n")
     assert set_hparam(tmp_path, "hparams:\n  B: 8  # b\n", "lr_max", "{grid: [1]}") == (
         "hparams:\n  lr_max: {grid: [1]}\n  B: 8  # b\n")
+    flow = "hparams: {B: 8, α_max: 0.01}  # flow style\n"  # edited where α_max stands
+    assert set_hparam(tmp_path, flow, "lr_max", "{grid: [1]}") == (
+        "hparams: {B: 8, α_max: {grid: [1]}}  # flow style\n")
     for refused in ("hparams: {B: 8}\n", "hparams:\n  α_max: &a 0.01\n", "model: {}\n"):
         with pytest.raises(UserError, match="cannot set hparams.lr_max in place"):
             set_hparam(tmp_path, refused, "lr_max", "0.1")

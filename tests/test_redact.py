@@ -8,8 +8,10 @@ import string
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tuner.store.redact import redact
 
@@ -238,3 +240,45 @@ def test_a_library_log_record_is_masked(caplog: pytest.LogCaptureFixture) -> Non
     assert "engine failed: postgresql://bob:***@127.0.0.1:9/db" in caplog.text
     assert "cannot reach postgresql://bob:***@127.0.0.1:9/db" in caplog.text
     assert not _leaks(caplog.text)
+
+
+def _api_calls(tmp: Path) -> dict[str, Any]:
+    """Each function of the Python API that reads a store, called on a store given by URI."""
+    import tuner
+
+    study = yaml.safe_load(STUDY.format(uri="sqlite:///unused.db"))
+    return {"best": lambda uri: tuner.best("x", tracking_uri=uri),
+            "trials": lambda uri: tuner.trials("x", tracking_uri=uri),
+            "top_trials": lambda uri: tuner.top_trials("x", 3, tracking_uri=uri),
+            "confirmation": lambda uri: tuner.confirmation("x", tracking_uri=uri),
+            "report": lambda uri: tuner.report("x", tmp / "r", tracking_uri=uri),
+            "replay": lambda uri: tuner.replay("abc", tracking_uri=uri),
+            "generate": lambda uri: tuner.generate("abc", "hi", tracking_uri=uri),
+            "search": lambda uri: tuner.search(study, name="x", tracking_uri=uri,
+                                               storage=tmp / "ray", quiet=True)}
+
+
+@pytest.mark.parametrize("form", [*URIS, "https://dave:{}@127.0.0.1:9/"])
+def test_no_api_error_holds_a_password(form: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every function of the Python API raises a store it cannot use as a TrackingError whose
+    message, repr and traceback hold no piece of its password: masked as the error is made (the
+    CLI masked it only as it printed it, and `tuner.best` raised `TrackingError: tracking server
+    https://dave:HttpsPassw0rd42@127.0.0.1:1/ is not reachable`)."""
+    import traceback
+
+    import tuner
+    from tuner.store import redact as module
+
+    for password in ("Zq@:/#?=+;,Zx", "Zq a b'cZx", "ZqHttpsPassw0rd42Zx"):
+        if ("://{}@" in form and ":" in password) or ("={}" in form and "&" in password):
+            continue
+        monkeypatch.setattr(module, "_known", {})  # as a new process: no URI remembered
+        monkeypatch.setattr(module, "_secrets", set())
+        uri = form.format(password)
+        for name, call in _api_calls(tmp_path).items():
+            with pytest.raises(tuner.UserError) as caught:
+                call(uri)
+            told = "".join([str(caught.value), repr(caught.value),
+                            *traceback.format_exception(caught.value)])
+            assert "127.0.0.1" in told and not _leaks(told), (name, uri, told)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from studies import (
     ENV,
+    REPO,
     TUNER,
+    UV,
     _descendants,
     _wait_exited,
     _wait_until,
@@ -287,6 +289,70 @@ def test_a_stop_at_any_moment_of_the_start_up_stops_the_study(
         assert driver.returncode == 130, (when, err)
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGTERM (tuner's are set): its SigCgt mask."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def test_a_ctrl_c_under_uv_run_at_any_moment_of_the_start_up_aborts_in_a_word(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """Ctrl-C (SIGINT to the process group: uv, then uv's own copy 0.2 s later) while `uv run
+    tuner search` imports what it needs and checks its input, from tuner's first line on:
+    "aborted", exit 130, never a traceback (a copy that came while "aborted" was being said
+    printed one)."""
+    if UV is None:
+        pytest.skip("uv is not installed")
+    space = write_space(tmp_path, "early", dataset)
+    for i, when in enumerate((0.0, 0.2, 0.5, 1.0)):  # after tuner's first line
+        folder = tmp_path / str(i)
+        uri = fresh_store(folder, mlflow_store_template)
+        driver = subprocess.Popen(
+            [UV, "run", "--no-sync", "--project", str(REPO), "tuner", "search", "--space",
+             str(space), "--tracking-uri", uri, "--storage", str(folder / "ray")], cwd=folder,
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not any(_catches_sigterm(pid) for pid, _ in _descendants(driver.pid)):
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(when)
+        os.killpg(driver.pid, signal.SIGINT)
+        err = driver.communicate(timeout=120)[1]
+        assert driver.returncode == 130, (when, err)
+        assert err.splitlines()[-1:] == ["aborted"] and "Traceback" not in err, (when, err)
+
+
+# The `tuner` command (its console script), Ctrl-C'd as the command line's first import starts,
+# and its copy 0.2 s later (as `uv run` passes one on)
+STOPPED_IN_AN_IMPORT = """import os, runpy, signal, sys, threading
+class StopAtTyper:
+    def find_spec(self, name, path=None, target=None):
+        if name == "typer":
+            sys.meta_path.remove(self)
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, StopAtTyper())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_ctrl_c_during_the_command_lines_imports_aborts_in_a_word(tmp_path: Path) -> None:
+    """The console script imported the whole command line (typer, rich, …) before it set the
+    stops' handlers: a Ctrl-C then printed the import's traceback."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_IN_AN_IMPORT, str(TUNER), "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=ENV,
+                          check=False)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["aborted"], proc.stderr
+
+
 @pytest.mark.parametrize(("given", "seen"), [(None, "60"), ("5", "5")])
 def test_a_reused_actor_waits_for_its_last_trial_to_unwind(given: str | None, seen: str) -> None:
     """Tune's 2 s for a stopped trial's thread to end was too short on a busy machine (the next
@@ -305,20 +371,53 @@ def test_a_second_stop_is_told_apart_from_the_first_delivered_again() -> None:
     """Once Tune took a stop, the same stop again within ECHO_S is dropped (`uv run` passes on
     a Ctrl-C its process group got too); a later one ends the driver, noted as such, so that
     `tuner search` answers with the --resume command rather than a bare "aborted"."""
+    from model import shell
     from tuner.search.faults import stopping
 
     before = signal.getsignal(signal.SIGINT)
     with stopping.stops_held():
+        signal.raise_signal(signal.SIGINT)  # the stop, held until Tune takes it
         stopping._held.update(tune_listens=True, taken_at=time.monotonic())
         signal.raise_signal(signal.SIGINT)  # the echo: nothing happens
         assert not stopping.stopped_at_once()
-        stopping._held["taken_at"] = time.monotonic() - 2 * stopping.ECHO_S
+        shell._arrivals["counted"] -= 2 * shell.ECHO_S  # the stop came a second ago
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
         assert stopping.stopped_at_once()
     assert signal.getsignal(signal.SIGINT) is before
     with stopping.stops_held():  # the next study starts afresh
         assert not stopping.stopped_at_once()
+
+
+def test_a_copy_of_a_stop_is_the_same_stop_however_late_its_handler_runs() -> None:
+    """Python runs a handler only once the main thread is back in Python: inside Ray's calls,
+    up to a second after the signal came. The copy `uv run` sends 0.2 s after a stop's was then
+    handled a second after it, and taken for a second stop (no grace checkpoint, the runs left
+    RUNNING). When each arrived decides, not when it was handled."""
+    import hashlib
+    import threading
+
+    from model import shell
+    from tuner.search.faults import stopping
+
+    def busy_in_c(seconds: float) -> None:
+        """Hash for about `seconds` in one call, which runs no handler until it returns."""
+        began = time.perf_counter()
+        hashlib.pbkdf2_hmac("sha256", b"p", b"s", 10_000)
+        rate = 10_000 / (time.perf_counter() - began)
+        hashlib.pbkdf2_hmac("sha256", b"p", b"s", int(rate * seconds))
+
+    with stopping.stops_held():
+        signal.raise_signal(signal.SIGINT)  # the stop, handled at once
+        stopping._held.update(tune_listens=True, taken_at=time.monotonic())
+        copy = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+        copy.start()
+        busy_in_c(4 * shell.ECHO_S)  # the copy comes in here; its handler runs after
+        copy.join()
+        assert not stopping.stopped_at_once()
+        with pytest.raises(KeyboardInterrupt):  # a stop given now is a second one
+            signal.raise_signal(signal.SIGINT)
+        assert stopping.stopped_at_once()
 
 
 def test_a_second_stop_says_whether_the_runs_were_left_running(tmp_path: Path, dataset: Path,

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,30 @@ BAD = [
                                   "  B: {choice: [8, 16]}\n", "hparams: null\n"), 9, "hparams",
      "must be a mapping of keys to values, got nothing (null)"),
 ]
+
+
+def test_forks_past_the_budget_are_refused_naming_the_most_that_fit(tmp_path: Path) -> None:
+    """`budget.forks: 1000` passed `tuner space validate`, then every trial failed as it started
+    (exit 1): refused by both commands, before Ray starts, naming the most forks that fit; that
+    many pass, and the trainer takes one more as the check does (refused)."""
+    from model.config import ConfigError
+    from tuner.space import load_study
+
+    wsd = GOOD.replace("  B: {choice: [8, 16]}\n", "  B: {choice: [8, 16]}\n  schedule: wsd\n")
+    (tmp_path / "study.yaml").write_text(wsd + "  forks: 1000\n")
+    for args in (["space", "validate", "study.yaml"], ["search", "--space", "study.yaml"]):
+        result = tuner(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert ("budget.forks: K_fork=1000: the shortest fork's run, of 0 steps "
+                "(⌊T_total/(K_fork+1)⌋, T_total 200), would decay for no step; at most 39 fit "
+                "this budget") in result.stderr
+        assert os.listdir(tmp_path) == ["study.yaml"]  # no store, no Ray's folder
+    (tmp_path / "study.yaml").write_text(wsd + "  forks: 39\n")
+    study = load_study(tmp_path / "study.yaml")
+    config = study.trial_config({"batch_size": 8, "lr_max": 1e-3}, tmp_path)
+    config.validate()
+    with pytest.raises(ConfigError, match="K_fork=40"):
+        replace(config, forks=40).validate()
 
 
 @pytest.mark.parametrize("text, line, path, fragment", [b[1:] for b in BAD],

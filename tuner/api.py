@@ -117,26 +117,25 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     KeyboardInterrupt) stops it with grace and returns it "interrupted", resumable with
     `resume=True`; one before it is saved raises KeyboardInterrupt, with nothing to resume."""
     from model.shell import forget_stops
-    from tuner.search import lifecycle
-    from tuner.search.environment import undone_after
+    from tuner.search import environment, lifecycle
     from tuner.store.redact import mask_log_records, remember
 
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading the result
-    remember(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    mask_log_records()
     given = None if study is None or isinstance(study, (str, Path)) else load_study(study, name)
-    try:
-        with undone_after():
+    with environment.kept():
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the result
+        remember(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        mask_log_records()
+        try:
             ended = lifecycle.run(lifecycle.Request(
                 space=None if study is None or given is not None else Path(study), name=name,
                 num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
                 tracking_uri=tracking_uri, storage=Path(storage), address=address,
                 resume=resume, warm_start=warm_start, study=given, quiet=quiet,
                 curve_table=None if curve_table is None else Path(curve_table)))
-    finally:  # a stop ends this study only, not the next one in this process (a notebook's)
-        forget_stops()
-    return _result(ended)
+        finally:  # a stop ends this study only, not the next one in this process (a notebook's)
+            forget_stops()
+        return _result(ended)
 
 
 def _result(ended: Ended) -> SearchResult:
@@ -178,6 +177,8 @@ def best(name: str, tracking_uri: str | None = None) -> Trial:
 def top_trials(name: str, k: int = 5, tracking_uri: str | None = None) -> list[Trial]:
     """The `k` best trials of study `name`, best first (those that cannot be the best last), each
     with its seed check where it has one, as `tuner best` lists them; no config read."""
+    if k < 1:
+        raise UserError(f"k={k}: list 1 trial or more (as tuner best --top)")
     client = _client(tracking_uri)
     return _trials(client, name, k, _seed_checks(client, name))
 

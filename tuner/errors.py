@@ -1,4 +1,6 @@
-"""The error types for bad user input: the CLI prints one on one line and exits with code 2."""
+"""The error types for bad user input: the CLI prints one on one line and exits with code 2. Their
+messages are masked (tuner.store.redact) as they are made: the Python API raises them as they are,
+and a URI's password would show in a notebook's traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ from tuner.store.redact import redact
 
 class UserError(Exception):
     """Bad input (a space, a config, a data file, a checkpoint, a run id): nothing was started."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class TrackingError(UserError):

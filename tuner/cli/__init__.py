@@ -13,7 +13,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from model.config import ConfigError
-from model.shell import stops_as_ctrl_c
+from model.shell import aborted, stops_as_ctrl_c
 from tuner.errors import UserError, reason
 from tuner.store.redact import mask_log_records, redact, remember
 
@@ -83,8 +83,7 @@ def main() -> None:
         _register()  # half a second of imports, which Ctrl-C may cut as any other step
         result = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
+        aborted()
     except typer.TyperException as exc:  # a usage error: Typer's own message names the option
         if hasattr(exc, "show"):
             exc.show()

@@ -15,6 +15,7 @@ from rich.table import Table
 from model.shell import as_started
 from tuner import output
 from tuner.cli.args import DEFAULT_URI, TrackingUri, check_new_file, folder
+from tuner.errors import UserError
 from tuner.store.redact import redact
 
 NOISE_COLUMN = "B_simple"  # `tuner best`'s column of each trial's gradient noise scale at its end
@@ -86,8 +87,9 @@ def best(
         "--confirm", min=1, metavar="K", help="train the K best completed trials again with "
         "--seeds further seeds each, and say whether the winner's lead exceeds the seed noise",
         show_default=False)] = None,
-    seeds: Annotated[int, typer.Option(min=1, max=100, help="further seeds per trial, with "
-                                       "--confirm")] = 3,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, max=100, help="further seeds per trial, with --confirm  [default: 3]",
+        show_default=False)] = None,
     register: Annotated[str | None, typer.Option(
         metavar="NAME", help="register the best trial as a new version of the MLflow registered "
         "model NAME (its checkpoint, tokenizer and config; loads with mlflow.pyfunc.load_model)",
@@ -107,6 +109,9 @@ def best(
     from tuner.store.connect import connect_existing
     from tuner.store.rows import noise_text, shown_noise
 
+    if seeds is not None and confirm is None:
+        raise UserError(f"--seeds {seeds} needs --confirm K: it is how many seeds the seed check "
+                        "of the K best trials trains each with")
     if export is not None:  # before the table
         check_new_file("--export", export)
     console = output.console()
@@ -153,7 +158,7 @@ def best(
         for table in _transfer_tables(transfer):
             console.print(table)
     if confirm is not None:
-        checked = api.confirm(study, top=confirm, seeds=seeds, tracking_uri=tracking_uri,
+        checked = api.confirm(study, top=confirm, seeds=seeds or 3, tracking_uri=tracking_uri,
                               progress=lambda line: console.print(line, markup=False))
     else:
         checked = api.confirmation(study, tracking_uri)

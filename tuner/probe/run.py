@@ -23,6 +23,7 @@ from tuner.space.distributions import Distribution, IntRange, LogUniform, Unifor
 
 PLACEHOLDER = "{loguniform: [1.0e-4, 1.0e-2]}"  # what a dry run of --write sets
 PLACEHOLDER_B = "{choice: [8, 16]}"
+MOST_STEPS = 10_000  # a sweep's steps at most: 30 times the most usual
 
 
 @dataclass
@@ -75,12 +76,17 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
     from tuner.space.edit import set_hparam, write_checked
     from tuner.store.layout import DATASET_TAG, DEVICE_TAG
 
+    for option, value in (("--start", start), ("--end", end)):
+        if not math.isfinite(value):
+            raise UserError(f"{option} {value}: must be a finite number")
     if not 0 < start < end:
         raise UserError(f"--start {start} and --end {end}: the sweep's α must grow from above 0")
-    if steps < 10:
-        raise UserError(f"--steps {steps}: a sweep needs 10 steps or more (100–300 is usual)")
-    if noise_steps and noise_steps < 10:
-        raise UserError(f"--noise-steps {noise_steps}: 0 (no batch advice), or 10 or more")
+    if not 10 <= steps <= MOST_STEPS:
+        raise UserError(f"--steps {steps}: a sweep takes 10 to {MOST_STEPS:,} steps (100–300 is "
+                        "usual)")
+    if noise_steps and not 10 <= noise_steps <= MOST_STEPS:
+        raise UserError(f"--noise-steps {noise_steps}: 0 (no batch advice), or 10 to "
+                        f"{MOST_STEPS:,}")
     study = load_study(space)
     text = study.source_text or ""
     if write:  # refused now, before anything runs

@@ -28,6 +28,10 @@ STUDY_ENV = {
     # can take longer to unwind a stopped trial; Tune then failed the next trial unrecorded and
     # kept its concurrency slot, so the study hung or stopped as interrupted.
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
+    # How often the driver, waiting on Ray, runs Python's signal handlers (Ray: each second). A
+    # stop is then handled within 0.1 s of its arrival, and a copy of it (`uv run` passes one on
+    # 0.2 s later) is told apart from a second stop by when each came (tuner.search.faults.stopping).
+    "RAY_get_check_signal_interval_milliseconds": "100",
 }
 
 
@@ -40,6 +44,13 @@ LOCAL_RAY_ENV = {
     # No idle workers started for the driver: Tune's trial actors carry a runtime env, so they
     # never use them, and on a small machine they compete with the trials' first seconds.
     "RAY_prestart_worker_first_driver": "0",
+    # Ray's GCS marks a node dead once it misses 5 health checks in a row (3 s apart, 10 s each),
+    # and a machine whose cores are all busy can leave its raylet that slow: the study, whose only
+    # node it is, died with it. Here it takes 20 in a row (200 s at least); a raylet that did die
+    # is seen at once by the driver (tuner.search.faults.node_watch).
+    "RAY_health_check_period_ms": "10000",
+    "RAY_health_check_timeout_ms": "30000",
+    "RAY_health_check_failure_threshold": "20",
 }
 
 
@@ -50,15 +61,14 @@ def configure(local: bool) -> None:
 
 
 @contextmanager
-def undone_after() -> Iterator[None]:
-    """Within: what `configure` sets; after, those variables as they were, so that a process that
-    goes on (a notebook's) starts its next Ray, a cluster's driver say, without a local Ray's."""
-    before = {key: os.environ.get(key) for key in {**STUDY_ENV, **LOCAL_RAY_ENV}}
+def kept() -> Iterator[None]:
+    """Within: what a study sets (`configure`'s, and Ray's own: RAY_AUTH_MODE, RAY_CLIENT_MODE,
+    …); after, os.environ exactly as before, so that a process that goes on (a notebook's)
+    starts its next Ray, a cluster's driver say, as if no study had run."""
+    before = dict(os.environ)
     try:
         yield
     finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key in [key for key in os.environ if key not in before]:
+            del os.environ[key]
+        os.environ.update(before)

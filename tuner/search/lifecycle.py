@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from model.shell import as_started
 from tuner.errors import UserError
 from tuner.output import count
 from tuner.search import preflight
-from tuner.search.ended import FAILED, FINISHED, INTERRUPTED, Ended
+from tuner.search.ended import EXIT_CODES, FAILED, FINISHED, INTERRUPTED, Ended
 from tuner.search.state import state
 from tuner.store.layout import CURVE_TABLE_TAG, STOP_REASON_TAG
 from tuner.store.uri import absolute_uri
@@ -221,6 +222,7 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
                storage: Path, *, address: str | None, **run_args: Any) -> Ended:
     """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
     how it ended."""
+    from tuner.search.faults.node_watch import NodeLost
     from tuner.search.faults.storage_faults import StorageFull
     from tuner.search.record.tracking import TrackingLost
     from tuner.search.run.console import print_summary, quietly
@@ -232,9 +234,20 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     if _not_resumable(study):
         resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
                                  ) + " (a HyperBand study cannot be resumed)"
+    def lost(what: str) -> None:
+        console.print(f"[bold red]error:[/] {escape(what)}; the study stopped, its runs ended")
+        console.print(f"continue it with: {resume_hint}", markup=False)
+
+    def stuck(what: str) -> None:  # (from another thread: the driver waits on a GCS gone)
+        end_runs(study)
+        lost(what)
+        sys.stdout.flush()
+        os._exit(EXIT_CODES[FAILED])  # before Ray's client ends the process without a word
+
     try:
         with quietly(console.quiet):
-            summary = run_study(study, data_dir, storage, address=address, warn=warn, **run_args)
+            summary = run_study(study, data_dir, storage, address=address, warn=warn,
+                                stuck=stuck, **run_args)
     except TrackingLost as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
         console.print(f"once the store answers again, continue it with: {resume_hint}",
@@ -243,6 +256,10 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     except StorageFull as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
         console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
+        return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
+                     resume_hint)
+    except NodeLost as err:
+        lost(str(err))
         return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
                      resume_hint)
     except KeyboardInterrupt:
@@ -277,6 +294,24 @@ def _confirm(console: Console, study: Any) -> None:
                          Path(tmp), lambda line: console.print(line, markup=False))
     for line in result.lines():
         console.print(f"  {line}", markup=False)
+
+
+def end_runs(study: Any) -> None:
+    """End the study's parent run and its RUNNING trial runs as a stop does (interrupted,
+    KILLED), from the store: for a driver that cannot stop its study."""
+    from tuner.store.connect import connect
+    from tuner.store.layout import STATUS_TAG
+    from tuner.store.runs import find_parent, trial_runs
+
+    client = connect(study.tracking.uri)
+    parent = find_parent(client, study.tracking.experiment, study.name)
+    if parent is None:
+        return
+    for run in trial_runs(client, parent):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, STATUS_TAG, "interrupted")
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.set_terminated(parent.info.run_id, "KILLED")
 
 
 def second_stop(study: Any) -> str:

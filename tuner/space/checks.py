@@ -230,7 +230,43 @@ def _steps(study: StudySections) -> list[tuple[Loc, str]]:
                        f"exceed T_warmup, which can be {fmt(warmup)}"))
     if "decay_fraction" in hparams.model_fields_set:
         issues += _decay_after_warmup(study, fewest, most)
+    if study.budget.forks and "wsd" in (candidates(study, "schedule") or []):
+        issues += _forks(study, fewest, most)
     return issues
+
+
+def _forks(study: StudySections, fewest: int, most: int) -> list[tuple[Loc, str]]:
+    """The shortest WSD fork, the run of ⌊T_total/(K_fork+1)⌋ steps, must start its decay after
+    the main run's warmup and decay for a step at least (as the trainer checks each trial): the
+    message names the most forks that fit."""
+    forks = study.budget.forks
+    problem = _fork_problem(study, forks, fewest, most)
+    if problem is None:
+        return []
+    fits = next((k for k in range(forks - 1, 0, -1)
+                 if _fork_problem(study, k, fewest, most) is None), 0)
+    advice = (f"at most {fits} fit{'s' if fits == 1 else ''} this budget" if fits
+              else "none fits this budget (train longer, or set forks: 0)")
+    return [(("budget", "forks"), f"K_fork={forks}: {problem}; {advice}")]
+
+
+def _fork_problem(study: StudySections, forks: int, fewest: int, most: int) -> str | None:
+    """Why `forks` forks cannot work for some T_total from `fewest` to `most` (None: they can)."""
+    low, high = span(study, "decay_fraction")
+    fraction = "warmup_fraction" in study.hparams.model_fields_set
+    for total in (fewest, most):
+        shortest = total // (forks + 1)
+        warmup = (fraction_of(span(study, "warmup_fraction")[1], total) if fraction
+                  else span(study, "warmup_iters")[1])
+        start = shortest - fraction_of(high, shortest)
+        if fraction_of(low, shortest) == 0:
+            return (f"the shortest fork's run, of {shortest} steps (⌊T_total/(K_fork+1)⌋, "
+                    f"T_total {total}), would decay for no step")
+        if start < max(warmup, 1):
+            return (f"the shortest fork's run, of {shortest} steps (⌊T_total/(K_fork+1)⌋, "
+                    f"T_total {total}), would start its decay at step {start}, inside the "
+                    f"warmup of {warmup} steps")
+    return None
 
 
 def _decay_after_warmup(study: StudySections, fewest: int, most: int) -> list[tuple[Loc, str]]:

@@ -66,7 +66,9 @@ def _decorated(text: str, node: Any) -> bool:
 
 def write_checked(path: Path, text: str, study: Study) -> Study:
     """Write `text` over the study file `path` once it validates as a study of the same name
-    (else UserError, nothing written), atomically and with the file's permissions; the study."""
+    (else UserError, nothing written), atomically and with the file's permissions; the study. A
+    symbolic link keeps pointing at its file, which is the one edited."""
+    path = path.resolve()  # replaced, a link would become a file and its target stay as it was
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".yaml",
                                      prefix=f".{path.stem}-", delete=False) as file:
         file.write(text)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tuner.errors import UserError
+from tuner.store.redact import redact
 
 
 class Issue(NamedTuple):
@@ -21,7 +22,8 @@ class SpaceError(UserError):
 
     def __init__(self, file: str | Path | None, issues: list[Issue]):
         self.file = str(file) if file is not None else None
-        self.issues = sorted(issues, key=lambda i: i.line or 0)
+        self.issues = sorted((i._replace(message=redact(i.message)) for i in issues),
+                             key=lambda i: i.line or 0)
         super().__init__("\n".join(self._format(i) for i in self.issues))
 
     def _format(self, issue: Issue) -> str:

@@ -4,8 +4,9 @@ closed terminal; SIGUSR1, Slurm's notice before preemption). Ray never sees one 
 aborts the command; after that, the running trials first get up to `search.stop_grace_s` to
 checkpoint the step they are at (a flag file tells them), then Tune's own handler takes it and
 saves the study for `--resume`, even when it came before Tune was listening. A second stop ends
-the grace; one after that ends the driver at once, unless it is the first one delivered again
-(`uv run` passes on a signal that a supervisor also sent to its whole process group)."""
+the grace; one after that ends the driver at once. A copy of a stop is not a second one: `uv run`
+passes on, 0.2 s later, a signal its whole process group got too (model.shell.new_stops tells
+them apart by when each arrived)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ from typing import Any
 
 from ray import tune
 
-from model.shell import STOP_SIGNALS, stop_requested, stops_as_ctrl_c
+from model.shell import (
+    STOP_SIGNALS,
+    new_stops,
+    stamp_arrivals,
+    stop_requested,
+    stops_as_ctrl_c,
+    unstamp_arrivals,
+)
 
-ECHO_S = 0.5  # a stop this soon after the one taken is that one again, not a second
 STOP_FLAG = ".stop-requested"  # in the study's folder, while its trials checkpoint for a stop
 STOP_CHECKPOINT = "stop_checkpoint_step"  # in the result that carries a trial's stop checkpoint
 _held: dict[str, Any] = {}
@@ -43,6 +50,7 @@ def stops_held(flag: Path | None = None, grace_s: float = 0.0) -> Iterator[None]
     before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     _hold(flag, grace_s)
     _remove(flag)  # a driver killed while its trials checkpointed left it
+    stamped = stamp_arrivals()  # (`tuner` stamps them from its start: then left as it is)
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
         if stop_requested():  # checked once held: none can slip between
@@ -51,6 +59,8 @@ def stops_held(flag: Path | None = None, grace_s: float = 0.0) -> Iterator[None]
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        if stamped:
+            unstamp_arrivals()
         _remove(flag)
 
 
@@ -100,12 +110,18 @@ def stopped_at_once() -> bool:
 
 def _on_interrupt(signum: int, frame: Any) -> None:
     # Tune hands SIGINT back to this handler once it has taken a stop: a second one is "now".
+    fresh = new_stops()
     if _held["tune_listens"]:
-        if time.monotonic() - _held["taken_at"] > ECHO_S:
-            _held["at_once"] = True  # Ray's calls turn what is raised into a bare KeyboardInterrupt
-            raise KeyboardInterrupt
-        return
-    _held["stop"] = True
+        _at_once(fresh)
+    else:
+        _held["stop"] = True
+
+
+def _at_once(fresh: int) -> None:
+    """After Tune took a stop: a new one (not a copy of it) ends the driver at once."""
+    if fresh:
+        _held["at_once"] = True  # Ray's calls turn what is raised into a bare KeyboardInterrupt
+        raise KeyboardInterrupt
 
 
 def draining(trials: list) -> list:
@@ -134,13 +150,16 @@ class StopRelay(tune.Callback):
             tune_handler(signal.SIGINT, None)
 
         def on_stop(signum: int, frame: Any) -> None:
+            stop(new_stops())
+
+        def stop(fresh: int) -> None:
             if _held["taken_at"] > -float("inf"):  # SIGUSR1 after Tune took a stop
-                _on_interrupt(signum, frame)
+                _at_once(fresh)
                 return
-            began = _held["draining_since"]
-            if began is not None:
-                if time.monotonic() - began > ECHO_S:
-                    take()  # a second stop ends the grace
+            if not fresh:  # a copy of the stop being taken
+                return
+            if _held["draining_since"] is not None:
+                take()  # a second stop ends the grace
                 return
             if _held["grace_s"] <= 0 or not _unsaved(_held["trials"]):
                 take()
@@ -156,7 +175,7 @@ class StopRelay(tune.Callback):
         for signum in (signal.SIGINT, signal.SIGUSR1):  # Tune's handler takes both
             signal.signal(signum, on_stop)
         if _held["stop"]:
-            signal.raise_signal(signal.SIGINT)
+            stop(1)  # (a signal raised now could pass for a copy of it)
 
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune saves a result's checkpoint after taking the result as the trial's last

@@ -182,8 +182,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
 
 def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, restore: bool,
               provenance: dict[str, Any], overrides: dict[str, Any] | None,
-              warn: Callable[[str], None], warm_trials: list[Any] | None = None,
-              replay: Any = None) -> Summary:
+              warn: Callable[[str], None], stuck: Callable[[str], None],
+              warm_trials: list[Any] | None = None, replay: Any = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
     `restore` continues the study from Tune's state, creating trials up to its trial count (more
@@ -193,6 +193,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     already.
     A local Ray too small for one trial is a UserError; a cluster's shortage is only `warn`ed.
     With `replay` (a CurveReplay) the trials are answered from its table, not trained.
+    A lost Ray node stops the study (NodeLost), or where it cannot, `stuck` ends it
+    (tuner.search.faults.node_watch).
     """
     import numpy as np
 
@@ -200,6 +202,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     np.random.seed(study.search.seed)
     config = None if restore else tune_config(study, warm_trials)
     from tuner.search.faults import storage_faults
+    from tuner.search.faults.node_watch import stop_on_node_loss
     from tuner.search.faults.stopping import (STOP_FLAG, abort_if_stopped, stop_handlers_kept,
                                               stops_held)
     from tuner.search.run.console import stop_live_views
@@ -234,7 +237,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                     state.save(storage / study.name, study, overrides)
                 if restore and set_trial_limit(storage / study.name, study.trial_count):
                     keep(storage / study.name, storage / study.name)  # extended: the copy too
-                with storage_faults.as_storage_full(storage / study.name):
+                with storage_faults.as_storage_full(storage / study.name), \
+                        stop_on_node_loss(address, stuck):
                     _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files,
                                      replay))
                     # Tune's last save is whole in the folder now; a resume of a study with

@@ -3,20 +3,25 @@ trial's mean ± sd of final val_loss, and whether the winner's lead exceeds the 
 
 A confirmation trains the trial's recorded config with only its seed changed, in this process,
 one after another (as `tuner replay` does), and is recorded as a run nested under that trial,
-with its params and metrics (tuner.role "confirmation", never a trial). A trial and seed already confirmed is not trained
-again. The test: Welch's two-sided t-test of the winner's final val_losses against each rival's.
+with its params and metrics (tuner.role "confirmation", never a trial). A trial and seed already
+confirmed is not trained again, and one seed check of a study runs at a time on a machine: a
+second waits for the first, then trains the seeds it lacks. The test: Welch's two-sided t-test of
+the winner's final val_losses against each rival's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
+from tuner.folder_lock import folder_lock
 from tuner.store import runs
 from tuner.store.layout import (
     COMPLETED,
@@ -30,6 +35,7 @@ from tuner.store.layout import (
     TRIAL_TAG,
     VERDICT_TAG,
 )
+from tuner.store.uri import absolute_uri
 
 ALPHA = 0.05  # a lead is significant at p < ALPHA
 
@@ -161,16 +167,31 @@ def candidates(client: Any, parent: Any, top: int) -> tuple[list[Any], list[str]
 def confirm(client: Any, study: str, top: int, seeds: int, workdir: Path,
             progress: Callable[[str], None] = lambda line: None) -> Confirmation:
     """Train the study's `top` best completed trials with `seeds` further seeds each (those not
-    confirmed already), record the verdict on its parent run, and compare them."""
-    parent = runs.study_parent(client, study)
-    chosen, notes = candidates(client, parent, top)
-    if len(chosen) < 2:
-        notes.append("one trial alone has no rival: its seed sd is measured, nothing is compared")
-    for run in chosen:
-        seed_check(client, parent, run, seeds, workdir, progress)
-    result = compare(seeded(client, parent, chosen), notes)
-    client.set_tag(parent.info.run_id, VERDICT_TAG, f"{result.winner.trial_id} {result.verdict}")
+    confirmed already, once another seed check of it here has ended), record the verdict on its
+    parent run, and compare them."""
+    def on_wait() -> None:
+        progress(f"study {study!r} is being seed-checked by another process: waiting for it to "
+                 "end, then training the seeds it did not")
+
+    with folder_lock(_lock_folder(client.tracking_uri, study), on_wait):
+        parent = runs.study_parent(client, study)
+        chosen, notes = candidates(client, parent, top)
+        if len(chosen) < 2:
+            notes.append("one trial alone has no rival: its seed sd is measured, nothing is "
+                         "compared")
+        for run in chosen:
+            seed_check(client, parent, run, seeds, workdir, progress)
+        result = compare(seeded(client, parent, chosen), notes)
+        client.set_tag(parent.info.run_id, VERDICT_TAG,
+                       f"{result.winner.trial_id} {result.verdict}")
     return result
+
+
+def _lock_folder(tracking_uri: str, study: str) -> Path:
+    """The folder whose lock one seed check of `study` in that store holds, on this machine
+    (named by a hash: the URI may hold a password)."""
+    key = f"{absolute_uri(tracking_uri)}\n{study}".encode()
+    return Path(tempfile.gettempdir()) / f"tuner-seed-check-{hashlib.sha256(key).hexdigest()[:16]}"
 
 
 def further_seeds(run: Any, seeds: int) -> list[int]:
