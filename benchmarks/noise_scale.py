@@ -1,12 +1,15 @@
 """The gradient noise scale B_simple on the quickstart: what measuring it costs, how much it spreads
-over seeds at a fixed point, and how it compares with the B the search finds best at each rung.
+over seeds at a fixed point, and how it compares with the B the search finds best at each rung,
+on the quickstart and on the table of curves.
 
     uv run python benchmarks/noise_scale.py cost                 # CPU seconds, one thread
     uv run python benchmarks/noise_scale.py spread --seeds 0 1 2 3 4
     uv run python benchmarks/noise_scale.py agreement --tracking-uri URI --study S [--study S ...]
+    uv run python benchmarks/noise_scale.py table [--table benchmarks/curves/cosine.npz]
 
 `agreement` reads studies of search_spaces/quickstart.yaml run with `budget.noise_interval:
-1` (each evaluation measures), for docs/benchmarks.md.
+1` (each evaluation measures); `table` trains the table's best configuration at each B with
+each evaluation measuring; both for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ import argparse
 import dataclasses
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+CURVES = REPO / "benchmarks" / "curves"  # the table of curves and the study it stands for
+SHARES = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)  # the table's points compared: shares of its budget
 RUNGS = (40960, 122880, 368640, 409600)  # the quickstart's ASHA rungs and its full trial
 BEST = {"lr_max": 0.005714, "warmup_fraction": 0.01434}  # the quickstart's best trial (README)
 LM_EVAL_TOKENS, LM_CONTEXT = 8192000, 256  # search_spaces/lm.yaml
@@ -141,6 +149,73 @@ def agreement(uri: str, studies: list[str]) -> None:
                   + ", ".join(f"{b}: {v:.3f}" for b, v in sorted(per_b.items())) + " |")
 
 
+def best_by_batch(batches: np.ndarray, val_loss: np.ndarray) -> list[tuple[int, float, int]]:
+    """(B, lowest mean val_loss over the seeds, its configuration) for each B, best first, from a
+    table's B column (N) and its val_loss at one point (N × seeds; NaN, inf: diverged)."""
+    means = np.where(np.isfinite(val_loss), val_loss, np.inf).mean(axis=1)
+    best = []
+    for b in np.unique(batches):
+        at = np.flatnonzero(batches == b)
+        config = int(at[np.argmin(means[at])])
+        best.append((int(b), float(means[config]), config))
+    return sorted(best, key=lambda row: row[1])
+
+
+def table_agreement(path: Path) -> None:
+    """At SHARES of the table's budget: the B whose best configuration is lowest and its margin
+    over the next B (in the pooled seed sd), B_simple measured there by the best final
+    configuration of each B trained with the table's seeds (its curves checked against the
+    table's), and whether the probe's advice holds."""
+    import torch
+
+    from model.train import train
+    from tuner.probe.batch import suggest
+    from tuner.search.record.provenance import dataset_sha256
+    from tuner.search.trial.curve_table import load
+    from tuner.space import load_study
+    from tuner.space.dataset_fit import study_dataset
+
+    torch.set_num_threads(1)
+    table, study = load(path), load_study(CURVES / "space.yaml")
+    table.check_study(study)
+    data, _ = study_dataset(study)
+    table.check_dataset(dataset_sha256(data))
+    names, sd = list(table.space), table.pooled_seed_sd
+    batches = table.params[:, names.index("batch_size")]
+    noise: dict[int, list[float]] = {}
+    cpu = time.process_time()
+    for b, final, config in best_by_batch(batches, table.val_loss[:, :, -1]):
+        params = {name: float(v) for name, v in zip(names, table.params[config])}
+        for seed in table.meta["seeds"]:
+            run = dataclasses.replace(study.trial_config(params, data), seed=seed,
+                                      noise_interval=1, sample_tokens=0)
+            records = train(run).records
+            for record in records:
+                noise.setdefault(record.tokens, []).append(record.noise_scale)
+            off = max(abs(r.val_loss - table.val_loss[config, table.seed_index(seed), i])
+                      for i, r in enumerate(records))
+            print(f"B {b}: configuration {config} (mean final {final:.4f}), seed {seed}: "
+                  "B_simple " + " ".join(f"{r.noise_scale:.0f}" for r in records[7::8])
+                  + f"; its val_loss off the table's by {off:.1e}", flush=True)
+    print(f"{len(table.meta['seeds'])} seeds of {len(set(batches))} configurations: "
+          f"{time.process_time() - cpu:.0f} CPU s\n"
+          "| tokens | best B (margin, seed sd) | B's best val_loss | B_simple: median (min–max) "
+          "| B/B_simple | probe's B's | winner among them | smallest B wins |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for share in SHARES:
+        at = round(share * len(table.tokens)) - 1
+        ranked = best_by_batch(batches, table.val_loss[:, :, at])
+        (b, loss, _), runner_up = ranked[0], ranked[1][1]
+        measured = noise[int(table.tokens[at])]
+        median = statistics.median(measured)
+        probe = suggest(median, math.inf) if math.isfinite(median) else []  # ∞: none suggested
+        print(f"| {table.tokens[at]:,} | {b} ({(runner_up - loss) / sd:.1f}) | "
+              + ", ".join(f"{c}: {v:.3f}" for c, v, _ in sorted(ranked)) + f" | {median:.0f} "
+              f"({min(measured):.0f}–{max(measured):.0f}) | {b / median:.2f} | "
+              + (f"{probe[0]}–{probe[-1]} | {'yes' if b in probe else 'no'}" if probe
+                 else "none | –") + f" | {'yes' if b == min(batches) else 'no'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -153,13 +228,23 @@ def main() -> None:
     compared = commands.add_parser("agreement")
     compared.add_argument("--tracking-uri", required=True)
     compared.add_argument("--study", action="append", required=True)
+    tabled = commands.add_parser("table")
+    tabled.add_argument("--table", type=Path, default=CURVES / "cosine.npz")
     args = parser.parse_args()
     if args.command == "cost":
         cost(args.steps, args.measurements)
     elif args.command == "spread":
         spread(args.seeds, args.batch_size)
-    else:
+    elif args.command == "agreement":
         agreement(args.tracking_uri, args.study)
+    else:
+        from tuner.errors import UserError
+
+        try:
+            table_agreement(args.table)
+        except UserError as err:  # a table that is not the curves of benchmarks/curves/space.yaml
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

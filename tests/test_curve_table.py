@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from curve_tables import build, builder, write_space
+from curve_tables import BENCHMARKS, build, builder, load_script, write_space
 from studies import fresh_store, mlflow_runs, run_tuner
 
 from tuner.search.trial import curve_table
@@ -153,3 +153,27 @@ def test_a_table_that_does_not_fit_exits_2_naming_it(case: str, tiny: tuple[Path
                 "other dataset": "a curve table of another dataset"}[case]
     assert said.startswith(f"error: {table}: {expected}"), said
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_committed_table_fits_its_study_whatever_its_noise_interval() -> None:
+    """benchmarks/curves/cosine.npz, built before budget.noise_interval existed, stands for
+    space.yaml: measuring B_simple leaves the curves as they were, so it is not in the key."""
+    from tuner.space import load_study
+
+    table = curve_table.load(BENCHMARKS / "curves" / "cosine.npz")
+    study = load_study(BENCHMARKS / "curves" / "space.yaml")
+    table.check_study(study)
+    measuring = study.model_copy(update={"budget": study.budget.model_copy(
+        update={"noise_interval": 1})})
+    assert curve_table.study_key(measuring) == curve_table.study_key(study)
+
+
+def test_the_best_b_at_a_point_is_the_b_of_the_lowest_mean_over_the_seeds() -> None:
+    """benchmarks/noise_scale.py `table`: each B's configuration of the lowest mean val_loss, B's
+    ranked by it; a seed that diverged (NaN or inf) puts its configuration last."""
+    noise_scale = load_script(BENCHMARKS / "noise_scale.py", "noise_scale_benchmark")
+    batches = np.array([4.0, 4.0, 8.0, 8.0, 16.0, 16.0])
+    val_loss = np.array([[3.0, 3.2], [2.9, 3.5], [2.0, np.nan], [3.0, 3.0], [2.8, 2.8],
+                         [np.inf, 1.0]])
+    assert noise_scale.best_by_batch(batches, val_loss) == [(16, 2.8, 4), (8, 3.0, 3),
+                                                            (4, 3.1, 0)]

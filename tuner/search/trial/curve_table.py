@@ -78,9 +78,10 @@ def searched_space(study: Any) -> dict[str, dict[str, Any]]:
 
 def study_key(study: Any) -> dict[str, Any]:
     """What makes a table's curves those of `study`: its model, hyperparameters (constants and
-    distributions, resolved) and budget but its seed, which picks the table's seed."""
+    distributions, resolved) and budget but its seed, which picks the table's seed, and its
+    noise_interval (measuring B_simple leaves training bit for bit as it was)."""
     resolved = study.resolved()
-    budget = {k: v for k, v in resolved["budget"].items() if k != "seed"}
+    budget = {k: v for k, v in resolved["budget"].items() if k not in ("seed", "noise_interval")}
     return {"model": resolved["model"], "hparams": resolved["hparams"], "budget": budget}
 
 
