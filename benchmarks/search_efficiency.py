@@ -189,10 +189,10 @@ def report(results: list[dict[str, Any]], order: list[tuple], table: Any, budget
         searchers, labels = dict.fromkeys(k[1] for k in keys), dict.fromkeys(k[2] for k in keys)
         baseline = runs[(setting, "random", "none")]
         full = quartiles([b["tokens"] / budget for b in baseline.values()])[1]
-        lines += ["", f"**{setting}**: {samples} samples, {concurrency} at a time, {len(baseline)} "
+        lines += ["", (f"**{setting}**: {samples} samples, {concurrency} at a time, {len(baseline)} "
                   f"seeds (random search: {full:.0f} full trials). Each cell: P5 median (IQR) "
                   "and the seeds that reached random search's best · regret median (seed sd) "
-                  "· trust · tokens (full trials)",
+                  "· trust · tokens (full trials)"),
                   "", "| scheduler | " + " | ".join(searchers) + " |",
                   "|---|" + "---|" * len(searchers)]
         for label in labels:
@@ -203,8 +203,8 @@ def report(results: list[dict[str, Any]], order: list[tuple], table: Any, budget
     for r in results:
         cpu[r["key"][1]].append(r["cpu_s"])
     speed = ", ".join(f"{name} {np.mean(values) * seeds:.0f} s" for name, values in cpu.items())
-    return [*lines, "", f"CPU seconds per {seeds}-seed comparison of one combination (one "
-            f"process, the mean over its schedulers and settings): {speed}"]
+    return [*lines, "", (f"CPU seconds per {seeds}-seed comparison of one combination (one "
+            f"process, the mean over its schedulers and settings): {speed}")]
 
 
 def collect(done: Iterable[dict[str, Any]], total: int, keep: Path | None

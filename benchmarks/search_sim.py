@@ -30,9 +30,9 @@ from ray.tune.experiment.trial import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from tuner.search.trial.curve_table import CurveTable
 from tuner.search.searchers.algorithms import build_scheduler, build_searcher, time_unit
 from tuner.search.searchers.flat_stop import NOISE_SEEDS, Flatness
+from tuner.search.trial.curve_table import CurveTable
 from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
 from tuner.space.checks import STARTUP_SEARCHERS
 

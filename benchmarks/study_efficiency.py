@@ -198,8 +198,8 @@ def by_compute(pairs: list[tuple[int, Study, Study]]) -> list[str]:
     """The goal at every even number of random search's full trials: ASHA + TPE's tokens to reach
     random search's best at that compute, as a share of it (the curves' prefixes)."""
     seeds = [seed for seed, _, _ in pairs]
-    lines = ["ASHA + TPE's tokens to reach random search's best at a given compute, as a share "
-             "of that compute:", "",
+    lines = [("ASHA + TPE's tokens to reach random search's best at a given compute, as a share "
+             "of that compute:"), "",
              "| random search's compute (full trials) | " + " | ".join(
                  f"seed {seed}" for seed in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for trials in range(2, pairs[0][1].trials + 1, 2):
@@ -242,8 +242,8 @@ def rung_ranks(pairs: list[tuple[int, Study, Study]], rungs: list[int], factor: 
 
 def report(pairs: list[tuple[int, Study, Study]], study: Any) -> str:
     """The markdown for docs/benchmarks.md: the compute comparison, then the orchestration."""
-    lines = ["| seed | random: trials, tokens | random: final best | ASHA+TPE: trials, tokens "
-             "| ASHA+TPE best at ⅓ of random's tokens | ASHA+TPE tokens to reach random's best |",
+    lines = [("| seed | random: trials, tokens | random: final best | ASHA+TPE: trials, tokens "
+             "| ASHA+TPE best at ⅓ of random's tokens | ASHA+TPE tokens to reach random's best |"),
              "|---|---|---|---|---|---|"]
     ratios = []
     for seed, rnd, asha in pairs:
@@ -256,8 +256,8 @@ def report(pairs: list[tuple[int, Study, Study]], study: Any) -> str:
                         else "not reached") + " |")
     met = sum(r <= 1 / 3 for r in ratios)
     median = sorted(ratios)[len(ratios) // 2]
-    lines += ["", f"ASHA + TPE reached random search's final best within a third of its compute "
-                  f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute).", "",
+    lines += ["", (f"ASHA + TPE reached random search's final best within a third of its compute "
+                  f"for {met} of {len(ratios)} seeds (median: {median:.0%} of its compute)."), "",
               *by_compute(pairs), "",
               *rung_ranks(pairs, [int(rung) for rung in stopping_points(study) or ()],
                           study.search.asha.reduction_factor),
@@ -268,9 +268,9 @@ def report(pairs: list[tuple[int, Study, Study]], study: Any) -> str:
 def orchestration(studies: list[Study]) -> str:
     """Each study's walls, share of slot time inside training steps and trial start-ups, then
     where its slot time went."""
-    lines = ["| study | wall (command) | wall (driver) | inside training steps | share of driver "
+    lines = [("| study | wall (command) | wall (driver) | inside training steps | share of driver "
              "wall × concurrency | trial start-up (median): new actor / reused | checkpoints "
-             "a trial, disk written |", "|---|---|---|---|---|---|---|"]
+             "a trial, disk written |"), "|---|---|---|---|---|---|---|"]
     for s in studies:
         ups = [up for _, up in sorted(s.startups)]
         cold, warm = ups[:s.concurrency], ups[s.concurrency:]
@@ -279,8 +279,8 @@ def orchestration(studies: list[Study]) -> str:
                      f"| {share:.0%} | {_median(cold):.1f} s / {_median(warm):.1f} s "
                      f"| {sum(s.checkpoints) / len(s.checkpoints):.1f}, "
                      f"{s.disk_mb_per_trial:.1f} MB |")
-    lines += ["", *slot_time_table(studies), "", "| study | idle before the first trials | "
-              "idle between two trials (median gap) | idle after the last (the tail) |",
+    lines += ["", *slot_time_table(studies), "", ("| study | idle before the first trials | "
+              "idle between two trials (median gap) | idle after the last (the tail) |"),
               "|---|---|---|---|"]
     for s in studies:
         first, between, tail, gap = s.idle_parts()
@@ -313,8 +313,8 @@ def seed_check_tokens(work: Path, name: str) -> int:
 
 def flat_report(rows: list[tuple[int, Study, Study, int, str]]) -> str:
     """Each seed's full study against the one stopped when flat: trials, tokens, final best."""
-    lines = ["| seed | all trials: trials, tokens, best | stopped when flat: trials, tokens "
-             "(+ seed check), best | tokens saved | best changed |", "|---|---|---|---|---|"]
+    lines = [("| seed | all trials: trials, tokens, best | stopped when flat: trials, tokens "
+             "(+ seed check), best | tokens saved | best changed |"), "|---|---|---|---|---|"]
     for seed, full, flat, check, _ in rows:
         saved = full.curve[-1][0] - flat.curve[-1][0] - check
         lines.append(f"| {seed} | {full.trials}, {full.curve[-1][0]:,}, {full.curve[-1][1]:.4f} "
@@ -351,8 +351,8 @@ def shipped_runs(work: Path, args: argparse.Namespace, study: Any) -> str:
     """Per seed, the study file's own search against random search's recorded final best: the
     markdown of the tokens it took to reach it, as shares of random search's."""
     spent = args.random_samples * study.full_trial_tokens()
-    lines = [f"| seed | random search's best (recorded, {args.random_samples} full trials) | "
-             "shipped: trials, tokens, best | tokens to reach random's best |", "|---|---|---|---|"]
+    lines = [(f"| seed | random search's best (recorded, {args.random_samples} full trials) | "
+             "shipped: trials, tokens, best | tokens to reach random's best |"), "|---|---|---|---|"]
     shares = []
     for seed, target in zip(args.seeds, args.random_best, strict=True):
         run = _run_and_measure(work, f"shipped-s{seed}-{int(time.time())}",

@@ -207,8 +207,8 @@ def test_write_through_a_symbolic_link_edits_its_file_and_keeps_the_link(
     (("--end", "1e400"), "--end inf: must be a finite number"),
     (("--start", "-inf"), "--start -inf: must be a finite number"),
     (("--end", "nan"), "--end nan: must be a finite number"),
-    (("--steps", "100000000000000000000"), "--steps 100000000000000000000: a sweep takes 10 to "
-     "10,000 steps"),
+    (("--steps", "100000000000000000000"), ("--steps 100000000000000000000: a sweep takes 10 to "
+     "10,000 steps")),
     (("--steps", "9"), "--steps 9: a sweep takes 10 to 10,000 steps")])
 def test_a_sweep_out_of_bounds_exits_2_naming_the_option(tmp_path, byte_dataset, args, said):
     """--end inf (or 1e400) exited 1 with an OverflowError's traceback; --steps 10^20 was taken,

@@ -17,8 +17,8 @@ from curve_tables import BENCHMARKS, build, load_script, write_space
 from studies import fresh_store, mlflow_runs, run_tuner
 
 from tuner.errors import UserError
-from tuner.search.trial import curve_table
 from tuner.search.searchers.algorithms import stopping_points
+from tuner.search.trial import curve_table
 from tuner.space import load_study
 
 sim = load_script(BENCHMARKS / "search_sim.py", "search_sim")
