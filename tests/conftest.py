@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xdist_order
 
 CORPORA = Path(__file__).resolve().parent / "fixtures"
 # The tests run `tuner` and `python` directly, not under `uv run` (which sets this, so that the
@@ -96,6 +97,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests (whole studies) first, in their order: on two workers the quick ones then
-    fill the end, instead of one worker finishing a study alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests (whole studies) first, dealt out to xdist's workers (xdist_order.py):
+    each worker starts on studies and ends on quick tests, which the other can steal."""
+    items[:] = xdist_order.deal(items, xdist_order.workers())
