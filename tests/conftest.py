@@ -9,13 +9,18 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+import xdist_order
 
 CORPORA = Path(__file__).resolve().parent / "fixtures"
 # The tests run `tuner` and `python` directly, not under `uv run` (which sets this, so that the
 # commands they print for copying would start with `uv run`); tests that want it set it.
 os.environ.pop("UV_RUN_RECURSION_DEPTH", None)
+# One thread for torch and BLAS in each test process and the commands it starts (set before either
+# is imported): the suite runs two processes at once on two cores (xdist), and a torch that
+# spreads a tiny model's step over both cores spins on the one the other process holds (five of
+# test_train's tests on two workers: 128 CPU-seconds, 16 on one thread). Trials set their own.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The tests stop commands with Ctrl-C (SIGINT). A suite a script started in the background
 # inherits SIGINT ignored, which its commands would inherit in turn; a handled signal is not.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -43,6 +48,8 @@ def corpora() -> Path:
 @pytest.fixture(scope="session")
 def byte_dataset(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Path:
     """A prepared dataset folder whose tokens are the raw bytes of Tiny Shakespeare (vocab 256)."""
+    import numpy as np
+
     out = tmp_path_factory.mktemp("byte_dataset")
     raw = np.frombuffer((corpora / "tinyshakespeare.txt").read_bytes(), dtype=np.uint8)
     split = int(len(raw) * 0.9)
@@ -90,6 +97,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests (whole studies) first, in their order: on two workers the quick ones then
-    fill the end, instead of one worker finishing a study alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests (whole studies) first, dealt out to xdist's workers (xdist_order.py):
+    each worker starts on studies and ends on quick tests, which the other can steal."""
+    items[:] = xdist_order.deal(items, xdist_order.workers())

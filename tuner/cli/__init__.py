@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 import traceback
@@ -71,8 +73,18 @@ def _remember_uris(args: list[str]) -> None:
             remember(arg.partition("=")[2])
 
 
+def _skip_final_collection() -> None:
+    """At exit: the interpreter's shutdown then skips the collector's passes over the million
+    objects torch, Ray and MLflow leave (`tuner best` 3.2 → 2.4 CPU-seconds, `report` 5.0 → 3.6).
+    Not once triton is loaded: its nanobind bindings would print each object they saw leaked."""
+    if "triton" not in sys.modules:
+        gc.freeze()
+
+
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
+    atexit.unregister(_skip_final_collection)  # once, however often main runs in one process
+    atexit.register(_skip_final_collection)  # last: run after every library's own handler
     stops_as_ctrl_c()
     # MLflow prints "View run … at: URL" for every run it ends on a server, credentials and all.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
