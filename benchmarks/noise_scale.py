@@ -29,7 +29,7 @@ QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 CURVES = REPO / "benchmarks" / "curves"  # the table of curves and the study it stands for
 SHARES = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)  # the table's points compared: shares of its budget
 RUNGS = (40960, 122880, 368640, 409600)  # the quickstart's ASHA rungs and its full trial
-BEST = {"lr_max": 0.005714, "warmup_fraction": 0.01434}  # the quickstart's best trial (README)
+BEST = {"lr_max": 0.005714, "warmup_fraction": 0.01434}  # a quickstart study's best trial (TPE)
 LM_EVAL_TOKENS, LM_CONTEXT = 8192000, 256  # search_spaces/lm.yaml
 COMPILED_SPEEDUP = 1.8  # a compiled step's tokens/s over an eager one's on a GPU (benchmarks.md)
 
