@@ -152,7 +152,9 @@ def agreement(uri: str, studies: list[str]) -> None:
 def best_by_batch(batches: np.ndarray, val_loss: np.ndarray) -> list[tuple[int, float, int]]:
     """(B, lowest mean val_loss over the seeds, its configuration) for each B, best first, from a
     table's B column (N) and its val_loss at one point (N × seeds; NaN, inf: diverged)."""
-    means = np.where(np.isfinite(val_loss), val_loss, np.inf).mean(axis=1)
+    from tuner.search.trial.curve_table import diverged_as_inf
+
+    means = diverged_as_inf(val_loss).mean(axis=1)
     best = []
     for b in np.unique(batches):
         at = np.flatnonzero(batches == b)

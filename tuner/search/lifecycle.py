@@ -234,13 +234,16 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     if _not_resumable(study):
         resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
                                  ) + " (a HyperBand study cannot be resumed)"
-    def lost(what: str) -> None:
-        console.print(f"[bold red]error:[/] {escape(what)}; the study stopped, its runs ended")
-        console.print(f"continue it with: {resume_hint}", markup=False)
+
+    def failed(what: Any, ended: str = "; the study stopped, its runs ended",
+               when: str = "") -> Ended:
+        console.print(f"[bold red]error:[/] {escape(str(what))}{ended}")
+        console.print(f"{when}continue it with: {resume_hint}", markup=False)
+        return Ended(FAILED, study, None, f"{what}{ended}", resume_hint)
 
     def stuck(what: str) -> None:  # (from another thread: the driver waits on a GCS gone)
         end_runs(study)
-        lost(what)
+        failed(what)
         sys.stdout.flush()
         os._exit(EXIT_CODES[FAILED])  # before Ray's client ends the process without a word
 
@@ -249,19 +252,11 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
             summary = run_study(study, data_dir, storage, address=address, warn=warn,
                                 stuck=stuck, **run_args)
     except TrackingLost as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped")
-        console.print(f"once the store answers again, continue it with: {resume_hint}",
-                      markup=False)
-        return Ended(FAILED, study, None, f"{err}; the study stopped", resume_hint)
+        return failed(err, "; the study stopped", "once the store answers again, ")
     except StorageFull as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}; the study stopped, its runs ended")
-        console.print(f"once there is room again, continue it with: {resume_hint}", markup=False)
-        return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
-                     resume_hint)
+        return failed(err, when="once there is room again, ")
     except NodeLost as err:
-        lost(str(err))
-        return Ended(FAILED, study, None, f"{err}; the study stopped, its runs ended",
-                     resume_hint)
+        return failed(err)
     except KeyboardInterrupt:
         from tuner.search.faults.stopping import stopped_at_once
 

@@ -130,8 +130,7 @@ class CurveTable:
     @property
     def final(self) -> np.ndarray:
         """N × S: each configuration's final val_loss for each seed (inf: it diverged)."""
-        last = self.val_loss[:, :, -1]
-        return np.where(np.isnan(last), np.inf, last)
+        return diverged_as_inf(self.val_loss[:, :, -1])
 
     @property
     def mean_final(self) -> np.ndarray:
@@ -179,6 +178,11 @@ class CurveTable:
         if sha256 != self.meta["dataset_sha256"]:
             raise UserError(f"{self.path}: a curve table of another dataset (sha256 "
                             f"{self.meta['dataset_sha256'][:12]}…, the study's {sha256[:12]}…)")
+
+
+def diverged_as_inf(val_loss: np.ndarray) -> np.ndarray:
+    """`val_loss` with a diverged run's NaN as inf, so that a mean over seeds with one is inf."""
+    return np.where(np.isnan(val_loss), np.inf, val_loss)
 
 
 def load(path: str | Path) -> CurveTable:

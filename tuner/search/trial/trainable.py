@@ -91,10 +91,9 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
               replay: Any = None) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval (with
     its device and node); a text sample comes with the evaluations where the scheduler may end
-    it, and the last. With `replay` (a `tuner.search.trial.curve_replay.CurveReplay`), its table
-    answers the trial in place of the trainer. Its working files (checkpoints, in a folder of its own in its node's folder
-    `scratch`, which the driver deletes) are made under the driver's `umask`, not the one of
-    Ray's processes. Once the stop flag exists in `study_dir` (the study is stopping) it reports
+    it, and the last. Its working files (checkpoints, in a folder of its own in its node's
+    folder `scratch`, which the driver deletes) are made under the driver's `umask`, not the one
+    of Ray's processes. Once the stop flag exists in `study_dir` (the study is stopping) it reports
     a checkpoint of the step it is at, with its last evaluation's metrics again, and waits for
     Tune to stop it. With `replay` (a `tuner.search.trial.curve_replay.CurveReplay`) its table
     answers the trial in place of the trainer."""
