@@ -27,7 +27,10 @@ from studies import (
     write_space,
 )
 
-NAME, EVAL_STEPS, TOKENS_PER_STEP = "faulted", 20, 16 * 32  # B 16, context 32
+# Evaluations far enough apart (about 0.5 s on an idle core) that a stop reaches a trial between
+# two, as a stop usually does; 20 steps apart, both often stopped at one (a trial waits at each
+# report for the driver, which was busy stopping).
+NAME, EVAL_STEPS, TOKENS_PER_STEP = "faulted", 100, 16 * 32  # B 16, context 32
 
 
 @dataclass
