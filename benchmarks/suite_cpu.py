@@ -37,12 +37,17 @@ def kind(argv: list[str]) -> str:
         rest = argv[names.index("tuner") + 1:]
         command = next((arg for arg in rest if not arg.startswith("-")), "")
         return f"tuner {command}".strip()
-    if "xdist" in line or "pytest" in names[:2] or argv[1:2] == ["-c"]:
+    args = list(argv[1:])
+    while args[:1] and args[0] in ("-u", "-B", "-E", "-I", "-O", "-s", "-S"):
+        args.pop(0)  # the interpreter's flags (xdist starts its workers unbuffered, as Ray does)
+    if "multiprocessing" in line:
+        return "multiprocessing workers"
+    if "xdist" in line or "pytest" in names[:2] or args[:1] == ["-c"]:
         return "pytest and its workers"
-    if argv[1:2] == ["-m"] and len(argv) > 2:
-        return f"{names[0]} -m {argv[2]}"
-    if len(names) > 1 and names[1].endswith(".py"):  # a script: by its name
-        return names[1]
+    if args[:1] == ["-m"] and len(args) > 1:
+        return f"{names[0]} -m {args[1]}"
+    if args and args[0].endswith(".py"):  # a script: by its name
+        return Path(args[0]).name
     return names[0] or "(exited)"
 
 

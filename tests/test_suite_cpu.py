@@ -22,8 +22,10 @@ def test_processes_are_named_by_what_they_are_to_a_study() -> None:
         "Ray's servers": [f"{VENV}/python", "-u", f"{SITE}/_private/log_monitor.py"],
         "tuner search": [f"{VENV}/python", f"{VENV}/tuner", "search", "--space", "s.yaml"],
         "tuner replay": [f"{VENV}/python", "-m", "tuner", "replay", "RUN"],
-        "pytest and its workers": [f"{VENV}/python", "-c", "import sys;exec(...)"],
+        "pytest and its workers": [f"{VENV}/python", "-u", "-c", "import sys;exec(...)"],
         "python -m uvicorn": [f"{VENV}/python", "-m", "uvicorn", "app"],
+        "multiprocessing workers": [f"{VENV}/python", "-B", "-c",
+                                    "from multiprocessing.forkserver import main; main(1)"],
         "gpu_study.py": [f"{VENV}/python", "/repo/benchmarks/gpu_study.py", "--tiny"],
     }
     assert {suite_cpu.kind(argv): name for name, argv in kinds.items()} == {
