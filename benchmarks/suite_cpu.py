@@ -52,8 +52,11 @@ def kind(argv: list[str]) -> str:
 
 
 def _sample(seen: dict[tuple[str, str], list]) -> None:
-    """Each live process's CPU seconds so far, under the kind of its first command line seen."""
+    """Each live process's CPU seconds so far (this one's aside), under the kind of its first
+    command line seen."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        if pid == str(os.getpid()):
+            continue
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             key = (pid, fields[19])  # a pid is reused: its start time tells the processes apart
@@ -82,7 +85,7 @@ def measure(command: list[str]) -> tuple[int, float, dict[str, tuple[float, int]
     totals: dict[str, tuple[float, int]] = {}
     for key, (name, cpu) in seen.items():
         spent = cpu - before.get(key, 0.0)
-        if spent > 0 and key[0] != str(os.getpid()):
+        if spent > 0:
             total, count = totals.get(name, (0.0, 0))
             totals[name] = (total + spent, count + 1)
     return proc.returncode, wall, totals

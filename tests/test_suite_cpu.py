@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_cpu.py"
-_spec = importlib.util.spec_from_file_location("suite_cpu", SCRIPT)
-suite_cpu = sys.modules["suite_cpu"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(suite_cpu)  # a script, not a package module: loaded from its file
+from curve_tables import BENCHMARKS, load_script
+
+suite_cpu = load_script(BENCHMARKS / "suite_cpu.py", "suite_cpu")
 
 VENV = "/repo/.venv/bin"
 SITE = "/repo/.venv/lib/python3.11/site-packages/ray"
