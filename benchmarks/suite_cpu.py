@@ -54,9 +54,7 @@ def kind(argv: list[str]) -> str:
 def _sample(seen: dict[tuple[str, str], list]) -> None:
     """Each live process's CPU seconds so far (this one's aside), under the kind of its first
     command line seen."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        if pid == str(os.getpid()):
-            continue
+    for pid in set(filter(str.isdigit, os.listdir("/proc"))) - {str(os.getpid())}:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             key = (pid, fields[19])  # a pid is reused: its start time tells the processes apart
