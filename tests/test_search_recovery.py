@@ -30,6 +30,7 @@ from studies import (
     resume_to_the_end,
     run_tuner,
     start_search,
+    tune_trials,
     write_space,
 )
 
@@ -92,9 +93,7 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
         assert workers
         for pid in workers:  # what the OS's OOM killer would do
             os.kill(pid, signal.SIGKILL)
-        _wait_until(uri, driver, lambda runs, tokens: any(
-            r.info.status == "FINISHED" for r in runs) and any(
-            r.info.status == "RUNNING" and tokens[r.info.run_id] >= 30720 for r in runs))
+        _wait_until(uri, driver, _killable_with_a_trial_to_resume(storage / "killed", 122880))
     finally:
         trial_processes = [pid for pid, cmd in _descendants(driver.pid)
                            if cmd.startswith("ray::ImplicitFunc")]
@@ -139,6 +138,30 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
         assert steps == [10240 * k for k in range(1, 13)], steps  # no gap, no repeat
         if run.info.run_id in finished_before:  # finished trials are not rerun
             assert run.info.end_time == finished_before[run.info.run_id].info.end_time
+
+
+def _killable_with_a_trial_to_resume(study_dir: Path, budget: int) -> Any:
+    """`_wait_until`'s condition for the driver's SIGKILL: a trial finished, every trial run is in
+    Tune's newest saved state (saved every 3 s: a trial started since would be lost, not
+    resumed), the running one furthest on is 3 evaluations in with a checkpoint that state names,
+    and none is within 2 evaluations of its end (so no trial starts between this poll and the
+    kill)."""
+    def ready(runs: list[Any], tokens: dict[str, int]) -> bool:
+        running = [r for r in runs if r.info.status == "RUNNING"]
+        if not running or not any(r.info.status == "FINISHED" for r in runs):
+            return False
+        try:
+            saved = tune_trials(study_dir)
+        except ValueError:  # none saved yet, or caught mid-write
+            return False
+        furthest = max(running, key=lambda r: tokens[r.info.run_id])
+        last = saved.get(furthest.data.tags["tuner.trial_id"]) or {}
+        checkpoint = study_dir / f"trial_{furthest.data.tags['tuner.trial_id']}" / str(
+            last.get("checkpoint_dir_name"))
+        return (all(r.data.tags["tuner.trial_id"] in saved for r in runs)
+                and tokens[furthest.info.run_id] >= 30720 and checkpoint.is_dir()
+                and all(tokens[r.info.run_id] <= budget - 20480 for r in running))
+    return ready
 
 
 def _asha_rungs(state: dict) -> dict[int, set[str]]:
