@@ -17,8 +17,8 @@ CORPORA = Path(__file__).resolve().parent / "fixtures"
 # commands they print for copying would start with `uv run`); tests that want it set it.
 os.environ.pop("UV_RUN_RECURSION_DEPTH", None)
 # One thread for torch and BLAS in each test process and the commands it starts (set before either
-# is imported): the suite runs three processes at once on two cores (xdist), and a torch that
-# spreads a tiny model's step over both cores spins on the one another process holds (five of
+# is imported): the suite runs two processes at once on two cores (xdist), and a torch that
+# spreads a tiny model's step over both cores spins on the one the other process holds (five of
 # test_train's tests on two workers: 128 CPU-seconds, 16 on one thread). Trials set their own.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The tests stop commands with Ctrl-C (SIGINT). A suite a script started in the background
