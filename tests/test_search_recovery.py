@@ -141,11 +141,10 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
 
 
 def _killable_with_a_trial_to_resume(study_dir: Path, budget: int) -> Any:
-    """`_wait_until`'s condition for the driver's SIGKILL: a trial finished, every trial run is in
-    Tune's newest saved state (saved every 3 s: a trial started since would be lost, not
-    resumed), the running one furthest on is 3 evaluations in with a checkpoint that state names,
-    and none is within 2 evaluations of its end (so no trial starts between this poll and the
-    kill)."""
+    """`_wait_until`'s condition for the driver's SIGKILL: a trial finished; Tune's newest saved
+    state (every 3 s) holds every trial run, as one started after it is lost, not resumed; the
+    running trial furthest on is 3 evaluations in, with the checkpoint that state names; and none
+    is within 2 evaluations of its end, so no trial starts before the kill."""
     def ready(runs: list[Any], tokens: dict[str, int]) -> bool:
         running = [r for r in runs if r.info.status == "RUNNING"]
         if not running or not any(r.info.status == "FINISHED" for r in runs):
