@@ -353,6 +353,36 @@ def test_a_ctrl_c_during_the_command_lines_imports_aborts_in_a_word(tmp_path: Pa
     assert proc.stderr.splitlines() == ["aborted"], proc.stderr
 
 
+STOPPED_IN_A_VALIDATOR = """
+import enum, os, signal, sys
+from pydantic_core import SchemaValidator, core_schema
+import tuner.cli as cli
+
+class Picked(enum.Enum):
+    a = 1
+    def __getattribute__(self, name):
+        if name == "value":  # read by pydantic-core as it builds the validator: the stop lands there
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getattribute__(name)
+
+@cli.app.command("build")
+def build() -> None:
+    SchemaValidator(core_schema.enum_schema(Picked, list(Picked), sub_type="int"))
+
+sys.argv = ["tuner", "build"]
+cli.main()
+"""
+
+
+def test_a_stop_a_library_wrapped_in_its_own_error_aborts_in_a_word(tmp_path: Path) -> None:
+    """A SIGTERM while pydantic-core built a validator (a study's start-up, 3 s in) came back as
+    its SchemaError naming the KeyboardInterrupt: the command printed a traceback and exited 1."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_IN_A_VALIDATOR], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=ENV, check=False)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["aborted"], proc.stderr
+
+
 @pytest.mark.parametrize(("given", "seen"), [(None, "60"), ("5", "5")])
 def test_a_reused_actor_waits_for_its_last_trial_to_unwind(given: str | None, seen: str) -> None:
     """Tune's 2 s for a stopped trial's thread to end was too short on a busy machine (the next

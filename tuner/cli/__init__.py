@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from model.config import ConfigError
-from model.shell import aborted, stops_as_ctrl_c
+from model.shell import aborted, stop_requested, stops_as_ctrl_c
 from tuner.errors import UserError, reason
 from tuner.store.redact import mask_log_records, redact, remember
 
@@ -81,6 +81,16 @@ def _skip_final_collection() -> None:
         gc.freeze()
 
 
+def _a_stop_in_disguise(exc: BaseException | None) -> bool:
+    """Whether `exc` is a stop's KeyboardInterrupt that a library wrapped in an error of its own:
+    pydantic-core, building a validator when the stop came, raises a SchemaError naming it in words."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc):
+            return stop_requested()
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     """Entry point: run the app; bad input exits 2 with one line that says what to fix."""
     atexit.unregister(_skip_final_collection)  # once, however often main runs in one process
@@ -110,6 +120,8 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(redact(where + (exc.strerror or str(exc))))}")
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - a store failing mid-command, or a bug: no secrets
+        if _a_stop_in_disguise(exc):
+            aborted()
         mlflow_errors = sys.modules.get("mlflow.exceptions")
         if mlflow_errors and isinstance(exc, mlflow_errors.MlflowException):
             err.print(f"[bold red]error:[/] MLflow failed: {escape(redact(reason(exc)))}")
