@@ -93,7 +93,8 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
         assert workers
         for pid in workers:  # what the OS's OOM killer would do
             os.kill(pid, signal.SIGKILL)
-        _wait_until(uri, driver, _killable_with_a_trial_to_resume(storage / "killed", 122880))
+        _wait_until(uri, driver, _killable_with_a_trial_to_resume(storage / "killed", 122880,
+                                                                  10240))
     finally:
         trial_processes = [pid for pid, cmd in _descendants(driver.pid)
                            if cmd.startswith("ray::ImplicitFunc")]
@@ -140,11 +141,11 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
             assert run.info.end_time == finished_before[run.info.run_id].info.end_time
 
 
-def _killable_with_a_trial_to_resume(study_dir: Path, budget: int) -> Any:
+def _killable_with_a_trial_to_resume(study_dir: Path, budget: int, interval: int) -> Any:
     """`_wait_until`'s condition for the driver's SIGKILL: a trial finished; Tune's newest saved
     state (every 3 s) holds every trial run, as one started after it is lost, not resumed; the
-    running trial furthest on is 3 evaluations in, with the checkpoint that state names; and none
-    is within 2 evaluations of its end, so no trial starts before the kill."""
+    running trial furthest on is 3 evaluations (of `interval` tokens) in, with the checkpoint that
+    state names; and none is within 2 of its end, so no trial starts before the kill."""
     def ready(runs: list[Any], tokens: dict[str, int]) -> bool:
         running = [r for r in runs if r.info.status == "RUNNING"]
         if not running or not any(r.info.status == "FINISHED" for r in runs):
@@ -154,12 +155,12 @@ def _killable_with_a_trial_to_resume(study_dir: Path, budget: int) -> Any:
         except ValueError:  # none saved yet, or caught mid-write
             return False
         furthest = max(running, key=lambda r: tokens[r.info.run_id])
-        last = saved.get(furthest.data.tags["tuner.trial_id"]) or {}
-        checkpoint = study_dir / f"trial_{furthest.data.tags['tuner.trial_id']}" / str(
-            last.get("checkpoint_dir_name"))
+        trial_id = furthest.data.tags["tuner.trial_id"]
+        named = (saved.get(trial_id) or {}).get("checkpoint_dir_name")
         return (all(r.data.tags["tuner.trial_id"] in saved for r in runs)
-                and tokens[furthest.info.run_id] >= 30720 and checkpoint.is_dir()
-                and all(tokens[r.info.run_id] <= budget - 20480 for r in running))
+                and tokens[furthest.info.run_id] >= 3 * interval and named is not None
+                and (study_dir / f"trial_{trial_id}" / named).is_dir()
+                and all(tokens[r.info.run_id] <= budget - 2 * interval for r in running))
     return ready
 
 

@@ -84,9 +84,11 @@ def _skip_final_collection() -> None:
 def _a_stop_in_disguise(exc: BaseException | None) -> bool:
     """Whether `exc` is a stop's KeyboardInterrupt that a library wrapped in an error of its own:
     pydantic-core, building a validator when the stop came, raises a SchemaError naming it in words."""
+    if not stop_requested():
+        return False
     while exc is not None:
         if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc):
-            return stop_requested()
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 
