@@ -42,7 +42,8 @@ def test_once_spent_each_trial_stops_at_its_next_rung(tmp_path: Path, dataset: P
     assert not watch.exhausted and watch.reason == ""
     assert not watch.stops("a", _result(2560))  # 51,200 tokens: spent
     assert watch.exhausted and watch.owed == {"done", "a", "b"}
-    assert watch.reason == "study budget spent: 51,200 of 51,200 tokens (1.25 full trials)"
+    assert watch.reason == ("stopped once its study budget was spent: 51,200 of 51,200 tokens "
+                            "(1.25 full trials)")
     assert not watch.stops("b", _result(8960))  # its next rung is 10,240
     stopped = _result(10240)
     assert watch.stops("b", stopped) and stopped["stopped_by_study_budget"]
@@ -59,7 +60,7 @@ def test_a_scheduler_without_rungs_stops_at_the_next_result(tmp_path: Path,
     assert watch.points == ()
     watch.count([Reported("a", _result(7680)), Reported("b", _result(2560)), Reported("new")])
     assert watch.exhausted and watch.owed == {"a", "b"}
-    assert watch.reason == "study budget spent: 10,240 of 10,000 tokens"
+    assert watch.reason == "stopped once its study budget was spent: 10,240 of 10,000 tokens"
     assert watch.stops("b", _result(3840))
 
 
@@ -102,10 +103,11 @@ def test_a_study_ends_once_its_budget_is_spent(tmp_path: Path, dataset: Path,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client, parent, trials = mlflow_runs(uri, "budgeted")
     reason = parent.data.tags["tuner.stop_reason"]
-    assert parent.info.status == "FINISHED" and reason.startswith("study budget spent: ")
+    assert parent.info.status == "FINISHED"
+    assert reason.startswith("stopped once its study budget was spent: ")
     assert reason.endswith(" of 30,720 tokens (0.75 full trials)")
     assert f"finished ({reason})" in proc.stdout
-    assert "no new trial starts; the running ones stop at their next stopping point" in proc.stderr
+    assert "no new trial starts, the running ones stop at their next stopping point" in proc.stderr
     assert 2 <= len(trials) < 12
     tokens = {r.info.run_id: int(max(m.step for m in client.get_metric_history(
         r.info.run_id, "val_loss"))) for r in trials}
@@ -116,5 +118,5 @@ def test_a_study_ends_once_its_budget_is_spent(tmp_path: Path, dataset: Path,
     assert by_budget and all(r.data.tags["tuner.status"] == "stopped" for r in by_budget)
     assert all(r.info.status == "FINISHED" for r in trials)
     again = run_tuner(["search", "--resume", "--name", "budgeted", *args], cwd=tmp_path)
-    assert again.returncode == 0 and "finished (study budget spent" in again.stdout, again.stdout
+    assert again.returncode == 0 and f"finished ({reason})" in again.stdout, again.stdout
     assert len(mlflow_runs(uri, "budgeted")[2]) == len(trials)

@@ -179,9 +179,9 @@ class LiveView(tune.Callback):
         self._draining = bool(saving)
         if self.budget is not None and self.budget.exhausted and not self._spent:
             self._spent = True
-            self._console.print(f"{self.budget.reason}: no new trial starts; the running ones "
-                                "stop at their next stopping point", markup=False,
-                                highlight=False)
+            self._console.print(f"study budget spent: {self.budget.tally}; no new trial "
+                                "starts, the running ones stop at their next stopping point",
+                                markup=False, highlight=False)
         if self._live is not None and iteration % 5 == 0:
             self._live.update(self.render(trials))
 

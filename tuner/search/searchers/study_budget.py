@@ -51,12 +51,15 @@ class BudgetWatch(tune.Callback):
         return self.owed is not None
 
     @property
+    def tally(self) -> str:
+        """The tokens spent of the budget's."""
+        trials = f" ({self.full_trials:g} full trials)" if self.full_trials is not None else ""
+        return f"{self.spent:,.0f} of {self.limit:,} tokens{trials}"
+
+    @property
     def reason(self) -> str:
         """Why the study ended ("" while the budget lasts)."""
-        if not self.exhausted:
-            return ""
-        trials = f" ({self.full_trials:g} full trials)" if self.full_trials is not None else ""
-        return f"study budget spent: {self.spent:,.0f} of {self.limit:,} tokens{trials}"
+        return f"stopped once its study budget was spent: {self.tally}" if self.exhausted else ""
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         self.count(trials)
