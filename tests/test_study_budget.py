@@ -88,32 +88,41 @@ def _rung_below(tokens: int) -> int:
 @pytest.mark.slow
 def test_a_study_ends_once_its_budget_is_spent(tmp_path: Path, dataset: Path,
                                                mlflow_store_template: Path) -> None:
-    """0.75 full trials of budget, 12 samples, ASHA, two trials at a time: once the budget is
-    spent (no two trials can both be past the last rung short of the end) the study draws no
-    trial and stops one at least at its next rung, and ends, exit 0, saying so; its trials
-    trained at most the budget and what the two running trials needed to reach their next
-    rung; a resume finds it finished."""
+    """1.25 full trials of budget, ASHA, two trials at a time. One sample trains a full trial
+    (40,960 tokens) and the study ends with budget left. Extended to 12 samples, the resumed
+    study counts that trial's tokens from Tune's state: once 10,240 more are trained it draws no
+    trial, the running ones stop at their next rung (both below 20,480 tokens then, so its new
+    trials train less than a full trial), and it ends, exit 0, saying so, having trained at most
+    the budget and what the two running trials needed to reach their next rung. A resume then
+    finds it finished."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     space = write_space(tmp_path, "budgeted", dataset,
                         hparams={"lr_max": {"loguniform": [1e-3, 3e-2]}},
-                        search={"algorithm": "random", "num_samples": 12, **ASHA,
-                                "study_budget": {"full_trials": 0.75}})
+                        search={"algorithm": "random", "num_samples": 1, **ASHA,
+                                "study_budget": {"full_trials": 1.25}})
     args = ["--tracking-uri", uri, "--storage", str(tmp_path / "ray")]
-    proc = run_tuner(["search", "--space", str(space), *args], cwd=tmp_path)
+    first = run_tuner(["search", "--space", str(space), *args], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "budget was spent" not in first.stdout + first.stderr
+    [(first_run)] = mlflow_runs(uri, "budgeted")[2]
+    proc = run_tuner(["search", "--resume", "--name", "budgeted", "--num-samples", "12", *args],
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client, parent, trials = mlflow_runs(uri, "budgeted")
     reason = parent.data.tags["tuner.stop_reason"]
     assert parent.info.status == "FINISHED"
     assert reason.startswith("stopped once its study budget was spent: ")
-    assert reason.endswith(" of 30,720 tokens (0.75 full trials)")
+    assert reason.endswith(" of 51,200 tokens (1.25 full trials)")
     assert f"finished ({reason})" in proc.stdout
     assert "no new trial starts, the running ones stop at their next stopping point" in proc.stderr
     assert 2 <= len(trials) < 12
     tokens = {r.info.run_id: int(max(m.step for m in client.get_metric_history(
         r.info.run_id, "val_loss"))) for r in trials}
-    assert f"{sum(tokens.values()):,} of 30,720" in reason
+    assert tokens[first_run.info.run_id] == 40960
+    assert f"{sum(tokens.values()):,} of 51,200" in reason
     overshoot = sorted((t - _rung_below(t) for t in tokens.values()), reverse=True)[:2]
-    assert 30720 <= sum(tokens.values()) <= 30720 + sum(overshoot)
+    assert 51200 <= sum(tokens.values()) <= 51200 + sum(overshoot)
+    assert sum(tokens.values()) - 40960 < 40960
     by_budget = [r for r in trials if "study budget" in r.data.tags["tuner.status_detail"]]
     assert by_budget and all(r.data.tags["tuner.status"] == "stopped" for r in by_budget)
     assert all(r.info.status == "FINISHED" for r in trials)
