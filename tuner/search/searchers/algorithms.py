@@ -22,8 +22,8 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random);
     TPE and GP sample `startup_trials` at random before modelling (default: Optuna's). Of pruned
     trials (those a scheduler stopped), TPE ranks them below the completed by how far they got,
-    CMA-ES takes their last value, GP leaves them out (Optuna offers no choice); random, grid
-    and QMC ignore every trial."""
+    CMA-ES takes their last value (its search space still comes from completed trials alone),
+    GP leaves them out (Optuna offers no choice); random, grid and QMC ignore every trial."""
     import optuna
 
     quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
