@@ -36,6 +36,8 @@ def start_local_ray(**kwargs: Any) -> None:
                 ray.init(address="local", **kwargs)
                 return
             except Exception as err:  # noqa: BLE001 - Ray raises Exception itself on a timeout
+                with contextlib.suppress(Exception):  # a start that failed once its node was up
+                    ray.shutdown()
                 _end(started)
                 failure = err
     raise RayNotStarted(_in_words(time.monotonic() - began, failure))
