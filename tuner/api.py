@@ -214,10 +214,18 @@ def register(name: str, model: str, *, tracking_uri: str | None = None,
     and the command that reproduces it."""
     from tuner.inspect.register import register_best
 
+    for argument, value in (("name", name), ("model", model)):
+        if not isinstance(value, str):
+            raise UserError(f"register: {argument} {value!r} is not a string: give the "
+                            f"{'study' if argument == 'name' else 'registered model'}'s name")
+    if data is not None and not isinstance(data, (str, Path)):
+        raise UserError(f"register: data {data!r} is not a path: give the dataset folder with "
+                        "the tokenizer, or None")
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="tuner-register-") as tmp:
         return register_best(client, name, model, Path(tmp), data=None if data is None else
-                             Path(data), seed_checks=_in_words(_seed_checks(client, name)))
+                             Path(data), seed_checks=_in_words(_seed_checks(client, name)),
+                             named="model")
 
 
 def _in_words(checks: Mapping[str, SeedCheck]) -> dict[str, str]:
