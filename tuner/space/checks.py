@@ -31,7 +31,8 @@ Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
 SHAPE_FIELDS = ("d_model", "num_heads", "positions")  # the model fields ModelConfig relates
 MAX_GRID = 100_000  # grid points, each a trial (and counted one by one to check this)
-SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
+SCHEDULER_SETTINGS = {"asha": ("asha", "pasha", "hyperband"), "median": ("median",),
+                      "topk": ("topk",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
 PBT_GROUPS = ("optimizer", "regularization", "schedule")  # what can change as a trial trains
 STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_trials at random
@@ -348,9 +349,15 @@ def _search(study: StudySections) -> list[tuple[Loc, str]]:
         issues.append((("search", "max_concurrent"), "hyperband pauses trials until their bracket "
                        "catches up, so only the resources may bound how many run at once: "
                        "remove max_concurrent"))
-    if search.scheduler == "hyperband" and "brackets" in search.asha.model_fields_set:
-        issues.append((("search", "asha", "brackets"), "only used by the asha scheduler: "
-                       "hyperband sizes its brackets itself"))
+    if search.scheduler in ("hyperband", "pasha") and "brackets" in search.asha.model_fields_set:
+        why = "hyperband sizes its brackets itself" if search.scheduler == "hyperband" else \
+            "pasha grows one bracket's top rung"
+        issues.append((("search", "asha", "brackets"), f"only used by the asha scheduler: {why}"))
+    if search.scheduler == "topk" and search.topk.k is not None and search.num_samples is not None \
+            and search.topk.k >= search.num_samples:
+        issues.append((("search", "topk", "k"), f"{search.topk.k} of {search.num_samples} trials "
+                       "would let every trial train to the end: set k below num_samples, or "
+                       "use scheduler none"))
     if search.scheduler == "hyperband" and not float(search.asha.reduction_factor).is_integer():
         why = "hyperband needs a whole number: Ray rounds its rungs down, short of the budget"
         issues.append((("search", "asha", "reduction_factor"), why))
@@ -389,7 +396,7 @@ def _transfer(study: StudySections) -> list[tuple[Loc, str]]:
 def _scheduler_tokens(study: StudySections) -> list[tuple[Loc, str]]:
     fewest, issues = tokens_range(study)[0], []
     for key, setting in (("asha", "grace_period"), ("median", "grace_period"),
-                         ("pbt", "perturbation_interval")):
+                         ("topk", "budget"), ("pbt", "perturbation_interval")):
         tokens = getattr(getattr(study.search, key), setting)
         if tokens is not None and tokens >= fewest:
             issues.append((("search", key, setting), f"{tokens} tokens must be below a full "

@@ -136,6 +136,15 @@ def build_scheduler(study: Any) -> Any:
         return schedulers.ASHAScheduler(
             **timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
             reduction_factor=search.asha.reduction_factor, brackets=search.asha.brackets)
+    if search.scheduler == "pasha":
+        from tuner.search.searchers.pasha import Pasha
+
+        return Pasha(**timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
+                     reduction_factor=search.asha.reduction_factor)
+    if search.scheduler == "topk":
+        from tuner.search.searchers.topk import TopK
+
+        return TopK(**timed, budget=search.topk.budget, k=search.topk.k)
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
             metric=search.metric, mode=search.mode, time_attr=HYPERBAND_TIME,
@@ -164,12 +173,15 @@ def pbt_mutations(study: Any) -> dict[str, Any]:
 
 
 def stopping_points(study: Any) -> tuple[float, ...] | None:
-    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's rungs (Ray's
-    rule, all brackets); () for `none` and PBT, which never do; None when any evaluation may."""
+    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's and PASHA's
+    rungs (Ray's rule, all brackets), top-K's budget; () for `none` and PBT, which never do;
+    None when any evaluation may."""
     search = study.search
     if search.scheduler in ("none", "pbt"):
         return ()
-    if search.scheduler != "asha":
+    if search.scheduler == "topk":
+        return (float(search.topk.budget),)
+    if search.scheduler not in ("asha", "pasha"):
         return None
     max_t = study.full_trial_tokens()
     grace, factor = min(search.asha.grace_period, max_t), search.asha.reduction_factor
