@@ -102,3 +102,12 @@ def test_topk_lets_a_trial_on_only_among_the_k_best_at_the_budget(tmp_path: Path
     restored = TopK(time_attr="tokens", metric="val_loss", mode="min", budget=4, k=2)
     restored.restore(str(tmp_path / "state"))
     assert [report(restored, "f", 5, 1.5), report(restored, "g", 5, 2.5)] == [GO, STOP]
+
+
+def test_the_driver_keeps_both_schedulers_state_for_a_resume() -> None:
+    """StateBackup saves and puts back PASHA's state (ASHA's way) and top-K's."""
+    from tuner.search.state.recovery import StateBackup
+
+    topk = TopK(time_attr="tokens", metric="val_loss", mode="min", budget=4, k=2)
+    scheduler = pasha()
+    assert StateBackup(scheduler).scheduler is scheduler and StateBackup(topk).scheduler is topk
