@@ -363,10 +363,27 @@ def _search(study: StudySections) -> list[tuple[Loc, str]]:
         issues.append((("search", "asha", "reduction_factor"), why))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
+    if search.start_near is not None:
+        issues += _start_near(search)
     if search.warm_start is not None and (search.scheduler == "pbt" or not space):
         why = "pbt draws its population without a searcher" if space else "nothing is searched"
         issues.append((("search", "warm_start"), f"{why}: there is nothing to warm-start"))
     return issues
+
+
+def _start_near(search: Any) -> list[tuple[Loc, str]]:
+    """A prior-centred start needs an earlier study, leaves a grid its own points, and fits
+    within the study's samples."""
+    loc = ("search", "start_near")
+    if search.warm_start is None:
+        return [(loc, "starts near an earlier study's best: give search.warm_start (or "
+                 "--warm-start) too")]
+    if search.algorithm == "grid":
+        return [(loc, "grid runs its own points: use another searcher to start near a best")]
+    if search.num_samples is not None and search.start_near > search.num_samples:
+        return [(loc, f"{search.start_near} trials, but the study runs {search.num_samples}: "
+                 "set at most num_samples")]
+    return []
 
 
 def _transfer(study: StudySections) -> list[tuple[Loc, str]]:

@@ -211,6 +211,9 @@ class SearchSection(Section):
     warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in "
                                    "the same tracking store, with this space: the searcher starts "
                                    "from its finished trials")
+    start_near: int | None = Field(None, ge=1, description="with warm_start: the first this many "
+                                   "trials are the earlier study's best configuration and draws "
+                                   "around it (default: none, the searcher's own)")
     confirm: ConfirmSettings | None = Field(None, description="train the top trials again with "
                                             "other seeds once the study ends (default: off)")
     stop_when_flat: FlatSettings | None = Field(None, description="end the study once its best "

@@ -39,8 +39,9 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
 
 def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
-    from `warm_trials` (finished Optuna trials of an earlier study) when given; a transfer
-    study's hands each sample out at every size."""
+    from `warm_trials` (finished Optuna trials of an earlier study) when given, its first trials
+    near their best with search.start_near; a transfer study's hands each sample out at every
+    size."""
     import optuna
 
     from tuner.search.searchers.optuna_searcher import ResumableOptunaSearch
@@ -55,6 +56,10 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
         storage = storage or optuna.storages.InMemoryStorage()
         seed_study(storage, study.name, search.mode, warm_trials)
     seed = warm_seed(search.seed, warm_trials) if warm_trials else search.seed
+    if warm_trials and search.start_near:
+        from tuner.search.searchers.prior_start import near_best
+
+        points = near_best(study, warm_trials, search.start_near, seed)
     sampler = optuna_sampler(search.algorithm, seed, search.startup_trials)
     searcher = ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                                      sampler=sampler, points_to_evaluate=points,
