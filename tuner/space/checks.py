@@ -376,8 +376,8 @@ def _start_near(search: Any) -> list[tuple[Loc, str]]:
     within the study's samples."""
     loc = ("search", "start_near")
     if search.warm_start is None:
-        return [(loc, "starts near an earlier study's best: give search.warm_start (or "
-                 "--warm-start) too")]
+        return [(loc, "starts near an earlier study's best: give search.warm_start in the "
+                 "file too")]
     if search.algorithm == "grid":
         return [(loc, "grid runs its own points: use another searcher to start near a best")]
     if search.num_samples is not None and search.start_near > search.num_samples:
