@@ -239,14 +239,14 @@ def test_holm_corrects_across_the_rivals():
 
 
 def test_seed_variances_that_differ_are_not_pooled_and_the_output_says_so():
-    """With ≥ 3 seeds a trial, Brown–Forsythe's test of equal variances: a trial far noisier than
-    the others fails it, and Welch's one-sided test decides instead."""
+    """With ≥ 3 seeds a trial, Bartlett's test of equal variances: a trial far noisier than the
+    others fails it, and Welch's one-sided test decides instead."""
     steady = [verdict.Seeded(n, f"r{n}", {s: base + 0.001 * s for s in range(5)})
               for n, base in (("a", 1.0), ("b", 1.01))]
     wild = verdict.Seeded("c", "rc", {0: 1.3, 1: 0.9, 2: 1.4, 3: 0.8, 4: 1.2})
     result = verdict.compare([*steady, wild])
     assert result.pooled.spread_p is not None and not result.pooled.holds
-    assert result.lines()[0] == (f"the seed variances differ across the trials (Brown–Forsythe p "
+    assert result.lines()[0] == (f"the seed variances differ across the trials (Bartlett p "
                                  f"{result.pooled.spread_p:.2g}): Welch's test decides, not the "
                                  "pooled one")
     b = result.rivals[0]

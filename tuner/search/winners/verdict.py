@@ -2,10 +2,11 @@
 
 One variance for every trial checked (their seeds pooled, with their degrees of freedom: the noise
 is the training's, not a trial's), a one-sided t-test of "the winner's mean is lower" against
-each rival, Holm's correction across the rivals. With ≥ 3 seeds a trial, Brown–Forsythe's test
-(Levene's, median-centred: the seed noise is heavy-tailed, docs/benchmarks.md) checks the
-pooling; where it rejects, Welch's one-sided test decides instead. Welch's two-sided figure is
-kept in the record. And the seeds a trial would need to confirm a lead at the pooled sd.
+each rival, Holm's correction across the rivals. With ≥ 3 seeds a trial, Bartlett's test checks
+the pooling (Brown–Forsythe's, robust to the seed noise's heavy tails, cannot reject at 3 seeds;
+Bartlett's holds its level on the table's noise: docs/benchmarks.md); where it rejects, Welch's
+one-sided test decides instead. Welch's two-sided figure is kept in the record. And the seeds a
+trial would need to confirm a lead at the pooled sd.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Seeded:
 
 @dataclass(frozen=True)
 class Pooled:
-    """The seed sd pooled over the trials, its degrees of freedom, and Brown–Forsythe's p for
-    equal variances (None: a trial has fewer than 3 seeds, or there is one trial)."""
+    """The seed sd pooled over the trials, its degrees of freedom, and Bartlett's p for equal
+    variances (None: a trial has fewer than 3 seeds, or there is one trial)."""
 
     sd: float
     df: int
@@ -121,7 +122,7 @@ class Confirmation:
         the seeds can tell."""
         out = [*self.notes]
         if not self.pooled.holds:
-            out.append(f"the seed variances differ across the trials (Brown–Forsythe p "
+            out.append(f"the seed variances differ across the trials (Bartlett p "
                        f"{self.pooled.spread_p:.2g}): Welch's test decides, not the pooled one")
         for i, trial in enumerate(self.trials):
             seeds = ", ".join(f"{v:.4f}" for _, v in sorted(trial.losses.items()))
@@ -174,7 +175,7 @@ class Confirmation:
     def record(self) -> dict[str, Any]:
         """The check as JSON (the parent run's seed_check.json)."""
         spread = None if self.pooled.spread_p is None else {
-            "test": "Brown-Forsythe (Levene, median-centred)", "p": self.pooled.spread_p}
+            "test": "Bartlett", "p": self.pooled.spread_p}
         return {"verdict": f"{self.winner.trial_id} {self.verdict}",
                 "test": f"{self.test}, Holm-corrected; alpha {ALPHA}",
                 "pooled_seed_sd": self.noise, "df": self.pooled.df,
@@ -191,17 +192,18 @@ def shown_sd(value: float) -> str:
 
 
 def pool(trials: list[Seeded]) -> Pooled:
-    """The trials' seed variances pooled with their degrees of freedom, and Brown–Forsythe's
-    test of their equality where every trial has at least 3 seeds."""
+    """The trials' seed variances pooled with their degrees of freedom, and Bartlett's test of
+    their equality where every trial has at least 3 seeds."""
     df = sum(len(t.losses) - 1 for t in trials)
     squares = sum((len(t.losses) - 1) * t.sd ** 2 for t in trials if len(t.losses) > 1)
     spread = None
     if len(trials) > 1 and all(len(t.losses) >= 3 for t in trials):
         from scipy import stats
 
-        groups = [list(t.losses.values()) for t in trials]
-        p = float(stats.levene(*groups, center="median").pvalue)
-        spread = 1.0 if math.isnan(p) else p  # nan: no spread at all in any trial
+        if all(t.sd > 0 for t in trials):
+            spread = float(stats.bartlett(*(list(t.losses.values()) for t in trials)).pvalue)
+        else:  # a trial without spread: equal only where none has any
+            spread = 1.0 if not any(t.sd > 0 for t in trials) else 0.0
     return Pooled(math.sqrt(squares / df) if df else math.nan, df, spread)
 
 
