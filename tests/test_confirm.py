@@ -112,6 +112,14 @@ def test_a_second_confirm_trains_nothing_and_best_shows_the_result(confirmed):
     assert code == 0 and "confirming trial" not in out and "every rival's p < 0.05" in out
     code, out = tuner("best", "--study", study.name, "--tracking-uri", study.uri)
     assert code == 0 and "every rival's p < 0.05" in out
+    shown = [line for line in out.splitlines() if line.startswith("  winner ")]
+    # the best alone: the runner-up, seed-checked before, is compared too (one verdict for all)
+    code, out = tuner("best", "--study", study.name, "--confirm", "1", "--seeds", "1",
+                      "--tracking-uri", study.uri)
+    client = MlflowClient(tracking_uri=study.uri)
+    checked = confirm.recorded(client, client.get_run(study.parent_id))
+    assert code == 0 and f"also compared, seed-checked before: {checked.trials[1].trial_id}" in out
+    assert [line for line in out.splitlines() if line.startswith("  winner ")] == shown
 
 
 def test_the_api_gives_the_seed_check_and_confirms_again_without_training(confirmed):

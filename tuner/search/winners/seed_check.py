@@ -58,17 +58,22 @@ def candidates(client: Any, parent: Any, top: int) -> tuple[list[Any], list[str]
 def confirm(client: Any, study: str, top: int, seeds: int, workdir: Path,
             progress: Callable[[str], None] = lambda line: None) -> Confirmation:
     """Train the study's `top` best completed trials with `seeds` further seeds each (those not
-    confirmed already, once another seed check of it here has ended), record the verdict on its
-    parent run (a tag, and the whole test as seed_check.json), and compare them."""
+    confirmed already, once another seed check of it here has ended), compare them with any other
+    trial it seed-checked before, and record the verdict on its parent run (a tag, and the whole
+    test as seed_check.json)."""
     parent = runs.study_parent(client, study)
     with held(client, parent, progress):
         chosen, notes = candidates(client, parent, top)
-        if len(chosen) < 2:
-            notes.append("one trial alone has no rival: its seed sd is measured, nothing is "
-                         "compared")
         for run in chosen:
             seed_check(client, parent, run, seeds, workdir, progress)
-        result = compare(seeded(client, parent, chosen), notes)
+        result = recorded(client, parent, notes)
+        assert result is not None  # the chosen trials were just seed-checked
+        asked = {run.info.run_id for run in chosen}
+        if more := [t.trial_id for t in result.trials if t.run_id not in asked]:
+            result.notes.append(f"also compared, seed-checked before: {', '.join(more)}")
+        if len(result.trials) < 2:
+            result.notes.append("one trial alone has no rival: its seed sd is measured, nothing "
+                                "is compared")
         client.set_tag(parent.info.run_id, VERDICT_TAG,
                        f"{result.winner.trial_id} {result.verdict}")
         client.log_dict(parent.info.run_id, result.record(), SEED_CHECK_JSON)
@@ -177,9 +182,9 @@ def seeded(client: Any, parent: Any, trials: list[Any]) -> list[Seeded]:
     return out
 
 
-def recorded(client: Any, parent: Any) -> Confirmation | None:
-    """The confirmations a study holds, compared (None when it has none): for `tuner best` and
-    `tuner report`, which train nothing."""
+def recorded(client: Any, parent: Any, notes: list[str] | None = None) -> Confirmation | None:
+    """Every trial the study has seed-checked, compared (None when it has none): the verdict
+    that `tuner best`, `tuner report`, the API and the parent's tag all give."""
     confirmed = {c.data.tags.get(CONFIRMS_RUN_TAG) for c in confirmations(client, parent)}
     trials = [r for r in runs.trial_runs(client, parent) if r.info.run_id in confirmed]
-    return compare(seeded(client, parent, trials)) if trials else None
+    return compare(seeded(client, parent, trials), notes) if trials else None
