@@ -16,6 +16,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.output import count
+
 ALPHA = 0.05  # a lead is significant at a Holm-corrected one-sided p < ALPHA
 POWER = 0.8  # the chance to confirm a real lead that the seeds advised aim for
 MOST_SEEDS = 101  # a trial's own run and `--seeds`'s 100 further ones
@@ -132,14 +134,14 @@ class Confirmation:
             out.append(f"{trial.trial_id}: val_loss {trial.mean:.4f} ± {trial.sd:.4f} over "
                        f"{len(trial.losses)} seeds ({seeds}); {test}")
         out.append(f"winner {self.winner.trial_id}: {self.judged()}")
+        freedom = f"{count(self.pooled.df, 'degree')} of freedom"
         if self.rivals:
-            out.append(f"test: {self.test}, {self.noise:.4f} ({self.pooled.df} degrees of "
-                       f"freedom), Holm-corrected over {len(self.rivals)} "
-                       f"{'rival' if len(self.rivals) == 1 else 'rivals'}; confirmed where every "
-                       f"rival's p < {ALPHA:g}")
+            out.append(f"test: {self.test}, {self.noise:.4f} ({freedom}), Holm-corrected over "
+                       f"{count(len(self.rivals), 'rival')}; confirmed where every rival's p < "
+                       f"{ALPHA:g}")
             out.append(self.power())
         else:
-            out.append(f"seed sd {self.noise:.4f} ({self.pooled.df} degrees of freedom)")
+            out.append(f"seed sd {self.noise:.4f} ({freedom})")
         return out
 
     def judged(self) -> str:
