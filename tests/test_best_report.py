@@ -24,7 +24,7 @@ from tuner.inspect.findings import Curve, Findings
 from tuner.inspect.importance import Importance, values_at_equal_tokens
 from tuner.search.searchers import history
 from tuner.search.searchers.algorithms import seed_study
-from tuner.space import build_study, load_study
+from tuner.space import SpaceError, build_study, load_study
 from tuner.store import runs
 from tuner.store.rows import TrialRow, shown_noise
 
@@ -640,6 +640,29 @@ def test_a_warm_started_searcher_does_not_draw_the_earlier_study_again(recorded,
     warm = history.optuna_trials(study, points)
     suggest = [build_searcher(study, warm).suggest("n0") for _ in range(2)]
     assert suggest[0] not in drawn and suggest[0] == suggest[1]  # and seeded all the same
+
+
+def test_a_prior_centred_start_tries_the_earlier_best_then_around_it(recorded):
+    """search.start_near 3: the first trial is the earlier study's best, the next two vary its
+    ranges a little (on their own scales) and keep its choices; the same each time."""
+    from tuner.search.searchers.algorithms import build_searcher
+
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["search"].update(warm_start=recorded.name, start_near=3)
+    study = build_study({**raw, "name": "near"})
+    points = [(params, 3.0 - i / 4) for i, (params, _) in enumerate(TRIALS)]  # the last best
+    warm = history.optuna_trials(study, points)
+    searchers = [build_searcher(study, warm) for _ in range(2)]
+    runs_of = [[searcher.suggest(f"n{i}") for i in range(4)] for searcher in searchers]
+    first = runs_of[0]
+    assert runs_of[0] == runs_of[1] and first[0] == TRIALS[3][0]
+    for near in first[1:3]:
+        assert near != first[0] and near["batch_size"] == 8
+        assert abs(math.log(near["lr_max"] / 0.005)) < 0.5 * math.log(30)  # 5 sd of log width
+        assert 0 <= near["warmup_fraction"] <= 0.2
+    raw["search"].pop("warm_start")
+    with pytest.raises(SpaceError, match="give search.warm_start"):
+        build_study({**raw, "name": "nowhere"})
 
 
 def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_path):

@@ -5,18 +5,18 @@ Call `tuner.search.environment.configure(local=...)` before anything imports Ray
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
 from tuner.output import count
 from tuner.search.run.console import Summary
+from tuner.search.run.local_ray import start_local_ray
 from tuner.search.state import state
 from tuner.store.layout import FINISHED
 from tuner.store.redact import redact
@@ -41,8 +41,7 @@ def start_ray(address: str | None) -> None:
         # state there (its searcher holds the tracking URI). Ray opens its own folders to all.
         umask = os.umask(0o077)  # the processes started here, and the workers they start (a
         try:  # trial puts the user's back for the files it writes: see run_trial)
-            with _sessions_of_their_own():
-                ray.init(address="local", **kwargs)  # a new instance, never a running cluster
+            start_local_ray(**kwargs)
         finally:
             os.umask(umask)
         from ray.train.constants import _get_ray_train_session_dir
@@ -51,28 +50,6 @@ def start_ray(address: str | None) -> None:
         staging.mkdir(exist_ok=True)
         staging.chmod(0o700)
     logging.getLogger("ray").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def _sessions_of_their_own() -> Iterator[None]:
-    """Within: each process Ray starts (its servers, and through the raylet the trials' workers)
-    starts a session of its own. A signal to the driver's whole process group (Slurm's scancel,
-    plain `timeout`, systemd's stop, a closed terminal) then reaches the driver alone, which
-    stops the study; it stopped Ray's servers too, and the driver waited a minute for them and
-    failed. Ray's fate-sharing still ends them if the driver dies."""
-    from ray._private import services
-
-    popen = services.ConsolePopen
-
-    class OwnSession(popen):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **{**kwargs, "start_new_session": True})
-
-    services.ConsolePopen = OwnSession
-    try:
-        yield
-    finally:
-        services.ConsolePopen = popen
 
 
 def current_umask() -> int:

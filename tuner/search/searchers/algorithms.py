@@ -43,9 +43,10 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
 def build_searcher(study: Any, warm_trials: list[Any] | None = None,
                    stopped_as: str = "pruned") -> Any:
     """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
-    from `warm_trials` (finished Optuna trials of an earlier study) when given; a transfer
-    study's hands each sample out at every size. A trial stopped before its budget reaches
-    Optuna as `stopped_as`: "pruned" (with its evaluations), or "complete" (Ray's way)."""
+    from `warm_trials` (finished Optuna trials of an earlier study) when given, its first trials
+    near their best with search.start_near; a transfer study's hands each sample out at every
+    size. A trial stopped before its budget reaches Optuna as `stopped_as`: "pruned" (with its
+    evaluations), or "complete" (Ray's way)."""
     import optuna
 
     from tuner.search.searchers.optuna_searcher import ResumableOptunaSearch
@@ -60,6 +61,10 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None,
         storage = storage or optuna.storages.InMemoryStorage()
         seed_study(storage, study.name, search.mode, warm_trials)
     seed = warm_seed(search.seed, warm_trials) if warm_trials else search.seed
+    if warm_trials and search.start_near:
+        from tuner.search.searchers.prior_start import near_best
+
+        points = near_best(study, warm_trials, search.start_near, seed)
     sampler = optuna_sampler(search.algorithm, seed, search.startup_trials)
     searcher = ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                                      sampler=sampler, points_to_evaluate=points,
@@ -142,6 +147,15 @@ def build_scheduler(study: Any) -> Any:
         return schedulers.ASHAScheduler(
             **timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
             reduction_factor=search.asha.reduction_factor, brackets=search.asha.brackets)
+    if search.scheduler == "pasha":
+        from tuner.search.searchers.pasha import Pasha
+
+        return Pasha(**timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
+                     reduction_factor=search.asha.reduction_factor)
+    if search.scheduler == "topk":
+        from tuner.search.searchers.topk import TopK
+
+        return TopK(**timed, budget=search.topk.budget, k=search.topk.k)
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
             metric=search.metric, mode=search.mode, time_attr=HYPERBAND_TIME,
@@ -170,12 +184,15 @@ def pbt_mutations(study: Any) -> dict[str, Any]:
 
 
 def stopping_points(study: Any) -> tuple[float, ...] | None:
-    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's rungs (Ray's
-    rule, all brackets); () for `none` and PBT, which never do; None when any evaluation may."""
+    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's and PASHA's
+    rungs (Ray's rule, all brackets), top-K's budget; () for `none` and PBT, which never do;
+    None when any evaluation may."""
     search = study.search
     if search.scheduler in ("none", "pbt"):
         return ()
-    if search.scheduler != "asha":
+    if search.scheduler == "topk":
+        return (float(search.topk.budget),)
+    if search.scheduler not in ("asha", "pasha"):
         return None
     max_t = study.full_trial_tokens()
     grace, factor = min(search.asha.grace_period, max_t), search.asha.reduction_factor
