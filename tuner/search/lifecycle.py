@@ -363,7 +363,8 @@ def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
         return None, []
     from tuner.search.searchers import history
 
-    recorded, points = history.earlier_study(earlier, study.tracking.uri)
+    recorded, points, stopped = history.earlier_study(earlier, study.tracking.uri)
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
-    return history.optuna_trials(study, points), history.setup_differences(recorded, study)
+    return (history.optuna_trials(study, points, stopped),
+            history.setup_differences(recorded, study))

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from model.config import HParam
 from tuner.space.params import (
@@ -174,6 +174,20 @@ class FlatSettings(Section):
         raise ValueError(f"must be a number ≥ 0 or noise, got {value!r}")
 
 
+class StudyBudget(Section):
+    """A study budget in compute: the study ends once its trials trained this many tokens."""
+
+    full_trials: float | None = Field(None, gt=0, allow_inf_nan=False, description="the tokens "
+                                      "of this many full trials (may be fractional)")
+    tokens: int | None = Field(None, ge=1, description="this many tokens")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StudyBudget:
+        if (self.full_trials is None) == (self.tokens is None):
+            raise ValueError("give exactly one of full_trials or tokens")
+        return self
+
+
 class SearchSection(Section):
     """How trials are proposed (Optuna sampler) and stopped early (Ray Tune scheduler)."""
 
@@ -218,6 +232,10 @@ class SearchSection(Section):
                                             "other seeds once the study ends (default: off)")
     stop_when_flat: FlatSettings | None = Field(None, description="end the study once its best "
                                                 "val_loss is flat (default: off)")
+    study_budget: StudyBudget | None = Field(None, description="end the study once its trials "
+                                             "trained this many tokens, in full trials or "
+                                             "tokens; num_samples stays an upper bound "
+                                             "(docs/study-file.md#study-budget; default: off)")
     asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha, "
                                "pasha and hyperband schedulers")
     median: MedianSettings = Field(default_factory=MedianSettings, description="settings of the "

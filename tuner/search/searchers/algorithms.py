@@ -20,7 +20,10 @@ from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
 
 def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None) -> Any:
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random);
-    TPE and GP sample `startup_trials` at random before modelling (default: Optuna's)."""
+    TPE and GP sample `startup_trials` at random before modelling (default: Optuna's). Of pruned
+    trials (those a scheduler stopped), TPE ranks them below the completed by how far they got,
+    CMA-ES takes their last value (its search space still comes from completed trials alone),
+    GP leaves them out (Optuna offers no choice); random, grid and QMC ignore every trial."""
     import optuna
 
     quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
@@ -29,7 +32,7 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet, consider_pruned_trials=True),
         "gp": lambda: optuna.samplers.GPSampler(**quiet, **startup),
         "qmc": lambda: optuna.samplers.QMCSampler(**quiet, scramble=True,  # else seed is unused
                                                   warn_asynchronous_seeding=False),
@@ -37,11 +40,13 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
     return samplers[algorithm]()
 
 
-def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
+def build_searcher(study: Any, warm_trials: list[Any] | None = None,
+                   stopped_as: str = "pruned") -> Any:
     """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
     from `warm_trials` (finished Optuna trials of an earlier study) when given, its first trials
     near their best with search.start_near; a transfer study's hands each sample out at every
-    size."""
+    size. A trial stopped before its budget reaches Optuna as `stopped_as`: "pruned" (with its
+    evaluations), or "complete" (Ray's way)."""
     import optuna
 
     from tuner.search.searchers.optuna_searcher import ResumableOptunaSearch
@@ -63,7 +68,8 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
     sampler = optuna_sampler(search.algorithm, seed, search.startup_trials)
     searcher = ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                                      sampler=sampler, points_to_evaluate=points,
-                                     study_name=study.name, storage=storage)
+                                     study_name=study.name, storage=storage,
+                                     full_tokens=study.full_trial_tokens(), stopped_as=stopped_as)
     sizes = study.transfer()
     if sizes is None:
         return searcher
