@@ -309,7 +309,8 @@ def test_a_read_only_store_fails_the_probe_before_it_trains_in_one_line(
         subprocess.run(["chattr", "-i", str(store)], check=True)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr == "error: MLflow failed: attempt to write a readonly database\n"
-    assert "α range test" not in proc.stdout  # nothing trained
+    assert "α range test" not in proc.stdout  # nothing trained: its run is made first
+    assert not (tmp_path / "r" / "probe.png").exists()
 
 
 def test_write_through_a_symbolic_link_edits_its_file_and_keeps_the_link(
