@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from inspect_study import tuner
-from studies import fresh_store
+from studies import fresh_store, run_tuner
 
 from model.config import ModelConfig, TrainConfig
 from model.lr_probe import STOP_FACTOR, ProbeCurve, ProbePoint, lr_probe, suggest_range
@@ -182,6 +183,134 @@ def test_probe_refuses_a_file_it_cannot_edit_before_it_runs(
     assert "cannot set hparams.lr_max in place" in out and "one line" in out
     assert space.read_text(encoding="utf-8") == before
     assert not (tmp_path / "r").exists()
+
+
+# the issue's study: 8,192 tokens at context 64 (the probe advised B {choice: [32, 64, 128]})
+SHORT = """\
+name: short
+data: {{path: {data}}}
+model: {{vocab_size: 256, context_length: 64, d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}}
+hparams:
+  B: {{choice: [4, 8]}}
+  α_max: {{loguniform: [1.0e-3, 3.0e-2]}}
+  warmup_fraction: 0.1
+budget: {{tokens: 8192, eval_tokens: 2048, eval_windows: 8, seed: 0}}
+search: {{algorithm: random, num_samples: 2}}
+resources: {{device: cpu}}
+tracking: {{uri: {uri}}}
+"""
+
+
+def test_batch_advice_leaves_each_trial_the_steps_it_needs_or_says_why_none_fits(tmp_path):
+    from tuner.probe.batch import long_enough
+
+    space = tmp_path / "short.yaml"
+    space.write_text(SHORT.format(data=tmp_path, uri="sqlite:///x.db"), encoding="utf-8")
+    study = load_study(space)
+    assert long_enough(study, [4, 8, 16]) == ([4, 8], "")  # B 16: 8 steps
+    kept, why = long_enough(study, [32, 64, 128])
+    assert kept == [] and why == (
+        "none of the B's around B_simple (32, 64, 128) leaves the study's trials the steps they "
+        "need: at B 32 and context 64 a trial of 8,192 tokens is 4 steps (2,048 tokens a step), "
+        "and a trial needs 10 at least (a warmup or first rung of 10% is a step); train more "
+        "tokens, or search B up to 8, below the range")
+
+
+def test_the_probe_warns_before_it_trains_more_than_the_study_and_keeps_to_its_steps(
+        tmp_path, byte_dataset, mlflow_store_template):
+    """It trained 242% of the study's tokens without a word, and wrote B's a trial of one step
+    (B_simple here ends near 10: B 16, a trial of 8 steps, is left out)."""
+    from tuner.space.trial_length import too_short
+
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = tmp_path / "short.yaml"
+    space.write_text(SHORT.format(data=byte_dataset, uri=uri), encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
+                      "--noise-steps", "40", "--start", "1e-5", "--end", "100",
+                      "--out", str(tmp_path / "r"))
+    assert code == 0, out
+    warned = ("warning: the probe will train up to 30,720 tokens, 188% of the study's own 16,384 "
+              "(its 2 trials in full): fewer --steps or --noise-steps train less")
+    assert out.index(warned) < out.index("α range test of study short"), out
+    study = load_study(space)
+    written = study.searched()["batch_size"].options()
+    assert all(too_short(study.budget, b, 64) is None for b in written), written
+    assert "too few steps for a trial" in out and "not written" not in out, out
+    assert "the advice optimises time, not tokens" in out
+
+
+def _probe_runs(uri: str, study: str = "tiny") -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(study)
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_probe_refuses_a_study_file_it_cannot_replace_before_it_trains(
+        tmp_path, byte_dataset, mlflow_store_template, read_only):
+    """A read-only study file trained for 34 s, then exited 2 naming a temporary file and left
+    its probe run FINISHED. The tests run as root, whose access ignores the mode bits: the check
+    honours them itself (no write bit for anyone is read-only)."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    (tmp_path / "studies").mkdir()
+    space = study_file(tmp_path / "studies", byte_dataset, uri)
+    locked = space if read_only == "file" else space.parent
+    mode = locked.stat().st_mode
+    locked.chmod(mode & ~0o222)
+    try:
+        code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
+                          "--out", str(tmp_path / "r"))
+    finally:
+        locked.chmod(mode)
+    said = " ".join(out.split())
+    assert code == 2, out
+    what = "the study file" if read_only == "file" else "its folder"
+    assert f"error: {space}: {what} is read-only, so --write could not replace it" in said
+    assert not (tmp_path / "r").exists() and _probe_runs(uri) == []  # nothing trained or run
+    assert sorted(p.name for p in space.parent.iterdir()) == ["tiny.yaml"]
+
+
+def test_a_probe_whose_write_is_refused_ends_its_run_failed(
+        tmp_path, byte_dataset, mlflow_store_template):
+    """α_min fixed at 0.5: the range found cannot be α_max's (α_min ≤ α_max), so the edit is
+    refused after the probe trained: exit 2, the file as it was, and the run FAILED, not
+    FINISHED."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    space = study_file(tmp_path, byte_dataset, uri, alpha="α_max: 1.0\n  lr_min: 0.5")
+    before = space.read_text(encoding="utf-8")
+    code, out = tuner("probe", "--space", str(space), "--write", "--steps", "80",
+                      "--noise-steps", "0", "--start", "1e-5", "--end", "100",
+                      "--out", str(tmp_path / "r"))
+    assert code == 2 and "the edited file would not validate" in out, out
+    assert space.read_text(encoding="utf-8") == before
+    [run] = _probe_runs(uri)
+    assert run.info.status == "FAILED" and run.data.tags["tuner.probe.outcome"] == "range"
+
+
+def test_a_read_only_store_fails_the_probe_before_it_trains_in_one_line(
+        tmp_path, byte_dataset, mlflow_store_template):
+    """A store that cannot be written (immutable here: root writes through mode bits) printed
+    about 80 lines of MLflow's traceback, after the probe had trained, then "MLflow failed: (raised
+    as a result of Query-invoked autoflush; …)"."""
+    uri = fresh_store(tmp_path / "store", mlflow_store_template)
+    store = tmp_path / "store" / "mlflow.db"
+    space = study_file(tmp_path, byte_dataset, uri)
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).create_experiment("tiny")  # its run is the first write
+    if subprocess.run(["chattr", "+i", str(store)], capture_output=True, check=False).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        proc = run_tuner(["probe", "--space", str(space), "--steps", "80", "--out",
+                          str(tmp_path / "r")], cwd=tmp_path, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], check=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == "error: MLflow failed: attempt to write a readonly database\n"
+    assert "α range test" not in proc.stdout  # nothing trained: its run is made first
+    assert not (tmp_path / "r" / "probe.png").exists()
 
 
 def test_write_through_a_symbolic_link_edits_its_file_and_keeps_the_link(

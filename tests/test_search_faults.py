@@ -1,13 +1,14 @@
-"""One study through three faults, resumed after each: a Ctrl-C under `uv run` (sent to the
+"""One study through four faults, resumed after each: a Ctrl-C under `uv run` (sent to the
 process group as a terminal does, with uv's own copy 0.2 s later), then the loss of its Ray node
-twice (its raylet, then its GCS, SIGKILLed, as the out-of-memory killer may choose either). A real
-local Ray and MLflow."""
+twice (its raylet, then its GCS, SIGKILLed, as the out-of-memory killer may choose either), then
+a stop and a second one at once. A real local Ray and MLflow."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class Faults:
     uri: str
     ctrl_c: Stopped
     node_lost: dict[str, Stopped]  # by the Ray server killed
+    twice: Stopped  # stopped, then stopped again at once
     finished: Any  # the trial runs once resumed to the end
 
 
@@ -108,22 +110,45 @@ def faults(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
     ctrl_c = _ended(driver, uri, with_notice)
     node_lost = {server: _resumed_then_killed(server, folder, storage, uri)
                  for server in ("raylet", "gcs_server")}
+    twice = _resumed_then_stopped_twice(folder, storage, uri)
     _, finished = resume_to_the_end(NAME, storage, folder, uri, completed=2)
-    return Faults(storage, uri, ctrl_c, node_lost, finished)
+    return Faults(storage, uri, ctrl_c, node_lost, twice, finished)
 
 
-def _resumed_then_killed(server: str, folder: Path, storage: Path, uri: str) -> Stopped:
-    """The study resumed, then, once a trial evaluated again, its Ray's `server` SIGKILLed (the
-    raylet or the GCS: this study's own, its driver's child)."""
+def _resumed(folder: Path, storage: Path, uri: str) -> subprocess.Popen:
+    """The study resumed, once a trial has evaluated again."""
     _, _, runs = mlflow_runs(uri, NAME)
     before = {r.info.run_id: _evaluated(uri, r) for r in runs}
     driver = _driver([str(TUNER), "search", "--resume", "--name", NAME, "--storage",
                       str(storage)], folder)
     _wait_until(uri, driver, lambda runs, tokens: any(
         tokens.get(run_id, 0) > seen for run_id, seen in before.items()), study=NAME)
+    return driver
+
+
+def _resumed_then_killed(server: str, folder: Path, storage: Path, uri: str) -> Stopped:
+    """The study resumed, then, once a trial evaluated again, its Ray's `server` SIGKILLed (the
+    raylet or the GCS: this study's own, its driver's child)."""
+    driver = _resumed(folder, storage, uri)
     found = [pid for pid, cmd in _descendants(driver.pid) if cmd.split()[0].endswith(f"/{server}")]
     assert len(found) == 1, _descendants(driver.pid)
     os.kill(found[0], signal.SIGKILL)
+    return _ended(driver, uri)
+
+
+def _resumed_then_stopped_twice(folder: Path, storage: Path, uri: str) -> Stopped:
+    """The study resumed, then, once a trial evaluated again, stopped; once Tune has taken the
+    stop (the flag that asks the trials to checkpoint is gone), stopped again, which ends the
+    driver at once. (A stop each second after that fell in Ray's and Python's clean-up.)"""
+    from tuner.search.faults.stopping import STOP_FLAG
+
+    driver = _resumed(folder, storage, uri)
+    driver.send_signal(signal.SIGINT)
+    time.sleep(1)  # its handler has run: the flag stands while the trials checkpoint
+    deadline = time.monotonic() + 60
+    while (storage / NAME / STOP_FLAG).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
     return _ended(driver, uri)
 
 
@@ -168,6 +193,19 @@ def test_a_lost_ray_node_stops_the_study_in_words(faults: Faults, server: str,
     assert "Raylet is terminated" not in lost.out + lost.err  # Ray's own, with its log
     assert (lost.parent, lost.trials) == ("KILLED", [("KILLED", "interrupted")] * 2)
     assert "Traceback" not in lost.err
+
+
+@pytest.mark.slow
+def test_a_second_stop_still_ends_the_runs_as_killed(faults: Faults) -> None:
+    """A stop after Tune had taken one ended the driver at once and left the running trials'
+    runs RUNNING until a resume: they end interrupted, KILLED, as on one stop; exit 130."""
+    twice = faults.twice
+    assert twice.returncode == 130, twice.out + twice.err
+    assert "stopped at once (a second stop); its runs ended as interrupted (KILLED)" in twice.out
+    assert (f"continue it with: tuner search --resume --name {NAME} --storage {faults.storage}"
+            in twice.out)
+    assert twice.parent == "KILLED" and twice.trials == [("KILLED", "interrupted")] * 2
+    assert "Traceback" not in twice.err
 
 
 @pytest.mark.slow

@@ -450,11 +450,11 @@ def test_a_copy_of_a_stop_is_the_same_stop_however_late_its_handler_runs() -> No
         assert stopping.stopped_at_once()
 
 
-def test_a_second_stop_says_whether_the_runs_were_left_running(tmp_path: Path, dataset: Path,
-                                                               mlflow_store_template: Path
-                                                               ) -> None:
-    """A second stop that came after the first had ended the study's runs (as Ray shut down)
-    does not say they stay RUNNING."""
+def test_a_second_stop_ends_the_runs_unless_they_had_ended(tmp_path: Path, dataset: Path,
+                                                           mlflow_store_template: Path) -> None:
+    """A second stop left the running trials' runs RUNNING until a resume: they end as a first
+    stop ends them (interrupted, KILLED). One that came after the first had ended them (as Ray
+    shut down) says so."""
     from mlflow import MlflowClient
 
     from tuner.search.lifecycle import second_stop
@@ -463,9 +463,13 @@ def test_a_second_stop_says_whether_the_runs_were_left_running(tmp_path: Path, d
     uri = fresh_store(tmp_path, mlflow_store_template)
     study = load_study(write_space(tmp_path, "twice", dataset, tracking={"uri": uri}))
     client = MlflowClient(tracking_uri=uri)
-    parent = client.create_run(client.create_experiment("twice"), run_name="twice", tags={
+    experiment = client.create_experiment("twice")
+    parent = client.create_run(experiment, run_name="twice", tags={
         "tuner.study": "twice", "tuner.role": "study"}).info.run_id
-    assert second_stop(study).endswith("its runs stay RUNNING until it is resumed")
-    client.set_terminated(parent, "KILLED")
+    trial = client.create_run(experiment, tags={"mlflow.parentRunId": parent,
+                                                "tuner.role": "trial"}).info.run_id
+    assert second_stop(study) == ("stopped at once (a second stop); its runs ended as "
+                                  "interrupted (KILLED)")
+    assert [client.get_run(run).info.status for run in (parent, trial)] == ["KILLED"] * 2
+    assert client.get_run(trial).data.tags["tuner.status"] == "interrupted"
     assert second_stop(study) == "stopped at once (a second stop), after its runs had ended"
-

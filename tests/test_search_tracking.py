@@ -354,6 +354,22 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, datase
     assert proc.returncode == 2 and "failed: timeout expired" in said and "secret" not in said
 
 
+def test_a_database_store_without_its_driver_names_the_package(tmp_path: Path,
+                                                             dataset: Path) -> None:
+    """A bare postgresql:// is psycopg 3's in SQLAlchemy 2.1, which only the `postgres` extra
+    installs: "No module named 'psycopg'" became one line that says how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg is installed here (uv sync --extra postgres)")
+    space = write_space(tmp_path, "driverless", dataset)
+    said = search_refused(tmp_path, space, "postgresql://tuner:secret@127.0.0.1:9/mlflow")
+    assert ("tracking store postgresql://tuner:***@127.0.0.1:9/mlflow: its database driver "
+            "psycopg is not installed; install it with uv sync --extra postgres (or pip install "
+            "'psycopg[binary]')") in said, said
+    assert "Traceback" not in said and "secret" not in said
+
+
 def test_a_sqlite_file_of_another_application_is_refused_untouched(tmp_path: Path,
                                                                     dataset: Path) -> None:
     """MLflow would add its tables to any database it is pointed at (the read commands refuse

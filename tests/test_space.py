@@ -3,6 +3,7 @@ grids and the conversion of a sample into a trainer config."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -579,9 +580,12 @@ def test_a_trial_records_only_the_parameters_its_config_trains_with(tmp_path: Pa
     assert not {"beta1", "beta2", "lars_trust", "cycle_iters", "plateau_factor", "total_iters",
                 "eval_interval"} & set(sgd)
     adamw = used_values(study.trial_config({"optimizer": "adamw", "schedule": "cosine"}, tmp_path))
-    assert {"beta1", "beta2", "cycle_iters", "lr_min", "d_model", "seed"} <= set(adamw)
+    assert {"beta1", "beta2", "lr_min", "d_model", "seed", "grad_clip"} <= set(adamw)
     assert not {"momentum", "step_gamma", "exp_rate"} & set(adamw)
-    assert adamw["cycle_iters"] is None  # used, at its default (T_total)
+    # None stands for T_total: no param (the rule: None only where it turns a setting off)
+    assert "cycle_iters" not in adamw
+    config = study.trial_config({"optimizer": "adamw", "schedule": "cosine"}, tmp_path)
+    assert used_values(dataclasses.replace(config, grad_clip=None))["grad_clip"] is None  # off
     assert set(adamw) < set(HPARAMS) and adamw["d_model"] == 32
 
 

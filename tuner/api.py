@@ -238,17 +238,19 @@ def _in_words(checks: Mapping[str, SeedCheck]) -> dict[str, str]:
 
 def probe(space: str | Path, *, start: float = START_LR, end: float = END_LR,
           steps: int = STEPS, noise_steps: int = NOISE_STEPS, write: bool = False,
-          out: str | Path | None = None, tracking_uri: str | None = None) -> ProbeResult:
+          out: str | Path | None = None, tracking_uri: str | None = None,
+          warn: Callable[[str], None] | None = None) -> ProbeResult:
     """The α range test of the study file `space` and its batch advice, as `tuner probe`:
     recorded as an MLflow run, its figure in `out` (default: reports/probe/NAME); with `write`,
     α_max's suggested range and B's suggested choices set in the file. `.lo`, `.hi`: the range
     (None, and `.found.problem`, when the curve gives none); `.batch`: the batch advice (None
-    without a range, or with `noise_steps` 0), `.batch.suggested` its B's."""
+    without a range, or with `noise_steps` 0), `.batch.suggested` its B's. `warn` (default: a
+    Python warning) hears, before it trains, that the probe trains more than the study would."""
     from tuner.probe import run
 
     return run.probe(Path(space), start=start, end=end, steps=steps, noise_steps=noise_steps,
                      write=write, out=None if out is None else Path(out),
-                     tracking_uri=tracking_uri)
+                     tracking_uri=tracking_uri, warn=warn)
 
 
 def replay(trial: Trial | str | None = None, *, study: str | None = None,

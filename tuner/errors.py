@@ -20,9 +20,23 @@ class TrackingError(UserError):
 
 def reason(err: BaseException, limit: int = 300) -> str:
     """The first line of an error, short enough for one line of output: a long one keeps its end,
-    where a wrapped error's cause is (a connection refused, after the URL that failed)."""
+    where a wrapped error's cause is (a connection refused, after the URL that failed). A
+    database's error that SQLAlchemy wrapped, as MLflow raises it, is the database's own."""
+    err = _database_error(err)
     text = str(err).strip()
     if not text:
         return type(err).__name__
     line = redact(text.splitlines()[0])  # before the cut, which could leave part of a password
     return line if len(line) <= limit else f"{line[:limit // 2]} … {line[-(limit // 2):]}"
+
+
+def _database_error(err: BaseException) -> BaseException:
+    """The driver's error under SQLAlchemy's (its `orig`; SQLAlchemy's text leads with its own
+    notes, then the SQL), along the causes an error was raised from; else `err`."""
+    cause: BaseException | None = err
+    while cause is not None:
+        orig = getattr(cause, "orig", None)
+        if isinstance(orig, BaseException):
+            return orig
+        cause = cause.__cause__
+    return err

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from model.config import ConfigError
 from model.shell import aborted, stop_requested, stops_as_ctrl_c
 from tuner.errors import UserError, reason
+from tuner.store.db_log import quiet_database_tracebacks
 from tuner.store.redact import mask_log_records, redact, remember
 
 
@@ -103,6 +104,7 @@ def main() -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     _remember_uris(sys.argv[1:])
     mask_log_records()
+    quiet_database_tracebacks()
     try:
         _register()  # half a second of imports, which Ctrl-C may cut as any other step
         result = app(standalone_mode=False)

@@ -53,9 +53,10 @@ def probe(
     no α range (it says what to change)."""
     from tuner import api
 
-    result = api.probe(space, start=start, end=end, steps=steps, noise_steps=noise_steps,
-                       write=write, out=out, tracking_uri=tracking_uri)
     console = output.console()
+    result = api.probe(space, start=start, end=end, steps=steps, noise_steps=noise_steps,
+                       write=write, out=out, tracking_uri=tracking_uri,
+                       warn=lambda text: console.print(f"warning: {text}", markup=False))
     curve, found, config = result.curve, result.found, result.config
     console.print(f"α range test of study {result.study}: B {config.batch_size}, d_model "
                   f"{config.model.d_model}, {config.optimizer}; {len(curve.points)} steps, "
@@ -90,7 +91,7 @@ def probe(
 def _print_batch_advice(console, result) -> None:
     """B_simple along the short run, the B's it suggests beside the study's, and why none where
     it suggests none."""
-    from tuner.probe.batch import choice_yaml
+    from tuner.probe.batch import OPTIMISES, choice_yaml
     from tuner.store.rows import shown_noise
 
     batch = result.batch
@@ -104,15 +105,18 @@ def _print_batch_advice(console, result) -> None:
         console.print(f"no B suggested: {batch.problem}", markup=False)
         return
     table = Table("B", "B / B_simple", "", title="B against the measured B_simple")
-    for b in sorted({*batch.study, *batch.suggested}):
+    for b in sorted({*batch.study, *batch.suggested, *batch.too_few_steps}):
         marks = [mark for mark, yes in (("the study's", b in batch.study),
                                         ("suggested", b in batch.suggested),
-                                        ("does not fit", b > batch.largest)) if yes]
+                                        ("does not fit", b > batch.largest),
+                                        ("too few steps for a trial",
+                                         b in batch.too_few_steps)) if yes]
         table.add_row(str(b), f"{b / batch.noise_scale:.2g}", ", ".join(marks))
     console.print(table)
     console.print(f"suggested B: {choice_yaml(batch.suggested)}  (from "
                   f"B_simple/4 to 2·B_simple at {shown_noise(batch.noise_scale)}; a trial fits "
                   f"B up to {batch.largest} here: {batch.memory})", markup=False)
+    console.print(OPTIMISES, markup=False)
 
 
 def _curve_table(result) -> Table:

@@ -1,5 +1,6 @@
 """The probe's batch advice: the gradient noise scale B_simple (`model.noise_scale`) measured along
-a short run at the suggested α, and the batch sizes around it that fit in a trial's memory."""
+a short run at the suggested α, and the batch sizes around it that fit in a trial's memory and
+leave the study's trials the steps their schedule needs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ WARMUP = 0.1  # the fraction of its steps that warms α up to the suggested one
 # McCandlish et al.'s E = E_min·(1 + B/B_simple)) to 2·B_simple (twice the tokens, 1.5× the
 # fewest steps); B_simple grows as the loss falls, beyond the short run's
 LOW, HIGH = 0.25, 2.0
+OPTIMISES = ("the advice optimises time, not tokens: its B's train in 1.5–5× the fewest steps on "
+             "1.25–3× the fewest tokens; at a study's equal tokens a smaller B often ends lower")
 
 
 @dataclass
@@ -32,6 +35,9 @@ class BatchAdvice:
     memory: str  # where a trial's memory comes from
     suggested: list[int]  # the B's to search; empty when the run gives none (see `problem`)
     study: list[int]  # the study's B's: its options, or its one value
+    too_few_steps: list[int] = dataclasses.field(default_factory=list)  # B's left out: at
+    # these the study's trials would be shorter than their schedule needs (`long_enough`)
+    steps_problem: str = ""  # why none of the B's around B_simple is kept, where none is
 
     @property
     def noise_scale(self) -> float | None:
@@ -50,7 +56,7 @@ class BatchAdvice:
                     "it; run longer (--noise-steps) or start from a larger B")
         if self.largest is None:
             return f"not even B = 1 fits a trial's memory ({self.memory})"
-        return ""
+        return self.steps_problem
 
 
 def noise_config(config: TrainConfig, lr: float, steps: int) -> TrainConfig:
@@ -100,8 +106,28 @@ def advise(study: Any, config: TrainConfig, lr: float, steps: int, cpus: float) 
     advice = BatchAdvice(lr, config.batch_size, config.model.context_length, points, tokens,
                          diverged, largest, memory, [], study_batches(study, config))
     if not advice.problem:
-        advice.suggested = suggest(advice.noise_scale, largest)
+        around = suggest(advice.noise_scale, largest)
+        advice.suggested, advice.steps_problem = long_enough(study, around)
+        advice.too_few_steps = [b for b in around if b not in advice.suggested]
     return advice
+
+
+def long_enough(study: Any, batches: list[int]) -> tuple[list[int], str]:
+    """Those of `batches` at which a trial of `study`, at its largest context, lasts the steps
+    its schedule needs (`tuner.space.trial_length`); where none does, why, and the B's that
+    would."""
+    from tuner.space.convert import span
+    from tuner.space.trial_length import too_short
+
+    context = int(span(study, "context_length")[1])
+    kept = [b for b in batches if too_short(study.budget, b, context) is None]
+    if kept:
+        return kept, ""
+    fits = [2**k for k in range(21) if too_short(study.budget, 2**k, context) is None]
+    smaller = f", or search B up to {fits[-1]}, below the range" if fits else ""
+    return [], (f"none of the B's around B_simple ({', '.join(map(str, batches))}) leaves the "
+                f"study's trials the steps they need: {too_short(study.budget, batches[0], context)}"
+                f"; train more tokens{smaller}")
 
 
 def choice_yaml(batches: list[int]) -> str:

@@ -1,11 +1,14 @@
-"""A probe as an MLflow run of its study's experiment (docs/mlflow_layout.md): not nested, tagged
-role `probe`, with its sweep as metrics against the step (and its batch advice's B_simple as
-`noise_scale` against the short run's step), its settings, range and suggested B's as params, and
-probe.png and its trainer config as artifacts."""
+"""A probe as an MLflow run of its study's experiment (docs/mlflow_layout.md): made before it
+trains, ended FAILED when it fails (KILLED when stopped); not nested, tagged role `probe`, with
+its sweep as metrics against the step (and its batch advice's B_simple as `noise_scale` against
+the short run's step), its settings, range and suggested B's as params, and probe.png and its
+trainer config as artifacts."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,41 +21,54 @@ from tuner.store.write import log_metrics, log_params_tags
 PROBE_PNG, PROBE_CONFIG = "probe.png", "probe_config.json"
 
 
-def log_probe(client: Any, experiment_id: str, study: str, config: TrainConfig,
-              sweep: dict[str, Any], curve: ProbeCurve, found: ProbeRange,
-              shown: tuple[float, float] | None, tags: dict[str, str], png: Path,
-              batch: BatchAdvice | None = None) -> str:
-    """Record the probe of `study`: its `sweep` settings, the range `shown` (as suggested), its
-    `batch` advice, the `tags` of where it ran; the run id."""
-    note = probe_note(study, config, curve, found, shown) + batch_note(batch)
-    run_id = client.create_run(experiment_id, run_name=f"probe-{study}", tags={
-        ROLE_TAG: "probe", STUDY_TAG: study, PROBE_OUTCOME_TAG: found.problem or "range",
-        NOTE_TAG: note, **tags}).info.run_id
+def start_probe(client: Any, experiment_id: str, study: str, tags: dict[str, str]) -> str:
+    """The probe's run of `study`, RUNNING, with the `tags` of where it runs: made before the
+    probe trains (a store that cannot be written fails first); its id."""
+    return client.create_run(experiment_id, run_name=f"probe-{study}", tags={
+        ROLE_TAG: "probe", STUDY_TAG: study, **tags}).info.run_id
+
+
+@contextmanager
+def probe_ended(client: Any, run_id: str) -> Iterator[None]:
+    """Within: the probe's work; then its run ends FINISHED, or KILLED on a stop, or FAILED on an
+    error (a study file that --write could not replace included)."""
     try:
-        log_params_tags(client, run_id, {
-            **sweep, "batch_size": config.batch_size, "d_model": config.model.d_model,
-            "optimizer": config.optimizer, "steps_run": len(curve.points),
-            "tokens": curve.tokens, "diverged": curve.diverged,
-            "lr_max_lo": shown and shown[0], "lr_max_hi": shown and shown[1],
-            "lr_first_fall": found.lo, "lr_steepest": found.steepest,
-            "lr_lowest_loss": found.lowest, **batch_params(batch)}, {})
-        finite = [p for p in curve.points if math.isfinite(p.loss)]
-        lagless = dict(zip((p.step for p in finite), zero_phase([p.loss for p in finite])))
-        for p in curve.points:
-            log_metrics(client, run_id, {"lr": p.lr, "train_loss": p.loss,
-                                         "smoothed_loss": p.smoothed,
-                                         **({"lagless_loss": lagless[p.step]}
-                                            if p.step in lagless else {})}, p.step)
-        for step, noise in batch.points if batch is not None else ():
-            log_metrics(client, run_id, {"noise_scale": noise,
-                                         "noise_scale_tokens": noise * batch.context}, step)
-        client.log_dict(run_id, config.to_dict(), PROBE_CONFIG)
-        client.log_artifact(run_id, str(png))
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    return run_id
+
+
+def log_probe(client: Any, run_id: str, study: str, config: TrainConfig, sweep: dict[str, Any],
+              curve: ProbeCurve, found: ProbeRange, shown: tuple[float, float] | None,
+              png: Path, batch: BatchAdvice | None = None) -> None:
+    """Record the probe of `study` in its run: its `sweep` settings, the range `shown` (as
+    suggested), its `batch` advice."""
+    note = probe_note(study, config, curve, found, shown) + batch_note(batch)
+    log_params_tags(client, run_id, {
+        **sweep, "batch_size": config.batch_size, "d_model": config.model.d_model,
+        "optimizer": config.optimizer, "steps_run": len(curve.points),
+        "tokens": curve.tokens, "diverged": curve.diverged,
+        "lr_max_lo": shown and shown[0], "lr_max_hi": shown and shown[1],
+        "lr_first_fall": found.lo, "lr_steepest": found.steepest,
+        "lr_lowest_loss": found.lowest, **batch_params(batch)},
+        {PROBE_OUTCOME_TAG: found.problem or "range", NOTE_TAG: note})
+    finite = [p for p in curve.points if math.isfinite(p.loss)]
+    lagless = dict(zip((p.step for p in finite), zero_phase([p.loss for p in finite])))
+    for p in curve.points:
+        log_metrics(client, run_id, {"lr": p.lr, "train_loss": p.loss,
+                                     "smoothed_loss": p.smoothed,
+                                     **({"lagless_loss": lagless[p.step]}
+                                        if p.step in lagless else {})}, p.step)
+    for step, noise in batch.points if batch is not None else ():
+        log_metrics(client, run_id, {"noise_scale": noise,
+                                     "noise_scale_tokens": noise * batch.context}, step)
+    client.log_dict(run_id, config.to_dict(), PROBE_CONFIG)
+    client.log_artifact(run_id, str(png))
 
 
 def probe_note(study: str, config: TrainConfig, curve: ProbeCurve, found: ProbeRange,

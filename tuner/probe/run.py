@@ -10,7 +10,8 @@ import dataclasses
 import math
 import os
 import statistics
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,21 +60,24 @@ def range_yaml(lo: float, hi: float) -> str:
 
 def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: int = STEPS,
           noise_steps: int = NOISE_STEPS, write: bool = False, out: Path | None = None,
-          tracking_uri: str | None = None) -> ProbeResult:
+          tracking_uri: str | None = None,
+          warn: Callable[[str], None] | None = None) -> ProbeResult:
     """Run the α range test of the study file `space`, then (`noise_steps` > 0, a range found)
     measure B_simple along a run of `noise_steps` at the range's middle, and record both in the
     study's tracking store; with `write`, set α_max's range and B's choices in the file.
-    UserError (nothing run or written) on bad input, a file `write` cannot edit safely included."""
+    UserError (nothing run or written) on bad input, a file `write` cannot edit or replace
+    included; `warn` (default: a Python warning) is told, before it trains, when the probe will
+    train more tokens than the study's trials."""
     from model.lr_probe import suggest_range
     from model.train import device_label, resolve_device
     from tuner.probe.batch import advise, choice_yaml
     from tuner.probe.plot import probe_figure
-    from tuner.probe.record import PROBE_PNG, log_probe
+    from tuner.probe.record import PROBE_PNG, log_probe, probe_ended, start_probe
     from tuner.search.record.provenance import dataset_sha256, git_commit
     from tuner.search.trial.trainable import trial_threads
     from tuner.space import load_study
     from tuner.space.dataset_fit import study_dataset
-    from tuner.space.edit import set_hparam, write_checked
+    from tuner.space.edit import check_replaceable, set_hparam, write_checked
     from tuner.store.layout import DATASET_TAG, DEVICE_TAG
 
     for option, value in (("--start", start), ("--end", end)):
@@ -93,6 +97,7 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
         placed = set_hparam(space, text, "lr_max", PLACEHOLDER)
         if noise_steps:
             set_hparam(space, placed, "batch_size", PLACEHOLDER_B)
+        check_replaceable(space)
     data_dir, _ = study_dataset(study)
     config = probe_config(study, data_dir)
     client, uri, experiment = _store(study, tracking_uri)
@@ -101,40 +106,51 @@ def probe(space: Path, *, start: float = START_LR, end: float = END_LR, steps: i
         where.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {where}: cannot be made a folder ({err.strerror or err})") from None
-    with _threads(trial_threads(study)):
-        curve = lr_probe(config, start, end, steps)
-    found = suggest_range(curve)
-    shown = None if found.lo is None else (rounded(found.lo, up=False), rounded(found.hi, up=True))
-    batch = None
-    if shown is not None and noise_steps:
-        with _threads(trial_threads(study)):
-            batch = advise(study, config, math.sqrt(shown[0] * shown[1]), noise_steps,
-                           _cpus())
-    png = where / PROBE_PNG
-    probe_figure(curve, found, shown, f"α range test of {study.name}: B {config.batch_size}, "
-                 f"d_model {config.model.d_model}").savefig(png, dpi=110)
+    study_tokens = study.trial_count * study.full_trial_tokens()
+    planned = (steps + noise_steps) * config.batch_size * config.model.context_length
+    if planned > study_tokens:
+        (warn or _warn)(f"the probe will train up to {planned:,} tokens, {planned / study_tokens:.0%}"
+                        f" of the study's own {study_tokens:,} (its {study.trial_count} trials in "
+                        "full): fewer --steps or --noise-steps train less")
     tags = {DATASET_TAG: dataset_sha256(data_dir), DEVICE_TAG: device_label(
         resolve_device(config.device)), "tuner.git_commit": git_commit(),
         "tuner.seed": str(config.seed), "tuner.threads": str(trial_threads(study))}
-    sweep = {"start_lr": start, "end_lr": end, "steps": steps, "noise_steps": noise_steps}
-    run_id = log_probe(client, experiment, study.name, config, sweep, curve, found, shown, tags,
-                       png, batch)
-    result = ProbeResult(study.name, config, curve, found, run_id, uri, png,
-                         study.trial_count * study.full_trial_tokens(), *(shown or (None, None)),
-                         batch=batch)
-    if write and result.lo is not None:
-        edited = set_hparam(space, text, "lr_max", range_yaml(result.lo, result.hi))
-        if batch is not None and batch.suggested:
-            try:  # B's choices may not fit the rest of the study: then α's range alone
-                write_checked(space, set_hparam(space, edited, "batch_size",
-                                                choice_yaml(batch.suggested)), study)
-                result.written = space
-                return result
-            except UserError as err:  # the file is written next: not "left as it was"
-                result.batch_unwritten = str(err).removesuffix("; it was left as it was")
-        write_checked(space, edited, study)
-        result.written = space
+    run_id = start_probe(client, experiment, study.name, tags)  # a read-only store fails here
+    with probe_ended(client, run_id):
+        with _threads(trial_threads(study)):
+            curve = lr_probe(config, start, end, steps)
+        found = suggest_range(curve)
+        shown = None if found.lo is None else (rounded(found.lo, up=False),
+                                               rounded(found.hi, up=True))
+        batch = None
+        if shown is not None and noise_steps:
+            with _threads(trial_threads(study)):
+                batch = advise(study, config, math.sqrt(shown[0] * shown[1]), noise_steps,
+                               _cpus())
+        png = where / PROBE_PNG
+        probe_figure(curve, found, shown, f"α range test of {study.name}: B {config.batch_size}, "
+                     f"d_model {config.model.d_model}").savefig(png, dpi=110)
+        sweep = {"start_lr": start, "end_lr": end, "steps": steps, "noise_steps": noise_steps}
+        log_probe(client, run_id, study.name, config, sweep, curve, found, shown, png, batch)
+        result = ProbeResult(study.name, config, curve, found, run_id, uri, png, study_tokens,
+                             *(shown or (None, None)), batch=batch)
+        if write and result.lo is not None:
+            edited = set_hparam(space, text, "lr_max", range_yaml(result.lo, result.hi))
+            if batch is not None and batch.suggested:
+                try:  # B's choices may not fit the rest of the study: then α's range alone
+                    write_checked(space, set_hparam(space, edited, "batch_size",
+                                                    choice_yaml(batch.suggested)), study)
+                    result.written = space
+                    return result
+                except UserError as err:  # the file is written next: not "left as it was"
+                    result.batch_unwritten = str(err).removesuffix("; it was left as it was")
+            write_checked(space, edited, study)
+            result.written = space
     return result
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text, stacklevel=3)
 
 
 def _store(study: Any, tracking_uri: str | None) -> tuple[Any, str, str]:

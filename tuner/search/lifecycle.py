@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from model.shell import as_started
-from tuner.errors import UserError
+from tuner.errors import UserError, reason
 from tuner.output import count
 from tuner.search import preflight
 from tuner.search.ended import EXIT_CODES, FAILED, FINISHED, INTERRUPTED, Ended
@@ -314,18 +314,21 @@ def end_runs(study: Any) -> None:
 
 
 def second_stop(study: Any) -> str:
-    """What a second stop left: the runs RUNNING, unless the first stop had ended them already
-    (it came as Ray shut down, say)."""
+    """End the runs a second stop left RUNNING (interrupted, KILLED, as a first stop ends them)
+    and say so; unless the first stop had ended them already (it came as Ray shut down, say), or
+    the store fails (they stay RUNNING until a resume)."""
     from tuner.store.connect import connect
     from tuner.store.runs import find_parent
 
     try:
         parent = find_parent(connect(study.tracking.uri), study.tracking.experiment, study.name)
-    except Exception:  # noqa: BLE001 - the store failing: what it holds is unknown
-        parent = None
-    if parent is not None and parent.info.status != "RUNNING":
-        return "stopped at once (a second stop), after its runs had ended"
-    return "stopped at once (a second stop): its runs stay RUNNING until it is resumed"
+        if parent is not None and parent.info.status != "RUNNING":
+            return "stopped at once (a second stop), after its runs had ended"
+        end_runs(study)
+    except Exception as err:  # noqa: BLE001 - the store failing: the runs are as they were
+        return (f"stopped at once (a second stop); its runs stay RUNNING until it is resumed "
+                f"(the tracking store failed: {reason(err)})")
+    return "stopped at once (a second stop); its runs ended as interrupted (KILLED)"
 
 
 def _new_study(storage: Path, space: Any, overrides: dict[str, Any]) -> Any:

@@ -64,14 +64,34 @@ def _decorated(text: str, node: Any) -> bool:
     return text[node.start_mark.index:node.start_mark.index + 1] in ("&", "*", "!")
 
 
+def check_replaceable(path: Path) -> None:
+    """UserError naming the study file `path` when `write_checked` could not replace it: the file
+    or its folder read-only (no write bit for anyone, which root's own access would pass over;
+    or not writable for this user; or on a read-only or immutable file system)."""
+    path = path.resolve()
+    for what, where in (("the study file", path), ("its folder", path.parent)):
+        if not where.stat().st_mode & 0o222 or not os.access(where, os.W_OK):
+            shown = "it" if where == path else f"its folder {where}"
+            raise UserError(f"{path}: {what} is read-only, so --write could not replace it; "
+                            f"make {shown} writable, or probe without --write")
+
+
 def write_checked(path: Path, text: str, study: Study) -> Study:
     """Write `text` over the study file `path` once it validates as a study of the same name
     (else UserError, nothing written), atomically and with the file's permissions; the study. A
     symbolic link keeps pointing at its file, which is the one edited."""
     path = path.resolve()  # replaced, a link would become a file and its target stay as it was
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".yaml",
-                                     prefix=f".{path.stem}-", delete=False) as file:
-        file.write(text)
+
+    def unreplaced(err: OSError) -> UserError:  # a folder turned read-only or full since checked
+        return UserError(f"{path}: could not be replaced ({err.strerror or err}); it was left "
+                         "as it was")
+
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".yaml",
+                                         prefix=f".{path.stem}-", delete=False) as file:
+            file.write(text)
+    except OSError as err:
+        raise unreplaced(err) from None
     try:
         try:
             edited = load_study(file.name, name=study.name)
@@ -80,6 +100,8 @@ def write_checked(path: Path, text: str, study: Study) -> Study:
                             "it was left as it was") from None
         os.chmod(file.name, path.stat().st_mode & 0o7777)
         os.replace(file.name, path)
+    except OSError as err:
+        raise unreplaced(err) from None
     finally:
         Path(file.name).unlink(missing_ok=True)
     return edited

@@ -68,19 +68,20 @@ ALL_DEFS: dict[str, HParam] = {**MODEL_DEFS, **HPARAM_DEFS}
 
 def used_values(config: TrainConfig) -> dict[str, Any]:
     """Readable name → value of each hyperparameter `config` trains with: those whose condition
-    holds (no momentum under AdamW) and, of the budget, the fields it sets (eval_interval only
-    without eval_tokens)."""
+    holds (no momentum under AdamW) and that are set. None is a value only where it turns the
+    setting off (τ); elsewhere it stands for a default derived from others (T_cycle = T_total,
+    d_ff ≈ 8/3·d_model), which the config does not use as such. eval_interval only without
+    eval_tokens."""
     values = config.to_dict()
     values.update(values.pop("model"))
 
     def used(name: str) -> bool:
-        when = HPARAMS[name].when
-        if when is not None and values[when[0]] not in when[1]:
+        hp = HPARAMS[name]
+        if hp.when is not None and values[hp.when[0]] not in hp.when[1]:
             return False
-        if name in BUDGET_NAMES.values():
-            return values[name] is not None and not (
-                name == "eval_interval" and values["eval_tokens"] is not None)
-        return True
+        if values[name] is None and not hp.off:
+            return False
+        return not (name == "eval_interval" and values["eval_tokens"] is not None)
 
     return {name: values[name] for name in HPARAMS if used(name)}
 

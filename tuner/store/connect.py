@@ -23,6 +23,11 @@ from tuner.store.uri import KEPT_NOTHING, absolute_uri, in_memory, server_addres
 STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
                  "databricks", "databricks-uc", "uc")
 DATABASE_CONNECT_TIMEOUT_S = 10  # a host that drops packets, or takes them and never answers
+# SQLAlchemy's database drivers (the module it imports → how to install it); psycopg is the
+# driver of a bare postgresql:// in SQLAlchemy 2.1, and the project's `postgres` extra
+DRIVERS = {"psycopg": "uv sync --extra postgres (or pip install 'psycopg[binary]')",
+           "psycopg2": "pip install psycopg2-binary", "pymysql": "pip install pymysql",
+           "MySQLdb": "pip install mysqlclient", "pyodbc": "pip install pyodbc"}
 
 
 def connect(uri: str) -> Any:
@@ -120,6 +125,10 @@ def _check_database(uri: str) -> None:
         timeout = ({"connect_timeout": DATABASE_CONNECT_TIMEOUT_S}
                    if url.get_backend_name() in ("postgresql", "mysql") else {})
         engine = sqlalchemy.create_engine(url, connect_args=timeout)
+    except ModuleNotFoundError as err:  # the URI's driver: MLflow would print its traceback
+        install = DRIVERS.get(err.name or "", f"pip install {err.name}")
+        raise TrackingError(f"tracking store {uri}: its database driver {err.name} is not "
+                            f"installed; install it with {install}") from None
     except Exception:  # noqa: BLE001 - not a database URI SQLAlchemy knows: MLflow's to judge
         return
     try:
@@ -128,7 +137,7 @@ def _check_database(uri: str) -> None:
     except sqlalchemy.exc.DBAPIError as err:  # refused, timed out, no such host, a bad option
         raise TrackingError(f"tracking store {uri} cannot be used: {reason(err.orig or err)}"
                             ) from None
-    except Exception:  # noqa: BLE001 - a driver missing, say: MLflow says what it lacks
+    except Exception:  # noqa: BLE001 - an error of the database's own: MLflow names it
         return
     finally:
         engine.dispose()

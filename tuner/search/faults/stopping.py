@@ -104,7 +104,8 @@ def abort_if_stopped() -> None:
 
 
 def stopped_at_once() -> bool:
-    """Whether the study ended on a second stop, its runs left RUNNING for `--resume`."""
+    """Whether the study ended on a second stop, before Tune ended its runs (the driver ends
+    them then: `lifecycle.second_stop`)."""
     return bool(_held["at_once"])
 
 
