@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.linalg import cho_solve
 from scipy.stats import spearmanr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +27,20 @@ TABLE = REPO / "benchmarks" / "curves" / "cosine.npz"
 OUT = REPO / "benchmarks" / "curves" / "cosine_surrogate.npz"
 
 
+def loo_scale(gp: Any) -> np.ndarray:
+    """Per evaluation point, the mean square of the GP's leave-one-out residuals on its own
+    rows in their predicted sd (1: calibrated; one kernel for every point is not at each)."""
+    inverse = cho_solve((gp.L_, True), np.eye(len(gp.L_)))
+    return np.mean(gp.alpha_ ** 2 / np.diag(inverse)[:, None], axis=0)
+
+
 def bands(surrogate: Any, gp: Any, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predicted mean curves (M × P) at `unit` and the sd of a seed's curve about them: the
-    GP's own uncertainty (its white noise left out) and the seed noise."""
+    GP's own uncertainty (its white noise left out), scaled at each point by its leave-one-out
+    calibration, and the seed noise."""
     _, std = gp.predict(unit, return_std=True)
-    log_var = np.maximum(std ** 2 - gp.kernel_.k2.noise_level * gp._y_train_std ** 2, 0.0)
+    white = gp.kernel_.k2.noise_level * gp._y_train_std ** 2
+    log_var = np.maximum(std ** 2 - white, 0.0) * loo_scale(gp)
     mean = np.exp(surrogate.mean_log(unit))
     sd = np.sqrt(mean ** 2 * log_var + surrogate.offset ** 2 + surrogate.noise_sd ** 2)
     return mean, sd
