@@ -76,3 +76,21 @@ def test_a_damaged_surrogate_or_one_of_another_study_is_refused(
     data["model"]["d_model"] = 64
     with pytest.raises(UserError, match="s.npz: a surrogate of another study: its model.d_model"):
         model.load(path).check_study(load_study(data))
+
+
+def test_a_replayed_trial_reports_the_surrogates_curve_for_its_seed(
+        small: model.Surrogate, table: curve_table.CurveTable) -> None:
+    """`--curve-table` with a surrogate: a trial's evaluations are its sample's curve for its
+    training seed, at the surrogate's tokens, at the speed of a run of its B."""
+    from model.config import ModelConfig, TrainConfig
+    from tuner.search.trial.curve_replay import CurveReplay
+
+    params = dict(zip(table.space, table.params[400].tolist()))
+    params["batch_size"] = int(params["batch_size"])
+    config = TrainConfig(model=ModelConfig(context_length=32), batch_size=params["batch_size"],
+                         seed=3, total_tokens=131072)
+    result = CurveReplay(small).replay(params, config)
+    assert [r.tokens for r in result.records] == small.tokens.tolist()
+    assert [r.val_loss for r in result.records] == small.curve(params, 3).tolist()
+    assert result.records[-1].tokens_per_s == pytest.approx(
+        small.tokens[-1] / small.run_seconds(params))

@@ -16,6 +16,7 @@ scikit-learn to fit (`fit`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -59,6 +60,7 @@ class Surrogate:
     noise_sd: np.ndarray  # P: the sd of a seed's residual about the offset
     seconds: np.ndarray  # per full run, at each value of the time column (B)
     smooth: np.ndarray  # [f]: the share of the residual's variance that is smooth
+    sha256: str = ""  # the file's, once loaded
 
     @property
     def space(self) -> dict[str, dict[str, Any]]:
@@ -113,6 +115,12 @@ class Surrogate:
     def check_study(self, study: Any) -> None:
         """UserError naming the file where `study` is not the one the surrogate stands for."""
         check_same_study(self.path, self.meta["study"], study, "surrogate")
+
+    def check_dataset(self, sha256: str) -> None:
+        """UserError naming the file when the study's dataset is not the table's."""
+        if sha256 != self.meta["dataset_sha256"]:
+            raise UserError(f"{self.path}: a surrogate of another dataset (sha256 "
+                            f"{self.meta['dataset_sha256'][:12]}…, the study's {sha256[:12]}…)")
 
 
 @functools.lru_cache(maxsize=4)
@@ -246,7 +254,8 @@ def load(path: str | Path) -> Surrogate:
     missing = [name for name in ARRAYS if name not in arrays]
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or missing:
         raise UserError(f"{path}: not a surrogate of format {FORMAT!r}")
-    surrogate = Surrogate(path, meta, **{name: arrays[name] for name in ARRAYS})
+    surrogate = Surrogate(path, meta, **{name: arrays[name] for name in ARRAYS},
+                          sha256=hashlib.sha256(raw).hexdigest())
     n, d, p = len(surrogate.train_unit), len(meta["space"]), len(surrogate.tokens)
     shapes = {"coef": (p, n), "length_scales": (d,), "train_unit": (n, d), "offset": (p,),
               "noise_sd": (p,), "log_mean": (p,)}
