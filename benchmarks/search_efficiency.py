@@ -6,7 +6,7 @@ without Ray or training.
     uv run python benchmarks/search_efficiency.py [--source benchmarks/curves/cosine_surrogate.npz]
         [--seeds 50] [--baselines 50] [--workers 2] [--settings lm quickstart]
         [--samplers random cmaes tpe ...] [--schedulers none "asha 1/8 ×3" ...] [--clock cpu]
-        [--results FILE] [--slow] [--space FILE]
+        [--results FILE] [--slow] [--space FILE] [--weighted-by SURROGATE (with a table)]
 
 For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time):
 the target is random search's expected final best, the median over `--baselines` independent
@@ -84,18 +84,25 @@ def schedulers(budget: int) -> dict[str, dict[str, Any]]:
 _worker: dict[str, Any] = {}
 
 
-def load_source(path: Path) -> Any:
-    """The surrogate or the table at `path` (UserError naming it when it is neither)."""
+def load_source(path: Path, weights: Path | None = None) -> Any:
+    """The surrogate or the table at `path` (UserError naming it when it is neither); a table's
+    nearest rows of the same B by distances weighted with the length scales of the surrogate
+    `weights` when given."""
+    from search_sim import TableAnswers
+
     from tuner.search.trial import curve_table, surrogate
 
-    return surrogate.load(path) if surrogate.is_surrogate(path) else curve_table.load(path)
+    if surrogate.is_surrogate(path):
+        return surrogate.load(path)
+    table = curve_table.load(path)
+    return table if weights is None else TableAnswers(table, surrogate.load(weights).length_scales)
 
 
-def _start_worker(source: str, space: str, clock: str) -> None:
+def _start_worker(source: str, space: str, clock: str, weights: str | None) -> None:
     import torch
 
     torch.set_num_threads(1)  # GP's; the other worker has the other core
-    _worker["source"] = load_source(Path(source))
+    _worker["source"] = load_source(Path(source), weights and Path(weights))
     _worker["base"] = yaml.safe_load(Path(space).read_text())
     _worker["clock"] = clock
 
@@ -124,7 +131,7 @@ def simulate_one(task: tuple) -> dict[str, Any]:
 def study_seeds(count: int, table: Any) -> list[int]:
     """The first `count` seeds but the table's Sobol seed: qmc's Sobol sequence with that seed
     is the table's own, and would sample its configurations exactly."""
-    skip = table.meta.get("sobol", {}).get("seed", 0)
+    skip = getattr(table, "table", table).meta.get("sobol", {}).get("seed", 0)
     return [seed for seed in range(count + 1) if seed != skip][:count]
 
 
@@ -220,7 +227,8 @@ def truth(source: Any) -> tuple[float, float]:
     noise; a table's best mean final and pooled seed sd."""
     if hasattr(source, "optimum"):
         return source.optimum, source.seed_sd
-    return float(np.min(source.mean_final)), source.pooled_seed_sd
+    table = getattr(source, "table", source)  # TableAnswers'
+    return float(np.min(table.mean_final)), table.pooled_seed_sd
 
 
 def report(results: list[dict[str, Any]], order: list[tuple], source: Any, budget: int,
@@ -292,6 +300,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=SOURCE,
                         help="a surrogate (default) or a table of curves")
+    parser.add_argument("--weighted-by", type=Path, metavar="SURROGATE",
+                        help="with a table: its nearest row of the same B, distances divided by "
+                             "this surrogate's length scales")
     parser.add_argument("--space", type=Path, default=SPACE,
                         help="the study the source stands for")
     parser.add_argument("--seeds", type=int, default=50)
@@ -315,7 +326,7 @@ def main() -> None:
     from tuner.errors import UserError
 
     try:
-        source = load_source(args.source)
+        source = load_source(args.source, args.weighted_by)
     except UserError as err:
         sys.exit(f"error: {err}")
     budget = int(source.tokens[-1])
@@ -326,14 +337,15 @@ def main() -> None:
     results = [before[(*t[:3], t[4])] for t in planned if (*t[:3], t[4]) in before]
     todo = [t for t in planned if (*t[:3], t[4]) not in before]
     started = time.monotonic()
+    setup = (str(args.source), str(args.space), args.clock,
+             args.weighted_by and str(args.weighted_by))
     if len(todo) and args.workers > 1:
-        with multiprocessing.get_context("spawn").Pool(
-                args.workers, _start_worker, (str(args.source), str(args.space), args.clock)
-        ) as pool:
+        with multiprocessing.get_context("spawn").Pool(args.workers, _start_worker,
+                                                       setup) as pool:
             results += collect(pool.imap(simulate_one, todo, chunksize=4), len(todo),
                                args.results)
     elif len(todo):  # in this process: no worker to start
-        _start_worker(str(args.source), str(args.space), args.clock)
+        _start_worker(*setup)
         results += collect(map(simulate_one, todo), len(todo), args.results)
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("ray", "optuna", "numpy"))
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
