@@ -77,6 +77,11 @@ def schedulers(budget: int) -> dict[str, dict[str, Any]]:
     found["hyperband ×4"] = {"scheduler": "hyperband", "max_concurrent": None,
                              "asha": {"grace_period": budget // 16, "reduction_factor": 4}}
     found["median"] = {"scheduler": "median"}
+    for share, grace in (("1/8", budget // 8), ("3/32", 3 * budget // 32)):  # lm's, quickstart's
+        found[f"pasha {share} ×3"] = {"scheduler": "pasha", "asha": {"grace_period": grace,
+                                                                     "reduction_factor": 3}}
+    for k in (2, 4, 8):  # the one-epoch top-K baseline, at an eighth of the budget
+        found[f"topk 1/8 k{k}"] = {"scheduler": "topk", "topk": {"budget": budget // 8, "k": k}}
     found["asha 1/16 ×4 + flat"] = {**found["asha 1/16 ×4"], "stop_when_flat": FLAT}
     return found
 

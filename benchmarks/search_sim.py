@@ -46,7 +46,7 @@ from tuner.search.searchers.flat_stop import NOISE_SEEDS, Flatness
 from tuner.search.trial.curve_table import CurveTable
 from tuner.search.trial.surrogate import Surrogate
 from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
-from tuner.space.checks import STARTUP_SEARCHERS
+from tuner.space.checks import SCHEDULER_SETTINGS, STARTUP_SEARCHERS
 
 PENDING, RUNNING, PAUSED, TERMINATED = Trial.PENDING, Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED
 
@@ -158,8 +158,7 @@ def with_search(base: Mapping[str, Any], seed: int, **search: Any) -> dict[str, 
     or scheduler would not use left out, None ones too), searcher and training seeds `seed`."""
     data = json.loads(json.dumps(base))
     settings = {**data.get("search", {}), **search, "seed": seed}
-    unused = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
-    for key, users in unused.items():
+    for key, users in SCHEDULER_SETTINGS.items():
         if settings.get("scheduler", "asha") not in users:
             settings.pop(key, None)
     if settings.get("algorithm", "tpe") not in STARTUP_SEARCHERS:

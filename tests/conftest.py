@@ -63,15 +63,20 @@ def byte_dataset(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Pat
 
 @pytest.fixture(scope="session")
 def tokenized(tmp_path_factory: pytest.TempPathFactory, byte_dataset: Path) -> Path:
-    """byte_dataset with a byte-level tokenizer (256 single-byte tokens, no merges) beside it."""
+    """byte_dataset with a byte-level tokenizer (256 single-byte tokens, no merges) beside it,
+    its sha256 in meta.json as `tuner data prepare` records it (a checkpoint records it then)."""
     import shutil
 
     from model.tokenizer import Tokenizer
+    from tuner.datasets import tokenizer_sha256
 
     folder = tmp_path_factory.mktemp("tokenized")
-    for name in ("train.npy", "valid.npy", "meta.json"):
+    for name in ("train.npy", "valid.npy"):
         shutil.copy(byte_dataset / name, folder / name)
     Tokenizer({i: bytes([i]) for i in range(256)}, []).save(folder)
+    meta = json.loads((byte_dataset / "meta.json").read_text())
+    meta["sha256"] = {"tokenizer": tokenizer_sha256(folder)}
+    (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
 

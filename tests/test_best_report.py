@@ -24,7 +24,7 @@ from tuner.inspect.findings import Curve, Findings
 from tuner.inspect.importance import Importance, values_at_equal_tokens
 from tuner.search.searchers import history
 from tuner.search.searchers.algorithms import seed_study
-from tuner.space import build_study, load_study
+from tuner.space import SpaceError, build_study, load_study
 from tuner.store import runs
 from tuner.store.rows import TrialRow, shown_noise
 
@@ -602,14 +602,15 @@ def test_earlier_trials_warm_start_an_optuna_searcher(recorded):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    points = history.earlier_study(recorded.name, recorded.uri)[1]
+    _, points, stopped = history.earlier_study(recorded.name, recorded.uri)
     assert [p for p, _ in points] == [params for params, _ in TRIALS]
     assert all(math.isfinite(v) for _, v in points)
+    assert sorted(stopped) == [1, 3] and all(len(evals) == 2 for evals in stopped.values())
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri)),
                          "name": "next"})
     storage = optuna.storages.InMemoryStorage()
     for _ in range(2):  # a study stopped before its first trial is seeded again as it restarts
-        seed_study(storage, "next", "min", history.optuna_trials(study, points))
+        seed_study(storage, "next", "min", history.optuna_trials(study, points, stopped))
     searcher = OptunaSearch(space=study.sample, metric="val_loss", mode="min", storage=storage,
                             study_name="next", sampler=optuna.samplers.TPESampler(seed=0))
     suggested = searcher.suggest("t1")
@@ -617,6 +618,10 @@ def test_earlier_trials_warm_start_an_optuna_searcher(recorded):
     trials = optuna.load_study(study_name="next", storage=storage).trials
     assert len(trials) == len(TRIALS) + 1
     assert [t.value for t in trials[:len(TRIALS)]] == [v for _, v in points]
+    # the trials ASHA stopped are pruned, with their evaluations, as a live study tells them
+    state = optuna.trial.TrialState
+    assert [t.state for t in trials[:len(TRIALS)]] == [state.COMPLETE, state.PRUNED] * 2
+    assert trials[1].intermediate_values == stopped[1] and trials[1].value == stopped[1][2]
 
 
 @pytest.mark.parametrize("algorithm", ["random", "tpe"])
@@ -635,6 +640,29 @@ def test_a_warm_started_searcher_does_not_draw_the_earlier_study_again(recorded,
     warm = history.optuna_trials(study, points)
     suggest = [build_searcher(study, warm).suggest("n0") for _ in range(2)]
     assert suggest[0] not in drawn and suggest[0] == suggest[1]  # and seeded all the same
+
+
+def test_a_prior_centred_start_tries_the_earlier_best_then_around_it(recorded):
+    """search.start_near 3: the first trial is the earlier study's best, the next two vary its
+    ranges a little (on their own scales) and keep its choices; the same each time."""
+    from tuner.search.searchers.algorithms import build_searcher
+
+    raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
+    raw["search"].update(warm_start=recorded.name, start_near=3)
+    study = build_study({**raw, "name": "near"})
+    points = [(params, 3.0 - i / 4) for i, (params, _) in enumerate(TRIALS)]  # the last best
+    warm = history.optuna_trials(study, points)
+    searchers = [build_searcher(study, warm) for _ in range(2)]
+    runs_of = [[searcher.suggest(f"n{i}") for i in range(4)] for searcher in searchers]
+    first = runs_of[0]
+    assert runs_of[0] == runs_of[1] and first[0] == TRIALS[3][0]
+    for near in first[1:3]:
+        assert near != first[0] and near["batch_size"] == 8
+        assert abs(math.log(near["lr_max"] / 0.005)) < 0.5 * math.log(30)  # 5 sd of log width
+        assert 0 <= near["warmup_fraction"] <= 0.2
+    raw["search"].pop("warm_start")
+    with pytest.raises(SpaceError, match="give search.warm_start"):
+        build_study({**raw, "name": "nowhere"})
 
 
 def test_warm_start_scores_a_trainer_failure_as_its_searcher_did(recorded, tmp_path):
@@ -686,7 +714,7 @@ def test_warm_start_names_a_parameter_the_earlier_study_did_not_search(recorded)
 def test_warm_start_names_what_the_earlier_study_trained_otherwise(recorded):
     """Losses of another budget or model compare loosely: the warning lists the settings."""
     raw = yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri))
-    earlier, _ = history.earlier_study(recorded.name, recorded.uri)
+    earlier = history.earlier_study(recorded.name, recorded.uri)[0]
     same = build_study({**raw, "name": "same"})
     assert history.setup_differences(earlier, same) == []
     raw["budget"]["total_iters"] = 80
@@ -762,7 +790,7 @@ def test_search_warm_started_from_an_earlier_study(tmp_path, byte_dataset, mlflo
                                storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     points = history.earlier_study("earlier", earlier.uri)[1]
     assert [(t.params, t.value) for t in trials[:4]] == points
-    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"] * 2 + ["COMPLETE"] * 2
     client = MlflowClient(tracking_uri=earlier.uri)
     parent = runs.study_parent(client, "warmed")
     assert parent.data.tags["tuner.warm_start"] == "earlier"

@@ -41,7 +41,7 @@ def test_a_flat_study_stops_early_records_why_and_seed_checks_its_best(
     client, parent, children = mlflow_runs(uri, "flat")
     reason = parent.data.tags["tuner.stop_reason"]
     assert parent.info.status == "FINISHED" and reason.startswith("stopped when flat")
-    assert "(the seed sd)" in reason and f"finished ({reason})" in proc.stdout
+    assert "(the pooled seed sd)" in reason and f"finished ({reason})" in proc.stdout
     trials = [r for r in children if r.data.tags["tuner.role"] == "trial"]
     assert 2 <= len(trials) < 4
     assert all(r.info.status == "FINISHED" for r in children)

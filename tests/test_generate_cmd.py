@@ -47,13 +47,21 @@ def test_generate_from_checkpoint_is_seeded_text(checkpoint):
         "start from" in " ".join(out.split()), out
 
 
-def test_a_tokenizer_prepared_again_is_refused(tokenized, tmp_path):
-    """The checkpoint records its dataset's hashes: a folder prepared again with another
-    tokenizer would decode its ids into other text."""
+def swap_two_tokens(folder: Path) -> None:
+    """Swap the ids of two tokens in `folder`'s vocab.json: a tokenizer of the same size whose
+    ids decode into other text."""
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    first, second = list(vocab)[10:12]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+
+
+def test_a_tokenizer_other_than_the_one_trained_with_is_refused(tokenized, tmp_path):
+    """The checkpoint records the sha256 of its tokenizer's files: a folder whose vocab.json
+    was altered since (its meta.json, which still holds the old hash, trusted no more) would
+    decode its ids into other text."""
     data = tmp_path / "data"
     shutil.copytree(tokenized, data)
-    meta = json.loads((data / "meta.json").read_text())
-    (data / "meta.json").write_text(json.dumps({**meta, "sha256": {"tokenizer": "a" * 64}}))
     config = TrainConfig(model=ModelConfig(vocab_size=256, context_length=32, d_model=32,
                                            num_layers=1, num_heads=2, d_ff=64),
                          data=str(data), total_iters=4, eval_interval=4, eval_windows=2,
@@ -62,9 +70,10 @@ def test_a_tokenizer_prepared_again_is_refused(tokenized, tmp_path):
     args = ("generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "A", "--max-new-tokens",
             "2")
     assert tuner(*args)[0] == 0
-    (data / "meta.json").write_text(json.dumps({**meta, "sha256": {"tokenizer": "b" * 64}}))
+    swap_two_tokens(data)
     code, out = tuner(*args)
-    assert code == 2 and f"the tokenizer in {data} is not the one" in " ".join(out.split()), out
+    assert code == 2 and f"{data / 'vocab.json'} and merges.txt: not the tokenizer" in " ".join(
+        out.split()), out
 
 
 def test_an_empty_prompt_with_an_end_of_text_id_beyond_the_model_exits_2(checkpoint, tmp_path):

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from browser import browser, grid_rows, rendered, text
-from inspect_study import TRIALS, log_study, tuner
+from inspect_study import TRIALS, log_study, tuner, write_malicious_checkpoint
 from mlflow import MlflowClient
 from services import ServiceUnavailable, free_port, mlflow_server, postgres_server
 
 import tuner as api
+from tuner.errors import UserError
 from tuner.search.winners import seed_check
 from tuner.store import runs
 from tuner.store.layout import CONFIRMS_RUN_TAG
@@ -30,12 +33,10 @@ PROMPTS = ["Once upon a time", "ROMEO:"]
 # What a machine with torch, MLflow and this package runs: MLflow's API alone
 LOAD = """
 import json, sys
-import mlflow, torch
+import mlflow
 
 texts = mlflow.pyfunc.load_model(sys.argv[1]).predict(json.loads(sys.argv[2]))
-module = mlflow.pytorch.load_model(sys.argv[1])
-logits = module(torch.tensor([[1, 2, 3, 4, 5]]))
-print(json.dumps({"texts": texts, "module": type(module).__name__, "shape": list(logits.shape),
+print(json.dumps({"texts": texts, "flavors": sorted(mlflow.models.Model.load(sys.argv[1]).flavors),
                   "imported": sorted(m for m in ("ray", "optuna", "tuner.api", "tuner.search")
                                      if m in sys.modules)}))
 """
@@ -44,7 +45,6 @@ print(json.dumps({"texts": texts, "module": type(module).__name__, "shape": list
 def loaded(uri: str, model_uri: str, cwd: Path) -> dict:
     """What LOAD prints for `model_uri`, run in a fresh Python on the store `uri`."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)  # MLflow's default: no pickle loads
     proc = subprocess.run([sys.executable, "-c", LOAD, model_uri, json.dumps(PROMPTS)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -64,15 +64,15 @@ def registered(tmp_path_factory, tokenized, mlflow_store_template):
 
 
 @pytest.mark.slow
-def test_the_winner_loads_in_a_fresh_process_as_text_and_as_its_module(registered, tmp_path):
-    """mlflow.pyfunc gives the text `tuner generate --run` gives, mlflow.pytorch the module;
-    neither imports Ray, Optuna or tuner's commands."""
+def test_the_winner_loads_in_a_fresh_process_as_text(registered, tmp_path):
+    """mlflow.pyfunc gives the text `tuner generate --run` gives, without importing Ray, Optuna
+    or tuner's commands; the model has no other flavor (no pt2 archive, whose loader unpickles)."""
     study, _ = registered
     got = loaded(study.uri, f"models:/{MODEL}/1", tmp_path)
     assert got["texts"] == [api.generate(study.best_run_id, prompt, device="cpu",
                                          tracking_uri=study.uri) for prompt in PROMPTS]
     assert all(got["texts"]) and got["imported"] == []
-    assert got["module"] == "GraphModule" and got["shape"] == [1, 5, 256]  # logits
+    assert got["flavors"] == ["python_function"]
 
 
 def test_the_version_says_where_it_came_from_and_how_to_reproduce_it(registered):
@@ -95,6 +95,7 @@ def test_the_version_says_where_it_came_from_and_how_to_reproduce_it(registered)
     assert f'mlflow.pyfunc.load_model("models:/{MODEL}/1")' in version.description
     assert f"Seed check: {tags['tuner.seed_check']}." in version.description
     assert f"as version 1 of MLflow model {MODEL}" in out
+    assert not re.search(r"(INFO|WARNING) mlflow", out), out  # MLflow's pip and uv lines
     # the trial run that trained it lists the model among its outputs (MLflow's lineage)
     outputs = {o.model_id for o in client.get_run(study.best_run_id).outputs.model_outputs}
     model_id = version.source.removeprefix("models:/")
@@ -193,6 +194,75 @@ def test_registered_on_an_mlflow_server_backed_by_postgres(tmp_path, tokenized,
             got = loaded(uri, f"models:/{MODEL}/1", tmp_path)
             assert got["texts"] == [api.generate(study.best_run_id, prompt, device="cpu",
                                                  tracking_uri=uri) for prompt in PROMPTS]
-            assert got["module"] == "GraphModule"
+            assert got["flavors"] == ["python_function"]
     except ServiceUnavailable as exc:
         pytest.skip(str(exc))
+
+
+def _versions(study) -> int:
+    return len(MlflowClient(tracking_uri=study.uri).search_model_versions(f"name = '{MODEL}'"))
+
+
+def test_a_tokenizer_other_than_the_one_trained_with_is_refused_naming_it(registered, corpora,
+                                                                         tmp_path):
+    """GPT-2's (ids beyond the model's 256), and the study's own with two vocab.json entries
+    swapped (its meta.json left as it was): exit 2 naming the file, nothing registered."""
+    from test_generate_cmd import swap_two_tokens
+
+    study, _ = registered
+    before = _versions(study)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(study.data, swapped)
+    swap_two_tokens(swapped)
+    beyond = "has ids (e.g. 256) beyond the model's vocabulary of 256: not its tokenizer"
+    for data, said in ((corpora / "gpt2", beyond),
+                       (swapped, "and merges.txt: not the tokenizer")):
+        code, out = tuner("best", "--study", study.name, "--register", MODEL, "--data",
+                          str(data), "--tracking-uri", study.uri)
+        assert code == 2 and f"{data / 'vocab.json'}" in out and said in " ".join(out.split()), out
+    assert _versions(study) == before
+
+
+def test_a_checkpoint_recording_no_tokenizer_is_refused(registered, tmp_path):
+    """Without the sha256 of the tokenizer it trained with there is nothing to check one
+    against: refused, named."""
+    from tuner.inspect.generate import load_model, tokenizer_of
+
+    study, _ = registered
+    checkpoint = runs.checkpoint_file(MlflowClient(tracking_uri=study.uri), MlflowClient(
+        tracking_uri=study.uri).get_run(study.best_run_id), "final", tmp_path)
+    _, config, trained_with = load_model(checkpoint, "cpu")
+    assert trained_with is not None
+    tokenizer_of(checkpoint, config, None, study.data)  # generate's: a folder of its own
+    with pytest.raises(UserError, match="records no sha256 of the tokenizer it trained with"):
+        tokenizer_of(checkpoint, config, None, study.data, recorded=True)
+
+
+def test_register_checks_its_arguments_and_names_them_as_python_does(registered):
+    study, _ = registered
+    with pytest.raises(UserError, match=r"register: model 123 is not a string"):
+        api.register("tiny", 123)
+    with pytest.raises(UserError, match=r"register: name None is not a string"):
+        api.register(None, MODEL)
+    with pytest.raises(UserError) as refused:
+        api.register(study.name, "a/b", tracking_uri=study.uri)
+    assert str(refused.value).startswith("model 'a/b': MLflow refuses it as a model name")
+    assert "--register" not in str(refused.value)
+
+
+def test_a_registered_model_whose_files_were_altered_does_not_load(registered, tmp_path):
+    """Its pyfunc checks each file's sha256, recorded at registration, before reading any: a
+    pickle planted as its checkpoint is refused, named, and its code does not run."""
+    from mlflow.artifacts import download_artifacts
+
+    study, _ = registered
+    stored = MlflowClient(tracking_uri=study.uri).get_model_version_download_uri(MODEL, "1")
+    local = Path(download_artifacts(stored, dst_path=str(tmp_path / "copy")))
+    checkpoint, marker = next(local.rglob("checkpoint.pt")), tmp_path / "ran"
+    write_malicious_checkpoint(checkpoint, marker)
+    load = "import mlflow, sys; mlflow.pyfunc.load_model(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", load, str(local)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0 and f"{checkpoint}: not the file registered" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert not marker.exists()

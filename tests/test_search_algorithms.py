@@ -233,6 +233,48 @@ def test_a_trial_its_optuna_storage_ended_reports_again_after_a_resume(tmp_path:
     assert [(t.state, t.value) for t in trials] == [(optuna.trial.TrialState.COMPLETE, 3.0)]
 
 
+def test_a_trial_stopped_before_its_budget_reaches_optuna_as_pruned(tmp_path: Path,
+                                                                   dataset: Path) -> None:
+    """A trial that ended short of its budget, not in error, is told PRUNED with its evaluations
+    (the one it was stopped on too: Tune passes the searcher none); one that trained its budget,
+    COMPLETE; a trainer's error, COMPLETE with the worst value. stopped_as="complete" keeps Ray's
+    way, a stopped trial COMPLETE with its last value."""
+    import math
+
+    import optuna
+
+    from tuner.search.searchers.algorithms import build_searcher
+    from tuner.space import load_study
+
+    state = optuna.trial.TrialState
+    study = load_study(write_space(tmp_path, "pruned", dataset,
+                                   hparams={"lr_max": {"loguniform": [1e-4, 1e-2]}},
+                                   search={"algorithm": "tpe", "scheduler": "asha"}))
+    budget = study.full_trial_tokens()
+
+    def told(stopped_as: str) -> list[tuple[Any, float, dict[int, float]]]:
+        searcher = build_searcher(study, stopped_as=stopped_as)
+        searcher.set_search_properties(None, None, {})
+        ends = {"stopped": (budget // 4, {}), "full": (budget, {}),
+                "error": (budget // 8, {"error": "ConfigError: no"})}
+        for trial_id, (tokens, extra) in ends.items():
+            searcher.suggest(trial_id)
+            first = {"val_loss": 5.0, "training_iteration": 1, "tokens": budget // 8,
+                     "budget_tokens": budget}
+            searcher.on_trial_result(trial_id, first)
+            last = {**first, "val_loss": 4.0, "training_iteration": 2, "tokens": tokens, **extra}
+            if extra:
+                last["val_loss"] = math.inf
+            searcher.on_trial_complete(trial_id, last)
+        return [(t.state, t.value, t.intermediate_values) for t in searcher._ot_study.trials]
+
+    assert told("pruned") == [(state.PRUNED, 4.0, {1: 5.0, 2: 4.0}),
+                              (state.COMPLETE, 4.0, {1: 5.0}),
+                              (state.COMPLETE, math.inf, {1: 5.0})]
+    assert told("complete") == [(state.COMPLETE, 4.0, {1: 5.0}), (state.COMPLETE, 4.0, {1: 5.0}),
+                                (state.COMPLETE, math.inf, {1: 5.0})]
+
+
 def test_the_median_rule_keeps_what_it_put_back_until_its_first_result(tmp_path: Path) -> None:
     """Tune saves its state every few seconds, and a resumed study's first result may come
     minutes later: a save in between keeps the results put back. The first result then keys

@@ -200,3 +200,41 @@ def test_a_gpu_study_on_a_machine_without_one_fails_before_preparing_its_corpus(
         proc.stderr.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.yaml"]  # no corpus, store, study
 
+
+
+def _processes_marked(mark: str) -> list[int]:
+    """The processes whose environment holds `mark` (each Ray server inherits the driver's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_local_ray_that_does_not_start_fails_in_words_and_leaves_no_process(
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
+    """Ray's start fails at once here (its GCS given 0 s to bind its port, as a busy machine
+    outlasts Ray's fixed 30 s): tried twice, then one line, exit 1, no traceback, no Ray server
+    left of either try, and no MLflow run."""
+    uri = fresh_store(tmp_path, mlflow_store_template)
+    space = write_space(tmp_path, "nostart", dataset)
+    mark = f"TUNER_TEST_MARK=nostart-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**ENV, "RAY_gcs_server_port_wait_time_s": "0", mark.split("=")[0]: mark.split("=")[1]}
+    proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri, "--storage",
+                      str(tmp_path / "ray")], cwd=tmp_path, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    said = " ".join(proc.stdout.split())
+    assert said.startswith("error: the local Ray did not start in ") and all(
+        re.search(words, said) for words in (r" \d+ s\b", r"load \d+\.\d on \d+ cores",
+                                              r"\(Ray: Timed out waiting for file \S*gcs_server_port")
+    ), said
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert _processes_marked(mark) == []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("nostart")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []

@@ -57,14 +57,17 @@ def test_trials_advance_in_token_order_two_at_a_time(tiny: tuple[Path, Path]) ->
     assert run.curve[-1][1] == min(lowest)
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median", "pasha", "topk"])
 def test_schedulers_stop_trials_where_they_may(scheduler: str, tiny: tuple[Path, Path]) -> None:
-    """Ray's own schedulers end trials early: ASHA at its rungs, HyperBand at its brackets'
-    milestones (its paused trials resumed where they paused), the median rule after its grace
-    period; every token a trial trained is counted once."""
+    """Ray's own schedulers and tuner's end trials early: ASHA and PASHA at their rungs,
+    HyperBand at its brackets' milestones (its paused trials resumed where they paused), the
+    median rule after its grace period, top-K at the first evaluation past its budget; every
+    token a trial trained is counted once."""
     space, path = tiny
     table = curve_table.load(path)
     limit = {"max_concurrent": None} if scheduler == "hyperband" else {"max_concurrent": 2}
+    if scheduler == "topk":
+        limit["topk"] = {"budget": 700, "k": 3}
     study = study_of(space, algorithm="tpe", scheduler=scheduler, num_samples=12, **limit)
     run = sim.simulate(study, table, slots=2)
     assert len(run.trials) == 12 and "stopped" in {t.ended for t in run.trials}
@@ -73,8 +76,10 @@ def test_schedulers_stop_trials_where_they_may(scheduler: str, tiny: tuple[Path,
         assert trial.tokens == table.tokens[trial.points - 1]
         assert (trial.ended == "completed") == (trial.tokens == BUDGET)
     stops = {t.tokens for t in run.trials if t.ended == "stopped"}
-    if scheduler == "asha":
+    if scheduler in ("asha", "pasha"):
         assert stops <= set(stopping_points(study))
+    elif scheduler == "topk":
+        assert stops == {1024} and sum(t.ended == "completed" for t in run.trials) >= 3
     elif scheduler == "median":
         assert min(stops) >= study.search.median.grace_period
     assert run.best is min(run.trials, key=lambda t: t.best)
@@ -127,19 +132,20 @@ def replayed_trials(uri: str, name: str, folder: Path) -> tuple[list[tuple], int
 @pytest.mark.slow
 def test_simulator_agrees_with_the_replayed_study(tiny: tuple[Path, Path], tmp_path: Path,
                                                   mlflow_store_template: Path) -> None:
-    """For 3 seeds, `tuner search --curve-table` (Ray Tune, OptunaSearch, ASHA, MLflow) and the
+    """`tuner search --curve-table` (Ray Tune, OptunaSearch, the scheduler, MLflow) and the
     simulator give the same trials (sampled values), the same stops and the same best: TPE
-    modelling from its third trial, ASHA with rungs at 1/4 and 1/2, one trial at a time (with
-    more, a replayed trial reports as fast as the driver takes its results, not in token
+    modelling from its third trial; ASHA with rungs at 1/4 and 1/2 (seeds 0, 1), PASHA on them
+    (seed 2), top-K (1 of the trials so far at 2048/9 tokens, seed 0); one trial at a time
+    (with more, a replayed trial reports as fast as the driver takes its results, not in token
     order: docs/benchmarks.md)."""
     space, path = tiny
     table = curve_table.load(path)
     uri = fresh_store(tmp_path, mlflow_store_template)
-    stops = 0
-    for seed in range(3):
-        name = f"agree-{seed}"
+    stops: dict[str, int] = {}
+    for seed, scheduler in ((0, "asha"), (1, "asha"), (2, "pasha"), (0, "topk")):
+        name = f"agree-{seed}-{scheduler}"
         data = {**sim.with_search(yaml.safe_load(space.read_text()), seed, num_samples=6,
-                                  max_concurrent=1), "name": name}
+                                  max_concurrent=1, scheduler=scheduler), "name": name}
         file = tmp_path / f"{name}.yaml"
         file.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         study = load_study(file)
@@ -149,10 +155,12 @@ def test_simulator_agrees_with_the_replayed_study(tiny: tuple[Path, Path], tmp_p
         assert proc.returncode == 0, proc.stdout + proc.stderr
         real, best = replayed_trials(uri, name, tmp_path)
         run = sim.simulate(study, table)
-        assert real == [(t.config, t.ended, t.tokens) for t in run.trials], seed
-        assert run.trials[best] is run.best, seed
-        stops += sum(status == "stopped" for _, status, _ in real)
-    assert stops >= 2  # the rungs were tested, not only full trials
+        assert real == [(t.config, t.ended, t.tokens) for t in run.trials], name
+        assert run.trials[best] is run.best, name
+        stops[scheduler] = stops.get(scheduler, 0) + sum(status == "stopped"
+                                                         for _, status, _ in real)
+    # each scheduler's stops were compared, not only full trials
+    assert set(stops) == {"asha", "pasha", "topk"} and min(stops.values()) >= 1, stops
 
 
 def test_a_token_budget_ends_the_study_at_the_next_stopping_points(

@@ -36,12 +36,14 @@ def faults_study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
                  mlflow_store_template: Path) -> Iterator[dict[str, Any]]:
     """One grid study of 8 trials (ASHA, rungs every 5,120 tokens): vocabulary 256 fails on the
     300-token dataset; α_max 1e-2 trains well, 1e-3 and 1e-4 worse (ASHA's prey), 50 diverges.
-    Its local Ray keeps its files in a folder of its own, and the driver has an AWS key."""
+    Its local Ray keeps its files in a folder of its own, and the driver has an AWS key; its
+    Optuna study is kept in optuna.db (search.storage)."""
     folder = tmp_path_factory.mktemp("faults")
     uri = fresh_store(folder, mlflow_store_template)
     space = write_space(folder, "faults", dataset, model={"vocab_size": {"grid": [256, 300]}},
                         hparams={"lr_max": {"grid": [1e-2, 50.0, 1e-3, 1e-4]}},
                         search={"algorithm": "grid", "scheduler": "asha",
+                                "storage": f"sqlite:///{folder / 'optuna.db'}",
                                 "asha": {"grace_period": 5120, "reduction_factor": 2}})
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's sockets live in it
     env = {**ENV, "RAY_TMPDIR": str(ray_tmp), "AWS_SECRET_ACCESS_KEY": AWS_SECRET}
@@ -237,6 +239,35 @@ def test_asha_stops_trials(faults_study: dict[str, Any]) -> None:
         last = client.get_metric_history(run.info.run_id, "lr")[-1]
         full = LRSchedule.from_config(config)
         assert last.value == full.lr(last.step // config.tokens_per_step - 1) > config.lr_min
+
+
+@pytest.mark.slow
+def test_optuna_holds_stopped_trials_as_pruned(faults_study: dict[str, Any]) -> None:
+    """In search.storage, a trial ASHA stopped is PRUNED with its evaluations as intermediate
+    values (its last the value); a completed one COMPLETE; one that failed in its trainer is
+    COMPLETE with the worst value, so that the sampler learns of it."""
+    import optuna
+
+    _, _, children = mlflow_runs(faults_study["uri"], "faults")
+    study = optuna.load_study(study_name="faults",
+                              storage=f"sqlite:///{faults_study['folder'] / 'optuna.db'}")
+    told = {(str(t.params["vocab_size"]), float(t.params["lr_max"])): t for t in study.trials}
+    state = optuna.trial.TrialState
+    expected = {"stopped": state.PRUNED, "completed": state.COMPLETE, "failed": state.COMPLETE}
+    seen = set()
+    for run in children:
+        status = run.data.tags["tuner.status"]
+        trial = told[(run.data.params["vocab_size"], float(run.data.params["lr_max"]))]
+        if status in expected:
+            assert trial.state == expected[status], (status, trial)
+            seen.add(status)
+        if status == "stopped":
+            assert trial.intermediate_values
+            assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+            assert trial.value == pytest.approx(run.data.metrics["val_loss"])
+        if status == "failed":
+            assert trial.value == math.inf
+    assert seen == set(expected)
 
 
 @pytest.mark.slow

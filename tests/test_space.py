@@ -662,3 +662,23 @@ def test_searched_values_are_shown_in_the_study_files_words(name: str, value: ob
 
 def test_a_switch_shows_its_range_as_true_or_false() -> None:
     assert ALL_DEFS["decay_all"].range_text() == "true, false"  # it said "any"
+
+
+def test_pasha_and_topk_settings_are_checked_naming_the_field(tmp_path: Path) -> None:
+    """PASHA reads ASHA's section but grows one bracket; top-K's budget is below a full trial and
+    its k below num_samples; another scheduler's topk section is refused; defaults filled in."""
+    issues = issues_of(tmp_path, study_text(search="  scheduler: pasha\n  asha:\n    brackets: 2\n"
+                                                   "  topk:\n    k: 2\n"))
+    assert [(p, m.split(":")[0]) for p, _, m in issues] == [
+        ("search.asha.brackets", "only used by the asha scheduler"),
+        ("search.topk", "settings of the topk scheduler, but the scheduler is pasha")]
+    issues = issues_of(tmp_path, study_text(search="  scheduler: topk\n  topk:\n"
+                                                   "    budget: 1000000000\n    k: 4\n"))
+    assert [p for p, _, _ in issues] == ["search.topk.budget", "search.topk.k"]
+    assert "must be below a full trial's" in issues[0][2]
+    assert "4 of 4 trials would let every trial train to the end" in issues[1][2]
+    topk = load_study(write(tmp_path, study_text(search="  scheduler: topk\n")))
+    full = topk.full_trial_tokens()
+    assert (topk.search.topk.budget, topk.search.topk.k) == (full // 9, 1)
+    pasha = load_study(write(tmp_path, study_text(search="  scheduler: pasha\n")))
+    assert pasha.search.asha.grace_period == int(full / 9)

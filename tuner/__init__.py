@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from tuner.errors import TrackingError, UserError
     from tuner.inspect.register import Registered
     from tuner.probe.run import ProbeResult
-    from tuner.search.winners.seed_check import Confirmation
+    from tuner.search.winners.verdict import Confirmation
     from tuner.space import Study
     from tuner.space.errors import SpaceError
 
@@ -46,7 +46,7 @@ __all__ = ["Confirmation", "ProbeResult", "Registered", "SearchResult", "SeedChe
            "top_trials", "trials"]
 _WHERE = {**dict.fromkeys(__all__, "tuner.api"), "TrackingError": "tuner.errors",
           "UserError": "tuner.errors", "SpaceError": "tuner.space.errors", "Study": "tuner.space",
-          "Confirmation": "tuner.search.winners.seed_check", "ProbeResult": "tuner.probe.run",
+          "Confirmation": "tuner.search.winners.verdict", "ProbeResult": "tuner.probe.run",
           "Registered": "tuner.inspect.register"}
 _FUNCTIONS = ("probe", "search")  # each also a subpackage's name
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from tuner.inspect.replay import Plan, Replay
     from tuner.probe.run import ProbeResult
     from tuner.search.ended import Ended
-    from tuner.search.winners.seed_check import Confirmation
+    from tuner.search.winners.verdict import Confirmation
     from tuner.space import Study
 
 COLUMNS = ("trial_id", "run_id", "status", "val_loss", "perplexity", "reached_at", "tokens",
@@ -43,7 +43,8 @@ COLUMNS = ("trial_id", "run_id", "status", "val_loss", "perplexity", "reached_at
 class SeedCheck:
     """A trial's seed check (`tuner best --confirm`): its final val_loss at each seed (its own
     run's and its confirmations'), their mean and sd, and its verdict: the winner's (the lowest
-    mean) "confirmed" or "within noise of …"; a rival's, how it fares against the winner."""
+    mean) "confirmed" or "within noise of …"; a rival's, how it fares against the winner (its
+    lead in pooled seed sd, its one-sided Holm-corrected p: tuner.search.winners.verdict)."""
 
     losses: dict[int, float]
     mean: float
@@ -187,7 +188,8 @@ def confirm(name: str, *, top: int = 3, seeds: int = 3, tracking_uri: str | None
             progress: Callable[[str], None] | None = print) -> Confirmation:
     """Seed-check study `name`'s `top` best completed trials, as `tuner best --confirm TOP
     --seeds SEEDS`: train each with `seeds` further seeds (those not done already), record the
-    verdict; the comparison (`.verdict`, `.trials`, `.lines()`). `progress` sees a line a run."""
+    verdict; the comparison (`.verdict`, `.trials`, `.rivals`, `.lines()`, `.record()`: the JSON
+    the parent run holds as seed_check.json). `progress` sees a line a run."""
     from tuner.search.winners import seed_check
 
     if top < 1:
@@ -214,10 +216,18 @@ def register(name: str, model: str, *, tracking_uri: str | None = None,
     and the command that reproduces it."""
     from tuner.inspect.register import register_best
 
+    for argument, value in (("name", name), ("model", model)):
+        if not isinstance(value, str):
+            raise UserError(f"register: {argument} {value!r} is not a string: give the "
+                            f"{'study' if argument == 'name' else 'registered model'}'s name")
+    if data is not None and not isinstance(data, (str, Path)):
+        raise UserError(f"register: data {data!r} is not a path: give the dataset folder with "
+                        "the tokenizer, or None")
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="tuner-register-") as tmp:
         return register_best(client, name, model, Path(tmp), data=None if data is None else
-                             Path(data), seed_checks=_in_words(_seed_checks(client, name)))
+                             Path(data), seed_checks=_in_words(_seed_checks(client, name)),
+                             named="model")
 
 
 def _in_words(checks: Mapping[str, SeedCheck]) -> dict[str, str]:
@@ -355,6 +365,8 @@ def _recorded(client: Any, name: str) -> Confirmation | None:
 
 def _seed_checks(client: Any, name: str) -> dict[str, SeedCheck]:
     """The seed check of each trial study `name` seed-checked, by run id."""
+    from tuner.search.winners.verdict import shown_sd
+
     checked = _recorded(client, name)
     if checked is None:
         return {}
@@ -364,7 +376,7 @@ def _seed_checks(client: Any, name: str) -> dict[str, SeedCheck]:
         test = tests.get(seeded.trial_id)
         verdict = checked.verdict if test is None else (
             f"{'behind' if test.significant else 'within noise of'} the winner {winner} "
-            f"(Welch p {test.p:.3g})")
+            f"(lead {shown_sd(test.lead_sd)} seed sd, p {test.p:.2g})")
         found[seeded.run_id] = SeedCheck(dict(seeded.losses), seeded.mean, seeded.sd, verdict)
     return found
 

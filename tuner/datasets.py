@@ -73,7 +73,7 @@ def prepare_dataset(*, source: str = "files", input: Path | None = None, valid: 
             hashes = {role: file_sha256(path, step(f"hashing {path.name}", path.stat().st_size))
                       for role, path in inputs.items()}
             if tokenizer is not None:
-                hashes["tokenizer_input"] = _tokenizer_sha256(Path(tokenizer))
+                hashes["tokenizer_input"] = tokenizer_sha256(Path(tokenizer))
             request = {"format": FORMAT, "source": source, "vocab_size": vocab_size,
                        "special_tokens": specials, "inputs": hashes,
                        "valid_fraction": None if "valid" in inputs else valid_fraction}
@@ -131,7 +131,7 @@ def check_dataset(path: Path) -> dict:
                             f"has {size} tokens; prepare the folder again")
     if "tokenizer" in meta.get("sha256", {}):
         try:
-            digest = _tokenizer_sha256(path)
+            digest = tokenizer_sha256(path)
         except UserError as err:
             raise UserError(f"{err}; prepare the folder again") from None
         if digest != meta["sha256"]["tokenizer"]:
@@ -267,7 +267,7 @@ def _build(stage: Path, inputs: dict[str, Path], request: dict, tokenizer_dir: P
         "inputs": {} if request["source"] == "synthetic" else {
             role: str(path.resolve()) for role, path in inputs.items()},
         "valid_fraction": request["valid_fraction"], "request": request,
-        "sha256": {**request["inputs"], "tokenizer": _tokenizer_sha256(stage)},
+        "sha256": {**request["inputs"], "tokenizer": tokenizer_sha256(stage)},
     }
     (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -427,7 +427,7 @@ def _replace(stage: Path, out: Path) -> None:
         os.rename(stage, out)
 
 
-def _tokenizer_sha256(folder: Path) -> str:
+def tokenizer_sha256(folder: Path) -> str:
     """sha256 over vocab.json then merges.txt."""
     digest = hashlib.sha256()
     for name in ("vocab.json", "merges.txt"):

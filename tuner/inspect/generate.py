@@ -49,24 +49,29 @@ def load_tokenizer(dataset: Path) -> Any:
 
 
 def tokenizer_of(checkpoint: Path, config: TrainConfig, trained_with: str | None,
-                 data: Path | None) -> Any:
+                 data: Path | None, *, recorded: bool = False) -> Any:
     """The tokenizer the checkpoint trained with: in `data`, else the dataset folder its config
-    names; UserError when there is none, or another (its sha256 differs from the recorded one)."""
-    from model.token_files import read_meta
+    names; UserError naming the files when there is none, or it has ids beyond the model's
+    vocabulary, or it is another (the sha256 of its vocab.json and merges.txt differs from the
+    one the checkpoint recorded); with `recorded`, also when the checkpoint recorded none."""
+    from tuner.datasets import tokenizer_sha256
 
     if data is None and not isinstance(config.data, str):
         raise UserError(f"{checkpoint}: its config names no dataset folder (data: "
                         f"{config.data!r}): pass --data, the folder with its tokenizer")
     folder = data or Path(config.data)
     tokenizer = load_tokenizer(folder)
-    try:
-        hashes = read_meta(folder / "meta.json").get("sha256")
-    except ConfigError as err:
-        raise UserError(str(err)) from None
-    found = hashes.get("tokenizer") if isinstance(hashes, dict) else None
-    if trained_with and found and found != trained_with:  # prepared again since, say
-        raise UserError(f"the tokenizer in {folder} is not the one {checkpoint} trained with "
-                        "(their sha256 differ): pass --data, the dataset folder it trained on")
+    vocab, files = folder / "vocab.json", f"{folder / 'vocab.json'} and merges.txt"
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise UserError(f"{vocab} has ids (e.g. {config.model.vocab_size}) beyond the model's "
+                        f"vocabulary of {config.model.vocab_size}: not its tokenizer")
+    if trained_with is None and recorded:
+        raise UserError(f"{checkpoint} records no sha256 of the tokenizer it trained with: "
+                        f"{files} cannot be checked against it")
+    if trained_with is not None and (found := tokenizer_sha256(folder)) != trained_with:
+        raise UserError(f"{files}: not the tokenizer {checkpoint} trained with (their sha256 is "
+                        f"{found[:12]}…, it recorded {trained_with[:12]}…): pass --data, the "
+                        "dataset folder it trained on")
     return tokenizer
 
 
@@ -81,14 +86,9 @@ def generate_text(checkpoint: Path, prompt: str, *, data: Path | None = None,
     model, config, trained_with = load_model(checkpoint, device)
     tokenizer = tokenizer_of(checkpoint, config, trained_with, data)
     try:
-        ids = prompt_ids(tokenizer, prompt)
+        prompt_ids(tokenizer, prompt)  # an empty one without an end-of-text token
     except ConfigError as err:  # the trainer names its own field: here it is the option
         raise UserError(f"--prompt: {err.message}") from None
-    unknown = [i for i in ids if i >= config.model.vocab_size]
-    if unknown:
-        raise UserError(f"the tokenizer in {data or config.data} has ids (e.g. {unknown[0]}) "
-                        f"beyond the model's vocabulary of {config.model.vocab_size}: not its "
-                        "tokenizer")
     generator = torch.Generator().manual_seed(seed)
     return generate(model, tokenizer, prompt, max_new_tokens, temperature=temperature,
                     top_p=top_p, generator=generator)

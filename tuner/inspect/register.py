@@ -20,7 +20,6 @@ from tuner.store.rows import trial_row
 # `tuner generate`'s defaults; each prompt's generator is seeded anew, so a prompt gives the same
 # text every time, and the text `tuner generate --run TRIAL --prompt …` gives on a CPU
 GENERATION = {"max_new_tokens": 64, "temperature": 0.8, "top_p": 0.95, "seed": 0, "device": "cpu"}
-EXAMPLE_TOKENS = 8  # the sequence length of the example torch.export traces the module with
 
 
 @dataclass(frozen=True)
@@ -36,26 +35,26 @@ class Registered:
 
     @property
     def uri(self) -> str:
-        """What `mlflow.pyfunc.load_model` and `mlflow.pytorch.load_model` take."""
+        """What `mlflow.pyfunc.load_model` takes."""
         return f"models:/{self.model}/{self.version}"
 
 
 def register_best(client: Any, study: str, model: str, workdir: Path, *,
-                  seed_checks: Mapping[str, str], data: Path | None = None) -> Registered:
+                  seed_checks: Mapping[str, str], data: Path | None = None,
+                  named: str = "--register") -> Registered:
     """Register study `study`'s best trial as a new version of model `model` (`seed_checks`: the
-    seed check of each seed-checked trial in words, by run id); UserError, before anything is
-    written, for a name MLflow refuses, a study with no best trial, a trial without its
-    checkpoint or tokenizer."""
-    import numpy as np
-
+    seed check of each seed-checked trial in words, by run id; `named`: how the caller names
+    `model`); UserError, before anything is written, for a name MLflow refuses, a study with no
+    best trial, a trial without its checkpoint, or a tokenizer other than the one it trained
+    with."""
     from tuner.inspect.generate import load_model, tokenizer_of
 
-    registry.check_name(client, model)
+    registry.check_name(client, model, named)
     run = runs.best_trial(client, study)
     runs.reproducible_config(client, run, workdir, "registered")  # not a PBT trial's
     checkpoint = runs.checkpoint_file(client, run, "final", workdir)
-    module, config, trained_with = load_model(checkpoint, "cpu")
-    tokenizer = tokenizer_of(checkpoint, config, trained_with, data)
+    _, config, trained_with = load_model(checkpoint, "cpu")
+    tokenizer = tokenizer_of(checkpoint, config, trained_with, data, recorded=True)
     folder = workdir / "tokenizer"
     tokenizer.save(folder)
     (folder / "meta.json").write_text(json.dumps({"special_tokens": tokenizer.special_tokens}))
@@ -67,10 +66,9 @@ def register_best(client: Any, study: str, model: str, workdir: Path, *,
             "tuner.seed_check": seed_check, "tuner.reproduce": replay,
             "tuner.checkpoint_sha256": run.data.tags.get("tuner.checkpoint_sha256", ""),
             DATASET_TAG: run.data.tags.get(DATASET_TAG, "")}
-    length = min(EXAMPLE_TOKENS, config.model.context_length)
     version = registry.register(client, model, run, registry.Registration(
-        module, np.zeros((2, length), dtype=np.int64), checkpoint, folder, GENERATION, tags,
-        _description(model, study, row, seed_check, replay)))
+        checkpoint, folder, GENERATION, tags, _description(model, study, row, seed_check,
+                                                           replay)))
     return Registered(model, version, study, row.trial_id, row.run_id, row.val_loss)
 
 
@@ -88,6 +86,5 @@ def _description(model: str, study: str, row: Any, seed_check: str, replay: str)
                f"{values or 'no searched values'}.")
     use = (f'Generate: `mlflow.pyfunc.load_model("{uri}").predict(["Once upon a time"])` (torch, '
            f"MLflow and the tuner package installed; generation settings, the model config: "
-           f'{settings}). The module: `mlflow.pytorch.load_model("{uri}")`, token ids (batch × '
-           "sequence) in, logits out.")
+           f"{settings}).")
     return "\n\n".join([summary, f"Seed check: {seed_check}.", f"Reproduce it: `{replay}`", use])

@@ -51,6 +51,10 @@ LOCAL_RAY_ENV = {
     "RAY_health_check_period_ms": "10000",
     "RAY_health_check_timeout_ms": "30000",
     "RAY_health_check_failure_threshold": "20",
+    # How long Ray waits for its GCS to bind its port (Ray: 30 s), which a busy machine can
+    # outlast; its raylet's 30 s is fixed: a start that fails is tried once more
+    # (tuner.search.run.local_ray).
+    "RAY_gcs_server_port_wait_time_s": "60",
 }
 
 

@@ -228,6 +228,7 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     from tuner.search.faults.storage_faults import StorageFull
     from tuner.search.record.tracking import TrackingLost
     from tuner.search.run.console import print_summary, quietly
+    from tuner.search.run.local_ray import RayNotStarted
     from tuner.search.run.runner import run_study
 
     resume_hint = as_started(shlex.join([
@@ -259,6 +260,9 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
         return failed(err, when="once there is room again, ")
     except NodeLost as err:
         return failed(err)
+    except RayNotStarted as err:  # before any run was made or the study saved
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        return Ended(FAILED, study, None, str(err))
     except KeyboardInterrupt:
         from tuner.search.faults.stopping import stopped_at_once
 
@@ -361,7 +365,8 @@ def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
         return None, []
     from tuner.search.searchers import history
 
-    recorded, points = history.earlier_study(earlier, study.tracking.uri)
+    recorded, points, stopped = history.earlier_study(earlier, study.tracking.uri)
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
-    return history.optuna_trials(study, points), history.setup_differences(recorded, study)
+    return (history.optuna_trials(study, points, stopped),
+            history.setup_differences(recorded, study))

@@ -31,7 +31,8 @@ Loc = tuple[str | int, ...]
 MAX_MODEL_COMBINATIONS = 20_000  # beyond this the model's shape is checked per sample only
 SHAPE_FIELDS = ("d_model", "num_heads", "positions")  # the model fields ModelConfig relates
 MAX_GRID = 100_000  # grid points, each a trial (and counted one by one to check this)
-SCHEDULER_SETTINGS = {"asha": ("asha", "hyperband"), "median": ("median",), "pbt": ("pbt",)}
+SCHEDULER_SETTINGS = {"asha": ("asha", "pasha", "hyperband"), "median": ("median",),
+                      "topk": ("topk",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
 PBT_GROUPS = ("optimizer", "regularization", "schedule")  # what can change as a trial trains
 STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_trials at random
@@ -348,18 +349,41 @@ def _search(study: StudySections) -> list[tuple[Loc, str]]:
         issues.append((("search", "max_concurrent"), "hyperband pauses trials until their bracket "
                        "catches up, so only the resources may bound how many run at once: "
                        "remove max_concurrent"))
-    if search.scheduler == "hyperband" and "brackets" in search.asha.model_fields_set:
-        issues.append((("search", "asha", "brackets"), "only used by the asha scheduler: "
-                       "hyperband sizes its brackets itself"))
+    if search.scheduler in ("hyperband", "pasha") and "brackets" in search.asha.model_fields_set:
+        why = "hyperband sizes its brackets itself" if search.scheduler == "hyperband" else \
+            "pasha grows one bracket's top rung"
+        issues.append((("search", "asha", "brackets"), f"only used by the asha scheduler: {why}"))
+    if search.scheduler == "topk" and search.topk.k is not None and search.num_samples is not None \
+            and search.topk.k >= search.num_samples:
+        issues.append((("search", "topk", "k"), f"{search.topk.k} of {search.num_samples} trials "
+                       "would let every trial train to the end: set k below num_samples, or "
+                       "use scheduler none"))
     if search.scheduler == "hyperband" and not float(search.asha.reduction_factor).is_integer():
         why = "hyperband needs a whole number: Ray rounds its rungs down, short of the budget"
         issues.append((("search", "asha", "reduction_factor"), why))
     if search.scheduler == "pbt":
         issues += _pbt(study, space)
+    if search.start_near is not None:
+        issues += _start_near(search)
     if search.warm_start is not None and (search.scheduler == "pbt" or not space):
         why = "pbt draws its population without a searcher" if space else "nothing is searched"
         issues.append((("search", "warm_start"), f"{why}: there is nothing to warm-start"))
     return issues
+
+
+def _start_near(search: Any) -> list[tuple[Loc, str]]:
+    """A prior-centred start needs an earlier study, leaves a grid its own points, and fits
+    within the study's samples."""
+    loc = ("search", "start_near")
+    if search.warm_start is None:
+        return [(loc, "starts near an earlier study's best: give search.warm_start in the "
+                 "file too")]
+    if search.algorithm == "grid":
+        return [(loc, "grid runs its own points: use another searcher to start near a best")]
+    if search.num_samples is not None and search.start_near > search.num_samples:
+        return [(loc, f"{search.start_near} trials, but the study runs {search.num_samples}: "
+                 "set at most num_samples")]
+    return []
 
 
 def _transfer(study: StudySections) -> list[tuple[Loc, str]]:
@@ -389,7 +413,7 @@ def _transfer(study: StudySections) -> list[tuple[Loc, str]]:
 def _scheduler_tokens(study: StudySections) -> list[tuple[Loc, str]]:
     fewest, issues = tokens_range(study)[0], []
     for key, setting in (("asha", "grace_period"), ("median", "grace_period"),
-                         ("pbt", "perturbation_interval")):
+                         ("topk", "budget"), ("pbt", "perturbation_interval")):
         tokens = getattr(getattr(study.search, key), setting)
         if tokens is not None and tokens >= fewest:
             issues.append((("search", key, setting), f"{tokens} tokens must be below a full "

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -112,8 +113,13 @@ class Study(BaseModel):
             self.data.vocab_size = int(convert.span(self, "vocab_size")[0])  # the smallest model's
         if search.num_samples is None:
             search.num_samples = len(self.grid_points()) if search.algorithm == "grid" else 16
-        if search.scheduler in ("asha", "hyperband") and search.asha.grace_period is None:
+        asha_rungs = search.scheduler in checks.SCHEDULER_SETTINGS["asha"]
+        if asha_rungs and search.asha.grace_period is None:
             search.asha.grace_period = max(1, int(full / search.asha.reduction_factor ** 2))
+        if search.scheduler == "topk" and search.topk.budget is None:
+            search.topk.budget = max(1, full // 9)
+        if search.scheduler == "topk" and search.topk.k is None:
+            search.topk.k = math.ceil(search.num_samples / 9)
         if search.scheduler == "median" and search.median.grace_period is None:
             search.median.grace_period = max(1, full // 9)
         if search.scheduler == "pbt":

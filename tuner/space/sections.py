@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from model.config import HParam
 from tuner.space.params import (
@@ -109,6 +109,16 @@ class AshaSettings(Section):
                           "only")
 
 
+class TopkSettings(Section):
+    """The one-epoch top-K baseline: every trial trains `budget` tokens, the K best go on."""
+
+    budget: int | None = Field(None, ge=1, description="tokens every trial trains before the top "
+                               "k go on (default: a full trial / 9)")
+    k: int | None = Field(None, ge=1, description="how many of the trials recorded at the budget "
+                          "so far a trial must be among to go on (default: num_samples / 9, "
+                          "rounded up)")
+
+
 class MedianSettings(Section):
     """Median stopping: stop a trial whose best result is below the median of the others so far."""
 
@@ -164,6 +174,20 @@ class FlatSettings(Section):
         raise ValueError(f"must be a number ≥ 0 or noise, got {value!r}")
 
 
+class StudyBudget(Section):
+    """A study budget in compute: the study ends once its trials trained this many tokens."""
+
+    full_trials: float | None = Field(None, gt=0, allow_inf_nan=False, description="the tokens "
+                                      "of this many full trials (may be fractional)")
+    tokens: int | None = Field(None, ge=1, description="this many tokens")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StudyBudget:
+        if (self.full_trials is None) == (self.tokens is None):
+            raise ValueError("give exactly one of full_trials or tokens")
+        return self
+
+
 class SearchSection(Section):
     """How trials are proposed (Optuna sampler) and stopped early (Ray Tune scheduler)."""
 
@@ -171,7 +195,7 @@ class SearchSection(Section):
         "random", description="Optuna sampler: random, TPE, grid (enumerates the {grid: [...]} "
         "values), CMA-ES, Gaussian process, or quasi-Monte Carlo (random: chosen on the table "
         "of learning curves, docs/benchmarks.md)")
-    scheduler: Literal["asha", "hyperband", "median", "pbt", "none"] = Field(
+    scheduler: Literal["asha", "pasha", "hyperband", "median", "topk", "pbt", "none"] = Field(
         "asha", description="Ray Tune scheduler that stops (or, for pbt, perturbs) trials early")
     # Every part of tuner (ASHA, the searcher, the best trial, divergence) ranks by val_loss
     metric: Literal["val_loss"] = Field("val_loss", description="the metric trials are ranked by")
@@ -201,14 +225,23 @@ class SearchSection(Section):
     warm_start: str | None = Field(None, max_length=TEXT_MAX, description="an earlier study in "
                                    "the same tracking store, with this space: the searcher starts "
                                    "from its finished trials")
+    start_near: int | None = Field(None, ge=1, description="with warm_start: the first this many "
+                                   "trials are the earlier study's best configuration and draws "
+                                   "around it (default: none, the searcher's own)")
     confirm: ConfirmSettings | None = Field(None, description="train the top trials again with "
                                             "other seeds once the study ends (default: off)")
     stop_when_flat: FlatSettings | None = Field(None, description="end the study once its best "
                                                 "val_loss is flat (default: off)")
-    asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha "
-                               "and hyperband schedulers")
+    study_budget: StudyBudget | None = Field(None, description="end the study once its trials "
+                                             "trained this many tokens, in full trials or "
+                                             "tokens; num_samples stays an upper bound "
+                                             "(docs/study-file.md#study-budget; default: off)")
+    asha: AshaSettings = Field(default_factory=AshaSettings, description="settings of the asha, "
+                               "pasha and hyperband schedulers")
     median: MedianSettings = Field(default_factory=MedianSettings, description="settings of the "
                                    "median scheduler")
+    topk: TopkSettings = Field(default_factory=TopkSettings, description="settings of the topk "
+                               "scheduler")
     pbt: PbtSettings = Field(default_factory=PbtSettings, description="settings of the pbt "
                              "scheduler")
 

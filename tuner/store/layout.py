@@ -22,6 +22,8 @@ UNRANKED = (DIVERGED, FAILED)  # a low loss before the end does not make such a 
 CONFIRMATION = "confirmation"
 CONFIRMS_TAG, CONFIRMS_RUN_TAG = "tuner.confirms", "tuner.confirms_run"
 VERDICT_TAG = "tuner.confirmation"
+CONFIRM_HOST_TAG = "tuner.host"  # a confirmation run's: the machine whose process trains it
+SEED_CHECK_JSON = "seed_check.json"  # the parent's artifact: the verdict's whole test
 STOP_REASON_TAG = "tuner.stop_reason"  # the parent's: why the study ended before its trial count
 # A replayed study's parent (`tuner search --curve-table`): "SHA256 PATH" of the table of curves
 # that answered its trials instead of training (docs/curves.md)

@@ -2,13 +2,17 @@
 continuations out, by the trainer's own generation (model/generate.py).
 
 MLflow runs this file when it loads the model ("models from code"), so the model holds no pickle:
-its artifacts are the trial's checkpoint (read with weights_only), its tokenizer's files, and its
-generation settings (the model config: `mlflow.pyfunc.load_model(uri, model_config={...})`
-overrides them). It needs torch, MLflow and this package; nothing of tuner imports it.
+its artifacts are the trial's checkpoint (read with weights_only), its tokenizer's files, the
+sha256 of each (checked before any is read: a file altered or swapped since registration is
+refused, named), and its generation settings (the model config: `mlflow.pyfunc.load_model(uri,
+model_config={...})` overrides them). It needs torch, MLflow and this package; nothing of tuner
+imports it.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from mlflow.models import set_model
@@ -25,6 +29,7 @@ class TextGenerator(PythonModel):
         from model.layers import TransformerLM
         from model.tokenizer import Tokenizer
 
+        check_digests(context.artifacts)
         self.settings = context.model_config  # max_new_tokens, temperature, top_p, seed, device
         state = read_checkpoint(context.artifacts["checkpoint"])  # weights_only: runs no code
         self.model = TransformerLM(train_config_from_dict(state["config"]).model)
@@ -44,6 +49,18 @@ class TextGenerator(PythonModel):
                          temperature=float(how["temperature"]), top_p=float(how["top_p"]),
                          generator=torch.Generator().manual_seed(int(how["seed"])))
                 for prompt in model_input]
+
+
+def check_digests(artifacts: dict[str, str]) -> None:
+    """ValueError naming the first file whose sha256 is not the one recorded at registration."""
+    from model.checkpoint import file_sha256
+
+    for key, recorded in json.loads(Path(artifacts["sha256"]).read_text()).items():
+        artifact, _, name = key.partition("/")
+        path = Path(artifacts[artifact], name)
+        if file_sha256(path) != recorded:
+            raise ValueError(f"{path}: not the file registered (its sha256 differs from the one "
+                             "recorded then): the model's files were altered since")
 
 
 set_model(TextGenerator())

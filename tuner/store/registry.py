@@ -1,11 +1,12 @@
-"""A trained model in MLflow's Model Registry: one logged model with two flavors, registered as a
-new version of a registered model (`tuner best --register`).
+"""A trained model in MLflow's Model Registry: one logged model, registered as a new version of a
+registered model (`tuner best --register`).
 
-- `python_function`: tuner/store/pyfunc.py as MLflow "models from code" (no pickle), with the
-  checkpoint, the tokenizer and the generation settings: `mlflow.pyfunc.load_model(uri)
-  .predict(["Once upon a time"])` returns text;
-- `pytorch`: the module exported by torch.export (MLflow's pickle-free "pt2" format):
-  `mlflow.pytorch.load_model(uri)` returns it, token ids in, logits out.
+Its one flavor, `python_function`, is tuner/store/pyfunc.py as MLflow "models from code", with the
+checkpoint, the tokenizer, the sha256 of each of their files, and the generation settings:
+`mlflow.pyfunc.load_model(uri).predict(["Once upon a time"])` returns text. (A `pytorch` flavor,
+the module exported by torch.export, was dropped: torch's pt2 loader unpickles entries an archive
+marks so, which MLflow allows by default, and the checkpoint gives the module to whoever has this
+package.)
 
 The logged model is an output of the trial run that trained it (MLflow's lineage); the version
 carries tags and a description.
@@ -13,8 +14,11 @@ carries tags and a description.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import json
+import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,20 +26,16 @@ from typing import Any
 from tuner.errors import UserError, reason
 
 ARTIFACT = "model"  # the logged model's name
-TORCH_DATA = "pytorch"  # the folder of the pytorch flavor's exported module, in the model
+DIGESTS = "sha256"  # the artifact of the sha256 of each other artifact's files
 VERSION = "<version>"  # in a description: the number MLflow gives the new version
 
 
 @dataclass(frozen=True)
 class Registration:
-    """What one version holds: the trained module (a TransformerLM on the CPU) and an example of
-    its input (token ids, batch × sequence) that torch.export traces it with, the checkpoint file
-    it was loaded from, the tokenizer's folder (vocab.json, merges.txt, meta.json), the generation
-    settings (tuner/store/pyfunc.py reads them), the version's tags and its description, where
-    VERSION stands for the version's number."""
+    """What one version holds: the checkpoint file, the tokenizer's folder (vocab.json,
+    merges.txt, meta.json), the generation settings (tuner/store/pyfunc.py reads them), the
+    version's tags and its description, where VERSION stands for the version's number."""
 
-    module: Any
-    example: Any  # a numpy int64 array
     checkpoint: Path
     tokenizer: Path
     generation: dict[str, Any]
@@ -43,16 +43,16 @@ class Registration:
     description: str
 
 
-def check_name(client: Any, name: str) -> None:
+def check_name(client: Any, name: str, named: str = "--register") -> None:
     """UserError when the store refuses `name` as a registered model's (a new name or one it
-    holds passes)."""
+    holds passes), naming it as the caller does (`named`: an option, or an argument)."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code == "INVALID_PARAMETER_VALUE":
-            raise UserError(f"--register {name!r}: MLflow refuses it as a model name "
+            raise UserError(f"{named} {name!r}: MLflow refuses it as a model name "
                             f"({reason(err.message)})") from None
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # the store failing: not the name's
             raise
@@ -60,7 +60,13 @@ def check_name(client: Any, name: str) -> None:
 
 def register(client: Any, name: str, run: Any, what: Registration) -> str:
     """Log `what` as a model of trial run `run` and register it as a new version of `name` (the
-    registered model made first when missing); the version's number."""
+    registered model made when missing); the version's number."""
+    with _mlflow_quiet():
+        return _register(client, name, run, what)
+
+
+def _register(client: Any, name: str, run: Any, what: Registration) -> str:
+    """`register`, which MLflow logs through."""
     import mlflow
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -85,31 +91,34 @@ def register(client: Any, name: str, run: Any, what: Registration) -> str:
 
 
 def _save(what: Registration, folder: Path) -> Path:
-    """The MLflow model folder of `what` in `folder`: the pyfunc flavor, then the exported module
-    beside it as the pytorch flavor, in one MLmodel."""
+    """The MLflow model folder of `what` in `folder`, with the sha256 of each file it loads."""
     import mlflow
-    import numpy as np
     import torch
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
+    from model.checkpoint import file_sha256
+
+    digests = {"checkpoint": file_sha256(what.checkpoint)} | {
+        f"tokenizer/{file.name}": file_sha256(file) for file in sorted(what.tokenizer.iterdir())}
+    (folder / "sha256.json").write_text(json.dumps(digests, indent=1))
     path = folder / ARTIFACT
     requirements = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                     "numpy", "regex"]  # and this package, which is not on PyPI: see the docs
     mlflow.pyfunc.save_model(path, python_model=str(Path(__file__).with_name("pyfunc.py")),
                              artifacts={"checkpoint": str(what.checkpoint),
-                                        "tokenizer": str(what.tokenizer)},
+                                        "tokenizer": str(what.tokenizer),
+                                        DIGESTS: str(folder / "sha256.json")},
                              model_config=what.generation, pip_requirements=requirements)
-    vocab = what.module.config.vocab_size
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, vocab))]))
-    exported = folder / "exported"
-    mlflow.pytorch.save_model(what.module, exported, serialization_format="pt2",
-                              input_example=what.example, signature=signature,
-                              pip_requirements=requirements)
-    shutil.copytree(exported / "data", path / TORCH_DATA)
-    model = Model.load(path)
-    model.add_flavor("pytorch", model_data=TORCH_DATA, pytorch_version=str(torch.__version__),
-                     code=None)
-    model.save(path / "MLmodel")
     return path
+
+
+@contextlib.contextmanager
+def _mlflow_quiet() -> Iterator[None]:
+    """Within: MLflow logs its errors only, not its INFO and WARNING lines about the project's
+    uv files, pip's version and the requirements (given here, not inferred)."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

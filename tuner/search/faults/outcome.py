@@ -11,8 +11,10 @@ from typing import Any
 from tuner.store.layout import COMPLETED, DIVERGED, FAILED, STOPPED
 
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
-SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
-                   "pbt": "PBT", "none": "the scheduler"}
+BUDGET_STOP = "stopped_by_study_budget"  # in a trial's last result: the study budget stopped it
+SCHEDULER_NAMES = {"asha": "ASHA", "pasha": "PASHA", "hyperband": "HyperBand",
+                   "median": "the median rule", "topk": "top-K", "pbt": "PBT",
+                   "none": "the scheduler"}
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,10 @@ def outcome(trial: Any, search: Any) -> Outcome:
                                  f"(train_loss {loss:.4g}); val_loss recorded as inf")
     if tokens >= int(result.get("budget_tokens", 0)) > 0:
         return Outcome(COMPLETED, f"completed ({tokens:,} tokens)")
+    if result.get(BUDGET_STOP):
+        return Outcome(STOPPED, f"stopped by the study budget at {tokens:,} tokens")
     name = SCHEDULER_NAMES.get(search.scheduler, search.scheduler)
-    if search.scheduler == "asha":
+    if search.scheduler in ("asha", "pasha"):
         rung = asha_rung(tokens, search.asha.grace_period, search.asha.reduction_factor)
         return Outcome(STOPPED, f"stopped by {name} at rung {rung} ({tokens:,} tokens)")
     return Outcome(STOPPED, f"stopped by {name} at {tokens:,} tokens")

@@ -120,12 +120,13 @@ class MlflowRecorder(tune.Callback):
     # saved when the study started, maybe by a version of tuner without this attribute.
     lost: TrackingLost | None = None
     flat: Any = None  # the study's FlatWatch (search.stop_when_flat), if it has one
+    budget: Any = None  # the study's BudgetWatch (search.study_budget), if it has one
 
     def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str,
-                 flat: Any = None):
+                 flat: Any = None, budget: Any = None):
         self.study, self.data_dir = study, data_dir
         self.provenance, self.storage = provenance, storage
-        self.flat = flat  # one pickle with the callbacks keeps them together
+        self.flat, self.budget = flat, budget  # one pickle with the callbacks keeps them together
         self._client: Any = None
 
     # -- study (parent run) -------------------------------------------------------------------
@@ -517,6 +518,8 @@ class MlflowRecorder(tune.Callback):
                 log_params_tags(self._client, child.run_id, {},
                                       self._status_tags(trial, child, "interrupted"))
                 self._client.set_terminated(child.run_id, "KILLED")
+        if self.budget is not None and not unfinished:  # interrupted: it goes on when resumed
+            reason = reason or self.budget.reason
         self._log_study()
         self._note_study()
         if reason:

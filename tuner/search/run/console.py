@@ -107,8 +107,10 @@ class LiveView(tune.Callback):
     one output of the cell); where stderr is not a terminal (a log file), it writes a line per
     finished trial and the last frame instead."""
 
-    def __init__(self, study: Any):
-        self.study, self.trial_tokens = study, most_tokens(study)
+    budget: Any = None  # the study's BudgetWatch (a class default: a view pickled before it)
+
+    def __init__(self, study: Any, budget: Any = None):
+        self.study, self.trial_tokens, self.budget = study, most_tokens(study), budget
         self._live: Live | NotebookLive | None = None
 
     def setup(self, **info: Any) -> None:
@@ -116,7 +118,7 @@ class LiveView(tune.Callback):
         self._start = time.monotonic()
         self._counter, self._trained = TrainedTokens(), 0  # tokens trained by this driver's trials
         self._done: dict[str, str] = {}  # trial id -> how it finished
-        self._caught_up = self._ended = self._draining = False
+        self._caught_up = self._ended = self._draining = self._spent = False
         self._console = output.console(stderr=True, highlight=True)
         self._console.quiet = _QUIET["views"]
         starting = Text(f"study {self.study.name}: setting up its trials…")  # or resuming
@@ -175,6 +177,11 @@ class LiveView(tune.Callback):
                 f"({count(len(saving), 'trial')}, at most {self.study.search.stop_grace_s:g} s; "
                 "stop again to skip this)", markup=False, highlight=False)
         self._draining = bool(saving)
+        if self.budget is not None and self.budget.exhausted and not self._spent:
+            self._spent = True
+            self._console.print(f"study budget spent: {self.budget.tally}; no new trial "
+                                "starts, the running ones stop at their next stopping point",
+                                markup=False, highlight=False)
         if self._live is not None and iteration % 5 == 0:
             self._live.update(self.render(trials))
 
@@ -258,7 +265,8 @@ class LiveView(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks: keep the settings, not the live display."""
-        return {"study": self.study, "trial_tokens": self.trial_tokens, "_live": None}
+        return {"study": self.study, "trial_tokens": self.trial_tokens, "budget": self.budget,
+                "_live": None}
 
 
 @dataclass
@@ -276,7 +284,7 @@ class Summary:
     tracking_uri: str = ""  # as shown: a password in it masked
     interrupted: bool = False
     experiment_id: str = ""  # the MLflow experiment that holds the study
-    stop_reason: str = ""  # why it ended before its trial count (stop when flat)
+    stop_reason: str = ""  # why it ended before its trial count (stop when flat, study budget)
 
 
 def _ui_link(summary: Summary) -> str:

@@ -5,18 +5,18 @@ Call `tuner.search.environment.configure(local=...)` before anything imports Ray
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
 from tuner.output import count
 from tuner.search.run.console import Summary
+from tuner.search.run.local_ray import start_local_ray
 from tuner.search.state import state
 from tuner.store.layout import FINISHED
 from tuner.store.redact import redact
@@ -41,8 +41,7 @@ def start_ray(address: str | None) -> None:
         # state there (its searcher holds the tracking URI). Ray opens its own folders to all.
         umask = os.umask(0o077)  # the processes started here, and the workers they start (a
         try:  # trial puts the user's back for the files it writes: see run_trial)
-            with _sessions_of_their_own():
-                ray.init(address="local", **kwargs)  # a new instance, never a running cluster
+            start_local_ray(**kwargs)
         finally:
             os.umask(umask)
         from ray.train.constants import _get_ray_train_session_dir
@@ -51,28 +50,6 @@ def start_ray(address: str | None) -> None:
         staging.mkdir(exist_ok=True)
         staging.chmod(0o700)
     logging.getLogger("ray").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def _sessions_of_their_own() -> Iterator[None]:
-    """Within: each process Ray starts (its servers, and through the raylet the trials' workers)
-    starts a session of its own. A signal to the driver's whole process group (Slurm's scancel,
-    plain `timeout`, systemd's stop, a closed terminal) then reaches the driver alone, which
-    stops the study; it stopped Ray's servers too, and the driver waited a minute for them and
-    failed. Ray's fate-sharing still ends them if the driver dies."""
-    from ray._private import services
-
-    popen = services.ConsolePopen
-
-    class OwnSession(popen):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **{**kwargs, "start_new_session": True})
-
-    services.ConsolePopen = OwnSession
-    try:
-        yield
-    finally:
-        services.ConsolePopen = popen
 
 
 def current_umask() -> int:
@@ -108,9 +85,10 @@ def shortage(resources: Any, nodes: list[dict[str, float]], address: str | None)
             f"{count(need['GPU'], 'GPU')}, but {where}{hint}")
 
 
-def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
+def tune_config(study: Any, warm_trials: list[Any] | None = None, budget: Any = None) -> Any:
     """Searcher, scheduler and concurrency of a new study (built before Ray starts: fail early);
-    the searcher starts from `warm_trials` when given."""
+    the searcher starts from `warm_trials` when given, and draws no more trials once `budget` (a
+    BudgetWatch) is spent."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -123,6 +101,10 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
                                          random_state=search.seed)
     else:
         searcher = build_searcher(study, warm_trials)
+        if budget is not None:
+            from tuner.search.searchers.study_budget import BudgetSearcher
+
+            searcher = BudgetSearcher(searcher, budget)
     return tune.TuneConfig(  # metric and mode live in the scheduler and the searcher
         num_samples=study.trial_count, max_concurrent_trials=search.max_concurrent,
         search_alg=searcher, scheduler=build_scheduler(study),
@@ -130,13 +112,16 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None) -> Any:
 
 
 def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
-                provenance: dict[str, Any], scratch: str, replay: Any = None) -> Any:
+                provenance: dict[str, Any], scratch: str, replay: Any = None,
+                budget: Any = None) -> Any:
     """A new Tuner for the study, or (config None) the one restored from `storage/name`, its
     trials' working files in the folder `scratch` of each node (`tuner.search.trial.scratch`): Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
     scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
-    median rule's). With `replay` (a CurveReplay) its table answers the trials."""
+    median rule's). With `replay` (a CurveReplay) its table answers the trials; with `budget` (the
+    BudgetWatch its searcher was given) its trials stop once the study budget is spent."""
     from ray import tune
+    from ray.tune.stopper import CombinedStopper
 
     from tuner.search.faults.stopping import StopRelay
     from tuner.search.faults.storage_faults import StorageGuard
@@ -144,6 +129,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     from tuner.search.run.console import LiveView
     from tuner.search.searchers.algorithms import stopping_points, time_unit, tune_space
     from tuner.search.searchers.flat_stop import FlatStopper, FlatWatch
+    from tuner.search.searchers.study_budget import BudgetStopper
     from tuner.search.state.recovery import CheckpointRepair, StateBackup
     from tuner.search.trial.trainable import checkpoint_interval, run_trial, trial_threads
 
@@ -163,17 +149,20 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
         return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
     pbt = study.search.scheduler == "pbt"
     flat = FlatWatch(study) if study.search.stop_when_flat else None
-    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage), flat)
+    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage), flat, budget)
     # A trial resumes from the checkpoint Tune's last save names: the latest or the one before
     # (StateBackup deletes them once the trial ended). PBT clones others' and keeps them all: its
     # save of a function trainable registers the latest checkpoint again, and pruning one of the
     # two deletes the files of the other, which it may still clone from.
-    callbacks = [CheckpointRepair(), StateBackup(config.scheduler, None if pbt else recorder),
+    callbacks = [*([budget] if budget else []), CheckpointRepair(),
+                 StateBackup(config.scheduler, None if pbt else recorder),
                  StorageGuard(), recorder, *([flat] if flat else []),  # after the recorder
-                 LiveView(study), StopRelay()]  # the relay last: a held stop finds the study set up
+                 LiveView(study, budget), StopRelay()]  # the relay last: a held stop finds the
+    # study set up
+    stoppers = [*([FlatStopper(flat)] if flat else []), *([BudgetStopper(budget)] if budget else [])]
     run_config = tune.RunConfig(
         name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
-        stop=FlatStopper(flat) if flat else None,
+        stop=CombinedStopper(*stoppers) if len(stoppers) > 1 else next(iter(stoppers), None),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
     return tune.Tuner(trainable, param_space=tune_space(study) if pbt else {},
@@ -200,16 +189,23 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
 
     random.seed(study.search.seed)  # PBT's perturbations and ASHA's bracket draws
     np.random.seed(study.search.seed)
-    config = None if restore else tune_config(study, warm_trials)
     from tuner.search.faults import storage_faults
     from tuner.search.faults.node_watch import stop_on_node_loss
-    from tuner.search.faults.stopping import (STOP_FLAG, abort_if_stopped, stop_handlers_kept,
-                                              stops_held)
+    from tuner.search.faults.stopping import (
+        STOP_FLAG,
+        abort_if_stopped,
+        stop_handlers_kept,
+        stops_held,
+    )
     from tuner.search.run.console import stop_live_views
+    from tuner.search.searchers.study_budget import BudgetWatch
     from tuner.search.state.extension import set_trial_limit
     from tuner.search.state.tune_state import keep, restore_whole_state
     from tuner.search.trial import scratch
 
+    # a resumed study's watch comes back with Tune's state
+    budget = BudgetWatch(study) if study.search.study_budget and not restore else None
+    config = None if restore else tune_config(study, warm_trials, budget)
     trial_files: str | None = None  # the name of the trials' working folder on each node
     with stops_held(storage / study.name / STOP_FLAG, study.search.stop_grace_s):
         with stop_handlers_kept():
@@ -240,7 +236,7 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
                 with storage_faults.as_storage_full(storage / study.name), \
                         stop_on_node_loss(address, stuck):
                     _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files,
-                                     replay))
+                                     replay, budget))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save
                     keep(storage / study.name, storage / study.name)

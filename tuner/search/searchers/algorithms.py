@@ -20,7 +20,10 @@ from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
 
 def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None) -> Any:
     """The seeded Optuna sampler of a searcher (grid: its points are enqueued, the rest random);
-    TPE and GP sample `startup_trials` at random before modelling (default: Optuna's)."""
+    TPE and GP sample `startup_trials` at random before modelling (default: Optuna's). Of pruned
+    trials (those a scheduler stopped), TPE ranks them below the completed by how far they got,
+    CMA-ES takes their last value (its search space still comes from completed trials alone),
+    GP leaves them out (Optuna offers no choice); random, grid and QMC ignore every trial."""
     import optuna
 
     quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
@@ -29,7 +32,7 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet, consider_pruned_trials=True),
         "gp": lambda: optuna.samplers.GPSampler(**quiet, **startup),
         "qmc": lambda: optuna.samplers.QMCSampler(**quiet, scramble=True,  # else seed is unused
                                                   warn_asynchronous_seeding=False),
@@ -37,10 +40,13 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
     return samplers[algorithm]()
 
 
-def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
+def build_searcher(study: Any, warm_trials: list[Any] | None = None,
+                   stopped_as: str = "pruned") -> Any:
     """Ray's OptunaSearch over the study's define-by-run space (any scheduler but PBT), starting
-    from `warm_trials` (finished Optuna trials of an earlier study) when given; a transfer
-    study's hands each sample out at every size."""
+    from `warm_trials` (finished Optuna trials of an earlier study) when given, its first trials
+    near their best with search.start_near; a transfer study's hands each sample out at every
+    size. A trial stopped before its budget reaches Optuna as `stopped_as`: "pruned" (with its
+    evaluations), or "complete" (Ray's way)."""
     import optuna
 
     from tuner.search.searchers.optuna_searcher import ResumableOptunaSearch
@@ -55,10 +61,15 @@ def build_searcher(study: Any, warm_trials: list[Any] | None = None) -> Any:
         storage = storage or optuna.storages.InMemoryStorage()
         seed_study(storage, study.name, search.mode, warm_trials)
     seed = warm_seed(search.seed, warm_trials) if warm_trials else search.seed
+    if warm_trials and search.start_near:
+        from tuner.search.searchers.prior_start import near_best
+
+        points = near_best(study, warm_trials, search.start_near, seed)
     sampler = optuna_sampler(search.algorithm, seed, search.startup_trials)
     searcher = ResumableOptunaSearch(space=study.sample, metric=search.metric, mode=search.mode,
                                      sampler=sampler, points_to_evaluate=points,
-                                     study_name=study.name, storage=storage)
+                                     study_name=study.name, storage=storage,
+                                     full_tokens=study.full_trial_tokens(), stopped_as=stopped_as)
     sizes = study.transfer()
     if sizes is None:
         return searcher
@@ -136,6 +147,15 @@ def build_scheduler(study: Any) -> Any:
         return schedulers.ASHAScheduler(
             **timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
             reduction_factor=search.asha.reduction_factor, brackets=search.asha.brackets)
+    if search.scheduler == "pasha":
+        from tuner.search.searchers.pasha import Pasha
+
+        return Pasha(**timed, max_t=max_t, grace_period=min(search.asha.grace_period, max_t),
+                     reduction_factor=search.asha.reduction_factor)
+    if search.scheduler == "topk":
+        from tuner.search.searchers.topk import TopK
+
+        return TopK(**timed, budget=search.topk.budget, k=search.topk.k)
     if search.scheduler == "hyperband":
         return schedulers.HyperBandScheduler(
             metric=search.metric, mode=search.mode, time_attr=HYPERBAND_TIME,
@@ -164,12 +184,15 @@ def pbt_mutations(study: Any) -> dict[str, Any]:
 
 
 def stopping_points(study: Any) -> tuple[float, ...] | None:
-    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's rungs (Ray's
-    rule, all brackets); () for `none` and PBT, which never do; None when any evaluation may."""
+    """Tokens at whose first evaluation the scheduler may end a trial early: ASHA's and PASHA's
+    rungs (Ray's rule, all brackets), top-K's budget; () for `none` and PBT, which never do;
+    None when any evaluation may."""
     search = study.search
     if search.scheduler in ("none", "pbt"):
         return ()
-    if search.scheduler != "asha":
+    if search.scheduler == "topk":
+        return (float(search.topk.budget),)
+    if search.scheduler not in ("asha", "pasha"):
         return None
     max_t = study.full_trial_tokens()
     grace, factor = min(search.asha.grace_period, max_t), search.asha.reduction_factor

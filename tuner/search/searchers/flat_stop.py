@@ -6,7 +6,8 @@ finish, the study's best; `FlatStopper` hands its decision to Tune's experiment-
 (`stop_all`), which ends the running trials; the recorder then ends their runs as stopped and the
 parent as FINISHED with the reason. With the margin `noise`, the first time the rule could stop
 the study it seed-checks the best completed trial (tuner.search.winners.seed_check, on the
-driver, while the trials wait) and takes its seed sd as the margin from then on.
+driver, while the trials wait) and takes the seed sd pooled over every trial the study has
+seed-checked (the verdict's, tuner.search.winners.verdict) as the margin from then on.
 """
 
 from __future__ import annotations
@@ -78,15 +79,16 @@ class FlatWatch(tune.Callback):
             if self.margin is None:
                 return
         if gain <= self.margin:
-            noise = " (the seed sd)" if self.study.search.stop_when_flat.margin == "noise" else ""
+            noise = (" (the pooled seed sd)" if self.study.search.stop_when_flat.margin == "noise"
+                     else "")
             self.reason = (f"stopped when flat: its best val_loss improved by {gain:.4g} over the "
                            f"last {self.flatness.trials} finished trials, within the margin "
                            f"{self.margin:.4g}{noise}")
 
     def _seed_noise(self) -> float | None:
-        """The seed sd of the study's best completed trial, seed-checked now (None: it has no
-        completed trial yet)."""
-        from tuner.search.winners.seed_check import candidates, seed_check
+        """The seed sd pooled over the trials the study has seed-checked, its best completed
+        trial seed-checked now (None: it has no completed trial yet)."""
+        from tuner.search.winners.seed_check import candidates, held, recorded, seed_check
         from tuner.store import runs
         from tuner.store.connect import open_client
 
@@ -97,9 +99,11 @@ class FlatWatch(tune.Callback):
         except UserError:
             return None
         confirm = self.study.search.confirm
-        with tempfile.TemporaryDirectory(prefix="tuner-noise-") as tmp:
-            sd = seed_check(client, parent, best, confirm.seeds if confirm else NOISE_SEEDS,
-                            Path(tmp)).sd
+        with held(client, parent, lambda line: None), \
+                tempfile.TemporaryDirectory(prefix="tuner-noise-") as tmp:
+            seed_check(client, parent, best, confirm.seeds if confirm else NOISE_SEEDS, Path(tmp))
+            checked = recorded(client, parent)
+        sd = checked.noise if checked else math.nan
         return sd if math.isfinite(sd) else None
 
     def get_state(self) -> dict[str, Any]:

@@ -13,15 +13,18 @@ from typing import Any
 from tuner.errors import UserError
 from tuner.store import runs
 from tuner.store.connect import connect_existing
+from tuner.store.layout import STATUS_TAG, STOPPED
 
 USABLE = ("completed", "stopped", "diverged")  # scored, as a failure in the trainer is (inf)
 
 
 def earlier_study(study: str, tracking_uri: str
-                  ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
-    """The resolved study `study` recorded (study.json), and (the searcher's parameters, the last
-    reported objective) of every trial its searcher was told a value of, as it saw them:
-    diverged ones and failed ones score inf."""
+                  ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]],
+                             dict[int, dict[int, float]]]:
+    """The resolved study `study` recorded (study.json), (the searcher's parameters, the last
+    reported objective) of every trial its searcher was told a value of, as it saw them
+    (diverged ones and failed ones score inf), and of those its scheduler stopped, by index,
+    their evaluations (`evaluations`)."""
     client = connect_existing(tracking_uri)
     parent = runs.study_parent(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
@@ -31,8 +34,10 @@ def earlier_study(study: str, tracking_uri: str
             raise UserError(f"study {study!r} ran PBT, which changed its trials' values as they "
                             "ran: no values go with a loss to warm-start from; use a study with "
                             "a searcher")
-        return recorded, trial_points(client, runs.trial_runs(client, parent), search["metric"],
-                                      Path(tmp))
+        told = told_runs(runs.trial_runs(client, parent))
+        stopped = {index: evaluations(client, run, search["metric"])
+                   for index, run in enumerate(told) if run.data.tags.get(STATUS_TAG) == STOPPED}
+        return recorded, trial_points(client, told, search["metric"], Path(tmp)), stopped
 
 
 def setup_differences(recorded: dict[str, Any], study: Any) -> list[str]:
@@ -47,12 +52,9 @@ def setup_differences(recorded: dict[str, Any], study: Any) -> list[str]:
             if key != "seed" and there.get(key) != here.get(key)]
 
 
-def trial_points(client: Any, trial_runs: list[Any], metric: str,
-                 workdir: Path) -> list[tuple[dict[str, Any], float]]:
-    """(searched.json, last value of `metric`) of each trial run the searcher was told a value
-    of, oldest first: a trial that failed in the trainer reported the worst value."""
-    from tuner.search.trial.trainable import WORST
-    from tuner.store.layout import FAILED, FAILED_IN_TAG, STATUS_TAG
+def told_runs(trial_runs: list[Any]) -> list[Any]:
+    """The trial runs the searcher was told a value of, oldest first."""
+    from tuner.store.layout import FAILED, FAILED_IN_TAG
 
     def told(run: Any) -> bool:
         tags = run.data.tags
@@ -63,9 +65,27 @@ def trial_points(client: Any, trial_runs: list[Any], metric: str,
             "trainer"
         return tags.get(FAILED_IN_TAG, before) == "trainer"
 
-    usable = sorted(filter(told, trial_runs), key=lambda r: r.info.start_time)
+    return sorted(filter(told, trial_runs), key=lambda r: r.info.start_time)
+
+
+def trial_points(client: Any, told: list[Any], metric: str,
+                 workdir: Path) -> list[tuple[dict[str, Any], float]]:
+    """(searched.json, last value of `metric`) of each of the `told` trial runs: a trial that
+    failed in the trainer reported the worst value."""
+    from tuner.search.trial.trainable import WORST
+    from tuner.store.layout import FAILED
+
     return [(searched(client, r, workdir), WORST if r.data.tags.get(STATUS_TAG) == FAILED
-             else runs.metric(r, metric)) for r in usable]
+             else runs.metric(r, metric)) for r in told]
+
+
+def evaluations(client: Any, run: Any, metric: str) -> dict[int, float]:
+    """The run's values of `metric` by evaluation (1, 2, …, in tokens' order; a step reported
+    again after a resume counts once), as Optuna's intermediate values of a live study."""
+    first: dict[int, float] = {}
+    for entry in client.get_metric_history(run.info.run_id, metric):
+        first.setdefault(entry.step, entry.value)
+    return {k: first[step] for k, step in enumerate(sorted(first), start=1)}
 
 
 def searched(client: Any, run: Any, workdir: Path) -> dict[str, Any]:
@@ -73,18 +93,23 @@ def searched(client: Any, run: Any, workdir: Path) -> dict[str, Any]:
     return runs.json_artifact(client, run, "searched.json", workdir / run.info.run_id)
 
 
-def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> list[Any]:
-    """Each point as a COMPLETE Optuna trial of the study's define-by-run space; UserError when a
-    point does not fit it (a parameter it does not search, a value outside a range or the
-    choices). A value the space searches, but not under the point's conditions, is left out."""
+def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]],
+                  stopped: dict[int, dict[int, float]] | None = None) -> list[Any]:
+    """Each point as a COMPLETE Optuna trial of the study's define-by-run space, or, where
+    `stopped` holds its index, a PRUNED one with those intermediate values (as a live study tells
+    a trial its scheduler stopped); UserError when a point does not fit the space (a parameter it
+    does not search, a value outside a range or the choices). A value the space searches, but
+    not under the point's conditions, is left out."""
     import warnings
 
     import optuna
 
     from tuner.search.searchers.algorithms import WARM_START_ATTR
 
-    trials = []
-    for params, value in points:
+    trials, stopped = [], stopped or {}
+    for index, (params, value) in enumerate(points):
+        pruned = {"state": optuna.trial.TrialState.PRUNED,
+                  "intermediate_values": stopped[index]} if index in stopped else {}
         fixed = optuna.trial.FixedTrial(params)
         try:
             with warnings.catch_warnings():
@@ -95,7 +120,7 @@ def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]]) -> lis
                 raise ValueError(f"parameters {', '.join(extra)} are not searched here")
             trials.append(optuna.trial.create_trial(
                 params=fixed.params, value=value, distributions=fixed.distributions,
-                user_attrs={WARM_START_ATTR: True}))
+                user_attrs={WARM_START_ATTR: True}, **pruned))
         except ValueError as err:
             missing = re.search(r"parameter '(\w+)' is not found", str(err))  # Optuna's words
             why = (f"{missing[1]} is searched here, but the earlier study did not search it: a "

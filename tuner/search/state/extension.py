@@ -65,6 +65,10 @@ def _check_extendable(study: Any, num_samples: int, folder: Path) -> None:
                         f"FILE --name NEW --num-samples {more} --warm-start {name}")
 
 
+SAVED_STATE = {"asha": "ASHA's rungs", "pasha": "PASHA's rungs", "median": "the median rule's "
+               "results", "topk": "top-K's losses at its budget"}  # what tuner saves of each
+
+
 def _lacking(study: Any, folder: Path) -> str | None:
     """What an extension needs that the study's saved state lacks (an older tuner's), if any:
     the searcher's count of trials, and ASHA's or the median rule's results, without which the
@@ -74,8 +78,8 @@ def _lacking(study: Any, folder: Path) -> str | None:
     names = {path.name for path in folder.iterdir()} | set(to_put_back(folder) or {})
     if not any(fnmatch(name, SEARCH_STATE) for name in names):
         return f"Ray Tune's search state ({SEARCH_STATE})"
-    if study.search.scheduler in ("asha", "median") and SCHEDULER_STATE not in names:
-        which = "ASHA's rungs" if study.search.scheduler == "asha" else "the median rule's results"
+    which = SAVED_STATE.get(study.search.scheduler)
+    if which is not None and SCHEDULER_STATE not in names:
         return f"{which} ({SCHEDULER_STATE}), which its new trials would be judged against"
     return None
 

@@ -112,8 +112,9 @@ class StateBackup(tune.Callback):
     they are copied to the study's folder, keep a whole copy of them there (so the copy is never
     older than the folder's files). Tune asks each callback for its state at that point.
 
-    Tune saves no scheduler state, so the callback saves that of ASHA (its rungs' results) and of
-    the median rule (each trial's results) too, and puts it back when a resumed study takes its
+    Tune saves no scheduler state, so the callback saves that of ASHA and PASHA (its rungs'
+    results, PASHA's curves and top rung), of the median rule (each trial's results) and of
+    top-K (each trial's val_loss at its budget) too, and puts it back when a resumed study takes its
     first step: `scheduler` is the study's own object (one pickle with the Tuner keeps them the
     same object when Tune restores it).
 
@@ -133,8 +134,9 @@ class StateBackup(tune.Callback):
         from ray.tune.schedulers import AsyncHyperBandScheduler
 
         from tuner.search.searchers.median_rule import ResumableMedianStoppingRule
+        from tuner.search.searchers.topk import TopK
 
-        saves = (AsyncHyperBandScheduler, ResumableMedianStoppingRule)
+        saves = (AsyncHyperBandScheduler, ResumableMedianStoppingRule, TopK)
         self.scheduler = scheduler if isinstance(scheduler, saves) else None
         self.recorder = recorder  # the study's MlflowRecorder: one pickle keeps them together
         self._paths: tuple[str, str] | None = None  # Tune's staging folder, the study's folder

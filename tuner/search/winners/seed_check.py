@@ -5,148 +5,39 @@ A confirmation trains the trial's recorded config with only its seed changed, in
 one after another (as `tuner replay` does), and is recorded as a run nested under that trial,
 with its params and metrics (tuner.role "confirmation", never a trial). A trial and seed already
 confirmed is not trained again, and one seed check of a study runs at a time on a machine: a
-second waits for the first, then trains the seeds it lacks. The test: Welch's two-sided t-test of
-the winner's final val_losses against each rival's.
+second waits for the first, then trains the seeds it lacks, and ends as KILLED the runs of one
+that died on this machine (SIGKILLed: nothing ended them). The verdict: winners.verdict.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import math
-import statistics
+import socket
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
 from tuner.folder_lock import folder_lock
+from tuner.search.winners.verdict import Confirmation, Seeded, compare
 from tuner.store import runs
 from tuner.store.layout import (
     COMPLETED,
+    CONFIRM_HOST_TAG,
     CONFIRMATION,
     CONFIRMS_RUN_TAG,
     CONFIRMS_TAG,
     NOTE_TAG,
     ROLE_TAG,
+    SEED_CHECK_JSON,
     STATUS_TAG,
     STUDY_TAG,
     TRIAL_TAG,
     VERDICT_TAG,
 )
 from tuner.store.uri import absolute_uri
-
-ALPHA = 0.05  # a lead is significant at p < ALPHA
-
-
-@dataclass
-class Seeded:
-    """One trial's final val_loss at each seed: its own run's and its confirmations'."""
-
-    trial_id: str
-    run_id: str
-    losses: dict[int, float]  # seed -> final val_loss
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.losses.values())
-
-    @property
-    def sd(self) -> float:
-        """The sample standard deviation over the seeds (nan with one seed)."""
-        return statistics.stdev(self.losses.values()) if len(self.losses) > 1 else math.nan
-
-
-@dataclass
-class Rival:
-    """Welch's t-test of the winner's val_losses against a rival's: t < 0 where the winner leads."""
-
-    trial_id: str
-    lead: float  # the rival's mean minus the winner's
-    t: float
-    p: float  # two-sided
-
-    @property
-    def significant(self) -> bool:
-        return self.lead > 0 and self.p < ALPHA
-
-
-@dataclass
-class Confirmation:
-    """The seed-checked trials, the winner (lowest mean) first, and its tests against the rest."""
-
-    trials: list[Seeded]
-    rivals: list[Rival]
-    notes: list[str] = field(default_factory=list)  # e.g. fewer completed trials than asked
-
-    @property
-    def winner(self) -> Seeded:
-        return self.trials[0]
-
-    @property
-    def noise(self) -> float:
-        """The seed sd pooled over the trials (the root of their mean variance)."""
-        variances = [t.sd ** 2 for t in self.trials if len(t.losses) > 1]
-        return math.sqrt(statistics.fmean(variances)) if variances else math.nan
-
-    @property
-    def verdict(self) -> str:
-        """`confirmed` (a significant lead over every rival), or `within noise of …`."""
-        if not self.rivals:
-            return "no rival to compare with"
-        close = [r.trial_id for r in self.rivals if not r.significant]
-        return f"within noise of {', '.join(close)}" if close else "confirmed"
-
-    def lines(self) -> list[str]:
-        """The result as plain text: a line a trial, then the verdict."""
-        out = [*self.notes]
-        for i, trial in enumerate(self.trials):
-            seeds = ", ".join(f"{v:.4f}" for _, v in sorted(trial.losses.items()))
-            test = ("the winner" if i == 0 else
-                    next(f"lead {r.lead:+.4f}, Welch t {r.t:.2f}, p {r.p:.3g}"
-                         for r in self.rivals if r.trial_id == trial.trial_id))
-            out.append(f"{trial.trial_id}: val_loss {trial.mean:.4f} ± {trial.sd:.4f} over "
-                       f"{len(trial.losses)} seeds ({seeds}); {test}")
-        out.append(f"winner {self.winner.trial_id}: {self.judged()}; confirmed where every "
-                   f"rival's p < {ALPHA:g}; seed sd {self.noise:.4f}")
-        return out
-
-    def judged(self) -> str:
-        """The verdict with each rival's p-value beside it: "within noise of d44a78c0 (p 0.21);
-        ahead of 0851cbb9 (p 0.01)"."""
-        if not self.rivals:
-            return self.verdict
-        close = [r for r in self.rivals if not r.significant]
-        ahead = [r for r in self.rivals if r.significant]
-        parts = [f"{what} {', '.join(f'{r.trial_id} (p {r.p:.2g})' for r in these)}"
-                 for what, these in (("within noise of", close),
-                                     ("confirmed: ahead of" if not close else "ahead of", ahead))
-                 if these]
-        return "; ".join(parts)
-
-
-def welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Welch's t and its two-sided p-value for the means of `a` and `b`."""
-    from scipy import stats
-
-    if statistics.variance(a) == statistics.variance(b) == 0:  # no noise: any difference is real
-        same = statistics.fmean(a) == statistics.fmean(b)
-        return (0.0 if same else math.copysign(math.inf, statistics.fmean(a) -
-                                              statistics.fmean(b))), float(same)
-    result = stats.ttest_ind(a, b, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
-
-
-def compare(trials: list[Seeded], notes: list[str] | None = None) -> Confirmation:
-    """Rank seed-checked trials by mean and test the winner against each other one."""
-    ranked = sorted(trials, key=lambda t: t.mean)
-    winner = list(ranked[0].losses.values())
-    rivals = []
-    for rival in ranked[1:]:
-        t, p = welch(winner, list(rival.losses.values()))
-        rivals.append(Rival(rival.trial_id, rival.mean - ranked[0].mean, t, p))
-    return Confirmation(ranked, rivals, notes or [])
 
 
 def candidates(client: Any, parent: Any, top: int) -> tuple[list[Any], list[str]]:
@@ -159,32 +50,56 @@ def candidates(client: Any, parent: Any, top: int) -> tuple[list[Any], list[str]
         raise UserError(f"study {study!r} has no completed trial to confirm (each was stopped "
                         "early, diverged or failed)")
     notes = [] if len(completed) >= top else [
-        f"study {study!r} has {len(completed)} completed trials, fewer than the {top} asked: "
-        f"confirming those {len(completed)}"]
+        (f"study {study!r} has {len(completed)} completed trials, fewer than the {top} asked: "
+         f"confirming those {len(completed)}")]
     return completed[:top], notes
 
 
 def confirm(client: Any, study: str, top: int, seeds: int, workdir: Path,
             progress: Callable[[str], None] = lambda line: None) -> Confirmation:
     """Train the study's `top` best completed trials with `seeds` further seeds each (those not
-    confirmed already, once another seed check of it here has ended), record the verdict on its
-    parent run, and compare them."""
+    confirmed already, once another seed check of it here has ended), compare them with any other
+    trial it seed-checked before, and record the verdict on its parent run (a tag, and the whole
+    test as seed_check.json)."""
+    parent = runs.study_parent(client, study)
+    with held(client, parent, progress):
+        chosen, notes = candidates(client, parent, top)
+        for run in chosen:
+            seed_check(client, parent, run, seeds, workdir, progress)
+        result = recorded(client, parent, notes)
+        assert result is not None  # the chosen trials were just seed-checked
+        asked = {run.info.run_id for run in chosen}
+        if more := [t.trial_id for t in result.trials if t.run_id not in asked]:
+            result.notes.append(f"also compared, seed-checked before: {', '.join(more)}")
+        if len(result.trials) < 2:
+            result.notes.append("one trial alone has no rival: its seed sd is measured, nothing "
+                                "is compared")
+        client.set_tag(parent.info.run_id, VERDICT_TAG,
+                       f"{result.winner.trial_id} {result.verdict}")
+        client.log_dict(parent.info.run_id, result.record(), SEED_CHECK_JSON)
+    return result
+
+
+@contextlib.contextmanager
+def held(client: Any, parent: Any, progress: Callable[[str], None]) -> Iterator[None]:
+    """Hold the one seed check of `parent`'s study in this store on this machine (waiting for
+    another, said through `progress`), and end as KILLED the confirmation runs this machine left
+    RUNNING: with the lock free, the process that trained them died (a SIGKILL ends no run)."""
+    study = parent.data.tags.get(STUDY_TAG, "")
+
     def on_wait() -> None:
         progress(f"study {study!r} is being seed-checked by another process: waiting for it to "
                  "end, then training the seeds it did not")
 
     with folder_lock(_lock_folder(client.tracking_uri, study), on_wait):
-        parent = runs.study_parent(client, study)
-        chosen, notes = candidates(client, parent, top)
-        if len(chosen) < 2:
-            notes.append("one trial alone has no rival: its seed sd is measured, nothing is "
-                         "compared")
-        for run in chosen:
-            seed_check(client, parent, run, seeds, workdir, progress)
-        result = compare(seeded(client, parent, chosen), notes)
-        client.set_tag(parent.info.run_id, VERDICT_TAG,
-                       f"{result.winner.trial_id} {result.verdict}")
-    return result
+        here = socket.gethostname()
+        for run in runs.study_runs(client, parent, CONFIRMATION):
+            if run.info.status != "RUNNING" or run.data.tags.get(CONFIRM_HOST_TAG) != here:
+                continue
+            client.set_terminated(run.info.run_id, "KILLED")
+            progress(f"ended seed run {run.info.run_name} as KILLED: the seed check that trained "
+                     "it died; its seed trains again")
+        yield
 
 
 def _lock_folder(tracking_uri: str, study: str) -> Path:
@@ -236,7 +151,7 @@ def _train(client: Any, parent: Any, run: Any, config: Any, seed: int) -> None:
         CONFIRMS_TAG: trial, CONFIRMS_RUN_TAG: run.info.run_id,
         STUDY_TAG: tags.get(STUDY_TAG, ""), "tuner.seed": str(seed),
         "tuner.dataset_sha256": tags.get("tuner.dataset_sha256", ""),
-        "tuner.git_commit": git_commit(),
+        "tuner.git_commit": git_commit(), CONFIRM_HOST_TAG: socket.gethostname(),
         "tuner.device": device_label(resolve_device(config.device))}).info.run_id
     params = {**run.data.params, **({"seed": seed} if "seed" in run.data.params else {})}
     log_params_tags(client, run_id, params, {NOTE_TAG: (
@@ -267,9 +182,9 @@ def seeded(client: Any, parent: Any, trials: list[Any]) -> list[Seeded]:
     return out
 
 
-def recorded(client: Any, parent: Any) -> Confirmation | None:
-    """The confirmations a study holds, compared (None when it has none): for `tuner best` and
-    `tuner report`, which train nothing."""
+def recorded(client: Any, parent: Any, notes: list[str] | None = None) -> Confirmation | None:
+    """Every trial the study has seed-checked, compared (None when it has none): the verdict
+    that `tuner best`, `tuner report`, the API and the parent's tag all give."""
     confirmed = {c.data.tags.get(CONFIRMS_RUN_TAG) for c in confirmations(client, parent)}
     trials = [r for r in runs.trial_runs(client, parent) if r.info.run_id in confirmed]
-    return compare(seeded(client, parent, trials)) if trials else None
+    return compare(seeded(client, parent, trials), notes) if trials else None
