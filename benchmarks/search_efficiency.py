@@ -1,24 +1,31 @@
-"""Searchers and schedulers compared over many seeds on the table of learning curves
-(benchmarks/curves/cosine.npz), by the simulator (benchmarks/search_sim.py): the study's own
-Optuna samplers and Ray's schedulers, without Ray or training.
+"""Searchers and schedulers compared over many seeds on the surrogate of the table of curves
+(benchmarks/curves/cosine_surrogate.npz, tuner.search.trial.surrogate) or on a table, by the
+simulator (benchmarks/search_sim.py): the study's own Optuna samplers and Ray's schedulers,
+without Ray or training.
 
-    uv run python benchmarks/search_efficiency.py [--table benchmarks/curves/cosine.npz]
-        [--seeds 50] [--workers 2] [--settings lm quickstart] [--samplers tpe random ...]
-        [--schedulers none "asha 1/16 ×4" ...] [--results FILE] [--slow] [--space FILE]
+    uv run python benchmarks/search_efficiency.py [--source benchmarks/curves/cosine_surrogate.npz]
+        [--seeds 50] [--baselines 50] [--workers 2] [--settings lm quickstart]
+        [--samplers random cmaes tpe ...] [--schedulers none "asha 1/8 ×3" ...] [--clock cpu]
+        [--results FILE] [--slow] [--space FILE] [--weighted-by SURROGATE (with a table)]
 
-For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time),
-each searcher × scheduler runs with N seeds (the searcher's seed and the training seed, which
-picks the table's seed; 1 … N, the table's own Sobol seed left out), against random search
-without a scheduler at the same seed (gp, and the start-up counts after a searcher's first, with
-no scheduler and the ASHA settings in FEW only), and prints markdown, medians over the seeds:
-- P5: the tokens it trained before its best val_loss reached random search's final best, as a
-  share of random search's tokens (interquartile range; "n.r.": not reached, counted as
-  infinite);
-- regret: the recommended configuration's (the best trial's, as `tuner best` picks it) mean final
-  val_loss over the table's two seeds, minus the table's best mean, in the table's pooled seed sd;
-- trust: the share of seeds whose recommendation is within one seed sd of the table's best mean;
-- tokens: what all its trials trained, in full trials;
-then the CPU seconds a 50-seed comparison of one combination takes, by searcher.
+For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time):
+the target is random search's expected final best, the median over `--baselines` independent
+random searches of the setting's sample count (seeds 1001, 1002, …) of their final best
+val_loss. Each searcher × scheduler runs at seeds 1 … N (the searcher's seed and the training
+seed: its own noise draw), with the token budget of those random searches (samples × a full
+trial) and as many samples as it can use within it: no trial starts once the tokens trained
+reach it, and each running trial goes on to its next stopping point (ASHA's next rung, or its
+end) and stops, as `search: {study_budget: {full_trials: N}}` does. It prints markdown:
+- P5: the tokens it trained before its best val_loss reached the target, as a share of the
+  random searches' (median, IQR, the seeds that reached it, a bootstrap 90% interval of the
+  median over seeds; "n.r.": not reached, counted as infinite); and the same in time (the
+  simulated clock, `--clock cpu`: the table's CPU seconds a run at each B; `tokens`: flat in B,
+  as on a GPU), as a share of the random searches' median time;
+- regret: the recommended configuration's (the best trial's, as `tuner best` picks it)
+  noise-free mean final val_loss minus the surrogate's true optimum (its noise-free minimum over
+  a dense sample), in seed sd; on a table, its mean over the two seeds minus the table's best;
+- trust: the share of seeds whose regret ≤ 1; samples: trials started (median);
+then the CPU seconds a comparison of one combination takes, by searcher.
 """
 
 from __future__ import annotations
@@ -40,17 +47,18 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TABLE = REPO / "benchmarks" / "curves" / "cosine.npz"
+SOURCE = REPO / "benchmarks" / "curves" / "cosine_surrogate.npz"
 SPACE = REPO / "benchmarks" / "curves" / "space.yaml"
 SETTINGS = {"lm": (64, 4), "quickstart": (10, 2)}  # num_samples, max_concurrent
+BASELINE_SEEDS = 1001  # the first independent random search's seed
+UPPER = 12  # num_samples, in the setting's samples: an upper bound; the budget ends a study
 SAMPLERS = {"random": {"algorithm": "random"}, "qmc": {"algorithm": "qmc"},
             "cmaes": {"algorithm": "cmaes"}, "tpe": {"algorithm": "tpe"},
             "tpe/5": {"algorithm": "tpe", "startup_trials": 5},
             "tpe/20": {"algorithm": "tpe", "startup_trials": 20},
             "gp": {"algorithm": "gp"}, "gp/5": {"algorithm": "gp", "startup_trials": 5}}
-OPTUNA_STARTUP = 10  # TPESampler's and GPSampler's n_startup_trials when none is given
 SLOW = {"gp", "gp/5"}  # seconds a suggestion at 64 samples: left out unless asked for there
-FEW = ("none", "asha 1/16 ×4", "asha 3/32 ×3")  # the schedulers of gp and of other start-ups
+FEW = ("none", "asha 1/8 ×3", "asha 1/16 ×4", "asha 3/32 ×3")  # the schedulers of gp and of other start-ups
 FLAT = {"trials": 16, "margin": "noise"}  # where a study has more samples than that
 QUICKSTART_ONLY = {"asha 3/32 ×3", "asha 3/32 ×4"}  # the quickstart's own grace period
 
@@ -81,60 +89,77 @@ def schedulers(budget: int) -> dict[str, dict[str, Any]]:
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(table: str, space: str) -> None:
+def load_source(path: Path, weights: Path | None = None) -> Any:
+    """The surrogate or the table at `path` (UserError naming it when it is neither); a table's
+    nearest rows of the same B by distances weighted with the length scales of the surrogate
+    `weights` when given."""
+    from search_sim import TableAnswers
+
+    from tuner.search.trial import curve_table, surrogate
+
+    if surrogate.is_surrogate(path):
+        return surrogate.load(path)
+    table = curve_table.load(path)
+    return table if weights is None else TableAnswers(table, surrogate.load(weights).length_scales)
+
+
+def _start_worker(source: str, space: str, clock: str, weights: str | None) -> None:
     import torch
 
-    from tuner.search.trial import curve_table
-
     torch.set_num_threads(1)  # GP's; the other worker has the other core
-    _worker["table"] = curve_table.load(table)
+    _worker["source"] = load_source(Path(source), weights and Path(weights))
     _worker["base"] = yaml.safe_load(Path(space).read_text())
+    _worker["clock"] = clock
 
 
-def simulate_one(task: tuple[str, str, str, dict[str, Any], int, int]) -> dict[str, Any]:
-    """One simulated study: its key, seed, the points where its best improved (tokens trained
-    by then, the best), its tokens, recommended row and CPU seconds."""
+def simulate_one(task: tuple) -> dict[str, Any]:
+    """One simulated study: its key, seed, the evaluations where its best improved (tokens
+    trained by then, the clock's time, the best), its tokens, trials, its recommendation's
+    noise-free final and CPU seconds."""
     from search_sim import simulate, with_search
 
     from tuner.space import load_study
 
-    setting, sampler, scheduler, search, seed, slots = task
+    setting, sampler, scheduler, search, seed, slots, budget = task
     started = time.process_time()
-    run = simulate(load_study(with_search(_worker["base"], seed, **search)), _worker["table"],
-                   slots=slots)
-    better = [(spent, best) for i, (spent, best) in enumerate(run.curve)
-              if i == 0 or best < run.curve[i - 1][1]]
+    run = simulate(load_study(with_search(_worker["base"], seed, **search)), _worker["source"],
+                   slots=slots, budget=budget, clock=_worker["clock"])
+    better = [i for i, (_, best) in enumerate(run.curve) if i == 0 or best < run.curve[i - 1][1]]
     return {"key": [setting, sampler, scheduler], "seed": seed,
-            "spent": [spent for spent, _ in better], "best": [best for _, best in better],
-            "tokens": run.tokens, "row": run.best.row if run.best else -1,
+            "spent": [run.curve[i][0] for i in better], "time": [run.times[i] for i in better],
+            "best": [run.curve[i][1] for i in better], "tokens": run.tokens,
+            "end": run.times[-1], "trials": len(run.trials),
+            "true_final": run.best.true_final if run.best else math.inf,
             "cpu_s": time.process_time() - started}
 
 
 def study_seeds(count: int, table: Any) -> list[int]:
     """The first `count` seeds but the table's Sobol seed: qmc's Sobol sequence with that seed
     is the table's own, and would sample its configurations exactly."""
-    skip = table.meta.get("sobol", {}).get("seed")
+    skip = getattr(table, "table", table).meta.get("sobol", {}).get("seed", 0)
     return [seed for seed in range(count + 1) if seed != skip][:count]
 
 
 def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
-    """Every (setting, searcher, scheduler, search settings, seed, slots) to simulate, seed by
-    seed (a run stopped early holds whole seeds), random search first."""
-    combinations = []
+    """Every (setting, searcher, scheduler, search settings, seed, slots, token budget) to
+    simulate: the independent random searches first, then seed by seed (a run stopped early
+    holds whole seeds)."""
+    combinations, baselines = [], []
     for setting in args.settings:
         samples, concurrency = SETTINGS[setting]
+        baselines += [(setting, "baseline", "none", {
+            **SAMPLERS["random"], "scheduler": "none", "num_samples": samples,
+            "max_concurrent": concurrency}, BASELINE_SEEDS + i, concurrency, None)
+            for i in range(args.baselines)]
         whole = set()  # the algorithms whose first searcher here had every scheduler
-        for sampler in ["random", *(s for s in args.samplers if s != "random")]:
+        for sampler in args.samplers:
             algorithm = SAMPLERS[sampler]["algorithm"]
             if sampler in SLOW and setting == "lm" and not args.slow:
                 continue
-            if SAMPLERS[sampler].get("startup_trials", OPTUNA_STARTUP) >= samples and (
-                    algorithm in ("tpe", "gp")):
-                continue  # random search: all its samples are start-up ones
             few = algorithm in whole or algorithm == "gp"
             whole.add(algorithm)
             for label, settings in schedulers(budget).items():
-                if label not in args.schedulers and not (sampler == "random" and label == "none"):
+                if label not in args.schedulers:
                     continue
                 if few and label not in FEW:
                     continue
@@ -142,11 +167,12 @@ def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
                     continue
                 if label in QUICKSTART_ONLY and setting != "quickstart":
                     continue
-                search = {**SAMPLERS[sampler], "num_samples": samples,
+                search = {**SAMPLERS[sampler], "num_samples": UPPER * samples,
                           "max_concurrent": concurrency, **settings}
                 combinations.append((setting, sampler, label, search))
-    return [(*combination, seed, SETTINGS[combination[0]][1]) for seed in args.seed_list
-            for combination in combinations]
+    return baselines + [(*combination, seed, SETTINGS[combination[0]][1],
+                         SETTINGS[combination[0]][0] * budget)
+                        for seed in args.seed_list for combination in combinations]
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -160,50 +186,82 @@ def percent(value: float) -> str:
     return f"{value:.0%}" if math.isfinite(value) else "n.r."
 
 
-def cell(by_seed: dict[int, dict], baseline: dict[int, dict], table: Any, budget: int) -> str:
-    """One combination's figures over its seeds: P5 median (IQR), seeds that reached random
-    search's best, regret median, trust, tokens median."""
-    best_mean, sd = float(np.min(table.mean_final)), table.pooled_seed_sd
-    p5, regret = [], []
-    for seed, run in by_seed.items():
-        if seed not in baseline:
-            continue
-        target, spent = baseline[seed]["best"][-1], baseline[seed]["tokens"]
+def bootstrap(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 90% bootstrap interval of the median (as `quartiles` takes it) over seeds."""
+    rng = np.random.default_rng(0)
+    data = np.array(values, dtype=float)
+    medians = np.sort([np.percentile(rng.choice(data, len(data)), 50, method="higher")
+                       for _ in range(draws)])
+    return float(medians[int(0.05 * draws)]), float(medians[int(0.95 * draws) - 1])
+
+
+def shares(runs: dict[int, dict], target: float, tokens: float, seconds: float
+           ) -> tuple[list[float], list[float]]:
+    """Each seed's tokens and time before its best reached `target`, as shares of `tokens`
+    and `seconds` (inf: never)."""
+    by_tokens, by_time = [], []
+    for run in runs.values():
         hit = np.flatnonzero(np.asarray(run["best"]) <= target)
-        p5.append(run["spent"][hit[0]] / spent if hit.size else math.inf)
-        mean = float(table.mean_final[run["row"]]) if run["row"] >= 0 else math.inf
-        regret.append((mean - best_mean) / sd)
-    low, mid, high = quartiles(p5)
+        by_tokens.append(run["spent"][hit[0]] / tokens if hit.size else math.inf)
+        by_time.append(run["time"][hit[0]] / seconds if hit.size else math.inf)
+    return by_tokens, by_time
+
+
+def p5(values: list[float]) -> str:
+    """P5's median (IQR) [90% interval] and the seeds that reached the target."""
+    low, mid, high = quartiles(values)
+    lo, hi = bootstrap(values)
+    return (f"{percent(mid)} ({percent(low)}–{percent(high)}) [{percent(lo)}–{percent(hi)}] "
+            f"{sum(map(math.isfinite, values))}")
+
+
+def cell(runs: dict[int, dict], target: float, tokens: float, seconds: float,
+         optimum: float, sd: float) -> str:
+    """One combination's figures over its seeds: P5 in tokens, P5 in time, regret median,
+    trust, samples median."""
+    by_tokens, by_time = shares(runs, target, tokens, seconds)
+    regret = [(run["true_final"] - optimum) / sd for run in runs.values()]
     trusted = sum(r <= 1 for r in regret) / len(regret)
-    tokens = quartiles([run["tokens"] / budget for run in by_seed.values()])[1]
-    return (f"{percent(mid)} ({percent(low)}–{percent(high)}) {sum(map(math.isfinite, p5))} · "
-            f"{quartiles(regret)[1]:.2f} · {trusted:.0%} · {tokens:.1f}")
+    samples = quartiles([run["trials"] for run in runs.values()])[1]
+    return (f"{p5(by_tokens)} | {p5(by_time)} | {quartiles(regret)[1]:.2f} | {trusted:.0%} | "
+            f"{samples:.0f}")
 
 
-def report(results: list[dict[str, Any]], order: list[tuple], table: Any, budget: int,
+def truth(source: Any) -> tuple[float, float]:
+    """The problem's optimum and seed sd: the surrogate's noise-free minimum and its seed
+    noise; a table's best mean final and pooled seed sd."""
+    if hasattr(source, "optimum"):
+        return source.optimum, source.seed_sd
+    table = getattr(source, "table", source)  # TableAnswers'
+    return float(np.min(table.mean_final)), table.pooled_seed_sd
+
+
+def report(results: list[dict[str, Any]], order: list[tuple], source: Any, budget: int,
            seeds: int) -> list[str]:
-    """The markdown tables, one per setting (a row per scheduler, a column per searcher, in the
-    order of `order`'s keys), and the simulator's speed."""
+    """The markdown tables, one per setting (a row per combination, in the order of `order`'s
+    keys), and the simulator's speed."""
     runs: dict[tuple, dict[int, dict]] = {key: {} for key in dict.fromkeys(order)}
     for r in results:
         runs[tuple(r["key"])][r["seed"]] = r
+    optimum, sd = truth(source)
     lines = []
     for setting in dict.fromkeys(key[0] for key in runs):
         samples, concurrency = SETTINGS[setting]
-        keys = [key for key in runs if key[0] == setting]
-        searchers, labels = dict.fromkeys(k[1] for k in keys), dict.fromkeys(k[2] for k in keys)
-        baseline = runs[(setting, "random", "none")]
-        full = quartiles([b["tokens"] / budget for b in baseline.values()])[1]
-        lines += ["", (f"**{setting}**: {samples} samples, {concurrency} at a time, {len(baseline)} "
-                  f"seeds (random search: {full:.0f} full trials). Each cell: P5 median (IQR) "
-                  "and the seeds that reached random search's best · regret median (seed sd) "
-                  "· trust · tokens (full trials)"),
-                  "", "| scheduler | " + " | ".join(searchers) + " |",
-                  "|---|" + "---|" * len(searchers)]
-        for label in labels:
-            lines.append(f"| {label} | " + " | ".join(
-                cell(runs[(setting, name, label)], baseline, table, budget)
-                if (setting, name, label) in runs else "" for name in searchers) + " |")
+        baseline = runs[(setting, "baseline", "none")]
+        target = quartiles([b["best"][-1] for b in baseline.values()])[1]
+        seconds = quartiles([b["end"] for b in baseline.values()])[1]
+        regret = quartiles([(b["true_final"] - optimum) / sd for b in baseline.values()])[1]
+        lines += ["", (f"**{setting}**: {samples} samples' tokens ({samples} full trials), "
+                       f"{concurrency} at a time. Target: random search's expected final best "
+                       f"{target:.4f}, the median of {len(baseline)} independent random "
+                       f"searches (their regret {regret:.2f}; true optimum {optimum:.4f}, seed "
+                       f"sd {sd:.4f}). P5: median (IQR) [bootstrap 90%] seeds reached."),
+                  "", "| searcher | scheduler | P5 tokens | P5 time | regret | trust | samples |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, by_seed in runs.items():
+            if key[0] == setting and key[1] != "baseline":
+                lines.append(f"| {key[1]} | {key[2]} | " + cell(
+                    by_seed, target, samples * budget, seconds, optimum, sd) + " |")
     cpu = defaultdict(list)
     for r in results:
         cpu[r["key"][1]].append(r["cpu_s"])
@@ -245,14 +303,24 @@ def kept(path: Path | None) -> dict[tuple, dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", type=Path, default=TABLE)
-    parser.add_argument("--space", type=Path, default=SPACE, help="the study the table stands for")
+    parser.add_argument("--source", type=Path, default=SOURCE,
+                        help="a surrogate (default) or a table of curves")
+    parser.add_argument("--weighted-by", type=Path, metavar="SURROGATE",
+                        help="with a table: its nearest row of the same B, distances divided by "
+                             "this surrogate's length scales")
+    parser.add_argument("--space", type=Path, default=SPACE,
+                        help="the study the source stands for")
     parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--baselines", type=int, default=50,
+                        help="independent random searches that set the target")
+    parser.add_argument("--clock", choices=("cpu", "tokens"), default="cpu",
+                        help="time: the table's CPU seconds a run at each B, or flat in B")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--samplers", nargs="+", default=["random", "cmaes", "tpe", "gp/5"],
+                        choices=list(SAMPLERS))
     parser.add_argument("--schedulers", nargs="+", default=None,
-                        help="labels as printed (default: all)")
+                        help="labels as printed (default: none, asha 1/8 ×3)")
     parser.add_argument("--results", type=Path, metavar="FILE",
                         help="append each study's figures to FILE (JSON lines), and take those "
                              "it holds already: a stopped run goes on")
@@ -261,36 +329,36 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))  # search_sim, in the workers too
     from tuner.errors import UserError
-    from tuner.search.trial import curve_table
 
     try:
-        table = curve_table.load(args.table)
+        source = load_source(args.source, args.weighted_by)
     except UserError as err:
         sys.exit(f"error: {err}")
-    budget = int(table.tokens[-1])
-    args.schedulers = args.schedulers or list(schedulers(budget))
-    args.seed_list = study_seeds(args.seeds, table)
+    budget = int(source.tokens[-1])
+    args.schedulers = args.schedulers or ["none", "asha 1/8 ×3"]
+    args.seed_list = study_seeds(args.seeds, source)
     planned = tasks(args, budget)
     before = kept(args.results)
     results = [before[(*t[:3], t[4])] for t in planned if (*t[:3], t[4]) in before]
     todo = [t for t in planned if (*t[:3], t[4]) not in before]
     started = time.monotonic()
+    setup = (str(args.source), str(args.space), args.clock,
+             args.weighted_by and str(args.weighted_by))
     if len(todo) and args.workers > 1:
-        with multiprocessing.get_context("spawn").Pool(
-                args.workers, _start_worker, (str(args.table), str(args.space))) as pool:
+        with multiprocessing.get_context("spawn").Pool(args.workers, _start_worker,
+                                                       setup) as pool:
             results += collect(pool.imap(simulate_one, todo, chunksize=4), len(todo),
                                args.results)
     elif len(todo):  # in this process: no worker to start
-        _start_worker(str(args.table), str(args.space))
+        _start_worker(*setup)
         results += collect(map(simulate_one, todo), len(todo), args.results)
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("ray", "optuna", "numpy"))
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, {versions}; table {args.table.name}: "
-          f"{len(table.params)} configurations (sha256 {table.sha256[:12]}), best mean "
-          f"{np.min(table.mean_final):.4f}, pooled seed sd {table.pooled_seed_sd:.4f}; "
-          f"{args.seeds} seeds, {len(todo)} studies in {time.monotonic() - started:.0f} s "
-          f"wall on {args.workers} workers ({len(results) - len(todo)} read from --results)")
-    print("\n".join(report(results, [task[:3] for task in planned], table, budget,
+          f"Python {platform.python_version()}, {versions}; {args.source.name}, clock "
+          f"{args.clock}; {args.seeds} seeds, {args.baselines} random searches; {len(todo)} "
+          f"studies in {time.monotonic() - started:.0f} s wall on {args.workers} workers "
+          f"({len(results) - len(todo)} read from --results)")
+    print("\n".join(report(results, [task[:3] for task in planned], source, budget,
                             args.seeds)))
 
 

@@ -1,18 +1,24 @@
 """A study simulated on a table of learning curves, without Ray: the study's own searcher and
 scheduler (tuner.search.searchers.algorithms: Ray's OptunaSearch with the Optuna sampler, Ray's
 ASHA, HyperBand or median rule) are driven as Tune's controller drives them, and each trial is
-answered from the table as a replayed study's (`tuner search --curve-table`) is.
+answered from a table as a replayed study's (`tuner search --curve-table`) is, from a table's
+nearest configuration of the same B by length-scale-weighted distance (`TableAnswers`), or from a
+surrogate (tuner.search.trial.surrogate: any point's curve, the study's seed its noise).
 
-Time is tokens trained: a trial started at time t reports its evaluation at k tokens at time
-t + k, and the `slots` trials that run at once (max_concurrent, or what the resources allow)
-advance together; events at the same time are taken in the order they were scheduled. Each step
+Time is tokens trained (`clock="tokens"`, as on a GPU, where a token costs the same at every B)
+or the table's CPU seconds a run at the trial's B (`clock="cpu"`): a trial started at time t
+reports its evaluation at k tokens at t + k·(seconds a token), and the `slots` trials that run
+at once (max_concurrent, or what the resources allow) advance together; events at the same
+time are taken in the order they were scheduled. With a token `budget` (as a study's
+`study_budget`), no trial starts once the tokens trained reach it, and each running trial goes
+on to its next stopping point (ASHA's next rung, or its end) and stops there. Each step
 is one of Tune's: ask the searcher for trials (as many pending at once as Tune allows), start
 what the scheduler picks and the pending trials while a slot is free, then handle one event (a
 result, or a trial's function returning after its last).
 
     from search_sim import simulate   # benchmarks/ on sys.path
     run = simulate(load_study(...), curve_table.load(...))
-    run.best, run.tokens, run.curve, run.trials
+    run.best, run.tokens, run.curve, run.times, run.trials
 """
 
 from __future__ import annotations
@@ -30,9 +36,15 @@ from ray.tune.experiment.trial import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from tuner.search.searchers.algorithms import build_scheduler, build_searcher, time_unit
+from tuner.search.searchers.algorithms import (
+    build_scheduler,
+    build_searcher,
+    stopping_points,
+    time_unit,
+)
 from tuner.search.searchers.flat_stop import NOISE_SEEDS, Flatness
 from tuner.search.trial.curve_table import CurveTable
+from tuner.search.trial.surrogate import Surrogate
 from tuner.search.trial.trainable import HYPERBAND_TIME, TIME_ATTR
 from tuner.space.checks import SCHEDULER_SETTINGS, STARTUP_SEARCHERS
 
@@ -46,9 +58,12 @@ class SimTrial:
 
     trial_id: str
     config: dict[str, Any]
-    row: int  # the table's configuration that answers it
+    row: int  # the table's configuration that answers it (-1: a surrogate does)
     started: int  # its place in the order trials were created
-    start: int = -1  # the time it first ran
+    losses: np.ndarray = field(default_factory=lambda: np.zeros(0))  # its val_loss curve
+    true_final: float = math.nan  # its configuration's noise-free final val_loss
+    pace: float = 1.0  # the clock's time a token of it takes
+    start: float = -1  # the time it first ran
     status: str = PENDING
     is_saving: bool = False
     last_result: dict[str, Any] = field(default_factory=dict)
@@ -67,9 +82,75 @@ class SimStudy:
 
     trials: list[SimTrial]
     curve: list[tuple[int, float]]  # after each evaluation: (tokens trained so far, best so far)
+    times: list[float]  # the clock's time at each of those evaluations
     tokens: int  # trained by all trials, and the flat rule's seed check
     best: SimTrial | None  # what `tuner best` recommends: the lowest val_loss, not diverged
     stop_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What answers one trial: its curve at the source's tokens, its configuration's noise-free
+    final val_loss, a full run's seconds, the table's row (-1: none)."""
+
+    losses: np.ndarray
+    true_final: float
+    seconds: float
+    row: int = -1
+
+
+class TableAnswers:
+    """A table's answers: the nearest configuration in the unit cube, as `tuner search
+    --curve-table` takes it; or, given `length_scales`, the nearest of the same value of the
+    choice columns, each coordinate divided by its length scale. Its seed is seed mod 2."""
+
+    def __init__(self, table: CurveTable, length_scales: np.ndarray | None = None) -> None:
+        self.table, self.tokens, self.scales = table, table.tokens, length_scales
+        self.choices = [i for i, dist in enumerate(table.space.values()) if "choice" in dist]
+        self.true_final = table.mean_final
+        self.batch = list(table.space).index("batch_size") if "batch_size" in table.space else -1
+        column = table.params[:, self.batch] if self.batch >= 0 else np.zeros(len(table.params))
+        self.seconds = {value: float(np.nanmean(table.cpu_s[column == value]))
+                        for value in np.unique(column)}  # a full run's, at each B
+
+    def check_study(self, study: Any) -> None:
+        self.table.check_study(study)
+
+    def row(self, config: Mapping[str, Any]) -> int:
+        if self.scales is None:
+            return self.table.nearest(config)
+        point = self.table.point(config)
+        same = np.all(self.table.unit[:, self.choices] == point[self.choices], axis=1)
+        distance = (((self.table.unit - point) / self.scales) ** 2).sum(axis=1)
+        return int(np.argmin(np.where(same, distance, np.inf)))
+
+    def answer(self, config: Mapping[str, Any], seed: int) -> Answer:
+        row = self.row(config)
+        b = self.table.params[row, self.batch] if self.batch >= 0 else 0.0
+        return Answer(self.table.val_loss[row, self.table.seed_index(seed)],
+                      float(self.true_final[row]), self.seconds[b], row)
+
+
+class SurrogateAnswers:
+    """A surrogate's answers: any point's curve, with the noise of the trial's seed."""
+
+    def __init__(self, surrogate: Surrogate) -> None:
+        self.surrogate, self.tokens = surrogate, surrogate.tokens
+
+    def check_study(self, study: Any) -> None:
+        self.surrogate.check_study(study)
+
+    def answer(self, config: Mapping[str, Any], seed: int) -> Answer:
+        mean = self.surrogate.mean(config)
+        noise = self.surrogate.noise(self.surrogate.point(config)[None], seed)[0]
+        return Answer(mean + noise, float(mean[-1]), self.surrogate.run_seconds(config))
+
+
+def answers(source: CurveTable | Surrogate | TableAnswers | SurrogateAnswers) -> Any:
+    """What answers a simulated study's trials from `source`."""
+    if isinstance(source, CurveTable):
+        return TableAnswers(source)
+    return SurrogateAnswers(source) if isinstance(source, Surrogate) else source
 
 
 def with_search(base: Mapping[str, Any], seed: int, **search: Any) -> dict[str, Any]:
@@ -87,22 +168,27 @@ def with_search(base: Mapping[str, Any], seed: int, **search: Any) -> dict[str, 
     return data
 
 
-def simulate(study: Any, table: CurveTable, slots: int | None = None) -> SimStudy:
-    """Run `study` (a loaded study file, the one the table stands for: UserError if not) to its
-    end; `slots` trials at once where its search sets no max_concurrent."""
-    table.check_study(study)
-    return _Controller(study, table, slots).run()
+def simulate(study: Any, source: Any, slots: int | None = None, budget: int | None = None,
+             clock: str = "tokens") -> SimStudy:
+    """Run `study` (a loaded study file, the one the table or surrogate `source` stands for:
+    UserError if not) to its end; `slots` trials at once where its search sets no
+    max_concurrent; within `budget` tokens if given; time on `clock` ("tokens" or "cpu")."""
+    source = answers(source)
+    source.check_study(study)
+    return _Controller(study, source, slots, budget, clock).run()
 
 
 class _Controller:
     """Tune's controller, as far as a searcher and a scheduler see it."""
 
-    def __init__(self, study: Any, table: CurveTable, slots: int | None) -> None:
+    def __init__(self, study: Any, source: Any, slots: int | None, budget: int | None,
+                 clock: str) -> None:
         search = study.search
         random.seed(search.seed)  # as tuner.search.run.runner seeds ASHA's bracket draws
         np.random.seed(search.seed)
-        self.study, self.table = study, table
-        self.seed = table.seed_index(study.budget.seed)
+        self.study, self.source, self.tokens = study, source, source.tokens
+        self.budget, self.cpu_clock = budget, clock == "cpu"
+        self.rungs = stopping_points(study)
         self.searcher = build_searcher(study)
         if search.max_concurrent:  # what Tune wraps it in for max_concurrent_trials
             self.searcher = ConcurrencyLimiter(self.searcher, search.max_concurrent)
@@ -119,7 +205,8 @@ class _Controller:
         self.queue: list[SimTrial] = []  # pending trials, in the order they asked to start
         self.events: list[tuple[int, int, str, SimTrial]] = []  # (time, order, kind, trial)
         self.order = 0
-        self.now = 0
+        self.now = 0.0
+        self.times: list[float] = []
         self.running = 0
         self.spent = 0  # tokens trained by all trials
         self.finished_search = False
@@ -168,8 +255,8 @@ class _Controller:
                 self.finished_search = True
         ranked = [t for t in self.trials if t.ended != "diverged" and math.isfinite(t.best)]
         best = min(ranked, key=lambda t: (t.best, t.started), default=None)
-        return SimStudy(self.trials, self.curve, self.spent + self.extra_tokens, best,
-                        self.stop_reason)
+        return SimStudy(self.trials, self.curve, self.times, self.spent + self.extra_tokens,
+                        best, self.stop_reason)
 
     def _done(self) -> bool:
         return self.finished_search and all(t.status == TERMINATED for t in self.trials)
@@ -182,7 +269,10 @@ class _Controller:
             config = self.searcher.suggest(trial_id)
             if config is None:
                 return
-            trial = SimTrial(trial_id, config, self.table.nearest(config), len(self.trials))
+            answer = self.source.answer(config, self.study.budget.seed)
+            pace = answer.seconds / int(self.tokens[-1]) if self.cpu_clock else 1.0
+            trial = SimTrial(trial_id, config, answer.row, len(self.trials), answer.losses,
+                             answer.true_final, pace)
             self.trials.append(trial)
             self.scheduler.on_trial_add(self, trial)
             self.queue.append(trial)
@@ -203,19 +293,21 @@ class _Controller:
             self._next_event(trial)
 
     def _next_event(self, trial: SimTrial) -> None:
-        ahead = int(self.table.tokens[trial.points]) - trial.tokens
-        self._push(self.now + ahead, "result", trial)
+        ahead = int(self.tokens[trial.points]) - trial.tokens
+        self._push(self.now + ahead * trial.pace, "result", trial)
 
-    def _push(self, time: int, kind: str, trial: SimTrial) -> None:
+    def _push(self, time: float, kind: str, trial: SimTrial) -> None:
         heapq.heappush(self.events, (time, self.order, kind, trial))
         self.order += 1
 
     def _result(self, trial: SimTrial) -> None:
         """Tune's _process_trial_result for the trial's next evaluation, then its decision."""
         k = trial.points
-        tokens = int(self.table.tokens[k])
-        loss = float(self.table.val_loss[trial.row, self.seed, k])
+        tokens = int(self.tokens[k])
+        loss = float(trial.losses[k])
         self.spent += tokens - trial.tokens
+        if self.budget is not None and self.spent >= self.budget and not self.finished_search:
+            self._spent_budget()
         trial.points, trial.tokens = k + 1, tokens
         diverged = not math.isfinite(loss)
         result = {TIME_ATTR: tokens, "val_loss": loss, "training_iteration": k + 1,
@@ -226,18 +318,19 @@ class _Controller:
             trial.best = min(trial.best, loss)
         self.curve.append((self.spent, min(loss if not diverged else math.inf,
                                            self.curve[-1][1] if self.curve else math.inf)))
+        self.times.append(self.now)
         decision = self.scheduler.on_trial_result(self, trial, result)
         if decision != TrialScheduler.STOP:
             self.searcher.on_trial_result(trial.trial_id, result)
         trial.last_result = result
         if diverged:
             trial.ended = "diverged"
-        if decision == TrialScheduler.STOP:
+        if decision == TrialScheduler.STOP or self._budget_stop(trial):
             self.stop_trial(trial)
         elif decision == TrialScheduler.PAUSE:
             trial.status = PAUSED
             self.running -= 1
-        elif diverged or trial.points == len(self.table.tokens):
+        elif diverged or trial.points == len(self.tokens):
             self._push(self.now, "end", trial)
         else:
             self._next_event(trial)
@@ -251,7 +344,20 @@ class _Controller:
             self.queue.remove(trial)
         trial.status = TERMINATED
         if not trial.ended:
-            trial.ended = "completed" if trial.points == len(self.table.tokens) else "stopped"
+            trial.ended = "completed" if trial.points == len(self.tokens) else "stopped"
+
+    def _spent_budget(self) -> None:
+        """The budget is spent: no trial starts; the waiting and paused ones end unrun."""
+        self.finished_search = True
+        for trial in [t for t in self.trials if t.status in (PENDING, PAUSED)]:
+            self.stop_trial(trial)
+
+    def _budget_stop(self, trial: SimTrial) -> bool:
+        """Whether a running trial stops here for the spent budget: at a stopping point (any
+        evaluation where the scheduler may stop at any)."""
+        if self.budget is None or self.spent < self.budget or trial.points == len(self.tokens):
+            return False
+        return self.rungs is None or trial.tokens in self.rungs
 
     def _flat_check(self, trial: SimTrial) -> None:
         """FlatWatch's rule on a finished trial; its noise margin seed-checked on the table: the
@@ -269,8 +375,8 @@ class _Controller:
                 return
             best = min(done, key=lambda t: (t.best, t.started))
             seeds = [self.study.budget.seed + i for i in range(NOISE_SEEDS + 1)]
-            finals = [float(self.table.final[best.row, self.table.seed_index(s)]) for s in seeds]
+            finals = [float(self.source.answer(best.config, s).losses[-1]) for s in seeds]
             self.margin = float(np.std(finals, ddof=1))
-            self.extra_tokens += NOISE_SEEDS * int(self.table.tokens[-1])
+            self.extra_tokens += NOISE_SEEDS * int(self.tokens[-1])
         if gain <= self.margin:
             self.stop_reason = f"flat: {gain:.4g} ≤ {self.margin:.4g}"

@@ -16,7 +16,7 @@ import yaml
 from curve_tables import BENCHMARKS, build, builder, load_script, write_space
 from studies import fresh_store, mlflow_runs, run_tuner
 
-from tuner.search.trial import curve_table
+from tuner.search.trial import curve_table, surrogate
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +120,11 @@ def test_replayed_study_reports_the_tables_curves(tiny: tuple[Path, Path], tmp_p
 
 
 @pytest.mark.parametrize("case", ["missing", "damaged", "other model", "other range",
-                                  "other dataset"])
+                                  "other dataset", "surrogate of another model"])
 def test_a_table_that_does_not_fit_exits_2_naming_it(case: str, tiny: tuple[Path, Path],
                                                      tmp_path: Path, byte_dataset: Path) -> None:
-    """A missing or damaged table, or one of another model, space or dataset: exit 2 naming the
-    file (and the setting), before any store, Ray or trial."""
+    """A missing or damaged table, or one (or a surrogate) of another model, space or dataset:
+    exit 2 naming the file (and the setting), before any store, Ray or trial."""
     space, path = tiny
     table = tmp_path / "table.npz"
     shutil.copy(path, table)
@@ -134,6 +134,10 @@ def test_a_table_that_does_not_fit_exits_2_naming_it(case: str, tiny: tuple[Path
         raw = bytearray(table.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         table.write_bytes(bytes(raw))
+    elif case.startswith("surrogate"):
+        surrogate.save(table, surrogate.fit(curve_table.load(path), dense=64)[0])
+        space = write_space(tmp_path, Path(yaml.safe_load(space.read_text())["data"]["path"]),
+                            model={"d_model": 32})
     elif case == "other model":
         space = write_space(tmp_path, Path(yaml.safe_load(space.read_text())["data"]["path"]),
                             model={"d_model": 32})
@@ -150,7 +154,9 @@ def test_a_table_that_does_not_fit_exits_2_naming_it(case: str, tiny: tuple[Path
                 "damaged one", "other model": "a curve table of another study: its model.d_model "
                 "is 16, the study's 32", "other range": "a curve table of another study: its "
                 "hparams.batch_size is {\"choice\": [4, 8]}, the study's {\"choice\": [4, 8, 16]}",
-                "other dataset": "a curve table of another dataset"}[case]
+                "other dataset": "a curve table of another dataset",
+                "surrogate of another model": "a surrogate of another study: its model.d_model "
+                "is 16, the study's 32"}[case]
     assert said.startswith(f"error: {table}: {expected}"), said
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 

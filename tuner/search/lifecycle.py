@@ -142,13 +142,15 @@ def run(request: Request) -> Ended:
 
 
 def _curve_table(path: Path | None, study: Any) -> Any:
-    """The table of curves that answers the study's trials (None: they train), checked against
-    the study; UserError naming the file when it is missing, damaged or of another study."""
+    """The table of curves or surrogate that answers the study's trials (None: they train),
+    checked against the study; UserError naming the file when it is missing, damaged or of
+    another study."""
     if path is None:
         return None
-    from tuner.search.trial.curve_table import load
+    from tuner.search.trial import curve_table, surrogate
 
-    table = load(path.expanduser())
+    path = path.expanduser()
+    table = (surrogate.load if surrogate.is_surrogate(path) else curve_table.load)(path)
     table.check_study(study)
     return table
 

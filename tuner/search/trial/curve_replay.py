@@ -2,7 +2,8 @@
 trained: a replayed study's trainable (`tuner search --curve-table`) calls, where it would call
 model.train.train, the stand-in `CurveReplay.trainer` gives it, with the same arguments and the
 same results: the evaluations of the table's configuration nearest to the trial's sample, for
-the table seed its training seed picks, checkpointed, stopped and diverged as a run would be."""
+the table seed its training seed picks, or a surrogate's curve of the sample for its training
+seed (tuner.search.trial.surrogate), checkpointed, stopped and diverged as a run would be."""
 
 from __future__ import annotations
 
@@ -14,15 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from tuner.search.trial.curve_table import CurveTable
+from tuner.search.trial.surrogate import Surrogate
 
 CURVE_KEY = "curve"  # in a replayed trial's checkpoint: [configuration, table seed]
 
 
 class CurveReplay:
-    """The trainer of a replayed study's trials: each reads its curve from `table`."""
+    """The trainer of a replayed study's trials: each reads its curve from `table` (a table of
+    curves or a surrogate)."""
 
-    def __init__(self, table: CurveTable) -> None:
+    def __init__(self, table: CurveTable | Surrogate) -> None:
         self.table = table
+
+    def curves(self, params: Mapping[str, Any], seed: int) -> tuple[int, int, Any, Any, float]:
+        """The configuration and seed answering the trial of `params` trained with `seed` (a
+        surrogate's: -1 and the seed), its val_loss and train loss at the tokens (a surrogate
+        models no train loss: its val_loss stands in), and its tokens/s."""
+        source = self.table
+        if isinstance(source, Surrogate):
+            losses = source.curve(params, seed)
+            return -1, seed, losses, losses, float(source.tokens[-1]) / source.run_seconds(params)
+        index, row_seed = source.lookup(params, seed)
+        return (index, row_seed, source.val_loss[index, row_seed],
+                source.train_loss[index, row_seed], float(source.tokens_per_s[index, row_seed]))
 
     def trainer(self, params: Mapping[str, Any]) -> Callable[..., Any]:
         """model.train.train's stand-in for the trial of sample `params`."""
@@ -46,9 +61,7 @@ class CurveReplay:
         from model.train import EvalRecord, TrainResult
 
         table = self.table
-        index, seed = table.lookup(params, config.seed)
-        losses, train_losses = table.val_loss[index, seed], table.train_loss[index, seed]
-        speed = float(table.tokens_per_s[index, seed])
+        index, seed, losses, train_losses, speed = self.curves(params, config.seed)
         schedule, last = LRSchedule.from_config(config), len(table.tokens) - 1
         result = TrainResult(status="completed")
         if resume_from is not None:

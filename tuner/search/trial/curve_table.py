@@ -145,7 +145,7 @@ class CurveTable:
 
     def point(self, params: Mapping[str, Any]) -> np.ndarray:
         """A sample's coordinates in the unit cube (every column must be in `params`)."""
-        return np.array([float(to_unit(dist, params[name])) for name, dist in self.space.items()])
+        return unit_point(self.space, params)
 
     def nearest(self, params: Mapping[str, Any]) -> int:
         """The configuration nearest to a sample in the unit cube (Euclidean; ties: the first)."""
@@ -163,14 +163,7 @@ class CurveTable:
     def check_study(self, study: Any) -> None:
         """UserError naming the table and the first setting where `study` is not the study the
         table stands for (model, hyperparameters and their ranges, budget)."""
-        ours, theirs = self.meta["study"], study_key(study)
-        for section in ours:
-            for name in dict.fromkeys([*ours[section], *theirs[section]]):
-                mine, given = ours[section].get(name), theirs[section].get(name)
-                if mine != given:
-                    raise UserError(f"{self.path}: a curve table of another study: its "
-                                    f"{section}.{name} is {json.dumps(mine)}, the study's "
-                                    f"{json.dumps(given)}")
+        check_same_study(self.path, self.meta["study"], study, "curve table")
 
     def check_dataset(self, sha256: str) -> None:
         """UserError naming the table when the study's dataset (its `dataset_sha256`) is not the
@@ -178,6 +171,23 @@ class CurveTable:
         if sha256 != self.meta["dataset_sha256"]:
             raise UserError(f"{self.path}: a curve table of another dataset (sha256 "
                             f"{self.meta['dataset_sha256'][:12]}…, the study's {sha256[:12]}…)")
+
+
+def unit_point(space: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any]) -> np.ndarray:
+    """A sample's coordinates in the unit cube of `space` (every column must be in `params`)."""
+    return np.array([float(to_unit(dist, params[name])) for name, dist in space.items()])
+
+
+def check_same_study(path: Path | None, key: Mapping[str, Any], study: Any, kind: str) -> None:
+    """UserError naming the file at `path` (a `kind`) and the first setting where `study` is not
+    the study of `key` (its `study_key`)."""
+    theirs = study_key(study)
+    for section in key:
+        for name in dict.fromkeys([*key[section], *theirs[section]]):
+            mine, given = key[section].get(name), theirs[section].get(name)
+            if mine != given:
+                raise UserError(f"{path}: a {kind} of another study: its {section}.{name} is "
+                                f"{json.dumps(mine)}, the study's {json.dumps(given)}")
 
 
 def diverged_as_inf(val_loss: np.ndarray) -> np.ndarray:
