@@ -83,6 +83,7 @@ class SimStudy:
     trials: list[SimTrial]
     curve: list[tuple[int, float]]  # after each evaluation: (tokens trained so far, best so far)
     times: list[float]  # the clock's time at each of those evaluations
+    truths: list[float]  # at each of those evaluations: the recommendation's noise-free final
     tokens: int  # trained by all trials, and the flat rule's seed check
     best: SimTrial | None  # what `tuner best` recommends: the lowest val_loss, not diverged
     stop_reason: str = ""
@@ -212,6 +213,8 @@ class _Controller:
         self.finished_search = False
         self.extra_tokens = 0  # the flat rule's seed check
         self.curve: list[tuple[int, float]] = []
+        self.truths: list[float] = []
+        self.leader: SimTrial | None = None  # the recommendation so far (`tuner best`'s rule)
         self.stop_reason = ""
 
     # What Ray's schedulers call on Tune's controller
@@ -255,8 +258,8 @@ class _Controller:
                 self.finished_search = True
         ranked = [t for t in self.trials if t.ended != "diverged" and math.isfinite(t.best)]
         best = min(ranked, key=lambda t: (t.best, t.started), default=None)
-        return SimStudy(self.trials, self.curve, self.times, self.spent + self.extra_tokens,
-                        best, self.stop_reason)
+        return SimStudy(self.trials, self.curve, self.times, self.truths,
+                        self.spent + self.extra_tokens, best, self.stop_reason)
 
     def _done(self) -> bool:
         return self.finished_search and all(t.status == TERMINATED for t in self.trials)
@@ -316,9 +319,12 @@ class _Controller:
             result[HYPERBAND_TIME] = tokens / self.unit
         if not diverged:
             trial.best = min(trial.best, loss)
-        self.curve.append((self.spent, min(loss if not diverged else math.inf,
-                                           self.curve[-1][1] if self.curve else math.inf)))
+        so_far = self.curve[-1][1] if self.curve else math.inf
+        if not diverged and loss < so_far:
+            self.leader = trial
+        self.curve.append((self.spent, min(loss if not diverged else math.inf, so_far)))
         self.times.append(self.now)
+        self.truths.append(self.leader.true_final if self.leader else math.inf)
         decision = self.scheduler.on_trial_result(self, trial, result)
         if decision != TrialScheduler.STOP:
             self.searcher.on_trial_result(trial.trial_id, result)
