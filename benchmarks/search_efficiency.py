@@ -269,8 +269,8 @@ def report(results: list[dict[str, Any]], order: list[tuple], source: Any, budge
                        f"), seen {seen:.4f}: the medians of {len(baseline)} independent random "
                        f"searches (true optimum {optimum:.4f}, seed sd {sd:.4f}). P5: median "
                        "(IQR) [bootstrap 90%] seeds reached."),
-                  "", "| searcher | scheduler | P5 tokens | P5 time | regret | trust | samples "
-                      "| P5 seen |", "|---|---|---|---|---|---|---|---|"]
+                  "", ("| searcher | scheduler | P5 tokens | P5 time | regret | trust | samples "
+                       "| P5 seen |"), "|---|---|---|---|---|---|---|---|"]
         for key, by_seed in runs.items():
             if key[0] == setting and key[1] != "baseline":
                 lines.append(f"| {key[1]} | {key[2]} | " + cell(
