@@ -23,7 +23,6 @@ from tuner.space.convert import (
 )
 from tuner.space.distributions import Distribution, Grid, IntRange, either, fmt
 from tuner.space.params import ALL_DEFS, BUDGET_DEFS, MODEL_DEFS
-from tuner.space.trial_length import too_short
 
 if TYPE_CHECKING:
     from tuner.space.sections import StudySections
@@ -48,8 +47,7 @@ def study_issues(study: StudySections) -> list[tuple[Loc, str]]:
         return [*issues, (("budget",), "give tokens or total_iters (T_total), not both"
                           if budget.tokens else "set tokens or total_iters (T_total): how long a "
                           "full trial trains")]
-    return [*issues, *_steps(study), *_short_trials(study), *_evaluations(study),
-            *_scheduler_tokens(study)]
+    return [*issues, *_steps(study), *_evaluations(study), *_scheduler_tokens(study)]
 
 
 def _section(name: str) -> str:
@@ -236,20 +234,6 @@ def _steps(study: StudySections) -> list[tuple[Loc, str]]:
     if study.budget.forks and "wsd" in (candidates(study, "schedule") or []):
         issues += _forks(study, fewest, most)
     return issues
-
-
-def _short_trials(study: StudySections) -> list[tuple[Loc, str]]:
-    """A trial must last the steps its schedule needs (`trial_length`) at the study's largest B
-    and context, where it is shortest: the searched B named where a smaller one would do."""
-    (b_lo, b_hi), (_, c_hi) = span(study, "batch_size"), span(study, "context_length")
-    problem = too_short(study.budget, int(b_hi), int(c_hi))
-    if problem is None:
-        return []
-    if b_lo < b_hi and too_short(study.budget, int(b_lo), int(c_hi)) is None:
-        return [(("hparams", "batch_size"),
-                 f"B can be {int(b_hi)}: {problem}; search smaller B's, or train longer")]
-    key = "tokens" if study.budget.tokens is not None else "total_iters"
-    return [(("budget", key), f"{problem}: train longer, or use a smaller B")]
 
 
 def _forks(study: StudySections, fewest: int, most: int) -> list[tuple[Loc, str]]:

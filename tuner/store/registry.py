@@ -53,7 +53,7 @@ def check_name(client: Any, name: str, named: str = "--register") -> None:
     except MlflowException as err:
         if err.error_code == "INVALID_PARAMETER_VALUE":
             raise UserError(f"{named} {name!r}: MLflow refuses it as a model name "
-                            f"({reason(err.message)})") from None
+                            f"({reason(err)})") from None
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # the store failing: not the name's
             raise
 

@@ -177,15 +177,23 @@ class LiveView(tune.Callback):
                 f"({count(len(saving), 'trial')}, at most {self.study.search.stop_grace_s:g} s; "
                 "stop again to skip this)", markup=False, highlight=False)
         self._draining = bool(saving)
+        self._say_budget_spent()
+        if self._live is not None and iteration % 5 == 0:
+            self._live.update(self.render(trials))
+
+    def _say_budget_spent(self) -> None:
+        """Once: the study budget is spent (at a step's end, or the study's, where the result
+        that spent it ended the study's last trial)."""
         if self.budget is not None and self.budget.exhausted and not self._spent:
             self._spent = True
             self._console.print(f"study budget spent: {self.budget.tally}; no new trial "
                                 "starts, the running ones stop at their next stopping point",
                                 markup=False, highlight=False)
-        if self._live is not None and iteration % 5 == 0:
-            self._live.update(self.render(trials))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.budget is not None:
+            self.budget.count(trials)  # the result that spent it may have ended the last trial
+        self._say_budget_spent()
         self._catch_up(trials)
         self._ended = True  # a trial still running or paused (by HyperBand) is interrupted
         if self._live is not None:
