@@ -39,4 +39,4 @@ def test_report_gives_p5_as_a_share_of_ten_full_trials(tmp_path: Path) -> None:
     table = check.report(check.read_results(path), full_tokens=1000)
     row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
     assert row.split(" | ")[1:4] == ["3", "40% (40%–n.r.) [20%–n.r.] 2", "1.8000"]
-    assert "target (random search's expected best of 10): 2.0000" in table
+    assert "target (random search's expected best of 10): 2.0000 (IQR" in table
