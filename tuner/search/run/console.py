@@ -191,8 +191,6 @@ class LiveView(tune.Callback):
                                 markup=False, highlight=False)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self.budget is not None:
-            self.budget.count(trials)  # the result that spent it may have ended the last trial
         self._say_budget_spent()
         self._catch_up(trials)
         self._ended = True  # a trial still running or paused (by HyperBand) is interrupted
