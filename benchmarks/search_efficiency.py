@@ -58,6 +58,7 @@ BASELINE_SEEDS = 1001  # the first independent random search's seed
 UPPER = 12  # num_samples, in the setting's samples: an upper bound; the budget ends a study
 SAMPLERS = {"random": {"algorithm": "random"}, "qmc": {"algorithm": "qmc"},
             "cmaes": {"algorithm": "cmaes"}, "tpe": {"algorithm": "tpe"},
+            "bohb": {"algorithm": "bohb"},
             "tpe/5": {"algorithm": "tpe", "startup_trials": 5},
             "tpe/20": {"algorithm": "tpe", "startup_trials": 20},
             "gp": {"algorithm": "gp"}, "gp/5": {"algorithm": "gp", "startup_trials": 5}}

@@ -86,7 +86,7 @@ BAD = [
      "budget.eval_tokens", "a trial of 51200 tokens would not report before it ends"),
     ("startup-trials-of-random-search",
      GOOD + "search:\n  algorithm: random\n  startup_trials: 5\n", 17, "search.startup_trials",
-     "used by the tpe and gp searchers only, and this study uses random"),
+     "used by the tpe, gp and bohb searchers only, and this study uses random"),
     ("heads-do-not-divide", GOOD.replace("num_heads: 2", "num_heads: 3"), 8, "model.num_heads",
      "num_heads=3 must divide d_model=32"),
     # too many to check combination by combination (8,161 values; 1,017 × 4 heads × 8 layers)

@@ -35,7 +35,7 @@ SCHEDULER_SETTINGS = {"asha": ("asha", "pasha", "hyperband"), "median": ("median
                       "topk": ("topk",), "pbt": ("pbt",)}
 PBT_DEFAULT_PERTURB = ("lr_max", "beta2", "weight_decay")
 PBT_GROUPS = ("optimizer", "regularization", "schedule")  # what can change as a trial trains
-STARTUP_SEARCHERS = ("tpe", "gp")  # the searchers that sample search.startup_trials at random
+STARTUP_SEARCHERS = ("tpe", "gp", "bohb")  # the searchers that wait for search.startup_trials
 
 
 def study_issues(study: StudySections) -> list[tuple[Loc, str]]:
@@ -326,7 +326,7 @@ def _search(study: StudySections) -> list[tuple[Loc, str]]:
             issues.append((loc, f"search.algorithm grid enumerates {{grid: [...]}} values; "
                            f"{dist.key} cannot be enumerated"))
     if search.startup_trials is not None and search.searcher not in STARTUP_SEARCHERS:
-        issues.append((("search", "startup_trials"), "used by the tpe and gp searchers only, and "
+        issues.append((("search", "startup_trials"), "used by the tpe, gp and bohb searchers only, and "
                        f"this study uses {search.searcher}"))
     if search.searcher == "grid" and not space:
         issues.append((("search", "algorithm"), "grid has nothing to enumerate: no parameter "

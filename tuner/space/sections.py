@@ -191,9 +191,9 @@ class StudyBudget(Section):
 class SearchSection(Section):
     """How trials are proposed (Optuna sampler) and stopped early (Ray Tune scheduler)."""
 
-    algorithm: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = Field(
-        "random", description="Optuna sampler: random, TPE, grid (enumerates the {grid: [...]} "
-        "values), CMA-ES, Gaussian process, or quasi-Monte Carlo (random: chosen on the table "
+    algorithm: Literal["tpe", "bohb", "random", "grid", "cmaes", "gp", "qmc"] = Field(
+        "random", description="Optuna sampler: random, TPE, BOHB's TPE on the scheduler's rungs, "
+        "grid (enumerates the {grid: [...]} values), CMA-ES, Gaussian process, or quasi-Monte Carlo (random: chosen on the table "
         "of learning curves, docs/benchmarks.md)")
     scheduler: Literal["asha", "pasha", "hyperband", "median", "topk", "pbt", "none"] = Field(
         "asha", description="Ray Tune scheduler that stops (or, for pbt, perturbs) trials early")
@@ -208,7 +208,8 @@ class SearchSection(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the searcher")
     startup_trials: int | None = Field(None, ge=1, description="random trials before the tpe or gp "
                                        "searcher starts modelling the results (default: Optuna's, "
-                                       "10)")
+                                       "10); for bohb, the trials a rung needs before it is "
+                                       "modelled (default: the searched parameters + 1)")
     max_failures: int = Field(2, ge=0, description="retries, from its checkpoint, of a trial "
                               "whose process died (out of memory, preempted) or whose GPU ran "
                               "out of memory")

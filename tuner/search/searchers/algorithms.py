@@ -26,10 +26,13 @@ def optuna_sampler(algorithm: str, seed: int, startup_trials: int | None = None)
     GP leaves them out (Optuna offers no choice); random, grid and QMC ignore every trial."""
     import optuna
 
+    from tuner.search.searchers.rung_tpe import RungTPESampler
+
     quiet = {"seed": seed, "warn_independent_sampling": False}  # conditional and categorical
     startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     samplers = {  # parameters fall back to independent sampling, as intended
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup),
+        "bohb": lambda: RungTPESampler(seed, min_points=startup_trials),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(**quiet, consider_pruned_trials=True),
