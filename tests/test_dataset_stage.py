@@ -41,13 +41,15 @@ def _flip_a_byte(path: Path) -> None:
 
 def test_staged_once_and_fetched_byte_for_byte(tmp_path: Path, tokenized: Path) -> None:
     """The prepared folder goes to <storage>/datasets/<its sha256>, its manifest beside it; a node
-    fetches the same bytes; staging it again writes nothing, unless its manifest is gone."""
+    fetches the same bytes; staging it again (a plain path names the same storage) writes
+    nothing, unless its manifest is gone."""
     location, staged = _staged(tmp_path, tokenized)
     assert location == f"{(tmp_path / 'storage').as_uri()}/datasets/{dataset_sha256(tokenized)}"
     assert _same_files(tokenized, staged) and (staged / MANIFEST).is_file()
     written = {p.name: p.stat().st_mtime_ns for p in staged.iterdir()}
-    assert stage_for_trials(tokenized, str(tmp_path / "storage")) == location  # a plain path too
-    assert {p.name: p.stat().st_mtime_ns for p in staged.iterdir()} == written
+    told: list[str] = []
+    assert stage_for_trials(tokenized, str(tmp_path / "storage"), told.append) == location
+    assert {p.name: p.stat().st_mtime_ns for p in staged.iterdir()} == written and told == []
 
     said: list[str] = []
     local = fetch(location, tmp_path / "cache", say=said.append)
@@ -56,7 +58,9 @@ def test_staged_once_and_fetched_byte_for_byte(tmp_path: Path, tokenized: Path) 
     assert fetch(location, tmp_path / "cache", say=said.append) == local and len(said) == 1
 
     (staged / MANIFEST).unlink()
-    stage_for_trials(tokenized, location.rsplit("/datasets/", 1)[0])
+    stage_for_trials(tokenized, location.rsplit("/datasets/", 1)[0], told.append)
+    size = sum(p.stat().st_size for p in tokenized.iterdir() if p.name in DATASET_FILES)
+    assert told == [f"uploading the dataset ({size:,} bytes) to {location}"]
     assert (staged / MANIFEST).is_file()
     assert (staged / "train.npy").stat().st_mtime_ns != written["train.npy"]
 

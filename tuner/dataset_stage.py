@@ -23,6 +23,7 @@ from tuner.datasets import DATASET_FILES, STAGE_MARK, check_dataset, replace_fol
 from tuner.download import file_sha256
 from tuner.errors import UserError
 from tuner.folder_lock import folder_lock
+from tuner.store.redact import redact
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -52,14 +53,22 @@ def open_storage(uri: str) -> tuple[Any, str]:
         raise UserError(f"{uri}: not a storage URI pyarrow can open ({err})") from None
 
 
-def stage_for_trials(dataset_dir: Path, storage_uri: str) -> str:
-    """Upload the dataset under `storage_uri` (once per fingerprint); the staged folder's URI,
-    which `fetch` on any node opens (the storage URI's query, an endpoint, kept)."""
+def stage_for_trials(dataset_dir: Path, storage_uri: str, say: Say | None = None) -> str:
+    """Upload the dataset under `storage_uri` (once per fingerprint; `say` is told when it
+    uploads); the staged folder's URI, which `fetch` on any node opens (the storage URI's query,
+    an endpoint, kept)."""
     filesystem, base = open_storage(storage_uri)
-    folder = upload(Path(dataset_dir), filesystem, base)
     parts = urllib.parse.urlsplit(_as_uri(storage_uri))
-    path = f"{parts.path.rstrip('/')}/datasets/{folder.rsplit('/', 1)[-1]}"
-    return urllib.parse.urlunsplit(parts._replace(path=path))
+
+    def location(folder: str) -> str:
+        path = f"{parts.path.rstrip('/')}/datasets/{folder.rsplit('/', 1)[-1]}"
+        return urllib.parse.urlunsplit(parts._replace(path=path))
+
+    told = say or _quiet
+    folder = upload(Path(dataset_dir), filesystem, base,
+                    say=lambda total, folder: told(redact(f"uploading the dataset ({total:,} "
+                                                          f"bytes) to {location(folder)}")))
+    return location(folder)
 
 
 def manifest_of(dataset_dir: Path) -> dict[str, Any]:
@@ -74,10 +83,11 @@ def manifest_of(dataset_dir: Path) -> dict[str, Any]:
     return {"format": FORMAT, "fingerprint": dataset_sha256(dataset_dir), "files": files}
 
 
-def upload(dataset_dir: Path, filesystem: Any, base_path: str) -> str:
+def upload(dataset_dir: Path, filesystem: Any, base_path: str,
+           say: Callable[[int, str], None] | None = None) -> str:
     """Upload the prepared dataset in `dataset_dir` to `<base_path>/datasets/<fingerprint>` of the
     pyarrow `filesystem`, its manifest last; that folder's path. Where a whole copy with the same
-    manifest is there already, nothing is written."""
+    manifest is there already, nothing is written; else `say` is given the bytes and folder."""
     from pyarrow import fs
 
     manifest = manifest_of(dataset_dir)
@@ -85,6 +95,8 @@ def upload(dataset_dir: Path, filesystem: Any, base_path: str) -> str:
     try:
         if _read_manifest(filesystem, folder) == manifest and _whole(filesystem, folder, manifest):
             return folder
+        if say:
+            say(sum(entry["size"] for entry in manifest["files"].values()), folder)
         filesystem.create_dir(folder, recursive=True)
         if filesystem.get_file_info(f"{folder}/{MANIFEST}").type != fs.FileType.NotFound:
             filesystem.delete_file(f"{folder}/{MANIFEST}")  # no fetch trusts a half-replaced copy
@@ -106,7 +118,9 @@ def fetch(location: str, cache_root: Path | None = None, *, filesystem: Any = No
     One process of the node fetches at a time (the others wait, then use its copy); a fetch is
     written to a hidden folder and renamed, so a folder in the cache is whole. UserError naming
     the staged file that is missing or differs from the manifest."""
-    say = say or _quiet
+    def tell(line: str) -> None:  # redacted: a URI's query may hold a key
+        (say or _quiet)(redact(line))
+
     if filesystem is None:
         filesystem, folder = open_storage(location)
     else:
@@ -115,7 +129,7 @@ def fetch(location: str, cache_root: Path | None = None, *, filesystem: Any = No
     manifest = _staged_manifest(filesystem, folder, shown)
     cache = Path(cache_root) if cache_root is not None else default_cache()
     local = cache / manifest["fingerprint"]
-    with folder_lock(cache, lambda: say(f"waiting for another process fetching into {cache}")) \
+    with folder_lock(cache, lambda: tell(f"waiting for another process fetching into {cache}")) \
             as locked:
         if locked:  # fetches hold the lock: these were left by one killed mid-fetch
             for left in cache.glob(f".*{STAGE_MARK}*"):
@@ -124,12 +138,12 @@ def fetch(location: str, cache_root: Path | None = None, *, filesystem: Any = No
         if differing is None:
             return local
         if local.exists():
-            say(f"{local / differing}: differs from {shown}/{MANIFEST}: fetching the dataset again")
+            tell(f"{local / differing}: differs from {shown}/{MANIFEST}: fetching the dataset again")
         stage = cache / f".{local.name}{STAGE_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         try:
             stage.mkdir()
             total = sum(entry["size"] for entry in manifest["files"].values())
-            say(f"fetching {total:,} bytes from {shown} into {local}")
+            tell(f"fetching {total:,} bytes from {shown} into {local}")
             for name, entry in manifest["files"].items():
                 _copy_in(filesystem, f"{folder}/{name}", stage / name, entry, f"{shown}/{name}")
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
