@@ -170,13 +170,13 @@ SHORT = [  # (id, the study, the one line both commands print)
     ("trials-of-one-step", GOOD.replace("context_length: 32", "context_length: 64").replace(
         "[8, 16]", "[32, 64, 128]").replace("total_iters: 200", "tokens: 8192").replace(
         "eval_tokens: 5120", "eval_tokens: 2048"),
-     "budget.tokens: at B 128 and context 64 a trial of 8,192 tokens is 1 step (8,192 tokens a "
-     "step), and a trial needs 10 at least (a warmup or first rung of 10% is a step): train "
-     "longer, or use a smaller B"),
+     ("budget.tokens: at B 128 and context 64 a trial of 8,192 tokens is 1 step (8,192 tokens a "
+      "step), and a trial needs 10 at least (a warmup or first rung of 10% is a step): train "
+      "longer, or use a smaller B")),
     ("an-evaluation-a-step-at-the-largest-b", GOOD.replace("[8, 16]", "[8, 16, 512]"),
-     "hparams.batch_size: B can be 512: at B 512 and context 32 a trial of 3,276,800 tokens is "
-     "200 steps (16,384 tokens a step), and 640 evaluations (every 5,120 tokens) need a step "
-     "each; search smaller B's, or train longer"),
+     ("hparams.batch_size: B can be 512: at B 512 and context 32 a trial of 3,276,800 tokens is "
+      "200 steps (16,384 tokens a step), and 640 evaluations (every 5,120 tokens) need a step "
+      "each; search smaller B's, or train longer")),
 ]
 
 
