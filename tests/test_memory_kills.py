@@ -31,8 +31,8 @@ def test_memory_monitor_kills_are_retried_then_recorded(killed: str, tmp_path: P
     space = write_space(tmp_path, "oom", dataset,
                         model={"context_length": 256, "d_model": 256, "num_layers": 2,
                                "num_heads": 4, "d_ff": 512},
-                        hparams={"B": 256}, budget={"tokens": 262144, "eval_interval": 2,
-                                                    "eval_windows": 2},
+                        hparams={"B": 256},  # 10 steps, the fewest a study may have
+                        budget={"tokens": 655360, "eval_interval": 2, "eval_windows": 2},
                         search={"max_concurrent": 1, "num_samples": 1, "max_failures": 1})
     threshold = 0.01 if killed == "as it starts" else _used_memory_fraction_plus(3 * 2**29)
     env = {**ENV, "RAY_memory_usage_threshold": f"{threshold:.4f}",

@@ -165,6 +165,37 @@ def test_forks_past_the_budget_are_refused_naming_the_most_that_fit(tmp_path: Pa
         replace(config, forks=40).validate()
 
 
+SHORT = [  # (id, the study, the one line both commands print)
+    # the probe's advice for 8,192 tokens at context 64 was B {choice: [32, 64, 128]}: 1 step
+    ("trials-of-one-step", GOOD.replace("context_length: 32", "context_length: 64").replace(
+        "[8, 16]", "[32, 64, 128]").replace("total_iters: 200", "tokens: 8192").replace(
+        "eval_tokens: 5120", "eval_tokens: 2048"),
+     ("budget.tokens: at B 128 and context 64 a trial of 8,192 tokens is 1 step (8,192 tokens a "
+      "step), and a trial needs 10 at least (a warmup or first rung of 10% is a step): train "
+      "longer, or use a smaller B")),
+    ("an-evaluation-a-step-at-the-largest-b", GOOD.replace("[8, 16]", "[8, 16, 512]"),
+     ("hparams.batch_size: B can be 512: at B 512 and context 32 a trial of 3,276,800 tokens is "
+      "200 steps (16,384 tokens a step), and 640 evaluations (every 5,120 tokens) need a step "
+      "each; search smaller B's, or train longer")),
+]
+
+
+@pytest.mark.parametrize("text, message", [s[1:] for s in SHORT], ids=[s[0] for s in SHORT])
+def test_trials_too_short_for_their_schedule_are_refused_by_both_commands(
+        tmp_path: Path, text: str, message: str) -> None:
+    """A study whose trials, at its largest B and context, are shorter than 10 steps or than a
+    step per evaluation: `space validate` and `search` exit 2 with one line naming the field (B
+    where a smaller one would do, else the budget) and the steps it leaves; nothing is made.
+    `search` says it after the memory check (tests/test_memory_fit.py)."""
+    (tmp_path / "study.yaml").write_text(text)
+    for args, prefix in ((["space", "validate", "study.yaml"], "study.yaml: "),
+                         (["search", "--space", "study.yaml"], "")):
+        result = tuner(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert " ".join(result.stderr.split()) == f"error: {prefix}{message}", result.stderr
+        assert os.listdir(tmp_path) == ["study.yaml"]  # no store, no Ray's folder
+
+
 @pytest.mark.parametrize("text, line, path, fragment", [b[1:] for b in BAD],
                          ids=[b[0] for b in BAD])
 def test_a_bad_study_exits_2_naming_file_line_and_path(tmp_path: Path, text: str, line: int,

@@ -221,7 +221,7 @@ def _publish(out: Path, request: dict, build: Callable[[Path], None],
                 raise UserError(f"{out}: cannot be written ({err.strerror})") from None
             stage.chmod(0o755)
             build(stage)
-            _replace(stage, out)
+            replace_folder(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in made:  # deepest first; one another process uses now is not empty
@@ -416,7 +416,7 @@ def _check_target(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a dataset folder; choose another --out")
 
 
-def _replace(stage: Path, out: Path) -> None:
+def replace_folder(stage: Path, out: Path) -> None:
     """Move the finished stage folder to out, replacing an older dataset folder there."""
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -17,6 +17,7 @@ from tuner.errors import UserError
 from tuner.space import SpaceError, Study, load_study, study_json_schema
 from tuner.space.convert import candidates
 from tuner.space.distributions import Distribution, fmt
+from tuner.space.trial_length import check_trial_length
 from tuner.store.redact import redact
 
 app = typer.Typer(help="Check and show study files (search spaces).", no_args_is_help=True)
@@ -47,6 +48,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="study files (YAML
         try:
             study = load_study(path)
             _check_dataset(study)
+            check_trial_length(study)
         except SpaceError as err:
             _print_errors(err)
             failed = True

@@ -75,6 +75,10 @@ def run(request: Request) -> Ended:
     from tuner.space.dataset_fit import study_dataset
 
     checked = study_dataset(study) if study.data.path else None  # a bad folder creates no store
+    from tuner.space.trial_length import check_trial_length
+
+    if not resume:  # after the memory's and dataset's checks, which say more; a study that
+        check_trial_length(study)  # began under an older tuner still resumes
 
     from tuner.store.connect import connect, new_sqlite_store
     from tuner.store.runs import find_parent

@@ -1,10 +1,13 @@
-"""How short a study's trial may be: the steps its schedule needs, which `tuner space validate`
-checks at the study's largest B and context and the probe's batch advice keeps to."""
+"""How short a study's trial may be: the steps its schedule needs, which `tuner space validate` and
+`tuner search` check at the study's largest B and context (after the memory check, which speaks
+first for a B too large to fit) and the probe's batch advice keeps to."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from tuner.errors import UserError
 
 # "A few steps": the fewest in which a tenth of the trial is a whole step. Below it the usual
 # warmup of 10% (warmup_fraction 0.1) warms up for no step, and ASHA's first rung at 10% of the
@@ -43,3 +46,19 @@ def too_short(budget: Any, batch: int, context: int) -> str | None:
             f"{steps} step{'s' if steps != 1 else ''} ({batch * context:,} tokens a step), "
             f"and {why}")
 
+
+
+def check_trial_length(study: Any) -> None:
+    """UserError when a trial at the study's largest B and context is too short for its schedule:
+    it names the searched B where a smaller one would do, else the budget."""
+    from tuner.space.convert import span
+
+    (b_lo, b_hi), (_, c_hi) = span(study, "batch_size"), span(study, "context_length")
+    problem = too_short(study.budget, int(b_hi), int(c_hi))
+    if problem is None:
+        return
+    if b_lo < b_hi and too_short(study.budget, int(b_lo), int(c_hi)) is None:
+        raise UserError(f"hparams.batch_size: B can be {int(b_hi)}: {problem}; search smaller "
+                        "B's, or train longer")
+    key = "tokens" if study.budget.tokens is not None else "total_iters"
+    raise UserError(f"budget.{key}: {problem}: train longer, or use a smaller B")

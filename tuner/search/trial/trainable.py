@@ -88,7 +88,7 @@ def trial_threads(study: Any) -> int:
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
               time_unit: float | None, stopping_points: tuple[float, ...] | None,
               checkpoint_every_s: float, umask: int, study_dir: str, scratch: str,
-              replay: Any = None) -> None:
+              replay: Any = None, staged_dataset: str | None = None) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval (with
     its device and node); a text sample comes with the evaluations where the scheduler may end
     it, and the last. Its working files (checkpoints, in a folder of its own in its node's
@@ -96,13 +96,15 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     of Ray's processes. Once the stop flag exists in `study_dir` (the study is stopping) it reports
     a checkpoint of the step it is at, with its last evaluation's metrics again, and waits for
     Tune to stop it. With `replay` (a `tuner.search.trial.curve_replay.CurveReplay`) its table
-    answers the trial in place of the trainer."""
+    answers the trial in place of the trainer. With `staged_dataset` (`tuner.dataset_stage`'s
+    URI) it trains on that dataset, fetched into its node's cache, not on the driver's `data_dir`."""
     import torch
     from ray import tune
 
     from model.checkpoint import CHECKPOINT_NAME
     from model.compiled import compile_seconds
     from model.train import device_label, resolve_device, train
+    from tuner.dataset_stage import fetch
     from tuner.search.faults.stopping import STOP_CHECKPOINT, STOP_FLAG
     from tuner.search.faults.storage_faults import STORAGE_FAULT, storage_error
     from tuner.search.trial.scratch import on_this_node
@@ -122,6 +124,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     started, compiled_before = time.time(), compile_seconds()
     try:
         resume_from, restored_steps = restore(tune.get_checkpoint(), ckpt_dir)
+        if staged_dataset:
+            data_dir = str(fetch(staged_dataset, say=lambda line: print(line, file=sys.stderr)))
         config = study.trial_config(params, Path(data_dir))
         start = restored_steps * config.tokens_per_step
         progress["budget_tokens"] = config.steps * config.tokens_per_step
