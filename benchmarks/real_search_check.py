@@ -31,7 +31,7 @@ import json
 import math
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,10 @@ SAMPLES = 10  # the quickstart's: random search's sample count and the study bud
 UPPER = 40  # num_samples of a study: an upper bound, the budget ends it
 POOL_SEEDS = 1001  # the first pool member's training seed
 RESAMPLES = 2000
+EIGHTH = {"scheduler": "asha", "asha": {"grace_period": 51200, "reduction_factor": 3}}
 COMBINATIONS = {  # label → the study's `search` overrides (the quickstart's grace: 40,960 = 1/10)
-    "cmaes + asha 3/32 ×3 (shipped)": {"algorithm": "cmaes", "scheduler": "asha"},
-    "random + asha 1/8 ×3": {"algorithm": "random", "scheduler": "asha",
-                             "asha": {"grace_period": 51200, "reduction_factor": 3}},
+    "bohb + asha 1/8 ×3": {"algorithm": "bohb", **EIGHTH},
+    "random + asha 1/8 ×3": {"algorithm": "random", **EIGHTH},
     "tpe + asha 3/32 ×3 (old)": {"algorithm": "tpe", "scheduler": "asha"},
 }
 
@@ -114,7 +114,8 @@ def report(records: list[dict[str, Any]], full_tokens: int) -> str:
               f"resamples {low:.4f}–{high:.4f}); its budget {budget:,} tokens."), "",
              ("| combination | seeds | P5: median (IQR) [90% interval] reached | final best "
               "(median) | samples (median) | wall (median) |"), "|---|---|---|---|---|---|"]
-    for label in COMBINATIONS:
+    studies = [r["combination"] for r in records if r["kind"] == "study"]
+    for label in dict.fromkeys([*COMBINATIONS, *studies]):  # and any no longer run
         runs = [r for r in records if r["kind"] == "study" and r["combination"] == label]
         if not runs:
             lines.append(f"| {label} | 0 | | | | |")
@@ -205,12 +206,14 @@ def stopped(work: Path, deadline: float) -> bool:
 
 
 def until(text: str | None) -> float:
-    """`--until HH:MM` (UTC, today) as a Unix time; none: never."""
+    """`--until HH:MM` (UTC, its next occurrence: past midnight when the hour has gone today) as
+    a Unix time; none: never."""
     if text is None:
         return math.inf
     hours, minutes = map(int, text.split(":"))
     now = datetime.now(UTC)
-    return now.replace(hour=hours, minute=minutes, second=0, microsecond=0).timestamp()
+    at = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+    return (at + timedelta(days=1) if at <= now else at).timestamp()
 
 
 def main() -> None:
