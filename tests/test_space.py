@@ -84,11 +84,12 @@ def test_shipped_studies_are_the_ones_promised() -> None:
     assert set(lm.searched()) == {"lr_max", "lr_min_ratio", "warmup_fraction", "beta2",
                                   "weight_decay", "grad_clip", "batch_size"}
     assert isinstance(lm.hparams.lr_max, LogUniform)
-    assert (lm.search.algorithm, lm.search.scheduler) == ("random", "asha")
+    assert (lm.search.algorithm, lm.search.scheduler) == ("bohb", "asha")
+    assert lm.search.study_budget.full_trials == 64 and lm.search.num_samples > 64
     assert 0 < lm.resources.gpus_per_trial < 1
 
     quick = load_study(SPACES / "quickstart.yaml")
-    assert quick.data.source == "synthetic" and 8 <= quick.search.num_samples <= 12
+    assert quick.data.source == "synthetic" and quick.search.study_budget.full_trials == 10
     assert quick.search.max_concurrent == 2 and quick.resources.cpus_per_trial == 1
     assert quick.resources.gpus_per_trial == 0 and isinstance(quick.hparams.batch_size, Choice)
 
@@ -392,7 +393,7 @@ def conditional_study(tmp_path: Path) -> Study:
         "  B: {int: [4, 32], step: 4}\n").replace("  lr_max: 0.001\n", "")))
 
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")  # grid: tests/test_search_algorithms.py
+SAMPLERS = ("tpe", "bohb", "random", "cmaes", "qmc", "gp")  # grid: tests/test_search_algorithms.py
 
 @pytest.mark.parametrize("name", ["random", "qmc", "tpe"])
 def test_another_seed_draws_other_trials(name: str) -> None:

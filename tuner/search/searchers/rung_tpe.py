@@ -48,8 +48,7 @@ class RungTPESampler(optuna.samplers.BaseSampler):
         if not steps:
             return {}
         model = optuna.create_study(direction=study.direction, sampler=optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=0, multivariate=True, constant_liar=False,
-            warn_independent_sampling=False))
+            seed=seed, n_startup_trials=0, multivariate=True, constant_liar=False))
         model.add_trials([optuna.trial.create_trial(params=params, distributions=search_space,
                                                     value=value)
                           for params, value in observed[max(steps)]])
