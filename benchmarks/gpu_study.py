@@ -67,7 +67,7 @@ def study_file(work: Path, data: Path, tiny: bool, sizes: dict[str, Any],
     asha = space["search"]["asha"]
     asha["grace_period"] = int(asha["grace_period"] / cut)
     space["search"]["num_samples"] = sizes["samples"]
-    if space["search"]["algorithm"] in STARTUP_SEARCHERS:
+    if space["search"]["algorithm"] in ("tpe", "gp"):  # random start-up trials (not bohb's rule)
         space["search"]["startup_trials"] = sizes["samples"] // 2
     space["tracking"] = {"uri": f"sqlite:///{work / 'mlflow.db'}", "log_checkpoints": "none"}
     if tiny:

@@ -112,6 +112,8 @@ def run_study(work: Path, name: str, overrides: dict[str, Any], base: Path = QUI
     space = yaml.safe_load(base.read_text())
     space["name"] = name
     space["search"].update(overrides)
+    if "study_budget" not in overrides:  # the quickstart's: these studies run their samples
+        space["search"].pop("study_budget", None)
     budget, asha = space["budget"], space["search"].get("asha", {})
     for where, key in ((budget, "tokens"), (budget, "eval_tokens"), (asha, "grace_period")):
         if key in where:
