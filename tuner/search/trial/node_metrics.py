@@ -1,6 +1,6 @@
 """MLflow's system metrics (CPU, memory, disk, network; GPU where one is) of the node a trial runs
-on, logged to the trial's run by MLflow's own monitor from a thread of the trial's process, and
-once more as the trial ends.
+on, logged to the trial's run by MLflow's own monitor from a thread of the trial's process: from
+one interval after the trial starts, every interval, and once more as the trial ends.
 
 The driver creates the run before Tune starts the trial, so the trial finds it by its tags. The
 monitor ends with the trial, or on its own once the run is no longer RUNNING; a killed process
@@ -37,6 +37,10 @@ class NodeMetrics:
             self._thread.join(FINISH_WAIT_S)
 
     def _watch(self) -> None:
+        # Not before an interval: a shorter trial (most of those ASHA stops at its first rung)
+        # is spared the CPU seconds of importing MLflow and opening the store
+        if self._ended.wait(self.interval_s):
+            return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         run_id = self._run_id()
@@ -48,8 +52,7 @@ class NodeMetrics:
         monitor.start()
         self._ended.wait()
         monitor.finish()
-        # and a sample as it ends, so that a trial shorter than the interval has one too; where
-        # the store went away, the samples before stand
+        # and a sample as it ends (where the store went away, the samples before stand)
         with contextlib.suppress(Exception):
             monitor.collect_metrics()
             monitor.publish_metrics(monitor.aggregate_metrics())
