@@ -238,6 +238,7 @@ class RayHead:
     address: str  # for ray.init(address=...) and `tuner search --address`
     env: dict[str, str]  # what a driver's environment needs: its token, and no uv hook
     worker: RayNode | None = None
+    dashboard: str = ""  # http://127.0.0.1:PORT of its dashboard's job server, where it has one
 
 
 def _node_id(temp: Path) -> str | None:
@@ -248,12 +249,14 @@ def _node_id(temp: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2, worker_cpus: int = 0, timeout: float = 120) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 2, worker_cpus: int = 0, timeout: float = 120,
+             dashboard: bool = False) -> Iterator[RayHead]:
     """`ray start --head --block` on 127.0.0.1 (a free GCS port, no dashboard, its own temp
     folder, token authentication with a fresh token); yields its address and the environment a
     driver needs: `subprocess.run(..., env={**os.environ, **head.env})`. With `worker_cpus`, a
     second node joins it (`ray start --address`) with that many CPUs and a temporary folder of
-    its own, which is also its processes' TMPDIR.
+    its own, which is also its processes' TMPDIR. With `dashboard`, the head runs Ray's
+    dashboard and its job server (`ray[default]`) on free ports of 127.0.0.1.
 
     The auth mode is explicit because Ray >= 2.59 turns token auth on by itself when
     ~/.ray/auth_token exists, which would make the cluster depend on the machine's history.
@@ -272,13 +275,23 @@ def ray_head(num_cpus: int = 2, worker_cpus: int = 0, timeout: float = 120) -> I
     env = {**os.environ, **head.env, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats"]
+    served = ["--include-dashboard=false"]
+    if dashboard:  # the agent's port too: the default (52365) may be another cluster's
+        served = ["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={(web := free_port())}",
+                  f"--dashboard-agent-listen-port={free_port()}"]
+        head = dataclasses.replace(head, dashboard=f"http://127.0.0.1:{web}")
     with contextlib.ExitStack() as nodes:
         started = nodes.enter_context(_ray_node(
             [str(ray), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-             "--include-dashboard=false", *common], env))
+             *served, *common], env))
         deadline = time.monotonic() + timeout
         while subprocess.run([str(ray), "health-check", "--address", head.address],
                              capture_output=True, env=env, timeout=60).returncode != 0:
+            _wait_a_second(*started, deadline)
+        while dashboard and subprocess.run(
+                [str(ray), "job", "list", "--address", head.dashboard], check=False,
+                capture_output=True, env=env, timeout=60).returncode != 0:
             _wait_a_second(*started, deadline)
         if worker_cpus:
             started = nodes.enter_context(_ray_node(

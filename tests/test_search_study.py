@@ -44,7 +44,8 @@ def faults_study(tmp_path_factory: pytest.TempPathFactory, dataset: Path,
                         hparams={"lr_max": {"grid": [1e-2, 50.0, 1e-3, 1e-4]}},
                         search={"algorithm": "grid", "scheduler": "asha",
                                 "storage": f"sqlite:///{folder / 'optuna.db'}",
-                                "asha": {"grace_period": 5120, "reduction_factor": 2}})
+                                "asha": {"grace_period": 5120, "reduction_factor": 2}},
+                        tracking={"system_metrics_s": 0.2})
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's sockets live in it
     env = {**ENV, "RAY_TMPDIR": str(ray_tmp), "AWS_SECRET_ACCESS_KEY": AWS_SECRET}
     proc = run_tuner(["search", "--space", str(space), "--tracking-uri", uri,
@@ -103,6 +104,12 @@ def test_study_records_parent_and_children(faults_study: dict[str, Any], dataset
         assert (params["epochs"], symbols["epochs"]) == (str(epochs), "N_epoch")
         trained = tags["tuner.status"] != "failed"  # the failed ones never reached a step
         assert tags.get("tuner.device") == ("cpu" if trained else None)
+        if tags["tuner.status"] == "completed":  # MLflow's system metrics of the trial's node,
+            # from its process (Tune may end a stopped trial's before its first sample)
+            points = client.get_metric_history(run.info.run_id,
+                                               "system/cpu_utilization_percentage")
+            assert points and all(0 <= p.value <= 100 for p in points)
+            assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 
 
 def _readable_by_others(path: Path, root: Path) -> bool:

@@ -289,6 +289,9 @@ class TrackingSection(Section):
     log_checkpoints: Literal["best", "completed", "none"] = Field(
         "completed", description="which trials' final checkpoints are logged as MLflow "
         "artifacts: every completed trial's and the best's (completed), the best's only, or none")
+    system_metrics_s: float = Field(
+        30.0, ge=0, description="seconds between the samples of MLflow's system metrics (CPU, "
+        "memory, disk, network, GPU) of a trial's node, logged to its run; 0: none")
 
     _remembered = field_validator("uri", mode="before")(_remembered_uri)
 

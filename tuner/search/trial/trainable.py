@@ -107,6 +107,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from tuner.dataset_stage import fetch
     from tuner.search.faults.stopping import STOP_CHECKPOINT, STOP_FLAG
     from tuner.search.faults.storage_faults import STORAGE_FAULT, storage_error
+    from tuner.search.trial.node_metrics import NodeMetrics
     from tuner.search.trial.scratch import on_this_node
 
     os.umask(umask)
@@ -122,6 +123,8 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
                 **({HYPERBAND_TIME: 0.0} if time_unit else {})}
     costs = {CHECKPOINT_S: 0.0, CHECKPOINT_BYTES: 0}  # Tune's copies of the checkpoints
     started, compiled_before = time.time(), compile_seconds()
+    node_metrics = NodeMetrics(study, tune.get_context().get_trial_id(),
+                               study.tracking.system_metrics_s if replay is None else 0).start()
     try:
         resume_from, restored_steps = restore(tune.get_checkpoint(), ckpt_dir)
         if staged_dataset:
@@ -204,6 +207,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         traceback.clear_frames(err.__traceback__)
         raise
     finally:
+        node_metrics.stop()
         shutil.rmtree(work, ignore_errors=True)
         _free_gpu_memory(torch)
     if stopped_by_the_study:  # returning would end the trial as completed: Tune's stop ends it
