@@ -123,9 +123,11 @@ class MlflowRecorder(tune.Callback):
     budget: Any = None  # the study's BudgetWatch (search.study_budget), if it has one
 
     def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str,
-                 flat: Any = None, budget: Any = None):
+                 flat: Any = None, budget: Any = None, shown: str | None = None):
+        """`storage`: the driver's folder of studies (an object store's: its working copy);
+        `shown`: --storage as given, for the study's tag."""
         self.study, self.data_dir = study, data_dir
-        self.provenance, self.storage = provenance, storage
+        self.provenance, self.storage, self.shown = provenance, storage, shown or storage
         self.flat, self.budget = flat, budget  # one pickle with the callbacks keeps them together
         self._client: Any = None
 
@@ -165,7 +167,7 @@ class MlflowRecorder(tune.Callback):
         study, prov = self.study, self.provenance
         tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"],
                 "tuner.dataset_sha256": prov["dataset_sha256"],
-                "tuner.storage": self.storage, "tuner.algorithm": study.search.searcher,
+                "tuner.storage": self.shown, "tuner.algorithm": study.search.searcher,
                 "tuner.scheduler": study.search.scheduler,
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
         if study.search.warm_start:
