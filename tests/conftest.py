@@ -107,4 +107,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = xdist_order.deal(items, xdist_order.workers())
 
 
-from s3_server import s3, s3_server  # noqa: E402, F401 - the object-store fixtures
+from s3_server import s3, s3_server  # noqa: F401 - the object-store fixtures
