@@ -175,8 +175,7 @@ def build_tuner(study: Any, data_dir: Path, storage: Storage, config: Any | None
 
 
 def run_study(study: Any, data_dir: Path, storage: Storage, *, address: str | None,
-              restore: bool,
-              provenance: dict[str, Any], overrides: dict[str, Any] | None,
+              restore: bool, provenance: dict[str, Any], overrides: dict[str, Any] | None,
               warn: Callable[[str], None], stuck: Callable[[str], None],
               warm_trials: list[Any] | None = None, replay: Any = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
@@ -230,9 +229,8 @@ def run_study(study: Any, data_dir: Path, storage: Storage, *, address: str | No
             with state.driven(folder), lease.held(storage, study.name):
                 if restore and restore_whole_state(folder):
                     warn(f"Tune's state in {storage.study_path(study.name)} was part-written "
-                         "(its driver "
-                         "was killed while Tune copied it): the study goes on from the last whole "
-                         "copy")
+                         "(its driver was killed while Tune copied it): the study goes on from "
+                         "the last whole copy")
                 if overrides is not None:
                     state.save(folder, study, overrides)
                 if restore and set_trial_limit(folder, study.trial_count):
