@@ -7,7 +7,8 @@ checkpoint, and as a share of the trials' time).
         [--repeats 1]
 
 The dataset is prepared once, before either run is timed. Bytes uploaded are the bodies of the
-PUT and POST requests the server took (Tune's state, the checkpoints, the driver's own files).
+PUT and POST requests the server took (Tune's state, the checkpoints, the driver's own files,
+Tune's result files).
 The training-thread seconds are the trials' own `checkpoint_s` (their writes and Tune's copy or
 upload of each, as the trial reports it), read from Tune's result.json of each trial. Prints a
 markdown table for docs/benchmarks.md.
@@ -37,14 +38,16 @@ class Counted:
     """A WSGI app that counts the request bodies of uploads (PUT, POST) to the app it wraps."""
 
     def __init__(self, app: Any) -> None:
-        self.app, self.uploaded, self.puts = app, 0, 0
+        self.app, self.uploaded = app, 0
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         if environ["REQUEST_METHOD"] in ("PUT", "POST"):
+            # pyarrow's S3 client streams a file's body in chunks, its size in this header
+            size = environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH") or environ.get(
+                "CONTENT_LENGTH")
             with self._lock:
-                self.uploaded += int(environ.get("CONTENT_LENGTH") or 0)
-                self.puts += environ["PATH_INFO"].endswith("/checkpoint.pt")
+                self.uploaded += int(size or 0)
         return self.app(environ, start_response)
 
 
