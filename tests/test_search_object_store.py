@@ -56,6 +56,11 @@ def test_a_store_that_cannot_be_used_exits_2_naming_why(tmp_path: Path, dataset:
             assert secret not in out
     assert s3.keys() == []
     assert os.listdir(tmp_path) == [space.name]  # no tracking store, working copy or Ray
+    proc = run_tuner(["search", "--resume", "--name", "nowhere", "--storage", s3.uri()],
+                     cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"no study 'nowhere' to resume in {s3.uri()} (studies there: none)" in " ".join(
+        proc.stderr.split())
 
 
 @pytest.mark.slow

@@ -198,6 +198,7 @@ def _open(request: Request, where: object_store.Storage) -> tuple[Any, dict[str,
     state.check_not_driven(storage / name)
     lease.check_free(where, name)  # a driver on another machine
     working_copy.pull(where, name, whole=True)  # the checks of a resume read its checkpoints
+    working_copy.check_found(where, name)
     study = state.load(storage / name, space)
     preflight.check_kept_settings(study, {k: v for k, v in overrides.items()
                                           if k != "num_samples"})  # which `extended` judges

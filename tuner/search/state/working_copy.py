@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tuner.errors import UserError
 from tuner.search.state.state import LOCK_FILE
 from tuner.store.object_store import Storage
 
@@ -65,6 +66,19 @@ def push(storage: Storage, name: str) -> None:
     for rel in synced.keys() - now.keys():
         storage.filesystem.delete_file(f"{remote}/{rel}")
     _synced[folder] = now
+
+
+def check_found(storage: Storage, name: str) -> None:
+    """UserError when the store holds nothing of study `name` (once pulled), naming the studies
+    it holds."""
+    if not storage.remote or any((storage.local / name).glob("*")):
+        return
+    from pyarrow.fs import FileSelector, FileType
+
+    there = sorted(info.base_name for info in storage.filesystem.get_file_info(
+        FileSelector(storage.root, allow_not_found=True)) if info.type == FileType.Directory)
+    raise UserError(f"no study {name!r} to resume in {storage.shown()} (studies there: "
+                    f"{', '.join(there) or 'none'}); pass the --storage it ran with")
 
 
 def _files(folder: Path, whole: bool) -> dict[str, tuple[int, int]]:
