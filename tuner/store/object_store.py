@@ -86,11 +86,12 @@ def locate(value: str | Path) -> Storage:
         return Storage(Path(root))  # file:///path
     if not root.strip("/"):
         raise UserError(f"--storage {uri}: name a bucket (s3://BUCKET/PREFIX)")
-    return Storage(working_copy_root(parts), uri, filesystem, root.rstrip("/"))
+    return Storage(working_copy_root(uri), uri, filesystem, root.rstrip("/"))
 
 
-def working_copy_root(parts: urllib.parse.SplitResult) -> Path:
-    """The driver's working copy of a URI's studies, in the user's cache folder."""
+def working_copy_root(uri: str) -> Path:
+    """The driver's working copy of a URI's studies, in this user's cache folder."""
+    parts = urllib.parse.urlsplit(uri)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base, "tuner", "storage", parts.scheme, parts.netloc, parts.path.strip("/"))
 

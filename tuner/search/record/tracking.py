@@ -449,10 +449,15 @@ class MlflowRecorder(tune.Callback):
                 partial.replace(mid)
 
     def mid_checkpoint(self, trial: Any) -> Path:
-        """Where the driver keeps the trial's mid-trial checkpoint."""
+        """Where the driver keeps the trial's mid-trial checkpoint: in the study's folder, or an
+        object store's study in this driver's working copy (a resumed study's recorder comes
+        from Tune's state, maybe saved by a driver on another machine)."""
         from model.checkpoint import CHECKPOINT_NAME
+        from tuner.store.object_store import is_uri, working_copy_root
 
-        return Path(self.storage) / self.study.name / MID_FOLDER / trial.trial_id / CHECKPOINT_NAME
+        shown = getattr(self, "shown", None)  # (a recorder saved before it had one)
+        root = working_copy_root(shown) if shown and is_uri(shown) else Path(self.storage)
+        return root / self.study.name / MID_FOLDER / trial.trial_id / CHECKPOINT_NAME
 
     def keeps_checkpoint(self, trial_id: str) -> bool:
         """Whether the trial's checkpoints may still be logged: its run has not ended in MLflow,
