@@ -105,3 +105,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest tests (whole studies) first, dealt out to xdist's workers (xdist_order.py):
     each worker starts on studies and ends on quick tests, which the other can steal."""
     items[:] = xdist_order.deal(items, xdist_order.workers())
+
+
+from s3_server import s3, s3_server  # noqa: F401 - the object-store fixtures

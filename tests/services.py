@@ -198,9 +198,10 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 @contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str, timeout: float = 180,
-                  port: int | None = None) -> Iterator[str]:
+                  port: int | None = None, destination: str | None = None) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 (`port`, else a free one) on `backend_store_uri`, serving
-    artifacts from `artifacts_dir`; yields its http:// tracking URI once /health answers."""
+    artifacts from `artifacts_dir` (or from `destination`, an object store's URI, its log still
+    beside `artifacts_dir`); yields its http:// tracking URI once /health answers."""
     artifacts = Path(artifacts_dir)
     artifacts.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -210,7 +211,7 @@ def mlflow_server(backend_store_uri: str, artifacts_dir: Path | str, timeout: fl
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--serve-artifacts", "--artifacts-destination", str(artifacts)]
+           "--workers", "1", "--serve-artifacts", "--artifacts-destination", destination or str(artifacts)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=artifacts.parent, start_new_session=True)

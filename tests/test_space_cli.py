@@ -215,8 +215,8 @@ def test_a_bad_study_exits_2_naming_file_line_and_path(tmp_path: Path, text: str
      "Invalid value for '--storage': study.yaml is a file, not a folder"),
     (["search", "--space", "study.yaml", "--storage", ""],  # a Path of it: the current folder
      "Invalid value for '--storage': empty: give a folder (. for the current one)"),
-    (["search", "--space", "study.yaml", "--storage", "s3://bucket/studies"],
-     "Invalid value for '--storage': s3://bucket/studies is a URI: give a folder of a file"),
+    (["report", "--study", "s", "--out", "s3://bucket/reports"],  # (--storage takes one)
+     "Invalid value for '--out': s3://bucket/reports is a URI: give a folder of a file"),
     (["report", "--study", "s", "--out", ""],
      "Invalid value for '--out': empty: give a folder"),
     (["data", "prepare", "--source", "synthetic", "--vocab-size", "300", "--cache-dir", ""],

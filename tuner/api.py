@@ -116,7 +116,8 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
     end, as `tuner search` does, showing its progress unless `quiet`; how it ended. A benchmark's
     `curve_table` answers the trials from that table of curves instead (docs/curves.md). Ctrl-C (a
     KeyboardInterrupt) stops it with grace and returns it "interrupted", resumable with
-    `resume=True`; one before it is saved raises KeyboardInterrupt, with nothing to resume."""
+    `resume=True`; one before it is saved raises KeyboardInterrupt, with nothing to resume.
+    `storage` is a folder or an object store's URI (s3://BUCKET/PREFIX), as `--storage` takes."""
     from model.shell import forget_stops
     from tuner.search import environment, lifecycle
     from tuner.store.redact import mask_log_records, remember
@@ -131,7 +132,7 @@ def search(study: Study | str | Path | Mapping[str, Any] | None = None, *, name:
             ended = lifecycle.run(lifecycle.Request(
                 space=None if study is None or given is not None else Path(study), name=name,
                 num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
-                tracking_uri=tracking_uri, storage=Path(storage), address=address,
+                tracking_uri=tracking_uri, storage=storage, address=address,
                 resume=resume, warm_start=warm_start, study=given, quiet=quiet,
                 curve_table=None if curve_table is None else Path(curve_table)))
         finally:  # a stop ends this study only, not the next one in this process (a notebook's)

@@ -23,12 +23,19 @@ def folder(value: str | Path) -> Path:
     if not value:
         raise typer.BadParameter("empty: give a folder (. for the current one)")
     if "://" in str(value):  # a default comes as a Path
-        raise typer.BadParameter(f"{value} is a URI: give a folder of a file system (on a Ray "
-                                 "cluster, one that every node mounts at the same path)")
+        raise typer.BadParameter(f"{value} is a URI: give a folder of a file system")
     path = Path(value)
     if path.exists() and not path.is_dir():
         raise typer.BadParameter(f"{value} is a file, not a folder")
     return path
+
+
+def storage(value: str | Path) -> str:
+    """--storage's value (`parser=storage`): a folder as `folder` takes it, or an object store's
+    URI (s3://bucket/prefix), which `tuner.store.object_store` checks."""
+    from tuner.store.object_store import is_uri
+
+    return str(value) if is_uri(value) else str(folder(value))
 
 
 def check_new_file(option: str, path: Path) -> None:

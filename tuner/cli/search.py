@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tuner.cli.args import folder
+from tuner.cli.args import storage as storage_location
 
 
 def search(
@@ -24,9 +24,9 @@ def search(
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: the file's, else $MLFLOW_TRACKING_URI, else "
         "sqlite:///mlflow.db)")] = None,
-    storage: Annotated[Path, typer.Option(
-        help="folder for Ray Tune's trial state and checkpoints", parser=folder, metavar="<dir>",
-    )] = Path("ray_results"),
+    storage: Annotated[str, typer.Option(
+        help="folder, or object store URI (s3://BUCKET/PREFIX), for Ray Tune's trial state and "
+        "checkpoints", parser=storage_location, metavar="<dir|uri>")] = "ray_results",
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to run on (default: a local Ray on this machine)")] = None,
     resume: Annotated[bool, typer.Option(

@@ -26,7 +26,8 @@ from tuner.errors import UserError, reason
 from tuner.output import count
 from tuner.search import preflight
 from tuner.search.ended import EXIT_CODES, FAILED, FINISHED, INTERRUPTED, Ended
-from tuner.search.state import state
+from tuner.search.state import lease, state, working_copy
+from tuner.store import object_store
 from tuner.store.layout import CURVE_TABLE_TAG, STOP_REASON_TAG
 from tuner.store.uri import absolute_uri
 
@@ -41,7 +42,7 @@ class Request:
     max_concurrent: int | None
     seed: int | None
     tracking_uri: str | None
-    storage: Path
+    storage: str | Path  # a folder, or an object store's URI (tuner.store.object_store)
     address: str | None
     resume: bool
     warm_start: str | None
@@ -61,9 +62,11 @@ def run(request: Request) -> Ended:
     def warn(text: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(text)}")
 
-    storage = request.storage.expanduser().resolve()
+    where = object_store.locate(request.storage)
+    object_store.check(where)  # the store answers, takes the keys and has the bucket
+    storage = where.local  # the driver's own files: the folder, or its working copy of the URI's
     resume, address = request.resume, request.address
-    study, to_save = _open(request, storage)
+    study, to_save = _open(request, where)
     table = _curve_table(request.curve_table, study)
     preflight.check_storage(storage)
     from tuner.search.run.address import check_address
@@ -140,9 +143,14 @@ def run(request: Request) -> Ended:
         from tuner.search.trial.curve_replay import CurveReplay
 
         replay = CurveReplay(table)
-    return _run_study(console, warn, study, data_dir, storage, address=address, restore=restore,
+    staged = None
+    if where.remote:  # no disk shared with the nodes: each fetches the dataset from the store
+        from tuner.dataset_stage import stage_for_trials
+
+        staged = stage_for_trials(data_dir, where.uri, say=console.print)
+    return _run_study(console, warn, study, data_dir, where, address=address, restore=restore,
                       provenance=made_of, overrides=to_save,
-                      warm_trials=warm_trials, replay=replay)
+                      warm_trials=warm_trials, replay=replay, staged_dataset=staged)
 
 
 def _curve_table(path: Path | None, study: Any) -> Any:
@@ -170,7 +178,7 @@ def _check_same_table(study: Any, parent: Any, table: Any) -> None:
                            ", without --curve-table"))
 
 
-def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
+def _open(request: Request, where: object_store.Storage) -> tuple[Any, dict[str, Any] | None]:
     """The study: new from --space with the options' overrides, or resumed from its state under
     --storage, extended by a larger --num-samples (UserError when it is being driven, or another
     option changed); and the overrides to save with it (None: saved already)."""
@@ -192,10 +200,14 @@ def _open(request: Request, storage: Path) -> tuple[Any, dict[str, Any] | None]:
     if resume and not STUDY_NAME.fullmatch(name):  # it names the study's folder under --storage
         raise UserError(f"--name {name!r} {NAME_RULE}")
     if not resume:
-        return _new_study(storage, space, overrides), overrides
+        return _new_study(where, space, overrides), overrides
     from tuner.search.state.extension import extended
 
+    storage = where.local
     state.check_not_driven(storage / name)
+    lease.check_free(where, name)  # a driver on another machine
+    working_copy.pull(where, name, whole=True)  # the checks of a resume read its checkpoints
+    working_copy.check_found(where, name)
     study = state.load(storage / name, space)
     preflight.check_kept_settings(study, {k: v for k, v in overrides.items()
                                           if k != "num_samples"})  # which `extended` judges
@@ -225,7 +237,7 @@ def _check_store(study: Any, client: Any, exists: Any, *, resume: bool, restore:
 
 
 def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_dir: Path,
-               storage: Path, *, address: str | None, **run_args: Any) -> Ended:
+               storage: object_store.Storage, *, address: str | None, **run_args: Any) -> Ended:
     """Run the study on Ray Tune and print its summary, or how it stopped and how to continue it;
     how it ended."""
     from tuner.search.faults.node_watch import NodeLost
@@ -236,7 +248,7 @@ def _run_study(console: Console, warn: Callable[[str], None], study: Any, data_d
     from tuner.search.run.runner import run_study
 
     resume_hint = as_started(shlex.join([
-        "tuner", "search", "--resume", "--name", study.name, "--storage", str(storage),
+        "tuner", "search", "--resume", "--name", study.name, "--storage", storage.shown(),
         *(["--address", address] if address else [])]))  # not saved: the cluster may move
     if _not_resumable(study):
         resume_hint = as_started(f"tuner search --space FILE --name NEW --warm-start {study.name}"
@@ -337,7 +349,7 @@ def second_stop(study: Any) -> str:
     return "stopped at once (a second stop); its runs ended as interrupted (KILLED)"
 
 
-def _new_study(storage: Path, space: Any, overrides: dict[str, Any]) -> Any:
+def _new_study(where: object_store.Storage, space: Any, overrides: dict[str, Any]) -> Any:
     """A new study from the --space file (or a study given from Python) and the options, its
     tracking URI made absolute; UserError when --storage holds one of its name already."""
     from tuner.space import Study, load_study
@@ -349,10 +361,11 @@ def _new_study(storage: Path, space: Any, overrides: dict[str, Any]) -> Any:
     if "tracking_uri" not in overrides and "uri" not in study.tracking.model_fields_set:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri  # as MLflow's own tools do
     study = study.with_overrides(**{**overrides, "tracking_uri": absolute_uri(uri)})
-    if state.started(storage / study.name):
+    working_copy.pull(where, study.name, whole=False)
+    if state.started(where.local / study.name):
         carry_on = (f"build on it with --warm-start {study.name}" if _not_resumable(study)
                     else f"continue it with --resume --name {study.name}")
-        raise UserError(f"study {study.name!r} already exists in {storage}: {carry_on}, or pick "
+        raise UserError(f"study {study.name!r} already exists in {where.shown()}: {carry_on}, or pick "
                         "another --name")
     return study
 

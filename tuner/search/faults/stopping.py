@@ -2,7 +2,8 @@
 closed terminal; SIGUSR1, Slurm's notice before preemption). Ray never sees one while it starts
 (an interrupted start leaves Ray's agents running); one that comes before the study is saved
 aborts the command; after that, the running trials first get up to `search.stop_grace_s` to
-checkpoint the step they are at (a flag file tells them), then Tune's own handler takes it and
+checkpoint the step they are at (a flag tells them: a file in the study's folder, or where the
+study is in an object store and the trials share no disk with the driver, a Ray actor), then Tune's own handler takes it and
 saves the study for `--resume`, even when it came before Tune was listening. A second stop ends
 the grace; one after that ends the driver at once. A copy of a stop is not a second one: `uv run`
 passes on, 0.2 s later, a signal its whole process group got too (model.shell.new_stops tells
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from model.shell import (
@@ -64,9 +66,64 @@ def stops_held(flag: Path | None = None, grace_s: float = 0.0) -> Iterator[None]
         _remove(flag)
 
 
-def _remove(flag: Path | None) -> None:
+def _remove(flag: Any) -> None:
     if flag is not None:
         flag.unlink(missing_ok=True)
+
+
+@ray.remote(num_cpus=0)
+class _Board:
+    """Whether the study is stopping, for its trials on any node."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def set(self, up: bool) -> None:
+        self.up = up
+
+    def is_set(self) -> bool:
+        return self.up
+
+
+class RayFlag:
+    """The stop flag as a named Ray actor, with a file's `touch`, `unlink` and `exists`: made by
+    the driver once Ray runs (`unlink` as its study starts), asked by each trial over Ray's own
+    channel. Before Ray starts, or once it is gone, no flag is up."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self._handle = name, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "_handle": None}  # each process finds the actor itself
+
+    def touch(self) -> None:
+        self._set(True)
+
+    def unlink(self, missing_ok: bool = True) -> None:
+        self._set(False)
+
+    def exists(self) -> bool:
+        board = self._board(make=False)
+        try:
+            return board is not None and bool(ray.get(board.is_set.remote()))
+        except ray.exceptions.RayError:  # the driver, and the actor with it, ended
+            return False
+
+    def _set(self, up: bool) -> None:
+        board = self._board(make=True)
+        if board is not None:
+            ray.get(board.set.remote(up))
+
+    def _board(self, make: bool) -> Any:
+        if not ray.is_initialized():  # (Ray ended: its actor with it)
+            self._handle = None
+        elif self._handle is None:
+            try:
+                self._handle = _Board.options(name=self.name, get_if_exists=True).remote() \
+                    if make else ray.get_actor(self.name)
+            except ValueError:  # not made yet
+                return None
+        return self._handle
 
 
 @contextmanager
@@ -143,6 +200,7 @@ class StopRelay(tune.Callback):
     once the running trials have checkpointed the step they are at, or `stop_grace_s` passed."""
 
     def setup(self, **info: Any) -> None:
+        _remove(_held["flag"])  # (a RayFlag makes its actor now, not in a signal's handler)
         _held["tune_listens"] = True
         tune_handler = signal.getsignal(signal.SIGINT)
 

@@ -123,9 +123,11 @@ class MlflowRecorder(tune.Callback):
     budget: Any = None  # the study's BudgetWatch (search.study_budget), if it has one
 
     def __init__(self, study: Any, data_dir: str, provenance: dict[str, Any], storage: str,
-                 flat: Any = None, budget: Any = None):
+                 flat: Any = None, budget: Any = None, shown: str | None = None):
+        """`storage`: the driver's folder of studies (an object store's: its working copy);
+        `shown`: --storage as given, for the study's tag."""
         self.study, self.data_dir = study, data_dir
-        self.provenance, self.storage = provenance, storage
+        self.provenance, self.storage, self.shown = provenance, storage, shown or storage
         self.flat, self.budget = flat, budget  # one pickle with the callbacks keeps them together
         self._client: Any = None
 
@@ -165,7 +167,7 @@ class MlflowRecorder(tune.Callback):
         study, prov = self.study, self.provenance
         tags = {STUDY_TAG: study.name, ROLE_TAG: "study", "tuner.git_commit": prov["git_commit"],
                 "tuner.dataset_sha256": prov["dataset_sha256"],
-                "tuner.storage": self.storage, "tuner.algorithm": study.search.searcher,
+                "tuner.storage": self.shown, "tuner.algorithm": study.search.searcher,
                 "tuner.scheduler": study.search.scheduler,
                 **{f"tuner.version.{k}": v for k, v in prov["versions"].items()}}
         if study.search.warm_start:
@@ -447,10 +449,15 @@ class MlflowRecorder(tune.Callback):
                 partial.replace(mid)
 
     def mid_checkpoint(self, trial: Any) -> Path:
-        """Where the driver keeps the trial's mid-trial checkpoint."""
+        """Where the driver keeps the trial's mid-trial checkpoint: in the study's folder, or an
+        object store's study in this driver's working copy (a resumed study's recorder comes
+        from Tune's state, maybe saved by a driver on another machine)."""
         from model.checkpoint import CHECKPOINT_NAME
+        from tuner.store.object_store import is_uri, working_copy_root
 
-        return Path(self.storage) / self.study.name / MID_FOLDER / trial.trial_id / CHECKPOINT_NAME
+        shown = getattr(self, "shown", None)  # (a recorder saved before it had one)
+        root = working_copy_root(shown) if shown and is_uri(shown) else Path(self.storage)
+        return root / self.study.name / MID_FOLDER / trial.trial_id / CHECKPOINT_NAME
 
     def keeps_checkpoint(self, trial_id: str) -> bool:
         """Whether the trial's checkpoints may still be logged: its run has not ended in MLflow,

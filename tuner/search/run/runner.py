@@ -19,6 +19,7 @@ from tuner.search.run.console import Summary
 from tuner.search.run.local_ray import start_local_ray
 from tuner.search.state import state
 from tuner.store.layout import FINISHED
+from tuner.store.object_store import Storage
 from tuner.store.redact import redact
 
 
@@ -111,15 +112,17 @@ def tune_config(study: Any, warm_trials: list[Any] | None = None, budget: Any = 
         reuse_actors=True, trial_dirname_creator=lambda trial: trial_folder(trial.trial_id))
 
 
-def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
+def build_tuner(study: Any, data_dir: Path, storage: Storage, config: Any | None,
                 provenance: dict[str, Any], scratch: str, replay: Any = None,
-                budget: Any = None) -> Any:
-    """A new Tuner for the study, or (config None) the one restored from `storage/name`, its
+                budget: Any = None, staged_dataset: str | None = None) -> Any:
+    """A new Tuner for the study, or (config None) the one restored from its folder in `storage`
+    (written through Tune's own storage layer, an object store's too), its
     trials' working files in the folder `scratch` of each node (`tuner.search.trial.scratch`): Tune
     restores its searcher, trials and callbacks (ours keep only their settings), and the
     scheduler as it started (Tune saves none of its state; StateBackup puts back ASHA's and the
     median rule's). With `replay` (a CurveReplay) its table answers the trials; with `budget` (the
-    BudgetWatch its searcher was given) its trials stop once the study budget is spent."""
+    BudgetWatch its searcher was given) its trials stop once the study budget is spent; with
+    `staged_dataset` (tuner.dataset_stage's URI) they fetch the dataset, not read `data_dir`."""
     from ray import tune
     from ray.tune.stopper import CombinedStopper
 
@@ -139,17 +142,19 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                              threads=trial_threads(study), time_unit=time_unit(study),
                              stopping_points=stopping_points(study),
                              checkpoint_every_s=checkpoint_interval(study), umask=current_umask(),
-                             study_dir=str(storage / study.name), scratch=scratch,
-                             replay=replay),
+                             stop_flag=stop_flag(storage, study.name), scratch=scratch,
+                             replay=replay, staged_dataset=staged_dataset),
         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     if config is None:
         # A trial resumed from its checkpoint reports again an evaluation its Optuna trial had
         # before the stop; Optuna keeps the first and warns, a traceback-like line in the view.
         warnings.filterwarnings("ignore", message="The reported value is ignored because this")
-        return tune.Tuner.restore(str(storage / study.name), trainable, resume_unfinished=True)
+        return tune.Tuner.restore(storage.study_path(study.name), trainable,
+                                  resume_unfinished=True, storage_filesystem=storage.filesystem)
     pbt = study.search.scheduler == "pbt"
     flat = FlatWatch(study) if study.search.stop_when_flat else None
-    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage), flat, budget)
+    recorder = MlflowRecorder(study, str(data_dir), provenance, str(storage.local), flat, budget,
+                              storage.shown())
     # A trial resumes from the checkpoint Tune's last save names: the latest or the one before
     # (StateBackup deletes them once the trial ended). PBT clones others' and keeps them all: its
     # save of a function trainable registers the latest checkpoint again, and pruning one of the
@@ -161,7 +166,8 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
     # study set up
     stoppers = [*([FlatStopper(flat)] if flat else []), *([BudgetStopper(budget)] if budget else [])]
     run_config = tune.RunConfig(
-        name=study.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+        name=study.name, storage_path=storage.tune_path(), storage_filesystem=storage.filesystem,
+        callbacks=callbacks, verbose=0,
         stop=CombinedStopper(*stoppers) if len(stoppers) > 1 else next(iter(stoppers), None),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
         failure_config=tune.FailureConfig(max_failures=study.search.max_failures))
@@ -169,10 +175,11 @@ def build_tuner(study: Any, data_dir: Path, storage: Path, config: Any | None,
                       tune_config=config, run_config=run_config)
 
 
-def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None, restore: bool,
-              provenance: dict[str, Any], overrides: dict[str, Any] | None,
+def run_study(study: Any, data_dir: Path, storage: Storage, *, address: str | None,
+              restore: bool, provenance: dict[str, Any], overrides: dict[str, Any] | None,
               warn: Callable[[str], None], stuck: Callable[[str], None],
-              warm_trials: list[Any] | None = None, replay: Any = None) -> Summary:
+              warm_trials: list[Any] | None = None, replay: Any = None,
+              staged_dataset: str | None = None) -> Summary:
     """Run the study to its end (or an interrupt) and summarise what MLflow recorded.
 
     `restore` continues the study from Tune's state, creating trials up to its trial count (more
@@ -181,7 +188,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     extension's) are saved with the study, for `--resume` to rebuild it; None when they are saved
     already.
     A local Ray too small for one trial is a UserError; a cluster's shortage is only `warn`ed.
-    With `replay` (a CurveReplay) the trials are answered from its table, not trained.
+    With `replay` (a CurveReplay) the trials are answered from its table, not trained; with
+    `staged_dataset` they train on that staged copy of the dataset (tuner.dataset_stage).
     A lost Ray node stops the study (NodeLost), or where it cannot, `stuck` ends it
     (tuner.search.faults.node_watch).
     """
@@ -191,14 +199,10 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     np.random.seed(study.search.seed)
     from tuner.search.faults import storage_faults
     from tuner.search.faults.node_watch import stop_on_node_loss
-    from tuner.search.faults.stopping import (
-        STOP_FLAG,
-        abort_if_stopped,
-        stop_handlers_kept,
-        stops_held,
-    )
+    from tuner.search.faults.stopping import abort_if_stopped, stop_handlers_kept, stops_held
     from tuner.search.run.console import stop_live_views
     from tuner.search.searchers.study_budget import BudgetWatch
+    from tuner.search.state import lease, working_copy
     from tuner.search.state.extension import set_trial_limit
     from tuner.search.state.tune_state import keep, restore_whole_state
     from tuner.search.trial import scratch
@@ -207,7 +211,8 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
     budget = BudgetWatch(study) if study.search.study_budget and not restore else None
     config = None if restore else tune_config(study, warm_trials, budget)
     trial_files: str | None = None  # the name of the trials' working folder on each node
-    with stops_held(storage / study.name / STOP_FLAG, study.search.stop_grace_s):
+    folder = storage.local / study.name  # the driver's own files (an object store's: a copy)
+    with stops_held(stop_flag(storage, study.name), study.search.stop_grace_s):
         with stop_handlers_kept():
             start_ray(address)
         import ray
@@ -224,22 +229,25 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             if shortage:
                 warn(f"{shortage}; trials wait until such a node joins")
             trial_files = scratch.new_name()
-            with state.driven(storage / study.name):
-                if restore and restore_whole_state(storage / study.name):
-                    warn(f"Tune's state in {storage / study.name} was part-written (its driver "
-                         "was killed while Tune copied it): the study goes on from the last whole "
-                         "copy")
+            with state.driven(folder), lease.held(storage, study.name):
+                if restore and restore_whole_state(folder):
+                    warn(f"Tune's state in {storage.study_path(study.name)} was part-written "
+                         "(its driver was killed while Tune copied it): the study goes on from "
+                         "the last whole copy")
                 if overrides is not None:
-                    state.save(storage / study.name, study, overrides)
-                if restore and set_trial_limit(storage / study.name, study.trial_count):
-                    keep(storage / study.name, storage / study.name)  # extended: the copy too
-                with storage_faults.as_storage_full(storage / study.name), \
+                    state.save(folder, study, overrides)
+                if restore and set_trial_limit(folder, study.trial_count):
+                    keep(folder, folder)  # extended: the copy too
+                working_copy.push(storage, study.name)  # saved and checked: Tune reads it now
+                with storage_faults.as_storage_full(folder), \
                         stop_on_node_loss(address, stuck):
                     _fit(build_tuner(study, data_dir, storage, config, provenance, trial_files,
-                                     replay, budget))
+                                     replay, budget, staged_dataset))
                     # Tune's last save is whole in the folder now; a resume of a study with
                     # nothing left to run takes no step, so StateBackup kept no copy of that save
-                    keep(storage / study.name, storage / study.name)
+                    working_copy.pull(storage, study.name, whole=False)
+                    keep(folder, folder)
+                    working_copy.push(storage, study.name)
         finally:
             stop_live_views()
             try:
@@ -248,6 +256,14 @@ def run_study(study: Any, data_dir: Path, storage: Path, *, address: str | None,
             finally:
                 ray.shutdown()
     return summarise(study)
+
+
+def stop_flag(storage: Storage, name: str) -> Any:
+    """What tells the trials of study `name` that it is stopping: a file in its folder, or
+    where the trials share no disk with the driver, a Ray actor (`RayFlag`) every node reaches."""
+    from tuner.search.faults.stopping import STOP_FLAG, RayFlag
+
+    return RayFlag(f"tuner-stop-{name}") if storage.remote else storage.local / name / STOP_FLAG
 
 
 def _fit(tuner: Any) -> None:

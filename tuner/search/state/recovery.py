@@ -20,7 +20,7 @@ from typing import Any
 from ray import tune
 
 from tuner.errors import UserError
-from tuner.search.state.tune_state import SCHEDULER_STATE, experiment_state, keep
+from tuner.search.state.tune_state import BACKUP, SCHEDULER_STATE, experiment_state, keep
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000000, ...
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of trials a resume does not run again
@@ -33,7 +33,9 @@ class CheckpointRepair(tune.Callback):
     checkpoint and logs a traceback for if it is missing."""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.checkpoint is None:
+        # An object store's study was repaired as the driver pulled it (check_named_checkpoints),
+        # and a "folder" there is only a prefix, which Tune's deletion does not miss.
+        if trial.checkpoint is None or remote(trial):
             return
         repair(Path(trial.checkpoint.path))
         for listed in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
@@ -151,7 +153,9 @@ class StateBackup(tune.Callback):
         if trials and self._paths is None:  # Tune's paths, as it restored them
             storage = trials[0].storage
             self._paths = storage.experiment_driver_staging_path, storage.experiment_fs_path
-            saved = Path(storage.experiment_fs_path) / SCHEDULER_STATE
+            self._filesystem = storage.storage_filesystem
+            staging, folder = self._paths  # (from an object store, Tune's restore fetched the
+            saved = Path(staging if remote(trials[0]) else folder) / SCHEDULER_STATE  # state)
             if self.scheduler is not None and saved.is_file():  # a resumed study
                 self.scheduler.restore(str(saved))
             # a resumed study's trials that ended before the kill, maybe with checkpoints left
@@ -165,7 +169,7 @@ class StateBackup(tune.Callback):
             partial = staging / f".{SCHEDULER_STATE}.partial"
             self.scheduler.save(str(partial))
             partial.replace(staging / SCHEDULER_STATE)
-        keep(staging, folder)
+        _keep(staging, self._filesystem, str(folder))
         # This save records them as ended: a resume no longer needs their earlier checkpoint.
         # (Should Tune not copy it, `--resume` puts back the copy just kept.)
         self._prune_ended()
@@ -178,7 +182,7 @@ class StateBackup(tune.Callback):
         for trial in (t for t in self._ended if t.status in ENDED):
             logged = self.recorder is not None and not self.recorder.keeps_checkpoint(
                 trial.trial_id)
-            _delete_checkpoints(Path(trial.storage.trial_fs_path), keep_latest=not logged)
+            _delete_checkpoints(trial.storage, keep_latest=not logged)
             if logged:
                 shutil.rmtree(self.recorder.mid_checkpoint(trial).parent, ignore_errors=True)
             elif self.recorder is not None:
@@ -186,8 +190,37 @@ class StateBackup(tune.Callback):
         self._ended = tuple(pending)
 
 
-def _delete_checkpoints(trial_dir: Path, keep_latest: bool) -> None:
-    """Delete a trial's checkpoint folders, or all but its latest."""
-    folders = sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))
+def _keep(staging: Path, filesystem: Any, folder: str) -> None:
+    """`keep`'s whole copy of Tune's state in `staging`, written where Tune keeps the study
+    before Tune copies its files there: in place in a local folder, or as one object in an
+    object store (which writes each object whole)."""
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    if filesystem.type_name == "local":
+        keep(staging, Path(folder))
+        return
+    keep(staging, staging)
+    if (staging / BACKUP).is_file():
+        copy_files(str(staging / BACKUP), f"{folder}/{BACKUP}",
+                   source_filesystem=LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def remote(trial: Any) -> bool:
+    """Whether Tune keeps the trial's study in an object store, not a local folder."""
+    return trial.storage.storage_filesystem.type_name != "local"
+
+
+def _delete_checkpoints(storage: Any, keep_latest: bool) -> None:
+    """Delete a trial's checkpoint folders where Tune keeps them (its StorageContext `storage`),
+    or all but its latest."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs = storage.storage_filesystem
+    folders = sorted(info.path for info in fs.get_file_info(FileSelector(
+        storage.trial_fs_path, allow_not_found=True)) if info.type == FileType.Directory
+        and info.base_name.startswith(CHECKPOINT_PREFIX))
     for folder in folders[:-1] if keep_latest else folders:
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            fs.delete_dir(folder)
+        except OSError:
+            pass  # gone already

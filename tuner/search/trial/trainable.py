@@ -87,13 +87,13 @@ def trial_threads(study: Any) -> int:
 
 def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int,
               time_unit: float | None, stopping_points: tuple[float, ...] | None,
-              checkpoint_every_s: float, umask: int, study_dir: str, scratch: str,
+              checkpoint_every_s: float, umask: int, stop_flag: Any, scratch: str,
               replay: Any = None, staged_dataset: str | None = None) -> None:
     """Train one trial of `study` with the sampled `params`, reporting to Tune at each eval (with
     its device and node); a text sample comes with the evaluations where the scheduler may end
     it, and the last. Its working files (checkpoints, in a folder of its own in its node's
     folder `scratch`, which the driver deletes) are made under the driver's `umask`, not the one
-    of Ray's processes. Once the stop flag exists in `study_dir` (the study is stopping) it reports
+    of Ray's processes. Once `stop_flag` exists (a file, or a `RayFlag`: the study is stopping) it reports
     a checkpoint of the step it is at, with its last evaluation's metrics again, and waits for
     Tune to stop it. With `replay` (a `tuner.search.trial.curve_replay.CurveReplay`) its table
     answers the trial in place of the trainer. With `staged_dataset` (`tuner.dataset_stage`'s
@@ -105,7 +105,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from model.compiled import compile_seconds
     from model.train import device_label, resolve_device, train
     from tuner.dataset_stage import fetch
-    from tuner.search.faults.stopping import STOP_CHECKPOINT, STOP_FLAG
+    from tuner.search.faults.stopping import STOP_CHECKPOINT
     from tuner.search.faults.storage_faults import STORAGE_FAULT, storage_error
     from tuner.search.trial.node_metrics import NodeMetrics
     from tuner.search.trial.scratch import on_this_node
@@ -175,7 +175,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
             stop_flag_seen.wait_gone()
             sys.exit(0)
 
-        stop_flag_seen = StopFlag(os.path.join(study_dir, STOP_FLAG))
+        stop_flag_seen = StopFlag(stop_flag)
         trainer = train if replay is None else replay.trainer(params)
         result = trainer(config, on_eval=on_eval, checkpoint_dir=ckpt_dir,
                          resume_from=resume_from, sample_at=stopping_points,
@@ -192,7 +192,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
         # Maybe the other trials' memory on the GPU: Tune retries it from its checkpoint, as a
         # process the OS killed; the last time it fails as a config that does not fit, so that
         # the searcher learns of it (a trial Tune fails is left out of its model).
-        if _retry_out_of_memory(study.search.max_failures, Path(study_dir)):
+        if _retry_out_of_memory(study.search.max_failures):
             traceback.clear_frames(err.__traceback__)  # they hold the model: free it first
             raise
         _report_error(tune, progress, err)
@@ -227,22 +227,23 @@ def node_label() -> str:
 
 
 class StopFlag:
-    """True once, the first time the file `path` is seen (it is looked for every STOP_POLL_S)."""
+    """True once, the first time the driver's stop flag (a Path, or a `RayFlag`) is seen (it is
+    looked for every STOP_POLL_S)."""
 
-    def __init__(self, path: str) -> None:
-        self.path, self._next_look, self._seen = path, 0.0, False
+    def __init__(self, flag: Any) -> None:
+        self.flag, self._next_look, self._seen = flag, 0.0, False
 
     def __call__(self) -> bool:
         now = time.monotonic()
         if self._seen or now < self._next_look:
             return False
         self._next_look = now + STOP_POLL_S
-        self._seen = os.path.exists(self.path)
+        self._seen = self.flag.exists()
         return self._seen
 
     def wait_gone(self) -> None:
-        """Return once the file is gone (the driver has handed the stop to Tune)."""
-        while os.path.exists(self.path):
+        """Return once the flag is gone (the driver has handed the stop to Tune)."""
+        while self.flag.exists():
             time.sleep(STOP_POLL_S / 2)
 
 
@@ -251,17 +252,22 @@ def _report_error(tune: Any, progress: dict[str, Any], err: Exception) -> None:
                  "traceback": traceback.format_exc(limit=20)})
 
 
-def _retry_out_of_memory(max_failures: int, study_dir: Path) -> bool:
+def _retry_out_of_memory(max_failures: int) -> bool:
     """Whether Tune should run this trial again after a GPU out-of-memory error: counted in the
-    trial's folder in `study_dir`, which its restarts share on any node, and after a resume."""
+    trial's folder where Tune keeps it (an object store's too), which its restarts share on any
+    node, and after a resume."""
+    from pyarrow.fs import FileType
     from ray import tune
 
-    marker = study_dir / trial_folder(tune.get_context().get_trial_id()) / OUT_OF_MEMORY_FILE
-    count = int(marker.read_text()) if marker.is_file() else 0
+    storage = tune.get_context().get_storage()
+    fs, marker = storage.storage_filesystem, f"{storage.trial_fs_path}/{OUT_OF_MEMORY_FILE}"
+    found = fs.get_file_info(marker).type == FileType.File
+    count = int(fs.open_input_stream(marker).read()) if found else 0
     if count >= max_failures:
         return False
-    marker.parent.mkdir(parents=True, exist_ok=True)  # Tune makes it with its first checkpoint
-    marker.write_text(str(count + 1))
+    fs.create_dir(storage.trial_fs_path)  # Tune makes it with its first checkpoint
+    with fs.open_output_stream(marker) as out:
+        out.write(str(count + 1).encode())
     return True
 
 
