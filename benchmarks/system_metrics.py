@@ -52,7 +52,7 @@ def study_trials(space: dict, interval_s: float, folder: Path) -> dict[str, dict
 
 COST_RUN = """
 import sys, time, types
-from tuner.search.trial.node_metrics import NodeMetrics
+from tuner.store.node_metrics import NodeMetrics
 uri, interval_s, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 study = types.SimpleNamespace(name="cost", tracking=types.SimpleNamespace(uri=uri, experiment="cost"))
 began = time.process_time()

@@ -419,7 +419,7 @@ def test_show_tabulates_symbol_name_value_range_and_description(tmp_path: Path) 
     rows = {line.split("│")[2].strip() for line in out.splitlines() if line.count("│") > 3}
     assert not rows & {"eval_interval", "total_iters"}  # eval_tokens and tokens are set
     assert "decay_all" in out and "true, false" in out  # its range said "any"
-    assert "random + asha, 64 trials" in out
+    assert "bohb + asha, 256 trials" in out
 
 
 def test_show_in_80_columns_cuts_no_value(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def run_trial(params: dict[str, Any], *, study: Any, data_dir: str, threads: int
     from tuner.dataset_stage import fetch
     from tuner.search.faults.stopping import STOP_CHECKPOINT
     from tuner.search.faults.storage_faults import STORAGE_FAULT, storage_error
-    from tuner.search.trial.node_metrics import NodeMetrics
+    from tuner.store.node_metrics import NodeMetrics
     from tuner.search.trial.scratch import on_this_node
 
     os.umask(umask)
