@@ -233,6 +233,15 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
+def sigkill_driver(driver: subprocess.Popen) -> None:
+    """SIGKILL a `tuner search` driver and wait for its trial processes, which checkpoint a second
+    or two longer, to exit."""
+    trials = [pid for pid, cmd in _descendants(driver.pid) if cmd.startswith("ray::ImplicitFunc")]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    _wait_exited(trials)
+
+
 def _descendants(root: int) -> list[tuple[int, str]]:
     """(pid, command line) of every process below `root`, read from /proc."""
     parents: dict[int, int] = {}

@@ -18,12 +18,11 @@ from services import mlflow_server
 from studies import (
     ENV,
     TUNER,
-    _descendants,
-    _wait_exited,
     _wait_until,
     fresh_store,
     mlflow_runs,
     run_tuner,
+    sigkill_driver,
     start_search,
     write_space,
 )
@@ -109,11 +108,7 @@ def test_a_study_in_a_bucket_stops_resumes_and_outlives_its_driver(
             assert second.returncode == 2 and "is running: another `tuner search`" in \
                 second.stderr, second.stdout + second.stderr
         finally:
-            trials = [pid for pid, cmd in _descendants(driver.pid)
-                      if cmd.startswith("ray::ImplicitFunc")]
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(timeout=30)
-        _wait_exited(trials)
+            sigkill_driver(driver)
         _, _, before = mlflow_runs(uri, NAME)
         finished = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
         assert 0 < len(finished) < 3

@@ -23,12 +23,12 @@ from studies import (
     _cut_short_as_tune_copies_it,
     _descendants,
     _tokens,
-    _wait_exited,
     _wait_until,
     fresh_store,
     mlflow_runs,
     resume_to_the_end,
     run_tuner,
+    sigkill_driver,
     start_search,
     tune_trials,
     write_space,
@@ -96,11 +96,7 @@ def test_os_kill_retries_and_driver_sigkill_resumes(tmp_path: Path, dataset: Pat
         _wait_until(uri, driver, _killable_with_a_trial_to_resume(storage / "killed", 122880,
                                                                   10240))
     finally:
-        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
-                           if cmd.startswith("ray::ImplicitFunc")]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    _wait_exited(trial_processes)  # they outlive the driver by a second or two, checkpointing
+        sigkill_driver(driver)
     client, _, before = mlflow_runs(uri, "killed")
     finished_before = {r.info.run_id: r for r in before if r.info.status == "FINISHED"}
     assert finished_before and len(finished_before) < 6
@@ -356,11 +352,7 @@ def _run_then_sigkill(space: Path, uri: str, storage: Path, cwd: Path, ready: An
     try:
         _wait_until(uri, driver, ready)
     finally:
-        trial_processes = [pid for pid, cmd in _descendants(driver.pid)
-                           if cmd.startswith("ray::ImplicitFunc")]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    _wait_exited(trial_processes)
+        sigkill_driver(driver)
 
 
 def _lose_named_checkpoint(trial_dir: Path) -> None:
