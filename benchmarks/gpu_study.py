@@ -38,7 +38,6 @@ from typing import Any
 import yaml
 from random_tokens import random_dataset
 
-from tuner.space.checks import STARTUP_SEARCHERS
 
 REPO = Path(__file__).resolve().parents[1]
 LM_YAML = REPO / "search_spaces" / "lm.yaml"
