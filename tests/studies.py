@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +73,19 @@ def tune_trials(study_dir: Path) -> dict[str, dict]:
     return trials
 
 
-def stopped_with_notice(driver: subprocess.Popen, uri: str, study_dir: Path, resume: str,
-                        eval_steps: int, tokens_per_step: int) -> dict[str, int]:
+def stopped_with_notice(driver: subprocess.Popen, uri: str, study_dir: Path | Callable[[], Path],
+                        resume: str, eval_steps: int, tokens_per_step: int) -> dict[str, int]:
     """The study a stop with notice ended: exit 130 printing the `resume` command, each trial's
     run interrupted, its newest checkpoint at the step its last result names, at or past its
-    last evaluation and for one at least between two (`eval_steps` apart); those steps."""
+    last evaluation and for one at least between two (`eval_steps` apart); those steps.
+    `study_dir` may be a function that gives the study's folder once the driver has ended (a
+    copy of an object store's)."""
     from model.checkpoint import read_checkpoint
     from tuner.search.faults.stopping import STOP_CHECKPOINT, STOP_FLAG
 
     out, err = driver.communicate(timeout=60)
+    if callable(study_dir):
+        study_dir = study_dir()
     assert driver.returncode == 130, out + err
     assert "stopping: the running trials checkpoint their current step" in err, err
     assert f"continue it with: {resume}" in out
