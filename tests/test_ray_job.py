@@ -60,8 +60,9 @@ def test_a_study_as_a_ray_job_finishes_and_one_stopped_with_ray_job_stop_resumes
     submitted beside it, never stopped, ended: the same val_loss at every evaluation."""
     uri = fresh_store(tmp_path, mlflow_store_template)
     search = {"algorithm": "grid", "scheduler": "none"}
-    # six evaluations: `ray job stop` (a CLI that takes seconds to start) comes after the first
-    budget = {"tokens": 6 * EVAL_STEPS * TOKENS_PER_STEP, "eval_interval": EVAL_STEPS}
+    # 24 evaluations: `ray job stop` (a CLI that takes seconds to start, after a poll that does
+    # too) comes after the first, while the study still runs
+    budget = {"tokens": 24 * EVAL_STEPS * TOKENS_PER_STEP, "eval_interval": EVAL_STEPS}
     spaces = {name: write_space(tmp_path, name, dataset, budget=budget, search=search,
                                 hparams={"lr_max": {"grid": [1e-2, 3e-3]}})
               for name in ("whole", "stopped")}
