@@ -1,6 +1,7 @@
 """A study submitted to a Ray cluster's job server (`ray job submit`), as docs/gpu-and-clusters.md
 shows: one that finishes, and one stopped with `ray job stop` that a second job resumes to the
-same finish. Real Ray (a head with its dashboard), MLflow (sqlite) and CPU trials."""
+same finish, with the study's state in a bucket (moto's S3 server). Real Ray (a head with its
+dashboard), an MLflow server and CPU trials."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from services import ServiceUnavailable, ray_head
+from services import ServiceUnavailable, mlflow_server, ray_head
 from studies import ENV, TUNER, _wait_until, fresh_store, mlflow_runs, write_space
 
 EVAL_STEPS, TOKENS_PER_STEP = 100, 16 * 32  # B 16, context 32
@@ -54,11 +55,15 @@ def _ended(dashboard: str, env: dict[str, str], job: str) -> str:
 
 @pytest.mark.slow
 def test_a_study_as_a_ray_job_finishes_and_one_stopped_with_ray_job_stop_resumes_to_it(
-        tmp_path: Path, dataset: Path, mlflow_store_template: Path) -> None:
-    """`ray job stop` is a stop with notice: the trials checkpoint, the job's console (`ray job
-    logs`) ends with the resume command, and a second job resuming it ends where the study
-    submitted beside it, never stopped, ended: the same val_loss at every evaluation."""
-    uri = fresh_store(tmp_path, mlflow_store_template)
+        tmp_path: Path, dataset: Path, mlflow_store_template: Path, s3,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As docs/gpu-and-clusters.md submits it: the study's state in a bucket, MLflow on a server
+    whose artifacts are in it, the cluster's own credentials (the head's environment, as an
+    instance role; none in the job). `ray job stop` is a stop with notice: the trials checkpoint,
+    the job's console (`ray job logs`) ends with the resume command, and a second job resuming it
+    ends where the study submitted beside it, never stopped, ended: the same val_loss at every
+    evaluation."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the head's working copies
     search = {"algorithm": "grid", "scheduler": "none"}
     # 24 evaluations: `ray job stop` (a CLI that takes seconds to start, after a poll that does
     # too) comes after the first, while the study still runs
@@ -66,39 +71,46 @@ def test_a_study_as_a_ray_job_finishes_and_one_stopped_with_ray_job_stop_resumes
     spaces = {name: write_space(tmp_path, name, dataset, budget=budget, search=search,
                                 hparams={"lr_max": {"grid": [1e-2, 3e-3]}})
               for name in ("whole", "stopped")}
-    storage = tmp_path / "ray"
-    try:
-        with ray_head(num_cpus=2, dashboard=True) as head:
-            env, web = {**ENV, **head.env}, head.dashboard
-            study = ["--tracking-uri", uri, "--storage", str(storage), "--address", head.address]
-            _submit(web, env, "whole", "search", "--space", str(spaces["whole"]), *study)
-            assert "Job 'whole' succeeded" in (logs := _ended(web, env, "whole")), logs
+    backend = fresh_store(tmp_path / "server", mlflow_store_template)
+    with mlflow_server(backend, tmp_path / "server" / "artifacts",
+                       destination=f"s3://{s3.bucket}/mlflow") as uri:
+        try:
+            with ray_head(num_cpus=2, dashboard=True) as head:
+                env, web = {**ENV, **head.env}, head.dashboard
+                study = ["--tracking-uri", uri, "--storage", s3.uri(), "--address", head.address]
+                _submit(web, env, "whole", "search", "--space", str(spaces["whole"]), *study)
+                assert "Job 'whole' succeeded" in (logs := _ended(web, env, "whole")), logs
 
-            _submit(web, env, "stopped", "search", "--space", str(spaces["stopped"]), *study)
-            _wait_until(uri, _Job(web, env, "stopped"), lambda runs, tokens:
-                        len(tokens) == 2 and min(tokens.values()) >= EVAL_STEPS * TOKENS_PER_STEP,
-                        study="stopped")
-            stop = _ray_job(web, env, "stop", "stopped")
-            console = _ended(web, env, "stopped")
-            assert "Job 'stopped' was stopped" in stop, console
-            assert "stopping: the running trials checkpoint their current step" in console
-            resume = " ".join(console.partition("continue it with:")[2].split())  # unwrapped
-            assert resume.startswith("tuner search --resume --name stopped"), console
-            _, parent, runs = mlflow_runs(uri, "stopped")
-            assert parent.info.status == "KILLED"  # as tuner's own stop leaves it
-            assert {r.data.tags["tuner.status"] for r in runs} == {"interrupted"}
+                _submit(web, env, "stopped", "search", "--space", str(spaces["stopped"]), *study)
+                _wait_until(uri, _Job(web, env, "stopped"), lambda runs, tokens:
+                            len(tokens) == 2 and
+                            min(tokens.values()) >= EVAL_STEPS * TOKENS_PER_STEP,
+                            study="stopped")
+                stop = _ray_job(web, env, "stop", "stopped")
+                console = _ended(web, env, "stopped")
+                assert "Job 'stopped' was stopped" in stop, console
+                assert "stopping: the running trials checkpoint their current step" in console
+                resume = " ".join(console.partition("continue it with:")[2].split())  # unwrapped
+                assert resume.startswith("tuner search --resume --name stopped --storage "
+                                         f"{s3.uri()}"), console
+                _, parent, runs = mlflow_runs(uri, "stopped")
+                assert parent.info.status == "KILLED"  # as tuner's own stop leaves it
+                assert {r.data.tags["tuner.status"] for r in runs} == {"interrupted"}
 
-            _submit(web, env, "resumed", "search", "--resume", "--name", "stopped",
-                    "--storage", str(storage), "--address", head.address)
-            assert "Job 'resumed' succeeded" in (logs := _ended(web, env, "resumed")), logs
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
-    curves = {}
-    for name in ("whole", "stopped"):
-        client, parent, runs = mlflow_runs(uri, name)
-        assert parent.info.status == "FINISHED"
-        assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * 2
-        curves[name] = {r.data.params["lr_max"]: sorted(
-            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_loss"))
-            for r in runs}
+                _submit(web, env, "resumed", "search", "--resume", "--name", "stopped",
+                        "--storage", s3.uri(), "--address", head.address)
+                assert "Job 'resumed' succeeded" in (logs := _ended(web, env, "resumed")), logs
+        except ServiceUnavailable as exc:
+            pytest.skip(str(exc))
+        curves = {}
+        for name in ("whole", "stopped"):
+            client, parent, runs = mlflow_runs(uri, name)
+            assert parent.info.status == "FINISHED"
+            assert [r.data.tags["tuner.status"] for r in runs] == ["completed"] * 2
+            curves[name] = {r.data.params["lr_max"]: sorted(
+                (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_loss"))
+                for r in runs}
     assert curves["stopped"] == curves["whole"]
+    assert any(key.startswith("studies/stopped/experiment_state-") for key in s3.keys(""))
+    for secret in (s3.key_id, s3.secret):
+        assert secret not in console + logs

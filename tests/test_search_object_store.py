@@ -1,7 +1,8 @@
 """A study whose state and checkpoints live in an object store (`--storage s3://...`, moto's S3
 server on 127.0.0.1): the checks before Ray starts; a stop with notice and a driver killed, each
 resumed from the bucket alone; MLflow's artifacts in the same bucket, the registered winner
-loaded from there by a process that never saw the study's folders."""
+loaded from there by a process that never saw the study's folders, which also extends the study
+(the Python API), confirms and exports its winner and writes its report."""
 
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ def test_a_study_in_a_bucket_stops_resumes_and_outlives_its_driver(
     there, fetched by each node into its cache), it finishes with
     every evaluation logged once; each trial resumed from a checkpoint in the bucket replays
     exactly from scratch (it equals an uninterrupted run); a second driver is refused while the
-    first runs; the winner, registered, loads by name in a fresh folder."""
+    first runs. From a fresh folder (another machine's: no working copy or cache), the Python
+    API extends it from the bucket, `tuner best` confirms, registers and exports its winner, and
+    `tuner report` writes it; the winner loads by name there."""
     # MLflow's clients fetch artifacts through the server: moto refuses the presigned URLs they
     # would otherwise fetch from the store directly while it checks keys (S3 takes them)
     env = {**ENV, **s3.env(), "XDG_CACHE_HOME": str(tmp_path / "cache"),
@@ -136,17 +139,36 @@ def test_a_study_in_a_bucket_stops_resumes_and_outlives_its_driver(
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "within the tolerance 0" in proc.stdout, proc.stdout
 
-        proc = run_tuner(["best", "--study", NAME, "--register", "bucketlm", "--tracking-uri",
-                          uri], cwd=tmp_path, env=env)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert any(key.endswith("checkpoint.pt") for key in s3.keys("mlflow/"))
-        fresh = tmp_path / "fresh"
+        fresh = tmp_path / "fresh"  # another machine's: no working copy, no cache
         fresh.mkdir()
+        fresh_env = {**env, "XDG_CACHE_HOME": str(fresh / "cache"), "HOME": str(fresh)}
+        extend = ("import tuner; r = tuner.search(name=%r, resume=True, num_samples=4, "
+                  "storage=%r, tracking_uri=%r, quiet=True); print(r.status, len(r.trials))")
+        proc = subprocess.run([sys.executable, "-c", extend % (NAME, s3.uri(), uri)], cwd=fresh,
+                              text=True, capture_output=True, timeout=600, check=False,
+                              env=fresh_env)  # extended from the bucket, through the Python API
+        assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["finished", "4"], \
+            proc.stdout + proc.stderr
+        _, _, runs = mlflow_runs(uri, NAME)
+        assert all(r.info.end_time == finished[r.info.run_id] for r in runs
+                   if r.info.run_id in finished)  # the 3 trials untouched
+
+        proc = run_tuner(["best", "--study", NAME, "--confirm", "1", "--seeds", "1",
+                          "--register", "bucketlm", "--export", str(fresh / "best.yaml"),
+                          "--tracking-uri", uri], cwd=fresh, env=fresh_env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "seed check" in proc.stdout and (fresh / "best.yaml").is_file(), proc.stdout
+        assert any(key.endswith("checkpoint.pt") for key in s3.keys("mlflow/"))
+        proc = run_tuner(["report", "--study", NAME, "--out", str(fresh / "report"),
+                          "--tracking-uri", uri], cwd=fresh, env=fresh_env)
+        assert proc.returncode == 0 and (fresh / "report" / "study.html").is_file(), \
+            proc.stdout + proc.stderr
+        assert any("/report/" in key for key in s3.keys("mlflow/"))  # the parent run's copy
         load = ("import mlflow; model = mlflow.pyfunc.load_model('models:/bucketlm/latest'); "
                 "print(repr(model.predict(['Once upon a time'])[0]))")
         proc = subprocess.run([sys.executable, "-c", load], cwd=fresh, text=True,
                               capture_output=True, timeout=300, check=False,
-                              env={**env, "MLFLOW_TRACKING_URI": uri, "HOME": str(fresh)})
+                              env={**fresh_env, "MLFLOW_TRACKING_URI": uri})
         assert proc.returncode == 0 and proc.stdout.startswith("'"), proc.stdout + proc.stderr
     for secret in (s3.key_id, s3.secret):
         assert not any(secret in tag for run in runs for tag in run.data.tags.values())
