@@ -6,10 +6,12 @@ on the quickstart and on the table of curves.
     uv run python benchmarks/noise_scale.py spread --seeds 0 1 2 3 4
     uv run python benchmarks/noise_scale.py agreement --tracking-uri URI --study S [--study S ...]
     uv run python benchmarks/noise_scale.py table [--table benchmarks/curves/cosine.npz]
+        [--equal-time]
 
 `agreement` reads studies of search_spaces/quickstart.yaml run with `budget.noise_interval:
 1` (each evaluation measures); `table` trains the table's best configuration at each B with
-each evaluation measuring; both for docs/benchmarks.md.
+each evaluation measuring, or with `--equal-time` (no training) compares the B's at equal CPU
+time instead of equal tokens; all for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -218,6 +220,43 @@ def table_agreement(path: Path) -> None:
                  else "none | –") + f" | {'yes' if b == min(batches) else 'no'} |")
 
 
+def at_equal_time(tokens: np.ndarray, batches: np.ndarray, val_loss: np.ndarray,
+                  seconds: dict[int, float], spent: float) -> dict[int, tuple[float, float]]:
+    """Each B's share of a full run trained in `spent` seconds (a run at B taking `seconds[B]`)
+    and the lowest mean val_loss over its rows at its last evaluation by then, from a table's
+    evaluation `tokens`, B column (N) and val_loss (N × seeds × points)."""
+    reached = {}
+    for b, run in seconds.items():
+        share = min(1.0, spent / run)
+        at = int(np.searchsorted(tokens, share * tokens[-1], side="right")) - 1
+        rows = batches == b
+        reached[b] = (share, best_by_batch(batches[rows], val_loss[rows, :, at])[0][1])
+    return reached
+
+
+def equal_time(path: Path) -> None:
+    """At the time of a full run at each B (the table's mean CPU seconds at that B): each B's
+    share of a run and best val_loss by then, and the lowest B with its margin over the next
+    (in the pooled seed sd)."""
+    from tuner.search.trial.curve_table import load
+    from tuner.space import load_study
+
+    table = load(path)
+    table.check_study(load_study(CURVES / "space.yaml"))
+    batches = table.params[:, list(table.space).index("batch_size")]
+    seconds = {int(b): float(table.cpu_s[batches == b].mean()) for b in np.unique(batches)}
+    print("| time (s): a full run at B | share of a run trained (" + ", ".join(map(str, seconds))
+          + ") | each B's best val_loss then | best B (margin, seed sd) |\n|---|---|---|---|")
+    for full_at, spent in sorted(seconds.items(), key=lambda item: item[1]):
+        reached = at_equal_time(table.tokens, batches, table.val_loss, seconds, spent)
+        (best, (_, loss)), (_, (_, runner_up)) = sorted(reached.items(),
+                                                       key=lambda item: item[1][1])[:2]
+        print(f"| {spent:.1f}: B {full_at} | "
+              + ", ".join(f"{share:.0%}" for share, _ in reached.values()) + " | "
+              + ", ".join(f"{v:.3f}" for _, v in reached.values())
+              + f" | {best} ({(runner_up - loss) / table.pooled_seed_sd:.1f}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +271,8 @@ def main() -> None:
     compared.add_argument("--study", action="append", required=True)
     tabled = commands.add_parser("table")
     tabled.add_argument("--table", type=Path, default=CURVES / "cosine.npz")
+    tabled.add_argument("--equal-time", action="store_true",
+                        help="each B at the table's CPU seconds a run, at equal time; no training")
     args = parser.parse_args()
     if args.command == "cost":
         cost(args.steps, args.measurements)
@@ -243,7 +284,7 @@ def main() -> None:
         from tuner.errors import UserError
 
         try:
-            table_agreement(args.table)
+            (equal_time if args.equal_time else table_agreement)(args.table)
         except UserError as err:  # a table that is not the curves of benchmarks/curves/space.yaml
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -8,7 +8,9 @@ without Ray or training.
         [--samplers random cmaes tpe ...] [--schedulers none "asha 1/8 ×3" ...] [--clock cpu]
         [--results FILE] [--slow] [--space FILE] [--weighted-by SURROGATE (with a table)]
 
-For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time):
+For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time, a
+study file's with nothing in `search:`: 16 samples, as many at once as 2 CPUs allow, or 8 for
+"default-8"; its scheduler "asha default", the schema's ASHA):
 the target is random search's expected final best, the median over `--baselines` independent
 random searches of the setting's sample count (seeds 1001, 1002, …) of their final best
 val_loss. Each searcher × scheduler runs at seeds 1 … N (the searcher's seed and the training
@@ -25,9 +27,10 @@ end) and stops, as `search: {study_budget: {full_trials: N}}` does. It prints ma
   final best seen; and P5 in time (the
   simulated clock, `--clock cpu`: the table's CPU seconds a run at each B; `tokens`: flat in B,
   as on a GPU), as a share of the random searches' median time;
-- regret: the recommended configuration's (the best trial's, as `tuner best` picks it)
-  noise-free mean final val_loss minus the surrogate's true optimum (its noise-free minimum over
-  a dense sample), in seed sd; on a table, its mean over the two seeds minus the table's best;
+- regret (median [bootstrap 90% interval of the median]): the recommended configuration's (the
+  best trial's, as `tuner best` picks it) noise-free mean final val_loss minus the surrogate's
+  true optimum (its noise-free minimum over a dense sample), in seed sd; on a table, its mean
+  over the two seeds minus the table's best;
 - trust: the share of seeds whose regret ≤ 1; samples: trials started (median);
 then the CPU seconds a comparison of one combination takes, by searcher.
 """
@@ -53,7 +56,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "benchmarks" / "curves" / "cosine_surrogate.npz"
 SPACE = REPO / "benchmarks" / "curves" / "space.yaml"
-SETTINGS = {"lm": (64, 4), "quickstart": (10, 2)}  # num_samples, max_concurrent
+SETTINGS = {"lm": (64, 4), "quickstart": (10, 2), "default": (16, 2),  # num_samples, at once
+            "default-8": (16, 8)}
+UNSET = {"default", "default-8"}  # a study file that sets nothing in search: (the schema's 16
+# samples, no max_concurrent): as many at once as the resources allow, a CPU each: 2 or 8 CPUs
 BASELINE_SEEDS = 1001  # the first independent random search's seed
 UPPER = 12  # num_samples, in the setting's samples: an upper bound; the budget ends a study
 SAMPLERS = {"random": {"algorithm": "random"}, "qmc": {"algorithm": "qmc"},
@@ -70,7 +76,8 @@ QUICKSTART_ONLY = {"asha 3/32 ×3", "asha 3/32 ×4"}  # the quickstart's own gra
 
 def schedulers(budget: int) -> dict[str, dict[str, Any]]:
     """The schedulers compared, by label: fractions of the budget as ASHA's grace period."""
-    found: dict[str, dict[str, Any]] = {"none": {"scheduler": "none"}}
+    found: dict[str, dict[str, Any]] = {"none": {"scheduler": "none"},
+                                        "asha default": {"scheduler": "asha", "asha": None}}
     for share in (16, 8, 4):
         for factor in (3, 4):
             found[f"asha 1/{share} ×{factor}"] = {
@@ -157,9 +164,10 @@ def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
     combinations, baselines = [], []
     for setting in args.settings:
         samples, concurrency = SETTINGS[setting]
+        limit = None if setting in UNSET else concurrency
         baselines += [(setting, "baseline", "none", {
             **SAMPLERS["random"], "scheduler": "none", "num_samples": samples,
-            "max_concurrent": concurrency}, BASELINE_SEEDS + i, concurrency, None)
+            "max_concurrent": limit}, BASELINE_SEEDS + i, concurrency, None)
             for i in range(args.baselines)]
         whole = set()  # the algorithms whose first searcher here had every scheduler
         for sampler in args.samplers:
@@ -178,7 +186,7 @@ def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
                 if label in QUICKSTART_ONLY and setting != "quickstart":
                     continue
                 search = {**SAMPLERS[sampler], "num_samples": UPPER * samples,
-                          "max_concurrent": concurrency, **settings}
+                          "max_concurrent": limit, **settings}
                 combinations.append((setting, sampler, label, search))
     return baselines + [(*combination, seed, SETTINGS[combination[0]][1],
                          SETTINGS[combination[0]][0] * budget)
@@ -228,16 +236,17 @@ def p5(values: list[float]) -> str:
 def cell(runs: dict[int, dict], targets: tuple[float, float], tokens: float, seconds: float,
          optimum: float, sd: float) -> str:
     """One combination's figures over its seeds: P5 in tokens and in time on the
-    recommendation's noise-free final, regret median, trust, samples median, and P5 in tokens
-    on the best val_loss seen (`targets`: the noise-free one, the seen one)."""
+    recommendation's noise-free final, regret median [90% interval], trust, samples median, and
+    P5 in tokens on the best val_loss seen (`targets`: the noise-free one, the seen one)."""
     by_tokens, by_time = shares([run["truth"] for run in runs.values()], targets[0], tokens,
                                 seconds)
     seen, _ = shares(list(runs.values()), targets[1], tokens, seconds)
     regret = [(run["true_final"] - optimum) / sd for run in runs.values()]
     trusted = sum(r <= 1 for r in regret) / len(regret)
     samples = quartiles([run["trials"] for run in runs.values()])[1]
-    return (f"{p5(by_tokens)} | {p5(by_time)} | {quartiles(regret)[1]:.2f} | {trusted:.0%} | "
-            f"{samples:.0f} | {p5(seen)}")
+    low, high = bootstrap(regret)
+    return (f"{p5(by_tokens)} | {p5(by_time)} | {quartiles(regret)[1]:.2f} [{low:.2f}–{high:.2f}] "
+            f"| {trusted:.0%} | {samples:.0f} | {p5(seen)}")
 
 
 def truth(source: Any) -> tuple[float, float]:
@@ -264,8 +273,9 @@ def report(results: list[dict[str, Any]], order: list[tuple], source: Any, budge
         aim = quartiles([b["true_final"] for b in baseline.values()])[1]
         seen = quartiles([b["best"][-1] for b in baseline.values()])[1]
         seconds = quartiles([b["end"] for b in baseline.values()])[1]
+        unset = " (max_concurrent unset)" if setting in UNSET else ""
         lines += ["", (f"**{setting}**: {samples} samples' tokens ({samples} full trials), "
-                       f"{concurrency} at a time. Target: random search's expected final "
+                       f"{concurrency} at a time{unset}. Target: random search's expected final "
                        f"recommendation, noise-free {aim:.4f} (regret {(aim - optimum) / sd:.2f}"
                        f"), seen {seen:.4f}: the medians of {len(baseline)} independent random "
                        f"searches (true optimum {optimum:.4f}, seed sd {sd:.4f}). P5: median "
@@ -330,7 +340,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "tokens"), default="cpu",
                         help="time: the table's CPU seconds a run at each B, or flat in B")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["lm", "quickstart"],
+                        choices=list(SETTINGS))
     parser.add_argument("--samplers", nargs="+", default=["random", "cmaes", "tpe", "gp/5"],
                         choices=list(SAMPLERS))
     parser.add_argument("--schedulers", nargs="+", default=None,

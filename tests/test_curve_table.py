@@ -183,3 +183,21 @@ def test_the_best_b_at_a_point_is_the_b_of_the_lowest_mean_over_the_seeds() -> N
                          [np.inf, 1.0]])
     assert noise_scale.best_by_batch(batches, val_loss) == [(16, 2.8, 4), (8, 3.0, 3),
                                                             (4, 3.1, 0)]
+
+
+def test_at_equal_time_each_b_has_trained_its_share_of_a_run() -> None:
+    """benchmarks/noise_scale.py `table --equal-time`: in a run's time at B 8 (5 s), B 4 (10 s a
+    run) has trained half its tokens and is read at its last evaluation by then; B 8 at its
+    end; a longer time is read at each B's end, never past it."""
+    noise_scale = load_script(BENCHMARKS / "noise_scale.py", "noise_scale_benchmark")
+    tokens = np.array([100, 200, 300, 400])
+    batches = np.array([4.0, 4.0, 8.0])
+    val_loss = np.array([[[4.0, 3.0, 2.0, 1.0]] * 2, [[3.5, 2.5, 1.5, 0.5]] * 2,
+                         [[3.0, 2.8, 2.6, 2.4]] * 2])
+    seconds = {4: 10.0, 8: 5.0}
+    assert noise_scale.at_equal_time(tokens, batches, val_loss, seconds, 5.0) == {
+        4: (0.5, 2.5), 8: (1.0, 2.4)}
+    assert noise_scale.at_equal_time(tokens, batches, val_loss, seconds, 4.0) == {
+        4: (0.4, 3.5), 8: (0.8, 2.6)}
+    assert noise_scale.at_equal_time(tokens, batches, val_loss, seconds, 20.0) == {
+        4: (1.0, 0.5), 8: (1.0, 2.4)}

@@ -208,6 +208,29 @@ def test_a_surrogate_answers_any_point_with_its_seed_noise(tiny: tuple[Path, Pat
         assert table.params[row, 4] == trial.config["batch_size"]
 
 
+def test_search_efficiency_default_setting_is_a_study_file_with_nothing_in_search() -> None:
+    """benchmarks/search_efficiency.py's "default" setting: its random searches and its
+    combinations leave max_concurrent unset (as many at once as 2 CPUs allow), and its "asha
+    default" scheduler is the schema's ASHA (a full trial / 9, ×3); lm's sets its own."""
+    import argparse
+
+    efficiency = load_script(BENCHMARKS / "search_efficiency.py", "search_efficiency")
+    args = argparse.Namespace(settings=["default", "lm"], samplers=["random"], slow=False,
+                              schedulers=["asha default"], baselines=1, seed_list=[1])
+    base = yaml.safe_load((BENCHMARKS / "curves" / "space.yaml").read_text())
+    planned = efficiency.tasks(args, 131072)
+    for setting, sampler, label, search, seed, slots, _ in planned:
+        study = load_study(sim.with_search(base, seed, **search))
+        assert study.search.max_concurrent == (None if setting == "default" else 4), setting
+        assert slots == (2 if setting == "default" else 4)
+        if label == "asha default":
+            assert study.search.asha.grace_period == 131072 // 9
+            assert study.search.asha.reduction_factor == 3
+    assert [task[:3] for task in planned if task[1] != "baseline"] == [
+        ("default", "random", "asha default"), ("lm", "random", "asha default")]
+    assert [t[3]["num_samples"] for t in planned if t[1] == "baseline"] == [16, 64]
+
+
 def test_search_efficiency_compares_with_random_search(tiny: tuple[Path, Path],
                                                        tmp_path: Path) -> None:
     """benchmarks/search_efficiency.py on the tiny table: the target is the median final best
@@ -235,6 +258,9 @@ def test_search_efficiency_compares_with_random_search(tiny: tuple[Path, Path],
     tokens, samples = rows["none"][0], rows["none"][4]
     assert 1 <= int(tokens.rsplit(" ", 1)[1]) <= 4, tokens  # seeds that reached the target
     assert int(rows["asha 1/4 ×4"][4]) > int(samples) >= 10
-    assert all(float(r[2]) >= 0 and r[3].endswith("%") for r in rows.values())
+    for regret in (r[2].replace("[", "").replace("]", "").split(" ") for r in rows.values()):
+        low, high = map(float, regret[1].split("–"))  # a bootstrap 90% interval of the median
+        assert 0 <= low <= float(regret[0]) <= high, regret
+    assert all(r[3].endswith("%") for r in rows.values())
     assert "the medians of 4 independent random searches" in proc.stdout
     assert all(r[5].split(" ")[-1].isdigit() for r in rows.values())  # P5 on the best seen
