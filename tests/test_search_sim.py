@@ -241,7 +241,8 @@ def test_search_efficiency_default_setting_is_a_study_file_with_nothing_in_searc
 
     efficiency = load_script(BENCHMARKS / "search_efficiency.py", "search_efficiency")
     args = argparse.Namespace(settings=["default", "lm"], samplers=["random"], slow=False,
-                              schedulers=["asha default"], baselines=1, seed_list=[1])
+                              schedulers=["asha default"], baselines=1, seed_list=[1],
+                              start_near=[])
     base = yaml.safe_load((BENCHMARKS / "curves" / "space.yaml").read_text())
     planned = efficiency.tasks(args, 131072)
     for setting, sampler, label, search, seed, slots, _ in planned:
