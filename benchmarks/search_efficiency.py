@@ -7,6 +7,7 @@ without Ray or training.
         [--seeds 50] [--baselines 50] [--workers 2] [--settings lm quickstart]
         [--samplers random cmaes tpe ...] [--schedulers none "asha 1/8 ×3" ...] [--clock cpu]
         [--results FILE] [--slow] [--space FILE] [--weighted-by SURROGATE (with a table)]
+        [--start-near N ...] [--earlier-share 0.25]
 
 For each setting (lm.yaml's 64 samples 4 at a time, the quickstart's 10 samples 2 at a time, a
 study file's with nothing in `search:`: 16 samples, as many at once as 2 CPUs allow, or 8 for
@@ -33,6 +34,15 @@ end) and stops, as `search: {study_budget: {full_trials: N}}` does. It prints ma
   over the two seeds minus the table's best;
 - trust: the share of seeds whose regret ≤ 1; samples: trials started (median);
 then the CPU seconds a comparison of one combination takes, by searcher.
+
+With `--start-near N`, each combination also runs warm-started (`search.warm_start`) from an
+earlier study of the same model at a shorter budget, its first N trials near that study's best
+(`search.start_near`, through the study's own searcher: tuner.search.searchers.prior_start),
+as "SEARCHER near N" (N 0: the warm start's trials alone). The earlier study is a random search
+of the setting's samples without a scheduler at its own seed (3000 + the seed: its own noise
+draw), each trial told its val_loss at a quarter of the budget (`--earlier-share`): mid-schedule,
+a proxy of a study at a quarter of the budget that never sees a final val_loss. Its tokens are
+not counted.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ SETTINGS = {"lm": (64, 4), "quickstart": (10, 2), "default": (16, 2),  # num_sam
 UNSET = {"default", "default-8"}  # a study file that sets nothing in search: (the schema's 16
 # samples, no max_concurrent): as many at once as the resources allow, a CPU each: 2 or 8 CPUs
 BASELINE_SEEDS = 1001  # the first independent random search's seed
+EARLIER_SEEDS = 3000  # + the seed: the earlier study a warm-started one starts from
 UPPER = 12  # num_samples, in the setting's samples: an upper bound; the budget ends a study
 SAMPLERS = {"random": {"algorithm": "random"}, "qmc": {"algorithm": "qmc"},
             "cmaes": {"algorithm": "cmaes"}, "tpe": {"algorithm": "tpe"},
@@ -115,27 +126,36 @@ def load_source(path: Path, weights: Path | None = None) -> Any:
     return table if weights is None else TableAnswers(table, surrogate.load(weights).length_scales)
 
 
-def _start_worker(source: str, space: str, clock: str, weights: str | None) -> None:
+def _start_worker(source: str, space: str, clock: str, weights: str | None,
+                  earlier_share: float) -> None:
     import torch
 
     torch.set_num_threads(1)  # GP's; the other worker has the other core
     _worker["source"] = load_source(Path(source), weights and Path(weights))
     _worker["base"] = yaml.safe_load(Path(space).read_text())
     _worker["clock"] = clock
+    _worker["earlier_share"] = earlier_share
 
 
 def simulate_one(task: tuple) -> dict[str, Any]:
     """One simulated study: its key, seed, the evaluations where its best improved (tokens
     trained by then, the clock's time, the best), its tokens, trials, its recommendation's
     noise-free final and CPU seconds."""
-    from search_sim import simulate, with_search
+    from search_sim import earlier_trials, simulate, with_search
 
     from tuner.space import load_study
 
     setting, sampler, scheduler, search, seed, slots, budget = task
     started = time.process_time()
-    run = simulate(load_study(with_search(_worker["base"], seed, **search)), _worker["source"],
-                   slots=slots, budget=budget, clock=_worker["clock"])
+    study, warm = load_study(with_search(_worker["base"], seed, **search)), None
+    if study.search.warm_start:
+        earlier = load_study(with_search(
+            _worker["base"], EARLIER_SEEDS + seed, **SAMPLERS["random"], scheduler="none",
+            num_samples=SETTINGS[setting][0], max_concurrent=slots))
+        warm = earlier_trials(earlier, study, _worker["source"], slots,
+                              _worker["earlier_share"])
+    run = simulate(study, _worker["source"], slots=slots, budget=budget, clock=_worker["clock"],
+                   warm_trials=warm)
     better = [i for i, (_, best) in enumerate(run.curve) if i == 0 or best < run.curve[i - 1][1]]
     wiser = [i for i, truth in enumerate(run.truths) if i == 0 or truth < run.truths[i - 1]]
     return {"key": [setting, sampler, scheduler], "seed": seed,
@@ -188,6 +208,9 @@ def tasks(args: argparse.Namespace, budget: int) -> list[tuple]:
                 search = {**SAMPLERS[sampler], "num_samples": UPPER * samples,
                           "max_concurrent": limit, **settings}
                 combinations.append((setting, sampler, label, search))
+                combinations += [(setting, f"{sampler} near {n}", label, {
+                    **search, "warm_start": "earlier", "start_near": n or None})
+                    for n in args.start_near]
     return baselines + [(*combination, seed, SETTINGS[combination[0]][1],
                          SETTINGS[combination[0]][0] * budget)
                         for seed in args.seed_list for combination in combinations]
@@ -349,6 +372,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, metavar="FILE",
                         help="append each study's figures to FILE (JSON lines), and take those "
                              "it holds already: a stopped run goes on")
+    parser.add_argument("--start-near", nargs="+", type=int, default=[], metavar="N",
+                        help="each combination also warm-started from an earlier random "
+                             "search told its val_loss at --earlier-share of the budget, its "
+                             "first N trials near its best (0: the warm start alone)")
+    parser.add_argument("--earlier-share", type=float, default=0.25, metavar="SHARE",
+                        help="with --start-near: the share of the budget at which the earlier "
+                             "study's trials are told their val_loss (1: a study of this budget)")
     parser.add_argument("--slow", action="store_true",
                         help="gp at lm.yaml's 64 samples too (seconds a suggestion)")
     args = parser.parse_args()
@@ -368,7 +398,7 @@ def main() -> None:
     todo = [t for t in planned if (*t[:3], t[4]) not in before]
     started = time.monotonic()
     setup = (str(args.source), str(args.space), args.clock,
-             args.weighted_by and str(args.weighted_by))
+             args.weighted_by and str(args.weighted_by), args.earlier_share)
     if len(todo) and args.workers > 1:
         with multiprocessing.get_context("spawn").Pool(args.workers, _start_worker,
                                                        setup) as pool:

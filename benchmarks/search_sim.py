@@ -170,27 +170,44 @@ def with_search(base: Mapping[str, Any], seed: int, **search: Any) -> dict[str, 
 
 
 def simulate(study: Any, source: Any, slots: int | None = None, budget: int | None = None,
-             clock: str = "tokens") -> SimStudy:
+             clock: str = "tokens", warm_trials: list[Any] | None = None) -> SimStudy:
     """Run `study` (a loaded study file, the one the table or surrogate `source` stands for:
     UserError if not) to its end; `slots` trials at once where its search sets no
-    max_concurrent; within `budget` tokens if given; time on `clock` ("tokens" or "cpu")."""
+    max_concurrent; within `budget` tokens if given; time on `clock` ("tokens" or "cpu"); its
+    searcher warm-started from `warm_trials` (Optuna trials) as `tuner search --warm-start`'s."""
     source = answers(source)
     source.check_study(study)
-    return _Controller(study, source, slots, budget, clock).run()
+    return _Controller(study, source, slots, budget, clock, warm_trials).run()
+
+
+def earlier_trials(earlier: Any, study: Any, source: Any, slots: int, share: float
+                   ) -> list[Any]:
+    """The trials of the study `earlier`, simulated on `source`, as Optuna trials of `study`'s
+    space (as `tuner search --warm-start` takes them), each told its val_loss at `share` of the
+    budget: a shorter-budget study's proxy (mid-schedule, not annealed). `earlier` is one whose
+    trials all train to the end (no scheduler), so each has that evaluation."""
+    from tuner.search.searchers.history import optuna_trials
+
+    source = answers(source)
+    point = int(np.searchsorted(source.tokens, share * source.tokens[-1]))
+    run = simulate(earlier, source, slots)
+    told = [float(trial.losses[point]) for trial in run.trials]
+    return optuna_trials(study, [(trial.config, value if math.isfinite(value) else math.inf)
+                                 for trial, value in zip(run.trials, told, strict=True)])
 
 
 class _Controller:
     """Tune's controller, as far as a searcher and a scheduler see it."""
 
     def __init__(self, study: Any, source: Any, slots: int | None, budget: int | None,
-                 clock: str) -> None:
+                 clock: str, warm_trials: list[Any] | None) -> None:
         search = study.search
         random.seed(search.seed)  # as tuner.search.run.runner seeds ASHA's bracket draws
         np.random.seed(search.seed)
         self.study, self.source, self.tokens = study, source, source.tokens
         self.budget, self.cpu_clock = budget, clock == "cpu"
         self.rungs = stopping_points(study)
-        self.searcher = build_searcher(study)
+        self.searcher = build_searcher(study, warm_trials)
         if search.max_concurrent:  # what Tune wraps it in for max_concurrent_trials
             self.searcher = ConcurrencyLimiter(self.searcher, search.max_concurrent)
         self.max_pending = search.max_concurrent or 1  # Tune's, for a searcher of its own

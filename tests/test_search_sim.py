@@ -186,6 +186,31 @@ def test_a_token_budget_ends_the_study_at_the_next_stopping_points(
     assert len({table.params[t.row, 4] for t in run.trials}) == 2  # both B met
 
 
+def test_a_warm_started_study_starts_near_the_earlier_studys_best(
+        tiny: tuple[Path, Path]) -> None:
+    """An earlier study's trials are told their val_loss at a quarter of the budget (its own
+    seed's curve); a study warm-started from them with start_near 3 runs first their best, then
+    the draws tuner search's own near_best makes around it, then its searcher's."""
+    from tuner.search.searchers.algorithms import warm_seed
+    from tuner.search.searchers.prior_start import near_best
+
+    space, path = tiny
+    table = curve_table.load(path)
+    earlier = study_of(space, seed=7, algorithm="random", scheduler="none", num_samples=6,
+                       max_concurrent=2)
+    study = study_of(space, seed=2, algorithm="random", num_samples=8, max_concurrent=2,
+                     warm_start="earlier", start_near=3)
+    warm = sim.earlier_trials(earlier, study, table, 2, 0.25)
+    told = sim.simulate(earlier, table).trials
+    assert [t.value for t in warm] == [float(table.val_loss[t.row, 1, 0]) for t in told]
+    run = sim.simulate(study, table, warm_trials=warm)
+    best = min(warm, key=lambda t: t.value).params
+    near = near_best(study, warm, 3, warm_seed(2, warm))
+    assert [t.config for t in run.trials[:3]] == near and near[0] == best
+    assert all(t.config["batch_size"] == best["batch_size"] for t in run.trials[:3])
+    assert best not in [t.config for t in run.trials[3:]] and len(run.trials) == 8
+
+
 def test_a_surrogate_answers_any_point_with_its_seed_noise(tiny: tuple[Path, Path]) -> None:
     """A surrogate's trial is its sample's own curve for the study's seed; the recommendation's
     loss is its noise-free final. The table's second opinion keeps each sample's B."""
@@ -216,7 +241,8 @@ def test_search_efficiency_default_setting_is_a_study_file_with_nothing_in_searc
 
     efficiency = load_script(BENCHMARKS / "search_efficiency.py", "search_efficiency")
     args = argparse.Namespace(settings=["default", "lm"], samplers=["random"], slow=False,
-                              schedulers=["asha default"], baselines=1, seed_list=[1])
+                              schedulers=["asha default"], baselines=1, seed_list=[1],
+                              start_near=[])
     base = yaml.safe_load((BENCHMARKS / "curves" / "space.yaml").read_text())
     planned = efficiency.tasks(args, 131072)
     for setting, sampler, label, search, seed, slots, _ in planned:
