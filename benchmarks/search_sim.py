@@ -184,16 +184,19 @@ def earlier_trials(earlier: Any, study: Any, source: Any, slots: int, share: flo
                    ) -> list[Any]:
     """The trials of the study `earlier`, simulated on `source`, as Optuna trials of `study`'s
     space (as `tuner search --warm-start` takes them), each told its val_loss at `share` of the
-    budget: a shorter-budget study's proxy (mid-schedule, not annealed). `earlier` is one whose
-    trials all train to the end (no scheduler), so each has that evaluation."""
+    budget, with its evaluations up to there: a shorter-budget study's proxy (mid-schedule, not
+    annealed). `earlier` is one whose trials all train to the end (no scheduler), so each has
+    those evaluations."""
     from tuner.search.searchers.history import optuna_trials
 
     source = answers(source)
     point = int(np.searchsorted(source.tokens, share * source.tokens[-1]))
     run = simulate(earlier, source, slots)
-    told = [float(trial.losses[point]) for trial in run.trials]
-    return optuna_trials(study, [(trial.config, value if math.isfinite(value) else math.inf)
-                                 for trial, value in zip(run.trials, told, strict=True)])
+    curves = {index: {k + 1: float(trial.losses[k]) for k in range(point + 1)}
+              for index, trial in enumerate(run.trials)}
+    return optuna_trials(study, [(trial.config, told if math.isfinite(told) else math.inf)
+                                 for trial in run.trials
+                                 for told in [float(trial.losses[point])]], curves)
 
 
 class _Controller:

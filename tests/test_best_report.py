@@ -602,15 +602,16 @@ def test_earlier_trials_warm_start_an_optuna_searcher(recorded):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    _, points, stopped = history.earlier_study(recorded.name, recorded.uri)
+    _, points, curves, stopped = history.earlier_study(recorded.name, recorded.uri)
     assert [p for p, _ in points] == [params for params, _ in TRIALS]
     assert all(math.isfinite(v) for _, v in points)
-    assert sorted(stopped) == [1, 3] and all(len(evals) == 2 for evals in stopped.values())
+    assert sorted(stopped) == [1, 3] and all(len(curves[i]) == 2 for i in stopped)
+    assert all(curves[i][len(curves[i])] == points[i][1] for i in curves)  # the last is told
     study = build_study({**yaml.safe_load(SPACE.format(data=recorded.data, uri=recorded.uri)),
                          "name": "next"})
     storage = optuna.storages.InMemoryStorage()
     for _ in range(2):  # a study stopped before its first trial is seeded again as it restarts
-        seed_study(storage, "next", "min", history.optuna_trials(study, points, stopped))
+        seed_study(storage, "next", "min", history.optuna_trials(study, points, curves, stopped))
     searcher = OptunaSearch(space=study.sample, metric="val_loss", mode="min", storage=storage,
                             study_name="next", sampler=optuna.samplers.TPESampler(seed=0))
     suggested = searcher.suggest("t1")
@@ -621,7 +622,8 @@ def test_earlier_trials_warm_start_an_optuna_searcher(recorded):
     # the trials ASHA stopped are pruned, with their evaluations, as a live study tells them
     state = optuna.trial.TrialState
     assert [t.state for t in trials[:len(TRIALS)]] == [state.COMPLETE, state.PRUNED] * 2
-    assert trials[1].intermediate_values == stopped[1] and trials[1].value == stopped[1][2]
+    assert trials[1].intermediate_values == curves[1] and trials[1].value == curves[1][2]
+    assert trials[0].intermediate_values == curves[0]  # a completed one's too, for BOHB
 
 
 @pytest.mark.parametrize("algorithm", ["random", "tpe"])

@@ -431,6 +431,31 @@ def test_asha_rung_and_pbt_clipping() -> None:
 
 
 
+def test_bohb_models_a_warm_starts_trials_at_their_own_evaluations(tmp_path: Path,
+                                                                    dataset: Path) -> None:
+    """An earlier study's completed trials reach BOHB with their evaluations, as live ones do:
+    each counts at every step it reported, not its final loss at the first rung this study's
+    trials reached, which would mix the two fidelities."""
+    import optuna
+
+    from tuner.search.searchers.history import optuna_trials
+    from tuner.search.searchers.rung_tpe import rung_values
+    from tuner.space import load_study
+
+    study = load_study(write_space(tmp_path, "warmbohb", dataset,
+                                   hparams={"lr_max": {"loguniform": [1e-4, 1e-1]}}))
+    earlier = optuna_trials(study, [({"lr_max": 1e-3}, 3.0), ({"lr_max": 1e-2}, 2.5)],
+                            curves={0: {1: 5.0, 2: 3.0}, 1: {1: 4.0, 2: 2.5}})
+    assert {t.state for t in earlier} == {optuna.trial.TrialState.COMPLETE}
+    live = optuna.trial.create_trial(params={"lr_max": 3e-3}, value=4.5,
+                                     distributions=earlier[0].distributions,
+                                     intermediate_values={1: 4.5},
+                                     state=optuna.trial.TrialState.PRUNED)
+    observed = rung_values([*earlier, live], earlier[0].distributions)
+    assert sorted(v for _, v in observed[1]) == [4.0, 4.5, 5.0]
+    assert sorted(v for _, v in observed[2]) == [2.5, 3.0]
+
+
 def test_bohb_models_the_furthest_rung_that_enough_trials_reached() -> None:
     """BOHB's sampler fits TPE to the step at least `min_points` trials reported, stopped ones
     included: 12 trials stopped at step 1, best near 1e-2, steer it there, though two trials

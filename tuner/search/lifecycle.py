@@ -385,8 +385,8 @@ def _warm_trials(study: Any) -> tuple[list[Any] | None, list[str]]:
         return None, []
     from tuner.search.searchers import history
 
-    recorded, points, stopped = history.earlier_study(earlier, study.tracking.uri)
+    recorded, points, curves, stopped = history.earlier_study(earlier, study.tracking.uri)
     if not points:
         raise UserError(f"study {earlier!r} has no finished trials to warm-start from")
-    return (history.optuna_trials(study, points, stopped),
+    return (history.optuna_trials(study, points, curves, stopped),
             history.setup_differences(recorded, study))

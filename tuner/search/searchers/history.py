@@ -20,11 +20,11 @@ USABLE = ("completed", "stopped", "diverged")  # scored, as a failure in the tra
 
 def earlier_study(study: str, tracking_uri: str
                   ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]],
-                             dict[int, dict[int, float]]]:
+                             dict[int, dict[int, float]], set[int]]:
     """The resolved study `study` recorded (study.json), (the searcher's parameters, the last
     reported objective) of every trial its searcher was told a value of, as it saw them
-    (diverged ones and failed ones score inf), and of those its scheduler stopped, by index,
-    their evaluations (`evaluations`)."""
+    (diverged ones and failed ones score inf), each one's evaluations by index (`evaluations`),
+    and the indices of those its scheduler stopped."""
     client = connect_existing(tracking_uri)
     parent = runs.study_parent(client, study)
     with tempfile.TemporaryDirectory(prefix="tuner-history-") as tmp:
@@ -35,9 +35,11 @@ def earlier_study(study: str, tracking_uri: str
                             "ran: no values go with a loss to warm-start from; use a study with "
                             "a searcher")
         told = told_runs(runs.trial_runs(client, parent))
-        stopped = {index: evaluations(client, run, search["metric"])
-                   for index, run in enumerate(told) if run.data.tags.get(STATUS_TAG) == STOPPED}
-        return recorded, trial_points(client, told, search["metric"], Path(tmp)), stopped
+        curves = {index: evaluations(client, run, search["metric"])
+                  for index, run in enumerate(told)}
+        stopped = {index for index, run in enumerate(told)
+                   if run.data.tags.get(STATUS_TAG) == STOPPED}
+        return recorded, trial_points(client, told, search["metric"], Path(tmp)), curves, stopped
 
 
 def setup_differences(recorded: dict[str, Any], study: Any) -> list[str]:
@@ -94,22 +96,24 @@ def searched(client: Any, run: Any, workdir: Path) -> dict[str, Any]:
 
 
 def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]],
-                  stopped: dict[int, dict[int, float]] | None = None) -> list[Any]:
+                  curves: dict[int, dict[int, float]] | None = None,
+                  stopped: set[int] | frozenset[int] = frozenset()) -> list[Any]:
     """Each point as a COMPLETE Optuna trial of the study's define-by-run space, or, where
-    `stopped` holds its index, a PRUNED one with those intermediate values (as a live study tells
-    a trial its scheduler stopped); UserError when a point does not fit the space (a parameter it
-    does not search, a value outside a range or the choices). A value the space searches, but
-    not under the point's conditions, is left out."""
+    `stopped` holds its index, a PRUNED one, with its evaluations in `curves` as intermediate
+    values (as a live study tells its trials: BOHB models them by evaluation); UserError when a
+    point does not fit the space (a parameter it does not search, a value outside a range or the
+    choices). A value the space searches, but not under the point's conditions, is left out."""
     import warnings
 
     import optuna
 
     from tuner.search.searchers.algorithms import WARM_START_ATTR
 
-    trials, stopped = [], stopped or {}
+    trials, curves = [], curves or {}
+    state = optuna.trial.TrialState
     for index, (params, value) in enumerate(points):
-        pruned = {"state": optuna.trial.TrialState.PRUNED,
-                  "intermediate_values": stopped[index]} if index in stopped else {}
+        told = {"state": state.PRUNED if index in stopped else state.COMPLETE,
+                "intermediate_values": curves.get(index) or None}
         fixed = optuna.trial.FixedTrial(params)
         try:
             with warnings.catch_warnings():
@@ -120,7 +124,7 @@ def optuna_trials(study: Any, points: list[tuple[dict[str, Any], float]],
                 raise ValueError(f"parameters {', '.join(extra)} are not searched here")
             trials.append(optuna.trial.create_trial(
                 params=fixed.params, value=value, distributions=fixed.distributions,
-                user_attrs={WARM_START_ATTR: True}, **pruned))
+                user_attrs={WARM_START_ATTR: True}, **told))
         except ValueError as err:
             missing = re.search(r"parameter '(\w+)' is not found", str(err))  # Optuna's words
             why = (f"{missing[1]} is searched here, but the earlier study did not search it: a "
