@@ -183,10 +183,10 @@ def _open(request: Request, where: object_store.Storage) -> tuple[Any, dict[str,
     --storage, extended by a larger --num-samples (UserError when it is being driven, or another
     option changed); and the overrides to save with it (None: saved already)."""
     name, space, resume = request.name, request.study or request.space, request.resume
-    overrides = {k: v for k, v in dict(
-        name=name, num_samples=request.num_samples, seed=request.seed,
-        max_concurrent=request.max_concurrent, warm_start=request.warm_start,
-        tracking_uri=absolute_uri(request.tracking_uri)).items() if v is not None}
+    overrides = {k: v for k, v in {
+        "name": name, "num_samples": request.num_samples, "seed": request.seed,
+        "max_concurrent": request.max_concurrent, "warm_start": request.warm_start,
+        "tracking_uri": absolute_uri(request.tracking_uri)}.items() if v is not None}
     if resume and not name:
         if space is None:
             raise UserError("--resume needs --name NAME, or the --space file it ran: the study "
