@@ -75,7 +75,7 @@ EARLIER_SEEDS = 3000  # + the seed: the earlier study a warm-started one starts 
 UPPER = 12  # num_samples, in the setting's samples: an upper bound; the budget ends a study
 SAMPLERS = {"random": {"algorithm": "random"}, "qmc": {"algorithm": "qmc"},
             "cmaes": {"algorithm": "cmaes"}, "tpe": {"algorithm": "tpe"},
-            "bohb": {"algorithm": "bohb"},
+            "bohb": {"algorithm": "bohb"}, "bohb/4": {"algorithm": "bohb", "startup_trials": 4},
             "tpe/5": {"algorithm": "tpe", "startup_trials": 5},
             "tpe/20": {"algorithm": "tpe", "startup_trials": 20},
             "gp": {"algorithm": "gp"}, "gp/5": {"algorithm": "gp", "startup_trials": 5}}
