@@ -192,11 +192,12 @@ def earlier_trials(earlier: Any, study: Any, source: Any, slots: int, share: flo
     source = answers(source)
     point = int(np.searchsorted(source.tokens, share * source.tokens[-1]))
     run = simulate(earlier, source, slots)
-    curves = {index: {k + 1: float(trial.losses[k]) for k in range(point + 1)}
-              for index, trial in enumerate(run.trials)}
-    return optuna_trials(study, [(trial.config, told if math.isfinite(told) else math.inf)
-                                 for trial in run.trials
-                                 for told in [float(trial.losses[point])]], curves)
+    points, curves = [], {}
+    for index, trial in enumerate(run.trials):
+        told = float(trial.losses[point])
+        points.append((trial.config, told if math.isfinite(told) else math.inf))
+        curves[index] = {k + 1: float(loss) for k, loss in enumerate(trial.losses[:point + 1])}
+    return optuna_trials(study, points, curves)
 
 
 class _Controller:
