@@ -51,11 +51,12 @@ SAMPLES = 10  # the quickstart's: random search's sample count and the study bud
 UPPER = 40  # num_samples of a study: an upper bound, the budget ends it
 POOL_SEEDS = 1001  # the first pool member's training seed
 RESAMPLES = 2000
+TENTH = {"scheduler": "asha", "asha": {"grace_period": 40960, "reduction_factor": 3}}  # "3/32"
 EIGHTH = {"scheduler": "asha", "asha": {"grace_period": 51200, "reduction_factor": 3}}
-COMBINATIONS = {  # label → the study's `search` overrides (the quickstart's grace: 40,960 = 1/10)
-    "cmaes + asha 3/32 ×3 (shipped)": {"algorithm": "cmaes", "scheduler": "asha"},
+COMBINATIONS = {  # label → the study's `search` overrides; the results file keys on the label
+    "cmaes + asha 3/32 ×3": {"algorithm": "cmaes", **TENTH},
     "random + asha 1/8 ×3": {"algorithm": "random", **EIGHTH},
-    "tpe + asha 3/32 ×3 (old)": {"algorithm": "tpe", "scheduler": "asha"},
+    "tpe + asha 3/32 ×3 (shipped)": {"algorithm": "tpe", **TENTH},
 }
 
 
@@ -126,7 +127,39 @@ def report(records: list[dict[str, Any]], full_tokens: int) -> str:
         wall = np.median([r["wall_s"] for r in runs])
         lines.append(f"| {label} | {len(runs)} | {p5(shares)} | {final:.4f} | {trials:.0f} "
                      f"| {wall:.0f} s |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *paired(records, goal, budget)])
+
+
+def paired(records: list[dict[str, Any]], goal: float, budget: int) -> list[str]:
+    """Each pair of combinations over the seeds both ran: the seeds where the first reached the
+    target with fewer tokens (a two-sided sign test over the untied ones), and the median
+    difference of their final bests with its bootstrap 90% interval."""
+    from scipy.stats import binomtest
+    from search_efficiency import bootstrap
+
+    by_label: dict[str, dict[int, list]] = {}
+    for r in records:
+        if r["kind"] == "study":
+            by_label.setdefault(r["combination"], {})[r["seed"]] = r["curve"]
+    lines = ["| paired by seed: A against B | seeds | A's P5 lower / higher / tied (sign test p) "
+             "| A − B final best: median [90% interval] |", "|---|---|---|---|"]
+    labels = [label for label in COMBINATIONS if label in by_label]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            seeds = sorted(by_label[a].keys() & by_label[b].keys())
+            if not seeds:
+                continue
+            first = [tokens_to_reach(by_label[a][s], goal) / budget for s in seeds]
+            second = [tokens_to_reach(by_label[b][s], goal) / budget for s in seeds]
+            lower = sum(x < y for x, y in zip(first, second, strict=True))
+            higher = sum(x > y for x, y in zip(first, second, strict=True))
+            p = binomtest(lower, lower + higher).pvalue if lower + higher else 1.0
+            gaps = [by_label[a][s][-1][1] - by_label[b][s][-1][1] for s in seeds]
+            low, high = bootstrap(gaps)
+            lines.append(f"| {a} against {b} | {len(seeds)} | {lower} / {higher} / "
+                         f"{len(seeds) - lower - higher} (p {p:.2f}) | {np.median(gaps):+.4f} "
+                         f"[{low:+.4f}, {high:+.4f}] |")
+    return lines
 
 
 def base_space(work: Path) -> Path:

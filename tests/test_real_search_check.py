@@ -40,3 +40,17 @@ def test_report_gives_p5_as_a_share_of_ten_full_trials(tmp_path: Path) -> None:
     row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
     assert row.split(" | ")[1:4] == ["3", "40% (40%–n.r.) [20%–n.r.] 2", "1.8000"]
     assert "target (random search's expected best of 10): 2.0000 (IQR" in table
+
+
+def test_paired_counts_each_seed_once_and_differences_the_final_bests() -> None:
+    """Two combinations at seeds 1–3 against the target 2.0: the first reaches it sooner at seed 1,
+    later at seed 2, and neither at seed 3 (a tie); its final bests are 0.1 lower at every seed."""
+    first, second = list(check.COMBINATIONS)[:2]
+    reach = {(first, 1): 1000, (second, 1): 3000, (first, 2): 5000, (second, 2): 2000}
+    studies = [{"kind": "study", "combination": label, "seed": seed,
+                "curve": [[reach.get((label, seed), 100), 1.9 if (label, seed) in reach else 2.5],
+                          [9000, (1.5 if label == first else 1.6) + seed]]}
+               for label in (first, second) for seed in (1, 2, 3)]
+    lines = check.paired(studies, goal=2.0, budget=10_000)
+    row = next(line for line in lines if line.startswith(f"| {first} against {second} |"))
+    assert row.split(" | ")[1:] == ["3", "1 / 1 / 1 (p 1.00)", "-0.1000 [-0.1000, -0.1000] |"]
