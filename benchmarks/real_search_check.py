@@ -4,6 +4,7 @@ trained random configurations, and the shipped searcher + scheduler against the 
 
     uv run python benchmarks/real_search_check.py [--pool 60] [--seeds 20] [--work DIR]
         [--results benchmarks/results/real_search_check.jsonl] [--until HH:MM] [--report]
+        [--searchers random tpe]
 
 1. The pool: `--pool` random configurations of the quickstart's space (uniform draws, as
    `algorithm: random` samples it), each trained to the end with its own training seed
@@ -17,7 +18,7 @@ trained random configurations, and the shipped searcher + scheduler against the 
    its trials so far) is rebuilt from MLflow as benchmarks/study_efficiency.py does.
 4. P5: the tokens a study trained before its best val_loss first reached the target, as a share of
    random search's; per combination its median (IQR) [bootstrap 90% interval of the median] and the
-   seeds that reached it, and the median final best.
+   seeds that reached it, and the median final best; then each pair of combinations by seed.
 
 Each finished pool member and study is appended to `--results` (JSON lines); a rerun skips what is
 there and goes on. It starts nothing new after `--until` (UTC) or once WORK/stop exists.
@@ -141,8 +142,8 @@ def paired(records: list[dict[str, Any]], goal: float, budget: int) -> list[str]
     for r in records:
         if r["kind"] == "study":
             by_label.setdefault(r["combination"], {})[r["seed"]] = r["curve"]
-    lines = ["| paired by seed: A against B | seeds | A's P5 lower / higher / tied (sign test p) "
-             "| A − B final best: median [90% interval] |", "|---|---|---|---|"]
+    lines = [("| paired by seed: A against B | seeds | A's P5 lower / higher / tied (sign test p) "
+              "| A − B final best: median [90% interval] |"), "|---|---|---|---|"]
     labels = [label for label in COMBINATIONS if label in by_label]
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
@@ -207,8 +208,10 @@ def train_pool(base: Path, work: Path, results: Path, size: int, deadline: float
     return True
 
 
-def run_studies(base: Path, work: Path, results: Path, seeds: int, deadline: float) -> None:
-    """Per seed, each combination's study the results file lacks, round-robin."""
+def run_studies(base: Path, work: Path, results: Path, seeds: int, deadline: float,
+                searchers: list[str] | None = None) -> None:
+    """Per seed, each combination's study the results file lacks, round-robin (`searchers`:
+    only the combinations of those algorithms)."""
     from study_efficiency import measure, run_study
 
     done = {(r["combination"], r["seed"]) for r in read_results(results) if r["kind"] == "study"}
@@ -218,7 +221,7 @@ def run_studies(base: Path, work: Path, results: Path, seeds: int, deadline: flo
         seeded = work / f"base-s{seed}.yaml"
         seeded.write_text(yaml.safe_dump(space, sort_keys=False, allow_unicode=True))
         for index, (label, overrides) in enumerate(COMBINATIONS.items()):
-            if (label, seed) in done:
+            if (label, seed) in done or (searchers and overrides["algorithm"] not in searchers):
                 continue
             if stopped(work, deadline):
                 return
@@ -257,6 +260,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--until", help="UTC HH:MM: start nothing new after it")
     parser.add_argument("--report", action="store_true", help="print the table, train nothing")
+    parser.add_argument("--searchers", nargs="+", help="run only these algorithms' combinations")
     args = parser.parse_args()
     full_tokens = yaml.safe_load(QUICKSTART.read_text())["budget"]["tokens"]
     if not args.report:
@@ -264,7 +268,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         base, deadline = base_space(work), until(args.until)
         if train_pool(base, work, args.results, args.pool, deadline):
-            run_studies(base, work, args.results, args.seeds, deadline)
+            run_studies(base, work, args.results, args.seeds, deadline, args.searchers)
     print(report(read_results(args.results), full_tokens))
 
 
