@@ -139,7 +139,7 @@ class SurrogateAnswers:
         self.surrogate, self.tokens = surrogate, surrogate.tokens
 
     def check_study(self, study: Any) -> None:
-        self.surrogate.check_study(study)
+        self.surrogate = self.surrogate.for_study(study)
 
     def answer(self, config: Mapping[str, Any], seed: int) -> Answer:
         mean = self.surrogate.mean(config)

@@ -3,6 +3,7 @@ was not fitted to, deterministic per (point, seed), saved and refused as a table
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,28 @@ def test_a_damaged_surrogate_or_one_of_another_study_is_refused(
     data["model"]["d_model"] = 64
     with pytest.raises(UserError, match="s.npz: a surrogate of another study: its model.d_model"):
         model.load(path).check_study(load_study(data))
+
+
+def test_a_surrogate_answers_a_part_of_its_space_and_refuses_what_lies_outside(
+        small: model.Surrogate, table: curve_table.CurveTable) -> None:
+    """A study that fixes some of the surrogate's hyperparameters inside their ranges and
+    samples B from some of its values is answered at those constants; a constant outside its
+    range, or a B it never saw, names the setting."""
+    data = yaml.safe_load(SPACE.read_text())
+    data["hparams"].update({"lr_min_ratio": 0.1, "β2": 0.99, "B": {"choice": [8, 16]}})
+    part = small.for_study(load_study(data))
+    assert part.fixed == {"lr_min_ratio": 0.1, "beta2": 0.99}
+    params = dict(zip(table.space, table.params[300].tolist()))
+    params["batch_size"] = 8
+    sampled = {k: v for k, v in params.items() if k not in ("lr_min_ratio", "beta2")}
+    assert np.array_equal(part.curve(sampled, 3),
+                          small.curve({**params, "lr_min_ratio": 0.1, "beta2": 0.99}, 3))
+    for setting, value, said in (("lr_min_ratio", 0.5, "0.5"),
+                                 ("B", {"choice": [2, 8]}, '{"choice": [2, 8]}')):
+        outside = yaml.safe_load(SPACE.read_text())
+        outside["hparams"][setting] = value
+        with pytest.raises(UserError, match=re.escape(f"the study's {said} nor a part of it")):
+            small.for_study(load_study(outside))
 
 
 def test_a_replayed_trial_reports_the_surrogates_curve_for_its_seed(

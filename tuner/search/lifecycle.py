@@ -162,7 +162,9 @@ def _curve_table(path: Path | None, study: Any) -> Any:
     from tuner.search.trial import curve_table, surrogate
 
     path = path.expanduser()
-    table = (surrogate.load if surrogate.is_surrogate(path) else curve_table.load)(path)
+    if surrogate.is_surrogate(path):
+        return surrogate.load(path).for_study(study)
+    table = curve_table.load(path)
     table.check_study(study)
     return table
 

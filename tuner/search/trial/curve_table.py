@@ -178,16 +178,37 @@ def unit_point(space: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any]
     return np.array([float(to_unit(dist, params[name])) for name, dist in space.items()])
 
 
-def check_same_study(path: Path | None, key: Mapping[str, Any], study: Any, kind: str) -> None:
+def check_same_study(path: Path | None, key: Mapping[str, Any], study: Any, kind: str,
+                     subspace: bool = False) -> None:
     """UserError naming the file at `path` (a `kind`) and the first setting where `study` is not
-    the study of `key` (its `study_key`)."""
+    the study of `key` (its `study_key`); with `subspace`, a hyperparameter may also be a part of
+    the key's: a constant or a range inside its range, a choice of some of its values."""
     theirs = study_key(study)
     for section in key:
         for name in dict.fromkeys([*key[section], *theirs[section]]):
             mine, given = key[section].get(name), theirs[section].get(name)
-            if mine != given:
+            if mine != given and not (subspace and section == "hparams" and inside(given, mine)):
+                part = " nor a part of it" if subspace and section == "hparams" else ""
                 raise UserError(f"{path}: a {kind} of another study: its {section}.{name} is "
-                                f"{json.dumps(mine)}, the study's {json.dumps(given)}")
+                                f"{json.dumps(mine)}, the study's {json.dumps(given)}{part}")
+
+
+def inside(given: Any, mine: Any) -> bool:
+    """Whether every value the study's setting `given` can take is one the key's `mine` holds:
+    a constant in its range or among its choices, a range within its range, a choice of some
+    of its values."""
+    if not isinstance(mine, dict) or given is None:
+        return given == mine
+    (kind, values), = mine.items()
+    if kind == "choice":
+        options = given["choice"] if isinstance(given, dict) and "choice" in given else [given]
+        return all(option in values for option in options)
+    if kind not in ("uniform", "loguniform"):
+        return False
+    if isinstance(given, dict):
+        (other, bounds), = given.items()
+        return other in ("uniform", "loguniform") and values[0] <= bounds[0] <= bounds[1] <= values[1]
+    return isinstance(given, int | float) and not isinstance(given, bool) and values[0] <= given <= values[1]
 
 
 def diverged_as_inf(val_loss: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class Surrogate:
     seconds: np.ndarray  # per full run, at each value of the time column (B)
     smooth: np.ndarray  # [f]: the share of the residual's variance that is smooth
     sha256: str = ""  # the file's, once loaded
+    fixed: dict[str, Any] = field(default_factory=dict)  # a part of the space: its constants
 
     @property
     def space(self) -> dict[str, dict[str, Any]]:
@@ -77,7 +78,7 @@ class Surrogate:
         return float(math.hypot(self.offset[-1], self.noise_sd[-1]))
 
     def point(self, params: Mapping[str, Any]) -> np.ndarray:
-        return unit_point(self.space, params)
+        return unit_point(self.space, {**self.fixed, **params})
 
     def mean_log(self, unit: np.ndarray) -> np.ndarray:
         """M × P: the noise-free log curves at coordinates `unit` (M × D)."""
@@ -113,8 +114,17 @@ class Surrogate:
         return float(self.seconds[values.index(params[name])])
 
     def check_study(self, study: Any) -> None:
-        """UserError naming the file where `study` is not the one the surrogate stands for."""
-        check_same_study(self.path, self.meta["study"], study, "surrogate")
+        """UserError naming the file where `study` is not the one the surrogate stands for, nor
+        a part of its space (it answers any point of that)."""
+        check_same_study(self.path, self.meta["study"], study, "surrogate", subspace=True)
+
+    def for_study(self, study: Any) -> Surrogate:
+        """The surrogate checked against `study` and answering its trials: where the study fixes
+        a hyperparameter the surrogate's space searches, at the study's value."""
+        self.check_study(study)
+        hparams = study.resolved()["hparams"]
+        return replace(self, fixed={name: hparams[name] for name in self.space
+                                    if not isinstance(hparams[name], dict)})
 
     def check_dataset(self, sha256: str) -> None:
         """UserError naming the file when the study's dataset is not the table's."""
