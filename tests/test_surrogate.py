@@ -93,6 +93,11 @@ def test_a_surrogate_answers_a_part_of_its_space_and_refuses_what_lies_outside(
     sampled = {k: v for k, v in params.items() if k not in ("lr_min_ratio", "beta2")}
     assert np.array_equal(part.curve(sampled, 3),
                           small.curve({**params, "lr_min_ratio": 0.1, "beta2": 0.99}, 3))
+    data["hparams"]["B"] = 8
+    at_eight = small.for_study(load_study(data))
+    del sampled["batch_size"]
+    assert np.array_equal(at_eight.curve(sampled, 3), part.curve({**sampled, "batch_size": 8}, 3))
+    assert at_eight.run_seconds(sampled) == small.run_seconds({"batch_size": 8})
     for setting, value, said in (("lr_min_ratio", 0.5, "0.5"),
                                  ("B", {"choice": [2, 8]}, '{"choice": [2, 8]}')):
         outside = yaml.safe_load(SPACE.read_text())

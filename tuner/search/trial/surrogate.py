@@ -111,7 +111,7 @@ class Surrogate:
     def run_seconds(self, params: Mapping[str, Any]) -> float:
         """A full run's CPU seconds at the sample's B (the table's mean at that B)."""
         name, values = self.meta["time_column"], self.meta["time_values"]
-        return float(self.seconds[values.index(params[name])])
+        return float(self.seconds[values.index({**self.fixed, **params}[name])])
 
     def check_study(self, study: Any) -> None:
         """UserError naming the file where `study` is not the one the surrogate stands for, nor
