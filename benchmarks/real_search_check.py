@@ -158,7 +158,7 @@ def paired(records: list[dict[str, Any]], goal: float, budget: int) -> list[str]
             gaps = [by_label[a][s][-1][1] - by_label[b][s][-1][1] for s in seeds]
             low, high = bootstrap(gaps)
             lines.append(f"| {a} against {b} | {len(seeds)} | {lower} / {higher} / "
-                         f"{len(seeds) - lower - higher} (p {p:.2f}) | {np.median(gaps):+.4f} "
+                         f"{len(seeds) - lower - higher} (p {p:.3f}) | {np.median(gaps):+.4f} "
                          f"[{low:+.4f}, {high:+.4f}] |")
     return lines
 

@@ -53,4 +53,4 @@ def test_paired_counts_each_seed_once_and_differences_the_final_bests() -> None:
                for label in (first, second) for seed in (1, 2, 3)]
     lines = check.paired(studies, goal=2.0, budget=10_000)
     row = next(line for line in lines if line.startswith(f"| {first} against {second} |"))
-    assert row.split(" | ")[1:] == ["3", "1 / 1 / 1 (p 1.00)", "-0.1000 [-0.1000, -0.1000] |"]
+    assert row.split(" | ")[1:] == ["3", "1 / 1 / 1 (p 1.000)", "-0.1000 [-0.1000, -0.1000] |"]
