@@ -193,8 +193,8 @@ class SearchSection(Section):
 
     algorithm: Literal["tpe", "bohb", "random", "grid", "cmaes", "gp", "qmc"] = Field(
         "random", description="Optuna sampler: random, TPE, BOHB's TPE on the scheduler's rungs, "
-        "grid (enumerates the {grid: [...]} values), CMA-ES, Gaussian process, or quasi-Monte Carlo (random: chosen on the table "
-        "of learning curves, docs/benchmarks.md)")
+        "grid (enumerates the {grid: [...]} values), CMA-ES, Gaussian process, or quasi-Monte "
+        "Carlo (random: chosen on the table of learning curves, docs/benchmarks.md)")
     scheduler: Literal["asha", "pasha", "hyperband", "median", "topk", "pbt", "none"] = Field(
         "asha", description="Ray Tune scheduler that stops (or, for pbt, perturbs) trials early")
     # Every part of tuner (ASHA, the searcher, the best trial, divergence) ranks by val_loss
